@@ -1,0 +1,165 @@
+"""`openchat model …`: make tiny local models, add control tokens, inspect a model dir."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from openchat_cli.checkpoint import (attach_template, load_tokenizer, read_meta, require_weights,
+                                     resolve_model, tokenizer_hash, write_meta)
+from openchat_cli.console import console, err_console, print_json, table
+from openchat_cli.errors import OpenchatError
+from openchat_cli.templates import DEFAULT_TEMPLATE, TEMPLATES, get_template
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise OpenchatError(f"{out} already exists and is not empty (pass --force to replace it)")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished model dir into place (atomic rename; never a half-written model)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+
+
+def _set_generation_eos(model, tokenizer, template_name: str) -> None:
+    """Generation stops at the template's end-of-turn token as well as at EOS."""
+    template = get_template(template_name)
+    ids = [tokenizer.convert_tokens_to_ids(template.eot_token), tokenizer.eos_token_id]
+    model.generation_config.eos_token_id = list(dict.fromkeys(i for i in ids if i is not None))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+@app.command("init")
+def init_command(
+    out: Path = typer.Argument(..., help="Folder to create the model in."),
+    tokenizer_corpus: Optional[Path] = typer.Option(
+        None, "--tokenizer-corpus", help="Text file to train the BPE tokenizer on (default: a small built-in text)."),
+    size: str = typer.Option("tiny", "--size", help="tiny (~0.1M params) | small (~4M params)."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help=f"Conversation template: {', '.join(TEMPLATES)}."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Override the size's vocabulary."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+) -> None:
+    """Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads)."""
+    from openchat_cli.model.tiny import SIZES, random_llama, read_corpus, train_tokenizer
+    from store.catalog import open_catalog
+
+    if size not in SIZES:
+        raise OpenchatError(f"unknown --size '{size}': choose one of {', '.join(SIZES)}")
+    get_template(template)
+    if tokenizer_corpus is not None and not tokenizer_corpus.is_file():
+        raise OpenchatError(f"tokenizer corpus {tokenizer_corpus} does not exist")
+    _prepare_out(out, force)
+    spec = SIZES[size]
+    with err_console.status("training tokenizer and building the model…"):
+        tokenizer = train_tokenizer(read_corpus(tokenizer_corpus), vocab_size or spec.vocab_size)
+        attach_template(tokenizer, template)
+        model = random_llama(tokenizer, spec, seed=seed)
+        _set_generation_eos(model, tokenizer, template)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        write_meta(tmp, template=template, size=size, parameters=params,
+                   tokenizer_hash=tokenizer_hash(tokenizer))
+        _publish(tmp, out)
+    ck = open_catalog().add_checkpoint(
+        path=out, kind="base", template=template, base_model=f"random-llama-{size}",
+        metrics={"parameters": params, "vocab_size": len(tokenizer)})
+    write_meta(out, checkpoint_id=ck)
+    if as_json:
+        print_json(open_catalog().get(ck))
+        return
+    console.print(f"[green]created[/] {out} ({params:,} parameters, vocab {len(tokenizer)}, "
+                  f"template {template}) as [bold]{ck}[/]")
+
+
+@app.command("add-tokens")
+def add_tokens_command(
+    model_ref: str = typer.Argument(..., metavar="MODEL", help="Model dir or checkpoint id."),
+    out: Path = typer.Argument(..., help="Folder for the model with the new tokens."),
+    tokens: list[str] = typer.Option([], "--token", help="Special token to add (repeatable)."),
+    template: Optional[str] = typer.Option(
+        None, "--template", help="Also add every control token of this template and save its chat_template."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+) -> None:
+    """Add special tokens to a model; new embedding rows start at the mean of the existing ones."""
+    from transformers import AutoModelForCausalLM
+
+    from openchat_cli.model.tokens import add_special_tokens
+    from store.catalog import open_catalog
+
+    src, src_id = resolve_model(model_ref)
+    require_weights(src)
+    wanted = list(tokens)
+    if template:
+        wanted += get_template(template).special_tokens
+    if not wanted:
+        raise OpenchatError("nothing to add: pass --token TOKEN (repeatable) or --template NAME")
+    _prepare_out(out, force)
+    tokenizer = load_tokenizer(src)
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    added = add_special_tokens(model, tokenizer, wanted)
+    template_name = template or read_meta(src).get("template")
+    if template_name:
+        attach_template(tokenizer, template_name)
+        _set_generation_eos(model, tokenizer, template_name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
+    write_meta(tmp, **meta, template=template_name, tokenizer_hash=tokenizer_hash(tokenizer),
+               added_tokens=added)
+    _publish(tmp, out)
+    ck = open_catalog().add_checkpoint(
+        path=out, kind="tokens-added", template=template_name, base_model=str(src),
+        parent_id=src_id, metrics={"added_tokens": added, "vocab_size": len(tokenizer)})
+    write_meta(out, checkpoint_id=ck)
+    if as_json:
+        print_json(open_catalog().get(ck))
+        return
+    console.print(f"[green]added[/] {len(added)} token(s) {added} → {out} as [bold]{ck}[/]"
+                  + ("" if len(added) == len(set(wanted)) else " (the others were already there)"))
+
+
+@app.command("info")
+def info_command(
+    model_ref: str = typer.Argument(..., metavar="MODEL", help="Model dir or checkpoint id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a model dir's template, size, vocabulary and control tokens."""
+    from transformers import AutoConfig
+
+    path, ck = resolve_model(model_ref)
+    config = AutoConfig.from_pretrained(str(path))
+    tokenizer = load_tokenizer(path)
+    meta = read_meta(path)
+    info = {
+        "path": str(path), "checkpoint_id": ck or meta.get("checkpoint_id"),
+        "architecture": (config.architectures or [config.model_type])[0],
+        "template": meta.get("template"), "vocab_size": len(tokenizer),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "layers": getattr(config, "num_hidden_layers", None),
+        "max_positions": getattr(config, "max_position_embeddings", None),
+        "special_tokens": tokenizer.all_special_tokens, "tokenizer_hash": tokenizer_hash(tokenizer),
+        "has_chat_template": bool(tokenizer.chat_template), "meta": meta,
+    }
+    if as_json:
+        print_json(info)
+        return
+    console.print(table(str(path), ["field", "value"], [(k, v) for k, v in info.items() if k != "meta"]))

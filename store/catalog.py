@@ -1,0 +1,387 @@
+"""Typed access to the catalog database (catalog.db in OPENCHAT_HOME).
+
+Several processes write at once (a server logging requests, an eval run storing answers, the
+TUI saving chats), so the database runs in WAL mode with a busy timeout, and every write is a
+short transaction retried if the database stays locked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlite_utils import Database
+
+from store.migrations import migrate
+
+# id prefix -> table. Ids are short, typed and human-typable: ds-1a2b3c4d, ck-…, run-…, ev-…, chat-…
+KINDS: dict[str, str] = {
+    "ds": "datasets",
+    "ck": "checkpoints",
+    "run": "runs",
+    "ev": "evals",
+    "chat": "chats",
+}
+TABLE_PREFIX = {table: prefix for prefix, table in KINDS.items()}
+# Names accepted by `catalog list` (plural nouns people type) -> table.
+LIST_NAMES = {
+    "datasets": "datasets",
+    "checkpoints": "checkpoints",
+    "models": "checkpoints",
+    "runs": "runs",
+    "evals": "evals",
+    "chats": "chats",
+}
+JSON_COLUMNS = {
+    "counts", "meta", "metrics", "config", "loss_curve", "turns", "reference", "settings",
+    "request",
+}
+ID_RE = re.compile(r"^(ds|ck|run|ev|chat)-[0-9a-f]{2,}$")
+BUSY_TIMEOUT_S = 30.0
+
+
+class CatalogError(Exception):
+    """Unknown or ambiguous id, or a row that cannot be written."""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def current_command() -> str:
+    """The command line that is producing a row, recorded for lineage."""
+    return " ".join(["openchat", *sys.argv[1:]])
+
+
+def looks_like_id(value: str) -> bool:
+    return bool(ID_RE.match(str(value)))
+
+
+def _encode(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if key in JSON_COLUMNS and value is not None and not isinstance(value, str):
+            value = json.dumps(value, default=str, ensure_ascii=False)
+        elif isinstance(value, Path):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Turn JSON text columns back into Python values."""
+    if row is None:
+        return None
+    out = dict(row)
+    for key in JSON_COLUMNS & out.keys():
+        value = out[key]
+        if isinstance(value, str) and value and (value[0] in "[{\"" or value in ("null", "true", "false")):
+            try:
+                out[key] = json.loads(value)
+            except (TypeError, ValueError):
+                pass
+    return out
+
+
+class Catalog:
+    """One connection to catalog.db, safe to share between threads of one process."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.db = Database(conn)
+        self._lock = threading.RLock()
+        self._column_cache: dict[str, set[str]] = {}
+        self._write(lambda: migrate(self.db))
+
+    # -- low level -------------------------------------------------------------------------
+    def _write(self, fn):
+        """Run `fn` in a transaction, retrying while another process holds the write lock."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                with self._lock:
+                    with self.db.conn:
+                        return fn()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise CatalogError(f"catalog {self.path} stayed locked: {exc}") from exc
+                time.sleep(0.05)
+
+    def _columns(self, table: str) -> set[str]:
+        if table not in self._column_cache:
+            self._column_cache[table] = set(self.db[table].columns_dict)
+        return self._column_cache[table]
+
+    def new_id(self, prefix: str) -> str:
+        table = KINDS[prefix]
+        while True:
+            candidate = f"{prefix}-{secrets.token_hex(4)}"
+            if not self.db[table].count_where("id = ?", [candidate]):
+                return candidate
+
+    def insert(self, table: str, row: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """Insert one row; give it a typed id if the table has one and none was passed."""
+        row = dict(row)
+        if table in TABLE_PREFIX and not row.get("id"):
+            row["id"] = self.new_id(TABLE_PREFIX[table])
+        if "created_at" in self._columns(table):
+            row.setdefault("created_at", now())
+        encoded = _encode(row)
+        self._write(lambda: self.db[table].insert(encoded, replace=replace, alter=False))
+        return row
+
+    def insert_many(self, table: str, rows: Iterable[dict[str, Any]], *, replace: bool = False) -> None:
+        encoded = [_encode(r) for r in rows]
+        if encoded:
+            self._write(lambda: self.db[table].insert_all(encoded, replace=replace))
+
+    def update(self, table: str, pk: Any, **fields: Any) -> None:
+        encoded = _encode(fields)
+        self._write(lambda: self.db[table].update(pk, encoded))
+
+    def link(self, child_id: str, parent_id: str | None, relation: str) -> None:
+        """Record that `child_id` was made from `parent_id` (a lineage edge)."""
+        if not parent_id:
+            return
+        row = {"child_id": child_id, "parent_id": parent_id, "relation": relation, "created_at": now()}
+        self._write(lambda: self.db["links"].insert(row, replace=True))
+
+    def query(self, sql: str, params: Iterable[Any] | dict | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [decode(r) for r in self.db.query(sql, params or [])]
+
+    def rows(self, table: str, where: str | None = None, params: Iterable[Any] | None = None,
+             order_by: str | None = None) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            found = list(self.db[table].rows_where(where, params or [], order_by=order_by))
+        return (decode(r) for r in found)
+
+    # -- typed records ----------------------------------------------------------------------
+    def add_dataset(self, *, name: str, path: Path | str, format: str, parent_id: str | None = None,
+                    content_hash: str | None = None, num_records: int | None = None,
+                    counts: dict | None = None, meta: dict | None = None,
+                    command: str | None = None, parents: Iterable[str] = ()) -> str:
+        row = self.insert("datasets", {
+            "name": name, "path": str(Path(path).resolve()), "format": format,
+            "content_hash": content_hash, "num_records": num_records, "counts": counts,
+            "parent_id": parent_id, "command": command or current_command(), "meta": meta,
+        })
+        for parent in [parent_id, *parents]:
+            self.link(row["id"], parent, "derived-from")
+        return row["id"]
+
+    def add_checkpoint(self, *, path: Path | str, kind: str, name: str | None = None,
+                       base_model: str | None = None, template: str | None = None,
+                       run_id: str | None = None, dataset_id: str | None = None,
+                       step: int | None = None, metrics: dict | None = None,
+                       command: str | None = None, parent_id: str | None = None) -> str:
+        path = Path(path).resolve()
+        row = self.insert("checkpoints", {
+            "name": name or path.name, "path": str(path), "kind": kind,
+            "base_model": base_model, "template": template, "run_id": run_id,
+            "dataset_id": dataset_id, "step": step, "metrics": metrics,
+            "command": command or current_command(),
+        })
+        self.link(row["id"], run_id, "trained-by")
+        self.link(row["id"], dataset_id, "trained-on")
+        self.link(row["id"], parent_id, "derived-from")
+        return row["id"]
+
+    def add_run(self, *, config: dict, dataset_id: str | None, base_checkpoint_id: str | None,
+                output_path: Path | str, kind: str = "train", command: str | None = None) -> str:
+        row = self.insert("runs", {
+            "kind": kind, "status": "running", "config": config, "dataset_id": dataset_id,
+            "base_checkpoint_id": base_checkpoint_id, "output_path": str(output_path),
+            "loss_curve": [], "metrics": {}, "command": command or current_command(),
+        })
+        self.link(row["id"], dataset_id, "trained-on")
+        self.link(row["id"], base_checkpoint_id, "starts-from")
+        return row["id"]
+
+    def add_eval(self, *, kind: str, name: str | None = None, questions_path: str | None = None,
+                 questions_hash: str | None = None, endpoint: str | None = None,
+                 model: str | None = None, checkpoint_id: str | None = None,
+                 parent_id: str | None = None, baseline_id: str | None = None,
+                 config: dict | None = None, command: str | None = None) -> str:
+        row = self.insert("evals", {
+            "kind": kind, "name": name, "status": "running", "questions_path": questions_path,
+            "questions_hash": questions_hash, "endpoint": endpoint, "model": model,
+            "checkpoint_id": checkpoint_id, "parent_id": parent_id, "baseline_id": baseline_id,
+            "config": config or {}, "metrics": {}, "command": command or current_command(),
+        })
+        self.link(row["id"], checkpoint_id, "evaluates")
+        self.link(row["id"], parent_id, "judges")
+        self.link(row["id"], baseline_id, "baseline")
+        return row["id"]
+
+    def add_chat(self, *, title: str, endpoint: str | None, model: str | None,
+                 system: str | None = None, condition: str | None = None,
+                 settings: dict | None = None) -> str:
+        stamp = now()
+        row = self.insert("chats", {
+            "title": title, "endpoint": endpoint, "model": model, "system": system,
+            "condition": condition, "settings": settings or {}, "created_at": stamp,
+            "updated_at": stamp,
+        })
+        return row["id"]
+
+    def add_chat_message(self, chat_id: str, role: str, content: str, meta: dict | None = None) -> int:
+        def write() -> int:
+            (last,) = self.db.execute(
+                "select coalesce(max(idx), -1) from chat_messages where chat_id = ?", [chat_id]
+            ).fetchone()
+            self.db["chat_messages"].insert(_encode({
+                "chat_id": chat_id, "idx": last + 1, "role": role, "content": content,
+                "meta": meta, "created_at": now(),
+            }))
+            self.db["chats"].update(chat_id, {"updated_at": now()})
+            return last + 1
+        return self._write(write)
+
+    def chat_messages(self, chat_id: str) -> list[dict[str, Any]]:
+        return list(self.rows("chat_messages", "chat_id = ?", [chat_id], order_by="idx"))
+
+    # -- lookups ----------------------------------------------------------------------------
+    def resolve(self, ref: str) -> str:
+        """Full id from an id or a unique prefix of one (like git: `ds-1a2` for `ds-1a2b3c4d`)."""
+        ref = str(ref).strip()
+        prefix = ref.split("-", 1)[0]
+        table = KINDS.get(prefix)
+        if table is None or "-" not in ref:
+            raise CatalogError(f"'{ref}' is not a catalog id (expected ds-…, ck-…, run-…, ev-… or chat-…)")
+        with self._lock:
+            found = [r["id"] for r in self.db.query(
+                f"select id from [{table}] where id like ? order by id", [ref + "%"])]
+        if not found:
+            raise CatalogError(f"no {table[:-1]} with id '{ref}' in catalog {self.path}")
+        if ref in found:
+            return ref
+        if len(found) > 1:
+            raise CatalogError(f"id prefix '{ref}' is ambiguous: {', '.join(found[:5])}")
+        return found[0]
+
+    def get(self, ref: str) -> dict[str, Any]:
+        full = self.resolve(ref)
+        table = KINDS[full.split("-", 1)[0]]
+        with self._lock:
+            return decode(self.db[table].get(full))
+
+    def table_of(self, ref: str) -> str:
+        return KINDS[self.resolve(ref).split("-", 1)[0]]
+
+    def resolve_path(self, value: str | Path, expect: str | None = None) -> Path:
+        """A path, or the path of a catalog row given by id (ids are accepted anywhere a path is)."""
+        text = str(value)
+        if looks_like_id(text) and not Path(text).exists():
+            row = self.get(text)
+            if expect and self.table_of(text) != expect:
+                raise CatalogError(f"'{text}' is a {self.table_of(text)[:-1]}, expected a {expect[:-1]}")
+            path = row.get("path") or row.get("output_path") or row.get("questions_path")
+            if not path:
+                raise CatalogError(f"'{text}' has no path recorded")
+            return Path(path)
+        return Path(text)
+
+    def find_by_path(self, table: str, path: Path | str) -> dict[str, Any] | None:
+        """The newest row of `table` recorded for `path` (so outputs link to what made their inputs)."""
+        rows = self.query(
+            f"select * from [{table}] where path = ? order by created_at desc, rowid desc limit 1",
+            [str(Path(path).resolve())],
+        )
+        return rows[0] if rows else None
+
+    def list(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = f"select * from [{table}] order by created_at desc, rowid desc"
+        if limit:
+            sql += f" limit {int(limit)}"
+        return self.query(sql)
+
+    def lineage(self, ref: str) -> dict[str, Any]:
+        """What `ref` came from (ancestors) and what came from it (descendants), transitively."""
+        root = self.resolve(ref)
+
+        def walk(start: str, up: bool) -> list[dict[str, Any]]:
+            seen, out, frontier = {start}, [], [(start, 1)]
+            while frontier:
+                node, depth = frontier.pop(0)
+                col, other = ("child_id", "parent_id") if up else ("parent_id", "child_id")
+                for edge in self.query(f"select * from links where {col} = ? order by created_at", [node]):
+                    nxt = edge[other]
+                    if nxt in seen:
+                        continue
+                    seen.add(nxt)
+                    out.append({"id": nxt, "relation": edge["relation"], "via": node, "depth": depth,
+                                "summary": self.summary(nxt)})
+                    frontier.append((nxt, depth + 1))
+            return out
+
+        return {"id": root, "summary": self.summary(root), "ancestors": walk(root, True),
+                "descendants": walk(root, False)}
+
+    def summary(self, ref: str) -> str:
+        """One line saying what a row is, for tables and lineage trees."""
+        try:
+            row = self.get(ref)
+        except CatalogError:
+            return "(removed)"
+        table = self.table_of(ref)
+        if table == "datasets":
+            return f"dataset {row['name']} ({row['format']}, {row['num_records']} records)"
+        if table == "checkpoints":
+            return f"{row['kind']} checkpoint {row['name']} ({row['template'] or 'no template'})"
+        if table == "runs":
+            return f"{row['kind']} run, {row['status']}"
+        if table == "evals":
+            return f"{row['kind']} eval {row['name'] or ''} of {row['model'] or '?'}, {row['status']}".replace("  ", " ")
+        if table == "chats":
+            return f"chat '{row['title']}' with {row['model'] or '?'}"
+        return table
+
+    def remove(self, ref: str) -> dict[str, Any]:
+        """Delete a row, its dependent rows (answers, verdicts, messages) and its lineage edges.
+
+        Files on disk are left alone: the catalog forgets, it does not destroy data.
+        """
+        full = self.resolve(ref)
+        table = self.table_of(full)
+        row = self.get(full)
+
+        def delete() -> None:
+            if table == "evals":
+                for dep in ("questions", "answers", "judgments"):
+                    self.db.execute(f"delete from [{dep}] where eval_id = ?", [full])
+            if table == "chats":
+                self.db.execute("delete from chat_messages where chat_id = ?", [full])
+            self.db.execute("delete from links where child_id = ? or parent_id = ?", [full, full])
+            self.db[table].delete(full)
+
+        self._write(delete)
+        return row
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+def open_catalog(path: Path | str | None = None) -> Catalog:
+    """The catalog at `path`, or the one in OPENCHAT_HOME."""
+    if path is None:
+        from openchat_cli.home import catalog_path
+
+        path = catalog_path()
+    return Catalog(path)

@@ -1,0 +1,124 @@
+"""`openchat catalog …`: list, show, trace and remove what openchat has made."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.tree import Tree
+
+from openchat_cli.console import console, print_json, table
+from openchat_cli.errors import OpenchatError
+from store.catalog import LIST_NAMES, open_catalog
+
+app = typer.Typer(no_args_is_help=True)
+
+# Columns shown per table in `catalog list` (everything is in --json).
+LIST_COLUMNS: dict[str, list[str]] = {
+    "datasets": ["id", "name", "format", "num_records", "parent_id", "created_at", "path"],
+    "checkpoints": ["id", "name", "kind", "template", "run_id", "step", "created_at", "path"],
+    "runs": ["id", "kind", "status", "dataset_id", "base_checkpoint_id", "created_at", "output_path"],
+    "evals": ["id", "kind", "name", "model", "status", "parent_id", "created_at"],
+    "chats": ["id", "title", "model", "updated_at"],
+}
+
+
+@app.command("list")
+def list_command(
+    what: Optional[str] = typer.Argument(None, help="datasets | checkpoints | runs | evals | chats (default: all)."),
+    limit: int = typer.Option(50, "--limit", "-n", help="Newest N rows per table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """List catalog entries, newest first."""
+    if what is not None and what not in LIST_NAMES:
+        raise OpenchatError(f"unknown kind '{what}': choose one of {', '.join(sorted(LIST_NAMES))}")
+    tables = [LIST_NAMES[what]] if what else list(LIST_COLUMNS)
+    catalog = open_catalog()
+    result = {t: catalog.list(t, limit=limit) for t in tables}
+    if as_json:
+        print_json(result if what is None else result[tables[0]])
+        return
+    for name, rows in result.items():
+        if what is None and not rows:
+            continue
+        cols = LIST_COLUMNS[name]
+        console.print(table(name, cols, ([r.get(c) for c in cols] for r in rows)))
+    if what is None and not any(result.values()):
+        console.print(f"The catalog at {catalog.path} is empty.")
+
+
+@app.command("show")
+def show_command(
+    ref: str = typer.Argument(..., help="A catalog id (or a unique prefix of one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show every field of one catalog entry."""
+    catalog = open_catalog()
+    row = catalog.get(ref)
+    extra: dict = {}
+    if catalog.table_of(row["id"]) == "chats":
+        extra["messages"] = catalog.chat_messages(row["id"])
+    if catalog.table_of(row["id"]) == "evals":
+        (extra["num_answers"],) = catalog.db.execute(
+            "select count(*) from answers where eval_id = ?", [row["id"]]).fetchone()
+        (extra["num_judgments"],) = catalog.db.execute(
+            "select count(*) from judgments where eval_id = ?", [row["id"]]).fetchone()
+    if as_json:
+        print_json({**row, **extra})
+        return
+    rows = []
+    for key, value in {**row, **extra}.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str)
+            if len(value) > 300:
+                value = value[:300] + "…"
+        rows.append((key, value))
+    console.print(table(f"{row['id']}: {catalog.summary(row['id'])}", ["field", "value"], rows))
+
+
+@app.command("lineage")
+def lineage_command(
+    ref: str = typer.Argument(..., help="A catalog id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """What an entry was made from, and what was made from it."""
+    catalog = open_catalog()
+    result = catalog.lineage(ref)
+    if as_json:
+        print_json(result)
+        return
+    tree = Tree(f"[bold]{result['id']}[/] {result['summary']}")
+    up = tree.add("[cyan]made from[/]")
+    for node in result["ancestors"] or []:
+        up.add(f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} of {node['via']})[/] {node['summary']}")
+    if not result["ancestors"]:
+        up.add("[dim]nothing recorded[/]")
+    down = tree.add("[cyan]used by[/]")
+    for node in result["descendants"] or []:
+        down.add(f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} {node['via']})[/] {node['summary']}")
+    if not result["descendants"]:
+        down.add("[dim]nothing yet[/]")
+    console.print(tree)
+
+
+@app.command("rm")
+def rm_command(
+    refs: list[str] = typer.Argument(..., help="Catalog ids to forget (files on disk are kept)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the removed rows as JSON."),
+) -> None:
+    """Remove entries from the catalog (and their answers, verdicts or messages). Files stay."""
+    catalog = open_catalog()
+    removed = [catalog.remove(ref) for ref in refs]
+    if as_json:
+        print_json(removed)
+        return
+    for row in removed:
+        console.print(f"removed {row['id']}")
+
+
+@app.command("path")
+def path_command() -> None:
+    """Print the path of catalog.db."""
+    catalog = open_catalog()
+    typer.echo(str(catalog.path))

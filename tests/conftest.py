@@ -1,0 +1,106 @@
+"""Shared fixtures: a fresh OPENCHAT_HOME per test, one tiny model per session, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Text the tiny tokenizer is trained on: English, digits, code and markdown, so BPE merges are
+# realistic enough for the tests.
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. What is 12 plus 7? The answer is 19.",
+    "Hello! How can I help you today? Please write a short poem about the sea.",
+    "def add(a, b):\n    return a + b\n",
+    "```python\nprint('hello world')\n```",
+    "In mathematics, a prime number is a natural number greater than 1.",
+    "Question: What is the capital of France? Answer: Paris. Translate 'cat' to French: chat.",
+    "1 2 3 4 5 6 7 8 9 10 11 12 100 1000 3.14 -5 + - * / = ( ) [ ] { } # ## ### * ** _",
+    "Water boils at 100 degrees Celsius. Can you explain why the sky is blue?",
+]
+
+
+@pytest.fixture(autouse=True)
+def openchat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own empty home (catalog.db and default outputs)."""
+    home = tmp_path / "openchat-home"
+    home.mkdir()
+    monkeypatch.setenv("OPENCHAT_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(CORPUS * 20) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    """One tiny model (template openchat_3.5) for the whole session; treat it as read-only."""
+    from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
+    from openchat_cli.model.tiny import SIZES, random_llama, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = train_tokenizer(corpus_file.read_text().splitlines(), SIZES["tiny"].vocab_size)
+    attach_template(tokenizer, "openchat_3.5")
+    model = random_llama(tokenizer, SIZES["tiny"], seed=0)
+    eot = tokenizer.convert_tokens_to_ids("<|end_of_turn|>")
+    model.generation_config.eos_token_id = [eot, tokenizer.eos_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_meta(out, template="openchat_3.5", size="tiny", tokenizer_hash=tokenizer_hash(tokenizer))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+class CliResult:
+    def __init__(self, result):
+        self.exit_code = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+        self.output = result.output
+        self.exception = result.exception
+
+    def json(self):
+        import json
+
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli():
+    """Run `openchat ARGS…` in-process through the real click app; returns exit code and output."""
+    from click.testing import CliRunner
+
+    from openchat_cli.app import build_cli
+
+    command = build_cli()
+
+    def run(*args: str, input: str | None = None, expect: int | None = 0) -> CliResult:
+        runner = CliRunner()
+        result = CliResult(runner.invoke(command, [str(a) for a in args], input=input,
+                                         catch_exceptions=True))
+        if expect is not None and result.exit_code != expect:
+            import traceback
+
+            tb = "".join(traceback.format_exception(result.exception)) if result.exception else ""
+            raise AssertionError(
+                f"openchat {' '.join(map(str, args))} exited {result.exit_code}, expected {expect}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{tb}")
+        return result
+
+    return run
