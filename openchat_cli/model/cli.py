@@ -123,8 +123,8 @@ def add_tokens_command(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
-    write_meta(tmp, **meta, template=template_name, tokenizer_hash=tokenizer_hash(tokenizer),
-               added_tokens=added)
+    meta.update(template=template_name, tokenizer_hash=tokenizer_hash(tokenizer), added_tokens=added)
+    write_meta(tmp, **meta)
     _publish(tmp, out)
     ck = open_catalog().add_checkpoint(
         path=out, kind="tokens-added", template=template_name, base_model=str(src),
