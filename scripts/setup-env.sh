@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create (or refresh) .venv with openchat and its test tools. Idempotent: a second run only
+# checks that the install is current. CPU-only machines get the CPU build of PyTorch first,
+# so the loose `torch` requirement never pulls several GB of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV="${OPENCHAT_VENV:-.venv}"
+TORCH_VERSION="${OPENCHAT_TORCH_VERSION:-2.13.0}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "creating $VENV with $("$PYTHON" --version)"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+
+stamp="$VENV/.openchat-installed"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        "${PIP[@]}" "torch==$TORCH_VERSION"
+    else
+        # CPU build: a local wheel (find-links) or PyTorch's CPU index when reachable.
+        "${PIP[@]}" "torch==$TORCH_VERSION" 2>/dev/null \
+            || "${PIP[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+# DeepSpeed's CUDA/C++ ops are built on demand (JIT) on GPU machines; none are needed on CPU.
+DS_BUILD_OPS=0 "${PIP[@]}" -e ".[dev]"
+echo "$want" > "$stamp"
+echo "openchat installed in $VENV ($("$VENV/bin/openchat" --version))"
