@@ -7,9 +7,9 @@ _openchat() {
         w="${COMP_WORDS[i]}"
         [[ "$w" == -* ]] && continue
         if [[ -z "$path" ]]; then candidate="$w"; else candidate="$path $w"; fi
-        case " catalog model " in
+        case " catalog data eval model " in
             *" $candidate "*) path="$candidate" ;;
-            *) if [[ -z "$path" || " catalog model " == *" $path "* ]]; then
+            *) if [[ -z "$path" || " catalog data eval model " == *" $path "* ]]; then
                    _openchat_leaf "$candidate" && path="$candidate"
                fi ;;
         esac
@@ -22,22 +22,33 @@ _openchat() {
         "catalog path") words="--help --home" ;;
         "catalog rm") words="--help --home --json" ;;
         "catalog show") words="--help --home --json" ;;
-        "chat") words="--help --home" ;;
-        "data") words="--help" ;;
-        "eval") words="--help" ;;
-        "model") words="add-tokens info init --help" ;;
+        "chat") words="--api-key --chat --condition --endpoint --help --home --max-tokens --model --system --temperature --verdicts -c -e -m -s -t" ;;
+        "data") words="clean show split stats tokenize --help" ;;
+        "data clean") words="--blocked-words --class --condition-from --default-weight --force --format --help --home --html --json --keep-model --keep-source --min-chars --name --near-dup --near-dup-threshold --no-blocked-words --no-dedup --no-unwanted-phrases --out --skip-check --trim-ends --unwanted-phrases --weight -o" ;;
+        "data show") words="--count --help --home --id --json --model --random --seed --template -m -n" ;;
+        "data split") words="--eval --eval-out --force --help --home --json --seed --train-out" ;;
+        "data stats") words="--help --home --json --model --template -m" ;;
+        "data tokenize") words="--chunk-size --force --help --home --json --max-len --model --name --out --template --workers -m -o" ;;
+        "eval") words="answer export grade judge report --help" ;;
+        "eval answer") words="--api-key --checkpoint --concurrency --endpoint --help --home --json --limit --max-tokens --model --name --new --retries --retry-wait --run --system --temperature -c -e -m -t" ;;
+        "eval export") words="--format --help --home --output -f -o" ;;
+        "eval grade") words="--help --home --json" ;;
+        "eval judge") words="--baseline --concurrency --help --home --json --judge-api-key --judge-endpoint --judge-model --max-tokens --mode --name --new --prompts --retries --retry-wait --run -b -c" ;;
+        "eval report") words="--baseline --help --home --json --plot -b" ;;
+        "model") words="add-tokens info init merge-lora --help" ;;
         "model add-tokens") words="--force --help --home --json --template --token" ;;
         "model info") words="--help --home --json" ;;
         "model init") words="--force --help --home --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
-        "serve") words="--help --home" ;;
-        "train") words="--help --home" ;;
+        "model merge-lora") words="--base --force --help --home --json" ;;
+        "serve") words="--api-keys --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --help --home --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
+        "train") words="--config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --home --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-grad-norm --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --resume --save-every --seed --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"eval"|"model"|"model add-tokens"|"model info"|"model init"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval report"|"model"|"model add-tokens"|"model info"|"model init"|"model merge-lora"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

@@ -8,11 +8,22 @@ complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_se
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path rm show' -a show -d 'Show every field of one catalog entry.'
 complete -c openchat -n '__fish_use_subcommand' -a chat -d 'Chat with a served model in the terminal; browse judge verdicts.'
 complete -c openchat -n '__fish_use_subcommand' -a data -d 'Clean, filter, dedupe, split and tokenize chat datasets.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a clean -d 'Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a show -d 'Render a few conversations, or tokenized sequences with their supervised tokens marked.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a split -d 'Reproducible train/eval split by conversation id (split parts of a conversation stay together).'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
 complete -c openchat -n '__fish_use_subcommand' -a eval -d 'Generate answers, judge them with an LLM, grade and report.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer).'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
 complete -c openchat -n '__fish_use_subcommand' -a model -d 'Make tiny models, add special tokens, merge LoRA adapters.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init' -a add-tokens -d 'Add special tokens to a model; new embedding rows start at the mean of the existing ones.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init' -a init -d 'Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads).'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a add-tokens -d 'Add special tokens to a model; new embedding rows start at the mean of the existing ones.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a init -d 'Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads).'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a merge-lora -d 'Fold a LoRA adapter into its base model: a plain model dir that serves without peft.'
 complete -c openchat -n '__fish_use_subcommand' -a serve -d 'Serve a checkpoint behind an OpenAI-compatible API.'
 complete -c openchat -n '__fish_use_subcommand' -a train -d 'Fine-tune a model on a tokenized dataset (packed, weighted, DeepSpeed).'
 complete -c openchat -n '__fish_use_subcommand' -l help
@@ -35,11 +46,142 @@ complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_s
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from show' -l help
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from show' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from show' -l json
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l api-key
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l chat
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l condition
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l endpoint
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l help
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l home
-complete -c openchat -n '__fish_seen_subcommand_from data' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval' -l help
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init' -l help
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l max-tokens
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l model
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l system
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l temperature
+complete -c openchat -n '__fish_seen_subcommand_from chat' -l verdicts
+complete -c openchat -n '__fish_seen_subcommand_from chat' -s c
+complete -c openchat -n '__fish_seen_subcommand_from chat' -s e
+complete -c openchat -n '__fish_seen_subcommand_from chat' -s m
+complete -c openchat -n '__fish_seen_subcommand_from chat' -s s
+complete -c openchat -n '__fish_seen_subcommand_from chat' -s t
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l blocked-words
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l class
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l condition-from
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l default-weight
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l force
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l format
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l home
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l html
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l keep-model
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l keep-source
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l min-chars
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l name
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l near-dup
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l near-dup-threshold
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l no-blocked-words
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l no-dedup
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l no-unwanted-phrases
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l out
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l skip-check
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l trim-ends
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l unwanted-phrases
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l weight
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -s o
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l count
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l home
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l id
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l model
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l random
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l template
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -s m
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -s n
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l eval
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l eval-out
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l force
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l home
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l train-out
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l home
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l model
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l template
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -s m
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l chunk-size
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l force
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l home
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l max-len
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l model
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l name
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l out
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l template
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l workers
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s m
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s o
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l api-key
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l checkpoint
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l concurrency
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l endpoint
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l json
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l limit
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l max-tokens
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l model
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l name
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l new
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l retries
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l retry-wait
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l run
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l system
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l temperature
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s c
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s e
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s m
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s t
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l format
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l output
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -s f
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -s o
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from grade' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from grade' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from grade' -l json
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l baseline
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l concurrency
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l json
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l judge-api-key
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l judge-endpoint
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l judge-model
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l max-tokens
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l mode
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l name
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l new
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l prompts
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l retries
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l retry-wait
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l run
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -s b
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -s c
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l baseline
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l json
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l plot
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -s b
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l home
@@ -58,8 +200,66 @@ complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_sub
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l template
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l tokenizer-corpus
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l vocab-size
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l base
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l force
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l help
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l home
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l json
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l api-keys
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l default-max-tokens
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l device
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l dtype
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine-arg
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l gpu-memory-utilization
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l help
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l home
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l host
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-level
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-requests
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-to-catalog
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-batch-size
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-body-mb
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-model-len
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-n
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l port
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l served-model-name
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l template
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l tensor-parallel-size
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l threads
+complete -c openchat -n '__fish_seen_subcommand_from train' -l config
+complete -c openchat -n '__fish_seen_subcommand_from train' -l data
+complete -c openchat -n '__fish_seen_subcommand_from train' -l epochs
+complete -c openchat -n '__fish_seen_subcommand_from train' -l eval-data
+complete -c openchat -n '__fish_seen_subcommand_from train' -l eval-every
+complete -c openchat -n '__fish_seen_subcommand_from train' -l force
+complete -c openchat -n '__fish_seen_subcommand_from train' -l grad-checkpointing
 complete -c openchat -n '__fish_seen_subcommand_from train' -l help
 complete -c openchat -n '__fish_seen_subcommand_from train' -l home
+complete -c openchat -n '__fish_seen_subcommand_from train' -l hostfile
+complete -c openchat -n '__fish_seen_subcommand_from train' -l json
+complete -c openchat -n '__fish_seen_subcommand_from train' -l log-every
+complete -c openchat -n '__fish_seen_subcommand_from train' -l lora
+complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-alpha
+complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-dropout
+complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-r
+complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-targets
+complete -c openchat -n '__fish_seen_subcommand_from train' -l lr
+complete -c openchat -n '__fish_seen_subcommand_from train' -l max-grad-norm
+complete -c openchat -n '__fish_seen_subcommand_from train' -l micro-tokens
+complete -c openchat -n '__fish_seen_subcommand_from train' -l min-lr-ratio
+complete -c openchat -n '__fish_seen_subcommand_from train' -l model
+complete -c openchat -n '__fish_seen_subcommand_from train' -l num-gpus
+complete -c openchat -n '__fish_seen_subcommand_from train' -l offload
+complete -c openchat -n '__fish_seen_subcommand_from train' -l out
+complete -c openchat -n '__fish_seen_subcommand_from train' -l precision
+complete -c openchat -n '__fish_seen_subcommand_from train' -l resume
+complete -c openchat -n '__fish_seen_subcommand_from train' -l save-every
+complete -c openchat -n '__fish_seen_subcommand_from train' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from train' -l stop-after
+complete -c openchat -n '__fish_seen_subcommand_from train' -l tokens-per-step
+complete -c openchat -n '__fish_seen_subcommand_from train' -l warmup-ratio
+complete -c openchat -n '__fish_seen_subcommand_from train' -l weight-decay
+complete -c openchat -n '__fish_seen_subcommand_from train' -l zero
+complete -c openchat -n '__fish_seen_subcommand_from train' -s o
 complete -c openchat -n 'not __fish_use_subcommand' -F

@@ -1,12 +1,220 @@
-"""`openchat eval …` commands (not built yet)."""
+"""`openchat eval …`: answer, judge, grade, report, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
-from openchat_cli.stub import not_implemented
+from openchat_cli.console import console, err_console, print_json, progress
+from openchat_cli.errors import OpenchatError
 
-app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app = typer.Typer(no_args_is_help=True, help="Generate answers, judge them with an LLM, grade and report.")
 
 
-@app.callback()
-def placeholder() -> None:
-    not_implemented("eval")
+class _Progress:
+    """A rich progress bar fed by the run's events; notes and errors go to stderr."""
+
+    def __init__(self, what: str, quiet: bool = False):
+        self.what = what
+        self.quiet = quiet
+        self.bar = progress()
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "note":
+            err_console.print(f"[yellow]note:[/] {data['message']}", highlight=False)
+        elif kind == "model":
+            err_console.print(f"model: {data['model']} (from the endpoint's /models)", highlight=False)
+        elif kind == "start":
+            verb = "continuing" if data["resumed"] else "started"
+            if not self.quiet:
+                err_console.print(f"{verb} {data['run_id']}: {data['already']}/{data['total']} done, "
+                                  f"{data['todo']} to ask", highlight=False)
+            self.task = self.bar.add_task(self.what, total=data["total"], completed=data["already"], info="")
+        elif kind in ("answered", "judged") and self.task is not None:
+            self.bar.update(self.task, completed=data["done"])
+        elif kind == "error":
+            err_console.print(f"[red]question {data['question_id']}:[/] {data['message']}", highlight=False)
+
+
+@app.command("answer")
+def answer_command(
+    questions: Optional[str] = typer.Argument(
+        None, help="Question file (MT-bench/FastChat, Vicuna, AlpacaEval, multiple-choice, exact-answer "
+                   "or plain JSONL), or an eval id whose question file to reuse."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", "-e", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:18888/v1."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name as served (default: the endpoint's first model)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENCHAT_API_KEY", help="Bearer key for the endpoint."),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Questions in flight at once."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="One temperature for all (default: MT-bench's per category)."),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="Max new tokens per turn."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt for every question."),
+    name: Optional[str] = typer.Option(None, "--name", help="Label for the run (default: the model name)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Continue this answer run (eval id)."),
+    new: bool = typer.Option(False, "--new", help="Start a fresh run even if a matching one exists."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Catalog checkpoint the endpoint serves (for lineage)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
+    retries: int = typer.Option(6, "--retries", min=0, help="Retries per request on 429 / 5xx / connection errors."),
+    retry_wait: float = typer.Option(1.0, "--retry-wait", min=0.0, help="First backoff in seconds (doubles each retry)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Ask an endpoint every question; answers are stored as they arrive. Re-run to resume."""
+    from openchat_cli.eval.answer import AnswerOptions, run_answer
+    from openchat_cli.eval.runs import eval_row
+    from store.catalog import open_catalog
+
+    cat = open_catalog()
+    if questions is None and run is None:
+        raise OpenchatError("give a question file (or --run ID to continue a run)")
+    if endpoint is None:
+        if run is None:
+            raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
+        endpoint = eval_row(cat, run, "answer")["endpoint"]
+    opts = AnswerOptions(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
+                         temperature=temperature, max_tokens=max_tokens, system=system, name=name, run=run,
+                         new=new, checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)
+    with _Progress("answering", quiet=as_json) as bar:
+        result = run_answer(cat, questions or "", opts, bar)
+    if as_json:
+        print_json({"run_id": result.run_id, "status": result.status, "resumed": result.resumed,
+                    "questions": result.total, "already": result.already, "answered_now": result.answered_now,
+                    "errors": result.errors, "metrics": result.metrics})
+    else:
+        m = result.metrics
+        console.print(f"[bold]{result.run_id}[/] {result.status}: {m['answered']}/{result.total} answered "
+                      f"({result.answered_now} now), {m['completion_tokens']} completion tokens")
+    if result.errors:
+        raise OpenchatError(f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); "
+                            f"re-run the same command to retry them", exit_code=1)
+
+
+@app.command("judge")
+def judge_command(
+    answer_runs: list[str] = typer.Argument(..., help="Answer run(s) to judge (eval ids, prefixes ok)."),
+    judge_endpoint: str = typer.Option(..., "--judge-endpoint", envvar="OPENCHAT_JUDGE_ENDPOINT",
+                                       help="OpenAI-compatible base URL of the judge."),
+    judge_model: str = typer.Option(..., "--judge-model", envvar="OPENCHAT_JUDGE_MODEL", help="Judge model name."),
+    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key", envvar="OPENAI_API_KEY",
+                                                help="Bearer key for the judge (or $OPENAI_API_KEY)."),
+    mode: str = typer.Option("single", "--mode", help="single (1-10 rating per turn) | pairwise (vs --baseline, both orders)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", "-b", help="The other answer run, for pairwise."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="FastChat-format judge prompt file (default: built-in prompts)."),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Judge requests in flight at once."),
+    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Max tokens of each judgment."),
+    retries: int = typer.Option(6, "--retries", min=0, help="Retries per request on 429 / 5xx / connection errors."),
+    retry_wait: float = typer.Option(1.0, "--retry-wait", min=0.0, help="First backoff in seconds (doubles each retry)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Continue this judge run."),
+    new: bool = typer.Option(False, "--new", help="Start a fresh judge run even if a matching one exists."),
+    name: Optional[str] = typer.Option(None, "--name", help="Label for the judge run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume."""
+    from openchat_cli.eval.judge import JudgeOptions, run_judge
+    from store.catalog import open_catalog
+
+    if mode not in ("single", "pairwise"):
+        raise OpenchatError(f"--mode must be 'single' or 'pairwise', not '{mode}'")
+    if run and len(answer_runs) > 1:
+        raise OpenchatError("--run continues one judge run: give one answer run with it")
+    cat = open_catalog()
+    opts = JudgeOptions(judge_endpoint=judge_endpoint, judge_model=judge_model, mode=mode, baseline=baseline,
+                        prompts=str(prompts) if prompts else None, api_key=judge_api_key,
+                        concurrency=concurrency, max_tokens=max_tokens, retries=retries,
+                        retry_wait_s=retry_wait, run=run, new=new, name=name)
+    results = []
+    for ref in answer_runs:
+        with _Progress(f"judging {ref}", quiet=as_json) as bar:
+            result = run_judge(cat, ref, opts, bar)
+        results.append(result)
+        if not as_json:
+            metrics = cat.get(result.run_id).get("metrics") or {}
+            rel = metrics.get("reliability") or {}
+            line = (f"[bold]{result.run_id}[/] {result.status}: {result.already + result.judged_now}/"
+                    f"{result.total} judgments ({result.judged_now} now), parse failures "
+                    f"{rel.get('parse_failures', 0)}")
+            if metrics.get("mode") == "pairwise" and metrics.get("adjusted_win_rate") is not None:
+                line += (f"; adjusted win rate {100 * metrics['adjusted_win_rate']:.1f}%, flipped on swap "
+                         f"{rel.get('flipped', 0)}/{rel.get('swapped_pairs', 0)}")
+            elif metrics.get("average") is not None:
+                line += f"; average score {metrics['average']:.2f}"
+            console.print(line + f"  (details: openchat eval report {result.run_id})")
+    if as_json:
+        print_json([{"run_id": r.run_id, "answer_id": r.answer_id, "baseline_id": r.baseline_id,
+                     "status": r.status, "resumed": r.resumed, "judgments": r.total, "already": r.already,
+                     "judged_now": r.judged_now, "parse_failures_now": r.parse_failures_now, "notes": r.notes}
+                    for r in results])
+
+
+@app.command("grade")
+def grade_command(
+    answer_runs: list[str] = typer.Argument(..., help="Answer run(s) of multiple-choice / exact-answer sets."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Grade exact-answer sets without a judge (option letter, last number, \\boxed{} answer)."""
+    from openchat_cli.eval.grade import run_grade
+    from store.catalog import open_catalog
+
+    cat = open_catalog()
+    results = [run_grade(cat, ref) for ref in answer_runs]
+    if as_json:
+        print_json(results)
+        return
+    for r in results:
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        console.print(f"[bold]{r['run_id']}[/] {r['model']}: accuracy {acc} ({r['correct']}/{r['graded']}), "
+                      f"no answer found in {r['no_answer']}")
+
+
+@app.command("report")
+def report_command(
+    runs: Optional[list[str]] = typer.Argument(None, help="Judge, grade or answer runs (default: every judge and grade run)."),
+    baseline: Optional[list[str]] = typer.Option(None, "--baseline", "-b",
+                                                 help="Answer run to express single scores as a % of."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (rates as fractions)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG: scores by category, models side by side."),
+) -> None:
+    """Scores, win rates and accuracy with bootstrap CIs, and judge reliability."""
+    from openchat_cli.eval.report import build_report, plot as plot_report, render
+    from store.catalog import open_catalog
+
+    cat = open_catalog()
+    report = build_report(cat, list(runs or []), list(baseline or []))
+    if plot is not None:
+        written = plot_report(report, plot)
+        report["plot"] = str(written)
+    if as_json:
+        print_json(report)
+        return
+    render(report, console)
+    if plot is not None:
+        console.print(f"plot written to {report['plot']}")
+
+
+@app.command("export")
+def export_command(
+    run: str = typer.Argument(..., help="Answer or judge run to export."),
+    fmt: str = typer.Option("fastchat", "--format", "-f", help="fastchat | alpaca_eval"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+) -> None:
+    """Write answers or judgments in FastChat's or AlpacaEval's formats."""
+    from openchat_cli.eval.export import export_run
+    from store.catalog import open_catalog
+
+    cat = open_catalog()
+    text, count, row = export_run(cat, run, fmt)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    err_console.print(f"wrote {count} {'answers' if row['kind'] == 'answer' else 'judgments'} of {row['id']} "
+                      f"to {output}", highlight=False)

@@ -1,0 +1,302 @@
+"""`openchat eval answer`: ask an endpoint every question, store each answer as it arrives.
+
+A run is identified by (question file hash, endpoint, model): running the same command again
+continues the newest matching run and asks only the questions it has no answer for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from openchat_cli.errors import OpenchatError
+from openchat_cli.eval.client import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_WAIT_S,
+    ChatClient,
+    EndpointError,
+    normalize_base_url,
+)
+from openchat_cli.eval.questions import Question, QuestionSet, load_questions
+from openchat_cli.eval.runs import Interrupted, eval_row, finish, run_guarded, worker_pool
+from store.catalog import Catalog, CatalogError, looks_like_id
+
+# MT-bench's sampling temperatures per category (FastChat `temperature_config`).
+CATEGORY_TEMPERATURES: dict[str, float] = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
+}
+DEFAULT_TEMPERATURE = 0.7
+# Multiple-choice / exact-answer sets are graded, not judged: answer them greedily.
+GRADED_FORMAT_TEMPERATURE = 0.0
+DEFAULT_MAX_TOKENS = 1024
+
+
+def temperature_for(question: Question, override: float | None) -> float:
+    if override is not None:
+        return override
+    category = (question.category or "").lower()
+    if category in CATEGORY_TEMPERATURES:
+        return CATEGORY_TEMPERATURES[category]
+    if question.format in ("choice", "exact"):
+        return GRADED_FORMAT_TEMPERATURE
+    return DEFAULT_TEMPERATURE
+
+
+@dataclass
+class AnswerOptions:
+    endpoint: str
+    model: str | None = None
+    api_key: str | None = None
+    concurrency: int = 32
+    temperature: float | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    system: str | None = None
+    name: str | None = None
+    run: str | None = None  # continue this run
+    new: bool = False  # start a fresh run even if one matches
+    checkpoint: str | None = None
+    retries: int = DEFAULT_RETRIES
+    retry_wait_s: float = DEFAULT_RETRY_WAIT_S
+    limit: int | None = None  # only the first N questions (smoke runs)
+
+
+@dataclass
+class AnswerResult:
+    run_id: str
+    resumed: bool
+    total: int
+    already: int
+    answered_now: int
+    errors: list[str]
+    status: str
+    metrics: dict[str, Any]
+
+
+def _config(opts: AnswerOptions) -> dict[str, Any]:
+    return {
+        "temperature": opts.temperature,
+        "category_temperatures": CATEGORY_TEMPERATURES,
+        "default_temperature": DEFAULT_TEMPERATURE,
+        "max_tokens": opts.max_tokens,
+        "system": opts.system,
+        "limit": opts.limit,
+    }
+
+
+def find_matching_run(cat: Catalog, questions_hash: str, endpoint: str, model: str) -> dict | None:
+    rows = cat.query(
+        "select * from evals where kind = 'answer' and questions_hash = ? and endpoint = ? and model = ? "
+        "order by created_at desc, rowid desc limit 1",
+        [questions_hash, endpoint, model])
+    return rows[0] if rows else None
+
+
+def answered_ids(cat: Catalog, run_id: str) -> set[str]:
+    return {r["question_id"] for r in cat.query(
+        "select question_id from answers where eval_id = ?", [run_id])}
+
+
+def discover_checkpoint(cat: Catalog, base_url: str) -> str | None:
+    """The catalog checkpoint an `openchat serve` endpoint serves, from its /health (best effort)."""
+    import httpx
+
+    root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+    try:
+        response = httpx.get(root + "/health", timeout=2.0)
+        found = response.json().get("checkpoint_id") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if not isinstance(found, str) or not looks_like_id(found):
+        return None
+    try:
+        full = cat.resolve(found)
+    except CatalogError:
+        return None
+    return full if cat.table_of(full) == "checkpoints" else None
+
+
+def _resolve_checkpoint(cat: Catalog, opts: AnswerOptions, model: str, base_url: str) -> str | None:
+    ref = opts.checkpoint or (model if looks_like_id(model) and model.startswith("ck-") else None)
+    if not ref:
+        return discover_checkpoint(cat, base_url)
+    try:
+        full = cat.resolve(ref)
+    except CatalogError:
+        if opts.checkpoint:
+            raise
+        return None
+    if cat.table_of(full) != "checkpoints":
+        raise OpenchatError(f"--checkpoint {ref} is not a checkpoint id")
+    return full
+
+
+def answer_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retries: int = 0) -> dict[str, Any]:
+    (answered, prompt, completion, latency) = cat.db.execute(
+        "select count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
+        "avg(latency_s) from answers where eval_id = ?", [run_id]).fetchone()
+    return {"questions": total, "answered": answered, "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "mean_latency_s": round(latency, 4) if latency is not None else None,
+            "errors": errors, "retries": retries}
+
+
+async def _fetch_model_name(opts: AnswerOptions, base_url: str) -> str:
+    async with ChatClient(base_url, "", api_key=opts.api_key, retries=opts.retries,
+                          retry_wait_s=opts.retry_wait_s) as client:
+        models = await client.list_models()
+    if not models:
+        raise OpenchatError(f"{base_url}/models lists no models; pass --model")
+    return models[0]
+
+
+async def answer_question(client: ChatClient, question: Question, temperature: float,
+                          max_tokens: int, system: str | None) -> dict[str, Any]:
+    """Ask every turn of one question; each turn sees the earlier turns and the model's replies."""
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    replies: list[str] = []
+    prompt_tokens = completion_tokens = 0
+    latency = 0.0
+    finish_reasons: list[str | None] = []
+    for turn in question.turns:
+        messages.append({"role": "user", "content": turn})
+        result = await client.complete(messages, temperature=temperature, max_tokens=max_tokens)
+        messages.append({"role": "assistant", "content": result.text})
+        replies.append(result.text)
+        prompt_tokens += result.prompt_tokens
+        completion_tokens += result.completion_tokens
+        latency += result.latency_s
+        finish_reasons.append(result.finish_reason)
+    return {"turns": replies, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "latency_s": round(latency, 4),
+            "meta": {"temperature": temperature, "finish_reasons": finish_reasons}}
+
+
+def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
+               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> AnswerResult:
+    """Create or continue an answer run and ask what is missing. Raises on fatal failures
+    after marking the run failed/interrupted; every answer received is already stored."""
+    emit = on_event or (lambda kind, data: None)
+    base_url = normalize_base_url(opts.endpoint)
+
+    # Which run: --run ID, or the newest one for the same questions + endpoint + model.
+    existing: dict | None = None
+    if opts.run:
+        existing = eval_row(cat, opts.run, "answer")
+        if questions_path in (None, "") or looks_like_id(str(questions_path)):
+            questions_path = existing["questions_path"]
+    elif looks_like_id(str(questions_path)):
+        row = eval_row(cat, str(questions_path))
+        questions_path = row["questions_path"]
+    qset: QuestionSet = load_questions(questions_path)
+    questions = qset.questions[: opts.limit] if opts.limit else qset.questions
+
+    model = opts.model or (existing or {}).get("model")
+    if not model:
+        model = run_guarded(lambda: _fetch_model_name(opts, base_url))
+        emit("model", {"model": model})
+
+    if existing is not None:
+        if existing["questions_hash"] != qset.hash:
+            raise OpenchatError(
+                f"run {existing['id']} was made from a different question file "
+                f"(hash {existing['questions_hash']}, this one is {qset.hash}); start a new run instead")
+        if existing["model"] != model or existing["endpoint"] != base_url:
+            emit("note", {"message": f"run {existing['id']} used model {existing['model']} at "
+                                     f"{existing['endpoint']}; continuing with {model} at {base_url}"})
+    elif not opts.new:
+        existing = find_matching_run(cat, qset.hash, base_url, model)
+
+    resumed = existing is not None
+    if existing is not None:
+        run_id = existing["id"]
+        config = existing.get("config") or {}
+        differs = [k for k, v in _config(opts).items()
+                   if k in config and k != "limit" and config[k] != v and v is not None]
+        if differs:
+            emit("note", {"message": f"continuing {run_id} with its recorded settings "
+                                     f"({', '.join(differs)} differ from this command; use --new "
+                                     f"for a fresh run)"})
+        if config.get("limit") != opts.limit:
+            config["limit"] = opts.limit
+            cat.update("evals", run_id, config=config)
+    else:
+        config = _config(opts)
+        run_id = cat.add_eval(
+            kind="answer", name=opts.name or model, questions_path=str(qset.path),
+            questions_hash=qset.hash, endpoint=base_url, model=model,
+            checkpoint_id=_resolve_checkpoint(cat, opts, model, base_url), config=config)
+    # Questions are (re)written so the catalog always holds the set the run answers.
+    cat.insert_many("questions", (q.row(run_id) for q in questions), replace=True)
+
+    done = answered_ids(cat, run_id)
+    todo = [q for q in questions if q.question_id not in done]
+    already = len(questions) - len(todo)
+    emit("start", {"run_id": run_id, "resumed": resumed, "total": len(questions),
+                   "already": already, "todo": len(todo), "model": model, "endpoint": base_url})
+    if not todo:
+        metrics = answer_metrics(cat, run_id, len(questions))
+        finish(cat, run_id, "completed", metrics)
+        return AnswerResult(run_id, resumed, len(questions), already, 0, [], "completed", metrics)
+
+    finish(cat, run_id, "running")
+    errors: list[str] = []
+    counter = {"answered": 0, "retries": 0}
+    temperature_override = config.get("temperature")
+    max_tokens = config.get("max_tokens") or opts.max_tokens
+    system = config.get("system")
+
+    async def go() -> None:
+        async with ChatClient(base_url, model, api_key=opts.api_key, concurrency=opts.concurrency,
+                              retries=opts.retries, retry_wait_s=opts.retry_wait_s) as client:
+            async def handle(question: Question) -> None:
+                temperature = temperature_for(question, temperature_override)
+                try:
+                    result = await answer_question(client, question, temperature, max_tokens, system)
+                except EndpointError as exc:
+                    if exc.fatal:
+                        raise
+                    errors.append(f"{question.question_id}: {exc.message}")
+                    emit("error", {"question_id": question.question_id, "message": exc.message})
+                    return
+                cat.insert("answers", {"eval_id": run_id, "question_id": question.question_id,
+                                       "model": model, **result}, replace=True)
+                counter["answered"] += 1
+                emit("answered", {"question_id": question.question_id, "done": already + counter["answered"]})
+
+            try:
+                await worker_pool(todo, opts.concurrency, handle)
+            finally:
+                counter["retries"] = client.retried
+
+    try:
+        run_guarded(go)
+    except Interrupted:
+        finish(cat, run_id, "interrupted",
+               answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
+        raise
+    except EndpointError as exc:
+        finish(cat, run_id, "failed",
+               answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
+        got = len(answered_ids(cat, run_id))
+        raise EndpointError(f"{exc.message}. Run {run_id} keeps the {got}/{len(questions)} answers "
+                            f"received; re-run the same command to continue.") from None
+    except BaseException:
+        finish(cat, run_id, "failed",
+               answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
+        raise
+
+    metrics = answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"])
+    status = "completed" if metrics["answered"] >= len(questions) else "failed"
+    finish(cat, run_id, status, metrics)
+    return AnswerResult(run_id, resumed, len(questions), already, counter["answered"], errors,
+                        status, metrics)

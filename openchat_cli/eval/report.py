@@ -1,0 +1,565 @@
+"""`openchat eval report`: scores, win rates and accuracies with bootstrap CIs, and how far the
+judge can be trusted.
+
+All rates are fractions in [0, 1] (tables print them as percentages); "percent of baseline" is
+a percentage. Confidence intervals are 95% percentile bootstrap intervals that resample
+*questions* (all turns and both orders of a question move together), 1000 resamples, seed 0.
+
+Pairwise definitions (A = the judged run, B = the baseline):
+- a pair is one (question, turn) judged in both orders; its verdict is the two orders' common
+  verdict, or a tie when they disagree (counted as `inconsistent` too). Pairs with an
+  unparseable verdict in either order, or not yet judged in both orders, are left out.
+- win rate = wins / pairs; adjusted win rate = (wins + ties / 2) / pairs.
+- AlpacaEval-style win rate: every single judgment (each order) is one annotation worth 1 for a
+  win of A, 0.5 for a tie, 0 for a loss; the mean over parsed annotations.
+- length-controlled win rate: a logistic regression of those annotations on
+  tanh(length difference / its std) and the display position (+1 when A was shown first), with
+  a small L2 penalty on those two slopes; the LC win rate is sigmoid(intercept): the predicted
+  win rate with equal lengths and no position effect.
+- reliability: flip rate = pairs whose two orders disagree / pairs with both orders parsed;
+  first-position win rate = decisive annotations won by the answer shown first; longer-answer
+  win rate = decisive annotations (different lengths) won by the longer answer; parse-failure
+  rate = unparseable judgments / judgments.
+Single mode: turn means and the average over every parsed rating (as MT-bench); "percent of
+baseline" = 100 × (sum of A's ratings) / (sum of B's ratings) over the (question, turn) units
+both runs have a parsed rating for, from single-mode judge runs by the same judge model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from openchat_cli.errors import OpenchatError
+from openchat_cli.eval.runs import eval_row
+from store.catalog import Catalog
+
+N_BOOT = 1000
+SEED = 0
+LC_L2 = 1.0  # penalty on the length and position slopes
+LC_L2_INTERCEPT = 1e-3  # keeps the intercept finite when every annotation agrees
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+def cluster_bootstrap(num: Iterable[float], den: Iterable[float], n_boot: int = N_BOOT,
+                      seed: int = SEED, alpha: float = 0.05) -> list[float] | None:
+    """Percentile CI of sum(num)/sum(den) resampling clusters (questions) with replacement."""
+    num = np.asarray(list(num), dtype=float)
+    den = np.asarray(list(den), dtype=float)
+    k = len(num)
+    if k == 0 or den.sum() <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats: list[np.ndarray] = []
+    chunk = max(1, min(n_boot, 2_000_000 // max(1, k)))
+    remaining = n_boot
+    while remaining > 0:
+        size = min(chunk, remaining)
+        idx = rng.integers(0, k, size=(size, k))
+        n, d = num[idx].sum(axis=1), den[idx].sum(axis=1)
+        keep = d > 0
+        stats.append(n[keep] / d[keep])
+        remaining -= size
+    values = np.concatenate(stats)
+    if values.size == 0:
+        return None
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return [float(lo), float(hi)]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: np.ndarray, iters: int = 100) -> np.ndarray:
+    """Weights minimising the cross-entropy of soft targets y ∈ [0, 1] plus ½·Σ l2·w² (Newton)."""
+    w = np.zeros(X.shape[1])
+    for _ in range(iters):
+        p = _sigmoid(X @ w)
+        grad = X.T @ (p - y) + l2 * w
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + np.diag(l2) + 1e-9 * np.eye(X.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return w
+
+
+def lc_design(len_diff: np.ndarray, first: np.ndarray) -> np.ndarray:
+    scale = float(np.std(len_diff)) or 1.0
+    return np.column_stack([np.ones(len(len_diff)), np.tanh(len_diff / scale), first])
+
+
+def lc_win_rate(len_diff: Iterable[float], first: Iterable[float], y: Iterable[float]) -> dict[str, Any] | None:
+    len_diff = np.asarray(list(len_diff), dtype=float)
+    first = np.asarray(list(first), dtype=float)
+    y = np.asarray(list(y), dtype=float)
+    if len(y) == 0:
+        return None
+    X = lc_design(len_diff, first)
+    w = fit_logistic(X, y, np.array([LC_L2_INTERCEPT, LC_L2, LC_L2]))
+    return {"value": float(_sigmoid(np.array([w[0]]))[0]),
+            "coefficients": {"intercept": float(w[0]), "length": float(w[1]), "position": float(w[2])}}
+
+
+def lc_bootstrap(clusters: list[list[tuple[float, float, float]]], n_boot: int = 200,
+                 seed: int = SEED) -> list[float] | None:
+    """CI of the LC win rate, resampling questions (each a list of (len_diff, first, y))."""
+    if not clusters:
+        return None
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(c, dtype=float) for c in clusters]
+    values = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(arrays), size=len(arrays))
+        data = np.concatenate([arrays[i] for i in pick])
+        fit = lc_win_rate(data[:, 0], data[:, 1], data[:, 2])
+        if fit is not None:
+            values.append(fit["value"])
+    if not values:
+        return None
+    lo, hi = np.quantile(values, [0.025, 0.975])
+    return [float(lo), float(hi)]
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None
+
+
+def _rate(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+def _judgments(cat: Catalog, run_id: str) -> list[dict[str, Any]]:
+    return list(cat.rows("judgments", "eval_id = ?", [run_id], order_by="id"))
+
+
+def _lengths(cat: Catalog, answer_id: str | None) -> dict[str, list[int]]:
+    if not answer_id:
+        return {}
+    return {r["question_id"]: [len(t or "") for t in (r["turns"] or [])]
+            for r in cat.rows("answers", "eval_id = ?", [answer_id])}
+
+
+def _categories(cat: Catalog, answer_id: str | None) -> dict[str, str]:
+    if not answer_id:
+        return {}
+    return {r["question_id"]: r["category"] or "(none)"
+            for r in cat.query("select question_id, category from questions where eval_id = ?", [answer_id])}
+
+
+def _label(cat: Catalog, answer_id: str | None) -> str:
+    if not answer_id:
+        return "?"
+    try:
+        row = cat.get(answer_id)
+    except Exception:  # removed from the catalog
+        return answer_id
+    return row.get("name") or row.get("model") or answer_id
+
+
+# -- summaries ----------------------------------------------------------------------------------
+
+def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
+    rows = _judgments(cat, run["id"])
+    answer_id = run.get("parent_id")
+    cats = _categories(cat, answer_id)
+    by_turn: dict[int, list[float]] = defaultdict(list)
+    by_cat: dict[str, list[float]] = defaultdict(list)
+    by_question: dict[str, list[float]] = defaultdict(list)
+    failures = 0
+    for r in rows:
+        if not r["parse_ok"] or r["score"] is None:
+            failures += 1
+            continue
+        score = float(r["score"])
+        by_turn[int(r["turn"])].append(score)
+        by_cat[cats.get(r["question_id"]) or (r.get("meta") or {}).get("category") or "(none)"].append(score)
+        by_question[r["question_id"]].append(score)
+    scores = [s for v in by_turn.values() for s in v]
+    return {
+        "run_id": run["id"], "mode": "single", "status": run.get("status"),
+        "answer_id": answer_id, "model": _label(cat, answer_id), "judge_model": run.get("model"),
+        "questions": len(by_question),
+        "turns": {str(t): _mean(v) for t, v in sorted(by_turn.items())},
+        "average": _mean(scores),
+        "average_ci": cluster_bootstrap([sum(v) for v in by_question.values()],
+                                        [len(v) for v in by_question.values()]),
+        "categories": {c: _mean(v) for c, v in sorted(by_cat.items())},
+        "judgments": len(rows), "parse_failures": failures,
+        "reliability": {"parse_failure_rate": _rate(failures, len(rows)), "parse_failures": failures,
+                        "judgments": len(rows)},
+    }
+
+
+def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> dict[str, Any]:
+    rows = _judgments(cat, run["id"])
+    answer_id, baseline_id = run.get("parent_id"), run.get("baseline_id")
+    len_a, len_b = _lengths(cat, answer_id), _lengths(cat, baseline_id)
+    cats = _categories(cat, answer_id)
+
+    def lengths(r: dict[str, Any]) -> tuple[float, float]:
+        t = int(r["turn"]) - 1
+        meta = r.get("meta") or {}
+        a = len_a.get(r["question_id"], [])
+        b = len_b.get(r["question_id"], [])
+        la = a[t] if t < len(a) else meta.get("len_a", 0)
+        lb = b[t] if t < len(b) else meta.get("len_b", 0)
+        return float(la or 0), float(lb or 0)
+
+    failures = sum(1 for r in rows if not r["parse_ok"] or r["verdict"] not in ("A", "B", "tie"))
+    valid = [r for r in rows if r["parse_ok"] and r["verdict"] in ("A", "B", "tie")]
+    value = {"A": 1.0, "tie": 0.5, "B": 0.0}
+
+    # Pairs: (question, turn) with both orders.
+    by_pair: dict[tuple[str, int], dict[str, str]] = defaultdict(dict)
+    for r in rows:
+        by_pair[(r["question_id"], int(r["turn"]))][r["order"]] = (
+            r["verdict"] if r["parse_ok"] and r["verdict"] in ("A", "B", "tie") else "error")
+    win = loss = tie = inconsistent = swapped = 0
+    per_question: dict[str, list[float]] = defaultdict(list)
+    per_cat: dict[str, list[float]] = defaultdict(list)
+    for (qid, _turn), orders in by_pair.items():
+        ab, ba = orders.get("AB"), orders.get("BA")
+        if ab is None or ba is None or "error" in (ab, ba):
+            continue
+        swapped += 1
+        if ab == ba:
+            combined = ab
+        else:
+            combined = "tie"
+            inconsistent += 1
+        win += combined == "A"
+        loss += combined == "B"
+        tie += combined == "tie"
+        per_question[qid].append(value[combined])
+        per_cat[cats.get(qid, "(none)")].append(value[combined])
+    pairs = win + loss + tie
+
+    # Annotations (each order on its own).
+    ann_by_q: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    first_wins = decisive = longer_wins = decided_by_length = 0
+    for r in valid:
+        la, lb = lengths(r)
+        first = 1.0 if r["order"] == "AB" else -1.0
+        y = value[r["verdict"]]
+        ann_by_q[r["question_id"]].append((la - lb, first, y))
+        if r["verdict"] in ("A", "B"):
+            decisive += 1
+            first_wins += (r["verdict"] == "A") == (r["order"] == "AB")
+            if la != lb:
+                decided_by_length += 1
+                longer_wins += (r["verdict"] == "A") == (la > lb)
+    annotations = [a for v in ann_by_q.values() for a in v]
+    alpaca = _mean([a[2] for a in annotations])
+    lc = lc_win_rate([a[0] for a in annotations], [a[1] for a in annotations], [a[2] for a in annotations])
+
+    return {
+        "run_id": run["id"], "mode": "pairwise", "status": run.get("status"),
+        "answer_id": answer_id, "baseline_id": baseline_id,
+        "model": _label(cat, answer_id), "baseline": _label(cat, baseline_id), "judge_model": run.get("model"),
+        "pairs": pairs, "win": win, "loss": loss, "tie": tie, "inconsistent": inconsistent,
+        "win_rate": _rate(win, pairs), "loss_rate": _rate(loss, pairs), "tie_rate": _rate(tie, pairs),
+        "adjusted_win_rate": (win + 0.5 * tie) / pairs if pairs else None,
+        "adjusted_win_rate_ci": cluster_bootstrap([sum(v) for v in per_question.values()],
+                                                  [len(v) for v in per_question.values()]),
+        "alpaca_eval_win_rate": alpaca,
+        "alpaca_eval_win_rate_ci": cluster_bootstrap([sum(a[2] for a in v) for v in ann_by_q.values()],
+                                                     [len(v) for v in ann_by_q.values()]),
+        "annotations": len(annotations),
+        "lc_win_rate": lc["value"] if lc else None,
+        "lc_win_rate_ci": lc_bootstrap(list(ann_by_q.values())) if lc and lc_ci else None,
+        "lc_coefficients": lc["coefficients"] if lc else None,
+        "categories": {c: _mean(v) for c, v in sorted(per_cat.items())},
+        "judgments": len(rows),
+        "reliability": {
+            "flip_rate": _rate(inconsistent, swapped), "flipped": inconsistent, "swapped_pairs": swapped,
+            "first_position_win_rate": _rate(first_wins, decisive), "decisive": decisive,
+            "longer_answer_win_rate": _rate(longer_wins, decided_by_length),
+            "decided_with_length_difference": decided_by_length,
+            "parse_failure_rate": _rate(failures, len(rows)), "parse_failures": failures,
+            "judgments": len(rows),
+        },
+    }
+
+
+def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
+    run = cat.get(run_id)
+    rows = _judgments(cat, run_id)
+    cats = _categories(cat, run.get("parent_id"))
+    correct = sum(1 for r in rows if r["verdict"] == "correct")
+    errors = sum(1 for r in rows if r["verdict"] == "error")
+    by_cat: dict[str, list[float]] = defaultdict(list)
+    methods: dict[str, int] = defaultdict(int)
+    for r in rows:
+        by_cat[cats.get(r["question_id"], "(none)")].append(1.0 if r["verdict"] == "correct" else 0.0)
+        methods[(r.get("meta") or {}).get("method") or r.get("prompt_name") or "?"] += 1
+    scores = [1.0 if r["verdict"] == "correct" else 0.0 for r in rows]
+    return {
+        "run_id": run_id, "mode": "exact", "status": run.get("status"), "answer_id": run.get("parent_id"),
+        "model": _label(cat, run.get("parent_id")), "graded": len(rows), "correct": correct,
+        "incorrect": len(rows) - correct - errors, "no_answer": errors,
+        "accuracy": _rate(correct, len(rows)),
+        "accuracy_ci": cluster_bootstrap(scores, [1.0] * len(scores)),
+        "no_answer_rate": _rate(errors, len(rows)),
+        "categories": {c: _mean(v) for c, v in sorted(by_cat.items())},
+        "methods": dict(methods),
+    }
+
+
+def judge_summary(cat: Catalog, run_id: str, lc_ci: bool = True) -> dict[str, Any]:
+    """The report's numbers for one judge run (stored as its metrics, without the LC CI's refits)."""
+    run = cat.get(run_id)
+    mode = (run.get("config") or {}).get("mode")
+    return pairwise_summary(cat, run, lc_ci=lc_ci) if mode == "pairwise" else single_summary(cat, run)
+
+
+def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[str, Any]) -> dict[str, Any] | None:
+    """100 × A's summed ratings / B's over the units both have parsed (same judge model)."""
+    def scores(run_id: str) -> dict[tuple[str, int], float]:
+        return {(r["question_id"], int(r["turn"])): float(r["score"]) for r in _judgments(cat, run_id)
+                if r["parse_ok"] and r["score"] is not None}
+    a, b = scores(single_a["id"]), scores(single_b["id"])
+    common = sorted(a.keys() & b.keys())
+    if not common:
+        return None
+    per_q_a: dict[str, float] = defaultdict(float)
+    per_q_b: dict[str, float] = defaultdict(float)
+    for key in common:
+        per_q_a[key[0]] += a[key]
+        per_q_b[key[0]] += b[key]
+    total_b = sum(per_q_b.values())
+    if total_b <= 0:
+        return None
+    qids = list(per_q_a)
+    ci = cluster_bootstrap([per_q_a[q] for q in qids], [per_q_b[q] for q in qids])
+    return {
+        "answer_id": single_a["parent_id"], "baseline_id": single_b["parent_id"],
+        "model": _label(cat, single_a["parent_id"]), "baseline": _label(cat, single_b["parent_id"]),
+        "judge_model": single_a.get("model"), "single_run": single_a["id"], "baseline_single_run": single_b["id"],
+        "units": len(common), "questions": len(qids),
+        "percent": 100.0 * sum(per_q_a.values()) / total_b,
+        "percent_ci": [100.0 * ci[0], 100.0 * ci[1]] if ci else None,
+    }
+
+
+def _latest_single(cat: Catalog, answer_id: str, judge_model: str | None) -> dict[str, Any] | None:
+    for row in cat.query("select * from evals where kind = 'judge' and parent_id = ? "
+                         "order by created_at desc, rowid desc", [answer_id]):
+        if (row.get("config") or {}).get("mode") == "single" and (judge_model is None or row["model"] == judge_model):
+            return row
+    return None
+
+
+# -- selecting runs -----------------------------------------------------------------------------
+
+def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
+    """Judge and grade runs to report: those named, and those of named answer runs (as the
+    judged run or as the baseline); every judge and grade run when nothing is named."""
+    if not refs:
+        return cat.query("select * from evals where kind in ('judge', 'grade') order by created_at, rowid")
+    out: dict[str, dict[str, Any]] = {}
+    for ref in refs:
+        row = eval_row(cat, ref)
+        if row["kind"] in ("judge", "grade"):
+            out.setdefault(row["id"], row)
+            continue
+        found = cat.query("select * from evals where kind in ('judge', 'grade') and "
+                          "(parent_id = ? or baseline_id = ?) order by created_at, rowid", [row["id"], row["id"]])
+        if not found:
+            raise OpenchatError(f"answer run {row['id']} has not been judged or graded yet "
+                                f"(run `openchat eval judge {row['id']} …` or `openchat eval grade {row['id']}`)")
+        for r in found:
+            out.setdefault(r["id"], r)
+    return list(out.values())
+
+
+def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = None) -> dict[str, Any]:
+    runs = select_runs(cat, refs)
+    if not runs:
+        raise OpenchatError("nothing to report: no judge or grade runs in the catalog yet")
+    report: dict[str, Any] = {"single": [], "pairwise": [], "percent_of_baseline": [], "grade": []}
+    singles: list[dict[str, Any]] = []
+    pair_keys: list[tuple[str, str, str | None]] = []
+    for run in runs:
+        if run["kind"] == "grade":
+            report["grade"].append(grade_summary(cat, run["id"]))
+            continue
+        mode = (run.get("config") or {}).get("mode")
+        if mode == "pairwise":
+            report["pairwise"].append(pairwise_summary(cat, run))
+            pair_keys.append((run["parent_id"], run["baseline_id"], run["model"]))
+        else:
+            report["single"].append(single_summary(cat, run))
+            singles.append(run)
+    # Percent of baseline: for every pairwise comparison, and every single run vs --baseline.
+    wanted: list[tuple[str, str, str | None]] = list(pair_keys)
+    for ref in baselines or []:
+        base = eval_row(cat, ref, "answer")["id"]
+        wanted += [(s["parent_id"], base, s["model"]) for s in singles if s["parent_id"] != base]
+    seen = set()
+    for a_id, b_id, judge_model in wanted:
+        if (a_id, b_id, judge_model) in seen:
+            continue
+        seen.add((a_id, b_id, judge_model))
+        single_a, single_b = _latest_single(cat, a_id, judge_model), _latest_single(cat, b_id, judge_model)
+        if single_a and single_b:
+            found = percent_of_baseline(cat, single_a, single_b)
+            if found:
+                report["percent_of_baseline"].append(found)
+    return report
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ci(ci: list[float] | None, scale: float = 1.0, digits: int = 2) -> str:
+    """A CI as 'lo–hi' (scale 100 for rates shown as percentages)."""
+    if not ci:
+        return "-"
+    return f"{ci[0] * scale:.{digits}f}–{ci[1] * scale:.{digits}f}"
+
+
+def _with_ci(value: str, ci: str) -> str:
+    return value if ci == "-" else f"{value}\n[dim]{ci}[/]"
+
+
+def _who(s: dict[str, Any], judge: bool = True) -> str:
+    lines = [s["model"]]
+    if s.get("baseline_id"):
+        lines.append(f"vs {s['baseline']}")
+    if judge and s.get("judge_model"):
+        lines.append(f"[dim]judge {s['judge_model']}[/]")
+    lines.append(f"[dim]{s['run_id']}[/]")
+    return "\n".join(lines)
+
+
+def render(report: dict[str, Any], console) -> None:
+    """Rich tables that fit an 80-column terminal: who/what in the first column, CIs under values."""
+    from rich.table import Table
+
+    def new_table(title: str, columns: list[str]) -> Table:
+        table = Table(title=title, header_style="bold cyan", show_lines=True)
+        for i, col in enumerate(columns):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        return table
+
+    if report["single"]:
+        max_turn = max((int(t) for s in report["single"] for t in s["turns"]), default=1)
+        table = new_table("MT-bench-style scores (1-10, single-answer grading)",
+                          ["model", *[f"turn {t}" for t in range(1, max_turn + 1)], "average\n95% CI",
+                           "questions", "parse\nfailures"])
+        for s in report["single"]:
+            table.add_row(_who(s), *[_num(s["turns"].get(str(t))) for t in range(1, max_turn + 1)],
+                          _with_ci(_num(s["average"]), _ci(s["average_ci"])), str(s["questions"]),
+                          f"{s['parse_failures']}/{s['judgments']}\n{_pct(s['reliability']['parse_failure_rate'])}")
+        console.print(table)
+        categories = sorted({c for s in report["single"] for c in s["categories"]})
+        if len(categories) > 1 or len(report["single"]) > 1:
+            table = new_table("Scores by category", ["category", *[_who(s, judge=False) for s in report["single"]]])
+            for c in categories:
+                table.add_row(c, *[_num(s["categories"].get(c)) for s in report["single"]])
+            console.print(table)
+
+    if report["percent_of_baseline"]:
+        table = new_table("Percent of baseline score (single-answer ratings)",
+                          ["model", "% of baseline\n95% CI", "rated turns"])
+        for p in report["percent_of_baseline"]:
+            table.add_row(f"{p['model']}\nvs {p['baseline']}\n[dim]judge {p['judge_model']}[/]",
+                          _with_ci(f"{p['percent']:.1f}%", _ci(p["percent_ci"], digits=1)), str(p["units"]))
+        console.print(table)
+
+    if report["pairwise"]:
+        table = new_table("Pairwise: both orders per pair, disagreement = tie",
+                          ["comparison", "win/loss/tie", "adjusted\nwin rate", "AlpacaEval\nwin rate",
+                           "length-\ncontrolled"])
+        for p in report["pairwise"]:
+            table.add_row(_who(p), f"{p['win']}/{p['loss']}/{p['tie']}\nwin {_pct(p['win_rate'])}",
+                          _with_ci(_pct(p["adjusted_win_rate"]), _ci(p["adjusted_win_rate_ci"], 100, 1)),
+                          _with_ci(_pct(p["alpaca_eval_win_rate"]), _ci(p["alpaca_eval_win_rate_ci"], 100, 1)),
+                          _with_ci(_pct(p["lc_win_rate"]), _ci(p["lc_win_rate_ci"], 100, 1)))
+        console.print(table)
+        table = new_table("Judge reliability (pairwise)",
+                          ["comparison", "flipped\non swap", "first shown\nwins", "longer answer\nwins",
+                           "parse\nfailures"])
+        for p in report["pairwise"]:
+            rel = p["reliability"]
+            table.add_row(
+                _who(p), f"{rel['flipped']}/{rel['swapped_pairs']}\n{_pct(rel['flip_rate'])}",
+                f"{_pct(rel['first_position_win_rate'])}\nof {rel['decisive']}",
+                f"{_pct(rel['longer_answer_win_rate'])}\nof {rel['decided_with_length_difference']}",
+                f"{rel['parse_failures']}/{rel['judgments']}\n{_pct(rel['parse_failure_rate'])}")
+        console.print(table)
+        console.print("[dim]flipped on swap: pairs whose verdict changed when the answers swapped places. "
+                      "first shown wins / longer answer wins: share of decisive verdicts (50% = no bias). "
+                      "CIs: 95% bootstrap over questions.[/]")
+
+    if report["grade"]:
+        table = new_table("Accuracy (exact-answer grading)",
+                          ["model", "accuracy\n95% CI", "correct", "graded", "no answer\nfound"])
+        for g in report["grade"]:
+            table.add_row(_who(g), _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)),
+                          str(g["correct"]), str(g["graded"]), f"{g['no_answer']}\n{_pct(g['no_answer_rate'])}")
+        console.print(table)
+        categories = sorted({c for g in report["grade"] for c in g["categories"]})
+        if len(categories) > 1:
+            table = new_table("Accuracy by category", ["category", *[_who(g) for g in report["grade"]]])
+            for c in categories:
+                table.add_row(c, *[_pct(g["categories"].get(c)) for g in report["grade"]])
+            console.print(table)
+
+
+def plot(report: dict[str, Any], path: Path | str) -> Path:
+    """Grouped bars by category, models side by side: scores, adjusted win rates, accuracies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    if report["single"]:
+        panels.append(("Score by category (1-10)", report["single"], 1.0, (0, 10)))
+    if report["pairwise"]:
+        panels.append(("Adjusted win rate by category (%)", report["pairwise"], 100.0, (0, 100)))
+    if report["grade"]:
+        panels.append(("Accuracy by category (%)", report["grade"], 100.0, (0, 100)))
+    if not panels:
+        raise OpenchatError("nothing to plot")
+    width = max(6.0, 1.2 * max(len({c for s in runs for c in s["categories"]}) for _, runs, _, _ in panels) + 3)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.6 * len(panels)), squeeze=False)
+    for ax, (title, runs, scale, ylim) in zip(axes[:, 0], panels):
+        categories = sorted({c for s in runs for c in s["categories"]})
+        x = np.arange(len(categories))
+        bar = 0.8 / max(1, len(runs))
+        for i, s in enumerate(runs):
+            label = s["model"] if "baseline" not in s else f"{s['model']} vs {s['baseline']}, {s['judge_model']}"
+            values = [(s["categories"].get(c) or 0.0) * scale for c in categories]
+            ax.bar(x - 0.4 + bar * (i + 0.5), values, bar, label=f"{label} ({s['run_id']})")
+        ax.set_xticks(x)
+        ax.set_xticklabels(categories, rotation=30, ha="right")
+        ax.set_ylim(ylim[0], ylim[1] * 1.3)
+        if scale == 100.0 and "baseline" in runs[0]:
+            ax.axhline(50, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(title)
+        ax.legend(fontsize="small", loc="upper left", ncol=min(2, len(runs)))
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,102 @@
+"""What answer, judge and grade runs share: looking runs up, guarding against Ctrl-C / kill,
+worker pools that stop cleanly, and status bookkeeping in the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+from openchat_cli.errors import OpenchatError
+from store.catalog import Catalog, CatalogError, now
+
+T = TypeVar("T")
+
+
+class Interrupted(OpenchatError):
+    def __init__(self, message: str = "interrupted"):
+        super().__init__(message, exit_code=130)
+
+
+def run_guarded(coro_factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; Ctrl-C and SIGTERM cancel it cleanly and raise `Interrupted`.
+
+    Work already written to the catalog stays; the caller marks the run interrupted.
+    """
+    terminated = {"flag": False}
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        installed = False
+        if threading.current_thread() is threading.main_thread() and task is not None:
+            def on_term() -> None:
+                terminated["flag"] = True
+                task.cancel()
+            try:
+                loop.add_signal_handler(signal.SIGTERM, on_term)
+                installed = True
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            return await coro_factory()
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted (Ctrl-C)") from None
+    except asyncio.CancelledError:
+        raise Interrupted("terminated" if terminated["flag"] else "cancelled") from None
+
+
+async def worker_pool(items: Iterable[Any], concurrency: int,
+                      handle: Callable[[Any], Awaitable[None]]) -> None:
+    """Call `handle(item)` for every item, `concurrency` at a time, in order of `items`.
+
+    The first exception stops the pool: the other workers are cancelled and it is re-raised
+    (not wrapped in an ExceptionGroup).
+    """
+    iterator = iter(items)
+
+    async def worker() -> None:
+        for item in iterator:
+            await handle(item)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def eval_row(cat: Catalog, ref: str, kind: str | None = None) -> dict[str, Any]:
+    """The evals row for an id (or unique prefix); checks its kind when asked."""
+    try:
+        full = cat.resolve(ref)
+    except CatalogError as exc:
+        raise OpenchatError(str(exc)) from None
+    if cat.table_of(full) != "evals":
+        raise OpenchatError(f"'{ref}' is a {cat.table_of(full)[:-1]}, expected an eval run (ev-…)")
+    row = cat.get(full)
+    if kind and row["kind"] != kind:
+        raise OpenchatError(f"{full} is a {row['kind']} run, expected an {kind} run")
+    return row
+
+
+def finish(cat: Catalog, run_id: str, status: str, metrics: dict[str, Any] | None = None) -> None:
+    fields: dict[str, Any] = {"status": status}
+    if metrics is not None:
+        fields["metrics"] = metrics
+    if status != "running":
+        fields["finished_at"] = now()
+    cat.update("evals", run_id, **fields)

@@ -1,0 +1,169 @@
+"""A scripted OpenAI-compatible server on loopback: answers and judge verdicts chosen by the
+prompt's content, with injectable failures (429 / 500 / slow), standing in for paid judge APIs.
+
+Answering models reply "[<model>] …" so a judge can tell whose answer is where; `long-*` models
+pad their replies. Judge models:
+- fair-judge: prefers the answer of a `long-` model wherever it is shown; rates long 8, others 4.
+- biased-judge: always "[[A]]" (position bias); rates everything 5.
+- messy-judge: like fair-judge, but a question containing MALFORMED gets text with no verdict,
+  and one containing CONFLICT gets both [[A]] and [[B]].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+
+class ScriptedServer:
+    def __init__(self) -> None:
+        self.latency_s = 0.0
+        self.failures: deque[int] = deque()  # status codes to answer the next requests with
+        self.requests: list[dict[str, Any]] = []
+        self.health: dict[str, Any] = {"status": "ok"}
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.port = 0
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+
+    # -- control ----------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def reset(self) -> None:
+        with self.lock:
+            self.latency_s = 0.0
+            self.failures.clear()
+            self.requests.clear()
+            self.health = {"status": "ok"}
+
+    def fail_next(self, *statuses: int) -> None:
+        with self.lock:
+            self.failures.extend(statuses)
+
+    def start(self) -> "ScriptedServer":
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("scripted server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.loop and self._runner:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.thread:
+            self.thread.join(10)
+
+    def _serve(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.health)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": "scripted-model", "object": "model", "created": 0, "owned_by": "tests"}]})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self.lock:
+            self.requests.append(body)
+            status = self.failures.popleft() if self.failures else None
+            latency = self.latency_s
+        if latency:
+            await asyncio.sleep(latency)
+        if status is not None:
+            headers = {"Retry-After": "0"} if status == 429 else {}
+            return web.json_response({"error": {"message": f"scripted {status}", "type": "scripted",
+                                                "param": None, "code": status}}, status=status, headers=headers)
+        model = body.get("model", "")
+        messages = body.get("messages", [])
+        if "judge" in model:
+            text = judge_text(model, messages)
+        else:
+            text = answer_text(model, messages)
+        usage = {"prompt_tokens": sum(len(m.get("content", "").split()) for m in messages),
+                 "completion_tokens": len(text.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return web.json_response({
+            "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage})
+
+
+def answer_text(model: str, messages: list[dict[str, Any]]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    seen = sum(1 for m in messages if m["role"] == "assistant")
+    text = f"[{model}] reply {len(users)} (saw {seen} earlier replies) to: {users[-1][:40]}"
+    if model.startswith("long"):
+        text += " " + " ".join(["More detail follows."] * 12)
+    return text
+
+
+def _positions(prompt: str) -> list[str]:
+    """Model tags in the order they first appear in the judge prompt (A first, then B)."""
+    order: list[str] = []
+    for tag in re.findall(r"\[([\w.-]+-model)\]", prompt):
+        if tag not in order:
+            order.append(tag)
+    return order
+
+
+def judge_text(judge: str, messages: list[dict[str, Any]]) -> str:
+    prompt = "\n".join(m["content"] for m in messages)
+    pairwise = "[[A]]" in prompt or "assistant a" in prompt.lower()
+    if judge.startswith("messy"):
+        if "MALFORMED" in prompt:
+            return "Both replies have merits; I cannot decide. Rating: excellent."
+        if "CONFLICT" in prompt and pairwise:
+            return "At first [[A]] looked better, but on reflection [[B]]."
+    if judge.startswith("biased"):
+        return "Assistant A is clearly better. [[A]]" if pairwise else "An average reply.\nRating: [[5]]"
+    tags = _positions(prompt)
+    if pairwise:
+        if len(tags) < 2:
+            return "Equally good. [[C]]"
+        long_a, long_b = tags[0].startswith("long"), tags[1].startswith("long")
+        if long_a == long_b:
+            return "They are equally good. [[C]]"
+        return "The more detailed reply wins. " + ("[[A]]" if long_a else "[[B]]")
+    if tags and tags[-1].startswith("long"):
+        return "Detailed and helpful.\nRating: [[8]]"
+    return "Too short.\nRating: [[4]]"
+
+
+if __name__ == "__main__":  # a standalone server for manual runs and the kill test
+    import sys
+
+    server = ScriptedServer()
+    server.latency_s = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
+    server.start()
+    print(server.base_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
