@@ -1,8 +1,84 @@
-"""`openchat chat` (not built yet)."""
+"""`openchat chat`: chat with a served model in the terminal; browse judge verdicts."""
 
-from openchat_cli.stub import not_implemented
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from openchat_cli.errors import OpenchatError
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:18888/v1"  # `openchat serve`'s default address
 
 
-def chat_command() -> None:
-    """Chat with a served model in the terminal."""
-    not_implemented("chat")
+def chat_command(
+    endpoint: str = typer.Option(
+        DEFAULT_ENDPOINT, "--endpoint", "-e", envvar="OPENCHAT_ENDPOINT",
+        help="OpenAI-compatible base URL (`openchat serve` listens on this by default)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model name as served (default: the first from /v1/models)."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar=["OPENCHAT_API_KEY", "OPENAI_API_KEY"], show_envvar=True,
+        help="Bearer key for servers started with --api-keys."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    condition: Optional[str] = typer.Option(
+        None, "--condition", "-c", help="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct'."),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", "-t", min=0.0, max=2.0, help="Sampling temperature (server default if unset)."),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", min=1, help="Longest reply in tokens (server default if unset)."),
+    verdicts: bool = typer.Option(
+        False, "--verdicts",
+        help="Open the judge verdicts browser (the list of judge and grade runs; "
+             "`--verdicts EVAL_ID` opens that run)."),
+    chat: Optional[str] = typer.Option(
+        None, "--chat", metavar="CHAT_ID", help="Reopen a saved chat (id or unique prefix) and continue it."),
+    ref: Optional[str] = typer.Argument(
+        None, metavar="[EVAL_ID|CHAT_ID]",
+        help="A judge/grade run to open in the verdicts browser, or a saved chat to reopen."),
+) -> None:
+    """Chat with a served model in the terminal (streaming, saved chats); browse judge verdicts.
+
+    Start a server in one terminal (`openchat serve MODEL`) and run `openchat chat` in another.
+    F1 in the app lists every key.
+    """
+    from store.catalog import open_catalog
+
+    catalog = open_catalog()
+    chat_id = None
+    run_id: Optional[str] = "" if verdicts else None
+    if ref:
+        full = catalog.resolve(ref)
+        table = catalog.table_of(full)
+        if table == "chats" and not verdicts and not chat:
+            chat = full
+        elif table == "evals":
+            row = catalog.get(full)
+            if row.get("kind") not in ("judge", "grade"):
+                raise OpenchatError(
+                    f"'{full}' is an {row.get('kind')} run: pass a judge or grade run "
+                    "(`openchat catalog list evals` shows them)")
+            run_id = full
+        else:
+            raise OpenchatError(f"'{ref}' is neither a judge/grade run (ev-…) nor a chat (chat-…)")
+    if chat:
+        from tui.app import resolve_chat
+
+        chat_id = resolve_chat(catalog, chat)
+    if not os.isatty(1) and not os.environ.get("OPENCHAT_TUI_FORCE"):
+        raise OpenchatError("`openchat chat` needs a terminal (stdout is not a tty)")
+
+    from tui.app import OpenChatApp
+    from tui.screens.settings import ChatSettings
+
+    app = OpenChatApp(
+        endpoint=endpoint, model=model, api_key=api_key,
+        settings=ChatSettings(system=system, condition=condition, temperature=temperature,
+                              max_tokens=max_tokens),
+        chat_id=chat_id, verdicts=run_id, catalog=catalog,
+    )
+    try:
+        app.run()
+    finally:
+        catalog.close()

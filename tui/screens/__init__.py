@@ -1,0 +1,1 @@
+"""The TUI's screens: chat, verdicts (runs, questions, one question), settings, help, dialogs."""

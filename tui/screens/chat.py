@@ -1,0 +1,562 @@
+"""The chat screen: chat list on the left, the conversation, an input line, and the footer.
+
+Replies stream into a Markdown widget through `Markdown.get_stream`, which batches fragments
+so a fast model never starves the UI; the message list is anchored to the bottom so the view
+follows the reply until the user scrolls up. Esc cancels the reply worker: the partial reply
+stays on screen and is saved with `stopped: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Input, Label, Markdown, OptionList, Static
+from textual.widgets.option_list import Option
+from textual.worker import Worker
+
+from store.catalog import CatalogError
+from tui.client import ChatError, ReplyInfo, classify
+from tui.markdown_text import LineBreaks
+from tui.screens.dialogs import ConfirmScreen, ModelPicker, RenameScreen
+from tui.screens.settings import ChatSettings, SettingsScreen
+from tui.widgets.keybar import KeyBar
+from tui.widgets.messages import ErrorView, MessageView
+
+WELCOME = """\
+Type a message below and press **enter**.
+
+- **esc** stops a reply · **ctrl+r** retries after an error
+- **ctrl+o** settings (system prompt, condition, temperature)
+- **ctrl+l** picks a model · **ctrl+t** judge verdicts
+- **F1** all keys
+"""
+
+
+def make_title(text: str, width: int = 40) -> str:
+    """A chat title from its first message: first line, spaces collapsed, cut at `width`."""
+    line = re.sub(r"\s+", " ", text.strip().splitlines()[0] if text.strip() else "").strip()
+    line = line or "New chat"
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+class ChatList(OptionList):
+    """Saved chats, newest first. enter opens, r renames, d deletes."""
+
+    BINDINGS = [
+        Binding("r", "screen.rename_highlighted", "Rename"),
+        Binding("d,delete", "screen.delete_highlighted", "Delete"),
+    ]
+
+
+class ChatScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+n", "new_chat", "New"),
+        Binding("ctrl+o", "settings", "Settings"),
+        Binding("ctrl+l", "pick_model", "Model"),
+        Binding("ctrl+y", "copy_last", "Copy"),
+        Binding("ctrl+t", "app.toggle_mode", "Verdicts"),
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+r", "retry", "Retry"),
+        Binding("f2", "rename", "Rename", show=False),
+        Binding("f8", "delete", "Delete", show=False),
+        Binding("ctrl+b", "toggle_sidebar", "Chats", show=False),
+        Binding("pageup", "scroll_messages(-1)", "Scroll up", show=False),
+        Binding("pagedown", "scroll_messages(1)", "Scroll down", show=False),
+    ]
+
+    streaming: reactive[bool] = reactive(False)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chat_id: str | None = None
+        self.chat_title: str | None = None
+        self.history: list[dict[str, str]] = []
+        self.models: list[str] | None = None
+        self.last_error: ChatError | None = None
+        self.reply_worker: Worker | None = None
+        self.settings = ChatSettings()
+        self.model: str | None = None
+        self._chat_rows: list[dict] = []
+
+    # -- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="topbar", markup=False)
+        with Horizontal(id="body"):
+            with Vertical(id="sidebar"):
+                yield Label("Chats", id="sidebar-title")
+                yield ChatList(id="chats")
+            with Vertical(id="main"):
+                with VerticalScroll(id="messages"):
+                    yield Markdown(WELCOME, id="welcome")
+                yield Static(id="status", markup=False)
+                yield Input(placeholder="Message… (enter sends · F1 help)", id="prompt")
+        yield KeyBar()
+
+    async def on_mount(self) -> None:
+        prompt = self.query_one("#prompt", Input)
+        if self.app.is_headless:
+            prompt.cursor_blink = False
+        self.settings = ChatSettings(**self.app.default_settings.as_dict())
+        self.model = self.app.model
+        self.refresh_chat_list()
+        if self.app.initial_chat_id:
+            await self.open_chat(self.app.initial_chat_id)
+        self.update_topbar()
+        prompt.focus()
+        self.load_models()
+
+    @property
+    def catalog(self):
+        return self.app.catalog
+
+    @property
+    def client(self):
+        return self.app.client
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.streaming
+        if action == "retry":
+            return self.can_retry()
+        return True
+
+    def sync_bindings(self) -> None:
+        """Refresh the key bar only when what it shows changes."""
+        state = (self.streaming, self.can_retry())
+        if state != getattr(self, "_binding_state", None):
+            self._binding_state = state
+            self.refresh_bindings()
+
+    def watch_streaming(self, streaming: bool) -> None:
+        self.sync_bindings()
+        self.query_one("#prompt", Input).placeholder = (
+            "Replying… (esc stops)" if streaming else "Message… (enter sends · F1 help)")
+
+    # -- status lines --------------------------------------------------------------------------
+    def update_topbar(self) -> None:
+        parts = [f"● {self.model or 'no model'}", self.app.endpoint_label]
+        described = self.settings.describe()
+        if described:
+            parts.append(described)
+        self.query_one("#topbar", Static).update("  ".join(parts))
+
+    def set_status(self, text: str, cls: str | None = None) -> None:
+        status = self.query_one("#status", Static)
+        status.update(text)
+        status.set_classes(cls or "")
+
+    # -- chat list -------------------------------------------------------------------------------
+    def refresh_chat_list(self) -> None:
+        rows = self.catalog.query(
+            "select id, title, model, updated_at from chats order by updated_at desc, rowid desc")
+        self._chat_rows = rows
+        chats = self.query_one("#chats", ChatList)
+        highlighted = None
+        chats.clear_options()
+        for i, row in enumerate(rows):
+            chats.add_option(Option(row["title"] or row["id"], id=row["id"]))
+            if row["id"] == self.chat_id:
+                highlighted = i
+        if highlighted is not None:
+            chats.highlighted = highlighted
+        self.query_one("#sidebar-title", Label).update(f"Chats ({len(rows)})" if rows else "Chats")
+
+    @on(OptionList.OptionSelected, "#chats")
+    async def chat_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id != self.chat_id:
+            await self.open_chat(event.option.id)
+        self.query_one("#prompt", Input).focus()
+
+    async def open_chat(self, chat_id: str) -> None:
+        """Show a saved chat and continue it (settings and model come back with it)."""
+        if self.streaming:
+            self.notify("A reply is streaming: press esc to stop it first.", severity="warning")
+            return
+        try:
+            row = self.catalog.get(chat_id)
+        except CatalogError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        messages = self.catalog.chat_messages(row["id"])
+        self.chat_id = row["id"]
+        self.chat_title = row.get("title")
+        self.settings = ChatSettings.from_chat(row, self.app.default_settings)
+        if row.get("model") and row["model"] != self.model:
+            if self.models is None or row["model"] in self.models:
+                self.model = row["model"]
+            else:
+                self.notify(f"This chat was with {row['model']}, which the server does not list; "
+                            f"continuing with {self.model}.", severity="warning")
+        self.history = [{"role": m["role"], "content": m["content"] or ""} for m in messages
+                        if m["role"] in ("user", "assistant")]
+        self.last_error = None
+        container = self.query_one("#messages", VerticalScroll)
+        await container.remove_children()
+        views = []
+        for m in messages:
+            if m["role"] not in ("user", "assistant"):
+                continue
+            meta = m.get("meta") if isinstance(m.get("meta"), dict) else {}
+            label = "you" if m["role"] == "user" else (meta.get("model") or row.get("model"))
+            views.append(MessageView(m["role"], m["content"] or "", label=label,
+                                     note=_note(meta)))
+        if views:
+            await container.mount_all(views)
+        else:
+            await container.mount(Markdown(WELCOME, id="welcome"))
+        container.anchor()
+        self.refresh_chat_list()
+        self.update_topbar()
+        self.set_status(f"{self.chat_title} · {len(self.history)} messages · {self.chat_id}")
+        self.sync_bindings()
+
+    # -- sending ---------------------------------------------------------------------------------
+    @on(Input.Submitted, "#prompt")
+    async def send(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        if self.streaming:
+            self.notify("Wait for the reply, or press esc to stop it.", severity="warning")
+            return
+        event.input.clear()
+        try:
+            self.ensure_chat(text)
+        except CatalogError as exc:
+            self.notify(f"Could not save the chat: {exc}", severity="error")
+        self.save_message("user", text)
+        self.history.append({"role": "user", "content": text})
+        container = self.query_one("#messages", VerticalScroll)
+        for welcome in container.query("#welcome"):
+            await welcome.remove()
+        await container.mount(MessageView("user", text, label="you"))
+        container.anchor()
+        self.start_reply()
+
+    def start_reply(self) -> None:
+        self.streaming = True
+        self.reply_worker = self.reply()
+
+    def request_messages(self) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.settings.system}] if self.settings.system else []
+        return system + [dict(m) for m in self.history]
+
+    @work(exclusive=True, group="reply", exit_on_error=False)
+    async def reply(self) -> None:
+        try:
+            await self._reply()
+        except Exception as exc:  # noqa: BLE001 - shown in the UI, never a traceback
+            self.streaming = False
+            try:
+                await self.show_error(classify(exc, self.client.endpoint, self.model))
+            except Exception:  # noqa: BLE001 - the screen is going away
+                pass
+
+    async def _reply(self) -> None:
+        container = self.query_one("#messages", VerticalScroll)
+        await self.clear_errors()
+        self.last_error = None
+        try:
+            if self.model is None:
+                await self.fetch_models()
+            if self.model is None:
+                raise ChatError("not_found", f"The server at {self.client.endpoint} serves no model.",
+                                "Start `openchat serve MODEL` there, then press ctrl+r.")
+        except ChatError as exc:
+            self.streaming = False
+            await self.show_error(exc)
+            return
+        view = MessageView("assistant", "", label=self.model, classes="-streaming")
+        await container.mount(view)
+        container.anchor()
+        stream = Markdown.get_stream(view.markdown)
+        info = ReplyInfo()
+        breaks = LineBreaks()
+        parts: list[str] = []
+        stopped = False
+        error: ChatError | None = None
+        self.set_status(f"{self.model} is replying… esc stops", "-busy")
+        try:
+            async for delta in self.client.stream_chat(
+                    model=self.model, messages=self.request_messages(),
+                    temperature=self.settings.temperature, max_tokens=self.settings.max_tokens,
+                    condition=self.settings.condition, info=info):
+                parts.append(delta)
+                view.content += delta
+                await stream.write(breaks.feed(delta))
+        except asyncio.CancelledError:
+            stopped = True
+        except ChatError as exc:
+            error = exc
+        finally:
+            self.streaming = False
+            try:
+                await stream.stop()
+            except Exception:  # noqa: BLE001 - the widget may be gone when the app quits
+                pass
+        text = "".join(parts)
+        await self.finish_reply(view, text, info, stopped=stopped, error=error)
+
+    async def finish_reply(self, view: MessageView, text: str, info: ReplyInfo, *,
+                           stopped: bool, error: ChatError | None) -> None:
+        meta: dict[str, Any] = info.meta()
+        if stopped:
+            meta["stopped"] = True
+        if error:
+            meta["error"] = error.message
+        if text:
+            # Saved first: this also runs when the app quits mid-reply.
+            self.history.append({"role": "assistant", "content": text})
+            self.save_message("assistant", text, meta)
+        view.remove_class("-streaming")
+        if not text:
+            await view.remove()
+            if error:
+                await self.show_error(error)
+            elif stopped:
+                self.set_status("Stopped before the first token. ctrl+r asks again.", "-warn")
+            else:
+                self.set_status("The model returned an empty reply. ctrl+r asks again.", "-warn")
+            self.sync_bindings()
+            return
+        view.set_note(_note(meta), "-stopped" if stopped else "-broken" if error else None)
+        if error:
+            await self.show_error(error)
+            return
+        tokens = (info.usage or {}).get("completion_tokens")
+        bits = [self.model or "", "stopped by you" if stopped else (
+            "cut at max tokens" if info.finish_reason == "length" else "done")]
+        if tokens:
+            bits.append(f"{tokens} tokens")
+        self.set_status(" · ".join(b for b in bits if b), "-warn" if stopped else None)
+        self.sync_bindings()
+
+    async def show_error(self, error: ChatError) -> None:
+        self.last_error = error
+        container = self.query_one("#messages", VerticalScroll)
+        for welcome in container.query("#welcome"):
+            await welcome.remove()
+        await container.mount(ErrorView(error.message, error.hint, kind=error.kind))
+        container.anchor()
+        self.set_status(error.message, "-error")
+        self.sync_bindings()
+        if error.kind == "not_found":
+            self.models = None  # list again on the next try
+
+    async def clear_errors(self) -> None:
+        for view in self.query(ErrorView):
+            await view.remove()
+
+    # -- persistence -----------------------------------------------------------------------------
+    def ensure_chat(self, first_message: str) -> None:
+        if self.chat_id is not None:
+            return
+        self.chat_title = make_title(first_message)
+        self.chat_id = self.catalog.add_chat(
+            title=self.chat_title, endpoint=self.client.endpoint, model=self.model,
+            system=self.settings.system, condition=self.settings.condition,
+            settings=self.settings.generation())
+        self.refresh_chat_list()
+
+    def save_message(self, role: str, content: str, meta: dict | None = None) -> None:
+        if self.chat_id is None:
+            return
+        try:
+            self.catalog.add_chat_message(self.chat_id, role, content, meta)
+        except CatalogError as exc:
+            self.notify(f"Could not save the message: {exc}", severity="error")
+            return
+        self.refresh_chat_list()
+
+    # -- models ----------------------------------------------------------------------------------
+    async def fetch_models(self) -> list[str]:
+        models = await self.client.models()
+        self.models = models
+        if models and (self.model is None):
+            self.model = models[0]
+        self.update_topbar()
+        return models
+
+    @work(exclusive=True, group="models", exit_on_error=False)
+    async def load_models(self) -> None:
+        self.set_status(f"Connecting to {self.app.endpoint_label}…")
+        try:
+            models = await self.fetch_models()
+        except ChatError as exc:
+            self.last_error = exc
+            self.set_status(f"{exc.message} {exc.hint}", "-error")
+            self.sync_bindings()
+            return
+        if self.last_error is not None and self.last_error.kind in ("unreachable", "timeout"):
+            self.last_error = None
+        if not models:
+            self.set_status("The server lists no models.", "-warn")
+        elif self.model not in models:
+            self.set_status(f"'{self.model}' is not listed by the server (it has: "
+                            f"{', '.join(models[:4])}). ctrl+l picks one.", "-warn")
+        else:
+            where = f"{self.chat_title} · " if self.chat_title else ""
+            self.set_status(f"{where}connected · {len(models)} model{'s' if len(models) != 1 else ''}"
+                            " served")
+        self.sync_bindings()
+
+    @work(exclusive=True, group="models", exit_on_error=False)
+    async def action_pick_model(self) -> None:
+        try:
+            models = await self.fetch_models()
+        except ChatError as exc:
+            self.set_status(f"{exc.message} {exc.hint}", "-error")
+            return
+        if not models:
+            self.notify("The server lists no models.", severity="warning")
+            return
+        choice = await self.app.push_screen_wait(ModelPicker(models, self.model))
+        if choice and choice != self.model:
+            self.model = choice
+            if self.chat_id:
+                self.catalog.update("chats", self.chat_id, model=choice)
+            self.update_topbar()
+            self.set_status(f"Now talking to {choice}.")
+
+    # -- actions ---------------------------------------------------------------------------------
+    def can_retry(self) -> bool:
+        if self.streaming:
+            return False
+        if self.last_error is not None:
+            return True
+        return bool(self.history) and self.history[-1]["role"] == "user"
+
+    async def action_retry(self) -> None:
+        if not self.can_retry():
+            return
+        if self.history and self.history[-1]["role"] == "user":
+            self.start_reply()
+        else:
+            await self.clear_errors()
+            self.last_error = None
+            self.load_models()
+
+    def action_stop(self) -> None:
+        if self.reply_worker is not None and self.streaming:
+            self.reply_worker.cancel()
+
+    async def action_new_chat(self) -> None:
+        if self.streaming:
+            self.notify("A reply is streaming: press esc to stop it first.", severity="warning")
+            return
+        self.chat_id = None
+        self.chat_title = None
+        self.history = []
+        self.last_error = None
+        self.settings = ChatSettings(**self.app.default_settings.as_dict())
+        container = self.query_one("#messages", VerticalScroll)
+        await container.remove_children()
+        await container.mount(Markdown(WELCOME, id="welcome"))
+        self.query_one("#chats", ChatList).highlighted = None
+        self.update_topbar()
+        self.set_status("New chat: it is saved when you send the first message.")
+        self.query_one("#prompt", Input).focus()
+        self.sync_bindings()
+
+    def action_copy_last(self) -> None:
+        replies = [v for v in self.query(MessageView) if v.role == "assistant"]
+        if not replies:
+            self.notify("No reply to copy yet.", severity="warning")
+            return
+        replies[-1].action_copy()
+
+    def action_scroll_messages(self, direction: int) -> None:
+        """Page through the conversation without leaving the input (scrolling up stops the
+        view from following a streaming reply; scrolling back to the end resumes it)."""
+        container = self.query_one("#messages", VerticalScroll)
+        if direction < 0:
+            container.scroll_page_up(animate=False)
+        else:
+            container.scroll_page_down(animate=False)
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        sidebar.display = not sidebar.display
+
+    @work(exclusive=True, group="dialog")
+    async def action_settings(self) -> None:
+        result = await self.app.push_screen_wait(SettingsScreen(self.settings))
+        if result is None:
+            return
+        self.settings = result
+        if self.chat_id:
+            self.catalog.update("chats", self.chat_id, system=result.system,
+                                condition=result.condition, settings=result.generation())
+        self.update_topbar()
+        self.set_status("Settings saved; they apply from the next message.")
+
+    def _highlighted_chat(self) -> str | None:
+        chats = self.query_one("#chats", ChatList)
+        if chats.highlighted is None:
+            return None
+        return chats.get_option_at_index(chats.highlighted).id
+
+    def action_rename(self) -> None:
+        self.rename_chat(self.chat_id)
+
+    def action_rename_highlighted(self) -> None:
+        self.rename_chat(self._highlighted_chat())
+
+    def action_delete(self) -> None:
+        self.delete_chat(self.chat_id)
+
+    def action_delete_highlighted(self) -> None:
+        self.delete_chat(self._highlighted_chat())
+
+    @work(exclusive=True, group="dialog")
+    async def rename_chat(self, chat_id: str | None) -> None:
+        if chat_id is None:
+            self.notify("This chat is not saved yet: send a message first.", severity="warning")
+            return
+        row = self.catalog.get(chat_id)
+        title = await self.app.push_screen_wait(RenameScreen(row.get("title") or ""))
+        if not title:
+            return
+        self.catalog.update("chats", chat_id, title=title)
+        if chat_id == self.chat_id:
+            self.chat_title = title
+        self.refresh_chat_list()
+        self.set_status(f"Renamed to “{title}”.")
+
+    @work(exclusive=True, group="dialog")
+    async def delete_chat(self, chat_id: str | None) -> None:
+        if chat_id is None:
+            self.notify("This chat is not saved yet; nothing to delete.", severity="warning")
+            return
+        row = self.catalog.get(chat_id)
+        if not await self.app.push_screen_wait(
+                ConfirmScreen(f"Delete the chat “{row.get('title')}” and its messages?")):
+            return
+        if chat_id == self.chat_id:
+            if self.streaming:
+                self.notify("A reply is streaming: press esc to stop it first.", severity="warning")
+                return
+            await self.action_new_chat()
+        self.catalog.remove(chat_id)
+        self.refresh_chat_list()
+        self.set_status(f"Deleted “{row.get('title')}”.")
+
+
+def _note(meta: dict | None) -> str | None:
+    if not meta:
+        return None
+    if meta.get("stopped"):
+        return "stopped"
+    if meta.get("error"):
+        return "broken off"
+    if meta.get("finish_reason") == "length":
+        return "max tokens"
+    return None
