@@ -1,12 +1,409 @@
-"""`openchat data …` commands (not built yet)."""
+"""`openchat data …`: clean, tokenize, stats, show and split chat datasets.
+
+Thin commands: options are parsed here, the work happens in the sibling modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-from openchat_cli.stub import not_implemented
+from openchat_cli.console import console, err_console, print_json, progress, table
+from openchat_cli.errors import OpenchatError
 
-app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app = typer.Typer(no_args_is_help=True)
+
+FORMAT_HELP = "Force the record format: auto | sharegpt | html | alpaca | dolly | openai."
 
 
-@app.callback()
-def placeholder() -> None:
-    not_implemented("data")
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise OpenchatError(f"{out} already exists (pass --force to replace it)")
+    if out.is_dir():
+        raise OpenchatError(f"{out} is a folder; give a file name")
+
+
+def _default_out(name: str) -> Path:
+    from openchat_cli.home import default_output_dir
+
+    return default_output_dir("datasets") / name
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".jsonl", ".json", ".ndjson", ".parquet", ".html", ".htm"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("clean")
+def clean_command(
+    inputs: list[str] = typer.Argument(..., metavar="INPUT",
+                                       help="Files or folders (JSON, JSONL, saved HTML pages) or catalog dataset ids."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output conversations JSONL (default: HOME/datasets/NAME.clean.jsonl)."),
+    fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
+    html: str = typer.Option("auto", "--html", help="Convert HTML replies to Markdown: auto (when a reply is HTML) | always | never."),
+    skip_checks: list[str] = typer.Option([], "--skip-check", help="Switch off a structure check (repeatable): empty_message, leading_assistant, trailing_user, one_turn, non_alternating, too_short, misplaced_system, no_trainable_reply."),
+    trim_ends: bool = typer.Option(False, "--trim-ends", help="Trim a leading assistant / trailing user turn instead of dropping the conversation."),
+    min_chars: int = typer.Option(10, "--min-chars", help="Drop conversations with less text than this (0: off)."),
+    blocked_words: Optional[Path] = typer.Option(None, "--blocked-words", help="File of blocked words (one a line; default: built-in list)."),
+    no_blocked_words: bool = typer.Option(False, "--no-blocked-words", help="Do not drop conversations for blocked words."),
+    unwanted_phrases: Optional[Path] = typer.Option(None, "--unwanted-phrases", help="File of unwanted phrases (default: built-in refusal list)."),
+    no_unwanted_phrases: bool = typer.Option(False, "--no-unwanted-phrases", help="Do not zero the weight of replies with unwanted phrases."),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep exact duplicates."),
+    near_dup: bool = typer.Option(False, "--near-dup", help="Also drop near-duplicates (MinHash LSH; more memory)."),
+    near_dup_threshold: float = typer.Option(0.85, "--near-dup-threshold", help="Jaccard similarity counted as a near-duplicate."),
+    keep_models: list[str] = typer.Option([], "--keep-model", help="Keep only conversations whose model matches (substring or glob; repeatable)."),
+    keep_sources: list[str] = typer.Option([], "--keep-source", help="Keep only conversations whose source file matches (repeatable)."),
+    condition_from: Optional[str] = typer.Option(None, "--condition-from", help="Give each conversation a class from its `model` field or its source file: model | source."),
+    classes: list[str] = typer.Option([], "--class", help="PATTERN=CLASS: model/source pattern to class name (repeatable; e.g. 'gpt-4*=GPT4')."),
+    weights: list[str] = typer.Option([], "--weight", help="CLASS=W: assistant-token weight of a class (repeatable; e.g. GPT4=1 GPT3=0.1)."),
+    default_weight: float = typer.Option(1.0, "--default-weight", help="Weight of classes not given with --weight."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name in the catalog (default: the output file name)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,
+    OpenAI messages) into conversations JSONL; every dropped record is reported with a reason."""
+    from openchat_cli.data.clean import CleanOptions, parse_pairs, run_clean
+    from openchat_cli.data.formats import FORMATS
+    from openchat_cli.data.io import atomic_output, ensure_registered, resolve_input, side_path
+    from openchat_cli.data.records import REASONS
+    from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED
+    from store.catalog import open_catalog
+
+    if fmt not in FORMATS:
+        raise OpenchatError(f"--format must be one of {', '.join(FORMATS)}")
+    resolved = [resolve_input(v) for v in inputs]
+    paths = [p for p, _ in resolved]
+    out = out or _default_out(f"{_stem(paths[0])}.clean.jsonl")
+    _check_out(out, force)
+    if any(p.resolve() == out.resolve() for p in paths):
+        raise OpenchatError(f"{out} is also an input; write somewhere else")
+    options = CleanOptions(
+        format=fmt, html=html, skip_checks=tuple(skip_checks), trim_ends=trim_ends, min_chars=min_chars,
+        blocked_words=None if no_blocked_words else (blocked_words or DEFAULT_BLOCKED),
+        unwanted_phrases=None if no_unwanted_phrases else (unwanted_phrases or DEFAULT_UNWANTED),
+        dedup=not no_dedup, near_dup=near_dup, near_dup_threshold=near_dup_threshold,
+        keep_models=tuple(keep_models), keep_sources=tuple(keep_sources), condition_from=condition_from,
+        classes=tuple(parse_pairs(classes, "--class")),
+        weights=dict(parse_pairs(weights, "--weight", float)), default_weight=default_weight,
+    )
+    dropped_path = side_path(out, "dropped")
+    with progress(transient=True) as bar:
+        task = bar.add_task("cleaning", total=None, info="")
+        with atomic_output(out) as out_fh, atomic_output(dropped_path) as drop_fh:
+            tick = (lambda: bar.advance(task)) if err_console.is_terminal else None
+            result = run_clean(paths, out_fh, drop_fh, options, on_record=tick)
+
+    catalog = open_catalog()
+    parents = list(dict.fromkeys(
+        ensure_registered(p, "raw", given, num_records=result.report.files.get(str(p)))
+        for p, given in resolved))
+    counts = result.counts()
+    ds = catalog.add_dataset(
+        name=name or out.name, path=out, format="conversations", parent_id=parents[0] if parents else None,
+        parents=parents[1:], content_hash=result.content_hash, num_records=result.kept, counts=counts,
+        meta={"inputs": [str(p) for p in paths], "options": options.describe(),
+              "dropped_path": str(dropped_path.resolve())})
+
+    _warn(result.report.warnings[:20])
+    if result.report.warning_count > 20:
+        _warn([f"… {result.report.warning_count - 20} more warnings (in the catalog entry's counts)"])
+    if as_json:
+        print_json({"id": ds, "path": str(out), "dropped_path": str(dropped_path), "counts": counts})
+        return
+    if result.dropped:
+        rows = [(reason, f"{result.dropped[reason]:,}", f"{100 * result.dropped[reason] / max(result.read, 1):.1f}%",
+                 result.examples.get(reason, "")) for reason in REASONS if result.dropped.get(reason)]
+        console.print(table("dropped", ["reason", "count", "of read", "first example"], rows))
+    if result.fixes:
+        console.print(table("kept, with changes", ["change", "count"],
+                            [(k.replace("_", " "), f"{v:,}") for k, v in sorted(result.fixes.items())]))
+    if result.conditions and (condition_from or len(result.conditions) > 1):
+        console.print(table("kept by condition", ["condition", "conversations", "weight"],
+                            [(c, f"{n:,}", options.weights.get(c, options.default_weight) if condition_from else "")
+                             for c, n in result.conditions.most_common()]))
+    console.print(
+        f"read [bold]{result.read:,}[/], kept [bold green]{result.kept:,}[/], dropped "
+        f"[bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
+        + (f"\ndropped records (id, file, line, reason): {dropped_path}" if result.dropped else ""),
+        highlight=False)
+    if result.kept == 0:
+        err_console.print("[yellow]warning:[/] no conversation was kept")
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("tokenize")
+def tokenize_command(
+    input: str = typer.Argument(..., metavar="INPUT", help="Conversations JSONL (from `data clean`) or its catalog id."),
+    model: str = typer.Option(..., "--model", "-m", help="Model dir or checkpoint id whose tokenizer to use."),
+    template_name: Optional[str] = typer.Option(None, "--template", help="Conversation template (default: the model's openchat.json)."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per training sequence; longer conversations are split at turn boundaries (default: the model's max positions, at most 4096)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output Parquet (default: HOME/datasets/NAME.parquet)."),
+    chunk_size: int = typer.Option(512, "--chunk-size", help="Conversations per batched tokenizer call."),
+    workers: int = typer.Option(0, "--workers", help="Encode in N worker processes (for many cores and big data; 0: in this process, the tokenizer still uses every core)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name in the catalog."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
+    splitting long conversations at turn boundaries instead of cutting them."""
+    from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template, tokenizer_hash
+    from openchat_cli.data.io import atomic_path, ensure_registered, resolve_input, sha256_file
+    from openchat_cli.data.tokenize import tokenize_file
+    from openchat_cli.templates import check_tokenizer, get_template
+    from openchat_cli.tokenized import make_metadata
+    from store.catalog import open_catalog
+
+    src, given = resolve_input(input)
+    if not src.is_file():
+        raise OpenchatError(f"{src} is not a file")
+    model_dir, model_id = resolve_model(model)
+    tname = model_template(model_dir, template_name)
+    template = get_template(tname)
+    tokenizer = load_tokenizer(model_dir)
+    check_tokenizer(template, tokenizer)
+    positions = _max_positions(model_dir)
+    if max_len is None:
+        max_len = min(positions or 4096, 4096)
+    if max_len < 8:
+        raise OpenchatError("--max-len must be at least 8 tokens")
+    if chunk_size < 1:
+        raise OpenchatError("--chunk-size must be positive")
+    if workers < 0:
+        raise OpenchatError("--workers must be 0 or more")
+    if positions and max_len > positions:
+        err_console.print(f"[yellow]warning:[/] --max-len {max_len} exceeds the model's "
+                          f"{positions} positions", highlight=False)
+    out = out or _default_out(f"{_stem(src)}.parquet")
+    _check_out(out, force)
+    catalog = open_catalog()
+    if not model_id:
+        row = catalog.find_by_path("checkpoints", model_dir)
+        model_id = row["id"] if row else None
+    parent = ensure_registered(src, "conversations", given)
+    thash = tokenizer_hash(tokenizer)
+
+    def metadata(stats):
+        return make_metadata(template=tname, tokenizer_hash=thash, max_len=max_len,
+                             source={"path": str(src.resolve()), "dataset_id": parent,
+                                     "model": str(model_dir.resolve()), "model_id": model_id},
+                             stats=stats.to_dict())
+
+    total = _count_lines(src) if err_console.is_terminal else None
+    with progress(transient=True) as bar:
+        task = bar.add_task("tokenizing", total=total, info="")
+        with atomic_path(out) as tmp:
+            stats = tokenize_file(src, tmp, template, tokenizer, max_len, metadata, chunk_size=chunk_size,
+                                  on_progress=lambda n: bar.advance(task, n), workers=workers,
+                                  model_dir=model_dir, name=str(src))
+    ds = catalog.add_dataset(
+        name=name or out.name, path=out, format="tokenized", parent_id=parent,
+        content_hash=sha256_file(out), num_records=stats.sequences, counts=stats.to_dict(),
+        meta={"template": tname, "tokenizer_hash": thash, "max_len": max_len,
+              "model": str(model_dir.resolve()), "model_id": model_id, "errors": stats.errors})
+    if model_id:
+        catalog.link(ds, model_id, "tokenized-with")
+    if stats.malformed:
+        _warn([f"{stats.malformed} malformed record(s) skipped, e.g."] + stats.errors[:5])
+    if stats.sequences == 0:
+        _warn([f"no training sequence was written (every part lacked a supervised token within "
+               f"--max-len {max_len}, or the input held no conversation)"])
+    if as_json:
+        print_json({"id": ds, "path": str(out), "template": tname, "max_len": max_len,
+                    "tokenizer_hash": thash, "stats": stats.to_dict()})
+        return
+    s = stats
+    console.print(table(f"tokenized with {tname}, max {max_len} tokens", ["", ""], [
+        ("conversations", f"{s.conversations:,}"), ("sequences", f"{s.sequences:,}"),
+        ("split at turn boundaries", f"{s.split_conversations:,} conversations"),
+        ("truncated (one turn > window)", f"{s.truncated:,} sequences"),
+        ("dropped, nothing to train on", f"{s.dropped_no_targets:,} sequences"),
+        ("malformed", f"{s.malformed:,}"), ("tokens", f"{s.tokens:,}"),
+        ("supervised tokens", f"{s.supervised_tokens:,}"), ("longest", f"{s.longest:,}"),
+    ]))
+    console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
+
+
+def _max_positions(model_dir: Path) -> int | None:
+    import json
+
+    config = model_dir / "config.json"
+    try:
+        value = json.loads(config.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            n += block.count(b"\n")
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("stats")
+def stats_command(
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or catalog ids."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Count tokens with this model's tokenizer (conversations only; default: characters)."),
+    template_name: Optional[str] = typer.Option(None, "--template", help="Template for token counts (default: the model's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Counts, turns, a length histogram and a breakdown by condition."""
+    from openchat_cli.data.io import is_parquet, resolve_input
+    from openchat_cli.data.stats import conversation_stats, jsonable, render, tokenized_stats
+
+    paths = [resolve_input(v)[0] for v in inputs]
+    if any(is_parquet(p) for p in paths):
+        if len(paths) > 1:
+            raise OpenchatError("give one tokenized Parquet file at a time")
+        if model:
+            err_console.print("[yellow]warning:[/] --model is not needed for a tokenized file")
+        stats = tokenized_stats(paths[0])
+    else:
+        tokenizer = template = None
+        if model:
+            from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template
+            from openchat_cli.templates import get_template
+
+            model_dir, _ = resolve_model(model)
+            template = get_template(model_template(model_dir, template_name))
+            tokenizer = load_tokenizer(model_dir)
+        stats = conversation_stats(paths, tokenizer, template)
+        _warn(stats.get("warnings", []))
+    if as_json:
+        print_json(jsonable(stats))
+        return
+    render(stats, console, title=", ".join(str(p) for p in paths))
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("show")
+def show_command(
+    input: str = typer.Argument(..., metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or a catalog id."),
+    ids: list[str] = typer.Option([], "--id", help="Conversation id to show (repeatable)."),
+    n: int = typer.Option(3, "-n", "--count", help="How many to show."),
+    sample: bool = typer.Option(False, "--random", help="A seeded random sample instead of the first N."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random."),
+    template_name: Optional[str] = typer.Option(None, "--template", help="Show conversations as this template renders them."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Tokenizer to decode a tokenized file (default: the one it was made with)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the records as JSON."),
+) -> None:
+    """Render a few conversations, or tokenized sequences with their supervised tokens marked."""
+    from openchat_cli.data import show
+    from openchat_cli.data.io import is_parquet, resolve_input
+
+    path, given = resolve_input(input)
+    if is_parquet(path):
+        rows = show.pick(show.tokenized_rows(path), lambda r: r["conversation_id"], ids, n, sample, seed)
+        if as_json:
+            print_json(rows)
+            return
+        tokenizer = _tokenizer_for(path, given, model)
+        for row in rows:
+            console.print(show.render_sequence(row, tokenizer))
+    else:
+        convs = show.pick(show.conversations([path]), lambda c: c.id, ids, n, sample, seed)
+        if as_json:
+            print_json([c.to_json() for c in convs])
+            return
+        template = None
+        if template_name:
+            from openchat_cli.templates import get_template
+
+            template = get_template(template_name)
+        for conv in convs:
+            console.print(show.render_conversation(conv, template))
+        rows = convs
+    if ids and len(rows) < len(set(ids)):
+        found = {r["conversation_id"] if isinstance(r, dict) else r.id for r in rows}
+        raise OpenchatError(f"not found in {path}: {', '.join(i for i in ids if i not in found)}")
+    if not rows:
+        err_console.print(f"[yellow]{path} holds no readable conversations[/]")
+
+
+def _tokenizer_for(path: Path, given: str | None, model: str | None):
+    """The tokenizer to decode a tokenized file: --model, else the model recorded at tokenize time."""
+    from openchat_cli.checkpoint import load_tokenizer, resolve_model
+    from openchat_cli.tokenized import read_metadata
+
+    if model:
+        return load_tokenizer(resolve_model(model)[0])
+    recorded = read_metadata(path).get("source", {}).get("model")
+    if recorded and Path(recorded).is_dir():
+        return load_tokenizer(Path(recorded))
+    err_console.print("[yellow]the model this file was tokenized with is gone: showing token ids "
+                      "(pass --model to decode)[/]")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("split")
+def split_command(
+    input: str = typer.Argument(..., metavar="INPUT", help="Conversations JSONL or tokenized Parquet, or a catalog id."),
+    eval_fraction: float = typer.Option(0.02, "--eval", help="Fraction of conversations for the eval split (0–1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same split."),
+    train_out: Optional[Path] = typer.Option(None, "--train-out", help="Train output (default: INPUT.train.EXT next to it)."),
+    eval_out: Optional[Path] = typer.Option(None, "--eval-out", help="Eval output (default: INPUT.eval.EXT next to it)."),
+    force: bool = typer.Option(False, "--force", help="Replace outputs that exist."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Reproducible train/eval split by conversation id (split parts of a conversation stay together)."""
+    from openchat_cli.data.io import atomic_output, atomic_path, ensure_registered, is_parquet, resolve_input, sha256_file
+    from openchat_cli.data.split import counts, split_jsonl, split_parquet
+    from store.catalog import open_catalog
+
+    if not 0.0 < eval_fraction < 1.0:
+        raise OpenchatError("--eval must be a fraction between 0 and 1 (e.g. 0.02)")
+    src, given = resolve_input(input)
+    if not src.is_file():
+        raise OpenchatError(f"{src} is not a file")
+    parquet = is_parquet(src)
+    ext = ".parquet" if parquet else ".jsonl"
+    train_out = train_out or src.with_name(f"{_stem(src)}.train{ext}")
+    eval_out = eval_out or src.with_name(f"{_stem(src)}.eval{ext}")
+    if train_out.resolve() == eval_out.resolve() or src.resolve() in (train_out.resolve(), eval_out.resolve()):
+        raise OpenchatError("train, eval and input must be three different files")
+    _check_out(train_out, force)
+    _check_out(eval_out, force)
+    fmt = "tokenized" if parquet else "conversations"
+    parent = ensure_registered(src, fmt, given)
+    if parquet:
+        with atomic_path(train_out) as ttmp, atomic_path(eval_out) as etmp:
+            result = split_parquet(src, ttmp, etmp, eval_fraction, seed)
+    else:
+        with atomic_output(train_out) as tfh, atomic_output(eval_out) as efh:
+            result = split_jsonl(src, tfh, efh, eval_fraction, seed)
+    catalog = open_catalog()
+    parent_row = catalog.get(parent)
+    meta = {**(parent_row.get("meta") or {}), "split": None, "seed": seed, "eval_fraction": eval_fraction}
+    made = {}
+    for which, path, n in (("train", train_out, result.train), ("eval", eval_out, result.eval)):
+        made[which] = catalog.add_dataset(
+            name=path.name, path=path, format=fmt, parent_id=parent, content_hash=sha256_file(path),
+            num_records=n, counts=counts(result), meta={**meta, "split": which})
+    if result.errors:
+        _warn([f"{result.malformed} malformed line(s) skipped, e.g."] + result.errors[:5])
+    if result.eval == 0:
+        err_console.print("[yellow]warning:[/] the eval split is empty (too few conversations for --eval)")
+    if as_json:
+        print_json({"train": {"id": made["train"], "path": str(train_out), "records": result.train},
+                    "eval": {"id": made["eval"], "path": str(eval_out), "records": result.eval},
+                    "seed": seed, "eval_fraction": eval_fraction, "malformed": result.malformed})
+        return
+    unit = "sequences" if parquet else "conversations"
+    console.print(f"train: {result.train:,} {unit} → {train_out} as [bold]{made['train']}[/]\n"
+                  f"eval:  {result.eval:,} {unit} → {eval_out} as [bold]{made['eval']}[/]", highlight=False)

@@ -1,0 +1,96 @@
+"""Shared record types for `openchat data`: where a record came from, and why one was dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a raw record sits: file, 1-based line (when known) and 1-based record number."""
+
+    file: str
+    record: int
+    line: int | None = None
+
+    def __str__(self) -> str:
+        text = self.file
+        if self.line is not None:
+            text += f":{self.line}"
+        return f"{text} (record {self.record})"
+
+
+@dataclass
+class RawItem:
+    """One record read from an input: parsed JSON (or None) and, if unreadable, why."""
+
+    loc: Location
+    data: Any = None
+    error: str | None = None  # set when the record could not be parsed at all
+    container: str = "json"  # json | jsonl | html (values of html pages are rendered HTML)
+
+
+class Malformed(Exception):
+    """A record that is not what its format promises (missing field, wrong type)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"field '{self.field}': {base}" if self.field else base
+
+
+class Drop(Exception):
+    """A conversation removed by a cleaning step; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# Every reason a conversation can be dropped, in report order, with a one-line explanation.
+REASONS: dict[str, str] = {
+    "malformed": "record unreadable or missing required fields",
+    "unknown_role": "a message has a role other than user/assistant/system",
+    "model_filtered": "model not selected by --keep-model",
+    "source_filtered": "source not selected by --keep-source",
+    "empty": "no messages",
+    "misplaced_system": "a system message after the conversation started",
+    "empty_message": "a message with no text",
+    "leading_assistant": "starts with an assistant turn",
+    "trailing_user": "ends with an unanswered user turn",
+    "one_turn": "a single message, nothing to learn from",
+    "non_alternating": "two user or two assistant turns in a row",
+    "too_short": "less text than --min-chars",
+    "blocked_word": "contains a blocked word",
+    "no_trainable_reply": "every assistant reply has weight 0",
+    "duplicate": "exact duplicate of an earlier conversation",
+    "near_duplicate": "near-duplicate (MinHash) of an earlier conversation",
+}
+
+# Structure checks that `--skip-check` may switch off.
+SKIPPABLE = ("empty_message", "leading_assistant", "trailing_user", "one_turn",
+             "non_alternating", "too_short", "misplaced_system", "no_trainable_reply")
+
+
+@dataclass
+class Conv:
+    """A normalised conversation on its way through `clean` (the JSONL contract plus bookkeeping)."""
+
+    id: str
+    source: str
+    messages: list[dict[str, Any]]  # {"role", "content", "weight"?, "input"?}; may include system
+    system: str | None = None
+    condition: str | None = None
+    model: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "source": self.source, "system": self.system,
+                               "condition": self.condition, "messages": self.messages}
+        if self.model is not None:
+            out["model"] = self.model
+        return out
