@@ -205,6 +205,7 @@ complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_sub
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l json
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l allow-origin
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l api-keys
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l default-max-tokens
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l device

@@ -329,8 +329,12 @@ def tokenize_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 def check_tokenizer(template: ChatTemplate, tokenizer: Any) -> None:
     """Refuse a tokenizer that lacks the template's control tokens (they would become text)."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in template.special_tokens if t not in vocab]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # O(1) lookups; get_vocab() copies the whole vocabulary
+        missing = [t for t in template.special_tokens if backend.token_to_id(t) is None]
+    else:
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in template.special_tokens if t not in vocab]
     if missing:
         raise OpenchatError(
             f"tokenizer lacks the control token(s) {', '.join(missing)} needed by template "

@@ -104,3 +104,86 @@ def cli():
         return result
 
     return run
+
+
+class ServedModel:
+    """A running `openchat serve` process: `.base_url` for OpenAI clients, `.url` for /health."""
+
+    def __init__(self, url: str, model: str, process, log_path: Path):
+        self.url = url  # http://127.0.0.1:PORT
+        self.base_url = url + "/v1"
+        self.model = model  # the name to pass as `model`
+        self.process = process
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_server(model_dir: Path, workdir: Path, *extra_args: str, timeout: float = 180.0) -> ServedModel:
+    """Start the real `openchat serve MODEL --port 0 …` on 127.0.0.1 and wait for /health."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OPENCHAT_HOME"] = str(workdir / "home")
+    env["PYTHONUNBUFFERED"] = "1"
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "openchat_cli.app", "serve", str(model_dir), "--port", "0",
+             "--log-level", "warning", *extra_args],
+            cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    url = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"openchat serve exited with {process.returncode}:\n{log_path.read_text()}")
+        if url is None:
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", log_path.read_text(errors="replace"))
+            if found:
+                url = f"http://127.0.0.1:{found.group(1)}"
+        if url is not None:
+            try:
+                health = httpx.get(url + "/health", timeout=2.0)
+                if health.status_code == 200:
+                    return ServedModel(url, health.json()["model"], process, log_path)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"openchat serve did not come up in {timeout:.0f}s:\n{log_path.read_text()}")
+
+
+def stop_server(server: ServedModel) -> None:
+    import subprocess
+
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The real `openchat serve <tiny model>` on 127.0.0.1 (a free port), shared by the session.
+
+    Yields an object with `.base_url` ("http://127.0.0.1:PORT/v1", for the `openai` client; any
+    api_key works), `.model` (the served model name) and `.url` (the root, e.g. for /health).
+    Requests without max_tokens are capped at 256 tokens (the tiny model rarely stops on its
+    own); outputs are gibberish: check shapes, not meaning.
+    """
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("tiny-server"),
+                          "--default-max-tokens", "256")
+    try:
+        yield server
+    finally:
+        stop_server(server)

@@ -1,0 +1,187 @@
+"""vLLM adapter: the only module that imports vllm, and only when this engine is chosen.
+
+vLLM's async engine does the batching (continuous batching, paged attention, tensor
+parallelism). This adapter only translates: our `SamplingParams` → vLLM's, prompt token ids in,
+token ids out. Text, stop strings and the template's separator are handled by the same
+`ReplyStream` as for the transformers engine, so vLLM is asked not to detokenize and is given
+no stop strings (a matched stop string aborts the request from our side).
+
+Kept version-tolerant: it works with the V0 `AsyncLLMEngine` and the V1 `AsyncLLM` (re-exported
+under the same name), cumulative or delta outputs, and a sync or async `abort`.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from openchat_cli.serve.engines.base import Engine, EngineError, EngineStats, SamplingParams, TokenEvent
+
+log = logging.getLogger("openchat.serve.vllm")
+
+
+def parse_engine_args(items: list[str]) -> dict[str, Any]:
+    """`--engine-arg KEY=VALUE` → {KEY: VALUE}, VALUE read as a Python/JSON literal when it is one."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise EngineError(f"--engine-arg expects KEY=VALUE, got '{item}'")
+        value: Any = raw
+        lowered = raw.strip().lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    value = raw
+        out[key] = value
+    return out
+
+
+def to_vllm_sampling_params(vllm: Any, params: SamplingParams) -> Any:
+    """Our per-sequence settings as a `vllm.SamplingParams` (n=1; choices are separate requests)."""
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "temperature": 0.0 if params.greedy else float(params.temperature),
+        "top_p": float(params.top_p),
+        "max_tokens": int(params.max_tokens),
+        "presence_penalty": float(params.presence_penalty),
+        "frequency_penalty": float(params.frequency_penalty),
+        "stop_token_ids": list(params.stop_token_ids),
+        "ignore_eos": bool(params.ignore_eos),
+        "skip_special_tokens": True,
+        "detokenize": False,
+    }
+    if params.top_k > 0:
+        kwargs["top_k"] = int(params.top_k)
+    if params.seed is not None:
+        kwargs["seed"] = int(params.seed)
+    try:
+        return vllm.SamplingParams(**kwargs)
+    except (TypeError, ValueError):
+        # Older/newer vLLMs without `detokenize`: let vLLM detokenize, we ignore its text.
+        kwargs.pop("detokenize")
+        return vllm.SamplingParams(**kwargs)
+
+
+def _context_length(engine: Any, model_dir: Path, fallback: int | None) -> int:
+    for path in ("vllm_config.model_config.max_model_len", "model_config.max_model_len",
+                 "engine.model_config.max_model_len"):
+        obj = engine
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if isinstance(obj, int):
+            return obj
+    if fallback:
+        return fallback
+    try:
+        return int(json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError):
+        return 4096
+
+
+class VLLMEngine(Engine):
+    kind = "vllm"
+
+    def __init__(self, model_dir: Path, *, tokenizer: Any, tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None, served_model_name: str | None = None,
+                 vllm_module: Any = None, **engine_options: Any):
+        if vllm_module is None:
+            try:
+                import vllm as vllm_module  # noqa: PLC0415 - the one place vllm is imported
+            except ImportError as exc:
+                raise EngineError(f"the vllm engine needs vLLM installed (pip install vllm): {exc}") from None
+        self.vllm = vllm_module
+        self.model_dir = Path(model_dir)
+        self.tokenizer = tokenizer
+        args = {"model": str(model_dir), "tokenizer": str(model_dir),
+                "tensor_parallel_size": tensor_parallel_size, **engine_options}
+        if max_model_len:
+            args["max_model_len"] = max_model_len
+        if served_model_name:
+            args["served_model_name"] = served_model_name
+        try:
+            engine_args = vllm_module.AsyncEngineArgs(**args)
+            engine_cls = getattr(vllm_module, "AsyncLLMEngine", None)
+            if engine_cls is None:
+                from vllm.engine.async_llm_engine import AsyncLLMEngine as engine_cls  # noqa: PLC0415
+            self.engine = engine_cls.from_engine_args(engine_args)
+        except EngineError:
+            raise
+        except Exception as exc:  # vLLM raises many kinds at startup (CUDA, config, memory)
+            raise EngineError(f"vLLM could not start: {type(exc).__name__}: {exc}") from None
+        self.context_length = _context_length(self.engine, self.model_dir, max_model_len)
+        self._active = 0
+
+    def stats(self) -> EngineStats:
+        return EngineStats(waiting=0, running=self._active)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "vllm": getattr(self.vllm, "__version__", "?")}
+
+    async def _abort(self, request_id: str) -> None:
+        try:
+            result = self.engine.abort(request_id)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # already finished / unknown id
+            log.debug("abort of %s failed", request_id, exc_info=True)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[TokenEvent]:
+        sampling = to_vllm_sampling_params(self.vllm, params)
+        prompt = {"prompt_token_ids": list(prompt_ids)}
+        seen = 0
+        finished = False
+        self._active += 1
+        try:
+            async for output in self.engine.generate(prompt, sampling, request_id):
+                completion = output.outputs[0]
+                ids = list(completion.token_ids)
+                delta_kind = getattr(getattr(sampling, "output_kind", None), "name", "") == "DELTA"
+                new = ids if delta_kind else ids[seen:]
+                seen = seen + len(new) if delta_kind else len(ids)
+                reason = completion.finish_reason if output.finished else None
+                if reason not in (None, "stop", "length"):
+                    reason = "error" if reason != "abort" else "length"
+                if output.finished and reason is None:
+                    reason = "length"
+                finished = reason is not None
+                yield TokenEvent(new, reason)
+                if finished:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            finished = True
+            yield TokenEvent([], "error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._active -= 1
+            if not finished:
+                await self._abort(request_id)
+
+    async def shutdown(self) -> None:
+        stop = getattr(self.engine, "shutdown", None)
+        if callable(stop):
+            try:
+                result = stop()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.debug("vLLM shutdown failed", exc_info=True)

@@ -1,0 +1,386 @@
+"""Request and response shapes of the OpenAI API subset we serve (pydantic v2).
+
+Requests are validated strictly ("0.7" is not a temperature) and unknown fields are refused,
+as OpenAI does; fields OpenAI defines that a local model cannot honour (tools, logprobs,
+logit_bias, response formats other than text) are accepted only with their neutral values so
+that SDKs sending defaults keep working, and refused with a clear 400 otherwise.
+Errors raised here become `{"error": {"message", "type", "param", "code"}}` in `app.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+MAX_STOP = 16
+MAX_SEED = 2**63 - 1
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- pieces -----------------------------------------------------------------------------------
+class TextPart(_Request):
+    type: Literal["text"] = "text"
+    text: StrictStr
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="'developer' is treated as 'system'; tool and function roles are not supported.")
+    content: str | list[TextPart] | None = Field(
+        default=None, description="A string or a list of text content parts.")
+    name: StrictStr | None = None
+    refusal: StrictStr | None = None
+    tool_calls: list[Any] | None = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _role(cls, value: Any) -> Any:
+        if value in ("tool", "function"):
+            raise PydanticCustomError("unsupported", "role '{role}' is not supported (no tool calling)",
+                                      {"role": value})
+        if not isinstance(value, str) or value not in ("system", "developer", "user", "assistant"):
+            raise PydanticCustomError(
+                "literal_error", "role must be one of 'system', 'developer', 'user', 'assistant', "
+                "got '{value}'" if isinstance(value, str) else "role must be a string",
+                {"value": value})
+        return value
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise PydanticCustomError("content_type", "content must be a string or a list of text parts")
+        for i, part in enumerate(value):
+            if not isinstance(part, dict):
+                raise PydanticCustomError("content_type", "content[{i}] must be an object", {"i": i})
+            kind = part.get("type", "text")
+            if kind != "text":
+                raise PydanticCustomError(
+                    "unsupported", "content[{i}] has type '{kind}': only 'text' parts are supported",
+                    {"i": i, "kind": kind})
+            if not isinstance(part.get("text"), str):
+                raise PydanticCustomError("content_type", "content[{i}].text must be a string",
+                                          {"i": i})
+        return value
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _no_tools(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "tool calls are not supported")
+        return value
+
+    def to_template_dict(self) -> dict[str, Any]:
+        """The message as the shared conversation template reads it."""
+        role = "system" if self.role == "developer" else self.role
+        content = self.content
+        if isinstance(content, list):
+            content = [p.model_dump() for p in content]
+        return {"role": role, "content": content}
+
+
+class StreamOptions(_Request):
+    include_usage: StrictBool = False
+    continuous_usage_stats: StrictBool = False
+
+
+def _stop_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PydanticCustomError("stop_type", "stop must be a string or a list of strings")
+    if len(value) > MAX_STOP:
+        raise PydanticCustomError("stop_count", "at most {n} stop strings are allowed", {"n": MAX_STOP})
+    if any(v == "" for v in value):
+        raise PydanticCustomError("stop_empty", "stop strings must not be empty")
+    return value
+
+
+class _Sampling(_Request):
+    """Fields shared by chat and text completions."""
+
+    model: StrictStr = Field(description="The served model name (see GET /v1/models).")
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0,
+                                            description="0 means greedy. Default 1.")
+    top_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: StrictInt | None = Field(default=None, ge=-1,
+                                    description="vLLM extension: sample from the k most likely "
+                                                "tokens (0 or -1 = off).")
+    n: StrictInt = Field(default=1, ge=1, description="Number of choices.")
+    stop: str | list[str] | None = Field(default=None, description="Up to 16 stop strings.")
+    seed: StrictInt | None = Field(default=None, ge=-MAX_SEED, le=MAX_SEED)
+    presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = None
+    ignore_eos: StrictBool = Field(default=False,
+                                   description="vLLM extension: keep generating past end-of-turn "
+                                               "(benchmarks).")
+    # Defined by OpenAI, accepted only with neutral values.
+    logit_bias: dict[str, float] | None = None
+    metadata: dict[str, str] | None = None
+    store: StrictBool | None = None
+    service_tier: StrictStr | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: Any) -> Any:
+        return _stop_list(value)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "logit_bias is not supported")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options(cls, value: Any) -> Any:
+        return value
+
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    condition: StrictStr | None = Field(
+        default=None, description="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct' "
+                                  "(default: the template's).")
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    reasoning_effort: StrictStr | None = None
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise PydanticCustomError("messages_empty", "messages must contain at least one message")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "logprobs are not supported")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "top_logprobs are not supported")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _tools(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "tool calling is not supported")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> Any:
+        if value not in (None, "none", "auto"):
+            raise PydanticCustomError("unsupported", "tool calling is not supported")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, value: Any) -> Any:
+        if value and value.get("type", "text") != "text":
+            raise PydanticCustomError("unsupported", "only response_format type 'text' is supported")
+        return value
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: Any) -> Any:
+        if value and any(m != "text" for m in value):
+            raise PydanticCustomError("unsupported", "only the 'text' modality is supported")
+        return value
+
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        """The completion budget asked for, and the field that asked for it."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text, a list of texts, token ids, or a list of token-id lists.")
+    max_tokens: StrictInt | None = Field(default=16, ge=1)
+    echo: StrictBool = False
+    best_of: StrictInt | None = Field(default=None, ge=1)
+    logprobs: StrictInt | None = None
+    suffix: StrictStr | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        def is_ids(v: Any) -> bool:
+            return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                           and t >= 0 for t in v)
+
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and value:
+            if all(isinstance(v, str) for v in value) or is_ids(value) or all(is_ids(v) for v in value):
+                return value
+        raise PydanticCustomError(
+            "prompt_type", "prompt must be a string, a non-empty list of strings, a list of token "
+                           "ids, or a list of token-id lists")
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "logprobs are not supported")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", "suffix is not supported")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [list(p)]  # type: ignore[list-item]
+        return list(p)  # type: ignore[arg-type]
+
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        return self.max_tokens, "max_tokens"
+
+
+# -- responses --------------------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` event of a streamed chat completion (documented here; sent as JSON text)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "openchat"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

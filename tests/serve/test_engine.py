@@ -1,0 +1,141 @@
+"""The transformers engine on its own: batching, per-request sampling, seeds, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+from openchat_cli.serve.engines.base import SamplingParams, pick_engine_kind
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41], [50]]
+
+
+async def collect(engine, prompt, params, rid="r"):
+    tokens, reason = [], None
+    async for event in engine.generate(prompt, params, rid):
+        tokens += event.token_ids
+        reason = event.finish_reason
+    return tokens, reason
+
+
+def run(engine, coro_fn):
+    async def main():
+        await engine.start()
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+def test_greedy_batched_equals_alone(tiny_engine):
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+    async def alone():
+        return [await collect(tiny_engine, p, params) for p in PROMPTS]
+
+    async def together():
+        return await asyncio.gather(*(collect(tiny_engine, p, params, f"b{i}") for i, p in enumerate(PROMPTS)))
+
+    solo = run(tiny_engine, alone)
+    batched = run(tiny_engine, together)
+    assert [t for t, _ in solo] == [t for t, _ in batched]
+    assert all(len(t) == 12 and r == "length" for t, r in batched)
+    assert tiny_engine.steps > 0
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(tiny_engine):
+    seeded = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=1234, ignore_eos=True)
+    others = [
+        SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True),
+        SamplingParams(max_tokens=20, temperature=1.5, top_k=5, ignore_eos=True),
+        SamplingParams(max_tokens=10, temperature=0.7, presence_penalty=1.0, frequency_penalty=0.5,
+                       seed=7, ignore_eos=True),
+    ]
+
+    async def alone():
+        return await collect(tiny_engine, PROMPTS[0], seeded)
+
+    async def crowded():
+        results = await asyncio.gather(
+            collect(tiny_engine, PROMPTS[0], seeded, "s"),
+            *(collect(tiny_engine, PROMPTS[i + 1], p, f"o{i}") for i, p in enumerate(others)))
+        return results[0]
+
+    first = run(tiny_engine, alone)
+    assert run(tiny_engine, crowded) == first
+    different = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=99, ignore_eos=True)
+    assert run(tiny_engine, lambda: collect(tiny_engine, PROMPTS[0], different)) != first
+
+
+def test_stop_tokens_and_penalties(tiny_engine):
+    greedy = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    tokens, _ = run(tiny_engine, lambda: collect(tiny_engine, PROMPTS[1], greedy))
+    # Make the first greedy token a stop token: generation ends right there, with "stop".
+    stopping = SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=(tokens[0],))
+    assert run(tiny_engine, lambda: collect(tiny_engine, PROMPTS[1], stopping)) == ([tokens[0]], "stop")
+    # A strong frequency penalty forbids repeating what greedy decoding repeats.
+    penalized = SamplingParams(max_tokens=10, temperature=0.0, frequency_penalty=2.0,
+                               presence_penalty=2.0, ignore_eos=True)
+    plain, _ = run(tiny_engine, lambda: collect(tiny_engine, [20, 20, 20], greedy))
+    pen, _ = run(tiny_engine, lambda: collect(tiny_engine, [20, 20, 20], penalized))
+    assert len(set(pen)) > len(set(plain))
+
+
+def test_cancelled_sequence_leaves_the_batch(tiny_engine):
+    long = SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True)
+    short = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+
+    async def scenario():
+        agen = tiny_engine.generate(PROMPTS[0], long, "long")
+        await agen.__anext__()
+        assert tiny_engine.stats().running == 1
+        other = asyncio.create_task(collect(tiny_engine, PROMPTS[1], short, "short"))
+        await agen.aclose()  # like a client going away
+        tokens, reason = await other
+        for _ in range(100):
+            if tiny_engine.stats().running == 0:
+                break
+            await asyncio.sleep(0.01)
+        return tokens, reason, tiny_engine.stats()
+
+    tokens, reason, stats = run(tiny_engine, scenario)
+    assert (len(tokens), reason) == (5, "length")
+    assert stats.running == 0 and stats.waiting == 0
+
+
+def test_context_limit_ends_with_length(tiny_engine):
+    params = SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True)
+    prompt = [40] * (tiny_engine.context_length - 3)
+    tokens, reason = run(tiny_engine, lambda: collect(tiny_engine, prompt, params))
+    assert reason == "length" and len(prompt) + len(tokens) == tiny_engine.context_length
+
+
+def test_auto_engine_is_transformers_without_gpu():
+    assert pick_engine_kind("auto") == "transformers"
+
+
+def test_sliding_window_model_batches_correctly(tmp_path, tiny_tokenizer):
+    """Mistral-style sliding-window attention: batched replies equal HF generate's, past the window."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from openchat_cli.serve.engines.transformers_engine import TransformersEngine
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           sliding_window=8, max_position_embeddings=256)
+    model = MistralForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    engine = TransformersEngine(tmp_path, tokenizer=tiny_tokenizer, max_batch_size=8)
+    assert engine.describe()["max_batch_size"] == 8
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    expected = []
+    for p in PROMPTS:
+        out = model.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False,
+                             eos_token_id=None, pad_token_id=3)
+        expected.append(out[0, len(p):].tolist())
+
+    async def together():
+        return await asyncio.gather(*(collect(engine, p, params, f"m{i}") for i, p in enumerate(PROMPTS)))
+
+    got = run(engine, together)
+    assert [t for t, _ in got] == expected

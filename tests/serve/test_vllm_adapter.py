@@ -1,0 +1,135 @@
+"""The vLLM adapter without vLLM: a fake module stands in for `vllm`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+
+import pytest
+
+from openchat_cli.serve.engines.base import EngineError, SamplingParams
+from openchat_cli.serve.engines.vllm_engine import VLLMEngine, parse_engine_args, to_vllm_sampling_params
+
+
+class FakeSamplingParams:
+    FIELDS = {"n", "temperature", "top_p", "top_k", "max_tokens", "presence_penalty",
+              "frequency_penalty", "stop_token_ids", "ignore_eos", "skip_special_tokens",
+              "detokenize", "seed"}
+
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - self.FIELDS
+        if unknown:
+            raise TypeError(f"unexpected {unknown}")
+        self.__dict__.update(kwargs)
+
+
+class OldSamplingParams(FakeSamplingParams):
+    FIELDS = FakeSamplingParams.FIELDS - {"detokenize"}
+
+
+def fake_vllm(outputs_per_request, sampling_cls=FakeSamplingParams):
+    """A module with AsyncEngineArgs, SamplingParams and AsyncLLMEngine that replays outputs."""
+    module = types.ModuleType("vllm")
+    module.__version__ = "0.0-fake"
+    module.SamplingParams = sampling_cls
+    module.AsyncEngineArgs = lambda **kw: types.SimpleNamespace(**kw)
+    calls = {"aborted": [], "generated": []}
+
+    class Engine:
+        def __init__(self, args):
+            self.args = args
+            self.vllm_config = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=321))
+
+        @classmethod
+        def from_engine_args(cls, args):
+            return cls(args)
+
+        async def generate(self, prompt, sampling, request_id):
+            calls["generated"].append((prompt, sampling, request_id))
+            ids: list[int] = []
+            for step, (new, finish) in enumerate(outputs_per_request):
+                ids = ids + new  # cumulative, like vLLM's default output kind
+                completion = types.SimpleNamespace(token_ids=list(ids), finish_reason=finish)
+                yield types.SimpleNamespace(outputs=[completion], finished=finish is not None)
+                await asyncio.sleep(0)
+
+        async def abort(self, request_id):
+            calls["aborted"].append(request_id)
+
+    module.AsyncLLMEngine = Engine
+    return module, calls
+
+
+def test_sampling_params_translation():
+    vllm, _ = fake_vllm([])
+    params = SamplingParams(max_tokens=7, temperature=0.0, top_p=0.9, top_k=5, seed=3,
+                            presence_penalty=0.5, frequency_penalty=-0.5, stop_token_ids=(2, 9),
+                            ignore_eos=True)
+    sp = to_vllm_sampling_params(vllm, params)
+    assert (sp.n, sp.temperature, sp.top_p, sp.top_k, sp.seed) == (1, 0.0, 0.9, 5, 3)
+    assert (sp.max_tokens, sp.presence_penalty, sp.frequency_penalty) == (7, 0.5, -0.5)
+    assert sp.stop_token_ids == [2, 9] and sp.ignore_eos is True and sp.detokenize is False
+    plain = to_vllm_sampling_params(vllm, SamplingParams(max_tokens=3))
+    assert not hasattr(plain, "top_k") and not hasattr(plain, "seed") and plain.temperature == 1.0
+    # A vLLM without `detokenize` still gets valid params.
+    old, _ = fake_vllm([], OldSamplingParams)
+    assert not hasattr(to_vllm_sampling_params(old, params), "detokenize")
+
+
+def test_engine_args_parsing():
+    assert parse_engine_args(["enable_prefix_caching=true", "--max-num-seqs=64", "quantization=awq",
+                              "swap_space=4.5", "limit_mm_per_prompt={'image': 0}", "seed=none"]) == {
+        "enable_prefix_caching": True, "max_num_seqs": 64, "quantization": "awq", "swap_space": 4.5,
+        "limit_mm_per_prompt": {"image": 0}, "seed": None}
+    with pytest.raises(EngineError):
+        parse_engine_args(["no-equals-sign"])
+
+
+def run_engine(engine, params, prompt=(1, 2, 3), take=None):
+    async def main():
+        events = []
+        agen = engine.generate(list(prompt), params, "req-1")
+        async for event in agen:
+            events.append(event)
+            if take and len(events) >= take:
+                await agen.aclose()
+                break
+        return events
+
+    return asyncio.run(main())
+
+
+def test_engine_streams_deltas_and_finish(tmp_path):
+    vllm, calls = fake_vllm([([5], None), ([6, 7], None), ([8], "stop")])
+    engine = VLLMEngine(tmp_path, tokenizer=None, tensor_parallel_size=2, max_model_len=None,
+                        served_model_name="m", vllm_module=vllm, enable_prefix_caching=True)
+    assert engine.context_length == 321
+    assert engine.engine.args.tensor_parallel_size == 2 and engine.engine.args.enable_prefix_caching
+    events = run_engine(engine, SamplingParams(max_tokens=10))
+    assert [e.token_ids for e in events] == [[5], [6, 7], [8]]
+    assert [e.finish_reason for e in events] == [None, None, "stop"]
+    assert calls["generated"][0][0] == {"prompt_token_ids": [1, 2, 3]}
+    assert calls["aborted"] == [] and engine.stats().running == 0
+
+
+def test_engine_aborts_when_the_consumer_leaves(tmp_path):
+    vllm, calls = fake_vllm([([5], None), ([6], None), ([7], None), ([8], "length")])
+    engine = VLLMEngine(tmp_path, tokenizer=None, vllm_module=vllm)
+    events = run_engine(engine, SamplingParams(max_tokens=10), take=2)
+    assert len(events) == 2
+    assert calls["aborted"] == ["req-1"] and engine.stats().running == 0
+
+
+def test_vllm_is_imported_only_by_the_adapter():
+    import importlib
+
+    for name in ("app", "cli", "engines.transformers_engine", "engines.vllm_engine"):
+        importlib.import_module(f"openchat_cli.serve.{name}")
+    assert "vllm" not in sys.modules
+
+
+def test_missing_vllm_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(EngineError, match="needs vLLM"):
+        VLLMEngine(tmp_path, tokenizer=None)
