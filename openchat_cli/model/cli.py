@@ -163,3 +163,57 @@ def info_command(
         print_json(info)
         return
     console.print(table(str(path), ["field", "value"], [(k, v) for k, v in info.items() if k != "meta"]))
+
+
+@app.command("merge-lora")
+def merge_lora_command(
+    adapter_ref: str = typer.Argument(..., metavar="ADAPTER_DIR",
+                                      help="LoRA adapter dir (from `openchat train --lora`) or its checkpoint id."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder for the merged full model."),
+    base: Optional[str] = typer.Option(
+        None, "--base", help="Base model dir or id (default: the one the adapter was trained from)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+) -> None:
+    """Fold a LoRA adapter into its base model: a plain model dir that serves without peft."""
+    from openchat_cli.model.lora import adapter_base, merge_adapter
+    from store.catalog import open_catalog
+
+    src, src_id = resolve_model(adapter_ref)
+    recorded_base = adapter_base(src)  # also refuses a dir that is not an adapter
+    meta = read_meta(src)
+    base_ref = base or meta.get("base_checkpoint_id") or meta.get("base_model") or recorded_base
+    if not base_ref:
+        raise OpenchatError(f"{src} does not say which base model it adapts: pass --base")
+    try:
+        base_dir, base_id = resolve_model(base_ref)
+    except OpenchatError as exc:
+        raise OpenchatError(f"base model of {src}: {exc.message} (pass --base)") from None
+    require_weights(base_dir)
+    _prepare_out(out, force)
+    src_id = src_id or meta.get("checkpoint_id")
+    base_id = base_id or read_meta(base_dir).get("checkpoint_id")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with err_console.status("merging the adapter into the base weights…"):
+            tokenizer = merge_adapter(src, base_dir, tmp)
+        template_name = meta.get("template") or read_meta(base_dir).get("template")
+        merged_meta = {k: v for k, v in meta.items() if k not in ("checkpoint_id", "lora")}
+        merged_meta.update(template=template_name, tokenizer_hash=tokenizer_hash(tokenizer),
+                           base_model=str(base_dir), merged_from=src_id or str(src))
+        write_meta(tmp, **merged_meta)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    catalog = open_catalog()
+    ck = catalog.add_checkpoint(
+        path=out, kind="merged", template=template_name, base_model=str(base_dir),
+        run_id=meta.get("run_id"), dataset_id=meta.get("dataset_id"), step=meta.get("step"),
+        parent_id=src_id, metrics={"adapter": str(src)})
+    catalog.link(ck, base_id, "derived-from")
+    write_meta(out, checkpoint_id=ck)
+    if as_json:
+        print_json(catalog.get(ck))
+        return
+    console.print(f"[green]merged[/] {src} into {base_dir} → {out} as [bold]{ck}[/]")

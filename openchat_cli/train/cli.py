@@ -1,8 +1,94 @@
-"""`openchat train` (not built yet)."""
+"""`openchat train`: flags (or --config run.yaml) in, a trained checkpoint and a catalog run out."""
 
-from openchat_cli.stub import not_implemented
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from openchat_cli.console import console, print_json
+from openchat_cli.train.config import TrainConfig
+
+D = TrainConfig()
+PERF = "Performance"
+LORA = "LoRA"
+RUN = "Run control"
 
 
-def train_command() -> None:
-    """Fine-tune a model on a tokenized dataset."""
-    not_implemented("train")
+def train_command(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", help="Model dir or checkpoint id (ck-…) to fine-tune."),
+    data: Optional[str] = typer.Option(None, "--data", help="Tokenized .parquet (from `openchat data tokenize`) or dataset id (ds-…)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder: checkpoints step-N/, final/, resumable state/ (default: HOME/runs/train-DATE-TIME)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with any of these settings (flags override it)."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out tokenized .parquet or ds-… id: eval loss before, during and after."),
+    epochs: int = typer.Option(D.epochs, "--epochs", help="Passes over the data."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: OpenChat's rule, 3e-4 x sqrt(supervised tokens per step / 4M))."),
+    warmup_ratio: float = typer.Option(D.warmup_ratio, "--warmup-ratio", help="Fraction of steps with linear warmup."),
+    min_lr_ratio: float = typer.Option(D.min_lr_ratio, "--min-lr-ratio", help="Cosine decay floor, as a fraction of the peak lr."),
+    weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="AdamW weight decay (matrices only)."),
+    max_grad_norm: float = typer.Option(D.max_grad_norm, "--max-grad-norm", help="Gradient clipping norm (0: off)."),
+    tokens_per_step: int = typer.Option(D.tokens_per_step, "--tokens-per-step", help="Tokens per optimizer step per rank (packed sequences).", rich_help_panel=PERF),
+    micro_tokens: Optional[int] = typer.Option(None, "--micro-tokens", help="Tokens per forward pass; smaller than --tokens-per-step means gradient accumulation.", rich_help_panel=PERF),
+    seed: int = typer.Option(D.seed, "--seed", help="Seed for shuffling, packing and initialisation."),
+    grad_checkpointing: bool = typer.Option(D.grad_checkpointing, "--grad-checkpointing", help="Recompute activations in backward (less memory, ~30% slower).", rich_help_panel=PERF),
+    save_every: int = typer.Option(D.save_every, "--save-every", help="Save a checkpoint every N steps (0: only at the end).", rich_help_panel=RUN),
+    eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Eval loss every N steps (0: only before and after).", rich_help_panel=RUN),
+    log_every: int = typer.Option(D.log_every, "--log-every", help="Steps per point of the stored loss curve.", rich_help_panel=RUN),
+    zero: int = typer.Option(D.zero, "--zero", help="DeepSpeed ZeRO stage (0-3).", rich_help_panel=PERF),
+    offload: bool = typer.Option(D.offload, "--offload", help="Keep optimizer states (and with --zero 3 parameters) in CPU memory.", rich_help_panel=PERF),
+    num_gpus: int = typer.Option(D.num_gpus, "--num-gpus", help="Ranks: one per GPU (several through the deepspeed launcher), or CPU processes (gloo) on a machine without one.", rich_help_panel=PERF),
+    hostfile: Optional[str] = typer.Option(None, "--hostfile", help="DeepSpeed hostfile for multi-node training.", rich_help_panel=PERF),
+    precision: str = typer.Option(D.precision, "--precision", help="auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32.", rich_help_panel=PERF),
+    lora: bool = typer.Option(D.lora, "--lora", help="Train a LoRA adapter instead of all weights (fold it back with `openchat model merge-lora`).", rich_help_panel=LORA),
+    lora_r: int = typer.Option(D.lora_r, "--lora-r", help="LoRA rank.", rich_help_panel=LORA),
+    lora_alpha: int = typer.Option(D.lora_alpha, "--lora-alpha", help="LoRA alpha.", rich_help_panel=LORA),
+    lora_dropout: float = typer.Option(D.lora_dropout, "--lora-dropout", help="LoRA dropout.", rich_help_panel=LORA),
+    lora_targets: str = typer.Option(D.lora_targets, "--lora-targets", help="Modules to adapt: all-linear or a comma list (q_proj,v_proj).", rich_help_panel=LORA),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after N steps of this invocation, keeping resumable state (time-boxed jobs).", rich_help_panel=RUN),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its settings are reused).", rich_help_panel=RUN),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it holds something.", rich_help_panel=RUN),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's catalog entry as JSON."),
+) -> None:
+    """Fine-tune a causal LM on tokenized conversations: multipack packing, padding-free batches,
+    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format."""
+    from openchat_cli.errors import OpenchatError
+    from openchat_cli.train import config as config_mod
+    from openchat_cli.train.launch import prepare, run
+
+    values = {k: v for k, v in ctx.params.items() if k in D.to_dict()}
+    values["out"] = str(out) if out else None
+    # Typer vendors its own click: compare the source by name.
+    given = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    cfg = config_mod.merge(values, given, config_mod.load_yaml(config) if config else {})
+    if resume:
+        extra = [f"--{k.replace('_', '-')}" for k in sorted(given - {"out", "stop_after"})]
+        if extra or config:
+            raise OpenchatError("--resume continues with the run's own settings: only --out and "
+                                f"--stop-after may be given (got {', '.join(extra or ['--config'])})")
+    if not cfg.out:
+        if resume:
+            raise OpenchatError("--resume needs --out: the run folder to continue")
+        import time
+
+        from openchat_cli.home import default_output_dir
+
+        cfg.out = str(default_output_dir("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
+    spec = prepare(cfg, resume=resume, force=force)
+    result = run(spec)
+    if as_json:
+        from store.catalog import open_catalog
+
+        print_json(open_catalog().get(spec["run_id"]))
+        return
+    metrics = result.get("metrics", {})
+    where = Path(spec["out"])
+    if result["status"] == "completed":
+        eval_text = (f", held-out loss {metrics['eval_loss_initial']:.4f} → {metrics['eval_loss']:.4f}"
+                     if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
+        console.print(f"[green]trained[/] {result['steps']} steps, train loss {metrics['final_loss']:.4f}{eval_text}"
+                      + f" → {where / 'final'} ([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
+    else:
+        console.print(f"[yellow]stopped[/] after step {result['stopped_at']} of {result['steps']}: continue with "
+                      f"`openchat train --out {where} --resume` (run {spec['run_id']})")

@@ -1,0 +1,98 @@
+"""What a training run leaves in its output folder, and how it is written and read back.
+
+    OUT/run.json          the resolved settings and ids (what `--resume` continues)
+    OUT/steps.jsonl       one line per finished optimizer step (rank 0)
+    OUT/state/            DeepSpeed checkpoint of the latest save: model, optimizer and
+                          scheduler state, plus the sampler position (for --resume)
+    OUT/step-000100/      Hugging Face checkpoint (weights or LoRA adapter, tokenizer with its
+                          chat_template, openchat.json), written to a temp dir and renamed
+    OUT/final/            the checkpoint of the finished run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from openchat_cli.checkpoint import atomic_write_text, write_meta
+
+RUN_FILE = "run.json"
+STEPS_FILE = "steps.jsonl"
+STATE_DIR = "state"
+FINAL_DIR = "final"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def state_tag(step: int) -> str:
+    return f"step-{step}"
+
+
+def write_run_file(out: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(Path(out) / RUN_FILE, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_run_file(out: Path) -> dict[str, Any] | None:
+    path = Path(out) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def latest_state_step(out: Path) -> int | None:
+    """The step of the last complete DeepSpeed save (its `latest` file is written last)."""
+    latest = Path(out) / STATE_DIR / "latest"
+    if not latest.exists():
+        return None
+    tag = latest.read_text().strip()
+    if not tag.startswith("step-") or not (latest.parent / tag).is_dir():
+        return None
+    return int(tag.split("-", 1)[1])
+
+
+def prune_states(out: Path, keep_tag: str) -> None:
+    """Only the newest DeepSpeed state is kept (it holds the optimizer: several x the model)."""
+    root = Path(out) / STATE_DIR
+    for child in root.iterdir() if root.exists() else ():
+        if child.is_dir() and child.name.startswith("step-") and child.name != keep_tag:
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def truncate_steps(out: Path, upto: int) -> None:
+    """Forget step lines after the step a resumed run restarts from (they will be redone)."""
+    path = Path(out) / STEPS_FILE
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= upto]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def append_step(out: Path, record: dict[str, Any]) -> None:
+    with open(Path(out) / STEPS_FILE, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def save_hf(out: Path, name: str, module: Any, tokenizer: Any, meta: dict[str, Any],
+            state_dict: dict | None = None) -> Path:
+    """Write a Hugging Face checkpoint dir atomically (temp dir, then rename into place)."""
+    target = Path(out) / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    try:
+        module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_meta(tmp, **meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is for sharing
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,149 @@
+"""Training settings: CLI flags, or `--config run.yaml` holding the same keys.
+
+Precedence: built-in defaults < the YAML file < flags given on the command line. YAML keys are
+the flag names with dashes or underscores (`tokens-per-step` or `tokens_per_step`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from openchat_cli.errors import OpenchatError
+
+ZERO_STAGES = (0, 1, 2, 3)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    model: str | None = None
+    data: str | None = None
+    out: str | None = None
+    eval_data: str | None = None
+    epochs: int = 1
+    lr: float | None = None  # None: OpenChat's automatic rule (see schedule.auto_lr)
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    tokens_per_step: int = 8192  # per rank
+    micro_tokens: int | None = None  # per forward pass; None: tokens_per_step (no accumulation)
+    seed: int = 42
+    grad_checkpointing: bool = False
+    save_every: int = 0
+    eval_every: int = 0
+    log_every: int = 10
+    zero: int = 2
+    offload: bool = False
+    num_gpus: int = 1
+    hostfile: str | None = None
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"
+    precision: str = "auto"
+    stop_after: int | None = None
+
+    @property
+    def micro_capacity(self) -> int:
+        return min(self.micro_tokens or self.tokens_per_step, self.tokens_per_step)
+
+    @property
+    def micro_steps(self) -> int:
+        """Micro-batches per rank per optimizer step (gradient accumulation)."""
+        return -(-self.tokens_per_step // self.micro_capacity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> "TrainConfig":
+        for name in ("model", "data", "out"):
+            if not getattr(self, name):
+                raise OpenchatError(f"missing --{name.replace('_', '-')} (or `{name}:` in --config)")
+        positive = ("epochs", "tokens_per_step", "num_gpus", "log_every", "lora_r", "lora_alpha")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise OpenchatError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("save_every", "eval_every", "weight_decay", "max_grad_norm", "lora_dropout"):
+            if getattr(self, name) < 0:
+                raise OpenchatError(f"--{name.replace('_', '-')} must not be negative")
+        if self.micro_tokens is not None and self.micro_tokens < 1:
+            raise OpenchatError("--micro-tokens must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            raise OpenchatError("--lr must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise OpenchatError("--warmup-ratio must be in [0, 1)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise OpenchatError("--min-lr-ratio must be in [0, 1]")
+        if self.zero not in ZERO_STAGES:
+            raise OpenchatError(f"--zero must be one of {', '.join(map(str, ZERO_STAGES))}")
+        if self.offload and self.zero < 1:
+            raise OpenchatError("--offload needs ZeRO stage 1, 2 or 3")
+        if self.precision not in PRECISIONS:
+            raise OpenchatError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise OpenchatError("--stop-after must be at least 1")
+        return self
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Settings from a YAML mapping; unknown keys are an error (a typo must not be ignored)."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise OpenchatError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise OpenchatError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise OpenchatError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    known = {f.name: f for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise OpenchatError(f"{path}: unknown setting '{key}' (known: "
+                                f"{', '.join(n.replace('_', '-') for n in known)})")
+        out[name] = value
+    return out
+
+
+def merge(cli_values: dict[str, Any], given: set[str], yaml_values: dict[str, Any]) -> TrainConfig:
+    """Defaults, then YAML, then the flags actually typed (`given`)."""
+    merged = TrainConfig().to_dict()
+    merged.update(yaml_values)
+    merged.update({k: v for k, v in cli_values.items() if k in given})
+    config = TrainConfig.from_dict(merged)
+    _coerce(config)
+    return config
+
+
+def _coerce(config: TrainConfig) -> None:
+    """YAML may hold `1e-4` as a string or `2` where a float is meant: normalise the types."""
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        kind = f.type.split(" |")[0] if isinstance(f.type, str) else f.type
+        try:
+            if kind == "int" and not isinstance(value, bool):
+                value = int(value)
+            elif kind == "float":
+                value = float(value)
+            elif kind == "bool" and not isinstance(value, bool):
+                raise ValueError(value)
+            elif kind == "str":
+                value = str(value)
+        except (TypeError, ValueError):
+            raise OpenchatError(f"setting '{f.name.replace('_', '-')}': expected {kind}, got {value!r}") from None
+        setattr(config, f.name, value)

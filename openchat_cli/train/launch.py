@@ -1,0 +1,255 @@
+"""Checking a run's inputs, starting its ranks, and recording the outcome.
+
+`openchat train` validates everything in its own process first (so bad input fails in a
+second with a clear message), registers the run and writes OUT/run.json. Then ranks run in child processes,
+`python -m openchat_cli.train.launch RUN_JSON` each:
+- several GPUs or nodes: started by the `deepspeed` launcher (--num-gpus, --hostfile);
+- CPU ranks (gloo) or one GPU: spawned here with the torch.distributed environment variables;
+  if one fails, the others are stopped.
+Rank 0 writes OUT/result.json; this process copies the outcome into the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from openchat_cli.errors import OpenchatError
+from openchat_cli.train import checkpoint as ckpt
+from openchat_cli.train.config import TrainConfig
+from openchat_cli.train.dataset import TokenizedData, load, read_meta_checked, resolve_data
+
+RESULT_FILE = "result.json"
+
+
+# -- preparation --------------------------------------------------------------------------------
+def _model_facts(ref: str) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    from openchat_cli.checkpoint import (checkpoint_id_for, load_tokenizer, read_meta, require_weights,
+                                         resolve_model, tokenizer_hash)
+
+    path, ck = resolve_model(ref)
+    require_weights(path)
+    if not read_meta(path).get("template"):
+        raise OpenchatError(f"{path} has no openchat.json naming its template (models made by "
+                            "`openchat model init` or `add-tokens --template` have one)")
+    template = read_meta(path)["template"]
+    tokenizer = load_tokenizer(path)
+    try:
+        vocab = AutoConfig.from_pretrained(str(path)).vocab_size
+    except (OSError, ValueError) as exc:
+        raise OpenchatError(f"{path}: cannot read the model config ({exc})") from None
+    return {"model_path": str(path.resolve()), "template": template, "vocab_size": vocab,
+            "tokenizer_hash": tokenizer_hash(tokenizer), "pad_id": tokenizer.pad_token_id,
+            "base_checkpoint_id": ck or read_meta(path).get("checkpoint_id") or checkpoint_id_for(path)}
+
+
+def _load_checked(ref: str, facts: dict[str, Any], capacity: int, what: str) -> tuple[TokenizedData, str | None]:
+    path, ds_id = resolve_data(ref)
+    meta = read_meta_checked(path, template=facts["template"], tokenizer_hash=facts["tokenizer_hash"])
+    data = load(path, meta, vocab_size=facts["vocab_size"])
+    longest = int(data.lengths.max())
+    if longest > capacity:
+        raise OpenchatError(f"{what} {path} has a sequence of {longest} tokens, more than a micro-batch "
+                            f"holds ({capacity}): raise --tokens-per-step/--micro-tokens or re-tokenize "
+                            f"with a smaller --max-len")
+    return data, ds_id
+
+
+def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Validate inputs, register (or reopen) the run, write OUT/run.json (the ranks' spec)."""
+    from store.catalog import open_catalog
+
+    from openchat_cli.train.schedule import auto_lr
+
+    out = Path(cfg.out).expanduser().resolve()
+    previous = ckpt.read_run_file(out) if out.exists() else None
+    if resume:
+        if previous is None:
+            raise OpenchatError(f"nothing to resume: {out} holds no {ckpt.RUN_FILE}")
+        cfg = TrainConfig.from_dict({**previous["config"], "stop_after": cfg.stop_after})
+        if (out / ckpt.FINAL_DIR).exists() and ckpt.latest_state_step(out) is None:
+            raise OpenchatError(f"run {previous.get('run_id')} in {out} already finished: nothing to resume")
+    elif previous is not None and not force:
+        raise OpenchatError(f"{out} already holds run {previous.get('run_id')}: pass --resume to continue "
+                            "it, or --force to start over")
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise OpenchatError(f"{out} already exists and is not empty (pass --force to replace it)")
+    cfg.validate()
+
+    facts = _model_facts(cfg.model)
+    data, ds_id = _load_checked(cfg.data, facts, cfg.micro_capacity, "dataset")
+    eval_id, eval_path = None, None
+    if cfg.eval_data:
+        eval_data, eval_id = _load_checked(cfg.eval_data, facts, cfg.micro_capacity, "eval dataset")
+        eval_path = str(eval_data.path.resolve())
+    lr = cfg.lr or auto_lr(cfg.tokens_per_step, cfg.num_gpus, data.supervised_ratio())
+
+    catalog = open_catalog()
+    if resume:
+        run_id, ds_id = previous["run_id"], previous.get("dataset_id")
+        catalog.update("runs", run_id, status="running", finished_at=None)
+    else:
+        if ds_id is None:  # a hand-made file: register it, so the run has lineage
+            ds_id = catalog.add_dataset(
+                name=data.path.stem, path=data.path, format="tokenized", num_records=len(data),
+                meta={k: data.meta.get(k) for k in ("template", "tokenizer_hash", "max_len")})
+        if out.exists() and force:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        run_id = catalog.add_run(config=cfg.to_dict(), dataset_id=ds_id,
+                                 base_checkpoint_id=facts["base_checkpoint_id"], output_path=out)
+    spec = {"run_id": run_id, "out": str(out), "config": cfg.to_dict(), **facts,
+            "data_path": str(data.path.resolve()), "dataset_id": ds_id,
+            "eval_data_path": eval_path, "eval_dataset_id": eval_id, "lr": lr}
+    ckpt.write_run_file(out, spec)
+    (out / RESULT_FILE).unlink(missing_ok=True)
+    return spec
+
+
+# -- running ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _package_root() -> str:
+    import openchat_cli
+
+    return str(Path(openchat_cli.__file__).resolve().parents[1])
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train with the configured number of ranks; record the outcome in the catalog."""
+    cfg = TrainConfig.from_dict(spec["config"])
+    out = Path(spec["out"])
+    try:
+        _run_ranks(out / ckpt.RUN_FILE, cfg)
+        result = json.loads((out / RESULT_FILE).read_text())
+    except KeyboardInterrupt:
+        _finish(spec, {"status": "interrupted"})
+        raise
+    except BaseException as exc:
+        _finish(spec, {"status": "failed", "metrics": {"error": getattr(exc, "message", str(exc))}})
+        raise
+    _finish(spec, result)
+    return result
+
+
+def _run_ranks(run_file: Path, cfg: TrainConfig) -> None:
+    """Ranks always run in child processes: the same path for 1 and N ranks, a clean
+    environment (threads, distributed variables) and a parent that survives a crashed rank."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)}
+    gpus = _gpu_count()
+    if cfg.hostfile or (gpus and cfg.num_gpus > 1):
+        if not cfg.hostfile and cfg.num_gpus > gpus:
+            raise OpenchatError(f"--num-gpus {cfg.num_gpus} but this machine has {gpus} GPU(s)")
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()),
+                   "--no_local_rank", "--module"]
+        command += ["--hostfile", cfg.hostfile] if cfg.hostfile else ["--num_gpus", str(cfg.num_gpus)]
+        command += ["openchat_cli.train.launch", str(run_file)]
+        code = subprocess.call(command, env=env)
+        if code:
+            raise OpenchatError(f"training ranks failed (exit {code})", exit_code=code if code < 128 else 1)
+        return
+    _spawn_ranks(run_file, cfg.num_gpus, env, cpu=not gpus)
+
+
+def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool) -> None:
+    """Start `world` ranks on this machine and wait; if one fails, stop the rest."""
+    port = str(free_port())
+    procs: list[subprocess.Popen] = []
+    for rank in range(world):
+        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                    "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        if cpu:
+            # Share the cores between ranks; idle OpenMP threads sleep instead of spinning (a
+            # spinning pool slows a busy or oversubscribed machine down by an order of magnitude).
+            rank_env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // world)))
+            rank_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        procs.append(subprocess.Popen(_rank_command(run_file), env=rank_env))
+    try:
+        failed = None
+        while failed is None:
+            codes = [p.poll() for p in procs]  # every rank, every time: a dead rank 1 must not wait
+            failed = next((p for p, code in zip(procs, codes) if code), None)  # behind a live rank 0
+            if all(code == 0 for code in codes):
+                break
+            time.sleep(0.2)
+        if failed:
+            rank = procs.index(failed)
+            raise OpenchatError(f"rank {rank} failed (exit {failed.returncode})",
+                                exit_code=failed.returncode if 0 < failed.returncode < 128 else 1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _rank_command(run_file: Path) -> list[str]:
+    return [sys.executable, "-m", "openchat_cli.train.launch", str(run_file)]
+
+
+def _finish(spec: dict[str, Any], result: dict[str, Any]) -> None:
+    from store.catalog import now, open_catalog
+
+    if not spec.get("run_id"):
+        return
+    fields: dict[str, Any] = {"status": result["status"], "finished_at": now()}
+    if "metrics" in result:
+        fields["metrics"] = result["metrics"]
+    if result.get("curve"):
+        fields["loss_curve"] = result["curve"]
+    catalog = open_catalog()
+    try:
+        catalog.update("runs", spec["run_id"], **fields)
+    finally:
+        catalog.close()
+
+
+# -- one rank (python -m openchat_cli.train.launch RUN_JSON) ------------------------------------
+def rank_main(run_file: str) -> int:
+    import warnings
+
+    from openchat_cli.console import err_console
+    from openchat_cli.train import loop
+
+    # Deprecation notices from inside torch.distributed / transformers / peft, once per rank,
+    # say nothing the user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    spec = json.loads(Path(run_file).read_text())
+    try:
+        result = loop.train(spec)
+    except OpenchatError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    if int(os.environ.get("RANK", "0")) == 0:
+        from openchat_cli.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(spec["out"]) / RESULT_FILE, json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main(sys.argv[1]))

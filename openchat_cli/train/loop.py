@@ -1,0 +1,362 @@
+"""One rank of a training run: a DeepSpeed engine over packed, weighted micro-batches.
+
+The engine wraps `PackedLM` (the model plus its loss), so `engine(batch)` is sum(w * CE) of
+one packed micro-batch. Per optimizer step every rank runs the same number of micro-batches
+(the sampler guarantees it). Before the first forward, the step's total loss weight is
+all-reduced, so each micro-batch backpropagates sum(w * CE) * world / W_global: DeepSpeed
+averages gradients over ranks, and accumulation is unscaled (`scale_wrt_gas=False`), which
+makes the update exactly the gradient of sum(w * CE) / sum(w) over the whole global step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from openchat_cli.errors import OpenchatError
+from openchat_cli.train import attention, checkpoint as ckpt
+from openchat_cli.train.collate import pack
+from openchat_cli.train.config import TrainConfig
+from openchat_cli.train.dataset import TokenizedData, load
+from openchat_cli.train.loss import PackedLM
+from openchat_cli.train.sampler import MultipackSampler, PackSpec
+from openchat_cli.train.schedule import make_scheduler
+
+
+# -- setup --------------------------------------------------------------------------------------
+def device_for_rank() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join (or create) the process group: NCCL on GPU, gloo on CPU."""
+    import deepspeed
+    import deepspeed.ops
+
+    if device.type == "cpu":
+        # DeepSpeed would JIT-compile (minutes) a shared-memory all-reduce kernel for CPU ranks;
+        # gloo does the job. DeepSpeed keeps this dict for edits like this one.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines drown the progress bar
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return cfg.precision == "bf16"
+
+
+def deepspeed_config(cfg: TrainConfig, bf16: bool, device: torch.device) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": cfg.zero}
+    if cfg.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
+        if cfg.zero == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
+    if cfg.zero == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": cfg.micro_steps,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        # torch's AdamW on CPU-offloaded states: DeepSpeedCPUAdam needs a compiled op.
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.offload and device.type == "cuda":
+        # On GPU machines DeepSpeed builds its fast CPU Adam for offloaded optimizer states.
+        config["optimizer"] = {"type": "AdamW", "params": _adam_kwargs(cfg, 0.0)}
+    return config
+
+
+def _adam_kwargs(cfg: TrainConfig, lr: float) -> dict[str, Any]:
+    return {"lr": lr, "betas": (0.9, 0.95), "eps": 1e-5, "weight_decay": cfg.weight_decay}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on norms, biases or other vectors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf16: bool,
+               ds_config: dict[str, Any]) -> tuple[Any, str, Any]:
+    """The causal LM (LoRA-wrapped with --lora), its attention kernel, and a ZeRO-3 handle that
+    must stay alive until the engine exists."""
+    from transformers import AutoModelForCausalLM
+
+    impl = attention.choose(device)
+    zero3_handle = None
+    if cfg.zero == 3:
+        # Lets from_pretrained build the model already partitioned (deepspeed.zero.Init).
+        from transformers.integrations import HfDeepSpeedConfig
+
+        zero3_handle = HfDeepSpeedConfig(ds_config)
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation=impl)
+    model.config.use_cache = False
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora:
+        from openchat_cli.model.lora import apply_lora
+
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           targets=cfg.lora_targets)
+    return model, impl, zero3_handle
+
+
+# -- the run ------------------------------------------------------------------------------------
+class Comm:
+    """The few collectives the loop needs (float64 sums; on the rank's device for NCCL)."""
+
+    def __init__(self, device: torch.device):
+        import deepspeed.comm as dist
+
+        self.dist = dist
+        self.device = device
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+
+    def sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            self.dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.dist.barrier()
+
+
+def evaluate(engine: Any, data: TokenizedData, sampler: MultipackSampler, comm: Comm,
+             device: torch.device, pad_id: int) -> float:
+    """Weighted loss over a whole (unshuffled) eval set."""
+    engine.eval()
+    num = den = 0.0
+    with torch.no_grad():
+        for step in range(len(sampler)):
+            for rows in sampler.batches(step, comm.rank):
+                batch = pack(data, rows, pad_id).to(device)
+                num += float(engine(batch))
+                den += batch.weight_sum
+    engine.train()
+    num, den = comm.sum(num, den)
+    return num / den if den else float("nan")
+
+
+def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, lr: float,
+                 total: int) -> tuple[Any, Any, str]:
+    """The DeepSpeed engine around PackedLM, its LR scheduler and the attention kernel used."""
+    import deepspeed
+
+    bf16 = use_bf16(cfg, device)
+    ds_config = deepspeed_config(cfg, bf16, device)
+    model, impl, zero3_handle = load_model(spec, cfg, device, bf16, ds_config)
+    groups = param_groups(model, cfg.weight_decay)
+    if "optimizer" in ds_config:
+        ds_config["optimizer"]["params"]["lr"] = lr
+        optimizer = None
+    else:
+        optimizer = torch.optim.AdamW(groups, **_adam_kwargs(cfg, lr))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=PackedLM(model, impl), optimizer=optimizer, model_parameters=groups if optimizer is None else None,
+        lr_scheduler=lambda opt: make_scheduler(opt, total, cfg.warmup_ratio, cfg.min_lr_ratio),
+        config=ds_config)
+    del zero3_handle
+    return engine, scheduler, impl
+
+
+def train(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) training on this rank; returns the run's outcome (rank 0's is complete)."""
+    cfg = TrainConfig.from_dict(spec["config"])
+    out = Path(spec["out"])
+    device = device_for_rank()
+    init_distributed(device)
+    comm = Comm(device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    vocab = spec["vocab_size"]
+    data = load(Path(spec["data_path"]), vocab_size=vocab)
+    capacity = cfg.micro_capacity
+    sampler = MultipackSampler(data.lengths, PackSpec(capacity, comm.world, cfg.micro_steps, cfg.seed),
+                               cfg.epochs)
+    eval_data, eval_sampler = None, None
+    if spec.get("eval_data_path"):
+        eval_data = load(Path(spec["eval_data_path"]), vocab_size=vocab)
+        eval_sampler = MultipackSampler(eval_data.lengths, PackSpec(capacity, comm.world, 1, shuffle=False))
+    total = len(sampler)
+
+    lr = spec["lr"]
+    engine, scheduler, impl = build_engine(spec, cfg, device, lr, total)
+    pad_id = spec.get("pad_id") or 0
+    start, curve, metrics = 0, [], {}
+    state_step = ckpt.latest_state_step(out)
+    if state_step is not None:
+        _, client = engine.load_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(state_step),
+                                           load_module_strict=not cfg.lora)
+        if client.get("fingerprint") != sampler.fingerprint():
+            raise OpenchatError("cannot resume: the data, packing settings or number of ranks changed "
+                                "since the checkpoint (start a new run in another --out)")
+        start, curve, metrics = client["step"], client.get("curve", []), client.get("metrics", {})
+
+    reporter = None
+    if comm.rank == 0:
+        from openchat_cli.train.report import Reporter
+
+        ckpt.truncate_steps(out, start)
+        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve)
+        reporter.note(f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
+                      f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
+                      f"{sampler.efficiency():.1%}; lr {lr:.2e}; {impl} attention; "
+                      f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}"
+                      + (f"; resuming at step {start}" if start else ""))
+
+    def run_eval(tag: str) -> None:
+        if eval_sampler is not None:
+            metrics[tag] = evaluate(engine, eval_data, eval_sampler, comm, device, pad_id)
+            metrics["eval_loss"] = metrics[tag]
+            if reporter:
+                reporter.note(f"eval loss ({tag.removeprefix('eval_loss_')}): {metrics[tag]:.4f}")
+
+    def save(step: int, final: bool) -> None:
+        name = ckpt.FINAL_DIR if final else ckpt.step_dir_name(step)
+        _save_hf(engine, cfg, spec, out, name, step, metrics, reporter)
+        if not final:
+            client = {"step": step, "fingerprint": sampler.fingerprint(), "curve": reporter.curve if reporter else [],
+                      "metrics": metrics}
+            # A LoRA run's frozen base weights need not be copied into every resumable state.
+            engine.save_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(step), client_state=client,
+                                   exclude_frozen_parameters=cfg.lora)
+            comm.barrier()
+            if comm.rank == 0:
+                ckpt.prune_states(out, ckpt.state_tag(step))
+
+    if start == 0:
+        run_eval("eval_loss_initial")
+    engine.train()
+    status, done = "completed", start
+    try:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            # Randomness (LoRA dropout) is a function of (seed, step, rank): a resumed run draws
+            # exactly what the uninterrupted run would have.
+            torch.manual_seed(hash((cfg.seed, step, comm.rank)) % 2**63)
+            batches = [pack(data, rows, pad_id) for rows in sampler.batches(step, comm.rank)]
+            (weight,) = comm.sum(sum(b.weight_sum for b in batches))
+            scale = comm.world / weight if weight > 0 else 0.0
+            loss_sum = 0.0
+            for i, batch in enumerate(batches):
+                loss = engine(batch.to(device))
+                engine.backward(loss * scale, scale_wrt_gas=False)
+                loss_sum += float(loss.detach())
+                if i == len(batches) - 1:
+                    (global_loss,) = comm.sum(loss_sum)
+                    global_loss = global_loss / weight if weight > 0 else 0.0
+                    if not math.isfinite(global_loss):
+                        raise OpenchatError(f"non-finite loss ({global_loss}) at step {step + 1}: "
+                                            "lower --lr or check the data; nothing was updated")
+                lr_now = scheduler.get_last_lr()[0]
+                engine.step()
+            done = step + 1
+            if reporter:
+                rank_tokens = sampler.step_tokens(step)
+                tokens = int(rank_tokens.sum())
+                seconds = time.perf_counter() - t0
+                epoch, _ = sampler.locate(step)
+                reporter.step({"step": done, "epoch": epoch + 1, "loss": global_loss, "lr": lr_now,
+                               "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                               "capacity": capacity * comm.world * cfg.micro_steps,
+                               "packing_efficiency": sampler.step_efficiency(step),
+                               "rank_tokens": rank_tokens.tolist(), "weight": weight})
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                run_eval(f"eval_loss_step_{done}")
+            if done == total:
+                break
+            if cfg.stop_after and done - start >= cfg.stop_after:
+                save(done, final=False)
+                status = "interrupted"
+                break
+            if cfg.save_every and done % cfg.save_every == 0:
+                save(done, final=False)
+        if status == "completed":
+            run_eval("eval_loss_final")
+            save(total, final=True)
+    finally:
+        if reporter:
+            reporter.close()
+    result = {"status": status, "steps": total, "stopped_at": done,
+              "metrics": {**metrics, "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None,
+                          "packing_efficiency": sampler.efficiency(), "lr": lr},
+              "curve": reporter.curve if reporter else []}
+    if status == "completed" and comm.rank == 0:
+        import shutil
+
+        shutil.rmtree(out / ckpt.STATE_DIR, ignore_errors=True)  # nothing left to resume
+    engine.destroy()
+    return result
+
+
+def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, name: str, step: int,
+             metrics: dict[str, Any], reporter: Any) -> None:
+    """Rank 0 writes and registers a Hugging Face checkpoint (ZeRO-3 gathers weights first)."""
+    state_dict = None
+    if cfg.zero == 3:  # every rank takes part in gathering the partitioned weights
+        gathered = engine._zero3_consolidated_16bit_state_dict()
+        state_dict = {k.removeprefix("lm."): v for k, v in (gathered or {}).items()}
+    if reporter is None:
+        return
+    from store.catalog import open_catalog
+
+    from openchat_cli.checkpoint import load_tokenizer, write_meta
+
+    tokenizer = load_tokenizer(Path(spec["model_path"]))
+    if not tokenizer.chat_template:
+        from openchat_cli.checkpoint import attach_template
+
+        attach_template(tokenizer, spec["template"])
+    meta = {"template": spec["template"], "run_id": spec.get("run_id"), "dataset_id": spec.get("dataset_id"),
+            "tokenizer_hash": spec["tokenizer_hash"], "base_model": spec["model_path"],
+            "base_checkpoint_id": spec.get("base_checkpoint_id"), "step": step}
+    if cfg.lora:
+        meta["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
+    path = ckpt.save_hf(out, name, engine.module.lm, tokenizer, meta, state_dict)
+    point = reporter.curve[-1] if reporter.curve else {}
+    catalog = open_catalog()
+    try:
+        old = catalog.find_by_path("checkpoints", path)
+        if old:  # a resumed run redoing a step it had saved before being killed
+            catalog.remove(old["id"])
+        ck = catalog.add_checkpoint(
+            path=path, kind="trained", template=spec["template"], base_model=spec["model_path"],
+            run_id=spec.get("run_id"), dataset_id=spec.get("dataset_id"), step=step,
+            metrics={"loss": point.get("loss"), "eval_loss": metrics.get("eval_loss"), "lora": cfg.lora},
+            parent_id=spec.get("base_checkpoint_id"))
+    finally:
+        catalog.close()
+    write_meta(path, checkpoint_id=ck)
+    if name == ckpt.FINAL_DIR:
+        metrics["final_checkpoint_id"] = ck
+    reporter.note(f"saved {path} ({ck})")
+    reporter.flush()
