@@ -15,7 +15,7 @@ _openchat() {
         esac
     done
     case "$path" in
-        "") words="catalog chat data eval model serve train --help --home --version" ;;
+        "") words="catalog chat data eval model quickstart serve train --help --home --version" ;;
         "catalog") words="lineage list path rm show --help" ;;
         "catalog lineage") words="--help --home --json" ;;
         "catalog list") words="--help --home --json --limit -n" ;;
@@ -40,6 +40,7 @@ _openchat() {
         "model info") words="--help --home --json" ;;
         "model init") words="--force --help --home --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
         "model merge-lora") words="--base --force --help --home --json" ;;
+        "quickstart") words="--dir --epochs --eval-size --help --home --json --lr --seed --size --train-size" ;;
         "serve") words="--allow-origin --api-keys --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --help --home --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
         "train") words="--config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --home --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-grad-norm --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --resume --save-every --seed --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
@@ -48,7 +49,7 @@ _openchat() {
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval report"|"model"|"model add-tokens"|"model info"|"model init"|"model merge-lora"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval report"|"model"|"model add-tokens"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

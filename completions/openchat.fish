@@ -24,6 +24,7 @@ complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a init -d 'Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads).'
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a merge-lora -d 'Fold a LoRA adapter into its base model: a plain model dir that serves without peft.'
+complete -c openchat -n '__fish_use_subcommand' -a quickstart -d 'Run the whole loop on CPU: data → train → serve → eval, before/after.'
 complete -c openchat -n '__fish_use_subcommand' -a serve -d 'Serve a checkpoint behind an OpenAI-compatible API.'
 complete -c openchat -n '__fish_use_subcommand' -a train -d 'Fine-tune a model on a tokenized dataset (packed, weighted, DeepSpeed).'
 complete -c openchat -n '__fish_use_subcommand' -l help
@@ -205,6 +206,16 @@ complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_sub
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l json
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l dir
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l epochs
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l eval-size
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l help
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l home
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l json
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l lr
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l size
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l train-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l allow-origin
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l api-keys
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l default-max-tokens

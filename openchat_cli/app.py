@@ -66,6 +66,7 @@ def _register() -> None:
     from openchat_cli.data.cli import app as data_app
     from openchat_cli.eval.cli import app as eval_app
     from openchat_cli.model.cli import app as model_app
+    from openchat_cli.quickstart.cli import quickstart_command
     from openchat_cli.serve.cli import serve_command
     from openchat_cli.train.cli import train_command
     from store.cli import app as catalog_app
@@ -77,6 +78,8 @@ def _register() -> None:
     app.command("chat", help="Chat with a served model in the terminal; browse judge verdicts.")(chat_command)
     app.add_typer(catalog_app, name="catalog", help="List, show, trace and remove what openchat has made.")
     app.add_typer(model_app, name="model", help="Make tiny models, add special tokens, merge LoRA adapters.")
+    app.command("quickstart", help="Run the whole loop on CPU: data → train → serve → eval, before/after.")(
+        quickstart_command)
 
 
 _register()

@@ -59,7 +59,12 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int, extra_specials: Itera
 
     specials = list(dict.fromkeys(["<s>", "</s>", *BASE_SPECIALS, *all_special_tokens(), *extra_specials]))
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits are split one by one (as Llama does) so numbers share parts and arithmetic-like
+    # tasks can generalise; everything else follows GPT-2's byte-level pre-tokenization.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=max(vocab_size, 256 + len(specials) + 1),

@@ -1,0 +1,143 @@
+"""Chain ordinary `openchat` commands into the whole loop, printing each one as it runs.
+
+Nothing here does a stage's work itself: every step is a command a user could type, run as a
+subprocess of this same installation, so the quickstart doubles as a living tutorial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from openchat_cli.console import console, err_console
+from openchat_cli.errors import OpenchatError
+from openchat_cli.quickstart.tasks import generate
+
+
+@dataclass
+class QuickstartPlan:
+    workdir: Path
+    size: str = "tiny"
+    train_size: int = 3000
+    eval_size: int = 60
+    epochs: int = 3
+    lr: float = 3e-3
+    tokens_per_step: int = 2048
+    max_len: int = 256
+    seed: int = 0
+    steps_done: list[str] = field(default_factory=list)
+
+
+def _openchat(*args: object) -> list[str]:
+    """argv for this installation's `openchat` (works inside a venv that is not activated)."""
+    return [sys.executable, "-m", "openchat_cli.app", *map(str, args)]
+
+
+def _show(args: tuple[object, ...]) -> str:
+    return "openchat " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+def run_step(title: str, *args: object, capture_json: bool = False) -> object:
+    """Print the command, run it with live output; return its parsed --json stdout if asked."""
+    console.rule(f"[bold]{title}")
+    console.print(f"[cyan]$ {_show(args)}[/]", highlight=False, soft_wrap=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if capture_json:
+        proc = subprocess.run(_openchat(*args), stdout=subprocess.PIPE, text=True, env=env)
+    else:
+        proc = subprocess.run(_openchat(*args), env=env)
+    if proc.returncode != 0:
+        raise OpenchatError(f"quickstart step failed ({title}): `{_show(args)}` exited {proc.returncode}",
+                            exit_code=proc.returncode or 1)
+    if capture_json:
+        return json.loads(proc.stdout)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
+    """`openchat serve MODEL` in the background for the duration of a block; yields its /v1 URL."""
+    port = free_port()
+    args = ("serve", model, "--port", port, "--served-model-name", name)
+    console.print(f"[cyan]$ {_show(args)} &[/]", highlight=False, soft_wrap=True)
+    log = (log_dir / f"serve-{name}.log").open("w")
+    proc = subprocess.Popen(_openchat(*args), stdout=log, stderr=subprocess.STDOUT)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise OpenchatError(f"`{_show(args)}` exited {proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{root}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise OpenchatError(f"`{_show(args)}` did not become healthy in 120 s; see {log.name}")
+            time.sleep(0.3)
+        yield f"{root}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
+    work = plan.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    console.rule("[bold]openchat quickstart")
+    console.print(f"Working in {work}. Each step below is an ordinary command you can run yourself.")
+    files = generate(work / "raw", train_size=plan.train_size, eval_size=plan.eval_size, seed=plan.seed)
+    console.print(f"Wrote {files['train']} (ShareGPT, with a few malformed and duplicate records) "
+                  f"and {files['heldout']} ({plan.eval_size} held-out questions).")
+    clean = work / "clean.jsonl"
+    base = work / "base-model"
+    tokenized = work / "train.parquet"
+    trained = work / "trained"
+    run_step("1/7 clean the raw conversations", "data", "clean", files["train"], "-o", clean, "--force")
+    run_step("2/7 make a tiny base model (tokenizer trained locally)", "model", "init", base,
+             "--tokenizer-corpus", files["corpus"], "--size", plan.size, "--force")
+    run_step("3/7 tokenize for training", "data", "tokenize", clean, "--model", base,
+             "--max-len", plan.max_len, "-o", tokenized, "--force")
+    run_step("4/7 fine-tune (packed, weighted loss, DeepSpeed on CPU)", "train", "--model", base,
+             "--data", tokenized, "--out", trained, "--epochs", plan.epochs, "--lr", plan.lr,
+             "--tokens-per-step", plan.tokens_per_step, "--seed", plan.seed, "--force")
+    final = trained / "final" if (trained / "final").is_dir() else trained
+    runs: dict[str, str] = {}
+    for label, model in (("base", base), ("trained", final)):
+        console.rule(f"[bold]{'5' if label == 'base' else '6'}/7 answer the held-out questions with the {label} model")
+        with served(model, label, work) as endpoint:
+            result = run_step(f"answers from {label}", "eval", "answer", files["heldout"],
+                              "--endpoint", endpoint, "--model", label, "--name", label,
+                              "--max-tokens", 16, "--new", "--json", capture_json=True)
+        runs[label] = result["run_id"]  # type: ignore[index]
+    run_step("7/7 grade both runs and compare", "eval", "grade", runs["base"], runs["trained"])
+    report = run_step("report", "eval", "report", runs["base"], runs["trained"], "--json", capture_json=True)
+    run_step("before / after", "eval", "report", runs["base"], runs["trained"])
+    console.rule("[bold]next")
+    console.print("Serve the trained model and chat with it (two terminals):")
+    console.print(f"  [cyan]openchat serve {final}[/]", highlight=False, soft_wrap=True)
+    console.print("  [cyan]openchat chat[/]")
+    console.print("Everything made above is in the catalog: [cyan]openchat catalog list[/]")
+    return {"runs": runs, "report": report, "trained": str(final), "workdir": str(work)}
