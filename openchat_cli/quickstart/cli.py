@@ -16,8 +16,9 @@ def quickstart_command(
     size: str = typer.Option("tiny", "--size", help="Model size for `model init`: tiny | small."),
     train_size: int = typer.Option(3000, "--train-size", min=50, help="Generated training conversations."),
     eval_size: int = typer.Option(60, "--eval-size", min=5, help="Held-out questions graded before and after."),
-    epochs: int = typer.Option(3, "--epochs", min=1, help="Training epochs."),
-    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate."),
+    epochs: int = typer.Option(10, "--epochs", min=1, help="Training epochs."),
+    lr: float = typer.Option(5e-3, "--lr", help="Peak learning rate."),
+    tokens_per_step: int = typer.Option(512, "--tokens-per-step", min=64, help="Tokens per optimizer step."),
     seed: int = typer.Option(0, "--seed", help="Seed for data generation and training."),
     as_json: bool = typer.Option(False, "--json", help="Print run ids and the report as JSON at the end."),
 ) -> None:
@@ -26,7 +27,8 @@ def quickstart_command(
     from openchat_cli.quickstart.run import QuickstartPlan, run_quickstart
 
     plan = QuickstartPlan(workdir=(workdir or home_dir() / "quickstart").resolve(), size=size,
-                          train_size=train_size, eval_size=eval_size, epochs=epochs, lr=lr, seed=seed)
+                          train_size=train_size, eval_size=eval_size, epochs=epochs, lr=lr,
+                          tokens_per_step=tokens_per_step, seed=seed)
     result = run_quickstart(plan)
     if as_json:
         print_json(result)

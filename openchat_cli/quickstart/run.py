@@ -31,9 +31,9 @@ class QuickstartPlan:
     size: str = "tiny"
     train_size: int = 3000
     eval_size: int = 60
-    epochs: int = 3
-    lr: float = 3e-3
-    tokens_per_step: int = 2048
+    epochs: int = 10
+    lr: float = 5e-3
+    tokens_per_step: int = 512
     max_len: int = 256
     seed: int = 0
     steps_done: list[str] = field(default_factory=list)

@@ -1,0 +1,51 @@
+"""`openchat quickstart` chains real commands end to end (small sizes; the full run is the README's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from openchat_cli.quickstart.tasks import generate
+
+
+def test_generated_task_has_bad_records_and_disjoint_heldout(tmp_path):
+    files = generate(tmp_path, train_size=200, eval_size=20, seed=1)
+    records = json.loads(files["train"].read_text())
+    heldout = [json.loads(line) for line in files["heldout"].read_text().splitlines()]
+    train_questions = {r["conversations"][0]["value"] for r in records if r["conversations"]}
+    assert len(heldout) == 20 and not train_questions & {q["question"] for q in heldout}
+    assert any(r["id"].endswith("-dup") for r in records)
+    assert any(not r["conversations"] for r in records)
+    for q in heldout:  # labels are right
+        a, b = map(int, [w.strip("?,") for w in q["question"].split() if w.strip("?,").isdigit()])
+        assert int(q["label"]) == (max(a, b) if q["category"] == "larger" else min(a, b))
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage_and_records_lineage(tmp_path, openchat_home):
+    env = {**os.environ, "OPENCHAT_HOME": str(openchat_home)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "openchat_cli.app", "quickstart", "--dir", str(tmp_path / "qs"),
+         "--train-size", "200", "--eval-size", "6", "--epochs", "1", "--json"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    grades = {g["model"]: g for g in result["report"]["grade"]}
+    assert set(grades) == {"base", "trained"}
+    assert all(g["graded"] == 6 for g in grades.values())
+    for step in ("1/7 clean", "3/7 tokenize", "4/7 fine-tune", "before / after"):
+        assert step in proc.stdout
+    # the trained checkpoint's lineage reaches back to the cleaned and the raw data
+    from store.catalog import open_catalog
+
+    catalog = open_catalog()
+    trained = catalog.find_by_path("checkpoints", result["trained"])
+    kinds = {catalog.table_of(n["id"]) for n in catalog.lineage(trained["id"])["ancestors"]}
+    assert {"runs", "datasets", "checkpoints"} <= kinds
+    formats = {catalog.get(n["id"])["format"] for n in catalog.lineage(trained["id"])["ancestors"]
+               if n["id"].startswith("ds-")}
+    assert {"tokenized", "conversations"} <= formats
