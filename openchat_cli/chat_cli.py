@@ -9,7 +9,7 @@ import typer
 
 from openchat_cli.errors import OpenchatError
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:18888/v1"  # `openchat serve`'s default address
+from openchat_cli.endpoints import DEFAULT_ENDPOINT  # `openchat serve`'s default address
 
 
 def chat_command(

@@ -14,21 +14,10 @@ from typing import Any, AsyncIterator
 
 import openai
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:18888/v1"
+from openchat_cli.endpoints import DEFAULT_ENDPOINT, normalize_base_url, server_message
+
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0
-
-
-def normalize_endpoint(url: str) -> str:
-    """'127.0.0.1:18888' or 'http://127.0.0.1:18888' -> 'http://127.0.0.1:18888/v1'."""
-    from urllib.parse import urlparse
-
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    if urlparse(url).path in ("", "/"):
-        url += "/v1"
-    return url
 
 
 class ChatError(Exception):
@@ -50,21 +39,6 @@ class ChatError(Exception):
         return self.message
 
 
-def _server_message(exc: openai.APIStatusError) -> str:
-    """The `error.message` of an OpenAI-style error body, else the raw text."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if body.get("detail"):
-            return str(body["detail"])
-    message = getattr(exc, "message", None) or str(exc)
-    return message
-
-
 CONTEXT_WORDS = ("context", "too long", "maximum length", "max_model_len", "prompt is longer",
                  "tokens, but")
 
@@ -80,18 +54,18 @@ def classify(exc: BaseException, endpoint: str, model: str | None) -> ChatError:
         return ChatError("unreachable", f"Cannot reach the server at {endpoint}.",
                          "Is `openchat serve` running there? Press ctrl+r to retry.")
     if isinstance(exc, openai.AuthenticationError):
-        return ChatError("auth", f"The server refused the API key (401): {_server_message(exc)}",
+        return ChatError("auth", f"The server refused the API key (401): {server_message(exc)}",
                          "Restart with --api-key KEY (or set OPENAI_API_KEY / OPENCHAT_API_KEY).",
                          status=401)
     if isinstance(exc, openai.PermissionDeniedError):
-        return ChatError("auth", f"Permission denied (403): {_server_message(exc)}",
+        return ChatError("auth", f"Permission denied (403): {server_message(exc)}",
                          "Check the API key.", status=403)
     if isinstance(exc, openai.NotFoundError):
         return ChatError("not_found",
-                         f"Model '{model}' is not served at {endpoint} (404): {_server_message(exc)}",
+                         f"Model '{model}' is not served at {endpoint} (404): {server_message(exc)}",
                          "Press ctrl+l to pick another model.", status=404)
     if isinstance(exc, openai.APIStatusError):
-        text = _server_message(exc)
+        text = server_message(exc)
         status = exc.status_code
         if status in (400, 413, 422) and any(w in text.lower() for w in CONTEXT_WORDS):
             return ChatError("context", f"The conversation is too long for the model: {text}",
@@ -140,7 +114,7 @@ class ChatClient:
     """An `AsyncOpenAI` client for one endpoint, with the TUI's error handling."""
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, api_key: str | None = None):
-        self.endpoint = normalize_endpoint(endpoint)
+        self.endpoint = normalize_base_url(endpoint)
         self.api_key = api_key
         self._client = openai.AsyncOpenAI(
             base_url=self.endpoint,

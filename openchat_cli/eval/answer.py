@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from openchat_cli.errors import OpenchatError
+from openchat_cli.endpoints import normalize_base_url
 from openchat_cli.eval.client import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_WAIT_S,
     ChatClient,
     EndpointError,
-    normalize_base_url,
 )
 from openchat_cli.eval.questions import Question, QuestionSet, load_questions
 from openchat_cli.eval.runs import Interrupted, eval_row, finish, run_guarded, worker_pool

@@ -12,10 +12,10 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import openai
 
+from openchat_cli.endpoints import normalize_base_url, server_message
 from openchat_cli.errors import OpenchatError
 
 DEFAULT_RETRIES = 6
@@ -44,33 +44,7 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def normalize_base_url(url: str) -> str:
-    """`http://host:port` → `http://host:port/v1`; a URL with a path is kept as given."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    parsed = urlparse(url)
-    if not parsed.netloc:
-        raise OpenchatError(f"'{url}' is not an endpoint URL (expected e.g. http://127.0.0.1:18888/v1)")
-    if parsed.path in ("", "/"):
-        url += "/v1"
-    for suffix in ("/chat/completions", "/completions"):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url
 
-
-def _server_message(exc: openai.APIStatusError) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if body.get("detail"):
-            return str(body["detail"])
-    return str(exc)
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -139,7 +113,7 @@ class ChatClient:
                     await asyncio.sleep(self._backoff(attempt, exc))
             except openai.APIStatusError as exc:
                 raise EndpointError(f"{self.base_url}/models answered {exc.status_code}: "
-                                    f"{_server_message(exc)}", status=exc.status_code) from None
+                                    f"{server_message(exc)}", status=exc.status_code) from None
         raise EndpointError(f"could not reach {self.base_url} after {self.retries + 1} attempts: {last}")
 
     async def complete(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
@@ -164,7 +138,7 @@ class ChatClient:
                     else:
                         fatal = exc.status_code in (401, 403, 404)
                         raise EndpointError(
-                            f"{self.base_url} refused the request ({exc.status_code}): {_server_message(exc)}",
+                            f"{self.base_url} refused the request ({exc.status_code}): {server_message(exc)}",
                             fatal=fatal, status=exc.status_code) from None
                 else:
                     latency = time.perf_counter() - start
@@ -186,9 +160,9 @@ class ChatClient:
 
 def _describe_failure(base_url: str, exc: Exception | None, attempts: int) -> str:
     if isinstance(exc, openai.RateLimitError):
-        what = f"kept rate-limiting (429): {_server_message(exc)}"
+        what = f"kept rate-limiting (429): {server_message(exc)}"
     elif isinstance(exc, openai.APIStatusError):
-        what = f"kept failing ({exc.status_code}): {_server_message(exc)}"
+        what = f"kept failing ({exc.status_code}): {server_message(exc)}"
     elif isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         what = f"could not be reached ({type(cause).__name__}: {cause})"

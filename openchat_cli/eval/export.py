@@ -84,7 +84,6 @@ def export_judgments(cat: Catalog, run: dict[str, Any], fmt: str) -> tuple[str, 
     baseline_run = cat.get(run["baseline_id"]) if run.get("baseline_id") else None
     rows = list(cat.rows("judgments", "eval_id = ?", [run["id"]], order_by="id"))
     questions = _questions(cat, answer_run["id"])
-    judge = [run.get("model"), None]
     if fmt == "fastchat":
         out = []
         if mode == "single":

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from openchat_cli.errors import OpenchatError, where
+from openchat_cli.endpoints import normalize_base_url
 from openchat_cli.eval.client import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_WAIT_S,
     ChatClient,
     EndpointError,
-    normalize_base_url,
 )
 from openchat_cli.eval.questions import Question
 from openchat_cli.eval.runs import Interrupted, eval_row, finish, run_guarded, worker_pool

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import httpx
 
-from openchat_cli.console import console, err_console
+from openchat_cli.console import console
 from openchat_cli.errors import OpenchatError
 from openchat_cli.quickstart.tasks import generate
 

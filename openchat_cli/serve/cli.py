@@ -11,10 +11,10 @@ from typing import List, Optional
 import typer
 
 from openchat_cli.console import console, err_console
+from openchat_cli.endpoints import DEFAULT_PORT
 from openchat_cli.errors import OpenchatError
 
 API_KEYS_ENV = "OPENCHAT_API_KEYS"
-DEFAULT_PORT = 18888
 
 
 def _split_keys(values: list[str] | None) -> list[str]:

@@ -6,7 +6,8 @@ import pytest
 
 from tests.tui.conftest import DOWN_ENDPOINT
 from tests.tui.fake_server import REPLY
-from tui.client import ChatClient, ChatError, ReplyInfo, normalize_endpoint
+from openchat_cli.endpoints import normalize_base_url as normalize_endpoint
+from tui.client import ChatClient, ChatError, ReplyInfo
 from tui.markdown_text import LineBreaks, with_line_breaks
 
 
