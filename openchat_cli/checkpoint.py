@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from openchat_cli.atomic import temp_file_beside
 from openchat_cli.errors import OpenchatError
 
 META_FILE = "openchat.json"
@@ -104,7 +104,7 @@ def attach_template(tokenizer: Any, template_name_: str) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from openchat_cli.atomic import temp_file_beside
 from openchat_cli.errors import OpenchatError
 
 
@@ -56,7 +56,7 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[Any]:
     """Write `path` through a temporary file in the same folder; renamed only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         if "b" in mode:
             fh = os.fdopen(fd, mode)
@@ -78,7 +78,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path next to `path` for writers that open files themselves (ParquetWriter)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from openchat_cli.atomic import temp_dir_beside
 from openchat_cli.checkpoint import (attach_template, load_tokenizer, read_meta, require_weights,
                                      resolve_model, tokenizer_hash, write_meta)
 from openchat_cli.console import console, err_console, print_json, table
@@ -69,7 +69,7 @@ def init_command(
         model = random_llama(tokenizer, spec, seed=seed)
         _set_generation_eos(model, tokenizer, template)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = temp_dir_beside(out)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
@@ -119,7 +119,7 @@ def add_tokens_command(
         attach_template(tokenizer, template_name)
         _set_generation_eos(model, tokenizer, template_name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
@@ -194,7 +194,7 @@ def merge_lora_command(
     src_id = src_id or meta.get("checkpoint_id")
     base_id = base_id or read_meta(base_dir).get("checkpoint_id")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         with err_console.status("merging the adapter into the base weights…"):
             tokenizer = merge_adapter(src, base_dir, tmp)

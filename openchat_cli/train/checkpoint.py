@@ -12,12 +12,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from openchat_cli.atomic import temp_dir_beside
 from openchat_cli.checkpoint import atomic_write_text, write_meta
 
 RUN_FILE = "run.json"
@@ -81,14 +80,11 @@ def save_hf(out: Path, name: str, module: Any, tokenizer: Any, meta: dict[str, A
             state_dict: dict | None = None) -> Path:
     """Write a Hugging Face checkpoint dir atomically (temp dir, then rename into place)."""
     target = Path(out) / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    tmp = temp_dir_beside(target)
     try:
         module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_meta(tmp, **meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is for sharing
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

@@ -72,3 +72,16 @@ def test_add_tokens_needs_tokens_and_weights(cli, tmp_path):
                                      expect=2).stderr
     assert "not a folder" in cli("model", "add-tokens", tmp_path / "nope", tmp_path / "o",
                                  expect=2).stderr
+
+
+def test_outputs_are_not_private(cli, tmp_path):
+    """Temp names keep outputs whole; they must not leave them readable by the owner only."""
+    import os
+    import stat
+
+    out = tmp_path / "shared-model"
+    cli("model", "init", out)
+    old = os.umask(0o022)
+    os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~old
+    assert stat.S_IMODE((out / "openchat.json").stat().st_mode) == 0o666 & ~old
