@@ -393,17 +393,26 @@ async def generate_choices(engine: Engine, prompt_ids: list[int],
             await items.aclose()
         return
 
+    streams = [_choice_events(engine, prompt_ids, choice, request_id) for choice in choices]
+    async for item in merge_streams(streams, finishes=len(choices)):
+        yield item
+
+
+async def merge_streams(streams: list[AsyncIterator[tuple[int, str, str | None]]], finishes: int
+                        ) -> AsyncIterator[tuple[int, str, str | None]]:
+    """Interleave choice-event streams as items arrive, until `finishes` finish reasons were
+    seen; an engine failure in any stream is raised here, and the rest are cancelled."""
     out: asyncio.Queue = asyncio.Queue()
 
-    async def runner(choice: Choice) -> None:
+    async def pump(stream: AsyncIterator[tuple[int, str, str | None]]) -> None:
         try:
-            async for item in _choice_events(engine, prompt_ids, choice, request_id):
+            async for item in stream:
                 out.put_nowait(item)
         except EngineFailed as exc:
             out.put_nowait(exc)
 
-    tasks = [asyncio.create_task(runner(c)) for c in choices]
-    remaining = len(choices)
+    tasks = [asyncio.create_task(pump(stream)) for stream in streams]
+    remaining = finishes
     try:
         while remaining:
             item = await out.get()
@@ -609,30 +618,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 async for item in generate_choices(engine, prompts[0], runs[0], response_id):
                     yield item
                 return
-            out: asyncio.Queue = asyncio.Queue()
-
-            async def one(pi: int) -> None:
-                try:
-                    async for item in generate_choices(engine, prompts[pi], runs[pi],
-                                                       f"{response_id}-p{pi}"):
-                        out.put_nowait(item)
-                except EngineFailed as exc:
-                    out.put_nowait(exc)
-
-            tasks = [asyncio.create_task(one(pi)) for pi in range(len(runs))]
-            remaining = len(all_choices)
-            try:
-                while remaining:
-                    item = await out.get()
-                    if isinstance(item, Exception):
-                        raise item
-                    if item[2] is not None:
-                        remaining -= 1
-                    yield item
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            streams = [generate_choices(engine, prompts[pi], runs[pi], f"{response_id}-p{pi}")
+                       for pi in range(len(runs))]
+            async for item in merge_streams(streams, finishes=len(all_choices)):
+                yield item
 
         fingerprint = f"openchat-{__version__}-{engine.kind}"
 
