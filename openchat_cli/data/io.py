@@ -54,23 +54,13 @@ def ensure_registered(path: Path, fmt: str, given: str | None = None, **fields: 
 @contextmanager
 def atomic_output(path: Path, mode: str = "w") -> Iterator[Any]:
     """Write `path` through a temporary file in the same folder; renamed only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         if "b" in mode:
-            fh = os.fdopen(fd, mode)
+            fh = open(tmp, mode)
         else:
-            fh = os.fdopen(fd, mode, encoding="utf-8", newline="\n")
+            fh = open(tmp, mode, encoding="utf-8", newline="\n")
         with fh:
             yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 @contextmanager
