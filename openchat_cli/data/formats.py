@@ -85,27 +85,27 @@ def from_sharegpt(record: dict[str, Any], loc: Location, source: str) -> Conv:
                 system=_str_field(record, "system", required=False))
 
 
-def from_alpaca(record: dict[str, Any], loc: Location, source: str) -> Conv:
+def _instruction(record: dict[str, Any], loc: Location, source: str, *, extra_field: str,
+                 answer_field: str, system: str | None) -> Conv:
+    """Instruction datasets: an instruction, optional extra input, one answer."""
     instruction = _str_field(record, "instruction")
-    extra = _str_field(record, "input", required=False)
-    output = _str_field(record, "output")
+    extra = _str_field(record, extra_field, required=False)
+    answer = _str_field(record, answer_field)
     user: dict[str, Any] = {"role": "user", "content": instruction}
     if extra and extra.strip():
         user["input"] = extra
-    return Conv(id=_ident(record, loc), source=source, model=_model(record),
-                messages=[user, {"role": "assistant", "content": output}],
-                system=_str_field(record, "system", required=False))
+    return Conv(id=_ident(record, loc), source=source, model=_model(record), system=system,
+                messages=[user, {"role": "assistant", "content": answer}])
+
+
+def from_alpaca(record: dict[str, Any], loc: Location, source: str) -> Conv:
+    return _instruction(record, loc, source, extra_field="input", answer_field="output",
+                        system=_str_field(record, "system", required=False))
 
 
 def from_dolly(record: dict[str, Any], loc: Location, source: str) -> Conv:
-    instruction = _str_field(record, "instruction")
-    context = _str_field(record, "context", required=False)
-    response = _str_field(record, "response")
-    user: dict[str, Any] = {"role": "user", "content": instruction}
-    if context and context.strip():
-        user["input"] = context
-    return Conv(id=_ident(record, loc), source=source, model=_model(record),
-                messages=[user, {"role": "assistant", "content": response}])
+    return _instruction(record, loc, source, extra_field="context", answer_field="response",
+                        system=None)
 
 
 def from_openai(record: dict[str, Any], loc: Location, source: str) -> Conv:
