@@ -28,7 +28,7 @@ def quickstart_command(
 
     plan = QuickstartPlan(workdir=(workdir or home_dir() / "quickstart").resolve(), size=size,
                           train_size=train_size, eval_size=eval_size, epochs=epochs, lr=lr,
-                          tokens_per_step=tokens_per_step, seed=seed)
+                          tokens_per_step=tokens_per_step, seed=seed, json_output=as_json)
     result = run_quickstart(plan)
     if as_json:
         print_json(result)

@@ -14,13 +14,13 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 
-from openchat_cli.console import console
+from openchat_cli.console import console, err_console
 from openchat_cli.errors import OpenchatError
 from openchat_cli.quickstart.tasks import generate
 
@@ -36,7 +36,7 @@ class QuickstartPlan:
     tokens_per_step: int = 512
     max_len: int = 256
     seed: int = 0
-    steps_done: list[str] = field(default_factory=list)
+    json_output: bool = False  # keep stdout for the final JSON: narrate on stderr
 
 
 def _openchat(*args: object) -> list[str]:
@@ -48,15 +48,16 @@ def _show(args: tuple[object, ...]) -> str:
     return "openchat " + " ".join(shlex.quote(str(a)) for a in args)
 
 
+_narrator = console  # where the quickstart talks: stdout, or stderr when --json owns stdout
+
+
 def run_step(title: str, *args: object, capture_json: bool = False) -> object:
     """Print the command, run it with live output; return its parsed --json stdout if asked."""
-    console.rule(f"[bold]{title}")
-    console.print(f"[cyan]$ {_show(args)}[/]", highlight=False, soft_wrap=True)
+    _narrator.rule(f"[bold]{title}")
+    _narrator.print(f"[cyan]$ {_show(args)}[/]", highlight=False, soft_wrap=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if capture_json:
-        proc = subprocess.run(_openchat(*args), stdout=subprocess.PIPE, text=True, env=env)
-    else:
-        proc = subprocess.run(_openchat(*args), env=env)
+    child_stdout = subprocess.PIPE if capture_json else (sys.stderr if _narrator is err_console else None)
+    proc = subprocess.run(_openchat(*args), stdout=child_stdout, text=True, env=env)
     if proc.returncode != 0:
         raise OpenchatError(f"quickstart step failed ({title}): `{_show(args)}` exited {proc.returncode}",
                             exit_code=proc.returncode or 1)
@@ -76,7 +77,7 @@ def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
     """`openchat serve MODEL` in the background for the duration of a block; yields its /v1 URL."""
     port = free_port()
     args = ("serve", model, "--port", port, "--served-model-name", name)
-    console.print(f"[cyan]$ {_show(args)} &[/]", highlight=False, soft_wrap=True)
+    _narrator.print(f"[cyan]$ {_show(args)} &[/]", highlight=False, soft_wrap=True)
     log = (log_dir / f"serve-{name}.log").open("w")
     proc = subprocess.Popen(_openchat(*args), stdout=log, stderr=subprocess.STDOUT)
     root = f"http://127.0.0.1:{port}"
@@ -104,12 +105,14 @@ def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
 
 
 def run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
+    global _narrator
+    _narrator = err_console if plan.json_output else console
     work = plan.workdir
     work.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]openchat quickstart")
-    console.print(f"Working in {work}. Each step below is an ordinary command you can run yourself.")
+    _narrator.rule("[bold]openchat quickstart")
+    _narrator.print(f"Working in {work}. Each step below is an ordinary command you can run yourself.")
     files = generate(work / "raw", train_size=plan.train_size, eval_size=plan.eval_size, seed=plan.seed)
-    console.print(f"Wrote {files['train']} (ShareGPT, with a few malformed and duplicate records) "
+    _narrator.print(f"Wrote {files['train']} (ShareGPT, with a few malformed and duplicate records) "
                   f"and {files['heldout']} ({plan.eval_size} held-out questions).")
     clean = work / "clean.jsonl"
     base = work / "base-model"
@@ -126,7 +129,7 @@ def run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
     final = trained / "final" if (trained / "final").is_dir() else trained
     runs: dict[str, str] = {}
     for label, model in (("base", base), ("trained", final)):
-        console.rule(f"[bold]{'5' if label == 'base' else '6'}/7 answer the held-out questions with the {label} model")
+        _narrator.rule(f"[bold]{'5' if label == 'base' else '6'}/7 answer the held-out questions with the {label} model")
         with served(model, label, work) as endpoint:
             result = run_step(f"answers from {label}", "eval", "answer", files["heldout"],
                               "--endpoint", endpoint, "--model", label, "--name", label,
@@ -135,9 +138,9 @@ def run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
     run_step("7/7 grade both runs and compare", "eval", "grade", runs["base"], runs["trained"])
     report = run_step("report", "eval", "report", runs["base"], runs["trained"], "--json", capture_json=True)
     run_step("before / after", "eval", "report", runs["base"], runs["trained"])
-    console.rule("[bold]next")
-    console.print("Serve the trained model and chat with it (two terminals):")
-    console.print(f"  [cyan]openchat serve {final}[/]", highlight=False, soft_wrap=True)
-    console.print("  [cyan]openchat chat[/]")
-    console.print("Everything made above is in the catalog: [cyan]openchat catalog list[/]")
+    _narrator.rule("[bold]next")
+    _narrator.print("Serve the trained model and chat with it (two terminals):")
+    _narrator.print(f"  [cyan]openchat serve {final}[/]", highlight=False, soft_wrap=True)
+    _narrator.print("  [cyan]openchat chat[/]")
+    _narrator.print("Everything made above is in the catalog: [cyan]openchat catalog list[/]")
     return {"runs": runs, "report": report, "trained": str(final), "workdir": str(work)}

@@ -33,12 +33,12 @@ def test_quickstart_runs_every_stage_and_records_lineage(tmp_path, openchat_home
          "--train-size", "200", "--eval-size", "6", "--epochs", "1", "--json"],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    result = json.loads(proc.stdout)  # --json: stdout holds only the JSON; the story is on stderr
     grades = {g["model"]: g for g in result["report"]["grade"]}
     assert set(grades) == {"base", "trained"}
     assert all(g["graded"] == 6 for g in grades.values())
     for step in ("1/7 clean", "3/7 tokenize", "4/7 fine-tune", "before / after"):
-        assert step in proc.stdout
+        assert step in proc.stderr
     # the trained checkpoint's lineage reaches back to the cleaned and the raw data
     from store.catalog import open_catalog
 
