@@ -35,3 +35,29 @@ def test_bash_completes_groups_commands_and_options():
     assert _bash_complete("catalog", "li") == ["lineage", "list"]
     assert "--json" in _bash_complete("catalog", "list", "--")
     assert "--tokenizer-corpus" in _bash_complete("model", "init", "--")
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish not installed")
+def test_fish_completes_groups_commands_and_options():
+    script = ROOT / "completions" / "openchat.fish"
+
+    def complete(line: str) -> list[str]:
+        out = subprocess.run(["fish", "-c", f"source {script}; complete -C '{line}'"],
+                             capture_output=True, text=True, check=True).stdout
+        return [row.split("\t")[0] for row in out.splitlines()]
+
+    assert {"data", "train", "serve", "eval", "chat", "catalog", "model"} <= set(complete("openchat "))
+    assert complete("openchat catalog li") == ["lineage", "list"]
+    assert "--json" in complete("openchat catalog list --")
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed")
+def test_zsh_script_parses_and_maps_every_command():
+    script = ROOT / "completions" / "_openchat"
+    subprocess.run(["zsh", "-n", str(script)], check=True)
+    words = subprocess.run(
+        ["zsh", "-c", f"compdef() {{ :; }}; source {script}; "
+                      "print -- ${_openchat_words[]}; print -- ${_openchat_words[catalog list]}"],
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert {"data", "train", "serve", "eval", "chat", "catalog", "model"} <= set(words[0].split())
+    assert "--json" in words[1].split()
