@@ -243,7 +243,7 @@ def test_client_disconnect_frees_its_slot(tiny_server):
 
 
 def test_every_field_through_the_sdk(client, tiny_server):
-    r = client.chat.completions.create(
+    request = dict(
         model=tiny_server.model, max_completion_tokens=5, n=2, temperature=0.8, top_p=0.9, seed=11,
         presence_penalty=0.5, frequency_penalty=0.5, stop=["\n\n", "###"], user="tester",
         messages=[{"role": "developer", "content": "Be kind."},
@@ -251,15 +251,9 @@ def test_every_field_through_the_sdk(client, tiny_server):
                   {"role": "assistant", "content": "Hello!"},
                   {"role": "user", "content": "What is 12 plus 7?", "name": "bob"}],
         extra_body={"condition": "Math Correct", "top_k": 20})
+    r = client.chat.completions.create(**request)
     assert len(r.choices) == 2 and r.usage.completion_tokens <= 10
-    again = client.chat.completions.create(
-        model=tiny_server.model, max_completion_tokens=5, n=2, temperature=0.8, top_p=0.9, seed=11,
-        presence_penalty=0.5, frequency_penalty=0.5, stop=["\n\n", "###"], user="tester",
-        messages=[{"role": "developer", "content": "Be kind."},
-                  {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
-                  {"role": "assistant", "content": "Hello!"},
-                  {"role": "user", "content": "What is 12 plus 7?", "name": "bob"}],
-        extra_body={"condition": "Math Correct", "top_k": 20})
+    again = client.chat.completions.create(**request)
     assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
 
 
