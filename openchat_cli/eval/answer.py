@@ -17,7 +17,8 @@ from openchat_cli.eval.client import (
     ChatClient,
     EndpointError,
 )
-from openchat_cli.eval.questions import Question, QuestionSet, load_questions
+from openchat_cli.eval.questions import Question, QuestionSet
+from openchat_cli.eval.suites import SUITE_FORMAT, load_question_source
 from openchat_cli.eval.runs import Interrupted, eval_row, finish, run_guarded, worker_pool
 from store.catalog import Catalog, CatalogError, looks_like_id
 
@@ -42,6 +43,8 @@ DEFAULT_MAX_TOKENS = 1024
 def temperature_for(question: Question, override: float | None) -> float:
     if override is not None:
         return override
+    if question.format == SUITE_FORMAT:  # suites' reference harnesses answer greedily
+        return GRADED_FORMAT_TEMPERATURE
     category = (question.category or "").lower()
     if category in CATEGORY_TEMPERATURES:
         return CATEGORY_TEMPERATURES[category]
@@ -57,7 +60,7 @@ class AnswerOptions:
     api_key: str | None = None
     concurrency: int = 32
     temperature: float | None = None
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int | None = None  # None: DEFAULT_MAX_TOKENS, or for suites none sent (as their harness)
     system: str | None = None
     name: str | None = None
     run: str | None = None  # continue this run
@@ -158,7 +161,7 @@ async def _fetch_model_name(opts: AnswerOptions, base_url: str) -> str:
 
 
 async def answer_question(client: ChatClient, question: Question, temperature: float,
-                          max_tokens: int, system: str | None) -> dict[str, Any]:
+                          max_tokens: int | None, system: str | None) -> dict[str, Any]:
     """Ask every turn of one question; each turn sees the earlier turns and the model's replies."""
     messages: list[dict[str, str]] = []
     if system:
@@ -197,7 +200,7 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
     elif looks_like_id(str(questions_path)):
         row = eval_row(cat, str(questions_path))
         questions_path = row["questions_path"]
-    qset: QuestionSet = load_questions(questions_path)
+    qset: QuestionSet = load_question_source(questions_path)
     questions = qset.questions[: opts.limit] if opts.limit else qset.questions
 
     model = opts.model or (existing or {}).get("model")
@@ -260,8 +263,9 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
                               retries=opts.retries, retry_wait_s=opts.retry_wait_s) as client:
             async def handle(question: Question) -> None:
                 temperature = temperature_for(question, temperature_override)
+                tokens = max_tokens if max_tokens or question.format == SUITE_FORMAT else DEFAULT_MAX_TOKENS
                 try:
-                    result = await answer_question(client, question, temperature, max_tokens, system)
+                    result = await answer_question(client, question, temperature, tokens, system)
                 except EndpointError as exc:
                     if exc.fatal:
                         raise

@@ -50,13 +50,16 @@ class _Progress:
 def answer_command(
     questions: Optional[str] = typer.Argument(
         None, help="Question file (MT-bench/FastChat, Vicuna, AlpacaEval, multiple-choice, exact-answer "
-                   "or plain JSONL), or an eval id whose question file to reuse."),
+                   "or plain JSONL), a benchmark suite folder laid out like OpenChat's eval_data (or one "
+                   "of its task files), or an eval id whose questions to reuse."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", "-e", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:18888/v1."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name as served (default: the endpoint's first model)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENCHAT_API_KEY", help="Bearer key for the endpoint."),
     concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Questions in flight at once."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="One temperature for all (default: MT-bench's per category)."),
-    max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="Max new tokens per turn."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1,
+                                             help="Max new tokens per turn (default 1024; suites: none sent, "
+                                                  "as their reference harness)."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt for every question."),
     name: Optional[str] = typer.Option(None, "--name", help="Label for the run (default: the model name)."),
     run: Optional[str] = typer.Option(None, "--run", help="Continue this answer run (eval id)."),
@@ -156,15 +159,28 @@ def judge_command(
 
 @app.command("grade")
 def grade_command(
-    answer_runs: list[str] = typer.Argument(..., help="Answer run(s) of multiple-choice / exact-answer sets."),
+    answer_runs: list[str] = typer.Argument(..., help="Answer run(s) of multiple-choice / exact-answer sets or suites."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Grade exact-answer sets without a judge (option letter, last number, \\boxed{} answer)."""
+    """Grade exact-answer sets without a judge (option letter, last number, \\boxed{} answer);
+    suites by each task type's reference rules, with unmatched and lenient columns."""
     from openchat_cli.eval.grade import run_grade
+    from openchat_cli.eval.report import render_suites
     from store.catalog import open_catalog
 
     cat = open_catalog()
-    results = [run_grade(cat, ref) for ref in answer_runs]
+    results = []
+    for ref in answer_runs:
+        with progress() as bar:
+            task = bar.add_task(f"grading {ref}", total=None, info="")
+
+            def on_event(kind: str, data: dict[str, Any]) -> None:
+                if kind == "start":
+                    bar.update(task, total=data["total"])
+                elif kind == "graded":
+                    bar.update(task, completed=data["done"])
+
+            results.append(run_grade(cat, ref, on_event))
     if as_json:
         print_json(results)
         return
@@ -172,6 +188,11 @@ def grade_command(
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
         console.print(f"[bold]{r['run_id']}[/] {r['model']}: accuracy {acc} ({r['correct']}/{r['graded']}), "
                       f"no answer found in {r['no_answer']}")
+        for task_type, reason in (r.get("skipped") or {}).items():
+            err_console.print(f"[yellow]note:[/] {task_type} not graded ({reason})", highlight=False)
+    suites = [r for r in results if r.get("suite")]
+    if suites:
+        render_suites(suites, console)
 
 
 @app.command("report")

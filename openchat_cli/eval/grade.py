@@ -14,14 +14,16 @@ from __future__ import annotations
 import re
 import string
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.questions import Question
 from openchat_cli.eval.runs import eval_row, finish
+from openchat_cli.eval.suite_rules import lenient_grade, reference_grade
 from store.catalog import Catalog
 
 LETTERS = string.ascii_uppercase
+SUITE_FORMAT = "suite"  # questions from a benchmark suite folder (openchat_cli/eval/suites.py)
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+")
 
 
@@ -76,31 +78,56 @@ def extract_number(text: str) -> str | None:
     return re.sub(r"\s+", "", found[-1]).replace(",", "")
 
 
+# A capital letter that is a token of its own: not part of a word or a number.
+_STANDALONE = r"(?<![A-Za-z0-9]){letter}(?![A-Za-z0-9])"
+_ANSWER_CUE = r"answer\s*(?:is|would be)?\s*[:：]?\s*(?:option\s*)?\**\s*"
+_OPTION_PATTERNS = [
+    # "the answer is (B)", "Answer: (b)"
+    (re.compile(_ANSWER_CUE + r"\(([A-Za-z])\)", re.IGNORECASE)),
+    # "The answer is B", "ANSWER: **C**": a capital standing alone after the cue
+    (re.compile(r"(?<![A-Za-z])(?:[Aa]nswer|ANSWER)\s*(?:is|would be)?\s*[:：]?\s*(?:[Oo]ption\s*)?\**\s*"
+                + _STANDALONE.format(letter="([A-Z])"))),
+    # "(C)" anywhere
+    (re.compile(r"\(([A-Z])\)")),
+]
+_HEAD_LETTER = re.compile(r"\s*\**\s*\(?([A-Z])(?:[.):]|\**\s*$|\s+-)")
+
+
+def is_letter_option(option: str) -> bool:
+    """An option written as just a letter ("B", "(B)", "b."): never matched as text, since a
+    single letter is also a word ("a", "I") or part of one."""
+    core = option.strip().strip("().").strip()
+    return len(core) == 1 and core.isalpha()
+
+
 def extract_option(text: str, options: list[str]) -> str | None:
+    """The chosen option letter, or None.
+
+    A letter counts only as a token of its own ("B", "(B)", "B.", "answer is B"), never as part
+    of a word; an option's *text* counts only when it is more than one letter and appears as
+    whole words (and only one option's text does).
+    """
     valid = LETTERS[: len(options)]
     boxed = extract_boxed(text)
     if boxed:
         letter = boxed.strip().strip("().$").replace("\\text{", "").replace("}", "").strip().upper()
         if len(letter) == 1 and letter in valid:
             return letter
-    patterns = [
-        (r"answer\s*(?:is|would be)?\s*[:：]?\s*(?:option\s*)?\**\s*\(([A-Za-z])\)", re.IGNORECASE),
-        (r"(?:[Aa]nswer|ANSWER)\s*(?:is|would be)?\s*[:：]?\s*(?:[Oo]ption\s*)?\**\s*([A-Z])(?![A-Za-z])", 0),
-        (r"\(([A-Z])\)", 0),
-    ]
-    for pattern, flags in patterns:
-        found = [m.upper() for m in re.findall(pattern, text, flags=flags)]
+    for pattern in _OPTION_PATTERNS:
+        found = [m.upper() for m in pattern.findall(text)]
         found = [m for m in found if m in valid]
         if found:
             return found[-1]
-    head = re.match(r"\s*\**\s*\(?([A-Z])(?:[.):]|\s*$|\s+-)", text)
+    head = _HEAD_LETTER.match(text)
     if head and head.group(1) in valid:
         return head.group(1)
+    texts = {i: o.strip() for i, o in enumerate(options) if not is_letter_option(o)}
     lowered = text.strip().lower().rstrip(".")
-    for i, option in enumerate(options):
-        if lowered == option.strip().lower().rstrip("."):
+    for i, option in texts.items():
+        if lowered == option.lower().rstrip("."):
             return LETTERS[i]
-    mentioned = [i for i, o in enumerate(options) if o.strip() and o.strip().lower() in text.lower()]
+    mentioned = [i for i, option in texts.items()
+                 if re.search(r"(?<!\w)" + re.escape(option.rstrip(".")) + r"(?!\w)", text, flags=re.IGNORECASE)]
     if len(mentioned) == 1:
         return LETTERS[mentioned[0]]
     return None
@@ -129,6 +156,8 @@ def grade_answer(question: Question, reply: str) -> dict[str, Any]:
     meta = question.meta or {}
     label = meta.get("label")
     reply = reply or ""
+    if meta.get("format") == SUITE_FORMAT:
+        return grade_suite_answer(meta, reply)
     if meta.get("options"):
         expected = [str(v).upper() for v in _expected_values(label)]
         got = extract_option(reply, meta["options"])
@@ -166,12 +195,53 @@ def grade_answer(question: Question, reply: str) -> dict[str, Any]:
             "method": method, "expected": expected}
 
 
+def grade_suite_answer(meta: dict[str, Any], reply: str) -> dict[str, Any]:
+    """A suite question: the verdict by the suite's reference rules (a fallback answer such as
+    GPQA's "C" is scored, as the reference does; `matched` says whether the rule found an answer),
+    and our lenient extraction's verdict beside it."""
+    reference = reference_grade(meta, reply)
+    lenient = lenient_grade(meta, reply)
+    verdict = "correct" if reference.correct else "incorrect"
+    out = {"verdict": verdict, "score": 1.0 if reference.correct else 0.0,
+           "raw": reference.answer if isinstance(reference.answer, str) else str(reference.answer),
+           "method": meta["task_type"], "expected": meta.get("label"), "matched": reference.matched,
+           "lenient": None, "lenient_raw": None}
+    if reference.detail:
+        out["detail"] = reference.detail
+    if lenient is not None:
+        out["lenient"] = ("correct" if lenient.correct else "incorrect") if lenient.matched else "error"
+        out["lenient_raw"] = lenient.answer
+    return out
+
+
 def gradable(question: Question) -> bool:
     return (question.meta or {}).get("label") is not None
 
 
-def run_grade(cat: Catalog, answer_ref: str) -> dict[str, Any]:
-    """Grade every answer of a run; re-grading replaces the run's earlier grades. Returns metrics."""
+def _grade_row(run_id: str, answer_id: str, question: Question, replies: list[str]) -> dict[str, Any]:
+    graded = grade_answer(question, replies[-1])
+    suite = "matched" in graded
+    meta: dict[str, Any] = {"expected": graded["expected"], "method": graded["method"],
+                            "category": question.category}
+    if suite:
+        meta.update(task_type=question.meta["task_type"], task_name=question.meta["task_name"],
+                    matched=graded["matched"], lenient=graded["lenient"], lenient_raw=graded["lenient_raw"])
+        if graded.get("detail"):
+            meta["detail"] = graded["detail"]
+    return {"eval_id": run_id, "question_id": question.question_id, "turn": len(replies), "mode": "exact",
+            "answer_id": answer_id, "judge_model": None, "prompt_name": graded["method"],
+            "raw": graded["raw"], "verdict": graded["verdict"], "score": graded["score"],
+            "parse_ok": int(graded["matched"] if suite else graded["verdict"] != "error"), "meta": meta}
+
+
+def run_grade(cat: Catalog, answer_ref: str,
+              on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Grade every answer of a run; re-grading replaces the run's earlier grades. Returns metrics.
+
+    Suite questions are graded by their task type's reference rules (openchat_cli/eval/suite_rules.py);
+    a task type whose grader is not installed is skipped and counted in `skipped`.
+    """
+    emit = on_event or (lambda kind, data: None)
     answer_run = eval_row(cat, answer_ref, "answer")
     run_a = answer_run["id"]
     questions = {r["question_id"]: Question.from_row(r) for r in cat.rows("questions", "eval_id = ?", [run_a])}
@@ -189,26 +259,26 @@ def run_grade(cat: Catalog, answer_ref: str) -> dict[str, Any]:
                               model=answer_run.get("model"), parent_id=run_a,
                               questions_path=answer_run.get("questions_path"),
                               questions_hash=answer_run.get("questions_hash"), config={"methods": ["option", "number", "boxed"]})
+    answers = [a for a in cat.rows("answers", "eval_id = ?", [run_a]) if a["question_id"] in gradable_ids]
+    emit("start", {"run_id": run_id, "total": len(answers)})
     rows = []
-    for answer in cat.rows("answers", "eval_id = ?", [run_a]):
-        qid = answer["question_id"]
-        if qid not in gradable_ids:
-            continue
-        question = questions[qid]
-        replies = answer["turns"] or [""]
-        graded = grade_answer(question, replies[-1])
-        rows.append({"eval_id": run_id, "question_id": qid, "turn": len(replies), "mode": "exact",
-                     "answer_id": run_a, "judge_model": None, "prompt_name": graded["method"],
-                     "raw": graded["raw"], "verdict": graded["verdict"], "score": graded["score"],
-                     "parse_ok": int(graded["verdict"] != "error"),
-                     "meta": {"expected": graded["expected"], "method": graded["method"],
-                              "category": question.category}})
+    skipped: dict[str, str] = {}
+    for done, answer in enumerate(answers, start=1):
+        question = questions[answer["question_id"]]
+        task_type = question.meta.get("task_type")
+        if task_type not in skipped:
+            try:
+                rows.append(_grade_row(run_id, run_a, question, answer["turns"] or [""]))
+            except ImportError as exc:  # e.g. coding/humaneval without its sandbox module
+                skipped[task_type] = f"no grader for {task_type}: {exc}"
+        emit("graded", {"done": done})
     cat.insert_many("judgments", rows)
     from openchat_cli.eval.report import grade_summary
 
     metrics = grade_summary(cat, run_id)
-    unanswered = len(gradable_ids) - len(rows)
-    metrics["unanswered"] = unanswered
+    metrics["unanswered"] = len(gradable_ids) - len(answers)
+    if skipped:
+        metrics["skipped"] = skipped
     finish(cat, run_id, "completed", metrics)
     metrics["run_id"] = run_id
     return metrics

@@ -173,7 +173,19 @@ def _choice_label(value: Any, n_options: int) -> list[str]:
     return out
 
 
+def holds_its_choices(question: str, options: list[str]) -> bool:
+    """The question already lists its options: they are bare letters ("A", "(B)"), or every
+    option's "(X)" marker is written in the question (as "Answer Choices: (A) … (B) …")."""
+    if all(o.strip().strip("().").strip().upper() == LETTERS[i] for i, o in enumerate(options)):
+        return True
+    return all(f"({LETTERS[i]})" in question for i in range(len(options)))
+
+
 def choice_prompt(question: str, options: list[str]) -> str:
+    """The question as asked: verbatim when it holds its choices, else with the options and a
+    cue to answer with a letter appended."""
+    if holds_its_choices(question, options):
+        return question
     lines = [question.rstrip(), ""]
     lines += [f"({LETTERS[i]}) {opt}" for i, opt in enumerate(options)]
     lines += ["", "Answer with the letter of the correct option, e.g. \"The answer is (A)\"."]

@@ -295,7 +295,8 @@ def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
     rows = _judgments(cat, run_id)
     cats = _categories(cat, run.get("parent_id"))
     correct = sum(1 for r in rows if r["verdict"] == "correct")
-    errors = sum(1 for r in rows if r["verdict"] == "error")
+    # No answer found: an 'error' verdict, or (suites) the reference rule did not match.
+    errors = sum(1 for r in rows if r["verdict"] == "error" or not r["parse_ok"])
     by_cat: dict[str, list[float]] = defaultdict(list)
     methods: dict[str, int] = defaultdict(int)
     for r in rows:
@@ -311,7 +312,35 @@ def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
         "no_answer_rate": _rate(errors, len(rows)),
         "categories": {c: _mean(v) for c, v in sorted(by_cat.items())},
         "methods": dict(methods),
+        **suite_summary(rows),
     }
+
+
+def _suite_cell(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    lenient = [(r.get("meta") or {}).get("lenient") for r in rows]
+    scored = [v for v in lenient if v is not None]
+    return {"questions": len(rows),
+            "accuracy": _rate(sum(r["verdict"] == "correct" for r in rows), len(rows)),
+            "unmatched": _rate(sum(not r["parse_ok"] for r in rows), len(rows)),
+            "lenient_accuracy": _rate(sum(v == "correct" for v in scored), len(scored)),
+            "lenient_unmatched": _rate(sum(v == "error" for v in scored), len(scored))}
+
+
+def suite_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task type and per task, as the suite's reference viewer tables them: accuracy and
+    unmatched (format-failure) rate by the reference rules, plus our lenient extraction's accuracy
+    as a separate column. Means over questions. Empty when no row comes from a suite."""
+    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        meta = r.get("meta") or {}
+        if meta.get("task_type"):
+            by_type[meta["task_type"]].append(r)
+            by_task[meta["task_name"]].append(r)
+    if not by_type:
+        return {}
+    return {"suite": {"task_types": {t: _suite_cell(v) for t, v in sorted(by_type.items())},
+                      "tasks": {t: _suite_cell(v) for t, v in sorted(by_task.items())}}}
 
 
 def judge_summary(cat: Catalog, run_id: str, lc_ci: bool = True) -> dict[str, Any]:
@@ -448,16 +477,18 @@ def _who(s: dict[str, Any], judge: bool = True) -> str:
     return "\n".join(lines)
 
 
-def render(report: dict[str, Any], console) -> None:
-    """Rich tables that fit an 80-column terminal: who/what in the first column, CIs under values."""
+def new_table(title: str, columns: list[str]):
+    """A report table: who/what in the first column (left), numbers right-aligned."""
     from rich.table import Table
 
-    def new_table(title: str, columns: list[str]) -> Table:
-        table = Table(title=title, header_style="bold cyan", show_lines=True)
-        for i, col in enumerate(columns):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        return table
+    table = Table(title=title, header_style="bold cyan", show_lines=True)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    return table
 
+
+def render(report: dict[str, Any], console) -> None:
+    """Rich tables that fit an 80-column terminal: who/what in the first column, CIs under values."""
     if report["single"]:
         max_turn = max((int(t) for s in report["single"] for t in s["turns"]), default=1)
         table = new_table("MT-bench-style scores (1-10, single-answer grading)",
@@ -515,12 +546,42 @@ def render(report: dict[str, Any], console) -> None:
             table.add_row(_who(g), _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)),
                           str(g["correct"]), str(g["graded"]), f"{g['no_answer']}\n{_pct(g['no_answer_rate'])}")
         console.print(table)
-        categories = sorted({c for g in report["grade"] for c in g["categories"]})
+        suites = [g for g in report["grade"] if g.get("suite")]
+        if suites:
+            render_suites(suites, console)
+        categories = sorted({c for g in report["grade"] if not g.get("suite") for c in g["categories"]})
         if len(categories) > 1:
             table = new_table("Accuracy by category", ["category", *[_who(g) for g in report["grade"]]])
             for c in categories:
                 table.add_row(c, *[_pct(g["categories"].get(c)) for g in report["grade"]])
             console.print(table)
+
+
+def _suite_text(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "-"
+    text = f"{_pct(cell['accuracy'])}\n[dim]unm. {_pct(cell['unmatched'])}[/]"
+    if cell.get("lenient_accuracy") is not None:
+        text += f"\n[dim]len. {_pct(cell['lenient_accuracy'])}[/]"
+    return text
+
+
+def render_suites(suites: list[dict[str, Any]], console) -> None:
+    """Suite tables as the reference viewer prints them: per task type, then per task."""
+    types = sorted({t for g in suites for t in g["suite"]["task_types"]})
+    table = new_table("Suite accuracy by task type (reference rules; unm. = unmatched, "
+                      "len. = lenient extraction)", ["task type", *[_who(g) for g in suites]])
+    for t in types:
+        table.add_row(t, *[_suite_text(g["suite"]["task_types"].get(t)) for g in suites])
+    console.print(table)
+    for t in types:
+        tasks = sorted({n for g in suites for n in g["suite"]["tasks"] if n.rpartition("/")[0] == t})
+        if len(tasks) < 2:
+            continue
+        table = new_table(f"{t} by task", ["task", *[_who(g, judge=False) for g in suites]])
+        for n in tasks:
+            table.add_row(n.rpartition("/")[2], *[_suite_text(g["suite"]["tasks"].get(n)) for g in suites])
+        console.print(table)
 
 
 def plot(report: dict[str, Any], path: Path | str) -> Path:
