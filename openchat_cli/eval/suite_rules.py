@@ -164,6 +164,8 @@ def lenient_grade(meta: dict[str, Any], reply: str) -> RuleResult | None:
         return RuleResult(got is not None, got, ok)
     if task_type == "fs_cothub/bbh":
         got = _answer_phrase(reply)
+        if got is None and len(reply.split()) <= 3 and "\n" not in reply.strip():
+            got = reply.strip().rstrip(".") or None  # a reply that is just the answer
         expected = [str(v).strip().lower() for v in (label if isinstance(label, list) else [label])]
         return RuleResult(got is not None, got, got is not None and got.lower() in expected)
     if task_type == "fs_cothub/math":

@@ -27,6 +27,7 @@ class ScriptedServer:
         self.failures: deque[int] = deque()  # status codes to answer the next requests with
         self.requests: list[dict[str, Any]] = []
         self.health: dict[str, Any] = {"status": "ok"}
+        self.replies: dict[str, str] = {}  # last user message -> the reply to give (answering models)
         self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -45,6 +46,7 @@ class ScriptedServer:
             self.failures.clear()
             self.requests.clear()
             self.health = {"status": "ok"}
+            self.replies.clear()
 
     def fail_next(self, *statuses: int) -> None:
         with self.lock:
@@ -103,6 +105,8 @@ class ScriptedServer:
         messages = body.get("messages", [])
         if "judge" in model:
             text = judge_text(model, messages)
+        elif messages and messages[-1].get("content") in self.replies:
+            text = self.replies[messages[-1]["content"]]
         else:
             text = answer_text(model, messages)
         usage = {"prompt_tokens": sum(len(m.get("content", "").split()) for m in messages),
