@@ -16,7 +16,7 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_
 complete -c openchat -n '__fish_use_subcommand' -a eval -d 'Generate answers, judge them with an LLM, grade and report.'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer).'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer);'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
 complete -c openchat -n '__fish_use_subcommand' -a model -d 'Make tiny models, add special tokens, merge LoRA adapters.'

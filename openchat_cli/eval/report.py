@@ -569,11 +569,12 @@ def _suite_text(cell: dict[str, Any] | None) -> str:
 def render_suites(suites: list[dict[str, Any]], console) -> None:
     """Suite tables as the reference viewer prints them: per task type, then per task."""
     types = sorted({t for g in suites for t in g["suite"]["task_types"]})
-    table = new_table("Suite accuracy by task type (reference rules; unm. = unmatched, "
-                      "len. = lenient extraction)", ["task type", *[_who(g) for g in suites]])
+    table = new_table("Suite accuracy by task type (reference rules)", ["task type", *[_who(g) for g in suites]])
     for t in types:
         table.add_row(t, *[_suite_text(g["suite"]["task_types"].get(t)) for g in suites])
     console.print(table)
+    console.print("[dim]unm.: unmatched, no answer in the suite's reference format (its fallback answer, if "
+                  "any, is still scored). len.: our lenient extraction, not part of the accuracy.[/]")
     for t in types:
         tasks = sorted({n for g in suites for n in g["suite"]["tasks"] if n.rpartition("/")[0] == t})
         if len(tasks) < 2:
