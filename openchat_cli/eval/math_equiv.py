@@ -56,6 +56,12 @@ def math_equal(candidate: str | None, gold: str, *, strict: bool = False) -> boo
         return False
     if strict and not is_bare_answer(candidate):
         return False
+    return _equivalent(candidate, gold)
+
+
+@lru_cache(maxsize=4096)
+def _equivalent(candidate: str, gold: str) -> bool:
+    """Cached: the reference and lenient columns often compare the same candidate."""
     if _plain(candidate) == _plain(gold):
         return True
     from math_verify import verify
@@ -63,11 +69,11 @@ def math_equal(candidate: str | None, gold: str, *, strict: bool = False) -> boo
     gold_parsed = _parsed(f"$\\boxed{{{gold}}}$")
     answer = _parse_answer(candidate)
     if not gold_parsed or not answer:
-        return _plain(candidate) == _plain(gold)
+        return False
     try:
         return bool(verify(gold_parsed, answer, timeout_seconds=_timeout()))
     except Exception:  # math-verify raises on inputs sympy cannot handle: not equal
-        return _plain(candidate) == _plain(gold)
+        return False
 
 
 def _plain(text: str) -> str:

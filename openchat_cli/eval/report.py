@@ -306,7 +306,7 @@ def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id, "mode": "exact", "status": run.get("status"), "answer_id": run.get("parent_id"),
         "model": _label(cat, run.get("parent_id")), "graded": len(rows), "correct": correct,
-        "incorrect": len(rows) - correct - errors, "no_answer": errors,
+        "incorrect": sum(1 for r in rows if r["verdict"] == "incorrect" and r["parse_ok"]), "no_answer": errors,
         "accuracy": _rate(correct, len(rows)),
         "accuracy_ci": cluster_bootstrap(scores, [1.0] * len(scores)),
         "no_answer_rate": _rate(errors, len(rows)),

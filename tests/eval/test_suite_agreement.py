@@ -63,3 +63,41 @@ def test_grade_agrees_with_reference(task_type):
         assert figures["record_agreement"] == 100.0
     # the sample holds both verdicts, so agreement is not trivially reached
     assert 5 < figures["reference_accuracy"] < 95
+
+
+def test_eval_grade_tables_match_the_reference_viewer(cli):
+    """Through the catalog and `eval grade --json`: per task type, accuracy and unmatched equal the
+    means the reference viewer (view_results.py) takes over the reference's verdicts."""
+    from collections import Counter
+
+    from openchat_cli.eval.questions import Question
+    from store.catalog import open_catalog
+
+    cat = open_catalog()
+    run = cat.add_eval(kind="answer", name="synthetic", model="synthetic", endpoint="http://synthetic/v1",
+                       questions_hash="synthetic")
+    questions, answers, expected = [], [], Counter()
+    for task_type in TASK_TYPES:
+        for task_name, line, record in sample_records(task_type, 8):
+            meta = {"format": "suite", "task_type": task_type, "task_name": task_name, "label": record["label"],
+                    "options": record.get("options"), "_metadata": record.get("_metadata")}
+            gold = solution_answer(meta) if task_type == "fs_cothub/math" else None
+            for k, reply in enumerate(replies_for(task_type, record, gold)):
+                qid = f"{task_name}/{line}#{k}"
+                questions.append(Question(qid, task_name, [record["question"]], None, meta).row(run))
+                answers.append({"eval_id": run, "question_id": qid, "model": "synthetic", "turns": [reply]})
+                matched, correct = reference_verdict(task_type, record, reply)
+                expected[task_type, "n"] += 1
+                expected[task_type, "correct"] += correct
+                expected[task_type, "unmatched"] += not matched
+    cat.insert_many("questions", questions)
+    cat.insert_many("answers", answers)
+    graded = cli("eval", "grade", run, "--json").json()[0]
+    for task_type in TASK_TYPES:
+        cell = graded["suite"]["task_types"][task_type]
+        n = expected[task_type, "n"]
+        assert cell["questions"] == n
+        assert abs(100 * cell["accuracy"] - 100 * expected[task_type, "correct"] / n) <= TOLERANCE_POINTS
+        assert abs(100 * cell["unmatched"] - 100 * expected[task_type, "unmatched"] / n) <= TOLERANCE_POINTS
+        assert cell["lenient_accuracy"] is not None
+    assert graded["graded"] == len(answers)
