@@ -17,13 +17,12 @@ from fractions import Fraction
 from typing import Any, Callable
 
 from openchat_cli.errors import OpenchatError
-from openchat_cli.eval.questions import Question
+from openchat_cli.eval.questions import SUITE_FORMAT, Question
 from openchat_cli.eval.runs import eval_row, finish
 from openchat_cli.eval.suite_rules import lenient_grade, reference_grade
 from store.catalog import Catalog
 
 LETTERS = string.ascii_uppercase
-SUITE_FORMAT = "suite"  # questions from a benchmark suite folder (openchat_cli/eval/suites.py)
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from openchat_cli.errors import OpenchatError, where
 
 FORMATS = ("mtbench", "vicuna", "alpaca_eval", "choice", "exact", "plain")
+SUITE_FORMAT = "suite"  # questions of a benchmark suite folder (openchat_cli/eval/suites.py)
 LETTERS = string.ascii_uppercase
 
 

@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from openchat_cli.errors import OpenchatError, where
-from openchat_cli.eval.questions import Question, QuestionSet, load_questions
-
-SUITE_FORMAT = "suite"
+from openchat_cli.eval.questions import SUITE_FORMAT, Question, QuestionSet, load_questions
 
 # Suite task types and what their records must hold.
 MULTIPLE_CHOICE_TYPES = ("zs/agieval", "zs/bbh_mc_orca", "zs/truthfulqa_orca", "zs/gpqa", "fs_cothub/mmlu")
@@ -157,6 +155,6 @@ def load_suite(path: Path | str) -> QuestionSet:
 
 def load_question_source(path: Path | str) -> QuestionSet:
     """A suite (folder or task file in a suite layout) or an ordinary question file."""
-    if is_suite_path(path):
+    if is_suite_path(path) or Path(path).is_dir():  # a folder can only be a suite: say why it is not
         return load_suite(path)
     return load_questions(path)

@@ -99,6 +99,13 @@ def test_unknown_task_type_is_refused(suite: Path):
         load_suite(suite)
 
 
+def test_folder_that_is_not_a_suite(cli, tmp_path: Path):
+    (tmp_path / "stuff").mkdir()
+    write_jsonl(tmp_path / "stuff" / "x.jsonl", [{"question": "Q?", "label": "A"}])
+    result = cli("eval", "answer", tmp_path / "stuff", "-e", "http://127.0.0.1:9/v1", "-m", "m", expect=2)
+    assert "is not laid out like a suite" in result.stderr and "zs/agieval" in result.stderr
+
+
 def test_plain_choice_files_are_not_suites(tmp_path: Path):
     path = write_jsonl(tmp_path / "mc.jsonl", [
         {"question": "Q: 2+2?\nAnswer Choices: (A) 3 (B) 4\nA: Among A through B, the answer is",
