@@ -149,6 +149,8 @@ def load_suite(path: Path | str) -> QuestionSet:
             if fields["_metadata"] is not None:
                 meta["_metadata"] = fields["_metadata"]
             questions.append(Question(f"{task_name}/{lineno}", task_name, [fields["question"]], None, meta))
+    if not questions:
+        raise OpenchatError(f"{path} holds no questions (its task files are empty)")
     return QuestionSet(path=path.resolve(), questions=questions, format=SUITE_FORMAT,
                        hash=digest.hexdigest()[:16])
 
