@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -35,10 +34,17 @@ from typing import Sequence
 PROGRAM_FILE = "program.py"
 MEMORY_ERROR_MARK = "MemoryError"
 
-# Runs the program in the child: a SIGXCPU handler that says why it stops (a plain signal death
-# would be garbled by `unshare`), then the program's own code as `__main__`.
+# Runs the program in the child: the rlimits (set here, not in a preexec_fn, which is unsafe
+# while other threads run), a SIGXCPU handler that says why it stops (a plain signal death
+# would be garbled by `unshare`), the guard, then the program's own code as `__main__`.
 RUNNER = r'''
-import os, signal, sys
+import os, resource, signal, sys
+for _which, _soft, _hard in {rlimits!r}:
+    _which = getattr(resource, _which)
+    _max = resource.getrlimit(_which)[1]  # an unprivileged process cannot raise its hard limit
+    if _max != resource.RLIM_INFINITY:
+        _soft, _hard = min(_soft, _max), min(_hard, _max)
+    resource.setrlimit(_which, (_soft, _hard))
 def _cpu_spent(signum, frame):
     os.write(2, b"\nCPU time limit exceeded\n")
     os._exit({cpu_exit})
@@ -172,17 +178,15 @@ def _unshare_prefix(tool: str) -> list[str]:
     return [tool, *user, "--net", "--pid", "--fork", "--kill-child"]
 
 
-def _set_limits(limits: Limits) -> None:
-    """In the child, before exec: the kernel's limits. Runs in the forked child only."""
+def _rlimits(limits: Limits) -> list[tuple[str, int, int]]:
+    """(resource name, soft, hard) for the child. CPU: SIGXCPU at the limit, SIGKILL 1s later."""
     mb = 1024 * 1024
-    for which, value in ((resource.RLIMIT_CPU, limits.cpu_s),
-                         (resource.RLIMIT_AS, limits.memory_mb * mb),
-                         (resource.RLIMIT_FSIZE, limits.file_size_mb * mb),
-                         (resource.RLIMIT_NOFILE, limits.open_files),
-                         (resource.RLIMIT_NPROC, limits.processes),
-                         (resource.RLIMIT_CORE, 0)):
-        hard = value + 1 if which == resource.RLIMIT_CPU else value
-        resource.setrlimit(which, (value, hard))
+    return [("RLIMIT_CPU", limits.cpu_s, limits.cpu_s + 1),
+            ("RLIMIT_AS", limits.memory_mb * mb, limits.memory_mb * mb),
+            ("RLIMIT_FSIZE", limits.file_size_mb * mb, limits.file_size_mb * mb),
+            ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
+            ("RLIMIT_NPROC", limits.processes, limits.processes),
+            ("RLIMIT_CORE", 0, 0)]
 
 
 class _BoundedReader(threading.Thread):
@@ -241,7 +245,7 @@ def run_program(source: str, limits: Limits = Limits()) -> RunResult:
         with open(program, "w", encoding="utf-8") as fh:
             fh.write(source)
         guard = GUARD.format(root=workdir) if limits.guard else ""
-        runner = RUNNER.format(cpu_exit=CPU_EXIT, guard=guard, program=program)
+        runner = RUNNER.format(rlimits=_rlimits(limits), cpu_exit=CPU_EXIT, guard=guard, program=program)
         command = [sys.executable, "-I", "-B", "-c", runner]
         if use_ns:
             command = [*_unshare_prefix(shutil.which("unshare") or "unshare"), *command]
@@ -249,8 +253,7 @@ def run_program(source: str, limits: Limits = Limits()) -> RunResult:
         start = time.monotonic()
         process = subprocess.Popen(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True, close_fds=True,
-                                   preexec_fn=functools.partial(_set_limits, limits))
+                                   start_new_session=True, close_fds=True)
         readers = [_BoundedReader(process.stdout, limits.output_bytes),
                    _BoundedReader(process.stderr, limits.output_bytes)]
         for reader in readers:

