@@ -11,7 +11,7 @@ pad their replies. Judge models:
 With `context_length` set, requests are held to that context as vLLM does (a token is a word,
 plus `MESSAGE_OVERHEAD` per message): /v1/models reports `max_model_len`, a request whose
 prompt + max_tokens exceeds it gets vLLM's 400 (`context_style` "vllm", with the counts) or a
-400 without numbers ("bare"), and a request without max_tokens gets what the context leaves.
+400 without numbers ("bare") or with a lower bound of the prompt ("at-least"), and a request without max_tokens gets what the context leaves.
 `verbose-*` models write `VERBOSE_WORDS` words, or their whole budget when it is smaller.
 """
 
@@ -35,6 +35,7 @@ class ScriptedServer:
         self.health: dict[str, Any] = {"status": "ok"}
         self.context_length: int | None = None
         self.context_style = "vllm"
+        self.models_report_context = True
         self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -55,6 +56,7 @@ class ScriptedServer:
             self.health = {"status": "ok"}
             self.context_length = None
             self.context_style = "vllm"
+            self.models_report_context = True
 
     def fail_next(self, *statuses: int) -> None:
         with self.lock:
@@ -95,7 +97,7 @@ class ScriptedServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         card = {"id": "scripted-model", "object": "model", "created": 0, "owned_by": "tests"}
-        if self.context_length:
+        if self.context_length and self.models_report_context:
             card["max_model_len"] = self.context_length
         return web.json_response({"object": "list", "data": [card]})
 
@@ -135,6 +137,12 @@ class ScriptedServer:
         if prompt >= ctx or (max_tokens is not None and prompt + max_tokens > ctx):
             if self.context_style == "bare":
                 message = "Input is too long for this model's context window."
+            elif self.context_style == "at-least" and max_tokens is not None:
+                # newer vLLM counts the prompt only partly before refusing: a lower bound
+                message = (f"This model's maximum context length is {ctx} tokens. However, you requested "
+                           f"{max_tokens} output tokens and your prompt contains at least "
+                           f"{max(1, prompt - 40)} input tokens, for a total of at least "
+                           f"{max(1, prompt - 40) + max_tokens} tokens.")
             elif max_tokens is None:
                 message = (f"This model's maximum context length is {ctx} tokens. However, your messages "
                            f"resulted in {prompt} tokens. Please reduce the length of the messages.")

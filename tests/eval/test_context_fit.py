@@ -141,3 +141,53 @@ def test_the_real_server_with_a_small_context_answers_or_truncates_every_questio
     assert out["metrics"]["truncated"] == sum(1 for m in metas if m.get("truncated")) > 0
     assert all(m.get("context_length") in (None, 256) for m in metas)
     assert any(m.get("truncated") for m in metas)
+
+
+# -- the client on its own --------------------------------------------------------------------
+def _complete(server: ScriptedServer, messages: list[dict], max_tokens: int, **kwargs):
+    import asyncio
+
+    from openchat_cli.eval.client import ChatClient
+
+    async def go():
+        async with ChatClient(server.base_url, "verbose-model", retries=0) as client:
+            result = await client.complete(messages, max_tokens=max_tokens, **kwargs)
+            return result, client.context_length, client.refitted
+
+    return asyncio.run(go())
+
+
+LONG_PROMPT = [{"role": "user", "content": " ".join(["word"] * 1500)}]  # 1,504 tokens
+
+
+def test_the_context_from_v1_models_clamps_before_asking(small_context: ScriptedServer):
+    result, context, refitted = _complete(small_context, LONG_PROMPT, 1024, prompt_floor=1504)
+    assert context == 2048 and refitted == 0
+    assert [r["max_tokens"] for r in small_context.requests] == [2048 - 1504]
+    assert result.clamped and result.max_tokens == 544 and result.requested_max_tokens == 1024
+
+
+def test_without_v1_models_the_counts_in_the_error_set_the_budget(small_context: ScriptedServer):
+    small_context.models_report_context = False
+    result, context, refitted = _complete(small_context, LONG_PROMPT, 1024)
+    assert [r["max_tokens"] for r in small_context.requests] == [1024, 544]
+    assert context == 2048 and refitted == 1 and result.max_tokens == 544
+
+
+def test_a_lower_bound_of_the_prompt_converges(small_context: ScriptedServer):
+    small_context.models_report_context = False
+    small_context.context_style = "at-least"
+    result, _, refitted = _complete(small_context, LONG_PROMPT, 1024)
+    sent = [r.get("max_tokens") for r in small_context.requests]
+    assert sent[0] == 1024 and 1 <= refitted <= 3
+    assert result.max_tokens is None or result.max_tokens <= 544
+    assert result.text
+
+
+def test_a_prompt_longer_than_the_context_raises_context_length_exceeded(small_context: ScriptedServer):
+    from openchat_cli.eval.client import ContextLengthExceeded
+
+    with pytest.raises(ContextLengthExceeded) as caught:
+        _complete(small_context, [{"role": "user", "content": " ".join(["word"] * 2100)}], 1024)
+    assert caught.value.context_length == 2048 and caught.value.prompt_tokens == 2104
+    assert not caught.value.fatal
