@@ -185,7 +185,7 @@ async def answer_question(client: ChatClient, question: Question, temperature: f
     floor = 0  # the next prompt holds at least this many tokens: the last prompt and reply
     for index, turn in enumerate(question.turns):
         messages.append({"role": "user", "content": turn})
-        if truncated_turns and finish_reasons[-1] == CONTEXT_FULL:
+        if finish_reasons and finish_reasons[-1] == CONTEXT_FULL:
             result = None
         else:
             try:

@@ -13,7 +13,8 @@ afterwards. Two layers keep it in:
   (RLIMIT_NPROC does not bind root) and what blocks the network where namespaces are missing.
 
 The environment is scrubbed (PATH, HOME and TMPDIR only; -I ignores PYTHON* variables and the
-user site), stdout and stderr are read through pipes and cut at `Limits.output_bytes`.
+user site), stdout and stderr are read through pipes and cut at `Limits.output_bytes` (stdout
+keeps its head, stderr its tail, where the traceback ends).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Sequence
 
 PROGRAM_FILE = "program.py"
 MEMORY_ERROR_MARK = "MemoryError"
+TRIMMED_MARK = "[… "  # starts the note that replaces output beyond Limits.output_bytes
 
 # Runs the program in the child: the rlimits (set here, not in a preexec_fn, which is unsafe
 # while other threads run), a SIGXCPU handler that says why it stops (a plain signal death
@@ -115,7 +117,7 @@ class Limits:
     file_size_mb: int = 16  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     processes: int = 32  # RLIMIT_NPROC (per user; root is exempt, the guard covers that)
-    output_bytes: int = 64 * 1024  # kept of stdout and of stderr each
+    output_bytes: int = 64 * 1024  # kept of stdout (its head) and of stderr (its tail) each
     guard: bool = True  # the audit hook (turn off only to test the kernel layer alone)
     namespaces: bool | None = None  # None: use them where `unshare` works
 
@@ -144,7 +146,8 @@ class RunResult:
             if self.returncode is None:
                 return f"timed out after {self.wall_s:.1f}s (wall clock)"
             return "timed out: CPU time limit exceeded"
-        lines = [line for line in self.stderr.strip().splitlines() if line.strip()]
+        lines = [line for line in self.stderr.strip().splitlines()
+                 if line.strip() and not line.startswith(TRIMMED_MARK)]
         last = lines[-1].strip() if lines else ""
         if self.status == "memory":
             return f"memory limit: {last or 'killed'}"
@@ -190,30 +193,37 @@ def _rlimits(limits: Limits) -> list[tuple[str, int, int]]:
 
 
 class _BoundedReader(threading.Thread):
-    """Drain a pipe to its end, keeping only the first `limit` bytes (the rest is counted)."""
+    """Drain a pipe to its end, keeping `limit` bytes of it: the head (stdout: what the program
+    said first) or the tail (stderr: where the traceback ends). The rest is only counted."""
 
-    def __init__(self, stream, limit: int):
+    def __init__(self, stream, limit: int, keep_tail: bool = False):
         super().__init__(daemon=True)
         self.stream = stream
         self.limit = limit
+        self.keep_tail = keep_tail
         self.kept = bytearray()
         self.dropped = 0
 
     def run(self) -> None:
         while True:
-            chunk = self.stream.read1(65536) if hasattr(self.stream, "read1") else self.stream.read(65536)
+            chunk = self.stream.read1(65536)
             if not chunk:
                 break
-            room = self.limit - len(self.kept)
-            if room > 0:
-                self.kept += chunk[:room]
-            self.dropped += max(0, len(chunk) - max(room, 0))
+            self.kept += chunk
+            extra = len(self.kept) - self.limit
+            if extra > 0:
+                self.dropped += extra
+                if self.keep_tail:
+                    del self.kept[:extra]
+                else:
+                    del self.kept[self.limit:]
 
     def text(self) -> str:
         text = self.kept.decode("utf-8", errors="replace")
-        if self.dropped:
-            text += f"\n[… {self.dropped} more bytes not kept]"
-        return text
+        if not self.dropped:
+            return text
+        note = f"{TRIMMED_MARK}{self.dropped} bytes not kept]"
+        return f"{note}\n{text}" if self.keep_tail else f"{text}\n{note}"
 
 
 def _status(returncode: int | None, stderr: str) -> str:
@@ -222,7 +232,7 @@ def _status(returncode: int | None, stderr: str) -> str:
         return "timeout"
     if returncode == 0:
         return "passed"
-    lines = stderr.strip().splitlines()
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(TRIMMED_MARK)]
     if lines and MEMORY_ERROR_MARK in lines[-1]:
         return "memory"
     return "failed"
@@ -255,7 +265,7 @@ def run_program(source: str, limits: Limits = Limits()) -> RunResult:
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True, close_fds=True)
         readers = [_BoundedReader(process.stdout, limits.output_bytes),
-                   _BoundedReader(process.stderr, limits.output_bytes)]
+                   _BoundedReader(process.stderr, limits.output_bytes, keep_tail=True)]
         for reader in readers:
             reader.start()
         timed_out = False

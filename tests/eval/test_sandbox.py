@@ -181,8 +181,15 @@ def test_the_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch):
 def test_output_is_cut_at_the_limit():
     result = run_program("print('a' * 1_000_000)\n", Limits(output_bytes=1000))
     assert result.status == "passed"
-    assert result.stdout.startswith("a" * 1000) and "more bytes not kept" in result.stdout
+    assert result.stdout.startswith("a" * 1000) and "bytes not kept" in result.stdout
     assert len(result.stdout) < 1100
+
+
+def test_stderr_keeps_its_tail_so_the_error_survives_the_cut():
+    program = "import sys\nsys.stderr.write('noise\\n' * 200_000)\nraise ValueError('last words')\n"
+    result = run_program(program, Limits(output_bytes=1000))
+    assert result.status == "failed" and result.detail() == "failed: ValueError: last words"
+    assert result.stderr.startswith("[… ") and len(result.stderr) < 1100
 
 
 def test_writing_a_huge_file_is_stopped():
