@@ -15,6 +15,7 @@ from openchat_cli.eval.client import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_WAIT_S,
     ChatClient,
+    ContextLengthExceeded,
     EndpointError,
 )
 from openchat_cli.eval.questions import Question, QuestionSet
@@ -142,13 +143,14 @@ def _resolve_checkpoint(cat: Catalog, opts: AnswerOptions, model: str, base_url:
 
 
 def answer_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retries: int = 0) -> dict[str, Any]:
-    (answered, prompt, completion, latency) = cat.db.execute(
+    (answered, prompt, completion, latency, truncated) = cat.db.execute(
         "select count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
-        "avg(latency_s) from answers where eval_id = ?", [run_id]).fetchone()
+        "avg(latency_s), coalesce(sum(coalesce(json_extract(meta, '$.truncated'), 0)), 0) "
+        "from answers where eval_id = ?", [run_id]).fetchone()
     return {"questions": total, "answered": answered, "prompt_tokens": prompt,
             "completion_tokens": completion,
             "mean_latency_s": round(latency, 4) if latency is not None else None,
-            "errors": errors, "retries": retries}
+            "errors": errors, "retries": retries, "truncated": truncated}
 
 
 async def _fetch_model_name(opts: AnswerOptions, base_url: str) -> str:
@@ -160,9 +162,20 @@ async def _fetch_model_name(opts: AnswerOptions, base_url: str) -> str:
     return models[0]
 
 
+# Finish reason recorded for a turn whose prompt alone filled the model's context (not asked).
+CONTEXT_FULL = "context_length"
+
+
 async def answer_question(client: ChatClient, question: Question, temperature: float,
                           max_tokens: int | None, system: str | None) -> dict[str, Any]:
-    """Ask every turn of one question; each turn sees the earlier turns and the model's replies."""
+    """Ask every turn of one question; each turn sees the earlier turns and the model's replies.
+
+    A small context does not fail the question: the client clamps `max_tokens` to what the
+    context leaves, and a turn whose prompt alone fills the context is stored as an empty reply
+    with finish reason "context_length". Later turns are then not asked (their prompt holds that
+    one and more, so it cannot fit either) and are stored the same way. Either makes the answer
+    `truncated` in its meta, with the turns concerned.
+    """
     messages: list[dict[str, str]] = []
     if system:
         messages.append({"role": "system", "content": system})
@@ -170,18 +183,42 @@ async def answer_question(client: ChatClient, question: Question, temperature: f
     prompt_tokens = completion_tokens = 0
     latency = 0.0
     finish_reasons: list[str | None] = []
-    for turn in question.turns:
+    truncated_turns: list[int] = []
+    budgets: list[int | None] = []
+    floor = 0  # the next prompt holds at least this many tokens: the last prompt and reply
+    for index, turn in enumerate(question.turns):
         messages.append({"role": "user", "content": turn})
-        result = await client.complete(messages, temperature=temperature, max_tokens=max_tokens)
+        if finish_reasons and finish_reasons[-1] == CONTEXT_FULL:
+            result = None
+        else:
+            try:
+                result = await client.complete(messages, temperature=temperature, max_tokens=max_tokens,
+                                               prompt_floor=floor)
+            except ContextLengthExceeded:
+                result = None
+        if result is None:
+            replies.append("")
+            finish_reasons.append(CONTEXT_FULL)
+            budgets.append(0)
+            truncated_turns.append(index)
+            messages.append({"role": "assistant", "content": ""})
+            continue
         messages.append({"role": "assistant", "content": result.text})
         replies.append(result.text)
         prompt_tokens += result.prompt_tokens
         completion_tokens += result.completion_tokens
         latency += result.latency_s
         finish_reasons.append(result.finish_reason)
+        budgets.append(result.max_tokens)
+        if result.clamped and result.finish_reason == "length":
+            truncated_turns.append(index)
+        floor = result.prompt_tokens + result.completion_tokens
+    meta: dict[str, Any] = {"temperature": temperature, "finish_reasons": finish_reasons}
+    if truncated_turns or any(b != max_tokens for b in budgets):
+        meta.update(truncated=bool(truncated_turns), truncated_turns=truncated_turns,
+                    max_tokens_used=budgets, context_length=client.context_length)
     return {"turns": replies, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "latency_s": round(latency, 4),
-            "meta": {"temperature": temperature, "finish_reasons": finish_reasons}}
+            "latency_s": round(latency, 4), "meta": meta}
 
 
 def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,

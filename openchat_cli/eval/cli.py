@@ -93,8 +93,10 @@ def answer_command(
                     "errors": result.errors, "metrics": result.metrics})
     else:
         m = result.metrics
+        truncated = (f", {m['truncated']} truncated (the model's context was full)"
+                     if m.get("truncated") else "")
         console.print(f"[bold]{result.run_id}[/] {result.status}: {m['answered']}/{result.total} answered "
-                      f"({result.answered_now} now), {m['completion_tokens']} completion tokens")
+                      f"({result.answered_now} now){truncated}, {m['completion_tokens']} completion tokens")
     if result.errors:
         raise OpenchatError(f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); "
                             f"re-run the same command to retry them", exit_code=1)

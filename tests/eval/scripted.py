@@ -7,6 +7,12 @@ pad their replies. Judge models:
 - biased-judge: always "[[A]]" (position bias); rates everything 5.
 - messy-judge: like fair-judge, but a question containing MALFORMED gets text with no verdict,
   and one containing CONFLICT gets both [[A]] and [[B]].
+
+With `context_length` set, requests are held to that context as vLLM does (a token is a word,
+plus `MESSAGE_OVERHEAD` per message): /v1/models reports `max_model_len`, a request whose
+prompt + max_tokens exceeds it gets vLLM's 400 (`context_style` "vllm", with the counts) or a
+400 without numbers ("bare") or with a lower bound of the prompt ("at-least"), and a request without max_tokens gets what the context leaves.
+`verbose-*` models write `VERBOSE_WORDS` words, or their whole budget when it is smaller.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ class ScriptedServer:
         self.requests: list[dict[str, Any]] = []
         self.health: dict[str, Any] = {"status": "ok"}
         self.replies: dict[str, str] = {}  # last user message -> the reply to give (answering models)
+        self.context_length: int | None = None
+        self.context_style = "vllm"
+        self.models_report_context = True
         self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -47,6 +56,9 @@ class ScriptedServer:
             self.requests.clear()
             self.health = {"status": "ok"}
             self.replies.clear()
+            self.context_length = None
+            self.context_style = "vllm"
+            self.models_report_context = True
 
     def fail_next(self, *statuses: int) -> None:
         with self.lock:
@@ -86,8 +98,10 @@ class ScriptedServer:
         return web.json_response(self.health)
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": "scripted-model", "object": "model", "created": 0, "owned_by": "tests"}]})
+        card = {"id": "scripted-model", "object": "model", "created": 0, "owned_by": "tests"}
+        if self.context_length and self.models_report_context:
+            card["max_model_len"] = self.context_length
+        return web.json_response({"object": "list", "data": [card]})
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -103,6 +117,8 @@ class ScriptedServer:
                                                 "param": None, "code": status}}, status=status, headers=headers)
         model = body.get("model", "")
         messages = body.get("messages", [])
+        if self.context_length:
+            return self._within_context(model, messages, body.get("max_tokens"))
         if "judge" in model:
             text = judge_text(model, messages)
         elif messages and messages[-1].get("content") in self.replies:
@@ -116,6 +132,50 @@ class ScriptedServer:
             "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage})
+
+
+    def _within_context(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None) -> web.Response:
+        ctx = self.context_length
+        assert ctx is not None
+        prompt = prompt_tokens(messages)
+        if prompt >= ctx or (max_tokens is not None and prompt + max_tokens > ctx):
+            if self.context_style == "bare":
+                message = "Input is too long for this model's context window."
+            elif self.context_style == "at-least" and max_tokens is not None:
+                # newer vLLM counts the prompt only partly before refusing: a lower bound
+                message = (f"This model's maximum context length is {ctx} tokens. However, you requested "
+                           f"{max_tokens} output tokens and your prompt contains at least "
+                           f"{max(1, prompt - 40)} input tokens, for a total of at least "
+                           f"{max(1, prompt - 40) + max_tokens} tokens.")
+            elif max_tokens is None:
+                message = (f"This model's maximum context length is {ctx} tokens. However, your messages "
+                           f"resulted in {prompt} tokens. Please reduce the length of the messages.")
+            else:
+                message = (f"This model's maximum context length is {ctx} tokens. However, you requested "
+                           f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
+                           f"completion). Please reduce the length of the messages or completion.")
+            return web.json_response({"object": "error", "message": message, "type": "BadRequestError",
+                                      "param": None, "code": 400}, status=400)
+        budget = max_tokens if max_tokens is not None else ctx - prompt
+        words = answer_text(model, messages).split()
+        if model.startswith("verbose"):
+            words = (words * (VERBOSE_WORDS // max(1, len(words)) + 1))[:VERBOSE_WORDS]
+        finish = "length" if len(words) >= budget else "stop"
+        text = " ".join(words[:budget])
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(text.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return web.json_response({
+            "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": usage})
+
+
+VERBOSE_WORDS = 700  # what a verbose-* model writes when its budget allows
+MESSAGE_OVERHEAD = 4  # role and separator tokens a chat template adds per message
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m.get("content", "").split()) + MESSAGE_OVERHEAD for m in messages)
 
 
 def answer_text(model: str, messages: list[dict[str, Any]]) -> str:
