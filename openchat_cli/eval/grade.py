@@ -19,7 +19,7 @@ from typing import Any, Callable
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.questions import SUITE_FORMAT, Question
 from openchat_cli.eval.runs import eval_row, finish
-from openchat_cli.eval.suite_rules import lenient_grade, reference_grade
+from openchat_cli.eval.suite_rules import CODE_TASK_TYPES, lenient_grade, reference_grade, run_code_tasks
 from store.catalog import Catalog
 
 LETTERS = string.ascii_uppercase
@@ -150,13 +150,13 @@ def _expected_values(label: Any) -> list[Any]:
     return list(label) if isinstance(label, list) else [label]
 
 
-def grade_answer(question: Question, reply: str) -> dict[str, Any]:
+def grade_answer(question: Question, reply: str, code_result: tuple | None = None) -> dict[str, Any]:
     """{"verdict", "score", "raw" (extracted), "method", "expected"} for one reply."""
     meta = question.meta or {}
     label = meta.get("label")
     reply = reply or ""
     if meta.get("format") == SUITE_FORMAT:
-        return grade_suite_answer(meta, reply)
+        return grade_suite_answer(meta, reply, code_result)
     if meta.get("options"):
         expected = [str(v).upper() for v in _expected_values(label)]
         got = extract_option(reply, meta["options"])
@@ -194,11 +194,11 @@ def grade_answer(question: Question, reply: str) -> dict[str, Any]:
             "method": method, "expected": expected}
 
 
-def grade_suite_answer(meta: dict[str, Any], reply: str) -> dict[str, Any]:
+def grade_suite_answer(meta: dict[str, Any], reply: str, code_result: tuple | None = None) -> dict[str, Any]:
     """A suite question: the verdict by the suite's reference rules (a fallback answer such as
     GPQA's "C" is scored, as the reference does; `matched` says whether the rule found an answer),
     and our lenient extraction's verdict beside it."""
-    reference = reference_grade(meta, reply)
+    reference = reference_grade(meta, reply, code_result)
     lenient = lenient_grade(meta, reply)
     verdict = "correct" if reference.correct else "incorrect"
     out = {"verdict": verdict, "score": 1.0 if reference.correct else 0.0,
@@ -217,8 +217,9 @@ def gradable(question: Question) -> bool:
     return (question.meta or {}).get("label") is not None
 
 
-def _grade_row(run_id: str, answer_id: str, question: Question, replies: list[str]) -> dict[str, Any]:
-    graded = grade_answer(question, replies[-1])
+def _grade_row(run_id: str, answer_id: str, question: Question, replies: list[str],
+               code_result: tuple | None = None) -> dict[str, Any]:
+    graded = grade_answer(question, replies[-1], code_result)
     suite = "matched" in graded
     meta: dict[str, Any] = {"expected": graded["expected"], "method": graded["method"],
                             "category": question.category}
@@ -231,6 +232,21 @@ def _grade_row(run_id: str, answer_id: str, question: Question, replies: list[st
             "answer_id": answer_id, "judge_model": None, "prompt_name": graded["method"],
             "raw": graded["raw"], "verdict": graded["verdict"], "score": graded["score"],
             "parse_ok": int(graded["matched"] if suite else graded["verdict"] != "error"), "meta": meta}
+
+
+def _run_code_answers(questions: dict[str, Question], answers: list[dict[str, Any]],
+                      skipped: dict[str, str]) -> dict[str, tuple]:
+    """Code-task replies (HumanEval) run as one batch in parallel sandboxes: question id → result."""
+    code = [a for a in answers if questions[a["question_id"]].meta.get("task_type") in CODE_TASK_TYPES]
+    if not code:
+        return {}
+    try:
+        results = run_code_tasks([(questions[a["question_id"]].meta, (a["turns"] or [""])[-1]) for a in code])
+    except ImportError as exc:
+        for task_type in {questions[a["question_id"]].meta["task_type"] for a in code}:
+            skipped[task_type] = f"no grader for {task_type}: {exc}"
+        return {}
+    return {a["question_id"]: result for a, result in zip(code, results)}
 
 
 def run_grade(cat: Catalog, answer_ref: str,
@@ -262,12 +278,14 @@ def run_grade(cat: Catalog, answer_ref: str,
     emit("start", {"run_id": run_id, "total": len(answers)})
     rows = []
     skipped: dict[str, str] = {}
+    code_results = _run_code_answers(questions, answers, skipped)
     for done, answer in enumerate(answers, start=1):
         question = questions[answer["question_id"]]
         task_type = question.meta.get("task_type")
         if task_type not in skipped:
             try:
-                rows.append(_grade_row(run_id, run_a, question, answer["turns"] or [""]))
+                rows.append(_grade_row(run_id, run_a, question, answer["turns"] or [""],
+                                       code_results.get(answer["question_id"])))
             except ImportError as exc:  # e.g. coding/humaneval without its sandbox module
                 skipped[task_type] = f"no grader for {task_type}: {exc}"
         emit("graded", {"done": done})

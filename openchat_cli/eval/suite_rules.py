@@ -30,6 +30,7 @@ from openchat_cli.eval.math_equiv import math_equal
 AGIEVAL_LETTERS = "ABCDEF"
 GPQA_LETTERS = "ABCD"
 PAREN_OPTIONS = [f"({c})" for c in string.ascii_uppercase]
+CODE_TASK_TYPES = frozenset({"coding/humaneval"})  # graded by running the reply's program
 GSM8K_NUMBER = re.compile(r"\d*\.?\d+")
 
 
@@ -112,8 +113,9 @@ def _math_candidate(reply: str) -> tuple[bool, str]:
     return False, reply
 
 
-def reference_grade(meta: dict[str, Any], reply: str) -> RuleResult:
-    """The suite harness's verdict on one reply (see the table above)."""
+def reference_grade(meta: dict[str, Any], reply: str, code_result: tuple | None = None) -> RuleResult:
+    """The suite harness's verdict on one reply (see the table above). `code_result`: a code
+    task's (matched, passed, program, detail) when it was already run in a batch."""
     task_type = meta["task_type"]
     reply = strip_first_space(reply or "")
     if task_type == "fs_cothub/math":
@@ -121,12 +123,23 @@ def reference_grade(meta: dict[str, Any], reply: str) -> RuleResult:
         ok = math_equal(candidate, solution_answer(meta), strict=True)
         return RuleResult(matched, candidate[:256], reference_correct(ok, meta.get("label")))
     if task_type == "coding/humaneval":
-        from openchat_cli.eval.code_exec import grade_humaneval  # written alongside the sandbox
+        if code_result is None:
+            from openchat_cli.eval.code_exec import grade_humaneval
 
-        matched, passed, program, detail = grade_humaneval(meta.get("_metadata") or {}, reply)
+            code_result = grade_humaneval(meta.get("_metadata") or {}, reply)
+        matched, passed, program, detail = code_result
         return RuleResult(matched, program, passed, detail)
     matched, answer = _match(task_type, meta, reply)
     return RuleResult(matched, answer, reference_correct(answer, meta.get("label")))
+
+
+def run_code_tasks(items: list[tuple[dict[str, Any], str]]) -> list[tuple]:
+    """Run the code-task replies of a grade run together (a bounded pool of sandboxed processes)
+    instead of one by one; the results feed `reference_grade(..., code_result=)`."""
+    from openchat_cli.eval.code_exec import grade_humaneval_many
+
+    pairs = [((meta.get("_metadata") or {}), strip_first_space(reply or "")) for meta, reply in items]
+    return grade_humaneval_many(pairs)
 
 
 # -- lenient: our own extraction, shown beside the reference number ------------------------------

