@@ -4,6 +4,7 @@ scoring through the real server (tiny model) checked against a direct forward pa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,45 @@ def test_prompt_too_long_fails_only_that_question(cli, tiny_server, tmp_path):
     body = json.loads(result.stdout)
     assert body["metrics"]["scored"] == 1 and len(body["errors"]) == 1
 
+
+
+def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, openchat_home):
+    """SIGTERM mid-run: the run is marked interrupted with every finished question kept; the
+    same command then scores only the rest, each question exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from store.catalog import open_catalog
+
+    rows = [{"id": f"q{i}", "question": f"What is {i} plus 7?",
+             "choices": {"text": [str(i + 7), str(i)], "label": ["A", "B"]}, "answerKey": "A"}
+            for i in range(150)]
+    path = write_jsonl(tmp_path / "many.jsonl", rows)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OPENCHAT_HOME": str(openchat_home),
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", "eval", "loglik", str(path),
+                             "-e", tiny_server.base_url, "-c", "1"], env=env, cwd=str(root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cat = open_catalog()
+    deadline = time.monotonic() + 60
+    while cat.db.execute("select count(*) from answers").fetchone()[0] < 5:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no question scored in 60 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    (run,) = cat.query("select * from evals where kind = 'loglik'")
+    kept = cat.db.execute("select count(*) from answers where eval_id = ?", [run["id"]]).fetchone()[0]
+    assert proc.returncode == 130 and run["status"] == "interrupted"
+    assert 5 <= kept < len(rows)
+
+    out = cli("eval", "loglik", path, "-e", tiny_server.base_url, "--json").json()
+    assert out["run_id"] == run["id"] and out["already"] == kept
+    assert out["scored_now"] == len(rows) - kept and out["status"] == "completed"
+    counts = cat.query("select question_id, count(*) as n from answers where eval_id = ? "
+                       "group by question_id", [run["id"]])
+    assert len(counts) == len(rows) and all(c["n"] == 1 for c in counts)
