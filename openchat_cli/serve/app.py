@@ -585,14 +585,15 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         top_k = body.top_k if body.top_k and body.top_k > 0 else 0
         if top_p <= 0.0:
             top_k = 1
+        completion = isinstance(body, CompletionRequest)  # chat `logprobs` stays refused
         return SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=max(top_p, 1e-6), top_k=top_k,
             seed=_choice_seed(body.seed, index),
             presence_penalty=float(body.presence_penalty or 0.0),
             frequency_penalty=float(body.frequency_penalty or 0.0),
             stop_token_ids=config.stop_token_ids, ignore_eos=body.ignore_eos,
-            logprobs=getattr(body, "logprobs", None),
-            prompt_logprobs=body.logprobs if getattr(body, "echo", False) else None)
+            logprobs=body.logprobs if completion else None,
+            prompt_logprobs=body.logprobs if completion and body.echo else None)
 
     def check_stream_options(body: ChatCompletionRequest | CompletionRequest) -> None:
         if body.stream_options is not None and not body.stream:
@@ -605,7 +606,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         started = time.perf_counter()
         n = body.n
         max_tokens = [budget(body, len(p), "messages" if chat else "prompt") for p in prompts]
-        want_logprobs = not chat and getattr(body, "logprobs", None) is not None
+        want_logprobs = isinstance(body, CompletionRequest) and body.logprobs is not None
 
         def make_choice(pi: int, i: int) -> Choice:
             choice = Choice(pi * n + i, make_reply(), sampling(body, max_tokens[pi], i),
