@@ -385,7 +385,7 @@ def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
 def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = None) -> dict[str, Any]:
     runs = select_runs(cat, refs)
     if not runs:
-        raise OpenchatError("nothing to report: no judge or grade runs in the catalog yet")
+        raise OpenchatError("nothing to report: no judge, grade or loglik runs in the catalog yet")
     report: dict[str, Any] = {"single": [], "pairwise": [], "percent_of_baseline": [], "grade": [],
                               "loglik": []}
     singles: list[dict[str, Any]] = []
