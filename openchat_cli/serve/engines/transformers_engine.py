@@ -120,6 +120,7 @@ class TransformersEngine(Engine):
         self._stopping = False
         self.steps = 0
         self.generated_tokens = 0
+        self.scoring_forwards = 0  # forwards that scored prompts only (max_tokens 0)
         self._warmup()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -161,7 +162,8 @@ class TransformersEngine(Engine):
 
     def stats(self) -> EngineStats:
         return EngineStats(waiting=len(self._waiting), running=len(self._running),
-                           extra={"steps": self.steps, "max_batch_size": self.max_batch_size})
+                           extra={"steps": self.steps, "max_batch_size": self.max_batch_size,
+                                  "scoring_forwards": self.scoring_forwards})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device, "dtype": str(self.model.dtype),
@@ -395,6 +397,7 @@ class TransformersEngine(Engine):
         """Prompt logprobs for sequences that generate nothing: one forward, no KV cache."""
         ids, _mask, kwargs = self._padded(seqs)
         logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=0, **kwargs).logits
+        self.scoring_forwards += 1
         out = []
         for i, seq in enumerate(seqs):
             scores = None
