@@ -178,3 +178,14 @@ def test_chat_logprobs_still_refused(tiny_server):
     resp = httpx.post(tiny_server.base_url + "/chat/completions", timeout=30, json={
         "model": tiny_server.model, "messages": [{"role": "user", "content": "Hi"}], "logprobs": True})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs"
+
+
+def test_echo_without_logprobs_and_max_tokens_zero(client, tiny_server):
+    r = client.completions.create(model=tiny_server.model, prompt=PROMPTS, max_tokens=0, echo=True)
+    assert [c.text for c in sorted(r.choices, key=lambda c: c.index)] == PROMPTS
+    assert all(c.logprobs is None and c.finish_reason == "length" for c in r.choices)
+    assert r.usage.completion_tokens == 0
+    streamed = "".join(c.text for chunk in client.completions.create(
+        model=tiny_server.model, prompt=PROMPTS[0], max_tokens=0, echo=True, logprobs=1, stream=True)
+        for c in chunk.choices)
+    assert streamed == PROMPTS[0]

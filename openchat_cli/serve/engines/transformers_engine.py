@@ -394,17 +394,22 @@ class TransformersEngine(Engine):
         return logits[:, -1, :], cache, mask, prompt_logprobs
 
     def _score(self, seqs: list[_Seq]) -> list[tuple[_Seq, TokenEvent]]:
-        """Prompt logprobs for sequences that generate nothing: one forward, no KV cache."""
-        ids, _mask, kwargs = self._padded(seqs)
+        """Prompt logprobs for sequences that generate nothing: one forward, no KV cache (none
+        at all for an echo without logprobs)."""
+        out = []
+        for seq in seqs:
+            seq.done = True
+            if seq.params.prompt_logprobs is None:
+                out.append((seq, TokenEvent([], "length")))
+        wanted = [s for s in seqs if s.params.prompt_logprobs is not None]
+        if not wanted:
+            return out
+        ids, _mask, kwargs = self._padded(wanted)
         logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=0, **kwargs).logits
         self.scoring_forwards += 1
-        out = []
-        for i, seq in enumerate(seqs):
-            scores = None
-            if seq.params.prompt_logprobs is not None:
-                scores = self._prompt_logprobs(logits[i, logits.shape[1] - len(seq.prompt):],
-                                               seq.prompt, seq.params.prompt_logprobs)
-            seq.done = True
+        for i, seq in enumerate(wanted):
+            scores = self._prompt_logprobs(logits[i, logits.shape[1] - len(seq.prompt):],
+                                           seq.prompt, seq.params.prompt_logprobs)
             out.append((seq, TokenEvent([], "length", prompt_logprobs=scores)))
         return out
 
