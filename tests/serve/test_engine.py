@@ -190,3 +190,31 @@ def test_prompt_scoring_batches_and_matches_a_forward_pass(tiny_engine, tiny_mod
     assert abs(event.logprobs[0].logprob - float(scores[-1, token])) <= 1e-4
     assert event.logprobs[0].top[0][0] == token
     assert tiny_engine.stats().running == 0
+
+
+def test_prompt_scoring_splits_batches_to_bound_logits_memory(tiny_engine, monkeypatch):
+    import torch
+
+    from openchat_cli.serve.engines import transformers_engine
+    from openchat_cli.serve.engines.transformers_engine import _Seq
+
+    params = SamplingParams(max_tokens=0, prompt_logprobs=0)
+
+    def score_all():
+        seqs = [_Seq(request_id=f"s{i}", prompt=p, params=params, queue=None)
+                for i, p in enumerate(PROMPTS)]
+        before = tiny_engine.scoring_forwards
+        with torch.inference_mode():
+            events = {seq.request_id: event for seq, event in tiny_engine._score(seqs)}
+        return tiny_engine.scoring_forwards - before, [events[f"s{i}"] for i in range(len(PROMPTS))]
+
+    forwards, wide = score_all()
+    assert forwards == 1
+    # Room for one 12-token row of logits at a time: every prompt gets its own forward.
+    monkeypatch.setattr(transformers_engine, "MAX_SCORING_LOGITS", 12 * tiny_engine.vocab_size)
+    forwards, narrow = score_all()
+    assert forwards == len(PROMPTS)
+    for a, b in zip(wide, narrow):
+        assert len(a.prompt_logprobs) == len(b.prompt_logprobs)
+        assert all(x is None and y is None or abs(x.logprob - y.logprob) <= 1e-4
+                   for x, y in zip(a.prompt_logprobs, b.prompt_logprobs))

@@ -47,6 +47,9 @@ from openchat_cli.serve.engines.base import (
 
 log = logging.getLogger("openchat.serve.engine")
 SWITCH_INTERVAL_S = 0.001
+# Prompt scoring keeps every position's logits: split a scoring batch so that they stay under
+# this many floats (1 GiB in float32), whatever the vocabulary size.
+MAX_SCORING_LOGITS = 256 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -402,12 +405,23 @@ class TransformersEngine(Engine):
             if seq.params.prompt_logprobs is None:
                 out.append((seq, TokenEvent([], "length")))
         wanted = [s for s in seqs if s.params.prompt_logprobs is not None]
-        if not wanted:
-            return out
-        ids, _mask, kwargs = self._padded(wanted)
+        vocab = self.vocab_size or len(self.tokenizer)
+        group: list[_Seq] = []
+        for seq in wanted + [None]:  # None flushes the last group
+            width = max([len(s.prompt) for s in group] + [len(seq.prompt) if seq else 0])
+            if group and (seq is None or width * (len(group) + 1) * vocab > MAX_SCORING_LOGITS):
+                out.extend(self._score_group(group))
+                group = []
+            if seq is not None:
+                group.append(seq)
+        return out
+
+    def _score_group(self, seqs: list[_Seq]) -> list[tuple[_Seq, TokenEvent]]:
+        ids, _mask, kwargs = self._padded(seqs)
         logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=0, **kwargs).logits
         self.scoring_forwards += 1
-        for i, seq in enumerate(wanted):
+        out = []
+        for i, seq in enumerate(seqs):
             scores = self._prompt_logprobs(logits[i, logits.shape[1] - len(seq.prompt):],
                                            seq.prompt, seq.params.prompt_logprobs)
             out.append((seq, TokenEvent([], "length", prompt_logprobs=scores)))
