@@ -14,11 +14,12 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_
 complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
 complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
 complete -c openchat -n '__fish_use_subcommand' -a eval -d 'Generate answers, judge them with an LLM, grade and report.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer);'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer);'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a loglik -d 'Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
 complete -c openchat -n '__fish_use_subcommand' -a model -d 'Make tiny models, add special tokens, merge LoRA adapters.'
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a add-tokens -d 'Add special tokens to a model; new embedding rows start at the mean of the existing ones.'
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
@@ -127,7 +128,7 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l workers
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s m
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s o
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge report' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -l help
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l api-key
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l checkpoint
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l concurrency
@@ -176,6 +177,27 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l run
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -s b
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -s c
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l api-key
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l bos
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l checkpoint
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l concurrency
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l endpoint
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l json
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l limit
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l model
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l name
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l new
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l no-bos
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l retries
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l retry-wait
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l run
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l task-format
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s c
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s e
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s f
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s m
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l baseline
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l help
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l home

@@ -1,4 +1,4 @@
-"""`openchat eval …`: answer, judge, grade, report, export."""
+"""`openchat eval …`: answer, loglik, judge, grade, report, export."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from openchat_cli.console import console, err_console, print_json, progress
 from openchat_cli.errors import OpenchatError
 
-app = typer.Typer(no_args_is_help=True, help="Generate answers, judge them with an LLM, grade and report.")
+app = typer.Typer(no_args_is_help=True, help="Generate answers, judge them with an LLM, grade, score multiple choice by log-likelihood, and report.")
 
 
 class _Progress:
@@ -97,6 +97,66 @@ def answer_command(
                      if m.get("truncated") else "")
         console.print(f"[bold]{result.run_id}[/] {result.status}: {m['answered']}/{result.total} answered "
                       f"({result.answered_now} now){truncated}, {m['completion_tokens']} completion tokens")
+    if result.errors:
+        raise OpenchatError(f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); "
+                            f"re-run the same command to retry them", exit_code=1)
+
+
+@app.command("loglik")
+def loglik_command(
+    task: Optional[str] = typer.Argument(
+        None, help="Multiple-choice JSONL: ARC, MMLU or HellaSwag rows as on the hub, or OpenChat's "
+                   "{question, options, label}; or a loglik eval id to continue."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", "-e", help="OpenAI-compatible base URL with /v1/completions echo + logprobs (openchat serve, vLLM)."),
+    task_format: str = typer.Option("auto", "--task-format", "-f", help="auto | arc | mmlu | hellaswag | choice: how to build the context and choices (as lm-evaluation-harness's task of that name)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name as served (default: the endpoint's first model)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENCHAT_API_KEY", help="Bearer key for the endpoint."),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Scoring requests in flight at once."),
+    bos: bool = typer.Option(False, "--bos/--no-bos", help="Let the server add its BOS token to each prompt (lm-evaluation-harness does not by default)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Label for the run (default: the model name)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Continue this loglik run (eval id)."),
+    new: bool = typer.Option(False, "--new", help="Start a fresh run even if a matching one exists."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Catalog checkpoint the endpoint serves (for lineage)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
+    retries: int = typer.Option(6, "--retries", min=0, help="Retries per request on 429 / 5xx / connection errors."),
+    retry_wait: float = typer.Option(1.0, "--retry-wait", min=0.0, help="First backoff in seconds (doubles each retry)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume."""
+    from openchat_cli.eval.loglik import LoglikOptions, run_loglik
+    from openchat_cli.eval.mc_tasks import TASK_FORMATS
+    from openchat_cli.eval.runs import eval_row
+    from store.catalog import open_catalog
+
+    if task_format not in TASK_FORMATS:
+        raise OpenchatError(f"--task-format must be one of {', '.join(TASK_FORMATS)}, not '{task_format}'")
+    cat = open_catalog()
+    if task is None and run is None:
+        raise OpenchatError("give a task file (or --run ID to continue a run)")
+    if endpoint is None:
+        if run is None:
+            raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
+        endpoint = eval_row(cat, run, "loglik")["endpoint"]
+    opts = LoglikOptions(endpoint=endpoint, model=model, api_key=api_key, task_format=task_format,
+                         concurrency=concurrency, bos=bos, name=name, run=run, new=new,
+                         checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)
+    with _Progress("scoring", quiet=as_json) as bar:
+        result = run_loglik(cat, task or "", opts, bar)
+    m = result.metrics
+    if as_json:
+        print_json({"run_id": result.run_id, "status": result.status, "resumed": result.resumed,
+                    "questions": result.total, "already": result.already, "scored_now": result.scored_now,
+                    "errors": result.errors, "metrics": m})
+    else:
+        def show(metric: str) -> str:
+            value, err = m.get(metric), m.get(f"{metric}_stderr")
+            if value is None:
+                return f"{metric} -"
+            return f"{metric} {100 * value:.1f}%" + (f" ± {100 * err:.1f}" if err is not None else "")
+
+        console.print(f"[bold]{result.run_id}[/] {result.status}: {m['scored']}/{result.total} scored "
+                      f"({result.scored_now} now); {show('acc')}, {show('acc_norm')}  "
+                      f"(details: openchat eval report {result.run_id})")
     if result.errors:
         raise OpenchatError(f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); "
                             f"re-run the same command to retry them", exit_code=1)

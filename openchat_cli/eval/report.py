@@ -393,11 +393,12 @@ def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
     """Judge and grade runs to report: those named, and those of named answer runs (as the
     judged run or as the baseline); every judge and grade run when nothing is named."""
     if not refs:
-        return cat.query("select * from evals where kind in ('judge', 'grade') order by created_at, rowid")
+        return cat.query("select * from evals where kind in ('judge', 'grade', 'loglik') "
+                         "order by created_at, rowid")
     out: dict[str, dict[str, Any]] = {}
     for ref in refs:
         row = eval_row(cat, ref)
-        if row["kind"] in ("judge", "grade"):
+        if row["kind"] in ("judge", "grade", "loglik"):
             out.setdefault(row["id"], row)
             continue
         found = cat.query("select * from evals where kind in ('judge', 'grade') and "
@@ -413,13 +414,19 @@ def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
 def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = None) -> dict[str, Any]:
     runs = select_runs(cat, refs)
     if not runs:
-        raise OpenchatError("nothing to report: no judge or grade runs in the catalog yet")
-    report: dict[str, Any] = {"single": [], "pairwise": [], "percent_of_baseline": [], "grade": []}
+        raise OpenchatError("nothing to report: no judge, grade or loglik runs in the catalog yet")
+    report: dict[str, Any] = {"single": [], "pairwise": [], "percent_of_baseline": [], "grade": [],
+                              "loglik": []}
     singles: list[dict[str, Any]] = []
     pair_keys: list[tuple[str, str, str | None]] = []
     for run in runs:
         if run["kind"] == "grade":
             report["grade"].append(grade_summary(cat, run["id"]))
+            continue
+        if run["kind"] == "loglik":
+            from openchat_cli.eval.loglik import loglik_summary
+
+            report["loglik"].append(loglik_summary(cat, run["id"]))
             continue
         mode = (run.get("config") or {}).get("mode")
         if mode == "pairwise":
@@ -554,6 +561,24 @@ def render(report: dict[str, Any], console) -> None:
             table = new_table("Accuracy by category", ["category", *[_who(g) for g in report["grade"]]])
             for c in categories:
                 table.add_row(c, *[_pct(g["categories"].get(c)) for g in report["grade"]])
+            console.print(table)
+
+    if report.get("loglik"):
+        table = new_table("Multiple choice by log-likelihood (as lm-evaluation-harness)",
+                          ["model", "acc\n95% CI", "acc_norm\n95% CI", "scored", "format"])
+        for r in report["loglik"]:
+            table.add_row(_who(r, judge=False), _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
+                          _with_ci(_pct(r["acc_norm"]), _ci(r["acc_norm_ci"], 100, 1)),
+                          f"{r['scored'] or 0}/{r['questions'] or 0}", r.get("task_format") or "-")
+        console.print(table)
+        categories = sorted({c for r in report["loglik"] for c in r["categories"]})
+        if categories:
+            table = new_table("Log-likelihood accuracy by category (acc / acc_norm)",
+                              ["category", *[_who(r, judge=False) for r in report["loglik"]]])
+            for c in categories:
+                table.add_row(c, *[f"{_pct((r['categories'].get(c) or {}).get('acc'))} / "
+                                   f"{_pct((r['categories'].get(c) or {}).get('acc_norm'))}"
+                                   for r in report["loglik"]])
             console.print(table)
 
 

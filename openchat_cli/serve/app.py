@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from openchat_cli import __version__
 from openchat_cli.serve.detokenize import ReplyStream
 from openchat_cli.serve.engines.base import Engine, SamplingParams
+from openchat_cli.serve.logprobs import LogprobsBuilder, TokenTexts, prompt_offsets
 from openchat_cli.serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -324,11 +325,22 @@ class GuardMiddleware:
 
 # -- generation helpers --------------------------------------------------------------------------
 @dataclass
+class EchoedPrompt:
+    """What a choice needs to report its prompt's logprobs (completions with echo)."""
+
+    ids: list[int]
+    offsets: list[int] | None  # each token's start in `text` (None: from the token texts)
+    text: str
+
+
+@dataclass
 class Choice:
     index: int
     reply: ReplyStream
     params: SamplingParams
     finish_reason: str | None = None
+    logprobs: LogprobsBuilder | None = None  # when the request asked for logprobs
+    echo: EchoedPrompt | None = None
 
 
 def _sse(data: Any) -> str:
@@ -350,7 +362,14 @@ class EngineFailed(Exception):
 
 
 def _apply(choice: Choice, event: Any) -> tuple[str, str | None]:
-    """Feed an engine event to the choice's text stream: (text delta, finish reason or None)."""
+    """Feed an engine event to the choice's text stream: (text delta, finish reason or None);
+    its logprobs go to the choice's builder."""
+    if choice.logprobs is not None:
+        if event.prompt_logprobs is not None and choice.echo is not None:
+            echo = choice.echo
+            choice.logprobs.add_prompt(echo.ids, event.prompt_logprobs, echo.offsets, len(echo.text))
+        if event.logprobs:
+            choice.logprobs.add_generated(event.logprobs)
     delta = choice.reply.push(event.token_ids)
     finish = None
     if choice.reply.stopped:
@@ -372,7 +391,7 @@ async def _choice_events(engine: Engine, prompt_ids: list[int], choice: Choice,
     try:
         async for event in agen:
             delta, finish = _apply(choice, event)
-            if delta or finish:
+            if delta or finish or (choice.logprobs is not None and choice.logprobs.pending):
                 yield choice.index, delta, finish
             if finish:
                 break
@@ -458,6 +477,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     tokenizer = engine.tokenizer
     prompt_tokenizer = _PromptTokenizer(tokenizer)
+    token_texts = TokenTexts(tokenizer)
     template = config.template
     metrics = Metrics(engine, config.model_name)
     logger = RequestLogger(config.log_requests, config.catalog, config.model_name,
@@ -542,12 +562,12 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     def budget(body: ChatCompletionRequest | CompletionRequest, prompt_len: int, prompt_param: str) -> int:
         ctx = engine.context_length
-        if prompt_len >= ctx:
+        requested, fieldname = body.requested_max_tokens()
+        if prompt_len > ctx or (prompt_len == ctx and requested != 0):
             raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the "
                                 f"prompt has {prompt_len} tokens (no room to generate). Please "
                                 f"shorten the {prompt_param}.", param=prompt_param,
                            code="context_length_exceeded")
-        requested, fieldname = body.requested_max_tokens()
         if requested is None:
             room = ctx - prompt_len
             return min(room, config.default_max_tokens) if config.default_max_tokens else room
@@ -565,12 +585,15 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         top_k = body.top_k if body.top_k and body.top_k > 0 else 0
         if top_p <= 0.0:
             top_k = 1
+        completion = isinstance(body, CompletionRequest)  # chat `logprobs` stays refused
         return SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=max(top_p, 1e-6), top_k=top_k,
             seed=_choice_seed(body.seed, index),
             presence_penalty=float(body.presence_penalty or 0.0),
             frequency_penalty=float(body.frequency_penalty or 0.0),
-            stop_token_ids=config.stop_token_ids, ignore_eos=body.ignore_eos)
+            stop_token_ids=config.stop_token_ids, ignore_eos=body.ignore_eos,
+            logprobs=body.logprobs if completion else None,
+            prompt_logprobs=body.logprobs if completion and body.echo else None)
 
     def check_stream_options(body: ChatCompletionRequest | CompletionRequest) -> None:
         if body.stream_options is not None and not body.stream:
@@ -579,13 +602,23 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     async def serve(request: Request, *, endpoint: str, body: ChatCompletionRequest | CompletionRequest,
                     prompts: list[list[int]], make_reply: Callable[[], ReplyStream],
-                    response_id: str, chat: bool, echo: list[str] | None = None) -> Response:
+                    response_id: str, chat: bool, echoed: list[EchoedPrompt] | None = None) -> Response:
         started = time.perf_counter()
         n = body.n
         max_tokens = [budget(body, len(p), "messages" if chat else "prompt") for p in prompts]
-        runs = [[Choice(pi * n + i, make_reply(), sampling(body, max_tokens[pi], i)) for i in range(n)]
-                for pi in range(len(prompts))]
+        want_logprobs = isinstance(body, CompletionRequest) and body.logprobs is not None
+
+        def make_choice(pi: int, i: int) -> Choice:
+            choice = Choice(pi * n + i, make_reply(), sampling(body, max_tokens[pi], i),
+                            echo=echoed[pi] if echoed else None)
+            if want_logprobs:
+                choice.logprobs = LogprobsBuilder(token_texts)
+                choice.logprobs.start_generation_at(len(echoed[pi].text) if echoed else 0)
+            return choice
+
+        runs = [[make_choice(pi, i) for i in range(n)] for pi in range(len(prompts))]
         all_choices = [c for group in runs for c in group]
+        echo = [e.text for e in echoed] if echoed else None
         prompt_tokens = sum(len(p) for p in prompts)
         created = int(time.time())
         request_dump = body.model_dump(exclude_none=True)
@@ -648,6 +681,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
                 return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
 
+            def scored(index: int, text: str, logprobs: dict[str, Any]) -> str:
+                return chunk([{"index": index, "text": text, "logprobs": logprobs,
+                               "finish_reason": None}])
+
             # Content events are most of the traffic: pre-render everything around the text.
             head = json.dumps({"id": response_id, "object": obj, "created": created,
                                "model": config.model_name, "system_fingerprint": fingerprint},
@@ -669,13 +706,22 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                     for c in all_choices:
                         if chat:
                             yield chunk([piece(c.index, "", None, role=True)])
-                        elif echo and echo[c.index // n]:
+                        elif echo and echo[c.index // n] and not want_logprobs:
                             yield chunk([piece(c.index, echo[c.index // n], None)])
+                    echo_pending = {c.index for c in all_choices} if echo and want_logprobs else set()
                     async for index, delta, finish in events():
                         if first:
                             metrics.ttft.observe(time.perf_counter() - started)
                             first = False
-                        if delta:
+                        if want_logprobs:
+                            # The echoed prompt goes out with its logprobs, known after prefill.
+                            if index in echo_pending:
+                                delta = echo[index // n] + delta
+                                echo_pending.discard(index)
+                            builder = all_choices[index].logprobs
+                            if delta or builder.pending:
+                                yield scored(index, delta, builder.take())
+                        elif delta:
                             yield content(index, delta)
                         if finish:
                             yield chunk([piece(index, None, finish)])
@@ -737,7 +783,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return JSONResponse(CompletionResponse(
             id=response_id, created=created, model=config.model_name, system_fingerprint=fingerprint,
             choices=[{"index": c.index, "text": (echo[c.index // n] if echo else "") + c.reply.text,
-                      "finish_reason": c.finish_reason} for c in all_choices],
+                      "finish_reason": c.finish_reason,
+                      "logprobs": c.logprobs.result() if c.logprobs is not None else None}
+                     for c in all_choices],
             usage=usage()).model_dump())
 
     # -- routes --------------------------------------------------------------------------------
@@ -779,12 +827,21 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         if body.best_of is not None and body.best_of != body.n:
             raise APIError(400, "Unsupported value for 'best_of': only best_of == n is supported",
                            param="best_of", code="unsupported_value")
+        if body.max_tokens == 0 and not body.echo:
+            raise APIError(400, "Invalid value for 'max_tokens': 0 is only allowed with echo "
+                                "(scoring the prompt)", param="max_tokens", code="invalid_value")
         prompts: list[list[int]] = []
         texts: list[str] = []
+        offsets: list[list[int] | None] = []
         for i, p in enumerate(body.prompts()):
             if isinstance(p, str):
-                ids = tokenizer.encode(p) if p else []
+                if body.echo and body.logprobs is not None:
+                    ids, starts = prompt_offsets(tokenizer, p, body.add_special_tokens)
+                else:
+                    ids, starts = (tokenizer.encode(p, add_special_tokens=body.add_special_tokens)
+                                   if p else []), None
                 texts.append(p)
+                offsets.append(starts)
             else:
                 top = engine.max_token_id()
                 bad = [t for t in p if t > top]
@@ -794,11 +851,13 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                                    code="invalid_value")
                 ids = list(p)
                 texts.append(tokenizer.decode(ids))
+                offsets.append(None)
             if not ids:
                 if tokenizer.bos_token_id is None:
                     raise APIError(400, "Invalid value for 'prompt': the prompt is empty",
                                    param="prompt", code="invalid_value")
                 ids = [tokenizer.bos_token_id]
+                offsets[-1] = [0]
             prompts.append(ids)
         check_load(body.n * len(prompts))
         stops = body.stop_strings()
@@ -808,7 +867,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
         return await serve(request, endpoint="/v1/completions", body=body, prompts=prompts,
                            make_reply=make_reply, response_id=f"cmpl-{secrets.token_hex(12)}",
-                           chat=False, echo=texts if body.echo else None)
+                           chat=False,
+                           echoed=[EchoedPrompt(ids, starts, text) for ids, starts, text
+                                   in zip(prompts, offsets, texts)] if body.echo else None)
 
     def card(name: str) -> ModelCard:
         return ModelCard(id=name, created=config.created, root=config.model_path,

@@ -1,9 +1,11 @@
 """Request and response shapes of the OpenAI API subset we serve (pydantic v2).
 
 Requests are validated strictly ("0.7" is not a temperature) and unknown fields are refused,
-as OpenAI does; fields OpenAI defines that a local model cannot honour (tools, logprobs,
+as OpenAI does; fields OpenAI defines that a local model cannot honour (tools, chat logprobs,
 logit_bias, response formats other than text) are accepted only with their neutral values so
-that SDKs sending defaults keep working, and refused with a clear 400 otherwise.
+that SDKs sending defaults keep working, and refused with a clear 400 otherwise. Text
+completions support `logprobs` and `echo` as the legacy completions API and vLLM define them
+(what log-likelihood evals such as lm-evaluation-harness's `local-completions` send).
 Errors raised here become `{"error": {"message", "type", "param", "code"}}` in `app.py`.
 """
 
@@ -25,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 MAX_STOP = 16
+MAX_LOGPROBS = 20  # top alternatives per token (vLLM's default max_logprobs)
 MAX_SEED = 2**63 - 1
 
 
@@ -242,10 +245,17 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
         description="Text, a list of texts, token ids, or a list of token-id lists.")
-    max_tokens: StrictInt | None = Field(default=16, ge=1)
-    echo: StrictBool = False
+    max_tokens: StrictInt | None = Field(
+        default=16, ge=0, description="0 only with echo: score the prompt, generate nothing.")
+    echo: StrictBool = Field(default=False, description="Return the prompt before the completion "
+                                                        "(with its token logprobs when logprobs is set).")
     best_of: StrictInt | None = Field(default=None, ge=1)
-    logprobs: StrictInt | None = None
+    logprobs: StrictInt | None = Field(
+        default=None, ge=0, le=MAX_LOGPROBS,
+        description=f"Return each token's logprob and its 0-{MAX_LOGPROBS} most likely alternatives.")
+    add_special_tokens: StrictBool = Field(
+        default=True, description="vLLM extension: let the tokenizer add its special tokens (BOS) "
+                                  "to text prompts.")
     suffix: StrictStr | None = None
 
     @field_validator("prompt", mode="before")
@@ -263,13 +273,6 @@ class CompletionRequest(_Sampling):
         raise PydanticCustomError(
             "prompt_type", "prompt must be a string, a non-empty list of strings, a list of token "
                            "ids, or a list of token-id lists")
-
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, value: Any) -> Any:
-        if value:
-            raise PydanticCustomError("unsupported", "logprobs are not supported")
-        return value
 
     @field_validator("suffix")
     @classmethod
@@ -344,11 +347,21 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """Per-token logprobs, in the legacy completions shape: the prompt's tokens first when
+    `echo` is set (the very first has no logprob), then the generated ones."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -139,3 +139,82 @@ def test_sliding_window_model_batches_correctly(tmp_path, tiny_tokenizer):
 
     got = run(engine, together)
     assert [t for t, _ in got] == expected
+
+
+def test_prompt_scoring_batches_and_matches_a_forward_pass(tiny_engine, tiny_model_dir):
+    """max_tokens 0 with prompt_logprobs: scored together in shared forwards without joining the
+    batch, each row as a lone unpadded forward would score it; a generating request with
+    prompt_logprobs beside them gets the same prompt numbers plus its token's logprob."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+
+    def reference(ids):
+        with torch.inference_mode():
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+
+    score = SamplingParams(max_tokens=0, prompt_logprobs=2)
+    generate = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, logprobs=1,
+                              prompt_logprobs=0)
+
+    async def events(prompt, params, rid):
+        return [e async for e in tiny_engine.generate(prompt, params, rid)]
+
+    async def together():
+        return await asyncio.gather(*(events(p, score, f"s{i}") for i, p in enumerate(PROMPTS * 3)),
+                                    events(PROMPTS[2], generate, "g"))
+
+    before = tiny_engine.scoring_forwards
+    *scored, generated = run(tiny_engine, together)
+    assert tiny_engine.scoring_forwards - before < len(PROMPTS) * 3  # batched, not one by one
+    for prompt, evs in zip(PROMPTS * 3, scored):
+        (event,) = evs
+        assert event.token_ids == [] and event.finish_reason == "length"
+        scores = reference(prompt)
+        lps = event.prompt_logprobs
+        assert len(lps) == len(prompt) and lps[0] is None
+        for j, lp in enumerate(lps[1:]):
+            assert lp.token_id == prompt[j + 1]
+            assert abs(lp.logprob - float(scores[j, prompt[j + 1]])) <= 1e-4
+            values, indices = scores[j].topk(2)
+            assert [t for t, _ in lp.top] == indices.tolist()
+            assert all(abs(v - float(w)) <= 1e-4 for (_, v), w in zip(lp.top, values))
+    (event,) = generated
+    scores = reference(PROMPTS[2])
+    assert len(event.prompt_logprobs) == len(PROMPTS[2]) and event.prompt_logprobs[0] is None
+    assert all(abs(a.logprob - float(scores[j, PROMPTS[2][j + 1]])) <= 1e-4
+               for j, a in enumerate(event.prompt_logprobs[1:]))
+    (token,) = event.token_ids
+    assert token == int(scores[-1].argmax()) and event.logprobs[0].token_id == token
+    assert abs(event.logprobs[0].logprob - float(scores[-1, token])) <= 1e-4
+    assert event.logprobs[0].top[0][0] == token
+    assert tiny_engine.stats().running == 0
+
+
+def test_prompt_scoring_splits_batches_to_bound_logits_memory(tiny_engine, monkeypatch):
+    import torch
+
+    from openchat_cli.serve.engines import transformers_engine
+    from openchat_cli.serve.engines.transformers_engine import _Seq
+
+    params = SamplingParams(max_tokens=0, prompt_logprobs=0)
+
+    def score_all():
+        seqs = [_Seq(request_id=f"s{i}", prompt=p, params=params, queue=None)
+                for i, p in enumerate(PROMPTS)]
+        before = tiny_engine.scoring_forwards
+        with torch.inference_mode():
+            events = {seq.request_id: event for seq, event in tiny_engine._score(seqs)}
+        return tiny_engine.scoring_forwards - before, [events[f"s{i}"] for i in range(len(PROMPTS))]
+
+    forwards, wide = score_all()
+    assert forwards == 1
+    # Room for one 12-token row of logits at a time: every prompt gets its own forward.
+    monkeypatch.setattr(transformers_engine, "MAX_SCORING_LOGITS", 12 * tiny_engine.vocab_size)
+    forwards, narrow = score_all()
+    assert forwards == len(PROMPTS)
+    for a, b in zip(wide, narrow):
+        assert len(a.prompt_logprobs) == len(b.prompt_logprobs)
+        assert all(x is None and y is None or abs(x.logprob - y.logprob) <= 1e-4
+                   for x, y in zip(a.prompt_logprobs, b.prompt_logprobs))

@@ -134,7 +134,13 @@ BAD_COMPLETIONS = [
     ({"prompt": ""}, None),  # allowed when the tokenizer has a BOS; else 400 naming prompt
     ({"suffix": "x"}, "suffix"),
     ({"best_of": 3}, "best_of"),
-    ({"logprobs": 2}, "logprobs"),
+    ({"logprobs": 21}, "logprobs"),  # more alternatives than the cap (20, like vLLM)
+    ({"logprobs": -1}, "logprobs"),
+    ({"logprobs": "1"}, "logprobs"),
+    ({"logprobs": True}, "logprobs"),
+    ({"max_tokens": 0}, "max_tokens"),  # 0 (prompt scoring) only with echo
+    ({"max_tokens": -1, "echo": True}, "max_tokens"),
+    ({"add_special_tokens": "no"}, "add_special_tokens"),
     ({"echo": "yes"}, "echo"),
 ]
 

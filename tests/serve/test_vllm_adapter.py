@@ -15,7 +15,7 @@ from openchat_cli.serve.engines.vllm_engine import VLLMEngine, parse_engine_args
 class FakeSamplingParams:
     FIELDS = {"n", "temperature", "top_p", "top_k", "max_tokens", "presence_penalty",
               "frequency_penalty", "stop_token_ids", "ignore_eos", "skip_special_tokens",
-              "detokenize", "seed"}
+              "detokenize", "seed", "logprobs", "prompt_logprobs"}
 
     def __init__(self, **kwargs):
         unknown = set(kwargs) - self.FIELDS
@@ -26,6 +26,15 @@ class FakeSamplingParams:
 
 class OldSamplingParams(FakeSamplingParams):
     FIELDS = FakeSamplingParams.FIELDS - {"detokenize"}
+
+
+def position(token, k):
+    """vLLM's logprobs for one position: the token itself plus the top k ({id: Logprob})."""
+    ranked = {t: types.SimpleNamespace(logprob=-0.5 * r, rank=r, decoded_token=None)
+              for r, t in enumerate(range(100, 100 + k), start=1)}
+    ranked.setdefault(token, types.SimpleNamespace(logprob=-9.0 - token / 100, rank=50,
+                                                   decoded_token=None))
+    return ranked
 
 
 def fake_vllm(outputs_per_request, sampling_cls=FakeSamplingParams):
@@ -48,10 +57,19 @@ def fake_vllm(outputs_per_request, sampling_cls=FakeSamplingParams):
         async def generate(self, prompt, sampling, request_id):
             calls["generated"].append((prompt, sampling, request_id))
             ids: list[int] = []
+            k = getattr(sampling, "logprobs", None)
+            pk = getattr(sampling, "prompt_logprobs", None)
             for step, (new, finish) in enumerate(outputs_per_request):
                 ids = ids + new  # cumulative, like vLLM's default output kind
-                completion = types.SimpleNamespace(token_ids=list(ids), finish_reason=finish)
-                yield types.SimpleNamespace(outputs=[completion], finished=finish is not None)
+                completion = types.SimpleNamespace(
+                    token_ids=list(ids), finish_reason=finish,
+                    logprobs=None if k is None else [position(t, k) for t in ids])
+                prompt_logprobs = None
+                if pk is not None and step == 0:
+                    tokens = prompt["prompt_token_ids"]
+                    prompt_logprobs = [None] + [position(t, pk) for t in tokens[1:]]
+                yield types.SimpleNamespace(outputs=[completion], finished=finish is not None,
+                                            prompt_logprobs=prompt_logprobs)
                 await asyncio.sleep(0)
 
         async def abort(self, request_id):
@@ -133,3 +151,27 @@ def test_missing_vllm_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(EngineError, match="needs vLLM"):
         VLLMEngine(tmp_path, tokenizer=None)
+
+
+def test_logprobs_and_prompt_scoring(tmp_path):
+    vllm, calls = fake_vllm([([5], None), ([6], "length")])
+    engine = VLLMEngine(tmp_path, tokenizer=None, vllm_module=vllm)
+    events = run_engine(engine, SamplingParams(max_tokens=2, logprobs=2, prompt_logprobs=1))
+    sp = calls["generated"][0][1]
+    assert (sp.logprobs, sp.prompt_logprobs) == (2, 1)
+    first = events[0].prompt_logprobs
+    assert first[0] is None and [p.token_id for p in first[1:]] == [2, 3]
+    assert first[1].logprob == -9.02 and first[1].top == ((100, -0.5),)
+    generated = [lp for e in events for lp in e.logprobs]
+    assert [lp.token_id for lp in generated] == [5, 6]
+    assert generated[1].top == ((100, -0.5), (101, -1.0)) and generated[1].logprob == -9.06
+    assert events[1].prompt_logprobs is None
+
+    # max_tokens 0 (echo scoring): vLLM generates one token, which is dropped.
+    vllm, calls = fake_vllm([([5], "length")])
+    engine = VLLMEngine(tmp_path, tokenizer=None, vllm_module=vllm)
+    (event,) = run_engine(engine, SamplingParams(max_tokens=0, prompt_logprobs=0))
+    assert calls["generated"][0][1].max_tokens == 1
+    assert event.token_ids == [] and event.finish_reason == "length"
+    assert [p and p.token_id for p in event.prompt_logprobs] == [None, 2, 3]
+    assert all(p.top == () for p in event.prompt_logprobs[1:])

@@ -14,6 +14,13 @@ Contract of `Engine.generate(prompt_ids, params, request_id)`:
   "error" (the engine failed; `error` says why);
 - closing the iterator early (client went away, a stop string matched) aborts the sequence: it
   leaves the running batch at the engine's next step.
+
+Log-probabilities (the completions API's `logprobs` and `echo`): when `params.logprobs` is set,
+each event's `logprobs` holds one `TokenLogprob` per token in `token_ids` (the model's raw
+distribution, before temperature, top-k/p or penalties, as vLLM reports them by default); when
+`params.prompt_logprobs` is set, the first event's `prompt_logprobs` holds one entry per prompt
+token, `None` for the first (nothing predicts it). `max_tokens == 0` scores the prompt only: one
+event with no tokens, finish_reason "length".
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     stop_token_ids: tuple[int, ...] = ()  # end-of-turn / eos ids (finish_reason "stop")
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    logprobs: int | None = None  # top alternatives per generated token (0 = the token's own only)
+    prompt_logprobs: int | None = None  # the same for every prompt token (echo)
 
     @property
     def greedy(self) -> bool:
@@ -50,11 +59,30 @@ class SamplingParams:
         return bool(self.presence_penalty or self.frequency_penalty)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """How likely the model found one token, and the tokens it found most likely there."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # the k most likely (token id, logprob), best first
+
+
 @dataclass
 class TokenEvent:
     token_ids: list[int]
     finish_reason: str | None = None  # None | "stop" | "length" | "error"
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # first event only, when asked for
+
+    def merged(self, later: "TokenEvent") -> "TokenEvent":
+        """This event followed by a later one, as one (the consumer fell behind)."""
+        logprobs = None
+        if self.logprobs is not None or later.logprobs is not None:
+            logprobs = (self.logprobs or []) + (later.logprobs or [])
+        return TokenEvent(self.token_ids + later.token_ids, later.finish_reason, later.error,
+                          logprobs, self.prompt_logprobs or later.prompt_logprobs)
 
 
 @dataclass

@@ -15,7 +15,10 @@ per-request. The API needs all three, so this module runs a small continuous-bat
   and all-padding columns on the left are trimmed);
 - sampling is per row: temperature (0 = greedy), top_k, top_p, presence/frequency penalties,
   and a per-sequence `torch.Generator` seeded from the request's `seed`, so a seeded request
-  gives the same tokens whether it runs alone or batched with others.
+  gives the same tokens whether it runs alone or batched with others;
+- log-probabilities (`echo` + `logprobs`): prompts that want them are prefilled keeping every
+  position's logits; prompts that only want scoring (`max_tokens` 0, what log-likelihood evals
+  send) are scored together in one forward without a KV cache and never join the batch.
 
 Generated tokens go back to the asyncio side with one `call_soon_threadsafe` per step.
 """
@@ -39,10 +42,14 @@ from openchat_cli.serve.engines.base import (
     EngineStats,
     SamplingParams,
     TokenEvent,
+    TokenLogprob,
 )
 
 log = logging.getLogger("openchat.serve.engine")
 SWITCH_INTERVAL_S = 0.001
+# Prompt scoring keeps every position's logits: split a scoring batch so that they stay under
+# this many floats (1 GiB in float32), whatever the vocabulary size.
+MAX_SCORING_LOGITS = 256 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -116,6 +123,7 @@ class TransformersEngine(Engine):
         self._stopping = False
         self.steps = 0
         self.generated_tokens = 0
+        self.scoring_forwards = 0  # forwards that scored prompts only (max_tokens 0)
         self._warmup()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -157,7 +165,8 @@ class TransformersEngine(Engine):
 
     def stats(self) -> EngineStats:
         return EngineStats(waiting=len(self._waiting), running=len(self._running),
-                           extra={"steps": self.steps, "max_batch_size": self.max_batch_size})
+                           extra={"steps": self.steps, "max_batch_size": self.max_batch_size,
+                                  "scoring_forwards": self.scoring_forwards})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device, "dtype": str(self.model.dtype),
@@ -180,8 +189,7 @@ class TransformersEngine(Engine):
                 event = await seq.queue.get()
                 # Coalesce whatever else is already there (the consumer fell behind).
                 while event.finish_reason is None and not seq.queue.empty():
-                    nxt = seq.queue.get_nowait()
-                    event = TokenEvent(event.token_ids + nxt.token_ids, nxt.finish_reason, nxt.error)
+                    event = event.merged(seq.queue.get_nowait())
                 if event.finish_reason is not None:
                     finished = True
                 yield event
@@ -256,13 +264,19 @@ class TransformersEngine(Engine):
         for seq in admitted:
             if seq.cancelled:
                 seq.done = True
+        scoring = [s for s in newcomers if s.params.max_tokens <= 0]
+        if scoring:  # prompt scoring only: one forward, no cache, no batch slot
+            out.extend(self._score(scoring))
+            newcomers = [s for s in newcomers if s.params.max_tokens > 0]
         if newcomers:
             for seq in newcomers:
                 self._init_sampling(seq)
-            logits, cache, mask = self._prefill(newcomers)
-            tokens = self._sample(logits, newcomers)
-            for seq, token in zip(newcomers, tokens):
-                out.append((seq, self._advance(seq, token)))
+            logits, cache, mask, prompt_logprobs = self._prefill(newcomers)
+            tokens, logprobs = self._sample(logits, newcomers)
+            for seq, token, lp, plp in zip(newcomers, tokens, logprobs, prompt_logprobs):
+                event = self._advance(seq, token, lp)
+                event.prompt_logprobs = plp
+                out.append((seq, event))
             keep = [i for i, seq in enumerate(newcomers) if not seq.done]
             if keep:
                 if len(keep) < len(newcomers):
@@ -283,15 +297,15 @@ class TransformersEngine(Engine):
                                 past_key_values=self._cache, use_cache=True).logits[:, -1, :]
             for s in rows:
                 s.length += 1
-            tokens = self._sample(logits, rows)
-            for seq, token in zip(rows, tokens):
-                out.append((seq, self._advance(seq, token)))
+            tokens, logprobs = self._sample(logits, rows)
+            for seq, token, lp in zip(rows, tokens, logprobs):
+                out.append((seq, self._advance(seq, token, lp)))
             self.steps += 1
             if any(s.done for s in rows):
                 self._keep([i for i, s in enumerate(rows) if not s.done])
         self._deliver(out)
 
-    def _advance(self, seq: _Seq, token: int) -> TokenEvent:
+    def _advance(self, seq: _Seq, token: int, logprob: TokenLogprob | None = None) -> TokenEvent:
         """Record a sampled token; decide whether the sequence is finished."""
         seq.generated.append(token)
         self.generated_tokens += 1
@@ -307,7 +321,7 @@ class TransformersEngine(Engine):
             seq.done = True
         else:
             seq.next_token = token
-        return TokenEvent([token], reason)
+        return TokenEvent([token], reason, logprobs=None if logprob is None else [logprob])
 
     def _deliver(self, items: list[tuple[_Seq, TokenEvent]]) -> None:
         items = [(s, e) for s, e in items if not s.cancelled or e.finish_reason]
@@ -344,9 +358,9 @@ class TransformersEngine(Engine):
             self._batchable = False
         return True
 
-    def _prefill(self, seqs: list[_Seq]):
-        """One forward over the new prompts, left-padded to the longest; returns the logits of
-        each prompt's last token, the cache, and the 2-D attention mask."""
+    def _padded(self, seqs: list[_Seq]):
+        """The prompts left-padded to the longest: ids, the 2-D mask, and the forward's extra
+        arguments (mask and positions, only needed when rows differ in length)."""
         import torch
 
         width = max(len(s.prompt) for s in seqs)
@@ -358,13 +372,99 @@ class TransformersEngine(Engine):
             ids[i, width - len(seq.prompt):] = torch.tensor(seq.prompt, device=self.device)
             mask[i, width - len(seq.prompt):] = 1
             seq.length = len(seq.prompt)
-        cache = self._new_cache()
         kwargs = {}
         if len(seqs) > 1:
             kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                            **kwargs).logits[:, -1, :]
-        return logits, cache, mask
+        return ids, mask, kwargs
+
+    def _prefill(self, seqs: list[_Seq]):
+        """One forward over the new prompts, left-padded to the longest; returns the logits of
+        each prompt's last token, the cache, the 2-D attention mask, and each prompt's token
+        logprobs (None for rows that did not ask). Every position's logits are kept only when
+        some row asked for prompt logprobs."""
+        ids, mask, kwargs = self._padded(seqs)
+        cache = self._new_cache()
+        wanted = any(s.params.prompt_logprobs is not None for s in seqs)
+        logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                            logits_to_keep=0 if wanted else 1, **kwargs).logits
+        prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
+        if wanted:
+            for i, seq in enumerate(seqs):
+                if seq.params.prompt_logprobs is not None:
+                    prompt_logprobs[i] = self._prompt_logprobs(
+                        logits[i, logits.shape[1] - len(seq.prompt):], seq.prompt,
+                        seq.params.prompt_logprobs)
+        return logits[:, -1, :], cache, mask, prompt_logprobs
+
+    def _score(self, seqs: list[_Seq]) -> list[tuple[_Seq, TokenEvent]]:
+        """Prompt logprobs for sequences that generate nothing: one forward, no KV cache (none
+        at all for an echo without logprobs)."""
+        out = []
+        for seq in seqs:
+            seq.done = True
+            if seq.params.prompt_logprobs is None:
+                out.append((seq, TokenEvent([], "length")))
+        wanted = [s for s in seqs if s.params.prompt_logprobs is not None]
+        vocab = self.vocab_size or len(self.tokenizer)
+        group: list[_Seq] = []
+        for seq in wanted + [None]:  # None flushes the last group
+            width = max([len(s.prompt) for s in group] + [len(seq.prompt) if seq else 0])
+            if group and (seq is None or width * (len(group) + 1) * vocab > MAX_SCORING_LOGITS):
+                out.extend(self._score_group(group))
+                group = []
+            if seq is not None:
+                group.append(seq)
+        return out
+
+    def _score_group(self, seqs: list[_Seq]) -> list[tuple[_Seq, TokenEvent]]:
+        ids, _mask, kwargs = self._padded(seqs)
+        logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=0, **kwargs).logits
+        self.scoring_forwards += 1
+        out = []
+        for i, seq in enumerate(seqs):
+            scores = self._prompt_logprobs(logits[i, logits.shape[1] - len(seq.prompt):],
+                                           seq.prompt, seq.params.prompt_logprobs)
+            out.append((seq, TokenEvent([], "length", prompt_logprobs=scores)))
+        return out
+
+    @staticmethod
+    def _prompt_logprobs(logits, prompt: list[int], top: int) -> list[TokenLogprob | None]:
+        """Each prompt token's logprob given the tokens before it (`logits[j]` predicts
+        `prompt[j + 1]`), with the `top` most likely alternatives; None for the first token."""
+        import torch
+
+        scores = torch.log_softmax(logits[:-1].float(), dim=-1)
+        targets = torch.tensor(prompt[1:], device=scores.device, dtype=torch.long)
+        chosen = scores.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+        out: list[TokenLogprob | None] = [None]
+        if top > 0:
+            values, indices = scores.topk(min(top, scores.shape[-1]), dim=-1)
+            tops = [tuple(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+        else:
+            tops = [()] * len(chosen)
+        for token, lp, alternatives in zip(prompt[1:], chosen, tops):
+            out.append(TokenLogprob(token, lp, alternatives))
+        return out
+
+    @staticmethod
+    def _token_logprobs(logits, seqs: list[_Seq], tokens: list[int]) -> list[TokenLogprob | None]:
+        """The sampled tokens' logprobs under the raw distribution, for rows that asked."""
+        import torch
+
+        rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        out: list[TokenLogprob | None] = [None] * len(seqs)
+        if not rows:
+            return out
+        scores = torch.log_softmax(logits[rows].float(), dim=-1)
+        k = max(seqs[i].params.logprobs for i in rows)
+        if k > 0:
+            values, indices = scores.topk(min(k, scores.shape[-1]), dim=-1)
+            values, indices = values.tolist(), indices.tolist()
+        for j, i in enumerate(rows):
+            top = seqs[i].params.logprobs
+            alternatives = tuple(zip(indices[j][:top], values[j][:top])) if top > 0 else ()
+            out[i] = TokenLogprob(tokens[i], float(scores[j, tokens[i]]), alternatives)
+        return out
 
     def _merge(self, cache, mask, seqs: list[_Seq]) -> None:
         """Add prefilled rows to the batch, left-padding both caches to a common length."""
@@ -423,10 +523,18 @@ class TransformersEngine(Engine):
                 self.model.get_output_embeddings() is not None else self.vocab_limit
             seq.counts = torch.zeros(vocab, dtype=torch.float32, device=self.device)
 
-    def _sample(self, logits, seqs: list[_Seq]) -> list[int]:
+    def _sample(self, logits, seqs: list[_Seq]) -> tuple[list[int], list[TokenLogprob | None]]:
+        """The next token of every row, and its logprob for rows that asked for logprobs."""
+        work = logits.float()
+        wanted = any(s.params.logprobs is not None for s in seqs)
+        if wanted and work is logits:  # sampling edits its logits in place
+            work = work.clone()
+        tokens = self._pick(work, seqs)
+        return tokens, self._token_logprobs(logits, seqs, tokens)
+
+    def _pick(self, logits, seqs: list[_Seq]) -> list[int]:
         import torch
 
-        logits = logits.float()
         if self.vocab_limit < logits.shape[-1]:
             logits[:, self.vocab_limit:] = float("-inf")
         for i, s in enumerate(seqs):

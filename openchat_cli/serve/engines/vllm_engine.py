@@ -8,6 +8,11 @@ no stop strings (a matched stop string aborts the request from our side).
 
 Kept version-tolerant: it works with the V0 `AsyncLLMEngine` and the V1 `AsyncLLM` (re-exported
 under the same name), cumulative or delta outputs, and a sync or async `abort`.
+
+Logprobs map one to one: our `logprobs` / `prompt_logprobs` are vLLM's; its per-position dicts
+{token id: Logprob(logprob, rank, …)} (the token itself plus the top k) become `TokenLogprob`s.
+vLLM cannot generate 0 tokens, so prompt scoring (`max_tokens` 0) runs with 1 and drops it, as
+vLLM's own server does for `echo` with `max_tokens` 0.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import logging
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from openchat_cli.serve.engines.base import Engine, EngineError, EngineStats, SamplingParams, TokenEvent
+from openchat_cli.serve.engines.base import (
+    Engine,
+    EngineError,
+    EngineStats,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
 
 log = logging.getLogger("openchat.serve.vllm")
 
@@ -57,7 +69,7 @@ def to_vllm_sampling_params(vllm: Any, params: SamplingParams) -> Any:
         "n": 1,
         "temperature": 0.0 if params.greedy else float(params.temperature),
         "top_p": float(params.top_p),
-        "max_tokens": int(params.max_tokens),
+        "max_tokens": max(1, int(params.max_tokens)),
         "presence_penalty": float(params.presence_penalty),
         "frequency_penalty": float(params.frequency_penalty),
         "stop_token_ids": list(params.stop_token_ids),
@@ -69,12 +81,31 @@ def to_vllm_sampling_params(vllm: Any, params: SamplingParams) -> Any:
         kwargs["top_k"] = int(params.top_k)
     if params.seed is not None:
         kwargs["seed"] = int(params.seed)
+    if params.logprobs is not None:
+        kwargs["logprobs"] = int(params.logprobs)
+    if params.prompt_logprobs is not None:
+        kwargs["prompt_logprobs"] = int(params.prompt_logprobs)
     try:
         return vllm.SamplingParams(**kwargs)
     except (TypeError, ValueError):
         # Older/newer vLLMs without `detokenize`: let vLLM detokenize, we ignore its text.
         kwargs.pop("detokenize")
         return vllm.SamplingParams(**kwargs)
+
+
+def to_token_logprob(token_id: int, position: Any, top: int) -> TokenLogprob | None:
+    """One position of vLLM's logprobs ({token id: Logprob}) as our `TokenLogprob`."""
+    if position is None:
+        return None
+
+    def value(item: Any) -> float:
+        return float(getattr(item, "logprob", item))
+
+    own = position.get(token_id)
+    # The dict holds the top k plus the token itself when it is not among them.
+    best = sorted(((int(t), value(v)) for t, v in position.items()), key=lambda tv: -tv[1])
+    return TokenLogprob(int(token_id), value(own) if own is not None else float("-inf"),
+                        tuple(best[:top]) if top > 0 else ())
 
 
 def _context_length(engine: Any, model_dir: Path, fallback: int | None) -> int:
@@ -149,6 +180,8 @@ class VLLMEngine(Engine):
         prompt = {"prompt_token_ids": list(prompt_ids)}
         seen = 0
         finished = False
+        prompt_sent = params.prompt_logprobs is None
+        score_only = params.max_tokens <= 0
         self._active += 1
         try:
             async for output in self.engine.generate(prompt, sampling, request_id):
@@ -156,14 +189,31 @@ class VLLMEngine(Engine):
                 ids = list(completion.token_ids)
                 delta_kind = getattr(getattr(sampling, "output_kind", None), "name", "") == "DELTA"
                 new = ids if delta_kind else ids[seen:]
+                start = 0 if delta_kind else seen
                 seen = seen + len(new) if delta_kind else len(ids)
                 reason = completion.finish_reason if output.finished else None
                 if reason not in (None, "stop", "length"):
                     reason = "error" if reason != "abort" else "length"
                 if output.finished and reason is None:
                     reason = "length"
+                event = TokenEvent(new, reason)
+                if not prompt_sent and getattr(output, "prompt_logprobs", None) is not None:
+                    event.prompt_logprobs = [
+                        to_token_logprob(t, pos, params.prompt_logprobs)
+                        for t, pos in zip(prompt_ids, output.prompt_logprobs)]
+                    prompt_sent = True
+                if params.logprobs is not None and new:
+                    positions = list(getattr(completion, "logprobs", None) or [])[start:start + len(new)]
+                    event.logprobs = [to_token_logprob(t, pos, params.logprobs) or
+                                      TokenLogprob(t, float("nan"))
+                                      for t, pos in zip(new, positions)]
+                if score_only:  # the one token vLLM had to generate is not ours
+                    if event.prompt_logprobs is None and not output.finished:
+                        continue
+                    event = TokenEvent([], "length", prompt_logprobs=event.prompt_logprobs)
+                    reason = "length"
                 finished = reason is not None
-                yield TokenEvent(new, reason)
+                yield event
                 if finished:
                     return
         except asyncio.CancelledError:
