@@ -229,3 +229,41 @@ def m003_chats_requests(db: Database) -> None:
         },
         pk="id",
     )
+
+
+@migration
+def m004_one_verdict_per_unit(db: Database) -> None:
+    """Judgment columns named by what they hold, and at most one verdict per unit.
+
+    `answer_id` held the judged answer *run* id and `other_id` the baseline run id: renamed to
+    `answer_run_id` and `baseline_run_id`. Two identical `eval judge` commands could store a unit
+    twice; the duplicates are dropped (the first stored is kept) and a unique index makes the
+    catalog refuse another. A unit is (run, question, turn, order, judge model); `order` and
+    `judge_model` are NULL for single and exact verdicts, and NULLs never collide in a SQLite
+    unique index, hence the coalesce.
+    """
+    db.execute("alter table judgments rename column answer_id to answer_run_id")
+    db.execute("alter table judgments rename column other_id to baseline_run_id")
+    db.execute(
+        'delete from judgments where id not in (select min(id) from judgments group by eval_id, '
+        'question_id, turn, coalesce("order", \'\'), coalesce(judge_model, \'\'))')
+    db.execute(
+        'create unique index judgments_one_per_unit on judgments (eval_id, question_id, turn, '
+        'coalesce("order", \'\'), coalesce(judge_model, \'\'))')
+
+
+@migration
+def m005_unit_claims(db: Database) -> None:
+    """Short-lived claims on units of work, so two processes working on one run do not both ask
+    the same unit (see store/claims.py). Rows live only while a unit is being asked."""
+    db["unit_claims"].create(
+        {
+            "eval_id": str,
+            "unit": str,  # the unit's key within the run, e.g. "81|2|BA"
+            "holder": str,  # random token of the claiming process
+            "pid": int,
+            "host": str,
+            "expires_at": float,  # unix time; a claim past it is free to take
+        },
+        pk=("eval_id", "unit"),
+    )

@@ -198,7 +198,7 @@ def run_grade(cat: Catalog, answer_ref: str) -> dict[str, Any]:
         replies = answer["turns"] or [""]
         graded = grade_answer(question, replies[-1])
         rows.append({"eval_id": run_id, "question_id": qid, "turn": len(replies), "mode": "exact",
-                     "answer_id": run_a, "judge_model": None, "prompt_name": graded["method"],
+                     "answer_run_id": run_a, "judge_model": None, "prompt_name": graded["method"],
                      "raw": graded["raw"], "verdict": graded["verdict"], "score": graded["score"],
                      "parse_ok": int(graded["verdict"] != "error"),
                      "meta": {"expected": graded["expected"], "method": graded["method"],
