@@ -28,23 +28,40 @@ def applied(db: Database) -> list[str]:
 
 
 def migrate(db: Database, upto: str | None = None) -> list[str]:
-    """Apply pending migrations in order (stopping after `upto`, for tests). Returns those applied."""
-    if "_migrations" not in db.table_names():
-        db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-    done = set(applied(db))
-    ran: list[str] = []
-    for fn in MIGRATIONS:
-        name = fn.__name__
-        if name not in done:
-            with db.conn:
+    """Apply pending migrations in order (stopping after `upto`, for tests). Returns those applied.
+
+    They run in one write transaction taken up front (BEGIN IMMEDIATE) that re-reads what is
+    applied, so two processes opening a new or older catalog at once never both apply one:
+    the second waits, then finds nothing left to do.
+    """
+    names = [fn.__name__ for fn in MIGRATIONS]
+    wanted = names[: names.index(upto) + 1] if upto else names
+    if set(wanted) <= set(applied(db)):
+        return []
+    conn = db.conn
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("begin immediate")
+    try:
+        if "_migrations" not in db.table_names():
+            db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+        done = set(applied(db))
+        ran: list[str] = []
+        for fn in MIGRATIONS:
+            name = fn.__name__
+            if name not in done:
                 fn(db)
                 db["_migrations"].insert(
                     {"name": name, "applied_at": dt.datetime.now(dt.timezone.utc).isoformat()},
                     replace=True,
                 )
-            ran.append(name)
-        if upto and name == upto:
-            break
+                ran.append(name)
+            if upto and name == upto:
+                break
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
     return ran
 
 
