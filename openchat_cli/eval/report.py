@@ -144,36 +144,36 @@ def _judgments(cat: Catalog, run_id: str) -> list[dict[str, Any]]:
     return list(cat.rows("judgments", "eval_id = ?", [run_id], order_by="id"))
 
 
-def _lengths(cat: Catalog, answer_id: str | None) -> dict[str, list[int]]:
-    if not answer_id:
+def _lengths(cat: Catalog, answer_run_id: str | None) -> dict[str, list[int]]:
+    if not answer_run_id:
         return {}
     return {r["question_id"]: [len(t or "") for t in (r["turns"] or [])]
-            for r in cat.rows("answers", "eval_id = ?", [answer_id])}
+            for r in cat.rows("answers", "eval_id = ?", [answer_run_id])}
 
 
-def _categories(cat: Catalog, answer_id: str | None) -> dict[str, str]:
-    if not answer_id:
+def _categories(cat: Catalog, answer_run_id: str | None) -> dict[str, str]:
+    if not answer_run_id:
         return {}
     return {r["question_id"]: r["category"] or "(none)"
-            for r in cat.query("select question_id, category from questions where eval_id = ?", [answer_id])}
+            for r in cat.query("select question_id, category from questions where eval_id = ?", [answer_run_id])}
 
 
-def _label(cat: Catalog, answer_id: str | None) -> str:
-    if not answer_id:
+def _label(cat: Catalog, answer_run_id: str | None) -> str:
+    if not answer_run_id:
         return "?"
     try:
-        row = cat.get(answer_id)
+        row = cat.get(answer_run_id)
     except Exception:  # removed from the catalog
-        return answer_id
-    return row.get("name") or row.get("model") or answer_id
+        return answer_run_id
+    return row.get("name") or row.get("model") or answer_run_id
 
 
 # -- summaries ----------------------------------------------------------------------------------
 
 def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
     rows = _judgments(cat, run["id"])
-    answer_id = run.get("parent_id")
-    cats = _categories(cat, answer_id)
+    answer_run_id = run.get("parent_id")
+    cats = _categories(cat, answer_run_id)
     by_turn: dict[int, list[float]] = defaultdict(list)
     by_cat: dict[str, list[float]] = defaultdict(list)
     by_question: dict[str, list[float]] = defaultdict(list)
@@ -189,7 +189,7 @@ def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
     scores = [s for v in by_turn.values() for s in v]
     return {
         "run_id": run["id"], "mode": "single", "status": run.get("status"),
-        "answer_id": answer_id, "model": _label(cat, answer_id), "judge_model": run.get("model"),
+        "answer_id": answer_run_id, "model": _label(cat, answer_run_id), "judge_model": run.get("model"),
         "questions": len(by_question),
         "turns": {str(t): _mean(v) for t, v in sorted(by_turn.items())},
         "average": _mean(scores),
@@ -204,9 +204,9 @@ def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
 
 def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> dict[str, Any]:
     rows = _judgments(cat, run["id"])
-    answer_id, baseline_id = run.get("parent_id"), run.get("baseline_id")
-    len_a, len_b = _lengths(cat, answer_id), _lengths(cat, baseline_id)
-    cats = _categories(cat, answer_id)
+    answer_run_id, baseline_run_id = run.get("parent_id"), run.get("baseline_id")
+    len_a, len_b = _lengths(cat, answer_run_id), _lengths(cat, baseline_run_id)
+    cats = _categories(cat, answer_run_id)
 
     def lengths(r: dict[str, Any]) -> tuple[float, float]:
         t = int(r["turn"]) - 1
@@ -255,8 +255,8 @@ def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> d
 
     return {
         "run_id": run["id"], "mode": "pairwise", "status": run.get("status"),
-        "answer_id": answer_id, "baseline_id": baseline_id,
-        "model": _label(cat, answer_id), "baseline": _label(cat, baseline_id), "judge_model": run.get("model"),
+        "answer_id": answer_run_id, "baseline_id": baseline_run_id,
+        "model": _label(cat, answer_run_id), "baseline": _label(cat, baseline_run_id), "judge_model": run.get("model"),
         "pairs": pairs, "win": win, "loss": loss, "tie": tie, "inconsistent": inconsistent,
         "unparsed_pairs": counts.unparsed, "incomplete_pairs": counts.incomplete,
         "win_rate": _rate(win, pairs), "loss_rate": _rate(loss, pairs), "tie_rate": _rate(tie, pairs),
@@ -343,9 +343,9 @@ def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[s
     }
 
 
-def _latest_single(cat: Catalog, answer_id: str, judge_model: str | None) -> dict[str, Any] | None:
+def _latest_single(cat: Catalog, answer_run_id: str, judge_model: str | None) -> dict[str, Any] | None:
     for row in cat.query("select * from evals where kind = 'judge' and parent_id = ? "
-                         "order by created_at desc, rowid desc", [answer_id]):
+                         "order by created_at desc, rowid desc", [answer_run_id]):
         if (row.get("config") or {}).get("mode") == "single" and (judge_model is None or row["model"] == judge_model):
             return row
     return None
