@@ -87,3 +87,38 @@ def test_two_identical_answer_commands_share_one_run(scripted, tmp_path, opencha
     (questions,) = cat.db.execute("select count(*) from questions").fetchone()
     assert answers == questions == len(QUESTIONS)
     assert sorted(o["resumed"] for o in outs) == [False, True]  # the second joined the first's run
+
+
+@pytest.mark.slow
+def test_claims_of_a_killed_judge_do_not_hold_up_the_next_one(cli, scripted, tmp_path, openchat_home):
+    """SIGKILL leaves claims behind; their holder is gone, so the next command takes them at
+    once instead of waiting out the lease."""
+    path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:4])
+    a, b = _answer(cli, scripted, path, "long-model"), _answer(cli, scripted, path, "short-model")
+    scripted.latency_s = 1.0
+    args = ["eval", "judge", a, "--baseline", b, "--mode", "pairwise", "--judge-endpoint", scripted.base_url,
+            "--judge-model", "fair-judge", "-c", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", *args],
+                            env={**os.environ, "OPENCHAT_HOME": str(openchat_home)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cat = open_catalog()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        (stored,) = cat.db.execute("select count(*) from judgments").fetchone()
+        (claimed,) = cat.db.execute("select count(*) from unit_claims").fetchone()
+        if stored >= 2 and claimed == 2:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(20)
+    left = cat.query("select unit from unit_claims")
+    assert len(left) == 2  # asked, never answered: still claimed by the dead process
+
+    scripted.reset()
+    started = time.monotonic()
+    out = cli(*args, "--json").json()[0]
+    (stored,) = cat.db.execute("select count(*) from judgments").fetchone()
+    assert out["status"] == "completed" and stored == 16 and out["already"] + out["judged_now"] == 16
+    assert len(scripted.requests) == out["judged_now"]
+    assert time.monotonic() - started < 30  # well within the 60 s lease
+    assert not cat.query("select * from unit_claims")
