@@ -100,7 +100,7 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         self.db = Database(conn)
@@ -110,6 +110,19 @@ class Catalog:
         self._write(lambda: migrate(self.db))
 
     # -- low level -------------------------------------------------------------------------
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL (once per file; it sticks). The switch needs the file to itself and
+        does not wait on the busy timeout, so retry while another process is opening it too."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _write(self, fn):
         """Run `fn` in a transaction, retrying while another process holds the write lock.
 
