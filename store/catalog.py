@@ -15,8 +15,9 @@ import sqlite3
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlite_utils import Database
 
@@ -99,17 +100,36 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         self.db = Database(conn)
         self._lock = threading.RLock()
+        self._in_immediate = False  # inside `immediate()` (only ever true for the lock's owner)
         self._column_cache: dict[str, set[str]] = {}
         self._write(lambda: migrate(self.db))
 
     # -- low level -------------------------------------------------------------------------
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL (once per file; it sticks). The switch needs the file to itself and
+        does not wait on the busy timeout, so retry while another process is opening it too."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _write(self, fn):
-        """Run `fn` in a transaction, retrying while another process holds the write lock."""
+        """Run `fn` in a transaction, retrying while another process holds the write lock.
+
+        Inside `immediate()` it joins that transaction instead."""
+        with self._lock:
+            if self._in_immediate:
+                return fn()
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:
@@ -122,6 +142,40 @@ class Catalog:
                 if time.monotonic() > deadline:
                     raise CatalogError(f"catalog {self.path} stayed locked: {exc}") from exc
                 time.sleep(0.05)
+
+    @contextmanager
+    def immediate(self) -> Iterator[None]:
+        """One write transaction that takes the write lock up front (BEGIN IMMEDIATE).
+
+        What is read inside it cannot change before it commits, so a find-or-create done here
+        is atomic across processes: two identical commands started together get one row.
+        Writes made inside join it; it commits when the block ends, rolls back on an error.
+        """
+        with self._lock:
+            if self._in_immediate:
+                yield
+                return
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            while True:
+                try:
+                    self.db.conn.execute("begin immediate")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise CatalogError(f"catalog {self.path} stayed locked: {exc}") from exc
+                    time.sleep(0.05)
+            self._in_immediate = True
+            try:
+                yield
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            else:
+                self.db.conn.commit()
+            finally:
+                self._in_immediate = False
 
     def _columns(self, table: str) -> set[str]:
         if table not in self._column_cache:
@@ -146,10 +200,30 @@ class Catalog:
         self._write(lambda: self.db[table].insert(encoded, replace=replace, alter=False))
         return row
 
+    def insert_new(self, table: str, row: dict[str, Any]) -> bool:
+        """Insert one row unless a unique key already holds one (INSERT OR IGNORE); True when
+        stored. How a unit of work done twice (two processes, a retry) is stored once."""
+        row = dict(row)
+        if "created_at" in self._columns(table):
+            row.setdefault("created_at", now())
+        encoded = _encode(row)
+
+        def write() -> bool:
+            before = self.db.conn.total_changes
+            self.db[table].insert(encoded, ignore=True, alter=False)
+            return self.db.conn.total_changes > before
+
+        return self._write(write)
+
     def insert_many(self, table: str, rows: Iterable[dict[str, Any]], *, replace: bool = False) -> None:
         encoded = [_encode(r) for r in rows]
         if encoded:
             self._write(lambda: self.db[table].insert_all(encoded, replace=replace))
+
+    def write(self, sql: str, params: Iterable[Any] | dict = ()) -> int:
+        """Run one write statement in a short transaction (joining `immediate()` when inside
+        one); returns the number of rows it changed."""
+        return self._write(lambda: self.db.conn.execute(sql, params).rowcount)
 
     def update(self, table: str, pk: Any, **fields: Any) -> None:
         encoded = _encode(fields)
@@ -229,6 +303,17 @@ class Catalog:
         self.link(row["id"], parent_id, "judges")
         self.link(row["id"], baseline_id, "baseline")
         return row["id"]
+
+    def find_or_add_eval(self, find: Callable[[], dict[str, Any] | None],
+                         **fields: Any) -> tuple[dict[str, Any], bool]:
+        """The eval run `find()` returns, or a new one made from `fields` (see `add_eval`), in
+        one write transaction: of two identical commands started together, the second joins
+        the run the first made. Returns (row, created)."""
+        with self.immediate():
+            found = find()
+            if found is not None:
+                return found, False
+            return self.get(self.add_eval(**fields)), True
 
     def add_chat(self, *, title: str, endpoint: str | None, model: str | None,
                  system: str | None = None, condition: str | None = None,
@@ -364,7 +449,7 @@ class Catalog:
 
         def delete() -> None:
             if table == "evals":
-                for dep in ("questions", "answers", "judgments"):
+                for dep in ("questions", "answers", "judgments", "unit_claims"):
                     self.db.execute(f"delete from [{dep}] where eval_id = ?", [full])
             if table == "chats":
                 self.db.execute("delete from chat_messages where chat_id = ?", [full])

@@ -28,23 +28,40 @@ def applied(db: Database) -> list[str]:
 
 
 def migrate(db: Database, upto: str | None = None) -> list[str]:
-    """Apply pending migrations in order (stopping after `upto`, for tests). Returns those applied."""
-    if "_migrations" not in db.table_names():
-        db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-    done = set(applied(db))
-    ran: list[str] = []
-    for fn in MIGRATIONS:
-        name = fn.__name__
-        if name not in done:
-            with db.conn:
+    """Apply pending migrations in order (stopping after `upto`, for tests). Returns those applied.
+
+    They run in one write transaction taken up front (BEGIN IMMEDIATE) that re-reads what is
+    applied, so two processes opening a new or older catalog at once never both apply one:
+    the second waits, then finds nothing left to do.
+    """
+    names = [fn.__name__ for fn in MIGRATIONS]
+    wanted = names[: names.index(upto) + 1] if upto else names
+    if set(wanted) <= set(applied(db)):
+        return []
+    conn = db.conn
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("begin immediate")
+    try:
+        if "_migrations" not in db.table_names():
+            db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+        done = set(applied(db))
+        ran: list[str] = []
+        for fn in MIGRATIONS:
+            name = fn.__name__
+            if name not in done:
                 fn(db)
                 db["_migrations"].insert(
                     {"name": name, "applied_at": dt.datetime.now(dt.timezone.utc).isoformat()},
                     replace=True,
                 )
-            ran.append(name)
-        if upto and name == upto:
-            break
+                ran.append(name)
+            if upto and name == upto:
+                break
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
     return ran
 
 
@@ -228,4 +245,42 @@ def m003_chats_requests(db: Database) -> None:
             "status": int,
         },
         pk="id",
+    )
+
+
+@migration
+def m004_one_verdict_per_unit(db: Database) -> None:
+    """Judgment columns named by what they hold, and at most one verdict per unit.
+
+    `answer_id` held the judged answer *run* id and `other_id` the baseline run id: renamed to
+    `answer_run_id` and `baseline_run_id`. Two identical `eval judge` commands could store a unit
+    twice; the duplicates are dropped (the first stored is kept) and a unique index makes the
+    catalog refuse another. A unit is (run, question, turn, order, judge model); `order` and
+    `judge_model` are NULL for single and exact verdicts, and NULLs never collide in a SQLite
+    unique index, hence the coalesce.
+    """
+    db.execute("alter table judgments rename column answer_id to answer_run_id")
+    db.execute("alter table judgments rename column other_id to baseline_run_id")
+    db.execute(
+        'delete from judgments where id not in (select min(id) from judgments group by eval_id, '
+        'question_id, turn, coalesce("order", \'\'), coalesce(judge_model, \'\'))')
+    db.execute(
+        'create unique index judgments_one_per_unit on judgments (eval_id, question_id, turn, '
+        'coalesce("order", \'\'), coalesce(judge_model, \'\'))')
+
+
+@migration
+def m005_unit_claims(db: Database) -> None:
+    """Short-lived claims on units of work, so two processes working on one run do not both ask
+    the same unit (see store/claims.py). Rows live only while a unit is being asked."""
+    db["unit_claims"].create(
+        {
+            "eval_id": str,
+            "unit": str,  # the unit's key within the run, e.g. "81|2|BA"
+            "holder": str,  # random token of the claiming process
+            "pid": int,
+            "host": str,
+            "expires_at": float,  # unix time; a claim past it is free to take
+        },
+        pk=("eval_id", "unit"),
     )

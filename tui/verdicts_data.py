@@ -4,11 +4,13 @@ Pure functions over a `Catalog`, so they are tested without a terminal. The layo
 tables is the one `openchat eval` writes (see store/migrations.py m002):
 
 - judge runs (kind 'judge'): judgments with mode 'single' (score 1-10) or 'pairwise'
-  (verdict 'A'|'B'|'tie'|'error' mapped back to the models: 'A' = the run in answer_id won,
-  whatever the display order; order 'AB' or 'BA');
+  (verdict 'A'|'B'|'tie'|'error' mapped back to the models: 'A' = the run in answer_run_id
+  won, whatever the display order; order 'AB' or 'BA');
 - grade runs (kind 'grade'): judgments with mode 'exact' (verdict 'correct'|'incorrect'|'error').
 
-A question is "flipped on swap" when its AB and BA verdicts for the same turn differ.
+Pairwise results and counts come from store/verdicts.py, the read model `openchat eval report`
+uses too: a (question, turn) wins only when both orders say so, disagreeing orders make a tie
+("flipped on swap"), and a pair with an unparseable or missing order has no result.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from store.catalog import Catalog, CatalogError
+from store.verdicts import Pair, PairCounts, count, load_pairs, pairs_from
 
 # What a pairwise verdict means for model A, the judged run.
 OUTCOME = {"A": "win", "B": "loss", "tie": "tie"}
@@ -54,21 +57,22 @@ class Row:
     mode: str = "pairwise"
 
     # -- pairwise --------------------------------------------------------------------------
+    @property
+    def pair(self) -> Pair:
+        """Both orders of this (question, turn), combined by the shared rule."""
+        found = pairs_from(self.judgments)
+        return found[0] if found else Pair(self.question_id, self.turn, None, None)
+
     def order_verdict(self, order: str) -> str | None:
         """'win' / 'loss' / 'tie' / 'error' for model A in one display order, or None."""
-        found = [j for j in self.judgments if (j.get("order") or "AB") == order]
-        if not found:
-            return None
-        verdict = found[-1].get("verdict")
-        return OUTCOME.get(verdict, "error")
+        pair = self.pair
+        verdict = pair.ab if order == "AB" else pair.ba
+        return None if verdict is None else OUTCOME.get(verdict, "error")
 
     @property
     def flipped(self) -> bool:
         """AB and BA verdicts (same turn) differ (an unparseable verdict is no flip)."""
-        if self.mode != "pairwise":
-            return False
-        ab, ba = self.order_verdict("AB"), self.order_verdict("BA")
-        return ab in OUTCOME.values() and ba in OUTCOME.values() and ab != ba
+        return self.mode == "pairwise" and self.pair.inconsistent
 
     @property
     def has_error(self) -> bool:
@@ -89,16 +93,14 @@ class Row:
 
     @property
     def outcome(self) -> str:
-        """The row's result: win/loss/tie (pairwise, both orders combined), the mean score
-        (single), correct/incorrect (exact), or 'error'."""
+        """The row's result: win/loss/tie (pairwise, both orders combined; 'error' when an
+        order is unparseable, 'incomplete' when one is missing), the mean score (single),
+        correct/incorrect (exact), or 'error'."""
         if self.mode == "pairwise":
-            points = [{"win": 1, "loss": -1, "tie": 0}[v]
-                      for v in (self.order_verdict("AB"), self.order_verdict("BA"))
-                      if v in ("win", "loss", "tie")]
-            if not points:
-                return "error"
-            total = sum(points)
-            return "win" if total > 0 else "loss" if total < 0 else "tie"
+            pair = self.pair
+            if pair.verdict is not None:
+                return OUTCOME[pair.verdict]
+            return "error" if pair.status == "unparsed" else "incomplete"
         if self.mode == "single":
             scores = self.scores
             if not scores:
@@ -123,7 +125,7 @@ class Row:
 
 
 VERDICT_CHOICES = {
-    "pairwise": ["win", "loss", "tie", "error"],
+    "pairwise": ["win", "loss", "tie", "error", "incomplete"],
     "single": ["high (8-10)", "mid (4-7)", "low (1-3)", "error"],
     "exact": ["correct", "incorrect", "error"],
 }
@@ -142,6 +144,11 @@ class RunData:
     @property
     def categories(self) -> list[str]:
         return sorted({r.category for r in self.rows if r.category})
+
+    @property
+    def pair_counts(self) -> PairCounts:
+        """Wins, losses and ties of a pairwise run, counted as the report counts them."""
+        return count(row.pair for row in self.rows if row.mode == "pairwise")
 
     @property
     def multi_turn(self) -> bool:
@@ -181,14 +188,21 @@ def _mode_of(run: dict[str, Any], modes: Iterable[str]) -> str:
     return config.get("mode", "single") if isinstance(config, dict) else "single"
 
 
+def pairwise_summary(counts: PairCounts) -> str:
+    """A pairwise run in one line: results per pair (both orders combined), pairs left out."""
+    text = f"win {counts.win} · loss {counts.loss} · tie {counts.tie}"
+    if counts.unparsed:
+        text += f" · {counts.unparsed} unparsed"
+    if counts.incomplete:
+        text += f" · {counts.incomplete} incomplete"
+    return text
+
+
 def _summary(mode: str, counts: dict[str, int], mean_score: float | None) -> str:
     total = sum(counts.values())
     if not total:
         return "no verdicts yet"
-    if mode == "pairwise":
-        a, b, t = counts.get("A", 0), counts.get("B", 0), counts.get("tie", 0)
-        text = f"A {a} · B {b} · tie {t}"
-    elif mode == "exact":
+    if mode == "exact":
         ok = counts.get("correct", 0)
         graded = ok + counts.get("incorrect", 0)
         text = f"accuracy {ok / graded:.0%} ({ok}/{graded})" if graded else "no grades"
@@ -222,13 +236,16 @@ def list_runs(cat: Catalog) -> list[RunSummary]:
     for run in runs:
         s = stats[run["id"]]
         mode = _mode_of(run, s["modes"])
+        summary = _summary(mode, s["counts"], s["mean"])
+        if mode == "pairwise" and s["counts"]:
+            summary = pairwise_summary(count(load_pairs(cat, run["id"])))
         out.append(RunSummary(
             id=run["id"], kind=run["kind"], mode=mode, judge=run.get("model") or "",
             model_a=_label(cat, run.get("parent_id")),
             model_b=_label(cat, run.get("baseline_id")) if run.get("baseline_id") else None,
             questions=s["questions"], judgments=sum(s["counts"].values()),
             status=run.get("status") or "", created_at=(run.get("created_at") or "")[:16],
-            summary=_summary(mode, s["counts"], s["mean"]),
+            summary=summary,
         ))
     return out
 
@@ -245,8 +262,10 @@ def load_run(cat: Catalog, ref: str) -> RunData:
         'select * from judgments where eval_id = ? order by question_id, turn, "order", id',
         [run["id"]])
     mode = _mode_of(run, [j["mode"] for j in judgments])
-    answer_a = run.get("parent_id") or next((j["answer_id"] for j in judgments if j.get("answer_id")), None)
-    answer_b = run.get("baseline_id") or next((j["other_id"] for j in judgments if j.get("other_id")), None)
+    answer_a = run.get("parent_id") or next(
+        (j["answer_run_id"] for j in judgments if j.get("answer_run_id")), None)
+    answer_b = run.get("baseline_id") or next(
+        (j["baseline_run_id"] for j in judgments if j.get("baseline_run_id")), None)
     categories = {}
     if answer_a:
         categories = {q["question_id"]: q.get("category") or ""

@@ -256,6 +256,20 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
     elif not opts.new:
         existing = find_matching_run(cat, qset.hash, base_url, model)
 
+    created: dict | None = None
+    if existing is None:
+        fields = dict(kind="answer", name=opts.name or model, questions_path=str(qset.path),
+                      questions_hash=qset.hash, endpoint=base_url, model=model,
+                      checkpoint_id=_resolve_checkpoint(cat, opts, model, base_url), config=_config(opts))
+        if opts.new:
+            created = cat.get(cat.add_eval(**fields))
+        else:
+            # Found and created in one write transaction: of two identical commands started
+            # together, the second joins the run the first made.
+            row, made = cat.find_or_add_eval(lambda: find_matching_run(cat, qset.hash, base_url, model),
+                                             **fields)
+            created, existing = (row, None) if made else (None, row)
+
     resumed = existing is not None
     if existing is not None:
         run_id = existing["id"]
@@ -270,11 +284,8 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
             config["limit"] = opts.limit
             cat.update("evals", run_id, config=config)
     else:
-        config = _config(opts)
-        run_id = cat.add_eval(
-            kind="answer", name=opts.name or model, questions_path=str(qset.path),
-            questions_hash=qset.hash, endpoint=base_url, model=model,
-            checkpoint_id=_resolve_checkpoint(cat, opts, model, base_url), config=config)
+        run_id = created["id"]
+        config = created.get("config") or {}
     # Questions are (re)written so the catalog always holds the set the run answers.
     cat.insert_many("questions", (q.row(run_id) for q in questions), replace=True)
 

@@ -203,7 +203,8 @@ def judge_command(
         if not as_json:
             metrics = cat.get(result.run_id).get("metrics") or {}
             rel = metrics.get("reliability") or {}
-            line = (f"[bold]{result.run_id}[/] {result.status}: {result.already + result.judged_now}/"
+            stored = result.already + result.judged_now + result.judged_elsewhere
+            line = (f"[bold]{result.run_id}[/] {result.status}: {stored}/"
                     f"{result.total} judgments ({result.judged_now} now), parse failures "
                     f"{rel.get('parse_failures', 0)}")
             if metrics.get("mode") == "pairwise" and metrics.get("adjusted_win_rate") is not None:
@@ -213,9 +214,10 @@ def judge_command(
                 line += f"; average score {metrics['average']:.2f}"
             console.print(line + f"  (details: openchat eval report {result.run_id})")
     if as_json:
-        print_json([{"run_id": r.run_id, "answer_id": r.answer_id, "baseline_id": r.baseline_id,
+        print_json([{"run_id": r.run_id, "answer_id": r.answer_run_id, "baseline_id": r.baseline_run_id,
                      "status": r.status, "resumed": r.resumed, "judgments": r.total, "already": r.already,
-                     "judged_now": r.judged_now, "parse_failures_now": r.parse_failures_now, "notes": r.notes}
+                     "judged_now": r.judged_now, "judged_elsewhere": r.judged_elsewhere,
+                     "parse_failures_now": r.parse_failures_now, "notes": r.notes}
                     for r in results])
 
 

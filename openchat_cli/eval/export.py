@@ -37,12 +37,12 @@ def _tstamp(text: str | None) -> float:
         return 0.0
 
 
-def _questions(cat: Catalog, answer_id: str) -> dict[str, dict[str, Any]]:
-    return {r["question_id"]: r for r in cat.rows("questions", "eval_id = ?", [answer_id], order_by="rowid")}
+def _questions(cat: Catalog, answer_run_id: str) -> dict[str, dict[str, Any]]:
+    return {r["question_id"]: r for r in cat.rows("questions", "eval_id = ?", [answer_run_id], order_by="rowid")}
 
 
-def _answers(cat: Catalog, answer_id: str) -> dict[str, dict[str, Any]]:
-    return {r["question_id"]: r for r in cat.rows("answers", "eval_id = ?", [answer_id])}
+def _answers(cat: Catalog, answer_run_id: str) -> dict[str, dict[str, Any]]:
+    return {r["question_id"]: r for r in cat.rows("answers", "eval_id = ?", [answer_run_id])}
 
 
 def _name(run: dict[str, Any]) -> str:

@@ -217,7 +217,7 @@ def gradable(question: Question) -> bool:
     return (question.meta or {}).get("label") is not None
 
 
-def _grade_row(run_id: str, answer_id: str, question: Question, replies: list[str],
+def _grade_row(run_id: str, answer_run_id: str, question: Question, replies: list[str],
                code_result: tuple | None = None) -> dict[str, Any]:
     graded = grade_answer(question, replies[-1], code_result)
     suite = "matched" in graded
@@ -229,7 +229,7 @@ def _grade_row(run_id: str, answer_id: str, question: Question, replies: list[st
         if graded.get("detail"):
             meta["detail"] = graded["detail"]
     return {"eval_id": run_id, "question_id": question.question_id, "turn": len(replies), "mode": "exact",
-            "answer_id": answer_id, "judge_model": None, "prompt_name": graded["method"],
+            "answer_run_id": answer_run_id, "judge_model": None, "prompt_name": graded["method"],
             "raw": graded["raw"], "verdict": graded["verdict"], "score": graded["score"],
             "parse_ok": int(graded["matched"] if suite else graded["verdict"] != "error"), "meta": meta}
 
@@ -264,16 +264,17 @@ def run_grade(cat: Catalog, answer_ref: str,
     if not gradable_ids:
         raise OpenchatError(f"{run_a} has no questions with an expected answer ('label'); grading needs a "
                             f"multiple-choice or exact-answer set (use `eval judge` for open questions)")
-    existing = cat.query("select * from evals where kind = 'grade' and parent_id = ? "
-                         "order by created_at desc, rowid desc limit 1", [run_a])
-    if existing:
-        run_id = existing[0]["id"]
-        cat._write(lambda: cat.db.execute("delete from judgments where eval_id = ?", [run_id]))
-    else:
-        run_id = cat.add_eval(kind="grade", name=f"{answer_run.get('name') or answer_run.get('model')} graded",
-                              model=answer_run.get("model"), parent_id=run_a,
-                              questions_path=answer_run.get("questions_path"),
-                              questions_hash=answer_run.get("questions_hash"), config={"methods": ["option", "number", "boxed"]})
+    def newest_grade_run() -> dict[str, Any] | None:
+        found = cat.query("select * from evals where kind = 'grade' and parent_id = ? "
+                          "order by created_at desc, rowid desc limit 1", [run_a])
+        return found[0] if found else None
+
+    # Found or made in one transaction: two grades of one run started together share the grade run.
+    grade_run, _ = cat.find_or_add_eval(
+        newest_grade_run, kind="grade", name=f"{answer_run.get('name') or answer_run.get('model')} graded",
+        model=answer_run.get("model"), parent_id=run_a, questions_path=answer_run.get("questions_path"),
+        questions_hash=answer_run.get("questions_hash"), config={"methods": ["option", "number", "boxed"]})
+    run_id = grade_run["id"]
     answers = [a for a in cat.rows("answers", "eval_id = ?", [run_a]) if a["question_id"] in gradable_ids]
     emit("start", {"run_id": run_id, "total": len(answers)})
     rows = []
@@ -289,7 +290,11 @@ def run_grade(cat: Catalog, answer_ref: str,
             except ImportError as exc:  # e.g. coding/humaneval without its sandbox module
                 skipped[task_type] = f"no grader for {task_type}: {exc}"
         emit("graded", {"done": done})
-    cat.insert_many("judgments", rows)
+    # Re-grading replaces the run's grades: the old rows go and the new ones come in one transaction,
+    # so a concurrent grade of the same run never meets half of them (or a unique-key clash).
+    with cat.immediate():
+        cat.write("delete from judgments where eval_id = ?", [run_id])
+        cat.insert_many("judgments", rows)
     from openchat_cli.eval.report import grade_summary
 
     metrics = grade_summary(cat, run_id)

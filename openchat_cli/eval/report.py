@@ -8,7 +8,9 @@ a percentage. Confidence intervals are 95% percentile bootstrap intervals that r
 Pairwise definitions (A = the judged run, B = the baseline):
 - a pair is one (question, turn) judged in both orders; its verdict is the two orders' common
   verdict, or a tie when they disagree (counted as `inconsistent` too). Pairs with an
-  unparseable verdict in either order, or not yet judged in both orders, are left out.
+  unparseable verdict in either order, or not yet judged in both orders, are left out (and
+  counted as `unparsed_pairs` / `incomplete_pairs`). The rule lives in store/verdicts.py, which
+  the TUI's verdicts browser reads too.
 - win rate = wins / pairs; adjusted win rate = (wins + ties / 2) / pairs.
 - AlpacaEval-style win rate: every single judgment (each order) is one annotation worth 1 for a
   win of A, 0.5 for a tie, 0 for a loss; the mean over parsed annotations.
@@ -37,6 +39,7 @@ import numpy as np
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.runs import eval_row
 from store.catalog import Catalog
+from store.verdicts import count, order_verdict, pairs_from
 
 N_BOOT = 1000
 SEED = 0
@@ -141,36 +144,36 @@ def _judgments(cat: Catalog, run_id: str) -> list[dict[str, Any]]:
     return list(cat.rows("judgments", "eval_id = ?", [run_id], order_by="id"))
 
 
-def _lengths(cat: Catalog, answer_id: str | None) -> dict[str, list[int]]:
-    if not answer_id:
+def _lengths(cat: Catalog, answer_run_id: str | None) -> dict[str, list[int]]:
+    if not answer_run_id:
         return {}
     return {r["question_id"]: [len(t or "") for t in (r["turns"] or [])]
-            for r in cat.rows("answers", "eval_id = ?", [answer_id])}
+            for r in cat.rows("answers", "eval_id = ?", [answer_run_id])}
 
 
-def _categories(cat: Catalog, answer_id: str | None) -> dict[str, str]:
-    if not answer_id:
+def _categories(cat: Catalog, answer_run_id: str | None) -> dict[str, str]:
+    if not answer_run_id:
         return {}
     return {r["question_id"]: r["category"] or "(none)"
-            for r in cat.query("select question_id, category from questions where eval_id = ?", [answer_id])}
+            for r in cat.query("select question_id, category from questions where eval_id = ?", [answer_run_id])}
 
 
-def _label(cat: Catalog, answer_id: str | None) -> str:
-    if not answer_id:
+def _label(cat: Catalog, answer_run_id: str | None) -> str:
+    if not answer_run_id:
         return "?"
     try:
-        row = cat.get(answer_id)
+        row = cat.get(answer_run_id)
     except Exception:  # removed from the catalog
-        return answer_id
-    return row.get("name") or row.get("model") or answer_id
+        return answer_run_id
+    return row.get("name") or row.get("model") or answer_run_id
 
 
 # -- summaries ----------------------------------------------------------------------------------
 
 def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
     rows = _judgments(cat, run["id"])
-    answer_id = run.get("parent_id")
-    cats = _categories(cat, answer_id)
+    answer_run_id = run.get("parent_id")
+    cats = _categories(cat, answer_run_id)
     by_turn: dict[int, list[float]] = defaultdict(list)
     by_cat: dict[str, list[float]] = defaultdict(list)
     by_question: dict[str, list[float]] = defaultdict(list)
@@ -186,7 +189,7 @@ def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
     scores = [s for v in by_turn.values() for s in v]
     return {
         "run_id": run["id"], "mode": "single", "status": run.get("status"),
-        "answer_id": answer_id, "model": _label(cat, answer_id), "judge_model": run.get("model"),
+        "answer_id": answer_run_id, "model": _label(cat, answer_run_id), "judge_model": run.get("model"),
         "questions": len(by_question),
         "turns": {str(t): _mean(v) for t, v in sorted(by_turn.items())},
         "average": _mean(scores),
@@ -201,9 +204,9 @@ def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
 
 def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> dict[str, Any]:
     rows = _judgments(cat, run["id"])
-    answer_id, baseline_id = run.get("parent_id"), run.get("baseline_id")
-    len_a, len_b = _lengths(cat, answer_id), _lengths(cat, baseline_id)
-    cats = _categories(cat, answer_id)
+    answer_run_id, baseline_run_id = run.get("parent_id"), run.get("baseline_id")
+    len_a, len_b = _lengths(cat, answer_run_id), _lengths(cat, baseline_run_id)
+    cats = _categories(cat, answer_run_id)
 
     def lengths(r: dict[str, Any]) -> tuple[float, float]:
         t = int(r["turn"]) - 1
@@ -214,34 +217,23 @@ def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> d
         lb = b[t] if t < len(b) else meta.get("len_b", 0)
         return float(la or 0), float(lb or 0)
 
-    failures = sum(1 for r in rows if not r["parse_ok"] or r["verdict"] not in ("A", "B", "tie"))
-    valid = [r for r in rows if r["parse_ok"] and r["verdict"] in ("A", "B", "tie")]
+    valid = [r for r in rows if order_verdict(r) != "error"]
+    failures = len(rows) - len(valid)
     value = {"A": 1.0, "tie": 0.5, "B": 0.0}
 
-    # Pairs: (question, turn) with both orders.
-    by_pair: dict[tuple[str, int], dict[str, str]] = defaultdict(dict)
-    for r in rows:
-        by_pair[(r["question_id"], int(r["turn"]))][r["order"]] = (
-            r["verdict"] if r["parse_ok"] and r["verdict"] in ("A", "B", "tie") else "error")
-    win = loss = tie = inconsistent = swapped = 0
+    # Pairs: (question, turn) with both orders, combined by the one rule in store/verdicts.py.
+    pairs_found = pairs_from(rows)
+    counts = count(pairs_found)
+    win, loss, tie, inconsistent = counts.win, counts.loss, counts.tie, counts.inconsistent
+    swapped = counts.pairs  # pairs with both orders parsed
     per_question: dict[str, list[float]] = defaultdict(list)
     per_cat: dict[str, list[float]] = defaultdict(list)
-    for (qid, _turn), orders in by_pair.items():
-        ab, ba = orders.get("AB"), orders.get("BA")
-        if ab is None or ba is None or "error" in (ab, ba):
+    for pair in pairs_found:
+        if pair.verdict is None:
             continue
-        swapped += 1
-        if ab == ba:
-            combined = ab
-        else:
-            combined = "tie"
-            inconsistent += 1
-        win += combined == "A"
-        loss += combined == "B"
-        tie += combined == "tie"
-        per_question[qid].append(value[combined])
-        per_cat[cats.get(qid, "(none)")].append(value[combined])
-    pairs = win + loss + tie
+        per_question[pair.question_id].append(value[pair.verdict])
+        per_cat[cats.get(pair.question_id, "(none)")].append(value[pair.verdict])
+    pairs = counts.pairs
 
     # Annotations (each order on its own).
     ann_by_q: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
@@ -263,9 +255,10 @@ def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> d
 
     return {
         "run_id": run["id"], "mode": "pairwise", "status": run.get("status"),
-        "answer_id": answer_id, "baseline_id": baseline_id,
-        "model": _label(cat, answer_id), "baseline": _label(cat, baseline_id), "judge_model": run.get("model"),
+        "answer_id": answer_run_id, "baseline_id": baseline_run_id,
+        "model": _label(cat, answer_run_id), "baseline": _label(cat, baseline_run_id), "judge_model": run.get("model"),
         "pairs": pairs, "win": win, "loss": loss, "tie": tie, "inconsistent": inconsistent,
+        "unparsed_pairs": counts.unparsed, "incomplete_pairs": counts.incomplete,
         "win_rate": _rate(win, pairs), "loss_rate": _rate(loss, pairs), "tie_rate": _rate(tie, pairs),
         "adjusted_win_rate": (win + 0.5 * tie) / pairs if pairs else None,
         "adjusted_win_rate_ci": cluster_bootstrap([sum(v) for v in per_question.values()],
@@ -379,9 +372,9 @@ def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[s
     }
 
 
-def _latest_single(cat: Catalog, answer_id: str, judge_model: str | None) -> dict[str, Any] | None:
+def _latest_single(cat: Catalog, answer_run_id: str, judge_model: str | None) -> dict[str, Any] | None:
     for row in cat.query("select * from evals where kind = 'judge' and parent_id = ? "
-                         "order by created_at desc, rowid desc", [answer_id]):
+                         "order by created_at desc, rowid desc", [answer_run_id]):
         if (row.get("config") or {}).get("mode") == "single" and (judge_model is None or row["model"] == judge_model):
             return row
     return None

@@ -1,15 +1,18 @@
 """What answer, judge and grade runs share: looking runs up, guarding against Ctrl-C / kill,
-worker pools that stop cleanly, and status bookkeeping in the catalog."""
+worker pools that stop cleanly (and share a run with another process), and status bookkeeping
+in the catalog."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from openchat_cli.errors import OpenchatError
 from store.catalog import Catalog, CatalogError, now
+from store.claims import UnitClaims
 
 T = TypeVar("T")
 
@@ -77,6 +80,70 @@ async def worker_pool(items: Iterable[Any], concurrency: int,
             if not task.done():
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+CLAIM_POLL_S = 0.5
+
+
+async def claimed_pool(items: Iterable[T], concurrency: int, claims: UnitClaims,
+                       unit: Callable[[T], str], is_done: Callable[[T], bool],
+                       handle: Callable[[T], Awaitable[None]],
+                       on_done_elsewhere: Callable[[T], None] | None = None,
+                       poll_s: float = CLAIM_POLL_S) -> int:
+    """`worker_pool` for a run another process may be working on at the same time.
+
+    Each item is claimed before `handle` runs and released after. An item another live process
+    holds is skipped, and waited for once this process's own items are done: it is either done
+    there (`is_done`: its result is stored; `on_done_elsewhere` is told) or taken over when its
+    claim lapses. So two identical commands share the work and both end when all of it is
+    done. Claims are renewed while the pool runs and dropped when it ends, however it ends.
+    Returns how many items were done elsewhere.
+    """
+    elsewhere = 0
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(claims.lease_s / 3)
+            claims.renew()
+
+    renewer = asyncio.create_task(renew())
+    pending, waiting = list(items), []
+    held: list[T] = []
+
+    async def claimed(item: T) -> None:
+        nonlocal elsewhere
+        name = unit(item)
+        if not claims.take(name):
+            held.append(item)
+            return
+        try:
+            if is_done(item):
+                elsewhere += 1
+                if on_done_elsewhere:
+                    on_done_elsewhere(item)
+                return
+            await handle(item)
+        finally:
+            claims.release(name)
+
+    try:
+        while pending or waiting:
+            if pending:
+                held.clear()
+                await worker_pool(pending, concurrency, claimed)
+                waiting += held
+            pending = []
+            if waiting:
+                await asyncio.sleep(poll_s)
+                busy = claims.held_elsewhere()  # one read per poll, not a claim attempt per item
+                pending = [i for i in waiting if unit(i) not in busy]
+                waiting = [i for i in waiting if unit(i) in busy]
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        claims.release_all()
+    return elsewhere
 
 
 def eval_row(cat: Catalog, ref: str, kind: str | None = None) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from aiohttp import web
 class ScriptedServer:
     def __init__(self) -> None:
         self.latency_s = 0.0
+        self.health_latency_s = 0.0  # /health is slow (a server still warming up)
         self.failures: deque[int] = deque()  # status codes to answer the next requests with
         self.requests: list[dict[str, Any]] = []
         self.health: dict[str, Any] = {"status": "ok"}
@@ -52,6 +53,7 @@ class ScriptedServer:
     def reset(self) -> None:
         with self.lock:
             self.latency_s = 0.0
+            self.health_latency_s = 0.0
             self.failures.clear()
             self.requests.clear()
             self.health = {"status": "ok"}
@@ -95,6 +97,8 @@ class ScriptedServer:
 
     # -- handlers ---------------------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
+        if self.health_latency_s:
+            await asyncio.sleep(self.health_latency_s)
         return web.json_response(self.health)
 
     async def _models(self, request: web.Request) -> web.Response:

@@ -4,7 +4,8 @@ FastChat prompt files, resume, and the full MT-bench path through report."""
 
 import pytest
 
-from openchat_cli.eval.judge import load_prompts, map_back, parse_pairwise, parse_rating
+from openchat_cli.eval.judge_prompts import load_prompts
+from openchat_cli.eval.judging import map_back, parse_pairwise, parse_rating
 from store.catalog import open_catalog
 from tests.eval.conftest import write_jsonl
 
@@ -60,7 +61,7 @@ def test_mtbench_through_answer_judge_report(cli, scripted, mtbench_file, tmp_pa
     rows = list(cat.rows("judgments", "eval_id = ?", [pair["run_id"]]))
     assert {(r["order"], r["verdict"]) for r in rows} == {("AB", "A"), ("BA", "A")}
     assert {r["meta"]["shown"] for r in rows if r["order"] == "BA"} == {"B"}
-    assert all(r["answer_id"] == long_run and r["other_id"] == short_run and r["mode"] == "pairwise" for r in rows)
+    assert all(r["answer_run_id"] == long_run and r["baseline_run_id"] == short_run and r["mode"] == "pairwise" for r in rows)
     assert {r["prompt_name"] for r in rows} == {"openchat-pair", "openchat-pair-multi-turn", "openchat-pair-ref",
                                                  "openchat-pair-ref-multi-turn"}
     judge_row = cat.get(pair["run_id"])

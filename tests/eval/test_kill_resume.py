@@ -78,6 +78,7 @@ def test_terminate_judge_run_then_resume(cli, scripted, tmp_path, openchat_home)
     assert run["status"] == "interrupted"
     kept = cat.query('select question_id, turn, "order" from judgments where eval_id = ?', [run["id"]])
     assert 4 <= len(kept) < 24
+    assert not cat.query("select * from unit_claims")  # a clean stop drops its claims
 
     scripted.reset()
     out = cli(*args[:-2], "-c", "8", "--json").json()[0]

@@ -24,12 +24,12 @@ def _judge_run(cat, parent, mode, rows, baseline=None, judge="judge-x"):
                        config={"mode": mode})
     for qid, turn, order, verdict in rows:
         parsed = verdict != "error"
-        row = {"eval_id": run, "question_id": qid, "turn": turn, "mode": mode, "answer_id": parent,
+        row = {"eval_id": run, "question_id": qid, "turn": turn, "mode": mode, "answer_run_id": parent,
                "judge_model": judge, "prompt_name": "p", "raw": f"text {verdict}", "parse_ok": int(parsed)}
         if mode == "single":
             row.update(verdict="error" if not parsed else str(verdict), score=float(verdict) if parsed else None)
         else:
-            row.update(other_id=baseline, order=order, verdict=verdict, score=None)
+            row.update(baseline_run_id=baseline, order=order, verdict=verdict, score=None)
         cat.insert("judgments", row)
     cat.update("evals", run, status="completed")
     return run
@@ -107,7 +107,7 @@ def test_accuracy(cli, seeded):
     run = cat.add_eval(kind="grade", parent_id=seeded["a"], model="alpha")
     for qid, verdict in [("q1", "correct"), ("q2", "correct"), ("q3", "incorrect"), ("q4", "error")]:
         cat.insert("judgments", {"eval_id": run, "question_id": qid, "turn": 1, "mode": "exact",
-                                 "answer_id": seeded["a"], "verdict": verdict,
+                                 "answer_run_id": seeded["a"], "verdict": verdict,
                                  "score": 1.0 if verdict == "correct" else 0.0, "parse_ok": int(verdict != "error"),
                                  "meta": {"method": "number"}})
     rep = cli("eval", "report", run, "--json").json()

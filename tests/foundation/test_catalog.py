@@ -136,3 +136,113 @@ def test_catalog_survives_a_corrupt_json_column(tmp_path):
     c.db.execute("insert into datasets (id, name, counts) values ('ds-0000abcd', 'x', '{not json')")
     c.db.conn.commit()
     assert c.get("ds-0000abcd")["counts"] == "{not json"
+
+
+def _old_judgment(run: str, qid: str, order: str | None, verdict: str, judge: str | None = "j") -> dict:
+    return {"eval_id": run, "question_id": qid, "turn": 1, "mode": "pairwise" if order else "single",
+            "answer_id": "ev-a", "other_id": "ev-b" if order else None, "order": order,
+            "judge_model": judge, "raw": verdict, "verdict": verdict, "parse_ok": 1}
+
+
+def test_m004_renames_run_columns_and_keeps_one_verdict_per_unit(tmp_path):
+    """From m003, with the duplicates two concurrent `eval judge` commands used to store."""
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrate(db, upto="m003_chats_requests")
+    rows = [
+        _old_judgment("ev-j", "1", "AB", "A"), _old_judgment("ev-j", "1", "AB", "B"),  # same unit twice
+        _old_judgment("ev-j", "1", "BA", "A"),
+        _old_judgment("ev-s", "1", None, "8"), _old_judgment("ev-s", "1", None, "3"),  # NULL order
+        _old_judgment("ev-g", "1", None, "correct", judge=None),  # NULL order and judge
+        _old_judgment("ev-g", "1", None, "incorrect", judge=None),
+        _old_judgment("ev-s", "2", None, "5"),
+    ]
+    db["judgments"].insert_all(rows)
+    db.conn.commit()
+    assert db["judgments"].count == 8
+    db.conn.close()
+
+    catalog = Catalog(path)
+    columns = set(catalog.db["judgments"].columns_dict)
+    assert {"answer_run_id", "baseline_run_id"} <= columns and not {"answer_id", "other_id"} & columns
+    kept = catalog.query('select eval_id, question_id, turn, "order", verdict, answer_run_id, baseline_run_id '
+                         'from judgments order by id')
+    assert [(r["eval_id"], r["question_id"], r["order"], r["verdict"]) for r in kept] == [
+        ("ev-j", "1", "AB", "A"), ("ev-j", "1", "BA", "A"), ("ev-s", "1", None, "8"),
+        ("ev-g", "1", None, "correct"), ("ev-s", "2", None, "5")]  # the first of each unit
+    assert kept[0]["answer_run_id"] == "ev-a" and kept[0]["baseline_run_id"] == "ev-b"
+
+    # The catalog now refuses a second verdict for a unit, NULL order and judge included.
+    new = {k.replace("answer_id", "answer_run_id").replace("other_id", "baseline_run_id"): v
+           for k, v in _old_judgment("ev-g", "1", None, "incorrect", judge=None).items()}
+    assert catalog.insert_new("judgments", new) is False
+    with pytest.raises(sqlite3.IntegrityError):
+        catalog.insert("judgments", new)
+    assert catalog.insert_new("judgments", {**new, "question_id": "2"}) is True
+    assert catalog.db["judgments"].count == 6
+
+
+def _find_or_add(path: str, start: float, out) -> None:
+    import time
+
+    catalog = Catalog(path)
+
+    def find() -> dict | None:
+        found = catalog.query("select * from evals where kind = 'answer' and model = 'm'")
+        time.sleep(0.3)  # a slow look-up: without one transaction, every process would miss the others
+        return found[0] if found else None
+
+    time.sleep(max(0.0, start - time.time()))
+    row, created = catalog.find_or_add_eval(find, kind="answer", model="m")
+    out.put((row["id"], created))
+
+
+def test_find_or_add_eval_makes_one_run_across_processes(tmp_path):
+    import time
+
+    path = str(tmp_path / "c.db")
+    Catalog(path).close()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start = time.time() + 3.0  # after every process has opened the catalog
+    procs = [ctx.Process(target=_find_or_add, args=(path, start, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len({run_id for run_id, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert Catalog(path).db["evals"].count == 1
+
+
+def _open_at(path: str, start: float) -> None:
+    import time
+
+    time.sleep(max(0.0, start - time.time()))
+    Catalog(path).close()
+
+
+@pytest.mark.parametrize("upto", [None, "m003_chats_requests"])
+def test_processes_opening_a_new_or_old_catalog_at_once_migrate_it_once(tmp_path, upto):
+    import time
+
+    path = tmp_path / "c.db"
+    if upto:
+        db = Database(path)
+        migrate(db, upto=upto)
+        db["judgments"].insert_all([_old_judgment("ev-j", "1", "AB", "A"), _old_judgment("ev-j", "1", "AB", "B")])
+        db.conn.commit()
+        db.conn.close()
+    ctx = mp.get_context("spawn")
+    start = time.time() + 3.0
+    procs = [ctx.Process(target=_open_at, args=(str(path), start)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    catalog = Catalog(path)
+    assert applied(catalog.db) == ALL
+    assert catalog.db["judgments"].count == (1 if upto else 0)

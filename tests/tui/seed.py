@@ -92,7 +92,7 @@ def seed_eval_runs(cat: Catalog) -> dict[str, str]:
         config={"mode": "pairwise", "prompts": "pair-v2"})
     cat.insert_many("judgments", [{
         "eval_id": PAIRWISE, "question_id": qid, "turn": turn, "mode": "pairwise",
-        "answer_id": ANSWER_A, "other_id": ANSWER_B, "order": order, "judge_model": "judge-model",
+        "answer_run_id": ANSWER_A, "baseline_run_id": ANSWER_B, "order": order, "judge_model": "judge-model",
         "prompt_name": "pair-v2" if turn == 1 else "pair-v2-multi-turn",
         "raw": _raw_pairwise(order, verdict), "verdict": verdict, "score": None,
         "parse_ok": 0 if verdict == "error" else 1, "meta": {}, "created_at": STAMP.format(3),
@@ -105,7 +105,7 @@ def seed_eval_runs(cat: Catalog) -> dict[str, str]:
         for turn, score in enumerate(scores, 1):
             rows.append({
                 "eval_id": SINGLE, "question_id": qid, "turn": turn, "mode": "single",
-                "answer_id": ANSWER_A, "other_id": None, "order": None,
+                "answer_run_id": ANSWER_A, "baseline_run_id": None, "order": None,
                 "judge_model": "judge-model", "prompt_name": "single-v1",
                 "raw": (f"The answer is clear and correct. Rating: [[{score:g}]]" if score is not None
                         else "I refuse to rate this."),
@@ -115,8 +115,8 @@ def seed_eval_runs(cat: Catalog) -> dict[str, str]:
 
     run(GRADE, "grade", "grade", None, 5, parent_id=ANSWER_A, config={"method": "auto"})
     cat.insert_many("judgments", [{
-        "eval_id": GRADE, "question_id": qid, "turn": 1, "mode": "exact", "answer_id": ANSWER_A,
-        "other_id": None, "order": None, "judge_model": None, "prompt_name": None, "raw": got,
+        "eval_id": GRADE, "question_id": qid, "turn": 1, "mode": "exact", "answer_run_id": ANSWER_A,
+        "baseline_run_id": None, "order": None, "judge_model": None, "prompt_name": None, "raw": got,
         "verdict": verdict, "score": 1.0 if verdict == "correct" else 0.0, "parse_ok": 1,
         "meta": {"expected": expected, "method": method}, "created_at": STAMP.format(5),
     } for qid, got, expected, verdict, method in GRADES])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+
 import pytest
 from textual.widgets import Checkbox, DataTable, Select
 
@@ -17,7 +20,8 @@ def test_list_runs_summaries(catalog, seeded):
     assert list(runs) == [seed.GRADE, seed.SINGLE, seed.PAIRWISE]  # newest first; no answer runs
     pair = runs[seed.PAIRWISE]
     assert (pair.mode, pair.model_a, pair.model_b, pair.questions) == ("pairwise", "tiny-sft", "baseline", 5)
-    assert pair.summary == "A 7 · B 2 · tie 2 · 1 unparsed"
+    # per pair, both orders combined as `eval report` combines them (see test below)
+    assert pair.summary == "win 2 · loss 0 · tie 3 · 1 unparsed"
     assert runs[seed.SINGLE].summary == "mean 8.00 · 1 unparsed"
     assert runs[seed.GRADE].summary == "accuracy 50% (1/2)"
 
@@ -29,17 +33,19 @@ def test_pairwise_rows_flips_and_filters(catalog, seeded):
     assert table == {
         ("81", 1): ("win", "win", "win", False),
         ("81", 2): ("win", "loss", "tie", True),
-        ("82", 1): ("win", "tie", "win", True),
+        ("82", 1): ("win", "tie", "tie", True),  # orders disagree: a tie, as the report counts it
         ("101", 1): ("win", "win", "win", False),
         ("102", 1): ("loss", "win", "tie", True),
-        ("121", 1): ("tie", "error", "tie", False),  # an unparseable verdict is no flip
+        ("121", 1): ("tie", "error", "error", False),  # an unparseable order: no result, no flip
     }
     assert data.multi_turn and data.categories == ["coding", "math", "writing"]
     assert [(r.question_id, r.turn) for r in data.filtered(only_disagreements=True)] == [
         ("81", 2), ("82", 1), ("102", 1)]
     assert [r.question_id for r in data.filtered(category="math")] == ["101", "102"]
     assert [r.question_id for r in data.filtered(category="math", verdict="tie")] == ["102"]
-    assert [r.question_id for r in data.filtered(verdict="win", only_disagreements=True)] == ["82"]
+    assert data.filtered(verdict="win", only_disagreements=True) == []
+    assert [r.question_id for r in data.filtered(verdict="tie", only_disagreements=True)] == ["81", "82", "102"]
+    assert [r.question_id for r in data.filtered(verdict="error")] == ["121"]
     assert data.filtered(ALL, ALL, False) == data.rows
 
     detail = load_question(catalog, data, "81")
@@ -47,6 +53,38 @@ def test_pairwise_rows_flips_and_filters(catalog, seeded):
     assert detail.answer_a[0].startswith("Waves fold") and detail.answer_b == seed.ANSWERS_B["81"]
     assert [(j["turn"], j["order"], j["verdict"]) for j in detail.judgments] == [
         (1, "AB", "A"), (1, "BA", "A"), (2, "AB", "A"), (2, "BA", "B")]
+
+
+def test_pairwise_counts_match_the_report(cli, catalog, seeded, make_app):
+    """One read model: the browser's results per pair add up to the report's counts, in the
+    data layer, the runs list and on screen (the seeded run has agreeing, split, flipped and
+    unparseable pairs)."""
+    (report,) = cli("eval", "report", seed.PAIRWISE, "--json").json()["pairwise"]
+    assert (report["win"], report["loss"], report["tie"], report["inconsistent"]) == (2, 0, 3, 3)
+    data = load_run(catalog, seed.PAIRWISE)
+    outcomes = Counter(r.outcome for r in data.rows)
+    assert (outcomes["win"], outcomes["loss"], outcomes["tie"]) == (report["win"], report["loss"], report["tie"])
+    assert sum(r.flipped for r in data.rows) == report["reliability"]["flipped"] == report["inconsistent"]
+    assert outcomes["error"] == report["unparsed_pairs"] == 1
+    counts = data.pair_counts
+    assert (counts.win, counts.loss, counts.tie, counts.pairs) == (
+        report["win"], report["loss"], report["tie"], report["pairs"])
+    [summary] = [r for r in list_runs(catalog) if r.id == seed.PAIRWISE]
+    assert summary.summary.startswith(f"win {report['win']} · loss {report['loss']} · tie {report['tie']}")
+
+    async def drive() -> None:
+        app = make_app(verdicts=seed.PAIRWISE)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunScreen))
+            table = pilot.app.screen.query_one("#questions", DataTable)
+            await wait_for(pilot, lambda: table.row_count == 6)
+            shown = Counter(str(table.get_row_at(i)[5]) for i in range(table.row_count))
+            assert (shown["win"], shown["loss"], shown["tie"]) == (report["win"], report["loss"], report["tie"])
+            text = str(pilot.app.screen.query_one("#count").render())
+            assert f"win {report['win']} · loss {report['loss']} · tie {report['tie']}" in text
+            assert f"{report['inconsistent']} flipped" in text
+
+    asyncio.run(drive())
 
 
 def test_single_and_grade_rows(catalog, seeded):
@@ -93,7 +131,7 @@ async def test_browse_a_judged_run(make_app, seeded):
         run_screen.query_one("#category", Select).value = ALL
         run_screen.query_one("#verdict", Select).value = "tie"
         await pilot.pause()
-        assert [(r.question_id, r.turn) for r in run_screen.rows] == [("81", 2), ("102", 1)]
+        assert [(r.question_id, r.turn) for r in run_screen.rows] == [("81", 2), ("82", 1), ("102", 1)]
 
         table.focus()
         await pilot.press("enter")
@@ -112,7 +150,7 @@ async def test_browse_a_judged_run(make_app, seeded):
 
         await pilot.press("n")  # next question in the filtered list
         await pilot.pause()
-        assert "Question 102" in str(question.query_one("#topbar").render())
+        assert "Question 82" in str(question.query_one("#topbar").render())
         await pilot.press("escape")
         await wait_for(pilot, lambda: pilot.app.screen is run_screen)
         await pilot.press("escape")

@@ -18,9 +18,9 @@ from store.catalog import CatalogError
 from tui.markdown_text import with_line_breaks
 from tui.widgets.keybar import KeyBar
 from tui.verdicts_data import (ALL, VERDICT_CHOICES, QuestionDetail, Row, RunData, list_runs,
-                               load_question, load_run)
+                               load_question, load_run, pairwise_summary)
 
-STYLE = {"win": "bold green", "loss": "bold red", "tie": "yellow", "error": "bold magenta",
+STYLE = {"win": "bold green", "loss": "bold red", "tie": "yellow", "error": "bold magenta", "incomplete": "dim",
          "correct": "bold green", "incorrect": "bold red"}
 FLIP = "⇄"
 
@@ -183,9 +183,11 @@ class RunScreen(Screen):
             table.add_row(*cells, key=f"{row.question_id}\x00{row.turn}")
         total = len(self.data.rows)
         flips = sum(r.flipped for r in self.data.rows)
-        extra = f" · {flips} flipped on swap" if self.data.mode == "pairwise" else ""
-        self.query_one("#count", Static).update(
-            f"{len(self.rows)} of {total} rows{extra} · enter opens a question")
+        text = f"{len(self.rows)} of {total} rows · enter opens a question"
+        if self.data.mode == "pairwise":  # the run's counts per pair, as `eval report` counts them
+            text = (f"{len(self.rows)} of {total} rows · {pairwise_summary(self.data.pair_counts)} · "
+                    f"{flips} flipped · enter opens")
+        self.query_one("#count", Static).update(text)
 
     @on(Select.Changed)
     @on(Checkbox.Changed)
