@@ -20,7 +20,8 @@ from openchat_cli.eval.client import (
 )
 from openchat_cli.eval.questions import Question, QuestionSet
 from openchat_cli.eval.suites import SUITE_FORMAT, load_question_source
-from openchat_cli.eval.runs import Interrupted, eval_row, finish, run_guarded, worker_pool
+from openchat_cli.eval.runs import Interrupted, claimed_pool, eval_row, finish, run_guarded
+from store.claims import UnitClaims
 from store.catalog import Catalog, CatalogError, looks_like_id
 
 # MT-bench's sampling temperatures per category (FastChat `temperature_config`).
@@ -301,7 +302,7 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
 
     finish(cat, run_id, "running")
     errors: list[str] = []
-    counter = {"answered": 0, "retries": 0}
+    counter = {"answered": 0, "elsewhere": 0, "retries": 0}
     temperature_override = config.get("temperature")
     max_tokens = config.get("max_tokens") or opts.max_tokens
     system = config.get("system")
@@ -320,13 +321,29 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
                     errors.append(f"{question.question_id}: {exc.message}")
                     emit("error", {"question_id": question.question_id, "message": exc.message})
                     return
-                cat.insert("answers", {"eval_id": run_id, "question_id": question.question_id,
-                                       "model": model, **result}, replace=True)
+                stored = cat.insert_new("answers", {"eval_id": run_id, "question_id": question.question_id,
+                                                    "model": model, **result})
+                if not stored:  # another process answered it first: its answer stands
+                    answered_elsewhere(question)
+                    return
                 counter["answered"] += 1
-                emit("answered", {"question_id": question.question_id, "done": already + counter["answered"]})
+                emit("answered", {"question_id": question.question_id,
+                                  "done": already + counter["answered"] + counter["elsewhere"]})
 
+            def answered_elsewhere(question: Question) -> None:
+                counter["elsewhere"] += 1
+                emit("answered", {"question_id": question.question_id,
+                                  "done": already + counter["answered"] + counter["elsewhere"]})
+
+            def is_answered(question: Question) -> bool:
+                return bool(cat.query("select 1 from answers where eval_id = ? and question_id = ?",
+                                      [run_id, question.question_id]))
+
+            # Another identical command may be answering this run too: each question is claimed
+            # before it is asked, so it is asked once (see store/claims.py).
             try:
-                await worker_pool(todo, opts.concurrency, handle)
+                await claimed_pool(todo, opts.concurrency, UnitClaims(cat, run_id), lambda q: q.question_id,
+                                   is_answered, handle, answered_elsewhere)
             finally:
                 counter["retries"] = client.retried
 

@@ -87,6 +87,11 @@ def test_two_identical_answer_commands_share_one_run(scripted, tmp_path, opencha
     (questions,) = cat.db.execute("select count(*) from questions").fetchone()
     assert answers == questions == len(QUESTIONS)
     assert sorted(o["resumed"] for o in outs) == [False, True]  # the second joined the first's run
+    # each question asked once (2 turns each), by one of the two commands
+    asked = [r for r in scripted.requests if r.get("messages")]
+    assert len(asked) == 2 * len(QUESTIONS)
+    assert len({r["messages"][0]["content"] for r in asked}) == len(QUESTIONS)
+    assert not cat.query("select * from unit_claims")
 
 
 @pytest.mark.slow
