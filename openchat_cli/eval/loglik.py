@@ -323,9 +323,16 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
             checkpoint = eval_checkpoint(cat, opts.checkpoint)
         else:
             checkpoint = discover_checkpoint(cat, base_url)
-        run_id = cat.add_eval(kind=KIND, name=opts.name or model, questions_path=str(task.path),
-                              questions_hash=task.hash, endpoint=base_url, model=model,
-                              checkpoint_id=checkpoint, config=_config(opts, task))
+        fields = dict(kind=KIND, name=opts.name or model, questions_path=str(task.path),
+                      questions_hash=task.hash, endpoint=base_url, model=model,
+                      checkpoint_id=checkpoint, config=_config(opts, task))
+        if opts.new:
+            run_id = cat.add_eval(**fields)
+        else:
+            # Found or made in one transaction, as `eval answer` does: two identical commands
+            # started together share the run (scored rows are keyed by question, so none doubles).
+            row, made = cat.find_or_add_eval(lambda: _find_run(cat, task, base_url, model, opts.bos), **fields)
+            run_id, resumed = row["id"], not made
     cat.insert_many("questions", (_question_row(run_id, item) for item in items), replace=True)
     done = {r["question_id"] for r in cat.query("select question_id from answers where eval_id = ?",
                                                 [run_id])}
