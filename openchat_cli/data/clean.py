@@ -155,12 +155,16 @@ class Cleaner:
     def _text(self, conv: Conv, shape: str) -> None:
         """HTML to Markdown and chrome removal; content trimmed."""
         sharegpt = shape in ("sharegpt", "html")
-        for m in conv.messages:
+        for i, m in enumerate(conv.messages):
             text = m["content"]
             convert = (self.o.html == "always"
                        or (self.o.html == "auto" and htmlmd.looks_like_html(text)))
             if convert and self.o.html != "never":
-                text = htmlmd.html_to_markdown(text)
+                try:
+                    text = htmlmd.html_to_markdown(text)
+                except RecursionError:
+                    raise Malformed("HTML nested too deep to convert to Markdown (--html never keeps it as is)",
+                                    f"messages[{i}].content") from None
                 self.result.fixes["html_converted"] += 1
             elif sharegpt:
                 text = htmlmd.strip_chrome(text)

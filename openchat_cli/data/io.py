@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import contextmanager
+import signal
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 from openchat_cli.atomic import remove_stale_temps, temp_file_beside
 from openchat_cli.errors import OpenchatError
@@ -59,38 +60,11 @@ def ensure_registered(path: Path, fmt: str, given: str | None = None, catalog: A
     return catalog.add_dataset(name=path.name, path=path, format=fmt, **fields)
 
 
-@contextmanager
-def atomic_output(path: Path, mode: str = "w") -> Iterator[Any]:
-    """Write `path` through a temporary file in the same folder; renamed only on success."""
-    with atomic_path(path) as tmp:
-        if "b" in mode:
-            fh = open(tmp, mode)
-        else:
-            fh = open(tmp, mode, encoding="utf-8", newline="\n")
-        with fh:
-            yield fh
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to `path` for writers that open files themselves (ParquetWriter)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 T = TypeVar("T")
+
+
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 class StagedOutputs:
@@ -106,12 +80,22 @@ class StagedOutputs:
     def __init__(self) -> None:
         self.files: list[tuple[Path, Path]] = []  # (temp, final)
         self.removed_stale: list[Path] = []
+        self._previous_term: Any = None
 
     def __enter__(self) -> "StagedOutputs":
+        # SIGTERM (a scheduler stopping the job, `kill`) unwinds like Ctrl-C, so the temp files
+        # go now instead of waiting for the next run to find them stale.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_term = signal.signal(signal.SIGTERM, _exit_on_term)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.discard()
+        try:
+            self.discard()
+        finally:
+            if self._previous_term is not None:
+                signal.signal(signal.SIGTERM, self._previous_term)
+                self._previous_term = None
 
     def path(self, final: Path) -> Path:
         """A new temp path for `final` (the caller writes it, e.g. with a ParquetWriter)."""

@@ -10,7 +10,6 @@ exactly what the template produces. A turn that alone exceeds the window is trun
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections import Counter, deque

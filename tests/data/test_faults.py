@@ -15,7 +15,7 @@ import pytest
 
 from store.catalog import open_catalog
 
-from tests.data.helpers import read_jsonl, share_page, sharegpt, write_jsonl
+from tests.data.helpers import read_jsonl, sharegpt, write_jsonl
 
 Q, A = "What is the boiling point of water?", "It boils at 100 degrees Celsius at sea level."
 REPO = Path(__file__).resolve().parents[2]
@@ -156,18 +156,34 @@ def _env(home: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OPENCHAT_HOME": str(home)}
 
 
+def _start_and_kill(command: list[str], data_dir: Path, home: Path, sig: int) -> int:
+    """Start `command`, send `sig` as soon as its first temp output exists; its exit status."""
+    proc = subprocess.Popen(command, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".out.jsonl.") for p in data_dir.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "clean finished before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    return proc.wait(), proc.pid
+
+
+@pytest.mark.slow
+def test_sigterm_removes_its_temp_files_on_the_spot(data_dir, tmp_path):
+    src = write_jsonl(data_dir / "big.jsonl", [good(f"g{i}") for i in range(20_000)])
+    out = data_dir / "out.jsonl"
+    command = [sys.executable, "-m", "openchat_cli.app", "data", "clean", str(src), "-o", str(out)]
+    code, _ = _start_and_kill(command, data_dir, tmp_path / "home", signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in data_dir.iterdir()) == ["big.jsonl"]
+
+
 @pytest.mark.slow
 def test_kill_9_temp_files_are_removed_by_the_next_run(data_dir, tmp_path):
     src = write_jsonl(data_dir / "big.jsonl", [good(f"g{i}") for i in range(20_000)])
     out = data_dir / "out.jsonl"
     command = [sys.executable, "-m", "openchat_cli.app", "data", "clean", str(src), "-o", str(out)]
-    proc = subprocess.Popen(command, env=_env(tmp_path / "home"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not any(p.name.startswith(".out.jsonl.") for p in data_dir.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, "clean finished before it could be killed"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    code, killed_pid = _start_and_kill(command, data_dir, tmp_path / "home", signal.SIGKILL)
+    assert code == -signal.SIGKILL
     left = sorted(p.name for p in data_dir.iterdir() if p.name.startswith("."))
     assert left and not out.exists()
     done = subprocess.run(command, env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=300)
@@ -183,7 +199,7 @@ def test_kill_9_temp_files_are_removed_by_the_next_run(data_dir, tmp_path):
     try:
         alive = data_dir / f".out.jsonl.{writer_tag(sleeper.pid)}.abcd1234.tmp"
         alive.write_text("busy")
-        dead_tag = writer_tag(proc.pid)  # the killed writer: its pid is free
+        dead_tag = writer_tag(killed_pid)  # the killed writer: its pid is free
         other = data_dir / f".other.jsonl.{dead_tag}.abcd1234.tmp"
         other.write_text("not ours")
         stale = data_dir / f".out.jsonl.{dead_tag}.abcd1234.tmp"
@@ -303,3 +319,19 @@ def test_locked_catalog_tokenize_leaves_no_parquet(cli, data_dir, tiny_model_dir
         locker.wait()
     cli("data", "tokenize", src, "--model", tiny_model_dir, "-o", out)
     assert out.exists() and len(datasets()) == 2
+
+
+def test_deep_html_reply_and_deep_first_line_drop_only_their_record(cli, data_dir):
+    """The kind of item 1 beyond the readers: the HTML-to-Markdown step recursed, and the JSONL
+    sniffing parsed the first line with the recursive parser."""
+    deep_html = "<div>" * 5000 + "deep" + "</div>" * 5000
+    recs = [sharegpt("html", Q, deep_html), good("g1")]
+    src = data_dir / "in.json"  # .json suffix: sniffed from the first line
+    src.write_text('{"id": "deep", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+                   + "".join(json.dumps(r) + "\n" for r in recs))
+    out = data_dir / "out.jsonl"
+    res = clean(cli, src, "-o", out).json()
+    assert [r["id"] for r in read_jsonl(out)] == ["g1"] and res["counts"]["dropped"] == {"malformed": 2}
+    got = drops(out)
+    assert got["html"]["detail"].startswith("field 'messages[1].content': HTML nested too deep")
+    assert got["html"]["line"] == 2 and "nested too deep" in next(d for d in got.values() if d["line"] == 1)["detail"]

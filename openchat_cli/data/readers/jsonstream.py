@@ -13,7 +13,7 @@ import codecs
 import json
 import re
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from openchat_cli.data.readers.textcheck import bad_text, may_hold_bad_text, too_deep
 from openchat_cli.data.records import Location, RawItem
@@ -254,6 +254,8 @@ def is_jsonl(path: Path) -> bool:
     for raw in lines:
         try:
             return isinstance(json.loads(raw), dict)
+        except RecursionError:
+            return True  # one whole (too deeply nested) record on the line: the reader reports it
         except ValueError:
             if not raw.lstrip().startswith(b"{"):
                 return False
