@@ -128,3 +128,11 @@ def test_jsonl_with_a_broken_first_line_is_still_jsonl(tmp_path):
     path.write_text('{"id": "a", "conversations": [\n{"id": "b"}\n{"id": "c"}\n')
     items = list(read_file(path, ReadReport()))
     assert [(i.loc.line, i.data) for i in items] == [(1, None), (2, {"id": "b"}), (3, {"id": "c"})]
+
+
+def test_escaped_lone_surrogate_is_not_called_invalid_utf8():
+    data = b'{"id": "esc", "v": "\\udc80x"}\n{"id": "raw", "v": "\x80x"}\n{"id": "pair", "v": "\\ud83d\\ude00"}\n'
+    items = list(iter_jsonl(io.BytesIO(data), "x.jsonl"))
+    assert [i.error for i in items] == ["field 'v': lone surrogate \\udc80 (not valid Unicode)",
+                                        "field 'v': invalid UTF-8 (byte 0x80)", None]
+    assert items[2].data["v"] == "\U0001f600"

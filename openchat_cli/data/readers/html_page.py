@@ -80,7 +80,7 @@ def iter_html_page(path: Path, name: str, record_no: int) -> Iterator[RawItem]:
         error = deep or "no embedded conversation JSON found in the page"
         yield RawItem(loc, error=error, container="html")
         return
-    problem = bad_text(found)
+    problem = bad_text(found, text)
     if problem is not None:
         yield RawItem(loc, found, error=problem, container="html")
         return

@@ -43,7 +43,7 @@ def parse_record(text: str, start: int, end: int, loc: Location, container: str 
     if text[stop:end].strip():
         return RawItem(loc, error=f"invalid JSON: extra data at column {stop - start + 1}", container=container)
     if may_hold_bad_text(text, start, end):
-        problem = bad_text(value)
+        problem = bad_text(value, text, start, end)
         if problem is not None:
             return RawItem(loc, value, error=problem, container=container)
     return RawItem(loc, value, container=container)

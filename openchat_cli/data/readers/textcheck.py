@@ -26,30 +26,33 @@ def may_hold_bad_text(text: str, start: int = 0, end: int | None = None) -> bool
     return _MAYBE_BAD.search(text, start, len(text) if end is None else end) is not None
 
 
-def _describe(ch: str) -> str:
+def _describe(ch: str, raw: str | None, start: int, end: int | None) -> str:
     code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:
+    # surrogateescape keeps invalid byte 0xNN as U+DCNN, literally in the raw text; the same
+    # code point written as a \\udcNN escape is a lone surrogate.
+    if 0xDC80 <= code <= 0xDCFF and (raw is None or raw.find(ch, start, len(raw) if end is None else end) >= 0):
         return f"invalid UTF-8 (byte 0x{code - 0xDC00:02x})"
     return f"lone surrogate \\u{code:04x} (not valid Unicode)"
 
 
-def bad_text(value: Any) -> str | None:
+def bad_text(value: Any, raw: str | None = None, start: int = 0, end: int | None = None) -> str | None:
     """'field 'a[1].b': what is wrong' for the first string (or key) in `value` that is not valid
-    Unicode, or None. Walks without recursion, so any nesting depth is safe."""
+    Unicode, or None; `raw[start:end]` is the text it was parsed from (to tell an invalid byte
+    from an escaped lone surrogate). Walks without recursion, so any nesting depth is safe."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, node = stack.pop()
         if isinstance(node, str):
             m = _LONE.search(node)
             if m:
-                return f"field '{path or '(record)'}': {_describe(m.group())}"
+                return f"field '{path or '(record)'}': {_describe(m.group(), raw, start, end)}"
         elif isinstance(node, dict):
             items = list(node.items())
             for key, child in reversed(items):
                 sub = f"{path}.{key}" if path else str(key)
                 m = _LONE.search(key) if isinstance(key, str) else None
                 if m:
-                    return f"field '{printable(sub)}' (its name): {_describe(m.group())}"
+                    return f"field '{printable(sub)}' (its name): {_describe(m.group(), raw, start, end)}"
                 stack.append((sub, child))
         elif isinstance(node, list):
             for i in range(len(node) - 1, -1, -1):
