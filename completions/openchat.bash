@@ -24,7 +24,7 @@ _openchat() {
         "catalog show") words="--help --home --json" ;;
         "chat") words="--api-key --chat --condition --endpoint --help --home --max-tokens --model --system --temperature --verdicts -c -e -m -s -t" ;;
         "data") words="clean show split stats tokenize --help" ;;
-        "data clean") words="--blocked-words --class --condition-from --default-weight --force --format --help --home --html --json --keep-model --keep-source --min-chars --name --near-dup --near-dup-threshold --no-blocked-words --no-dedup --no-unwanted-phrases --out --skip-check --trim-ends --unwanted-phrases --weight -o" ;;
+        "data clean") words="--blocked-words --class --condition-from --default-weight --force --format --help --home --html --json --keep-model --keep-source --min-chars --name --near-dup --near-dup-threshold --no-blocked-words --no-dedup --no-trim-ends --no-unwanted-phrases --out --skip-check --trim-ends --unwanted-phrases --weight -o" ;;
         "data show") words="--count --help --home --id --json --model --random --seed --template -m -n" ;;
         "data split") words="--eval --eval-out --force --help --home --json --seed --train-out" ;;
         "data stats") words="--help --home --json --model --template -m" ;;

@@ -83,6 +83,7 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l near-dup-threshold
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l no-blocked-words
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l no-dedup
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l no-trim-ends
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l no-unwanted-phrases
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l out
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l skip-check

@@ -11,15 +11,17 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from openchat_cli.data import htmlmd
-from openchat_cli.data.dedup import ExactDedup, NearDedup, normalized_text
+from openchat_cli.data.dedup import ExactDedup, NearDedup, normalized_hash, normalized_text
 from openchat_cli.data.formats import normalize
 from openchat_cli.data.readers import ReadReport, expand_sources, read_file
+from openchat_cli.data.readers.textcheck import printable
 from openchat_cli.data.records import REASONS, SKIPPABLE, Conv, Drop, Malformed, RawItem
 from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED, Matcher, load_list
 from openchat_cli.errors import OpenchatError
@@ -37,7 +39,7 @@ class CleanOptions:
     format: str = "auto"
     html: str = "auto"  # auto | always | never
     skip_checks: tuple[str, ...] = ()
-    trim_ends: bool = False
+    trim_ends: bool = True  # trim a leading assistant / trailing user turn instead of dropping
     min_chars: int = 10
     blocked_words: Path | None = DEFAULT_BLOCKED  # None: step off
     unwanted_phrases: Path | None = DEFAULT_UNWANTED
@@ -125,6 +127,11 @@ class Cleaner:
             raise OpenchatError("--condition-from must be model or source")
         if options.near_dup and not 0.0 < options.near_dup_threshold < 1.0:
             raise OpenchatError("--near-dup-threshold must be between 0 and 1 (e.g. 0.85)")
+        for flag, value in [("--default-weight", options.default_weight),
+                            *((f"--weight {cls}=", w) for cls, w in options.weights.items())]:
+            if not math.isfinite(value) or value < 0:
+                raise OpenchatError(f"{flag}{value if flag.endswith('=') else ' ' + str(value)}: a weight must be "
+                                    f"a finite number, 0 or more")
         if options.weights and not options.condition_from:
             raise OpenchatError("--weight needs --condition-from model|source to give conversations a class")
         self.skip = set(options.skip_checks)
@@ -148,12 +155,16 @@ class Cleaner:
     def _text(self, conv: Conv, shape: str) -> None:
         """HTML to Markdown and chrome removal; content trimmed."""
         sharegpt = shape in ("sharegpt", "html")
-        for m in conv.messages:
+        for i, m in enumerate(conv.messages):
             text = m["content"]
             convert = (self.o.html == "always"
                        or (self.o.html == "auto" and htmlmd.looks_like_html(text)))
             if convert and self.o.html != "never":
-                text = htmlmd.html_to_markdown(text)
+                try:
+                    text = htmlmd.html_to_markdown(text)
+                except RecursionError:
+                    raise Malformed("HTML nested too deep to convert to Markdown (--html never keeps it as is)",
+                                    f"messages[{i}].content") from None
                 self.result.fixes["html_converted"] += 1
             elif sharegpt:
                 text = htmlmd.strip_chrome(text)
@@ -188,14 +199,24 @@ class Cleaner:
             if not msgs:
                 raise Drop("empty", "every message is empty")
         if self.o.trim_ends:
-            while msgs and msgs[0]["role"] == "assistant":
+            # The split-off parts of long ShareGPT conversations start with a reply or end with a
+            # question: the rest is still a conversation a trainer can use.
+            leading = trailing = 0
+            while msgs and msgs[0]["role"] == "assistant" and "leading_assistant" not in self.skip:
                 msgs.pop(0)
-                self.result.fixes["trimmed_leading_assistant"] += 1
-            while msgs and msgs[-1]["role"] == "user":
+                leading += 1
+            while msgs and msgs[-1]["role"] == "user" and "trailing_user" not in self.skip:
                 msgs.pop()
-                self.result.fixes["trimmed_trailing_user"] += 1
+                trailing += 1
             if not msgs:
-                raise Drop("one_turn", "nothing left after trimming")
+                raise Drop("one_turn", f"nothing left after trimming {leading + trailing} turn(s)")
+            if leading or trailing:
+                self.result.fixes["trimmed_conversations"] += 1
+                self.result.fixes["trimmed_leading_assistant"] += leading
+                self.result.fixes["trimmed_trailing_user"] += trailing
+                for key in ("trimmed_leading_assistant", "trimmed_trailing_user"):
+                    if not self.result.fixes[key]:
+                        del self.result.fixes[key]
         if len(msgs) == 1 and "one_turn" not in self.skip:
             raise Drop("one_turn", f"only one {msgs[0]['role']} message")
         if msgs[0]["role"] == "assistant" and "leading_assistant" not in self.skip:
@@ -213,7 +234,8 @@ class Cleaner:
 
     def _words(self, conv: Conv) -> None:
         if self.blocked is not None:
-            for text in [conv.system or ""] + [m["content"] + " " + m.get("input", "") for m in conv.messages]:
+            texts = [conv.system or ""] + [t for m in conv.messages for t in (m["content"], m.get("input", ""))]
+            for text in texts:  # one at a time: a huge reply is not copied into a joined string
                 word = self.blocked.search(text)
                 if word:
                     raise Drop("blocked_word", f"contains '{word}'")
@@ -227,6 +249,9 @@ class Cleaner:
                 m["weight"] = 0.0  # user turns are context, never trained on
                 continue
             weight = float(m.get("weight", 1.0)) * class_weight
+            if not math.isfinite(weight):
+                raise Malformed(f"weight {m.get('weight')} × class weight {class_weight} is not a finite number",
+                                f"messages[{conv.messages.index(m)}].weight")
             if self.unwanted is not None and weight != 0:
                 phrase = self.unwanted.search(m["content"])
                 if phrase:
@@ -257,10 +282,15 @@ class Cleaner:
     def _dedup(self, conv: Conv) -> None:
         if self.exact is None and self.near is None:
             return
+        if self.near is None:
+            # Exact only: hashed piece by piece, without a normalised copy of the text.
+            if self.exact.check_and_add_hash(normalized_hash(conv.system, conv.messages)):
+                raise Drop("duplicate", "same text as an earlier conversation")
+            return
         text = normalized_text(conv.system, conv.messages)
         if self.exact is not None and self.exact.check_and_add(text):
             raise Drop("duplicate", "same text as an earlier conversation")
-        if self.near is not None and self.near.check_and_add(text):
+        if self.near.check_and_add(text):
             raise Drop("near_duplicate", f"similar to an earlier conversation (≥ {self.o.near_dup_threshold})")
 
     # -- driver ---------------------------------------------------------------------------
@@ -312,10 +342,14 @@ def _record_id(item: RawItem) -> str | None:
     return None
 
 
-def run_clean(inputs: list[Path], out_fh, dropped_fh, options: CleanOptions,
+def run_clean(inputs: list[Path], out_fh: BinaryIO, dropped_fh: BinaryIO, options: CleanOptions,
               on_record: Callable[[], None] | None = None) -> CleanResult:
     """Clean every record of `inputs`, writing kept conversations (JSONL) to `out_fh` and one
-    line per dropped record to `dropped_fh`. Both are text files opened by the caller."""
+    line per dropped record to `dropped_fh`. Both are binary files opened by the caller.
+
+    Whatever goes wrong with one record (a field of the wrong type, text that is not valid
+    Unicode, nesting too deep, a value JSON cannot hold) drops that record with a reason and
+    its location; the others are kept."""
     cleaner = Cleaner(options)
     result = cleaner.result
     digest = hashlib.sha256()
@@ -324,21 +358,37 @@ def run_clean(inputs: list[Path], out_fh, dropped_fh, options: CleanOptions,
             result.read += 1
             try:
                 conv = cleaner.process(item, source)
+                data = _jsonl(conv.to_json())
             except (Drop, Malformed) as exc:
                 reason = exc.reason if isinstance(exc, Drop) else "malformed"
                 detail = exc.detail if isinstance(exc, Drop) else str(exc)
-                result.dropped[reason] += 1
-                rec = DropRecord(_record_id(item), item.loc.file, item.loc.line, item.loc.record,
-                                 reason, detail)
-                result.examples.setdefault(reason, f"{item.loc}: {detail}")
-                dropped_fh.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
+                _drop(result, dropped_fh, item, reason, detail)
+            except (RecursionError, UnicodeError, ValueError, TypeError) as exc:
+                # Not expected after the readers' checks; still one record's problem, not the run's.
+                _drop(result, dropped_fh, item, "malformed", f"cannot be cleaned: {type(exc).__name__}: {exc}")
             else:
-                line = json.dumps(conv.to_json(), ensure_ascii=False) + "\n"
-                out_fh.write(line)
-                digest.update(line.encode("utf-8", "surrogatepass"))
+                out_fh.write(data)
+                digest.update(data)
+                del data
                 result.kept += 1
                 result.conditions[conv.condition or "(none)"] += 1
             if on_record is not None:
                 on_record()
     result.content_hash = digest.hexdigest()
     return result
+
+
+def _jsonl(record: dict[str, Any]) -> bytes:
+    """One JSONL line as UTF-8; ValueError for NaN/Infinity (not JSON), UnicodeError for text
+    that is not valid Unicode."""
+    return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _drop(result: CleanResult, dropped_fh: BinaryIO, item: RawItem, reason: str, detail: str) -> None:
+    detail = printable(detail)
+    result.dropped[reason] += 1
+    rid = _record_id(item)
+    rec = DropRecord(printable(rid) if rid is not None else None, item.loc.file, item.loc.line,
+                     item.loc.record, reason, detail)
+    result.examples.setdefault(reason, f"{item.loc}: {detail}")
+    dropped_fh.write((json.dumps(rec.to_json(), ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))

@@ -53,7 +53,7 @@ def clean_command(
     fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     html: str = typer.Option("auto", "--html", help="Convert HTML replies to Markdown: auto (when a reply is HTML) | always | never."),
     skip_checks: list[str] = typer.Option([], "--skip-check", help="Switch off a structure check (repeatable): empty_message, leading_assistant, trailing_user, one_turn, non_alternating, too_short, misplaced_system, no_trainable_reply."),
-    trim_ends: bool = typer.Option(False, "--trim-ends", help="Trim a leading assistant / trailing user turn instead of dropping the conversation."),
+    trim_ends: bool = typer.Option(True, "--trim-ends/--no-trim-ends", help="Trim a leading assistant / trailing user turn (the split-off parts of long ShareGPT conversations) and keep the rest; --no-trim-ends drops such conversations instead."),
     min_chars: int = typer.Option(10, "--min-chars", help="Drop conversations with less text than this (0: off)."),
     blocked_words: Optional[Path] = typer.Option(None, "--blocked-words", help="File of blocked words (one a line; default: built-in list)."),
     no_blocked_words: bool = typer.Option(False, "--no-blocked-words", help="Do not drop conversations for blocked words."),
@@ -76,10 +76,9 @@ def clean_command(
     OpenAI messages) into conversations JSONL; every dropped record is reported with a reason."""
     from openchat_cli.data.clean import CleanOptions, parse_pairs, run_clean
     from openchat_cli.data.formats import FORMATS
-    from openchat_cli.data.io import atomic_output, ensure_registered, resolve_input, side_path
+    from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, side_path
     from openchat_cli.data.records import REASONS
     from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED
-    from store.catalog import open_catalog
 
     if fmt not in FORMATS:
         raise OpenchatError(f"--format must be one of {', '.join(FORMATS)}")
@@ -99,22 +98,29 @@ def clean_command(
         weights=dict(parse_pairs(weights, "--weight", float)), default_weight=default_weight,
     )
     dropped_path = side_path(out, "dropped")
-    with progress(transient=True) as bar:
-        task = bar.add_task("cleaning", total=None, info="")
-        with atomic_output(out) as out_fh, atomic_output(dropped_path) as drop_fh:
-            tick = (lambda: bar.advance(task)) if err_console.is_terminal else None
-            result = run_clean(paths, out_fh, drop_fh, options, on_record=tick)
+    with StagedOutputs() as staged:
+        with progress(transient=True) as bar:
+            task = bar.add_task("cleaning", total=None, info="")
+            with staged.open(out, "wb") as out_fh, staged.open(dropped_path, "wb") as drop_fh:
+                tick = (lambda: bar.advance(task)) if err_console.is_terminal else None
+                result = run_clean(paths, out_fh, drop_fh, options, on_record=tick)
+        _warn_stale(staged)
+        if result.kept == 0:
+            _warn(result.report.warnings[:20])
+            raise OpenchatError(_nothing_kept(result, staged, out, dropped_path))
+        counts = result.counts()
 
-    catalog = open_catalog()
-    parents = list(dict.fromkeys(
-        ensure_registered(p, "raw", given, num_records=result.report.files.get(str(p)))
-        for p, given in resolved))
-    counts = result.counts()
-    ds = catalog.add_dataset(
-        name=name or out.name, path=out, format="conversations", parent_id=parents[0] if parents else None,
-        parents=parents[1:], content_hash=result.content_hash, num_records=result.kept, counts=counts,
-        meta={"inputs": [str(p) for p in paths], "options": options.describe(),
-              "dropped_path": str(dropped_path.resolve())})
+        def register(catalog) -> str:
+            parents = list(dict.fromkeys(
+                ensure_registered(p, "raw", given, catalog=catalog, num_records=result.report.files.get(str(p)))
+                for p, given in resolved))
+            return catalog.add_dataset(
+                name=name or out.name, path=out, format="conversations", parent_id=parents[0] if parents else None,
+                parents=parents[1:], content_hash=result.content_hash, num_records=result.kept, counts=counts,
+                meta={"inputs": [str(p) for p in paths], "options": options.describe(),
+                      "dropped_path": str(dropped_path.resolve())})
+
+        ds = staged.publish(register)
 
     _warn(result.report.warnings[:20])
     if result.report.warning_count > 20:
@@ -138,8 +144,27 @@ def clean_command(
         f"[bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
         + (f"\ndropped records (id, file, line, reason): {dropped_path}" if result.dropped else ""),
         highlight=False)
-    if result.kept == 0:
-        err_console.print("[yellow]warning:[/] no conversation was kept")
+
+
+def _warn_stale(staged) -> None:
+    if staged.removed_stale:
+        names = ", ".join(p.name for p in staged.removed_stale[:3])
+        more = f" and {len(staged.removed_stale) - 3} more" if len(staged.removed_stale) > 3 else ""
+        _warn([f"removed {len(staged.removed_stale)} temp file(s) a killed earlier run left: {names}{more}"])
+
+
+def _nothing_kept(result, staged, out: Path, dropped_path: Path) -> str:
+    """Why `clean` produced nothing usable; publishes the dropped-records report (if any) so the
+    user can see why, never the empty output, and registers nothing."""
+    staged.discard(out)
+    if result.read == 0:
+        staged.discard()
+        return (f"no records found in the input (an empty file, [] or no conversation in the page); "
+                f"nothing written to {out}, nothing registered")
+    staged.publish_files()
+    reasons = ", ".join(f"{r} {n:,}" for r, n in result.dropped.most_common(5))
+    return (f"no conversation kept: all {result.read:,} record(s) dropped ({reasons}); see {dropped_path} "
+            f"for each record's file, line and reason. Nothing written to {out}, nothing registered")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +184,7 @@ def tokenize_command(
     """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
     splitting long conversations at turn boundaries instead of cutting them."""
     from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template, tokenizer_hash
-    from openchat_cli.data.io import atomic_path, ensure_registered, resolve_input, sha256_file
+    from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, sha256_file
     from openchat_cli.data.tokenize import tokenize_file
     from openchat_cli.templates import check_tokenizer, get_template
     from openchat_cli.tokenized import make_metadata
@@ -191,7 +216,7 @@ def tokenize_command(
     if not model_id:
         row = catalog.find_by_path("checkpoints", model_dir)
         model_id = row["id"] if row else None
-    parent = ensure_registered(src, "conversations", given)
+    parent = ensure_registered(src, "conversations", given, catalog=catalog)
     thash = tokenizer_hash(tokenizer)
 
     def metadata(stats):
@@ -201,24 +226,36 @@ def tokenize_command(
                              stats=stats.to_dict())
 
     total = _count_lines(src) if err_console.is_terminal else None
-    with progress(transient=True) as bar:
-        task = bar.add_task("tokenizing", total=total, info="")
-        with atomic_path(out) as tmp:
+    with StagedOutputs() as staged:
+        with progress(transient=True) as bar:
+            task = bar.add_task("tokenizing", total=total, info="")
+            tmp = staged.path(out)
             stats = tokenize_file(src, tmp, template, tokenizer, max_len, metadata, chunk_size=chunk_size,
                                   on_progress=lambda n: bar.advance(task, n), workers=workers,
                                   model_dir=model_dir, name=str(src))
-    ds = catalog.add_dataset(
-        name=name or out.name, path=out, format="tokenized", parent_id=parent,
-        content_hash=sha256_file(out), num_records=stats.sequences, counts=stats.to_dict(),
-        meta={"template": tname, "tokenizer_hash": thash, "max_len": max_len,
-              "model": str(model_dir.resolve()), "model_id": model_id, "errors": stats.errors})
-    if model_id:
-        catalog.link(ds, model_id, "tokenized-with")
+        _warn_stale(staged)
+        if stats.sequences == 0:
+            if stats.malformed:
+                _warn([f"{stats.malformed} malformed record(s) skipped, e.g."] + stats.errors[:5])
+            raise OpenchatError(
+                f"{src}: no training sequence to write ({stats.conversations:,} conversation(s) read, "
+                f"{stats.malformed:,} malformed, {stats.dropped_no_targets:,} part(s) without a supervised "
+                f"token within --max-len {max_len}); nothing written to {out}, nothing registered")
+        content_hash = sha256_file(tmp)
+
+        def register(catalog) -> str:
+            ds = catalog.add_dataset(
+                name=name or out.name, path=out, format="tokenized", parent_id=parent,
+                content_hash=content_hash, num_records=stats.sequences, counts=stats.to_dict(),
+                meta={"template": tname, "tokenizer_hash": thash, "max_len": max_len,
+                      "model": str(model_dir.resolve()), "model_id": model_id, "errors": stats.errors})
+            if model_id:
+                catalog.link(ds, model_id, "tokenized-with")
+            return ds
+
+        ds = staged.publish(register)
     if stats.malformed:
         _warn([f"{stats.malformed} malformed record(s) skipped, e.g."] + stats.errors[:5])
-    if stats.sequences == 0:
-        _warn([f"no training sequence was written (every part lacked a supervised token within "
-               f"--max-len {max_len}, or the input held no conversation)"])
     if as_json:
         print_json({"id": ds, "path": str(out), "template": tname, "max_len": max_len,
                     "tokenizer_hash": thash, "stats": stats.to_dict()})
@@ -362,9 +399,8 @@ def split_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Reproducible train/eval split by conversation id (split parts of a conversation stay together)."""
-    from openchat_cli.data.io import atomic_output, atomic_path, ensure_registered, is_parquet, resolve_input, sha256_file
+    from openchat_cli.data.io import StagedOutputs, ensure_registered, is_parquet, resolve_input, sha256_file
     from openchat_cli.data.split import counts, split_jsonl, split_parquet
-    from store.catalog import open_catalog
 
     if not 0.0 < eval_fraction < 1.0:
         raise OpenchatError("--eval must be a fraction between 0 and 1 (e.g. 0.02)")
@@ -381,20 +417,31 @@ def split_command(
     _check_out(eval_out, force)
     fmt = "tokenized" if parquet else "conversations"
     parent = ensure_registered(src, fmt, given)
-    if parquet:
-        with atomic_path(train_out) as ttmp, atomic_path(eval_out) as etmp:
-            result = split_parquet(src, ttmp, etmp, eval_fraction, seed)
-    else:
-        with atomic_output(train_out) as tfh, atomic_output(eval_out) as efh:
-            result = split_jsonl(src, tfh, efh, eval_fraction, seed)
-    catalog = open_catalog()
-    parent_row = catalog.get(parent)
-    meta = {**(parent_row.get("meta") or {}), "split": None, "seed": seed, "eval_fraction": eval_fraction}
-    made = {}
-    for which, path, n in (("train", train_out, result.train), ("eval", eval_out, result.eval)):
-        made[which] = catalog.add_dataset(
-            name=path.name, path=path, format=fmt, parent_id=parent, content_hash=sha256_file(path),
-            num_records=n, counts=counts(result), meta={**meta, "split": which})
+    with StagedOutputs() as staged:
+        if parquet:
+            result = split_parquet(src, staged.path(train_out), staged.path(eval_out), eval_fraction, seed)
+        else:
+            with staged.open(train_out) as tfh, staged.open(eval_out) as efh:
+                result = split_jsonl(src, tfh, efh, eval_fraction, seed)
+        _warn_stale(staged)
+        if result.train + result.eval == 0:
+            if result.errors:
+                _warn([f"{result.malformed} malformed line(s) skipped, e.g."] + result.errors[:5])
+            raise OpenchatError(f"{src}: no {'sequence' if parquet else 'conversation'} to split "
+                                f"({result.malformed} malformed); nothing written, nothing registered")
+        hashes = {which: sha256_file(staged.temp_of(path)) for which, path in (("train", train_out), ("eval", eval_out))}
+
+        def register(catalog) -> dict[str, str]:
+            parent_row = catalog.get(parent)
+            meta = {**(parent_row.get("meta") or {}), "split": None, "seed": seed, "eval_fraction": eval_fraction}
+            made = {}
+            for which, path, n in (("train", train_out, result.train), ("eval", eval_out, result.eval)):
+                made[which] = catalog.add_dataset(
+                    name=path.name, path=path, format=fmt, parent_id=parent, content_hash=hashes[which],
+                    num_records=n, counts=counts(result), meta={**meta, "split": which})
+            return made
+
+        made = staged.publish(register)
     if result.errors:
         _warn([f"{result.malformed} malformed line(s) skipped, e.g."] + result.errors[:5])
     if result.eval == 0:

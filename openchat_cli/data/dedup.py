@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -29,6 +29,45 @@ def normalized_text(system: str | None, messages: Iterable[dict[str, Any]]) -> s
     return "\x01".join(parts)
 
 
+_WINDOW = 1 << 20  # characters normalised at a time by `normalized_hash`
+_SPACE = re.compile(r"\s")
+
+
+def _words_windows(text: str) -> Iterator[str]:
+    """`" ".join(text.lower().split())` in pieces of about _WINDOW characters (cut at whitespace,
+    so no word is split and lower-casing sees the same context): a 50 MB reply never exists as
+    a list of millions of words or as a second lower-cased copy."""
+    pos, n = 0, len(text)
+    while pos < n:
+        m = _SPACE.search(text, min(pos + _WINDOW, n)) if pos + _WINDOW < n else None
+        cut = m.start() if m else n
+        piece = " ".join(text[pos:cut].lower().split())
+        if piece:
+            yield piece
+        pos = cut
+
+
+def normalized_hash(system: str | None, messages: Iterable[dict[str, Any]]) -> int:
+    """`stable_hash(normalized_text(system, messages))`, computed piece by piece in bounded memory."""
+    digest = hashlib.blake2b(digest_size=8)
+
+    def feed(text: str) -> None:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+
+    first = True
+    for piece in _words_windows(system or ""):
+        feed(piece if first else " " + piece)
+        first = False
+    for m in messages:
+        feed("\x01" + m["role"] + "\x00")
+        first = True
+        for text in (m["content"], m.get("input") or ""):
+            for piece in _words_windows(text):
+                feed(piece if first else " " + piece)
+                first = False
+    return int.from_bytes(digest.digest(), "little")
+
+
 def stable_hash(text: str) -> int:
     """64 bits of BLAKE2b: stable across runs and machines (unlike Python's hash())."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
@@ -40,7 +79,10 @@ class ExactDedup:
 
     def check_and_add(self, text: str) -> bool:
         """True if `text` was seen before; otherwise remember it."""
-        h = stable_hash(text)
+        return self.check_and_add_hash(stable_hash(text))
+
+    def check_and_add_hash(self, h: int) -> bool:
+        """True if the text hashed to `h` (see `normalized_hash`) was seen before; else remember it."""
         if h in self.seen:
             return True
         self.seen.add(h)

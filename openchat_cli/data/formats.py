@@ -3,6 +3,7 @@ each turned into a `Conv` with roles user / assistant / system."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +31,22 @@ def detect(record: dict[str, Any]) -> str | None:
             return "dolly"
         return "alpaca"
     return None
+
+
+def check_weight(value: Any, field: str) -> float:
+    """A loss weight as a float: a finite number ≥ 0 (JSON parsers accept NaN and Infinity, and a
+    negative weight would train the model away from the reply), else Malformed naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Malformed(f"expected a number, found {type(value).__name__}", field)
+    try:
+        weight = float(value)
+    except OverflowError:
+        weight = math.inf
+    if not math.isfinite(weight):
+        raise Malformed(f"weight must be a finite number, found {value!r}", field)
+    if weight < 0:
+        raise Malformed(f"weight must be 0 or more, found {value!r}", field)
+    return weight
 
 
 def _str_field(record: dict[str, Any], key: str, required: bool = True) -> str | None:
@@ -127,9 +144,7 @@ def from_openai(record: dict[str, Any], loc: Location, source: str) -> Conv:
             raise Malformed(str(exc), f"{where}.content") from None
         msg: dict[str, Any] = {"role": role, "content": content}
         if m.get("weight") is not None:
-            if not isinstance(m["weight"], (int, float)) or isinstance(m["weight"], bool):
-                raise Malformed("expected a number", f"{where}.weight")
-            msg["weight"] = float(m["weight"])
+            msg["weight"] = check_weight(m["weight"], f"{where}.weight")
         if isinstance(m.get("input"), str) and m["input"].strip():
             msg["input"] = m["input"]
         messages.append(msg)

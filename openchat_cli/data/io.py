@@ -1,15 +1,18 @@
 """Files and catalog plumbing shared by the `data` commands: inputs given as paths or catalog
-ids, outputs written under a temporary name and renamed when complete."""
+ids, outputs written under a temporary name and published (renamed) in the same catalog
+transaction that registers them, so a user never sees a file without its catalog row or a row
+without its file."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import contextmanager
+import signal
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, TypeVar
 
-from openchat_cli.atomic import temp_file_beside
+from openchat_cli.atomic import remove_stale_temps, temp_file_beside
 from openchat_cli.errors import OpenchatError
 
 
@@ -30,55 +33,145 @@ def resolve_input(value: str | Path, must_exist: bool = True) -> tuple[Path, str
     return path, dataset_id
 
 
-def dataset_id_for(path: Path, given: str | None = None) -> str | None:
+def dataset_id_for(path: Path, given: str | None = None, catalog: Any = None) -> str | None:
     """The catalog id of a dataset file: the id it was given by, else the newest row for its path."""
     if given:
         return given
-    from store.catalog import open_catalog
+    if catalog is None:
+        from store.catalog import open_catalog
 
-    row = open_catalog().find_by_path("datasets", path)
+        catalog = open_catalog()
+    row = catalog.find_by_path("datasets", path)
     return row["id"] if row else None
 
 
-def ensure_registered(path: Path, fmt: str, given: str | None = None, **fields: Any) -> str:
+def ensure_registered(path: Path, fmt: str, given: str | None = None, catalog: Any = None,
+                      **fields: Any) -> str:
     """The dataset id for `path`, registering it (as `fmt`) if the catalog does not know it yet,
-    so every output has a parent in the lineage."""
-    found = dataset_id_for(path, given)
+    so every output has a parent in the lineage. Pass `catalog` inside a transaction (another
+    connection would wait on the lock that transaction holds)."""
+    if catalog is None:
+        from store.catalog import open_catalog
+
+        catalog = open_catalog()
+    found = dataset_id_for(path, given, catalog)
     if found:
         return found
-    from store.catalog import open_catalog
-
-    return open_catalog().add_dataset(name=path.name, path=path, format=fmt, **fields)
+    return catalog.add_dataset(name=path.name, path=path, format=fmt, **fields)
 
 
-@contextmanager
-def atomic_output(path: Path, mode: str = "w") -> Iterator[Any]:
-    """Write `path` through a temporary file in the same folder; renamed only on success."""
-    with atomic_path(path) as tmp:
-        if "b" in mode:
-            fh = open(tmp, mode)
-        else:
-            fh = open(tmp, mode, encoding="utf-8", newline="\n")
-        with fh:
-            yield fh
+T = TypeVar("T")
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to `path` for writers that open files themselves (ParquetWriter)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+class StagedOutputs:
+    """Output files written under temp names beside their final names, then published together
+    with their catalog rows: `publish` takes the catalog's write lock, runs `register`, renames
+    every temp file into place and commits. If the catalog stays locked (or anything else fails)
+    no output appears and no row is written, so the same command can simply be run again.
+
+    Use as a context manager: temp files not published by the end of the block are removed.
+    Temp files a killed earlier run left for the same outputs are removed when staging them
+    (`removed_stale`), when their writer is provably gone (see openchat_cli.atomic)."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[Path, Path]] = []  # (temp, final)
+        self.removed_stale: list[Path] = []
+        self._previous_term: Any = None
+
+    def __enter__(self) -> "StagedOutputs":
+        # SIGTERM (a scheduler stopping the job, `kill`) unwinds like Ctrl-C, so the temp files
+        # go now instead of waiting for the next run to find them stale.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_term = signal.signal(signal.SIGTERM, _exit_on_term)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            self.discard()
+        finally:
+            if self._previous_term is not None:
+                signal.signal(signal.SIGTERM, self._previous_term)
+                self._previous_term = None
+
+    def path(self, final: Path) -> Path:
+        """A new temp path for `final` (the caller writes it, e.g. with a ParquetWriter)."""
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.removed_stale += remove_stale_temps(final)
+        fd, tmp = temp_file_beside(final)
+        os.close(fd)
+        self.files.append((Path(tmp), final))
+        return Path(tmp)
+
+    def open(self, final: Path, mode: str = "w") -> Any:
+        """A file object writing `final`'s temp file (text: UTF-8, '\n' line ends)."""
+        tmp = self.path(final)
+        if "b" in mode:
+            return open(tmp, mode)
+        return open(tmp, mode, encoding="utf-8", newline="\n")
+
+    def temp_of(self, final: Path) -> Path:
+        for tmp, dest in self.files:
+            if dest == Path(final):
+                return tmp
+        raise KeyError(final)
+
+    def discard(self, final: Path | None = None) -> None:
+        """Remove the temp file of `final` (every unpublished one if None)."""
+        keep = []
+        for tmp, dest in self.files:
+            if final is None or dest == Path(final):
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            else:
+                keep.append((tmp, dest))
+        self.files = keep
+
+    def _rename_all(self) -> list[Path]:
+        published = []
+        for tmp, dest in self.files:
+            os.replace(tmp, dest)
+            published.append(dest)
+        self.files = []
+        return published
+
+    def publish_files(self) -> list[Path]:
+        """Rename every staged file into place without a catalog row (reports of a failed run)."""
+        return self._rename_all()
+
+    def publish(self, register: Callable[[Any], T]) -> T:
+        """Register and publish as one step: `register(catalog)` writes the catalog rows inside one
+        write transaction, the files are renamed into place, then it commits. On any failure the
+        transaction rolls back and files already renamed are removed again."""
+        import sqlite3
+
+        from store.catalog import CatalogError, open_catalog
+
+        published: list[Path] = []
+        try:
+            catalog = open_catalog()
+            with catalog.immediate():
+                result = register(catalog)
+                published = self._rename_all()
+        except BaseException as exc:
+            for dest in published:
+                try:
+                    os.unlink(dest)
+                except FileNotFoundError:
+                    pass
+            self.discard()
+            if isinstance(exc, (CatalogError, sqlite3.OperationalError)):
+                raise OpenchatError(
+                    f"{exc}; nothing was written (no output, no catalog entry): run the same "
+                    f"command again when the catalog is free") from None
+            raise
+        return result
 
 
 def sha256_file(path: Path) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from openchat_cli.data.dedup import stable_hash
+from openchat_cli.data.readers.jsonstream import parse_record
+from openchat_cli.data.records import Location
 
 SCALE = float(1 << 64)
 
@@ -36,17 +38,18 @@ def split_jsonl(src: Path, train_fh, eval_fh, fraction: float, seed: int) -> Spl
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
-            try:
-                data = json.loads(raw)
-                cid = data["id"] if isinstance(data, dict) and data.get("id") is not None else None
-            except ValueError as exc:
+            text = raw.decode("utf-8", "surrogateescape")
+            item = parse_record(text, len(text) - len(text.lstrip()), len(text), Location(str(src), 0, lineno))
+            if item.error is not None:  # invalid JSON or UTF-8, a lone surrogate, nested too deep
                 result.malformed += 1
                 if len(result.errors) < 20:
-                    result.errors.append(f"{src}:{lineno}: invalid JSON ({exc})")
+                    result.errors.append(f"{src}:{lineno}: {item.error}")
                 continue
+            data = item.data
+            cid = data["id"] if isinstance(data, dict) and data.get("id") is not None else None
             if cid is None:
                 cid = f"{src.stem}:{lineno}"
-            line = raw.decode("utf-8", "replace").rstrip("\r\n") + "\n"
+            line = text.rstrip("\r\n") + "\n"
             if goes_to_eval(str(cid), seed, fraction):
                 eval_fh.write(line)
                 result.eval += 1

@@ -10,7 +10,7 @@ exactly what the template produces. A turn that alone exceeds the window is trun
 from __future__ import annotations
 
 import itertools
-import json
+import math
 import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from openchat_cli.data.readers.jsonstream import parse_record
+from openchat_cli.data.records import Location
 from openchat_cli.templates import ChatTemplate, Conversation, Encoded
 
 DEFAULT_CHUNK = 512
@@ -115,22 +117,29 @@ def validate(data: dict[str, Any]) -> str | None:
         w = m.get("weight")
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))):
             return f"field 'messages[{i}].weight': expected a number"
+        if w is not None and not _finite_non_negative(w):
+            return f"field 'messages[{i}].weight': must be a finite number, 0 or more, found {w!r}"
     for key in ("system", "condition"):
         if data.get(key) is not None and not isinstance(data[key], str):
             return f"field '{key}': expected a string"
     return None
 
 
+def _finite_non_negative(value: float) -> bool:
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def parse_lines(lines: list[tuple[int, bytes]], name: str, stats: TokenizeStats) -> list[Conversation]:
     """Conversations from (line number, raw line) pairs; bad ones counted with file:line."""
     convs: list[Conversation] = []
     for lineno, raw in lines:
-        error = None
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            error = f"invalid JSON: {exc}"
-        else:
+        text = raw.decode("utf-8", "surrogateescape")
+        item = parse_record(text, len(text) - len(text.lstrip()), len(text), Location(name, 0, lineno))
+        data, error = item.data, item.error  # invalid JSON / UTF-8, lone surrogates, too deep
+        if error is None:
             if not isinstance(data, dict):
                 error = f"expected an object, found {type(data).__name__}"
             else:

@@ -41,12 +41,32 @@ class Matcher:
         self.whole_words = whole_words
         self.patterns = {e: re.compile(rf"(?<!\w){re.escape(e)}(?!\w)") for e in self.entries} if whole_words else {}
 
+    WINDOW = 1 << 20  # characters lower-cased at a time, so a huge reply is not copied whole
+
     def search(self, text: str) -> str | None:
         """The first entry found in `text`, or None."""
         if not self.entries:
             return None
-        low = text.translate(_QUOTES).lower()
+        if len(text) <= self.WINDOW:
+            return self._search(text.translate(_QUOTES).lower(), True, True)
+        # Overlapping windows: any occurrence lies inside one window with context on both sides.
+        margin = max(len(e) for e in self.entries) + 8
+        for start in range(0, len(text), self.WINDOW):
+            a, b = max(0, start - margin), min(len(text), start + self.WINDOW + margin)
+            found = self._search(text[a:b].translate(_QUOTES).lower(), a == 0, b == len(text))
+            if found:
+                return found
+        return None
+
+    def _search(self, low: str, at_start: bool, at_end: bool) -> str | None:
+        """Search one lower-cased window; a whole-word match touching a cut edge is not trusted
+        (the neighbouring window sees it with its context)."""
         for entry in self.entries:
-            if entry in low and (not self.whole_words or self.patterns[entry].search(low)):
+            if entry not in low:
+                continue
+            if not self.whole_words:
                 return entry
+            for m in self.patterns[entry].finditer(low):
+                if (m.start() > 0 or at_start) and (m.end() < len(low) or at_end):
+                    return entry
         return None

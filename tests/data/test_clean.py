@@ -148,7 +148,8 @@ def test_every_drop_reason_is_counted_and_listed(cli, data_dir):
     cases["source_filtered"] = {"id": "source_filtered"}
     out = data_dir / "all.out.jsonl"
     res = clean(cli, data_dir / "all.jsonl", data_dir / "other.jsonl", "-o", out, "--near-dup",
-                "--near-dup-threshold", "0.5", "--keep-model", "gpt-4*", "--keep-source", "all").json()
+                "--near-dup-threshold", "0.5", "--keep-model", "gpt-4*", "--keep-source", "all",
+                "--no-trim-ends").json()
     dropped = read_jsonl(data_dir / "all.out.dropped.jsonl")
     reasons = {d["id"]: d["reason"] for d in dropped if d["id"]}
     for reason, case in cases.items():

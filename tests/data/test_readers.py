@@ -12,6 +12,8 @@ from openchat_cli.data.readers import jsonstream
 from openchat_cli.data.readers.jsonstream import JsonStream, iter_jsonl
 from openchat_cli.errors import OpenchatError
 
+from tests.data.helpers import share_page
+
 TRICKY = [
     {"id": "1", "text": "braces } ] { [ inside a string", "n": [1, 2, {"x": None}]},
     {"id": "2", "text": 'escaped \\" quote and backslash \\\\', "u": "héllo wörld ✓ 日本"},
@@ -89,11 +91,20 @@ def test_jsonl_bad_lines_have_line_numbers():
     assert "UTF-8" in items[2].error
 
 
-def test_bom_and_bad_utf8_in_array(tmp_path):
-    path = tmp_path / "bom.json"
-    path.write_bytes(b'\xef\xbb\xbf[{"id": "a", "v": "x\xffy"}]')
-    items = list(read_file(path, ReadReport()))
-    assert items[0].data == {"id": "a", "v": "x\ufffdy"}
+def test_bad_utf8_is_one_policy_in_arrays_jsonl_and_pages(tmp_path):
+    """Issue #12 item 3: invalid UTF-8 in a JSON array was silently replaced with U+FFFD while the
+    same record in JSONL was dropped; now every container reports it on the record, by field."""
+    record = b'{"id": "a", "v": "x\xffy", "ok": "fine"}'
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf[" + record + b', {"id": "b", "v": "good"}]')
+    (tmp_path / "bad.jsonl").write_bytes(b"\xef\xbb\xbf" + record + b'\n{"id": "b", "v": "good"}\n')
+    page = share_page("p", [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]).encode()
+    (tmp_path / "page.html").write_bytes(page.replace(b"Q?", b"Q\xfe?"))
+    for name in ("bom.json", "bad.jsonl"):
+        items = list(read_file(tmp_path / name, ReadReport()))
+        assert [i.error for i in items] == ["field 'v': invalid UTF-8 (byte 0xff)", None], name
+        assert items[0].data["id"] == "a" and items[1].data == {"id": "b", "v": "good"}
+    (item,) = read_file(tmp_path / "page.html", ReadReport())
+    assert item.error == "field 'conversations[0].value': invalid UTF-8 (byte 0xfe)"
 
 
 def test_detection_and_unreadable_inputs(tmp_path):
@@ -117,3 +128,11 @@ def test_jsonl_with_a_broken_first_line_is_still_jsonl(tmp_path):
     path.write_text('{"id": "a", "conversations": [\n{"id": "b"}\n{"id": "c"}\n')
     items = list(read_file(path, ReadReport()))
     assert [(i.loc.line, i.data) for i in items] == [(1, None), (2, {"id": "b"}), (3, {"id": "c"})]
+
+
+def test_escaped_lone_surrogate_is_not_called_invalid_utf8():
+    data = b'{"id": "esc", "v": "\\udc80x"}\n{"id": "raw", "v": "\x80x"}\n{"id": "pair", "v": "\\ud83d\\ude00"}\n'
+    items = list(iter_jsonl(io.BytesIO(data), "x.jsonl"))
+    assert [i.error for i in items] == ["field 'v': lone surrogate \\udc80 (not valid Unicode)",
+                                        "field 'v': invalid UTF-8 (byte 0x80)", None]
+    assert items[2].data["v"] == "\U0001f600"

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from openchat_cli.data.readers.textcheck import bad_text, too_deep
 from openchat_cli.data.records import Location, RawItem
 
 SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script\s*>", re.S | re.I)
@@ -47,11 +48,13 @@ def iter_html_page(path: Path, name: str, record_no: int) -> Iterator[RawItem]:
     """The conversation of one saved page (one record), or an error item saying why not."""
     loc = Location(name, record_no, None)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        # Invalid bytes survive as lone surrogates and make the record malformed (textcheck).
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         yield RawItem(loc, error=f"cannot read: {exc.strerror or exc}", container="html")
         return
     found: dict[str, Any] | None = None
+    deep: str | None = None
     for m in SCRIPT.finditer(text):
         attrs, body = m.group(1), m.group(2).strip()
         if not body:
@@ -63,6 +66,9 @@ def iter_html_page(path: Path, name: str, record_no: int) -> Iterator[RawItem]:
                 continue
         try:
             data = json.loads(body)
+        except RecursionError:
+            deep = too_deep(body)
+            continue
         except ValueError:
             continue
         found = find_conversation(data)
@@ -71,7 +77,12 @@ def iter_html_page(path: Path, name: str, record_no: int) -> Iterator[RawItem]:
             loc = Location(name, record_no, line)
             break
     if found is None:
-        yield RawItem(loc, error="no embedded conversation JSON found in the page", container="html")
+        error = deep or "no embedded conversation JSON found in the page"
+        yield RawItem(loc, error=error, container="html")
+        return
+    problem = bad_text(found, text)
+    if problem is not None:
+        yield RawItem(loc, found, error=problem, container="html")
         return
     found.setdefault("id", path.stem)
     found["id"] = str(found["id"])

@@ -15,24 +15,38 @@ import re
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from openchat_cli.data.readers.textcheck import bad_text, may_hold_bad_text, too_deep
 from openchat_cli.data.records import Location, RawItem
 
 CHUNK = 1 << 20  # bytes read at a time
+GROWTH = 8  # an element longer than the buffer grows it by 1/GROWTH at a time (bounded read-ahead)
 
 # A string (possibly unterminated at the end of the buffer) or a bracket.
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(")?|[{}\[\]]', re.S)
+# The rest of a string whose opening quote came earlier: stops before a trailing lone backslash,
+# so where it stops is always a safe place to resume.
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*(")?', re.S)
 _SKIP = re.compile(r"[\s,]*")
 _WS = re.compile(r"\s*")
-
-_bad_utf8 = [0]
-
-
-def _count_bad_utf8(exc: UnicodeDecodeError):
-    _bad_utf8[0] += exc.end - exc.start
-    return "\ufffd", exc.end
+_DECODER = json.JSONDecoder()
 
 
-codecs.register_error("openchat-count", _count_bad_utf8)
+def parse_record(text: str, start: int, end: int, loc: Location, container: str = "json") -> RawItem:
+    """One record from text[start:end] (parsed in place, no copy): the parsed value, or an error
+    item saying why not (invalid JSON, nesting too deep, text that is not valid Unicode)."""
+    try:
+        value, stop = _DECODER.raw_decode(text, start)
+    except RecursionError:
+        return RawItem(loc, error=too_deep(text, start, end), container=container)
+    except ValueError as exc:
+        return RawItem(loc, error=f"invalid JSON: {exc}", container=container)
+    if text[stop:end].strip():
+        return RawItem(loc, error=f"invalid JSON: extra data at column {stop - start + 1}", container=container)
+    if may_hold_bad_text(text, start, end):
+        problem = bad_text(value, text, start, end)
+        if problem is not None:
+            return RawItem(loc, value, error=problem, container=container)
+    return RawItem(loc, value, container=container)
 
 
 def iter_jsonl(fh: BinaryIO, name: str) -> Iterator[RawItem]:
@@ -43,15 +57,11 @@ def iter_jsonl(fh: BinaryIO, name: str) -> Iterator[RawItem]:
             continue
         record += 1
         loc = Location(name, record, lineno)
-        try:
-            data = json.loads(raw)
-        except UnicodeDecodeError as exc:
-            yield RawItem(loc, error=f"invalid UTF-8 at byte {exc.start} of the line", container="jsonl")
-            continue
-        except ValueError as exc:
-            yield RawItem(loc, error=f"invalid JSON: {exc}", container="jsonl")
-            continue
-        yield RawItem(loc, data, container="jsonl")
+        text = raw.decode("utf-8", "surrogateescape")
+        if lineno == 1 and text.startswith("\ufeff"):
+            text = text[1:]
+        start = len(text) - len(text.lstrip())
+        yield parse_record(text, start, len(text), loc, container="jsonl")
 
 
 class JsonStream:
@@ -65,7 +75,7 @@ class JsonStream:
     def __init__(self, fh: BinaryIO, name: str):
         self.fh = fh
         self.name = name
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="openchat-count")
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self.buf = ""
         self.pos = 0
         self.line = 1  # line number at self.pos
@@ -89,13 +99,15 @@ class JsonStream:
             self.eof = True
             self.buf += self.decoder.decode(b"", final=True)
             return False
-        self.buf += self.decoder.decode(data)
+        text = self.decoder.decode(data)
+        del data
+        self.buf += text
         return True
 
     def byte_offset(self, pos: int) -> int:
         """Byte offset in the file of buffer position `pos`."""
         pending = len(self.decoder.getstate()[0])
-        return self.bytes_read - pending - len(self.buf[pos:].encode("utf-8", "surrogatepass"))
+        return self.bytes_read - pending - len(self.buf[pos:].encode("utf-8", "surrogateescape"))
 
     def _advance(self, to: int) -> None:
         self.line += self.buf.count("\n", self.pos, to)
@@ -111,22 +123,39 @@ class JsonStream:
                 return False
 
     def _element_end(self, start: int) -> int | None:
-        """End of the object/array starting at `start`, reading more as needed; None at EOF."""
+        """End of the object/array starting at `start`, reading more as needed; None at EOF.
+
+        The scan resumes where it stopped when more text arrives (inside a long string too), and
+        a long element grows the buffer by a fraction at a time, so a 50 MB record costs about
+        twice its size in memory and one pass of scanning."""
+        depth = 0
+        scan = start
+        in_string = False
         while True:
-            depth = 0
-            for m in _TOKEN.finditer(self.buf, start):
-                tok = m.group()
-                if tok[0] == '"':
-                    if m.group(1) is None:
-                        break  # the string runs to the end of the buffer: need more text
-                    continue
-                depth += 1 if tok in "{[" else -1
-                if depth == 0:
-                    return m.end()
-            offset = start - self.pos
-            if not self._more(at_least=len(self.buf)):
+            buf = self.buf
+            if in_string:
+                m = _STRING_REST.match(buf, scan)
+                scan = m.end()
+                in_string = m.start(1) < 0
+            if not in_string:
+                for m in _TOKEN.finditer(buf, scan):
+                    ch = buf[m.start()]  # not m.group(): that would copy a long string's text
+                    scan = m.end()
+                    if ch == '"':
+                        if m.start(1) < 0:
+                            in_string = True  # the string runs to the end of the buffer
+                            break
+                        continue
+                    depth += 1 if ch in "{[" else -1
+                    if depth == 0:
+                        return scan
+                else:
+                    scan = len(buf)
+            del buf
+            offset, scanned = start - self.pos, scan - self.pos
+            if not self._more(at_least=len(self.buf) // GROWTH):
                 return None
-            start = self.pos + offset
+            start, scan = self.pos + offset, self.pos + scanned
 
     # -- iteration ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[RawItem]:
@@ -168,12 +197,13 @@ class JsonStream:
                     f"{self.name}:{start_line}: input cut off inside a record at byte "
                     f"{self.truncated_at}; kept {self.records} complete record(s) before it")
                 return
-            text = self.buf[self.pos:end]
+            item = parse_record(self.buf, self.pos, end, loc)
             self._advance(end)
-            try:
-                yield RawItem(loc, json.loads(text))
-            except ValueError as exc:
-                yield RawItem(loc, error=f"invalid JSON: {exc}")
+            if self.pos > CHUNK:
+                self.buf = self.buf[self.pos:]  # let go of a long record's text before it is used
+                self.pos = 0
+            yield item
+            del item
 
     def _scalar(self, loc: Location) -> RawItem:
         """A top-level element that is not an object: parse it to skip it, report it."""
@@ -224,14 +254,12 @@ def is_jsonl(path: Path) -> bool:
     for raw in lines:
         try:
             return isinstance(json.loads(raw), dict)
+        except RecursionError:
+            return True  # one whole (too deeply nested) record on the line: the reader reports it
         except ValueError:
             if not raw.lstrip().startswith(b"{"):
                 return False
     return not lines
-
-
-def bad_utf8_bytes() -> int:
-    return _bad_utf8[0]
 
 
 Reader = Callable[[BinaryIO, str], Iterator[RawItem]]
