@@ -118,6 +118,7 @@ class Cleaner:
 
     def __init__(self, options: CleanOptions):
         self.o = options
+        self._trimmed = (0, 0)  # (leading assistant, trailing user) turns trimmed off this conversation
         unknown = [c for c in options.skip_checks if c not in SKIPPABLE]
         if unknown:
             raise OpenchatError(f"--skip-check {unknown[0]}: choose from {', '.join(SKIPPABLE)}")
@@ -210,13 +211,7 @@ class Cleaner:
                 trailing += 1
             if not msgs:
                 raise Drop("one_turn", f"nothing left after trimming {leading + trailing} turn(s)")
-            if leading or trailing:
-                self.result.fixes["trimmed_conversations"] += 1
-                self.result.fixes["trimmed_leading_assistant"] += leading
-                self.result.fixes["trimmed_trailing_user"] += trailing
-                for key in ("trimmed_leading_assistant", "trimmed_trailing_user"):
-                    if not self.result.fixes[key]:
-                        del self.result.fixes[key]
+            self._trimmed = (leading, trailing)  # counted in `process` once the conversation is kept
         if len(msgs) == 1 and "one_turn" not in self.skip:
             raise Drop("one_turn", f"only one {msgs[0]['role']} message")
         if msgs[0]["role"] == "assistant" and "leading_assistant" not in self.skip:
@@ -303,13 +298,26 @@ class Cleaner:
             forced = "html"
         conv, shape = normalize(item.data, item.loc, source, forced)
         self.result.shapes[shape] += 1
+        self._trimmed = (0, 0)
         self._filter(conv)
         self._text(conv, shape)
         self._structure(conv)
         self._words(conv)
         self._weights(conv)
         self._dedup(conv)
+        self._count_trims()
         return conv
+
+    def _count_trims(self) -> None:
+        """Trimmed turns are reported for kept conversations only (a trimmed part may still be a
+        duplicate or blocked)."""
+        leading, trailing = self._trimmed
+        if leading or trailing:
+            self.result.fixes["trimmed_conversations"] += 1
+            if leading:
+                self.result.fixes["trimmed_leading_assistant"] += leading
+            if trailing:
+                self.result.fixes["trimmed_trailing_user"] += trailing
 
 
 def _match(pattern: str, value: str) -> bool:

@@ -53,13 +53,14 @@ def generate(out_dir: Path, train_size: int = 3000, eval_size: int = 100, seed: 
                               {"from": "gpt", "value": reply(answer)}],
         })
     # Give cleaning something to do: exact duplicates, an empty reply, a conversation that
-    # starts with the assistant, one with no user turn at all, and a record with no turns.
+    # starts with an assistant greeting (trimmed, and then a duplicate of a training record),
+    # one with no user turn at all, and a record with no turns.
     for i in range(0, 60, 3):
         records.append({**records[i], "id": records[i]["id"] + "-dup"})
     records.append({"id": "bad-empty", "conversations": [
         {"from": "human", "value": "Which number is larger, 10 or 20?"}, {"from": "gpt", "value": "  "}]})
     records.append({"id": "bad-leading-gpt", "conversations": [
-        {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "The answer is 1."}]})
+        {"from": "gpt", "value": "Hello! Ask me to compare two numbers."}, *records[1]["conversations"]]})
     records.append({"id": "bad-one-turn", "conversations": [{"from": "gpt", "value": "The answer is 5."}]})
     records.append({"id": "bad-no-turns", "conversations": []})
     rng.shuffle(records)
