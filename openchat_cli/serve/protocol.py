@@ -12,7 +12,7 @@ Errors raised here become `{"error": {"message", "type", "param", "code"}}` in `
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -31,8 +32,46 @@ MAX_LOGPROBS = 20  # top alternatives per token (vLLM's default max_logprobs)
 MAX_SEED = 2**63 - 1
 
 
+def printable(text: str) -> str:
+    """`text` safe to encode as UTF-8: lone surrogates written as `\\udXXX` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def find_surrogate(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(sub-path, escaped character) of the first lone UTF-16 surrogate in a JSON value, keys
+    included. JSON allows `"\\ud800"`, Python decodes it, and neither UTF-8 nor a tokenizer
+    can take it: such text is refused up front, naming the field."""
+    if isinstance(value, str):
+        for i, ch in enumerate(value):
+            if "\ud800" <= ch <= "\udfff":
+                return path, f"{printable(ch)} at character {i}"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{path}.{printable(str(key))}" if path else printable(str(key))
+            found = find_surrogate(key, sub) or find_surrogate(item, sub)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = find_surrogate(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        found = find_surrogate(data) if isinstance(data, dict) else None
+        if found:
+            raise PydanticCustomError(
+                "lone_surrogate", "the text holds a lone UTF-16 surrogate ({char}), which is not "
+                "valid Unicode", {"field": found[0], "char": found[1]})
+        return data
 
 
 # -- pieces -----------------------------------------------------------------------------------
@@ -48,7 +87,8 @@ class ChatMessage(_Request):
         default=None, description="A string or a list of text content parts.")
     name: StrictStr | None = None
     refusal: StrictStr | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0},
+                                         description="Only empty: tool calling is not supported.")
 
     @field_validator("role", mode="before")
     @classmethod
@@ -243,13 +283,17 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: (str | Annotated[list[str], Field(min_length=1)]
+             | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+             | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+                         Field(min_length=1)]) = Field(
         description="Text, a list of texts, token ids, or a list of token-id lists.")
     max_tokens: StrictInt | None = Field(
         default=16, ge=0, description="0 only with echo: score the prompt, generate nothing.")
     echo: StrictBool = Field(default=False, description="Return the prompt before the completion "
                                                         "(with its token logprobs when logprobs is set).")
-    best_of: StrictInt | None = Field(default=None, ge=1)
+    best_of: Literal[1] | None = Field(
+        default=None, description="Only 1: each choice is sampled once (no server-side reranking).")
     logprobs: StrictInt | None = Field(
         default=None, ge=0, le=MAX_LOGPROBS,
         description=f"Return each token's logprob and its 0-{MAX_LOGPROBS} most likely alternatives.")
@@ -273,6 +317,14 @@ class CompletionRequest(_Sampling):
         raise PydanticCustomError(
             "prompt_type", "prompt must be a string, a non-empty list of strings, a list of token "
                            "ids, or a list of token-id lists")
+
+    @field_validator("best_of", mode="before")
+    @classmethod
+    def _best_of(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value != 1:
+            raise PydanticCustomError("unsupported", "only best_of 1 is supported (each choice is "
+                                                     "sampled once)")
+        return value
 
     @field_validator("suffix")
     @classmethod
