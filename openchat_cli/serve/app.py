@@ -458,7 +458,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: see offline_docs
         redoc_url=None,
     )
-    install_openapi(app, secured=bool(config.api_keys))
+    install_openapi(app, secured=bool(config.api_keys), model_names=sorted(known_models),
+                    max_n=config.max_n, context_length=engine.context_length,
+                    max_token_id=engine.max_token_id())
     install_docs(app)
     app.state.engine = engine
     app.state.config = config
@@ -546,9 +548,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                                 f"messages.", param="messages", code="context_length_exceeded")
         prompt = data.get("prompt")
         if isinstance(prompt, list) and prompt:
-            if isinstance(prompt[0], (str, list)) and len(prompt) * max(1, _int(data.get("n"))) > config.max_n:
+            if isinstance(prompt[0], (str, list)) and len(prompt) > config.max_n:
                 raise APIError(400, f"Invalid value for 'prompt': at most {config.max_n} prompts "
-                                    f"(times n) per request", param="prompt", code="invalid_value")
+                                    f"per request", param="prompt", code="invalid_value")
             if isinstance(prompt[0], int) and len(prompt) > ctx:
                 raise context_exceeded(len(prompt), "prompt")
 
@@ -824,14 +826,11 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         body = await off_loop(parse_body, CompletionRequest, await request.body(), precheck)
         check_model(body.model)
         check_stream_options(body)
-        if body.best_of is not None and body.best_of != body.n:
-            raise APIError(400, "Unsupported value for 'best_of': only best_of == n is supported",
-                           param="best_of", code="unsupported_value")
         if body.max_tokens == 0 and not body.echo:
             raise APIError(400, "Invalid value for 'max_tokens': 0 is only allowed with echo "
                                 "(scoring the prompt)", param="max_tokens", code="invalid_value")
-        given = body.prompts()
-        check_load(body.n * len(given))
+        given = body.prompts()  # at most max_n of them (precheck), each with n choices
+        check_load(body.n)
         for p in given:
             floor = prompt_bounds.text_floor(p) if isinstance(p, str) else len(p)
             if floor > engine.context_length:
@@ -938,10 +937,6 @@ def parse_body(model: type[Any], raw: bytes, precheck: Callable[[Any], None] | N
         return model.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
 def request_body_schema(model: type[Any]) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from fastapi.responses import HTMLResponse
 SCHEME = "bearerAuth"
 
 
-def install_openapi(app: FastAPI, *, secured: bool) -> None:
-    """Replace `app.openapi` with one that adds the security scheme when keys are required."""
+def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_n: int,
+                    context_length: int, max_token_id: int) -> None:
+    """Replace `app.openapi` with one that states this server's limits (served names, n, the
+    context, the vocabulary) and, when keys are required, the security scheme."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -36,6 +38,23 @@ def install_openapi(app: FastAPI, *, secured: bool) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in defs.get("$defs", {}).items():
             components.setdefault(name, definition)
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
+            props = components[name]["properties"]
+            props["model"]["enum"] = model_names
+            props["n"]["maximum"] = max_n
+            for field in ("max_tokens", "max_completion_tokens"):
+                if field in props:
+                    props[field]["maximum"] = context_length
+        prompt = components["CompletionRequest"]["properties"]["prompt"]
+        for option in prompt["anyOf"]:
+            if option.get("type") == "array":
+                option["maxItems"] = max_n if option["items"].get("type") != "integer" else context_length
+                inner = option["items"]
+                if inner.get("type") == "integer":
+                    inner["maximum"] = max_token_id
+                elif inner.get("type") == "array":
+                    inner["items"]["maximum"] = max_token_id
+                    inner["maxItems"] = context_length
         if secured:
             schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = {
                 "type": "http", "scheme": "bearer",
