@@ -182,35 +182,58 @@ class RequestLogger:
             if entry is None:
                 return
             try:
-                self._write(entry)
+                entry = self._prepare(entry)
             except Exception:  # a log write must never take the server down
                 log.exception("could not log a request")
+                continue
+            if self.path is not None:
+                self._retry("the request log file", self._write_file, entry)
+            if self.catalog is not None:
+                self._retry("the catalog", self._write_catalog, entry)
 
-    def _write(self, entry: dict[str, Any]) -> None:
+    @staticmethod
+    def _retry(where: str, write: Callable[[dict[str, Any]], None], entry: dict[str, Any],
+               attempts: int = 4) -> None:
+        """A full disk or a locked catalog is often brief: try again before giving up (loudly)."""
+        for attempt in range(attempts):
+            try:
+                write(entry)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    log.exception("could not write a request (%s %s, status %s) to %s",
+                                  entry.get("endpoint"), entry.get("time"), entry.get("status"),
+                                  where)
+                else:
+                    time.sleep(0.25 * 2 ** attempt)
+
+    def _prepare(self, entry: dict[str, Any]) -> dict[str, Any]:
         if isinstance(entry.get("request"), (bytes, bytearray)):
             entry["request"] = request_for_log(bytes(entry["request"]))
-        entry = {"time": entry.pop("time"), "endpoint": entry.pop("endpoint"), "model": self.model,
-                 **({"checkpoint_id": self.checkpoint_id} if self.checkpoint_id else {}), **entry}
-        if self.path is not None:
-            # Lone surrogates (JSON allows "\ud800") are written as the JSON escape they came
-            # in as: the line stays valid JSON and the entry is not dropped.
-            line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
-            with open(self.path, "ab") as fh:
-                fh.write(line.encode("utf-8", "backslashreplace"))
-        if self.catalog is not None:
-            entry = _printable_values(entry)
-            output = entry.get("output")
-            if isinstance(output, list):
-                output = output[0] if len(output) == 1 else json.dumps(output, ensure_ascii=False)
-            if output is None and entry.get("error"):
-                output = f"error: {entry['error']}"
-            self.catalog.insert("requests", {
-                "time": entry["time"], "endpoint": entry["endpoint"], "model": self.model,
-                "checkpoint_id": self.checkpoint_id, "request": entry.get("request"),
-                "output": output, "prompt_tokens": entry.get("prompt_tokens"),
-                "completion_tokens": entry.get("completion_tokens"),
-                "latency_s": entry.get("latency_s"), "status": entry.get("status"),
-            })
+        return {"time": entry.pop("time"), "endpoint": entry.pop("endpoint"), "model": self.model,
+                **({"checkpoint_id": self.checkpoint_id} if self.checkpoint_id else {}), **entry}
+
+    def _write_file(self, entry: dict[str, Any]) -> None:
+        # Lone surrogates (JSON allows "\ud800") are written as the JSON escape they came in
+        # as: the line stays valid JSON and the entry is not dropped.
+        line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+        with open(self.path, "ab") as fh:  # type: ignore[arg-type]
+            fh.write(line.encode("utf-8", "backslashreplace"))
+
+    def _write_catalog(self, entry: dict[str, Any]) -> None:
+        entry = _printable_values(entry)
+        output = entry.get("output")
+        if isinstance(output, list):
+            output = output[0] if len(output) == 1 else json.dumps(output, ensure_ascii=False)
+        if output is None and entry.get("error"):
+            output = f"error: {entry['error']}"
+        self.catalog.insert("requests", {
+            "time": entry["time"], "endpoint": entry["endpoint"], "model": self.model,
+            "checkpoint_id": self.checkpoint_id, "request": entry.get("request"),
+            "output": output, "prompt_tokens": entry.get("prompt_tokens"),
+            "completion_tokens": entry.get("completion_tokens"),
+            "latency_s": entry.get("latency_s"), "status": entry.get("status"),
+        })
 
     def close(self, timeout: float = 15.0) -> None:
         if self._thread is not None:

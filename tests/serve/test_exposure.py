@@ -192,7 +192,8 @@ def test_offline_docs_and_a_schema_that_says_what_is_refused(tiny_server, guarde
 
 @pytest.mark.slow
 def test_exposed_without_keys_warns_and_allowed_hosts_apply(tiny_model_dir: Path, tmp_path):
-    """Before: `--host 0.0.0.0` without keys started silently."""
+    """Before: `--host 0.0.0.0` without keys started silently (and took no --allowed-hosts or
+    --header-timeout)."""
     import os
 
     root = Path(__file__).resolve().parents[2]
@@ -202,7 +203,8 @@ def test_exposed_without_keys_warns_and_allowed_hosts_apply(tiny_model_dir: Path
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "openchat_cli.app", "serve", str(tiny_model_dir), "--host",
-             "0.0.0.0", "--port", "0", "--allowed-hosts", "box.lan,gpu.lan", "--log-level", "warning"],
+             "0.0.0.0", "--port", "0", "--allowed-hosts", "box.lan,gpu.lan", "--header-timeout", "1",
+             "--log-level", "warning"],
             cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -227,6 +229,13 @@ def test_exposed_without_keys_warns_and_allowed_hosts_apply(tiny_model_dir: Path
         assert resp.status_code == 200
         assert httpx.get(url, headers={"Host": "gpu.lan"}).status_code == 200
         assert httpx.get(url, headers={"Host": "evil.example"}).status_code == 400
+        # --header-timeout reaches the server: unfinished headers are cut off after 1 s.
+        with socket.create_connection(("127.0.0.1", int(port))) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: box.lan\r\n")
+            s.settimeout(5)
+            started = time.monotonic()
+            assert s.recv(100) == b""
+            assert 0.8 < time.monotonic() - started < 3
     finally:
         process.terminate()
         try:
