@@ -478,7 +478,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         description=("OpenAI-compatible API for a model trained or served with openchat. "
                      f"Serving **{config.model_name}** with the `{template.name}` template."),
         lifespan=lifespan,
-        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: see offline_docs
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: see openapi.py
         redoc_url=None,
     )
     install_openapi(app, secured=bool(config.api_keys), model_names=sorted(known_models),

@@ -220,8 +220,11 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
                   f"{kind} engine, context {eng.context_length})", highlight=False, soft_wrap=True)
     console.print(f"  OpenAI API  {base}/v1" + ("   (API keys required)" if keys else ""),
                   highlight=False, soft_wrap=True)
-    console.print(f"  docs        {base}/docs    health {base}/health    metrics {base}/metrics",
+    console.print(f"  schema      {base}/openapi.json    health {base}/health    metrics {base}/metrics",
                   highlight=False, soft_wrap=True)
+    if host_names is not None:
+        console.print(f"  answers to  Host: {', '.join(host_names)} (--allowed-hosts adds names)",
+                      highlight=False, soft_wrap=True)
     sys.stdout.flush()
     from openchat_cli.serve.connections import uvicorn_config
 

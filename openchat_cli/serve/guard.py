@@ -1,7 +1,8 @@
 """The ASGI guard in front of the API: what is checked before FastAPI reads anything.
 
 In order: the `Host` header (a page on another site must not drive a local server through DNS
-rebinding), the per-client lockout after wrong API keys (429 + Retry-After), the Bearer key
+rebinding), the per-client lockout after wrong API keys (429 + Retry-After; a request with no
+key at all is a plain 401, not a guess), the Bearer key
 (everything but /health when keys are set: the schema, the docs and the metrics too), and the
 body (size limit 413, read deadline 408, JSON content type for /v1). It also sees every
 completion request's outcome, so the request log gets a line for each one, refusals and
@@ -177,7 +178,8 @@ class GuardMiddleware:
             return
         if self.keys and path not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             client = (scope.get("client") or ("?",))[0]
-            wait = self.failures.retry_after(client)
+            given = b"authorization" in headers  # only a key sent is a guess
+            wait = self.failures.retry_after(client) if given else 0.0
             if wait > 0:
                 seconds = max(1, int(wait + 0.999))
                 await reply(429, f"Too many requests with a wrong API key from {client}: retry "
@@ -185,8 +187,8 @@ class GuardMiddleware:
                             [(b"retry-after", str(seconds).encode())])
                 return
             if not self._authorized(headers):
-                self.failures.failed(client)
-                given = b"authorization" in headers
+                if given:
+                    self.failures.failed(client)
                 msg = ("Incorrect API key provided." if given else
                        "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
                 await reply(401, msg, "invalid_api_key", [(b"www-authenticate", b"Bearer")])

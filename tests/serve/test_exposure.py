@@ -132,6 +132,7 @@ def test_wrong_keys_are_locked_out_per_client(scripted_app_factory):
         # Even the right key waits: otherwise guessing would go on at full speed.
         assert httpx.get(url + "/v1/models", headers=good).status_code == 429
         assert httpx.get(url + "/health").status_code == 200  # never locked
+        assert httpx.get(url + "/v1/models").status_code == 401  # no key: no guess, plain 401
         time.sleep(wait + 0.2)
         assert httpx.get(url + "/v1/models", headers=good).status_code == 200
         # Only the API's own counter shows the refusals, and only with a key.
