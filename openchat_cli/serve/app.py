@@ -45,7 +45,9 @@ from openchat_cli.serve.protocol import (
     CompletionResponse,
     ErrorResponse,
     ModelCard,
+    MAX_DEPTH,
     ModelList,
+    nesting_depth,
     printable,
 )
 
@@ -954,6 +956,13 @@ def parse_body(model: type[Any], raw: bytes, precheck: Callable[[Any], None] | N
     except json.JSONDecodeError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
                                        "msg": "JSON decode error", "ctx": {"error": exc.msg}}]) from None
+    except RecursionError:  # the parser's own limit: far deeper than ours
+        data = too_deep = True
+    else:
+        too_deep = nesting_depth(data, MAX_DEPTH) > MAX_DEPTH
+    if too_deep:
+        raise APIError(400, f"The JSON body nests arrays and objects more than {MAX_DEPTH} deep",
+                       code="invalid_json")
     if precheck is not None:
         precheck(data)  # pydantic holds the GIL for a whole list: refuse huge ones first
     try:

@@ -248,9 +248,14 @@ def request_for_log(body: bytes) -> Any:
     """The body as the log keeps it: the JSON value when it parses, else the text."""
     text = body.decode("utf-8", "replace")
     try:
-        return json.loads(text)
-    except ValueError:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
         return text
+    try:
+        json.dumps(value)  # nested too deep to write back: keep the text as it came
+    except (ValueError, RecursionError):
+        return text
+    return value
 
 
 def _error_message(body: bytes) -> str | None:

@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 MAX_STOP = 16
 MAX_LOGPROBS = 20  # top alternatives per token (vLLM's default max_logprobs)
 MAX_SEED = 2**63 - 1
+MAX_DEPTH = 32  # arrays/objects in a request nest far less; deeper ones would only cost recursion
 
 
 def printable(text: str) -> str:
@@ -38,27 +39,42 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def find_surrogate(value: Any, path: str = "") -> tuple[str, str] | None:
-    """(sub-path, escaped character) of the first lone UTF-16 surrogate in a JSON value, keys
+def find_surrogate(value: Any) -> tuple[str, str] | None:
+    """(path, escaped character) of the first lone UTF-16 surrogate in a JSON value, keys
     included. JSON allows `"\\ud800"`, Python decodes it, and neither UTF-8 nor a tokenizer
-    can take it: such text is refused up front, naming the field."""
-    if isinstance(value, str):
-        for i, ch in enumerate(value):
-            if "\ud800" <= ch <= "\udfff":
-                return path, f"{printable(ch)} at character {i}"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            sub = f"{path}.{printable(str(key))}" if path else printable(str(key))
-            found = find_surrogate(key, sub) or find_surrogate(item, sub)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = find_surrogate(item, f"{path}[{i}]")
-            if found:
-                return found
+    can take it: such text is refused up front, naming the field. Iterative: any depth."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            for i, ch in enumerate(item):
+                if "\ud800" <= ch <= "\udfff":
+                    return path, f"{printable(ch)} at character {i}"
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                sub = f"{path}.{printable(str(key))}" if path else printable(str(key))
+                children += [(sub, child), (sub, key)]
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{path}[{i}]", child) for i, child in enumerate(item)]))
     return None
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep arrays and objects nest in `value`, counting no further than `limit + 1`."""
+    deepest = 0
+    stack: list[tuple[int, Any]] = [(0, value)]
+    while stack:
+        depth, item = stack.pop()
+        if isinstance(item, (dict, list)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((depth, child) for child in (item.values() if isinstance(item, dict)
+                                                       else item))
+    return deepest
 
 
 def whole_number(value: Any) -> Any:

@@ -200,3 +200,14 @@ def test_server_errors_are_logged_too(tiny_tokenizer, tmp_path):
     assert entries and [e["status"] for e in entries] == [500, 500, 500], entries
     assert "RuntimeError" in entries[0]["error"] and entries[0]["request"]["seed"] == 13
     assert "out of memory" in entries[1]["error"] and "out of memory" in entries[2]["error"]
+
+
+@pytest.mark.parametrize("depth", [40, 5_000, 200_000])
+def test_deeply_nested_json_is_a_400(tiny_server, depth):
+    """Before: nesting past Python's recursion limit was a 500 RecursionError."""
+    body = ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "metadata": {"a": %s%s}}'
+            % (tiny_server.model, "[" * depth, "]" * depth))
+    resp = httpx.post(tiny_server.base_url + "/chat/completions", content=body.encode(),
+                      headers={"content-type": "application/json"}, timeout=30)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] in ("invalid_json", "invalid_type")
