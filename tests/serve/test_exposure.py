@@ -39,26 +39,34 @@ def scripted_app_factory(tiny_tokenizer):
 
 def _slow_headers(port: int, count: int, stop: threading.Event, closed_at: list[float | None],
                   started: float) -> None:
-    """`count` connections sending a request's headers one byte every 0.1 s, never finishing."""
+    """`count` connections sending a request's headers one byte every 0.1 s, never finishing;
+    `closed_at[i]` is when the server closed connection i (seconds after `started`)."""
+    import select
+
     request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 10_000
-    socks = []
-    for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.settimeout(0.01)
-        socks.append(s)
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for s in socks:
+        s.setblocking(False)
     position = 0
     while not stop.is_set() and any(t is None for t in closed_at):
-        for i, s in enumerate(socks):
-            if closed_at[i] is not None:
-                continue
+        open_ = [s for i, s in enumerate(socks) if closed_at[i] is None]
+        readable, _, _ = select.select(open_, [], [], 0)
+        for s in readable:  # the server's close (or a reply, which it must not send)
+            i = socks.index(s)
             try:
-                s.send(request[position:position + 1])
-                if s.recv(1) == b"":
-                    closed_at[i] = time.monotonic() - started
-            except socket.timeout:
-                pass
+                data = s.recv(65536)
             except OSError:
+                data = b""
+            if not data:
                 closed_at[i] = time.monotonic() - started
+        for i, s in enumerate(socks):
+            if closed_at[i] is None:
+                try:
+                    s.send(request[position:position + 1])
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed_at[i] = time.monotonic() - started
         position += 1
         time.sleep(0.1)
     for s in socks:
