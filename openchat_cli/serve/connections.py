@@ -54,6 +54,10 @@ class HeaderDeadlineProtocol(H11Protocol):
         if self.cycle is not before:  # a request's headers are complete
             self._disarm()
 
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        self._disarm()  # the connection now belongs to the WebSocket protocol
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():

@@ -138,8 +138,8 @@ class GuardMiddleware:
         async def watched_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 outcome["status"] = message["status"]
-            elif (message["type"] == "http.response.body" and (outcome["status"] or 0) >= 400
-                  and sum(map(len, error_chunks)) < 65536):
+            elif (audited and message["type"] == "http.response.body"
+                  and (outcome["status"] or 0) >= 400 and sum(map(len, error_chunks)) < 65536):
                 error_chunks.append(message.get("body", b""))
             await send(message)
 
