@@ -241,13 +241,16 @@ complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l size
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l tokens-per-step
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l train-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l allow-origin
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l allowed-hosts
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l api-keys
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l body-timeout
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l default-max-tokens
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l device
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l dtype
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine-arg
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l gpu-memory-utilization
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l header-timeout
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l help
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l home
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l host

@@ -1,8 +1,9 @@
 """The FastAPI application: OpenAI routes, errors in OpenAI's shape, auth, limits, metrics, logs.
 
 Layers, outside in:
-- `GuardMiddleware` (plain ASGI): Bearer auth on /v1/* (constant-time compare), the body size
-  limit (413), and a JSON content type for /v1 bodies so `curl -d` works;
+- `GuardMiddleware` (plain ASGI, guard.py): the Host check, the wrong-key lockout, Bearer auth,
+  the body size limit (413) and read deadline (408), a JSON content type for /v1 bodies so
+  `curl -d` works, and a request-log line for every completion request no route logged;
 - exception handlers: every error leaves as `{"error": {"message", "type", "param", "code"}}`
   with 400 for validation (FastAPI's 422 is overridden), 404 for unknown models and routes;
 - routes: prompts are built by the shared conversation template only; generation goes through
@@ -12,10 +13,11 @@ Layers, outside in:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import hmac
 import json
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -30,9 +32,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openchat_cli import __version__
+from openchat_cli.serve.bounds import PromptBounds
 from openchat_cli.serve.detokenize import ReplyStream
+from openchat_cli.serve.guard import LOGGED, AuthFailures, GuardMiddleware, request_for_log
 from openchat_cli.serve.engines.base import Engine, SamplingParams
 from openchat_cli.serve.logprobs import LogprobsBuilder, TokenTexts, prompt_offsets
+from openchat_cli.serve.openapi import install_docs, install_openapi
 from openchat_cli.serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -40,7 +45,10 @@ from openchat_cli.serve.protocol import (
     CompletionResponse,
     ErrorResponse,
     ModelCard,
+    MAX_DEPTH,
     ModelList,
+    nesting_depth,
+    printable,
 )
 
 log = logging.getLogger("openchat.serve")
@@ -49,7 +57,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (the `param` names the field)"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
     404: {"model": ErrorResponse, "description": "Unknown model"},
+    408: {"model": ErrorResponse, "description": "The request body arrived too slowly"},
     413: {"model": ErrorResponse, "description": "Request body too large"},
+    429: {"model": ErrorResponse, "description": "Too many wrong API keys from this client "
+                                                 "(see Retry-After)"},
 }
 
 
@@ -70,6 +81,11 @@ class ServerConfig:
     checkpoint_id: str | None = None
     model_path: str | None = None
     allow_origins: tuple[str, ...] = ()  # CORS, for chat UIs that call the API from a browser
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted (None: any)
+    body_timeout_s: float = 60.0  # the whole body must arrive within this
+    auth_failure_limit: int = 10  # wrong keys per client address within the window …
+    auth_failure_window_s: float = 60.0  # … before it gets 429 until the oldest one expires
+    tokenize_threads: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -78,6 +94,8 @@ class APIError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None):
         super().__init__(message)
+        # Messages may quote the request: lone surrogates in it must not break the reply.
+        message, param = printable(message), printable(param) if param is not None else None
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
     def body(self) -> dict[str, Any]:
@@ -113,6 +131,11 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
                         code="invalid_json")
     param = _param_from_loc(loc)
     msg = err.get("msg", "invalid value")
+    if kind == "lone_surrogate":
+        sub = (err.get("ctx") or {}).get("field") or ""
+        param = (f"{param}{'' if sub.startswith('[') else '.'}{sub}" if param else sub) or None
+        return APIError(400, f"Invalid value for '{param}': {msg}", param=param,
+                        code="invalid_encoding")
     if kind == "extra_forbidden":
         return APIError(400, f"Unrecognized request argument supplied: {param}", param=param,
                         code="unrecognized_argument")
@@ -161,35 +184,75 @@ class RequestLogger:
             if entry is None:
                 return
             try:
-                self._write(entry)
+                entry = self._prepare(entry)
             except Exception:  # a log write must never take the server down
                 log.exception("could not log a request")
+                continue
+            if self.path is not None:
+                self._retry("the request log file", self._write_file, entry)
+            if self.catalog is not None:
+                self._retry("the catalog", self._write_catalog, entry)
 
-    def _write(self, entry: dict[str, Any]) -> None:
-        entry = {"time": entry.pop("time"), "endpoint": entry.pop("endpoint"), "model": self.model,
-                 **({"checkpoint_id": self.checkpoint_id} if self.checkpoint_id else {}), **entry}
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        if self.catalog is not None:
-            output = entry.get("output")
-            if isinstance(output, list):
-                output = output[0] if len(output) == 1 else json.dumps(output, ensure_ascii=False)
-            if output is None and entry.get("error"):
-                output = f"error: {entry['error']}"
-            self.catalog.insert("requests", {
-                "time": entry["time"], "endpoint": entry["endpoint"], "model": self.model,
-                "checkpoint_id": self.checkpoint_id, "request": entry.get("request"),
-                "output": output, "prompt_tokens": entry.get("prompt_tokens"),
-                "completion_tokens": entry.get("completion_tokens"),
-                "latency_s": entry.get("latency_s"), "status": entry.get("status"),
-            })
+    @staticmethod
+    def _retry(where: str, write: Callable[[dict[str, Any]], None], entry: dict[str, Any],
+               attempts: int = 4) -> None:
+        """A full disk or a locked catalog is often brief: try again before giving up (loudly)."""
+        for attempt in range(attempts):
+            try:
+                write(entry)
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    log.exception("could not write a request (%s %s, status %s) to %s",
+                                  entry.get("endpoint"), entry.get("time"), entry.get("status"),
+                                  where)
+                else:
+                    time.sleep(0.25 * 2 ** attempt)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def _prepare(self, entry: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(entry.get("request"), (bytes, bytearray)):
+            entry["request"] = request_for_log(bytes(entry["request"]))
+        return {"time": entry.pop("time"), "endpoint": entry.pop("endpoint"), "model": self.model,
+                **({"checkpoint_id": self.checkpoint_id} if self.checkpoint_id else {}), **entry}
+
+    def _write_file(self, entry: dict[str, Any]) -> None:
+        # Lone surrogates (JSON allows "\ud800") are written as the JSON escape they came in
+        # as: the line stays valid JSON and the entry is not dropped.
+        line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+        with open(self.path, "ab") as fh:  # type: ignore[arg-type]
+            fh.write(line.encode("utf-8", "backslashreplace"))
+
+    def _write_catalog(self, entry: dict[str, Any]) -> None:
+        entry = _printable_values(entry)
+        output = entry.get("output")
+        if isinstance(output, list):
+            output = output[0] if len(output) == 1 else json.dumps(output, ensure_ascii=False)
+        if output is None and entry.get("error"):
+            output = f"error: {entry['error']}"
+        self.catalog.insert("requests", {
+            "time": entry["time"], "endpoint": entry["endpoint"], "model": self.model,
+            "checkpoint_id": self.checkpoint_id, "request": entry.get("request"),
+            "output": output, "prompt_tokens": entry.get("prompt_tokens"),
+            "completion_tokens": entry.get("completion_tokens"),
+            "latency_s": entry.get("latency_s"), "status": entry.get("status"),
+        })
+
+    def close(self, timeout: float = 15.0) -> None:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
+
+
+def _printable_values(value: Any) -> Any:
+    """`value` with every string UTF-8-encodable (SQLite refuses lone surrogates)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable_values(v) for v in value]
+    return value
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -231,96 +294,6 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
-
-
-# -- the ASGI guard ------------------------------------------------------------------------------
-class GuardMiddleware:
-    """Auth on /v1/*, body size limit, JSON content type; before FastAPI reads anything."""
-
-    def __init__(self, app: Any, *, api_keys: tuple[str, ...], max_body_bytes: int,
-                 on_reject: Callable[[str, int], None]):
-        self.app = app
-        self.keys = [k.encode() for k in api_keys]
-        self.max_body = max_body_bytes
-        self.on_reject = on_reject
-
-    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
-        value = headers.get(b"authorization", b"")
-        scheme, _, token = value.partition(b" ")
-        if scheme.lower() != b"bearer":
-            token = b""
-        token = token.strip()
-        # Compare against every key, always: the time taken does not depend on which matched.
-        results = [hmac.compare_digest(token, key) for key in self.keys]
-        return any(results)
-
-    async def _reply(self, send: Callable, status: int, error: APIError,
-                     headers: list[tuple[bytes, bytes]] = ()) -> None:
-        body = json.dumps(error.body()).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), *headers]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        headers = dict(scope.get("headers") or [])
-        if self.keys and path.startswith("/v1"):
-            if not self._authorized(headers):
-                self.on_reject(path, 401)
-                given = b"authorization" in headers
-                msg = ("Incorrect API key provided." if given else
-                       "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
-                await self._reply(send, 401, APIError(401, msg, code="invalid_api_key"),
-                                  [(b"www-authenticate", b"Bearer")])
-                return
-        if scope.get("method") in ("POST", "PUT", "PATCH"):
-            too_big = APIError(413, f"Request body too large: the limit is {self.max_body} bytes",
-                               code="request_too_large")
-            try:
-                declared = int(headers.get(b"content-length", b"0") or 0)
-            except ValueError:
-                declared = 0
-            if declared > self.max_body:
-                self.on_reject(path, 413)
-                await self._reply(send, 413, too_big, [(b"connection", b"close")])
-                return
-            chunks: list[bytes] = []
-            size = 0
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body:
-                    self.on_reject(path, 413)
-                    await self._reply(send, 413, too_big, [(b"connection", b"close")])
-                    return
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-            body = b"".join(chunks)
-            replayed = False
-
-            async def replay() -> dict:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            if path.startswith("/v1"):
-                # OpenAI clients send JSON; so do `curl -d` users who forget the header.
-                scope = dict(scope)
-                scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
-                scope["headers"].append((b"content-type", b"application/json"))
-            await self.app(scope, replay, send)
-            return
-        await self.app(scope, receive, send)
 
 
 # -- generation helpers --------------------------------------------------------------------------
@@ -483,6 +456,13 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     logger = RequestLogger(config.log_requests, config.catalog, config.model_name,
                            config.checkpoint_id)
     known_models = {config.model_name, *config.aliases}
+    prompt_bounds = PromptBounds.of(template, prompt_tokenizer.get_vocab())
+    # Tokenizing is CPU work: on the event loop a big prompt would stall every other client.
+    tokenize_pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=config.tokenize_threads, thread_name_prefix="openchat-tokenize")
+
+    async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(tokenize_pool, fn, *args)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -491,6 +471,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             yield
         finally:
             await engine.shutdown()
+            tokenize_pool.shutdown(wait=False, cancel_futures=True)
             logger.close()
 
     app = FastAPI(
@@ -499,13 +480,28 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         description=("OpenAI-compatible API for a model trained or served with openchat. "
                      f"Serving **{config.model_name}** with the `{template.name}` template."),
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: see openapi.py
+        redoc_url=None,
     )
+    install_openapi(app, secured=bool(config.api_keys), model_names=sorted(known_models),
+                    max_n=config.max_n, context_length=engine.context_length,
+                    max_token_id=engine.max_token_id())
+    install_docs(app)
     app.state.engine = engine
     app.state.config = config
     app.state.metrics = metrics
     app.state.request_logger = logger
+
+    def audit(scope: dict, status: int, error: str | None, body: bytes | None) -> None:
+        logger.record(time=_now(), endpoint=scope.get("path", ""), request=body, status=status,
+                      error=error, client=(scope.get("client") or (None,))[0])
+
     app.add_middleware(GuardMiddleware, api_keys=tuple(config.api_keys),
-                       max_body_bytes=config.max_body_bytes, on_reject=metrics.count)
+                       max_body_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s,
+                       allowed_hosts=config.allowed_hosts,
+                       auth_failures=AuthFailures(config.auth_failure_limit,
+                                                  config.auth_failure_window_s),
+                       on_reject=metrics.count, audit=audit)
     if config.allow_origins:
         # Outermost, so browsers' preflight requests (which carry no API key) are answered here.
         from fastapi.middleware.cors import CORSMiddleware
@@ -524,10 +520,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = validation_error(list(exc.errors()))
         metrics.count(request.url.path, err.status)
-        if request.url.path in ("/v1/chat/completions", "/v1/completions"):
-            logger.record(time=_now(), endpoint=request.url.path, request=_safe_body(exc),
-                          status=err.status, error=err.message)
-        return err.response()
+        return err.response()  # the guard logs it, with the body as it came
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -559,6 +552,32 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         if engine.stats().waiting >= config.max_queue:
             raise APIError(503, "The server is overloaded: too many requests are waiting; retry "
                                 "later", type="server_error", code="overloaded")
+
+    def context_exceeded(floor: int, prompt_param: str) -> APIError:
+        return APIError(400, f"This model's maximum context length is {engine.context_length} "
+                             f"tokens, but there are at least {floor} tokens in the {prompt_param}. "
+                             f"Please shorten the {prompt_param}.", param=prompt_param,
+                        code="context_length_exceeded")
+
+    def precheck(data: Any) -> None:
+        """Counts that can only fail, checked on the parsed JSON before pydantic sees it."""
+        if not isinstance(data, dict):
+            return
+        ctx = engine.context_length
+        messages = data.get("messages")
+        if (isinstance(messages, list) and prompt_bounds.tokens_per_message
+                and len(messages) * prompt_bounds.tokens_per_message > ctx):
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the "
+                                f"request holds {len(messages)} messages, and each takes at least "
+                                f"{prompt_bounds.tokens_per_message} token(s). Please shorten the "
+                                f"messages.", param="messages", code="context_length_exceeded")
+        prompt = data.get("prompt")
+        if isinstance(prompt, list) and prompt:
+            if isinstance(prompt[0], (str, list)) and len(prompt) > config.max_n:
+                raise APIError(400, f"Invalid value for 'prompt': at most {config.max_n} prompts "
+                                    f"per request", param="prompt", code="invalid_value")
+            if isinstance(prompt[0], int) and len(prompt) > ctx:
+                raise context_exceeded(len(prompt), "prompt")
 
     def budget(body: ChatCompletionRequest | CompletionRequest, prompt_len: int, prompt_param: str) -> int:
         ctx = engine.context_length
@@ -643,7 +662,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                          latency_s=round(latency, 4), status=status)
             if error:
                 entry["error"] = error
+            entry["client"] = request.client.host if request.client else None
             logger.record(**entry)
+            request.scope[LOGGED] = True
 
         async def events() -> AsyncIterator[tuple[int, str, str | None]]:
             """Every choice of every prompt, merged."""
@@ -792,20 +813,24 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={
         **ERROR_RESPONSES, 200: {"description": "A chat completion, or with `stream: true` a "
                                                 "text/event-stream of chat.completion.chunk events",
-                                 "content": {"text/event-stream": {}}}})
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+                                 "content": {"text/event-stream": {}}}},
+              openapi_extra=request_body_schema(ChatCompletionRequest))
+    async def chat_completions(request: Request) -> Response:
         """Chat completion: the prompt is built with the model's conversation template."""
+        body = await off_loop(parse_body, ChatCompletionRequest, await request.body(), precheck)
         check_model(body.model)
         check_stream_options(body)
         check_load(body.n)
-        data = {"messages": [m.to_template_dict() for m in body.messages],
-                "condition": body.condition}
-        try:
-            conv = Conversation.from_dict(data)
-            prompt_ids = template.encode_prompt(prompt_tokenizer, conv)
-        except (TypeError, ValueError) as exc:
-            raise APIError(400, f"Invalid value for 'messages': {exc}", param="messages",
-                           code="invalid_value") from None
+
+        def encode() -> list[int]:
+            messages = [m.to_template_dict() for m in body.messages]
+            floor = prompt_bounds.chat_floor(messages, body.condition)
+            if floor > engine.context_length:
+                raise context_exceeded(floor, "messages")
+            conv = Conversation.from_dict({"messages": messages, "condition": body.condition})
+            return template.encode_prompt(prompt_tokenizer, conv)
+
+        prompt_ids = await off_loop(encode)
         stops = body.stop_strings() + [s for s in template.stop_strings if s not in body.stop_strings()]
 
         def make_reply() -> ReplyStream:
@@ -819,39 +844,46 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.post("/v1/completions", response_model=CompletionResponse, responses={
         **ERROR_RESPONSES, 200: {"description": "A text completion, or with `stream: true` a "
                                                 "text/event-stream of text_completion events",
-                                 "content": {"text/event-stream": {}}}})
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+                                 "content": {"text/event-stream": {}}}},
+              openapi_extra=request_body_schema(CompletionRequest))
+    async def completions(request: Request) -> Response:
         """Raw text completion: the prompt is used as given (no conversation template)."""
+        body = await off_loop(parse_body, CompletionRequest, await request.body(), precheck)
         check_model(body.model)
         check_stream_options(body)
-        if body.best_of is not None and body.best_of != body.n:
-            raise APIError(400, "Unsupported value for 'best_of': only best_of == n is supported",
-                           param="best_of", code="unsupported_value")
         if body.max_tokens == 0 and not body.echo:
             raise APIError(400, "Invalid value for 'max_tokens': 0 is only allowed with echo "
                                 "(scoring the prompt)", param="max_tokens", code="invalid_value")
+        given = body.prompts()  # at most max_n of them (precheck), each with n choices
+        check_load(body.n)
+        for p in given:
+            floor = prompt_bounds.text_floor(p) if isinstance(p, str) else len(p)
+            if floor > engine.context_length:
+                raise context_exceeded(floor, "prompt")
+        want_offsets = body.echo and body.logprobs is not None
+        top = engine.max_token_id()
+
+        def encode(p: str | list[int]) -> tuple[list[int], list[int] | None, str]:
+            if isinstance(p, str):
+                if want_offsets:
+                    ids, starts = prompt_offsets(tokenizer, p, body.add_special_tokens)
+                    return ids, starts, p
+                return (tokenizer.encode(p, add_special_tokens=body.add_special_tokens)
+                        if p else []), None, p
+            bad = [t for t in p if t > top]
+            if bad:
+                raise APIError(400, f"Invalid value for 'prompt': token id {bad[0]} is outside "
+                                    f"the vocabulary (ids 0-{top})", param="prompt",
+                               code="invalid_value")
+            return list(p), None, tokenizer.decode(p)
+
         prompts: list[list[int]] = []
         texts: list[str] = []
         offsets: list[list[int] | None] = []
-        for i, p in enumerate(body.prompts()):
-            if isinstance(p, str):
-                if body.echo and body.logprobs is not None:
-                    ids, starts = prompt_offsets(tokenizer, p, body.add_special_tokens)
-                else:
-                    ids, starts = (tokenizer.encode(p, add_special_tokens=body.add_special_tokens)
-                                   if p else []), None
-                texts.append(p)
-                offsets.append(starts)
-            else:
-                top = engine.max_token_id()
-                bad = [t for t in p if t > top]
-                if bad:
-                    raise APIError(400, f"Invalid value for 'prompt': token id {bad[0]} is outside "
-                                        f"the vocabulary (ids 0-{top})", param="prompt",
-                                   code="invalid_value")
-                ids = list(p)
-                texts.append(tokenizer.decode(ids))
-                offsets.append(None)
+        for p in given:
+            ids, starts, text = await off_loop(encode, p)
+            texts.append(text)
+            offsets.append(starts)
             if not ids:
                 if tokenizer.bos_token_id is None:
                     raise APIError(400, "Invalid value for 'prompt': the prompt is empty",
@@ -859,7 +891,6 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 ids = [tokenizer.bos_token_id]
                 offsets[-1] = [0]
             prompts.append(ids)
-        check_load(body.n * len(prompts))
         stops = body.stop_strings()
 
         def make_reply() -> ReplyStream:
@@ -908,14 +939,47 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     return app
 
 
+def parse_body(model: type[Any], raw: bytes, precheck: Callable[[Any], None] | None = None) -> Any:
+    """The request body validated as `model`, the way FastAPI would, but callable off the event
+    loop: 100,000 messages take a second of CPU to parse and check."""
+    from pydantic import ValidationError
+
+    if not raw.strip():
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required",
+                                       "input": None}])
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.start),
+                                       "msg": "JSON decode error",
+                                       "ctx": {"error": "the body is not UTF-8 text"}}]) from None
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
+                                       "msg": "JSON decode error", "ctx": {"error": exc.msg}}]) from None
+    except RecursionError:  # the parser's own limit: far deeper than ours
+        data = too_deep = True
+    else:
+        too_deep = nesting_depth(data, MAX_DEPTH) > MAX_DEPTH
+    if too_deep:
+        raise APIError(400, f"The JSON body nests arrays and objects more than {MAX_DEPTH} deep",
+                       code="invalid_json")
+    if precheck is not None:
+        precheck(data)  # pydantic holds the GIL for a whole list: refuse huge ones first
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def request_body_schema(model: type[Any]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that parses its body itself (see `parse_body`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
 def _now() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _safe_body(exc: RequestValidationError) -> Any:
-    body = getattr(exc, "body", None)
-    if isinstance(body, (bytes, bytearray)):
-        return body[:2000].decode("utf-8", "replace")
-    return body

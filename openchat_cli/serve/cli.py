@@ -88,6 +88,14 @@ def serve_command(
     allow_origin: Optional[List[str]] = typer.Option(
         None, "--allow-origin", help="Allow browser pages from this origin to call the API (CORS; "
         "repeatable, '*' for any)."),
+    allowed_hosts: Optional[List[str]] = typer.Option(
+        None, "--allowed-hosts", help="Host header names to answer besides 127.0.0.1, localhost and "
+        "[::1] (repeatable or comma-separated; '*' for any). Guards against DNS rebinding."),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", min=0.1, help="Seconds a client has to send a request's headers "
+        "(slow clients are disconnected)."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1,
+                                       help="Seconds a client has to send a request's body (408)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve a checkpoint behind an OpenAI-compatible API (chat, completions, models, metrics)."""
@@ -97,6 +105,8 @@ def serve_command(
     from openchat_cli.serve.engines.base import eos_token_ids, pick_engine_kind
     from openchat_cli.templates import check_tokenizer, get_template
 
+    from openchat_cli.serve.guard import LOOPBACK_HOSTS, is_loopback
+
     kind = pick_engine_kind(engine)
     keys = _split_keys(api_keys)
     if extra_keys:
@@ -105,6 +115,18 @@ def serve_command(
         keys += [k for k in _split_keys(extra_keys) if k not in keys]
     if not keys:
         keys = _split_keys([os.environ.get(API_KEYS_ENV, "")])
+    hosts = _split_keys(allowed_hosts)
+    if "*" in hosts:
+        host_names: tuple[str, ...] | None = None
+    elif is_loopback(host):
+        host_names = (*LOOPBACK_HOSTS, *hosts)
+    else:
+        host_names = tuple(hosts) or None  # reachable under names we cannot know
+    if not is_loopback(host) and not keys:
+        err_console.print(f"[bold yellow]warning[/]: --host {host} exposes the API to the network "
+                          f"without API keys: anyone who reaches this machine can use the model. "
+                          f"Add --api-keys KEY (or ${API_KEYS_ENV}).", highlight=False,
+                          soft_wrap=True)
 
     try:
         model_dir, ckpt_id = checkpoint.resolve_model(model)
@@ -135,7 +157,8 @@ def serve_command(
              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, device=device,
              max_batch_size=max_batch_size, threads=threads, log_to_catalog=log_to_catalog,
              max_n=max_n, max_body_mb=max_body_mb, default_max_tokens=default_max_tokens,
-             log_requests=log_requests, log_level=log_level, allow_origin=allow_origin)
+             log_requests=log_requests, log_level=log_level, allow_origin=allow_origin,
+             host_names=host_names, header_timeout=header_timeout, body_timeout=body_timeout)
     finally:
         sock.close()
 
@@ -145,7 +168,8 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
          host: str, engine_arg, gpu_memory_utilization, dtype: str, tensor_parallel_size: int,
          max_model_len, device: str, max_batch_size: int, threads, log_to_catalog: bool,
          max_n: int, max_body_mb: float, default_max_tokens, log_requests, log_level: str,
-         allow_origin) -> None:
+         allow_origin, host_names: tuple[str, ...] | None, header_timeout: float,
+         body_timeout: float) -> None:
     """Load the engine, build the app, print where it serves and run uvicorn on `sock`."""
     err_console.print(f"loading {model_dir} with the {kind} engine …", highlight=False)
     if kind == "vllm":
@@ -183,7 +207,8 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
         model_name=name, template=tmpl, stop_token_ids=stop_ids, aliases=aliases,
         api_keys=tuple(keys), max_n=max_n, max_body_bytes=int(max_body_mb * 1024 * 1024),
         default_max_tokens=default_max_tokens, log_requests=log_requests, catalog=catalog,
-        checkpoint_id=ckpt_id, model_path=str(model_dir), allow_origins=tuple(allow_origin or ()))
+        checkpoint_id=ckpt_id, model_path=str(model_dir), allow_origins=tuple(allow_origin or ()),
+        allowed_hosts=host_names, body_timeout_s=body_timeout)
     app = create_app(eng, config)
 
     import uvicorn
@@ -195,11 +220,16 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
                   f"{kind} engine, context {eng.context_length})", highlight=False, soft_wrap=True)
     console.print(f"  OpenAI API  {base}/v1" + ("   (API keys required)" if keys else ""),
                   highlight=False, soft_wrap=True)
-    console.print(f"  docs        {base}/docs    health {base}/health    metrics {base}/metrics",
+    console.print(f"  schema      {base}/openapi.json    health {base}/health    metrics {base}/metrics",
                   highlight=False, soft_wrap=True)
+    if host_names is not None:
+        console.print(f"  answers to  Host: {', '.join(host_names)} (--allowed-hosts adds names)",
+                      highlight=False, soft_wrap=True)
     sys.stdout.flush()
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
-                                           timeout_keep_alive=30))
+    from openchat_cli.serve.connections import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, header_timeout_s=header_timeout, log_level=log_level,
+                                           timeout_graceful_shutdown=5, timeout_keep_alive=30))
     try:
         server.run(sockets=[sock])
     finally:

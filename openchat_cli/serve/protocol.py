@@ -12,10 +12,11 @@ Errors raised here become `{"error": {"message", "type", "param", "code"}}` in `
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -23,16 +24,87 @@ from pydantic import (
     StrictInt,
     StrictStr,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 MAX_STOP = 16
 MAX_LOGPROBS = 20  # top alternatives per token (vLLM's default max_logprobs)
 MAX_SEED = 2**63 - 1
+MAX_DEPTH = 32  # arrays/objects in a request nest far less; deeper ones would only cost recursion
+
+
+def printable(text: str) -> str:
+    """`text` safe to encode as UTF-8: lone surrogates written as `\\udXXX` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def find_surrogate(value: Any) -> tuple[str, str] | None:
+    """(path, escaped character) of the first lone UTF-16 surrogate in a JSON value, keys
+    included. JSON allows `"\\ud800"`, Python decodes it, and neither UTF-8 nor a tokenizer
+    can take it: such text is refused up front, naming the field. Iterative: any depth."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            for i, ch in enumerate(item):
+                if "\ud800" <= ch <= "\udfff":
+                    return path, f"{printable(ch)} at character {i}"
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                sub = f"{path}.{printable(str(key))}" if path else printable(str(key))
+                children += [(sub, child), (sub, key)]
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{path}[{i}]", child) for i, child in enumerate(item)]))
+    return None
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep arrays and objects nest in `value`, counting no further than `limit + 1`."""
+    deepest = 0
+    stack: list[tuple[int, Any]] = [(0, value)]
+    while stack:
+        depth, item = stack.pop()
+        if isinstance(item, (dict, list)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((depth, child) for child in (item.values() if isinstance(item, dict)
+                                                       else item))
+    return deepest
+
+
+def whole_number(value: Any) -> Any:
+    """JSON has one number type: 2.0 is the integer 2 (JSON Schema agrees), 2.5 is not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(whole_number)]
+# Bounds inside the Annotated: on a union pydantic would write them into the schema as "ge".
+TopK = Annotated[StrictInt, Field(ge=-1), BeforeValidator(whole_number)]
+Count = Annotated[StrictInt, Field(ge=1), BeforeValidator(whole_number)]
+Seed = Annotated[StrictInt, Field(ge=-MAX_SEED, le=MAX_SEED), BeforeValidator(whole_number)]
+TokenBudget = Annotated[StrictInt, Field(ge=0), BeforeValidator(whole_number)]
+LogprobCount = Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS), BeforeValidator(whole_number)]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        found = find_surrogate(data) if isinstance(data, dict) else None
+        if found:
+            raise PydanticCustomError(
+                "lone_surrogate", "the text holds a lone UTF-16 surrogate ({char}), which is not "
+                "valid Unicode", {"field": found[0], "char": found[1]})
+        return data
 
 
 # -- pieces -----------------------------------------------------------------------------------
@@ -48,7 +120,8 @@ class ChatMessage(_Request):
         default=None, description="A string or a list of text content parts.")
     name: StrictStr | None = None
     refusal: StrictStr | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0},
+                                         description="Only empty: tool calling is not supported.")
 
     @field_validator("role", mode="before")
     @classmethod
@@ -125,12 +198,15 @@ class _Sampling(_Request):
     temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0,
                                             description="0 means greedy. Default 1.")
     top_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: StrictInt | None = Field(default=None, ge=-1,
+    top_k: TopK | None = Field(default=None,
                                     description="vLLM extension: sample from the k most likely "
                                                 "tokens (0 or -1 = off).")
-    n: StrictInt = Field(default=1, ge=1, description="Number of choices.")
-    stop: str | list[str] | None = Field(default=None, description="Up to 16 stop strings.")
-    seed: StrictInt | None = Field(default=None, ge=-MAX_SEED, le=MAX_SEED)
+    n: Count = Field(default=1, description="Number of choices.")
+    stop: str | list[str] | None = Field(
+        default=None, description="Up to 16 stop strings.",
+        json_schema_extra={"minLength": 1, "maxItems": MAX_STOP, "items": {"type": "string",
+                                                                        "minLength": 1}})
+    seed: Seed | None = None
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
     stream: StrictBool | None = False
@@ -140,7 +216,7 @@ class _Sampling(_Request):
                                    description="vLLM extension: keep generating past end-of-turn "
                                                "(benchmarks).")
     # Defined by OpenAI, accepted only with neutral values.
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"maxProperties": 0})
     metadata: dict[str, str] | None = None
     store: StrictBool | None = None
     service_tier: StrictStr | None = None
@@ -168,22 +244,34 @@ class _Sampling(_Request):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+# Rules between fields, so the schema accepts only what the server does.
+STREAM_OPTIONS_NEED_STREAM = {
+    "if": {"properties": {"stream_options": {"type": "object"}}, "required": ["stream_options"]},
+    "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]}}
+ZERO_TOKENS_NEED_ECHO = {
+    "if": {"properties": {"max_tokens": {"const": 0}}, "required": ["max_tokens"]},
+    "then": {"properties": {"echo": {"const": True}}, "required": ["echo"]}}
+
+
 class ChatCompletionRequest(_Sampling):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM]})
+
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     condition: StrictStr | None = Field(
         default=None, description="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct' "
                                   "(default: the template's).")
-    logprobs: StrictBool | None = None
-    top_logprobs: StrictInt | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    logprobs: StrictBool | None = Field(default=None, json_schema_extra={"enum": [False, None]})
+    top_logprobs: JsonInt | None = Field(default=None, json_schema_extra={"enum": [0, None]})
+    tools: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0})
+    tool_choice: Any = Field(default=None, json_schema_extra={"enum": [None, "none", "auto"]})
     parallel_tool_calls: StrictBool | None = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: dict[str, Any] | None = None
-    modalities: list[str] | None = None
+    functions: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0})
+    function_call: Any = Field(default=None, json_schema_extra={"enum": [None, "none", "auto"]})
+    response_format: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"properties": {"type": {"const": "text"}}})
+    modalities: list[str] | None = Field(default=None, json_schema_extra={"items": {"const": "text"}})
     reasoning_effort: StrictStr | None = None
 
     @field_validator("messages", mode="before")
@@ -243,20 +331,27 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "allOf": [STREAM_OPTIONS_NEED_STREAM, ZERO_TOKENS_NEED_ECHO]})
+
+    prompt: (str | Annotated[list[str], Field(min_length=1)]
+             | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+             | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+                         Field(min_length=1)]) = Field(
         description="Text, a list of texts, token ids, or a list of token-id lists.")
-    max_tokens: StrictInt | None = Field(
-        default=16, ge=0, description="0 only with echo: score the prompt, generate nothing.")
+    max_tokens: TokenBudget | None = Field(
+        default=16, description="0 only with echo: score the prompt, generate nothing.")
     echo: StrictBool = Field(default=False, description="Return the prompt before the completion "
                                                         "(with its token logprobs when logprobs is set).")
-    best_of: StrictInt | None = Field(default=None, ge=1)
-    logprobs: StrictInt | None = Field(
-        default=None, ge=0, le=MAX_LOGPROBS,
+    best_of: Literal[1] | None = Field(
+        default=None, description="Only 1: each choice is sampled once (no server-side reranking).")
+    logprobs: LogprobCount | None = Field(
+        default=None,
         description=f"Return each token's logprob and its 0-{MAX_LOGPROBS} most likely alternatives.")
     add_special_tokens: StrictBool = Field(
         default=True, description="vLLM extension: let the tokenizer add its special tokens (BOS) "
                                   "to text prompts.")
-    suffix: StrictStr | None = None
+    suffix: StrictStr | None = Field(default=None, json_schema_extra={"maxLength": 0})
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -268,11 +363,21 @@ class CompletionRequest(_Sampling):
         if isinstance(value, str):
             return value
         if isinstance(value, list) and value:
+            value = [[whole_number(t) for t in v] if isinstance(v, list) else whole_number(v)
+                     for v in value]
             if all(isinstance(v, str) for v in value) or is_ids(value) or all(is_ids(v) for v in value):
                 return value
         raise PydanticCustomError(
             "prompt_type", "prompt must be a string, a non-empty list of strings, a list of token "
                            "ids, or a list of token-id lists")
+
+    @field_validator("best_of", mode="before")
+    @classmethod
+    def _best_of(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value != 1:
+            raise PydanticCustomError("unsupported", "only best_of 1 is supported (each choice is "
+                                                     "sampled once)")
+        return value
 
     @field_validator("suffix")
     @classmethod

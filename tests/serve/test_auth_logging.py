@@ -27,9 +27,15 @@ def test_api_keys(guarded_server):
     assert httpx.post(url + "/chat/completions", content=b"{not json").status_code == 401
     for key in API_KEYS:
         assert httpx.get(url + "/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    # /health, /metrics and the docs stay open.
-    for path in ("/health", "/metrics", "/openapi.json"):
-        assert httpx.get(guarded_server.url + path).status_code == 200
+    # Only /health stays open: the schema, the docs and the metrics (which count the 401s)
+    # need a key too.
+    assert httpx.get(guarded_server.url + "/health").status_code == 200
+    for path in ("/metrics", "/openapi.json", "/docs", "/redoc", "/"):
+        resp = httpx.get(guarded_server.url + path)
+        assert resp.status_code == 401, path
+        assert "openchat_requests" not in resp.text
+        ok = httpx.get(guarded_server.url + path, headers={"Authorization": f"Bearer {API_KEYS[0]}"})
+        assert ok.status_code == 200, path
 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=url, api_key="nope", max_retries=0).models.list()
