@@ -265,9 +265,7 @@ def run_grade(cat: Catalog, answer_ref: str,
         raise OpenchatError(f"{run_a} has no questions with an expected answer ('label'); grading needs a "
                             f"multiple-choice or exact-answer set (use `eval judge` for open questions)")
     def newest_grade_run() -> dict[str, Any] | None:
-        found = cat.query("select * from evals where kind = 'grade' and parent_id = ? "
-                          "order by created_at desc, rowid desc limit 1", [run_a])
-        return found[0] if found else None
+        return cat.latest_eval("grade", parent_id=run_a)
 
     # Found or made in one transaction: two grades of one run started together share the grade run.
     grade_run, _ = cat.find_or_add_eval(

@@ -106,6 +106,10 @@ def serve_command(
     if not keys:
         keys = _split_keys([os.environ.get(API_KEYS_ENV, "")])
 
+    if log_to_catalog:  # a damaged or locked catalog refuses now, not after the model loads
+        from store.catalog import open_catalog
+
+        open_catalog().close()
     try:
         model_dir, ckpt_id = checkpoint.resolve_model(model)
     except OpenchatError as exc:
