@@ -104,7 +104,7 @@ def test_remove_deletes_dependents_and_links(tmp_path):
     ds = c.add_dataset(name="d", path="/d", format="raw")
     c.link(ev, ds, "uses")
     c.remove(ev)
-    assert c.db["answers"].count == 0 and c.db["links"].count == 0
+    assert c.count("answers") == 0 and c.count("links") == 0
     assert c.get(ds)
 
 
