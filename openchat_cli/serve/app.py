@@ -42,6 +42,7 @@ from openchat_cli.serve.protocol import (
     ModelCard,
     ModelList,
 )
+from store.catalog import CatalogError
 
 log = logging.getLogger("openchat.serve")
 
@@ -162,6 +163,8 @@ class RequestLogger:
                 return
             try:
                 self._write(entry)
+            except CatalogError as exc:  # damaged or locked catalog.db: its one line, no traceback
+                log.warning("could not log a request: %s", exc)
             except Exception:  # a log write must never take the server down
                 log.exception("could not log a request")
 

@@ -297,3 +297,20 @@ def test_bad_busy_timeout_is_one_line(cli, monkeypatch):
     monkeypatch.setenv("OPENCHAT_BUSY_TIMEOUT", "soon")
     result = cli("catalog", "list", expect=2)
     assert "OPENCHAT_BUSY_TIMEOUT='soon' is not a number" in result.stderr
+
+
+def test_request_log_of_a_locked_catalog_is_one_line_per_request(tmp_path, holders, caplog):
+    """`serve --log-to-catalog`: a catalog locked while serving costs a warning line, no traceback."""
+    from openchat_cli.serve.app import RequestLogger
+
+    path = tmp_path / "c.db"
+    cat = Catalog(path, busy_timeout_s=0.3)
+    holders(path)
+    logger = RequestLogger(None, cat, "tiny", None)
+    with caplog.at_level("WARNING"):
+        logger.record(time="2026-01-01T00:00:00", endpoint="/v1/chat/completions", output=["hi"])
+        logger.close(timeout=15)
+    failures = [r for r in caplog.records if "could not log a request" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is None
+    assert f"catalog {path} is locked by another process" in failures[0].getMessage()
