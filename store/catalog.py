@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -115,11 +116,11 @@ class Catalog(CatalogReads):
         try:
             with self._translated():
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+                self.db = Database(conn)
+                self._check()  # before anything writes to the file
                 self._wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA foreign_keys = ON")
-                self.db = Database(conn)
-                self._check()
             self._write(lambda: migrate(self.db))
         except BaseException:
             conn.close()
@@ -134,6 +135,9 @@ class Catalog(CatalogReads):
         made is reported as such rather than as SQLite's 'unable to open database file'."""
         if self.path.is_dir():
             raise faults.damaged(self.path, "it is a folder, not a database file")
+        if self.path.is_symlink() and not self.path.exists():
+            raise faults.unreachable(self.path, f"a link to {os.readlink(self.path)}, which cannot be "
+                                                "reached")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -144,8 +148,13 @@ class Catalog(CatalogReads):
                                    check_same_thread=False)
 
     def _check(self) -> None:
-        """Refuse a damaged file at open, before any command works on it."""
-        self.db.conn.execute("select count(*) from sqlite_master").fetchone()
+        """Refuse a damaged file (or another program's database) at open, before any command
+        works on it. Every catalog has had `_migrations` since its first table was made."""
+        tables = [row[0] for row in self.db.conn.execute(
+            "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' "
+            "order by name")]
+        if tables and "_migrations" not in tables:
+            raise faults.foreign(self.path, tables)
         try:
             size = self.path.stat().st_size
         except OSError:

@@ -64,24 +64,30 @@ def is_lock_error(exc: BaseException) -> bool:
     """A lock another connection holds (worth waiting for), not a damaged or missing file."""
     if not isinstance(exc, sqlite3.OperationalError):
         return False
-    return _primary(exc) in _LOCKED or "locked" in str(exc) or "busy" in str(exc)
+    return _primary(exc) in _LOCKED
 
 
 def _move_aside(path: Path) -> str:
-    return (f"move it aside with its -wal and -shm files (e.g. `mkdir {path.parent}/damaged && "
-            f"mv {path}* {path.parent}/damaged/`) and the next openchat command starts an empty "
-            f"catalog; `openchat catalog path` prints where it lives")
+    aside = path.parent / "damaged"
+    return (f"move it aside with its -wal/-shm files (`mkdir {aside} && mv {path}* {aside}/`); the "
+            f"next command starts an empty catalog (`openchat catalog path` prints where it is)")
 
 
 def damaged(path: Path, why: str) -> CatalogDamaged:
     return CatalogDamaged(f"catalog {path} is damaged ({why}): {_move_aside(path)}")
 
 
+def foreign(path: Path, tables: list[str]) -> CatalogDamaged:
+    shown = ", ".join(tables[:4]) + (", …" if len(tables) > 4 else "")
+    return CatalogDamaged(f"catalog {path} is another program's SQLite database (tables {shown}), "
+                          f"not an openchat catalog: {_move_aside(path)}")
+
+
 def locked(path: Path, timeout_s: float) -> CatalogLocked:
     return CatalogLocked(
         f"catalog {path} is locked by another process (held longer than {timeout_s:g}s): let it "
-        f"finish or stop it (`fuser {path}` names it), then run the command again; "
-        f"{BUSY_TIMEOUT_ENV} sets how many seconds to wait")
+        f"finish or stop it (`fuser {path}` names it) and run the command again; "
+        f"{BUSY_TIMEOUT_ENV} sets the wait in seconds")
 
 
 def unreachable(path: Path, why: str) -> CatalogUnreachable:
@@ -100,9 +106,9 @@ def explain(path: Path, exc: BaseException, timeout_s: float) -> CatalogError | 
     primary, text = _primary(exc), str(exc)
     if path.is_dir():
         return damaged(path, "it is a folder, not a database file")
-    if primary in _DAMAGED or "malformed" in text or "not a database" in text:
+    if primary in _DAMAGED:
         return damaged(path, text)
-    if primary in _UNREACHABLE or "unable to open" in text or "disk" in text or "readonly" in text:
+    if primary in _UNREACHABLE:
         return unreachable(path, text)
     return None
 

@@ -64,6 +64,15 @@ def _garbled_header(path: Path) -> None:
         fh.write(b"not sqlite at all")
 
 
+def _foreign(path: Path) -> None:
+    """Another program's SQLite database where the catalog should be."""
+    conn = sqlite3.connect(path)
+    conn.execute("create table datasets (a, b)")
+    conn.execute("insert into datasets values (1, 2)")
+    conn.commit()
+    conn.close()
+
+
 def _folder(path: Path) -> None:
     path.mkdir()
     (path / "something").write_text("x")
@@ -71,7 +80,7 @@ def _folder(path: Path) -> None:
 
 DAMAGES: dict[str, Callable[[Path], None]] = {
     "text": _text, "truncated": _truncated, "garbled-page": _garbled_page,
-    "garbled-header": _garbled_header, "folder": _folder,
+    "garbled-header": _garbled_header, "folder": _folder, "foreign": _foreign,
 }
 
 
@@ -135,8 +144,9 @@ def test_damaged_catalog_is_one_line_for_catalog_commands(cli, openchat_home, da
     before = path.read_bytes() if path.is_file() else None
     for args in (["catalog", "list"], ["catalog", "show", "ds-1234"], ["catalog", "lineage", "ds-1234"],
                  ["catalog", "rm", "ds-1234"]):
-        line = _one_line_naming(cli(*args, expect=None), path, "damaged", "move it aside")
+        line = _one_line_naming(cli(*args, expect=None), path, "move it aside")
         assert "openchat catalog path" in line
+        assert ("damaged" if damage != "foreign" else "not an openchat catalog") in line
     if before is not None:
         assert path.read_bytes() == before  # reported, never "repaired" or overwritten
 
@@ -221,6 +231,12 @@ def test_home_that_cannot_be_created(cli, tmp_path):
         result = cli("--home", str(home), "catalog", "list", expect=None)
         line = _one_line_naming(result, home, "cannot create", "--home")
         assert "OPENCHAT_HOME" in line
+
+
+def test_catalog_behind_a_dangling_link(cli, openchat_home):
+    path = openchat_home / "catalog.db"
+    path.symlink_to(openchat_home / "gone" / "catalog.db")
+    _one_line_naming(cli("catalog", "list", expect=None), path, "cannot be reached")
 
 
 def test_catalog_folder_that_cannot_be_created(tmp_path):
