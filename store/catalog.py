@@ -452,7 +452,10 @@ class Catalog(CatalogReads):
     def get(self, ref: str) -> dict[str, Any]:
         full = self.resolve(ref)
         table = KINDS[full.split("-", 1)[0]]
-        return self._read(lambda: decode(self.db[table].get(full)))
+        row = self.one(f"select * from [{table}] where id = ?", [full])
+        if row is None:  # removed by another process since `resolve`
+            raise CatalogError(f"no {table[:-1]} with id '{full}' in catalog {self.path}")
+        return row
 
     def table_of(self, ref: str) -> str:
         return KINDS[self.resolve(ref).split("-", 1)[0]]
