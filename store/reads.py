@@ -65,6 +65,10 @@ class CatalogReads:
         return found[0] if found else None
 
     # -- questions ---------------------------------------------------------------------------
+    def questions(self, eval_id: str) -> list[dict[str, Any]]:
+        """The questions of a run, in the order they were stored."""
+        return self.query("select * from questions where eval_id = ? order by rowid", [eval_id])
+
     def question(self, eval_id: str, question_id: str) -> dict[str, Any] | None:
         return self.one("select * from questions where eval_id = ? and question_id = ?",
                         [eval_id, question_id])
@@ -75,6 +79,10 @@ class CatalogReads:
             "select question_id, category from questions where eval_id = ?", [eval_id])}
 
     # -- answers -----------------------------------------------------------------------------
+    def answers(self, eval_id: str) -> list[dict[str, Any]]:
+        """The answers of a run (in the order SQLite finds them: callers key them by question)."""
+        return self.query("select * from answers where eval_id = ?", [eval_id])
+
     def answer(self, eval_id: str, question_id: str) -> dict[str, Any] | None:
         return self.one("select * from answers where eval_id = ? and question_id = ?",
                         [eval_id, question_id])
@@ -104,10 +112,10 @@ class CatalogReads:
             "q.eval_id = a.eval_id and q.question_id = a.question_id where a.eval_id = ?", [eval_id])
 
     # -- judge verdicts ----------------------------------------------------------------------
-    def judgments(self, eval_id: str) -> list[dict[str, Any]]:
-        """Every verdict of a judge or grade run, by question, turn and order."""
-        return self.query('select * from judgments where eval_id = ? '
-                          'order by question_id, turn, "order", id', [eval_id])
+    def judgments(self, eval_id: str, *, by_unit: bool = False) -> list[dict[str, Any]]:
+        """Every verdict of a judge or grade run, as stored, or by question, turn and order."""
+        order = 'question_id, turn, "order", id' if by_unit else "id"
+        return self.query(f"select * from judgments where eval_id = ? order by {order}", [eval_id])
 
     def judged_units(self, eval_id: str) -> set[UnitKey]:
         """The units a judge run holds a verdict for."""

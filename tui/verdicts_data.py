@@ -253,7 +253,7 @@ def load_run(cat: Catalog, ref: str) -> RunData:
     if run.get("kind") not in ("judge", "grade"):
         raise CatalogError(
             f"'{run['id']}' is an {run.get('kind')} run; open a judge or grade run to see verdicts")
-    judgments = cat.judgments(run["id"])
+    judgments = cat.judgments(run["id"], by_unit=True)
     mode = _mode_of(run, [j["mode"] for j in judgments])
     answer_a = run.get("parent_id") or next(
         (j["answer_run_id"] for j in judgments if j.get("answer_run_id")), None)

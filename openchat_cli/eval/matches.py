@@ -68,12 +68,12 @@ class MatchPlan:
 
 
 def _answers(cat: Catalog, run_id: str) -> dict[str, list[str]]:
-    return {r["question_id"]: list(r["turns"] or []) for r in cat.rows("answers", "eval_id = ?", [run_id])}
+    return {r["question_id"]: list(r["turns"] or []) for r in cat.answers(run_id)}
 
 
 def _questions(cat: Catalog, run_id: str) -> dict[str, Question]:
     return {r["question_id"]: Question.from_row(r)
-            for r in cat.rows("questions", "eval_id = ?", [run_id], order_by="rowid")}
+            for r in cat.questions(run_id)}
 
 
 def plan_matches(cat: Catalog, answer_run_id: str, baseline_run_id: str | None = None) -> MatchPlan:

@@ -141,14 +141,14 @@ def _rate(k: int, n: int) -> float | None:
 # -- loading ------------------------------------------------------------------------------------
 
 def _judgments(cat: Catalog, run_id: str) -> list[dict[str, Any]]:
-    return list(cat.rows("judgments", "eval_id = ?", [run_id], order_by="id"))
+    return cat.judgments(run_id)
 
 
 def _lengths(cat: Catalog, answer_run_id: str | None) -> dict[str, list[int]]:
     if not answer_run_id:
         return {}
     return {r["question_id"]: [len(t or "") for t in (r["turns"] or [])]
-            for r in cat.rows("answers", "eval_id = ?", [answer_run_id])}
+            for r in cat.answers(answer_run_id)}
 
 
 def _categories(cat: Catalog, answer_run_id: str | None) -> dict[str, str]:

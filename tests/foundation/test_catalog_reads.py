@@ -60,6 +60,8 @@ def test_answers_questions_and_judgments(cat):
                            "completion_tokens": 5, "latency_s": 0.5, "meta": {"truncated": True}})
     assert cat.question_categories(run) == {"1": "math", "2": None}
     assert cat.question(run, "2")["turns"] == ["q2"]
+    assert [q["question_id"] for q in cat.questions(run)] == ["1", "2"]
+    assert [a["question_id"] for a in cat.answers(run)] == ["1"]
     assert cat.answer(run, "1")["turns"] == ["a1"] and cat.answer(run, "2") is None
     assert cat.answered_ids(run) == {"1"}
     assert cat.has_answer(run, "1") and not cat.has_answer(run, "2")
@@ -73,7 +75,8 @@ def test_answers_questions_and_judgments(cat):
          "verdict": "A", "parse_ok": 1},
         {"eval_id": judge, "question_id": "1", "turn": 1, "order": "AB", "mode": "pairwise",
          "verdict": "tie", "parse_ok": 1}])
-    assert [j["order"] for j in cat.judgments(judge)] == ["AB", "BA"]
+    assert [j["order"] for j in cat.judgments(judge)] == ["BA", "AB"]  # as stored
+    assert [j["order"] for j in cat.judgments(judge, by_unit=True)] == ["AB", "BA"]
     assert cat.judged_units(judge) == {("1", 1, "AB"), ("1", 1, "BA")}
     assert cat.has_judgment(judge, ("1", 1, "AB")) and not cat.has_judgment(judge, ("1", 2, "AB"))
     assert {(r["verdict"], r["n"]) for r in cat.verdict_tallies()} == {("A", 1), ("tie", 1)}
