@@ -8,6 +8,7 @@ Every catalog operation runs inside `translated()`, so each of them surfaces as 
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -49,7 +50,7 @@ def busy_timeout_s() -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:  # also refuses nan
+    if not (math.isfinite(value) and value >= 0):
         raise CatalogError(f"{BUSY_TIMEOUT_ENV}={text!r} is not a number of seconds (e.g. 30)")
     return value
 

@@ -310,9 +310,10 @@ def test_reads_wait_out_a_short_lock(tmp_path, holders):
 
 
 def test_bad_busy_timeout_is_one_line(cli, monkeypatch):
-    monkeypatch.setenv("OPENCHAT_BUSY_TIMEOUT", "soon")
-    result = cli("catalog", "list", expect=2)
-    assert "OPENCHAT_BUSY_TIMEOUT='soon' is not a number" in result.stderr
+    for value in ("soon", "-1", "inf", "nan"):
+        monkeypatch.setenv("OPENCHAT_BUSY_TIMEOUT", value)
+        result = cli("catalog", "list", expect=2)
+        assert f"OPENCHAT_BUSY_TIMEOUT='{value}' is not a number" in result.stderr
 
 
 def test_request_log_of_a_locked_catalog_is_one_line_per_request(tmp_path, holders, caplog):
