@@ -3,7 +3,7 @@ complete -c openchat -f
 complete -c openchat -n '__fish_use_subcommand' -a catalog -d 'List, show, trace and remove what openchat has made.'
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path rm show' -a lineage -d 'What an entry was made from, and what was made from it.'
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path rm show' -a list -d 'List catalog entries, newest first.'
-complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path rm show' -a path -d 'Print the path of catalog.db.'
+complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path rm show' -a path -d 'Print the path of catalog.db (even when it is damaged, so it can be moved aside).'
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path rm show' -a rm -d 'Remove entries from the catalog (and their answers, verdicts or messages). Files stay.'
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path rm show' -a show -d 'Show every field of one catalog entry.'
 complete -c openchat -n '__fish_use_subcommand' -a chat -d 'Chat with a served model in the terminal; browse judge verdicts.'

@@ -82,3 +82,5 @@ def chat_command(
         app.run()
     finally:
         catalog.close()
+    if app.catalog_error is not None:
+        raise app.catalog_error

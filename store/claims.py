@@ -51,14 +51,12 @@ class UnitClaims:
     def take(self, unit: str) -> bool:
         """Claim `unit`; False when another live process holds it."""
         with self.cat.immediate():
-            found = self.cat.db.conn.execute(
+            claim = self.cat.one(
                 "select holder, pid, host, expires_at from unit_claims where eval_id = ? and unit = ?",
-                [self.eval_id, unit]).fetchone()
-            if found is not None:
-                claim = dict(zip(("holder", "pid", "host", "expires_at"), found))
-                if claim["holder"] != self.holder and not self.lapsed(claim):
-                    return False
-            self.cat.db.conn.execute(
+                [self.eval_id, unit])
+            if claim is not None and claim["holder"] != self.holder and not self.lapsed(claim):
+                return False
+            self.cat.write(
                 "insert or replace into unit_claims (eval_id, unit, holder, pid, host, expires_at) "
                 "values (?, ?, ?, ?, ?, ?)",
                 [self.eval_id, unit, self.holder, self.pid, self.host, time.time() + self.lease_s])

@@ -60,10 +60,8 @@ def show_command(
     if catalog.table_of(row["id"]) == "chats":
         extra["messages"] = catalog.chat_messages(row["id"])
     if catalog.table_of(row["id"]) == "evals":
-        (extra["num_answers"],) = catalog.db.execute(
-            "select count(*) from answers where eval_id = ?", [row["id"]]).fetchone()
-        (extra["num_judgments"],) = catalog.db.execute(
-            "select count(*) from judgments where eval_id = ?", [row["id"]]).fetchone()
+        extra["num_answers"] = catalog.count("answers", eval_id=row["id"])
+        extra["num_judgments"] = catalog.count("judgments", eval_id=row["id"])
     if as_json:
         print_json({**row, **extra})
         return
@@ -119,6 +117,9 @@ def rm_command(
 
 @app.command("path")
 def path_command() -> None:
-    """Print the path of catalog.db."""
-    catalog = open_catalog()
-    typer.echo(str(catalog.path))
+    """Print the path of catalog.db (even when it is damaged, so it can be moved aside)."""
+    from openchat_cli.home import catalog_path
+
+    path = catalog_path()
+    typer.echo(str(path))
+    open_catalog(path).close()  # creates a new one; a damaged one is reported after its path

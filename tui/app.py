@@ -59,6 +59,17 @@ class OpenChatApp(App):
         self.catalog: Catalog = (catalog if isinstance(catalog, Catalog)
                                  else open_catalog(catalog))
         self.endpoint_label = endpoint_label or short_endpoint(self.client.endpoint)
+        self.catalog_error: CatalogError | None = None  # why the app ended early, if it did
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A catalog that turns damaged or locked mid-session ends the app with its one line
+        (`openchat chat` prints it, exit 2) rather than a traceback."""
+        if isinstance(error, CatalogError):
+            if self.catalog_error is None:
+                self.catalog_error = error
+            self.exit(return_code=2)
+            return
+        super()._handle_exception(error)
 
     async def on_mount(self) -> None:
         self.add_mode("chat", ChatScreen)

@@ -216,20 +216,15 @@ def _summary(mode: str, counts: dict[str, int], mean_score: float | None) -> str
 
 def list_runs(cat: Catalog) -> list[RunSummary]:
     """Judge and grade runs, newest first, with a one-line result each."""
-    runs = cat.query(
-        "select * from evals where kind in ('judge', 'grade') order by created_at desc, rowid desc")
+    runs = cat.evals(("judge", "grade"))
     stats: dict[str, dict[str, Any]] = defaultdict(lambda: {"counts": {}, "modes": [],
                                                             "questions": 0, "mean": None})
-    for r in cat.query(
-            "select eval_id, mode, verdict, count(*) as n from judgments "
-            "group by eval_id, mode, verdict"):
+    for r in cat.verdict_tallies():
         s = stats[r["eval_id"]]
         s["counts"][r["verdict"] or "error"] = s["counts"].get(r["verdict"] or "error", 0) + r["n"]
         if r["mode"] not in s["modes"]:
             s["modes"].append(r["mode"])
-    for r in cat.query(
-            "select eval_id, count(distinct question_id) as q, avg(score) as mean from judgments "
-            "group by eval_id"):
+    for r in cat.judged_question_stats():
         stats[r["eval_id"]]["questions"] = r["q"]
         stats[r["eval_id"]]["mean"] = r["mean"]
     out = []
@@ -258,9 +253,7 @@ def load_run(cat: Catalog, ref: str) -> RunData:
     if run.get("kind") not in ("judge", "grade"):
         raise CatalogError(
             f"'{run['id']}' is an {run.get('kind')} run; open a judge or grade run to see verdicts")
-    judgments = cat.query(
-        'select * from judgments where eval_id = ? order by question_id, turn, "order", id',
-        [run["id"]])
+    judgments = cat.judgments(run["id"], by_unit=True)
     mode = _mode_of(run, [j["mode"] for j in judgments])
     answer_a = run.get("parent_id") or next(
         (j["answer_run_id"] for j in judgments if j.get("answer_run_id")), None)
@@ -268,9 +261,7 @@ def load_run(cat: Catalog, ref: str) -> RunData:
         (j["baseline_run_id"] for j in judgments if j.get("baseline_run_id")), None)
     categories = {}
     if answer_a:
-        categories = {q["question_id"]: q.get("category") or ""
-                      for q in cat.query("select question_id, category from questions where eval_id = ?",
-                                         [answer_a])}
+        categories = {qid: category or "" for qid, category in cat.question_categories(answer_a).items()}
     rows: dict[tuple[str, int], Row] = {}
     for j in judgments:
         key = (j["question_id"], int(j.get("turn") or 1))
@@ -314,17 +305,14 @@ def load_question(cat: Catalog, data: RunData, question_id: str) -> QuestionDeta
     question = None
     for eval_id in (data.answer_a, data.answer_b):
         if eval_id and question is None:
-            found = cat.query("select * from questions where eval_id = ? and question_id = ?",
-                              [eval_id, question_id])
-            question = found[0] if found else None
+            question = cat.question(eval_id, question_id)
     question = question or {}
 
     def answer(eval_id: str | None) -> list[str] | None:
         if not eval_id:
             return None
-        found = cat.query("select turns from answers where eval_id = ? and question_id = ?",
-                          [eval_id, question_id])
-        return _turns(found[0]["turns"]) if found else []
+        found = cat.answer(eval_id, question_id)
+        return _turns(found["turns"]) if found else []
 
     judgments = [j for r in data.rows if r.question_id == question_id for j in r.judgments]
     reference = question.get("reference")

@@ -79,6 +79,7 @@ def clean_command(
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, side_path
     from openchat_cli.data.records import REASONS
     from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED
+    from store.catalog import open_catalog
 
     if fmt not in FORMATS:
         raise OpenchatError(f"--format must be one of {', '.join(FORMATS)}")
@@ -98,6 +99,7 @@ def clean_command(
         weights=dict(parse_pairs(weights, "--weight", float)), default_weight=default_weight,
     )
     dropped_path = side_path(out, "dropped")
+    catalog = open_catalog()  # a damaged or unreachable catalog stops the command before any work
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
             task = bar.add_task("cleaning", total=None, info="")
@@ -120,7 +122,7 @@ def clean_command(
                 meta={"inputs": [str(p) for p in paths], "options": options.describe(),
                       "dropped_path": str(dropped_path.resolve())})
 
-        ds = staged.publish(register)
+        ds = staged.publish(register, catalog)
 
     _warn(result.report.warnings[:20])
     if result.report.warning_count > 20:
@@ -253,7 +255,7 @@ def tokenize_command(
                 catalog.link(ds, model_id, "tokenized-with")
             return ds
 
-        ds = staged.publish(register)
+        ds = staged.publish(register, catalog)
     if stats.malformed:
         _warn([f"{stats.malformed} malformed record(s) skipped, e.g."] + stats.errors[:5])
     if as_json:
@@ -401,6 +403,7 @@ def split_command(
     """Reproducible train/eval split by conversation id (split parts of a conversation stay together)."""
     from openchat_cli.data.io import StagedOutputs, ensure_registered, is_parquet, resolve_input, sha256_file
     from openchat_cli.data.split import counts, split_jsonl, split_parquet
+    from store.catalog import open_catalog
 
     if not 0.0 < eval_fraction < 1.0:
         raise OpenchatError("--eval must be a fraction between 0 and 1 (e.g. 0.02)")
@@ -416,7 +419,8 @@ def split_command(
     _check_out(train_out, force)
     _check_out(eval_out, force)
     fmt = "tokenized" if parquet else "conversations"
-    parent = ensure_registered(src, fmt, given)
+    catalog = open_catalog()  # a damaged or unreachable catalog stops the command before any work
+    parent = ensure_registered(src, fmt, given, catalog=catalog)
     with StagedOutputs() as staged:
         if parquet:
             result = split_parquet(src, staged.path(train_out), staged.path(eval_out), eval_fraction, seed)
@@ -441,7 +445,7 @@ def split_command(
                     num_records=n, counts=counts(result), meta={**meta, "split": which})
             return made
 
-        made = staged.publish(register)
+        made = staged.publish(register, catalog)
     if result.errors:
         _warn([f"{result.malformed} malformed line(s) skipped, e.g."] + result.errors[:5])
     if result.eval == 0:

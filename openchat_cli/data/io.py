@@ -145,17 +145,16 @@ class StagedOutputs:
         """Rename every staged file into place without a catalog row (reports of a failed run)."""
         return self._rename_all()
 
-    def publish(self, register: Callable[[Any], T]) -> T:
+    def publish(self, register: Callable[[Any], T], catalog: Any = None) -> T:
         """Register and publish as one step: `register(catalog)` writes the catalog rows inside one
         write transaction, the files are renamed into place, then it commits. On any failure the
-        transaction rolls back and files already renamed are removed again."""
-        import sqlite3
-
+        transaction rolls back and files already renamed are removed again. `catalog`: the one
+        the command opened before doing its work (so a damaged catalog stops it first)."""
         from store.catalog import CatalogError, open_catalog
 
         published: list[Path] = []
         try:
-            catalog = open_catalog()
+            catalog = catalog if catalog is not None else open_catalog()
             with catalog.immediate():
                 result = register(catalog)
                 published = self._rename_all()
@@ -166,7 +165,7 @@ class StagedOutputs:
                 except FileNotFoundError:
                     pass
             self.discard()
-            if isinstance(exc, (CatalogError, sqlite3.OperationalError)):
+            if isinstance(exc, CatalogError):
                 raise OpenchatError(
                     f"{exc}; nothing was written (no output, no catalog entry): run the same "
                     f"command again when the catalog is free") from None

@@ -97,16 +97,11 @@ def _config(opts: AnswerOptions) -> dict[str, Any]:
 
 
 def find_matching_run(cat: Catalog, questions_hash: str, endpoint: str, model: str) -> dict | None:
-    rows = cat.query(
-        "select * from evals where kind = 'answer' and questions_hash = ? and endpoint = ? and model = ? "
-        "order by created_at desc, rowid desc limit 1",
-        [questions_hash, endpoint, model])
-    return rows[0] if rows else None
+    return cat.latest_eval("answer", questions_hash=questions_hash, endpoint=endpoint, model=model)
 
 
 def answered_ids(cat: Catalog, run_id: str) -> set[str]:
-    return {r["question_id"] for r in cat.query(
-        "select question_id from answers where eval_id = ?", [run_id])}
+    return cat.answered_ids(run_id)
 
 
 def discover_checkpoint(cat: Catalog, base_url: str) -> str | None:
@@ -144,10 +139,7 @@ def _resolve_checkpoint(cat: Catalog, opts: AnswerOptions, model: str, base_url:
 
 
 def answer_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retries: int = 0) -> dict[str, Any]:
-    (answered, prompt, completion, latency, truncated) = cat.db.execute(
-        "select count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
-        "avg(latency_s), coalesce(sum(coalesce(json_extract(meta, '$.truncated'), 0)), 0) "
-        "from answers where eval_id = ?", [run_id]).fetchone()
+    (answered, prompt, completion, latency, truncated) = cat.answer_totals(run_id)
     return {"questions": total, "answered": answered, "prompt_tokens": prompt,
             "completion_tokens": completion,
             "mean_latency_s": round(latency, 4) if latency is not None else None,
@@ -336,8 +328,7 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
                                   "done": already + counter["answered"] + counter["elsewhere"]})
 
             def is_answered(question: Question) -> bool:
-                return bool(cat.query("select 1 from answers where eval_id = ? and question_id = ?",
-                                      [run_id, question.question_id]))
+                return cat.has_answer(run_id, question.question_id)
 
             # Another identical command may be answering this run too: each question is claimed
             # before it is asked, so it is asked once (see store/claims.py).

@@ -38,11 +38,11 @@ def _tstamp(text: str | None) -> float:
 
 
 def _questions(cat: Catalog, answer_run_id: str) -> dict[str, dict[str, Any]]:
-    return {r["question_id"]: r for r in cat.rows("questions", "eval_id = ?", [answer_run_id], order_by="rowid")}
+    return {r["question_id"]: r for r in cat.questions(answer_run_id)}
 
 
 def _answers(cat: Catalog, answer_run_id: str) -> dict[str, dict[str, Any]]:
-    return {r["question_id"]: r for r in cat.rows("answers", "eval_id = ?", [answer_run_id])}
+    return {r["question_id"]: r for r in cat.answers(answer_run_id)}
 
 
 def _name(run: dict[str, Any]) -> str:
@@ -82,7 +82,7 @@ def export_judgments(cat: Catalog, run: dict[str, Any], fmt: str) -> tuple[str, 
     mode = (run.get("config") or {}).get("mode")
     answer_run = cat.get(run["parent_id"])
     baseline_run = cat.get(run["baseline_id"]) if run.get("baseline_id") else None
-    rows = list(cat.rows("judgments", "eval_id = ?", [run["id"]], order_by="id"))
+    rows = cat.judgments(run["id"])
     questions = _questions(cat, answer_run["id"])
     if fmt == "fastchat":
         out = []

@@ -259,15 +259,13 @@ def run_grade(cat: Catalog, answer_ref: str,
     emit = on_event or (lambda kind, data: None)
     answer_run = eval_row(cat, answer_ref, "answer")
     run_a = answer_run["id"]
-    questions = {r["question_id"]: Question.from_row(r) for r in cat.rows("questions", "eval_id = ?", [run_a])}
+    questions = {r["question_id"]: Question.from_row(r) for r in cat.questions(run_a)}
     gradable_ids = {qid for qid, q in questions.items() if gradable(q)}
     if not gradable_ids:
         raise OpenchatError(f"{run_a} has no questions with an expected answer ('label'); grading needs a "
                             f"multiple-choice or exact-answer set (use `eval judge` for open questions)")
     def newest_grade_run() -> dict[str, Any] | None:
-        found = cat.query("select * from evals where kind = 'grade' and parent_id = ? "
-                          "order by created_at desc, rowid desc limit 1", [run_a])
-        return found[0] if found else None
+        return cat.latest_eval("grade", parent_id=run_a)
 
     # Found or made in one transaction: two grades of one run started together share the grade run.
     grade_run, _ = cat.find_or_add_eval(
@@ -275,7 +273,7 @@ def run_grade(cat: Catalog, answer_ref: str,
         model=answer_run.get("model"), parent_id=run_a, questions_path=answer_run.get("questions_path"),
         questions_hash=answer_run.get("questions_hash"), config={"methods": ["option", "number", "boxed"]})
     run_id = grade_run["id"]
-    answers = [a for a in cat.rows("answers", "eval_id = ?", [run_a]) if a["question_id"] in gradable_ids]
+    answers = [a for a in cat.answers(run_a) if a["question_id"] in gradable_ids]
     emit("start", {"run_id": run_id, "total": len(answers)})
     rows = []
     skipped: dict[str, str] = {}

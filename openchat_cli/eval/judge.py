@@ -78,10 +78,8 @@ class JudgeRun:
 
 def find_matching_judge(cat: Catalog, answer_run_id: str, baseline_run_id: str | None, judge_model: str,
                         endpoint: str, mode: str, prompts_hash: str) -> dict | None:
-    rows = cat.query(
-        "select * from evals where kind = 'judge' and parent_id = ? and coalesce(baseline_id, '') = ? "
-        "and model = ? and endpoint = ? order by created_at desc, rowid desc",
-        [answer_run_id, baseline_run_id or "", judge_model, endpoint])
+    rows = cat.evals("judge", parent_id=answer_run_id, baseline_id=baseline_run_id or None,
+                     model=judge_model, endpoint=endpoint)
     for row in rows:
         config = row.get("config") or {}
         if config.get("mode") == mode and config.get("prompts_key") == prompts_hash:

@@ -205,9 +205,7 @@ def loglik_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0,
                    retries: int = 0) -> dict[str, Any]:
     from openchat_cli.eval.report import cluster_bootstrap
 
-    rows = cat.query("select a.meta, q.category from answers a left join questions q on "
-                     "q.eval_id = a.eval_id and q.question_id = a.question_id where a.eval_id = ?",
-                     [run_id])
+    rows = cat.answers_with_category(run_id)
     out: dict[str, Any] = {"questions": total, "scored": len(rows), "errors": errors,
                            "retries": retries}
     by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -250,9 +248,7 @@ def _config(opts: LoglikOptions, task: McTask) -> dict[str, Any]:
 
 
 def _find_run(cat: Catalog, task: McTask, endpoint: str, model: str, bos: bool) -> dict | None:
-    for row in cat.query("select * from evals where kind = ? and questions_hash = ? and endpoint = ? "
-                         "and model = ? order by created_at desc, rowid desc",
-                         [KIND, task.hash, endpoint, model]):
+    for row in cat.evals(KIND, questions_hash=task.hash, endpoint=endpoint, model=model):
         config = row.get("config") or {}
         if config.get("task_format") == task.format and bool(config.get("bos")) == bos:
             return row
@@ -334,8 +330,7 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
             row, made = cat.find_or_add_eval(lambda: _find_run(cat, task, base_url, model, opts.bos), **fields)
             run_id, resumed = row["id"], not made
     cat.insert_many("questions", (_question_row(run_id, item) for item in items), replace=True)
-    done = {r["question_id"] for r in cat.query("select question_id from answers where eval_id = ?",
-                                                [run_id])}
+    done = cat.answered_ids(run_id)
     todo = [item for item in items if item.item_id not in done]
     already = len(items) - len(todo)
     emit("start", {"run_id": run_id, "resumed": resumed, "total": len(items), "already": already,
@@ -383,7 +378,7 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
         raise
     except EndpointError as exc:
         finish(cat, run_id, "failed", metrics_now())
-        got = len(cat.query("select 1 from answers where eval_id = ?", [run_id]))
+        got = cat.count("answers", eval_id=run_id)
         raise EndpointError(f"{exc.message}. Run {run_id} keeps the {got}/{len(items)} questions "
                             f"scored; re-run the same command to continue.") from None
     except BaseException:

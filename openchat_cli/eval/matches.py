@@ -68,12 +68,12 @@ class MatchPlan:
 
 
 def _answers(cat: Catalog, run_id: str) -> dict[str, list[str]]:
-    return {r["question_id"]: list(r["turns"] or []) for r in cat.rows("answers", "eval_id = ?", [run_id])}
+    return {r["question_id"]: list(r["turns"] or []) for r in cat.answers(run_id)}
 
 
 def _questions(cat: Catalog, run_id: str) -> dict[str, Question]:
     return {r["question_id"]: Question.from_row(r)
-            for r in cat.rows("questions", "eval_id = ?", [run_id], order_by="rowid")}
+            for r in cat.questions(run_id)}
 
 
 def plan_matches(cat: Catalog, answer_run_id: str, baseline_run_id: str | None = None) -> MatchPlan:
@@ -118,12 +118,8 @@ def plan_matches(cat: Catalog, answer_run_id: str, baseline_run_id: str | None =
 
 def judged_units(cat: Catalog, judge_run_id: str) -> set[UnitKey]:
     """The units a judge run holds a verdict for."""
-    return {(r["question_id"], r["turn"], r["order"]) for r in cat.query(
-        'select question_id, turn, "order" from judgments where eval_id = ?', [judge_run_id])}
+    return cat.judged_units(judge_run_id)
 
 
 def is_judged(cat: Catalog, judge_run_id: str, key: UnitKey) -> bool:
-    qid, turn, order = key
-    return bool(cat.query(
-        'select 1 from judgments where eval_id = ? and question_id = ? and turn = ? '
-        'and coalesce("order", \'\') = ? limit 1', [judge_run_id, qid, turn, order or ""]))
+    return cat.has_judgment(judge_run_id, key)

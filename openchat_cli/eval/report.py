@@ -141,21 +141,20 @@ def _rate(k: int, n: int) -> float | None:
 # -- loading ------------------------------------------------------------------------------------
 
 def _judgments(cat: Catalog, run_id: str) -> list[dict[str, Any]]:
-    return list(cat.rows("judgments", "eval_id = ?", [run_id], order_by="id"))
+    return cat.judgments(run_id)
 
 
 def _lengths(cat: Catalog, answer_run_id: str | None) -> dict[str, list[int]]:
     if not answer_run_id:
         return {}
     return {r["question_id"]: [len(t or "") for t in (r["turns"] or [])]
-            for r in cat.rows("answers", "eval_id = ?", [answer_run_id])}
+            for r in cat.answers(answer_run_id)}
 
 
 def _categories(cat: Catalog, answer_run_id: str | None) -> dict[str, str]:
     if not answer_run_id:
         return {}
-    return {r["question_id"]: r["category"] or "(none)"
-            for r in cat.query("select question_id, category from questions where eval_id = ?", [answer_run_id])}
+    return {qid: category or "(none)" for qid, category in cat.question_categories(answer_run_id).items()}
 
 
 def _label(cat: Catalog, answer_run_id: str | None) -> str:
@@ -373,8 +372,7 @@ def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[s
 
 
 def _latest_single(cat: Catalog, answer_run_id: str, judge_model: str | None) -> dict[str, Any] | None:
-    for row in cat.query("select * from evals where kind = 'judge' and parent_id = ? "
-                         "order by created_at desc, rowid desc", [answer_run_id]):
+    for row in cat.evals("judge", parent_id=answer_run_id):
         if (row.get("config") or {}).get("mode") == "single" and (judge_model is None or row["model"] == judge_model):
             return row
     return None
@@ -386,16 +384,14 @@ def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
     """Judge and grade runs to report: those named, and those of named answer runs (as the
     judged run or as the baseline); every judge and grade run when nothing is named."""
     if not refs:
-        return cat.query("select * from evals where kind in ('judge', 'grade', 'loglik') "
-                         "order by created_at, rowid")
+        return cat.evals(("judge", "grade", "loglik"), newest_first=False)
     out: dict[str, dict[str, Any]] = {}
     for ref in refs:
         row = eval_row(cat, ref)
         if row["kind"] in ("judge", "grade", "loglik"):
             out.setdefault(row["id"], row)
             continue
-        found = cat.query("select * from evals where kind in ('judge', 'grade') and "
-                          "(parent_id = ? or baseline_id = ?) order by created_at, rowid", [row["id"], row["id"]])
+        found = cat.evals(("judge", "grade"), involving=row["id"], newest_first=False)
         if not found:
             raise OpenchatError(f"answer run {row['id']} has not been judged or graded yet "
                                 f"(run `openchat eval judge {row['id']} …` or `openchat eval grade {row['id']}`)")

@@ -50,6 +50,7 @@ from openchat_cli.serve.protocol import (
     nesting_depth,
     printable,
 )
+from store.catalog import CatalogError
 
 log = logging.getLogger("openchat.serve")
 
@@ -201,13 +202,15 @@ class RequestLogger:
             try:
                 write(entry)
                 return
-            except Exception:
-                if attempt == attempts - 1:
-                    log.exception("could not write a request (%s %s, status %s) to %s",
-                                  entry.get("endpoint"), entry.get("time"), entry.get("status"),
-                                  where)
-                else:
+            except Exception as exc:
+                if attempt < attempts - 1:
                     time.sleep(0.25 * 2 ** attempt)
+                    continue
+                what = (entry.get("endpoint"), entry.get("time"), entry.get("status"), where)
+                if isinstance(exc, CatalogError):  # damaged or locked catalog.db: its one line
+                    log.warning("could not log a request (%s %s, status %s) to %s: %s", *what, exc)
+                else:
+                    log.exception("could not log a request (%s %s, status %s) to %s", *what)
 
     def _prepare(self, entry: dict[str, Any]) -> dict[str, Any]:
         if isinstance(entry.get("request"), (bytes, bytearray)):

@@ -128,6 +128,10 @@ def serve_command(
                           f"Add --api-keys KEY (or ${API_KEYS_ENV}).", highlight=False,
                           soft_wrap=True)
 
+    if log_to_catalog:  # a damaged or locked catalog refuses now, not after the model loads
+        from store.catalog import open_catalog
+
+        open_catalog().close()
     try:
         model_dir, ckpt_id = checkpoint.resolve_model(model)
     except OpenchatError as exc:

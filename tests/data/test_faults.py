@@ -278,9 +278,7 @@ def hold_write_lock(path: Path) -> subprocess.Popen:
 
 @pytest.fixture
 def short_busy_timeout(monkeypatch):
-    import store.catalog as catalog_module
-
-    monkeypatch.setattr(catalog_module, "BUSY_TIMEOUT_S", 1.0)
+    monkeypatch.setenv("OPENCHAT_BUSY_TIMEOUT", "1")
 
 
 def test_locked_catalog_publishes_nothing_and_the_rerun_works(cli, data_dir, short_busy_timeout):

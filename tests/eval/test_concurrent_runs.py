@@ -52,7 +52,7 @@ def test_two_identical_judge_commands_share_one_run(cli, scripted, tmp_path, ope
     cat = open_catalog()
     runs = cat.query("select id from evals where kind = 'judge'")
     assert [r["id"] for r in runs] == [first["run_id"]] == [second["run_id"]]
-    (stored,) = cat.db.execute("select count(*) from judgments").fetchone()
+    stored = cat.count("judgments")
     dupes = cat.query('select count(*) as n from judgments group by eval_id, question_id, turn, "order" '
                       'having n > 1')
     assert stored == UNITS and not dupes
@@ -83,8 +83,8 @@ def test_two_identical_answer_commands_share_one_run(scripted, tmp_path, opencha
     runs = cat.query("select id, status from evals where kind = 'answer'")
     assert [r["id"] for r in runs] == [outs[0]["run_id"]] == [outs[1]["run_id"]]
     assert runs[0]["status"] == "completed"
-    (answers,) = cat.db.execute("select count(*) from answers").fetchone()
-    (questions,) = cat.db.execute("select count(*) from questions").fetchone()
+    answers = cat.count("answers")
+    questions = cat.count("questions")
     assert answers == questions == len(QUESTIONS)
     assert sorted(o["resumed"] for o in outs) == [False, True]  # the second joined the first's run
     # each question asked once (2 turns each), by one of the two commands
@@ -109,8 +109,8 @@ def test_claims_of_a_killed_judge_do_not_hold_up_the_next_one(cli, scripted, tmp
     cat = open_catalog()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        (stored,) = cat.db.execute("select count(*) from judgments").fetchone()
-        (claimed,) = cat.db.execute("select count(*) from unit_claims").fetchone()
+        stored = cat.count("judgments")
+        claimed = cat.count("unit_claims")
         if stored >= 2 and claimed == 2:
             break
         time.sleep(0.05)
@@ -122,7 +122,7 @@ def test_claims_of_a_killed_judge_do_not_hold_up_the_next_one(cli, scripted, tmp
     scripted.reset()
     started = time.monotonic()
     out = cli(*args, "--json").json()[0]
-    (stored,) = cat.db.execute("select count(*) from judgments").fetchone()
+    stored = cat.count("judgments")
     assert out["status"] == "completed" and stored == 16 and out["already"] + out["judged_now"] == 16
     assert len(scripted.requests) == out["judged_now"]
     assert time.monotonic() - started < 30  # well within the 60 s lease

@@ -131,7 +131,7 @@ def test_judge_retries_and_resumes(cli, scripted, mtbench_file):
     out = _judge(cli, scripted, a, "-c", "1")[0]
     assert out["judged_now"] == 8 and len(scripted.requests) == 11
     cat = open_catalog()
-    cat._write(lambda: cat.db.execute("delete from judgments where eval_id = ? and question_id = '81'", [out["run_id"]]))
+    cat.write("delete from judgments where eval_id = ? and question_id = '81'", [out["run_id"]])
     scripted.reset()
     again = _judge(cli, scripted, a)[0]
     assert again["run_id"] == out["run_id"] and again["already"] == 6 and again["judged_now"] == 2

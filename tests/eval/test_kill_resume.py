@@ -24,7 +24,7 @@ def _wait_rows(sql, at_least, proc, timeout=30.0):
     cat = open_catalog()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (n,) = cat.db.execute(sql).fetchone()
+        n = cat.scalar(sql)
         if n >= at_least:
             return n
         if proc.poll() is not None:

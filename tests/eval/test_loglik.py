@@ -230,14 +230,14 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cat = open_catalog()
     deadline = time.monotonic() + 60
-    while cat.db.execute("select count(*) from answers").fetchone()[0] < 5:
+    while cat.count("answers") < 5:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no question scored in 60 s"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     (run,) = cat.query("select * from evals where kind = 'loglik'")
-    kept = cat.db.execute("select count(*) from answers where eval_id = ?", [run["id"]]).fetchone()[0]
+    kept = cat.count("answers", eval_id=run["id"])
     assert proc.returncode == 130 and run["status"] == "interrupted"
     assert 5 <= kept < len(rows)
 

@@ -37,14 +37,14 @@ def test_migrations_from_every_earlier_version(tmp_path, upto):
     db.conn.commit()
     db.conn.close()
     catalog = Catalog(path)  # opening applies the rest
-    assert applied(catalog.db) == ALL
+    assert catalog.applied_migrations() == ALL
     assert catalog.get("ds-00000001")["name"] == "old"
 
 
 def test_wal_mode_and_busy_timeout(tmp_path):
     catalog = Catalog(tmp_path / "c.db")
-    assert catalog.db.execute("pragma journal_mode").fetchone()[0] == "wal"
-    assert catalog.db.execute("pragma busy_timeout").fetchone()[0] >= 10000
+    assert catalog.scalar("pragma journal_mode") == "wal"
+    assert catalog.scalar("pragma busy_timeout") >= 10000
 
 
 def _writer(path: str, tag: str, n: int) -> None:
@@ -66,7 +66,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
         p.join(120)
         assert p.exitcode == 0
     catalog = Catalog(path)
-    assert catalog.db["datasets"].count == 300
+    assert catalog.count("datasets") == 300
     for chat in catalog.list("chats"):
         msgs = catalog.chat_messages(chat["id"])
         assert [m["idx"] for m in msgs] == list(range(150))
@@ -104,7 +104,7 @@ def test_remove_deletes_dependents_and_links(tmp_path):
     ds = c.add_dataset(name="d", path="/d", format="raw")
     c.link(ev, ds, "uses")
     c.remove(ev)
-    assert c.db["answers"].count == 0 and c.db["links"].count == 0
+    assert c.count("answers") == 0 and c.count("links") == 0
     assert c.get(ds)
 
 
@@ -133,8 +133,7 @@ def test_catalog_cli_list_show_lineage_rm(cli, openchat_home):
 
 def test_catalog_survives_a_corrupt_json_column(tmp_path):
     c = Catalog(tmp_path / "c.db")
-    c.db.execute("insert into datasets (id, name, counts) values ('ds-0000abcd', 'x', '{not json')")
-    c.db.conn.commit()
+    c.write("insert into datasets (id, name, counts) values ('ds-0000abcd', 'x', '{not json')")
     assert c.get("ds-0000abcd")["counts"] == "{not json"
 
 
@@ -163,7 +162,7 @@ def test_m004_renames_run_columns_and_keeps_one_verdict_per_unit(tmp_path):
     db.conn.close()
 
     catalog = Catalog(path)
-    columns = set(catalog.db["judgments"].columns_dict)
+    columns = {c["name"] for c in catalog.query("pragma table_info(judgments)")}
     assert {"answer_run_id", "baseline_run_id"} <= columns and not {"answer_id", "other_id"} & columns
     kept = catalog.query('select eval_id, question_id, turn, "order", verdict, answer_run_id, baseline_run_id '
                          'from judgments order by id')
@@ -179,7 +178,7 @@ def test_m004_renames_run_columns_and_keeps_one_verdict_per_unit(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         catalog.insert("judgments", new)
     assert catalog.insert_new("judgments", {**new, "question_id": "2"}) is True
-    assert catalog.db["judgments"].count == 6
+    assert catalog.count("judgments") == 6
 
 
 def _find_or_add(path: str, start: float, out) -> None:
@@ -214,7 +213,7 @@ def test_find_or_add_eval_makes_one_run_across_processes(tmp_path):
         assert p.exitcode == 0
     assert len({run_id for run_id, _ in results}) == 1
     assert sorted(created for _, created in results) == [False, False, False, True]
-    assert Catalog(path).db["evals"].count == 1
+    assert Catalog(path).count("evals") == 1
 
 
 def _open_at(path: str, start: float) -> None:
@@ -244,5 +243,5 @@ def test_processes_opening_a_new_or_old_catalog_at_once_migrate_it_once(tmp_path
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     catalog = Catalog(path)
-    assert applied(catalog.db) == ALL
-    assert catalog.db["judgments"].count == (1 if upto else 0)
+    assert catalog.applied_migrations() == ALL
+    assert catalog.count("judgments") == (1 if upto else 0)

@@ -155,8 +155,7 @@ class ChatScreen(Screen):
 
     # -- chat list -------------------------------------------------------------------------------
     def refresh_chat_list(self) -> None:
-        rows = self.catalog.query(
-            "select id, title, model, updated_at from chats order by updated_at desc, rowid desc")
+        rows = self.catalog.recent_chats()
         self._chat_rows = rows
         chats = self.query_one("#chats", ChatList)
         highlighted = None
