@@ -1,9 +1,11 @@
 """What a training run leaves in its output folder, and how it is written and read back.
 
     OUT/run.json          the resolved settings and ids (what `--resume` continues)
+    OUT/run.lock          flock'd by the command running the run, for its whole life (run_folder.py)
     OUT/steps.jsonl       one line per finished optimizer step (rank 0)
     OUT/state/            DeepSpeed checkpoint of the latest save: model, optimizer and
-                          scheduler state, plus the sampler position (for --resume)
+                          scheduler state, plus the sampler position (for --resume); saved
+                          every --state-minutes, at each --save-every step and on SIGTERM/SIGINT
     OUT/step-000100/      Hugging Face checkpoint (weights or LoRA adapter, tokenizer with its
                           chat_template, openchat.json), written to a temp dir and renamed
     OUT/final/            the checkpoint of the finished run
@@ -61,13 +63,24 @@ def prune_states(out: Path, keep_tag: str) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
+def read_steps(out: Path) -> list[dict[str, Any]]:
+    """The step lines written so far (a line cut short by a kill is skipped)."""
+    path = Path(out) / STEPS_FILE
+    steps = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            steps.append(json.loads(line))
+        except ValueError:
+            continue
+    return steps
+
+
 def truncate_steps(out: Path, upto: int) -> None:
     """Forget step lines after the step a resumed run restarts from (they will be redone)."""
     path = Path(out) / STEPS_FILE
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= upto]
+    kept = [json.dumps(step) for step in read_steps(out) if step["step"] <= upto]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
