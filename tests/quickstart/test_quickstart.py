@@ -49,3 +49,62 @@ def test_quickstart_runs_every_stage_and_records_lineage(tmp_path, openchat_home
     formats = {catalog.get(n["id"])["format"] for n in catalog.lineage(trained["id"])["ancestors"]
                if n["id"].startswith("ds-")}
     assert {"tokenized", "conversations"} <= formats
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (children, grandchildren, …), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] not in ("Z", "X"):
+                parents[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_kill_9_of_quickstart_takes_its_server_with_it(tmp_path, openchat_home):
+    import signal
+    import time
+
+    from openchat_cli.lifeline import start_ticks
+
+    env = {**os.environ, "OPENCHAT_HOME": str(openchat_home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", "quickstart", "--dir", str(tmp_path / "qs"),
+         "--train-size", "60", "--eval-size", "5", "--epochs", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        servers: list[int] = []
+        while not servers:  # wait for its `openchat serve` child
+            assert proc.poll() is None, f"quickstart exited {proc.returncode} before serving"
+            assert time.monotonic() < deadline, "quickstart started no server within 300 s"
+            servers = [p for p in _descendants(proc.pid) if " serve " in _cmdline(p)]
+            time.sleep(0.1)
+        everything = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(start_ticks(p) for p in everything) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in everything if start_ticks(p)], "children outlived a killed quickstart"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left (on failure), not leaked into other tests
