@@ -75,6 +75,20 @@ def read_steps(out: Path) -> list[dict[str, Any]]:
     return steps
 
 
+def remove_partial_saves(out: Path) -> list[str]:
+    """Temp files and folders of saves cut short by a kill (`.final.x1y2`, `.steps.jsonl.ab.tmp`):
+    never renamed into place, so nothing refers to them. Called with the folder's lock held."""
+    removed = []
+    for child in Path(out).iterdir() if Path(out).exists() else ():
+        if child.name.startswith(".") and child.name.count(".") >= 2:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child.name)
+    return removed
+
+
 def truncate_steps(out: Path, upto: int) -> None:
     """Forget step lines after the step a resumed run restarts from (they will be redone)."""
     path = Path(out) / STEPS_FILE

@@ -100,8 +100,10 @@ def train_command(
     elif result.get("signal"):
         import signal
 
-        saved = result.get("resume_step")
-        state = f"state saved at step {saved}" if saved else "no state saved"
+        from openchat_cli.train.checkpoint import latest_state_step
+
+        saved = latest_state_step(where)
+        state = f"--resume continues from step {saved}" if saved else "no state saved: --resume starts over"
         progress_text = f" after step {result['stopped_at']} of {result['steps']}" if result.get("steps") else ""
         err_console.print(f"[yellow]stopped by {signal.Signals(result['signal']).name}[/]{progress_text} ({state}): "
                           f"continue with `openchat train --out {where} --resume` (run {spec['run_id']}, "

@@ -104,6 +104,7 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     catalog = open_catalog()
     if resume:
         run_id, ds_id = previous["run_id"], previous.get("dataset_id")
+        ckpt.remove_partial_saves(out)
         announce_resume(out, run_id)
         catalog.update("runs", run_id, status="running", finished_at=None)
     else:
@@ -191,19 +192,22 @@ def run(spec: dict[str, Any], lock_fd: int | None = None) -> dict[str, Any]:
             _run_ranks(out / ckpt.RUN_FILE, cfg, stop, tuple(fd for fd in (lock_fd,) if fd is not None))
         result = json.loads((out / RESULT_FILE).read_text())
     except BaseException as exc:
-        if stop.signal is not None or isinstance(exc, KeyboardInterrupt):
-            result = {"status": "interrupted", "steps": None, "stopped_at": None}
-        else:
+        if stop.signal is None and not isinstance(exc, KeyboardInterrupt):
             _finish(spec, {"status": "failed", "metrics": {"error": getattr(exc, "message", str(exc))}})
             raise
-    if stop.signal is not None:
+        stop.signal = stop.signal or signal.SIGINT
+        result = {"status": "interrupted", "steps": None, "stopped_at": None}  # the ranks were killed
+    if stop.signal is not None and result["status"] != "completed":  # a stop after the end changes nothing
         result = {**result, "status": "interrupted", "signal": stop.signal}
     _finish(spec, result)
     return result
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # kill, Ctrl-C, terminal closed
+
+
 class StopSignals:
-    """While ranks run: the first SIGTERM/SIGINT asks them to stop cleanly (forwarded as SIGTERM),
+    """While ranks run: the first SIGTERM/SIGINT/SIGHUP asks them to stop cleanly (forwarded as SIGTERM),
     a second one kills them. Only the main thread can take signals; elsewhere this does nothing."""
 
     def __init__(self) -> None:
@@ -215,7 +219,7 @@ class StopSignals:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: object) -> None:

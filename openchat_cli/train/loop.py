@@ -129,12 +129,13 @@ def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf1
 
 # -- the run ------------------------------------------------------------------------------------
 class StopRequest:
-    """SIGTERM/SIGINT ask this rank to stop at the next step boundary (with its state saved)
+    """SIGTERM/SIGINT/SIGHUP ask this rank to stop at the next step boundary (with its state saved)
     instead of dying mid-step; `openchat train` forwards them to every rank."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self._previous = {sig: signal.signal(sig, self._record) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {sig: signal.signal(sig, self._record)
+                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def _record(self, signum: int, frame: object) -> None:
         self.signal = self.signal or signum

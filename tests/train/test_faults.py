@@ -107,6 +107,7 @@ def test_kill_9_takes_the_ranks_and_resume_continues_from_the_saved_step(cli, ti
     for before, after in zip(steps_at_kill, steps):
         assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
     assert open_catalog().get(run_id)["status"] == "completed"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written save left
 
     # The same run without the kill ends on the same weights.
     plain = tmp_path / "plain"
