@@ -55,6 +55,11 @@ def latest_state_step(out: Path) -> int | None:
     return int(tag.split("-", 1)[1])
 
 
+def mark_latest_state(out: Path, step: int) -> None:
+    """Point --resume at a state every rank has finished writing (atomic rename)."""
+    atomic_write_text(Path(out) / STATE_DIR / "latest", state_tag(step))
+
+
 def prune_states(out: Path, keep_tag: str) -> None:
     """Only the newest DeepSpeed state is kept (it holds the optimizer: several x the model)."""
     root = Path(out) / STATE_DIR
@@ -76,16 +81,21 @@ def read_steps(out: Path) -> list[dict[str, Any]]:
 
 
 def remove_partial_saves(out: Path) -> list[str]:
-    """Temp files and folders of saves cut short by a kill (`.final.x1y2`, `.steps.jsonl.ab.tmp`):
-    never renamed into place, so nothing refers to them. Called with the folder's lock held."""
+    """Temp files and folders of saves cut short by a kill (`.final.x1y2`, `.steps.jsonl.ab.tmp`,
+    a state folder never marked latest): nothing refers to them. Called with the folder's lock held."""
     removed = []
-    for child in Path(out).iterdir() if Path(out).exists() else ():
+    state = Path(out) / STATE_DIR
+    children = [*(Path(out).iterdir() if Path(out).exists() else ()), *(state.iterdir() if state.is_dir() else ())]
+    for child in children:
         if child.name.startswith(".") and child.name.count(".") >= 2:
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
             removed.append(child.name)
+    latest = latest_state_step(out)
+    if latest is not None:  # a newer state a kill cut short (never marked latest)
+        prune_states(out, state_tag(latest))
     return removed
 
 

@@ -268,10 +268,14 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
         client = {"step": step, "fingerprint": sampler.fingerprint(), "curve": reporter.curve if reporter else [],
                   "metrics": metrics}
         # A LoRA run's frozen base weights need not be copied into every resumable state.
+        # DeepSpeed's own `latest` is written in place by rank 0 before the other ranks are
+        # done: a kill there points --resume at half a state. Ours is renamed into place once
+        # every rank has written its part.
         engine.save_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(step), client_state=client,
-                               exclude_frozen_parameters=cfg.lora)
+                               exclude_frozen_parameters=cfg.lora, save_latest=False)
         comm.barrier()
         if comm.rank == 0:
+            ckpt.mark_latest_state(out, step)
             ckpt.prune_states(out, ckpt.state_tag(step))
             reporter.note(f"resumable state saved at step {step}")
         saved = step
