@@ -145,3 +145,33 @@ def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(cli, tiny_mode
     stopped = read_steps(out)[-1]["step"]
     assert latest_state_step(out) == stopped  # nothing done before the stop is lost
     assert not (out / "final").exists()
+
+    # Ctrl-C of the resumed run: the same clean stop, from where the first one stopped.
+    proc = start_train(openchat_home, "--out", out, "--resume")
+    wait_for(lambda: read_steps(out)[-1]["step"] >= stopped + 2, proc, "two more steps")
+    os.kill(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, output
+    assert f"from its state saved at step {stopped}" in output and "stopped by SIGINT" in output
+    assert open_catalog().get(run["id"])["status"] == "interrupted"
+    assert latest_state_step(out) == read_steps(out)[-1]["step"] > stopped
+
+
+def test_resume_drops_what_a_kill_cut_short(tmp_path):
+    """A kill mid-save leaves temp folders and a state never marked latest: --resume's cleanup
+    removes them and keeps the marked state and the user's own files."""
+    from openchat_cli.train import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    for name in ("state/step-5", "state/step-9", ".final.x1y2z3", ".step-000010.ab12cd"):
+        (out / name).mkdir(parents=True)
+        (out / name / "model.safetensors").write_text("x")
+    ckpt.mark_latest_state(out, 5)  # step-9 was being written when the kill came
+    (out / ".steps.jsonl.q1w2.tmp").write_text("{")
+    (out / ".notes").write_text("mine")
+    (out / "run.lock").write_text("")
+    removed = ckpt.remove_partial_saves(out)
+    assert sorted(removed) == [".final.x1y2z3", ".step-000010.ab12cd", ".steps.jsonl.q1w2.tmp"]
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["latest", "step-5"]
+    assert sorted(p.name for p in out.iterdir()) == [".notes", "run.lock", "state"]
+    assert ckpt.latest_state_step(out) == 5
