@@ -55,9 +55,16 @@ class RunFolderLock:
     def acquire(self, wait_s: float = BUSY_WAIT_S) -> "RunFolderLock":
         """Take the lock or raise OpenchatError naming its holder."""
         self.created_folder = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock(wait_s)
+        except OSError as exc:
+            raise OpenchatError(f"cannot use {self.folder} as a run folder: {exc.strerror or exc}") from None
+        return self
+
+    def _lock(self, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
         while True:
+            self.folder.mkdir(parents=True, exist_ok=True)  # again: a refused owner may have removed it
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,7 +95,6 @@ class RunFolderLock:
                 "command": "openchat " + " ".join(sys.argv[1:]) if sys.argv else None}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        return self
 
     def release(self) -> None:
         if self.fd is None:
