@@ -175,3 +175,19 @@ def test_resume_drops_what_a_kill_cut_short(tmp_path):
     assert sorted(p.name for p in (out / "state").iterdir()) == ["latest", "step-5"]
     assert sorted(p.name for p in out.iterdir()) == [".notes", "run.lock", "state"]
     assert ckpt.latest_state_step(out) == 5
+
+
+@pytest.mark.slow
+def test_two_trains_started_together_on_one_folder_one_refuses(tiny_model_dir, color_data, tmp_path, openchat_home):
+    out = tmp_path / "shared"
+    args = ("--model", tiny_model_dir, "--data", color_data["small"], "--out", out, *SETTINGS)
+    procs = [start_train(openchat_home, *args) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outputs
+    refused = outputs[[p.returncode for p in procs].index(2)]
+    assert "is in use by" in refused and "Traceback" not in refused
+    steps = read_steps(out)
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))  # one run's lines, once each
+    (run,) = open_catalog().list("runs")
+    assert run["status"] == "completed" and (out / "final" / "model.safetensors").exists()
