@@ -79,32 +79,52 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-@pytest.mark.slow
-def test_kill_9_of_quickstart_takes_its_server_with_it(tmp_path, openchat_home):
-    import signal
+def _start_quickstart(tmp_path, home):
+    env = {**os.environ, "OPENCHAT_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", "quickstart", "--dir", str(tmp_path / "qs"),
+         "--train-size", "60", "--eval-size", "5", "--epochs", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_server(proc) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while not [p for p in _descendants(proc.pid) if " serve " in _cmdline(p)]:
+        assert proc.poll() is None, f"quickstart exited {proc.returncode} before serving"
+        assert time.monotonic() < deadline, "quickstart started no server within 300 s"
+        time.sleep(0.1)
+
+
+def _left(pids: list[int], timeout: float) -> list[int]:
     import time
 
     from openchat_cli.lifeline import start_ticks
 
-    env = {**os.environ, "OPENCHAT_HOME": str(openchat_home)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openchat_cli.app", "quickstart", "--dir", str(tmp_path / "qs"),
-         "--train-size", "60", "--eval-size", "5", "--epochs", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while any(start_ticks(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if start_ticks(p)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_stopping_quickstart_takes_its_server_with_it(tmp_path, openchat_home, how):
+    import signal
+
+    proc = _start_quickstart(tmp_path, openchat_home)
     try:
-        deadline = time.monotonic() + 300
-        servers: list[int] = []
-        while not servers:  # wait for its `openchat serve` child
-            assert proc.poll() is None, f"quickstart exited {proc.returncode} before serving"
-            assert time.monotonic() < deadline, "quickstart started no server within 300 s"
-            servers = [p for p in _descendants(proc.pid) if " serve " in _cmdline(p)]
-            time.sleep(0.1)
+        _wait_for_server(proc)
         everything = _descendants(proc.pid)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10
-        while any(start_ticks(p) for p in everything) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in everything if start_ticks(p)], "children outlived a killed quickstart"
+        os.kill(proc.pid, getattr(signal, how))
+        _, stderr = proc.communicate(timeout=120)
+        assert not _left(everything, timeout=10), f"children outlived quickstart ({how})"
+        if how == "SIGTERM":  # a clean stop: one line, the signal's exit code
+            assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+            assert "Traceback" not in stderr
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left (on failure), not leaked into other tests
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left (on failure), not leaked into other tests
+        except ProcessLookupError:
+            pass

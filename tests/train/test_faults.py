@@ -25,12 +25,30 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ("--tokens-per-step", "256", "--lr", "3e-3", "--log-every", "5", "--seed", "5")
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """A failing test must not leave its training running into the next ones."""
+    yield
+    while _started:
+        proc = _started.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 def start_train(home: Path, *args: object) -> subprocess.Popen:
     """`openchat train ARGS` as its own process (its own session, so signals hit it alone)."""
     env = {**os.environ, "OPENCHAT_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "openchat_cli.app", "train", *map(str, args)],
+    proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", "train", *map(str, args)],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    _started.append(proc)
+    return proc
 
 
 def children_of(pid: int) -> list[int]:
