@@ -7,6 +7,12 @@ second with a clear message), registers the run and writes OUT/run.json. Then ra
 - CPU ranks (gloo) or one GPU: spawned here with the torch.distributed environment variables;
   if one fails, the others are stopped.
 Rank 0 writes OUT/result.json; this process copies the outcome into the catalog.
+
+Faults: `openchat train` holds OUT/run.lock (flock) for the run's life and its ranks inherit it,
+so a second command on the folder refuses; ranks follow this process (`lifeline`) and die with
+it even after kill -9; SIGTERM/SIGINT/SIGHUP stop the ranks at a step boundary with their state
+saved and mark the run `interrupted`. A run whose command was killed is marked by the next
+command that finds its lock free (`run_folder.settle_abandoned_runs`).
 """
 
 from __future__ import annotations
