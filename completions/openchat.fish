@@ -295,6 +295,7 @@ complete -c openchat -n '__fish_seen_subcommand_from train' -l precision
 complete -c openchat -n '__fish_seen_subcommand_from train' -l resume
 complete -c openchat -n '__fish_seen_subcommand_from train' -l save-every
 complete -c openchat -n '__fish_seen_subcommand_from train' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from train' -l state-minutes
 complete -c openchat -n '__fish_seen_subcommand_from train' -l stop-after
 complete -c openchat -n '__fish_seen_subcommand_from train' -l tokens-per-step
 complete -c openchat -n '__fish_seen_subcommand_from train' -l warmup-ratio

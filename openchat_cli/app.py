@@ -58,7 +58,10 @@ def root(
                                  help="Show the version and exit."),
 ) -> None:
     """openchat: one tool for the whole life of an open chat LLM."""
+    from openchat_cli.lifeline import follow_owner
+
     set_home(home)
+    follow_owner()  # started by another openchat command (quickstart's steps, its server): end with it
 
 
 def _register() -> None:

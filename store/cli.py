@@ -24,6 +24,13 @@ LIST_COLUMNS: dict[str, list[str]] = {
 }
 
 
+def _settle_runs(catalog) -> None:
+    """Training runs whose command was killed (their folder lock is free) show as interrupted."""
+    from openchat_cli.run_folder import settle_abandoned_runs
+
+    settle_abandoned_runs(catalog)
+
+
 @app.command("list")
 def list_command(
     what: Optional[str] = typer.Argument(None, help="datasets | checkpoints | runs | evals | chats (default: all)."),
@@ -35,6 +42,7 @@ def list_command(
         raise OpenchatError(f"unknown kind '{what}': choose one of {', '.join(sorted(LIST_NAMES))}")
     tables = [LIST_NAMES[what]] if what else list(LIST_COLUMNS)
     catalog = open_catalog()
+    _settle_runs(catalog)
     result = {t: catalog.list(t, limit=limit) for t in tables}
     if as_json:
         print_json(result if what is None else result[tables[0]])
@@ -55,6 +63,7 @@ def show_command(
 ) -> None:
     """Show every field of one catalog entry."""
     catalog = open_catalog()
+    _settle_runs(catalog)
     row = catalog.get(ref)
     extra: dict = {}
     if catalog.table_of(row["id"]) == "chats":

@@ -1,7 +1,9 @@
 """Chain ordinary `openchat` commands into the whole loop, printing each one as it runs.
 
 Nothing here does a stage's work itself: every step is a command a user could type, run as a
-subprocess of this same installation, so the quickstart doubles as a living tutorial.
+subprocess of this same installation, so the quickstart doubles as a living tutorial. Every
+child follows this process (`lifeline`): killed, even with -9, it takes its server and the
+running step with it; SIGTERM/Ctrl-C stop them cleanly first.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ import httpx
 
 from openchat_cli.console import console, err_console
 from openchat_cli.errors import OpenchatError
+from openchat_cli.lifeline import owner_env
 from openchat_cli.quickstart.tasks import generate
 
 
@@ -55,15 +60,40 @@ def run_step(title: str, *args: object, capture_json: bool = False) -> object:
     """Print the command, run it with live output; return its parsed --json stdout if asked."""
     _narrator.rule(f"[bold]{title}")
     _narrator.print(f"[cyan]$ {_show(args)}[/]", highlight=False, soft_wrap=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**owner_env(), "PYTHONUNBUFFERED": "1"}
     child_stdout = subprocess.PIPE if capture_json else (sys.stderr if _narrator is err_console else None)
-    proc = subprocess.run(_openchat(*args), stdout=child_stdout, text=True, env=env)
+    with subprocess.Popen(_openchat(*args), stdout=child_stdout, text=True, env=env) as proc:
+        try:
+            stdout, _ = proc.communicate()
+        finally:
+            stop_child(proc)
     if proc.returncode != 0:
         raise OpenchatError(f"quickstart step failed ({title}): `{_show(args)}` exited {proc.returncode}",
                             exit_code=proc.returncode or 1)
     if capture_json:
-        return json.loads(proc.stdout)
+        return json.loads(stdout)
     return None
+
+
+def stop_child(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGTERM a child still running (it records how it stopped: a training run marks itself
+    interrupted), SIGKILL it if it has not exited after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Stopped(OpenchatError):
+    """SIGTERM as an exception, so every `finally` runs: the server is stopped, steps end cleanly."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(f"quickstart stopped by {signal.Signals(signum).name}", exit_code=128 + signum)
 
 
 def free_port() -> int:
@@ -79,7 +109,8 @@ def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
     args = ("serve", model, "--port", port, "--served-model-name", name)
     _narrator.print(f"[cyan]$ {_show(args)} &[/]", highlight=False, soft_wrap=True)
     log = (log_dir / f"serve-{name}.log").open("w")
-    proc = subprocess.Popen(_openchat(*args), stdout=log, stderr=subprocess.STDOUT)
+    # owner_env: the server ends with this process, even if it is killed with -9.
+    proc = subprocess.Popen(_openchat(*args), stdout=log, stderr=subprocess.STDOUT, env=owner_env())
     root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -96,15 +127,20 @@ def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
             time.sleep(0.3)
         yield f"{root}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_child(proc, grace_s=15)
         log.close()
 
 
 def run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _run_quickstart(plan)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
     global _narrator
     _narrator = err_console if plan.json_output else console
     work = plan.workdir

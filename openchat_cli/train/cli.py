@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from openchat_cli.console import console, print_json
+from openchat_cli.console import console, err_console, print_json
 from openchat_cli.train.config import TrainConfig
 
 D = TrainConfig()
@@ -34,6 +34,7 @@ def train_command(
     seed: int = typer.Option(D.seed, "--seed", help="Seed for shuffling, packing and initialisation."),
     grad_checkpointing: bool = typer.Option(D.grad_checkpointing, "--grad-checkpointing", help="Recompute activations in backward (less memory, ~30% slower).", rich_help_panel=PERF),
     save_every: int = typer.Option(D.save_every, "--save-every", help="Save a checkpoint every N steps (0: only at the end).", rich_help_panel=RUN),
+    state_minutes: float = typer.Option(D.state_minutes, "--state-minutes", help="Save resumable state (for --resume) at least every N minutes; also saved on SIGTERM/Ctrl-C (0: only at --save-every steps).", rich_help_panel=RUN),
     eval_every: int = typer.Option(D.eval_every, "--eval-every", help="Eval loss every N steps (0: only before and after).", rich_help_panel=RUN),
     log_every: int = typer.Option(D.log_every, "--log-every", help="Steps per point of the stored loss curve.", rich_help_panel=RUN),
     zero: int = typer.Option(D.zero, "--zero", help="DeepSpeed ZeRO stage (0-3).", rich_help_panel=PERF),
@@ -55,7 +56,7 @@ def train_command(
     weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format."""
     from openchat_cli.errors import OpenchatError
     from openchat_cli.train import config as config_mod
-    from openchat_cli.train.launch import prepare, run
+    from openchat_cli.train.launch import prepare, run, run_folder
 
     values = {k: v for k, v in ctx.params.items() if k in D.to_dict()}
     values["out"] = str(out) if out else None
@@ -63,10 +64,10 @@ def train_command(
     given = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
     cfg = config_mod.merge(values, given, config_mod.load_yaml(config) if config else {})
     if resume:
-        extra = [f"--{k.replace('_', '-')}" for k in sorted(given - {"out", "stop_after"})]
+        extra = [f"--{k.replace('_', '-')}" for k in sorted(given - {"out", "stop_after", "state_minutes"})]
         if extra or config:
-            raise OpenchatError("--resume continues with the run's own settings: only --out and "
-                                f"--stop-after may be given (got {', '.join(extra or ['--config'])})")
+            raise OpenchatError("--resume continues with the run's own settings: only --out, "
+                                f"--stop-after and --state-minutes may be given (got {', '.join(extra or ['--config'])})")
     if not cfg.out:
         if resume:
             raise OpenchatError("--resume needs --out: the run folder to continue")
@@ -75,12 +76,19 @@ def train_command(
         from openchat_cli.home import default_output_dir
 
         cfg.out = str(default_output_dir("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
-    spec = prepare(cfg, resume=resume, force=force)
-    result = run(spec)
-    if as_json:
-        from store.catalog import open_catalog
+    from store.catalog import open_catalog
 
+    from openchat_cli.run_folder import RunFolderLock, settle_abandoned_runs
+
+    settle_abandoned_runs(open_catalog())  # runs whose command was killed stop showing `running`
+    with RunFolderLock(run_folder(cfg)) as lock:
+        spec = prepare(cfg, resume=resume, force=force,
+                       overrides={k: getattr(cfg, k) for k in ("state_minutes",) if k in given})
+        result = run(spec, lock.fd)
+    if as_json:
         print_json(open_catalog().get(spec["run_id"]))
+        if result.get("signal"):
+            raise typer.Exit(128 + result["signal"])
         return
     metrics = result.get("metrics", {})
     where = Path(spec["out"])
@@ -89,6 +97,18 @@ def train_command(
                      if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
         console.print(f"[green]trained[/] {result['steps']} steps, train loss {metrics['final_loss']:.4f}{eval_text}"
                       + f" → {where / 'final'} ([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
+    elif result.get("signal"):
+        import signal
+
+        from openchat_cli.train.checkpoint import latest_state_step
+
+        saved = latest_state_step(where)
+        state = f"--resume continues from step {saved}" if saved else "no state saved: --resume starts over"
+        progress_text = f" after step {result['stopped_at']} of {result['steps']}" if result.get("steps") else ""
+        err_console.print(f"[yellow]stopped by {signal.Signals(result['signal']).name}[/]{progress_text} ({state}): "
+                          f"continue with `openchat train --out {where} --resume` (run {spec['run_id']}, "
+                          "marked interrupted)", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + result["signal"])
     else:
         console.print(f"[yellow]stopped[/] after step {result['stopped_at']} of {result['steps']}: continue with "
                       f"`openchat train --out {where} --resume` (run {spec['run_id']})")

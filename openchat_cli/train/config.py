@@ -34,6 +34,7 @@ class TrainConfig:
     seed: int = 42
     grad_checkpointing: bool = False
     save_every: int = 0
+    state_minutes: float = 10.0  # resumable state at least this often (0: only at --save-every and on a stop)
     eval_every: int = 0
     log_every: int = 10
     zero: int = 2
@@ -73,7 +74,7 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise OpenchatError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("save_every", "eval_every", "weight_decay", "max_grad_norm", "lora_dropout"):
+        for name in ("save_every", "state_minutes", "eval_every", "weight_decay", "max_grad_norm", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise OpenchatError(f"--{name.replace('_', '-')} must not be negative")
         if self.micro_tokens is not None and self.micro_tokens < 1:

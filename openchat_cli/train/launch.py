@@ -7,6 +7,12 @@ second with a clear message), registers the run and writes OUT/run.json. Then ra
 - CPU ranks (gloo) or one GPU: spawned here with the torch.distributed environment variables;
   if one fails, the others are stopped.
 Rank 0 writes OUT/result.json; this process copies the outcome into the catalog.
+
+Faults: `openchat train` holds OUT/run.lock (flock) for the run's life and its ranks inherit it,
+so a second command on the folder refuses; ranks follow this process (`lifeline`) and die with
+it even after kill -9; SIGTERM/SIGINT/SIGHUP stop the ranks at a step boundary with their state
+saved and mark the run `interrupted`. A run whose command was killed is marked by the next
+command that finds its lock free (`run_folder.settle_abandoned_runs`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from openchat_cli.errors import OpenchatError
+from openchat_cli.run_folder import LOCK_FILE, only_lock_inside
 from openchat_cli.train import checkpoint as ckpt
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.dataset import TokenizedData, load, read_meta_checked, resolve_data
@@ -64,24 +72,30 @@ def _load_checked(ref: str, facts: dict[str, Any], capacity: int, what: str) -> 
     return data, ds_id
 
 
-def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
-    """Validate inputs, register (or reopen) the run, write OUT/run.json (the ranks' spec)."""
+def run_folder(cfg: TrainConfig) -> Path:
+    return Path(cfg.out).expanduser().resolve()
+
+
+def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate inputs, register (or reopen) the run, write OUT/run.json (the ranks' spec).
+    The caller holds the run folder's lock (`RunFolderLock`)."""
     from store.catalog import open_catalog
 
     from openchat_cli.train.schedule import auto_lr
 
-    out = Path(cfg.out).expanduser().resolve()
+    out = run_folder(cfg)
     previous = ckpt.read_run_file(out) if out.exists() else None
     if resume:
         if previous is None:
             raise OpenchatError(f"nothing to resume: {out} holds no {ckpt.RUN_FILE}")
-        cfg = TrainConfig.from_dict({**previous["config"], "stop_after": cfg.stop_after})
+        cfg = TrainConfig.from_dict({**previous["config"], "stop_after": cfg.stop_after, **(overrides or {})})
         if (out / ckpt.FINAL_DIR).exists() and ckpt.latest_state_step(out) is None:
             raise OpenchatError(f"run {previous.get('run_id')} in {out} already finished: nothing to resume")
     elif previous is not None and not force:
         raise OpenchatError(f"{out} already holds run {previous.get('run_id')}: pass --resume to continue "
                             "it, or --force to start over")
-    elif out.exists() and any(out.iterdir()) and not force:
+    elif out.exists() and not only_lock_inside(out) and not force:
         raise OpenchatError(f"{out} already exists and is not empty (pass --force to replace it)")
     cfg.validate()
 
@@ -96,14 +110,19 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> d
     catalog = open_catalog()
     if resume:
         run_id, ds_id = previous["run_id"], previous.get("dataset_id")
+        ckpt.remove_partial_saves(out)
+        announce_resume(out, run_id)
         catalog.update("runs", run_id, status="running", finished_at=None)
     else:
         if ds_id is None:  # a hand-made file: register it, so the run has lineage
             ds_id = catalog.add_dataset(
                 name=data.path.stem, path=data.path, format="tokenized", num_records=len(data),
                 meta={k: data.meta.get(k) for k in ("template", "tokenizer_hash", "max_len")})
-        if out.exists() and force:
-            shutil.rmtree(out)
+        if force:
+            if previous and previous.get("run_id"):  # the run being replaced stops being `running`
+                catalog.write("update runs set status = 'interrupted' where id = ? and status = 'running'",
+                              [previous["run_id"]])
+            _empty_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         run_id = catalog.add_run(config=cfg.to_dict(), dataset_id=ds_id,
                                  base_checkpoint_id=facts["base_checkpoint_id"], output_path=out)
@@ -113,6 +132,35 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> d
     ckpt.write_run_file(out, spec)
     (out / RESULT_FILE).unlink(missing_ok=True)
     return spec
+
+
+def _empty_folder(out: Path) -> None:
+    """Remove everything in a run folder but its lock file (held by this command)."""
+    for child in out.iterdir() if out.exists() else ():
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def announce_resume(out: Path, run_id: str) -> None:
+    """Say what --resume continues from: the last saved state, or the start if none was saved."""
+    from openchat_cli.console import err_console
+
+    steps = ckpt.read_steps(out)
+    last = steps[-1]["step"] if steps else 0
+    state = ckpt.latest_state_step(out)
+    if state is None:
+        message = (f"run {run_id} stopped after step {last} before any resumable state was saved: "
+                   "starting again from step 1" if last else f"resuming run {run_id} from step 1")
+    else:
+        epoch = next((s.get("epoch") for s in steps if s["step"] == state), None)
+        redo = f"; steps {state + 1}-{last}, done after that save, will be redone" if last > state else ""
+        message = (f"resuming run {run_id} from its state saved at step {state}"
+                   + (f" (epoch {epoch})" if epoch else "") + redo)
+    err_console.print(f"[cyan]{message}[/]", highlight=False, soft_wrap=True)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -134,27 +182,69 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train with the configured number of ranks; record the outcome in the catalog."""
+def run(spec: dict[str, Any], lock_fd: int | None = None) -> dict[str, Any]:
+    """Train with the configured number of ranks; record the outcome in the catalog.
+
+    SIGTERM/SIGINT stop the run cleanly: the ranks stop at the next step boundary with their
+    state saved, the run is marked `interrupted`, and the result carries the signal (a second
+    signal kills the ranks at once). `lock_fd` (the run folder's lock) is inherited by the
+    ranks, so the folder stays locked until the last of them has exited.
+    """
     cfg = TrainConfig.from_dict(spec["config"])
     out = Path(spec["out"])
+    stop = StopSignals()
     try:
-        _run_ranks(out / ckpt.RUN_FILE, cfg)
+        with stop:
+            _run_ranks(out / ckpt.RUN_FILE, cfg, stop, tuple(fd for fd in (lock_fd,) if fd is not None))
         result = json.loads((out / RESULT_FILE).read_text())
-    except KeyboardInterrupt:
-        _finish(spec, {"status": "interrupted"})
-        raise
     except BaseException as exc:
-        _finish(spec, {"status": "failed", "metrics": {"error": getattr(exc, "message", str(exc))}})
-        raise
+        if stop.signal is None and not isinstance(exc, KeyboardInterrupt):
+            _finish(spec, {"status": "failed", "metrics": {"error": getattr(exc, "message", str(exc))}})
+            raise
+        stop.signal = stop.signal or signal.SIGINT
+        result = {"status": "interrupted", "steps": None, "stopped_at": None}  # the ranks were killed
+    if stop.signal is not None and result["status"] != "completed":  # a stop after the end changes nothing
+        result = {**result, "status": "interrupted", "signal": stop.signal}
     _finish(spec, result)
     return result
 
 
-def _run_ranks(run_file: Path, cfg: TrainConfig) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # kill, Ctrl-C, terminal closed
+
+
+class StopSignals:
+    """While ranks run: the first SIGTERM/SIGINT/SIGHUP asks them to stop cleanly (forwarded as SIGTERM),
+    a second one kills them. Only the main thread can take signals; elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.stop_ranks = lambda hard: None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        hard = self.signal is not None
+        self.signal = self.signal or signum
+        self.stop_ranks(hard)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_ranks(run_file: Path, cfg: TrainConfig, stop: StopSignals, pass_fds: tuple[int, ...]) -> None:
     """Ranks always run in child processes: the same path for 1 and N ranks, a clean
-    environment (threads, distributed variables) and a parent that survives a crashed rank."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    environment (threads, distributed variables) and a parent that survives a crashed rank.
+    They follow this process (`lifeline`): if it dies, even by kill -9, they die with it."""
+    from openchat_cli.lifeline import owner_env
+
+    env = {**owner_env(), "PYTHONPATH": os.pathsep.join(
         p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)}
     gpus = _gpu_count()
     if cfg.hostfile or (gpus and cfg.num_gpus > 1):
@@ -164,17 +254,41 @@ def _run_ranks(run_file: Path, cfg: TrainConfig) -> None:
                    "--no_local_rank", "--module"]
         command += ["--hostfile", cfg.hostfile] if cfg.hostfile else ["--num_gpus", str(cfg.num_gpus)]
         command += ["openchat_cli.train.launch", str(run_file)]
-        code = subprocess.call(command, env=env)
-        if code:
+        # Its own process group, so a stop reaches the launcher and the ranks it started.
+        proc = subprocess.Popen(command, env=env, start_new_session=True, pass_fds=pass_fds)
+        stop.stop_ranks = lambda hard: _signal_group(proc, signal.SIGKILL if hard else signal.SIGTERM)
+        try:
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL)
+        if code and stop.signal is None:
             raise OpenchatError(f"training ranks failed (exit {code})", exit_code=code if code < 128 else 1)
         return
-    _spawn_ranks(run_file, cfg.num_gpus, env, cpu=not gpus)
+    _spawn_ranks(run_file, cfg.num_gpus, env, cpu=not gpus, stop=stop, pass_fds=pass_fds)
 
 
-def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool) -> None:
-    """Start `world` ranks on this machine and wait; if one fails, stop the rest."""
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool, stop: StopSignals | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
+    """Start `world` ranks on this machine and wait; if one fails, kill the rest (they may be
+    blocked in a collective with the dead one, where no signal handler runs)."""
+    stop = stop or StopSignals()
     port = str(free_port())
     procs: list[subprocess.Popen] = []
+
+    def stop_ranks(hard: bool) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+
+    stop.stop_ranks = stop_ranks
     for rank in range(world):
         rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                     "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
@@ -183,7 +297,9 @@ def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool) -> 
             # spinning pool slows a busy or oversubscribed machine down by an order of magnitude).
             rank_env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // world)))
             rank_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        procs.append(subprocess.Popen(_rank_command(run_file), env=rank_env))
+        procs.append(subprocess.Popen(_rank_command(run_file), env=rank_env, pass_fds=pass_fds))
+        if stop.signal is not None:  # stopped while starting them: the new one too
+            stop_ranks(False)
     try:
         failed = None
         while failed is None:
@@ -192,19 +308,18 @@ def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool) -> 
             if all(code == 0 for code in codes):
                 break
             time.sleep(0.2)
-        if failed:
+        if failed and stop.signal is None:
             rank = procs.index(failed)
             raise OpenchatError(f"rank {rank} failed (exit {failed.returncode})",
                                 exit_code=failed.returncode if 0 < failed.returncode < 128 else 1)
+        if failed:  # a stop, and a rank died of it: the others wait for it in a collective
+            stop_ranks(True)
     finally:
         for p in procs:
             if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
                 p.kill()
+        for p in procs:
+            p.wait()
 
 
 def _rank_command(run_file: Path) -> list[str]:
@@ -238,9 +353,13 @@ def rank_main(run_file: str) -> int:
     # Deprecation notices from inside torch.distributed / transformers / peft, once per rank,
     # say nothing the user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from openchat_cli.lifeline import follow_owner
+
+    follow_owner(hard=True)  # `openchat train` gone (even by kill -9): this rank goes too, at once
+    stop = loop.StopRequest()
     spec = json.loads(Path(run_file).read_text())
     try:
-        result = loop.train(spec)
+        result = loop.train(spec, stop)
     except OpenchatError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         return exc.exit_code

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,23 @@ def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf1
 
 
 # -- the run ------------------------------------------------------------------------------------
+class StopRequest:
+    """SIGTERM/SIGINT/SIGHUP ask this rank to stop at the next step boundary (with its state saved)
+    instead of dying mid-step; `openchat train` forwards them to every rank."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {sig: signal.signal(sig, self._record)
+                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.signal = self.signal or signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class Comm:
     """The few collectives the loop needs (float64 sums; on the rank's device for NCCL)."""
 
@@ -187,8 +205,10 @@ def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, l
     return engine, scheduler, impl
 
 
-def train(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) training on this rank; returns the run's outcome (rank 0's is complete)."""
+def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, Any]:
+    """Run (or resume) training on this rank; returns the run's outcome (rank 0's is complete).
+    `stop`: installed by the caller as early as possible, so a signal during setup counts too."""
+    stop = stop or StopRequest()
     cfg = TrainConfig.from_dict(spec["config"])
     out = Path(spec["out"])
     device = device_for_rank()
@@ -240,23 +260,37 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             if reporter:
                 reporter.note(f"eval loss ({tag.removeprefix('eval_loss_')}): {metrics[tag]:.4f}")
 
+    saved = start  # the step of the newest resumable state (the one resumed from counts)
+
+    def save_state(step: int) -> None:
+        """DeepSpeed state (weights, optimizer, scheduler, sampler position) for --resume."""
+        nonlocal saved
+        client = {"step": step, "fingerprint": sampler.fingerprint(), "curve": reporter.curve if reporter else [],
+                  "metrics": metrics}
+        # A LoRA run's frozen base weights need not be copied into every resumable state.
+        # DeepSpeed's own `latest` is written in place by rank 0 before the other ranks are
+        # done: a kill there points --resume at half a state. Ours is renamed into place once
+        # every rank has written its part.
+        engine.save_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(step), client_state=client,
+                               exclude_frozen_parameters=cfg.lora, save_latest=False)
+        comm.barrier()
+        if comm.rank == 0:
+            ckpt.mark_latest_state(out, step)
+            ckpt.prune_states(out, ckpt.state_tag(step))
+            reporter.note(f"resumable state saved at step {step}")
+        saved = step
+
     def save(step: int, final: bool) -> None:
         name = ckpt.FINAL_DIR if final else ckpt.step_dir_name(step)
         _save_hf(engine, cfg, spec, out, name, step, metrics, reporter)
         if not final:
-            client = {"step": step, "fingerprint": sampler.fingerprint(), "curve": reporter.curve if reporter else [],
-                      "metrics": metrics}
-            # A LoRA run's frozen base weights need not be copied into every resumable state.
-            engine.save_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(step), client_state=client,
-                                   exclude_frozen_parameters=cfg.lora)
-            comm.barrier()
-            if comm.rank == 0:
-                ckpt.prune_states(out, ckpt.state_tag(step))
+            save_state(step)
 
     if start == 0:
         run_eval("eval_loss_initial")
     engine.train()
     status, done = "completed", start
+    last_state_time = time.monotonic()
     try:
         for step in range(start, total):
             t0 = time.perf_counter()
@@ -264,7 +298,18 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             # exactly what the uninterrupted run would have.
             torch.manual_seed(hash((cfg.seed, step, comm.rank)) % 2**63)
             batches = [pack(data, rows, pad_id) for rows in sampler.batches(step, comm.rank)]
-            (weight,) = comm.sum(sum(b.weight_sum for b in batches))
+            # One all-reduce carries the step's loss weight and two decisions every rank must take
+            # together: stop here (a rank got SIGTERM/SIGINT), and save state after this step (rank
+            # 0's clock says --state-minutes have passed).
+            state_due = (comm.rank == 0 and cfg.state_minutes > 0
+                         and time.monotonic() - last_state_time >= cfg.state_minutes * 60)
+            weight, stops, state_votes = comm.sum(sum(b.weight_sum for b in batches), float(stop.signal is not None),
+                                                  float(state_due))
+            if stops:
+                if done > saved:
+                    save_state(done)
+                status = "interrupted"
+                break
             scale = comm.world / weight if weight > 0 else 0.0
             loss_sum = 0.0
             for i, batch in enumerate(batches):
@@ -300,13 +345,18 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
                 break
             if cfg.save_every and done % cfg.save_every == 0:
                 save(done, final=False)
+            elif state_votes:
+                save_state(done)
+            if saved == done:
+                last_state_time = time.monotonic()
         if status == "completed":
             run_eval("eval_loss_final")
             save(total, final=True)
     finally:
+        stop.restore()
         if reporter:
             reporter.close()
-    result = {"status": status, "steps": total, "stopped_at": done,
+    result = {"status": status, "steps": total, "stopped_at": done, "resume_step": saved,
               "metrics": {**metrics, "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None,
                           "packing_efficiency": sampler.efficiency(), "lr": lr},
               "curve": reporter.curve if reporter else []}

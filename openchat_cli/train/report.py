@@ -35,7 +35,8 @@ class Reporter:
         info = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
                 f"{record['tokens_per_s']:,.0f} tok/s  pack {record['packing_efficiency']:.0%}")
         self.bar.update(self.task, completed=record["step"], info=info)
-        if len(self.window) >= self.log_every or record["step"] == self.total:
+        # Points at multiples of log_every, so a resumed run's curve has the same x values.
+        if record["step"] % self.log_every == 0 or record["step"] == self.total:
             self._close_window()
 
     def _close_window(self) -> None:

@@ -49,3 +49,82 @@ def test_quickstart_runs_every_stage_and_records_lineage(tmp_path, openchat_home
     formats = {catalog.get(n["id"])["format"] for n in catalog.lineage(trained["id"])["ancestors"]
                if n["id"].startswith("ds-")}
     assert {"tokenized", "conversations"} <= formats
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (children, grandchildren, …), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] not in ("Z", "X"):
+                parents[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _start_quickstart(tmp_path, home):
+    env = {**os.environ, "OPENCHAT_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", "quickstart", "--dir", str(tmp_path / "qs"),
+         "--train-size", "60", "--eval-size", "5", "--epochs", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_server(proc) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while not [p for p in _descendants(proc.pid) if " serve " in _cmdline(p)]:
+        assert proc.poll() is None, f"quickstart exited {proc.returncode} before serving"
+        assert time.monotonic() < deadline, "quickstart started no server within 300 s"
+        time.sleep(0.1)
+
+
+def _left(pids: list[int], timeout: float) -> list[int]:
+    import time
+
+    from openchat_cli.lifeline import start_ticks
+
+    deadline = time.monotonic() + timeout
+    while any(start_ticks(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if start_ticks(p)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_stopping_quickstart_takes_its_server_with_it(tmp_path, openchat_home, how):
+    import signal
+
+    proc = _start_quickstart(tmp_path, openchat_home)
+    try:
+        _wait_for_server(proc)
+        everything = _descendants(proc.pid)
+        os.kill(proc.pid, getattr(signal, how))
+        _, stderr = proc.communicate(timeout=120)
+        assert not _left(everything, timeout=10), f"children outlived quickstart ({how})"
+        if how == "SIGTERM":  # a clean stop: one line, the signal's exit code
+            assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+            assert "Traceback" not in stderr
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left (on failure), not leaked into other tests
+        except ProcessLookupError:
+            pass
