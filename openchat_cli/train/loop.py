@@ -245,11 +245,13 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
     if comm.rank == 0:
         from openchat_cli.train.report import Reporter
 
+        kernel = attention.describe(device, torch.bfloat16 if use_bf16(cfg, device) else torch.float32)
+
         ckpt.truncate_steps(out, start)
         reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve)
         reporter.note(f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
                       f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
-                      f"{sampler.efficiency():.1%}; lr {lr:.2e}; {impl} attention; "
+                      f"{sampler.efficiency():.1%}; lr {lr:.2e}; {kernel} attention; "
                       f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}"
                       + (f"; resuming at step {start}" if start else ""))
 
