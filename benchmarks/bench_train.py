@@ -1,17 +1,24 @@
-"""Benchmark `openchat train`'s data path on CPU: multipack vs naive padded batches, and the
-supervised-positions-only LM head vs full-vocabulary logits.
+"""Benchmark `openchat train`'s data path on CPU: multipack vs naive padded batches, per-document
+attention vs a masked pack, and the supervised-positions-only LM head vs full-vocabulary logits.
 
-    python benchmarks/bench_train.py                   # ~2 minutes on 2 busy cores
-    python benchmarks/bench_train.py --seconds 60 --sequences 50000
+    python benchmarks/bench_train.py                   # ~3 minutes on 2 busy cores
+    python benchmarks/bench_train.py --json            # one JSON object (for scripts)
+    python benchmarks/bench_train.py --lengths short --capacity 2048   # the old short-chat setting
 
-Conversation lengths are drawn from a skewed (log-normal) distribution like ShareGPT's: most
-sequences short, a long tail; about 60% of each sequence's tokens are supervised (the assistant
-turns), as in chat fine-tuning. Three measurements, printed side by side with their ratios:
+Conversation lengths are ShareGPT-shaped by default: log-normal, median ~1,150 and mean ~1,550
+tokens, ~9% cut at the 4,096-token maximum (as a length-capped tokenize leaves them), packed
+into 4,096-token micro-batches; `--lengths short` draws the earlier median-~100 distribution.
+About 60% of each sequence's tokens are supervised (the assistant turns), as in chat
+fine-tuning. Measurements, printed side by side with their ratios:
 
-1. packing efficiency (real tokens / token capacity): our multipack sampler vs random batches
-   padded to their longest sequence, at the same average tokens per batch;
-2. useful (non-pad) tokens per second training a tiny Llama, packed vs padded, interleaved step
-   by step in one process so background load hits both alike;
+1. packing: per-epoch efficiency (real tokens / token capacity) of our multipack sampler, with
+   and without the epoch's final partial step, tokens dropped (none), vs random batches padded
+   to their longest sequence at the same average tokens per batch;
+2. useful (non-pad) tokens per second training a tiny Llama (CPU, 1 thread), interleaved step by
+   step in one process so background load hits all alike:
+   packed = what `openchat train` runs (per-document attention, `attention.PACKED`),
+   packed_masked = the same packs through stock `sdpa` (a pack x pack mask from the position
+   resets), padded = padded batches with an attention mask;
 3. peak memory of one forward+backward over a 2048-token pack with Llama 3's 128k vocabulary:
    LM head at supervised positions only, in recomputed chunks (what training runs) vs full
    logits, plus row selection without chunking (each in its own process: peak RSS growth
@@ -36,10 +43,16 @@ from openchat_cli.train.dataset import TokenizedData  # noqa: E402
 from openchat_cli.train.sampler import MultipackSampler, PackSpec  # noqa: E402
 
 
-def skewed_data(n: int, vocab: int, max_len: int, seed: int = 0) -> TokenizedData:
+# log-normal (mu, sigma) of sequence lengths: ShareGPT-shaped (median ~1,150, mean ~1,550 once
+# capped at 4,096) and the short chats the benchmark drew before (median ~100).
+LENGTHS = {"sharegpt": (7.05, 0.95), "short": (4.6, 0.9)}
+
+
+def skewed_data(n: int, vocab: int, max_len: int, seed: int = 0, shape: str = "short") -> TokenizedData:
     """Random token ids with log-normal lengths; the last ~60% of each sequence is supervised."""
     rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.lognormal(4.6, 0.9, n), 16, max_len).astype(np.int64)  # median ~100
+    mu, sigma = LENGTHS[shape]
+    lengths = np.clip(rng.lognormal(mu, sigma, n), 16, max_len).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ids = rng.integers(10, vocab, offsets[-1])
     weights = np.zeros(offsets[-1], dtype=np.float32)
@@ -53,72 +66,86 @@ def padded_batches(lengths: np.ndarray, batch: int, seed: int = 0) -> list[np.nd
     return [order[i:i + batch] for i in range(0, len(order), batch)]
 
 
-def llama(vocab: int, hidden: int, layers: int, seed: int = 0):
+def llama(vocab: int, hidden: int, layers: int, seed: int = 0, attn: str = "sdpa", max_len: int = 4096):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=hidden * 11 // 4,
-                         max_position_embeddings=4096, tie_word_embeddings=True, attn_implementation="sdpa")
+                         max_position_embeddings=max_len, tie_word_embeddings=True, attn_implementation=attn)
     return LlamaForCausalLM(config)
 
 
 # -- 1. packing efficiency ------------------------------------------------------------------------
-def packing(data: TokenizedData, capacity: int) -> dict[str, float]:
+def packing(data: TokenizedData, capacity: int, epochs: int = 2) -> dict[str, float]:
     lengths = data.lengths
-    sampler = MultipackSampler(lengths, PackSpec(capacity=capacity, world=8, seed=0))
+    sampler = MultipackSampler(lengths, PackSpec(capacity=capacity, world=8, seed=0), epochs=epochs)
     per_batch = max(1, int(capacity // lengths.mean()))
     batches = padded_batches(lengths, per_batch)
     padded = sum(int(lengths[b].sum()) for b in batches) / sum(len(b) * int(lengths[b].max()) for b in batches)
-    return {"multipack": sampler.efficiency(), "padded": padded, "per_batch": per_batch}
+    return {"multipack": sampler.efficiency(), "padded": padded, "per_batch": per_batch,
+            "per_epoch": [sampler.epoch_efficiency(e) for e in range(epochs)],
+            "per_epoch_full_steps": [sampler.epoch_efficiency(e, last_step=False) for e in range(epochs)],
+            "dropped_tokens": int(lengths.sum()) * epochs - sampler.kept_tokens()}
 
 
 # -- 2. useful tokens per second ------------------------------------------------------------------
+THROUGHPUT_PATHS = ("packed", "packed_masked", "padded")
+
+
 def throughput(data: TokenizedData, capacity: int, seconds: float) -> dict[str, float]:
+    """Useful tokens/s of each path; each gets its own copy of the same initial model."""
     import torch
     import torch.nn.functional as F
 
+    from openchat_cli.train import attention
     from openchat_cli.train.collate import pack, pad
     from openchat_cli.train.loss import PackedLM
 
-    packed_model, padded_model = llama(4096, 128, 2), llama(4096, 128, 2)
-    packed_opt = torch.optim.AdamW(packed_model.parameters(), lr=1e-4)
-    padded_opt = torch.optim.AdamW(padded_model.parameters(), lr=1e-4)
+    impl = attention.choose(torch.device("cpu"))
+    models = {"packed": llama(4096, 128, 2, attn=impl, max_len=capacity),
+              "packed_masked": llama(4096, 128, 2, attn="sdpa", max_len=capacity),
+              "padded": llama(4096, 128, 2, attn="sdpa", max_len=capacity)}
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+    lms = {"packed": PackedLM(models["packed"], impl), "packed_masked": PackedLM(models["packed_masked"], "sdpa")}
     lengths = data.lengths
     sampler = MultipackSampler(lengths, PackSpec(capacity=capacity, seed=1))
     per_batch = max(1, int(capacity // lengths.mean()))
     batches = padded_batches(lengths, per_batch, seed=1)
 
-    def packed_step(i: int) -> int:
+    def packed_step(name: str, i: int) -> int:
         (rows,) = sampler.batches(i % len(sampler), 0)
         b = pack(data, rows)
-        loss = PackedLM(packed_model, "sdpa")(b) / max(b.weight_sum, 1.0)
+        loss = lms[name](b) / max(b.weight_sum, 1.0)
         loss.backward()
-        packed_opt.step()
-        packed_opt.zero_grad()
+        opts[name].step()
+        opts[name].zero_grad()
         return b.num_tokens
 
-    def padded_step(i: int) -> int:
+    def padded_step(name: str, i: int) -> int:
         b = pad(data, batches[i % len(batches)])
-        hidden = padded_model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                    use_cache=False).last_hidden_state
+        model = models[name]
+        hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                             use_cache=False).last_hidden_state
         keep = b["label_weights"] > 0  # same supervised-only head: only the padding differs
-        ce = F.cross_entropy(padded_model.lm_head(hidden[keep]).float(), b["labels"][keep], reduction="none")
+        ce = F.cross_entropy(model.lm_head(hidden[keep]).float(), b["labels"][keep], reduction="none")
         loss = (ce * b["label_weights"][keep]).sum() / max(float(b["label_weights"].sum()), 1.0)
         loss.backward()
-        padded_opt.step()
-        padded_opt.zero_grad()
+        opts[name].step()
+        opts[name].zero_grad()
         return int(b["attention_mask"].sum())
 
-    packed_step(0), padded_step(0)  # warm-up
-    spent = {"packed": 0.0, "padded": 0.0}
-    tokens = {"packed": 0, "padded": 0}
+    steps = {"packed": packed_step, "packed_masked": packed_step, "padded": padded_step}
+    for name, fn in steps.items():  # warm-up
+        fn(name, 0)
+    spent = dict.fromkeys(steps, 0.0)
+    tokens = dict.fromkeys(steps, 0)
     i = 1
     while sum(spent.values()) < seconds:
-        for name, fn in (("packed", packed_step), ("padded", padded_step)):
+        for name, fn in steps.items():
             t0 = time.perf_counter()
-            tokens[name] += fn(i)
+            tokens[name] += fn(name, i)
             spent[name] += time.perf_counter() - t0
         i += 1
     return {name: tokens[name] / spent[name] for name in spent} | {"steps": i - 1}
@@ -179,11 +206,14 @@ def memory(tokens: int, vocab: int) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", choices=sorted(LENGTHS), default="sharegpt", help="sequence length distribution")
     parser.add_argument("--sequences", type=int, default=20000, help="sequences for the packing comparison")
-    parser.add_argument("--capacity", type=int, default=2048, help="tokens per packed micro-batch")
-    parser.add_argument("--seconds", type=float, default=50.0, help="training time, split between packed and padded")
+    parser.add_argument("--capacity", type=int, default=4096, help="tokens per packed micro-batch (and max length)")
+    parser.add_argument("--seconds", type=float, default=90.0, help="training time, split between the three paths")
     parser.add_argument("--pack", type=int, default=2048, help="tokens in the memory measurement's pack")
     parser.add_argument("--vocab", type=int, default=128256, help="vocabulary of the memory measurement (Llama 3's)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--memory-child", choices=MEMORY_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -194,32 +224,61 @@ def main() -> None:
 
     torch.set_num_threads(1)  # steady numbers on a shared machine; the ratio is what matters
     started = time.perf_counter()
-    data = skewed_data(args.sequences, 4096, 1024)
+    data = skewed_data(args.sequences, 4096, args.capacity, shape=args.lengths)
     lengths = data.lengths
-    print(f"data: {len(lengths)} sequences, length median {int(np.median(lengths))}, mean {lengths.mean():.0f}, "
-          f"p99 {int(np.percentile(lengths, 99))}, max {lengths.max()}; "
-          f"{data.supervised_ratio():.0%} of tokens supervised")
+    shape = {"sequences": len(lengths), "median": int(np.median(lengths)), "mean": round(float(lengths.mean())),
+             "p99": int(np.percentile(lengths, 99)), "max": int(lengths.max()),
+             "supervised": round(float(data.supervised_ratio()), 3)}
     eff = packing(data, args.capacity)
     tps = throughput(data, args.capacity, args.seconds)
-    mem = memory(args.pack, args.vocab)
+    mem = None if args.no_memory else memory(args.pack, args.vocab)
+    tokens_per_s = {name: tps[name] for name in THROUGHPUT_PATHS}
+    result = {
+        "lengths": args.lengths, "capacity": args.capacity, "data": shape,
+        "packing_efficiency": {"multipack": eff["multipack"], "padded": eff["padded"],
+                               "per_epoch": eff["per_epoch"], "per_epoch_full_steps": eff["per_epoch_full_steps"],
+                               "dropped_tokens": eff["dropped_tokens"]},
+        "useful_tokens_per_s": tokens_per_s,
+        "ratio_packed_vs_padded": tps["packed"] / tps["padded"],
+        "ratio_packed_masked_vs_padded": tps["packed_masked"] / tps["padded"],
+        "ratio_packed_vs_packed_masked": tps["packed"] / tps["packed_masked"],
+        "steps_each": tps["steps"],
+        "peak_memory_mib": None if mem is None else {mode: mem[mode]["mib"] for mode in MEMORY_MODES},
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
 
+    print(f"data ({args.lengths}): {shape['sequences']} sequences, length median {shape['median']}, "
+          f"mean {shape['mean']}, p99 {shape['p99']}, max {shape['max']}; {shape['supervised']:.0%} of tokens "
+          f"supervised; micro-batches of {args.capacity} tokens")
+    epochs = ", ".join(f"epoch {e + 1}: {a:.1%} ({b:.1%} without its final partial step)"
+                       for e, (a, b) in enumerate(zip(eff["per_epoch"], eff["per_epoch_full_steps"])))
+    print(f"multipack (8 ranks): {epochs}; {eff['dropped_tokens']} tokens dropped")
     rows = [
         ("packing efficiency (real / capacity tokens)", f"{eff['multipack']:.1%}", f"{eff['padded']:.1%}",
          eff["multipack"] / eff["padded"], f"padded: random batches of {eff['per_batch']}"),
-        ("useful tokens/s (tiny Llama, CPU, 1 thread)", f"{tps['packed']:,.0f}", f"{tps['padded']:,.0f}",
-         tps["packed"] / tps["padded"], f"{tps['steps']} steps of each, interleaved"),
-        ("peak memory of forward+backward (MiB)", f"{mem['chunked']['mib']:,.0f}", f"{mem['full']['mib']:,.0f}",
-         mem["full"]["mib"] / max(mem["chunked"]["mib"], 1e-9),
-         f"{mem['full']['tokens']}-token pack, {mem['full']['scored']} scored, vocab {args.vocab}"),
-        ("  of which: supervised rows, one head call", f"{mem['supervised']['mib']:,.0f}", f"{mem['full']['mib']:,.0f}",
-         mem["full"]["mib"] / max(mem["supervised"]["mib"], 1e-9), "no chunking: the gain of row selection alone"),
+        ("useful tokens/s, packed vs padded", f"{tps['packed']:,.0f}", f"{tps['padded']:,.0f}",
+         tps["packed"] / tps["padded"], "packed = per-document attention (what train runs)"),
+        ("useful tokens/s, packed masked vs padded", f"{tps['packed_masked']:,.0f}", f"{tps['padded']:,.0f}",
+         tps["packed_masked"] / tps["padded"], "stock sdpa: pack x pack mask"),
+        ("useful tokens/s, packed vs packed masked", f"{tps['packed']:,.0f}", f"{tps['packed_masked']:,.0f}",
+         tps["packed"] / tps["packed_masked"], f"tiny Llama, CPU, 1 thread, {tps['steps']} steps each, interleaved"),
     ]
+    if mem is not None:
+        rows += [
+            ("peak memory of forward+backward (MiB)", f"{mem['chunked']['mib']:,.0f}", f"{mem['full']['mib']:,.0f}",
+             mem["full"]["mib"] / max(mem["chunked"]["mib"], 1e-9),
+             f"{mem['full']['tokens']}-token pack, {mem['full']['scored']} scored, vocab {args.vocab}"),
+            ("  of which: supervised rows, one head call", f"{mem['supervised']['mib']:,.0f}",
+             f"{mem['full']['mib']:,.0f}", mem["full"]["mib"] / max(mem["supervised"]["mib"], 1e-9),
+             "no chunking: the gain of row selection alone"),
+        ]
     print()
     print(f"{'measurement':46} {'ours':>10} {'baseline':>10} {'ratio':>7}  note")
     for name, ours, base, ratio, note in rows:
         print(f"{name:46} {ours:>10} {base:>10} {ratio:>6.2f}x  {note}")
-    print("\nours = multipack / packed / supervised-only chunked LM head; baseline = padded batches / padded / full logits.")
-    print("ratio = ours / baseline for efficiency and tokens/s; baseline / ours for memory (higher is better).")
+    print("\nratio = ours / baseline for efficiency and tokens/s; baseline / ours for memory (higher is better).")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

@@ -164,6 +164,18 @@ class MultipackSampler:
         total = sum(int(p.bin_tokens.sum()) for p in self.plans)
         return total / (len(self) * self.spec.capacity * self.spec.world * self.spec.micro_steps)
 
+    def epoch_efficiency(self, epoch: int, last_step: bool = True) -> float:
+        """Real tokens / capacity over one epoch's steps; `last_step=False` leaves out its final
+        step, the only one that can be partly empty (how full the packing is where it can be)."""
+        steps = range(int(self.epoch_starts[epoch]), int(self.epoch_starts[epoch + 1]) - (0 if last_step else 1))
+        if not len(steps):
+            return float("nan")
+        return float(np.mean([self.step_efficiency(s) for s in steps]))
+
+    def kept_tokens(self) -> int:
+        """Tokens the plan trains on over all epochs (every token of every epoch: none dropped)."""
+        return sum(int(p.bin_tokens.sum()) for p in self.plans)
+
     def fingerprint(self) -> str:
         """Changes when the data or the packing settings change (a resume must not cross that)."""
         h = hashlib.sha256(self.lengths.tobytes())

@@ -91,3 +91,21 @@ def test_best_fit_decreasing_fills_bins():
     lengths = np.array([6, 5, 4, 3, 2, 2, 1, 1])
     bins = best_fit_decreasing(lengths, np.arange(len(lengths)), capacity=8)
     assert len(bins) == 3 and sorted(sum(lengths[b]) for b in bins) == [8, 8, 8]
+
+
+def test_epoch_efficiency_with_and_without_the_final_partial_step():
+    lengths = np.full(5, 100)
+    sampler = MultipackSampler(lengths, PackSpec(capacity=200, world=2, seed=0), epochs=2)
+    # per epoch: step 1 holds 2 full bins (400 of 400), step 2 one bin of 100 (100 of 400)
+    for epoch in range(2):
+        assert sampler.epoch_efficiency(epoch) == pytest.approx(500 / 800)
+        assert sampler.epoch_efficiency(epoch, last_step=False) == pytest.approx(1.0)
+    assert sampler.kept_tokens() == 2 * 500  # every token of every epoch
+
+
+def test_sharegpt_lengths_keep_every_token_at_4096():
+    rng = np.random.default_rng(4)
+    lengths = np.clip(rng.lognormal(7.05, 0.95, 3000), 16, 4096).astype(np.int64)
+    sampler = MultipackSampler(lengths, PackSpec(capacity=4096, world=8, seed=0))
+    assert sampler.kept_tokens() == int(lengths.sum())
+    assert sampler.epoch_efficiency(0, last_step=False) > 0.97
