@@ -1,8 +1,9 @@
 """Padding-free micro-batches: sequences laid end to end in one row, no pad tokens at all.
 
-`position_ids` restart at 0 for every sequence; that is what keeps attention inside each
-sequence (sdpa builds a block-diagonal causal mask from the resets when no attention mask and
-no cache are passed; flash-attention gets the cumulative sequence lengths and runs varlen).
+`position_ids` restart at 0 for every sequence and `cu_seqlens` holds the boundaries; that is
+what keeps attention inside each sequence (`attention.PACKED` runs attention per document, or
+flash-attention varlen over `cu_seqlens` on a GPU; stock sdpa would build a block-diagonal
+causal mask from the resets when no attention mask and no cache are passed).
 
 Loss targets are prepared here too: logits at packed position j predict token j + 1, so the
 batch carries only the positions whose next token is in the same sequence and has a non-zero

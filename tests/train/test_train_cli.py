@@ -78,7 +78,8 @@ def test_non_finite_loss_fails_the_run(cli, tiny_model_dir, color_data, tmp_path
 
 # -- training ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_tokenizer, color_data, tmp_path):
+def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_tokenizer, color_data, tmp_path,
+                                                    capfd):
     """The done criterion: a few hundred steps on CPU clearly lower the held-out loss, and the
     trained model answers held-out questions correctly."""
     catalog = open_catalog()
@@ -88,6 +89,8 @@ def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_t
                       "epochs: 2\ntokens_per_step: 512\nlr: 3e-3\nsave-every: 100\nlog-every: 20\n")
     out = tmp_path / "run"
     cli("train", "--config", config, "--out", out, "--seed", "3")
+    rank_output = " ".join("".join(capfd.readouterr()).split())  # the rank's console, unwrapped
+    assert "per-document sdpa attention" in rank_output  # the packed kernel on CPU
 
     run_id = json.loads((out / "run.json").read_text())["run_id"]
     run = catalog.get(run_id)
