@@ -108,64 +108,68 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
     """query [B, H, T, D], key/value [B, Hkv, T, D] -> ([B, T, H, D], None), as transformers'
     attention functions do."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
     if attention_mask is not None or query.shape[2] != key.shape[2] or kwargs.get("s_aux") is not None:
+        if softcap:  # sdpa cannot softcap: the same masked computation, eager
+            return _attend(query, key, value, attention_mask, dropout, scaling, softcap).transpose(1, 2), None
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, softcap=softcap, **kwargs)
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
+                                      scaling=scaling, **kwargs)
     window = sliding_window if sliding_window and sliding_window > 0 else None
-    cu = document_bounds(query, kwargs.get("cu_seq_lens_q"), kwargs.get("position_ids"))
+    rows = [document_bounds(query, b, kwargs.get("cu_seq_lens_q"), kwargs.get("position_ids"))
+            for b in range(query.shape[0])]
     if uses_flash(query.device, query.dtype):
-        return _flash_varlen(query, key, value, cu, kwargs.get("max_length_q"), dropout, scaling,
+        return _flash_varlen(query, key, value, rows, kwargs.get("max_length_q"), dropout, scaling,
                              window, softcap), None
-    bounds = cu.tolist()
-    if query.shape[0] > 1:  # rows of whole documents each (no boundaries given): one row at a time
-        rows = [_per_document(module, query[b:b + 1], key[b:b + 1], value[b:b + 1], bounds, dropout,
-                              scaling, window, softcap) for b in range(query.shape[0])]
-        return torch.cat(rows), None
-    return _per_document(module, query, key, value, bounds, dropout, scaling, window, softcap), None
+    out = [_per_document(query[b:b + 1], key[b:b + 1], value[b:b + 1], bounds.tolist(), dropout, scaling,
+                         window, softcap) for b, bounds in enumerate(rows)]
+    return (out[0] if len(out) == 1 else torch.cat(out)), None
 
 
-def document_bounds(query: torch.Tensor, cu_seqlens: torch.Tensor | None,
+def document_bounds(query: torch.Tensor, row: int, cu_seqlens: torch.Tensor | None,
                     position_ids: torch.Tensor | None) -> torch.Tensor:
-    """Cumulative document lengths [docs + 1] of the packed row: given by the batch, else where
-    the position ids restart, else the whole row is one document."""
+    """Cumulative document lengths [docs + 1] of one row of the batch: given by the batch (one
+    packed row), else where that row's position ids restart, else the row is one document."""
     length = query.shape[2]
     if cu_seqlens is not None and query.shape[0] == 1:
         return cu_seqlens.to(device=query.device, dtype=torch.int32)
-    if position_ids is not None and query.shape[0] == 1:
-        pos = position_ids.reshape(-1)
+    if position_ids is not None:
+        pos = position_ids[min(row, position_ids.shape[0] - 1)].reshape(-1)
         starts = torch.nonzero(pos[1:] != pos[:-1] + 1).reshape(-1) + 1
         return torch.cat([starts.new_zeros(1), starts, starts.new_full((1,), length)]).to(torch.int32)
     return torch.tensor([0, length], dtype=torch.int32, device=query.device)
 
 
-def _flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torch.Tensor,
+def _flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: list[torch.Tensor],
                   max_length: int | None, dropout: float, scaling: float, window: int | None,
                   softcap: float | None) -> torch.Tensor:
-    """flash-attention 2 varlen over the packed row (never run on this project's CPU machines)."""
+    """flash-attention 2 varlen over every document of every row, flattened into one sequence of
+    tokens (not run on this project's CPU machines: no GPU was lent)."""
     from flash_attn import flash_attn_varlen_func
 
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, D]
+    batch, length = query.shape[0], query.shape[2]
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[3])
+               for t in (query, key, value))  # [rows x T, heads, D]
+    cu = rows[0]
+    if batch > 1:
+        cu = torch.cat([bounds[:-1] + b * length for b, bounds in enumerate(rows)]
+                       + [cu.new_full((1,), batch * length)])
+        max_length = None
     if max_length is None:
         max_length = int((cu[1:] - cu[:-1]).max())
     out = flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_length,
                                  max_seqlen_k=max_length, dropout_p=dropout, softmax_scale=scaling,
                                  causal=True, window_size=(window - 1, 0) if window else (-1, -1),
                                  softcap=softcap or 0.0)
-    return out.unsqueeze(0)  # [1, T, H, D]
+    return out.reshape(batch, length, out.shape[1], out.shape[2])  # [B, T, H, D]
 
 
-def _per_document(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+def _per_document(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   bounds: list[int], dropout: float, scaling: float, window: int | None,
                   softcap: float | None) -> torch.Tensor:
     """One row [1, H, T, D]: attention within each document's slice, concatenated -> [1, T, H, D]."""
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # GQA: sdpa's enable_gqa falls off the fast CPU kernel; expand once per layer
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
     parts = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end == start:
@@ -178,21 +182,35 @@ def _per_document(module: torch.nn.Module, query: torch.Tensor, key: torch.Tenso
 
 def _document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, scaling: float,
               window: int | None, softcap: float | None) -> torch.Tensor:
-    """Causal attention over one document [1, H, L, D] (optionally windowed, softcapped)."""
+    """Causal attention over one document: q [1, H, L, D], k/v [1, Hkv, L, D] (GQA when fewer
+    heads), optionally windowed and softcapped -> [1, H, L, D]."""
     length = q.shape[2]
-    mask = None
-    if (window is not None and window < length) or softcap:
-        i = torch.arange(length, device=q.device)
-        mask = i[:, None] >= i[None, :]
-        if window is not None:
-            mask &= i[None, :] > i[:, None] - window
+    if (window is None or window >= length) and not softcap:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+    i = torch.arange(length, device=q.device)
+    mask = i[:, None] >= i[None, :]
+    if window is not None:
+        mask &= i[None, :] > i[:, None] - window
+    return _attend(q, k, v, mask, dropout, scaling, softcap)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dropout: float,
+            scaling: float, softcap: float | None) -> torch.Tensor:
+    """Attention under an explicit mask (bool, True = attend; or additive float) -> [B, H, Q, D]."""
+    gqa = q.shape[1] != k.shape[1]
     if not softcap:
-        if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                              enable_gqa=gqa)
+    if gqa:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
     scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    else:
+        scores = scores + mask
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     probs = F.dropout(probs, p=dropout, training=dropout > 0)
     return torch.matmul(probs, v)

@@ -119,14 +119,16 @@ def test_boundaries_from_position_ids_alone():
     assert torch.equal(with_bounds, from_positions)
 
 
-def test_padding_and_generation_fall_back_to_masked_sdpa():
-    """A padded batch and cached generation are not packed forwards: they must still match sdpa."""
-    model = tiny("mistral")
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+def test_padding_and_generation_fall_back_to_masked_attention(family):
+    """A padded batch and cached generation are not packed forwards: they must still match the
+    stock implementation (sdpa; eager for softcapped logits)."""
+    model = tiny(family)
     ids = torch.randint(5, VOCAB, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
     with torch.no_grad():
-        model.config._attn_implementation = "sdpa"
+        model.config._attn_implementation = "eager" if family == "gemma2" else "sdpa"
         ref = model(input_ids=ids, attention_mask=mask).logits
         ref_gen = model.generate(ids[:1, :5], max_new_tokens=4, do_sample=False)
         to_packed(model)
@@ -160,3 +162,17 @@ def test_kernel_choice_follows_device_dtype_and_install(monkeypatch):
     monkeypatch.setattr(attention, "flash_attn_installed", lambda: False)
     assert not attention.uses_flash(cuda, torch.bfloat16)
     assert attention.describe(cpu, torch.float32) == "per-document sdpa"
+
+
+def test_rows_of_packed_documents_in_one_batch():
+    """A [2, T] batch whose rows each hold packed documents (boundaries from each row's position
+    ids) equals every document run alone."""
+    model = to_packed(tiny("llama"))
+    data = data_of([5, 11, 9, 7], seed=5)  # row 0: documents 0+1, row 1: documents 2+3
+    ids = torch.from_numpy(data.ids).view(2, 16)
+    positions = torch.tensor([list(range(5)) + list(range(11)), list(range(9)) + list(range(7))])
+    with torch.no_grad():
+        got = model(input_ids=ids, position_ids=positions, use_cache=False).logits.reshape(32, -1)
+        model.config._attn_implementation = "sdpa"
+        ref = torch.cat([model(input_ids=torch.from_numpy(data.row(i)[0])[None]).logits[0] for i in range(4)])
+    assert torch.allclose(got, ref, atol=1e-9)
