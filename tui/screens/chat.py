@@ -24,7 +24,6 @@ from textual.worker import Worker
 
 from store.catalog import CatalogError
 from tui.client import ChatError, ReplyInfo, classify
-from tui.markdown_text import LineBreaks
 from tui.screens.dialogs import ConfirmScreen, ModelPicker, RenameScreen
 from tui.screens.settings import ChatSettings, SettingsScreen
 from tui.widgets.keybar import KeyBar
@@ -276,9 +275,8 @@ class ChatScreen(Screen):
         view = MessageView("assistant", "", label=self.model, classes="-streaming")
         await container.mount(view)
         container.anchor()
-        stream = Markdown.get_stream(view.markdown)
+        await view.start_stream()
         info = ReplyInfo()
-        breaks = LineBreaks()
         parts: list[str] = []
         stopped = False
         error: ChatError | None = None
@@ -289,8 +287,7 @@ class ChatScreen(Screen):
                     temperature=self.settings.temperature, max_tokens=self.settings.max_tokens,
                     condition=self.settings.condition, info=info):
                 parts.append(delta)
-                view.content += delta
-                await stream.write(breaks.feed(delta))
+                await view.write(delta)
         except asyncio.CancelledError:
             stopped = True
         except ChatError as exc:
@@ -298,7 +295,7 @@ class ChatScreen(Screen):
         finally:
             self.streaming = False
             try:
-                await stream.stop()
+                await view.end_stream()
             except Exception:  # noqa: BLE001 - the widget may be gone when the app quits
                 pass
         text = "".join(parts)
