@@ -24,6 +24,7 @@ from textual.worker import Worker
 
 from store.catalog import CatalogError
 from tui.client import ChatError, ReplyInfo, classify
+from tui.literal import plain
 from tui.screens.dialogs import ConfirmScreen, ModelPicker, RenameScreen
 from tui.screens.settings import ChatSettings, SettingsScreen
 from tui.widgets.keybar import KeyBar
@@ -160,7 +161,7 @@ class ChatScreen(Screen):
         highlighted = None
         chats.clear_options()
         for i, row in enumerate(rows):
-            chats.add_option(Option(row["title"] or row["id"], id=row["id"]))
+            chats.add_option(Option(plain(row["title"] or row["id"]), id=row["id"]))
             if row["id"] == self.chat_id:
                 highlighted = i
         if highlighted is not None:

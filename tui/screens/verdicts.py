@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Checkbox, DataTable, Markdown, Select, Static
 
 from store.catalog import CatalogError
+from tui.literal import cell, plain
 from tui.markdown_text import with_line_breaks
 from tui.widgets.keybar import KeyBar
 from tui.verdicts_data import (ALL, VERDICT_CHOICES, QuestionDetail, Row, RunData, list_runs,
@@ -69,8 +70,8 @@ class RunsScreen(Screen):
         for run in runs:
             mode = "grade" if run.kind == "grade" else run.mode
             result = run.summary if run.status in ("completed", "") else f"{run.status} · {run.summary}"
-            table.add_row(run.id, mode, result, run.compared, run.judge or "–",
-                          str(run.questions), run.created_at.replace("T", " "), key=run.id)
+            table.add_row(*map(cell, (run.id, mode, result, run.compared, run.judge or "–",
+                                      run.questions, run.created_at.replace("T", " "))), key=run.id)
         empty = self.query_one("#empty", Static)
         empty.display = not runs
         table.display = bool(runs)
@@ -120,7 +121,7 @@ class RunScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(self.header_text(), id="topbar", markup=False)
         with Horizontal(id="filters"):
-            yield Select([("all categories", ALL)] + [(c, c) for c in self.data.categories],
+            yield Select([("all categories", ALL)] + [(plain(c), c) for c in self.data.categories],
                          value=ALL, allow_blank=False, id="category")
             yield Select([("all verdicts", ALL)] + [(v, v) for v in VERDICT_CHOICES[self.data.mode]],
                          value=ALL, allow_blank=False, id="verdict")
@@ -180,7 +181,7 @@ class RunScreen(Screen):
                 j = row.judgments[-1]
                 meta = j.get("meta") if isinstance(j.get("meta"), dict) else {}
                 cells += [styled(row.outcome), _short(j.get("raw")), _short(meta.get("expected"))]
-            table.add_row(*cells, key=f"{row.question_id}\x00{row.turn}")
+            table.add_row(*map(cell, cells), key=f"{row.question_id}\x00{row.turn}")
         total = len(self.data.rows)
         flips = sum(r.flipped for r in self.data.rows)
         text = f"{len(self.rows)} of {total} rows · enter opens a question"
@@ -285,7 +286,7 @@ class QuestionScreen(Screen):
             columns.append((f"B · {d.model_b}", detail.answer_b or []))
         for title, turns_ in columns:
             col = Vertical(classes="answer")
-            col.border_title = title
+            col.border_title = plain(title)
             if not turns_:
                 text = "(no answer stored)"
             elif len(turns_) == 1:
@@ -299,9 +300,9 @@ class QuestionScreen(Screen):
 
         for j in detail.judgments:
             box = Vertical(classes="judgment")
-            box.border_title = self.judgment_title(j)
+            box.border_title = plain(self.judgment_title(j))
             verdict = self.verdict_line(j)
-            box.border_subtitle = verdict.plain
+            box.border_subtitle = plain(verdict.plain)
             box.compose_add_child(Static(verdict, classes="verdict"))
             box.compose_add_child(Static(j.get("raw") or "(no text)", markup=False, classes="raw"))
             if not j.get("parse_ok", 1):

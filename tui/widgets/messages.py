@@ -13,19 +13,14 @@ import time
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.content import Content
 from textual.widgets import Markdown, Static
 from textual.timer import Timer
 from textual.widgets.markdown import MarkdownStream
 
+from tui.literal import plain
 from tui.markdown_text import LineBreaks, with_line_breaks
 
 FLUSH_S = 1 / 20  # at most this often a streamed reply's new text goes to the screen
-
-
-def plain(text: object) -> Content:
-    """`text` as literal content: brackets, backslashes and escapes shown as they are."""
-    return Content(str(text))
 
 
 class MessageView(Vertical, can_focus=True):
