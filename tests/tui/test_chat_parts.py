@@ -3,10 +3,13 @@ a streamed reply's batching (text shows up even when the model pauses)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from textual.app import App
 from textual.widgets import Input
 
+import tui
 from store.catalog import CatalogError
 from tests.tui import seed
 from tests.tui.conftest import wait_for
@@ -14,6 +17,7 @@ from tui.chat_store import ChatStore
 from tui.markdown_text import LineBreaks, with_line_breaks
 from tui.screens.chat import ChatScreen
 from tui.screens.dialogs import ConfirmScreen, RenameScreen
+from tui.widgets.flush_markdown import FlushMarkdown
 from tui.widgets.messages import FLUSH_S, MessageView
 
 
@@ -100,3 +104,25 @@ async def test_a_paused_stream_still_shows_its_last_fragments():
         await wait_for(pilot, lambda: view.markdown.source == "first second", what="the batch")
         await view.end_stream()
         assert view.content == "first second"
+
+
+class OneMarkdown(App):
+    CSS_PATH = str(Path(tui.__file__).parent / "openchat.tcss")  # the chat app's stylesheet
+
+    def compose(self):
+        yield FlushMarkdown("first paragraph\n\nsecond paragraph")
+
+
+@pytest.mark.asyncio
+async def test_only_the_last_block_loses_its_bottom_margin():
+    app = OneMarkdown()
+    async with app.run_test() as pilot:
+        markdown = app.query_one(FlushMarkdown)
+        await pilot.pause()
+        first, second = markdown.children
+        assert first.styles.margin.bottom == 1 and second.styles.margin.bottom == 0
+        await markdown.append("\n\nthird paragraph")
+        await pilot.pause()
+        assert [b.styles.margin.bottom for b in markdown.children] == [1, 1, 0]
+        # Nothing in the app restyles its siblings on each mount (what made streaming slow).
+        assert not [w for w in app.screen.walk_children() if w._has_order_style]

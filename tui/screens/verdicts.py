@@ -12,11 +12,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Checkbox, DataTable, Markdown, Select, Static
+from textual.widgets import Checkbox, DataTable, Select, Static
 
 from store.catalog import CatalogError
 from tui.literal import cell, plain
 from tui.markdown_text import with_line_breaks
+from tui.widgets.flush_markdown import FlushMarkdown
 from tui.widgets.keybar import KeyBar
 from tui.verdicts_data import (ALL, VERDICT_CHOICES, QuestionDetail, Row, RunData, list_runs,
                                load_question, load_run, pairwise_summary)
@@ -277,7 +278,7 @@ class QuestionScreen(Screen):
                          else with_line_breaks(text))
         if detail.reference:
             parts.append("**Reference:** " + " / ".join(detail.reference))
-        question.compose_add_child(Markdown("\n\n".join(parts)))
+        question.compose_add_child(FlushMarkdown("\n\n".join(parts)))
         yield question
 
         answers = Horizontal(classes="answers")
@@ -294,7 +295,7 @@ class QuestionScreen(Screen):
             else:
                 text = "\n\n".join(f"**Turn {i}.**  \n{with_line_breaks(t)}"
                                    for i, t in enumerate(turns_, 1))
-            col.compose_add_child(Markdown(text))
+            col.compose_add_child(FlushMarkdown(text))
             answers.compose_add_child(col)
         yield answers
 

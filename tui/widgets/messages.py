@@ -1,9 +1,10 @@
 """Chat message widgets: one bordered block per message, and an error block.
 
 A streamed reply reaches its Markdown widget in batches at most FLUSH_S apart, not per token:
-each append re-lays out the message, so appending per token made a long reply quadratic
-(a 12k-character reply took 16 s; benchmarks/bench_tui.py). Every text is shown literally:
-labels and notes go through `plain`, never markup.
+each append re-lays out the message, so appending per token (with a `:last-child` rule that
+restyled every block on each mount, see flush_markdown.py) made a long reply quadratic: 12k
+characters took 16 s, 42.6k now take about 4.5 s (benchmarks/bench_tui.py). Every text is
+shown literally: labels and notes go through `plain`, never markup.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from textual.timer import Timer
 from textual.widgets.markdown import MarkdownStream
 
 from tui.literal import plain
+from tui.widgets.flush_markdown import FlushMarkdown
 from tui.markdown_text import LineBreaks, with_line_breaks
 
 FLUSH_S = 1 / 20  # at most this often a streamed reply's new text goes to the screen
@@ -55,7 +57,7 @@ class MessageView(Vertical, can_focus=True):
         return self._parts[0]
 
     def compose(self) -> ComposeResult:
-        yield Markdown(with_line_breaks(self.content))
+        yield FlushMarkdown(with_line_breaks(self.content))
 
     @property
     def markdown(self) -> Markdown:
