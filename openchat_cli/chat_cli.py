@@ -84,3 +84,5 @@ def chat_command(
         catalog.close()
     if app.catalog_error is not None:
         raise app.catalog_error
+    if app.return_code:  # the app crashed: Textual printed why; the exit status says so too
+        raise typer.Exit(app.return_code)

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from textual.app import App
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 
 from store.catalog import Catalog, CatalogError, open_catalog
 from tui.client import DEFAULT_ENDPOINT, ChatClient
@@ -60,6 +61,11 @@ class OpenChatApp(App):
                                  else open_catalog(catalog))
         self.endpoint_label = endpoint_label or short_endpoint(self.client.endpoint)
         self.catalog_error: CatalogError | None = None  # why the app ended early, if it did
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every notification is shown literally: they quote titles, model names and errors."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def _handle_exception(self, error: Exception) -> None:
         """A catalog that turns damaged or locked mid-session ends the app with its one line

@@ -43,9 +43,12 @@ def error(status: int, message: str, code: str, param: str | None = None) -> web
 
 
 class FakeServer:
-    def __init__(self, port: int = 0, chunk_delay: float = 0.03):
+    def __init__(self, port: int = 0, chunk_delay: float = 0.03, reply: str | None = None):
+        """`reply`: what a plain message gets instead of REPLY (the render benchmark sends
+        long Markdown with `chunk_delay=0`)."""
         self.port = port or _free_port()
         self.chunk_delay = chunk_delay
+        self.reply = reply
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
         self.completed = 0
@@ -109,7 +112,7 @@ class FakeServer:
         elif "LONG" in last:
             pieces, delay = [f"line {i}\n\n" for i in range(40)], 0.01
         else:
-            pieces = chunks_of(REPLY)
+            pieces = chunks_of(self.reply or REPLY)
         if not body.get("stream"):
             self.completed += 1
             return web.json_response({
@@ -132,7 +135,8 @@ class FakeServer:
         try:
             await response.write(event({"role": "assistant", "content": ""}))
             for piece in pieces:
-                await asyncio.sleep(delay)
+                if delay:
+                    await asyncio.sleep(delay)
                 await response.write(event({"content": piece}))
             await response.write(event({}, "stop"))
             await response.write(event({}, usage={"prompt_tokens": 5, "completion_tokens": len(pieces),

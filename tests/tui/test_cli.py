@@ -31,3 +31,18 @@ def test_needs_a_terminal(cli, catalog, seeded):
     for args in (["--verdicts", seed.PAIRWISE], ["--verdicts"], [seed.PAIRWISE[:6]], []):
         result = cli("chat", *args, expect=2)
         assert "needs a terminal" in result.stderr
+
+
+def test_a_crash_exits_non_zero(cli, catalog, monkeypatch):
+    """Whatever makes the app die, `openchat chat` must not exit 0 (a script, or tmux, would
+    take it for a clean quit). The fault is injected into the chat screen's start."""
+    from tui.screens.chat import ChatScreen
+
+    def broken_mount(self) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setenv("OPENCHAT_TUI_FORCE", "1")
+    monkeypatch.setenv("TEXTUAL_DRIVER", "textual.drivers.headless_driver:HeadlessDriver")
+    monkeypatch.setattr(ChatScreen, "on_mount", broken_mount)
+    result = cli("chat", "--endpoint", "http://127.0.0.1:9/v1", expect=None)
+    assert result.exit_code not in (0, None), result.output

@@ -5,7 +5,8 @@
 #   bash tests/tui/tmux_smoke.sh          (PYTHON=... to pick the interpreter)
 #
 # Checks: the model list arrives, a message gets a streamed Markdown reply, the help and the
-# verdicts screens open, ctrl+q quits, the chat is in the catalog, and `--chat ID` reopens it.
+# verdicts screens open, ctrl+q quits (exit 0), the chat is in the catalog, `--chat ID` reopens
+# it, and a chat titled with markup-like brackets (issue 14) shows literally on later starts.
 set -euo pipefail
 
 PY=${PYTHON:-python}
@@ -44,7 +45,7 @@ case "$BASE" in http://*) ;; *) echo "FAIL: fake server did not start: $BASE" >&
 export OPENCHAT_HOME="$WORK/home"
 run_tui() {  # ARGS...
     tmux new-session -d -s "$SESSION" -x 80 -y 24 \
-        "OPENCHAT_HOME='$OPENCHAT_HOME' '$PY' -m openchat_cli.app chat --endpoint '$BASE' $*; echo EXITED; sleep 30"
+        "OPENCHAT_HOME='$OPENCHAT_HOME' '$PY' -m openchat_cli.app chat --endpoint '$BASE' $*; echo EXITED \$?; sleep 30"
 }
 
 run_tui
@@ -65,7 +66,7 @@ wait_screen "No judge or grade runs"
 tmux send-keys -t "$SESSION" C-t
 wait_screen "Message…"
 tmux send-keys -t "$SESSION" C-q
-wait_screen "EXITED"
+wait_screen "EXITED 0"
 tmux kill-session -t "$SESSION"
 
 CHAT_ID=$("$PY" -m openchat_cli.app catalog list chats --json | "$PY" -c \
@@ -75,6 +76,23 @@ run_tui --chat "$CHAT_ID"
 wait_screen "Hello from tmux" 30
 wait_screen "Hello from tmux · connected"
 tmux send-keys -t "$SESSION" C-q
-wait_screen "EXITED"
+wait_screen "EXITED 0"
+
+tmux kill-session -t "$SESSION"
+
+# A first message that looks like markup becomes the title; every later start shows it.
+run_tui
+wait_screen "2 models served" 30
+tmux send-keys -t "$SESSION" -l "[/INST] what does [[A]] mean? [bold]"
+tmux send-keys -t "$SESSION" Enter
+wait_screen "fake-model · done" 15
+tmux send-keys -t "$SESSION" C-q
+wait_screen "EXITED 0"
+tmux kill-session -t "$SESSION"
+run_tui
+wait_screen "[/INST] what" 30
+wait_screen "2 models served" 30
+tmux send-keys -t "$SESSION" C-q
+wait_screen "EXITED 0"
 
 echo "tmux smoke: ok"

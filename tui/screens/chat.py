@@ -1,43 +1,34 @@
-"""The chat screen: chat list on the left, the conversation, an input line, and the footer.
+"""The chat screen: the chat list on the left, the conversation, an input line, the footer.
 
-Replies stream into a Markdown widget through `Markdown.get_stream`, which batches fragments
-so a fast model never starves the UI; the message list is anchored to the bottom so the view
-follows the reply until the user scrolls up. Esc cancels the reply worker: the partial reply
-stays on screen and is saved with `stopped: true`.
+The screen ties three parts together: the chat list (tui/widgets/chat_list.py) posts what the
+user picks, the conversation (tui/widgets/conversation.py) shows and streams messages, and
+the chat store (tui/chat_store.py) saves them in the catalog. It owns the server client, the
+dialogs and the reply worker. Esc cancels that worker: the partial reply stays on screen and
+is saved with `stopped: true`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Input, Label, Markdown, OptionList, Static
-from textual.widgets.option_list import Option
+from textual.widgets import Input, Static
 from textual.worker import Worker
 
 from store.catalog import CatalogError
+from tui.chat_store import ChatStore
 from tui.client import ChatError, ReplyInfo, classify
-from tui.markdown_text import LineBreaks
 from tui.screens.dialogs import ConfirmScreen, ModelPicker, RenameScreen
 from tui.screens.settings import ChatSettings, SettingsScreen
+from tui.widgets.chat_list import ChatList
+from tui.widgets.conversation import Conversation, ReplyOutcome, note_for
 from tui.widgets.keybar import KeyBar
-from tui.widgets.messages import ErrorView, MessageView
-
-WELCOME = """\
-Type a message below and press **enter**.
-
-- **esc** stops a reply · **ctrl+r** retries after an error
-- **ctrl+o** settings (system prompt, condition, temperature)
-- **ctrl+l** picks a model · **ctrl+t** judge verdicts
-- **F1** all keys
-"""
 
 
 def make_title(text: str, width: int = 40) -> str:
@@ -45,15 +36,6 @@ def make_title(text: str, width: int = 40) -> str:
     line = re.sub(r"\s+", " ", text.strip().splitlines()[0] if text.strip() else "").strip()
     line = line or "New chat"
     return line if len(line) <= width else line[: width - 1].rstrip() + "…"
-
-
-class ChatList(OptionList):
-    """Saved chats, newest first. enter opens, r renames, d deletes."""
-
-    BINDINGS = [
-        Binding("r", "screen.rename_highlighted", "Rename"),
-        Binding("d,delete", "screen.delete_highlighted", "Delete"),
-    ]
 
 
 class ChatScreen(Screen):
@@ -84,18 +66,14 @@ class ChatScreen(Screen):
         self.reply_worker: Worker | None = None
         self.settings = ChatSettings()
         self.model: str | None = None
-        self._chat_rows: list[dict] = []
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Static(id="topbar", markup=False)
         with Horizontal(id="body"):
-            with Vertical(id="sidebar"):
-                yield Label("Chats", id="sidebar-title")
-                yield ChatList(id="chats")
+            yield ChatList(id="sidebar")
             with Vertical(id="main"):
-                with VerticalScroll(id="messages"):
-                    yield Markdown(WELCOME, id="welcome")
+                yield Conversation(id="messages")
                 yield Static(id="status", markup=False)
                 yield Input(placeholder="Message… (enter sends · F1 help)", id="prompt")
         yield KeyBar()
@@ -114,8 +92,12 @@ class ChatScreen(Screen):
         self.load_models()
 
     @property
-    def catalog(self):
-        return self.app.catalog
+    def store(self) -> ChatStore:
+        return ChatStore(self.app.catalog)
+
+    @property
+    def conversation(self) -> Conversation:
+        return self.query_one("#messages", Conversation)
 
     @property
     def client(self):
@@ -155,24 +137,21 @@ class ChatScreen(Screen):
 
     # -- chat list -------------------------------------------------------------------------------
     def refresh_chat_list(self) -> None:
-        rows = self.catalog.recent_chats()
-        self._chat_rows = rows
-        chats = self.query_one("#chats", ChatList)
-        highlighted = None
-        chats.clear_options()
-        for i, row in enumerate(rows):
-            chats.add_option(Option(row["title"] or row["id"], id=row["id"]))
-            if row["id"] == self.chat_id:
-                highlighted = i
-        if highlighted is not None:
-            chats.highlighted = highlighted
-        self.query_one("#sidebar-title", Label).update(f"Chats ({len(rows)})" if rows else "Chats")
+        self.query_one(ChatList).show(self.store.recent(), self.chat_id)
 
-    @on(OptionList.OptionSelected, "#chats")
-    async def chat_selected(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id != self.chat_id:
-            await self.open_chat(event.option.id)
+    @on(ChatList.Open)
+    async def chat_selected(self, event: ChatList.Open) -> None:
+        if event.chat_id != self.chat_id:
+            await self.open_chat(event.chat_id)
         self.query_one("#prompt", Input).focus()
+
+    @on(ChatList.Rename)
+    def rename_requested(self, event: ChatList.Rename) -> None:
+        self.rename_chat(event.chat_id)
+
+    @on(ChatList.Delete)
+    def delete_requested(self, event: ChatList.Delete) -> None:
+        self.delete_chat(event.chat_id)
 
     async def open_chat(self, chat_id: str) -> None:
         """Show a saved chat and continue it (settings and model come back with it)."""
@@ -180,13 +159,13 @@ class ChatScreen(Screen):
             self.notify("A reply is streaming: press esc to stop it first.", severity="warning")
             return
         try:
-            row = self.catalog.get(chat_id)
+            chat = self.store.open(chat_id)
         except CatalogError as exc:
             self.notify(str(exc), severity="error")
             return
-        messages = self.catalog.chat_messages(row["id"])
-        self.chat_id = row["id"]
-        self.chat_title = row.get("title")
+        row = chat.row
+        self.chat_id = chat.id
+        self.chat_title = chat.title
         self.settings = ChatSettings.from_chat(row, self.app.default_settings)
         if row.get("model") and row["model"] != self.model:
             if self.models is None or row["model"] in self.models:
@@ -194,24 +173,9 @@ class ChatScreen(Screen):
             else:
                 self.notify(f"This chat was with {row['model']}, which the server does not list; "
                             f"continuing with {self.model}.", severity="warning")
-        self.history = [{"role": m["role"], "content": m["content"] or ""} for m in messages
-                        if m["role"] in ("user", "assistant")]
+        self.history = chat.history()
         self.last_error = None
-        container = self.query_one("#messages", VerticalScroll)
-        await container.remove_children()
-        views = []
-        for m in messages:
-            if m["role"] not in ("user", "assistant"):
-                continue
-            meta = m.get("meta") if isinstance(m.get("meta"), dict) else {}
-            label = "you" if m["role"] == "user" else (meta.get("model") or row.get("model"))
-            views.append(MessageView(m["role"], m["content"] or "", label=label,
-                                     note=_note(meta)))
-        if views:
-            await container.mount_all(views)
-        else:
-            await container.mount(Markdown(WELCOME, id="welcome"))
-        container.anchor()
+        await self.conversation.show_messages(chat.shown(), row.get("model"))
         self.refresh_chat_list()
         self.update_topbar()
         self.set_status(f"{self.chat_title} · {len(self.history)} messages · {self.chat_id}")
@@ -233,11 +197,7 @@ class ChatScreen(Screen):
             self.notify(f"Could not save the chat: {exc}", severity="error")
         self.save_message("user", text)
         self.history.append({"role": "user", "content": text})
-        container = self.query_one("#messages", VerticalScroll)
-        for welcome in container.query("#welcome"):
-            await welcome.remove()
-        await container.mount(MessageView("user", text, label="you"))
-        container.anchor()
+        await self.conversation.add_user(text)
         self.start_reply()
 
     def start_reply(self) -> None:
@@ -260,7 +220,6 @@ class ChatScreen(Screen):
                 pass
 
     async def _reply(self) -> None:
-        container = self.query_one("#messages", VerticalScroll)
         await self.clear_errors()
         self.last_error = None
         try:
@@ -273,49 +232,34 @@ class ChatScreen(Screen):
             self.streaming = False
             await self.show_error(exc)
             return
-        view = MessageView("assistant", "", label=self.model, classes="-streaming")
-        await container.mount(view)
-        container.anchor()
-        stream = Markdown.get_stream(view.markdown)
         info = ReplyInfo()
-        breaks = LineBreaks()
-        parts: list[str] = []
-        stopped = False
-        error: ChatError | None = None
         self.set_status(f"{self.model} is replying… esc stops", "-busy")
+        fragments = self.client.stream_chat(
+            model=self.model, messages=self.request_messages(),
+            temperature=self.settings.temperature, max_tokens=self.settings.max_tokens,
+            condition=self.settings.condition, info=info)
         try:
-            async for delta in self.client.stream_chat(
-                    model=self.model, messages=self.request_messages(),
-                    temperature=self.settings.temperature, max_tokens=self.settings.max_tokens,
-                    condition=self.settings.condition, info=info):
-                parts.append(delta)
-                view.content += delta
-                await stream.write(breaks.feed(delta))
-        except asyncio.CancelledError:
-            stopped = True
-        except ChatError as exc:
-            error = exc
+            outcome = await self.conversation.stream_reply(self.model, fragments)
         finally:
             self.streaming = False
-            try:
-                await stream.stop()
-            except Exception:  # noqa: BLE001 - the widget may be gone when the app quits
-                pass
-        text = "".join(parts)
-        await self.finish_reply(view, text, info, stopped=stopped, error=error)
+        await self.finish_reply(outcome, info)
 
-    async def finish_reply(self, view: MessageView, text: str, info: ReplyInfo, *,
-                           stopped: bool, error: ChatError | None) -> None:
+    @on(Conversation.ReplyEnded)
+    def reply_ended(self, event: Conversation.ReplyEnded) -> None:
+        self.sync_bindings()
+
+    async def finish_reply(self, outcome: ReplyOutcome, info: ReplyInfo) -> None:
+        """Save the reply (first: this also runs when the app quits mid-reply), then say how
+        it ended."""
+        view, text, stopped, error = outcome.view, outcome.text, outcome.stopped, outcome.error
         meta: dict[str, Any] = info.meta()
         if stopped:
             meta["stopped"] = True
         if error:
             meta["error"] = error.message
         if text:
-            # Saved first: this also runs when the app quits mid-reply.
             self.history.append({"role": "assistant", "content": text})
             self.save_message("assistant", text, meta)
-        view.remove_class("-streaming")
         if not text:
             await view.remove()
             if error:
@@ -326,7 +270,7 @@ class ChatScreen(Screen):
                 self.set_status("The model returned an empty reply. ctrl+r asks again.", "-warn")
             self.sync_bindings()
             return
-        view.set_note(_note(meta), "-stopped" if stopped else "-broken" if error else None)
+        view.set_note(note_for(meta), "-stopped" if stopped else "-broken" if error else None)
         if error:
             await self.show_error(error)
             return
@@ -340,26 +284,21 @@ class ChatScreen(Screen):
 
     async def show_error(self, error: ChatError) -> None:
         self.last_error = error
-        container = self.query_one("#messages", VerticalScroll)
-        for welcome in container.query("#welcome"):
-            await welcome.remove()
-        await container.mount(ErrorView(error.message, error.hint, kind=error.kind))
-        container.anchor()
+        await self.conversation.show_error(error)
         self.set_status(error.message, "-error")
         self.sync_bindings()
         if error.kind == "not_found":
             self.models = None  # list again on the next try
 
     async def clear_errors(self) -> None:
-        for view in self.query(ErrorView):
-            await view.remove()
+        await self.conversation.clear_errors()
 
     # -- persistence -----------------------------------------------------------------------------
     def ensure_chat(self, first_message: str) -> None:
         if self.chat_id is not None:
             return
         self.chat_title = make_title(first_message)
-        self.chat_id = self.catalog.add_chat(
+        self.chat_id = self.store.create(
             title=self.chat_title, endpoint=self.client.endpoint, model=self.model,
             system=self.settings.system, condition=self.settings.condition,
             settings=self.settings.generation())
@@ -369,7 +308,7 @@ class ChatScreen(Screen):
         if self.chat_id is None:
             return
         try:
-            self.catalog.add_chat_message(self.chat_id, role, content, meta)
+            self.store.add_message(self.chat_id, role, content, meta)
         except CatalogError as exc:
             self.notify(f"Could not save the message: {exc}", severity="error")
             return
@@ -421,7 +360,7 @@ class ChatScreen(Screen):
         if choice and choice != self.model:
             self.model = choice
             if self.chat_id:
-                self.catalog.update("chats", self.chat_id, model=choice)
+                self.store.set_model(self.chat_id, choice)
             self.update_topbar()
             self.set_status(f"Now talking to {choice}.")
 
@@ -456,30 +395,24 @@ class ChatScreen(Screen):
         self.history = []
         self.last_error = None
         self.settings = ChatSettings(**self.app.default_settings.as_dict())
-        container = self.query_one("#messages", VerticalScroll)
-        await container.remove_children()
-        await container.mount(Markdown(WELCOME, id="welcome"))
-        self.query_one("#chats", ChatList).highlighted = None
+        await self.conversation.show_welcome()
+        self.query_one(ChatList).clear_highlight()
         self.update_topbar()
         self.set_status("New chat: it is saved when you send the first message.")
         self.query_one("#prompt", Input).focus()
         self.sync_bindings()
 
     def action_copy_last(self) -> None:
-        replies = [v for v in self.query(MessageView) if v.role == "assistant"]
-        if not replies:
+        reply = self.conversation.last_reply()
+        if reply is None:
             self.notify("No reply to copy yet.", severity="warning")
             return
-        replies[-1].action_copy()
+        reply.action_copy()
 
     def action_scroll_messages(self, direction: int) -> None:
         """Page through the conversation without leaving the input (scrolling up stops the
         view from following a streaming reply; scrolling back to the end resumes it)."""
-        container = self.query_one("#messages", VerticalScroll)
-        if direction < 0:
-            container.scroll_page_up(animate=False)
-        else:
-            container.scroll_page_down(animate=False)
+        self.conversation.page(direction)
 
     def action_toggle_sidebar(self) -> None:
         sidebar = self.query_one("#sidebar")
@@ -492,39 +425,26 @@ class ChatScreen(Screen):
             return
         self.settings = result
         if self.chat_id:
-            self.catalog.update("chats", self.chat_id, system=result.system,
-                                condition=result.condition, settings=result.generation())
+            self.store.save_settings(self.chat_id, system=result.system,
+                                     condition=result.condition, settings=result.generation())
         self.update_topbar()
         self.set_status("Settings saved; they apply from the next message.")
-
-    def _highlighted_chat(self) -> str | None:
-        chats = self.query_one("#chats", ChatList)
-        if chats.highlighted is None:
-            return None
-        return chats.get_option_at_index(chats.highlighted).id
 
     def action_rename(self) -> None:
         self.rename_chat(self.chat_id)
 
-    def action_rename_highlighted(self) -> None:
-        self.rename_chat(self._highlighted_chat())
-
     def action_delete(self) -> None:
         self.delete_chat(self.chat_id)
-
-    def action_delete_highlighted(self) -> None:
-        self.delete_chat(self._highlighted_chat())
 
     @work(exclusive=True, group="dialog")
     async def rename_chat(self, chat_id: str | None) -> None:
         if chat_id is None:
             self.notify("This chat is not saved yet: send a message first.", severity="warning")
             return
-        row = self.catalog.get(chat_id)
-        title = await self.app.push_screen_wait(RenameScreen(row.get("title") or ""))
+        title = await self.app.push_screen_wait(RenameScreen(self.store.title_of(chat_id)))
         if not title:
             return
-        self.catalog.update("chats", chat_id, title=title)
+        self.store.rename(chat_id, title)
         if chat_id == self.chat_id:
             self.chat_title = title
         self.refresh_chat_list()
@@ -535,27 +455,16 @@ class ChatScreen(Screen):
         if chat_id is None:
             self.notify("This chat is not saved yet; nothing to delete.", severity="warning")
             return
-        row = self.catalog.get(chat_id)
+        title = self.store.title_of(chat_id)
         if not await self.app.push_screen_wait(
-                ConfirmScreen(f"Delete the chat “{row.get('title')}” and its messages?")):
+                ConfirmScreen(f"Delete the chat “{title}” and its messages?")):
             return
         if chat_id == self.chat_id:
             if self.streaming:
                 self.notify("A reply is streaming: press esc to stop it first.", severity="warning")
                 return
             await self.action_new_chat()
-        self.catalog.remove(chat_id)
+        self.store.delete(chat_id)
         self.refresh_chat_list()
-        self.set_status(f"Deleted “{row.get('title')}”.")
+        self.set_status(f"Deleted “{title}”.")
 
-
-def _note(meta: dict | None) -> str | None:
-    if not meta:
-        return None
-    if meta.get("stopped"):
-        return "stopped"
-    if meta.get("error"):
-        return "broken off"
-    if meta.get("finish_reason") == "length":
-        return "max tokens"
-    return None

@@ -10,6 +10,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from tui.literal import plain
+
 
 class RenameScreen(ModalScreen[str | None]):
     """Ask for a new chat title."""
@@ -88,7 +90,7 @@ class ModelPicker(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Pick a model (from /v1/models)", classes="dialog-title")
-            options = [Option(("● " if m == self.current else "  ") + m, id=m) for m in self.models]
+            options = [Option(plain(("● " if m == self.current else "  ") + m), id=m) for m in self.models]
             yield OptionList(*options, id="models")
 
     def on_mount(self) -> None:

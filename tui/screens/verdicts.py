@@ -12,10 +12,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Checkbox, DataTable, Markdown, Select, Static
+from textual.widgets import Checkbox, DataTable, Select, Static
 
 from store.catalog import CatalogError
+from tui.literal import cell, plain
 from tui.markdown_text import with_line_breaks
+from tui.widgets.flush_markdown import FlushMarkdown
 from tui.widgets.keybar import KeyBar
 from tui.verdicts_data import (ALL, VERDICT_CHOICES, QuestionDetail, Row, RunData, list_runs,
                                load_question, load_run, pairwise_summary)
@@ -69,8 +71,8 @@ class RunsScreen(Screen):
         for run in runs:
             mode = "grade" if run.kind == "grade" else run.mode
             result = run.summary if run.status in ("completed", "") else f"{run.status} · {run.summary}"
-            table.add_row(run.id, mode, result, run.compared, run.judge or "–",
-                          str(run.questions), run.created_at.replace("T", " "), key=run.id)
+            table.add_row(*map(cell, (run.id, mode, result, run.compared, run.judge or "–",
+                                      run.questions, run.created_at.replace("T", " "))), key=run.id)
         empty = self.query_one("#empty", Static)
         empty.display = not runs
         table.display = bool(runs)
@@ -120,7 +122,7 @@ class RunScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(self.header_text(), id="topbar", markup=False)
         with Horizontal(id="filters"):
-            yield Select([("all categories", ALL)] + [(c, c) for c in self.data.categories],
+            yield Select([("all categories", ALL)] + [(plain(c), c) for c in self.data.categories],
                          value=ALL, allow_blank=False, id="category")
             yield Select([("all verdicts", ALL)] + [(v, v) for v in VERDICT_CHOICES[self.data.mode]],
                          value=ALL, allow_blank=False, id="verdict")
@@ -180,7 +182,7 @@ class RunScreen(Screen):
                 j = row.judgments[-1]
                 meta = j.get("meta") if isinstance(j.get("meta"), dict) else {}
                 cells += [styled(row.outcome), _short(j.get("raw")), _short(meta.get("expected"))]
-            table.add_row(*cells, key=f"{row.question_id}\x00{row.turn}")
+            table.add_row(*map(cell, cells), key=f"{row.question_id}\x00{row.turn}")
         total = len(self.data.rows)
         flips = sum(r.flipped for r in self.data.rows)
         text = f"{len(self.rows)} of {total} rows · enter opens a question"
@@ -276,7 +278,7 @@ class QuestionScreen(Screen):
                          else with_line_breaks(text))
         if detail.reference:
             parts.append("**Reference:** " + " / ".join(detail.reference))
-        question.compose_add_child(Markdown("\n\n".join(parts)))
+        question.compose_add_child(FlushMarkdown("\n\n".join(parts)))
         yield question
 
         answers = Horizontal(classes="answers")
@@ -285,7 +287,7 @@ class QuestionScreen(Screen):
             columns.append((f"B · {d.model_b}", detail.answer_b or []))
         for title, turns_ in columns:
             col = Vertical(classes="answer")
-            col.border_title = title
+            col.border_title = plain(title)
             if not turns_:
                 text = "(no answer stored)"
             elif len(turns_) == 1:
@@ -293,15 +295,15 @@ class QuestionScreen(Screen):
             else:
                 text = "\n\n".join(f"**Turn {i}.**  \n{with_line_breaks(t)}"
                                    for i, t in enumerate(turns_, 1))
-            col.compose_add_child(Markdown(text))
+            col.compose_add_child(FlushMarkdown(text))
             answers.compose_add_child(col)
         yield answers
 
         for j in detail.judgments:
             box = Vertical(classes="judgment")
-            box.border_title = self.judgment_title(j)
+            box.border_title = plain(self.judgment_title(j))
             verdict = self.verdict_line(j)
-            box.border_subtitle = verdict.plain
+            box.border_subtitle = plain(verdict.plain)
             box.compose_add_child(Static(verdict, classes="verdict"))
             box.compose_add_child(Static(j.get("raw") or "(no text)", markup=False, classes="raw"))
             if not j.get("parse_ok", 1):

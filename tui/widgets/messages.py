@@ -1,13 +1,28 @@
-"""Chat message widgets: one bordered Markdown block per message, and an error block."""
+"""Chat message widgets: one bordered block per message, and an error block.
+
+A streamed reply reaches its Markdown widget in batches at most FLUSH_S apart, not per token:
+each append re-lays out the message, so appending per token (with a `:last-child` rule that
+restyled every block on each mount, see flush_markdown.py) made a long reply quadratic: 12k
+characters took 16 s, 42.6k now take about 4.5 s (benchmarks/bench_tui.py). Every text is
+shown literally: labels and notes go through `plain`, never markup.
+"""
 
 from __future__ import annotations
+
+import time
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
+from textual.timer import Timer
+from textual.widgets.markdown import MarkdownStream
 
-from tui.markdown_text import with_line_breaks
+from tui.literal import plain
+from tui.widgets.flush_markdown import FlushMarkdown
+from tui.markdown_text import LineBreaks, with_line_breaks
+
+FLUSH_S = 1 / 20  # at most this often a streamed reply's new text goes to the screen
 
 
 class MessageView(Vertical, can_focus=True):
@@ -23,21 +38,67 @@ class MessageView(Vertical, can_focus=True):
                  note: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.role = role
-        self.content = content
+        self._parts = [content]
         self.add_class(f"-{role}")
-        self.border_title = label or ("you" if role == "user" else "assistant")
+        self.border_title = plain(label or ("you" if role == "user" else "assistant"))
         if note:
-            self.border_subtitle = note
+            self.border_subtitle = plain(note)
+        self._breaks: LineBreaks | None = None
+        self._stream: MarkdownStream | None = None
+        self._unshown: list[str] = []
+        self._shown_at = 0.0
+        self._timer: Timer | None = None
+
+    @property
+    def content(self) -> str:
+        """The message's text as written (before line breaks are made hard)."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0]
 
     def compose(self) -> ComposeResult:
-        yield Markdown(with_line_breaks(self.content))
+        yield FlushMarkdown(with_line_breaks(self.content))
 
     @property
     def markdown(self) -> Markdown:
         return self.query_one(Markdown)
 
+    async def start_stream(self) -> None:
+        """Get ready to show a reply that arrives in fragments (`write`, then `end_stream`)."""
+        self._breaks = LineBreaks()
+        self._stream = Markdown.get_stream(self.markdown)
+
+    async def write(self, fragment: str) -> None:
+        """Add a fragment of the reply. Fragments are shown in batches at most FLUSH_S apart:
+        a model (or a fast server) sends far more fragments than the screen can show."""
+        self._parts.append(fragment)
+        self._unshown.append(fragment)
+        if time.monotonic() - self._shown_at >= FLUSH_S:
+            await self._show()
+        elif self._timer is None:  # shown soon even if no fragment follows
+            self._timer = self.set_timer(FLUSH_S, self._show)
+
+    async def _show(self) -> None:
+        """Pass the unshown text to the Markdown stream (which batches further while busy)."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if self._breaks is None or self._stream is None or not self._unshown:
+            return
+        text, self._unshown = "".join(self._unshown), []
+        self._shown_at = time.monotonic()
+        await self._stream.write(self._breaks.feed(text))
+
+    async def end_stream(self) -> None:
+        """Show what is still queued and stop streaming."""
+        if self._stream is not None:
+            if self._unshown:
+                await self._show()
+            stream, self._stream = self._stream, None
+            await stream.stop()
+
     def set_note(self, note: str | None, cls: str | None = None) -> None:
-        self.border_subtitle = note or ""
+        self.border_subtitle = plain(note or "")
         if cls:
             self.add_class(cls)
 
@@ -60,7 +121,7 @@ class ErrorView(Static):
 
     def __init__(self, message: str, hint: str = "", *, kind: str = "error", **kwargs) -> None:
         text = message + (f"\n{hint}" if hint else "")
-        super().__init__(text, markup=False, **kwargs)
+        super().__init__(plain(text), markup=False, **kwargs)
         self.kind = kind
         self.border_title = {"unreachable": "server unreachable", "auth": "not authorized",
                              "not_found": "model not found", "context": "too long",
