@@ -20,7 +20,7 @@ from openchat_cli.eval.client import (
 )
 from openchat_cli.eval.questions import Question, QuestionSet
 from openchat_cli.eval.suites import SUITE_FORMAT, load_question_source
-from openchat_cli.eval.runs import Interrupted, claimed_pool, eval_row, finish, run_guarded
+from openchat_cli.eval.runs import Interrupted, checkpoint_id, claimed_pool, eval_row, finish, run_guarded
 from store.claims import UnitClaims
 from store.catalog import Catalog, CatalogError, looks_like_id
 
@@ -124,18 +124,15 @@ def discover_checkpoint(cat: Catalog, base_url: str) -> str | None:
 
 
 def _resolve_checkpoint(cat: Catalog, opts: AnswerOptions, model: str, base_url: str) -> str | None:
-    ref = opts.checkpoint or (model if looks_like_id(model) and model.startswith("ck-") else None)
-    if not ref:
+    if opts.checkpoint:
+        return checkpoint_id(cat, opts.checkpoint)
+    if not (looks_like_id(model) and model.startswith("ck-")):
         return discover_checkpoint(cat, base_url)
-    try:
-        full = cat.resolve(ref)
+    try:  # a served model named by its checkpoint id: lineage when the catalog knows it
+        full = cat.resolve(model)
     except CatalogError:
-        if opts.checkpoint:
-            raise
         return None
-    if cat.table_of(full) != "checkpoints":
-        raise OpenchatError(f"--checkpoint {ref} is not a checkpoint id")
-    return full
+    return full if cat.table_of(full) == "checkpoints" else None
 
 
 def answer_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retries: int = 0) -> dict[str, Any]:

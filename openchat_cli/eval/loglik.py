@@ -44,7 +44,7 @@ from openchat_cli.eval.client import (
     _describe_failure,
 )
 from openchat_cli.eval.mc_tasks import McItem, McTask, load_task
-from openchat_cli.eval.runs import Interrupted, eval_row, finish, run_guarded, worker_pool
+from openchat_cli.eval.runs import Interrupted, checkpoint_id, eval_row, finish, run_guarded, worker_pool
 from store.catalog import Catalog, looks_like_id
 
 KIND = "loglik"
@@ -316,7 +316,7 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
     else:
         checkpoint = None
         if opts.checkpoint:
-            checkpoint = eval_checkpoint(cat, opts.checkpoint)
+            checkpoint = checkpoint_id(cat, opts.checkpoint)
         else:
             checkpoint = discover_checkpoint(cat, base_url)
         fields = dict(kind=KIND, name=opts.name or model, questions_path=str(task.path),
@@ -388,15 +388,3 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
     status = "completed" if metrics["scored"] >= len(items) else "failed"
     finish(cat, run_id, status, metrics)
     return LoglikResult(run_id, resumed, len(items), already, counter["scored"], errors, status, metrics)
-
-
-def eval_checkpoint(cat: Catalog, ref: str) -> str:
-    from store.catalog import CatalogError
-
-    try:
-        full = cat.resolve(ref)
-    except CatalogError as exc:
-        raise OpenchatError(str(exc)) from None
-    if cat.table_of(full) != "checkpoints":
-        raise OpenchatError(f"--checkpoint {ref} is not a checkpoint id")
-    return full

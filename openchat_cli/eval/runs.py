@@ -160,6 +160,17 @@ def eval_row(cat: Catalog, ref: str, kind: str | None = None) -> dict[str, Any]:
     return row
 
 
+def checkpoint_id(cat: Catalog, ref: str) -> str:
+    """The checkpoint a `--checkpoint` id (or unique prefix) names; anything else is an error."""
+    try:
+        full = cat.resolve(ref)
+    except CatalogError as exc:
+        raise OpenchatError(str(exc)) from None
+    if cat.table_of(full) != "checkpoints":
+        raise OpenchatError(f"--checkpoint {ref} is not a checkpoint id")
+    return full
+
+
 def finish(cat: Catalog, run_id: str, status: str, metrics: dict[str, Any] | None = None) -> None:
     fields: dict[str, Any] = {"status": status}
     if metrics is not None:
