@@ -29,15 +29,17 @@ _openchat() {
         "data split") words="--eval --eval-out --force --help --home --json --seed --train-out" ;;
         "data stats") words="--help --home --json --model --template -m" ;;
         "data tokenize") words="--chunk-size --force --help --home --json --max-len --model --name --out --template --workers -m -o" ;;
-        "eval") words="answer export grade judge loglik report --help" ;;
+        "eval") words="answer export grade judge loglik perplexity report --help" ;;
         "eval answer") words="--api-key --checkpoint --concurrency --endpoint --help --home --json --limit --max-tokens --model --name --new --retries --retry-wait --run --system --temperature -c -e -m -t" ;;
         "eval export") words="--format --help --home --output -f -o" ;;
         "eval grade") words="--help --home --json" ;;
         "eval judge") words="--baseline --concurrency --help --home --json --judge-api-key --judge-endpoint --judge-model --max-tokens --mode --name --new --prompts --retries --retry-wait --run -b -c" ;;
         "eval loglik") words="--api-key --bos --checkpoint --concurrency --endpoint --help --home --json --limit --model --name --new --no-bos --retries --retry-wait --run --task-format -c -e -f -m" ;;
+        "eval perplexity") words="--buckets --dtype --help --home --json --max-len --tokens-per-batch" ;;
         "eval report") words="--baseline --help --home --json --plot -b" ;;
-        "model") words="add-tokens info init merge-lora --help" ;;
-        "model add-tokens") words="--force --help --home --json --template --token" ;;
+        "model") words="add-tokens extend-context info init merge-lora --help" ;;
+        "model add-tokens") words="--force --help --home --init --json --seed --std --template --token" ;;
+        "model extend-context") words="--force --help --home --json --max-len --rope-scaling" ;;
         "model info") words="--help --home --json" ;;
         "model init") words="--force --help --home --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
         "model merge-lora") words="--base --force --help --home --json" ;;
@@ -50,7 +52,7 @@ _openchat() {
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval report"|"model"|"model add-tokens"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"model"|"model add-tokens"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

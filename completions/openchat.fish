@@ -14,17 +14,19 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_
 complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
 complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
 complete -c openchat -n '__fish_use_subcommand' -a eval -d 'Generate answers, judge them with an LLM, grade and report.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer);'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a loglik -d 'Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer);'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a loglik -d 'Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a perplexity -d 'Mean loss and perplexity on the supervised tokens of held-out data, by token position (packed, no padding).'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
 complete -c openchat -n '__fish_use_subcommand' -a model -d 'Make tiny models, add special tokens, merge LoRA adapters.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a add-tokens -d 'Add special tokens to a model; new embedding rows start at the mean of the existing ones.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a init -d 'Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads).'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -a merge-lora -d 'Fold a LoRA adapter into its base model: a plain model dir that serves without peft.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a add-tokens -d 'Add special tokens to a model; new input and output embedding rows start at the mean of the'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a extend-context -d 'Give a RoPE model a longer context: config, tokenizer and openchat.json follow; weights are shared.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a init -d 'Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads).'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a merge-lora -d 'Fold a LoRA adapter into its base model: a plain model dir that serves without peft.'
 complete -c openchat -n '__fish_use_subcommand' -a quickstart -d 'Run the whole loop on CPU: data → train → serve → eval, before/after.'
 complete -c openchat -n '__fish_use_subcommand' -a serve -d 'Serve a checkpoint behind an OpenAI-compatible API.'
 complete -c openchat -n '__fish_use_subcommand' -a train -d 'Fine-tune a model on a tokenized dataset (packed, weighted, DeepSpeed).'
@@ -129,7 +131,7 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l workers
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s m
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s o
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik report' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -l help
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l api-key
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l checkpoint
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l concurrency
@@ -199,19 +201,35 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s e
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s f
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s m
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l buckets
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l dtype
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l json
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l max-len
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l tokens-per-batch
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l baseline
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l help
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l plot
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -s b
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens info init merge-lora' -l help
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l home
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l init
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l json
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l std
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l template
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l token
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l force
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l help
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l home
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l json
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l max-len
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l rope-scaling
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from info' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from info' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from info' -l json

@@ -275,14 +275,9 @@ def tokenize_command(
 
 
 def _max_positions(model_dir: Path) -> int | None:
-    import json
+    from openchat_cli.model.context import context_length
 
-    config = model_dir / "config.json"
-    try:
-        value = json.loads(config.read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
-        return None
-    return int(value) if isinstance(value, int) and value > 0 else None
+    return context_length(model_dir)
 
 
 def _count_lines(path: Path) -> int:

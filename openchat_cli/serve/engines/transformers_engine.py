@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from openchat_cli.model.context import context_length
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -102,7 +103,7 @@ class TransformersEngine(Engine):
             raise EngineError(f"cannot load the model in {model_dir}: {exc}") from None
         config = self.model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        positions = getattr(text_config, "max_position_embeddings", None) or 2048
+        positions = context_length(model_dir) or getattr(text_config, "max_position_embeddings", None) or 2048
         self.context_length = int(min(max_model_len, positions) if max_model_len else positions)
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_prefill_tokens = max(1, int(max_prefill_tokens))
