@@ -15,7 +15,8 @@ from openchat_cli.errors import OpenchatError
 
 app = typer.Typer(no_args_is_help=True)
 
-FORMAT_HELP = "Force the record format: auto | sharegpt | html | alpaca | dolly | openai."
+FORMAT_HELP = ("Force the record format: auto | sharegpt | html | alpaca | dolly | openai, or a preference "
+               "format: trl | hh | rm-static | webgpt | shp | gpt4llm.")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -49,7 +50,7 @@ def _warn(lines) -> None:
 def clean_command(
     inputs: list[str] = typer.Argument(..., metavar="INPUT",
                                        help="Files or folders (JSON, JSONL, saved HTML pages) or catalog dataset ids."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output conversations JSONL (default: HOME/datasets/NAME.clean.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output conversations or pairs JSONL (default: HOME/datasets/NAME.clean.jsonl); an input mixing both writes the other kind to OUT.pairs.jsonl / OUT.conversations.jsonl."),
     fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     html: str = typer.Option("auto", "--html", help="Convert HTML replies to Markdown: auto (when a reply is HTML) | always | never."),
     skip_checks: list[str] = typer.Option([], "--skip-check", help="Switch off a structure check (repeatable): empty_message, leading_assistant, trailing_user, one_turn, non_alternating, too_short, misplaced_system, no_trainable_reply."),
@@ -73,7 +74,8 @@ def clean_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,
-    OpenAI messages) into conversations JSONL; every dropped record is reported with a reason."""
+    OpenAI messages) into conversations JSONL, and preference data (TRL, Anthropic HH, rm-static,
+    WebGPT, SHP, GPT-4-LLM) into pairs JSONL; every dropped record is reported with a reason."""
     from openchat_cli.data.clean import CleanOptions, parse_pairs, run_clean
     from openchat_cli.data.formats import FORMATS
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, side_path
@@ -100,12 +102,26 @@ def clean_command(
     )
     dropped_path = side_path(out, "dropped")
     catalog = open_catalog()  # a damaged or unreachable catalog stops the command before any work
+    other_paths: dict[str, Path] = {}
+    other_files: list = []
+
+    def open_other(kind: str):
+        """The second output, for the kind the first kept record was not (a mixed input)."""
+        other_paths[kind] = side_path(out, kind)
+        _check_out(other_paths[kind], force)
+        other_files.append(staged.open(other_paths[kind], "wb"))
+        return other_files[-1]
+
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
             task = bar.add_task("cleaning", total=None, info="")
             with staged.open(out, "wb") as out_fh, staged.open(dropped_path, "wb") as drop_fh:
                 tick = (lambda: bar.advance(task)) if err_console.is_terminal else None
-                result = run_clean(paths, out_fh, drop_fh, options, on_record=tick)
+                try:
+                    result = run_clean(paths, out_fh, drop_fh, options, on_record=tick, open_other=open_other)
+                finally:
+                    for fh in other_files:
+                        fh.close()
         _warn_stale(staged)
         if result.kept == 0:
             _warn(result.report.warnings[:20])
@@ -116,19 +132,31 @@ def clean_command(
             parents = list(dict.fromkeys(
                 ensure_registered(p, "raw", given, catalog=catalog, num_records=result.report.files.get(str(p)))
                 for p, given in resolved))
-            return catalog.add_dataset(
-                name=name or out.name, path=out, format="conversations", parent_id=parents[0] if parents else None,
-                parents=parents[1:], content_hash=result.content_hash, num_records=result.kept, counts=counts,
-                meta={"inputs": [str(p) for p in paths], "options": options.describe(),
-                      "dropped_path": str(dropped_path.resolve())})
+            made = {}
+            for kind, path in [(result.main_kind, out), *other_paths.items()]:
+                made[kind] = catalog.add_dataset(
+                    name=(name or out.name) if path == out else path.name, path=path, format=kind,
+                    parent_id=parents[0] if parents else None, parents=parents[1:],
+                    content_hash=result.content_hashes.get(kind), num_records=result.kinds[kind], counts=counts,
+                    meta={"inputs": [str(p) for p in paths], "options": options.describe(), "kind": kind,
+                          "dropped_path": str(dropped_path.resolve())})
+            for kind, ds_id in made.items():
+                for other, other_id in made.items():
+                    if other != kind:
+                        catalog.link(ds_id, other_id, "cleaned-with")
+            others.update({k: v for k, v in made.items() if k != result.main_kind})
+            return made[result.main_kind]
 
+        others: dict[str, str] = {}
         ds = staged.publish(register, catalog)
 
     _warn(result.report.warnings[:20])
     if result.report.warning_count > 20:
         _warn([f"… {result.report.warning_count - 20} more warnings (in the catalog entry's counts)"])
     if as_json:
-        print_json({"id": ds, "path": str(out), "dropped_path": str(dropped_path), "counts": counts})
+        print_json({"id": ds, "path": str(out), "kind": result.main_kind, "dropped_path": str(dropped_path),
+                    "counts": counts, "other": {k: {"id": v, "path": str(other_paths[k]), "records": result.kinds[k]}
+                                                for k, v in others.items()}})
         return
     if result.dropped:
         rows = [(reason, f"{result.dropped[reason]:,}", f"{100 * result.dropped[reason] / max(result.read, 1):.1f}%",
@@ -141,9 +169,12 @@ def clean_command(
         console.print(table("kept by condition", ["condition", "conversations", "weight"],
                             [(c, f"{n:,}", options.weights.get(c, options.default_weight) if condition_from else "")
                              for c, n in result.conditions.most_common()]))
+    for kind, other_id in others.items():
+        console.print(f"the input mixes conversations and pairs: {result.kinds[kind]:,} {kind} → "
+                      f"{other_paths[kind]} as [bold]{other_id}[/]", highlight=False)
     console.print(
-        f"read [bold]{result.read:,}[/], kept [bold green]{result.kept:,}[/], dropped "
-        f"[bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
+        f"read [bold]{result.read:,}[/], kept [bold green]{result.kinds[result.main_kind]:,}[/] {result.main_kind}, "
+        f"dropped [bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
         + (f"\ndropped records (id, file, line, reason): {dropped_path}" if result.dropped else ""),
         highlight=False)
 
