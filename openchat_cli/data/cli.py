@@ -203,7 +203,7 @@ def _nothing_kept(result, staged, out: Path, dropped_path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 @app.command("tokenize")
 def tokenize_command(
-    input: str = typer.Argument(..., metavar="INPUT", help="Conversations JSONL (from `data clean`) or its catalog id."),
+    input: str = typer.Argument(..., metavar="INPUT", help="Conversations or pairs JSONL (from `data clean` / `data pairs`) or its catalog id."),
     model: str = typer.Option(..., "--model", "-m", help="Model dir or checkpoint id whose tokenizer to use."),
     template_name: Optional[str] = typer.Option(None, "--template", help="Conversation template (default: the model's openchat.json)."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per training sequence; longer conversations are split at turn boundaries (default: the model's max positions, at most 4096)."),
@@ -215,7 +215,8 @@ def tokenize_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
-    splitting long conversations at turn boundaries instead of cutting them."""
+    splitting long conversations at turn boundaries instead of cutting them; preference pairs
+    become chosen/rejected sequences sharing the prompt (for `train --method dpo|rm`)."""
     from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template, tokenizer_hash
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, sha256_file
     from openchat_cli.data.tokenize import tokenize_file
@@ -249,7 +250,10 @@ def tokenize_command(
     if not model_id:
         row = catalog.find_by_path("checkpoints", model_dir)
         model_id = row["id"] if row else None
-    parent = ensure_registered(src, "conversations", given, catalog=catalog)
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+
+    pairs_input = sniff_pairs(src)
+    parent = ensure_registered(src, "pairs" if pairs_input else "conversations", given, catalog=catalog)
     thash = tokenizer_hash(tokenizer)
 
     def metadata(stats):
@@ -258,6 +262,9 @@ def tokenize_command(
                                      "model": str(model_dir.resolve()), "model_id": model_id},
                              stats=stats.to_dict())
 
+    if pairs_input:
+        return _tokenize_pairs(src, out, template, tname, tokenizer, thash, max_len, chunk_size, workers, parent,
+                               model_dir, model_id, name, catalog, as_json)
     total = _count_lines(src) if err_console.is_terminal else None
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
@@ -301,6 +308,72 @@ def tokenize_command(
         ("dropped, nothing to train on", f"{s.dropped_no_targets:,} sequences"),
         ("malformed", f"{s.malformed:,}"), ("tokens", f"{s.tokens:,}"),
         ("supervised tokens", f"{s.supervised_tokens:,}"), ("longest", f"{s.longest:,}"),
+    ]))
+    console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
+
+
+def _tokenize_pairs(src: Path, out: Path, template, tname: str, tokenizer, thash: str, max_len: int, chunk_size: int,
+                    workers: int, parent: str, model_dir: Path, model_id: str | None, name: str | None, catalog,
+                    as_json: bool) -> None:
+    """`data tokenize` of a pairs JSONL: the pairs Parquet (openchat_cli.tokenized), registered
+    as `tokenized-pairs`."""
+    from openchat_cli.data.io import StagedOutputs, sha256_file
+    from openchat_cli.data.tokenize_pairs import tokenize_pairs_file
+    from openchat_cli.tokenized import PAIRS_KIND, make_metadata
+
+    if workers:
+        err_console.print("[yellow]warning:[/] --workers is not used for pairs (encoded in this process)")
+
+    def metadata(stats):
+        return make_metadata(template=tname, tokenizer_hash=thash, max_len=max_len, kind=PAIRS_KIND,
+                             source={"path": str(src.resolve()), "dataset_id": parent,
+                                     "model": str(model_dir.resolve()), "model_id": model_id},
+                             stats=stats.to_dict())
+
+    total = _count_lines(src) if err_console.is_terminal else None
+    with StagedOutputs() as staged:
+        with progress(transient=True) as bar:
+            task = bar.add_task("tokenizing pairs", total=total, info="")
+            tmp = staged.path(out)
+            stats = tokenize_pairs_file(src, tmp, template, tokenizer, max_len, metadata,
+                                        chunk_size=min(chunk_size, 256), name=str(src),
+                                        on_progress=lambda n: bar.advance(task, n))
+        _warn_stale(staged)
+        if stats.written == 0:
+            if stats.malformed:
+                _warn([f"{stats.malformed} malformed pair(s) skipped, e.g."] + stats.errors[:5])
+            raise OpenchatError(
+                f"{src}: no pair to write ({stats.pairs:,} pair(s) read, {stats.malformed:,} malformed, "
+                f"{stats.dropped_too_long:,} too long for --max-len {max_len}, {stats.dropped_no_targets:,} "
+                f"without a supervised token); nothing written to {out}, nothing registered")
+        content_hash = sha256_file(tmp)
+
+        def register(catalog) -> str:
+            ds = catalog.add_dataset(
+                name=name or out.name, path=out, format="tokenized-pairs", parent_id=parent,
+                content_hash=content_hash, num_records=stats.written, counts=stats.to_dict(),
+                meta={"template": tname, "tokenizer_hash": thash, "max_len": max_len, "kind": PAIRS_KIND,
+                      "model": str(model_dir.resolve()), "model_id": model_id, "errors": stats.errors})
+            if model_id:
+                catalog.link(ds, model_id, "tokenized-with")
+            return ds
+
+        ds = staged.publish(register, catalog)
+    if stats.malformed:
+        _warn([f"{stats.malformed} malformed pair(s) skipped, e.g."] + stats.errors[:5])
+    if as_json:
+        print_json({"id": ds, "path": str(out), "kind": PAIRS_KIND, "template": tname, "max_len": max_len,
+                    "tokenizer_hash": thash, "stats": stats.to_dict()})
+        return
+    s = stats
+    console.print(table(f"pairs tokenized with {tname}, max {max_len} tokens a side", ["", ""], [
+        ("pairs", f"{s.pairs:,}"), ("written", f"{s.written:,}"),
+        ("oldest prompt turns cut to fit", f"{s.shortened:,} pairs"),
+        ("truncated at --max-len", f"{s.truncated:,} pairs"),
+        ("dropped, prompt fills the window", f"{s.dropped_too_long:,}"),
+        ("dropped, nothing to train on", f"{s.dropped_no_targets:,}"),
+        ("malformed", f"{s.malformed:,}"), ("tokens", f"{s.tokens:,}"),
+        ("supervised tokens", f"{s.supervised_tokens:,}"), ("longest side", f"{s.longest:,}"),
     ]))
     console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
 
