@@ -5,6 +5,7 @@ Thin commands: options are parsed here, the work happens in the sibling modules.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -198,6 +199,61 @@ def _nothing_kept(result, staged, out: Path, dropped_path: Path) -> str:
     reasons = ", ".join(f"{r} {n:,}" for r, n in result.dropped.most_common(5))
     return (f"no conversation kept: all {result.read:,} record(s) dropped ({reasons}); see {dropped_path} "
             f"for each record's file, line and reason. Nothing written to {out}, nothing registered")
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("pairs")
+def pairs_command(
+    judge_run: str = typer.Argument(..., metavar="JUDGE_RUN", help="A pairwise judge run (ev-…): `eval judge A --baseline B --mode pairwise`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output pairs JSONL (default: HOME/datasets/JUDGE_RUN.pairs.jsonl)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name in the catalog (default: the output file name)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Preference pairs from a pairwise judge run: the winner's reply is chosen, kept only where
+    the verdict agrees in both display orders (flips, ties and unparsed verdicts are counted)."""
+    from openchat_cli.data.io import StagedOutputs, sha256_file
+    from openchat_cli.data.judge_pairs import DROP_REASONS, pairs_from_judge_run
+    from store.catalog import open_catalog
+
+    catalog = open_catalog()
+    found = pairs_from_judge_run(catalog, judge_run)
+    run_id = found.judge_run["id"]
+    out = out or _default_out(f"{run_id}.pairs.jsonl")
+    _check_out(out, force)
+    counts = found.counts()
+    if not found.records:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in found.dropped.most_common()) or "no verdicts yet"
+        raise OpenchatError(f"{run_id}: no pair whose verdict agrees in both orders ({found.judged:,} judged: "
+                            f"{reasons}); nothing written to {out}, nothing registered")
+    with StagedOutputs() as staged:
+        with staged.open(out, "wb") as fh:
+            for record in found.records:
+                fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass"))
+        _warn_stale(staged)
+        content_hash = sha256_file(staged.temp_of(out))
+
+        def register(catalog) -> str:
+            return catalog.add_dataset(
+                name=name or out.name, path=out, format="pairs", parent_id=run_id,
+                parents=[found.answer_run_id, found.baseline_run_id], content_hash=content_hash,
+                num_records=len(found.records), counts=counts,
+                meta={"kind": "pairs", "judge_run": run_id, "answer_run": found.answer_run_id,
+                      "baseline_run": found.baseline_run_id, "judge_model": found.judge_run.get("model")})
+
+        ds = staged.publish(register, catalog)
+    _warn(found.notes)
+    if as_json:
+        print_json({"id": ds, "path": str(out), "judge_run": run_id, "answer_run": found.answer_run_id,
+                    "baseline_run": found.baseline_run_id, "counts": counts})
+        return
+    rows = [(r, f"{found.dropped[r]:,}") for r in DROP_REASONS if found.dropped.get(r)]
+    if rows:
+        console.print(table("left out", ["reason", "pairs"], rows))
+    console.print(f"{found.judged:,} judged pairs of {run_id}: kept [bold green]{len(found.records):,}[/] "
+                  f"(chosen from {found.answer_run_id}: {found.chosen_from['answer_run']:,}, from "
+                  f"{found.baseline_run_id}: {found.chosen_from['baseline']:,}) → {out} as [bold]{ds}[/]",
+                  highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
