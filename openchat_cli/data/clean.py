@@ -29,7 +29,7 @@ from openchat_cli.data.pair_clean import clean_pair
 from openchat_cli.data.preference import detect_pair, normalize_pairs
 from openchat_cli.data.readers import ReadReport, expand_sources, read_file
 from openchat_cli.data.readers.textcheck import printable
-from openchat_cli.data.records import REASONS, SKIPPABLE, Conv, Drop, Malformed, Pair, RawItem
+from openchat_cli.data.records import ALL_REASONS, SKIPPABLE, Conv, Drop, Malformed, Pair, RawItem
 from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED, Matcher, load_list
 from openchat_cli.errors import OpenchatError
 
@@ -93,7 +93,7 @@ class CleanResult:
         return {
             "read": self.read, "kept": self.kept, "dropped_total": sum(self.dropped.values()),
             "kinds": dict(self.kinds),
-            "dropped": {r: self.dropped[r] for r in REASONS if self.dropped.get(r)},
+            "dropped": {r: self.dropped[r] for r in ALL_REASONS if self.dropped.get(r)},
             "fixes": dict(self.fixes), "shapes": dict(self.shapes),
             "conditions": dict(self.conditions), "file_count": self.report.file_count,
             "files": _capped(self.report.files),

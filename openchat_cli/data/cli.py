@@ -80,7 +80,7 @@ def clean_command(
     from openchat_cli.data.clean import CleanOptions, parse_pairs, run_clean
     from openchat_cli.data.formats import FORMATS
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, side_path
-    from openchat_cli.data.records import REASONS
+    from openchat_cli.data.records import ALL_REASONS
     from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED
     from store.catalog import open_catalog
 
@@ -161,7 +161,7 @@ def clean_command(
         return
     if result.dropped:
         rows = [(reason, f"{result.dropped[reason]:,}", f"{100 * result.dropped[reason] / max(result.read, 1):.1f}%",
-                 result.examples.get(reason, "")) for reason in REASONS if result.dropped.get(reason)]
+                 result.examples.get(reason, "")) for reason in ALL_REASONS if result.dropped.get(reason)]
         console.print(table("dropped", ["reason", "count", "of read", "first example"], rows))
     if result.fixes:
         console.print(table("kept, with changes", ["change", "count"],
@@ -174,8 +174,9 @@ def clean_command(
         console.print(f"the input mixes conversations and pairs: {result.kinds[kind]:,} {kind} → "
                       f"{other_paths[kind]} as [bold]{other_id}[/]", highlight=False)
     console.print(
-        f"read [bold]{result.read:,}[/], kept [bold green]{result.kinds[result.main_kind]:,}[/] {result.main_kind}, "
-        f"dropped [bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
+        f"read [bold]{result.read:,}[/], kept [bold green]{result.kinds[result.main_kind]:,}[/], dropped "
+        f"[bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
+        + (" (preference pairs)" if result.main_kind == "pairs" else "")
         + (f"\ndropped records (id, file, line, reason): {dropped_path}" if result.dropped else ""),
         highlight=False)
 

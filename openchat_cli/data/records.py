@@ -70,11 +70,15 @@ REASONS: dict[str, str] = {
     "no_trainable_reply": "every assistant reply has weight 0",
     "duplicate": "exact duplicate of an earlier conversation",
     "near_duplicate": "near-duplicate (MinHash) of an earlier conversation",
-    # preference pairs only
+}
+
+# Reasons only a preference pair is dropped for (the others above apply to pairs, too).
+PAIR_REASONS: dict[str, str] = {
     "tie": "the two replies are rated equally: no preference to learn",
     "identical_replies": "chosen and rejected are the same text",
     "prompt_not_user": "the prompt does not end with a user turn (or the replies do not start with the assistant)",
 }
+ALL_REASONS: dict[str, str] = {**REASONS, **PAIR_REASONS}
 
 # Structure checks that `--skip-check` may switch off.
 SKIPPABLE = ("empty_message", "leading_assistant", "trailing_user", "one_turn",
