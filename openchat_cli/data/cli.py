@@ -464,7 +464,10 @@ def stats_command(
 ) -> None:
     """Counts, turns, a length histogram and a breakdown by condition."""
     from openchat_cli.data.io import is_parquet, resolve_input
-    from openchat_cli.data.stats import conversation_stats, jsonable, render, tokenized_stats
+    from openchat_cli.data.stats import (conversation_stats, jsonable, pair_stats, render, tokenized_pairs_stats,
+                                         tokenized_stats)
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+    from openchat_cli.tokenized import PAIRS_KIND, read_metadata
 
     paths = [resolve_input(v)[0] for v in inputs]
     if any(is_parquet(p) for p in paths):
@@ -472,7 +475,10 @@ def stats_command(
             raise OpenchatError("give one tokenized Parquet file at a time")
         if model:
             err_console.print("[yellow]warning:[/] --model is not needed for a tokenized file")
-        stats = tokenized_stats(paths[0])
+        pairs = read_metadata(paths[0])["kind"] == PAIRS_KIND
+        stats = tokenized_pairs_stats(paths[0]) if pairs else tokenized_stats(paths[0])
+    elif len(paths) == 1 and paths[0].is_file() and sniff_pairs(paths[0]):
+        stats = pair_stats(paths[0])
     else:
         tokenizer = template = None
         if model:
@@ -506,8 +512,26 @@ def show_command(
     from openchat_cli.data import show
     from openchat_cli.data.io import is_parquet, resolve_input
 
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+    from openchat_cli.tokenized import PAIRS_KIND, read_metadata
+
     path, given = resolve_input(input)
-    if is_parquet(path):
+    if is_parquet(path) and read_metadata(path)["kind"] == PAIRS_KIND:
+        rows = show.pick(show.tokenized_rows(path), lambda r: r["pair_id"], ids, n, sample, seed)
+        if as_json:
+            print_json(rows)
+            return
+        tokenizer = _tokenizer_for(path, given, model)
+        for row in rows:
+            console.print(show.render_pair_row(row, tokenizer))
+    elif path.is_file() and not is_parquet(path) and sniff_pairs(path):
+        rows = show.pick(show.pairs_jsonl(path), lambda r: str(r.get("id")), ids, n, sample, seed)
+        if as_json:
+            print_json(rows)
+            return
+        for pair in rows:
+            console.print(show.render_pair(pair))
+    elif is_parquet(path):
         rows = show.pick(show.tokenized_rows(path), lambda r: r["conversation_id"], ids, n, sample, seed)
         if as_json:
             print_json(rows)
@@ -529,7 +553,8 @@ def show_command(
             console.print(show.render_conversation(conv, template))
         rows = convs
     if ids and len(rows) < len(set(ids)):
-        found = {r["conversation_id"] if isinstance(r, dict) else r.id for r in rows}
+        found = {str(r.get("conversation_id", r.get("pair_id", r.get("id")))) if isinstance(r, dict) else r.id
+                 for r in rows}
         raise OpenchatError(f"not found in {path}: {', '.join(i for i in ids if i not in found)}")
     if not rows:
         err_console.print(f"[yellow]{path} holds no readable conversations[/]")
@@ -579,7 +604,11 @@ def split_command(
         raise OpenchatError("train, eval and input must be three different files")
     _check_out(train_out, force)
     _check_out(eval_out, force)
-    fmt = "tokenized" if parquet else "conversations"
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+    from openchat_cli.tokenized import PAIRS_KIND, read_metadata
+
+    pairs = read_metadata(src)["kind"] == PAIRS_KIND if parquet else sniff_pairs(src)
+    fmt = ("tokenized" if parquet else "conversations") if not pairs else ("tokenized-pairs" if parquet else "pairs")
     catalog = open_catalog()  # a damaged or unreachable catalog stops the command before any work
     parent = ensure_registered(src, fmt, given, catalog=catalog)
     with StagedOutputs() as staged:
@@ -616,6 +645,6 @@ def split_command(
                     "eval": {"id": made["eval"], "path": str(eval_out), "records": result.eval},
                     "seed": seed, "eval_fraction": eval_fraction, "malformed": result.malformed})
         return
-    unit = "sequences" if parquet else "conversations"
+    unit = "pairs" if pairs else ("sequences" if parquet else "conversations")
     console.print(f"train: {result.train:,} {unit} → {train_out} as [bold]{made['train']}[/]\n"
                   f"eval:  {result.eval:,} {unit} → {eval_out} as [bold]{made['eval']}[/]", highlight=False)

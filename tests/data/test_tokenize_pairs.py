@@ -132,3 +132,31 @@ def test_bad_lines_are_named_and_skipped(cli, tiny_model_dir, data_dir):
     assert errors[0].startswith("2: field 'chosen[0].role': expected user or assistant")
     assert errors[1].startswith("3: expected a pair")
     assert errors[2].startswith("4: field 'prompt[1].role': the prompt must end with a user turn")
+
+
+def test_stats_show_and_split_read_pairs(cli, tiny_model_dir, data_dir):
+    pairs_path = data_dir / "pairs.jsonl"
+    cli("data", "clean", FILES / "trl.jsonl", FILES / "shp.json", "-o", pairs_path, "--min-chars", "0")
+    out = data_dir / "pairs.parquet"
+    cli("data", "tokenize", pairs_path, "-m", tiny_model_dir, "-o", out)
+    stats = cli("data", "stats", pairs_path, "--json").json()
+    assert stats["kind"] == "pairs" and stats["pairs"] == 7 and stats["turns"] == {"1": 7}
+    tstats = cli("data", "stats", out, "--json").json()
+    assert tstats["kind"] == "tokenized-pairs" and tstats["pairs"] == 7
+    table = pq.read_table(out)
+    assert tstats["tokens"] == sum(table.column("length").to_pylist())
+    shown = cli("data", "show", out, "--id", "qt3nxl:hkh25sc:hkh25lp", "--json").json()
+    assert len(shown) == 1 and shown[0]["prompt_length"] < len(shown[0]["chosen_ids"])
+    assert "chosen" in cli("data", "show", out, "-n", "1").stdout
+    assert cli("data", "show", pairs_path, "-n", "2", "--json").json()[1]["chosen"][0]["content"] == "Paris."
+
+    split = cli("data", "split", out, "--eval", "0.3", "--json").json()
+    assert split["train"]["records"] + split["eval"]["records"] == 7
+    train = pq.read_table(split["train"]["path"])
+    assert read_metadata(split["train"]["path"])["kind"] == "pairs" and tuple(train.schema.names) == PAIR_COLUMNS
+    cat = open_catalog()
+    assert cat.get(split["eval"]["id"])["format"] == "tokenized-pairs"
+    jsplit = cli("data", "split", pairs_path, "--eval", "0.3", "--json").json()
+    assert cat.get(jsplit["train"]["id"])["format"] == "pairs"
+    # the same seed puts a pair on the same side in JSONL and Parquet
+    assert jsplit["eval"]["records"] == split["eval"]["records"]
