@@ -186,7 +186,7 @@ def encode_pairs(template: ChatTemplate, tokenizer: Any, pairs: list[PairInput],
     starts = [0] * len(pairs)
     encs = _encode(template, tokenizer, pairs, starts)
     redo = []
-    for i, (pair, (c, r, _)) in enumerate(zip(pairs, encs)):
+    for i, (pair, (c, r, _plen)) in enumerate(zip(pairs, encs)):
         if max(len(c.input_ids), len(r.input_ids)) > max_len:
             starts[i] = _cut_start(pair, c, r, max_len)
             if starts[i]:
@@ -195,26 +195,39 @@ def encode_pairs(template: ChatTemplate, tokenizer: Any, pairs: list[PairInput],
         for i, enc in zip(redo, _encode(template, tokenizer, [pairs[i] for i in redo], [starts[i] for i in redo])):
             encs[i] = enc
     rows = []
-    for i, (pair, (c, r, p)) in enumerate(zip(pairs, encs)):
-        row = _row(pair, c, r, p, max_len, stats, shortened=bool(starts[i]))
+    for i, (pair, (c, r, plen)) in enumerate(zip(pairs, encs)):
+        row = _row(pair, c, r, plen, max_len, stats, shortened=bool(starts[i]))
         if row is not None:
             rows.append(row)
     return rows
 
 
 def _encode(template: ChatTemplate, tokenizer: Any, pairs: list[PairInput], starts: list[int]
-            ) -> list[tuple[Encoded, Encoded, Encoded]]:
-    """(chosen, rejected, prompt-for-generation) encodings, two batched tokenizer calls."""
+            ) -> list[tuple[Encoded, Encoded, int]]:
+    """(chosen, rejected, prompt length) for each pair, one batched tokenizer call. Each message is
+    encoded on its own (templates.py), so the prompt for generation is the chosen side up to its
+    first reply message plus the assistant prefix's tokens (`_generation_prefix`)."""
     sides = template.encode_many(tokenizer, [conv for pair, s in zip(pairs, starts)
                                              for conv in (pair.side(pair.chosen, s), pair.side(pair.rejected, s))])
-    prompts = template.encode_many(tokenizer, [pair.prompt_only(s) for pair, s in zip(pairs, starts)],
-                                   add_generation_prompt=True)
-    return [(sides[2 * i], sides[2 * i + 1], prompts[i]) for i in range(len(pairs))]
+    prefix: dict[str | None, int] = {}  # condition -> assistant prefix tokens
+    out = []
+    for i, (pair, s) in enumerate(zip(pairs, starts)):
+        if pair.condition not in prefix:
+            prefix[pair.condition] = _generation_prefix(template, tokenizer, pair.condition)
+        chosen = sides[2 * i]
+        out.append((chosen, sides[2 * i + 1], chosen.message_starts[len(pair.prompt) - s] + prefix[pair.condition]))
+    return out
 
 
-def _row(pair: PairInput, c: Encoded, r: Encoded, p: Encoded, max_len: int, stats: PairTokenizeStats,
+def _generation_prefix(template: ChatTemplate, tokenizer: Any, condition: str | None) -> int:
+    """Tokens of the assistant prefix that ends a prompt for generation, for one condition."""
+    probe = Conversation([Message("user", "x")], None, condition)
+    bare, with_prefix = (template.encode_many(tokenizer, [probe], add_generation_prompt=g)[0] for g in (False, True))
+    return len(with_prefix.input_ids) - len(bare.input_ids)
+
+
+def _row(pair: PairInput, c: Encoded, r: Encoded, plen: int, max_len: int, stats: PairTokenizeStats,
          shortened: bool) -> PairRow | None:
-    plen = len(p.input_ids)
     if max(len(c.input_ids), len(r.input_ids)) > max_len:
         if plen >= max_len:
             stats.dropped_too_long += 1
@@ -227,7 +240,7 @@ def _row(pair: PairInput, c: Encoded, r: Encoded, p: Encoded, max_len: int, stat
     if not all(supervised):
         stats.dropped_no_targets += 1
         return None
-    if c_ids[:plen] != p.input_ids or r_ids[:plen] != p.input_ids:
+    if c_ids[:plen] != r_ids[:plen] or not any(c_w[plen:]) or any(c_w[:plen]) or any(r_w[:plen]):
         stats.malformed += 1
         if len(stats.errors) < MAX_ERRORS:
             stats.errors.append(f"pair {pair.id}: the template did not encode the prompt the same on both sides")
