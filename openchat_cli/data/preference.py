@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from openchat_cli.data.formats import PAIR_FORMATS, _ident, _model, _role, _str_field
+from openchat_cli.data.formats import PAIR_FORMATS, _ident, _model, _role, _str_field, check_weight
 from openchat_cli.data.records import Drop, Location, Malformed, Pair
 from openchat_cli.templates import content_text
 
@@ -84,8 +84,6 @@ def _messages(value: Any, field: str) -> list[dict[str, Any]]:
             raise Malformed(str(exc), f"{where}.content") from None
         msg: dict[str, Any] = {"role": _role(m["role"], f"{where}.role"), "content": content}
         if m.get("weight") is not None:
-            from openchat_cli.data.formats import check_weight
-
             msg["weight"] = check_weight(m["weight"], f"{where}.weight")
         out.append(msg)
     return out
@@ -147,7 +145,10 @@ def from_trl(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
             raise Malformed("missing" if value is None else
                             f"expected a string or a list of messages, found {type(value).__name__}", key)
     prompt_raw = record.get("prompt")
-    if isinstance(chosen_raw, list) and isinstance(rejected_raw, list) and not isinstance(prompt_raw, list):
+    replies_only = (isinstance(chosen_raw, list) and chosen_raw and isinstance(chosen_raw[0], dict)
+                    and str(chosen_raw[0].get("role", "")).lower() in ("assistant", "gpt", "model"))
+    if (isinstance(chosen_raw, list) and isinstance(rejected_raw, list) and not isinstance(prompt_raw, list)
+            and not (isinstance(prompt_raw, str) and replies_only)):
         # Conversational with an implicit prompt (a string `prompt` beside full conversations, as
         # UltraFeedback-binarized has, is the same prompt again).
         prompt, chosen, rejected = split_shared(_messages(chosen_raw, "chosen"), _messages(rejected_raw, "rejected"),

@@ -187,3 +187,17 @@ def test_every_sample_file_is_detected_as_pairs(name):
     text = (FILES / name).read_text()
     records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()]
     assert all(detect_pair(r) for r in records)
+
+
+def test_trl_string_prompt_with_message_replies_and_no_shared_prompt():
+    from openchat_cli.data.preference import from_trl
+    from openchat_cli.data.records import Location, Malformed
+
+    loc = Location("f.jsonl", 1, 1)
+    (pair,) = from_trl({"prompt": "Hi there?", "chosen": [{"role": "assistant", "content": "Hello."}],
+                        "rejected": [{"role": "assistant", "content": "Go."}]}, loc, "f.jsonl")
+    assert (pair.prompt, pair.chosen[0]["content"], pair.rejected[0]["content"]) == (
+        [{"role": "user", "content": "Hi there?"}], "Hello.", "Go.")
+    with pytest.raises(Malformed, match="share no leading user turn"):
+        from_trl({"chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}],
+                  "rejected": [{"role": "user", "content": "C"}, {"role": "assistant", "content": "D"}]}, loc, "f")
