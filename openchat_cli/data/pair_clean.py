@@ -29,7 +29,7 @@ def _shim(pair: Pair, messages: list[dict[str, Any]] | None = None) -> Conv:
                 condition=pair.condition, model=pair.model)
 
 
-def clean_pair(cleaner: "Cleaner", pair: Pair, shape: str) -> Pair:
+def clean_pair(cleaner: Cleaner, pair: Pair, shape: str) -> Pair:
     """The cleaned pair, or Drop / Malformed."""
     cleaner._filter(_shim(pair))
     shim = _shim(pair, pair.prompt + pair.chosen + pair.rejected)  # the same dicts: edited in place
@@ -44,7 +44,7 @@ def clean_pair(cleaner: "Cleaner", pair: Pair, shape: str) -> Pair:
     return pair
 
 
-def _structure(cleaner: "Cleaner", pair: Pair) -> int:
+def _structure(cleaner: Cleaner, pair: Pair) -> int:
     skip = cleaner.skip
     prompt = pair.prompt
     while prompt and prompt[0]["role"] == "system":
@@ -102,7 +102,7 @@ def _structure(cleaner: "Cleaner", pair: Pair) -> int:
     return trimmed
 
 
-def _words(cleaner: "Cleaner", pair: Pair) -> None:
+def _words(cleaner: Cleaner, pair: Pair) -> None:
     if cleaner.blocked is None:
         return
     for text in [pair.system or ""] + [m["content"] for m in pair.prompt + pair.chosen]:
@@ -111,7 +111,7 @@ def _words(cleaner: "Cleaner", pair: Pair) -> None:
             raise Drop("blocked_word", f"contains '{word}'")
 
 
-def _weights(cleaner: "Cleaner", pair: Pair) -> None:
+def _weights(cleaner: Cleaner, pair: Pair) -> None:
     cls = cleaner._class(_shim(pair))
     pair.condition = cls if cls is not None else pair.condition
     class_weight = cleaner.o.weights.get(cls, cleaner.o.default_weight) if cls is not None else cleaner.o.default_weight
@@ -138,7 +138,7 @@ def _tagged(pair: Pair) -> list[dict[str, Any]]:
             for side in SIDES for m in getattr(pair, side)]
 
 
-def _dedup(cleaner: "Cleaner", pair: Pair) -> None:
+def _dedup(cleaner: Cleaner, pair: Pair) -> None:
     if cleaner.exact is None and cleaner.near is None:
         return
     messages = _tagged(pair)

@@ -2,21 +2,24 @@
 
 Detected per record, like the conversation shapes in `formats.py`:
 
-| shape | fields | pairs |
-| --- | --- | --- |
-| `trl` | `prompt`?, `chosen`, `rejected`: strings or `[{role, content}]` | explicit prompt, or the implicit one: the shared leading turns (lists) or text (strings) |
-| `hh` | `chosen`, `rejected`: "\\n\\nHuman: … \\n\\nAssistant: …" transcripts | prompt = the shared turns up to the last shared user turn |
-| `rm-static` | `prompt` (transcript ending in "Assistant:"), `response`, `chosen`, `rejected` | `response` is the chosen reply again and is ignored |
-| `webgpt` | `question` ({`full_text`}), `answer_0/1`, `score_0/1` | the higher score wins; equal scores drop as `tie` (quotes are not kept) |
-| `shp` | `history`, `human_ref_A/B`, `labels` (1: A preferred) | one pair |
-| `gpt4llm` | `user_input`, `completion_a` (better), `completion_b` | one pair |
-| `gpt4llm` | `user_input`, `responses_and_scores`: `[{response, score}]` | every two responses with different scores (ties drop as `tie`) |
+- `trl`: `prompt`?, `chosen`, `rejected` (strings or `[{role, content}]`); without a prompt, the
+  implicit one: the shared leading messages, or the shared leading words of plain texts.
+- `hh` (Anthropic HH-RLHF): `chosen`, `rejected` as "\\n\\nHuman: … \\n\\nAssistant: …"
+  transcripts; the prompt is the turns both share, up to the last shared user turn.
+- `rm-static`: `prompt` (a transcript ending in "Assistant:"), `response` (= chosen, ignored),
+  `chosen`, `rejected`.
+- `webgpt`: `question` ({`full_text`}), `answer_0/1`, `score_0/1`; the higher score wins, equal
+  scores drop as `tie` (the quotes are not kept: each answer has its own).
+- `shp`: `history`, `human_ref_A/B`, `labels` (1: A preferred).
+- `gpt4llm`: `user_input` with `completion_a` (better) and `completion_b`, or with
+  `responses_and_scores` ([{response, score}]): every two responses with different scores.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from openchat_cli.data.formats import PAIR_FORMATS, _ident, _model, _role, _str_field, check_weight
 from openchat_cli.data.records import Drop, Location, Malformed, Pair

@@ -70,7 +70,7 @@ def test_unparsed_verdicts_counted(cli, scripted, tmp_path):
 
 
 def test_refuses_what_is_not_a_pairwise_judge_run(cli, scripted, tmp_path):
-    (long_run, short_run), _ = _runs(cli, scripted, tmp_path, "fair-judge")
+    (long_run, _short_run), _ = _runs(cli, scripted, tmp_path, "fair-judge")
     single = cli("eval", "judge", long_run, "--judge-endpoint", scripted.base_url, "--judge-model", "fair-judge",
                  "--retry-wait", "0.01", "--json").json()[0]["run_id"]
     assert "single-answer judge run" in cli("data", "pairs", single, expect=2).stderr

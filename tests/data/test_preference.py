@@ -60,8 +60,8 @@ def test_webgpt_higher_score_wins_and_ties_drop(cli, tmp_path):
     res, pairs, dropped = run(cli, tmp_path, "webgpt.jsonl")
     assert res["counts"]["shapes"] == {"webgpt": 2} and res["counts"]["dropped"] == {"tie": 1}
     assert texts(pairs[0]) == ([(U, "Why is the sky blue?")],
-                               [(A, "Sunlight is scattered by the air, and blue light scatters the most, so the sky "
-                                    "looks blue.")],
+                               [(A, ("Sunlight is scattered by the air, and blue light scatters the most, so the "
+                                     "sky looks blue."))],
                                [(A, "Because air scatters blue light more than red light [1].")])
     assert dropped[0]["line"] == 2 and dropped[0]["detail"] == "score_0 = score_1 = 0"
 
