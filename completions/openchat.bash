@@ -38,8 +38,9 @@ _openchat() {
         "eval loglik") words="--api-key --bos --checkpoint --concurrency --endpoint --help --home --json --limit --model --name --new --no-bos --retries --retry-wait --run --task-format -c -e -f -m" ;;
         "eval perplexity") words="--buckets --dtype --help --home --json --max-len --tokens-per-batch" ;;
         "eval report") words="--baseline --help --home --json --plot -b" ;;
-        "model") words="add-tokens extend-context info init merge-lora --help" ;;
+        "model") words="add-tokens export extend-context info init merge-lora --help" ;;
         "model add-tokens") words="--force --help --home --init --json --seed --std --template --token" ;;
+        "model export") words="--force --format --help --home --json --output --outtype -o" ;;
         "model extend-context") words="--force --help --home --json --max-len --rope-scaling" ;;
         "model info") words="--help --home --json" ;;
         "model init") words="--force --help --home --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
@@ -53,7 +54,7 @@ _openchat() {
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"model"|"model add-tokens"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

@@ -23,11 +23,12 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a perplexity -d 'Mean loss and perplexity on the supervised tokens of held-out data, by token position (packed, no padding).'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
 complete -c openchat -n '__fish_use_subcommand' -a model -d 'Make tiny models, add special tokens, merge LoRA adapters.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a add-tokens -d 'Add special tokens to a model; new input and output embedding rows start at the mean of the'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a extend-context -d 'Give a RoPE model a longer context: config, tokenizer and openchat.json follow; weights are shared.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a init -d 'Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads).'
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -a merge-lora -d 'Fold a LoRA adapter into its base model: a plain model dir that serves without peft.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a add-tokens -d 'Add special tokens to a model; new input and output embedding rows start at the mean of the'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a export -d 'Write a checkpoint as one GGUF file with its tokenizer and chat template, for llama.cpp and Ollama.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a extend-context -d 'Give a RoPE model a longer context: config, tokenizer and openchat.json follow; weights are shared.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a info -d 'Show a model dir\'s template, size, vocabulary and control tokens.'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a init -d 'Train a byte-level BPE tokenizer locally and create a random Llama model (nothing downloads).'
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a merge-lora -d 'Fold a LoRA adapter into its base model: a plain model dir that serves without peft.'
 complete -c openchat -n '__fish_use_subcommand' -a quickstart -d 'Run the whole loop on CPU: data → train → serve → eval, before/after.'
 complete -c openchat -n '__fish_use_subcommand' -a serve -d 'Serve a checkpoint behind an OpenAI-compatible API.'
 complete -c openchat -n '__fish_use_subcommand' -a train -d 'Fine-tune a model on a tokenized dataset (packed, weighted, DeepSpeed).'
@@ -222,7 +223,7 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l plot
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -s b
-complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens extend-context info init merge-lora' -l help
+complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l home
@@ -232,6 +233,14 @@ complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_sub
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l std
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l template
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l token
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l force
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l format
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l help
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l home
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l json
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l output
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l outtype
+complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -s o
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l home

@@ -309,3 +309,56 @@ def _copy_model_files(src: Path, dest: Path) -> None:
                 shutil.copy2(item, target)
         else:
             shutil.copy2(item, target)
+
+
+@app.command("export")
+def export_command(
+    model_ref: str = typer.Argument(..., metavar="MODEL", help="Model dir or checkpoint id (Llama architecture)."),
+    out: Path = typer.Option(..., "--output", "-o", help="The .gguf file to write."),
+    fmt: str = typer.Option("gguf", "--format", help="gguf (llama.cpp, Ollama)."),
+    out_type: str = typer.Option("f16", "--outtype", help="Weight type: f32 | f16 | bf16 | q8_0 (norms stay f32)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+) -> None:
+    """Write a checkpoint as one GGUF file with its tokenizer and chat template, for llama.cpp and Ollama."""
+    import os
+
+    from openchat_cli.atomic import temp_file_beside
+    from openchat_cli.model.context import context_length
+    from openchat_cli.model.gguf_export import OUT_TYPES, export_gguf
+    from openchat_cli.templates import get_template
+    from store.catalog import open_catalog
+
+    if fmt != "gguf":
+        raise OpenchatError(f"unknown --format '{fmt}': only gguf is supported")
+    if out_type not in OUT_TYPES:
+        raise OpenchatError(f"unknown --outtype '{out_type}': choose one of {', '.join(OUT_TYPES)}")
+    src, src_id = resolve_model(model_ref)
+    require_weights(src)
+    if out.exists() and not force:
+        raise OpenchatError(f"{out} already exists (pass --force to replace it)")
+    meta = read_meta(src)
+    src_id = src_id or meta.get("checkpoint_id")
+    eot = get_template(meta["template"]).eot_token if meta.get("template") else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file_beside(out)
+    os.close(fd)
+    try:
+        with err_console.status(f"writing {out.name}…") as status:
+            summary = export_gguf(src, Path(tmp), out_type=out_type, name=src.name,
+                                  eot_token=eot, context=context_length(src),
+                                  on_tensor=lambda name: status.update(f"writing {out.name}: {name}"))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    catalog = open_catalog()
+    ck = catalog.add_checkpoint(
+        path=out, kind="gguf", template=meta.get("template"), base_model=str(src), parent_id=src_id,
+        metrics={"format": "gguf", "outtype": out_type, "tensors": summary.tensors, "bytes": summary.bytes,
+                 "pre_tokenizer": summary.pre_tokenizer})
+    if as_json:
+        print_json(catalog.get(ck))
+        return
+    console.print(f"[green]exported[/] {src} → {out} ({summary.bytes / 1e6:.1f} MB, {summary.tensors} tensors, "
+                  f"{out_type}, pre-tokenizer {summary.pre_tokenizer}) as [bold]{ck}[/]")
