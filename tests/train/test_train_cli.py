@@ -53,7 +53,7 @@ def test_refuses_bad_model_and_out(cli, tiny_model_dir, color_data, tmp_path):
     err = cli("train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", tmp_path / "a-file", expect=2).stderr
     assert "cannot use" in err and "a-file" in err
     assert "nothing to resume" in cli("train", "--out", tmp_path / "empty", "--resume", expect=2).stderr
-    assert "only --out, --stop-after and --state-minutes" in cli("train", "--out", busy, "--resume", "--lr", "1", expect=2).stderr
+    assert "only --out, --stop-after, --state-minutes and --report-to" in cli("train", "--out", busy, "--resume", "--lr", "1", expect=2).stderr
     assert "missing --model" in cli("train", "--data", color_data["train"], "--out", tmp_path / "o", expect=2).stderr
 
 
