@@ -147,7 +147,10 @@ class MlflowTracker(Tracker):
 
         from openchat_cli.home import home_dir
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (home_dir() / "mlruns").as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # the file store needs no server and no database packages
+            uri = (home_dir() / "mlruns").as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it but asks for consent
         self.client = MlflowClient(tracking_uri=uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "openchat")
         experiment = self.client.get_experiment_by_name(name)

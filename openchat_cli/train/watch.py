@@ -21,6 +21,8 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from openchat_cli.train.report import RAW_KEYS
+
 # Shown in the main line of the views (in this order); every other numeric key goes in the extras.
 MAIN_KEYS = ("step", "epoch", "loss", "lr", "tokens_per_s", "packing_efficiency")
 SMOOTHING = 0.9  # exponential moving average of the per-step loss in the live view (debiased)
@@ -34,12 +36,13 @@ class EventSink(Protocol):
 def extras(record: dict[str, Any]) -> dict[str, float]:
     """The metrics a view shows after the main ones: a training method's own (rewards/chosen, kl)."""
     return {k: v for k, v in record.items()
-            if k not in MAIN_KEYS and k != "event" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if k not in MAIN_KEYS and k not in RAW_KEYS and k != "event"
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def format_value(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e6:
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}"
     return f"{value:.3e}" if 0 < abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}"
 
 
@@ -145,6 +148,7 @@ class LiveView:
         self.smoothed: float | None = None
         self.seen = 0  # steps averaged into `smoothed` (for the debiasing)
         self.last_eval: float | None = None
+        self.last_step: dict[str, Any] = {}
 
     def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -159,10 +163,13 @@ class LiveView:
                 self.seen += 1
                 prev = self.smoothed if self.smoothed is not None else 0.0
                 self.smoothed = SMOOTHING * prev + (1 - SMOOTHING) * event["loss"]
+            self.last_step = event
             self.progress.update(self.task, completed=event["step"], info=self._info(event))
             self.progress.extra_line = format_extras(event)
         elif kind == "eval":
             self.last_eval = event["eval_loss"]
+            if self.task is not None:
+                self.progress.update(self.task, info=self._info(self.last_step))
             self.progress.console.print(f"eval loss ({eval_name(event)}): {event['eval_loss']:.4f}", highlight=False)
         elif kind == "note":
             self.progress.console.print(event["text"], highlight=False, soft_wrap=True)
