@@ -100,7 +100,8 @@ def build_figure(runs: list[RunSeries], metrics: list[str]) -> Any:
                 ax.plot(steps, values, color=colour, label=f"{run.label} {name}", **style)
         ax.set_ylabel(" / ".join(group))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_lines():
+            ax.legend(fontsize="small")
     axes[-1].set_xlabel("optimizer step")
     return fig
 
