@@ -146,3 +146,59 @@ def test_a_missing_tracker_library_is_reported_before_the_run_is_registered(cli,
     assert "unknown tracker 'tb'" in cli("train", "--model", tiny_model_dir, "--out", tmp_path / "o",
                                          "--report-to", "tb", expect=2).stderr
     assert open_catalog().list("runs") == []
+
+
+@pytest.mark.slow
+def test_train_json_lines_tensorboard_and_mlflow_agree_with_the_catalog_across_a_resume(
+        cli, tiny_model_dir, color_data, tmp_path, openchat_home, monkeypatch):
+    """A real run (stopped after 5 steps, then resumed): its --json lines, its TensorBoard and
+    MLflow records and `catalog plot` all hold the catalog's curve and held-out losses."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    first = cli("train", "--model", tiny_model_dir, "--data", color_data["small"], "--eval-data", color_data["eval"],
+                "--out", out, "--tokens-per-step", "256", "--lr", "3e-3", "--log-every", "2", "--eval-every", "4",
+                "--report-to", "tensorboard", "--report-to", "mlflow", "--stop-after", "5", "--json")
+    lines = [json.loads(line) for line in first.stdout.splitlines()]
+    assert lines[0]["event"] == "start" and lines[0]["start"] == 0 and lines[-1]["event"] == "run"
+    total = lines[0]["total"]
+    assert total > 8
+    assert [e["step"] for e in lines if e["event"] == "point"] == [2, 4, 5]
+    assert [e["step"] for e in lines if e["event"] == "eval"] == [0, 4]
+    assert any(e["event"] == "note" and "resumable state saved at step 5" in e["text"] for e in lines)
+    assert lines[-1]["run"]["status"] == "interrupted"
+
+    second = cli("train", "--out", out, "--resume", "--json")
+    lines2 = [json.loads(line) for line in second.stdout.splitlines()]
+    assert lines2[0]["event"] == "start" and lines2[0]["start"] == 5
+    run = lines2[-1]["run"]
+    assert run["status"] == "completed" and run["config"]["report_to"] == ["tensorboard", "mlflow"]
+    curve = {p["step"]: p["loss"] for p in run["loss_curve"]}
+    assert set(curve) == set(range(2, total, 2)) | {total}
+    json_points = {e["step"]: e["loss"] for e in lines + lines2 if e["event"] == "point" and e["step"] != 5}
+    assert json_points == pytest.approx(curve)
+    evals = {e["step"]: e["eval_loss"] for e in lines + lines2 if e["event"] == "eval"}
+    assert sorted(evals) == sorted({0, total} | set(range(4, total, 4)))
+    assert evals[total] == pytest.approx(run["metrics"]["eval_loss_final"])
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tb_loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+    assert tb_loss == pytest.approx(curve, rel=1e-5)  # step 5 of the first attempt purged on resume
+    assert {e.step: e.value for e in acc.Scalars("eval/loss")} == pytest.approx(evals, rel=1e-5)
+    assert {"train/lr", "train/tokens_per_s", "train/packing_efficiency", "train/epoch"} <= set(acc.Tags()["scalars"])
+
+    client = MlflowClient(tracking_uri=(openchat_home / "mlruns").as_uri())
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("openchat").experiment_id],
+                                  f"tags.openchat_run_id = '{run['id']}'")
+    assert mlrun.info.status == "FINISHED"
+    ml_eval = {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, "eval/loss")}
+    assert ml_eval == pytest.approx(evals, rel=1e-6)
+
+    plotted = cli("catalog", "plot", run["id"], "--json").json()["runs"][0]["series"]
+    assert dict(map(tuple, plotted["eval_loss"])) == pytest.approx(evals)
+    assert dict(map(tuple, plotted["loss"])) == pytest.approx(curve)
