@@ -103,9 +103,10 @@ class Reporter:
         if time.monotonic() - self.last_flush > CATALOG_EVERY_S:
             self.flush()
 
-    def eval(self, step: int, loss: float, tag: str) -> None:
-        """A held-out loss at `step` (0: before training); `tag` says which (initial, step_N, final)."""
-        self.emit("eval", step=step, eval_loss=loss, tag=tag)
+    def eval(self, step: int, loss: float, tag: str, **metrics: float) -> None:
+        """A held-out loss at `step` (0: before training); `tag` says which (initial, step_N, final).
+        `metrics`: a method's other held-out figures (e.g. rewards/accuracies), logged as eval/NAME."""
+        self.emit("eval", step=step, eval_loss=loss, tag=tag, **scalars(metrics))
 
     def note(self, text: str) -> None:
         self.emit("note", text=text)

@@ -70,7 +70,9 @@ def logged_scalars(event: dict[str, Any]) -> tuple[int, dict[str, float]] | None
                   if k not in ("event", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         return int(event["step"]), values
     if kind == "eval":
-        return int(event["step"]), {"eval/loss": float(event["eval_loss"])}
+        return int(event["step"]), {("eval/loss" if k == "eval_loss" else f"eval/{k}"): float(v)
+                                    for k, v in event.items() if k not in ("event", "step", "tag")
+                                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return None
 
 

@@ -110,7 +110,7 @@ class PlainView:
             parts.append(f"ETA {format_duration(self.pace.eta(event['step']))}")
             self.console.print("  ".join(parts), highlight=False, soft_wrap=True)
         elif kind == "eval":
-            self.console.print(f"eval loss ({eval_name(event)}): {event['eval_loss']:.4f}", highlight=False)
+            self.console.print(eval_text(event), highlight=False, soft_wrap=True)
         elif kind == "note":
             self.console.print(event["text"], highlight=False, soft_wrap=True)
 
@@ -118,9 +118,12 @@ class PlainView:
         pass
 
 
-def eval_name(event: dict[str, Any]) -> str:
+def eval_text(event: dict[str, Any]) -> str:
+    """'eval loss (initial): 5.1234', then any other held-out figure the method reported."""
     tag = str(event.get("tag") or "")
-    return tag.removeprefix("eval_loss_") or f"step {event.get('step')}"
+    name = tag.removeprefix("eval_loss_").replace("_", " ") or f"step {event.get('step')}"
+    more = format_extras({k: v for k, v in event.items() if k not in ("eval_loss", "tag")})
+    return f"eval loss ({name}): {event['eval_loss']:.4f}" + (f"  {more}" if more else "")
 
 
 class _TrainProgress(Progress):
@@ -170,7 +173,7 @@ class LiveView:
             self.last_eval = event["eval_loss"]
             if self.task is not None:
                 self.progress.update(self.task, info=self._info(self.last_step))
-            self.progress.console.print(f"eval loss ({eval_name(event)}): {event['eval_loss']:.4f}", highlight=False)
+            self.progress.console.print(eval_text(event), highlight=False, soft_wrap=True)
         elif kind == "note":
             self.progress.console.print(event["text"], highlight=False, soft_wrap=True)
 

@@ -21,7 +21,7 @@ EVENTS = [
      "packing_efficiency": 0.9, "rewards/margins": 0.25, "kl": 0.01},
     {"event": "point", "step": 10, "epoch": 2, "loss": 1.25, "lr": 0.0005, "tokens_per_s": 2000.0,
      "packing_efficiency": 0.95, "rewards/margins": 0.5, "kl": 0.02},
-    {"event": "eval", "step": 10, "eval_loss": 0.75, "tag": "eval_loss_final"},
+    {"event": "eval", "step": 10, "eval_loss": 0.75, "tag": "eval_loss_final", "rewards/accuracies": 0.625},
     {"event": "note", "text": "saved"},
     {"event": "end"},
 ]
@@ -30,6 +30,7 @@ EXPECTED = {  # name -> [(step, value)] every tracker must hold
     "train/epoch": [(5, 1), (10, 2)], "train/tokens_per_s": [(5, 1800), (10, 2000)],
     "train/packing_efficiency": [(5, 0.9), (10, 0.95)], "train/rewards/margins": [(5, 0.25), (10, 0.5)],
     "train/kl": [(5, 0.01), (10, 0.02)], "eval/loss": [(0, 5.5), (10, 0.75)],
+    "eval/rewards/accuracies": [(10, 0.625)],  # a preference method's held-out figure
 }
 
 

@@ -26,7 +26,7 @@ def run_reporter(out, steps: int = 8, log_every: int = 4, **extra_per_step) -> R
     reporter.eval(0, 5.5, "eval_loss_initial")
     for step in range(1, steps + 1):
         reporter.step(step_record(step, 4.0 / step, **{k: v * step for k, v in extra_per_step.items()}))
-    reporter.eval(steps, 0.75, "eval_loss_final")
+    reporter.eval(steps, 0.75, "eval_loss_final", **{"rewards/accuracies": 0.625})
     reporter.close()
     return reporter
 
@@ -93,6 +93,7 @@ def test_plain_view_prints_a_line_per_point_when_not_a_terminal(tmp_path):
     assert len(points) == 2
     assert points[0].startswith("step 4/8  epoch 1/2  loss ") and "lr 4.00e-03  1,800 tok/s  packing 90.0%" in points[0]
     assert "kl 1.2500" in points[0] and "ETA 0:00:0" in points[1]
+    assert "eval loss (final): 0.7500  rewards/accuracies 0.6250" in lines
     assert "eval loss (initial): 5.5000" in lines and "8 steps (2 epoch(s)) x 1 rank(s)" in lines
 
 
