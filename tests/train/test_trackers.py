@@ -56,6 +56,20 @@ def test_names_are_checked():
         trackers.chosen(["comet"])
 
 
+def test_report_to_in_a_yaml_config(tmp_path):
+    from openchat_cli.train import config as config_mod
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\ndata: d\nout: o\nreport-to: tensorboard\n")
+    cfg = config_mod.merge({"report_to": ["mlflow"]}, set(), config_mod.load_yaml(path)).validate()
+    assert cfg.report_to == ["tensorboard"]  # a single name in YAML; the unset flag does not override it
+    cfg = config_mod.merge({"report_to": ["mlflow", "wandb"]}, {"report_to"}, config_mod.load_yaml(path)).validate()
+    assert cfg.report_to == ["mlflow", "wandb"] and cfg.to_dict()["report_to"] == ["mlflow", "wandb"]
+    path.write_text("model: m\ndata: d\nout: o\nreport-to: [tensorboard, neptune]\n")
+    with pytest.raises(OpenchatError, match="unknown tracker 'neptune'"):
+        config_mod.merge({}, set(), config_mod.load_yaml(path)).validate()
+
+
 def test_tensorboard_event_files_hold_every_scalar_and_the_run(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
