@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from openchat_cli.train import checkpoint as ckpt
 
@@ -77,7 +78,7 @@ class Reporter:
         self.curve: list[dict[str, Any]] = list(curve or [])
         self.window: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
-        self.events = open(self.out / EVENTS_FILE, "a", encoding="utf-8")
+        self.events = open(self.out / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
         self.emit("start", total=total, start=start, epochs=epochs, log_every=log_every, run_id=run_id)
 
     def emit(self, event: str, **fields: Any) -> None:

@@ -191,7 +191,7 @@ def open_trackers(names: list[str], out: Path, run_id: str | None, config: dict[
             opened.append(KINDS[name](Path(out), run_id, config, start))
     except OpenchatError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any library failure becomes one clear message
         for tracker in opened:
             tracker.close()
         raise OpenchatError(f"--report-to {name}: could not start ({type(exc).__name__}: {exc})") from None

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Iterable, Protocol
+from typing import IO, Any, Protocol
 
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -53,7 +54,7 @@ def format_extras(record: dict[str, Any]) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-:--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -249,7 +250,7 @@ class EventFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="train-events", daemon=True)
 
-    def __enter__(self) -> "EventFollower":
+    def __enter__(self) -> EventFollower:
         self.path.write_bytes(b"")  # this invocation's events only
         self._thread.start()
         return self

@@ -42,7 +42,8 @@ def test_plot_draws_both_runs_and_prints_their_series(cli, two_runs, tmp_path):
     image = imread(png)
     assert image.shape[0] > 300 and image.shape[1] > 800 and image[..., :3].std() > 0.05  # a drawn chart
     assert not [p for p in png.parent.iterdir() if p != png]  # no temp file left beside it
-    assert "drew loss, eval_loss of 1 run(s)" in " ".join(cli("catalog", "plot", a, "-o", tmp_path / "a.svg").stdout.split())
+    said = " ".join(cli("catalog", "plot", a, "-o", tmp_path / "a.svg").stdout.split())
+    assert "drew loss, eval_loss of 1 run(s)" in said
     assert (tmp_path / "a.svg").read_text().lstrip().startswith("<?xml")
 
 
@@ -63,7 +64,7 @@ def test_the_chart_holds_exactly_the_stored_points(two_runs):
 
 
 def test_metric_picks_other_curve_keys(cli, two_runs):
-    a, b = two_runs
+    _, b = two_runs
     result = cli("catalog", "plot", b, "--metric", "rewards/margins", "-m", "tokens_per_s", "--json").json()
     assert result["output"] is None and result["metrics"] == ["rewards/margins", "tokens_per_s"]
     assert result["runs"][0]["series"] == {"rewards/margins": [[10, 0.0], [20, 0.1]],
@@ -71,7 +72,7 @@ def test_metric_picks_other_curve_keys(cli, two_runs):
 
 
 def test_bad_requests_say_what_is_wrong(cli, two_runs, tmp_path):
-    a, b = two_runs
+    a, _ = two_runs
     err = cli("catalog", "plot", a, "--metric", "rewards/margins", "--json", expect=2).stderr
     assert f"{a} has no 'rewards/margins' in its curve" in err and "loss, lr, tokens_per_s" in " ".join(err.split())
     assert "-o loss.png" in cli("catalog", "plot", a, expect=2).stderr
