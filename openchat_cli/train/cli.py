@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from openchat_cli.console import console, err_console, print_json
+from openchat_cli.console import console, err_console
 from openchat_cli.train.config import TrainConfig
 
 D = TrainConfig()
@@ -50,13 +50,15 @@ def train_command(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after N steps of this invocation, keeping resumable state (time-boxed jobs).", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its settings are reused).", rich_help_panel=RUN),
     force: bool = typer.Option(False, "--force", help="Replace --out if it holds something.", rich_help_panel=RUN),
-    as_json: bool = typer.Option(False, "--json", help="Print the run's catalog entry as JSON."),
+    report_to: list[str] = typer.Option([], "--report-to", help="Also log to a tracker: none | tensorboard | wandb | mlflow (repeatable; wandb runs offline unless WANDB_MODE says otherwise).", rich_help_panel=RUN),
+    as_json: bool = typer.Option(False, "--json", help="Progress as JSON lines on stdout (start, curve points, evals, notes), then the run's catalog entry (event \"run\")."),
 ) -> None:
     """Fine-tune a causal LM on tokenized conversations: multipack packing, padding-free batches,
     weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format."""
     from openchat_cli.errors import OpenchatError
     from openchat_cli.train import config as config_mod
     from openchat_cli.train.launch import prepare, run, run_folder
+    from openchat_cli.train.watch import choose_view
 
     values = {k: v for k, v in ctx.params.items() if k in D.to_dict()}
     values["out"] = str(out) if out else None
@@ -64,10 +66,13 @@ def train_command(
     given = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
     cfg = config_mod.merge(values, given, config_mod.load_yaml(config) if config else {})
     if resume:
-        extra = [f"--{k.replace('_', '-')}" for k in sorted(given - {"out", "stop_after", "state_minutes"})]
+        extra = [f"--{k.replace('_', '-')}" for k in sorted(given - {"out", "stop_after", "state_minutes", "report_to"})]
         if extra or config:
-            raise OpenchatError("--resume continues with the run's own settings: only --out, "
-                                f"--stop-after and --state-minutes may be given (got {', '.join(extra or ['--config'])})")
+            raise OpenchatError("--resume continues with the run's own settings: only --out, --stop-after, "
+                                f"--state-minutes and --report-to may be given (got {', '.join(extra or ['--config'])})")
+    from openchat_cli.train import trackers
+
+    trackers.check_installed(trackers.chosen(cfg.report_to))  # before anything is registered
     if not cfg.out:
         if resume:
             raise OpenchatError("--resume needs --out: the run folder to continue")
@@ -83,10 +88,10 @@ def train_command(
     settle_abandoned_runs(open_catalog())  # runs whose command was killed stop showing `running`
     with RunFolderLock(run_folder(cfg)) as lock:
         spec = prepare(cfg, resume=resume, force=force,
-                       overrides={k: getattr(cfg, k) for k in ("state_minutes",) if k in given})
-        result = run(spec, lock.fd)
+                       overrides={k: getattr(cfg, k) for k in ("state_minutes", "report_to") if k in given})
+        result = run(spec, lock.fd, view=choose_view(as_json))
     if as_json:
-        print_json(open_catalog().get(spec["run_id"]))
+        print_json_line({"event": "run", "run": open_catalog().get(spec["run_id"])})
         if result.get("signal"):
             raise typer.Exit(128 + result["signal"])
         return
@@ -112,3 +117,12 @@ def train_command(
     else:
         console.print(f"[yellow]stopped[/] after step {result['stopped_at']} of {result['steps']}: continue with "
                       f"`openchat train --out {where} --resume` (run {spec['run_id']})")
+
+
+def print_json_line(data: object) -> None:
+    """One compact JSON object on its own line: --json output is JSON Lines (see train/watch.py)."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

@@ -7,7 +7,7 @@ the flag names with dashes or underscores (`tokens-per-step` or `tokens_per_step
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class TrainConfig:
     lora_targets: str = "all-linear"
     precision: str = "auto"
     stop_after: int | None = None
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow (train/trackers.py)
 
     @property
     def micro_capacity(self) -> int:
@@ -93,6 +94,9 @@ class TrainConfig:
             raise OpenchatError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.stop_after is not None and self.stop_after < 1:
             raise OpenchatError("--stop-after must be at least 1")
+        from openchat_cli.train.trackers import chosen
+
+        self.report_to = chosen([self.report_to] if isinstance(self.report_to, str) else self.report_to)
         return self
 
 

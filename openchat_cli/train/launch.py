@@ -182,19 +182,30 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run(spec: dict[str, Any], lock_fd: int | None = None) -> dict[str, Any]:
+def run(spec: dict[str, Any], lock_fd: int | None = None, view: Any = None) -> dict[str, Any]:
     """Train with the configured number of ranks; record the outcome in the catalog.
 
     SIGTERM/SIGINT stop the run cleanly: the ranks stop at the next step boundary with their
     state saved, the run is marked `interrupted`, and the result carries the signal (a second
     signal kills the ranks at once). `lock_fd` (the run folder's lock) is inherited by the
-    ranks, so the folder stays locked until the last of them has exited.
+    ranks, so the folder stays locked until the last of them has exited. While they run, rank 0's
+    events are shown by `view` (train/watch.py; default: live on a terminal, plain lines otherwise)
+    and sent to the configured trackers.
     """
+    from openchat_cli.console import err_console
+    from openchat_cli.train import trackers, watch
+    from openchat_cli.train.report import EVENTS_FILE
+
     cfg = TrainConfig.from_dict(spec["config"])
     out = Path(spec["out"])
     stop = StopSignals()
     try:
-        with stop:
+        sinks = [view or watch.choose_view(as_json=False)]
+        sinks += trackers.open_trackers(trackers.chosen(cfg.report_to), out, spec.get("run_id"), spec["config"],
+                                        start=ckpt.latest_state_step(out) or 0)
+        follower = watch.EventFollower(out / EVENTS_FILE, sinks,
+                                       warn=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
+        with stop, follower:
             _run_ranks(out / ckpt.RUN_FILE, cfg, stop, tuple(fd for fd in (lock_fd,) if fd is not None))
         result = json.loads((out / RESULT_FILE).read_text())
     except BaseException as exc:

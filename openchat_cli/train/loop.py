@@ -248,19 +248,19 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
         kernel = attention.describe(device, torch.bfloat16 if use_bf16(cfg, device) else torch.float32)
 
         ckpt.truncate_steps(out, start)
-        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve)
+        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve, epochs=cfg.epochs)
         reporter.note(f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
                       f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
                       f"{sampler.efficiency():.1%}; lr {lr:.2e}; {kernel} attention; "
                       f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}"
                       + (f"; resuming at step {start}" if start else ""))
 
-    def run_eval(tag: str) -> None:
+    def run_eval(tag: str, step: int) -> None:
         if eval_sampler is not None:
             metrics[tag] = evaluate(engine, eval_data, eval_sampler, comm, device, pad_id)
             metrics["eval_loss"] = metrics[tag]
             if reporter:
-                reporter.note(f"eval loss ({tag.removeprefix('eval_loss_')}): {metrics[tag]:.4f}")
+                reporter.eval(step, metrics[tag], tag)
 
     saved = start  # the step of the newest resumable state (the one resumed from counts)
 
@@ -289,7 +289,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
             save_state(step)
 
     if start == 0:
-        run_eval("eval_loss_initial")
+        run_eval("eval_loss_initial", 0)
     engine.train()
     status, done = "completed", start
     last_state_time = time.monotonic()
@@ -338,7 +338,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
                                "packing_efficiency": sampler.step_efficiency(step),
                                "rank_tokens": rank_tokens.tolist(), "weight": weight})
             if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                run_eval(f"eval_loss_step_{done}")
+                run_eval(f"eval_loss_step_{done}", done)
             if done == total:
                 break
             if cfg.stop_after and done - start >= cfg.stop_after:
@@ -352,7 +352,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
             if saved == done:
                 last_state_time = time.monotonic()
         if status == "completed":
-            run_eval("eval_loss_final")
+            run_eval("eval_loss_final", total)
             save(total, final=True)
     finally:
         stop.restore()
