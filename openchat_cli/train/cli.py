@@ -100,6 +100,9 @@ def train_command(
     if result["status"] == "completed":
         eval_text = (f", held-out loss {metrics['eval_loss_initial']:.4f} → {metrics['eval_loss']:.4f}"
                      if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
+        if "eval_accuracy" in metrics:  # the preference methods: held-out pairs ranked right
+            eval_text += (f", held-out pair accuracy {metrics.get('eval_accuracy_initial', float('nan')):.1%} → "
+                          f"{metrics['eval_accuracy']:.1%}")
         console.print(f"[green]trained[/] {result['steps']} steps, train loss {metrics['final_loss']:.4f}{eval_text}"
                       + f" → {where / 'final'} ([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
     elif result.get("signal"):
