@@ -55,14 +55,20 @@ def write_pairs(path: Path, tokenizer, pairs: list[Pair], template: str = "openc
     return path
 
 
-def color_pairs(n: int, seed: int) -> list[Pair]:
-    """'what color is the fox?' -> chosen 'The fox is red.', rejected a wrong color."""
+def color_pairs(n: int, seed: int, rejected: str = "wrong") -> list[Pair]:
+    """'what color is the fox?' -> chosen 'The fox is red.'; rejected a wrong color ('wrong', the
+    harder preference for a tiny model), or a non-answer ('unsure': learnt in a few steps)."""
     rng = random.Random(seed)
     colors = sorted(set(ANIMALS.values()))
     out = []
     for _ in range(n):
         animal = rng.choice(sorted(ANIMALS))
         wrong = rng.choice([c for c in colors if c != ANIMALS[animal]])
+        bad = f"The {animal} is {wrong}." if rejected == "wrong" else unsure(animal)
         out.append(([Message("user", f"Item {rng.randint(0, 999)}: what color is the {animal}?")],
-                    f"The {animal} is {ANIMALS[animal]}.", f"The {animal} is {wrong}."))
+                    f"The {animal} is {ANIMALS[animal]}.", bad))
     return out
+
+
+def unsure(animal: str) -> str:
+    return f"Sorry, I do not know the color of the {animal}."

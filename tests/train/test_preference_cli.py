@@ -18,8 +18,8 @@ FAST = ("--tokens-per-step", "512", "--log-every", "1", "--state-minutes", "0")
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pairs")
-    return {"train": write_pairs(root / "train.parquet", tiny_tokenizer, color_pairs(96, seed=1)),
-            "eval": write_pairs(root / "eval.parquet", tiny_tokenizer, color_pairs(32, seed=2))}
+    return {"train": write_pairs(root / "train.parquet", tiny_tokenizer, color_pairs(96, seed=1, rejected="unsure")),
+            "eval": write_pairs(root / "eval.parquet", tiny_tokenizer, color_pairs(32, seed=2, rejected="unsure"))}
 
 
 def _steps(out: Path) -> list[dict]:
@@ -64,11 +64,11 @@ def test_dpo_trains_resumes_and_raises_held_out_accuracy(cli, tiny_model_dir, pa
     does (the reference log-probs are read back, not recomputed), and held-out pairs come out
     ranked right."""
     args = ("--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
-            "--method", "dpo", "--beta", "0.5", "--lr", "5e-4", "--epochs", "6", *FAST)
+            "--method", "dpo", "--beta", "0.5", "--lr", "5e-4", "--epochs", "2", *FAST)
     whole = tmp_path / "whole"
     cli("train", *args, "--out", whole)
     part = tmp_path / "part"
-    cli("train", *args, "--out", part, "--stop-after", "40")
+    cli("train", *args, "--out", part, "--stop-after", "10")
     refs = part / "reference" / "train.npy"
     stamp = refs.stat().st_mtime_ns
     assert np.load(refs).shape == (96, 2) and np.load(part / "reference" / "eval.npy").shape == (32, 2)
@@ -87,7 +87,7 @@ def test_dpo_trains_resumes_and_raises_held_out_accuracy(cli, tiny_model_dir, pa
     metrics = run["metrics"]
     assert run["config"]["method"] == "dpo" and run["status"] == "completed"
     assert metrics["eval_accuracy_initial"] == 0.0  # policy == reference: no pair has a positive margin
-    assert metrics["eval_accuracy"] >= 0.65 and metrics["eval_margin"] > 0
+    assert metrics["eval_accuracy"] >= 0.9 and metrics["eval_margin"] > 0
     assert metrics["eval_loss_final"] < metrics["eval_loss_initial"] - 0.05
     final = [c for c in catalog.list("checkpoints") if c["run_id"] == run["id"] and c["name"] == "final"][0]
     assert final["kind"] == "trained" and final["metrics"]["method"] == "dpo"
@@ -103,10 +103,11 @@ def test_reward_model_zero3_is_a_sequence_classification_checkpoint(cli, tiny_mo
 
     out = tmp_path / "rm"
     cli("train", "--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
-        "--method", "rm", "--lr", "1e-3", "--epochs", "6", "--zero", "3", *FAST, "--out", out)
+        "--method", "rm", "--lr", "1e-3", "--epochs", "2", "--zero", "3", *FAST, "--out", out)
     catalog = open_catalog()
     run = catalog.get(json.loads((out / "run.json").read_text())["run_id"])
-    assert run["metrics"]["eval_accuracy"] >= 0.75 > run["metrics"]["eval_accuracy_initial"]
+    assert run["metrics"]["eval_accuracy"] >= 0.95
+    assert run["metrics"]["eval_loss_final"] < run["metrics"]["eval_loss_initial"] / 10
     final = [c for c in catalog.list("checkpoints") if c["run_id"] == run["id"] and c["name"] == "final"][0]
     assert final["kind"] == "reward-model" and final["metrics"]["eval_accuracy"] == run["metrics"]["eval_accuracy"]
 
@@ -136,16 +137,15 @@ def test_reward_model_zero3_is_a_sequence_classification_checkpoint(cli, tiny_mo
 def _color_answer_run(catalog, name: str, correct: bool) -> str:
     """An answer run on held-out color questions, right or wrong throughout."""
     from tests.train.helpers import ANIMALS
+    from tests.train.pairs_helpers import unsure
 
-    colors = sorted(set(ANIMALS.values()))
     run = catalog.add_eval(kind="answer", name=name, model=name, endpoint="http://x/v1", questions_hash="h")
     for i in range(16):
         animal = sorted(ANIMALS)[i % len(ANIMALS)]
-        color = ANIMALS[animal] if correct else colors[(colors.index(ANIMALS[animal]) + 1) % len(colors)]
         catalog.insert("questions", {"eval_id": run, "question_id": f"q{i}", "category": "color",
                                      "turns": [f"Item {500 + i}: what color is the {animal}?"], "meta": {}})
         catalog.insert("answers", {"eval_id": run, "question_id": f"q{i}", "model": name,
-                                   "turns": [f"The {animal} is {color}."]})
+                                   "turns": [f"The {animal} is {ANIMALS[animal]}." if correct else unsure(animal)]})
     catalog.update("evals", run, status="completed")
     return run
 
@@ -163,10 +163,25 @@ def test_lora_dpo_and_rm(cli, tiny_model_dir, pair_files, tmp_path):
     for method in ("dpo", "rm"):
         out = tmp_path / method
         cli("train", "--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
-            "--method", method, "--lora", "--lora-r", "8", "--lr", "2e-3", "--epochs", "6", *FAST, "--out", out)
+            "--method", method, "--lora", "--lora-r", "8", "--lr", "2e-3", "--epochs", "2", *FAST, "--out", out)
         metrics = open_catalog().get(json.loads((out / "run.json").read_text())["run_id"])["metrics"]
         assert metrics["eval_accuracy"] > metrics["eval_accuracy_initial"]
         assert metrics["eval_loss_final"] < metrics["eval_loss_initial"]
         adapter = json.loads((out / "final" / "adapter_config.json").read_text())
         assert adapter["task_type"] == ("SEQ_CLS" if method == "rm" else "CAUSAL_LM")
     assert np.load(tmp_path / "dpo" / "reference" / "train.npy").shape == (96, 2)
+
+
+@pytest.mark.slow
+def test_dpo_two_ranks_zero3_share_the_reference_pass(cli, tiny_model_dir, pair_files, tmp_path):
+    """Two CPU ranks under ZeRO-3 split the reference pass and all-reduce it: every pair gets its
+    reference (so the policy, still equal to it, scores exactly log 2 on held-out pairs)."""
+    out = tmp_path / "z3"
+    cli("train", "--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
+        "--method", "dpo", "--beta", "0.5", "--lr", "5e-4", "--zero", "3", "--num-gpus", "2", *FAST, "--out", out)
+    metrics = open_catalog().get(json.loads((out / "run.json").read_text())["run_id"])["metrics"]
+    assert metrics["eval_loss_initial"] == pytest.approx(np.log(2), abs=1e-6)
+    assert metrics["eval_loss_final"] < metrics["eval_loss_initial"]
+    for name, pairs in (("train", 96), ("eval", 32)):
+        refs = np.load(out / "reference" / f"{name}.npy")
+        assert refs.shape == (pairs, 2) and (refs < 0).all()  # every pair scored, none left at 0
