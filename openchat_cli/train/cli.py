@@ -58,7 +58,8 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print the run's catalog entry as JSON."),
 ) -> None:
     """Fine-tune a causal LM on tokenized conversations: multipack packing, padding-free batches,
-    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format."""
+    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format. --method dpo|rm
+    learns from tokenized preference pairs instead (DPO, or a reward model)."""
     from openchat_cli.errors import OpenchatError
     from openchat_cli.train import config as config_mod
     from openchat_cli.train.launch import prepare, run, run_folder
