@@ -31,7 +31,7 @@ _openchat() {
         "data split") words="--eval --eval-out --force --help --home --json --seed --train-out" ;;
         "data stats") words="--help --home --json --model --template -m" ;;
         "data tokenize") words="--chunk-size --force --help --home --json --max-len --model --name --out --template --workers -m -o" ;;
-        "eval") words="answer export grade judge loglik perplexity report --help" ;;
+        "eval") words="answer export grade judge loglik perplexity report score --help" ;;
         "eval answer") words="--api-key --checkpoint --concurrency --endpoint --help --home --json --limit --max-tokens --model --name --new --retries --retry-wait --run --system --temperature -c -e -m -t" ;;
         "eval export") words="--format --help --home --output -f -o" ;;
         "eval grade") words="--help --home --json" ;;
@@ -39,6 +39,7 @@ _openchat() {
         "eval loglik") words="--api-key --bos --checkpoint --concurrency --endpoint --help --home --json --limit --model --name --new --no-bos --retries --retry-wait --run --task-format -c -e -f -m" ;;
         "eval perplexity") words="--buckets --dtype --help --home --json --max-len --tokens-per-batch" ;;
         "eval report") words="--baseline --help --home --json --plot -b" ;;
+        "eval score") words="--help --home --json --rm" ;;
         "model") words="add-tokens export extend-context info init merge-lora --help" ;;
         "model add-tokens") words="--force --help --home --init --json --seed --std --template --token" ;;
         "model export") words="--force --format --help --home --json --output --outtype -o" ;;
@@ -48,14 +49,14 @@ _openchat() {
         "model merge-lora") words="--base --force --help --home --json" ;;
         "quickstart") words="--dir --epochs --eval-size --help --home --json --lr --seed --size --tokens-per-step --train-size" ;;
         "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --home --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
-        "train") words="--config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --home --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-grad-norm --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --report-to --resume --save-every --seed --state-minutes --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
+        "train") words="--beta --config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --home --hostfile --json --label-smoothing --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --loss-type --lr --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --report-to --resume --save-every --seed --state-minutes --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog plot"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog plot"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"eval score"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

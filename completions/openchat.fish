@@ -16,13 +16,14 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_
 complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
 complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
 complete -c openchat -n '__fish_use_subcommand' -a eval -d 'Generate answers, judge them with an LLM, grade and report.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer);'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a loglik -d 'Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume.'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a perplexity -d 'Mean loss and perplexity on the supervised tokens of held-out data, by token position (packed, no padding).'
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a grade -d 'Grade exact-answer sets without a judge (option letter, last number, \boxed{} answer);'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a judge -d 'Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a loglik -d 'Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a perplexity -d 'Mean loss and perplexity on the supervised tokens of held-out data, by token position (packed, no padding).'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a report -d 'Scores, win rates and accuracy with bootstrap CIs, and judge reliability.'
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a score -d 'Score every answer with a reward model (a judge that needs no API); `eval report` shows the'
 complete -c openchat -n '__fish_use_subcommand' -a model -d 'Make tiny models, add special tokens, merge LoRA adapters.'
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a add-tokens -d 'Add special tokens to a model; new input and output embedding rows start at the mean of the'
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -a export -d 'Write a checkpoint as one GGUF file with its tokenizer and chat template, for llama.cpp and Ollama.'
@@ -148,7 +149,7 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l workers
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s m
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -s o
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -l help
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l api-key
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l checkpoint
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l concurrency
@@ -231,6 +232,10 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l plot
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -s b
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l home
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l json
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l rm
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l help
@@ -309,6 +314,7 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l served-model-name
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l template
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l tensor-parallel-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l threads
+complete -c openchat -n '__fish_seen_subcommand_from train' -l beta
 complete -c openchat -n '__fish_seen_subcommand_from train' -l config
 complete -c openchat -n '__fish_seen_subcommand_from train' -l data
 complete -c openchat -n '__fish_seen_subcommand_from train' -l epochs
@@ -320,14 +326,17 @@ complete -c openchat -n '__fish_seen_subcommand_from train' -l help
 complete -c openchat -n '__fish_seen_subcommand_from train' -l home
 complete -c openchat -n '__fish_seen_subcommand_from train' -l hostfile
 complete -c openchat -n '__fish_seen_subcommand_from train' -l json
+complete -c openchat -n '__fish_seen_subcommand_from train' -l label-smoothing
 complete -c openchat -n '__fish_seen_subcommand_from train' -l log-every
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lora
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-alpha
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-dropout
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-r
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-targets
+complete -c openchat -n '__fish_seen_subcommand_from train' -l loss-type
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lr
 complete -c openchat -n '__fish_seen_subcommand_from train' -l max-grad-norm
+complete -c openchat -n '__fish_seen_subcommand_from train' -l method
 complete -c openchat -n '__fish_seen_subcommand_from train' -l micro-tokens
 complete -c openchat -n '__fish_seen_subcommand_from train' -l min-lr-ratio
 complete -c openchat -n '__fish_seen_subcommand_from train' -l model

@@ -259,6 +259,36 @@ def grade_command(
         render_suites(suites, console)
 
 
+@app.command("score")
+def score_command(
+    answer_run: str = typer.Argument(..., help="Answer run (ev-…) to score."),
+    rm: str = typer.Option(..., "--rm", help="Reward model: a checkpoint id (ck-…) or dir from `openchat train --method rm`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Score every answer with a reward model (a judge that needs no API); `eval report` shows the
+    mean reward with a bootstrap CI next to judge scores."""
+    from openchat_cli.eval.reward_score import run_score
+    from store.catalog import open_catalog
+
+    with progress() as bar:
+        task = bar.add_task(f"scoring {answer_run}", total=None, info="")
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "start":
+                bar.update(task, total=data["total"])
+            elif kind == "scored":
+                bar.update(task, completed=data["done"])
+
+        result = run_score(open_catalog(), answer_run, rm, on_event)
+    if as_json:
+        print_json(result)
+        return
+    ci = result["mean_ci"]
+    console.print(f"[bold]{result['run_id']}[/] {result['model']}: mean reward {result['mean']:.3f}"
+                  + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
+                  + f" over {result['scored']} answers, by {result['reward_model']}")
+
+
 @app.command("report")
 def report_command(
     runs: Optional[list[str]] = typer.Argument(None, help="Judge, grade or answer runs (default: every judge and grade run)."),

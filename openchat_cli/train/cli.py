@@ -14,6 +14,7 @@ D = TrainConfig()
 PERF = "Performance"
 LORA = "LoRA"
 RUN = "Run control"
+PREF = "Preference methods"
 
 
 def train_command(
@@ -23,8 +24,12 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder: checkpoints step-N/, final/, resumable state/ (default: HOME/runs/train-DATE-TIME)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with any of these settings (flags override it)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out tokenized .parquet or ds-… id: eval loss before, during and after."),
+    method: str = typer.Option(D.method, "--method", help="sft (conversations) | dpo | rm (reward model); dpo and rm read tokenized preference pairs.", rich_help_panel=PREF),
+    beta: Optional[float] = typer.Option(None, "--beta", help="DPO/IPO beta: how far the policy may move from the reference (default 0.1).", rich_help_panel=PREF),
+    label_smoothing: float = typer.Option(D.label_smoothing, "--label-smoothing", help="cDPO: the share of pairs assumed mislabeled (0 to 0.5).", rich_help_panel=PREF),
+    loss_type: str = typer.Option(D.loss_type, "--loss-type", help="DPO loss: sigmoid | ipo.", rich_help_panel=PREF),
     epochs: int = typer.Option(D.epochs, "--epochs", help="Passes over the data."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: OpenChat's rule, 3e-4 x sqrt(supervised tokens per step / 4M))."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: OpenChat's rule for sft, 3e-4 x sqrt(supervised tokens per step / 4M); 1e-6 for dpo, 1e-4 for rm, as TRL)."),
     warmup_ratio: float = typer.Option(D.warmup_ratio, "--warmup-ratio", help="Fraction of steps with linear warmup."),
     min_lr_ratio: float = typer.Option(D.min_lr_ratio, "--min-lr-ratio", help="Cosine decay floor, as a fraction of the peak lr."),
     weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="AdamW weight decay (matrices only)."),
@@ -54,7 +59,8 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Progress as JSON lines on stdout (start, curve points, evals, notes), then the run's catalog entry (event \"run\")."),
 ) -> None:
     """Fine-tune a causal LM on tokenized conversations: multipack packing, padding-free batches,
-    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format."""
+    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format. --method dpo|rm
+    learns from tokenized preference pairs instead (DPO, or a reward model)."""
     from openchat_cli.errors import OpenchatError
     from openchat_cli.train import config as config_mod
     from openchat_cli.train.launch import prepare, run, run_folder
@@ -100,6 +106,9 @@ def train_command(
     if result["status"] == "completed":
         eval_text = (f", held-out loss {metrics['eval_loss_initial']:.4f} → {metrics['eval_loss']:.4f}"
                      if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
+        if "eval_accuracy" in metrics:  # the preference methods: held-out pairs ranked right
+            eval_text += (f", held-out pair accuracy {metrics.get('eval_accuracy_initial', float('nan')):.1%} → "
+                          f"{metrics['eval_accuracy']:.1%}")
         console.print(f"[green]trained[/] {result['steps']} steps, train loss {metrics['final_loss']:.4f}{eval_text}"
                       + f" → {where / 'final'} ([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
     elif result.get("signal"):

@@ -15,6 +15,9 @@ from openchat_cli.errors import OpenchatError
 
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("auto", "bf16", "fp32")
+METHODS = ("sft", "dpo", "rm")
+LOSS_TYPES = ("sigmoid", "ipo")
+DPO_BETA = 0.1  # --beta when not given (TRL's and the DPO paper's default)
 
 
 @dataclass
@@ -49,6 +52,14 @@ class TrainConfig:
     precision: str = "auto"
     stop_after: int | None = None
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow (train/trackers.py)
+    method: str = "sft"  # sft | dpo | rm (preference methods read tokenized pairs)
+    beta: float | None = None  # DPO/IPO strength; None: the method's default (DPO_BETA)
+    label_smoothing: float = 0.0  # cDPO: the share of pairs assumed flipped
+    loss_type: str = "sigmoid"  # DPO's loss: sigmoid | ipo
+
+    @property
+    def dpo_beta(self) -> float:
+        return DPO_BETA if self.beta is None else self.beta
 
     @property
     def micro_capacity(self) -> int:
@@ -97,6 +108,18 @@ class TrainConfig:
         from openchat_cli.train.trackers import chosen
 
         self.report_to = chosen([self.report_to] if isinstance(self.report_to, str) else self.report_to)
+        if self.method not in METHODS:
+            raise OpenchatError(f"--method must be one of {', '.join(METHODS)}")
+        if self.loss_type not in LOSS_TYPES:
+            raise OpenchatError(f"--loss-type must be one of {', '.join(LOSS_TYPES)}")
+        if self.beta is not None and not self.beta > 0:
+            raise OpenchatError("--beta must be positive")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise OpenchatError("--label-smoothing must be in [0, 0.5)")
+        if self.method != "dpo" and (self.beta is not None or self.label_smoothing or self.loss_type != "sigmoid"):
+            raise OpenchatError("--beta, --label-smoothing and --loss-type apply to --method dpo only")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise OpenchatError("--label-smoothing applies to --loss-type sigmoid only")
         return self
 
 
