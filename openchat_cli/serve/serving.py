@@ -50,6 +50,13 @@ ENGINE_EXTRAS = (("min_p", "min_p", 0.0), ("repetition_penalty", "repetition_pen
                  ("logit_bias", "logit_bias", None))
 
 
+def unsupported_extras() -> dict[str, Any]:
+    """The request fields of ENGINE_EXTRAS that SamplingParams cannot carry yet, with their
+    neutral values (the only ones accepted)."""
+    taken = {f.name for f in dataclasses.fields(SamplingParams)}
+    return {field: neutral for field, name, neutral in ENGINE_EXTRAS if name not in taken}
+
+
 class PromptTokenizer:
     """The tokenizer with its vocabulary cached: the template checks the control tokens on
     every encode, and `get_vocab()` rebuilds a dict of the whole vocabulary each call."""
