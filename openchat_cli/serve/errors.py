@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from openchat_cli.serve.protocol import ErrorResponse, printable
+from openchat_cli.serve.protocol import ErrorDetail, ErrorResponse, printable
 
 log = logging.getLogger("openchat.serve")
 
@@ -41,9 +41,12 @@ class APIError(Exception):
         message, param = printable(message), printable(param) if param is not None else None
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
+    def model(self) -> ErrorResponse:
+        return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param,
+                                               code=self.code))
+
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return self.model().model_dump()
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=headers)

@@ -496,7 +496,7 @@ class OpenAIServing:
             yield DONE
         except EngineFailed as exc:
             status, error = 500, str(exc)
-            yield f"data: {json.dumps(engine_error(exc).body())}\n\n"
+            yield sse(engine_error(exc).model())
             yield DONE
         except (asyncio.CancelledError, GeneratorExit):
             status, error = 499, "client disconnected"
