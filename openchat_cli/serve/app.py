@@ -36,6 +36,7 @@ from openchat_cli.serve.bounds import PromptBounds
 from openchat_cli.serve.detokenize import ReplyStream
 from openchat_cli.serve.guard import LOGGED, AuthFailures, GuardMiddleware, request_for_log
 from openchat_cli.serve.engines.base import Engine, SamplingParams
+from openchat_cli.serve.engines.guided import GuideError, json_guide
 from openchat_cli.serve.logprobs import LogprobsBuilder, TokenTexts, prompt_offsets
 from openchat_cli.serve.openapi import install_docs, install_openapi
 from openchat_cli.serve.protocol import (
@@ -608,11 +609,21 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         if top_p <= 0.0:
             top_k = 1
         completion = isinstance(body, CompletionRequest)  # chat `logprobs` stays refused
+        bias = body.logit_bias_pairs()
+        if bias and bias[-1][0] > engine.max_token_id():
+            raise APIError(400, f"Invalid value for 'logit_bias': token id {bias[-1][0]} is out of the "
+                                f"vocabulary (0..{engine.max_token_id()})", param="logit_bias",
+                           code="invalid_value")
+        try:
+            guide = None if completion else json_guide(body.response_format)
+        except GuideError as exc:
+            raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
         return SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=max(top_p, 1e-6), top_k=top_k,
-            seed=_choice_seed(body.seed, index),
+            min_p=float(body.min_p or 0.0), seed=_choice_seed(body.seed, index),
             presence_penalty=float(body.presence_penalty or 0.0),
             frequency_penalty=float(body.frequency_penalty or 0.0),
+            repetition_penalty=float(body.repetition_penalty or 1.0), logit_bias=bias, guide=guide,
             stop_token_ids=config.stop_token_ids, ignore_eos=body.ignore_eos,
             logprobs=body.logprobs if completion else None,
             prompt_logprobs=body.logprobs if completion and body.echo else None)

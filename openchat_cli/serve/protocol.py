@@ -1,8 +1,8 @@
 """Request and response shapes of the OpenAI API subset we serve (pydantic v2).
 
 Requests are validated strictly ("0.7" is not a temperature) and unknown fields are refused,
-as OpenAI does; fields OpenAI defines that a local model cannot honour (tools, chat logprobs,
-logit_bias, response formats other than text) are accepted only with their neutral values so
+as OpenAI does; fields OpenAI defines that a local model cannot honour (tools, chat logprobs)
+are accepted only with their neutral values so
 that SDKs sending defaults keep working, and refused with a clear 400 otherwise. Text
 completions support `logprobs` and `echo` as the legacy completions API and vLLM define them
 (what log-likelihood evals such as lm-evaluation-harness's `local-completions` send).
@@ -86,6 +86,7 @@ def whole_number(value: Any) -> Any:
 
 JsonInt = Annotated[StrictInt, BeforeValidator(whole_number)]
 # Bounds inside the Annotated: on a union pydantic would write them into the schema as "ge".
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 TopK = Annotated[StrictInt, Field(ge=-1), BeforeValidator(whole_number)]
 Count = Annotated[StrictInt, Field(ge=1), BeforeValidator(whole_number)]
 Seed = Annotated[StrictInt, Field(ge=-MAX_SEED, le=MAX_SEED), BeforeValidator(whole_number)]
@@ -209,14 +210,23 @@ class _Sampling(_Request):
     seed: Seed | None = None
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
+    min_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0,
+                                      description="vLLM extension: drop tokens less likely than "
+                                                  "min_p x the most likely one (0 = off).")
+    repetition_penalty: StrictFloat | None = Field(
+        default=None, gt=0.0, le=10.0,
+        description="vLLM extension: >1 discourages tokens already in the prompt or reply (1 = off).")
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
     ignore_eos: StrictBool = Field(default=False,
                                    description="vLLM extension: keep generating past end-of-turn "
                                                "(benchmarks).")
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (as a string) -> bias added to its logit (-100..100).",
+        json_schema_extra={"maxProperties": MAX_LOGIT_BIAS, "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+                           "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}})
     # Defined by OpenAI, accepted only with neutral values.
-    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"maxProperties": 0})
     metadata: dict[str, str] | None = None
     store: StrictBool | None = None
     service_tier: StrictStr | None = None
@@ -229,9 +239,21 @@ class _Sampling(_Request):
     @field_validator("logit_bias")
     @classmethod
     def _logit_bias(cls, value: Any) -> Any:
-        if value:
-            raise PydanticCustomError("unsupported", "logit_bias is not supported")
+        for key, bias in (value or {}).items():
+            if not key.isdigit() or len(key) > 9:
+                raise PydanticCustomError("logit_bias", "logit_bias keys must be token ids, got {key!r}",
+                                          {"key": key})
+            if not -100.0 <= bias <= 100.0:
+                raise PydanticCustomError("logit_bias", "logit_bias values must be between -100 and 100, "
+                                          "got {bias} for token {key}", {"key": key, "bias": bias})
+        if value and len(value) > MAX_LOGIT_BIAS:
+            raise PydanticCustomError("logit_bias", "logit_bias holds at most {limit} tokens",
+                                      {"limit": MAX_LOGIT_BIAS})
         return value
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias) pairs, sorted by token id."""
+        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     @field_validator("stream_options")
     @classmethod
@@ -270,7 +292,16 @@ class ChatCompletionRequest(_Sampling):
     functions: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0})
     function_call: Any = Field(default=None, json_schema_extra={"enum": [None, "none", "auto"]})
     response_format: dict[str, Any] | None = Field(
-        default=None, json_schema_extra={"properties": {"type": {"const": "text"}}})
+        default=None, description="text, json_object, or json_schema (constrained decoding).",
+        json_schema_extra={"oneOf": [
+            {"properties": {"type": {"enum": ["text", "json_object"]}}},
+            {"properties": {"type": {"const": "json_schema"},
+                            "json_schema": {"type": "object", "required": ["name"],
+                                            "properties": {"name": {"type": "string"},
+                                                           "description": {"type": "string"},
+                                                           "strict": {"type": ["boolean", "null"]},
+                                                           "schema": {"type": "object", "maxProperties": 0}}}},
+             "required": ["type", "json_schema"]}]})
     modalities: list[str] | None = Field(default=None, json_schema_extra={"items": {"const": "text"}})
     reasoning_effort: StrictStr | None = None
 
@@ -312,8 +343,9 @@ class ChatCompletionRequest(_Sampling):
     @field_validator("response_format")
     @classmethod
     def _response_format(cls, value: Any) -> Any:
-        if value and value.get("type", "text") != "text":
-            raise PydanticCustomError("unsupported", "only response_format type 'text' is supported")
+        if value and value.get("type", "text") not in ("text", "json_object", "json_schema"):
+            raise PydanticCustomError("unsupported", "response_format type must be text, json_object "
+                                      "or json_schema")
         return value
 
     @field_validator("modalities")

@@ -28,6 +28,7 @@ Generated tokens go back to the asyncio side with one `call_soon_threadsafe` per
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import sys
 import threading
@@ -117,6 +118,10 @@ class TransformersEngine(Engine):
         self._batchable = True
         self._full_cache = False
         self._attention = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        # transformers 5.2x renamed the forward's `past_key_values` to `cache` (the old name
+        # goes in 5.40); models that still take the old name (remote code) get it.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_args else "past_key_values"
         self._guides = GuideFactory(tokenizer, self.vocab_size or self.vocab_limit)
         self.prefill_tokens = 0  # tokens the prefill forwards computed (padding included)
         self._cond = threading.Condition()
@@ -142,10 +147,10 @@ class TransformersEngine(Engine):
             for _attempt in range(2):
                 cache = self._new_cache()
                 ids = torch.tensor([[self.tokenizer.eos_token_id or 0] * 4], device=self.device)
-                self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+                self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
                 if self._check_batchable(cache):
                     break
-            self.model(input_ids=ids[:, :1], cache=cache, use_cache=True,
+            self.model(input_ids=ids[:, :1], **{self._cache_kw: cache}, use_cache=True,
                        position_ids=torch.tensor([[4]], device=self.device))
 
     async def start(self) -> None:
@@ -307,7 +312,7 @@ class TransformersEngine(Engine):
             ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
             self._mask = torch.cat([self._mask, ones], dim=1)
             logits = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                                cache=self._cache, use_cache=True).logits[:, -1, :]
+                                **{self._cache_kw: self._cache}, use_cache=True).logits[:, -1, :]
             for s in rows:
                 s.length += 1
             tokens, logprobs = self._sample(logits, rows)
@@ -402,7 +407,7 @@ class TransformersEngine(Engine):
         self.prefill_tokens += ids.numel()
         cache = self._new_cache()
         wanted = any(s.params.prompt_logprobs is not None for s in seqs)
-        logits = self.model(input_ids=ids, cache=cache, use_cache=True,
+        logits = self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True,
                             logits_to_keep=0 if wanted else 1, **kwargs).logits
         prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
         if wanted:
@@ -423,7 +428,7 @@ class TransformersEngine(Engine):
         cache = self._new_cache()
         wanted = any(s.params.prompt_logprobs is not None for s in seqs)
         logits = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                            attention_mask=batch.attention_mask, cache=cache, use_cache=True,
+                            attention_mask=batch.attention_mask, **{self._cache_kw: cache}, use_cache=True,
                             logits_to_keep=0 if wanted else batch.last_positions).logits[0]
         mask = unpack_cache(cache, batch)
         prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
