@@ -40,7 +40,7 @@ from openchat_cli.serve.protocol import (
     ModelList,
 )
 from openchat_cli.serve.request_log import RequestLogger
-from openchat_cli.serve.serving import ServingContext, parse_body, request_body_schema, unsupported_extras
+from openchat_cli.serve.serving import ServingContext, parse_body, request_body_schema
 from openchat_cli.serve.serving_chat import OpenAIServingChat
 from openchat_cli.serve.serving_completions import OpenAIServingCompletion
 from openchat_cli.serve.serving_models import OpenAIServingModels
@@ -104,7 +104,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     )
     install_openapi(app, secured=bool(config.api_keys), model_names=sorted(ctx.known_models),
                     max_n=config.max_n, context_length=engine.context_length,
-                    max_token_id=engine.max_token_id(), neutral_only=unsupported_extras())
+                    max_token_id=engine.max_token_id())
     install_docs(app)
     app.state.engine = engine
     app.state.config = config

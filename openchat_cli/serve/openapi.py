@@ -34,11 +34,9 @@ def id_range_pattern(top: int) -> str:
 
 
 def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_n: int,
-                    context_length: int, max_token_id: int,
-                    neutral_only: dict[str, Any] | None = None) -> None:
+                    context_length: int, max_token_id: int) -> None:
     """Replace `app.openapi` with one that states this server's limits (served names, n, the
-    context, the vocabulary, the sampling extras its engine cannot honour: `neutral_only` maps
-    each to its neutral value) and, when keys are required, the security scheme."""
+    context, the vocabulary) and, when keys are required, the security scheme."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -67,11 +65,6 @@ def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_
             for option in bias["anyOf"]:
                 if option.get("type") == "object":
                     option["propertyNames"] = {"pattern": id_range_pattern(max_token_id)}
-            for field, neutral in (neutral_only or {}).items():
-                props[field] = {"description": props[field].get("description", "") + " Only the "
-                                "neutral value: this server's engine does not honour it.",
-                                "anyOf": [{"type": "object", "maxProperties": 0} if neutral is None
-                                          else {"const": neutral}, {"type": "null"}], "default": None}
         prompt = components["CompletionRequest"]["properties"]["prompt"]
         for option in prompt["anyOf"]:
             if option.get("type") == "array":

@@ -8,7 +8,9 @@ refused, as OpenAI does. What real clients send is accepted:
   ignored; so are keys clients add to messages (`id`, `opts`), with a debug log;
 - fields a local model cannot honour (tool calls, audio output, web search) are accepted with
   their neutral values (`tools` with `tool_choice: "none"`) and otherwise refused as "not
-  supported", naming the field.
+  supported", naming the field;
+- `response_format` `json_object` / `json_schema` is enforced by constrained decoding
+  (engines/guided.py).
 Chat completions return `logprobs` / `top_logprobs` in OpenAI's shape; text completions support
 `logprobs` and `echo` as the legacy completions API and vLLM define them (what log-likelihood
 evals such as lm-evaluation-harness's `local-completions` send). vLLM's `min_p` and
@@ -297,10 +299,10 @@ class _Sampling(_Request):
                                               {"key": key})
         return value
 
-    def logit_bias_ids(self) -> dict[int, float]:
-        """logit_bias with its token ids as ints (range-checked against the vocabulary by the
-        serving layer, which knows it)."""
-        return {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias) pairs, sorted by token id (SamplingParams' form;
+        range-checked against the vocabulary by the serving layer, which knows it)."""
+        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     @field_validator("stream_options")
     @classmethod
@@ -327,6 +329,21 @@ TOOLS_NEED_CHOICE_NONE = [
 ZERO_TOKENS_NEED_ECHO = {
     "if": {"properties": {"max_tokens": {"const": 0}}, "required": ["max_tokens"]},
     "then": {"properties": {"echo": {"const": True}}, "required": ["echo"]}}
+
+
+class JsonSchemaFormat(_Request):
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema",
+                                           description="The JSON Schema the reply must match.")
+    strict: StrictBool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(_Sampling):
@@ -358,8 +375,8 @@ class ChatCompletionRequest(_Sampling):
     web_search_options: Any = Field(default=None, json_schema_extra={"type": "null"},
                                     description="Only null: web search is not supported.")
     verbosity: Literal["low", "medium", "high"] | None = None
-    response_format: dict[str, Any] | None = Field(
-        default=None, json_schema_extra={"properties": {"type": {"const": "text"}}})
+    response_format: ResponseFormat | None = Field(
+        default=None, description="text, json_object, or json_schema (constrained decoding).")
     modalities: list[str] | None = Field(default=None, json_schema_extra={"items": {"const": "text"}})
     reasoning_effort: StrictStr | None = None
 
@@ -399,12 +416,19 @@ class ChatCompletionRequest(_Sampling):
                                       {"field": "top_logprobs"})
         return self
 
-    @field_validator("response_format")
+    @field_validator("response_format", mode="before")
     @classmethod
     def _response_format(cls, value: Any) -> Any:
-        if value and value.get("type", "text") != "text":
-            raise PydanticCustomError("unsupported", "only response_format type 'text' is supported")
+        if isinstance(value, dict) and value.get("type", "text") not in ("text", "json_object", "json_schema"):
+            raise PydanticCustomError("unsupported", "response_format type must be text, json_object "
+                                      "or json_schema")
         return value
+
+    def response_format_dict(self) -> dict[str, Any] | None:
+        """response_format as OpenAI's JSON (what engines.guided.json_guide reads)."""
+        if self.response_format is None:
+            return None
+        return self.response_format.model_dump(by_alias=True, exclude_none=True)
 
     @field_validator("modalities")
     @classmethod

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -42,20 +41,6 @@ from openchat_cli.serve.request_log import RequestLogger, now
 AnyRequest = ChatCompletionRequest | CompletionRequest
 #: (choice index, text delta, finish reason or None): what generation yields per engine event
 Item = tuple[int, str, str | None]
-
-#: Sampling settings the API accepts that an engine may not honour yet: (request field,
-#: SamplingParams field, neutral value). Passed on when `SamplingParams` has the field, refused
-#: (400, "not supported") otherwise: never accepted and silently ignored.
-ENGINE_EXTRAS = (("min_p", "min_p", 0.0), ("repetition_penalty", "repetition_penalty", 1.0),
-                 ("logit_bias", "logit_bias", None))
-
-
-def unsupported_extras() -> dict[str, Any]:
-    """The request fields of ENGINE_EXTRAS that SamplingParams cannot carry yet, with their
-    neutral values (the only ones accepted)."""
-    taken = {f.name for f in dataclasses.fields(SamplingParams)}
-    return {field: neutral for field, name, neutral in ENGINE_EXTRAS if name not in taken}
-
 
 class PromptTokenizer:
     """The tokenizer with its vocabulary cached: the template checks the control tokens on
@@ -429,7 +414,8 @@ class OpenAIServing:
         """(logprobs, prompt_logprobs) for the engine: top alternatives per token, or None."""
         return None, None
 
-    def sampling(self, body: AnyRequest, max_tokens: int, index: int) -> SamplingParams:
+    def sampling(self, body: AnyRequest, max_tokens: int, index: int, guide: Any = None) -> SamplingParams:
+        """One choice's settings; `guide` constrains the reply (chat's response_format)."""
         temperature = 1.0 if body.temperature is None else float(body.temperature)
         top_p = 1.0 if body.top_p is None else float(body.top_p)
         top_k = body.top_k if body.top_k and body.top_k > 0 else 0
@@ -438,36 +424,20 @@ class OpenAIServing:
         logprobs, prompt_logprobs = self.logprob_settings(body)
         return SamplingParams(
             max_tokens=max_tokens, temperature=temperature, top_p=max(top_p, 1e-6), top_k=top_k,
-            seed=choice_seed(body.seed, index),
+            min_p=float(body.min_p or 0.0), seed=choice_seed(body.seed, index),
             presence_penalty=float(body.presence_penalty or 0.0),
             frequency_penalty=float(body.frequency_penalty or 0.0),
+            repetition_penalty=float(body.repetition_penalty or 1.0),
+            logit_bias=self.checked_logit_bias(body), guide=guide,
             stop_token_ids=self.ctx.config.stop_token_ids, ignore_eos=bool(body.ignore_eos),
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs, **self.engine_extras(body))
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs)
 
-    def engine_extras(self, body: AnyRequest) -> dict[str, Any]:
-        """min_p, repetition_penalty and logit_bias, for an engine whose SamplingParams takes
-        them; a 400 naming the field otherwise (unless the value is neutral)."""
-        taken = {f.name for f in dataclasses.fields(SamplingParams)}
-        out: dict[str, Any] = {}
-        for field, param_name, neutral in ENGINE_EXTRAS:
-            value: Any = getattr(body, field)
-            if field == "logit_bias":
-                value = self.checked_logit_bias(body) or None
-            if value is None or value == neutral:
-                continue
-            if param_name not in taken:
-                raise APIError(400, f"Unsupported value for '{field}': {field} is not supported by "
-                                    f"the {self.ctx.engine.kind} engine yet", param=field,
-                               code="unsupported_value")
-            out[param_name] = float(value) if isinstance(value, (int, float)) else value
-        return out
-
-    def checked_logit_bias(self, body: AnyRequest) -> dict[int, float]:
-        bias = body.logit_bias_ids()
+    def checked_logit_bias(self, body: AnyRequest) -> tuple[tuple[int, float], ...]:
+        """logit_bias as SamplingParams takes it, its token ids checked against the vocabulary."""
+        bias = body.logit_bias_pairs()
         top = self.ctx.engine.max_token_id()
-        bad = [t for t in bias if t > top]
-        if bad:
-            raise APIError(400, f"Invalid value for 'logit_bias': token id {bad[0]} is outside the "
+        if bias and bias[-1][0] > top:  # sorted by id: the last is the largest
+            raise APIError(400, f"Invalid value for 'logit_bias': token id {bias[-1][0]} is outside the "
                                 f"vocabulary (ids 0-{top})", param="logit_bias", code="invalid_value")
         return bias
 

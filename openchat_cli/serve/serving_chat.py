@@ -11,6 +11,8 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from openchat_cli.serve.detokenize import ReplyStream
+from openchat_cli.serve.engines.guided import GuideError, json_guide
+from openchat_cli.serve.errors import APIError
 from openchat_cli.serve.logprobs import ChatLogprobsBuilder
 from openchat_cli.serve.protocol import (
     AssistantMessage,
@@ -51,11 +53,15 @@ class OpenAIServingChat(OpenAIServing):
         template = ctx.template
         stops = body.stop_strings() + [s for s in template.stop_strings if s not in body.stop_strings()]
         max_tokens = self.budget(body, len(prompt_ids))
+        try:  # compiled once per request; each choice gets its own state in the engine
+            guide = json_guide(body.response_format_dict())
+        except GuideError as exc:
+            raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
 
         def choice(i: int) -> Choice:
             reply = ReplyStream(ctx.tokenizer, stop=stops, clean=template.clean_reply,
                                 strip_prefix=template.sep, skip_token_ids=ctx.config.stop_token_ids)
-            c = Choice(i, reply, self.sampling(body, max_tokens, i))
+            c = Choice(i, reply, self.sampling(body, max_tokens, i, guide))
             if body.logprobs:
                 c.logprobs = ChatLogprobsBuilder(ctx.token_texts, body.top_logprobs or 0,
                                                  skip_token_ids=ctx.config.stop_token_ids)

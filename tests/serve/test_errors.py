@@ -68,7 +68,10 @@ BAD_CHAT = [
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_value"),
     ({"web_search_options": {}}, "web_search_options", "unsupported_value"),
     ({"verbosity": "loud"}, "verbosity", None),
-    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
+    ({"response_format": {"type": "xml"}}, "response_format", "unsupported_value"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "invalid_value"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+     "response_format.json_schema.schema", "invalid_value"),
     ({"logit_bias": {"5": 101}}, "logit_bias.5", "invalid_value"),
     ({"logit_bias": {"five": 1}}, "logit_bias", None),
     ({"logit_bias": {"99999999": 1}}, "logit_bias", "invalid_value"),  # past the vocabulary
