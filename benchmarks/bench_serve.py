@@ -45,8 +45,8 @@ CORPUS = [
 ]
 QUESTION = "Please write a short poem about the sea, and explain why the sky is blue."
 # 40M parameters with a 32k vocabulary (the vocabulary is what makes sampling cost).
-SIZE_40M = dict(vocab_size=32000, hidden_size=512, layers=8, heads=8, kv_heads=4,
-                intermediate_size=1408, max_positions=4096)
+SIZE_40M = {"vocab_size": 32000, "hidden_size": 512, "layers": 8, "heads": 8, "kv_heads": 4,
+            "intermediate_size": 1408, "max_positions": 4096}
 
 
 def sharegpt_like_prompts(count: int, seed: int = 0) -> list[str]:

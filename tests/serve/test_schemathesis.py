@@ -1,10 +1,11 @@
 """Schemathesis over the real server's /openapi.json: no 5xx, and the schema says what the
 server does (every request it calls valid is accepted, every one it calls invalid refused).
 
-The server runs with a 64-token context and --max-n 2 so generated requests finish fast. One
+The server runs with a 64-token context and --max-n 2 so generated requests finish fast. Two
 rejections no schema can state are allowed: a prompt plus max_tokens longer than the context
 (`context_length_exceeded`), since the prompt's token count depends on the tokenizer, and a
-response_format JSON schema the constrained-decoding library refuses.
+response_format JSON schema the constrained-decoding library refuses. (The schema states the
+vocabulary's id range for `logit_bias` keys: see openapi.id_range_pattern.)
 """
 
 from __future__ import annotations
