@@ -32,6 +32,7 @@ from openchat_cli.data.readers.textcheck import printable
 from openchat_cli.data.records import ALL_REASONS, SKIPPABLE, Conv, Drop, Malformed, Pair, RawItem
 from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED, Matcher, load_list
 from openchat_cli.errors import OpenchatError
+from openchat_cli.templates import join_system
 
 # Built-in classes for --condition-from model: ShareGPT's `model` field values.
 MODEL_CLASSES = [
@@ -190,11 +191,13 @@ class Cleaner:
 
     def _structure(self, conv: Conv) -> None:
         msgs = conv.messages
-        # Leading system messages become the conversation's system prompt.
+        # Leading system messages become the conversation's system prompt (templates.join_system:
+        # the same rule serve and the saved Jinja template apply).
+        leading: list[str] = []
         while msgs and msgs[0]["role"] == "system":
-            text = msgs.pop(0)["content"]
-            if text:
-                conv.system = text if conv.system is None else conv.system + "\n\n" + text
+            leading.append(msgs.pop(0)["content"])
+        if leading:
+            conv.system = join_system([conv.system, *leading]) or None
         if not msgs:
             raise Drop("empty", "no user or assistant messages")
         if any(m["role"] == "system" for m in msgs):
