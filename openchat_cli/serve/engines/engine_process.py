@@ -144,7 +144,7 @@ async def _main(sock: socket.socket) -> int:
         engine = build_engine(kind, Path(model_dir), tokenizer, options)
         await engine.start()
     except Exception as exc:
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        message = getattr(exc, "message", None) or f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}"
         sock.sendall(wire.pack(["fail", message]))
         return 2
     facts = {"context_length": engine.context_length, "vocab_size": engine.vocab_size,

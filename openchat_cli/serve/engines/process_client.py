@@ -50,8 +50,8 @@ class EngineProcessClient(Engine):
         self._stats = EngineStats()
         self._dead: str | None = None
         self._closing = False
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox = bytearray()
         self._unpacker = wire.unpacker()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = ours
@@ -114,41 +114,51 @@ class EngineProcessClient(Engine):
         self._sock.close()
 
     async def start(self) -> None:
-        if self._writer is not None:
+        """Watch the channel from the running loop (a later loop takes over: tests run several)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
             return
-        reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
-        self._reader_task = asyncio.create_task(self._read(reader))
+        self._detach()
+        self._loop = loop
+        self._sock.setblocking(False)
+        loop.add_reader(self._sock.fileno(), self._on_readable)
 
     async def shutdown(self) -> None:
         self._closing = True
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(wire.pack(["quit"]))
+        self._send(["quit"])
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), SHUTDOWN_TIMEOUT_S)
         except asyncio.TimeoutError:
             log.warning("the engine process did not stop in %.0fs; terminating it", SHUTDOWN_TIMEOUT_S)
+        self._detach()
         await loop.run_in_executor(None, self._kill)
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-        if self._writer is not None:
-            self._writer.close()
         self._fail_all("the server is shutting down")
 
-    # -- the channel ---------------------------------------------------------------------------
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    def _detach(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed() and self._sock.fileno() >= 0:
+            loop.remove_reader(self._sock.fileno())
+            loop.remove_writer(self._sock.fileno())
+
+    # -- the channel: non-blocking socket calls from the loop, never a wait on the engine ------
+    def _on_readable(self) -> None:
         try:
-            while True:
-                for message in self._unpacker:
-                    self._dispatch(message)
-                data = await reader.read(1 << 18)
-                if not data:
-                    break
-                self._unpacker.feed(data)
-        except (ConnectionError, OSError) as exc:
-            log.debug("engine channel failed: %s", exc)
-        if self._closing:
+            data = self._sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
             return
+        except OSError:
+            data = b""
+        if not data:
+            self._detach()
+            if not self._closing:
+                asyncio.ensure_future(self._on_eof())
+            return
+        self._unpacker.feed(data)
+        for message in self._unpacker:
+            self._dispatch(message)
+
+    async def _on_eof(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             code = await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), 5)
@@ -179,8 +189,34 @@ class EngineProcessClient(Engine):
             self.on_death(reason)
 
     def _send(self, message: list[Any]) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(wire.pack(message))
+        """Queue a frame; what the socket does not take now goes out when it is writable."""
+        if self._dead or self._sock.fileno() < 0:
+            return
+        data = wire.pack(message)
+        if self._outbox:
+            self._outbox += data
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # the reader sees the end of the channel and reports it
+        if sent < len(data):
+            self._outbox = bytearray(data[sent:])
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.add_writer(self._sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self._sock.send(self._outbox)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            sent = len(self._outbox)
+        del self._outbox[:sent]
+        if not self._outbox and self._loop is not None:
+            self._loop.remove_writer(self._sock.fileno())
 
     # -- Engine --------------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
@@ -188,7 +224,7 @@ class EngineProcessClient(Engine):
         if self._dead or self._closing:
             yield TokenEvent([], "error", self._dead or "the server is shutting down")
             return
-        if self._writer is None:
+        if self._loop is None:
             raise EngineError("engine not started")
         key = next(self._keys)
         queue: asyncio.Queue = asyncio.Queue()
