@@ -249,12 +249,12 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l device
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l dtype
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine-arg
-complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine-process
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l gpu-memory-utilization
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l header-timeout
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l help
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l home
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l host
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l in-process
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-level
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-requests
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-to-catalog
@@ -262,7 +262,6 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-batch-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-body-mb
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-model-len
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-n
-complete -c openchat -n '__fish_seen_subcommand_from serve' -l no-engine-process
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l port
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l served-model-name
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l template

@@ -82,11 +82,10 @@ def serve_command(
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", min=1, help="vLLM: GPUs."),
     gpu_memory_utilization: Optional[float] = typer.Option(
         None, "--gpu-memory-utilization", help="vLLM: fraction of GPU memory to use."),
-    engine_process: bool = typer.Option(
-        True, "--engine-process/--no-engine-process",
-        help="transformers engine: run the model in its own process (HTTP and tokenization stay "
-        "here, so neither waits on the other); --no-engine-process keeps it in this process. "
-        "vLLM always runs its own engine-core process."),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="transformers engine: run the model in the API process. By "
+        "default it runs in its own process (HTTP and tokenization stay here, so neither waits on "
+        "the other). vLLM always runs its own engine-core process."),
     engine_arg: Optional[List[str]] = typer.Option(
         None, "--engine-arg", help="vLLM engine argument KEY=VALUE (repeatable), e.g. "
         "--engine-arg enable_prefix_caching=true."),
@@ -162,7 +161,8 @@ def serve_command(
     try:
         _run(sock, kind=kind, model_dir=model_dir, ckpt_id=ckpt_id, name=name, aliases=aliases,
              tmpl=tmpl, tokenizer=tokenizer, stop_ids=stop_ids, keys=keys, host=host,
-             engine_arg=engine_arg, engine_process=engine_process, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+             engine_arg=engine_arg, engine_process=not in_process,
+             gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, device=device,
              max_batch_size=max_batch_size, threads=threads, log_to_catalog=log_to_catalog,
              max_n=max_n, max_body_mb=max_body_mb, default_max_tokens=default_max_tokens,

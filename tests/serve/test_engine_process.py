@@ -183,8 +183,8 @@ def test_shutdown_leaves_no_engine_process(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_no_engine_process_keeps_it_in_process(tiny_model_dir, tmp_path):
-    server = start_server(tiny_model_dir, tmp_path, "--no-engine-process")
+def test_in_process_flag_keeps_the_engine_in_the_api_process(tiny_model_dir, tmp_path):
+    server = start_server(tiny_model_dir, tmp_path, "--in-process")
     try:
         health = httpx.get(server.url + "/health").json()
         assert health["engine"] == "transformers" and "engine_process" not in health
