@@ -137,6 +137,12 @@ async def _main(sock: socket.socket) -> int:
     unpacker = wire.unpacker()
     setup = _read_setup(sock, unpacker)
     _, kind, model_dir, options = setup
+    cores = len(os.sched_getaffinity(0))
+    if kind == "transformers" and not options.get("threads") and cores >= 4:
+        # Leave one core to the API process (HTTP, tokenizing), as vLLM's CPU engine does: torch's
+        # threads otherwise contend with it and a decode step waits for a preempted thread. On
+        # smaller machines one core less costs more than the contention.
+        options = {**options, "threads": cores - 1}
     try:
         from openchat_cli.checkpoint import load_tokenizer
 
