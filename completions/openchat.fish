@@ -302,6 +302,7 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l header-timeout
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l help
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l home
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l host
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l in-process
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-level
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-requests
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-to-catalog
