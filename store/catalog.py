@@ -556,7 +556,7 @@ class Catalog(CatalogReads):
 def open_catalog(path: Path | str | None = None) -> Catalog:
     """The catalog at `path`, or the one in OPENCHAT_HOME."""
     if path is None:
-        from openchat_cli.home import catalog_path
+        from store.home import catalog_path
 
         path = catalog_path()
     return Catalog(path)

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 
 import openai
 
-from openchat_cli.endpoints import DEFAULT_ENDPOINT, normalize_base_url, server_message
+from tui.endpoints import DEFAULT_ENDPOINT, normalize_base_url, server_message
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0

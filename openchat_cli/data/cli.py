@@ -6,7 +6,7 @@ Thin commands: options are parsed here, the work happens in the sibling modules.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -185,7 +185,7 @@ def tokenize_command(
 ) -> None:
     """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
     splitting long conversations at turn boundaries instead of cutting them."""
-    from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template, tokenizer_hash
+    from openchat_cli.model_dir import load_tokenizer, resolve_model, model_template, tokenizer_hash
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, sha256_file
     from openchat_cli.data.tokenize import tokenize_file
     from openchat_cli.templates import check_tokenizer, get_template
@@ -315,7 +315,7 @@ def stats_command(
     else:
         tokenizer = template = None
         if model:
-            from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template
+            from openchat_cli.model_dir import load_tokenizer, resolve_model, model_template
             from openchat_cli.templates import get_template
 
             model_dir, _ = resolve_model(model)
@@ -332,22 +332,23 @@ def stats_command(
 # ---------------------------------------------------------------------------------------------
 @app.command("show")
 def show_command(
-    input: str = typer.Argument(..., metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or a catalog id."),
-    ids: list[str] = typer.Option([], "--id", help="Conversation id to show (repeatable)."),
-    n: int = typer.Option(3, "-n", "--count", help="How many to show."),
-    sample: bool = typer.Option(False, "--random", help="A seeded random sample instead of the first N."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --random."),
-    template_name: Optional[str] = typer.Option(None, "--template", help="Show conversations as this template renders them."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Tokenizer to decode a tokenized file (default: the one it was made with)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the records as JSON."),
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or a catalog id.")],
+    ids: Annotated[Optional[list[str]], typer.Option("--id", help="Conversation id to show (repeatable).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many to show (at most N).")] = 3,
+    sample: Annotated[bool, typer.Option("--random", help="A seeded random sample instead of the first N.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --random.")] = 0,
+    template_name: Annotated[Optional[str], typer.Option("--template", help="Show conversations as this template renders them.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Tokenizer to decode a tokenized file (default: the one it was made with).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:
     """Render a few conversations, or tokenized sequences with their supervised tokens marked."""
     from openchat_cli.data import show
     from openchat_cli.data.io import is_parquet, resolve_input
 
+    ids = ids or []
     path, given = resolve_input(input)
     if is_parquet(path):
-        rows = show.pick(show.tokenized_rows(path), lambda r: r["conversation_id"], ids, n, sample, seed)
+        rows = show.pick(show.tokenized_rows(path), lambda r: r["conversation_id"], ids, limit, sample, seed)
         if as_json:
             print_json(rows)
             return
@@ -355,7 +356,7 @@ def show_command(
         for row in rows:
             console.print(show.render_sequence(row, tokenizer))
     else:
-        convs = show.pick(show.conversations([path]), lambda c: c.id, ids, n, sample, seed)
+        convs = show.pick(show.conversations([path]), lambda c: c.id, ids, limit, sample, seed)
         if as_json:
             print_json([c.to_json() for c in convs])
             return
@@ -376,7 +377,7 @@ def show_command(
 
 def _tokenizer_for(path: Path, given: str | None, model: str | None):
     """The tokenizer to decode a tokenized file: --model, else the model recorded at tokenize time."""
-    from openchat_cli.checkpoint import load_tokenizer, resolve_model
+    from openchat_cli.model_dir import load_tokenizer, resolve_model
     from openchat_cli.tokenized import read_metadata
 
     if model:

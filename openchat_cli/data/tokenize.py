@@ -293,7 +293,7 @@ def _worker_init(model_dir: str, template_name: str, max_len: int, name: str) ->
 
     tokenizer = _INHERITED.get(model_dir)
     if tokenizer is None:
-        from openchat_cli.checkpoint import load_tokenizer
+        from openchat_cli.model_dir import load_tokenizer
 
         tokenizer = load_tokenizer(Path(model_dir))
     _WORKER.update(template=get_template(template_name), tokenizer=BatchTokenizer(tokenizer),

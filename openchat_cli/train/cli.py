@@ -100,7 +100,7 @@ def train_command(
     elif result.get("signal"):
         import signal
 
-        from openchat_cli.train.checkpoint import latest_state_step
+        from openchat_cli.train.run_files import latest_state_step
 
         saved = latest_state_step(where)
         state = f"--resume continues from step {saved}" if saved else "no state saved: --resume starts over"

@@ -30,7 +30,7 @@ from typing import Any
 
 from openchat_cli.errors import OpenchatError
 from openchat_cli.run_folder import LOCK_FILE, only_lock_inside
-from openchat_cli.train import checkpoint as ckpt
+from openchat_cli.train import run_files as ckpt
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.dataset import TokenizedData, load, read_meta_checked, resolve_data
 
@@ -41,7 +41,7 @@ RESULT_FILE = "result.json"
 def _model_facts(ref: str) -> dict[str, Any]:
     from transformers import AutoConfig
 
-    from openchat_cli.checkpoint import (checkpoint_id_for, load_tokenizer, read_meta, require_weights,
+    from openchat_cli.model_dir import (checkpoint_id_for, load_tokenizer, read_meta, require_weights,
                                          resolve_model, tokenizer_hash)
 
     path, ck = resolve_model(ref)
@@ -364,7 +364,7 @@ def rank_main(run_file: str) -> int:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         return exc.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
-        from openchat_cli.checkpoint import atomic_write_text
+        from openchat_cli.model_dir import atomic_write_text
 
         atomic_write_text(Path(spec["out"]) / RESULT_FILE, json.dumps(result, default=str))
     return 0

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from openchat_cli.errors import OpenchatError
-from openchat_cli.train import attention, checkpoint as ckpt
+from openchat_cli.train import attention, run_files as ckpt
 from openchat_cli.train.collate import pack
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.dataset import TokenizedData, load
@@ -120,7 +120,7 @@ def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf1
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora:
-        from openchat_cli.model.lora import apply_lora
+        from openchat_cli.train.lora import apply_lora
 
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            targets=cfg.lora_targets)
@@ -381,11 +381,11 @@ def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, nam
         return
     from store.catalog import open_catalog
 
-    from openchat_cli.checkpoint import load_tokenizer, write_meta
+    from openchat_cli.model_dir import load_tokenizer, write_meta
 
     tokenizer = load_tokenizer(Path(spec["model_path"]))
     if not tokenizer.chat_template:
-        from openchat_cli.checkpoint import attach_template
+        from openchat_cli.model_dir import attach_template
 
         attach_template(tokenizer, spec["template"])
     meta = {"template": spec["template"], "run_id": spec.get("run_id"), "dataset_id": spec.get("dataset_id"),

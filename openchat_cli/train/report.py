@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from openchat_cli.console import err_console, progress
-from openchat_cli.train import checkpoint as ckpt
+from openchat_cli.train import run_files as ckpt
 
 CATALOG_EVERY_S = 30.0
 

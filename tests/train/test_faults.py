@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from openchat_cli.lifeline import start_ticks
-from openchat_cli.train.checkpoint import latest_state_step, read_steps
+from openchat_cli.train.run_files import latest_state_step, read_steps
 from openchat_cli.train.config import TrainConfig
 from store.catalog import open_catalog
 
@@ -178,7 +178,7 @@ def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(cli, tiny_mode
 def test_resume_drops_what_a_kill_cut_short(tmp_path):
     """A kill mid-save leaves temp folders and a state never marked latest: --resume's cleanup
     removes them and keeps the marked state and the user's own files."""
-    from openchat_cli.train import checkpoint as ckpt
+    from openchat_cli.train import run_files as ckpt
 
     out = tmp_path / "run"
     for name in ("state/step-5", "state/step-9", ".final.x1y2z3", ".step-000010.ab12cd"):

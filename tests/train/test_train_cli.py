@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from openchat_cli.checkpoint import read_meta
+from openchat_cli.model_dir import read_meta
 from store.catalog import open_catalog
 from tests.train.helpers import color_task, write_tokenized
 
