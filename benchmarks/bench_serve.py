@@ -43,7 +43,7 @@ QUESTION = "Please write a short poem about the sea, and explain why the sky is 
 
 
 def make_model(out: Path, size: str) -> Path:
-    from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
+    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
     from openchat_cli.model.tiny import SIZES, random_llama, train_tokenizer
 
     tokenizer = train_tokenizer(CORPUS * 20, SIZES[size].vocab_size)
@@ -197,12 +197,12 @@ def main() -> None:
             proc.kill()
 
     # The same engine, called directly (the server is stopped: it does not compete for CPU).
-    from openchat_cli.checkpoint import load_tokenizer, template_name
+    from openchat_cli.model_dir import load_tokenizer, model_template
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
     from openchat_cli.templates import Conversation, get_template
 
     tokenizer = load_tokenizer(model)
-    template = get_template(template_name(model))
+    template = get_template(model_template(model))
     prompt_ids = template.encode_prompt(tokenizer, Conversation.from_dict(
         {"messages": [{"role": "user", "content": QUESTION}]}))
     engine = TransformersEngine(model, tokenizer=tokenizer)
