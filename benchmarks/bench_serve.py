@@ -43,8 +43,8 @@ QUESTION = "Please write a short poem about the sea, and explain why the sky is 
 
 
 def make_model(out: Path, size: str) -> Path:
-    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
     from openchat_cli.model.tiny import SIZES, random_llama, train_tokenizer
+    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
 
     tokenizer = train_tokenizer(CORPUS * 20, SIZES[size].vocab_size)
     attach_template(tokenizer, "openchat_3.5")

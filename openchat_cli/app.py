@@ -65,6 +65,7 @@ def root(
 
 
 def _register() -> None:
+    from openchat_cli.catalog_cli import app as catalog_app
     from openchat_cli.chat_cli import chat_command
     from openchat_cli.data.cli import app as data_app
     from openchat_cli.eval.cli import app as eval_app
@@ -72,7 +73,6 @@ def _register() -> None:
     from openchat_cli.quickstart.cli import quickstart_command
     from openchat_cli.serve.cli import serve_command
     from openchat_cli.train.cli import train_command
-    from openchat_cli.catalog_cli import app as catalog_app
 
     app.add_typer(data_app, name="data", help="Clean, filter, dedupe, split and tokenize chat datasets.")
     app.command("train", help="Fine-tune a model on a tokenized dataset (packed, weighted, DeepSpeed).")(train_command)

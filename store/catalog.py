@@ -16,9 +16,10 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
@@ -60,7 +61,7 @@ QUICK_CHECK_MAX_BYTES = 32 * 2**20
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def current_command() -> str:

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 
-
 class EndpointError(ValueError):
     """Text that cannot be an endpoint URL."""
 

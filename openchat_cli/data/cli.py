@@ -185,9 +185,9 @@ def tokenize_command(
 ) -> None:
     """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
     splitting long conversations at turn boundaries instead of cutting them."""
-    from openchat_cli.model_dir import load_tokenizer, resolve_model, model_template, tokenizer_hash
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, sha256_file
     from openchat_cli.data.tokenize import tokenize_file
+    from openchat_cli.model_dir import load_tokenizer, model_template, resolve_model, tokenizer_hash
     from openchat_cli.templates import check_tokenizer, get_template
     from openchat_cli.tokenized import make_metadata
     from store.catalog import open_catalog
@@ -315,7 +315,7 @@ def stats_command(
     else:
         tokenizer = template = None
         if model:
-            from openchat_cli.model_dir import load_tokenizer, resolve_model, model_template
+            from openchat_cli.model_dir import load_tokenizer, model_template, resolve_model
             from openchat_cli.templates import get_template
 
             model_dir, _ = resolve_model(model)

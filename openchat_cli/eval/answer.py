@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from openchat_cli.errors import OpenchatError
 from openchat_cli.endpoints import normalize_base_url
+from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.client import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_WAIT_S,
@@ -19,10 +19,10 @@ from openchat_cli.eval.client import (
     EndpointError,
 )
 from openchat_cli.eval.questions import Question, QuestionSet
-from openchat_cli.eval.suites import SUITE_FORMAT, load_question_source
 from openchat_cli.eval.runs import Interrupted, checkpoint_id, claimed_pool, eval_row, finish, run_guarded
-from store.claims import UnitClaims
+from openchat_cli.eval.suites import SUITE_FORMAT, load_question_source
 from store.catalog import Catalog, CatalogError, looks_like_id
+from store.claims import UnitClaims
 
 # MT-bench's sampling temperatures per category (FastChat `temperature_config`).
 CATEGORY_TEMPERATURES: dict[str, float] = {

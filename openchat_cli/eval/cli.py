@@ -234,7 +234,7 @@ def grade_command(
         with progress() as bar:
             task = bar.add_task(f"grading {ref}", total=None, info="")
 
-            def on_event(kind: str, data: dict[str, Any]) -> None:
+            def on_event(kind: str, data: dict[str, Any], task=task, bar=bar) -> None:
                 if kind == "start":
                     bar.update(task, total=data["total"])
                 elif kind == "graded":
@@ -263,7 +263,8 @@ def report_command(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG: scores by category, models side by side.")] = None,
 ) -> None:
     """Scores, win rates and accuracy with bootstrap CIs, and judge reliability."""
-    from openchat_cli.eval.report import build_report, plot as plot_report, render
+    from openchat_cli.eval.report import build_report, render
+    from openchat_cli.eval.report import plot as plot_report
     from store.catalog import open_catalog
 
     cat = open_catalog()

@@ -9,7 +9,6 @@ running step with it; SIGTERM/Ctrl-C stop them cleanly first.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import socket

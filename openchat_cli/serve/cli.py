@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -55,7 +55,7 @@ def serve_command(
     template: Annotated[Optional[str], typer.Option("--template", help="Override the template named in openchat.json.")] = None,
     served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="Name clients pass as `model` (default: the checkpoint "
         "id if the catalog knows it, else the folder name).")] = None,
-    api_keys: Annotated[Optional[List[str]], typer.Option(
+    api_keys: Annotated[Optional[list[str]], typer.Option(
         "--api-keys", envvar=API_KEYS_ENV, show_envvar=True, metavar="KEYS",
         help="Require `Authorization: Bearer KEY` on /v1/*: comma-separated, or repeat the option.")] = None,
     log_requests: Annotated[Optional[Path], typer.Option("--log-requests", help="Append one JSON line per request to FILE.")] = None,
@@ -70,11 +70,11 @@ def serve_command(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
     tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="vLLM: GPUs.")] = 1,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="vLLM: fraction of GPU memory to use.")] = None,
-    engine_arg: Annotated[Optional[List[str]], typer.Option("--engine-arg", help="vLLM engine argument KEY=VALUE (repeatable), e.g. "
+    engine_arg: Annotated[Optional[list[str]], typer.Option("--engine-arg", help="vLLM engine argument KEY=VALUE (repeatable), e.g. "
         "--engine-arg enable_prefix_caching=true.")] = None,
-    allow_origin: Annotated[Optional[List[str]], typer.Option("--allow-origin", help="Allow browser pages from this origin to call the API (CORS; "
+    allow_origin: Annotated[Optional[list[str]], typer.Option("--allow-origin", help="Allow browser pages from this origin to call the API (CORS; "
         "repeatable, '*' for any).")] = None,
-    allowed_hosts: Annotated[Optional[List[str]], typer.Option("--allowed-hosts", help="Host header names to answer besides 127.0.0.1, localhost and "
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option("--allowed-hosts", help="Host header names to answer besides 127.0.0.1, localhost and "
         "[::1] (repeatable or comma-separated; '*' for any). Guards against DNS rebinding.")] = None,
     header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds a client has to send a request's headers "
         "(slow clients are disconnected).")] = 10.0,
@@ -86,9 +86,8 @@ def serve_command(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from openchat_cli import model_dir as model_folder
     from openchat_cli.serve.engines.base import eos_token_ids, pick_engine_kind
-    from openchat_cli.templates import check_tokenizer, get_template
-
     from openchat_cli.serve.guard import LOOPBACK_HOSTS, is_loopback
+    from openchat_cli.templates import check_tokenizer, get_template
 
     kind = pick_engine_kind(engine)
     keys = _split_keys(api_keys)

@@ -13,7 +13,6 @@ from openchat_cli.data.tokenize import TokenizeStats, encode_chunk
 from openchat_cli.templates import Conversation, Message, get_template
 from openchat_cli.tokenized import read_metadata, schema
 from store.catalog import open_catalog
-
 from tests.data.helpers import read_jsonl, sharegpt, write_jsonl
 
 WORDS = "the quick brown fox jumps over lazy dog what is 12 plus 7 answer hello sea poem".split()

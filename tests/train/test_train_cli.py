@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -137,7 +136,6 @@ def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_t
 
 
 def test_zero3_with_offload_trains_and_saves_full_weights(cli, tiny_model_dir, color_data, tmp_path):
-    import torch
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "z3"
