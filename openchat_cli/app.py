@@ -58,10 +58,12 @@ def root(
                                           help="Show the version and exit.")] = False,
 ) -> None:
     """openchat: one tool for the whole life of an open chat LLM."""
+    from openchat_cli.determinism import apply_pinned_threads
     from openchat_cli.lifeline import follow_owner
 
     set_home(home)
     follow_owner()  # started by another openchat command (quickstart's steps, its server): end with it
+    apply_pinned_threads()  # $OPENCHAT_THREADS (set by the quickstart for its steps): fixed threads
 
 
 def _register() -> None:

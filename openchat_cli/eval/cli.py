@@ -47,6 +47,19 @@ class _Progress:
             err_console.print(f"[red]question {data['question_id']}:[/] {data['message']}", highlight=False)
 
 
+def _endpoint_of(cat, kind: str, what: str, source: str | None, endpoint: str | None, run: str | None) -> str:
+    """The endpoint to ask: --endpoint, else the one the continued --run used."""
+    if source is None and run is None:
+        raise OpenchatError(f"give a {what} (or --run ID to continue a run)")
+    if endpoint is not None:
+        return endpoint
+    if run is None:
+        raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
+    from openchat_cli.eval.runs import eval_row
+
+    return eval_row(cat, run, kind)["endpoint"]
+
+
 @app.command("answer")
 def answer_command(
     questions: Annotated[Optional[str], typer.Argument(help="Question file (MT-bench/FastChat, Vicuna, AlpacaEval, multiple-choice, exact-answer "
@@ -71,16 +84,10 @@ def answer_command(
 ) -> None:
     """Ask an endpoint every question; answers are stored as they arrive. Re-run to resume."""
     from openchat_cli.eval.answer import AnswerOptions, run_answer
-    from openchat_cli.eval.runs import eval_row
     from store.catalog import open_catalog
 
     cat = open_catalog()
-    if questions is None and run is None:
-        raise OpenchatError("give a question file (or --run ID to continue a run)")
-    if endpoint is None:
-        if run is None:
-            raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
-        endpoint = eval_row(cat, run, "answer")["endpoint"]
+    endpoint = _endpoint_of(cat, "answer", "question file", questions, endpoint, run)
     opts = AnswerOptions(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
                          temperature=temperature, max_tokens=max_tokens, system=system, name=name, run=run,
                          new=new, checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)
@@ -123,18 +130,12 @@ def loglik_command(
     """Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume."""
     from openchat_cli.eval.loglik import LoglikOptions, run_loglik
     from openchat_cli.eval.mc_tasks import TASK_FORMATS
-    from openchat_cli.eval.runs import eval_row
     from store.catalog import open_catalog
 
     if task_format not in TASK_FORMATS:
         raise OpenchatError(f"--task-format must be one of {', '.join(TASK_FORMATS)}, not '{task_format}'")
     cat = open_catalog()
-    if task is None and run is None:
-        raise OpenchatError("give a task file (or --run ID to continue a run)")
-    if endpoint is None:
-        if run is None:
-            raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
-        endpoint = eval_row(cat, run, "loglik")["endpoint"]
+    endpoint = _endpoint_of(cat, "loglik", "task file", task, endpoint, run)
     opts = LoglikOptions(endpoint=endpoint, model=model, api_key=api_key, task_format=task_format,
                          concurrency=concurrency, bos=bos, name=name, run=run, new=new,
                          checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)

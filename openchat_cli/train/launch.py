@@ -354,6 +354,7 @@ def rank_main(run_file: str) -> int:
     import warnings
 
     from openchat_cli.console import err_console
+    from openchat_cli.determinism import apply_pinned_threads
     from openchat_cli.train import loop
 
     # Deprecation notices from inside torch.distributed / transformers / peft, once per rank,
@@ -362,6 +363,7 @@ def rank_main(run_file: str) -> int:
     from openchat_cli.lifeline import follow_owner
 
     follow_owner(hard=True)  # `openchat train` gone (even by kill -9): this rank goes too, at once
+    apply_pinned_threads()  # $OPENCHAT_THREADS (the quickstart): same numbers on any machine
     stop = loop.StopRequest()
     spec = TrainSpec.read(run_file)
     try:
