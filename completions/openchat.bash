@@ -41,7 +41,7 @@ _openchat() {
         "model info") words="--help --json" ;;
         "model init") words="--force --help --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
         "model merge-lora") words="--base --force --help --json" ;;
-        "quickstart") words="--dir --epochs --eval-size --help --json --lr --seed --size --tokens-per-step --train-size" ;;
+        "quickstart") words="--dir --epochs --eval-size --help --json --lr --seed --size --threads --tokens-per-step --train-size" ;;
         "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
         "train") words="--config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-grad-norm --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --resume --save-every --seed --state-minutes --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;

@@ -217,6 +217,7 @@ complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l json
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l lr
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l seed
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l size
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l threads
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l tokens-per-step
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l train-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l allow-origin

@@ -101,6 +101,7 @@ class ChatClient:
         self._client: openai.AsyncOpenAI | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self.retried = 0  # requests re-sent after a retryable failure
+        self.refitted = 0  # requests re-sent with a smaller (or no) max_tokens to fit the context
         self.context_length: int | None = None  # learnt from /v1/models or an error message
         self._context_probed = False
         self._probe_lock: asyncio.Lock | None = None
@@ -196,6 +197,7 @@ class ChatClient:
                 if exc.overflow is None:
                     raise
                 dropped = self._refit(kwargs, exc, dropped)
+                self.refitted += 1
                 continue
             result.requested_max_tokens = max_tokens or None
             result.max_tokens = kwargs.get("max_tokens")
