@@ -36,6 +36,7 @@ class ScriptedServer(LoopbackServer):
         self.health_latency_s = 0.0  # /health is slow (a server still warming up)
         self.failures: deque[int] = deque()  # status codes to answer the next requests with
         self.requests: list[dict[str, Any]] = []
+        self.keys: list[str | None] = []  # the Bearer key of each chat request
         self.health: dict[str, Any] = {"status": "ok"}
         self.replies: dict[str, str] = {}  # last user message -> the reply to give (answering models)
         self.context_length: int | None = None
@@ -50,6 +51,7 @@ class ScriptedServer(LoopbackServer):
             self.health_latency_s = 0.0
             self.failures.clear()
             self.requests.clear()
+            self.keys.clear()
             self.health = {"status": "ok"}
             self.replies.clear()
             self.context_length = None
@@ -79,8 +81,10 @@ class ScriptedServer(LoopbackServer):
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        auth = request.headers.get("Authorization", "")
         with self.lock:
             self.requests.append(body)
+            self.keys.append(auth.removeprefix("Bearer ") if auth else None)
             status = self.failures.popleft() if self.failures else None
             latency = self.latency_s
         if latency:
