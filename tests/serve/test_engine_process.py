@@ -67,7 +67,7 @@ def _collect(engine, prompt, params, request_id="r"):
 
 @pytest.fixture(scope="module")
 def engine_client(tiny_model_dir):
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.process_client import EngineProcessClient
 
     client = EngineProcessClient("transformers", tiny_model_dir, tokenizer=load_tokenizer(tiny_model_dir),
@@ -118,7 +118,7 @@ def test_closing_a_stream_aborts_it_in_the_engine_process(engine_client, tiny_to
 
 
 def test_a_model_that_cannot_load_is_a_clean_error(tmp_path, tiny_model_dir):
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.process_client import EngineProcessClient
 
     broken = tmp_path / "broken"
