@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -14,6 +14,7 @@ D = TrainConfig()
 PERF = "Performance"
 LORA = "LoRA"
 RUN = "Run control"
+GRPO = "GRPO (--method grpo)"
 
 
 def train_command(
@@ -50,10 +51,22 @@ def train_command(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after N steps of this invocation, keeping resumable state (time-boxed jobs).", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its settings are reused).", rich_help_panel=RUN),
     force: bool = typer.Option(False, "--force", help="Replace --out if it holds something.", rich_help_panel=RUN),
+    method: str = typer.Option(D.method, "--method", help="sft (supervised, --data) | grpo (online RL from rewards, --prompts + --reward)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="KL weight to the starting model (default: grpo 0.04, DeepSeekMath's).", rich_help_panel=GRPO),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="GRPO prompts: JSONL {\"id\", \"messages\"|\"prompt\", \"answer\"} or a ds-… id.", rich_help_panel=GRPO),
+    reward: Optional[List[str]] = typer.Option(None, "--reward", help="grade | rm:ck-…|DIR | judge:URL[#MODEL], each with an optional =WEIGHT; repeat to combine.", rich_help_panel=GRPO),
+    group_size: int = typer.Option(D.group_size, "--group-size", help="Completions sampled per prompt (advantages are relative within the group).", rich_help_panel=GRPO),
+    prompts_per_step: int = typer.Option(D.prompts_per_step, "--prompts-per-step", help="Prompts per optimizer step per rank.", rich_help_panel=GRPO),
+    max_completion_tokens: int = typer.Option(D.max_completion_tokens, "--max-completion-tokens", help="Longest completion sampled.", rich_help_panel=GRPO),
+    temperature: float = typer.Option(D.temperature, "--temperature", help="Sampling temperature (log-probs are taken at the same temperature).", rich_help_panel=GRPO),
+    epsilon: float = typer.Option(D.epsilon, "--epsilon", help="PPO-style clip range of the probability ratio.", rich_help_panel=GRPO),
+    grpo_iterations: int = typer.Option(D.grpo_iterations, "--grpo-iterations", help="Updates per sampled batch (the ratio moves off 1 and clipping acts from the second).", rich_help_panel=GRPO),
+    grpo_loss: str = typer.Option(D.grpo_loss, "--grpo-loss", help="grpo: mean over each completion, then over completions | dapo: mean over all tokens.", rich_help_panel=GRPO),
     as_json: bool = typer.Option(False, "--json", help="Print the run's catalog entry as JSON."),
 ) -> None:
     """Fine-tune a causal LM on tokenized conversations: multipack packing, padding-free batches,
-    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format."""
+    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format. `--method grpo`:
+    online RL from a grader, reward model or judge on completions the serving engine samples."""
     from openchat_cli.errors import OpenchatError
     from openchat_cli.train import config as config_mod
     from openchat_cli.train.launch import prepare, run, run_folder
@@ -92,7 +105,11 @@ def train_command(
         return
     metrics = result.get("metrics", {})
     where = Path(spec["out"])
-    if result["status"] == "completed":
+    if result["status"] == "completed" and metrics.get("method") == "grpo":
+        console.print(f"[green]trained[/] {result['steps']} GRPO steps, mean reward {metrics.get('reward_initial', 0):.3f} "
+                      f"(first step) → {metrics.get('reward', 0):.3f} (last) → {where / 'final'} "
+                      f"([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
+    elif result["status"] == "completed":
         eval_text = (f", held-out loss {metrics['eval_loss_initial']:.4f} → {metrics['eval_loss']:.4f}"
                      if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
         console.print(f"[green]trained[/] {result['steps']} steps, train loss {metrics['final_loss']:.4f}{eval_text}"

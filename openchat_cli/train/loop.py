@@ -184,8 +184,9 @@ def evaluate(engine: Any, data: TokenizedData, sampler: MultipackSampler, comm: 
 
 
 def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, lr: float,
-                 total: int) -> tuple[Any, Any, str]:
-    """The DeepSpeed engine around PackedLM, its LR scheduler and the attention kernel used."""
+                 total: int, wrap: Any = None) -> tuple[Any, Any, str]:
+    """The DeepSpeed engine around PackedLM (or `wrap(model, impl)`: another method's module),
+    its LR scheduler and the attention kernel used."""
     import deepspeed
 
     bf16 = use_bf16(cfg, device)
@@ -198,7 +199,7 @@ def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, l
     else:
         optimizer = torch.optim.AdamW(groups, **_adam_kwargs(cfg, lr))
     engine, _, _, scheduler = deepspeed.initialize(
-        model=PackedLM(model, impl), optimizer=optimizer, model_parameters=groups if optimizer is None else None,
+        model=wrap(model, impl) if wrap else PackedLM(model, impl), optimizer=optimizer, model_parameters=groups if optimizer is None else None,
         lr_scheduler=lambda opt: make_scheduler(opt, total, cfg.warmup_ratio, cfg.min_lr_ratio),
         config=ds_config)
     del zero3_handle
@@ -210,6 +211,10 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
     `stop`: installed by the caller as early as possible, so a signal during setup counts too."""
     stop = stop or StopRequest()
     cfg = TrainConfig.from_dict(spec["config"])
+    if cfg.method == "grpo":
+        from openchat_cli.train import grpo
+
+        return grpo.train(spec, stop)
     out = Path(spec["out"])
     device = device_for_rank()
     init_distributed(device)

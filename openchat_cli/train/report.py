@@ -49,6 +49,12 @@ class Reporter:
             "tokens_per_s": sum(r["tokens"] for r in w) / max(1e-9, sum(r["seconds"] for r in w)),
             "packing_efficiency": sum(r["tokens"] for r in w) / sum(r["capacity"] for r in w),
         }
+        # Other numbers a method reports (GRPO's reward, kl, …): averaged over the window too.
+        for key, value in w[-1].items():
+            if key not in point and key not in ("tokens", "seconds", "capacity", "weight") and \
+                    isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = [r[key] for r in w if isinstance(r.get(key), (int, float))]
+                point[key] = sum(values) / len(values)
         self.curve.append(point)
         self.window = []
         if self.bar.disable:  # no live bar (not a terminal): one plain line per point instead
