@@ -43,7 +43,7 @@ _openchat() {
         "model merge-lora") words="--base --force --help --home --json" ;;
         "quickstart") words="--dir --epochs --eval-size --help --home --json --lr --seed --size --tokens-per-step --train-size" ;;
         "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --home --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
-        "train") words="--config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --home --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-grad-norm --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --resume --save-every --seed --state-minutes --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
+        "train") words="--beta --config --data --epochs --epsilon --eval-data --eval-every --force --grad-checkpointing --group-size --grpo-iterations --grpo-loss --help --home --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-completion-tokens --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --prompts --prompts-per-step --resume --reward --save-every --seed --state-minutes --stop-after --temperature --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
