@@ -141,7 +141,8 @@ class TrainConfig:
         if self.micro_tokens is not None:
             raise OpenchatError("--micro-tokens is for sft: GRPO updates on each step's completions in one pass")
         if self.zero == 3:
-            raise OpenchatError("--method grpo needs whole weights on each rank to sync its sampler: use --zero 0, 1 or 2")
+            raise OpenchatError("--method grpo needs whole weights on each rank to sync its sampler: "
+                                "use --zero 0, 1 or 2")
         if self.data or self.eval_data:
             raise OpenchatError("--method grpo samples its own completions from --prompts: "
                                 "--data and --eval-data are for sft")

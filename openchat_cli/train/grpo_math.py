@@ -9,8 +9,9 @@ tensors are flat, and `seq_index[j]` says which completion token j belongs to.
   correction. A reward of NaN (no reward function could score it) is left out of its group's
   mean and std, and gets advantage 0.
 - Loss per token: -min(ρ A, clip(ρ, 1-ε, 1+ε) A) + β ρ KL, ρ = exp(logp - logp_old), KL the k3
-  estimator exp(ref - logp) - (ref - logp) - 1 (times ρ: TRL's `use_bias_correction_kl`). `grpo` averages over each completion's tokens,
-  then over completions; `dapo` averages over all completion tokens of the step.
+  estimator exp(ref - logp) - (ref - logp) - 1 (times ρ: TRL's `use_bias_correction_kl`). `grpo`
+  averages over each completion's tokens, then over completions; `dapo` averages over all
+  completion tokens of the step.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ class Reporter:
         ckpt.append_step(self.out, record)
         self.window.append(record)
         info = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                f"{record['tokens_per_s']:,.0f} tok/s  pack {record['packing_efficiency']:.0%}")
+                f"{record['tokens_per_s']:,.0f} tok/s  pack {record['packing_efficiency']:.0%}"
+                + (f"  reward {record['reward']:.3f}  kl {record['kl']:.4f}" if "reward" in record else ""))
         self.bar.update(self.task, completed=record["step"], info=info)
         # Points at multiples of log_every, so a resumed run's curve has the same x values.
         if record["step"] % self.log_every == 0 or record["step"] == self.total:
@@ -60,7 +61,9 @@ class Reporter:
         if self.bar.disable:  # no live bar (not a terminal): one plain line per point instead
             err_console.print(f"step {point['step']}/{self.total}  loss {point['loss']:.4f}  "
                               f"lr {point['lr']:.2e}  {point['tokens_per_s']:,.0f} tok/s  "
-                              f"packing {point['packing_efficiency']:.1%}", highlight=False)
+                              f"packing {point['packing_efficiency']:.1%}"
+                              + (f"  reward {point['reward']:.3f}  kl {point['kl']:.4f}" if "reward" in point else ""),
+                              highlight=False)
         if time.monotonic() - self.last_flush > CATALOG_EVERY_S:
             self.flush()
 

@@ -27,7 +27,10 @@ def _batch(tokenizer):
     gen = torch.Generator().manual_seed(0)
     specials = set(tokenizer.all_special_ids)
     pool = [i for i in range(len(tokenizer)) if i not in specials]
-    draw = lambda n: [pool[int(j)] for j in torch.randint(len(pool), (n,), generator=gen)]  # noqa: E731
+
+    def draw(n: int) -> list[int]:
+        return [pool[int(j)] for j in torch.randint(len(pool), (n,), generator=gen)]
+
     prompts = [draw(PROMPT_LEN) for _ in range(2)]
     prompt_ids = [prompts[i // K] for i in range(2 * K)]
     completion_ids = [draw(n) for n in COMPLETION_LENGTHS]
