@@ -139,8 +139,10 @@ def test_grpo_run_logs_rewards_and_resumes(cli, tiny_model_dir, prompts_file, re
     out = tmp_path / "run"
     rewards = ("--reward", "grade", "--reward", f"rm:{reward_model_dir}=0.5",
                "--reward", f"judge:{judge.base_url}#fair-judge=0.25")
+    # LoRA: the KL reference is the same module with its adapter off; two updates per sampled batch.
     first = cli("train", "--method", "grpo", "--model", tiny_model_dir, "--prompts", prompts_file, *rewards,
-                *SMALL, "--epochs", "2", "--out", out, "--stop-after", "2", "--state-minutes", "0")
+                *SMALL, "--epochs", "2", "--out", out, "--stop-after", "2", "--state-minutes", "0",
+                "--lora", "--lora-r", "4", "--grpo-iterations", "2")
     assert "stopped after step 2 of 4" in first.stdout
     judged = len(judge.requests)
     assert judged == 2 * 2 * 2  # every completion of both steps, once
@@ -152,6 +154,7 @@ def test_grpo_run_logs_rewards_and_resumes(cli, tiny_model_dir, prompts_file, re
         assert s["rewards/judge:" + judge.base_url] == pytest.approx(3 / 9)  # fair-judge rates a plain reply 4
         assert 0.0 <= s["rewards/grade"] <= 1.0 and 0.0 <= s["frac_reward_zero_std"] <= 1.0
         assert 1 <= s["completion_length"] <= 4 and s["kl"] >= 0 and s["reward_std"] >= 0
+    assert steps[-1]["kl"] > 0  # the adapter moved the policy away from the reference
     catalog = open_catalog()
     run = catalog.list("runs")[0]
     assert run["status"] == "completed" and run["config"]["method"] == "grpo"
@@ -162,3 +165,4 @@ def test_grpo_run_logs_rewards_and_resumes(cli, tiny_model_dir, prompts_file, re
     assert prompts_ds["format"] == "prompts" and prompts_ds["num_records"] == 4
     final = catalog.get(run["metrics"]["final_checkpoint_id"])
     assert Path(final["path"]) == out / "final" and (out / "final" / "openchat.json").exists()
+    assert (out / "final" / "adapter_config.json").exists()
