@@ -166,3 +166,38 @@ def test_grpo_run_logs_rewards_and_resumes(cli, tiny_model_dir, prompts_file, re
     final = catalog.get(run["metrics"]["final_checkpoint_id"])
     assert Path(final["path"]) == out / "final" and (out / "final" / "openchat.json").exists()
     assert (out / "final" / "adapter_config.json").exists()
+
+
+def test_engine_load_weights_replaces_what_it_samples_from(tiny_model_dir, tiny_tokenizer):
+    """The public hook GRPO syncs its policy through: new weights in place, unknown names refused."""
+    import asyncio
+
+    from openchat_cli.serve.engines.base import EngineError, SamplingParams
+    from openchat_cli.serve.engines.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(tiny_model_dir, tokenizer=tiny_tokenizer, max_batch_size=4)
+
+    async def greedy() -> list[int]:
+        await engine.start()
+        tokens: list[int] = []
+        async for event in engine.generate([1, 5, 9], SamplingParams(max_tokens=3, temperature=0.0), "w"):
+            tokens += event.token_ids
+        await engine.shutdown()
+        return tokens
+
+    head = engine.model.get_output_embeddings().weight
+    target = 7
+    state = engine.model.state_dict()
+    weights = {name: value.clone() for name, value in state.items()}
+    new_head = torch.zeros_like(head)
+    new_head[target] = 1.0  # the last layer's output now decides alone: only `target` scores
+    for name, value in state.items():  # the head and whatever shares its storage (tied embeddings)
+        if value.data_ptr() == head.data_ptr():
+            weights[name] = new_head
+    before = asyncio.run(greedy())
+    engine.load_weights(weights)
+    assert torch.equal(engine.model.get_output_embeddings().weight, new_head)
+    after = asyncio.run(greedy())
+    assert after != before
+    with pytest.raises(EngineError, match="does not have"):
+        engine.load_weights({"no.such.weight": torch.zeros(1)})
