@@ -1,17 +1,21 @@
-"""Benchmark `openchat serve` on CPU: does batching scale, and what does HTTP cost?
+"""Benchmark `openchat serve` on CPU: does batching scale, what does HTTP cost, and how does it
+compare with another OpenAI-compatible server (vLLM's CPU build) under the same load?
 
 Starts the real server (`openchat serve MODEL --port 0`) on a random "small" model (256 hidden,
-4 layers; `--size tiny` for the test-sized one) or on --model,
-then streams chat completions at concurrency 1, 8 and 32 (fixed-length replies: `ignore_eos`)
-and reports aggregate generated tokens/s and time to first token. Finally it loads the same
-engine in this process and generates with it directly at concurrency 1, so the HTTP layer's
-overhead shows as a ratio.
+4 layers; `--size tiny` for the test-sized one, `--size 40m` for a 40M model with a 32k
+vocabulary) or on --model, then streams chat completions at concurrency 1, 8 and 32
+(fixed-length replies: `ignore_eos`; prompts of ShareGPT-like, ragged lengths, the same list for
+every server) and reports aggregate generated tokens/s and time to first token.
+
+`--vs-url URL` drives that server too, level by level right after ours, and prints ours vs
+other tok/s, their ratio and both TTFT p50s side by side. Without it, the same engine is also
+run in this process at concurrency 1 and the top level, so the HTTP layer's overhead shows.
 
     python benchmarks/bench_serve.py                 # small random model, 128 tokens per reply
     python benchmarks/bench_serve.py --size tiny --max-tokens 64
-    python benchmarks/bench_serve.py --model path/to/checkpoint --levels 1,4,16
+    python benchmarks/bench_serve.py --model DIR --vs-url http://127.0.0.1:8001 --json
+    python benchmarks/bench_serve.py --save-model DIR --size 40m   # make the model, then exit
 
-Prints a table and the ratios (tokens/s at 8 and 32 vs 1; HTTP vs in-process at 1).
 Numbers depend on the machine and on what else runs on it: compare ratios, not absolutes.
 """
 
@@ -40,15 +44,35 @@ CORPUS = [
     "Question: What is the capital of France? Answer: Paris.",
 ]
 QUESTION = "Please write a short poem about the sea, and explain why the sky is blue."
+# 40M parameters with a 32k vocabulary (the vocabulary is what makes sampling cost).
+SIZE_40M = {"vocab_size": 32000, "hidden_size": 512, "layers": 8, "heads": 8, "kv_heads": 4,
+            "intermediate_size": 1408, "max_positions": 4096}
+
+
+def sharegpt_like_prompts(count: int, seed: int = 0) -> list[str]:
+    """User turns with ShareGPT's spread of lengths (log-normal, median ~70 words, a long tail
+    clipped at 600), built from the corpus words; the same list for every server."""
+    import random
+
+    rng = random.Random(seed)
+    words = " ".join(CORPUS + [QUESTION]).split()
+    prompts = []
+    for i in range(count):
+        n = int(min(600, max(8, rng.lognormvariate(4.25, 0.9))))
+        prompts.append(f"[{i}] " + " ".join(rng.choice(words) for _ in range(n)))
+    return prompts
 
 
 def make_model(out: Path, size: str) -> Path:
     from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
-    from openchat_cli.model.tiny import SIZES, random_llama, train_tokenizer
+    from openchat_cli.model.tiny import SIZES, ModelSize, random_llama, train_tokenizer
 
-    tokenizer = train_tokenizer(CORPUS * 20, SIZES[size].vocab_size)
+    spec = ModelSize(**SIZE_40M) if size == "40m" else SIZES[size]
+    tokenizer = train_tokenizer(CORPUS * 20, min(spec.vocab_size, 2048))
     attach_template(tokenizer, "openchat_3.5")
-    model = random_llama(tokenizer, SIZES[size], seed=0)
+    model = random_llama(tokenizer, spec, seed=0)
+    if spec.vocab_size > len(tokenizer):  # rows past the tokenizer: never sampled, still computed
+        model.resize_token_embeddings(spec.vocab_size, mean_resizing=False)
     eot = tokenizer.convert_tokens_to_ids("<|end_of_turn|>")
     model.generation_config.eos_token_id = [eot, tokenizer.eos_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -85,9 +109,10 @@ def start_server(model: Path, home: Path, extra: list[str]) -> tuple[subprocess.
     raise SystemExit("server did not start in time")
 
 
-async def one_stream(client, url: str, model: str, max_tokens: int) -> tuple[float, float, int]:
+async def one_stream(client, url: str, model: str, max_tokens: int,
+                     prompt: str = QUESTION) -> tuple[float, float, int]:
     """(time to first token, total time, completion tokens) of one streamed chat completion."""
-    body = {"model": model, "messages": [{"role": "user", "content": QUESTION}],
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "stream": True, "ignore_eos": True, "temperature": 1.0,
             "stream_options": {"include_usage": True}}
     started = time.perf_counter()
@@ -98,29 +123,33 @@ async def one_stream(client, url: str, model: str, max_tokens: int) -> tuple[flo
         async for line in resp.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            if ttft is None and '"content":"' in line and '"content":""' not in line:
+            chunk = json.loads(line[6:])
+            delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
+            if ttft is None and delta.get("content"):
                 ttft = time.perf_counter() - started
-            if '"usage":{' in line:
-                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
     total = time.perf_counter() - started
     return (ttft if ttft is not None else total), total, tokens
 
 
-async def http_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
+async def http_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int,
+                     prompts: list[str] | None = None) -> dict:
     import httpx
 
+    prompts = prompts or [QUESTION]
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await one_stream(client, url, model, 4)  # warm the connection pool and the server
         queue: asyncio.Queue = asyncio.Queue()
-        for _ in range(requests):
-            queue.put_nowait(None)
+        for i in range(requests):
+            queue.put_nowait(prompts[i % len(prompts)])
         results: list[tuple[float, float, int]] = []
 
         async def worker() -> None:
             while not queue.empty():
-                queue.get_nowait()
-                results.append(await one_stream(client, url, model, max_tokens))
+                prompt = queue.get_nowait()
+                results.append(await one_stream(client, url, model, max_tokens, prompt))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -162,41 +191,15 @@ async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, reque
             "ttft_mean_s": statistics.fmean(ttfts)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="model dir (default: a fresh random tiny model)")
-    parser.add_argument("--size", default="small", choices=["tiny", "small"],
-                        help="random model to make when --model is not given")
-    parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
-    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="requests per level = rounds × concurrency (at least 8)")
-    parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra `openchat serve` argument (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+def served_model(url: str) -> str:
+    """The first model another OpenAI server lists."""
+    import httpx
 
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    model = args.model or make_model(work / "model", args.size)
-    (work / "home").mkdir(exist_ok=True)
-    print(f"model {model}  ·  {args.max_tokens} tokens per reply  ·  {os.cpu_count()} CPUs")
-    proc, url, name = start_server(model, work / "home", args.server_arg)
-    rows = []
-    try:
-        for c in levels:
-            rows.append(asyncio.run(http_level(url, name, c, max(8, args.rounds * c), args.max_tokens)))
-            r = rows[-1]
-            print(f"  http  c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 {r['ttft_p50_s'] * 1000:7.1f} ms"
-                  f"   ({r['requests']} requests, {r['wall_s']:.1f}s)", flush=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return httpx.get(url.rstrip("/") + "/v1/models", timeout=10).json()["data"][0]["id"]
 
-    # The same engine, called directly (the server is stopped: it does not compete for CPU).
+
+def direct_levels(model: Path, levels: list[int], rounds: int, max_tokens: int) -> dict[int, dict]:
+    """The same engine called in this process (the server is stopped: no CPU competition)."""
     from openchat_cli.checkpoint import load_tokenizer, template_name
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
     from openchat_cli.templates import Conversation, get_template
@@ -209,33 +212,110 @@ def main() -> None:
     direct = {}
     for c in sorted({1, max(levels)}):
         asyncio.run(inprocess_level(engine, prompt_ids, c, 1, 4))  # warm-up
-        direct[c] = asyncio.run(inprocess_level(engine, prompt_ids, c, max(8, args.rounds * c),
-                                                args.max_tokens))
+        direct[c] = asyncio.run(inprocess_level(engine, prompt_ids, c, max(8, rounds * c), max_tokens))
         r = direct[c]
         print(f"  direct c={c:<3d}{r['tokens_per_s']:8.1f} tok/s   ttft p50 {r['ttft_p50_s'] * 1000:7.1f} ms"
               f"   (engine in-process, no HTTP)", flush=True)
+    return direct
 
-    by_c = {r["concurrency"]: r for r in rows}
-    base = by_c[levels[0]]["tokens_per_s"]
+
+def table_rows(ours: list[dict], other: list[dict] | None) -> list[dict]:
+    """The side-by-side rows (`--json`'s `rows`)."""
+    rows = []
+    for i, r in enumerate(ours):
+        o = other[i] if other else None
+        rows.append({"concurrency": r["concurrency"], "requests": r["requests"],
+                     "ours_tok_s": round(r["tokens_per_s"], 1),
+                     "other_tok_s": round(o["tokens_per_s"], 1) if o else None,
+                     "ratio": round(r["tokens_per_s"] / o["tokens_per_s"], 3) if o else None,
+                     "ttft_p50_ms": round(r["ttft_p50_s"] * 1000, 1),
+                     "other_ttft_p50_ms": round(o["ttft_p50_s"] * 1000, 1) if o else None,
+                     "ttft_mean_ms": round(r["ttft_mean_s"] * 1000, 1),
+                     "other_ttft_mean_ms": round(o["ttft_mean_s"] * 1000, 1) if o else None})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model dir (default: a fresh random model)")
+    parser.add_argument("--size", default="small", choices=["tiny", "small", "40m"],
+                        help="random model to make when --model is not given")
+    parser.add_argument("--save-model", type=Path, help="make the random model here and exit")
+    parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="requests per level = rounds × concurrency (at least 8)")
+    parser.add_argument("--prompts", default="sharegpt", choices=["sharegpt", "fixed"],
+                        help="ragged ShareGPT-like prompt lengths, or one short prompt for all")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra `openchat serve` argument (repeatable), e.g. --server-arg=--dtype=bfloat16")
+    parser.add_argument("--vs-url", help="another OpenAI-compatible server to drive with the same load")
+    parser.add_argument("--vs-model", help="model name on --vs-url (default: the first it lists)")
+    parser.add_argument("--json", action="store_true", help="print the table as JSON too")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+
+    if args.save_model:
+        make_model(args.save_model, args.size)
+        print(f"model saved to {args.save_model}")
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    model = args.model or make_model(work / "model", args.size)
+    (work / "home").mkdir(exist_ok=True)
+    prompts = sharegpt_like_prompts(max(8, args.rounds * max(levels))) if args.prompts == "sharegpt" else None
+    other_url = args.vs_url.rstrip("/") if args.vs_url else None
+    other_name = (args.vs_model or served_model(other_url)) if other_url else None
+    print(f"model {model}  ·  {args.max_tokens} tokens per reply  ·  {args.prompts} prompts  ·  "
+          f"{os.cpu_count()} CPUs" + (f"  ·  vs {other_url}" if other_url else ""))
+    proc, url, name = start_server(model, work / "home", args.server_arg)
+    ours, other = [], []
+    try:
+        for c in levels:
+            requests = max(8, args.rounds * c)
+            ours.append(asyncio.run(http_level(url, name, c, requests, args.max_tokens, prompts)))
+            r = ours[-1]
+            print(f"  ours  c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 {r['ttft_p50_s'] * 1000:7.1f} ms"
+                  f"   ({r['requests']} requests, {r['wall_s']:.1f}s)", flush=True)
+            if other_url:
+                other.append(asyncio.run(http_level(other_url, other_name, c, requests, args.max_tokens,
+                                                    prompts)))
+                r = other[-1]
+                print(f"  other c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 "
+                      f"{r['ttft_p50_s'] * 1000:7.1f} ms   ({r['requests']} requests, {r['wall_s']:.1f}s)",
+                      flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    rows = table_rows(ours, other or None)
     print("\nresults")
-    print(f"  {'concurrency':>11} {'tok/s':>9} {'vs c=' + str(levels[0]):>8} {'ttft p50 ms':>12} {'ttft mean ms':>13}")
-    for r in rows:
-        print(f"  {r['concurrency']:>11} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / base:>7.2f}x "
-              f"{r['ttft_p50_s'] * 1000:>12.1f} {r['ttft_mean_s'] * 1000:>13.1f}")
-    print("\nratios")
-    for c in levels[1:]:
-        print(f"  batching: tokens/s at concurrency {c} / concurrency {levels[0]} = "
-              f"{by_c[c]['tokens_per_s'] / base:.2f}x")
-    if 1 in by_c:
-        ratio = by_c[1]["tokens_per_s"] / direct[1]["tokens_per_s"]
-        print(f"  HTTP layer: server tokens/s / in-process engine tokens/s at concurrency 1 = "
-              f"{ratio:.2f} (1.00 = HTTP costs nothing)")
-        top = max(levels)
-        if top in direct and top in by_c:
-            ratio_top = by_c[top]["tokens_per_s"] / direct[top]["tokens_per_s"]
-            print(f"  HTTP layer at concurrency {top}: server / in-process = {ratio_top:.2f}")
+    if other_url:
+        print(f"  {'concurrency':>11} {'ours tok/s':>11} {'other tok/s':>12} {'ratio':>7} "
+              f"{'ttft p50 ms':>12} {'other ttft p50':>15}")
+        for r in rows:
+            print(f"  {r['concurrency']:>11} {r['ours_tok_s']:>11.1f} {r['other_tok_s']:>12.1f} "
+                  f"{r['ratio']:>6.2f}x {r['ttft_p50_ms']:>12.1f} {r['other_ttft_p50_ms']:>15.1f}")
+    else:
+        base = ours[0]["tokens_per_s"]
+        print(f"  {'concurrency':>11} {'tok/s':>9} {'vs c=' + str(levels[0]):>8} {'ttft p50 ms':>12} "
+              f"{'ttft mean ms':>13}")
+        for r in ours:
+            print(f"  {r['concurrency']:>11} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / base:>7.2f}x "
+                  f"{r['ttft_p50_s'] * 1000:>12.1f} {r['ttft_mean_s'] * 1000:>13.1f}")
+        direct = direct_levels(model, levels, args.rounds, args.max_tokens)
+        by_c = {r["concurrency"]: r for r in ours}
+        print("\nratios")
+        for c in levels[1:]:
+            print(f"  batching: tokens/s at concurrency {c} / concurrency {levels[0]} = "
+                  f"{by_c[c]['tokens_per_s'] / base:.2f}x")
+        for c in sorted(set(direct) & set(by_c)):
+            print(f"  HTTP layer at concurrency {c}: server / in-process tokens/s = "
+                  f"{by_c[c]['tokens_per_s'] / direct[c]['tokens_per_s']:.2f} (1.00 = HTTP costs nothing)")
     if args.json:
-        print(json.dumps({"http": rows, "direct": list(direct.values())}, indent=2))
+        print(json.dumps({"rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ fine-tuning. Measurements, printed side by side with their ratios:
    LM head at supervised positions only, in recomputed chunks (what training runs) vs full
    logits, plus row selection without chunking (each in its own process: peak RSS growth
    during the step, with the kernel's high-water mark reset first).
+
+With `--dpo`: DPO instead (`train --method dpo`): preference pairs (a shared prompt, two
+replies) packed padding-free, a pair's chosen and rejected in one micro-batch, per-sequence
+log-probs summed by segment, vs TRL's layout (chosen and rejected stacked into one [2B, longest]
+batch padded on the right, attention mask, full logits); pairs/s and useful tokens/s
+interleaved step by step, and peak memory of one forward+backward over the same pairs.
+
+    python benchmarks/bench_train.py --dpo --pairs 2000 --seconds 60
 """
 
 from __future__ import annotations
@@ -204,6 +212,174 @@ def memory(tokens: int, vocab: int) -> dict[str, dict]:
     return out
 
 
+# -- DPO: packed pairs vs padded pairs -------------------------------------------------------------
+def pair_data(n: int, vocab: int, max_len: int, seed: int = 0) -> TokenizedData:
+    """Random pairs: log-normal prompt and reply lengths (median ~300 and ~250 tokens), weights on
+    the replies; rows 2i / 2i + 1 are pair i's chosen / rejected (openchat_cli.train.pairs)."""
+    rng = np.random.default_rng(seed)
+    prompts = np.clip(rng.lognormal(5.7, 0.9, n), 8, max_len // 2).astype(np.int64)
+    replies = np.clip(rng.lognormal(5.5, 0.9, (n, 2)), 4, max_len // 2 - 1).astype(np.int64)
+    ids, weights, lengths = [], [], []
+    for p, (c, r) in zip(prompts, replies):
+        prompt = rng.integers(10, vocab, p)
+        for reply in (c, r):
+            ids += [prompt, rng.integers(10, vocab, reply)]
+            weights += [np.zeros(p, np.float32), np.ones(reply, np.float32)]
+            lengths.append(p + reply)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return TokenizedData(Path("synthetic-pairs"), np.concatenate(ids), np.concatenate(weights), offsets, {})
+
+
+def _padded_dpo_batch(data: TokenizedData, pairs: np.ndarray):
+    """TRL's layout: all chosen then all rejected, right-padded to the longest, with a mask."""
+    import torch
+
+    from openchat_cli.train.pairs import pair_rows
+
+    rows = pair_rows(pairs)
+    rows = np.concatenate([rows[0::2], rows[1::2]])
+    width = int(max(data.lengths[rows]))
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    weights = torch.zeros((len(rows), width))
+    for k, row in enumerate(rows):
+        seq, w = data.row(int(row))
+        ids[k, :len(seq)] = torch.from_numpy(seq)
+        mask[k, :len(seq)] = 1
+        weights[k, :len(seq)] = torch.from_numpy(w)
+    return ids, mask, weights
+
+
+def padded_dpo_loss(model, ids, mask, weights, ref, beta: float = 0.1):
+    """DPO on a padded batch, the conventional way (full logits, log-softmax, gather)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+    token = torch.log_softmax(logits, -1).gather(2, ids[:, 1:, None]).squeeze(2)
+    logps = (token * weights[:, 1:]).sum(1)
+    chosen, rejected = logps.chunk(2)
+    return -F.logsigmoid(beta * ((chosen - ref[:, 0]) - (rejected - ref[:, 1]))).sum()
+
+
+def dpo_throughput(data: TokenizedData, capacity: int, seconds: float) -> dict[str, float]:
+    """Pairs/s and useful tokens/s of packed vs padded DPO, interleaved step by step."""
+    import torch
+
+    from openchat_cli.train import attention
+    from openchat_cli.train.pairs import pair_lengths
+    from openchat_cli.train.preference import PreferenceLM, pack_pairs
+
+    impl = attention.choose(torch.device("cpu"))
+    models = {"packed": llama(4096, 128, 2, attn=impl, max_len=capacity),
+              "padded": llama(4096, 128, 2, attn="sdpa", max_len=capacity)}
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+    module = PreferenceLM(models["packed"], impl, "dpo")
+    lengths = pair_lengths(data)
+    refs = np.zeros((len(lengths), 2))  # the loss's cost does not depend on the reference values
+    sampler = MultipackSampler(lengths, PackSpec(capacity=capacity, seed=1))
+    per_batch = max(1, int(capacity // lengths.mean()))  # same average tokens per step
+    batches = padded_batches(lengths, per_batch, seed=1)
+
+    def packed_step(i: int) -> tuple[int, int]:
+        (pairs,) = sampler.batches(i % len(sampler), 0)
+        b = pack_pairs(data, pairs, ref_logps=refs)
+        (module(b) / max(b.num_pairs, 1)).backward()
+        opts["packed"].step()
+        opts["packed"].zero_grad()
+        return b.num_pairs, b.num_tokens
+
+    def padded_step(i: int) -> tuple[int, int]:
+        pairs = batches[i % len(batches)]
+        ids, mask, weights = _padded_dpo_batch(data, pairs)
+        (padded_dpo_loss(models["padded"], ids, mask, weights, torch.from_numpy(refs[pairs])) / len(pairs)).backward()
+        opts["padded"].step()
+        opts["padded"].zero_grad()
+        return len(pairs), int(mask.sum())
+
+    steps = {"packed": packed_step, "padded": padded_step}
+    for fn in steps.values():  # warm-up
+        fn(0)
+    spent = dict.fromkeys(steps, 0.0)
+    done = {name: [0, 0] for name in steps}
+    i = 1
+    while sum(spent.values()) < seconds:
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            pairs, tokens = fn(i)
+            spent[name] += time.perf_counter() - t0
+            done[name][0] += pairs
+            done[name][1] += tokens
+        i += 1
+    return {"pairs_per_s": {n: done[n][0] / spent[n] for n in steps},
+            "useful_tokens_per_s": {n: done[n][1] / spent[n] for n in steps}, "steps": i - 1,
+            "pairs_per_padded_batch": per_batch}
+
+
+def dpo_memory_child(mode: str, tokens: int, vocab: int) -> None:
+    """Peak RSS growth (MiB) of one DPO forward+backward over the same pairs, packed or padded."""
+    import torch
+
+    from openchat_cli.train.pairs import pair_lengths
+    from openchat_cli.train.preference import PreferenceLM, pack_pairs
+
+    torch.set_num_threads(1)
+    model = llama(vocab, 64, 2)
+    data = pair_data(200, vocab, 1024, seed=2)
+    (pairs,) = MultipackSampler(pair_lengths(data), PackSpec(capacity=tokens, shuffle=False)).batches(0, 0)
+    refs = np.zeros((len(data) // 2, 2))
+    if mode == "packed":
+        module = PreferenceLM(model, "sdpa", "dpo")
+        module(pack_pairs(data, pairs[:1], ref_logps=refs)).backward()
+        model.zero_grad(set_to_none=False)
+        base = reset_peak_rss()
+        module(pack_pairs(data, pairs, ref_logps=refs)).backward()
+    else:
+        padded = [_padded_dpo_batch(data, p) for p in (pairs[:1], pairs)]
+        padded_dpo_loss(model, *padded[0], torch.from_numpy(refs[pairs[:1]])).backward()
+        model.zero_grad(set_to_none=False)
+        base = reset_peak_rss()
+        padded_dpo_loss(model, *padded[1], torch.from_numpy(refs[pairs])).backward()
+    print(json.dumps({"mib": peak_rss() - base, "pairs": len(pairs)}))
+
+
+def dpo_main(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    data = pair_data(args.pairs, 4096, args.capacity // 2)
+    tps = dpo_throughput(data, args.capacity, args.seconds)
+    mem = None
+    if not args.no_memory:
+        mem = {}
+        for mode in ("packed", "padded"):
+            proc = subprocess.run([sys.executable, __file__, "--dpo-memory-child", mode, "--pack", str(args.pack),
+                                   "--vocab", str(args.vocab)], capture_output=True, text=True, check=True)
+            mem[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    lengths = data.lengths
+    result = {"method": "dpo", "capacity": args.capacity, "pairs": args.pairs,
+              "sequence_length": {"median": int(np.median(lengths)), "mean": round(float(lengths.mean()))},
+              **tps,
+              "ratio_pairs_per_s_packed_vs_padded": tps["pairs_per_s"]["packed"] / tps["pairs_per_s"]["padded"],
+              "peak_memory_mib": None if mem is None else {m: mem[m]["mib"] for m in mem},
+              "memory_pairs": None if mem is None else mem["packed"]["pairs"]}
+    if args.json:
+        print(json.dumps(result))
+        return
+    p, u = tps["pairs_per_s"], tps["useful_tokens_per_s"]
+    print(f"DPO pairs: {args.pairs}, sequence length median {result['sequence_length']['median']}, "
+          f"micro-batches of {args.capacity} tokens; padded: {tps['pairs_per_padded_batch']} pairs per batch")
+    print(f"{'measurement':40} {'packed':>10} {'padded':>10} {'ratio':>7}")
+    print(f"{'pairs/s':40} {p['packed']:>10.2f} {p['padded']:>10.2f} {p['packed'] / p['padded']:>6.2f}x")
+    print(f"{'useful (non-pad) tokens/s':40} {u['packed']:>10,.0f} {u['padded']:>10,.0f} "
+          f"{u['packed'] / u['padded']:>6.2f}x")
+    if mem is not None:
+        print(f"{'peak memory fwd+bwd, same pairs (MiB)':40} {mem['packed']['mib']:>10,.0f} "
+              f"{mem['padded']['mib']:>10,.0f} {mem['padded']['mib'] / max(mem['packed']['mib'], 1e-9):>6.2f}x"
+              f"  ({mem['packed']['pairs']} pairs, vocab {args.vocab})")
+    print(f"(tiny Llama, CPU, 1 thread, {tps['steps']} steps each, interleaved)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", choices=sorted(LENGTHS), default="sharegpt", help="sequence length distribution")
@@ -214,10 +390,19 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=128256, help="vocabulary of the memory measurement (Llama 3's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--dpo", action="store_true", help="benchmark DPO: packed vs padded preference pairs")
+    parser.add_argument("--pairs", type=int, default=2000, help="preference pairs for --dpo")
     parser.add_argument("--memory-child", choices=MEMORY_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--dpo-memory-child", choices=("packed", "padded"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.pack, args.vocab)
+        return
+    if args.dpo_memory_child:
+        dpo_memory_child(args.dpo_memory_child, args.pack, args.vocab)
+        return
+    if args.dpo:
+        dpo_main(args)
         return
 
     import torch

@@ -16,41 +16,47 @@ _openchat() {
     done
     case "$path" in
         "") words="catalog chat data eval model quickstart serve train --help --home --version" ;;
-        "catalog") words="lineage list path rm show --help" ;;
+        "catalog") words="lineage list path plot rm show --help" ;;
         "catalog lineage") words="--help --home --json" ;;
         "catalog list") words="--help --home --json --limit -n" ;;
         "catalog path") words="--help --home" ;;
+        "catalog plot") words="--help --home --json --metric --output -m -o" ;;
         "catalog rm") words="--help --home --json" ;;
         "catalog show") words="--help --home --json" ;;
         "chat") words="--api-key --chat --condition --endpoint --help --home --max-tokens --model --system --temperature --verdicts -c -e -m -s -t" ;;
-        "data") words="clean show split stats tokenize --help" ;;
+        "data") words="clean pairs show split stats tokenize --help" ;;
         "data clean") words="--blocked-words --class --condition-from --default-weight --force --format --help --home --html --json --keep-model --keep-source --min-chars --name --near-dup --near-dup-threshold --no-blocked-words --no-dedup --no-trim-ends --no-unwanted-phrases --out --skip-check --trim-ends --unwanted-phrases --weight -o" ;;
+        "data pairs") words="--force --help --home --json --name --out -o" ;;
         "data show") words="--count --help --home --id --json --model --random --seed --template -m -n" ;;
         "data split") words="--eval --eval-out --force --help --home --json --seed --train-out" ;;
         "data stats") words="--help --home --json --model --template -m" ;;
         "data tokenize") words="--chunk-size --force --help --home --json --max-len --model --name --out --template --workers -m -o" ;;
-        "eval") words="answer export grade judge loglik report --help" ;;
+        "eval") words="answer export grade judge loglik perplexity report score --help" ;;
         "eval answer") words="--api-key --checkpoint --concurrency --endpoint --help --home --json --limit --max-tokens --model --name --new --retries --retry-wait --run --system --temperature -c -e -m -t" ;;
         "eval export") words="--format --help --home --output -f -o" ;;
         "eval grade") words="--help --home --json" ;;
         "eval judge") words="--baseline --concurrency --help --home --json --judge-api-key --judge-endpoint --judge-model --max-tokens --mode --name --new --prompts --retries --retry-wait --run -b -c" ;;
         "eval loglik") words="--api-key --bos --checkpoint --concurrency --endpoint --help --home --json --limit --model --name --new --no-bos --retries --retry-wait --run --task-format -c -e -f -m" ;;
+        "eval perplexity") words="--buckets --dtype --help --home --json --max-len --tokens-per-batch" ;;
         "eval report") words="--baseline --help --home --json --plot -b" ;;
-        "model") words="add-tokens info init merge-lora --help" ;;
-        "model add-tokens") words="--force --help --home --json --template --token" ;;
+        "eval score") words="--help --home --json --rm" ;;
+        "model") words="add-tokens export extend-context info init merge-lora --help" ;;
+        "model add-tokens") words="--force --help --home --init --json --seed --std --template --token" ;;
+        "model export") words="--force --format --help --home --json --output --outtype -o" ;;
+        "model extend-context") words="--force --help --home --json --max-len --rope-scaling" ;;
         "model info") words="--help --home --json" ;;
         "model init") words="--force --help --home --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
         "model merge-lora") words="--base --force --help --home --json" ;;
         "quickstart") words="--dir --epochs --eval-size --help --home --json --lr --seed --size --tokens-per-step --train-size" ;;
-        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --home --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
-        "train") words="--beta --config --data --epochs --epsilon --eval-data --eval-every --force --grad-checkpointing --group-size --grpo-iterations --grpo-loss --help --home --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-completion-tokens --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --prompts --prompts-per-step --resume --reward --save-every --seed --state-minutes --stop-after --temperature --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
+        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --home --host --in-process --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
+        "train") words="--beta --config --data --epochs --epsilon --eval-data --eval-every --force --grad-checkpointing --group-size --grpo-iterations --grpo-loss --help --home --hostfile --json --label-smoothing --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --loss-type --lr --max-completion-tokens --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --prompts --prompts-per-step --report-to --resume --reward --save-every --seed --state-minutes --stop-after --temperature --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval report"|"model"|"model add-tokens"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog plot"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"eval score"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

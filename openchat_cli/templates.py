@@ -50,19 +50,33 @@ class Conversation:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Conversation":
         """Build from the conversation JSONL contract (or OpenAI-style messages with a system role)."""
-        system = data.get("system")
+        systems: list[str] = [data["system"]] if data.get("system") is not None else []
         messages: list[Message] = []
         for m in data.get("messages", []):
             role = m["role"]
             content = content_text(m.get("content"))
             if role == "system":
-                system = content if system is None else system
+                systems.append(content)
                 continue
             weight = m.get("weight")
             messages.append(Message(role=role, content=content,
                                     weight=1.0 if weight is None else float(weight),
                                     input=m.get("input")))
-        return cls(messages=messages, system=system, condition=data.get("condition"), id=data.get("id"))
+        return cls(messages=messages, system=join_system(systems), condition=data.get("condition"),
+                   id=data.get("id"))
+
+
+SYSTEM_JOIN = "\n\n"
+
+
+def join_system(texts: Sequence[str | None]) -> str | None:
+    """The one rule for several system prompts (data, serve and the Jinja template alike): each
+    trimmed, empty ones dropped, the rest joined by a blank line, in order. None when no system
+    prompt was given at all (the template's default applies), "" when all were empty (none)."""
+    given = [t for t in texts if t is not None]
+    if not given:
+        return None
+    return SYSTEM_JOIN.join(t.strip() for t in given if t.strip())
 
 
 def content_text(content: Any) -> str:
@@ -266,9 +280,18 @@ class ChatTemplate:
         return "".join([
             "{%- set condition = (condition if condition is defined and condition else "
             f"{json.dumps(self.default_condition)}) | trim -%}}",
-            f"{{%- set sys = namespace(text={default_system}) -%}}",
+            # Several system messages: `join_system`'s rule (trimmed, empty ones dropped, joined
+            # by a blank line); none at all: the template's default system prompt.
+            f"{{%- set sys = namespace(text={default_system}, parts=[]) -%}}",
             "{%- for message in messages if message['role'] == 'system' -%}"
-            "{%- if loop.first -%}{%- set sys.text = message['content'] -%}{%- endif -%}{%- endfor -%}",
+            "{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}"
+            "{%- else -%}{%- set text = namespace(s='') -%}"
+            "{%- for part in message['content'] if part['type'] | default('text') == 'text' -%}"
+            "{%- set text.s = text.s ~ part['text'] -%}{%- endfor -%}"
+            "{%- set text = text.s | trim -%}{%- endif -%}"
+            "{%- if text -%}{%- set sys.parts = sys.parts + [text] -%}{%- endif -%}"
+            "{%- if loop.last -%}{%- set sys.text = sys.parts | join(" + json.dumps(SYSTEM_JOIN) + ") -%}"
+            "{%- endif -%}{%- endfor -%}",
             f"{{{{- {json.dumps(self.bos)} -}}}}",
             "{%- if sys.text is not none and sys.text | trim -%}",
             f"{{{{- {lit(self.system_prefix)} ~ {sys_sep} ~ (sys.text | trim) ~ {lit(self.system_end + self.turn_suffix)} -}}}}",

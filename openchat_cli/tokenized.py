@@ -12,6 +12,24 @@ One Parquet row per training sequence:
 File (schema) metadata, all strings, under the keys below: template name, tokenizer hash,
 max length, source dataset path and catalog id. The trainer refuses a file whose template or
 tokenizer hash differs from the model's.
+
+Tokenized preference pairs (`data tokenize` of pairs JSONL; read by `train --method dpo|rm`),
+one row per pair:
+  chosen_ids: list<int32>         the FULL chosen sequence: prompt (with the assistant prefix)
+                                  then the chosen reply, exactly as the template encodes it
+  chosen_weights: list<float32>   aligned like SFT `weights` (weights[i] is the weight of
+                                  predicting chosen_ids[i]); nonzero only on the reply's
+                                  supervised tokens (its text and end-of-turn token)
+  rejected_ids, rejected_weights  the same for the rejected reply
+  prompt_length: int32            tokens shared by both: chosen_ids[:prompt_length] ==
+                                  rejected_ids[:prompt_length] is the prompt as encoded for
+                                  generation (BOS, system, turns, assistant prefix); weights 0
+  length: int32                   len(chosen_ids) + len(rejected_ids)
+  pair_id: string                 id of the source pair
+  condition: string               C-RLFT class / condition prefix, may be null
+Each side is at most `max_len` tokens (the file's max length); see openchat_cli.data.tokenize_pairs
+for how longer pairs are shortened. File metadata as above plus `openchat.kind` = "pairs"; SFT
+files have no kind (read as "sft").
 """
 
 from __future__ import annotations
@@ -25,8 +43,13 @@ META_TOKENIZER_HASH = "openchat.tokenizer_hash"
 META_MAX_LEN = "openchat.max_len"
 META_SOURCE = "openchat.source"  # JSON: {"path": ..., "dataset_id": ...}
 META_STATS = "openchat.stats"  # JSON: counts (conversations, sequences, split, truncated, tokens)
+META_KIND = "openchat.kind"  # "pairs" for preference pairs; absent for SFT sequences
+PAIRS_KIND = "pairs"
+SFT_KIND = "sft"
 
 COLUMNS = ("input_ids", "weights", "length", "conversation_id", "part", "condition")
+PAIR_COLUMNS = ("chosen_ids", "chosen_weights", "rejected_ids", "rejected_weights", "prompt_length", "length",
+                "pair_id", "condition")
 
 
 def schema():
@@ -42,8 +65,25 @@ def schema():
     ])
 
 
+def pairs_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("chosen_ids", pa.list_(pa.int32())),
+        ("chosen_weights", pa.list_(pa.float32())),
+        ("rejected_ids", pa.list_(pa.int32())),
+        ("rejected_weights", pa.list_(pa.float32())),
+        ("prompt_length", pa.int32()),
+        ("length", pa.int32()),
+        ("pair_id", pa.string()),
+        ("condition", pa.string()),
+    ])
+
+
 def make_metadata(*, template: str, tokenizer_hash: str, max_len: int,
-                  source: dict[str, Any] | None = None, stats: dict[str, Any] | None = None) -> dict[bytes, bytes]:
+                  source: dict[str, Any] | None = None, stats: dict[str, Any] | None = None,
+                  kind: str | None = None) -> dict[bytes, bytes]:
+    """File metadata; `kind` "pairs" for preference pairs (SFT files carry no kind)."""
     meta = {
         META_TEMPLATE: template,
         META_TOKENIZER_HASH: tokenizer_hash,
@@ -51,6 +91,8 @@ def make_metadata(*, template: str, tokenizer_hash: str, max_len: int,
         META_SOURCE: json.dumps(source or {}),
         META_STATS: json.dumps(stats or {}),
     }
+    if kind is not None and kind != SFT_KIND:
+        meta[META_KIND] = kind
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 
@@ -64,6 +106,7 @@ def read_metadata(path: Path | str) -> dict[str, Any]:
         "template": meta.get(META_TEMPLATE),
         "tokenizer_hash": meta.get(META_TOKENIZER_HASH),
         "max_len": int(meta[META_MAX_LEN]) if META_MAX_LEN in meta else None,
+        "kind": meta.get(META_KIND, SFT_KIND),
     }
     for key, name in ((META_SOURCE, "source"), (META_STATS, "stats")):
         out[name] = json.loads(meta[key]) if key in meta else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -122,6 +123,31 @@ def rm_command(
         return
     for row in removed:
         console.print(f"removed {row['id']}")
+
+
+@app.command("plot")
+def plot_command(
+    runs: list[str] = typer.Argument(..., help="Training run ids (run-…) to draw on one chart."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Image to write (.png, .svg or .pdf)."),
+    metrics: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="A curve key to draw instead of loss and eval_loss (repeatable): lr, tokens_per_s, packing_efficiency, or a method's own (rewards/margins, kl, …)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the series as JSON."),
+) -> None:
+    """Loss and held-out loss curves of one or more training runs on one chart, to compare fine-tunes."""
+    from openchat_cli.run_plot import DEFAULT_METRICS, render_png, run_series
+
+    if output is None and not as_json:
+        raise OpenchatError("say where to draw the chart: -o loss.png (or --json for the numbers)")
+    wanted = list(dict.fromkeys(metrics or DEFAULT_METRICS))
+    catalog = open_catalog()
+    _settle_runs(catalog)
+    found = run_series(catalog, runs, metrics)
+    if output is not None:
+        render_png(found, wanted, output)
+    if as_json:
+        print_json({"metrics": wanted, "runs": [r.to_dict() for r in found],
+                    "output": str(output) if output else None})
+        return
+    console.print(f"drew {', '.join(wanted)} of {len(found)} run(s) → {output}", highlight=False)
 
 
 @app.command("path")

@@ -25,6 +25,32 @@ class AnswerTotals(NamedTuple):
     truncated: int
 
 
+class RunCurve(NamedTuple):
+    """What a training run has recorded over its steps."""
+
+    id: str
+    status: str
+    output_path: str | None
+    points: list[dict[str, Any]]  # the stored curve: {step, epoch, loss, lr, …, a method's own keys}
+    evals: list[tuple[int, float]]  # held-out losses by step (0: before training)
+
+
+def eval_points(metrics: dict[str, Any], last_step: int | None) -> list[tuple[int, float]]:
+    """Held-out losses by step from a run's metrics: eval_loss_initial (step 0),
+    eval_loss_step_N (step N) and eval_loss_final (the last step)."""
+    found: dict[int, float] = {}
+    for key, value in (metrics or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if key == "eval_loss_initial":
+            found[0] = float(value)
+        elif key.startswith("eval_loss_step_") and key.removeprefix("eval_loss_step_").isdigit():
+            found[int(key.removeprefix("eval_loss_step_"))] = float(value)
+        elif key == "eval_loss_final" and last_step is not None:
+            found[last_step] = float(value)
+    return sorted(found.items())
+
+
 class CatalogReads:
     """Typed read helpers; `Catalog` provides the primitives they use."""
 
@@ -137,6 +163,18 @@ class CatalogReads:
         """Per judge run: questions judged (`q`) and the mean score (`mean`)."""
         return self.query("select eval_id, count(distinct question_id) as q, avg(score) as mean "
                           "from judgments group by eval_id")
+
+    # -- training runs -----------------------------------------------------------------------
+    def run_curve(self, run_id: str) -> RunCurve | None:
+        """The loss curve and held-out losses of a training run (None when there is no such run)."""
+        row = self.one("select id, status, output_path, loss_curve, metrics from runs where id = ?", [run_id])
+        if row is None:
+            return None
+        points = [p for p in (row["loss_curve"] if isinstance(row["loss_curve"], list) else [])
+                  if isinstance(p, dict) and "step" in p]
+        metrics = row["metrics"] if isinstance(row["metrics"], dict) else {}
+        return RunCurve(row["id"], row["status"], row["output_path"], points,
+                        eval_points(metrics, points[-1]["step"] if points else None))
 
     # -- chats -------------------------------------------------------------------------------
     def recent_chats(self) -> list[dict[str, Any]]:

@@ -120,8 +120,10 @@ class ServedModel:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_server(model_dir: Path, workdir: Path, *extra_args: str, timeout: float = 180.0) -> ServedModel:
-    """Start the real `openchat serve MODEL --port 0 …` on 127.0.0.1 and wait for /health."""
+def start_server(model_dir: Path, workdir: Path, *extra_args: str, timeout: float = 180.0,
+                 python: str | None = None) -> ServedModel:
+    """Start the real `openchat serve MODEL --port 0 …` on 127.0.0.1 and wait for /health
+    (`python`: another venv's interpreter, e.g. the vLLM one)."""
     import re
     import subprocess
     import sys
@@ -137,7 +139,7 @@ def start_server(model_dir: Path, workdir: Path, *extra_args: str, timeout: floa
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "openchat_cli.app", "serve", str(model_dir), "--port", "0",
+            [python or sys.executable, "-m", "openchat_cli.app", "serve", str(model_dir), "--port", "0",
              "--log-level", "warning", *extra_args],
             cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout

@@ -4,6 +4,11 @@ Steps, in order (each switchable): read and normalise the record; model / source
 HTML to Markdown and page-chrome removal; structure checks; blocked words (drop); unwanted
 phrases (reply kept with weight 0); condition class and weight (C-RLFT); exact dedup;
 near-dup (MinHash).
+
+Preference records (TRL, Anthropic HH, rm-static, WebGPT, SHP, GPT-4-LLM; see
+openchat_cli.data.preference) become pairs and go through the same steps (pair_clean.py).
+Conversations and pairs are written to separate outputs: the kind of the first record kept
+goes to OUT, the other kind (if the input mixes them) to OUT.<kind>.jsonl (`KindSinks`).
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 from openchat_cli.data import htmlmd
 from openchat_cli.data.dedup import ExactDedup, NearDedup, normalized_hash, normalized_text
-from openchat_cli.data.formats import normalize
+from openchat_cli.data.formats import PAIR_FORMATS, normalize
+from openchat_cli.data.pair_clean import clean_pair
+from openchat_cli.data.preference import detect_pair, normalize_pairs
 from openchat_cli.data.readers import ReadReport, expand_sources, read_file
 from openchat_cli.data.readers.textcheck import printable
-from openchat_cli.data.records import REASONS, SKIPPABLE, Conv, Drop, Malformed, RawItem
+from openchat_cli.data.records import ALL_REASONS, SKIPPABLE, Conv, Drop, Malformed, Pair, RawItem
 from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED, Matcher, load_list
 from openchat_cli.errors import OpenchatError
+from openchat_cli.templates import join_system
 
 # Built-in classes for --condition-from model: ShareGPT's `model` field values.
 MODEL_CLASSES = [
@@ -77,12 +85,16 @@ class CleanResult:
     conditions: Counter = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # reason -> first "location: detail"
     report: ReadReport = field(default_factory=ReadReport)
-    content_hash: str | None = None
+    content_hash: str | None = None  # of OUT (the first kind kept)
+    kinds: Counter = field(default_factory=Counter)  # conversations | pairs -> records written
+    content_hashes: dict[str, str] = field(default_factory=dict)  # kind -> sha256 of its output
+    main_kind: str | None = None  # the kind written to OUT
 
     def counts(self) -> dict[str, Any]:
         return {
             "read": self.read, "kept": self.kept, "dropped_total": sum(self.dropped.values()),
-            "dropped": {r: self.dropped[r] for r in REASONS if self.dropped.get(r)},
+            "kinds": dict(self.kinds),
+            "dropped": {r: self.dropped[r] for r in ALL_REASONS if self.dropped.get(r)},
             "fixes": dict(self.fixes), "shapes": dict(self.shapes),
             "conditions": dict(self.conditions), "file_count": self.report.file_count,
             "files": _capped(self.report.files),
@@ -179,11 +191,13 @@ class Cleaner:
 
     def _structure(self, conv: Conv) -> None:
         msgs = conv.messages
-        # Leading system messages become the conversation's system prompt.
+        # Leading system messages become the conversation's system prompt (templates.join_system:
+        # the same rule serve and the saved Jinja template apply).
+        leading: list[str] = []
         while msgs and msgs[0]["role"] == "system":
-            text = msgs.pop(0)["content"]
-            if text:
-                conv.system = text if conv.system is None else conv.system + "\n\n" + text
+            leading.append(msgs.pop(0)["content"])
+        if leading:
+            conv.system = join_system([conv.system, *leading]) or None
         if not msgs:
             raise Drop("empty", "no user or assistant messages")
         if any(m["role"] == "system" for m in msgs):
@@ -308,6 +322,32 @@ class Cleaner:
         self._count_trims()
         return conv
 
+    def process_any(self, item: RawItem, source: str) -> list[Conv | Pair | Drop | Malformed]:
+        """What one record gives: a conversation, or the pairs of a preference record (a ranked
+        record gives several), each cleaned or the Drop / Malformed that stopped it. Raises
+        Drop / Malformed when the record as a whole cannot be used."""
+        if item.error is not None:
+            raise Malformed(item.error)
+        data, forced = item.data, self.o.format
+        shape = forced if forced in PAIR_FORMATS else None
+        if shape is None and forced == "auto" and item.container != "html" and isinstance(data, dict):
+            shape = detect_pair(data)
+        if shape is None:
+            return [self.process(item, source)]
+        if not isinstance(data, dict):
+            raise Malformed(f"expected an object, found {type(data).__name__}")
+        self.result.shapes[shape] += 1
+        out: list[Conv | Pair | Drop | Malformed] = []
+        for pair in normalize_pairs(data, item.loc, source, shape):
+            if isinstance(pair, Drop):
+                out.append(pair)
+                continue
+            try:
+                out.append(clean_pair(self, pair, shape))
+            except (Drop, Malformed) as exc:
+                out.append(exc)
+        return out
+
     def _count_trims(self) -> None:
         """Trimmed turns are reported for kept conversations only (a trimmed part may still be a
         duplicate or blocked)."""
@@ -350,40 +390,85 @@ def _record_id(item: RawItem) -> str | None:
     return None
 
 
+class KindSinks:
+    """Where kept records go: the first kind kept (conversations or pairs) to OUT, the other kind
+    to a second file opened on first use by `open_other(kind)`; without `open_other` a record of
+    the other kind is dropped (`malformed`, naming both kinds)."""
+
+    def __init__(self, out_fh: BinaryIO, open_other: Callable[[str], BinaryIO] | None):
+        self.out_fh = out_fh
+        self.open_other = open_other
+        self.main: str | None = None
+        self.files: dict[str, BinaryIO] = {}
+        self.digests: dict[str, Any] = {}
+
+    def write(self, kind: str, data: bytes) -> None:
+        if self.main is None:
+            self.main = kind
+            self.files[kind] = self.out_fh
+        fh = self.files.get(kind)
+        if fh is None:
+            if self.open_other is None:
+                raise Malformed(f"a {kind[:-1]} record in a run that writes {self.main}; clean them separately")
+            fh = self.files[kind] = self.open_other(kind)
+        fh.write(data)
+        self.digests.setdefault(kind, hashlib.sha256()).update(data)
+
+
 def run_clean(inputs: list[Path], out_fh: BinaryIO, dropped_fh: BinaryIO, options: CleanOptions,
-              on_record: Callable[[], None] | None = None) -> CleanResult:
-    """Clean every record of `inputs`, writing kept conversations (JSONL) to `out_fh` and one
-    line per dropped record to `dropped_fh`. Both are binary files opened by the caller.
+              on_record: Callable[[], None] | None = None,
+              open_other: Callable[[str], BinaryIO] | None = None) -> CleanResult:
+    """Clean every record of `inputs`, writing kept conversations or pairs (JSONL) to `out_fh`
+    and one line per dropped record to `dropped_fh`. Both are binary files opened by the caller;
+    `open_other(kind)` opens the output for the other kind if the input mixes them (KindSinks).
 
     Whatever goes wrong with one record (a field of the wrong type, text that is not valid
     Unicode, nesting too deep, a value JSON cannot hold) drops that record with a reason and
     its location; the others are kept."""
     cleaner = Cleaner(options)
     result = cleaner.result
-    digest = hashlib.sha256()
+    sinks = KindSinks(out_fh, open_other)
     for path, source in expand_sources(inputs):
         for item in read_file(path, result.report):
             result.read += 1
             try:
-                conv = cleaner.process(item, source)
-                data = _jsonl(conv.to_json())
+                outcomes = cleaner.process_any(item, source)
             except (Drop, Malformed) as exc:
-                reason = exc.reason if isinstance(exc, Drop) else "malformed"
-                detail = exc.detail if isinstance(exc, Drop) else str(exc)
-                _drop(result, dropped_fh, item, reason, detail)
+                outcomes = [exc]
             except (RecursionError, UnicodeError, ValueError, TypeError) as exc:
                 # Not expected after the readers' checks; still one record's problem, not the run's.
-                _drop(result, dropped_fh, item, "malformed", f"cannot be cleaned: {type(exc).__name__}: {exc}")
-            else:
-                out_fh.write(data)
-                digest.update(data)
-                del data
-                result.kept += 1
-                result.conditions[conv.condition or "(none)"] += 1
+                outcomes = [Malformed(f"cannot be cleaned: {type(exc).__name__}: {exc}")]
+            for outcome in outcomes:
+                _emit(result, sinks, dropped_fh, item, outcome)
             if on_record is not None:
                 on_record()
-    result.content_hash = digest.hexdigest()
+    result.main_kind = sinks.main
+    result.content_hashes = {kind: d.hexdigest() for kind, d in sinks.digests.items()}
+    result.content_hash = result.content_hashes.get(sinks.main) if sinks.main else hashlib.sha256().hexdigest()
     return result
+
+
+def _emit(result: CleanResult, sinks: KindSinks, dropped_fh: BinaryIO, item: RawItem,
+          outcome: Conv | Pair | Drop | Malformed) -> None:
+    """Write one kept record to its kind's output, or one drop line."""
+    pair_id = None
+    if isinstance(outcome, (Conv, Pair)):
+        pair_id = outcome.id if isinstance(outcome, Pair) else None
+        kind = "pairs" if isinstance(outcome, Pair) else "conversations"
+        try:
+            sinks.write(kind, _jsonl(outcome.to_json()))
+        except (ValueError, UnicodeError) as exc:
+            outcome = Malformed(f"cannot be written: {type(exc).__name__}: {exc}")
+        except Malformed as exc:
+            outcome = exc
+        else:
+            result.kept += 1
+            result.kinds[kind] += 1
+            result.conditions[outcome.condition or "(none)"] += 1
+            return
+    reason = outcome.reason if isinstance(outcome, Drop) else "malformed"
+    detail = outcome.detail if isinstance(outcome, Drop) else str(outcome)
+    _drop(result, dropped_fh, item, reason, detail, pair_id)
 
 
 def _jsonl(record: dict[str, Any]) -> bytes:
@@ -392,10 +477,11 @@ def _jsonl(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def _drop(result: CleanResult, dropped_fh: BinaryIO, item: RawItem, reason: str, detail: str) -> None:
+def _drop(result: CleanResult, dropped_fh: BinaryIO, item: RawItem, reason: str, detail: str,
+          rid: str | None = None) -> None:
     detail = printable(detail)
     result.dropped[reason] += 1
-    rid = _record_id(item)
+    rid = rid if rid is not None else _record_id(item)
     rec = DropRecord(printable(rid) if rid is not None else None, item.loc.file, item.loc.line,
                      item.loc.record, reason, detail)
     result.examples.setdefault(reason, f"{item.loc}: {detail}")

@@ -5,6 +5,7 @@ Thin commands: options are parsed here, the work happens in the sibling modules.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,8 @@ from openchat_cli.errors import OpenchatError
 
 app = typer.Typer(no_args_is_help=True)
 
-FORMAT_HELP = "Force the record format: auto | sharegpt | html | alpaca | dolly | openai."
+FORMAT_HELP = ("Force the record format: auto | sharegpt | html | alpaca | dolly | openai, or a preference "
+               "format: trl | hh | rm-static | webgpt | shp | gpt4llm.")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -49,7 +51,7 @@ def _warn(lines) -> None:
 def clean_command(
     inputs: list[str] = typer.Argument(..., metavar="INPUT",
                                        help="Files or folders (JSON, JSONL, saved HTML pages) or catalog dataset ids."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output conversations JSONL (default: HOME/datasets/NAME.clean.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output conversations or pairs JSONL (default: HOME/datasets/NAME.clean.jsonl); an input mixing both writes the other kind to OUT.pairs.jsonl / OUT.conversations.jsonl."),
     fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     html: str = typer.Option("auto", "--html", help="Convert HTML replies to Markdown: auto (when a reply is HTML) | always | never."),
     skip_checks: list[str] = typer.Option([], "--skip-check", help="Switch off a structure check (repeatable): empty_message, leading_assistant, trailing_user, one_turn, non_alternating, too_short, misplaced_system, no_trainable_reply."),
@@ -73,11 +75,12 @@ def clean_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,
-    OpenAI messages) into conversations JSONL; every dropped record is reported with a reason."""
+    OpenAI messages) into conversations JSONL, and preference data (TRL, Anthropic HH, rm-static,
+    WebGPT, SHP, GPT-4-LLM) into pairs JSONL; every dropped record is reported with a reason."""
     from openchat_cli.data.clean import CleanOptions, parse_pairs, run_clean
     from openchat_cli.data.formats import FORMATS
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, side_path
-    from openchat_cli.data.records import REASONS
+    from openchat_cli.data.records import ALL_REASONS
     from openchat_cli.data.wordlists import DEFAULT_BLOCKED, DEFAULT_UNWANTED
     from store.catalog import open_catalog
 
@@ -100,12 +103,26 @@ def clean_command(
     )
     dropped_path = side_path(out, "dropped")
     catalog = open_catalog()  # a damaged or unreachable catalog stops the command before any work
+    other_paths: dict[str, Path] = {}
+    other_files: list = []
+
+    def open_other(kind: str):
+        """The second output, for the kind the first kept record was not (a mixed input)."""
+        other_paths[kind] = side_path(out, kind)
+        _check_out(other_paths[kind], force)
+        other_files.append(staged.open(other_paths[kind], "wb"))
+        return other_files[-1]
+
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
             task = bar.add_task("cleaning", total=None, info="")
             with staged.open(out, "wb") as out_fh, staged.open(dropped_path, "wb") as drop_fh:
                 tick = (lambda: bar.advance(task)) if err_console.is_terminal else None
-                result = run_clean(paths, out_fh, drop_fh, options, on_record=tick)
+                try:
+                    result = run_clean(paths, out_fh, drop_fh, options, on_record=tick, open_other=open_other)
+                finally:
+                    for fh in other_files:
+                        fh.close()
         _warn_stale(staged)
         if result.kept == 0:
             _warn(result.report.warnings[:20])
@@ -116,23 +133,35 @@ def clean_command(
             parents = list(dict.fromkeys(
                 ensure_registered(p, "raw", given, catalog=catalog, num_records=result.report.files.get(str(p)))
                 for p, given in resolved))
-            return catalog.add_dataset(
-                name=name or out.name, path=out, format="conversations", parent_id=parents[0] if parents else None,
-                parents=parents[1:], content_hash=result.content_hash, num_records=result.kept, counts=counts,
-                meta={"inputs": [str(p) for p in paths], "options": options.describe(),
-                      "dropped_path": str(dropped_path.resolve())})
+            made = {}
+            for kind, path in [(result.main_kind, out), *other_paths.items()]:
+                made[kind] = catalog.add_dataset(
+                    name=(name or out.name) if path == out else path.name, path=path, format=kind,
+                    parent_id=parents[0] if parents else None, parents=parents[1:],
+                    content_hash=result.content_hashes.get(kind), num_records=result.kinds[kind], counts=counts,
+                    meta={"inputs": [str(p) for p in paths], "options": options.describe(), "kind": kind,
+                          "dropped_path": str(dropped_path.resolve())})
+            for kind, ds_id in made.items():
+                for other, other_id in made.items():
+                    if other != kind:
+                        catalog.link(ds_id, other_id, "cleaned-with")
+            others.update({k: v for k, v in made.items() if k != result.main_kind})
+            return made[result.main_kind]
 
+        others: dict[str, str] = {}
         ds = staged.publish(register, catalog)
 
     _warn(result.report.warnings[:20])
     if result.report.warning_count > 20:
         _warn([f"… {result.report.warning_count - 20} more warnings (in the catalog entry's counts)"])
     if as_json:
-        print_json({"id": ds, "path": str(out), "dropped_path": str(dropped_path), "counts": counts})
+        print_json({"id": ds, "path": str(out), "kind": result.main_kind, "dropped_path": str(dropped_path),
+                    "counts": counts, "other": {k: {"id": v, "path": str(other_paths[k]), "records": result.kinds[k]}
+                                                for k, v in others.items()}})
         return
     if result.dropped:
         rows = [(reason, f"{result.dropped[reason]:,}", f"{100 * result.dropped[reason] / max(result.read, 1):.1f}%",
-                 result.examples.get(reason, "")) for reason in REASONS if result.dropped.get(reason)]
+                 result.examples.get(reason, "")) for reason in ALL_REASONS if result.dropped.get(reason)]
         console.print(table("dropped", ["reason", "count", "of read", "first example"], rows))
     if result.fixes:
         console.print(table("kept, with changes", ["change", "count"],
@@ -141,9 +170,13 @@ def clean_command(
         console.print(table("kept by condition", ["condition", "conversations", "weight"],
                             [(c, f"{n:,}", options.weights.get(c, options.default_weight) if condition_from else "")
                              for c, n in result.conditions.most_common()]))
+    for kind, other_id in others.items():
+        console.print(f"the input mixes conversations and pairs: {result.kinds[kind]:,} {kind} → "
+                      f"{other_paths[kind]} as [bold]{other_id}[/]", highlight=False)
     console.print(
-        f"read [bold]{result.read:,}[/], kept [bold green]{result.kept:,}[/], dropped "
+        f"read [bold]{result.read:,}[/], kept [bold green]{result.kinds[result.main_kind]:,}[/], dropped "
         f"[bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
+        + (" (preference pairs)" if result.main_kind == "pairs" else "")
         + (f"\ndropped records (id, file, line, reason): {dropped_path}" if result.dropped else ""),
         highlight=False)
 
@@ -170,9 +203,64 @@ def _nothing_kept(result, staged, out: Path, dropped_path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+@app.command("pairs")
+def pairs_command(
+    judge_run: str = typer.Argument(..., metavar="JUDGE_RUN", help="A pairwise judge run (ev-…): `eval judge A --baseline B --mode pairwise`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output pairs JSONL (default: HOME/datasets/JUDGE_RUN.pairs.jsonl)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name in the catalog (default: the output file name)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Preference pairs from a pairwise judge run: the winner's reply is chosen, kept only where
+    the verdict agrees in both display orders (flips, ties and unparsed verdicts are counted)."""
+    from openchat_cli.data.io import StagedOutputs, sha256_file
+    from openchat_cli.data.judge_pairs import DROP_REASONS, pairs_from_judge_run
+    from store.catalog import open_catalog
+
+    catalog = open_catalog()
+    found = pairs_from_judge_run(catalog, judge_run)
+    run_id = found.judge_run["id"]
+    out = out or _default_out(f"{run_id}.pairs.jsonl")
+    _check_out(out, force)
+    counts = found.counts()
+    if not found.records:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in found.dropped.most_common()) or "no verdicts yet"
+        raise OpenchatError(f"{run_id}: no pair whose verdict agrees in both orders ({found.judged:,} judged: "
+                            f"{reasons}); nothing written to {out}, nothing registered")
+    with StagedOutputs() as staged:
+        with staged.open(out, "wb") as fh:
+            for record in found.records:
+                fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass"))
+        _warn_stale(staged)
+        content_hash = sha256_file(staged.temp_of(out))
+
+        def register(catalog) -> str:
+            return catalog.add_dataset(
+                name=name or out.name, path=out, format="pairs", parent_id=run_id,
+                parents=[found.answer_run_id, found.baseline_run_id], content_hash=content_hash,
+                num_records=len(found.records), counts=counts,
+                meta={"kind": "pairs", "judge_run": run_id, "answer_run": found.answer_run_id,
+                      "baseline_run": found.baseline_run_id, "judge_model": found.judge_run.get("model")})
+
+        ds = staged.publish(register, catalog)
+    _warn(found.notes)
+    if as_json:
+        print_json({"id": ds, "path": str(out), "judge_run": run_id, "answer_run": found.answer_run_id,
+                    "baseline_run": found.baseline_run_id, "counts": counts})
+        return
+    rows = [(r, f"{found.dropped[r]:,}") for r in DROP_REASONS if found.dropped.get(r)]
+    if rows:
+        console.print(table("left out", ["reason", "pairs"], rows))
+    console.print(f"{found.judged:,} judged pairs of {run_id}: kept [bold green]{len(found.records):,}[/] "
+                  f"(chosen from {found.answer_run_id}: {found.chosen_from['answer_run']:,}, from "
+                  f"{found.baseline_run_id}: {found.chosen_from['baseline']:,}) → {out} as [bold]{ds}[/]",
+                  highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
 @app.command("tokenize")
 def tokenize_command(
-    input: str = typer.Argument(..., metavar="INPUT", help="Conversations JSONL (from `data clean`) or its catalog id."),
+    input: str = typer.Argument(..., metavar="INPUT", help="Conversations or pairs JSONL (from `data clean` / `data pairs`) or its catalog id."),
     model: str = typer.Option(..., "--model", "-m", help="Model dir or checkpoint id whose tokenizer to use."),
     template_name: Optional[str] = typer.Option(None, "--template", help="Conversation template (default: the model's openchat.json)."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per training sequence; longer conversations are split at turn boundaries (default: the model's max positions, at most 4096)."),
@@ -184,7 +272,8 @@ def tokenize_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
-    splitting long conversations at turn boundaries instead of cutting them."""
+    splitting long conversations at turn boundaries instead of cutting them; preference pairs
+    become chosen/rejected sequences sharing the prompt (for `train --method dpo|rm`)."""
     from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template, tokenizer_hash
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, sha256_file
     from openchat_cli.data.tokenize import tokenize_file
@@ -218,7 +307,10 @@ def tokenize_command(
     if not model_id:
         row = catalog.find_by_path("checkpoints", model_dir)
         model_id = row["id"] if row else None
-    parent = ensure_registered(src, "conversations", given, catalog=catalog)
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+
+    pairs_input = sniff_pairs(src)
+    parent = ensure_registered(src, "pairs" if pairs_input else "conversations", given, catalog=catalog)
     thash = tokenizer_hash(tokenizer)
 
     def metadata(stats):
@@ -227,6 +319,9 @@ def tokenize_command(
                                      "model": str(model_dir.resolve()), "model_id": model_id},
                              stats=stats.to_dict())
 
+    if pairs_input:
+        return _tokenize_pairs(src, out, template, tname, tokenizer, thash, max_len, chunk_size, workers, parent,
+                               model_dir, model_id, name, catalog, as_json)
     total = _count_lines(src) if err_console.is_terminal else None
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
@@ -274,15 +369,76 @@ def tokenize_command(
     console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
 
 
-def _max_positions(model_dir: Path) -> int | None:
-    import json
+def _tokenize_pairs(src: Path, out: Path, template, tname: str, tokenizer, thash: str, max_len: int, chunk_size: int,
+                    workers: int, parent: str, model_dir: Path, model_id: str | None, name: str | None, catalog,
+                    as_json: bool) -> None:
+    """`data tokenize` of a pairs JSONL: the pairs Parquet (openchat_cli.tokenized), registered
+    as `tokenized-pairs`."""
+    from openchat_cli.data.io import StagedOutputs, sha256_file
+    from openchat_cli.data.tokenize_pairs import tokenize_pairs_file
+    from openchat_cli.tokenized import PAIRS_KIND, make_metadata
 
-    config = model_dir / "config.json"
-    try:
-        value = json.loads(config.read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
-        return None
-    return int(value) if isinstance(value, int) and value > 0 else None
+    if workers:
+        err_console.print("[yellow]warning:[/] --workers is not used for pairs (encoded in this process)")
+
+    def metadata(stats):
+        return make_metadata(template=tname, tokenizer_hash=thash, max_len=max_len, kind=PAIRS_KIND,
+                             source={"path": str(src.resolve()), "dataset_id": parent,
+                                     "model": str(model_dir.resolve()), "model_id": model_id},
+                             stats=stats.to_dict())
+
+    total = _count_lines(src) if err_console.is_terminal else None
+    with StagedOutputs() as staged:
+        with progress(transient=True) as bar:
+            task = bar.add_task("tokenizing pairs", total=total, info="")
+            tmp = staged.path(out)
+            stats = tokenize_pairs_file(src, tmp, template, tokenizer, max_len, metadata,
+                                        chunk_size=min(chunk_size, 256), name=str(src),
+                                        on_progress=lambda n: bar.advance(task, n))
+        _warn_stale(staged)
+        if stats.written == 0:
+            if stats.malformed:
+                _warn([f"{stats.malformed} malformed pair(s) skipped, e.g."] + stats.errors[:5])
+            raise OpenchatError(
+                f"{src}: no pair to write ({stats.pairs:,} pair(s) read, {stats.malformed:,} malformed, "
+                f"{stats.dropped_too_long:,} too long for --max-len {max_len}, {stats.dropped_no_targets:,} "
+                f"without a supervised token); nothing written to {out}, nothing registered")
+        content_hash = sha256_file(tmp)
+
+        def register(catalog) -> str:
+            ds = catalog.add_dataset(
+                name=name or out.name, path=out, format="tokenized-pairs", parent_id=parent,
+                content_hash=content_hash, num_records=stats.written, counts=stats.to_dict(),
+                meta={"template": tname, "tokenizer_hash": thash, "max_len": max_len, "kind": PAIRS_KIND,
+                      "model": str(model_dir.resolve()), "model_id": model_id, "errors": stats.errors})
+            if model_id:
+                catalog.link(ds, model_id, "tokenized-with")
+            return ds
+
+        ds = staged.publish(register, catalog)
+    if stats.malformed:
+        _warn([f"{stats.malformed} malformed pair(s) skipped, e.g."] + stats.errors[:5])
+    if as_json:
+        print_json({"id": ds, "path": str(out), "kind": PAIRS_KIND, "template": tname, "max_len": max_len,
+                    "tokenizer_hash": thash, "stats": stats.to_dict()})
+        return
+    s = stats
+    console.print(table(f"pairs tokenized with {tname}, max {max_len} tokens a side", ["", ""], [
+        ("pairs", f"{s.pairs:,}"), ("written", f"{s.written:,}"),
+        ("oldest prompt turns cut to fit", f"{s.shortened:,} pairs"),
+        ("truncated at --max-len", f"{s.truncated:,} pairs"),
+        ("dropped, prompt fills the window", f"{s.dropped_too_long:,}"),
+        ("dropped, nothing to train on", f"{s.dropped_no_targets:,}"),
+        ("malformed", f"{s.malformed:,}"), ("tokens", f"{s.tokens:,}"),
+        ("supervised tokens", f"{s.supervised_tokens:,}"), ("longest side", f"{s.longest:,}"),
+    ]))
+    console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
+
+
+def _max_positions(model_dir: Path) -> int | None:
+    from openchat_cli.model.context import context_length
+
+    return context_length(model_dir)
 
 
 def _count_lines(path: Path) -> int:
@@ -303,7 +459,10 @@ def stats_command(
 ) -> None:
     """Counts, turns, a length histogram and a breakdown by condition."""
     from openchat_cli.data.io import is_parquet, resolve_input
-    from openchat_cli.data.stats import conversation_stats, jsonable, render, tokenized_stats
+    from openchat_cli.data.stats import (conversation_stats, jsonable, pair_stats, render, tokenized_pairs_stats,
+                                         tokenized_stats)
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+    from openchat_cli.tokenized import PAIRS_KIND, read_metadata
 
     paths = [resolve_input(v)[0] for v in inputs]
     if any(is_parquet(p) for p in paths):
@@ -311,7 +470,10 @@ def stats_command(
             raise OpenchatError("give one tokenized Parquet file at a time")
         if model:
             err_console.print("[yellow]warning:[/] --model is not needed for a tokenized file")
-        stats = tokenized_stats(paths[0])
+        pairs = read_metadata(paths[0])["kind"] == PAIRS_KIND
+        stats = tokenized_pairs_stats(paths[0]) if pairs else tokenized_stats(paths[0])
+    elif len(paths) == 1 and paths[0].is_file() and sniff_pairs(paths[0]):
+        stats = pair_stats(paths[0])
     else:
         tokenizer = template = None
         if model:
@@ -345,8 +507,26 @@ def show_command(
     from openchat_cli.data import show
     from openchat_cli.data.io import is_parquet, resolve_input
 
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+    from openchat_cli.tokenized import PAIRS_KIND, read_metadata
+
     path, given = resolve_input(input)
-    if is_parquet(path):
+    if is_parquet(path) and read_metadata(path)["kind"] == PAIRS_KIND:
+        rows = show.pick(show.tokenized_rows(path), lambda r: r["pair_id"], ids, n, sample, seed)
+        if as_json:
+            print_json(rows)
+            return
+        tokenizer = _tokenizer_for(path, given, model)
+        for row in rows:
+            console.print(show.render_pair_row(row, tokenizer))
+    elif path.is_file() and not is_parquet(path) and sniff_pairs(path):
+        rows = show.pick(show.pairs_jsonl(path), lambda r: str(r.get("id")), ids, n, sample, seed)
+        if as_json:
+            print_json(rows)
+            return
+        for pair in rows:
+            console.print(show.render_pair(pair))
+    elif is_parquet(path):
         rows = show.pick(show.tokenized_rows(path), lambda r: r["conversation_id"], ids, n, sample, seed)
         if as_json:
             print_json(rows)
@@ -368,7 +548,8 @@ def show_command(
             console.print(show.render_conversation(conv, template))
         rows = convs
     if ids and len(rows) < len(set(ids)):
-        found = {r["conversation_id"] if isinstance(r, dict) else r.id for r in rows}
+        found = {str(r.get("conversation_id", r.get("pair_id", r.get("id")))) if isinstance(r, dict) else r.id
+                 for r in rows}
         raise OpenchatError(f"not found in {path}: {', '.join(i for i in ids if i not in found)}")
     if not rows:
         err_console.print(f"[yellow]{path} holds no readable conversations[/]")
@@ -418,7 +599,11 @@ def split_command(
         raise OpenchatError("train, eval and input must be three different files")
     _check_out(train_out, force)
     _check_out(eval_out, force)
-    fmt = "tokenized" if parquet else "conversations"
+    from openchat_cli.data.tokenize_pairs import sniff_pairs
+    from openchat_cli.tokenized import PAIRS_KIND, read_metadata
+
+    pairs = read_metadata(src)["kind"] == PAIRS_KIND if parquet else sniff_pairs(src)
+    fmt = ("tokenized" if parquet else "conversations") if not pairs else ("tokenized-pairs" if parquet else "pairs")
     catalog = open_catalog()  # a damaged or unreachable catalog stops the command before any work
     parent = ensure_registered(src, fmt, given, catalog=catalog)
     with StagedOutputs() as staged:
@@ -455,6 +640,6 @@ def split_command(
                     "eval": {"id": made["eval"], "path": str(eval_out), "records": result.eval},
                     "seed": seed, "eval_fraction": eval_fraction, "malformed": result.malformed})
         return
-    unit = "sequences" if parquet else "conversations"
+    unit = "pairs" if pairs else ("sequences" if parquet else "conversations")
     console.print(f"train: {result.train:,} {unit} → {train_out} as [bold]{made['train']}[/]\n"
                   f"eval:  {result.eval:,} {unit} → {eval_out} as [bold]{made['eval']}[/]", highlight=False)

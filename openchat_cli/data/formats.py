@@ -1,5 +1,6 @@
 """Record shapes: ShareGPT, Alpaca, Dolly and OpenAI messages (and our own conversation JSONL),
-each turned into a `Conv` with roles user / assistant / system."""
+each turned into a `Conv` with roles user / assistant / system. Preference shapes are read in
+`openchat_cli.data.preference`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any, Callable
 from openchat_cli.data.records import Conv, Drop, Location, Malformed
 from openchat_cli.templates import content_text
 
-FORMATS = ("auto", "sharegpt", "html", "alpaca", "dolly", "openai")
+# Preference shapes (read into pairs by openchat_cli.data.preference).
+PAIR_FORMATS = ("trl", "hh", "rm-static", "webgpt", "shp", "gpt4llm")
+FORMATS = ("auto", "sharegpt", "html", "alpaca", "dolly", "openai", *PAIR_FORMATS)
 
 ROLES = {
     "human": "user", "user": "user", "prompter": "user",

@@ -102,9 +102,18 @@ class StagedOutputs:
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         self.removed_stale += remove_stale_temps(final)
-        fd, tmp = temp_file_beside(final)
-        os.close(fd)
-        self.files.append((Path(tmp), final))
+        # Ctrl-C / SIGTERM wait until the new file is on the list `discard` removes (a signal
+        # between creating it and listing it would leave it behind).
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        masking = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if masking else None
+        try:
+            fd, tmp = temp_file_beside(final)
+            os.close(fd)
+            self.files.append((Path(tmp), final))
+        finally:
+            if masking:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return Path(tmp)
 
     def open(self, final: Path, mode: str = "w") -> Any:

@@ -72,6 +72,14 @@ REASONS: dict[str, str] = {
     "near_duplicate": "near-duplicate (MinHash) of an earlier conversation",
 }
 
+# Reasons only a preference pair is dropped for (the others above apply to pairs, too).
+PAIR_REASONS: dict[str, str] = {
+    "tie": "the two replies are rated equally: no preference to learn",
+    "identical_replies": "chosen and rejected are the same text",
+    "prompt_not_user": "the prompt does not end with a user turn (or the replies do not start with the assistant)",
+}
+ALL_REASONS: dict[str, str] = {**REASONS, **PAIR_REASONS}
+
 # Structure checks that `--skip-check` may switch off.
 SKIPPABLE = ("empty_message", "leading_assistant", "trailing_user", "one_turn",
              "non_alternating", "too_short", "misplaced_system", "no_trainable_reply")
@@ -91,6 +99,31 @@ class Conv:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "source": self.source, "system": self.system,
                                "condition": self.condition, "messages": self.messages}
+        if self.model is not None:
+            out["model"] = self.model
+        return out
+
+
+@dataclass
+class Pair:
+    """A normalised preference pair on its way through `clean` (the pairs JSONL contract).
+
+    `prompt` holds the shared turns (ending with a user turn), `chosen` and `rejected` the two
+    continuations (starting with an assistant turn); messages as in `Conv`."""
+
+    id: str
+    source: str
+    prompt: list[dict[str, Any]]
+    chosen: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    system: str | None = None
+    condition: str | None = None
+    model: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "source": self.source, "system": self.system,
+                               "condition": self.condition, "prompt": self.prompt,
+                               "chosen": self.chosen, "rejected": self.rejected}
         if self.model is not None:
             out["model"] = self.model
         return out

@@ -119,3 +119,65 @@ def render_sequence(row: dict[str, Any], tokenizer: Any = None) -> Panel:
             text.append(piece, style=style)
             start = i
     return Panel(text, title=title + "  [dim](green: trained on, dim: context)[/]", title_align="left")
+
+
+# -- preference pairs -----------------------------------------------------------------------------
+
+def render_pair(pair: dict[str, Any]) -> Panel:
+    """A pair from pairs JSONL: the shared prompt, then the chosen and the rejected reply."""
+    title = f"[bold]{pair.get('id')}[/]  [dim]{pair.get('source') or ''}[/]"
+    if pair.get("condition"):
+        title += f"  condition [yellow]{pair['condition']}[/]"
+    parts: list[Any] = []
+    if pair.get("system"):
+        parts.append(Text.assemble(("system\n", ROLE_STYLE["system"]), str(pair["system"])))
+    for side, label, style in (("prompt", "", None), ("chosen", "chosen ", "bold green"),
+                               ("rejected", "rejected ", "bold red")):
+        for m in pair.get(side) or []:
+            role = str(m.get("role"))
+            parts.append(Text.assemble((f"{label}{role}\n", style or ROLE_STYLE.get(role, "bold")),
+                                       str(m.get("content", ""))))
+    return Panel(Group(*_spaced(parts)), title=title, title_align="left")
+
+
+def render_pair_row(row: dict[str, Any], tokenizer: Any = None) -> Panel:
+    """A tokenized pair: the shared prompt once, then each side's reply tokens (green: trained on)."""
+    plen = row["prompt_length"]
+    title = (f"[bold]{row['pair_id']}[/]  prompt {plen} tokens, chosen {len(row['chosen_ids'])}, rejected "
+             f"{len(row['rejected_ids'])}" + (f"  condition [yellow]{row['condition']}[/]" if row["condition"] else ""))
+    parts = [render_tokens(row["chosen_ids"][:plen], row["chosen_weights"][:plen], tokenizer)]
+    for side, style in (("chosen", "bold green"), ("rejected", "bold red")):
+        parts.append(Text(side, style=style))
+        parts.append(render_tokens(row[f"{side}_ids"][plen:], row[f"{side}_weights"][plen:], tokenizer))
+    return Panel(Group(*parts), title=title, title_align="left")
+
+
+def render_tokens(ids: list[int], weights: list[float], tokenizer: Any = None) -> Text:
+    """Token ids (or their text, decoded in runs of equal weight) styled by weight."""
+    text = Text()
+    if tokenizer is None:
+        for tok, w in zip(ids, weights):
+            text.append(f"{tok} ", style="green" if w > 0 else "dim")
+        return text
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or weights[i] != weights[start]:
+            w = weights[start]
+            text.append(tokenizer.decode(ids[start:i], skip_special_tokens=False),
+                        style="dim" if w == 0 else ("green" if w == 1 else "yellow"))
+            start = i
+    return text
+
+
+def pairs_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The pairs of a pairs JSONL file (unreadable lines skipped)."""
+    import json
+
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and "chosen" in data and "rejected" in data:
+                yield data

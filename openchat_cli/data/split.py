@@ -60,16 +60,18 @@ def split_jsonl(src: Path, train_fh, eval_fh, fraction: float, seed: int) -> Spl
 
 
 def split_parquet(src: Path, train_path: Path, eval_path: Path, fraction: float, seed: int) -> SplitResult:
-    """Rows of a tokenized Parquet file to two files with the same schema and metadata."""
+    """Rows of a tokenized Parquet file (sequences, or pairs by `pair_id`) to two files with the
+    same schema and metadata."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from openchat_cli.tokenized import META_STATS, schema
+    from openchat_cli.tokenized import META_KIND, META_STATS, PAIRS_KIND, pairs_schema, schema
 
     pf = pq.ParquetFile(str(src))
     kv = {k: v for k, v in (pf.metadata.metadata or {}).items() if k != b"ARROW:schema"}
-    sch = schema()
+    pairs = kv.get(META_KIND.encode()) == PAIRS_KIND.encode()
+    sch, id_column = (pairs_schema(), "pair_id") if pairs else (schema(), "conversation_id")
     result = SplitResult()
     tokens = {"train": 0, "eval": 0}
     writers = {name: pq.ParquetWriter(str(p), sch, store_schema=False, compression="zstd")
@@ -77,7 +79,7 @@ def split_parquet(src: Path, train_path: Path, eval_path: Path, fraction: float,
     try:
         for batch in pf.iter_batches(batch_size=4096):
             table = pa.Table.from_batches([batch]).cast(sch)
-            ids = table.column("conversation_id").to_pylist()
+            ids = table.column(id_column).to_pylist()
             mask = pa.array([goes_to_eval(str(i), seed, fraction) for i in ids], type=pa.bool_())
             lengths = table.column("length").to_numpy()
             for name, m in (("eval", mask), ("train", pc.invert(mask))):
@@ -94,7 +96,7 @@ def split_parquet(src: Path, train_path: Path, eval_path: Path, fraction: float,
                 writer.write_table(sch.empty_table())
             meta = dict(kv)
             meta[META_STATS.encode()] = json.dumps(
-                {"sequences": rows, "tokens": tokens[name], "split": name, "seed": seed,
+                {"pairs" if pairs else "sequences": rows, "tokens": tokens[name], "split": name, "seed": seed,
                  "eval_fraction": fraction, "split_from": str(src)}).encode()
             writer.add_key_value_metadata({k.decode(): v.decode() for k, v in meta.items()})
     finally:

@@ -219,3 +219,70 @@ def jsonable(stats: dict[str, Any]) -> dict[str, Any]:
     out["by_condition"] = {k: {kk: vv for kk, vv in v.items() if kk != "hist"}
                            for k, v in stats["by_condition"].items()}
     return out
+
+
+# -- preference pairs -----------------------------------------------------------------------------
+
+def pair_stats(path: Path) -> dict[str, Any]:
+    """Stats of a pairs JSONL (characters: prompt, chosen and rejected; prompt user turns)."""
+    from openchat_cli.data.show import pairs_jsonl
+
+    overall = Histogram()
+    by_condition: dict[str, dict[str, Any]] = defaultdict(lambda: {"pairs": 0, "hist": Histogram()})
+    turns: Counter = Counter()
+    chars = {"prompt": 0, "chosen": 0, "rejected": 0}
+    chosen_longer = pairs = 0
+    for pair in pairs_jsonl(path):
+        sizes = {side: sum(len(str(m.get("content", ""))) for m in pair.get(side) or [] if isinstance(m, dict))
+                 for side in chars}
+        pairs += 1
+        for side, n in sizes.items():
+            chars[side] += n
+        chosen_longer += sizes["chosen"] > sizes["rejected"]
+        turns[sum(1 for m in pair.get("prompt") or [] if isinstance(m, dict) and m.get("role") == "user")] += 1
+        total = sum(sizes.values())
+        overall.add(total)
+        slot = by_condition[pair.get("condition") or "(none)"]
+        slot["pairs"] += 1
+        slot["hist"].add(total)
+    return {
+        "kind": "pairs", "unit": "characters", "pairs": pairs,
+        **{f"mean_{side}_characters": round(n / pairs, 1) if pairs else 0 for side, n in chars.items()},
+        "chosen_longer": chosen_longer, "turns": {str(k): turns[k] for k in sorted(turns)},
+        "length": overall.to_dict(), "hist": overall,
+        "by_condition": {k: {"pairs": v["pairs"], "length": v["hist"].to_dict(), "hist": v["hist"]}
+                         for k, v in sorted(by_condition.items())},
+    }
+
+
+def tokenized_pairs_stats(path: Path) -> dict[str, Any]:
+    """Stats of a tokenized pairs Parquet file (length = chosen + rejected tokens), by row group."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from openchat_cli.tokenized import read_metadata
+
+    meta = read_metadata(path)
+    overall = Histogram()
+    by_condition: dict[str, dict[str, Any]] = defaultdict(lambda: {"pairs": 0, "hist": Histogram()})
+    supervised = prompt_tokens = 0
+    for batch in pq.ParquetFile(str(path)).iter_batches(
+            columns=["length", "prompt_length", "chosen_weights", "rejected_weights", "condition"], batch_size=8192):
+        lengths = batch.column("length").to_numpy()
+        overall.add_many(lengths)
+        prompt_tokens += int(batch.column("prompt_length").to_numpy().sum())
+        for side in ("chosen_weights", "rejected_weights"):
+            flat = pc.list_flatten(batch.column(side)).to_numpy(zero_copy_only=False)
+            supervised += int((flat > 0).sum())
+        for cond, length in zip(batch.column("condition").to_pylist(), lengths):
+            slot = by_condition[cond or "(none)"]
+            slot["pairs"] += 1
+            slot["hist"].add(int(length))
+    return {
+        "kind": "tokenized-pairs", "unit": "tokens", "pairs": overall.n, "tokens": overall.total,
+        "supervised_tokens": supervised, "mean_prompt_tokens": round(prompt_tokens / overall.n, 1) if overall.n else 0,
+        "length": overall.to_dict(), "hist": overall, "template": meta["template"],
+        "tokenizer_hash": meta["tokenizer_hash"], "max_len": meta["max_len"], "recorded": meta["stats"],
+        "by_condition": {k: {"pairs": v["pairs"], "length": v["hist"].to_dict(), "hist": v["hist"]}
+                         for k, v in sorted(by_condition.items())},
+    }

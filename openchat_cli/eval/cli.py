@@ -259,6 +259,36 @@ def grade_command(
         render_suites(suites, console)
 
 
+@app.command("score")
+def score_command(
+    answer_run: str = typer.Argument(..., help="Answer run (ev-…) to score."),
+    rm: str = typer.Option(..., "--rm", help="Reward model: a checkpoint id (ck-…) or dir from `openchat train --method rm`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Score every answer with a reward model (a judge that needs no API); `eval report` shows the
+    mean reward with a bootstrap CI next to judge scores."""
+    from openchat_cli.eval.reward_score import run_score
+    from store.catalog import open_catalog
+
+    with progress() as bar:
+        task = bar.add_task(f"scoring {answer_run}", total=None, info="")
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "start":
+                bar.update(task, total=data["total"])
+            elif kind == "scored":
+                bar.update(task, completed=data["done"])
+
+        result = run_score(open_catalog(), answer_run, rm, on_event)
+    if as_json:
+        print_json(result)
+        return
+    ci = result["mean_ci"]
+    console.print(f"[bold]{result['run_id']}[/] {result['model']}: mean reward {result['mean']:.3f}"
+                  + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
+                  + f" over {result['scored']} answers, by {result['reward_model']}")
+
+
 @app.command("report")
 def report_command(
     runs: Optional[list[str]] = typer.Argument(None, help="Judge, grade or answer runs (default: every judge and grade run)."),
@@ -303,3 +333,75 @@ def export_command(
     output.write_text(text, encoding="utf-8")
     err_console.print(f"wrote {count} {'answers' if row['kind'] == 'answer' else 'judgments'} of {row['id']} "
                       f"to {output}", highlight=False)
+
+
+@app.command("perplexity")
+def perplexity_command(
+    model_ref: str = typer.Argument(..., metavar="MODEL", help="Model dir or checkpoint id."),
+    data: str = typer.Argument(..., metavar="DATA", help="Tokenized .parquet (or ds-… id) made for this model, "
+                                                          "or a conversations JSONL (tokenized here with the model's template)."),
+    buckets: Optional[str] = typer.Option(
+        None, "--buckets", help="Position bucket edges, e.g. 2048,4096 (default: quarters of the context, plus the "
+                                "original context of an extended model)."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", min=2, help="Split JSONL conversations longer than this "
+                                                                       "(default: the model's context)."),
+    tokens_per_batch: int = typer.Option(8192, "--tokens-per-batch", min=1, help="Tokens packed into one forward pass."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Mean loss and perplexity on the supervised tokens of held-out data, by token position (packed, no padding)."""
+    import tempfile
+
+    from transformers import AutoConfig
+
+    from openchat_cli.checkpoint import load_tokenizer, read_meta, require_weights, resolve_model, template_name
+    from openchat_cli.console import table
+    from openchat_cli.eval.perplexity import default_edges, load_data, load_model, make_buckets, score
+    from openchat_cli.model.context import context_length
+    from store.catalog import open_catalog
+
+    if dtype not in ("fp32", "bf16"):
+        raise OpenchatError(f"--dtype must be fp32 or bf16, not '{dtype}'")
+    model_dir, ck = resolve_model(model_ref)
+    require_weights(model_dir)
+    meta = read_meta(model_dir)
+    ck = ck or meta.get("checkpoint_id")
+    try:
+        edges = [int(x) for x in buckets.split(",") if x.strip()] if buckets else None
+    except ValueError:
+        raise OpenchatError(f"--buckets must be comma-separated token positions, not '{buckets}'") from None
+    context = context_length(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    vocab = AutoConfig.from_pretrained(str(model_dir)).vocab_size
+    cat = open_catalog()
+    with tempfile.TemporaryDirectory(prefix="openchat-ppl-") as scratch:
+        tokens, ds_id = load_data(data, model_dir, template_name=template_name(model_dir), tokenizer=tokenizer,
+                                  max_len=max_len or context or 2048, vocab_size=vocab, scratch=Path(scratch))
+    edges = edges or default_edges(context, meta.get("original_context_length"))
+    eval_id = cat.add_eval(kind="perplexity", name=model_dir.name, questions_path=str(data), checkpoint_id=ck,
+                           model=str(model_dir), config={"buckets": edges, "dtype": dtype, "dataset_id": ds_id})
+    cat.link(eval_id, ds_id, "evaluates-on")
+    try:
+        model = load_model(model_dir, dtype)
+        bar = progress()
+        with bar:
+            task = bar.add_task("scoring", total=len(tokens), visible=not as_json)
+            result = score(model, tokens, buckets=make_buckets(edges), tokens_per_batch=tokens_per_batch,
+                           on_batch=lambda n: bar.advance(task, n))
+    except BaseException:
+        cat.update("evals", eval_id, status="failed")
+        raise
+    result.facts = {"eval_id": eval_id, "model": str(model_dir), "checkpoint_id": ck, "data": str(data),
+                    "context_length": context, "original_context_length": meta.get("original_context_length"),
+                    "rope_scaling": meta.get("rope_scaling")}
+    summary = result.to_dict()
+    cat.update("evals", eval_id, status="completed",
+               metrics={k: summary[k] for k in ("sequences", "tokens", "mean_loss", "perplexity", "buckets")})
+    if as_json:
+        print_json(summary)
+        return
+    rows = [(b.label(), f"{b.tokens:,}", f"{b.mean_loss:.4f}" if b.tokens else "-",
+             f"{b.perplexity:.2f}" if b.tokens else "-") for b in result.buckets]
+    console.print(table(f"{model_dir.name} on {data}", ["positions", "tokens", "mean loss", "perplexity"], rows))
+    console.print(f"[bold]{eval_id}[/]: {result.sequences:,} sequences, {result.tokens:,} supervised tokens; "
+                  f"mean loss {result.mean_loss:.4f}, perplexity {result.perplexity:.2f}", highlight=False)

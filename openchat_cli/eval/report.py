@@ -384,14 +384,14 @@ def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
     """Judge and grade runs to report: those named, and those of named answer runs (as the
     judged run or as the baseline); every judge and grade run when nothing is named."""
     if not refs:
-        return cat.evals(("judge", "grade", "loglik"), newest_first=False)
+        return cat.evals(("judge", "grade", "loglik", "score"), newest_first=False)
     out: dict[str, dict[str, Any]] = {}
     for ref in refs:
         row = eval_row(cat, ref)
-        if row["kind"] in ("judge", "grade", "loglik"):
+        if row["kind"] in ("judge", "grade", "loglik", "score"):
             out.setdefault(row["id"], row)
             continue
-        found = cat.evals(("judge", "grade"), involving=row["id"], newest_first=False)
+        found = cat.evals(("judge", "grade", "score"), involving=row["id"], newest_first=False)
         if not found:
             raise OpenchatError(f"answer run {row['id']} has not been judged or graded yet "
                                 f"(run `openchat eval judge {row['id']} …` or `openchat eval grade {row['id']}`)")
@@ -405,12 +405,17 @@ def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = No
     if not runs:
         raise OpenchatError("nothing to report: no judge, grade or loglik runs in the catalog yet")
     report: dict[str, Any] = {"single": [], "pairwise": [], "percent_of_baseline": [], "grade": [],
-                              "loglik": []}
+                              "loglik": [], "reward": []}
     singles: list[dict[str, Any]] = []
     pair_keys: list[tuple[str, str, str | None]] = []
     for run in runs:
         if run["kind"] == "grade":
             report["grade"].append(grade_summary(cat, run["id"]))
+            continue
+        if run["kind"] == "score":  # a reward model's scores (`eval score`)
+            from openchat_cli.eval.reward_score import score_summary
+
+            report["reward"].append(score_summary(cat, run["id"]))
             continue
         if run["kind"] == "loglik":
             from openchat_cli.eval.loglik import loglik_summary
@@ -534,6 +539,14 @@ def render(report: dict[str, Any], console) -> None:
         console.print("[dim]flipped on swap: pairs whose verdict changed when the answers swapped places. "
                       "first shown wins / longer answer wins: share of decisive verdicts (50% = no bias). "
                       "CIs: 95% bootstrap over questions.[/]")
+
+    if report.get("reward"):
+        table = new_table("Reward-model scores (no API judge)", ["model", "reward model", "mean reward\n95% CI",
+                                                                   "scored"])
+        for r in report["reward"]:
+            table.add_row(r["model"], str(r["reward_model"]), _with_ci(_num(r["mean"], 3), _ci(r["mean_ci"], digits=3)),
+                          str(r["scored"]))
+        console.print(table)
 
     if report["grade"]:
         table = new_table("Accuracy (exact-answer grading)",

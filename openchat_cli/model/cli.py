@@ -94,15 +94,25 @@ def add_tokens_command(
     tokens: list[str] = typer.Option([], "--token", help="Special token to add (repeatable)."),
     template: Optional[str] = typer.Option(
         None, "--template", help="Also add every control token of this template and save its chat_template."),
+    init: str = typer.Option(
+        "mean", "--init", help="New embedding rows: mean (of the existing rows; OpenChat's choice for Llama) "
+        "| normal (N(0, std^2); its choice for StarCoder)."),
+    std: float = typer.Option(0.02, "--std", help="Standard deviation for --init normal."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --init normal."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
 ) -> None:
-    """Add special tokens to a model; new embedding rows start at the mean of the existing ones."""
+    """Add special tokens to a model; new input and output embedding rows start at the mean of the
+    existing ones (or drawn from N(0, std^2) with --init normal)."""
     from transformers import AutoModelForCausalLM
 
-    from openchat_cli.model.tokens import add_special_tokens
+    from openchat_cli.model.tokens import INITS, add_special_tokens
     from store.catalog import open_catalog
 
+    if init not in INITS:
+        raise OpenchatError(f"unknown --init '{init}': choose one of {', '.join(INITS)}")
+    if not std > 0:
+        raise OpenchatError(f"--std must be positive (got {std})")
     src, src_id = resolve_model(model_ref)
     require_weights(src)
     wanted = list(tokens)
@@ -113,7 +123,7 @@ def add_tokens_command(
     _prepare_out(out, force)
     tokenizer = load_tokenizer(src)
     model = AutoModelForCausalLM.from_pretrained(str(src))
-    added = add_special_tokens(model, tokenizer, wanted)
+    added = add_special_tokens(model, tokenizer, wanted, init=init, std=std, seed=seed)
     template_name = template or read_meta(src).get("template")
     if template_name:
         attach_template(tokenizer, template_name)
@@ -123,12 +133,13 @@ def add_tokens_command(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
-    meta.update(template=template_name, tokenizer_hash=tokenizer_hash(tokenizer), added_tokens=added)
+    meta.update(template=template_name, tokenizer_hash=tokenizer_hash(tokenizer), added_tokens=added,
+                added_tokens_init=init if init == "mean" else f"normal(0, {std})")
     write_meta(tmp, **meta)
     _publish(tmp, out)
     ck = open_catalog().add_checkpoint(
         path=out, kind="tokens-added", template=template_name, base_model=str(src),
-        parent_id=src_id, metrics={"added_tokens": added, "vocab_size": len(tokenizer)})
+        parent_id=src_id, metrics={"added_tokens": added, "vocab_size": len(tokenizer), "init": init})
     write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(open_catalog().get(ck))
@@ -217,3 +228,137 @@ def merge_lora_command(
         print_json(catalog.get(ck))
         return
     console.print(f"[green]merged[/] {src} into {base_dir} → {out} as [bold]{ck}[/]")
+
+
+@app.command("extend-context")
+def extend_context_command(
+    model_ref: str = typer.Argument(..., metavar="MODEL", help="Model dir or checkpoint id."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder for the model with the longer context."),
+    max_len: int = typer.Option(..., "--max-len", help="The new context length in tokens."),
+    rope_scaling: str = typer.Option(
+        "none", "--rope-scaling", help="none (extrapolate, as OpenChat-8192 did) | linear (position interpolation) "
+        "| dynamic (NTK-aware, only past the old length) | yarn."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+) -> None:
+    """Give a RoPE model a longer context: config, tokenizer and openchat.json follow; weights are shared."""
+    import json
+
+    from transformers import AutoConfig
+
+    from openchat_cli.model.context import ROPE_SCALINGS, extended_config
+    from store.catalog import open_catalog
+
+    if rope_scaling not in ROPE_SCALINGS:
+        raise OpenchatError(f"unknown --rope-scaling '{rope_scaling}': choose one of {', '.join(ROPE_SCALINGS)}")
+    src, src_id = resolve_model(model_ref)
+    require_weights(src)
+    try:
+        config = json.loads((src / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise OpenchatError(f"{src / 'config.json'}: cannot read it ({exc})") from None
+    try:
+        new_config, facts = extended_config(config, max_len, rope_scaling)
+    except OpenchatError as exc:
+        raise OpenchatError(f"{src}: {exc.message}") from None
+    _prepare_out(out, force)
+    src_id = src_id or read_meta(src).get("checkpoint_id")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(out)
+    try:
+        _copy_model_files(src, tmp)
+        (tmp / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
+        try:
+            AutoConfig.from_pretrained(str(tmp))  # transformers validates the rope parameters
+        except (OSError, ValueError, KeyError) as exc:
+            raise OpenchatError(f"the extended config does not load: {exc}") from None
+        tokenizer = load_tokenizer(src)
+        tokenizer.model_max_length = max_len
+        tokenizer.save_pretrained(tmp)
+        meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
+        meta.update(facts, extended_from=src_id or str(src))
+        write_meta(tmp, **meta)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    catalog = open_catalog()
+    ck = catalog.add_checkpoint(
+        path=out, kind="context-extended", template=meta.get("template"), base_model=str(src),
+        parent_id=src_id, metrics=facts)
+    write_meta(out, checkpoint_id=ck)
+    if as_json:
+        print_json(catalog.get(ck))
+        return
+    console.print(f"[green]extended[/] {src} from {facts['original_context_length']:,} to {max_len:,} tokens "
+                  f"({rope_scaling} RoPE scaling, factor {facts['rope_factor']:g}) → {out} as [bold]{ck}[/]")
+
+
+def _copy_model_files(src: Path, dest: Path) -> None:
+    """Copy a model dir; weight files are hard-linked where the filesystem allows (never rewritten in
+    place, so sharing them is safe), everything else is copied (it may be rewritten)."""
+    import os
+
+    for item in src.iterdir():
+        target = dest / item.name
+        if item.is_dir():
+            shutil.copytree(item, target)
+        elif item.suffix in (".safetensors", ".bin", ".pt"):
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
+        else:
+            shutil.copy2(item, target)
+
+
+@app.command("export")
+def export_command(
+    model_ref: str = typer.Argument(..., metavar="MODEL", help="Model dir or checkpoint id (Llama architecture)."),
+    out: Path = typer.Option(..., "--output", "-o", help="The .gguf file to write."),
+    fmt: str = typer.Option("gguf", "--format", help="gguf (llama.cpp, Ollama)."),
+    out_type: str = typer.Option("f16", "--outtype", help="Weight type: f32 | f16 | bf16 | q8_0 (norms stay f32)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+) -> None:
+    """Write a checkpoint as one GGUF file with its tokenizer and chat template, for llama.cpp and Ollama."""
+    import os
+
+    from openchat_cli.atomic import temp_file_beside
+    from openchat_cli.model.context import context_length
+    from openchat_cli.model.gguf_export import OUT_TYPES, export_gguf
+    from openchat_cli.templates import get_template
+    from store.catalog import open_catalog
+
+    if fmt != "gguf":
+        raise OpenchatError(f"unknown --format '{fmt}': only gguf is supported")
+    if out_type not in OUT_TYPES:
+        raise OpenchatError(f"unknown --outtype '{out_type}': choose one of {', '.join(OUT_TYPES)}")
+    src, src_id = resolve_model(model_ref)
+    require_weights(src)
+    if out.exists() and not force:
+        raise OpenchatError(f"{out} already exists (pass --force to replace it)")
+    meta = read_meta(src)
+    src_id = src_id or meta.get("checkpoint_id")
+    eot = get_template(meta["template"]).eot_token if meta.get("template") else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file_beside(out)
+    os.close(fd)
+    try:
+        with err_console.status(f"writing {out.name}…") as status:
+            summary = export_gguf(src, Path(tmp), out_type=out_type, name=src.name,
+                                  eot_token=eot, context=context_length(src),
+                                  on_tensor=lambda name: status.update(f"writing {out.name}: {name}"))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    catalog = open_catalog()
+    ck = catalog.add_checkpoint(
+        path=out, kind="gguf", template=meta.get("template"), base_model=str(src), parent_id=src_id,
+        metrics={"format": "gguf", "outtype": out_type, "tensors": summary.tensors, "bytes": summary.bytes,
+                 "pre_tokenizer": summary.pre_tokenizer})
+    if as_json:
+        print_json(catalog.get(ck))
+        return
+    console.print(f"[green]exported[/] {src} → {out} ({summary.bytes / 1e6:.1f} MB, {summary.tensors} tensors, "
+                  f"{out_type}, pre-tokenizer {summary.pre_tokenizer}) as [bold]{ck}[/]")

@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 
-def add_special_tokens(model: Any, tokenizer: Any, tokens: list[str]) -> list[str]:
-    """Add `tokens` as special tokens; new embedding rows start at the mean of the old ones.
+INITS = ("mean", "normal")
 
-    The mean keeps the new rows inside the distribution of existing embeddings, so the
-    model's outputs barely move until training teaches it the new tokens.
+
+def add_special_tokens(model: Any, tokenizer: Any, tokens: list[str], *, init: str = "mean",
+                       std: float = 0.02, seed: int = 0) -> list[str]:
+    """Add `tokens` as special tokens and give them input and output embedding rows.
+
+    `mean` (OpenChat's choice for Llama) starts each new row at the mean of the old rows: it keeps
+    them inside the distribution of existing embeddings, so the model's outputs barely move until
+    training teaches it the new tokens. `normal` draws N(0, std^2) (OpenChat's choice for
+    StarCoder, matching its initializer range). Tied input/output embeddings are set once.
     """
     import torch
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}")
 
     vocab = tokenizer.get_vocab()
     new = [t for t in dict.fromkeys(tokens) if t not in vocab]
@@ -20,10 +29,19 @@ def add_special_tokens(model: Any, tokenizer: Any, tokens: list[str]) -> list[st
     old_size = model.get_input_embeddings().weight.shape[0]
     tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    generator = torch.Generator().manual_seed(seed)
+
+    def fill(weight: torch.Tensor) -> None:
+        if init == "mean":
+            weight[old_size:] = weight[:old_size].mean(dim=0, keepdim=True)
+        else:
+            rows = torch.randn(weight[old_size:].shape, generator=generator, dtype=torch.float32) * std
+            weight[old_size:] = rows.to(weight.dtype)
+
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
-        emb[old_size:] = emb[:old_size].mean(dim=0, keepdim=True)
+        fill(emb)
         head = model.get_output_embeddings()
         if head is not None and head.weight.data_ptr() != emb.data_ptr():
-            head.weight[old_size:] = head.weight[:old_size].mean(dim=0, keepdim=True)
+            fill(head.weight)
     return new

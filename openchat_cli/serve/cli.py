@@ -82,6 +82,10 @@ def serve_command(
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", min=1, help="vLLM: GPUs."),
     gpu_memory_utilization: Optional[float] = typer.Option(
         None, "--gpu-memory-utilization", help="vLLM: fraction of GPU memory to use."),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="transformers engine: run the model in the API process. By "
+        "default it runs in its own process (HTTP and tokenization stay here, so neither waits on "
+        "the other). vLLM always runs its own engine-core process."),
     engine_arg: Optional[List[str]] = typer.Option(
         None, "--engine-arg", help="vLLM engine argument KEY=VALUE (repeatable), e.g. "
         "--engine-arg enable_prefix_caching=true."),
@@ -157,7 +161,8 @@ def serve_command(
     try:
         _run(sock, kind=kind, model_dir=model_dir, ckpt_id=ckpt_id, name=name, aliases=aliases,
              tmpl=tmpl, tokenizer=tokenizer, stop_ids=stop_ids, keys=keys, host=host,
-             engine_arg=engine_arg, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+             engine_arg=engine_arg, engine_process=not in_process,
+             gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, device=device,
              max_batch_size=max_batch_size, threads=threads, log_to_catalog=log_to_catalog,
              max_n=max_n, max_body_mb=max_body_mb, default_max_tokens=default_max_tokens,
@@ -169,35 +174,36 @@ def serve_command(
 
 def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None, name: str,
          aliases: tuple[str, ...], tmpl, tokenizer, stop_ids: tuple[int, ...], keys: list[str],
-         host: str, engine_arg, gpu_memory_utilization, dtype: str, tensor_parallel_size: int,
+         host: str, engine_arg, engine_process: bool, gpu_memory_utilization, dtype: str, tensor_parallel_size: int,
          max_model_len, device: str, max_batch_size: int, threads, log_to_catalog: bool,
          max_n: int, max_body_mb: float, default_max_tokens, log_requests, log_level: str,
          allow_origin, host_names: tuple[str, ...] | None, header_timeout: float,
          body_timeout: float) -> None:
     """Load the engine, build the app, print where it serves and run uvicorn on `sock`."""
     err_console.print(f"loading {model_dir} with the {kind} engine …", highlight=False)
-    if kind == "vllm":
-        from openchat_cli.serve.engines.vllm_engine import VLLMEngine, parse_engine_args
+    options = _engine_options(kind, name=name, engine_arg=engine_arg, dtype=dtype, device=device,
+                              gpu_memory_utilization=gpu_memory_utilization,
+                              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                              max_batch_size=max_batch_size, threads=threads)
+    engine_death: list[str] = []
+    server = None
 
-        options = parse_engine_args(engine_arg or [])
-        if gpu_memory_utilization is not None:
-            options["gpu_memory_utilization"] = gpu_memory_utilization
-        if dtype != "auto":
-            options["dtype"] = dtype
-        eng = VLLMEngine(model_dir, tokenizer=tokenizer, tensor_parallel_size=tensor_parallel_size,
-                         max_model_len=max_model_len, served_model_name=name, **options)
+    def on_engine_death(reason: str) -> None:
+        """Fail open requests (the client did that), then stop serving: exit non-zero so a
+        supervisor restarts the whole server, as vLLM's does on EngineDeadError."""
+        engine_death.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    if kind == "transformers" and engine_process:
+        from openchat_cli.serve.engines.process_client import EngineProcessClient
+
+        eng = EngineProcessClient(kind, model_dir, tokenizer=tokenizer, options=options,
+                                  on_death=on_engine_death)
     else:
-        if engine_arg:
-            raise OpenchatError("--engine-arg is for the vLLM engine")
-        from openchat_cli.serve.engines.transformers_engine import TransformersEngine
+        from openchat_cli.serve.engines.factory import build_engine
 
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        eng = TransformersEngine(model_dir, tokenizer=tokenizer, device=device, dtype=dtype,
-                                 max_batch_size=max_batch_size, max_model_len=max_model_len,
-                                 threads=threads)
+        eng = build_engine(kind, model_dir, tokenizer, options)
 
     catalog = None
     if log_to_catalog:
@@ -239,3 +245,26 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
     finally:
         if catalog is not None:
             catalog.close()
+    if engine_death:
+        raise OpenchatError(f"{engine_death[0]}; the server stopped (restart it to serve again)")
+
+
+def _engine_options(kind: str, *, name: str, engine_arg, dtype: str, device: str, gpu_memory_utilization,
+                    tensor_parallel_size: int, max_model_len, max_batch_size: int, threads) -> dict:
+    """The CLI's engine flags as `factory.build_engine` options (plain values: they may cross
+    to the engine process)."""
+    if kind == "vllm":
+        from openchat_cli.serve.engines.vllm_engine import parse_engine_args
+
+        options = parse_engine_args(engine_arg or [])
+        if gpu_memory_utilization is not None:
+            options["gpu_memory_utilization"] = gpu_memory_utilization
+        if dtype != "auto":
+            options["dtype"] = dtype
+        options.update(tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                       served_model_name=name)
+        return options
+    if engine_arg:
+        raise OpenchatError("--engine-arg is for the vLLM engine")
+    return {"device": device, "dtype": dtype, "max_batch_size": max_batch_size,
+            "max_model_len": max_model_len, "threads": threads}

@@ -1,5 +1,7 @@
-"""Engine token logprobs → the legacy completions `logprobs` object.
+"""Engine token logprobs → the API's shapes: the legacy completions `logprobs` object
+(`LogprobsBuilder`) and chat completions' `logprobs.content` list (`ChatLogprobsBuilder`).
 
+Completions:
 `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, one entry per token: the
 prompt's tokens first when `echo` is set (the first has no logprob: nothing predicts it), then
 the generated ones. As in vLLM, a token's text is that token decoded on its own (a piece of a
@@ -11,17 +13,64 @@ token texts for token-id prompts and generated tokens.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from openchat_cli.serve.engines.base import TokenLogprob
+from openchat_cli.serve.protocol import ChatTokenLogprob, ChatTopLogprob
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in character → the byte it stands for (GPT-2's scheme:
+    printable Latin-1 bytes stand for themselves, the others are shifted past U+0100)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table = {chr(b): b for b in keep}
+    shift = 0
+    for b in range(256):
+        if b not in keep:
+            table[chr(256 + shift)] = b
+            shift += 1
+    return table
+
+
+BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 class TokenTexts:
-    """Token id → its text as the API shows it (a single-token decode, cached)."""
+    """Token id → its text as the API shows it (a single-token decode, cached), and its raw
+    bytes (chat logprobs' `bytes`: a piece of a multi-byte character has its own bytes even
+    though its text alone is U+FFFD)."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self._cache: dict[int, str] = {}
+        self._bytes: dict[int, list[int]] = {}
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self._byte_level = _byte_level_alphabet() if "ByteLevel" in repr(decoder) else None
+        self._special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+
+    def bytes(self, token_id: int) -> list[int]:
+        found = self._bytes.get(token_id)
+        if found is None:
+            found = self._bytes[token_id] = self._raw_bytes(token_id)
+        return found
+
+    def _raw_bytes(self, token_id: int) -> list[int]:
+        text = self(token_id)
+        if token_id in self._special:
+            return list(text.encode("utf-8"))
+        try:
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        except Exception:
+            piece = None
+        if isinstance(piece, str):
+            fallback = BYTE_FALLBACK.fullmatch(piece)
+            if fallback:
+                return [int(fallback.group(1), 16)]
+            table = self._byte_level
+            if table is not None and piece and all(ch in table for ch in piece):
+                return [table[ch] for ch in piece]
+        return list(text.encode("utf-8"))
 
     def __call__(self, token_id: int) -> str:
         text = self._cache.get(token_id)
@@ -105,3 +154,40 @@ class LogprobsBuilder:
 
     def result(self) -> dict[str, Any]:
         return self._slice(0)
+
+
+class ChatLogprobsBuilder:
+    """One chat choice's `logprobs.content`: `{token, logprob, bytes, top_logprobs: [{token,
+    logprob, bytes}]}` per generated token, the `top` most likely first (OpenAI's shape; as in
+    vLLM, a token's text is the token decoded alone; `bytes` are its raw bytes). End-of-turn tokens
+    are not part of the message and are left out, as the text leaves them out."""
+
+    def __init__(self, texts: TokenTexts, top: int, skip_token_ids: tuple[int, ...] = ()):
+        self.texts, self.top, self.skip = texts, top, frozenset(skip_token_ids)
+        self.content: list[ChatTokenLogprob] = []
+        self._taken = 0
+
+    def _entry(self, token_id: int, logprob: float) -> ChatTopLogprob:
+        return ChatTopLogprob(token=self.texts(token_id), logprob=logprob,
+                              bytes=self.texts.bytes(token_id))
+
+    def add_generated(self, entries: list[TokenLogprob]) -> None:
+        for entry in entries:
+            if entry.token_id in self.skip:
+                continue
+            alternatives = [self._entry(t, lp) for t, lp in entry.top[: self.top]]
+            own = self._entry(entry.token_id, entry.logprob)
+            self.content.append(ChatTokenLogprob(token=own.token, logprob=own.logprob,
+                                                 bytes=own.bytes, top_logprobs=alternatives))
+
+    @property
+    def pending(self) -> bool:
+        return self._taken < len(self.content)
+
+    def take(self) -> list[ChatTokenLogprob]:
+        out = self.content[self._taken:]
+        self._taken = len(self.content)
+        return out
+
+    def result(self) -> list[ChatTokenLogprob]:
+        return list(self.content)

@@ -17,6 +17,22 @@ from fastapi.responses import HTMLResponse
 SCHEME = "bearerAuth"
 
 
+def id_range_pattern(top: int) -> str:
+    """A regular expression for the decimal numbers 0..top, no leading zeros (logit_bias keys)."""
+    digits = str(top)
+    options = ["0"] if top >= 0 else []
+    if len(digits) > 1:  # every number with fewer digits
+        options.append("[1-9]" + (f"[0-9]{{0,{len(digits) - 2}}}" if len(digits) > 2 else ""))
+    for i, d in enumerate(digits):  # same length: equal up to i, smaller at i, anything after
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            rest = len(digits) - i - 1
+            options.append(digits[:i] + f"[{low}-{int(d) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    if top > 0:
+        options.append(digits)
+    return "^(" + "|".join(dict.fromkeys(options)) + ")$"
+
+
 def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_n: int,
                     context_length: int, max_token_id: int) -> None:
     """Replace `app.openapi` with one that states this server's limits (served names, n, the
@@ -45,6 +61,10 @@ def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_
             for field in ("max_tokens", "max_completion_tokens"):
                 if field in props:
                     props[field]["maximum"] = context_length
+            bias = props["logit_bias"]
+            for option in bias["anyOf"]:
+                if option.get("type") == "object":
+                    option["propertyNames"] = {"pattern": id_range_pattern(max_token_id)}
         prompt = components["CompletionRequest"]["properties"]["prompt"]
         for option in prompt["anyOf"]:
             if option.get("type") == "array":

@@ -1,16 +1,27 @@
 """Request and response shapes of the OpenAI API subset we serve (pydantic v2).
 
-Requests are validated strictly ("0.7" is not a temperature) and unknown fields are refused,
-as OpenAI does; fields OpenAI defines that a local model cannot honour (tools, chat logprobs,
-logit_bias, response formats other than text) are accepted only with their neutral values so
-that SDKs sending defaults keep working, and refused with a clear 400 otherwise. Text
-completions support `logprobs` and `echo` as the legacy completions API and vLLM define them
-(what log-likelihood evals such as lm-evaluation-harness's `local-completions` send).
-Errors raised here become `{"error": {"message", "type", "param", "code"}}` in `app.py`.
+Requests are validated strictly ("0.7" is not a temperature) and unknown top-level fields are
+refused, as OpenAI does. What real clients send is accepted:
+- `null` for any optional field means its default (`"n": null` is n = 1);
+- fields OpenAI defines that carry no generation meaning (`user`, `store`, `metadata`,
+  `safety_identifier`, `prompt_cache_key`, `verbosity`, `service_tier`, ...) are accepted and
+  ignored; so are keys clients add to messages (`id`, `opts`), with a debug log;
+- fields a local model cannot honour (tool calls, audio output, web search) are accepted with
+  their neutral values (`tools` with `tool_choice: "none"`) and otherwise refused as "not
+  supported", naming the field;
+- `response_format` `json_object` / `json_schema` is enforced by constrained decoding
+  (engines/guided.py).
+Chat completions return `logprobs` / `top_logprobs` in OpenAI's shape; text completions support
+`logprobs` and `echo` as the legacy completions API and vLLM define them (what log-likelihood
+evals such as lm-evaluation-harness's `local-completions` send). vLLM's `min_p` and
+`repetition_penalty` and OpenAI's `logit_bias` are validated here.
+Errors raised here become `{"error": {"message", "type", "param", "code"}}` (errors.py).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -24,14 +35,19 @@ from pydantic import (
     StrictInt,
     StrictStr,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+log = logging.getLogger("openchat.serve")
 
 MAX_STOP = 16
 MAX_LOGPROBS = 20  # top alternatives per token (vLLM's default max_logprobs)
 MAX_SEED = 2**63 - 1
 MAX_DEPTH = 32  # arrays/objects in a request nest far less; deeper ones would only cost recursion
+MAX_LOGIT_BIAS = 300  # OpenAI's own limit on logit_bias entries
+TOKEN_ID_KEY = re.compile(r"^(0|[1-9][0-9]{0,9})$")
 
 
 def printable(text: str) -> str:
@@ -104,7 +120,22 @@ class _Request(BaseModel):
             raise PydanticCustomError(
                 "lone_surrogate", "the text holds a lone UTF-16 surrogate ({char}), which is not "
                 "valid Unicode", {"field": found[0], "char": found[1]})
+        return _nulls_are_defaults(cls, data)
+
+
+def _nulls_are_defaults(model: type[BaseModel], data: Any) -> Any:
+    """OpenAI marks optional fields nullable: `"n": null` means the default n, not a type error.
+    Required fields keep their null (and get a clear error)."""
+    if not isinstance(data, dict) or not any(v is None for v in data.values()):
         return data
+    fields = model.model_fields
+    return {k: v for k, v in data.items()
+            if not (v is None and k in fields and not fields[k].is_required() and k not in NULL_IS_A_VALUE)}
+
+
+#: Fields where null means something other than the default (completions' max_tokens: null is
+#: "up to the context", as in vLLM, while leaving it out is 16).
+NULL_IS_A_VALUE = frozenset({"max_tokens"})
 
 
 # -- pieces -----------------------------------------------------------------------------------
@@ -114,6 +145,9 @@ class TextPart(_Request):
 
 
 class ChatMessage(_Request):
+    # Clients add their own keys to messages (Open WebUI's `id`, LibreChat's `opts`): ignored.
+    model_config = ConfigDict(extra="ignore")
+
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="'developer' is treated as 'system'; tool and function roles are not supported.")
     content: str | list[TextPart] | None = Field(
@@ -122,6 +156,15 @@ class ChatMessage(_Request):
     refusal: StrictStr | None = None
     tool_calls: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0},
                                          description="Only empty: tool calling is not supported.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extra_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            extra = [k for k in data if k not in cls.model_fields]
+            if extra:
+                log.debug("ignoring message keys the API does not define: %s", ", ".join(map(str, extra)))
+        return data
 
     @field_validator("role", mode="before")
     @classmethod
@@ -173,8 +216,11 @@ class ChatMessage(_Request):
 
 
 class StreamOptions(_Request):
-    include_usage: StrictBool = False
-    continuous_usage_stats: StrictBool = False
+    include_usage: StrictBool | None = False
+    continuous_usage_stats: StrictBool | None = False
+    include_obfuscation: StrictBool | None = Field(
+        default=None, description="Accepted and ignored: no padding is added to chunks on a local "
+                                  "server.")
 
 
 def _stop_list(value: Any) -> list[str] | None:
@@ -201,7 +247,7 @@ class _Sampling(_Request):
     top_k: TopK | None = Field(default=None,
                                     description="vLLM extension: sample from the k most likely "
                                                 "tokens (0 or -1 = off).")
-    n: Count = Field(default=1, description="Number of choices.")
+    n: Count | None = Field(default=1, description="Number of choices.")
     stop: str | list[str] | None = Field(
         default=None, description="Up to 16 stop strings.",
         json_schema_extra={"minLength": 1, "maxItems": MAX_STOP, "items": {"type": "string",
@@ -211,27 +257,52 @@ class _Sampling(_Request):
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
+    ignore_eos: StrictBool | None = Field(default=False,
+                                          description="vLLM extension: keep generating past "
+                                                      "end-of-turn (benchmarks).")
+    min_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0,
+                                      description="vLLM extension: drop tokens less likely than "
+                                                  "min_p times the most likely one (0 = off).")
+    repetition_penalty: StrictFloat | None = Field(
+        default=None, gt=0.0, le=10.0,
+        description="vLLM extension: divide (multiply, when negative) the logits of tokens already "
+                    "in the prompt or reply by this (1 = off).")
+    logit_bias: dict[Annotated[str, Field(pattern=TOKEN_ID_KEY.pattern)],
+                     Annotated[StrictFloat, Field(ge=-100.0, le=100.0)]] | None = Field(
+        default=None, description="Token id (as a string) -> bias in [-100, 100] added to its logit.",
+        json_schema_extra={"maxProperties": MAX_LOGIT_BIAS})
+    # Defined by OpenAI, no generation meaning here: accepted and ignored.
     user: StrictStr | None = None
-    ignore_eos: StrictBool = Field(default=False,
-                                   description="vLLM extension: keep generating past end-of-turn "
-                                               "(benchmarks).")
-    # Defined by OpenAI, accepted only with neutral values.
-    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"maxProperties": 0})
     metadata: dict[str, str] | None = None
     store: StrictBool | None = None
     service_tier: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+    prompt_cache_key: StrictStr | None = None
+    prompt_cache_retention: StrictStr | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, value: Any) -> Any:
         return _stop_list(value)
 
-    @field_validator("logit_bias")
+    @field_validator("logit_bias", mode="before")
     @classmethod
     def _logit_bias(cls, value: Any) -> Any:
-        if value:
-            raise PydanticCustomError("unsupported", "logit_bias is not supported")
+        if isinstance(value, dict):
+            if len(value) > MAX_LOGIT_BIAS:
+                raise PydanticCustomError("logit_bias_count", "at most {n} logit_bias entries are "
+                                          "allowed", {"n": MAX_LOGIT_BIAS})
+            for key in value:
+                if not isinstance(key, str) or not TOKEN_ID_KEY.match(key):
+                    raise PydanticCustomError("logit_bias_key", "logit_bias keys are token ids "
+                                              "written as strings, like \"50256\": got '{key}'",
+                                              {"key": key})
         return value
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias) pairs, sorted by token id (SamplingParams' form;
+        range-checked against the vocabulary by the serving layer, which knows it)."""
+        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     @field_validator("stream_options")
     @classmethod
@@ -248,13 +319,36 @@ class _Sampling(_Request):
 STREAM_OPTIONS_NEED_STREAM = {
     "if": {"properties": {"stream_options": {"type": "object"}}, "required": ["stream_options"]},
     "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]}}
+TOP_LOGPROBS_NEED_LOGPROBS = {
+    "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
+    "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}}
+TOOLS_NEED_CHOICE_NONE = [
+    {"if": {"properties": {key: {"type": "array", "minItems": 1}}, "required": [key]},
+     "then": {"properties": {choice: {"const": "none"}}, "required": [choice]}}
+    for key, choice in (("tools", "tool_choice"), ("functions", "function_call"))]
 ZERO_TOKENS_NEED_ECHO = {
     "if": {"properties": {"max_tokens": {"const": 0}}, "required": ["max_tokens"]},
     "then": {"properties": {"echo": {"const": True}}, "required": ["echo"]}}
 
 
+class JsonSchemaFormat(_Request):
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema",
+                                           description="The JSON Schema the reply must match.")
+    strict: StrictBool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatCompletionRequest(_Sampling):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "allOf": [STREAM_OPTIONS_NEED_STREAM, TOP_LOGPROBS_NEED_LOGPROBS, *TOOLS_NEED_CHOICE_NONE]})
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Count | None = None
@@ -262,15 +356,27 @@ class ChatCompletionRequest(_Sampling):
     condition: StrictStr | None = Field(
         default=None, description="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct' "
                                   "(default: the template's).")
-    logprobs: StrictBool | None = Field(default=None, json_schema_extra={"enum": [False, None]})
-    top_logprobs: JsonInt | None = Field(default=None, json_schema_extra={"enum": [0, None]})
-    tools: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0})
+    logprobs: StrictBool | None = Field(default=None, description="Return each generated token's "
+                                                                  "log-probability.")
+    top_logprobs: LogprobCount | None = Field(
+        default=None, description=f"With logprobs: the 0-{MAX_LOGPROBS} most likely tokens at each "
+                                  "position too.")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Accepted with tool_choice 'none' only: no tool can be called.")
     tool_choice: Any = Field(default=None, json_schema_extra={"enum": [None, "none", "auto"]})
     parallel_tool_calls: StrictBool | None = None
-    functions: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0})
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, description="Accepted with function_call 'none' only (deprecated tools).")
     function_call: Any = Field(default=None, json_schema_extra={"enum": [None, "none", "auto"]})
-    response_format: dict[str, Any] | None = Field(
-        default=None, json_schema_extra={"properties": {"type": {"const": "text"}}})
+    audio: Any = Field(default=None, json_schema_extra={"type": "null"},
+                       description="Only null: audio output is not supported.")
+    prediction: dict[str, Any] | None = Field(
+        default=None, description="Accepted and ignored (predicted outputs only save latency).")
+    web_search_options: Any = Field(default=None, json_schema_extra={"type": "null"},
+                                    description="Only null: web search is not supported.")
+    verbosity: Literal["low", "medium", "high"] | None = None
+    response_format: ResponseFormat | None = Field(
+        default=None, description="text, json_object, or json_schema (constrained decoding).")
     modalities: list[str] | None = Field(default=None, json_schema_extra={"items": {"const": "text"}})
     reasoning_effort: StrictStr | None = None
 
@@ -281,40 +387,48 @@ class ChatCompletionRequest(_Sampling):
             raise PydanticCustomError("messages_empty", "messages must contain at least one message")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, value: Any) -> Any:
-        if value:
-            raise PydanticCustomError("unsupported", "logprobs are not supported")
-        return value
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs(cls, value: Any) -> Any:
-        if value:
-            raise PydanticCustomError("unsupported", "top_logprobs are not supported")
-        return value
-
-    @field_validator("tools", "functions")
-    @classmethod
-    def _tools(cls, value: Any) -> Any:
-        if value:
-            raise PydanticCustomError("unsupported", "tool calling is not supported")
-        return value
-
     @field_validator("tool_choice", "function_call")
     @classmethod
     def _tool_choice(cls, value: Any) -> Any:
         if value not in (None, "none", "auto"):
-            raise PydanticCustomError("unsupported", "tool calling is not supported")
+            raise PydanticCustomError("unsupported", "tool calling is not supported: only 'none' "
+                                                     "(or 'auto' without tools) is accepted")
         return value
 
-    @field_validator("response_format")
+    @field_validator("audio", "web_search_options")
+    @classmethod
+    def _only_null(cls, value: Any, info: Any) -> Any:
+        if value is not None:
+            what = {"audio": "audio output", "web_search_options": "web search"}[info.field_name]
+            raise PydanticCustomError("unsupported", "{what} is not supported (send null or leave "
+                                                     "it out)", {"what": what})
+        return value
+
+    @model_validator(mode="after")
+    def _rules_between_fields(self) -> "ChatCompletionRequest":
+        for key, choice in (("tools", "tool_choice"), ("functions", "function_call")):
+            if getattr(self, key) and getattr(self, choice) != "none":
+                raise PydanticCustomError(
+                    "unsupported", "tool calling is not supported: '{key}' is accepted only with "
+                                   "'{choice}': 'none'", {"field": choice, "key": key, "choice": choice})
+        if self.top_logprobs and not self.logprobs:
+            raise PydanticCustomError("invalid_value", "top_logprobs needs 'logprobs': true",
+                                      {"field": "top_logprobs"})
+        return self
+
+    @field_validator("response_format", mode="before")
     @classmethod
     def _response_format(cls, value: Any) -> Any:
-        if value and value.get("type", "text") != "text":
-            raise PydanticCustomError("unsupported", "only response_format type 'text' is supported")
+        if isinstance(value, dict) and value.get("type", "text") not in ("text", "json_object", "json_schema"):
+            raise PydanticCustomError("unsupported", "response_format type must be text, json_object "
+                                      "or json_schema")
         return value
+
+    def response_format_dict(self) -> dict[str, Any] | None:
+        """response_format as OpenAI's JSON (what engines.guided.json_guide reads)."""
+        if self.response_format is None:
+            return None
+        return self.response_format.model_dump(by_alias=True, exclude_none=True)
 
     @field_validator("modalities")
     @classmethod
@@ -341,14 +455,14 @@ class CompletionRequest(_Sampling):
         description="Text, a list of texts, token ids, or a list of token-id lists.")
     max_tokens: TokenBudget | None = Field(
         default=16, description="0 only with echo: score the prompt, generate nothing.")
-    echo: StrictBool = Field(default=False, description="Return the prompt before the completion "
+    echo: StrictBool | None = Field(default=False, description="Return the prompt before the completion "
                                                         "(with its token logprobs when logprobs is set).")
     best_of: Literal[1] | None = Field(
         default=None, description="Only 1: each choice is sampled once (no server-side reranking).")
     logprobs: LogprobCount | None = Field(
         default=None,
         description=f"Return each token's logprob and its 0-{MAX_LOGPROBS} most likely alternatives.")
-    add_special_tokens: StrictBool = Field(
+    add_special_tokens: StrictBool | None = Field(
         default=True, description="vLLM extension: let the tokenizer add its special tokens (BOS) "
                                   "to text prompts.")
     suffix: StrictStr | None = Field(default=None, json_schema_extra={"maxLength": 0})
@@ -411,11 +525,28 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
+class ChatTopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None  # the token text's UTF-8 bytes
+
+
+class ChatTokenLogprob(ChatTopLogprob):
+    """One generated token: its logprob and the `top_logprobs` most likely tokens there."""
+
+    top_logprobs: list[ChatTopLogprob] = Field(default_factory=list)
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None = None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: ChatChoiceLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -429,19 +560,26 @@ class ChatCompletionResponse(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    """What a chunk adds to the message; fields it does not add are left out (OpenAI's shape:
+    `{"role": "assistant", "content": ""}` first, `{"content": "..."}`, `{}` at the end)."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
+    logprobs: ChatChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
 
 
 class ChatCompletionChunk(BaseModel):
-    """One `data:` event of a streamed chat completion (documented here; sent as JSON text)."""
+    """One `data:` event of a streamed chat completion."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
@@ -467,6 +605,18 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: Literal["stop", "length"] | None
     logprobs: CompletionLogprobs | None = None
+
+
+class CompletionChunk(BaseModel):
+    """One `data:` event of a streamed text completion."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
 
 
 class CompletionResponse(BaseModel):

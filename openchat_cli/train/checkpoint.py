@@ -3,6 +3,8 @@
     OUT/run.json          the resolved settings and ids (what `--resume` continues)
     OUT/run.lock          flock'd by the command running the run, for its whole life (run_folder.py)
     OUT/steps.jsonl       one line per finished optimizer step (rank 0)
+    OUT/events.jsonl      this invocation's progress events, followed by `openchat train` (train/report.py)
+    OUT/tensorboard/      `--report-to tensorboard` event files; OUT/wandb/ the same for W&B (offline)
     OUT/state/            DeepSpeed checkpoint of the latest save: model, optimizer and
                           scheduler state, plus the sampler position (for --resume); saved
                           every --state-minutes, at each --save-every step and on SIGTERM/SIGINT

@@ -7,13 +7,14 @@ from typing import List, Optional
 
 import typer
 
-from openchat_cli.console import console, err_console, print_json
+from openchat_cli.console import console, err_console
 from openchat_cli.train.config import TrainConfig
 
 D = TrainConfig()
 PERF = "Performance"
 LORA = "LoRA"
 RUN = "Run control"
+PREF = "Preference methods"
 GRPO = "GRPO (--method grpo)"
 
 
@@ -24,8 +25,12 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder: checkpoints step-N/, final/, resumable state/ (default: HOME/runs/train-DATE-TIME)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with any of these settings (flags override it)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out tokenized .parquet or ds-… id: eval loss before, during and after."),
+    method: str = typer.Option(D.method, "--method", help="sft (conversations) | dpo | rm (reward model); dpo and rm read tokenized preference pairs | grpo (online RL from rewards: --prompts, --reward).", rich_help_panel=PREF),
+    beta: Optional[float] = typer.Option(None, "--beta", help="DPO/IPO beta: how far the policy may move from the reference (default 0.1); grpo: the KL weight to the starting model (default 0.04, DeepSeekMath's; 0 turns it off).", rich_help_panel=PREF),
+    label_smoothing: float = typer.Option(D.label_smoothing, "--label-smoothing", help="cDPO: the share of pairs assumed mislabeled (0 to 0.5).", rich_help_panel=PREF),
+    loss_type: str = typer.Option(D.loss_type, "--loss-type", help="DPO loss: sigmoid | ipo.", rich_help_panel=PREF),
     epochs: int = typer.Option(D.epochs, "--epochs", help="Passes over the data."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: OpenChat's rule, 3e-4 x sqrt(supervised tokens per step / 4M))."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: OpenChat's rule for sft, 3e-4 x sqrt(supervised tokens per step / 4M); 1e-6 for dpo, 1e-4 for rm, as TRL)."),
     warmup_ratio: float = typer.Option(D.warmup_ratio, "--warmup-ratio", help="Fraction of steps with linear warmup."),
     min_lr_ratio: float = typer.Option(D.min_lr_ratio, "--min-lr-ratio", help="Cosine decay floor, as a fraction of the peak lr."),
     weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="AdamW weight decay (matrices only)."),
@@ -51,8 +56,6 @@ def train_command(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after N steps of this invocation, keeping resumable state (time-boxed jobs).", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its settings are reused).", rich_help_panel=RUN),
     force: bool = typer.Option(False, "--force", help="Replace --out if it holds something.", rich_help_panel=RUN),
-    method: str = typer.Option(D.method, "--method", help="sft (supervised, --data) | grpo (online RL from rewards, --prompts + --reward)."),
-    beta: Optional[float] = typer.Option(None, "--beta", help="KL weight to the starting model (default: grpo 0.04, DeepSeekMath's).", rich_help_panel=GRPO),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="GRPO prompts: JSONL {\"id\", \"messages\"|\"prompt\", \"answer\"} or a ds-… id.", rich_help_panel=GRPO),
     reward: Optional[List[str]] = typer.Option(None, "--reward", help="grade | rm:ck-…|DIR | judge:URL[#MODEL], each with an optional =WEIGHT; repeat to combine.", rich_help_panel=GRPO),
     group_size: int = typer.Option(D.group_size, "--group-size", help="Completions sampled per prompt (advantages are relative within the group).", rich_help_panel=GRPO),
@@ -62,14 +65,17 @@ def train_command(
     epsilon: float = typer.Option(D.epsilon, "--epsilon", help="PPO-style clip range of the probability ratio.", rich_help_panel=GRPO),
     grpo_iterations: int = typer.Option(D.grpo_iterations, "--grpo-iterations", help="Updates per sampled batch (the ratio moves off 1 and clipping acts from the second).", rich_help_panel=GRPO),
     grpo_loss: str = typer.Option(D.grpo_loss, "--grpo-loss", help="grpo: mean over each completion, then over completions | dapo: mean over all tokens.", rich_help_panel=GRPO),
-    as_json: bool = typer.Option(False, "--json", help="Print the run's catalog entry as JSON."),
+    report_to: list[str] = typer.Option([], "--report-to", help="Also log to a tracker: none | tensorboard | wandb | mlflow (repeatable; wandb runs offline unless WANDB_MODE says otherwise).", rich_help_panel=RUN),
+    as_json: bool = typer.Option(False, "--json", help="Progress as JSON lines on stdout (start, curve points, evals, notes), then the run's catalog entry (event \"run\")."),
 ) -> None:
     """Fine-tune a causal LM on tokenized conversations: multipack packing, padding-free batches,
-    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format. `--method grpo`:
+    weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format. --method dpo|rm
+    learns from tokenized preference pairs instead (DPO, or a reward model); --method grpo is
     online RL from a grader, reward model or judge on completions the serving engine samples."""
     from openchat_cli.errors import OpenchatError
     from openchat_cli.train import config as config_mod
     from openchat_cli.train.launch import prepare, run, run_folder
+    from openchat_cli.train.watch import choose_view
 
     values = {k: v for k, v in ctx.params.items() if k in D.to_dict()}
     values["out"] = str(out) if out else None
@@ -77,10 +83,13 @@ def train_command(
     given = {k for k in values if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
     cfg = config_mod.merge(values, given, config_mod.load_yaml(config) if config else {})
     if resume:
-        extra = [f"--{k.replace('_', '-')}" for k in sorted(given - {"out", "stop_after", "state_minutes"})]
+        extra = [f"--{k.replace('_', '-')}" for k in sorted(given - {"out", "stop_after", "state_minutes", "report_to"})]
         if extra or config:
-            raise OpenchatError("--resume continues with the run's own settings: only --out, "
-                                f"--stop-after and --state-minutes may be given (got {', '.join(extra or ['--config'])})")
+            raise OpenchatError("--resume continues with the run's own settings: only --out, --stop-after, "
+                                f"--state-minutes and --report-to may be given (got {', '.join(extra or ['--config'])})")
+    from openchat_cli.train import trackers
+
+    trackers.check_installed(trackers.chosen(cfg.report_to))  # before anything is registered
     if not cfg.out:
         if resume:
             raise OpenchatError("--resume needs --out: the run folder to continue")
@@ -96,10 +105,10 @@ def train_command(
     settle_abandoned_runs(open_catalog())  # runs whose command was killed stop showing `running`
     with RunFolderLock(run_folder(cfg)) as lock:
         spec = prepare(cfg, resume=resume, force=force,
-                       overrides={k: getattr(cfg, k) for k in ("state_minutes",) if k in given})
-        result = run(spec, lock.fd)
+                       overrides={k: getattr(cfg, k) for k in ("state_minutes", "report_to") if k in given})
+        result = run(spec, lock.fd, view=choose_view(as_json))
     if as_json:
-        print_json(open_catalog().get(spec["run_id"]))
+        print_json_line({"event": "run", "run": open_catalog().get(spec["run_id"])})
         if result.get("signal"):
             raise typer.Exit(128 + result["signal"])
         return
@@ -112,6 +121,9 @@ def train_command(
     elif result["status"] == "completed":
         eval_text = (f", held-out loss {metrics['eval_loss_initial']:.4f} → {metrics['eval_loss']:.4f}"
                      if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
+        if "eval_accuracy" in metrics:  # the preference methods: held-out pairs ranked right
+            eval_text += (f", held-out pair accuracy {metrics.get('eval_accuracy_initial', float('nan')):.1%} → "
+                          f"{metrics['eval_accuracy']:.1%}")
         console.print(f"[green]trained[/] {result['steps']} steps, train loss {metrics['final_loss']:.4f}{eval_text}"
                       + f" → {where / 'final'} ([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
     elif result.get("signal"):
@@ -129,3 +141,12 @@ def train_command(
     else:
         console.print(f"[yellow]stopped[/] after step {result['stopped_at']} of {result['steps']}: continue with "
                       f"`openchat train --out {where} --resume` (run {spec['run_id']})")
+
+
+def print_json_line(data: object) -> None:
+    """One compact JSON object on its own line: --json output is JSON Lines (see train/watch.py)."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

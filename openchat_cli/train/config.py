@@ -15,7 +15,9 @@ from openchat_cli.errors import OpenchatError
 
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("auto", "bf16", "fp32")
-METHODS = ("sft", "grpo")
+METHODS = ("sft", "dpo", "rm", "grpo")
+LOSS_TYPES = ("sigmoid", "ipo")
+DPO_BETA = 0.1  # --beta when not given (TRL's and the DPO paper's default)
 GRPO_LOSSES = ("grpo", "dapo")
 # GRPO's KL weight when --beta is not given: DeepSeekMath's 0.04. TRL now defaults to 0 (no
 # reference model); we keep the paper's value because a small model drifts from its SFT format
@@ -55,8 +57,15 @@ class TrainConfig:
     lora_targets: str = "all-linear"
     precision: str = "auto"
     stop_after: int | None = None
-    method: str = "sft"
-    beta: float | None = None  # None: the method's default (GRPO_DEFAULT_BETA for grpo)
+    report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow (train/trackers.py)
+    method: str = "sft"  # sft | dpo | rm (preference methods read tokenized pairs) | grpo
+    beta: float | None = None  # DPO/IPO strength or GRPO's KL weight; None: the method's default
+    label_smoothing: float = 0.0  # cDPO: the share of pairs assumed flipped
+    loss_type: str = "sigmoid"  # DPO's loss: sigmoid | ipo
+
+    @property
+    def dpo_beta(self) -> float:
+        return DPO_BETA if self.beta is None else self.beta
     # -- grpo (train/grpo.py) --
     prompts: str | None = None  # JSONL {"id", "messages"|"prompt", "answer"} or a ds-… id
     reward: list[str] = field(default_factory=list)  # grade | rm:ck-…|DIR | judge:URL, each with optional =WEIGHT
@@ -118,6 +127,23 @@ class TrainConfig:
             raise OpenchatError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.stop_after is not None and self.stop_after < 1:
             raise OpenchatError("--stop-after must be at least 1")
+        from openchat_cli.train.trackers import chosen
+
+        self.report_to = chosen([self.report_to] if isinstance(self.report_to, str) else self.report_to)
+        if self.method not in METHODS:
+            raise OpenchatError(f"--method must be one of {', '.join(METHODS)}")
+        if self.loss_type not in LOSS_TYPES:
+            raise OpenchatError(f"--loss-type must be one of {', '.join(LOSS_TYPES)}")
+        if self.beta is not None and not self.beta > 0 and self.method != "grpo":  # grpo: 0 turns the KL off
+            raise OpenchatError("--beta must be positive")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise OpenchatError("--label-smoothing must be in [0, 0.5)")
+        if self.method not in ("dpo", "grpo") and self.beta is not None:
+            raise OpenchatError("--beta applies to --method dpo and grpo only")
+        if self.method != "dpo" and (self.label_smoothing or self.loss_type != "sigmoid"):
+            raise OpenchatError("--label-smoothing and --loss-type apply to --method dpo only")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise OpenchatError("--label-smoothing applies to --loss-type sigmoid only")
         if self.method == "grpo":
             self._validate_grpo()
         return self

@@ -220,7 +220,7 @@ def train(spec: dict[str, Any], stop: Any) -> dict[str, Any]:
         from openchat_cli.train.report import Reporter
 
         ckpt.truncate_steps(out, start)
-        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve)
+        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve, epochs=cfg.epochs)
         kernel = attention.describe(device, torch.bfloat16 if bf16 else torch.float32)
         reporter.note(f"GRPO: {total} steps x {comm.world} rank(s) x {cfg.prompts_per_step} prompts x "
                       f"{cfg.group_size} completions (≤ {cfg.max_completion_tokens} tokens, temperature "

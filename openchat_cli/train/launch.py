@@ -60,13 +60,30 @@ def _model_facts(ref: str) -> dict[str, Any]:
             "base_checkpoint_id": ck or read_meta(path).get("checkpoint_id") or checkpoint_id_for(path)}
 
 
-def _load_checked(ref: str, facts: dict[str, Any], capacity: int, what: str) -> tuple[TokenizedData, str | None]:
+# Learning rates of the preference methods when --lr is not given (TRL's defaults).
+PREFERENCE_LR = {"dpo": 1e-6, "rm": 1e-4}
+
+
+def _load_checked(ref: str, facts: dict[str, Any], capacity: int, what: str,
+                  method: str = "sft") -> tuple[TokenizedData, str | None]:
+    from openchat_cli.train.pairs import PAIRS_KIND, file_kind, load_pairs, pair_lengths
+
     path, ds_id = resolve_data(ref)
     meta = read_meta_checked(path, template=facts["template"], tokenizer_hash=facts["tokenizer_hash"])
-    data = load(path, meta, vocab_size=facts["vocab_size"])
-    longest = int(data.lengths.max())
+    pairs = file_kind(path) == PAIRS_KIND
+    if pairs != (method in PREFERENCE_LR):
+        raise OpenchatError(f"{what} {path} holds {'preference pairs' if pairs else 'conversations'}, but "
+                            f"--method {method} trains on {'pairs' if method in PREFERENCE_LR else 'conversations'}"
+                            + (": pass --method dpo or rm" if pairs else ": tokenize pairs (`openchat data tokenize`"
+                               " of a pairs file) or use --method sft"))
+    if pairs:
+        data = load_pairs(path, meta, vocab_size=facts["vocab_size"])
+        longest, unit = int(pair_lengths(data).max()), "pair (chosen + rejected)"
+    else:
+        data = load(path, meta, vocab_size=facts["vocab_size"])
+        longest, unit = int(data.lengths.max()), "sequence"
     if longest > capacity:
-        raise OpenchatError(f"{what} {path} has a sequence of {longest} tokens, more than a micro-batch "
+        raise OpenchatError(f"{what} {path} has a {unit} of {longest} tokens, more than a micro-batch "
                             f"holds ({capacity}): raise --tokens-per-step/--micro-tokens or re-tokenize "
                             f"with a smaller --max-len")
     return data, ds_id
@@ -110,11 +127,12 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         ds_id = method_spec.pop("dataset_id")
         lr = cfg.lr or GRPO_DEFAULT_LR
     else:
-        data, ds_id = _load_checked(cfg.data, facts, cfg.micro_capacity, "dataset")
+        data, ds_id = _load_checked(cfg.data, facts, cfg.micro_capacity, "dataset", cfg.method)
         if cfg.eval_data:
-            eval_data, eval_id = _load_checked(cfg.eval_data, facts, cfg.micro_capacity, "eval dataset")
+            eval_data, eval_id = _load_checked(cfg.eval_data, facts, cfg.micro_capacity, "eval dataset", cfg.method)
             eval_path = str(eval_data.path.resolve())
-        lr = cfg.lr or auto_lr(cfg.tokens_per_step, cfg.num_gpus, data.supervised_ratio())
+        lr = cfg.lr or PREFERENCE_LR.get(cfg.method) or auto_lr(cfg.tokens_per_step, cfg.num_gpus,
+                                                                  data.supervised_ratio())
 
     catalog = open_catalog()
     if resume:
@@ -129,7 +147,8 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
                                         num_records=method_spec["num_prompts"])
         elif ds_id is None:  # a hand-made file: register it, so the run has lineage
             ds_id = catalog.add_dataset(
-                name=data.path.stem, path=data.path, format="tokenized", num_records=len(data),
+                name=data.path.stem, path=data.path, format="tokenized-pairs" if cfg.method in PREFERENCE_LR
+                else "tokenized", num_records=len(data) // 2 if cfg.method in PREFERENCE_LR else len(data),
                 meta={k: data.meta.get(k) for k in ("template", "tokenizer_hash", "max_len")})
         if force:
             if previous and previous.get("run_id"):  # the run being replaced stops being `running`
@@ -195,19 +214,30 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run(spec: dict[str, Any], lock_fd: int | None = None) -> dict[str, Any]:
+def run(spec: dict[str, Any], lock_fd: int | None = None, view: Any = None) -> dict[str, Any]:
     """Train with the configured number of ranks; record the outcome in the catalog.
 
     SIGTERM/SIGINT stop the run cleanly: the ranks stop at the next step boundary with their
     state saved, the run is marked `interrupted`, and the result carries the signal (a second
     signal kills the ranks at once). `lock_fd` (the run folder's lock) is inherited by the
-    ranks, so the folder stays locked until the last of them has exited.
+    ranks, so the folder stays locked until the last of them has exited. While they run, rank 0's
+    events are shown by `view` (train/watch.py; default: live on a terminal, plain lines otherwise)
+    and sent to the configured trackers.
     """
+    from openchat_cli.console import err_console
+    from openchat_cli.train import trackers, watch
+    from openchat_cli.train.report import EVENTS_FILE
+
     cfg = TrainConfig.from_dict(spec["config"])
     out = Path(spec["out"])
     stop = StopSignals()
     try:
-        with stop:
+        sinks = [view or watch.choose_view(as_json=False)]
+        sinks += trackers.open_trackers(trackers.chosen(cfg.report_to), out, spec.get("run_id"), spec["config"],
+                                        start=ckpt.latest_state_step(out) or 0)
+        follower = watch.EventFollower(out / EVENTS_FILE, sinks,
+                                       warn=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
+        with stop, follower:
             _run_ranks(out / ckpt.RUN_FILE, cfg, stop, tuple(fd for fd in (lock_fd,) if fd is not None))
         result = json.loads((out / RESULT_FILE).read_text())
     except BaseException as exc:

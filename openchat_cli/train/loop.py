@@ -27,6 +27,7 @@ from openchat_cli.train.collate import pack
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.dataset import TokenizedData, load
 from openchat_cli.train.loss import PackedLM
+from openchat_cli.train.pairs import load_pairs, pair_lengths
 from openchat_cli.train.sampler import MultipackSampler, PackSpec
 from openchat_cli.train.schedule import make_scheduler
 
@@ -105,7 +106,7 @@ def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf1
                ds_config: dict[str, Any]) -> tuple[Any, str, Any]:
     """The causal LM (LoRA-wrapped with --lora), its attention kernel, and a ZeRO-3 handle that
     must stay alive until the engine exists."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     impl = attention.choose(device)
     zero3_handle = None
@@ -114,8 +115,13 @@ def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf1
         from transformers.integrations import HfDeepSpeedConfig
 
         zero3_handle = HfDeepSpeedConfig(ds_config)
-    model = AutoModelForCausalLM.from_pretrained(
-        spec["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation=impl)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if cfg.method == "rm":  # a scalar head (seeded) on the decoder: a sequence-classification model
+        model = AutoModelForSequenceClassification.from_pretrained(
+            spec["model_path"], dtype=dtype, attn_implementation=impl, num_labels=1,
+            pad_token_id=spec.get("pad_id"))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype, attn_implementation=impl)
     model.config.use_cache = False
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -123,8 +129,20 @@ def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf1
         from openchat_cli.model.lora import apply_lora
 
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           targets=cfg.lora_targets)
+                           targets=cfg.lora_targets, task_type="SEQ_CLS" if cfg.method == "rm" else "CAUSAL_LM")
     return model, impl, zero3_handle
+
+
+PREFERENCE_METHODS = ("dpo", "rm")
+
+
+def load_data(path: Path, cfg: TrainConfig, vocab: int) -> tuple[TokenizedData, np.ndarray]:
+    """The dataset and the lengths the sampler packs (whole pairs for the preference methods)."""
+    if cfg.method in PREFERENCE_METHODS:
+        data = load_pairs(path, vocab_size=vocab)
+        return data, pair_lengths(data)
+    data = load(path, vocab_size=vocab)
+    return data, data.lengths
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -168,19 +186,36 @@ class Comm:
 
 
 def evaluate(engine: Any, data: TokenizedData, sampler: MultipackSampler, comm: Comm,
-             device: torch.device, pad_id: int) -> float:
-    """Weighted loss over a whole (unshuffled) eval set."""
+             device: torch.device, make_batch: Any) -> dict[str, float]:
+    """Loss over a whole (unshuffled) eval set (weighted tokens, or pairs), plus the preference
+    methods' per-pair metrics."""
     engine.eval()
     num = den = 0.0
+    take_metrics = getattr(engine.module, "reset_totals", None)
+    if take_metrics:
+        take_metrics()
     with torch.no_grad():
         for step in range(len(sampler)):
             for rows in sampler.batches(step, comm.rank):
-                batch = pack(data, rows, pad_id).to(device)
+                batch = make_batch(data, rows).to(device)
                 num += float(engine(batch))
                 den += batch.weight_sum
     engine.train()
+    extra = step_metrics(engine, comm)
     num, den = comm.sum(num, den)
-    return num / den if den else float("nan")
+    return {"loss": num / den if den else float("nan"), **{k: v / den for k, v in extra.items() if den}}
+
+
+def step_metrics(engine: Any, comm: Comm) -> dict[str, float]:
+    """The preference methods' per-pair sums since the last call, over all ranks (none for SFT)."""
+    take = getattr(engine.module, "reset_totals", None)
+    if take is None:
+        return {}
+    from openchat_cli.train.preference import METRICS
+
+    totals = take()
+    keys = METRICS if engine.module.method == "dpo" else [k for k in METRICS if k.startswith("rewards/")]
+    return dict(zip(keys, comm.sum(*(totals.get(k, 0.0) for k in keys))))
 
 
 def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, lr: float,
@@ -198,8 +233,17 @@ def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, l
         optimizer = None
     else:
         optimizer = torch.optim.AdamW(groups, **_adam_kwargs(cfg, lr))
+    if wrap is not None:
+        module = wrap(model, impl)
+    elif cfg.method in PREFERENCE_METHODS:
+        from openchat_cli.train.preference import PreferenceLM
+
+        module = PreferenceLM(model, impl, cfg.method, beta=cfg.dpo_beta, label_smoothing=cfg.label_smoothing,
+                              loss_type=cfg.loss_type)
+    else:
+        module = PackedLM(model, impl)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=wrap(model, impl) if wrap else PackedLM(model, impl), optimizer=optimizer, model_parameters=groups if optimizer is None else None,
+        model=module, optimizer=optimizer, model_parameters=groups if optimizer is None else None,
         lr_scheduler=lambda opt: make_scheduler(opt, total, cfg.warmup_ratio, cfg.min_lr_ratio),
         config=ds_config)
     del zero3_handle
@@ -223,14 +267,13 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
     np.random.seed(cfg.seed)
 
     vocab = spec["vocab_size"]
-    data = load(Path(spec["data_path"]), vocab_size=vocab)
+    data, lengths = load_data(Path(spec["data_path"]), cfg, vocab)
     capacity = cfg.micro_capacity
-    sampler = MultipackSampler(data.lengths, PackSpec(capacity, comm.world, cfg.micro_steps, cfg.seed),
-                               cfg.epochs)
+    sampler = MultipackSampler(lengths, PackSpec(capacity, comm.world, cfg.micro_steps, cfg.seed), cfg.epochs)
     eval_data, eval_sampler = None, None
     if spec.get("eval_data_path"):
-        eval_data = load(Path(spec["eval_data_path"]), vocab_size=vocab)
-        eval_sampler = MultipackSampler(eval_data.lengths, PackSpec(capacity, comm.world, 1, shuffle=False))
+        eval_data, eval_lengths = load_data(Path(spec["eval_data_path"]), cfg, vocab)
+        eval_sampler = MultipackSampler(eval_lengths, PackSpec(capacity, comm.world, 1, shuffle=False))
     total = len(sampler)
 
     lr = spec["lr"]
@@ -245,6 +288,8 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
             raise OpenchatError("cannot resume: the data, packing settings or number of ranks changed "
                                 "since the checkpoint (start a new run in another --out)")
         start, curve, metrics = client["step"], client.get("curve", []), client.get("metrics", {})
+    make_batch, make_eval_batch = batch_makers(engine, cfg, data, eval_data, out, capacity, comm, device, pad_id,
+                                               resuming=state_step is not None)
 
     reporter = None
     if comm.rank == 0:
@@ -253,19 +298,25 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
         kernel = attention.describe(device, torch.bfloat16 if use_bf16(cfg, device) else torch.float32)
 
         ckpt.truncate_steps(out, start)
-        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve)
+        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve, epochs=cfg.epochs)
         reporter.note(f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
                       f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
                       f"{sampler.efficiency():.1%}; lr {lr:.2e}; {kernel} attention; "
                       f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}"
                       + (f"; resuming at step {start}" if start else ""))
 
-    def run_eval(tag: str) -> None:
+    def run_eval(tag: str, step: int) -> None:
         if eval_sampler is not None:
-            metrics[tag] = evaluate(engine, eval_data, eval_sampler, comm, device, pad_id)
-            metrics["eval_loss"] = metrics[tag]
+            result = evaluate(engine, eval_data, eval_sampler, comm, device, make_eval_batch)
+            metrics[tag] = metrics["eval_loss"] = result["loss"]
+            when = tag.removeprefix("eval_loss_")
+            accuracy = result.get("rewards/accuracies")
+            if accuracy is not None:  # held-out preference accuracy (DPO: implicit rewards; RM: its scores)
+                metrics[f"eval_accuracy_{when}"] = metrics["eval_accuracy"] = accuracy
+                metrics["eval_margin"] = result["rewards/margins"]
             if reporter:
-                reporter.note(f"eval loss ({tag.removeprefix('eval_loss_')}): {metrics[tag]:.4f}")
+                extra_eval = {k: v for k, v in result.items() if k != "loss" and isinstance(v, (int, float))}
+                reporter.eval(step, metrics[tag], tag, **extra_eval)
 
     saved = start  # the step of the newest resumable state (the one resumed from counts)
 
@@ -294,7 +345,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
             save_state(step)
 
     if start == 0:
-        run_eval("eval_loss_initial")
+        run_eval("eval_loss_initial", 0)
     engine.train()
     status, done = "completed", start
     last_state_time = time.monotonic()
@@ -304,7 +355,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
             # Randomness (LoRA dropout) is a function of (seed, step, rank): a resumed run draws
             # exactly what the uninterrupted run would have.
             torch.manual_seed(hash((cfg.seed, step, comm.rank)) % 2**63)
-            batches = [pack(data, rows, pad_id) for rows in sampler.batches(step, comm.rank)]
+            batches = [make_batch(data, rows) for rows in sampler.batches(step, comm.rank)]
             # One all-reduce carries the step's loss weight and two decisions every rank must take
             # together: stop here (a rank got SIGTERM/SIGINT), and save state after this step (rank
             # 0's clock says --state-minutes have passed).
@@ -332,6 +383,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
                 lr_now = scheduler.get_last_lr()[0]
                 engine.step()
             done = step + 1
+            extra = {k: v / weight for k, v in step_metrics(engine, comm).items()} if weight > 0 else {}
             if reporter:
                 rank_tokens = sampler.step_tokens(step)
                 tokens = int(rank_tokens.sum())
@@ -341,9 +393,9 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
                                "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
                                "capacity": capacity * comm.world * cfg.micro_steps,
                                "packing_efficiency": sampler.step_efficiency(step),
-                               "rank_tokens": rank_tokens.tolist(), "weight": weight})
+                               "rank_tokens": rank_tokens.tolist(), "weight": weight, **extra})
             if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                run_eval(f"eval_loss_step_{done}")
+                run_eval(f"eval_loss_step_{done}", done)
             if done == total:
                 break
             if cfg.stop_after and done - start >= cfg.stop_after:
@@ -357,7 +409,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
             if saved == done:
                 last_state_time = time.monotonic()
         if status == "completed":
-            run_eval("eval_loss_final")
+            run_eval("eval_loss_final", total)
             save(total, final=True)
     finally:
         stop.restore()
@@ -373,6 +425,28 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
         shutil.rmtree(out / ckpt.STATE_DIR, ignore_errors=True)  # nothing left to resume
     engine.destroy()
     return result
+
+
+def batch_makers(engine: Any, cfg: TrainConfig, data: TokenizedData, eval_data: TokenizedData | None, out: Path,
+                 capacity: int, comm: Comm, device: torch.device, pad_id: int, resuming: bool) -> tuple[Any, Any]:
+    """How rows become micro-batches, for training and eval data. DPO's batches carry the
+    reference log-probs, computed here before the first step (or read back on a resume)."""
+    if cfg.method not in PREFERENCE_METHODS:
+        return (lambda d, rows: pack(d, rows, pad_id)), (lambda d, rows: pack(d, rows, pad_id))
+    from openchat_cli.train import reference
+    from openchat_cli.train.preference import pack_pairs
+
+    refs: dict[int, Any] = {}
+    if cfg.method == "dpo":
+        for name, part in (("train", data), ("eval", eval_data)):
+            if part is not None:
+                refs[id(part)] = reference.load_or_compute(engine, part, out, name, capacity, comm, device, pad_id,
+                                                           resuming)
+
+    def make(d: TokenizedData, rows: Any) -> Any:
+        return pack_pairs(d, rows, pad_id, ref_logps=refs.get(id(d)))
+
+    return make, make
 
 
 def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, name: str, step: int,
@@ -393,7 +467,7 @@ def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, nam
         from openchat_cli.checkpoint import attach_template
 
         attach_template(tokenizer, spec["template"])
-    meta = {"template": spec["template"], "run_id": spec.get("run_id"), "dataset_id": spec.get("dataset_id"),
+    meta = {"template": spec["template"], "method": cfg.method, "run_id": spec.get("run_id"), "dataset_id": spec.get("dataset_id"),
             "tokenizer_hash": spec["tokenizer_hash"], "base_model": spec["model_path"],
             "base_checkpoint_id": spec.get("base_checkpoint_id"), "step": step}
     if cfg.lora:
@@ -406,9 +480,11 @@ def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, nam
         if old:  # a resumed run redoing a step it had saved before being killed
             catalog.remove(old["id"])
         ck = catalog.add_checkpoint(
-            path=path, kind="trained", template=spec["template"], base_model=spec["model_path"],
-            run_id=spec.get("run_id"), dataset_id=spec.get("dataset_id"), step=step,
-            metrics={"loss": point.get("loss"), "eval_loss": metrics.get("eval_loss"), "lora": cfg.lora},
+            path=path, kind="reward-model" if cfg.method == "rm" else "trained", template=spec["template"],
+            base_model=spec["model_path"], run_id=spec.get("run_id"), dataset_id=spec.get("dataset_id"), step=step,
+            metrics={"loss": point.get("loss"), "eval_loss": metrics.get("eval_loss"), "lora": cfg.lora,
+                     "method": cfg.method, **({"eval_accuracy": metrics["eval_accuracy"]}
+                                              if "eval_accuracy" in metrics else {})},
             parent_id=spec.get("base_checkpoint_id"))
     finally:
         catalog.close()

@@ -1,23 +1,76 @@
-"""Rank 0's view of a run: the progress bar, the loss curve and the catalog row."""
+"""Rank 0's account of a run: the loss curve, the catalog row, and the event stream the
+`openchat train` process turns into the live view and tracker logs (train/watch.py).
+
+Rank 0 never draws anything itself: it appends one JSON event per line to OUT/events.jsonl and
+the command that launched the ranks follows that file. A file, not a pipe, so a slow terminal
+or tracker never stalls training, and it works the same through the deepspeed launcher.
+
+Events: `start` (total, start, epochs), `step` (every optimizer step: every numeric scalar the
+training method reported), `point` (a point of the stored curve, every --log-every steps),
+`eval` (a held-out loss), `note` (a line of text), `end`.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from openchat_cli.console import err_console, progress
 from openchat_cli.train import checkpoint as ckpt
 
 CATALOG_EVERY_S = 30.0
+EVENTS_FILE = "events.jsonl"
+# Per-step inputs of the throughput figures: folded into tokens_per_s / packing_efficiency in a
+# curve point instead of being averaged themselves.
+RAW_KEYS = frozenset({"tokens", "seconds", "capacity", "weight"})
+# Keys of a curve point that are not averaged over the window.
+LAST_KEYS = ("step", "epoch", "lr")
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric scalars of a record (lists, strings and bools are not metrics)."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        out[key] = value
+    return out
+
+
+def summarize(window: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One curve point from the steps since the last: step/epoch/lr of the last step, throughput
+    from summed tokens and seconds, and the mean of every other numeric key (loss, and any
+    method's extras such as rewards/margins or kl) over the steps that reported it."""
+    w = [scalars(r) for r in window]
+    point: dict[str, Any] = {k: w[-1][k] for k in LAST_KEYS if k in w[-1]}
+    tokens = [r["tokens"] for r in w if "tokens" in r]
+    seconds = sum(r.get("seconds", 0.0) for r in w)
+    capacity = sum(r.get("capacity", 0) for r in w)
+    if tokens and seconds > 0:
+        point["tokens_per_s"] = sum(tokens) / seconds
+    if tokens and capacity > 0:
+        point["packing_efficiency"] = sum(tokens) / capacity
+    keys = dict.fromkeys(k for r in w for k in r)  # first-seen order
+    for key in keys:
+        if key in point or key in RAW_KEYS or key in LAST_KEYS:
+            continue
+        values = [r[key] for r in w if key in r]
+        point[key] = sum(values) / len(values)
+    return point
 
 
 class Reporter:
     """Collects per-step numbers; every `log_every` steps adds one averaged point to the loss
-    curve, which goes to the catalog at most every 30 s (and at checkpoints and the end)."""
+    curve, which goes to the catalog at most every 30 s (and at checkpoints and the end).
+    Everything it hears also goes to OUT/events.jsonl for the live view and the trackers."""
 
     def __init__(self, out: Path, run_id: str | None, total: int, start: int, log_every: int,
-                 curve: list[dict[str, Any]] | None = None):
+                 curve: list[dict[str, Any]] | None = None, epochs: int | None = None):
         self.out = Path(out)
         self.run_id = run_id
         self.total = total
@@ -25,17 +78,18 @@ class Reporter:
         self.curve: list[dict[str, Any]] = list(curve or [])
         self.window: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
-        self.bar = progress()
-        self.task = self.bar.add_task("train", total=total, completed=start, info="")
-        self.bar.start()
+        self.events = open(self.out / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
+        self.emit("start", total=total, start=start, epochs=epochs, log_every=log_every, run_id=run_id)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Append one event; flushed at once so the launching process sees it within its poll."""
+        self.events.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        self.events.flush()
 
     def step(self, record: dict[str, Any]) -> None:
         ckpt.append_step(self.out, record)
         self.window.append(record)
-        info = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                f"{record['tokens_per_s']:,.0f} tok/s  pack {record['packing_efficiency']:.0%}"
-                + (f"  reward {record['reward']:.3f}  kl {record['kl']:.4f}" if "reward" in record else ""))
-        self.bar.update(self.task, completed=record["step"], info=info)
+        self.emit("step", **scalars(record))
         # Points at multiples of log_every, so a resumed run's curve has the same x values.
         if record["step"] % self.log_every == 0 or record["step"] == self.total:
             self._close_window()
@@ -43,32 +97,20 @@ class Reporter:
     def _close_window(self) -> None:
         if not self.window:
             return
-        w = self.window
-        point = {
-            "step": w[-1]["step"], "epoch": w[-1]["epoch"],
-            "loss": sum(r["loss"] for r in w) / len(w), "lr": w[-1]["lr"],
-            "tokens_per_s": sum(r["tokens"] for r in w) / max(1e-9, sum(r["seconds"] for r in w)),
-            "packing_efficiency": sum(r["tokens"] for r in w) / sum(r["capacity"] for r in w),
-        }
-        # Other numbers a method reports (GRPO's reward, kl, …): averaged over the window too.
-        for key, value in w[-1].items():
-            if key not in point and key not in ("tokens", "seconds", "capacity", "weight") and \
-                    isinstance(value, (int, float)) and not isinstance(value, bool):
-                values = [r[key] for r in w if isinstance(r.get(key), (int, float))]
-                point[key] = sum(values) / len(values)
+        point = summarize(self.window)
         self.curve.append(point)
         self.window = []
-        if self.bar.disable:  # no live bar (not a terminal): one plain line per point instead
-            err_console.print(f"step {point['step']}/{self.total}  loss {point['loss']:.4f}  "
-                              f"lr {point['lr']:.2e}  {point['tokens_per_s']:,.0f} tok/s  "
-                              f"packing {point['packing_efficiency']:.1%}"
-                              + (f"  reward {point['reward']:.3f}  kl {point['kl']:.4f}" if "reward" in point else ""),
-                              highlight=False)
+        self.emit("point", **point)
         if time.monotonic() - self.last_flush > CATALOG_EVERY_S:
             self.flush()
 
+    def eval(self, step: int, loss: float, tag: str, **metrics: float) -> None:
+        """A held-out loss at `step` (0: before training); `tag` says which (initial, step_N, final).
+        `metrics`: a method's other held-out figures (e.g. rewards/accuracies), logged as eval/NAME."""
+        self.emit("eval", step=step, eval_loss=loss, tag=tag, **scalars(metrics))
+
     def note(self, text: str) -> None:
-        self.bar.console.print(text, highlight=False)
+        self.emit("note", text=text)
 
     def flush(self) -> None:
         """Write the loss curve so far to the run's catalog row."""
@@ -84,4 +126,6 @@ class Reporter:
 
     def close(self) -> None:
         self._close_window()
-        self.bar.stop()
+        if not self.events.closed:
+            self.emit("end")
+            self.events.close()

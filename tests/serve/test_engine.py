@@ -42,12 +42,13 @@ def test_greedy_batched_equals_alone(tiny_engine):
 
 
 def test_seeded_sampling_is_reproducible_in_any_batch(tiny_engine):
-    seeded = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=1234, ignore_eos=True)
+    seeded = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, min_p=0.01, repetition_penalty=1.2,
+                            seed=1234, ignore_eos=True)
     others = [
-        SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True),
-        SamplingParams(max_tokens=20, temperature=1.5, top_k=5, ignore_eos=True),
+        SamplingParams(max_tokens=8, temperature=0.0, logit_bias=((7, 3.0),), ignore_eos=True),
+        SamplingParams(max_tokens=20, temperature=1.5, top_k=5, min_p=0.1, ignore_eos=True),
         SamplingParams(max_tokens=10, temperature=0.7, presence_penalty=1.0, frequency_penalty=0.5,
-                       seed=7, ignore_eos=True),
+                       repetition_penalty=0.8, seed=7, ignore_eos=True),
     ]
 
     async def alone():
@@ -218,3 +219,32 @@ def test_prompt_scoring_splits_batches_to_bound_logits_memory(tiny_engine, monke
         assert len(a.prompt_logprobs) == len(b.prompt_logprobs)
         assert all(x is None and y is None or abs(x.logprob - y.logprob) <= 1e-4
                    for x, y in zip(a.prompt_logprobs, b.prompt_logprobs))
+
+
+def test_ragged_prompts_prefill_packed_like_one_at_a_time(tiny_engine):
+    """Packed prefill computes exactly the prompts' tokens (no padding), and each row's next-token
+    logits and KV cache equal a lone prefill of that prompt."""
+    import torch
+
+    from openchat_cli.serve.engines.transformers_engine import _Seq
+
+    assert tiny_engine.packable
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+
+    def seqs(prompts):
+        return [_Seq(request_id=f"p{i}", prompt=p, params=params, queue=None) for i, p in enumerate(prompts)]
+
+    with torch.inference_mode():
+        before = tiny_engine.prefill_tokens
+        logits, cache, mask, _ = tiny_engine._prefill(seqs(PROMPTS))
+        assert tiny_engine.prefill_tokens - before == sum(len(p) for p in PROMPTS)
+        width = max(len(p) for p in PROMPTS)
+        assert mask.shape == (len(PROMPTS), width)
+        for i, prompt in enumerate(PROMPTS):
+            alone_logits, alone_cache, _, _ = tiny_engine._prefill(seqs([prompt]))
+            assert torch.allclose(logits[i], alone_logits[0], atol=1e-4)
+            assert mask[i].tolist() == [0] * (width - len(prompt)) + [1] * len(prompt)
+            for packed_layer, alone_layer in zip(cache.layers, alone_cache.layers):
+                assert torch.allclose(packed_layer.keys[i, :, width - len(prompt):], alone_layer.keys[0], atol=1e-5)
+                assert torch.allclose(packed_layer.values[i, :, width - len(prompt):], alone_layer.values[0],
+                                      atol=1e-5)

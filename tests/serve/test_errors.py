@@ -58,10 +58,25 @@ BAD_CHAT = [
     ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
     ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", None),
     ({"stream": True, "stream_options": {"bogus": 1}}, "stream_options.bogus", "unrecognized_argument"),
-    ({"logprobs": True}, "logprobs", "unsupported_value"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported_value"),
-    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_value"),
-    ({"logit_bias": {"5": 10}}, "logit_bias", "unsupported_value"),
+    ({"logprobs": "yes"}, "logprobs", "invalid_type"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
+    ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),  # without logprobs: true
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice", "unsupported_value"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}, "tool_choice",
+     "unsupported_value"),
+    ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_value"),
+    ({"web_search_options": {}}, "web_search_options", "unsupported_value"),
+    ({"verbosity": "loud"}, "verbosity", None),
+    ({"response_format": {"type": "xml"}}, "response_format", "unsupported_value"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "invalid_value"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+     "response_format.json_schema.schema", "invalid_value"),
+    ({"logit_bias": {"5": 101}}, "logit_bias.5", "invalid_value"),
+    ({"logit_bias": {"five": 1}}, "logit_bias", None),
+    ({"logit_bias": {"99999999": 1}}, "logit_bias", "invalid_value"),  # past the vocabulary
+    ({"min_p": 1.5}, "min_p", "invalid_value"),
+    ({"repetition_penalty": 0}, "repetition_penalty", "invalid_value"),
     ({"condition": 7}, "condition", "invalid_type"),
     ({"unknown_field": 1}, "unknown_field", "unrecognized_argument"),
     ({"model": 12}, "model", "invalid_type"),
@@ -73,8 +88,6 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", None),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content", "unsupported_value"),
-    ({"messages": [*USER, {"role": "user", "content": "x", "extra": 1}]}, "messages[1].extra",
-     "unrecognized_argument"),
 ]
 
 

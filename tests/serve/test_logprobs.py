@@ -174,12 +174,6 @@ def test_no_bos_when_asked(client, tiny_server, tiny_tokenizer):
     assert all(v is None or math.isfinite(v) for v in r.choices[0].logprobs.token_logprobs)
 
 
-def test_chat_logprobs_still_refused(tiny_server):
-    resp = httpx.post(tiny_server.base_url + "/chat/completions", timeout=30, json={
-        "model": tiny_server.model, "messages": [{"role": "user", "content": "Hi"}], "logprobs": True})
-    assert resp.status_code == 400 and resp.json()["error"]["param"] == "logprobs"
-
-
 def test_echo_without_logprobs_and_max_tokens_zero(client, tiny_server):
     r = client.completions.create(model=tiny_server.model, prompt=PROMPTS, max_tokens=0, echo=True)
     assert [c.text for c in sorted(r.choices, key=lambda c: c.index)] == PROMPTS

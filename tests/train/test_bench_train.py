@@ -29,3 +29,17 @@ def test_bench_train_json_holds_the_three_paths_and_their_ratios():
     assert eff["dropped_tokens"] == 0
     assert all(full >= whole for full, whole in zip(eff["per_epoch_full_steps"], eff["per_epoch"]))
     assert result["data"]["max"] <= 2048 and result["lengths"] == "sharegpt"
+
+
+@pytest.mark.slow
+def test_bench_train_dpo_json_compares_packed_and_padded_pairs():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--dpo", "--json", "--no-memory",
+         "--pairs", "60", "--capacity", "2048", "--seconds", "2"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    pairs = result["pairs_per_s"]
+    assert set(pairs) == {"packed", "padded"} and all(v > 0 for v in pairs.values())
+    assert result["ratio_pairs_per_s_packed_vs_padded"] == pytest.approx(pairs["packed"] / pairs["padded"])
+    assert all(v > 0 for v in result["useful_tokens_per_s"].values())

@@ -53,7 +53,7 @@ def test_refuses_bad_model_and_out(cli, tiny_model_dir, color_data, tmp_path):
     err = cli("train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", tmp_path / "a-file", expect=2).stderr
     assert "cannot use" in err and "a-file" in err
     assert "nothing to resume" in cli("train", "--out", tmp_path / "empty", "--resume", expect=2).stderr
-    assert "only --out, --stop-after and --state-minutes" in cli("train", "--out", busy, "--resume", "--lr", "1", expect=2).stderr
+    assert "only --out, --stop-after, --state-minutes and --report-to" in cli("train", "--out", busy, "--resume", "--lr", "1", expect=2).stderr
     assert "missing --model" in cli("train", "--data", color_data["train"], "--out", tmp_path / "o", expect=2).stderr
 
 
@@ -88,9 +88,11 @@ def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_t
     config.write_text(f"model: {tiny_model_dir}\ndata: {ds}\neval-data: {color_data['eval']}\n"
                       "epochs: 2\ntokens_per_step: 512\nlr: 3e-3\nsave-every: 100\nlog-every: 20\n")
     out = tmp_path / "run"
-    cli("train", "--config", config, "--out", out, "--seed", "3")
-    rank_output = " ".join("".join(capfd.readouterr()).split())  # the rank's console, unwrapped
-    assert "per-document sdpa attention" in rank_output  # the packed kernel on CPU
+    result = cli("train", "--config", config, "--out", out, "--seed", "3")
+    shown = " ".join((result.stderr + "".join(capfd.readouterr())).split())  # what the command showed, unwrapped
+    assert "per-document sdpa attention" in shown  # the packed kernel on CPU (rank 0's note)
+    assert "eval loss (initial):" in shown and "eval loss (final):" in shown
+    assert "step 20/" in shown and "packing" in shown and "ETA" in shown  # plain lines: not a terminal
 
     run_id = json.loads((out / "run.json").read_text())["run_id"]
     run = catalog.get(run_id)

@@ -42,9 +42,13 @@ class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = disabled
+    min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability (0 = off)
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM's: prompt and output tokens; >1 discourages repeats
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    guide: Any = None  # constrained decoding (engines.guided.JsonGuide): what the reply must match
     stop_token_ids: tuple[int, ...] = ()  # end-of-turn / eos ids (finish_reason "stop")
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
     logprobs: int | None = None  # top alternatives per generated token (0 = the token's own only)
@@ -56,7 +60,7 @@ class SamplingParams:
 
     @property
     def penalized(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty)
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
 
 @dataclass(frozen=True)

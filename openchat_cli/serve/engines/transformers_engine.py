@@ -7,15 +7,17 @@ reproduced when other requests run beside them, and presence/frequency penalties
 per-request. The API needs all three, so this module runs a small continuous-batching loop:
 
 - one scheduler thread owns the model. Each step it drops cancelled sequences, admits waiting
-  ones (their prompts are prefilled together, left-padded, then their KV cache is merged into
-  the running batch's `DynamicCache`), and runs ONE batched forward for every running sequence;
-- rows are left-padded: the 2-D attention mask hides the padding, `position_ids` are each row's
-  own length, so a row computes exactly what it would compute alone (up to float rounding);
+  ones (their prompts are prefilled together, packed without padding (prefill.py), then their
+  KV cache is merged into the running batch's `DynamicCache`), and runs ONE batched forward for
+  every running sequence;
+- decode rows are left-padded: the 2-D attention mask hides the padding, `position_ids` are each
+  row's own length, so a row computes exactly what it would compute alone (up to float rounding);
 - finished or cancelled rows leave the batch at the next step (their cache rows are dropped
   and all-padding columns on the left are trimmed);
-- sampling is per row: temperature (0 = greedy), top_k, top_p, presence/frequency penalties,
-  and a per-sequence `torch.Generator` seeded from the request's `seed`, so a seeded request
-  gives the same tokens whether it runs alone or batched with others;
+- sampling is batched across the rows (sampling.py): temperature (0 = greedy), top-k/p, min-p,
+  penalties, logit_bias and `response_format` masks (guided.py) as tensors, and one uniform draw
+  per row from a per-sequence `torch.Generator` seeded from the request's `seed`, so a seeded
+  request gives the same tokens whether it runs alone or batched with others;
 - log-probabilities (`echo` + `logprobs`): prompts that want them are prefilled keeping every
   position's logits; prompts that only want scoring (`max_tokens` 0, what log-likelihood evals
   send) are scored together in one forward without a KV cache and never join the batch.
@@ -26,8 +28,8 @@ Generated tokens go back to the asyncio side with one `call_soon_threadsafe` per
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-import secrets
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from openchat_cli.model.context import context_length
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -44,6 +47,9 @@ from openchat_cli.serve.engines.base import (
     TokenEvent,
     TokenLogprob,
 )
+from openchat_cli.serve.engines.guided import GuideFactory
+from openchat_cli.serve.engines.prefill import PACKABLE_ATTENTION, pack, unpack_cache
+from openchat_cli.serve.engines.sampling import RowState, new_row_state, sample
 
 log = logging.getLogger("openchat.serve.engine")
 SWITCH_INTERVAL_S = 0.001
@@ -61,8 +67,7 @@ class _Seq:
     generated: list[int] = field(default_factory=list)
     length: int = 0  # real (non-padding) tokens held in the KV cache for this row
     next_token: int | None = None  # sampled, not yet fed to the model
-    generator: Any = None
-    counts: Any = None  # token counts of the generated text, for the penalties
+    sampling: RowState | None = None  # seed's generator, penalty counts, guide (see sampling.py)
     cancelled: bool = False
     done: bool = False
     queued_at: float = field(default_factory=time.monotonic)
@@ -102,7 +107,7 @@ class TransformersEngine(Engine):
             raise EngineError(f"cannot load the model in {model_dir}: {exc}") from None
         config = self.model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        positions = getattr(text_config, "max_position_embeddings", None) or 2048
+        positions = context_length(model_dir) or getattr(text_config, "max_position_embeddings", None) or 2048
         self.context_length = int(min(max_model_len, positions) if max_model_len else positions)
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_prefill_tokens = max(1, int(max_prefill_tokens))
@@ -113,6 +118,13 @@ class TransformersEngine(Engine):
         self.vocab_size = int(embeddings.num_embeddings) if embeddings is not None else None
         self._batchable = True
         self._full_cache = False
+        self._attention = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        # transformers 5.2x renamed the forward's `past_key_values` to `cache` (the old name
+        # goes in 5.40); models that still take the old name (remote code) get it.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_args else "past_key_values"
+        self._guides = GuideFactory(tokenizer, self.vocab_size or self.vocab_limit)
+        self.prefill_tokens = 0  # tokens the prefill forwards computed (padding included)
         self._cond = threading.Condition()
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
@@ -136,10 +148,10 @@ class TransformersEngine(Engine):
             for _attempt in range(2):
                 cache = self._new_cache()
                 ids = torch.tensor([[self.tokenizer.eos_token_id or 0] * 4], device=self.device)
-                self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
                 if self._check_batchable(cache):
                     break
-            self.model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True,
+            self.model(input_ids=ids[:, :1], **{self._cache_kw: cache}, use_cache=True,
                        position_ids=torch.tensor([[4]], device=self.device))
 
     async def start(self) -> None:
@@ -248,12 +260,18 @@ class TransformersEngine(Engine):
         self._running, self._cache, self._mask = [], None, None
         self._deliver([(s, TokenEvent([], "error", "server shutting down")) for s in leftovers])
 
+    @property
+    def packable(self) -> bool:
+        """Whether ragged prompts can be prefilled packed, without padding (see prefill.py)."""
+        return self._batchable and not self._full_cache and self._attention in PACKABLE_ATTENTION
+
     def _admit(self) -> list[_Seq]:
         """Waiting sequences that join the batch this step (called with the lock held). Their
-        prompts are prefilled together, padded to the longest: the padded size is bounded by
-        `max_prefill_tokens` (a longer prompt still goes, alone)."""
+        prompts are prefilled together: packed, their real tokens are bounded by
+        `max_prefill_tokens`; padded (models that cannot pack), their padded size is (a longer
+        prompt still goes, alone)."""
         admitted: list[_Seq] = []
-        width = 0
+        width = total = 0
         limit = self.max_batch_size if self._batchable else 1
         while self._waiting and len(self._running) + len(admitted) < limit:
             seq = self._waiting[0]
@@ -261,11 +279,12 @@ class TransformersEngine(Engine):
                 self._waiting.popleft()
                 continue
             new_width = max(width, len(seq.prompt))
-            if admitted and new_width * (len(admitted) + 1) > self.max_prefill_tokens:
+            cost = total + len(seq.prompt) if self.packable else new_width * (len(admitted) + 1)
+            if admitted and cost > self.max_prefill_tokens:
                 break
             self._waiting.popleft()
             admitted.append(seq)
-            width = new_width
+            width, total = new_width, total + len(seq.prompt)
         return admitted
 
     def _step(self, admitted: list[_Seq]) -> None:
@@ -311,7 +330,7 @@ class TransformersEngine(Engine):
             ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
             self._mask = torch.cat([self._mask, ones], dim=1)
             logits = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                                past_key_values=self._cache, use_cache=True).logits[:, -1, :]
+                                **{self._cache_kw: self._cache}, use_cache=True).logits[:, -1, :]
             for s in rows:
                 s.length += 1
             tokens, logprobs = self._sample(logits, rows)
@@ -326,8 +345,6 @@ class TransformersEngine(Engine):
         """Record a sampled token; decide whether the sequence is finished."""
         seq.generated.append(token)
         self.generated_tokens += 1
-        if seq.counts is not None:
-            seq.counts[token] += 1
         params = seq.params
         reason = None
         if token in params.stop_token_ids and not params.ignore_eos:
@@ -338,6 +355,8 @@ class TransformersEngine(Engine):
             seq.done = True
         else:
             seq.next_token = token
+            if seq.sampling is not None:
+                seq.sampling.record(token)
         return TokenEvent([token], reason, logprobs=None if logprob is None else [logprob])
 
     def _deliver(self, items: list[tuple[_Seq, TokenEvent]]) -> None:
@@ -395,14 +414,18 @@ class TransformersEngine(Engine):
         return ids, mask, kwargs
 
     def _prefill(self, seqs: list[_Seq]):
-        """One forward over the new prompts, left-padded to the longest; returns the logits of
-        each prompt's last token, the cache, the 2-D attention mask, and each prompt's token
-        logprobs (None for rows that did not ask). Every position's logits are kept only when
-        some row asked for prompt logprobs."""
+        """One forward over the new prompts (packed when the model allows, else left-padded to
+        the longest); returns the logits of each prompt's last token, the cache (one
+        left-padded row per prompt), the 2-D attention mask, and each prompt's token logprobs
+        (None for rows that did not ask). Every position's logits are kept only when some row
+        asked for prompt logprobs."""
+        if len(seqs) > 1 and self.packable:
+            return self._prefill_packed(seqs)
         ids, mask, kwargs = self._padded(seqs)
+        self.prefill_tokens += ids.numel()
         cache = self._new_cache()
         wanted = any(s.params.prompt_logprobs is not None for s in seqs)
-        logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+        logits = self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True,
                             logits_to_keep=0 if wanted else 1, **kwargs).logits
         prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
         if wanted:
@@ -412,6 +435,28 @@ class TransformersEngine(Engine):
                         logits[i, logits.shape[1] - len(seq.prompt):], seq.prompt,
                         seq.params.prompt_logprobs)
         return logits[:, -1, :], cache, mask, prompt_logprobs
+
+    def _prefill_packed(self, seqs: list[_Seq]):
+        """`_prefill` without padding: the prompts concatenated, each with its own positions
+        and a block-diagonal causal mask; the cache is cut into rows afterwards."""
+        batch = pack([s.prompt for s in seqs], self.device, self._attention, self.model.dtype)
+        self.prefill_tokens += batch.input_ids.shape[1]
+        for seq in seqs:
+            seq.length = len(seq.prompt)
+        cache = self._new_cache()
+        wanted = any(s.params.prompt_logprobs is not None for s in seqs)
+        logits = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                            attention_mask=batch.attention_mask, **{self._cache_kw: cache}, use_cache=True,
+                            logits_to_keep=0 if wanted else batch.last_positions).logits[0]
+        mask = unpack_cache(cache, batch)
+        prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
+        if wanted:
+            for i, (seq, start) in enumerate(zip(seqs, batch.starts)):
+                if seq.params.prompt_logprobs is not None:
+                    prompt_logprobs[i] = self._prompt_logprobs(
+                        logits[start:start + len(seq.prompt)], seq.prompt, seq.params.prompt_logprobs)
+            logits = logits[batch.last_positions]
+        return logits, cache, mask, prompt_logprobs
 
     def _score(self, seqs: list[_Seq]) -> list[tuple[_Seq, TokenEvent]]:
         """Prompt logprobs for sequences that generate nothing: one forward, no KV cache (none
@@ -529,63 +574,20 @@ class TransformersEngine(Engine):
 
     # -- sampling ------------------------------------------------------------------------------
     def _init_sampling(self, seq: _Seq) -> None:
-        import torch
-
-        seed = seq.params.seed if seq.params.seed is not None else secrets.randbits(63)
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed) % (2**63))
-        seq.generator = gen
-        if seq.params.penalized:
-            vocab = self.model.get_output_embeddings().weight.shape[0] if \
-                self.model.get_output_embeddings() is not None else self.vocab_limit
-            seq.counts = torch.zeros(vocab, dtype=torch.float32, device=self.device)
+        vocab = self.vocab_size or self.vocab_limit
+        guide = None
+        if seq.params.guide is not None:
+            guide = self._guides.start(seq.params.guide, seq.params.stop_token_ids)
+        seq.sampling = new_row_state(seq.params, seq.prompt, vocab, self.device, guide)
 
     def _sample(self, logits, seqs: list[_Seq]) -> tuple[list[int], list[TokenLogprob | None]]:
         """The next token of every row, and its logprob for rows that asked for logprobs."""
         work = logits.float()
         wanted = any(s.params.logprobs is not None for s in seqs)
-        if wanted and work is logits:  # sampling edits its logits in place
-            work = work.clone()
-        tokens = self._pick(work, seqs)
+        if work is logits:  # sampling edits its logits in place
+            work = work.clone() if wanted else work
+        tokens = sample(work, [s.sampling for s in seqs], self.vocab_limit)
         return tokens, self._token_logprobs(logits, seqs, tokens)
-
-    def _pick(self, logits, seqs: list[_Seq]) -> list[int]:
-        import torch
-
-        if self.vocab_limit < logits.shape[-1]:
-            logits[:, self.vocab_limit:] = float("-inf")
-        for i, s in enumerate(seqs):
-            if s.counts is not None:
-                c = s.counts[: logits.shape[-1]]
-                logits[i] -= s.params.frequency_penalty * c + s.params.presence_penalty * (c > 0).float()
-        tokens: list[int] = [0] * len(seqs)
-        greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
-        if greedy:
-            for i, tok in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
-                tokens[i] = tok
-        rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
-        if not rows:
-            return tokens
-        sub = logits[rows]
-        temps = torch.tensor([seqs[i].params.temperature for i in rows], device=sub.device)
-        sub = sub / temps.unsqueeze(-1)
-        for j, i in enumerate(rows):
-            k = seqs[i].params.top_k
-            if 0 < k < sub.shape[-1]:
-                kth = torch.topk(sub[j], k).values[-1]
-                sub[j] = sub[j].masked_fill(sub[j] < kth, float("-inf"))
-        probs = torch.softmax(sub, dim=-1)
-        top_p = torch.tensor([seqs[i].params.top_p for i in rows], device=sub.device)
-        if bool((top_p < 1.0).any()):
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            cumulative = sorted_probs.cumsum(dim=-1)
-            drop = (cumulative - sorted_probs) > top_p.unsqueeze(-1)
-            drop &= (top_p < 1.0).unsqueeze(-1)
-            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        for j, i in enumerate(rows):
-            tokens[i] = int(torch.multinomial(probs[j], 1, generator=seqs[i].generator))
-        return tokens
 
 
 def _put_all(items: list[tuple[_Seq, TokenEvent]]) -> None:

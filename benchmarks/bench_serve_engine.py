@@ -1,0 +1,203 @@
+"""The transformers serving engine against an earlier version of itself, in one process, side by side.
+
+Why in-process: on a shared machine the HTTP numbers of two servers drift with the neighbours'
+load; here both engines run the same work alternately in one process, so their ratio holds.
+The earlier engine is read from git (`--baseline REF`, default the commit before the engine-speed
+work) and loaded beside the current one.
+
+Parts, each printed as baseline vs current and their ratio:
+- sampling: one step's next-token choice at 32 rows x the model's vocabulary (temperature 1, and
+  with top-p 0.9);
+- prefill: a wave of 32 ShareGPT-like prompts (tokens computed, and time);
+- engine: tokens/s and TTFT p50 at concurrency 1, 8 and 32 (128-token replies, ragged prompts);
+- dtype: the current engine in float32 and bfloat16.
+
+    python benchmarks/bench_serve_engine.py --size 40m
+    python benchmarks/bench_serve_engine.py --model DIR --levels 1,8 --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_serve import make_model, sharegpt_like_prompts  # noqa: E402
+
+BASELINE_REF = "fa01902"  # main before the engine-speed work (issue 13)
+ENGINE_PATH = "openchat_cli/serve/engines/transformers_engine.py"
+
+
+def baseline_module(ref: str):
+    """The engine module as it was at `ref`, importable beside the current one."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{ENGINE_PATH}"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="baseline-engine-")) / "baseline_transformers_engine.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("baseline_transformers_engine", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def best_of(fn, repeats: int) -> float:
+    """Fastest of `repeats` runs, in seconds (the least disturbed by other processes)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def compare_sampling(old_mod, vocab: int, repeats: int) -> list[dict]:
+    import torch
+
+    from openchat_cli.serve.engines.base import SamplingParams
+    from openchat_cli.serve.engines.sampling import new_row_state, sample
+
+    rows = []
+    logits = torch.randn(32, vocab, generator=torch.Generator().manual_seed(0))
+    for label, params in [("temperature 1", SamplingParams(max_tokens=1, temperature=1.0, seed=1)),
+                          ("top_p 0.9", SamplingParams(max_tokens=1, temperature=1.0, top_p=0.9, seed=1))]:
+        old_seqs = []
+        for i in range(32):
+            seq = old_mod._Seq(request_id=str(i), prompt=[1], params=params, queue=None)
+            seq.generator = torch.Generator().manual_seed(i)
+            old_seqs.append(seq)
+        holder = type("Holder", (), {"vocab_limit": vocab})()
+        states = [new_row_state(params, [1], vocab, "cpu") for _ in range(32)]
+        with torch.inference_mode():
+            old = best_of(lambda: old_mod.TransformersEngine._pick(holder, logits.clone(), old_seqs), repeats)
+            new = best_of(lambda: sample(logits.clone(), states, vocab), repeats)
+        rows.append({"part": f"sampling 32x{vocab} {label}", "baseline_ms": old * 1000, "current_ms": new * 1000,
+                     "speedup": old / new})
+    return rows
+
+
+def compare_prefill(old_engine, new_engine, prompts: list[list[int]], repeats: int) -> list[dict]:
+    import torch
+
+    from openchat_cli.serve.engines.base import SamplingParams
+
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    real = sum(len(p) for p in prompts)
+    padded = len(prompts) * max(len(p) for p in prompts)
+
+    def run(engine, module):
+        seqs = [module._Seq(request_id=str(i), prompt=p, params=params, queue=None) for i, p in enumerate(prompts)]
+        with torch.inference_mode():
+            engine._prefill(seqs)
+
+    old_mod = sys.modules[type(old_engine).__module__]
+    new_mod = sys.modules[type(new_engine).__module__]
+    old = best_of(lambda: run(old_engine, old_mod), repeats)
+    new = best_of(lambda: run(new_engine, new_mod), repeats)
+    return [{"part": f"prefill {len(prompts)} ragged prompts ({real} tokens)", "baseline_tokens": padded,
+             "current_tokens": real, "baseline_ms": old * 1000, "current_ms": new * 1000, "speedup": old / new}]
+
+
+async def engine_level(engine, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
+    from openchat_cli.serve.engines.base import SamplingParams
+
+    await engine.start()
+    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(max(8, concurrency)):
+        queue.put_nowait(i)
+    ttfts, counts = [], []
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            started = time.perf_counter()
+            n = 0
+            async for event in engine.generate(prompts[i % len(prompts)], params, f"b{i}"):
+                if n == 0:
+                    ttfts.append(time.perf_counter() - started)
+                n += len(event.token_ids)
+            counts.append(n)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    await engine.shutdown()
+    return {"tok_s": sum(counts) / wall, "ttft_p50_ms": statistics.median(ttfts) * 1000}
+
+
+def compare_engines(a, b, labels: tuple[str, str], prompts, levels: list[int], max_tokens: int) -> list[dict]:
+    rows = []
+    for c in levels:
+        asyncio.run(engine_level(a, prompts, 1, 4))  # warm both
+        asyncio.run(engine_level(b, prompts, 1, 4))
+        first = asyncio.run(engine_level(a, prompts, c, max_tokens))
+        second = asyncio.run(engine_level(b, prompts, c, max_tokens))
+        rows.append({"part": f"engine c={c} {labels[0]} vs {labels[1]}", f"{labels[0]}_tok_s": first["tok_s"],
+                     f"{labels[1]}_tok_s": second["tok_s"], "speedup": second["tok_s"] / first["tok_s"],
+                     f"{labels[0]}_ttft_p50_ms": first["ttft_p50_ms"],
+                     f"{labels[1]}_ttft_p50_ms": second["ttft_p50_ms"]})
+        print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in rows[-1].items()}),
+              flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--size", default="40m", choices=["tiny", "small", "40m"])
+    parser.add_argument("--baseline", default=BASELINE_REF, help="git ref of the engine to compare with")
+    parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parts", default="sampling,prefill,engine,dtype")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    levels = [int(x) for x in args.levels.split(",")]
+
+    from openchat_cli.checkpoint import load_tokenizer, template_name
+    from openchat_cli.serve.engines.transformers_engine import TransformersEngine
+    from openchat_cli.templates import Conversation, get_template
+
+    model = args.model or make_model(Path(tempfile.mkdtemp(prefix="bench-engine-")) / "model", args.size)
+    tokenizer = load_tokenizer(model)
+    template = get_template(template_name(model))
+    prompts = [template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user",
+                                                                                        "content": text}]}))
+               for text in sharegpt_like_prompts(32)]
+    old_mod = baseline_module(args.baseline)
+    current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
+    baseline = old_mod.TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
+    print(f"model {model}  ·  vocab {current.vocab_size}  ·  baseline {args.baseline}  ·  "
+          f"prompt tokens p50 {statistics.median(len(p) for p in prompts)}, max {max(len(p) for p in prompts)}")
+    rows: list[dict] = []
+    if "sampling" in parts:
+        rows += compare_sampling(old_mod, current.vocab_size, args.repeats)
+    if "prefill" in parts:
+        rows += compare_prefill(baseline, current, prompts, max(2, args.repeats // 2))
+    for row in rows:
+        print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}))
+    if "engine" in parts:
+        rows += compare_engines(baseline, current, ("baseline", "current"), prompts, levels, args.max_tokens)
+    if "dtype" in parts:
+        del baseline
+        bf16 = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype="bfloat16")
+        rows += compare_engines(current, bf16, ("fp32", "bf16"), prompts, levels, args.max_tokens)
+    if args.json:
+        print(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

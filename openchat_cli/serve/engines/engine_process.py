@@ -1,0 +1,179 @@
+"""The engine process: runs one engine and answers the API process over a Unix socket.
+
+Started by `EngineProcessClient` as `python -m openchat_cli.serve.engines.engine_process FD`
+with FD its end of a socket pair; the first message on it is the engine's kind, model folder
+and options. Only token ids cross (see `wire`): the tokenizer is loaded here for the engine's
+own needs (pad/eos ids), but prompts are tokenized and replies detokenized in the API process.
+
+It lives exactly as long as the API process: the socket closing (the API process exited, even
+by SIGKILL) or a "quit" message shuts it down; on Linux the kernel also sends it SIGTERM when
+its parent dies. Ctrl-C in a terminal is the API process's business, not ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+STATS_INTERVAL_S = 0.25
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel for SIGTERM when the parent goes (belt to the socket's braces)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class EngineServer:
+    """Relays generate/abort messages to an engine and its token events back, batched: every
+    event produced in one turn of the loop leaves in one frame."""
+
+    def __init__(self, engine: Any, writer: asyncio.StreamWriter):
+        from openchat_cli.serve.engines import wire
+
+        self.wire = wire
+        self.engine = engine
+        self.writer = writer
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.outbox: list[list[Any]] = []
+        self.last_stats: list[Any] | None = None
+
+    def post(self, key: int, event: Any) -> None:
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append([key, self.wire.event_to_wire(event)])
+
+    def flush(self) -> None:
+        if self.outbox and not self.writer.is_closing():
+            self.last_stats = self.wire.stats_to_wire(self.engine.stats())
+            self.writer.write(self.wire.pack(["events", self.outbox, self.last_stats]))
+        self.outbox = []
+
+    async def run_sequence(self, key: int, prompt_ids: list[int], params: Any) -> None:
+        from openchat_cli.serve.engines.base import TokenEvent
+
+        try:
+            async for event in self.engine.generate(prompt_ids, params, f"seq-{key}"):
+                self.post(key, event)
+        except asyncio.CancelledError:
+            pass  # aborted by the API process: closing the generator took it out of the batch
+        except Exception as exc:  # an engine bug must fail this request, not the process
+            self.post(key, TokenEvent([], "error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.tasks.pop(key, None)
+
+    def handle(self, message: list[Any]) -> bool:
+        """Act on one message; False when the API process asked us to stop."""
+        kind = message[0]
+        if kind == "gen":
+            _, key, prompt_ids, params = message
+            task = asyncio.create_task(self.run_sequence(key, prompt_ids, self.wire.params_from_wire(params)))
+            self.tasks[key] = task
+        elif kind == "abort":
+            task = self.tasks.get(message[1])
+            if task is not None:
+                task.cancel()
+        elif kind == "quit":
+            return False
+        return True
+
+    async def report_stats(self) -> None:
+        """Queue depth for /health and /metrics even while no tokens flow."""
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            stats = self.wire.stats_to_wire(self.engine.stats())
+            if stats != self.last_stats and not self.writer.is_closing():
+                self.last_stats = stats
+                self.writer.write(self.wire.pack(["stats", stats]))
+
+    async def serve(self, reader: asyncio.StreamReader, unpacker: Any) -> None:
+        ticker = asyncio.create_task(self.report_stats())
+        try:
+            running = True
+            while running:
+                for message in unpacker:
+                    if not self.handle(message):
+                        running = False
+                        break
+                if not running:
+                    break
+                data = await reader.read(1 << 16)
+                if not data:  # the API process is gone
+                    break
+                unpacker.feed(data)
+        finally:
+            ticker.cancel()
+            for task in list(self.tasks.values()):
+                task.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+def _read_setup(sock: socket.socket, unpacker: Any) -> list[Any]:
+    while True:
+        for message in unpacker:
+            return message
+        data = sock.recv(1 << 16)
+        if not data:
+            raise SystemExit(0)
+        unpacker.feed(data)
+
+
+async def _main(sock: socket.socket) -> int:
+    from openchat_cli.serve.engines import wire
+    from openchat_cli.serve.engines.factory import build_engine
+
+    unpacker = wire.unpacker()
+    setup = _read_setup(sock, unpacker)
+    _, kind, model_dir, options = setup
+    cores = len(os.sched_getaffinity(0))
+    if kind == "transformers" and not options.get("threads") and cores >= 4:
+        # Leave one core to the API process (HTTP, tokenizing), as vLLM's CPU engine does: torch's
+        # threads otherwise contend with it and a decode step waits for a preempted thread. On
+        # smaller machines one core less costs more than the contention.
+        options = {**options, "threads": cores - 1}
+    try:
+        from openchat_cli.checkpoint import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(model_dir))
+        engine = build_engine(kind, Path(model_dir), tokenizer, options)
+        await engine.start()
+    except Exception as exc:
+        message = getattr(exc, "message", None) or f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}"
+        sock.sendall(wire.pack(["fail", message]))
+        return 2
+    facts = {"context_length": engine.context_length, "vocab_size": engine.vocab_size,
+             "describe": engine.describe(), "pid": os.getpid()}
+    sock.sendall(wire.pack(["ready", facts]))
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
+        await EngineServer(engine, writer).serve(reader, unpacker)
+    finally:
+        await engine.shutdown()
+        writer.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sock = socket.socket(fileno=int(argv[0]))
+    sock.setblocking(True)
+    return asyncio.run(_main(sock))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

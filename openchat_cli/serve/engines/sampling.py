@@ -1,0 +1,155 @@
+"""Next-token sampling for a whole running batch at once.
+
+Why a module of its own: drawing with `torch.multinomial` row by row costs one random number per
+vocabulary entry on CPU (23.7 ms per step at 32 rows x 32k vocab, 41% of a 40M model's decode
+step). Here every setting is a tensor across the batch and each sampled row draws ONE uniform
+number from its own generator, then picks its token by inverse CDF (cumulative sum +
+searchsorted). A request's draws depend only on its own seed and its own logits, so a seeded
+request gives the same reply whatever else shares the batch.
+
+Order of the logit processors (as vLLM applies them): vocabulary limit, constrained-decoding
+mask, logit_bias, repetition penalty (prompt and output tokens; positive logits divided,
+negative multiplied), presence/frequency penalties (output tokens only), then for sampled rows
+temperature, top-k, top-p and min-p. Greedy rows take the argmax after the penalties and masks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from openchat_cli.serve.engines.base import SamplingParams
+
+
+@dataclass(eq=False)
+class RowState:
+    """What one sequence's sampling remembers between steps."""
+
+    params: SamplingParams
+    generator: torch.Generator | None = None  # None for greedy rows: they draw nothing
+    counts: torch.Tensor | None = None  # float32 [vocab]: generated-token counts (presence/frequency)
+    seen: torch.Tensor | None = None  # bool [vocab]: prompt + generated tokens (repetition penalty)
+    bias_ids: torch.Tensor | None = None
+    bias_values: torch.Tensor | None = None
+    guide: Any = None  # a guided.GuideState when the reply is constrained
+
+    def record(self, token: int) -> None:
+        """Remember a token the sequence produced."""
+        if self.counts is not None:
+            self.counts[token] += 1
+        if self.seen is not None:
+            self.seen[token] = True
+        if self.guide is not None:
+            self.guide.consume(token)
+
+
+def new_row_state(params: SamplingParams, prompt: list[int], vocab: int, device: str,
+                  guide_state: Any = None) -> RowState:
+    """The sampling state of a sequence about to be prefilled."""
+    state = RowState(params, guide=guide_state)
+    if not params.greedy:
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        state.generator = torch.Generator(device=device)
+        state.generator.manual_seed(int(seed) % (2**63))
+    if params.presence_penalty or params.frequency_penalty:
+        state.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+    if params.repetition_penalty != 1.0:
+        state.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+        ids = torch.tensor([t for t in prompt if 0 <= t < vocab], dtype=torch.long, device=device)
+        state.seen[ids] = True
+    bias = [(int(t), float(b)) for t, b in params.logit_bias if 0 <= int(t) < vocab]
+    if bias:
+        state.bias_ids = torch.tensor([t for t, _ in bias], dtype=torch.long, device=device)
+        state.bias_values = torch.tensor([b for _, b in bias], dtype=torch.float32, device=device)
+    return state
+
+
+def _rows(states: list[RowState], wanted) -> list[int]:
+    return [i for i, s in enumerate(states) if wanted(s)]
+
+
+def process_logits(logits: torch.Tensor, states: list[RowState], vocab_limit: int) -> torch.Tensor:
+    """Masks, bias and penalties applied in place to float32 logits [rows, vocab]."""
+    vocab = logits.shape[-1]
+    if vocab_limit < vocab:
+        logits[:, vocab_limit:] = float("-inf")
+    guided = _rows(states, lambda s: s.guide is not None)
+    if guided:
+        allowed = torch.stack([states[i].guide.allowed(vocab) for i in guided]).to(logits.device)
+        logits[guided] = logits[guided].masked_fill(~allowed, float("-inf"))
+    for i in _rows(states, lambda s: s.bias_ids is not None):
+        logits[i].index_add_(0, states[i].bias_ids, states[i].bias_values)
+    repeat = _rows(states, lambda s: s.seen is not None)
+    if repeat:
+        seen = torch.stack([states[i].seen for i in repeat])
+        penalty = torch.tensor([states[i].params.repetition_penalty for i in repeat],
+                               device=logits.device).unsqueeze(-1)
+        sub = logits[repeat]
+        scaled = torch.where(sub > 0, sub / penalty, sub * penalty)
+        logits[repeat] = torch.where(seen, scaled, sub)
+    counted = _rows(states, lambda s: s.counts is not None)
+    if counted:
+        counts = torch.stack([states[i].counts for i in counted])
+        frequency = torch.tensor([states[i].params.frequency_penalty for i in counted],
+                                 device=logits.device).unsqueeze(-1)
+        presence = torch.tensor([states[i].params.presence_penalty for i in counted],
+                                device=logits.device).unsqueeze(-1)
+        logits[counted] -= frequency * counts + presence * (counts > 0).float()
+    return logits
+
+
+def truncated_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p over sampled rows: probabilities, zero where cut."""
+    device = logits.device
+    vocab = logits.shape[-1]
+    temps = torch.tensor([p.temperature for p in params], device=device).unsqueeze(-1)
+    logits = logits / temps
+    top_k = [i for i, p in enumerate(params) if 0 < p.top_k < vocab]
+    if top_k:
+        ks = torch.tensor([params[i].top_k for i in top_k], device=device)
+        values = logits[top_k].topk(int(ks.max()), dim=-1).values
+        kth = values.gather(1, (ks - 1).unsqueeze(-1))
+        logits[top_k] = logits[top_k].masked_fill(logits[top_k] < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    top_p = [i for i, p in enumerate(params) if p.top_p < 1.0]
+    if top_p:
+        ps = torch.tensor([params[i].top_p for i in top_p], device=device).unsqueeze(-1)
+        sorted_probs, order = probs[top_p].sort(dim=-1, descending=True)
+        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) > ps
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs[top_p] = torch.zeros_like(sorted_probs).scatter_(-1, order, sorted_probs)
+    min_p = [i for i, p in enumerate(params) if p.min_p > 0.0]
+    if min_p:
+        ms = torch.tensor([params[i].min_p for i in min_p], device=device).unsqueeze(-1)
+        sub = probs[min_p]
+        probs[min_p] = sub.masked_fill(sub < ms * sub.max(dim=-1, keepdim=True).values, 0.0)
+    return probs
+
+
+def inverse_cdf(probs: torch.Tensor, generators: list[torch.Generator]) -> list[int]:
+    """One token per row: the first whose cumulative probability exceeds the row's uniform draw
+    (scaled by the row's total, so probabilities need not sum to one after truncation)."""
+    cdf = probs.cumsum(dim=-1)
+    draws = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])
+    targets = (draws * cdf[:, -1]).unsqueeze(-1)
+    picked = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
+    return picked.clamp_(max=probs.shape[-1] - 1).tolist()
+
+
+def sample(logits: torch.Tensor, states: list[RowState], vocab_limit: int) -> list[int]:
+    """The next token of every row; `logits` (float32) is modified in place."""
+    process_logits(logits, states, vocab_limit)
+    tokens = [0] * len(states)
+    greedy = [i for i, s in enumerate(states) if s.generator is None]
+    if greedy:
+        for i, token in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
+            tokens[i] = token
+    drawn = [i for i, s in enumerate(states) if s.generator is not None]
+    if drawn:
+        probs = truncated_probs(logits[drawn], [states[i].params for i in drawn])
+        for i, token in zip(drawn, inverse_cdf(probs, [states[i].generator for i in drawn])):
+            tokens[i] = token
+    return tokens

@@ -1,0 +1,174 @@
+"""`openchat serve --engine vllm` for real: vLLM's CPU build in its own venv (scripts/setup-vllm.sh),
+the real server called with the real `openai` client, the same checks as the transformers engine.
+
+The venv is $OPENCHAT_VLLM_VENV or .venv-vllm in the repository (CI builds it there; see
+scripts/setup-env.sh). Without it these tests are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from ..conftest import CORPUS, start_server, stop_server
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("OPENCHAT_VLLM_VENV") or ROOT / ".venv-vllm")
+USER = [{"role": "user", "content": "What is 12 plus 7?"}]
+PROMPT = "Question: What is the capital of France?\nAnswer: Paris"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (VENV / ".ready").exists(),
+                       reason=f"no vLLM CPU venv at {VENV} (build it with scripts/setup-vllm.sh, "
+                              f"or point OPENCHAT_VLLM_VENV at one)"),
+]
+
+
+@pytest.fixture(scope="module")
+def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' tiny Llama with head_dim 32: vLLM's CPU attention has no kernel for the
+    usual tiny model's 16 ("Unsupported CPU attention configuration: head_dim=16")."""
+    from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
+    from openchat_cli.model.tiny import ModelSize, random_llama, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-vllm-model")
+    size = ModelSize(vocab_size=512, hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=176,
+                     max_positions=2048)
+    tokenizer = train_tokenizer(CORPUS * 20, size.vocab_size)
+    attach_template(tokenizer, "openchat_3.5")
+    model = random_llama(tokenizer, size, seed=0)
+    eot = tokenizer.convert_tokens_to_ids("<|end_of_turn|>")
+    model.generation_config.eos_token_id = [eot, tokenizer.eos_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_meta(out, template="openchat_3.5", size="tiny", tokenizer_hash=tokenizer_hash(tokenizer))
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is 4
+    server = start_server(vllm_model_dir, tmp_path_factory.mktemp("vllm-server"), "--engine", "vllm",
+                          "--dtype", "float32", "--max-model-len", "512", "--default-max-tokens", "64",
+                          timeout=900, python=str(VENV / "bin" / "python"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def client(vllm_server):
+    return openai.OpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(vllm_model_dir: Path):
+    """The same checkpoint in transformers (fp32): log_softmax after each prefix."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(vllm_model_dir), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
+
+    def run(ids: list[int]):
+        with torch.inference_mode():
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+
+    return tokenizer, run
+
+
+def greedy(client, model, **kw):
+    return client.chat.completions.create(model=model, messages=USER, max_tokens=24, temperature=0,
+                                          extra_body={"ignore_eos": True}, **kw)
+
+
+def test_health_names_vllm(vllm_server):
+    health = httpx.get(vllm_server.url + "/health").json()
+    assert health["engine"] == "vllm" and health["vllm"].startswith("0.")
+    assert health["context_length"] == 512
+
+
+def test_chat_and_streaming_agree(client, vllm_server):
+    full = greedy(client, vllm_server.model)
+    assert full.choices[0].finish_reason == "length"
+    assert full.usage.completion_tokens == 24
+    text = full.choices[0].message.content
+    chunks = list(greedy(client, vllm_server.model, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].usage.completion_tokens == 24
+
+
+def test_stop_strings(client, vllm_server):
+    full = greedy(client, vllm_server.model).choices[0].message.content
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    cut = full[: full.index(stop)]
+    r = greedy(client, vllm_server.model, stop=[stop])
+    assert r.choices[0].message.content == cut and r.choices[0].finish_reason == "stop"
+    chunks = list(greedy(client, vllm_server.model, stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut
+
+
+def test_seeds_reproduce_and_n_choices(client, vllm_server):
+    def sample(seed):
+        return client.chat.completions.create(model=vllm_server.model, messages=USER, max_tokens=12, seed=seed,
+                                              temperature=1.0, extra_body={"ignore_eos": True}).choices[0]
+
+    assert sample(5).message.content == sample(5).message.content
+    assert len({sample(s).message.content for s in (1, 2, 3)}) > 1
+    r = client.chat.completions.create(model=vllm_server.model, messages=USER, max_tokens=6, n=3, seed=5,
+                                       extra_body={"ignore_eos": True})
+    assert [c.index for c in r.choices] == [0, 1, 2] and r.usage.completion_tokens == 18
+
+
+def test_echo_logprobs_match_transformers(client, vllm_server, reference):
+    tokenizer, run = reference
+    r = client.completions.create(model=vllm_server.model, prompt=PROMPT, max_tokens=0, echo=True, logprobs=2)
+    (choice,) = r.choices
+    assert choice.text == PROMPT and r.usage.completion_tokens == 0
+    ids = tokenizer.encode(PROMPT)
+    scores = run(ids)
+    want = [None] + [float(scores[j, ids[j + 1]]) for j in range(len(ids) - 1)]
+    got = choice.logprobs.token_logprobs
+    assert got[0] is None and len(got) == len(want)
+    assert max(abs(g - w) for g, w in zip(got[1:], want[1:])) < 1e-3
+    # generated-token logprobs: greedy picks the top token and reports its own probability
+    r = client.completions.create(model=vllm_server.model, prompt=PROMPT, max_tokens=3, temperature=0,
+                                  logprobs=2, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert len(lp.token_logprobs) == 3
+    for value, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert abs(value - max(top.values())) < 1e-4
+
+
+def test_errors_are_clear(client, vllm_server):
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 512"):
+        client.chat.completions.create(model=vllm_server.model, messages=USER, max_tokens=100_000)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=USER, max_tokens=3)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=vllm_server.model, messages=USER, max_tokens=3, temperature=-1)
+
+
+def test_disconnect_aborts_in_vllm(vllm_server):
+    body = {"model": vllm_server.model, "messages": USER, "max_tokens": 400, "stream": True, "ignore_eos": True}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", vllm_server.base_url + "/chat/completions", json=body) as resp:
+            lines = resp.iter_lines()
+            assert sum(1 for _ in zip(range(6), lines)) == 6
+            assert httpx.get(vllm_server.url + "/health").json()["running"] == 1
+    deadline = time.monotonic() + 10
+    while httpx.get(vllm_server.url + "/health").json()["running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(vllm_server.url + "/health").json()["running"] == 0
+    # vLLM still serves after the abort
+    r = httpx.post(vllm_server.base_url + "/chat/completions", timeout=60,
+                   json={"model": vllm_server.model, "messages": USER, "max_tokens": 3})
+    assert r.status_code == 200
