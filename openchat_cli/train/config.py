@@ -139,7 +139,8 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 0.5:
             raise OpenchatError("--label-smoothing must be in [0, 0.5)")
         if self.method not in ("dpo", "grpo") and self.beta is not None:
-            raise OpenchatError("--beta applies to --method dpo and grpo only")
+            raise OpenchatError("--beta applies to --method dpo and grpo only (--label-smoothing and --loss-type "
+                                "apply to --method dpo only)")
         if self.method != "dpo" and (self.label_smoothing or self.loss_type != "sigmoid"):
             raise OpenchatError("--label-smoothing and --loss-type apply to --method dpo only")
         if self.label_smoothing and self.loss_type != "sigmoid":
