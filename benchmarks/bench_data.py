@@ -116,8 +116,8 @@ def write_corpus(path: Path, n: int, seed: int) -> dict:
 
 def make_tokenizer_dir(path: Path, corpus: Path, template: str) -> None:
     """A byte-level BPE tokenizer (vocab 4096) trained on the corpus, saved as a model dir."""
-    from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
     from openchat_cli.model.tiny import train_tokenizer
+    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
 
     with open(corpus, encoding="utf-8") as fh:
         lines = [line for _, line in zip(range(3000), fh)]

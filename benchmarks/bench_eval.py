@@ -27,29 +27,25 @@ sys.path.insert(0, str(ROOT))
 def serve(latency_s: float) -> None:
     """The fixed-latency judge: every chat completion answers '[[A]]' after `latency_s`."""
     import asyncio
+    import threading
 
     from aiohttp import web
 
-    async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
-        await asyncio.sleep(latency_s)
-        return web.json_response({
-            "id": "bench", "object": "chat.completion", "created": 0, "model": body.get("model", "judge"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "Both are fine, A is clearer. [[A]]"}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
+    from tests.fake_openai import LoopbackServer, chat_completion
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        print(site._server.sockets[0].getsockname()[1], flush=True)
-        await asyncio.Event().wait()
+    class FixedLatencyJudge(LoopbackServer):
+        def routes(self, app: web.Application) -> None:
+            app.router.add_post("/v1/chat/completions", self.chat)
 
-    asyncio.run(main())
+        async def chat(self, request: web.Request) -> web.Response:
+            body = await request.json()
+            await asyncio.sleep(latency_s)
+            return chat_completion(body.get("model", "judge"), "Both are fine, A is clearer. [[A]]",
+                                   {"prompt_tokens": 100, "completion_tokens": 10}, completion_id="bench")
+
+    server = FixedLatencyJudge().start()
+    print(server.port, flush=True)
+    threading.Event().wait()
 
 
 def seed(cat, questions: int) -> tuple[str, str]:

@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="Runs of each measurement (the fastest counts).")
     args = ap.parse_args()
 
-    from openchat_cli.checkpoint import attach_template
+    from openchat_cli.model_dir import attach_template
     from openchat_cli.data.clean import CleanOptions, run_clean
     from openchat_cli.data.tokenize import TokenizeStats, encode_chunk
     from openchat_cli.data.tokenize_pairs import PairTokenizeStats, encode_pairs, parse_pair

@@ -64,8 +64,8 @@ def sharegpt_like_prompts(count: int, seed: int = 0) -> list[str]:
 
 
 def make_model(out: Path, size: str) -> Path:
-    from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
     from openchat_cli.model.tiny import SIZES, ModelSize, random_llama, train_tokenizer
+    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
 
     spec = ModelSize(**SIZE_40M) if size == "40m" else SIZES[size]
     tokenizer = train_tokenizer(CORPUS * 20, min(spec.vocab_size, 2048))
@@ -200,12 +200,12 @@ def served_model(url: str) -> str:
 
 def direct_levels(model: Path, levels: list[int], rounds: int, max_tokens: int) -> dict[int, dict]:
     """The same engine called in this process (the server is stopped: no CPU competition)."""
-    from openchat_cli.checkpoint import load_tokenizer, template_name
+    from openchat_cli.model_dir import load_tokenizer, model_template
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
     from openchat_cli.templates import Conversation, get_template
 
     tokenizer = load_tokenizer(model)
-    template = get_template(template_name(model))
+    template = get_template(model_template(model))
     prompt_ids = template.encode_prompt(tokenizer, Conversation.from_dict(
         {"messages": [{"role": "user", "content": QUESTION}]}))
     engine = TransformersEngine(model, tokenizer=tokenizer)

@@ -167,13 +167,13 @@ def main() -> None:
     parts = set(args.parts.split(","))
     levels = [int(x) for x in args.levels.split(",")]
 
-    from openchat_cli.checkpoint import load_tokenizer, template_name
+    from openchat_cli.model_dir import load_tokenizer, model_template
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
     from openchat_cli.templates import Conversation, get_template
 
     model = args.model or make_model(Path(tempfile.mkdtemp(prefix="bench-engine-")) / "model", args.size)
     tokenizer = load_tokenizer(model)
-    template = get_template(template_name(model))
+    template = get_template(model_template(model))
     prompts = [template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user",
                                                                                         "content": text}]}))
                for text in sharegpt_like_prompts(32)]

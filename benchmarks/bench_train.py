@@ -50,7 +50,6 @@ sys.path.insert(0, str(ROOT))
 from openchat_cli.train.dataset import TokenizedData  # noqa: E402
 from openchat_cli.train.sampler import MultipackSampler, PackSpec  # noqa: E402
 
-
 # log-normal (mu, sigma) of sequence lengths: ShareGPT-shaped (median ~1,150, mean ~1,550 once
 # capped at 4,096) and the short chats the benchmark drew before (median ~100).
 LENGTHS = {"sharegpt": (7.05, 0.95), "short": (4.6, 0.9)}

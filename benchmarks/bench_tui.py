@@ -60,9 +60,10 @@ def markdown_reply(length: int, seed: int = 0) -> str:
 
 async def time_reply(length: int, limit: float) -> float | None:
     """Seconds from enter to the finished, rendered reply (None past `limit`)."""
+    from textual.widgets import Input
+
     from store.catalog import open_catalog
     from tests.tui.fake_server import FakeServer
-    from textual.widgets import Input
     from tui.app import OpenChatApp
     from tui.screens.chat import ChatScreen
 

@@ -39,40 +39,32 @@ complete -c openchat -n '__fish_use_subcommand' -l home
 complete -c openchat -n '__fish_use_subcommand' -l version
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path plot rm show' -l help
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from lineage' -l help
-complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from lineage' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from lineage' -l json
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from list' -l help
-complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from list' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from list' -l json
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from list' -l limit
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from list' -s n
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from path' -l help
-complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from path' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l help
-complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l json
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l metric
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l output
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -s m
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -s o
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from rm' -l help
-complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from rm' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from rm' -l json
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from show' -l help
-complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from show' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from show' -l json
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l api-key
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l chat
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l condition
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l endpoint
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l help
-complete -c openchat -n '__fish_seen_subcommand_from chat' -l home
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l max-tokens
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l model
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l system
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l temperature
 complete -c openchat -n '__fish_seen_subcommand_from chat' -l verdicts
-complete -c openchat -n '__fish_seen_subcommand_from chat' -s c
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s e
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s m
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s s
@@ -85,7 +77,6 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l force
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l format
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l help
-complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l home
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l html
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l json
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l keep-model
@@ -106,16 +97,14 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -s o
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l force
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l help
-complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l home
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l json
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l name
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l out
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -s o
-complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l count
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l help
-complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l home
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l id
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l limit
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l model
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l random
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from show' -l seed
@@ -126,12 +115,10 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l eval-out
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l force
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l help
-complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l home
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l json
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l seed
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from split' -l train-out
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l help
-complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l home
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l json
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l model
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from stats' -l template
@@ -139,7 +126,6 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l chunk-size
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l force
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l help
-complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l home
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l json
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l max-len
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from tokenize' -l model
@@ -155,7 +141,6 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l concurrency
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l endpoint
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l limit
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l max-tokens
@@ -170,20 +155,18 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s c
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s e
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s m
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s n
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s t
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l format
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -l output
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -s f
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from export' -s o
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from grade' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from grade' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from grade' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l baseline
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l concurrency
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l judge-api-key
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from judge' -l judge-endpoint
@@ -204,7 +187,6 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l concurrency
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l endpoint
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l limit
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -l model
@@ -219,27 +201,24 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s e
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s f
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s m
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from loglik' -s n
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l buckets
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l dtype
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l max-len
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l tokens-per-batch
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l baseline
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l plot
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -s b
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l help
-complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l home
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l rm
 complete -c openchat -n '__fish_seen_subcommand_from model ; and not __fish_seen_subcommand_from add-tokens export extend-context info init merge-lora' -l help
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l help
-complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l init
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l json
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from add-tokens' -l seed
@@ -249,23 +228,19 @@ complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_sub
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l format
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l help
-complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l json
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l output
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -l outtype
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from export' -s o
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l help
-complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l json
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l max-len
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from extend-context' -l rope-scaling
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from info' -l help
-complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from info' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from info' -l json
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l help
-complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l json
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l seed
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from init' -l size
@@ -275,17 +250,16 @@ complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_sub
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l base
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l force
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l help
-complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l home
 complete -c openchat -n '__fish_seen_subcommand_from model ; and __fish_seen_subcommand_from merge-lora' -l json
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l dir
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l epochs
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l eval-size
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l help
-complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l home
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l json
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l lr
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l seed
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l size
+complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l threads
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l tokens-per-step
 complete -c openchat -n '__fish_seen_subcommand_from quickstart' -l train-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l allow-origin
@@ -300,7 +274,6 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l engine-arg
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l gpu-memory-utilization
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l header-timeout
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l help
-complete -c openchat -n '__fish_seen_subcommand_from serve' -l home
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l host
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l in-process
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-level
@@ -328,7 +301,6 @@ complete -c openchat -n '__fish_seen_subcommand_from train' -l group-size
 complete -c openchat -n '__fish_seen_subcommand_from train' -l grpo-iterations
 complete -c openchat -n '__fish_seen_subcommand_from train' -l grpo-loss
 complete -c openchat -n '__fish_seen_subcommand_from train' -l help
-complete -c openchat -n '__fish_seen_subcommand_from train' -l home
 complete -c openchat -n '__fish_seen_subcommand_from train' -l hostfile
 complete -c openchat -n '__fish_seen_subcommand_from train' -l json
 complete -c openchat -n '__fish_seen_subcommand_from train' -l label-smoothing

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
-import copy
 import typer
 from typer.core import TyperGroup
 
@@ -39,6 +38,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    add_completion=False,  # completions/ holds generated scripts (python -m openchat_cli.completions)
 )
 
 
@@ -50,21 +50,24 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    home: Optional[Path] = typer.Option(
-        None, "--home", envvar="OPENCHAT_HOME",
-        help="Folder holding catalog.db and default outputs (or $OPENCHAT_HOME).",
-    ),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Show the version and exit."),
+    home: Annotated[Optional[Path], typer.Option(
+        "--home", envvar="OPENCHAT_HOME", show_envvar=False,
+        help="Folder holding catalog.db and default outputs (or $OPENCHAT_HOME). Give it before the command.",
+    )] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
 ) -> None:
     """openchat: one tool for the whole life of an open chat LLM."""
+    from openchat_cli.determinism import apply_pinned_threads
     from openchat_cli.lifeline import follow_owner
 
     set_home(home)
     follow_owner()  # started by another openchat command (quickstart's steps, its server): end with it
+    apply_pinned_threads()  # $OPENCHAT_THREADS (set by the quickstart for its steps): fixed threads
 
 
 def _register() -> None:
+    from openchat_cli.catalog_cli import app as catalog_app
     from openchat_cli.chat_cli import chat_command
     from openchat_cli.data.cli import app as data_app
     from openchat_cli.eval.cli import app as eval_app
@@ -72,7 +75,6 @@ def _register() -> None:
     from openchat_cli.quickstart.cli import quickstart_command
     from openchat_cli.serve.cli import serve_command
     from openchat_cli.train.cli import train_command
-    from store.cli import app as catalog_app
 
     app.add_typer(data_app, name="data", help="Clean, filter, dedupe, split and tokenize chat datasets.")
     app.command("train", help="Fine-tune a model on a tokenized dataset (packed, weighted, DeepSpeed).")(train_command)
@@ -88,39 +90,9 @@ def _register() -> None:
 _register()
 
 
-def _add_home_everywhere(command, home_param) -> None:
-    """Every sub-command also accepts --home (after its name), not only the root.
-
-    Typer ships its own copy of click, so the root's --home parameter object is cloned
-    rather than building one from the `click` package.
-    """
-    subcommands = getattr(command, "commands", None)
-    if subcommands is not None:
-        for sub in subcommands.values():
-            _add_home_everywhere(sub, home_param)
-        return
-    if any("--home" in p.opts for p in command.params):
-        return
-
-    def callback(ctx, param, value):
-        if value:
-            set_home(value)
-
-    clone = copy.copy(home_param)
-    clone.expose_value = False
-    clone.is_eager = True
-    clone.callback = callback
-    clone.envvar = None
-    command.params.append(clone)
-
-
 def build_cli():
     """The click command behind `openchat` (used by the entry point, tests and completions)."""
-    command = typer.main.get_command(app)
-    home_param = next(p for p in command.params if "--home" in p.opts)
-    for sub in command.commands.values():
-        _add_home_everywhere(sub, home_param)
-    return command
+    return typer.main.get_command(app)
 
 
 def main() -> None:

@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from openchat_cli import options as opt
+from openchat_cli.endpoints import DEFAULT_ENDPOINT, normalize_base_url  # `openchat serve`'s default address
 from openchat_cli.errors import OpenchatError
-
-from openchat_cli.endpoints import DEFAULT_ENDPOINT  # `openchat serve`'s default address
 
 
 def chat_command(
-    endpoint: str = typer.Option(
-        DEFAULT_ENDPOINT, "--endpoint", "-e", envvar="OPENCHAT_ENDPOINT",
-        help="OpenAI-compatible base URL (`openchat serve` listens on this by default)."),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Model name as served (default: the first from /v1/models)."),
-    api_key: Optional[str] = typer.Option(
-        None, "--api-key", envvar=["OPENCHAT_API_KEY", "OPENAI_API_KEY"], show_envvar=True,
-        help="Bearer key for servers started with --api-keys."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
-    condition: Optional[str] = typer.Option(
-        None, "--condition", "-c", help="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct'."),
-    temperature: Optional[float] = typer.Option(
-        None, "--temperature", "-t", min=0.0, max=2.0, help="Sampling temperature (server default if unset)."),
-    max_tokens: Optional[int] = typer.Option(
-        None, "--max-tokens", min=1, help="Longest reply in tokens (server default if unset)."),
-    verdicts: bool = typer.Option(
-        False, "--verdicts",
-        help="Open the judge verdicts browser (the list of judge and grade runs; "
-             "`--verdicts EVAL_ID` opens that run)."),
-    chat: Optional[str] = typer.Option(
-        None, "--chat", metavar="CHAT_ID", help="Reopen a saved chat (id or unique prefix) and continue it."),
-    ref: Optional[str] = typer.Argument(
-        None, metavar="[EVAL_ID|CHAT_ID]",
-        help="A judge/grade run to open in the verdicts browser, or a saved chat to reopen."),
+    endpoint: Annotated[str, typer.Option("--endpoint", "-e", envvar="OPENCHAT_ENDPOINT", help="OpenAI-compatible base URL (`openchat serve` listens on this by default).")] = DEFAULT_ENDPOINT,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name as served (default: the first from /v1/models).")] = None,
+    api_key: opt.ApiKey = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    condition: Annotated[Optional[str], typer.Option("--condition", help="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct'.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, max=2.0, help="Sampling temperature (server default if unset).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Longest reply in tokens (server default if unset).")] = None,
+    verdicts: Annotated[bool, typer.Option("--verdicts", help="Open the judge verdicts browser (the list of judge and grade runs; "
+             "`--verdicts EVAL_ID` opens that run).")] = False,
+    chat: Annotated[Optional[str], typer.Option("--chat", metavar="CHAT_ID", help="Reopen a saved chat (id or unique prefix) and continue it.")] = None,
+    ref: Annotated[Optional[str], typer.Argument(metavar="[EVAL_ID|CHAT_ID]", help="A judge/grade run to open in the verdicts browser, or a saved chat to reopen.")] = None,
 ) -> None:
     """Chat with a served model in the terminal (streaming, saved chats); browse judge verdicts.
 
@@ -45,6 +32,7 @@ def chat_command(
     """
     from store.catalog import open_catalog
 
+    endpoint = normalize_base_url(endpoint)
     catalog = open_catalog()
     chat_id = None
     run_id: Optional[str] = "" if verdicts else None

@@ -31,7 +31,7 @@ def walk() -> list[Node]:
         subs = getattr(cmd, "commands", None) or {}
         opts = sorted({o for p in cmd.params if getattr(p, "opts", None) and p.opts[0].startswith("-")
                        for o in [*p.opts, *getattr(p, "secondary_opts", [])]
-                       if o not in ("--install-completion", "--show-completion")} | {"--help"})
+                       } | {"--help"})
         text = (cmd.help or cmd.short_help or "").strip().splitlines()
         nodes.append(Node(path, text[0] if text else "", sorted(subs), opts))
         for name in sorted(subs):

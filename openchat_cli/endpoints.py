@@ -1,48 +1,18 @@
-"""Client-side conventions for OpenAI-compatible endpoints, shared by `eval`, `chat` and the TUI.
-
-`openchat serve` listens on DEFAULT_ENDPOINT unless told otherwise; people type endpoints in
-many shapes (`127.0.0.1:18888`, a URL without `/v1`, a full `/chat/completions` URL), and
-servers put their error text in different places of the body.
-"""
+"""Endpoint conventions as the commands use them: tui/endpoints.py's, with a bad URL reported
+as a user-facing OpenchatError."""
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlparse
-
 from openchat_cli.errors import OpenchatError
+from tui import endpoints as _conventions
+from tui.endpoints import DEFAULT_ENDPOINT, DEFAULT_HOST, DEFAULT_PORT, server_message
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 18888
-DEFAULT_ENDPOINT = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1"
+__all__ = ["DEFAULT_ENDPOINT", "DEFAULT_HOST", "DEFAULT_PORT", "normalize_base_url", "server_message"]
 
 
 def normalize_base_url(url: str) -> str:
-    """`host:port` or `http://host:port` → `http://host:port/v1`; a URL with a path is kept,
-    less a trailing `/chat/completions` or `/completions`."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    parsed = urlparse(url)
-    if not parsed.netloc:
-        raise OpenchatError(f"'{url}' is not an endpoint URL (expected e.g. {DEFAULT_ENDPOINT})")
-    if parsed.path in ("", "/"):
-        url += "/v1"
-    for suffix in ("/chat/completions", "/completions"):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url
-
-
-def server_message(exc: Any) -> str:
-    """The `error.message` of an OpenAI-style error body (an `openai.APIStatusError`), else its text."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if body.get("detail"):
-            return str(body["detail"])
-    return getattr(exc, "message", None) or str(exc)
+    """`host:port` or `http://host:port` → `http://host:port/v1` (see tui/endpoints.py)."""
+    try:
+        return _conventions.normalize_base_url(url)
+    except _conventions.EndpointError as exc:
+        raise OpenchatError(str(exc)) from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 class OpenchatError(Exception):
     """A problem the user can fix (bad input, missing file, mismatch); printed without a traceback.
 
-    `exit_code` lets a command distinguish e.g. "not implemented" (3) from bad input (2).
+    `exit_code`: 2 for bad input (the default), 1 for work that failed and can be re-run.
     """
 
     def __init__(self, message: str, exit_code: int = 2):

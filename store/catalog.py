@@ -16,9 +16,10 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
@@ -60,7 +61,7 @@ QUICK_CHECK_MAX_BYTES = 32 * 2**20
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def current_command() -> str:
@@ -556,7 +557,7 @@ class Catalog(CatalogReads):
 def open_catalog(path: Path | str | None = None) -> Catalog:
     """The catalog at `path`, or the one in OPENCHAT_HOME."""
     if path is None:
-        from openchat_cli.home import catalog_path
+        from store.home import catalog_path
 
         path = catalog_path()
     return Catalog(path)

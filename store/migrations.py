@@ -52,7 +52,7 @@ def migrate(db: Database, upto: str | None = None) -> list[str]:
             if name not in done:
                 fn(db)
                 db["_migrations"].insert(
-                    {"name": name, "applied_at": dt.datetime.now(dt.timezone.utc).isoformat()},
+                    {"name": name, "applied_at": dt.datetime.now(dt.UTC).isoformat()},
                     replace=True,
                 )
                 ran.append(name)

@@ -44,8 +44,8 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
     """One tiny model (template openchat_3.5) for the whole session; treat it as read-only."""
-    from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
     from openchat_cli.model.tiny import SIZES, random_llama, train_tokenizer
+    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
 
     out = tmp_path_factory.mktemp("tiny-model")
     tokenizer = train_tokenizer(corpus_file.read_text().splitlines(), SIZES["tiny"].vocab_size)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import openai
 
-from openchat_cli.endpoints import DEFAULT_ENDPOINT, normalize_base_url, server_message
+from tui.endpoints import DEFAULT_ENDPOINT, normalize_base_url, server_message
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -274,9 +274,9 @@ def tokenize_command(
     """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
     splitting long conversations at turn boundaries instead of cutting them; preference pairs
     become chosen/rejected sequences sharing the prompt (for `train --method dpo|rm`)."""
-    from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template, tokenizer_hash
     from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, sha256_file
     from openchat_cli.data.tokenize import tokenize_file
+    from openchat_cli.model_dir import load_tokenizer, model_template, resolve_model, tokenizer_hash
     from openchat_cli.templates import check_tokenizer, get_template
     from openchat_cli.tokenized import make_metadata
     from store.catalog import open_catalog
@@ -477,7 +477,7 @@ def stats_command(
     else:
         tokenizer = template = None
         if model:
-            from openchat_cli.checkpoint import load_tokenizer, resolve_model, template_name as model_template
+            from openchat_cli.model_dir import load_tokenizer, model_template, resolve_model
             from openchat_cli.templates import get_template
 
             model_dir, _ = resolve_model(model)
@@ -494,14 +494,14 @@ def stats_command(
 # ---------------------------------------------------------------------------------------------
 @app.command("show")
 def show_command(
-    input: str = typer.Argument(..., metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or a catalog id."),
-    ids: list[str] = typer.Option([], "--id", help="Conversation id to show (repeatable)."),
-    n: int = typer.Option(3, "-n", "--count", help="How many to show."),
-    sample: bool = typer.Option(False, "--random", help="A seeded random sample instead of the first N."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --random."),
-    template_name: Optional[str] = typer.Option(None, "--template", help="Show conversations as this template renders them."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Tokenizer to decode a tokenized file (default: the one it was made with)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the records as JSON."),
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or a catalog id.")],
+    ids: Annotated[Optional[list[str]], typer.Option("--id", help="Conversation id to show (repeatable).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many to show (at most N).")] = 3,
+    sample: Annotated[bool, typer.Option("--random", help="A seeded random sample instead of the first N.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for --random.")] = 0,
+    template_name: Annotated[Optional[str], typer.Option("--template", help="Show conversations as this template renders them.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Tokenizer to decode a tokenized file (default: the one it was made with).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:
     """Render a few conversations, or tokenized sequences with their supervised tokens marked."""
     from openchat_cli.data import show
@@ -510,9 +510,10 @@ def show_command(
     from openchat_cli.data.tokenize_pairs import sniff_pairs
     from openchat_cli.tokenized import PAIRS_KIND, read_metadata
 
+    ids = ids or []
     path, given = resolve_input(input)
     if is_parquet(path) and read_metadata(path)["kind"] == PAIRS_KIND:
-        rows = show.pick(show.tokenized_rows(path), lambda r: r["pair_id"], ids, n, sample, seed)
+        rows = show.pick(show.tokenized_rows(path), lambda r: r["pair_id"], ids, limit, sample, seed)
         if as_json:
             print_json(rows)
             return
@@ -520,14 +521,14 @@ def show_command(
         for row in rows:
             console.print(show.render_pair_row(row, tokenizer))
     elif path.is_file() and not is_parquet(path) and sniff_pairs(path):
-        rows = show.pick(show.pairs_jsonl(path), lambda r: str(r.get("id")), ids, n, sample, seed)
+        rows = show.pick(show.pairs_jsonl(path), lambda r: str(r.get("id")), ids, limit, sample, seed)
         if as_json:
             print_json(rows)
             return
         for pair in rows:
             console.print(show.render_pair(pair))
     elif is_parquet(path):
-        rows = show.pick(show.tokenized_rows(path), lambda r: r["conversation_id"], ids, n, sample, seed)
+        rows = show.pick(show.tokenized_rows(path), lambda r: r["conversation_id"], ids, limit, sample, seed)
         if as_json:
             print_json(rows)
             return
@@ -535,7 +536,7 @@ def show_command(
         for row in rows:
             console.print(show.render_sequence(row, tokenizer))
     else:
-        convs = show.pick(show.conversations([path]), lambda c: c.id, ids, n, sample, seed)
+        convs = show.pick(show.conversations([path]), lambda c: c.id, ids, limit, sample, seed)
         if as_json:
             print_json([c.to_json() for c in convs])
             return
@@ -557,7 +558,7 @@ def show_command(
 
 def _tokenizer_for(path: Path, given: str | None, model: str | None):
     """The tokenizer to decode a tokenized file: --model, else the model recorded at tokenize time."""
-    from openchat_cli.checkpoint import load_tokenizer, resolve_model
+    from openchat_cli.model_dir import load_tokenizer, resolve_model
     from openchat_cli.tokenized import read_metadata
 
     if model:

@@ -13,9 +13,10 @@ import itertools
 import math
 import os
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class TokenizeStats:
     by_condition: Counter = field(default_factory=Counter)  # condition -> sequences
     errors: list[str] = field(default_factory=list)  # first few malformed locations
 
-    def merge(self, other: "TokenizeStats") -> None:
+    def merge(self, other: TokenizeStats) -> None:
         for name in ("conversations", "malformed", "sequences", "split_conversations", "truncated",
                      "dropped_no_targets", "tokens", "supervised_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -293,7 +294,7 @@ def _worker_init(model_dir: str, template_name: str, max_len: int, name: str) ->
 
     tokenizer = _INHERITED.get(model_dir)
     if tokenizer is None:
-        from openchat_cli.checkpoint import load_tokenizer
+        from openchat_cli.model_dir import load_tokenizer
 
         tokenizer = load_tokenizer(Path(model_dir))
     _WORKER.update(template=get_template(template_name), tokenizer=BatchTokenizer(tokenizer),

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from openchat_cli.errors import OpenchatError
 from openchat_cli.endpoints import normalize_base_url
+from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.client import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_WAIT_S,
@@ -19,10 +19,19 @@ from openchat_cli.eval.client import (
     EndpointError,
 )
 from openchat_cli.eval.questions import Question, QuestionSet
+from openchat_cli.eval.runs import (
+    Interrupted,
+    claimed_pool,
+    eval_row,
+    find_or_start_run,
+    finish,
+    lineage_checkpoint,
+    run_guarded,
+    served_model,
+)
 from openchat_cli.eval.suites import SUITE_FORMAT, load_question_source
-from openchat_cli.eval.runs import Interrupted, checkpoint_id, claimed_pool, eval_row, finish, run_guarded
+from store.catalog import Catalog, looks_like_id
 from store.claims import UnitClaims
-from store.catalog import Catalog, CatalogError, looks_like_id
 
 # MT-bench's sampling temperatures per category (FastChat `temperature_config`).
 CATEGORY_TEMPERATURES: dict[str, float] = {
@@ -104,52 +113,12 @@ def answered_ids(cat: Catalog, run_id: str) -> set[str]:
     return cat.answered_ids(run_id)
 
 
-def discover_checkpoint(cat: Catalog, base_url: str) -> str | None:
-    """The catalog checkpoint an `openchat serve` endpoint serves, from its /health (best effort)."""
-    import httpx
-
-    root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
-    try:
-        response = httpx.get(root + "/health", timeout=2.0)
-        found = response.json().get("checkpoint_id") if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return None
-    if not isinstance(found, str) or not looks_like_id(found):
-        return None
-    try:
-        full = cat.resolve(found)
-    except CatalogError:
-        return None
-    return full if cat.table_of(full) == "checkpoints" else None
-
-
-def _resolve_checkpoint(cat: Catalog, opts: AnswerOptions, model: str, base_url: str) -> str | None:
-    if opts.checkpoint:
-        return checkpoint_id(cat, opts.checkpoint)
-    if not (looks_like_id(model) and model.startswith("ck-")):
-        return discover_checkpoint(cat, base_url)
-    try:  # a served model named by its checkpoint id: lineage when the catalog knows it
-        full = cat.resolve(model)
-    except CatalogError:
-        return None
-    return full if cat.table_of(full) == "checkpoints" else None
-
-
 def answer_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retries: int = 0) -> dict[str, Any]:
     (answered, prompt, completion, latency, truncated) = cat.answer_totals(run_id)
     return {"questions": total, "answered": answered, "prompt_tokens": prompt,
             "completion_tokens": completion,
             "mean_latency_s": round(latency, 4) if latency is not None else None,
             "errors": errors, "retries": retries, "truncated": truncated}
-
-
-async def _fetch_model_name(opts: AnswerOptions, base_url: str) -> str:
-    async with ChatClient(base_url, "", api_key=opts.api_key, retries=opts.retries,
-                          retry_wait_s=opts.retry_wait_s) as client:
-        models = await client.list_models()
-    if not models:
-        raise OpenchatError(f"{base_url}/models lists no models; pass --model")
-    return models[0]
 
 
 # Finish reason recorded for a turn whose prompt alone filled the model's context (not asked).
@@ -232,7 +201,7 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
 
     model = opts.model or (existing or {}).get("model")
     if not model:
-        model = run_guarded(lambda: _fetch_model_name(opts, base_url))
+        model = served_model(base_url, opts.api_key, opts.retries, opts.retry_wait_s)
         emit("model", {"model": model})
 
     if existing is not None:
@@ -250,15 +219,11 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
     if existing is None:
         fields = dict(kind="answer", name=opts.name or model, questions_path=str(qset.path),
                       questions_hash=qset.hash, endpoint=base_url, model=model,
-                      checkpoint_id=_resolve_checkpoint(cat, opts, model, base_url), config=_config(opts))
-        if opts.new:
-            created = cat.get(cat.add_eval(**fields))
-        else:
-            # Found and created in one write transaction: of two identical commands started
-            # together, the second joins the run the first made.
-            row, made = cat.find_or_add_eval(lambda: find_matching_run(cat, qset.hash, base_url, model),
-                                             **fields)
-            created, existing = (row, None) if made else (None, row)
+                      checkpoint_id=lineage_checkpoint(cat, opts.checkpoint, model, base_url),
+                      config=_config(opts))
+        row, made = find_or_start_run(cat, lambda: find_matching_run(cat, qset.hash, base_url, model),
+                                      opts.new, **fields)
+        created, existing = (row, None) if made else (None, row)
 
     resumed = existing is not None
     if existing is not None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from openchat_cli import options as opt
 from openchat_cli.console import console, err_console, print_json, progress
 from openchat_cli.errors import OpenchatError
 
@@ -46,42 +47,47 @@ class _Progress:
             err_console.print(f"[red]question {data['question_id']}:[/] {data['message']}", highlight=False)
 
 
+def _endpoint_of(cat, kind: str, what: str, source: str | None, endpoint: str | None, run: str | None) -> str:
+    """The endpoint to ask: --endpoint, else the one the continued --run used."""
+    if source is None and run is None:
+        raise OpenchatError(f"give a {what} (or --run ID to continue a run)")
+    if endpoint is not None:
+        return endpoint
+    if run is None:
+        raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
+    from openchat_cli.eval.runs import eval_row
+
+    return eval_row(cat, run, kind)["endpoint"]
+
+
 @app.command("answer")
 def answer_command(
-    questions: Optional[str] = typer.Argument(
-        None, help="Question file (MT-bench/FastChat, Vicuna, AlpacaEval, multiple-choice, exact-answer "
+    questions: Annotated[Optional[str], typer.Argument(help="Question file (MT-bench/FastChat, Vicuna, AlpacaEval, multiple-choice, exact-answer "
                    "or plain JSONL), a benchmark suite folder laid out like OpenChat's eval_data (or one "
-                   "of its task files), or an eval id whose questions to reuse."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", "-e", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:18888/v1."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name as served (default: the endpoint's first model)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENCHAT_API_KEY", help="Bearer key for the endpoint."),
-    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Questions in flight at once."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="One temperature for all (default: MT-bench's per category)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1,
-                                             help="Max new tokens per turn (default 1024; suites: none sent, "
-                                                  "as their reference harness)."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt for every question."),
-    name: Optional[str] = typer.Option(None, "--name", help="Label for the run (default: the model name)."),
-    run: Optional[str] = typer.Option(None, "--run", help="Continue this answer run (eval id)."),
-    new: bool = typer.Option(False, "--new", help="Start a fresh run even if a matching one exists."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Catalog checkpoint the endpoint serves (for lineage)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
-    retries: int = typer.Option(6, "--retries", min=0, help="Retries per request on 429 / 5xx / connection errors."),
-    retry_wait: float = typer.Option(1.0, "--retry-wait", min=0.0, help="First backoff in seconds (doubles each retry)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+                   "of its task files), or an eval id whose questions to reuse.")] = None,
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:18888/v1.")] = None,
+    model: opt.Model = None,
+    api_key: opt.ApiKey = None,
+    concurrency: opt.Concurrency = 32,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="One temperature for all (default: MT-bench's per category).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Max new tokens per turn (default 1024; suites: none sent, "
+                                                  "as their reference harness).")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt for every question.")] = None,
+    name: opt.RunName = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Continue this answer run (eval id).")] = None,
+    new: opt.New = False,
+    checkpoint: opt.CheckpointRef = None,
+    limit: opt.Limit = None,
+    retries: opt.Retries = 6,
+    retry_wait: opt.RetryWait = 1.0,
+    as_json: opt.AsJson = False,
 ) -> None:
     """Ask an endpoint every question; answers are stored as they arrive. Re-run to resume."""
     from openchat_cli.eval.answer import AnswerOptions, run_answer
-    from openchat_cli.eval.runs import eval_row
     from store.catalog import open_catalog
 
     cat = open_catalog()
-    if questions is None and run is None:
-        raise OpenchatError("give a question file (or --run ID to continue a run)")
-    if endpoint is None:
-        if run is None:
-            raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
-        endpoint = eval_row(cat, run, "answer")["endpoint"]
+    endpoint = _endpoint_of(cat, "answer", "question file", questions, endpoint, run)
     opts = AnswerOptions(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
                          temperature=temperature, max_tokens=max_tokens, system=system, name=name, run=run,
                          new=new, checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)
@@ -104,39 +110,32 @@ def answer_command(
 
 @app.command("loglik")
 def loglik_command(
-    task: Optional[str] = typer.Argument(
-        None, help="Multiple-choice JSONL: ARC, MMLU or HellaSwag rows as on the hub, or OpenChat's "
-                   "{question, options, label}; or a loglik eval id to continue."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", "-e", help="OpenAI-compatible base URL with /v1/completions echo + logprobs (openchat serve, vLLM)."),
-    task_format: str = typer.Option("auto", "--task-format", "-f", help="auto | arc | mmlu | hellaswag | choice: how to build the context and choices (as lm-evaluation-harness's task of that name)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name as served (default: the endpoint's first model)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENCHAT_API_KEY", help="Bearer key for the endpoint."),
-    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Scoring requests in flight at once."),
-    bos: bool = typer.Option(False, "--bos/--no-bos", help="Let the server add its BOS token to each prompt (lm-evaluation-harness does not by default)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Label for the run (default: the model name)."),
-    run: Optional[str] = typer.Option(None, "--run", help="Continue this loglik run (eval id)."),
-    new: bool = typer.Option(False, "--new", help="Start a fresh run even if a matching one exists."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Catalog checkpoint the endpoint serves (for lineage)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
-    retries: int = typer.Option(6, "--retries", min=0, help="Retries per request on 429 / 5xx / connection errors."),
-    retry_wait: float = typer.Option(1.0, "--retry-wait", min=0.0, help="First backoff in seconds (doubles each retry)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    task: Annotated[Optional[str], typer.Argument(help="Multiple-choice JSONL: ARC, MMLU or HellaSwag rows as on the hub, or OpenChat's "
+                   "{question, options, label}; or a loglik eval id to continue.")] = None,
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="OpenAI-compatible base URL with /v1/completions echo + logprobs (openchat serve, vLLM).")] = None,
+    task_format: Annotated[str, typer.Option("--task-format", "-f", help="auto | arc | mmlu | hellaswag | choice: how to build the context and choices (as lm-evaluation-harness's task of that name).")] = "auto",
+    model: opt.Model = None,
+    api_key: opt.ApiKey = None,
+    concurrency: opt.Concurrency = 32,
+    bos: Annotated[bool, typer.Option("--bos/--no-bos", help="Let the server add its BOS token to each prompt (lm-evaluation-harness does not by default).")] = False,
+    name: opt.RunName = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Continue this loglik run (eval id).")] = None,
+    new: opt.New = False,
+    checkpoint: opt.CheckpointRef = None,
+    limit: opt.Limit = None,
+    retries: opt.Retries = 6,
+    retry_wait: opt.RetryWait = 1.0,
+    as_json: opt.AsJson = False,
 ) -> None:
     """Score multiple-choice questions by log-likelihood (acc, acc_norm) as lm-evaluation-harness does. Re-run to resume."""
     from openchat_cli.eval.loglik import LoglikOptions, run_loglik
     from openchat_cli.eval.mc_tasks import TASK_FORMATS
-    from openchat_cli.eval.runs import eval_row
     from store.catalog import open_catalog
 
     if task_format not in TASK_FORMATS:
         raise OpenchatError(f"--task-format must be one of {', '.join(TASK_FORMATS)}, not '{task_format}'")
     cat = open_catalog()
-    if task is None and run is None:
-        raise OpenchatError("give a task file (or --run ID to continue a run)")
-    if endpoint is None:
-        if run is None:
-            raise OpenchatError("--endpoint is required (e.g. --endpoint http://127.0.0.1:18888/v1)")
-        endpoint = eval_row(cat, run, "loglik")["endpoint"]
+    endpoint = _endpoint_of(cat, "loglik", "task file", task, endpoint, run)
     opts = LoglikOptions(endpoint=endpoint, model=model, api_key=api_key, task_format=task_format,
                          concurrency=concurrency, bos=bos, name=name, run=run, new=new,
                          checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)
@@ -164,23 +163,21 @@ def loglik_command(
 
 @app.command("judge")
 def judge_command(
-    answer_runs: list[str] = typer.Argument(..., help="Answer run(s) to judge (eval ids, prefixes ok)."),
-    judge_endpoint: str = typer.Option(..., "--judge-endpoint", envvar="OPENCHAT_JUDGE_ENDPOINT",
-                                       help="OpenAI-compatible base URL of the judge."),
-    judge_model: str = typer.Option(..., "--judge-model", envvar="OPENCHAT_JUDGE_MODEL", help="Judge model name."),
-    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key", envvar="OPENAI_API_KEY",
-                                                help="Bearer key for the judge (or $OPENAI_API_KEY)."),
-    mode: str = typer.Option("single", "--mode", help="single (1-10 rating per turn) | pairwise (vs --baseline, both orders)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", "-b", help="The other answer run, for pairwise."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="FastChat-format judge prompt file (default: built-in prompts)."),
-    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Judge requests in flight at once."),
-    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Max tokens of each judgment."),
-    retries: int = typer.Option(6, "--retries", min=0, help="Retries per request on 429 / 5xx / connection errors."),
-    retry_wait: float = typer.Option(1.0, "--retry-wait", min=0.0, help="First backoff in seconds (doubles each retry)."),
-    run: Optional[str] = typer.Option(None, "--run", help="Continue this judge run."),
-    new: bool = typer.Option(False, "--new", help="Start a fresh judge run even if a matching one exists."),
-    name: Optional[str] = typer.Option(None, "--name", help="Label for the judge run."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    answer_runs: Annotated[list[str], typer.Argument(help="Answer run(s) to judge (eval ids, prefixes ok).")],
+    judge_endpoint: Annotated[str, typer.Option("--judge-endpoint", envvar="OPENCHAT_JUDGE_ENDPOINT", help="OpenAI-compatible base URL of the judge.")],
+    judge_model: Annotated[str, typer.Option("--judge-model", envvar="OPENCHAT_JUDGE_MODEL", help="Judge model name.")],
+    judge_api_key: opt.JudgeApiKey = None,
+    mode: Annotated[str, typer.Option("--mode", help="single (1-10 rating per turn) | pairwise (vs --baseline, both orders).")] = "single",
+    baseline: Annotated[Optional[str], typer.Option("--baseline", "-b", help="The other answer run, for pairwise.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="FastChat-format judge prompt file (default: built-in prompts).")] = None,
+    concurrency: opt.Concurrency = 32,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Max tokens of each judgment.")] = 2048,
+    retries: opt.Retries = 6,
+    retry_wait: opt.RetryWait = 1.0,
+    run: Annotated[Optional[str], typer.Option("--run", help="Continue this judge run.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Start a fresh judge run even if a matching one exists.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Label for the judge run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Judge answers with an LLM: single ratings, or pairwise in both orders. Re-run to resume."""
     from openchat_cli.eval.judge import JudgeOptions, run_judge
@@ -223,8 +220,8 @@ def judge_command(
 
 @app.command("grade")
 def grade_command(
-    answer_runs: list[str] = typer.Argument(..., help="Answer run(s) of multiple-choice / exact-answer sets or suites."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    answer_runs: Annotated[list[str], typer.Argument(help="Answer run(s) of multiple-choice / exact-answer sets or suites.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Grade exact-answer sets without a judge (option letter, last number, \\boxed{} answer);
     suites by each task type's reference rules, with unmatched and lenient columns."""
@@ -238,7 +235,7 @@ def grade_command(
         with progress() as bar:
             task = bar.add_task(f"grading {ref}", total=None, info="")
 
-            def on_event(kind: str, data: dict[str, Any]) -> None:
+            def on_event(kind: str, data: dict[str, Any], task=task, bar=bar) -> None:
                 if kind == "start":
                     bar.update(task, total=data["total"])
                 elif kind == "graded":
@@ -291,14 +288,14 @@ def score_command(
 
 @app.command("report")
 def report_command(
-    runs: Optional[list[str]] = typer.Argument(None, help="Judge, grade or answer runs (default: every judge and grade run)."),
-    baseline: Optional[list[str]] = typer.Option(None, "--baseline", "-b",
-                                                 help="Answer run to express single scores as a % of."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (rates as fractions)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG: scores by category, models side by side."),
+    runs: Annotated[Optional[list[str]], typer.Argument(help="Judge, grade or answer runs (default: every judge and grade run).")] = None,
+    baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", help="Answer run to express single scores as a % of.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (rates as fractions).")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG: scores by category, models side by side.")] = None,
 ) -> None:
     """Scores, win rates and accuracy with bootstrap CIs, and judge reliability."""
-    from openchat_cli.eval.report import build_report, plot as plot_report, render
+    from openchat_cli.eval.report import build_report, render
+    from openchat_cli.eval.report import plot as plot_report
     from store.catalog import open_catalog
 
     cat = open_catalog()
@@ -316,9 +313,9 @@ def report_command(
 
 @app.command("export")
 def export_command(
-    run: str = typer.Argument(..., help="Answer or judge run to export."),
-    fmt: str = typer.Option("fastchat", "--format", "-f", help="fastchat | alpaca_eval"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    run: Annotated[str, typer.Argument(help="Answer or judge run to export.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="fastchat | alpaca_eval")] = "fastchat",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Write answers or judgments in FastChat's or AlpacaEval's formats."""
     from openchat_cli.eval.export import export_run
@@ -354,7 +351,7 @@ def perplexity_command(
 
     from transformers import AutoConfig
 
-    from openchat_cli.checkpoint import load_tokenizer, read_meta, require_weights, resolve_model, template_name
+    from openchat_cli.model_dir import load_tokenizer, model_template, read_meta, require_weights, resolve_model
     from openchat_cli.console import table
     from openchat_cli.eval.perplexity import default_edges, load_data, load_model, make_buckets, score
     from openchat_cli.model.context import context_length
@@ -375,7 +372,7 @@ def perplexity_command(
     vocab = AutoConfig.from_pretrained(str(model_dir)).vocab_size
     cat = open_catalog()
     with tempfile.TemporaryDirectory(prefix="openchat-ppl-") as scratch:
-        tokens, ds_id = load_data(data, model_dir, template_name=template_name(model_dir), tokenizer=tokenizer,
+        tokens, ds_id = load_data(data, model_dir, template_name=model_template(model_dir), tokenizer=tokenizer,
                                   max_len=max_len or context or 2048, vocab_size=vocab, scratch=Path(scratch))
     edges = edges or default_edges(context, meta.get("original_context_length"))
     eval_id = cat.add_eval(kind="perplexity", name=model_dir.name, questions_path=str(data), checkpoint_id=ck,

@@ -106,7 +106,7 @@ class ChatClient:
         self._context_probed = False
         self._probe_lock: asyncio.Lock | None = None
 
-    async def __aenter__(self) -> "ChatClient":
+    async def __aenter__(self) -> ChatClient:
         import httpx2
 
         limits = httpx2.Limits(max_connections=max(100, self.concurrency * 2),

@@ -44,7 +44,16 @@ from openchat_cli.eval.client import (
     _describe_failure,
 )
 from openchat_cli.eval.mc_tasks import McItem, McTask, load_task
-from openchat_cli.eval.runs import Interrupted, checkpoint_id, eval_row, finish, run_guarded, worker_pool
+from openchat_cli.eval.runs import (
+    Interrupted,
+    eval_row,
+    find_or_start_run,
+    finish,
+    lineage_checkpoint,
+    run_guarded,
+    served_model,
+    worker_pool,
+)
 from store.catalog import Catalog, looks_like_id
 
 KIND = "loglik"
@@ -262,21 +271,10 @@ def _question_row(run_id: str, item: McItem) -> dict[str, Any]:
                      "gold": item.gold, "line": item.source.get("number")}}
 
 
-async def _model_name(opts: LoglikOptions, base_url: str) -> str:
-    async with ChatClient(base_url, "", api_key=opts.api_key, retries=opts.retries,
-                          retry_wait_s=opts.retry_wait_s) as client:
-        models = await client.list_models()
-    if not models:
-        raise OpenchatError(f"{base_url}/models lists no models; pass --model")
-    return models[0]
-
-
 def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
                on_event: Callable[[str, dict[str, Any]], None] | None = None) -> LoglikResult:
     """Create or continue a loglik run and score the questions it lacks. Every scored question
     is stored as it completes; a kill loses only the questions in flight."""
-    from openchat_cli.eval.answer import discover_checkpoint
-
     emit = on_event or (lambda kind, data: None)
     base_url = normalize_base_url(opts.endpoint)
     existing: dict | None = None
@@ -295,7 +293,7 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
 
     model = opts.model or (existing or {}).get("model")
     if not model:
-        model = run_guarded(lambda: _model_name(opts, base_url))
+        model = served_model(base_url, opts.api_key, opts.retries, opts.retry_wait_s)
         emit("model", {"model": model})
     if existing is not None:
         if existing["questions_hash"] != task.hash:
@@ -314,21 +312,14 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
     if existing is not None:
         run_id = existing["id"]
     else:
-        checkpoint = None
-        if opts.checkpoint:
-            checkpoint = checkpoint_id(cat, opts.checkpoint)
-        else:
-            checkpoint = discover_checkpoint(cat, base_url)
         fields = dict(kind=KIND, name=opts.name or model, questions_path=str(task.path),
                       questions_hash=task.hash, endpoint=base_url, model=model,
-                      checkpoint_id=checkpoint, config=_config(opts, task))
-        if opts.new:
-            run_id = cat.add_eval(**fields)
-        else:
-            # Found or made in one transaction, as `eval answer` does: two identical commands
-            # started together share the run (scored rows are keyed by question, so none doubles).
-            row, made = cat.find_or_add_eval(lambda: _find_run(cat, task, base_url, model, opts.bos), **fields)
-            run_id, resumed = row["id"], not made
+                      checkpoint_id=lineage_checkpoint(cat, opts.checkpoint, model, base_url),
+                      config=_config(opts, task))
+        # Two identical commands started together share the run (rows are keyed by question).
+        row, made = find_or_start_run(cat, lambda: _find_run(cat, task, base_url, model, opts.bos), opts.new,
+                                      **fields)
+        run_id, resumed = row["id"], not made
     cat.insert_many("questions", (_question_row(run_id, item) for item in items), replace=True)
     done = cat.answered_ids(run_id)
     todo = [item for item in items if item.item_id not in done]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from openchat_cli.errors import OpenchatError, where
+from openchat_cli.eval.questions import BadField, read_options
 
 TASK_FORMATS = ("auto", "arc", "mmlu", "hellaswag", "choice")
 LETTERS = string.ascii_uppercase
@@ -58,40 +59,35 @@ class McTask:
     hash: str
 
 
-class _Bad(Exception):
-    def __init__(self, message: str, field_name: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field_name = field_name
 
 
 # -- field readers ------------------------------------------------------------------------------
 def _str(record: dict, key: str) -> str:
     value = record.get(key)
     if value is None:
-        raise _Bad(f"missing field '{key}'", key)
+        raise BadField(f"missing field '{key}'", key)
     if not isinstance(value, str):
-        raise _Bad(f"field '{key}' must be a string, got {type(value).__name__}", key)
+        raise BadField(f"field '{key}' must be a string, got {type(value).__name__}", key)
     return value
 
 
 def _str_list(value: Any, key: str) -> list[str]:
     if value is None:
-        raise _Bad(f"missing field '{key}'", key)
+        raise BadField(f"missing field '{key}'", key)
     if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) for v in value):
-        raise _Bad(f"field '{key}' must be a list of at least two strings", key)
+        raise BadField(f"field '{key}' must be a list of at least two strings", key)
     if len(value) > len(LETTERS):
-        raise _Bad(f"field '{key}' has {len(value)} entries; at most {len(LETTERS)}", key)
+        raise BadField(f"field '{key}' has {len(value)} entries; at most {len(LETTERS)}", key)
     return list(value)
 
 
 def _index(value: Any, n: int, key: str, labels: list[str] | None = None) -> int:
     """A gold index from an int, a digit string, a letter, or one of `labels`."""
     if isinstance(value, bool):
-        raise _Bad(f"field '{key}' must be an index or a letter, got a boolean", key)
+        raise BadField(f"field '{key}' must be an index or a letter, got a boolean", key)
     if labels is not None:
         if str(value) not in labels:
-            raise _Bad(f"field '{key}' is '{value}', not one of the labels {labels}", key)
+            raise BadField(f"field '{key}' is '{value}', not one of the labels {labels}", key)
         return labels.index(str(value))
     if isinstance(value, str):
         text = value.strip().strip("().")
@@ -100,12 +96,12 @@ def _index(value: Any, n: int, key: str, labels: list[str] | None = None) -> int
         elif len(text) == 1 and text.upper() in LETTERS[:n]:
             return LETTERS.index(text.upper())
         else:
-            raise _Bad(f"field '{key}' is '{value}': expected an index 0-{n - 1} or a letter "
+            raise BadField(f"field '{key}' is '{value}': expected an index 0-{n - 1} or a letter "
                        f"A-{LETTERS[n - 1]}", key)
     if not isinstance(value, int):
-        raise _Bad(f"field '{key}' must be an index or a letter", key)
+        raise BadField(f"field '{key}' must be an index or a letter", key)
     if not 0 <= value < n:
-        raise _Bad(f"field '{key}' is {value}, out of range for {n} choices", key)
+        raise BadField(f"field '{key}' is {value}, out of range for {n} choices", key)
     return value
 
 
@@ -130,13 +126,13 @@ def _arc(record: dict) -> tuple[str, list[str], list[int], str | None]:
     question = _str(record, "question")
     choices = record.get("choices")
     if not isinstance(choices, dict):
-        raise _Bad("field 'choices' must be an object with 'text' and 'label' lists", "choices")
+        raise BadField("field 'choices' must be an object with 'text' and 'label' lists", "choices")
     texts = _str_list(choices.get("text"), "choices.text")
     labels = choices.get("label")
     if not isinstance(labels, list) or len(labels) != len(texts):
-        raise _Bad("field 'choices.label' must be a list as long as 'choices.text'", "choices.label")
+        raise BadField("field 'choices.label' must be a list as long as 'choices.text'", "choices.label")
     if "answerKey" not in record:
-        raise _Bad("missing field 'answerKey'", "answerKey")
+        raise BadField("missing field 'answerKey'", "answerKey")
     gold = _index(record["answerKey"], len(texts), "answerKey", [str(lab) for lab in labels])
     return f"Question: {question}\nAnswer:", texts, [gold], None
 
@@ -145,7 +141,7 @@ def _mmlu(record: dict) -> tuple[str, list[str], list[int], str | None]:
     question = _str(record, "question")
     choices = _str_list(record.get("choices"), "choices")
     if "answer" not in record:
-        raise _Bad("missing field 'answer'", "answer")
+        raise BadField("missing field 'answer'", "answer")
     gold = _index(record["answer"], len(choices), "answer")
     subject = record.get("subject")
     description = ""
@@ -165,7 +161,7 @@ def _hellaswag(record: dict) -> tuple[str, list[str], list[int], str | None]:
         ctx = _str(record, "ctx")
     endings = _str_list(record.get("endings"), "endings")
     if "label" not in record:
-        raise _Bad("missing field 'label'", "label")
+        raise BadField("missing field 'label'", "label")
     gold = _index(record["label"], len(endings), "label")
     return (hellaswag_preprocess(label + ": " + ctx), [hellaswag_preprocess(e) for e in endings],
             [gold], label)
@@ -173,21 +169,12 @@ def _hellaswag(record: dict) -> tuple[str, list[str], list[int], str | None]:
 
 def _choice(record: dict) -> tuple[str, list[str], list[int], str | None]:
     question = _str(record, "question")
-    options = record.get("options")
-    if isinstance(options, dict):
-        keys = [str(k).strip().strip("().").upper() for k in options]
-        if keys != list(LETTERS[: len(keys)]):
-            raise _Bad("field 'options' as a mapping must use the keys A, B, C, … in order", "options")
-        options = list(options.values())
-    if isinstance(options, list):
-        options = [str(o) if isinstance(o, (int, float)) and not isinstance(o, bool) else o
-                   for o in options]
-    options = _str_list(options, "options")
+    options = read_options(record, at_least=2)
     if "label" not in record:
-        raise _Bad("missing field 'label'", "label")
+        raise BadField("missing field 'label'", "label")
     labels = record["label"] if isinstance(record["label"], list) else [record["label"]]
     if not labels:
-        raise _Bad("field 'label' is empty", "label")
+        raise BadField("field 'label' is empty", "label")
     gold = sorted({_index(v, len(options), "label") for v in labels})
     category = record.get("category") or record.get("dataset")
     return (f"Question: {question}\nAnswer:", options, gold,
@@ -199,7 +186,7 @@ READERS = {"arc": _arc, "mmlu": _mmlu, "hellaswag": _hellaswag, "choice": _choic
 
 def detect(record: Any) -> str:
     if not isinstance(record, dict):
-        raise _Bad(f"expected a JSON object, got {type(record).__name__}")
+        raise BadField(f"expected a JSON object, got {type(record).__name__}")
     if "answerKey" in record:
         return "arc"
     if "endings" in record:
@@ -208,19 +195,19 @@ def detect(record: Any) -> str:
         return "choice"
     if "choices" in record and "answer" in record:
         return "mmlu"
-    raise _Bad("cannot tell the format: expected ARC ('question', 'choices', 'answerKey'), MMLU "
+    raise BadField("cannot tell the format: expected ARC ('question', 'choices', 'answerKey'), MMLU "
                "('question', 'choices', 'answer'), HellaSwag ('ctx', 'endings', 'label') or "
                "OpenChat ('question', 'options', 'label') fields; or pass --task-format")
 
 
 def parse_record(record: Any, number: int, fmt: str) -> McItem:
     if not isinstance(record, dict):
-        raise _Bad(f"expected a JSON object, got {type(record).__name__}")
+        raise BadField(f"expected a JSON object, got {type(record).__name__}")
     context, choices, gold, category = READERS[fmt](record)
     if not context.strip():
-        raise _Bad("the question text is empty")
+        raise BadField("the question text is empty")
     if any(not c for c in choices):
-        raise _Bad("a choice is empty: nothing to score", "choices")
+        raise BadField("a choice is empty: nothing to score", "choices")
     return McItem(_item_id(record, number), context, choices, gold, category,
                   {"format": fmt, "number": number})
 
@@ -263,7 +250,7 @@ def load_task(path: Path | str, task_format: str = "auto") -> McTask:
             if fmt is None:
                 fmt = detect(record)
             item = parse_record(record, number, fmt)
-        except _Bad as exc:
+        except BadField as exc:
             hint = "" if task_format != "auto" else f" (read as '{fmt}')" if fmt else ""
             raise OpenchatError(f"{loc}: {exc.message}{hint}") from None
         if item.item_id in seen:

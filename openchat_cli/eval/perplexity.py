@@ -160,7 +160,7 @@ def load_data(ref: str, model_dir: Path, *, template_name: str, tokenizer: Any, 
     """Tokenized sequences to score: a tokenized Parquet file (or ds-… id) made for this model, or a
     conversations JSONL tokenized here through the model's template (split at turn boundaries at
     `max_len`, as `data tokenize` does). Returns (TokenizedData, dataset id or None)."""
-    from openchat_cli.checkpoint import tokenizer_hash
+    from openchat_cli.model_dir import tokenizer_hash
     from openchat_cli.train.dataset import load, read_meta_checked, resolve_data
 
     path = Path(ref).expanduser()

@@ -72,37 +72,40 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-class _Bad(Exception):
+class BadField(Exception):
+    """A record's field that cannot be read; the loader adds the file and line."""
+
     def __init__(self, message: str, field_name: str | None = None):
         super().__init__(message)
         self.message = message
         self.field_name = field_name
 
 
+
 def _text(record: dict, key: str, *, required: bool = True) -> str | None:
     value = record.get(key)
     if value is None:
         if required:
-            raise _Bad(f"missing field '{key}'", key)
+            raise BadField(f"missing field '{key}'", key)
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise _Bad(f"field '{key}' must be a string, got {type(value).__name__}", key)
+        raise BadField(f"field '{key}' must be a string, got {type(value).__name__}", key)
     if required and not value.strip():
-        raise _Bad(f"field '{key}' is empty", key)
+        raise BadField(f"field '{key}' is empty", key)
     return value
 
 
 def _ident(record: dict, key: str) -> str:
     value = record.get(key)
     if value is None:
-        raise _Bad(f"missing field '{key}'", key)
+        raise BadField(f"missing field '{key}'", key)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _Bad(f"field '{key}' must be a string or an integer", key)
+        raise BadField(f"field '{key}' must be a string or an integer", key)
     text = str(value).strip()
     if not text:
-        raise _Bad(f"field '{key}' is empty", key)
+        raise BadField(f"field '{key}' is empty", key)
     return text
 
 
@@ -110,14 +113,14 @@ def _string_list(record: dict, key: str, *, required: bool = True) -> list[str] 
     value = record.get(key)
     if value is None:
         if required:
-            raise _Bad(f"missing field '{key}'", key)
+            raise BadField(f"missing field '{key}'", key)
         return None
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Bad(f"field '{key}' must be a list of strings", key)
+        raise BadField(f"field '{key}' must be a list of strings", key)
     if required and (not value or not all(v.strip() for v in value)):
-        raise _Bad(f"field '{key}' must hold at least one non-empty string", key)
+        raise BadField(f"field '{key}' must hold at least one non-empty string", key)
     return list(value)
 
 
@@ -132,22 +135,27 @@ def detect(record: dict) -> str:
         return "vicuna"
     if "prompt" in record:
         return "plain"
-    raise _Bad("cannot tell the format: expected 'turns' (MT-bench), 'text' (Vicuna), "
+    raise BadField("cannot tell the format: expected 'turns' (MT-bench), 'text' (Vicuna), "
                "'instruction' (AlpacaEval), 'question' (multiple-choice / exact-answer) "
                "or 'prompt' (plain)")
 
 
-def _options(record: dict) -> list[str]:
+def read_options(record: dict, at_least: int = 1) -> list[str]:
+    """OpenChat's `options`: a list, or a mapping keyed A, B, C, … in order; numbers become text.
+    Shared by `eval answer` (choice questions) and `eval loglik` (the `choice` task format)."""
     options = record.get("options")
+    if options is None:
+        raise BadField("missing field 'options'", "options")
     if isinstance(options, dict):
         keys = [str(k).strip().strip("().").upper() for k in options]
         if keys != list(LETTERS[: len(keys)]):
-            raise _Bad("field 'options' as a mapping must use the keys A, B, C, … in order", "options")
+            raise BadField("field 'options' as a mapping must use the keys A, B, C, … in order", "options")
         options = list(options.values())
-    if not isinstance(options, list) or not options or not all(isinstance(o, (str, int, float)) for o in options):
-        raise _Bad("field 'options' must be a non-empty list of strings", "options")
+    if (not isinstance(options, list) or len(options) < at_least
+            or not all(isinstance(o, (str, int, float)) and not isinstance(o, bool) for o in options)):
+        raise BadField(f"field 'options' must be a list of at least {at_least} string(s)", "options")
     if len(options) > len(LETTERS):
-        raise _Bad(f"field 'options' has {len(options)} entries; at most {len(LETTERS)}", "options")
+        raise BadField(f"field 'options' has {len(options)} entries; at most {len(LETTERS)}", "options")
     return [str(o) for o in options]
 
 
@@ -157,20 +165,20 @@ def _choice_label(value: Any, n_options: int) -> list[str]:
     out: list[str] = []
     for v in values:
         if isinstance(v, bool):
-            raise _Bad("field 'label' must be an option letter or index", "label")
+            raise BadField("field 'label' must be an option letter or index", "label")
         if isinstance(v, int):
             if not 0 <= v < n_options:
-                raise _Bad(f"label index {v} is out of range for {n_options} options", "label")
+                raise BadField(f"label index {v} is out of range for {n_options} options", "label")
             out.append(LETTERS[v])
             continue
         if not isinstance(v, str):
-            raise _Bad("field 'label' must be an option letter or index", "label")
+            raise BadField("field 'label' must be an option letter or index", "label")
         letter = v.strip().strip("().").upper()
         if len(letter) != 1 or letter not in LETTERS[:n_options]:
-            raise _Bad(f"label '{v}' is not one of the options A-{LETTERS[n_options - 1]}", "label")
+            raise BadField(f"label '{v}' is not one of the options A-{LETTERS[n_options - 1]}", "label")
         out.append(letter)
     if not out:
-        raise _Bad("field 'label' is empty", "label")
+        raise BadField("field 'label' is empty", "label")
     return out
 
 
@@ -196,7 +204,7 @@ def choice_prompt(question: str, options: list[str]) -> str:
 def parse_record(record: Any, index: int, fmt: str | None = None) -> Question:
     """One record → Question. `index` (1-based) names the question when it has no id."""
     if not isinstance(record, dict):
-        raise _Bad(f"expected a JSON object, got {type(record).__name__}")
+        raise BadField(f"expected a JSON object, got {type(record).__name__}")
     fmt = fmt or detect(record)
     if fmt == "mtbench":
         qid = _ident(record, "question_id")
@@ -225,22 +233,22 @@ def parse_record(record: Any, index: int, fmt: str | None = None) -> Question:
         if record.get("dataset") is not None:
             meta["dataset"] = record.get("dataset")
         if fmt == "choice":
-            options = _options(record)
+            options = read_options(record)
             if "label" not in record:
-                raise _Bad("missing field 'label'", "label")
+                raise BadField("missing field 'label'", "label")
             meta.update(options=options, label=_choice_label(record["label"], len(options)))
             return Question(qid, category, [choice_prompt(question, options)], None, meta)
         key = "label" if "label" in record else "answer"
         label = record.get(key)
         if label is None or isinstance(label, bool) or not isinstance(label, (str, int, float, list)):
-            raise _Bad("missing field 'label' (the expected answer)", "label")
+            raise BadField("missing field 'label' (the expected answer)", "label")
         meta["label"] = label
         return Question(qid, category, [question], None, meta)
     if fmt == "plain":
         qid = _ident(record, "id") if record.get("id") is not None else str(index)
         return Question(qid, _text(record, "category", required=False), [_text(record, "prompt")],
                         None, {"format": fmt})
-    raise _Bad(f"unknown format '{fmt}'")
+    raise BadField(f"unknown format '{fmt}'")
 
 
 def load_questions(path: Path | str) -> QuestionSet:
@@ -283,9 +291,9 @@ def load_questions(path: Path | str) -> QuestionSet:
             if first_format is None:
                 first_format = fmt
             elif fmt is not None and fmt != first_format and {fmt, first_format} != {"choice", "exact"}:
-                raise _Bad(f"record looks like '{fmt}' but the file started as '{first_format}'")
+                raise BadField(f"record looks like '{fmt}' but the file started as '{first_format}'")
             question = parse_record(record, n, fmt)
-        except _Bad as exc:
+        except BadField as exc:
             raise OpenchatError(f"{loc}: {exc.message}") from None
         if question.question_id in seen:
             raise OpenchatError(f"{loc}: duplicate question id '{question.question_id}' "

@@ -26,7 +26,7 @@ def load_reward_model(ref: str) -> tuple[Any, Any, str, Path, str | None]:
     """(model, tokenizer, template name, path, checkpoint id) of a reward model dir or ck- id."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from openchat_cli.checkpoint import load_tokenizer, read_meta, require_weights, resolve_model
+    from openchat_cli.model_dir import load_tokenizer, read_meta, require_weights, resolve_model
 
     path, ck = resolve_model(ref)
     require_weights(path)

@@ -11,7 +11,7 @@ import threading
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from openchat_cli.errors import OpenchatError
-from store.catalog import Catalog, CatalogError, now
+from store.catalog import Catalog, CatalogError, looks_like_id, now
 from store.claims import UnitClaims
 
 T = TypeVar("T")
@@ -169,6 +169,63 @@ def checkpoint_id(cat: Catalog, ref: str) -> str:
     if cat.table_of(full) != "checkpoints":
         raise OpenchatError(f"--checkpoint {ref} is not a checkpoint id")
     return full
+
+
+def served_model(base_url: str, api_key: str | None, retries: int, retry_wait_s: float) -> str:
+    """The first model an endpoint's /models lists (what runs use when --model is not given)."""
+    from openchat_cli.eval.client import ChatClient
+
+    async def first() -> list[str]:
+        async with ChatClient(base_url, "", api_key=api_key, retries=retries, retry_wait_s=retry_wait_s) as client:
+            return await client.list_models()
+
+    models = run_guarded(first)
+    if not models:
+        raise OpenchatError(f"{base_url}/models lists no models; pass --model")
+    return models[0]
+
+
+def discover_checkpoint(cat: Catalog, base_url: str) -> str | None:
+    """The catalog checkpoint an `openchat serve` endpoint serves, from its /health (best effort)."""
+    import httpx
+
+    root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+    try:
+        response = httpx.get(root + "/health", timeout=2.0)
+        found = response.json().get("checkpoint_id") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    if not isinstance(found, str) or not looks_like_id(found):
+        return None
+    try:
+        full = cat.resolve(found)
+    except CatalogError:
+        return None
+    return full if cat.table_of(full) == "checkpoints" else None
+
+
+def lineage_checkpoint(cat: Catalog, given: str | None, model: str, base_url: str) -> str | None:
+    """The checkpoint a run's answers come from: --checkpoint, else a served model named by its
+    checkpoint id, else what the endpoint's /health says (best effort)."""
+    if given:
+        return checkpoint_id(cat, given)
+    if not (looks_like_id(model) and model.startswith("ck-")):
+        return discover_checkpoint(cat, base_url)
+    try:
+        full = cat.resolve(model)
+    except CatalogError:
+        return None
+    return full if cat.table_of(full) == "checkpoints" else None
+
+
+def find_or_start_run(cat: Catalog, find: Callable[[], dict | None], new: bool,
+                      **fields: Any) -> tuple[dict[str, Any], bool]:
+    """(run row, made now): a fresh run with `new`, else the one `find` returns, else a new one.
+    Found and made in one write transaction: of two identical commands started together, the
+    second joins the run the first made."""
+    if new:
+        return cat.get(cat.add_eval(**fields)), True
+    return cat.find_or_add_eval(find, **fields)
 
 
 def finish(cat: Catalog, run_id: str, status: str, metrics: dict[str, Any] | None = None) -> None:

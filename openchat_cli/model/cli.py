@@ -9,10 +9,17 @@ from typing import Optional
 import typer
 
 from openchat_cli.atomic import temp_dir_beside
-from openchat_cli.checkpoint import (attach_template, load_tokenizer, read_meta, require_weights,
-                                     resolve_model, tokenizer_hash, write_meta)
 from openchat_cli.console import console, err_console, print_json, table
 from openchat_cli.errors import OpenchatError
+from openchat_cli.model_dir import (
+    attach_template,
+    load_tokenizer,
+    read_meta,
+    require_weights,
+    resolve_model,
+    tokenizer_hash,
+    write_meta,
+)
 from openchat_cli.templates import DEFAULT_TEMPLATE, TEMPLATES, get_template
 
 app = typer.Typer(no_args_is_help=True)

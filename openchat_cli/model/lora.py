@@ -1,4 +1,4 @@
-"""LoRA adapters (peft): wrapping a model for training, and folding an adapter back in."""
+"""LoRA adapters (peft): folding a trained adapter back into its base model (training wraps in train/lora.py)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,6 @@ from typing import Any
 from openchat_cli.errors import OpenchatError
 
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def apply_lora(model: Any, *, r: int, alpha: int, dropout: float, targets: str = "all-linear",
-               task_type: str = "CAUSAL_LM") -> Any:
-    """Wrap a model so only low-rank adapters on its linear layers train (SEQ_CLS: a reward
-    model, whose scalar head then trains in full and is saved with the adapter)."""
-    from peft import LoraConfig, get_peft_model
-
-    modules: str | list[str] = targets if targets == "all-linear" else [
-        t.strip() for t in targets.split(",") if t.strip()]
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules,
-                        task_type=task_type, bias="none")
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise OpenchatError(f"--lora-targets {targets}: {exc}") from None
 
 
 def adapter_base(adapter_dir: Path) -> str | None:
@@ -46,7 +30,7 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, tmp_out: Path) -> Any:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x

@@ -48,8 +48,7 @@ def read_corpus(path: Path | None) -> Iterator[str]:
         yield from BUILTIN_CORPUS
         return
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            yield line
+        yield from fh
 
 
 def train_tokenizer(lines: Iterable[str], vocab_size: int, extra_specials: Iterable[str] = ()):

@@ -9,7 +9,6 @@ running step with it; SIGTERM/Ctrl-C stop them cleanly first.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import socket
@@ -25,6 +24,7 @@ from typing import Iterator
 import httpx
 
 from openchat_cli.console import console, err_console
+from openchat_cli.determinism import pinned_env
 from openchat_cli.errors import OpenchatError
 from openchat_cli.lifeline import owner_env
 from openchat_cli.quickstart.tasks import generate
@@ -41,6 +41,7 @@ class QuickstartPlan:
     tokens_per_step: int = 512
     max_len: int = 256
     seed: int = 0
+    threads: int = 2  # every step's thread count, pinned (openchat_cli/determinism.py)
     json_output: bool = False  # keep stdout for the final JSON: narrate on stderr
 
 
@@ -54,13 +55,14 @@ def _show(args: tuple[object, ...]) -> str:
 
 
 _narrator = console  # where the quickstart talks: stdout, or stderr when --json owns stdout
+_threads = 2  # the plan's thread count, for every child process
 
 
 def run_step(title: str, *args: object, capture_json: bool = False) -> object:
     """Print the command, run it with live output; return its parsed --json stdout if asked."""
     _narrator.rule(f"[bold]{title}")
     _narrator.print(f"[cyan]$ {_show(args)}[/]", highlight=False, soft_wrap=True)
-    env = {**owner_env(), "PYTHONUNBUFFERED": "1"}
+    env = {**pinned_env(owner_env(), _threads), "PYTHONUNBUFFERED": "1"}
     child_stdout = subprocess.PIPE if capture_json else (sys.stderr if _narrator is err_console else None)
     with subprocess.Popen(_openchat(*args), stdout=child_stdout, text=True, env=env) as proc:
         try:
@@ -106,11 +108,14 @@ def free_port() -> int:
 def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
     """`openchat serve MODEL` in the background for the duration of a block; yields its /v1 URL."""
     port = free_port()
-    args = ("serve", model, "--port", port, "--served-model-name", name)
+    # One sequence at a time: a batch's make-up (which requests arrived together) would change
+    # the arithmetic, and with it a greedy answer now and then.
+    args = ("serve", model, "--port", port, "--served-model-name", name, "--max-batch-size", 1)
     _narrator.print(f"[cyan]$ {_show(args)} &[/]", highlight=False, soft_wrap=True)
     log = (log_dir / f"serve-{name}.log").open("w")
     # owner_env: the server ends with this process, even if it is killed with -9.
-    proc = subprocess.Popen(_openchat(*args), stdout=log, stderr=subprocess.STDOUT, env=owner_env())
+    proc = subprocess.Popen(_openchat(*args), stdout=log, stderr=subprocess.STDOUT,
+                            env=pinned_env(owner_env(), _threads))
     root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -141,8 +146,9 @@ def run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
 
 
 def _run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
-    global _narrator
+    global _narrator, _threads
     _narrator = err_console if plan.json_output else console
+    _threads = plan.threads
     work = plan.workdir
     work.mkdir(parents=True, exist_ok=True)
     _narrator.rule("[bold]openchat quickstart")

@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -47,78 +47,54 @@ def _url_host(host: str) -> str:
 
 
 def serve_command(
-    model: str = typer.Argument(..., help="Model folder or catalog checkpoint id (ck-…)."),
-    extra_keys: Optional[List[str]] = typer.Argument(
-        None, hidden=True, metavar="K2", help="More API keys after --api-keys K1 K2 …"),
-    engine: str = typer.Option("auto", "--engine", help="auto (vLLM on a GPU when installed, "
-                               "else transformers), vllm or transformers."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 to expose it)."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port (0 picks a free one)."),
-    template: Optional[str] = typer.Option(None, "--template",
-                                           help="Override the template named in openchat.json."),
-    served_model_name: Optional[str] = typer.Option(
-        None, "--served-model-name", help="Name clients pass as `model` (default: the checkpoint "
-        "id if the catalog knows it, else the folder name)."),
-    api_keys: Optional[List[str]] = typer.Option(
-        None, "--api-keys", help=f"Require `Authorization: Bearer KEY` on /v1/* (put MODEL first: "
-        f"--api-keys K1 K2 …, or comma-separated, or ${API_KEYS_ENV})."),
-    log_requests: Optional[Path] = typer.Option(None, "--log-requests",
-                                                help="Append one JSON line per request to FILE."),
-    log_to_catalog: bool = typer.Option(False, "--log-to-catalog",
-                                        help="Record every request in the catalog's requests table."),
-    max_batch_size: int = typer.Option(64, "--max-batch-size", min=1,
-                                       help="Most sequences decoded together (transformers engine)."),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=16,
-                                                help="Context length (default: the model's)."),
-    default_max_tokens: Optional[int] = typer.Option(
-        None, "--default-max-tokens", min=1,
-        help="max_tokens when a request gives none (default: the rest of the context)."),
-    max_n: int = typer.Option(16, "--max-n", min=1, help="Largest `n` accepted."),
-    max_body_mb: float = typer.Option(4.0, "--max-body-mb", help="Largest request body, in MiB."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
-    device: str = typer.Option("auto", "--device",
-                               help="transformers engine: cpu, cuda, cuda:1 … (auto: cuda if present)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", min=1, help="vLLM: GPUs."),
-    gpu_memory_utilization: Optional[float] = typer.Option(
-        None, "--gpu-memory-utilization", help="vLLM: fraction of GPU memory to use."),
-    in_process: bool = typer.Option(
-        False, "--in-process", help="transformers engine: run the model in the API process. By "
+    model: Annotated[str, typer.Argument(help="Model folder or catalog checkpoint id (ck-…).")],
+    engine: Annotated[str, typer.Option("--engine", help="auto (vLLM on a GPU when installed, "
+                               "else transformers), vllm or transformers.")] = "auto",
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 to expose it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0 picks a free one).")] = DEFAULT_PORT,
+    template: Annotated[Optional[str], typer.Option("--template", help="Override the template named in openchat.json.")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option("--served-model-name", help="Name clients pass as `model` (default: the checkpoint "
+        "id if the catalog knows it, else the folder name).")] = None,
+    api_keys: Annotated[Optional[list[str]], typer.Option(
+        "--api-keys", envvar=API_KEYS_ENV, show_envvar=True, metavar="KEYS",
+        help="Require `Authorization: Bearer KEY` on /v1/*: comma-separated, or repeat the option.")] = None,
+    log_requests: Annotated[Optional[Path], typer.Option("--log-requests", help="Append one JSON line per request to FILE.")] = None,
+    log_to_catalog: Annotated[bool, typer.Option("--log-to-catalog", help="Record every request in the catalog's requests table.")] = False,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", min=1, help="Most sequences decoded together (transformers engine).")] = 64,
+    max_model_len: Annotated[Optional[int], typer.Option("--max-model-len", min=16, help="Context length (default: the model's).")] = None,
+    default_max_tokens: Annotated[Optional[int], typer.Option("--default-max-tokens", min=1, help="max_tokens when a request gives none (default: the rest of the context).")] = None,
+    max_n: Annotated[int, typer.Option("--max-n", min=1, help="Largest `n` accepted.")] = 16,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.")] = 4.0,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="transformers engine: cpu, cuda, cuda:1 … (auto: cuda if present).")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="vLLM: GPUs.")] = 1,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="vLLM: fraction of GPU memory to use.")] = None,
+    in_process: Annotated[bool, typer.Option(
+        "--in-process", help="transformers engine: run the model in the API process. By "
         "default it runs in its own process (HTTP and tokenization stay here, so neither waits on "
-        "the other). vLLM always runs its own engine-core process."),
-    engine_arg: Optional[List[str]] = typer.Option(
-        None, "--engine-arg", help="vLLM engine argument KEY=VALUE (repeatable), e.g. "
-        "--engine-arg enable_prefix_caching=true."),
-    allow_origin: Optional[List[str]] = typer.Option(
-        None, "--allow-origin", help="Allow browser pages from this origin to call the API (CORS; "
-        "repeatable, '*' for any)."),
-    allowed_hosts: Optional[List[str]] = typer.Option(
-        None, "--allowed-hosts", help="Host header names to answer besides 127.0.0.1, localhost and "
-        "[::1] (repeatable or comma-separated; '*' for any). Guards against DNS rebinding."),
-    header_timeout: float = typer.Option(
-        10.0, "--header-timeout", min=0.1, help="Seconds a client has to send a request's headers "
-        "(slow clients are disconnected)."),
-    body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1,
-                                       help="Seconds a client has to send a request's body (408)."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+        "the other). vLLM always runs its own engine-core process.")] = False,
+    engine_arg: Annotated[Optional[list[str]], typer.Option("--engine-arg", help="vLLM engine argument KEY=VALUE (repeatable), e.g. "
+        "--engine-arg enable_prefix_caching=true.")] = None,
+    allow_origin: Annotated[Optional[list[str]], typer.Option("--allow-origin", help="Allow browser pages from this origin to call the API (CORS; "
+        "repeatable, '*' for any).")] = None,
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option("--allowed-hosts", help="Host header names to answer besides 127.0.0.1, localhost and "
+        "[::1] (repeatable or comma-separated; '*' for any). Guards against DNS rebinding.")] = None,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds a client has to send a request's headers "
+        "(slow clients are disconnected).")] = 10.0,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", min=0.1, help="Seconds a client has to send a request's body (408).")] = 60.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a checkpoint behind an OpenAI-compatible API (chat, completions, models, metrics)."""
     # One prompt at a time: the tokenizers thread pool only adds latency here.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from openchat_cli import checkpoint
+    from openchat_cli import model_dir as model_folder
     from openchat_cli.serve.engines.base import eos_token_ids, pick_engine_kind
-    from openchat_cli.templates import check_tokenizer, get_template
-
     from openchat_cli.serve.guard import LOOPBACK_HOSTS, is_loopback
+    from openchat_cli.templates import check_tokenizer, get_template
 
     kind = pick_engine_kind(engine)
     keys = _split_keys(api_keys)
-    if extra_keys:
-        if not keys:
-            raise OpenchatError(f"unexpected argument(s) {' '.join(extra_keys)}: serve takes one MODEL")
-        keys += [k for k in _split_keys(extra_keys) if k not in keys]
-    if not keys:
-        keys = _split_keys([os.environ.get(API_KEYS_ENV, "")])
     hosts = _split_keys(allowed_hosts)
     if "*" in hosts:
         host_names: tuple[str, ...] | None = None
@@ -136,20 +112,16 @@ def serve_command(
         from store.catalog import open_catalog
 
         open_catalog().close()
-    try:
-        model_dir, ckpt_id = checkpoint.resolve_model(model)
-    except OpenchatError as exc:
-        hint = " (with several --api-keys, put MODEL first)" if extra_keys else ""
-        raise OpenchatError(exc.message + hint) from None
+    model_dir, ckpt_id = model_folder.resolve_model(model)
     model_dir = model_dir.resolve()
-    checkpoint.require_weights(model_dir)
+    model_folder.require_weights(model_dir)
     if ckpt_id is None:
         from openchat_cli.home import catalog_path
 
         if catalog_path().exists():
-            ckpt_id = checkpoint.checkpoint_id_for(model_dir)
-    tmpl = get_template(checkpoint.template_name(model_dir, template))
-    tokenizer = checkpoint.load_tokenizer(model_dir)
+            ckpt_id = model_folder.checkpoint_id_for(model_dir)
+    tmpl = get_template(model_folder.model_template(model_dir, template))
+    tokenizer = model_folder.load_tokenizer(model_dir)
     check_tokenizer(tmpl, tokenizer)
 
     stop_ids = eos_token_ids(model_dir, tokenizer, tmpl.eot_token)

@@ -98,9 +98,8 @@ def train_command(
         from openchat_cli.home import default_output_dir
 
         cfg.out = str(default_output_dir("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
-    from store.catalog import open_catalog
-
     from openchat_cli.run_folder import RunFolderLock, settle_abandoned_runs
+    from store.catalog import open_catalog
 
     settle_abandoned_runs(open_catalog())  # runs whose command was killed stop showing `running`
     with RunFolderLock(run_folder(cfg)) as lock:
@@ -108,16 +107,16 @@ def train_command(
                        overrides={k: getattr(cfg, k) for k in ("state_minutes", "report_to") if k in given})
         result = run(spec, lock.fd, view=choose_view(as_json))
     if as_json:
-        print_json_line({"event": "run", "run": open_catalog().get(spec["run_id"])})
+        print_json_line({"event": "run", "run": open_catalog().get(spec.run_id)})
         if result.get("signal"):
             raise typer.Exit(128 + result["signal"])
         return
     metrics = result.get("metrics", {})
-    where = Path(spec["out"])
+    where = Path(spec.out)
     if result["status"] == "completed" and metrics.get("method") == "grpo":
         console.print(f"[green]trained[/] {result['steps']} GRPO steps, mean reward {metrics.get('reward_initial', 0):.3f} "
                       f"(first step) → {metrics.get('reward', 0):.3f} (last) → {where / 'final'} "
-                      f"([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
+                      f"([bold]{metrics.get('final_checkpoint_id')}[/], run {spec.run_id})")
     elif result["status"] == "completed":
         eval_text = (f", held-out loss {metrics['eval_loss_initial']:.4f} → {metrics['eval_loss']:.4f}"
                      if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
@@ -125,22 +124,22 @@ def train_command(
             eval_text += (f", held-out pair accuracy {metrics.get('eval_accuracy_initial', float('nan')):.1%} → "
                           f"{metrics['eval_accuracy']:.1%}")
         console.print(f"[green]trained[/] {result['steps']} steps, train loss {metrics['final_loss']:.4f}{eval_text}"
-                      + f" → {where / 'final'} ([bold]{metrics.get('final_checkpoint_id')}[/], run {spec['run_id']})")
+                      + f" → {where / 'final'} ([bold]{metrics.get('final_checkpoint_id')}[/], run {spec.run_id})")
     elif result.get("signal"):
         import signal
 
-        from openchat_cli.train.checkpoint import latest_state_step
+        from openchat_cli.train.run_files import latest_state_step
 
         saved = latest_state_step(where)
         state = f"--resume continues from step {saved}" if saved else "no state saved: --resume starts over"
         progress_text = f" after step {result['stopped_at']} of {result['steps']}" if result.get("steps") else ""
         err_console.print(f"[yellow]stopped by {signal.Signals(result['signal']).name}[/]{progress_text} ({state}): "
-                          f"continue with `openchat train --out {where} --resume` (run {spec['run_id']}, "
+                          f"continue with `openchat train --out {where} --resume` (run {spec.run_id}, "
                           "marked interrupted)", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + result["signal"])
     else:
         console.print(f"[yellow]stopped[/] after step {result['stopped_at']} of {result['steps']}: continue with "
-                      f"`openchat train --out {where} --resume` (run {spec['run_id']})")
+                      f"`openchat train --out {where} --resume` (run {spec.run_id})")
 
 
 def print_json_line(data: object) -> None:

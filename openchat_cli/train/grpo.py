@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from openchat_cli.errors import OpenchatError
-from openchat_cli.train import checkpoint as ckpt
+from openchat_cli.train import run_files as ckpt
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.grpo_math import combine_rewards, group_advantages, policy_loss, token_logps
 from openchat_cli.train.grpo_prompts import Prompt
+from openchat_cli.train.spec import TrainSpec
 
 
 # -- checks in `openchat train`, before any rank starts -----------------------------------------
@@ -111,20 +112,20 @@ def pack_completions(prompts: list[list[int]], completions: list[list[int]], pad
 class Rollouts:
     """Prompts -> encoded prompt ids, completions, their text and rewards (one step, one rank)."""
 
-    def __init__(self, spec: dict[str, Any], cfg: TrainConfig, device: torch.device):
-        from openchat_cli.checkpoint import load_tokenizer
+    def __init__(self, spec: TrainSpec, cfg: TrainConfig, device: torch.device):
+        from openchat_cli.model_dir import load_tokenizer
         from openchat_cli.serve.engines.base import eos_token_ids
         from openchat_cli.templates import get_template
         from openchat_cli.train.grpo_prompts import read_prompt_file
         from openchat_cli.train.rewards import build, from_config
         from openchat_cli.train.rollout import Sampler
 
-        model_dir = Path(spec["model_path"])
+        model_dir = Path(spec.model_path)
         self.cfg = cfg
-        self.prompts = read_prompt_file(Path(spec["prompts_path"]))
+        self.prompts = read_prompt_file(Path(spec.prompts_path))
         self.tokenizer = load_tokenizer(model_dir)
-        self.template = get_template(spec["template"])
-        specs = from_config(spec["rewards"])
+        self.template = get_template(spec.template)
+        specs = from_config(spec.rewards)
         self.weights = torch.tensor([s.weight for s in specs], dtype=torch.float64)
         self.functions = build(specs, device)
         self.stop_ids = eos_token_ids(model_dir, self.tokenizer, self.template.eot_token)
@@ -157,7 +158,7 @@ class Rollouts:
                 "rewards": combine_rewards(per_function, self.weights)}
 
 
-def _reference(spec: dict[str, Any], cfg: TrainConfig, engine: Any, impl: str, device: torch.device,
+def _reference(spec: TrainSpec, cfg: TrainConfig, engine: Any, impl: str, device: torch.device,
                bf16: bool) -> Any:
     """A callable batch -> reference log-probs (None when no KL is wanted or needed)."""
     if cfg.kl_beta == 0.0:
@@ -171,38 +172,38 @@ def _reference(spec: dict[str, Any], cfg: TrainConfig, engine: Any, impl: str, d
         return with_adapters_off
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32,
+    ref = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=torch.bfloat16 if bf16 else torch.float32,
                                                attn_implementation=impl).to(device).eval()
     ref.requires_grad_(False)
     return PolicyLogps(ref, impl, cfg.temperature)
 
 
-def fingerprint(spec: dict[str, Any], cfg: TrainConfig, world: int) -> str:
-    h = hashlib.sha256(Path(spec["prompts_path"]).read_bytes())
+def fingerprint(spec: TrainSpec, cfg: TrainConfig, world: int) -> str:
+    h = hashlib.sha256(Path(spec.prompts_path).read_bytes())
     h.update(repr((cfg.seed, cfg.prompts_per_step, cfg.group_size, cfg.epochs, world)).encode())
     return h.hexdigest()[:16]
 
 
-def train(spec: dict[str, Any], stop: Any) -> dict[str, Any]:
+def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
     """Run (or resume) GRPO on this rank (called by loop.train for --method grpo)."""
     from openchat_cli.train import attention, loop
 
-    cfg = TrainConfig.from_dict(spec["config"])
-    out = Path(spec["out"])
+    cfg = TrainConfig.from_dict(spec.config)
+    out = Path(spec.out)
     device = loop.device_for_rank()
     loop.init_distributed(device)
     comm = loop.Comm(device)
     torch.manual_seed(cfg.seed)
     bf16 = loop.use_bf16(cfg, device)
 
-    num_prompts = spec["num_prompts"]
+    num_prompts = spec.num_prompts
     total = total_steps(num_prompts, cfg, comm.world)
-    lr = spec["lr"]
+    lr = spec.lr
     engine, scheduler, impl = loop.build_engine(spec, cfg, device, lr, total * cfg.grpo_iterations,
                                                 wrap=lambda model, impl: PolicyLogps(model, impl, cfg.temperature))
     reference = _reference(spec, cfg, engine, impl, device, bf16)
     rollouts = Rollouts(spec, cfg, device)
-    pad_id = spec.get("pad_id") or 0
+    pad_id = spec.pad_id or 0
     print_every = fingerprint(spec, cfg, comm.world)
 
     start, curve, metrics = 0, [], {}
@@ -220,7 +221,7 @@ def train(spec: dict[str, Any], stop: Any) -> dict[str, Any]:
         from openchat_cli.train.report import Reporter
 
         ckpt.truncate_steps(out, start)
-        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve, epochs=cfg.epochs)
+        reporter = Reporter(out, spec.run_id, total, start, cfg.log_every, curve, epochs=cfg.epochs)
         kernel = attention.describe(device, torch.bfloat16 if bf16 else torch.float32)
         reporter.note(f"GRPO: {total} steps x {comm.world} rank(s) x {cfg.prompts_per_step} prompts x "
                       f"{cfg.group_size} completions (≤ {cfg.max_completion_tokens} tokens, temperature "

@@ -30,9 +30,10 @@ from typing import Any
 
 from openchat_cli.errors import OpenchatError
 from openchat_cli.run_folder import LOCK_FILE, only_lock_inside
-from openchat_cli.train import checkpoint as ckpt
+from openchat_cli.train import run_files as ckpt
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.dataset import TokenizedData, load, read_meta_checked, resolve_data
+from openchat_cli.train.spec import TrainSpec
 
 RESULT_FILE = "result.json"
 
@@ -41,8 +42,14 @@ RESULT_FILE = "result.json"
 def _model_facts(ref: str) -> dict[str, Any]:
     from transformers import AutoConfig
 
-    from openchat_cli.checkpoint import (checkpoint_id_for, load_tokenizer, read_meta, require_weights,
-                                         resolve_model, tokenizer_hash)
+    from openchat_cli.model_dir import (
+        checkpoint_id_for,
+        load_tokenizer,
+        read_meta,
+        require_weights,
+        resolve_model,
+        tokenizer_hash,
+    )
 
     path, ck = resolve_model(ref)
     require_weights(path)
@@ -94,12 +101,11 @@ def run_folder(cfg: TrainConfig) -> Path:
 
 
 def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None) -> TrainSpec:
     """Validate inputs, register (or reopen) the run, write OUT/run.json (the ranks' spec).
     The caller holds the run folder's lock (`RunFolderLock`)."""
-    from store.catalog import open_catalog
-
     from openchat_cli.train.schedule import auto_lr
+    from store.catalog import open_catalog
 
     out = run_folder(cfg)
     previous = ckpt.read_run_file(out) if out.exists() else None
@@ -158,10 +164,10 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         out.mkdir(parents=True, exist_ok=True)
         run_id = catalog.add_run(config=cfg.to_dict(), dataset_id=ds_id,
                                  base_checkpoint_id=facts["base_checkpoint_id"], output_path=out)
-    spec = {"run_id": run_id, "out": str(out), "config": cfg.to_dict(), **facts,
-            "data_path": str(data.path.resolve()) if data is not None else None, "dataset_id": ds_id,
-            "eval_data_path": eval_path, "eval_dataset_id": eval_id, "lr": lr, **method_spec}
-    ckpt.write_run_file(out, spec)
+    spec = TrainSpec(run_id=run_id, out=str(out), config=cfg.to_dict(), **facts,
+                     data_path=str(data.path.resolve()) if data is not None else None, dataset_id=ds_id,
+                     eval_data_path=eval_path, eval_dataset_id=eval_id, lr=lr, **method_spec)
+    ckpt.write_run_file(out, spec.to_dict())
     (out / RESULT_FILE).unlink(missing_ok=True)
     return spec
 
@@ -214,7 +220,7 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run(spec: dict[str, Any], lock_fd: int | None = None, view: Any = None) -> dict[str, Any]:
+def run(spec: TrainSpec, lock_fd: int | None = None, view: Any = None) -> dict[str, Any]:
     """Train with the configured number of ranks; record the outcome in the catalog.
 
     SIGTERM/SIGINT stop the run cleanly: the ranks stop at the next step boundary with their
@@ -228,12 +234,12 @@ def run(spec: dict[str, Any], lock_fd: int | None = None, view: Any = None) -> d
     from openchat_cli.train import trackers, watch
     from openchat_cli.train.report import EVENTS_FILE
 
-    cfg = TrainConfig.from_dict(spec["config"])
-    out = Path(spec["out"])
+    cfg = TrainConfig.from_dict(spec.config)
+    out = Path(spec.out)
     stop = StopSignals()
     try:
         sinks = [view or watch.choose_view(as_json=False)]
-        sinks += trackers.open_trackers(trackers.chosen(cfg.report_to), out, spec.get("run_id"), spec["config"],
+        sinks += trackers.open_trackers(trackers.chosen(cfg.report_to), out, spec.run_id, spec.config,
                                         start=ckpt.latest_state_step(out) or 0)
         follower = watch.EventFollower(out / EVENTS_FILE, sinks,
                                        warn=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
@@ -264,7 +270,7 @@ class StopSignals:
         self.stop_ranks = lambda hard: None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         import threading
 
         if threading.current_thread() is threading.main_thread():
@@ -369,10 +375,10 @@ def _rank_command(run_file: Path) -> list[str]:
     return [sys.executable, "-m", "openchat_cli.train.launch", str(run_file)]
 
 
-def _finish(spec: dict[str, Any], result: dict[str, Any]) -> None:
+def _finish(spec: TrainSpec, result: dict[str, Any]) -> None:
     from store.catalog import now, open_catalog
 
-    if not spec.get("run_id"):
+    if not spec.run_id:
         return
     fields: dict[str, Any] = {"status": result["status"], "finished_at": now()}
     if "metrics" in result:
@@ -381,7 +387,7 @@ def _finish(spec: dict[str, Any], result: dict[str, Any]) -> None:
         fields["loss_curve"] = result["curve"]
     catalog = open_catalog()
     try:
-        catalog.update("runs", spec["run_id"], **fields)
+        catalog.update("runs", spec.run_id, **fields)
     finally:
         catalog.close()
 
@@ -391,6 +397,7 @@ def rank_main(run_file: str) -> int:
     import warnings
 
     from openchat_cli.console import err_console
+    from openchat_cli.determinism import apply_pinned_threads
     from openchat_cli.train import loop
 
     # Deprecation notices from inside torch.distributed / transformers / peft, once per rank,
@@ -399,17 +406,18 @@ def rank_main(run_file: str) -> int:
     from openchat_cli.lifeline import follow_owner
 
     follow_owner(hard=True)  # `openchat train` gone (even by kill -9): this rank goes too, at once
+    apply_pinned_threads()  # $OPENCHAT_THREADS (the quickstart): same numbers on any machine
     stop = loop.StopRequest()
-    spec = json.loads(Path(run_file).read_text())
+    spec = TrainSpec.read(run_file)
     try:
         result = loop.train(spec, stop)
     except OpenchatError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         return exc.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
-        from openchat_cli.checkpoint import atomic_write_text
+        from openchat_cli.model_dir import atomic_write_text
 
-        atomic_write_text(Path(spec["out"]) / RESULT_FILE, json.dumps(result, default=str))
+        atomic_write_text(Path(spec.out) / RESULT_FILE, json.dumps(result, default=str))
     return 0
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from openchat_cli.errors import OpenchatError
-from openchat_cli.train import attention, checkpoint as ckpt
+from openchat_cli.train import attention
+from openchat_cli.train import run_files as ckpt
 from openchat_cli.train.collate import pack
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.dataset import TokenizedData, load
@@ -30,6 +31,7 @@ from openchat_cli.train.loss import PackedLM
 from openchat_cli.train.pairs import load_pairs, pair_lengths
 from openchat_cli.train.sampler import MultipackSampler, PackSpec
 from openchat_cli.train.schedule import make_scheduler
+from openchat_cli.train.spec import TrainSpec
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return groups
 
 
-def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf16: bool,
+def load_model(spec: TrainSpec, cfg: TrainConfig, device: torch.device, bf16: bool,
                ds_config: dict[str, Any]) -> tuple[Any, str, Any]:
     """The causal LM (LoRA-wrapped with --lora), its attention kernel, and a ZeRO-3 handle that
     must stay alive until the engine exists."""
@@ -118,15 +120,15 @@ def load_model(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, bf1
     dtype = torch.bfloat16 if bf16 else torch.float32
     if cfg.method == "rm":  # a scalar head (seeded) on the decoder: a sequence-classification model
         model = AutoModelForSequenceClassification.from_pretrained(
-            spec["model_path"], dtype=dtype, attn_implementation=impl, num_labels=1,
-            pad_token_id=spec.get("pad_id"))
+            spec.model_path, dtype=dtype, attn_implementation=impl, num_labels=1,
+            pad_token_id=spec.pad_id)
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype, attn_implementation=impl)
+        model = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=dtype, attn_implementation=impl)
     model.config.use_cache = False
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora:
-        from openchat_cli.model.lora import apply_lora
+        from openchat_cli.train.lora import apply_lora
 
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            targets=cfg.lora_targets, task_type="SEQ_CLS" if cfg.method == "rm" else "CAUSAL_LM")
@@ -218,7 +220,7 @@ def step_metrics(engine: Any, comm: Comm) -> dict[str, float]:
     return dict(zip(keys, comm.sum(*(totals.get(k, 0.0) for k in keys))))
 
 
-def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, lr: float,
+def build_engine(spec: TrainSpec, cfg: TrainConfig, device: torch.device, lr: float,
                  total: int, wrap: Any = None) -> tuple[Any, Any, str]:
     """The DeepSpeed engine around PackedLM (or `wrap(model, impl)`: another method's module),
     its LR scheduler and the attention kernel used."""
@@ -250,35 +252,35 @@ def build_engine(spec: dict[str, Any], cfg: TrainConfig, device: torch.device, l
     return engine, scheduler, impl
 
 
-def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, Any]:
+def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
     """Run (or resume) training on this rank; returns the run's outcome (rank 0's is complete).
     `stop`: installed by the caller as early as possible, so a signal during setup counts too."""
     stop = stop or StopRequest()
-    cfg = TrainConfig.from_dict(spec["config"])
+    cfg = TrainConfig.from_dict(spec.config)
     if cfg.method == "grpo":
         from openchat_cli.train import grpo
 
         return grpo.train(spec, stop)
-    out = Path(spec["out"])
+    out = Path(spec.out)
     device = device_for_rank()
     init_distributed(device)
     comm = Comm(device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    vocab = spec["vocab_size"]
-    data, lengths = load_data(Path(spec["data_path"]), cfg, vocab)
+    vocab = spec.vocab_size
+    data, lengths = load_data(Path(spec.data_path), cfg, vocab)
     capacity = cfg.micro_capacity
     sampler = MultipackSampler(lengths, PackSpec(capacity, comm.world, cfg.micro_steps, cfg.seed), cfg.epochs)
     eval_data, eval_sampler = None, None
-    if spec.get("eval_data_path"):
-        eval_data, eval_lengths = load_data(Path(spec["eval_data_path"]), cfg, vocab)
+    if spec.eval_data_path:
+        eval_data, eval_lengths = load_data(Path(spec.eval_data_path), cfg, vocab)
         eval_sampler = MultipackSampler(eval_lengths, PackSpec(capacity, comm.world, 1, shuffle=False))
     total = len(sampler)
 
-    lr = spec["lr"]
+    lr = spec.lr
     engine, scheduler, impl = build_engine(spec, cfg, device, lr, total)
-    pad_id = spec.get("pad_id") or 0
+    pad_id = spec.pad_id or 0
     start, curve, metrics = 0, [], {}
     state_step = ckpt.latest_state_step(out)
     if state_step is not None:
@@ -298,7 +300,7 @@ def train(spec: dict[str, Any], stop: StopRequest | None = None) -> dict[str, An
         kernel = attention.describe(device, torch.bfloat16 if use_bf16(cfg, device) else torch.float32)
 
         ckpt.truncate_steps(out, start)
-        reporter = Reporter(out, spec.get("run_id"), total, start, cfg.log_every, curve, epochs=cfg.epochs)
+        reporter = Reporter(out, spec.run_id, total, start, cfg.log_every, curve, epochs=cfg.epochs)
         reporter.note(f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
                       f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
                       f"{sampler.efficiency():.1%}; lr {lr:.2e}; {kernel} attention; "
@@ -449,7 +451,7 @@ def batch_makers(engine: Any, cfg: TrainConfig, data: TokenizedData, eval_data: 
     return make, make
 
 
-def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, name: str, step: int,
+def _save_hf(engine: Any, cfg: TrainConfig, spec: TrainSpec, out: Path, name: str, step: int,
              metrics: dict[str, Any], reporter: Any) -> None:
     """Rank 0 writes and registers a Hugging Face checkpoint (ZeRO-3 gathers weights first)."""
     state_dict = None
@@ -458,18 +460,17 @@ def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, nam
         state_dict = {k.removeprefix("lm."): v for k, v in (gathered or {}).items()}
     if reporter is None:
         return
+    from openchat_cli.model_dir import load_tokenizer, write_meta
     from store.catalog import open_catalog
 
-    from openchat_cli.checkpoint import load_tokenizer, write_meta
-
-    tokenizer = load_tokenizer(Path(spec["model_path"]))
+    tokenizer = load_tokenizer(Path(spec.model_path))
     if not tokenizer.chat_template:
-        from openchat_cli.checkpoint import attach_template
+        from openchat_cli.model_dir import attach_template
 
-        attach_template(tokenizer, spec["template"])
-    meta = {"template": spec["template"], "method": cfg.method, "run_id": spec.get("run_id"), "dataset_id": spec.get("dataset_id"),
-            "tokenizer_hash": spec["tokenizer_hash"], "base_model": spec["model_path"],
-            "base_checkpoint_id": spec.get("base_checkpoint_id"), "step": step}
+        attach_template(tokenizer, spec.template)
+    meta = {"template": spec.template, "method": cfg.method, "run_id": spec.run_id, "dataset_id": spec.dataset_id,
+            "tokenizer_hash": spec.tokenizer_hash, "base_model": spec.model_path,
+            "base_checkpoint_id": spec.base_checkpoint_id, "step": step}
     if cfg.lora:
         meta["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
     path = ckpt.save_hf(out, name, engine.module.lm, tokenizer, meta, state_dict)
@@ -480,12 +481,12 @@ def _save_hf(engine: Any, cfg: TrainConfig, spec: dict[str, Any], out: Path, nam
         if old:  # a resumed run redoing a step it had saved before being killed
             catalog.remove(old["id"])
         ck = catalog.add_checkpoint(
-            path=path, kind="reward-model" if cfg.method == "rm" else "trained", template=spec["template"],
-            base_model=spec["model_path"], run_id=spec.get("run_id"), dataset_id=spec.get("dataset_id"), step=step,
+            path=path, kind="reward-model" if cfg.method == "rm" else "trained", template=spec.template,
+            base_model=spec.model_path, run_id=spec.run_id, dataset_id=spec.dataset_id, step=step,
             metrics={"loss": point.get("loss"), "eval_loss": metrics.get("eval_loss"), "lora": cfg.lora,
                      "method": cfg.method, **({"eval_accuracy": metrics["eval_accuracy"]}
                                               if "eval_accuracy" in metrics else {})},
-            parent_id=spec.get("base_checkpoint_id"))
+            parent_id=spec.base_checkpoint_id)
     finally:
         catalog.close()
     write_meta(path, checkpoint_id=ck)

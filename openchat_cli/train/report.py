@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from openchat_cli.train import checkpoint as ckpt
+from openchat_cli.train import run_files as ckpt
 
 CATALOG_EVERY_S = 30.0
 EVENTS_FILE = "events.jsonl"

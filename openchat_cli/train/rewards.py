@@ -81,7 +81,7 @@ def parse_rewards(texts: list[str]) -> list[RewardSpec]:
 def _reward_model_dir(ref: str) -> Path:
     from transformers import AutoConfig
 
-    from openchat_cli.checkpoint import require_weights, resolve_model
+    from openchat_cli.model_dir import require_weights, resolve_model
 
     try:
         path, _ = resolve_model(ref)
@@ -179,13 +179,13 @@ class ModelReward:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from openchat_cli.checkpoint import load_tokenizer, template_name
+        from openchat_cli.model_dir import load_tokenizer, model_template
         from openchat_cli.templates import get_template
 
         self.name = f"rm:{model_dir}"
         self.device = device
         self.tokenizer = load_tokenizer(model_dir)
-        self.template = get_template(template_name(model_dir))
+        self.template = get_template(model_template(model_dir))
         self.model = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir), dtype=torch.float32).to(device).eval()
 

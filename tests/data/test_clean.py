@@ -7,7 +7,6 @@ import json
 from openchat_cli.data.records import REASONS
 from openchat_cli.templates import Conversation, get_template
 from store.catalog import open_catalog
-
 from tests.data.helpers import CHATGPT_MARKDOWN, CHATGPT_REPLY, read_jsonl, share_page, sharegpt, write_jsonl
 
 Q, A = "What is the boiling point of water?", "It boils at 100 degrees Celsius at sea level."

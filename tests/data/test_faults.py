@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from store.catalog import open_catalog
-
 from tests.data.helpers import read_jsonl, sharegpt, write_jsonl
 
 Q, A = "What is the boiling point of water?", "It boils at 100 degrees Celsius at sea level."

@@ -7,11 +7,9 @@ import json
 
 import pytest
 
-from openchat_cli.data.readers import ReadReport, expand, read_file
-from openchat_cli.data.readers import jsonstream
+from openchat_cli.data.readers import ReadReport, expand, jsonstream, read_file
 from openchat_cli.data.readers.jsonstream import JsonStream, iter_jsonl
 from openchat_cli.errors import OpenchatError
-
 from tests.data.helpers import share_page
 
 TRICKY = [

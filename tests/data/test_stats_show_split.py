@@ -7,7 +7,6 @@ import pyarrow.parquet as pq
 from openchat_cli.data.split import goes_to_eval
 from openchat_cli.tokenized import read_metadata
 from store.catalog import open_catalog
-
 from tests.data.helpers import read_jsonl, sharegpt, write_jsonl
 
 

@@ -13,7 +13,6 @@ from openchat_cli.data.tokenize import TokenizeStats, encode_chunk
 from openchat_cli.templates import Conversation, Message, get_template
 from openchat_cli.tokenized import read_metadata, schema
 from store.catalog import open_catalog
-
 from tests.data.helpers import read_jsonl, sharegpt, write_jsonl
 
 WORDS = "the quick brown fox jumps over lazy dog what is 12 plus 7 answer hello sea poem".split()
@@ -147,7 +146,7 @@ def test_clean_tokenize_parquet_contract_and_lineage(cli, data_dir, tiny_model_d
     table = pq.read_table(data_dir / "train.parquet")
     assert table.schema.equals(schema())
     meta = read_metadata(data_dir / "train.parquet")
-    from openchat_cli.checkpoint import tokenizer_hash
+    from openchat_cli.model_dir import tokenizer_hash
 
     assert meta["template"] == "openchat_3.5" and meta["max_len"] == 128
     assert meta["tokenizer_hash"] == tokenizer_hash(tiny_tokenizer)

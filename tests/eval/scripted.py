@@ -26,36 +26,32 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fake_openai import LoopbackServer, chat_completion, model_list, openai_error
 
-class ScriptedServer:
+
+class ScriptedServer(LoopbackServer):
     def __init__(self) -> None:
+        super().__init__()
         self.latency_s = 0.0
         self.health_latency_s = 0.0  # /health is slow (a server still warming up)
         self.failures: deque[int] = deque()  # status codes to answer the next requests with
         self.requests: list[dict[str, Any]] = []
+        self.keys: list[str | None] = []  # the Bearer key of each chat request
         self.health: dict[str, Any] = {"status": "ok"}
         self.replies: dict[str, str] = {}  # last user message -> the reply to give (answering models)
         self.context_length: int | None = None
         self.context_style = "vllm"
         self.models_report_context = True
         self.lock = threading.Lock()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: threading.Thread | None = None
-        self.port = 0
-        self._ready = threading.Event()
-        self._runner: web.AppRunner | None = None
 
     # -- control ----------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
     def reset(self) -> None:
         with self.lock:
             self.latency_s = 0.0
             self.health_latency_s = 0.0
             self.failures.clear()
             self.requests.clear()
+            self.keys.clear()
             self.health = {"status": "ok"}
             self.replies.clear()
             self.context_length = None
@@ -66,34 +62,10 @@ class ScriptedServer:
         with self.lock:
             self.failures.extend(statuses)
 
-    def start(self) -> "ScriptedServer":
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("scripted server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self.loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        if self.thread:
-            self.thread.join(10)
-
-    def _serve(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self.loop.run_forever()
 
     # -- handlers ---------------------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
@@ -102,23 +74,24 @@ class ScriptedServer:
         return web.json_response(self.health)
 
     async def _models(self, request: web.Request) -> web.Response:
-        card = {"id": "scripted-model", "object": "model", "created": 0, "owned_by": "tests"}
+        card: dict[str, Any] = {"id": "scripted-model"}
         if self.context_length and self.models_report_context:
             card["max_model_len"] = self.context_length
-        return web.json_response({"object": "list", "data": [card]})
+        return model_list(card)
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        auth = request.headers.get("Authorization", "")
         with self.lock:
             self.requests.append(body)
+            self.keys.append(auth.removeprefix("Bearer ") if auth else None)
             status = self.failures.popleft() if self.failures else None
             latency = self.latency_s
         if latency:
             await asyncio.sleep(latency)
         if status is not None:
             headers = {"Retry-After": "0"} if status == 429 else {}
-            return web.json_response({"error": {"message": f"scripted {status}", "type": "scripted",
-                                                "param": None, "code": status}}, status=status, headers=headers)
+            return openai_error(status, f"scripted {status}", status, kind="scripted", headers=headers)
         model = body.get("model", "")
         messages = body.get("messages", [])
         if self.context_length:
@@ -131,11 +104,7 @@ class ScriptedServer:
             text = answer_text(model, messages)
         usage = {"prompt_tokens": sum(len(m.get("content", "").split()) for m in messages),
                  "completion_tokens": len(text.split())}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return web.json_response({
-            "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": usage})
+        return chat_completion(model, text, usage)
 
 
     def _within_context(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None) -> web.Response:
@@ -166,12 +135,8 @@ class ScriptedServer:
             words = (words * (VERBOSE_WORDS // max(1, len(words)) + 1))[:VERBOSE_WORDS]
         finish = "length" if len(words) >= budget else "stop"
         text = " ".join(words[:budget])
-        usage = {"prompt_tokens": prompt, "completion_tokens": len(text.split())}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return web.json_response({
-            "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": usage})
+        return chat_completion(model, text, {"prompt_tokens": prompt, "completion_tokens": len(text.split())},
+                               finish_reason=finish)
 
 
 VERBOSE_WORDS = 700  # what a verbose-* model writes when its budget allows

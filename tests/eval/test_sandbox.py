@@ -4,7 +4,6 @@ off, so the test fails if the layer stops working."""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path

@@ -5,7 +5,6 @@ reported per task type and per task; loading, resuming and bad input."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

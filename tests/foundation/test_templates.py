@@ -8,9 +8,8 @@ import zlib
 
 import pytest
 
-from openchat_cli.templates import (TEMPLATES, Conversation, Message, get_template,
-                                    check_tokenizer)
 from openchat_cli.errors import OpenchatError
+from openchat_cli.templates import TEMPLATES, Conversation, Message, check_tokenizer, get_template
 
 WORDS = ["hello", "world", "What", "is", "12", "+", "7?", "The", "answer", "19.", "def", "f(x):",
          "return", "x", "*", "2", "```python", "```", "#", "Title", "-", "item", "naïve", "café",

@@ -84,7 +84,7 @@ def test_extend_context_refuses_bad_requests(cli, tmp_path, tiny_model_dir):
 def _untied_model(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from openchat_cli.checkpoint import write_meta
+    from openchat_cli.model_dir import write_meta
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.config.tie_word_embeddings = False

@@ -17,7 +17,7 @@ API_KEYS = ("key-one", "key-two")
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir: Path):
     """A TransformersEngine on the tiny model (not started: tests start it in their own loop)."""
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -72,7 +72,7 @@ def guarded_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     """Like `openchat serve MODEL --api-keys key-one key-two --log-requests F --log-to-catalog
     --max-body-mb 0.0625 --max-n 4 --allow-origin http://ui.example`, run in this process so
     tests can look inside."""
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.app import ServerConfig, create_app
     from openchat_cli.serve.engines.base import eos_token_ids
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine

@@ -22,9 +22,12 @@ def test_bad_model_is_a_clean_error(cli, tmp_path):
     assert "no model weights" in cli("serve", str(empty), expect=2).stderr
 
 
-def test_extra_arguments_need_api_keys(cli, tiny_model_dir):
+def test_serve_takes_one_model_and_keys_only_by_option(cli, tiny_model_dir):
+    """No hidden positional for keys: a second argument is an error; keys go in --api-keys."""
     result = cli("serve", str(tiny_model_dir), "surprise", expect=2)
-    assert "unexpected argument" in result.stderr
+    assert "unexpected extra argument" in result.stderr
+    help_text = cli("serve", "--help").stdout
+    assert "OPENCHAT_API_KEYS" in help_text and "comma-separated" in help_text
 
 
 def test_unknown_template_and_engine(cli, tiny_model_dir):

@@ -42,8 +42,12 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def test_wire_round_trips_params_and_events():
+    from openchat_cli.serve.engines.guided import json_guide
+
+    guide = json_guide({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
     params = SamplingParams(max_tokens=5, temperature=0.7, top_k=10**30, seed=2**70,
-                            stop_token_ids=(3, 4), logprobs=2, prompt_logprobs=1)
+                            stop_token_ids=(3, 4), logprobs=2, prompt_logprobs=1, min_p=0.1,
+                            repetition_penalty=1.2, logit_bias=((5, -100.0), (7, 2.5)), guide=guide)
     unpacker = wire.unpacker()
     unpacker.feed(wire.pack(["gen", 1, [1, 2], wire.params_to_wire(params)]))
     (message,) = list(unpacker)
@@ -67,7 +71,7 @@ def _collect(engine, prompt, params, request_id="r"):
 
 @pytest.fixture(scope="module")
 def engine_client(tiny_model_dir):
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.process_client import EngineProcessClient
 
     client = EngineProcessClient("transformers", tiny_model_dir, tokenizer=load_tokenizer(tiny_model_dir),
@@ -118,7 +122,7 @@ def test_closing_a_stream_aborts_it_in_the_engine_process(engine_client, tiny_to
 
 
 def test_a_model_that_cannot_load_is_a_clean_error(tmp_path, tiny_model_dir):
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.process_client import EngineProcessClient
 
     broken = tmp_path / "broken"

@@ -144,7 +144,6 @@ BAD_COMPLETIONS = [
     ({"prompt": []}, "prompt"),
     ({"prompt": [1, "a"]}, "prompt"),
     ({"prompt": [10**9]}, "prompt"),
-    ({"prompt": ""}, None),  # allowed when the tokenizer has a BOS; else 400 naming prompt
     ({"suffix": "x"}, "suffix"),
     ({"best_of": 3}, "best_of"),
     ({"logprobs": 21}, "logprobs"),  # more alternatives than the cap (20, like vLLM)
@@ -162,12 +161,15 @@ BAD_COMPLETIONS = [
 def test_bad_completion_fields(tiny_server, fields, param):
     resp = post(tiny_server, "/completions", {"model": tiny_server.model, "prompt": "Hi",
                                               "max_tokens": 2, **fields})
-    if param is None:
-        assert resp.status_code in (200, 400), resp.text
-        if resp.status_code == 400:
-            assert resp.json()["error"]["param"] == "prompt"
-        return
     assert_error(resp, 400, param)
+
+
+def test_empty_prompt_starts_from_bos(tiny_server, tiny_tokenizer):
+    """An empty prompt is allowed when the tokenizer has a BOS to start from (the tiny one has)."""
+    assert tiny_tokenizer.bos_token_id is not None
+    resp = post(tiny_server, "/completions", {"model": tiny_server.model, "prompt": "", "max_tokens": 2})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["prompt_tokens"] == 1
 
 
 def test_still_healthy_after_all_that(tiny_server):

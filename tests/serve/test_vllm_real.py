@@ -34,7 +34,7 @@ pytestmark = [
 def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tests' tiny Llama with head_dim 32: vLLM's CPU attention has no kernel for the
     usual tiny model's 16 ("Unsupported CPU attention configuration: head_dim=16")."""
-    from openchat_cli.checkpoint import attach_template, tokenizer_hash, write_meta
+    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
     from openchat_cli.model.tiny import ModelSize, random_llama, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-vllm-model")

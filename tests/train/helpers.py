@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from openchat_cli import tokenized
-from openchat_cli.checkpoint import tokenizer_hash
+from openchat_cli.model_dir import tokenizer_hash
 from openchat_cli.templates import Conversation, Message, get_template
 
 ANIMALS = {"fox": "red", "dog": "brown", "cat": "black", "sea": "blue", "sky": "grey",

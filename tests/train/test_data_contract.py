@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from openchat_cli.checkpoint import tokenizer_hash
+from openchat_cli.model_dir import tokenizer_hash
 from openchat_cli.templates import get_template
 from openchat_cli.train.collate import pack
 from openchat_cli.train.dataset import load, read_meta_checked, resolve_data

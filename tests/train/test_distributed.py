@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from openchat_cli.train.checkpoint import latest_state_step
+from openchat_cli.train.run_files import latest_state_step
 from store.catalog import open_catalog
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from openchat_cli.lifeline import start_ticks
-from openchat_cli.train.checkpoint import latest_state_step, read_steps
 from openchat_cli.train.config import TrainConfig
+from openchat_cli.train.run_files import latest_state_step, read_steps
 from store.catalog import open_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,7 +149,7 @@ def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(cli, tiny_mode
     # A second command on the same folder refuses, naming the holder; so does a --resume.
     second = cli("train", "--model", tiny_model_dir, "--data", color_data["small"], "--out", out, "--force",
                  expect=2)
-    assert f"in use by" in second.stderr and f"pid {proc.pid}" in second.stderr
+    assert "in use by" in second.stderr and f"pid {proc.pid}" in second.stderr
     assert f"pid {proc.pid}" in cli("train", "--out", out, "--resume", expect=2).stderr
 
     ranks = children_of(proc.pid)
@@ -178,7 +178,7 @@ def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(cli, tiny_mode
 def test_resume_drops_what_a_kill_cut_short(tmp_path):
     """A kill mid-save leaves temp folders and a state never marked latest: --resume's cleanup
     removes them and keeps the marked state and the user's own files."""
-    from openchat_cli.train import checkpoint as ckpt
+    from openchat_cli.train import run_files as ckpt
 
     out = tmp_path / "run"
     for name in ("state/step-5", "state/step-9", ".final.x1y2z3", ".step-000010.ab12cd"):

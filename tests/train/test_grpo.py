@@ -39,7 +39,7 @@ def reward_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
     `train --method rm` saves)."""
     from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
 
-    from openchat_cli.checkpoint import write_meta
+    from openchat_cli.model_dir import write_meta
 
     out = tmp_path_factory.mktemp("rm")
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -111,7 +111,7 @@ def test_lora_policy_weights_fold_the_adapter(tiny_model_dir):
     """The sampler gets W + BA: the engine's model then computes what the LoRA model computes."""
     from transformers import AutoModelForCausalLM
 
-    from openchat_cli.model.lora import apply_lora
+    from openchat_cli.train.lora import apply_lora
     from openchat_cli.train.rollout import policy_weights
 
     lm = apply_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32),

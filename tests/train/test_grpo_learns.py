@@ -31,7 +31,7 @@ SAMPLES = 4
 def accuracy(model_dir: Path, heldout: Path) -> np.ndarray:
     """Per held-out question, the share of SAMPLES replies (temperature 1, fixed seeds) that
     eval's exact-answer grader marks correct."""
-    from openchat_cli.checkpoint import load_tokenizer, read_meta
+    from openchat_cli.model_dir import load_tokenizer, read_meta
     from openchat_cli.eval.grade import grade_answer
     from openchat_cli.eval.questions import Question
     from openchat_cli.serve.engines.base import SamplingParams, eos_token_ids

@@ -78,7 +78,7 @@ def test_a_held_run_folder_is_refused_with_its_holder(cli, tmp_path, openchat_ho
     try:
         assert holder.stdout.readline().strip() == "held"
         err = cli("train", "--model", tmp_path, "--data", tmp_path, "--out", tmp_path / "run", expect=2).stderr
-        assert f"is in use by" in err and f"pid {holder.pid}" in err
+        assert "is in use by" in err and f"pid {holder.pid}" in err
         holder.kill()  # kill -9: the kernel frees the lock, nothing to clean up
         holder.wait()
         err = cli("train", "--model", tmp_path / "none", "--data", tmp_path, "--out", tmp_path / "run", expect=2).stderr

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from openchat_cli.checkpoint import read_meta
+from openchat_cli.model_dir import read_meta
 from store.catalog import open_catalog
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from openchat_cli.checkpoint import read_meta
+from openchat_cli.model_dir import read_meta
 from store.catalog import open_catalog
 from tests.train.helpers import color_task, write_tokenized
 
@@ -139,7 +138,6 @@ def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_t
 
 
 def test_zero3_with_offload_trains_and_saves_full_weights(cli, tiny_model_dir, color_data, tmp_path):
-    import torch
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "z3"

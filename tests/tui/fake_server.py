@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import threading
 import time
 from typing import Any
 
 from aiohttp import web
+
+from tests.fake_openai import LoopbackServer, openai_error
 
 MODELS = ["fake-model", "other-model"]
 REPLY = ("Hello! I am a **scripted** model.\n\n"
@@ -37,41 +38,22 @@ def chunks_of(text: str, size: int = 6) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
-def error(status: int, message: str, code: str, param: str | None = None) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error",
-                                        "param": param, "code": code}}, status=status)
-
-
-class FakeServer:
+class FakeServer(LoopbackServer):
     def __init__(self, port: int = 0, chunk_delay: float = 0.03, reply: str | None = None):
         """`reply`: what a plain message gets instead of REPLY (the render benchmark sends
         long Markdown with `chunk_delay=0`)."""
-        self.port = port or _free_port()
+        super().__init__(port)
         self.chunk_delay = chunk_delay
         self.reply = reply
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
         self.completed = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # -- app ---------------------------------------------------------------------------------
-    def make_app(self) -> web.Application:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
-        return app
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -81,22 +63,22 @@ class FakeServer:
 
     async def models(self, request: web.Request) -> web.Response:
         if self._auth_failed(request):
-            return error(401, "Invalid API key", "invalid_api_key")
+            return openai_error(401, "Invalid API key", "invalid_api_key")
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": "openchat"} for m in MODELS]})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if self._auth_failed(request):
-            return error(401, "Invalid API key", "invalid_api_key")
+            return openai_error(401, "Invalid API key", "invalid_api_key")
         body = await request.json()
         self.requests.append(body)
         model = body.get("model")
         if model not in MODELS:
-            return error(404, f"The model '{model}' does not exist", "model_not_found", "model")
+            return openai_error(404, f"The model '{model}' does not exist", "model_not_found", "model")
         last = next((m["content"] for m in reversed(body.get("messages", []))
                      if m.get("role") == "user"), "")
         if "TOO_LONG" in last:
-            return error(400, "This model's maximum context length is 2048 tokens, but the "
+            return openai_error(400, "This model's maximum context length is 2048 tokens, but the "
                               "messages resulted in 9000 tokens.", "context_length_exceeded",
                          "messages")
         delay = self.chunk_delay
@@ -149,38 +131,6 @@ class FakeServer:
         except (ConnectionError, OSError):
             self.disconnects += 1
         return response
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> "FakeServer":
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="fake-openai")
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake server did not start")
-        return self
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self.make_app(), handle_signals=False)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, shutdown_timeout=0.5)
-        self._loop.run_until_complete(site.start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
-        self._loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

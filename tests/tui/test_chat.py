@@ -6,8 +6,9 @@ import pytest
 from textual.containers import VerticalScroll
 from textual.widgets import Input, OptionList
 
+from tests.fake_openai import free_port as _free_port
 from tests.tui.conftest import DOWN_ENDPOINT, wait_for
-from tests.tui.fake_server import REPLY, FakeServer, _free_port
+from tests.tui.fake_server import REPLY, FakeServer
 from tui.screens.chat import ChatScreen, make_title
 from tui.screens.settings import ChatSettings
 from tui.widgets.messages import ErrorView, MessageView

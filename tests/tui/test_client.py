@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from openchat_cli.endpoints import normalize_base_url as normalize_endpoint
 from tests.tui.conftest import DOWN_ENDPOINT
 from tests.tui.fake_server import REPLY
-from openchat_cli.endpoints import normalize_base_url as normalize_endpoint
 from tui.client import ChatClient, ChatError, ReplyInfo
 from tui.markdown_text import LineBreaks, with_line_breaks
 

@@ -29,9 +29,6 @@ def _run_id(result) -> str:
 
 @pytest.mark.slow
 def test_verdicts_of_a_real_eval_run(cli, catalog, fake_server, tmp_path, make_app):
-    probe = cli("eval", "--help", expect=None)
-    if probe.exit_code == 3 or "judge" not in probe.stdout:
-        pytest.skip("`openchat eval` is not built yet")
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     url = fake_server.base_url

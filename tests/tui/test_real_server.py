@@ -29,7 +29,7 @@ async def test_chat_with_the_real_server(tiny_server, catalog):
         for turn, text in enumerate(["Hello! What is 12 plus 7?", "And 3 times 4?"], 1):
             screen.query_one("#prompt", Input).value = text
             await pilot.press("enter")
-            await wait_for(pilot, lambda: not screen.streaming and len(
+            await wait_for(pilot, lambda turn=turn: not screen.streaming and len(
                 [v for v in screen.query(MessageView) if v.role == "assistant"]) == turn,
                 timeout=60, what="the tiny model's reply")
             assert screen.last_error is None, screen.last_error

@@ -17,10 +17,19 @@ from textual.widgets import Checkbox, DataTable, Select, Static
 from store.catalog import CatalogError
 from tui.literal import cell, plain
 from tui.markdown_text import with_line_breaks
+from tui.verdicts_data import (
+    ALL,
+    VERDICT_CHOICES,
+    QuestionDetail,
+    Row,
+    RunData,
+    list_runs,
+    load_question,
+    load_run,
+    pairwise_summary,
+)
 from tui.widgets.flush_markdown import FlushMarkdown
 from tui.widgets.keybar import KeyBar
-from tui.verdicts_data import (ALL, VERDICT_CHOICES, QuestionDetail, Row, RunData, list_runs,
-                               load_question, load_run, pairwise_summary)
 
 STYLE = {"win": "bold green", "loss": "bold red", "tie": "yellow", "error": "bold magenta", "incomplete": "dim",
          "correct": "bold green", "incorrect": "bold red"}

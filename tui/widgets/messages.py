@@ -14,13 +14,13 @@ import time
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Markdown, Static
 from textual.timer import Timer
+from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from tui.literal import plain
-from tui.widgets.flush_markdown import FlushMarkdown
 from tui.markdown_text import LineBreaks, with_line_breaks
+from tui.widgets.flush_markdown import FlushMarkdown
 
 FLUSH_S = 1 / 20  # at most this often a streamed reply's new text goes to the screen
 

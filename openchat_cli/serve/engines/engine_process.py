@@ -144,7 +144,7 @@ async def _main(sock: socket.socket) -> int:
         # smaller machines one core less costs more than the contention.
         options = {**options, "threads": cores - 1}
     try:
-        from openchat_cli.checkpoint import load_tokenizer
+        from openchat_cli.model_dir import load_tokenizer
 
         tokenizer = load_tokenizer(Path(model_dir))
         engine = build_engine(kind, Path(model_dir), tokenizer, options)

@@ -34,8 +34,11 @@ _BIG = "bigint:"  # msgpack integers stop at 64 bits; the API accepts larger (to
 
 
 def params_to_wire(params: SamplingParams) -> dict[str, Any]:
-    out = dataclasses.asdict(params)
+    out = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
     out["stop_token_ids"] = list(params.stop_token_ids)
+    out["logit_bias"] = [[int(t), float(b)] for t, b in params.logit_bias]
+    if params.guide is not None:  # a JsonGuide: plain strings, rebuilt on the engine's side
+        out["guide"] = {f.name: getattr(params.guide, f.name) for f in dataclasses.fields(params.guide)}
     for name, value in out.items():
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
             out[name] = _BIG + str(value)
@@ -45,6 +48,11 @@ def params_to_wire(params: SamplingParams) -> dict[str, Any]:
 def params_from_wire(data: dict[str, Any]) -> SamplingParams:
     data = dict(data)
     data["stop_token_ids"] = tuple(data.get("stop_token_ids") or ())
+    data["logit_bias"] = tuple((int(t), float(b)) for t, b in data.get("logit_bias") or ())
+    if data.get("guide") is not None:
+        from openchat_cli.serve.engines.guided import JsonGuide
+
+        data["guide"] = JsonGuide(**data["guide"])
     for name, value in data.items():
         if isinstance(value, str) and value.startswith(_BIG):
             data[name] = int(value[len(_BIG):])

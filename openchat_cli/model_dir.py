@@ -63,7 +63,7 @@ def write_meta(model_dir: Path, **fields: Any) -> dict[str, Any]:
     return meta
 
 
-def template_name(model_dir: Path, override: str | None = None) -> str:
+def model_template(model_dir: Path, override: str | None = None) -> str:
     """The template a model speaks: the flag if given, else openchat.json, else an error."""
     if override:
         return override
@@ -94,12 +94,14 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def attach_template(tokenizer: Any, template_name_: str) -> None:
-    """Give a tokenizer the template's Jinja chat_template and its end-of-turn token as EOS."""
+def attach_template(tokenizer: Any, template: str) -> None:
+    """Give a tokenizer the named template's Jinja chat_template, so `apply_chat_template` speaks it.
+
+    The tokenizer's EOS is left as it is: generation stops at the template's end-of-turn token
+    through the model's generation_config (`model add-tokens`) and the server's stop ids."""
     from openchat_cli.templates import get_template
 
-    template = get_template(template_name_)
-    tokenizer.chat_template = template.jinja()
+    tokenizer.chat_template = get_template(template).jinja()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

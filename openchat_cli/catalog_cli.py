@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.tree import Tree
@@ -34,9 +34,9 @@ def _settle_runs(catalog) -> None:
 
 @app.command("list")
 def list_command(
-    what: Optional[str] = typer.Argument(None, help="datasets | checkpoints | runs | evals | chats (default: all)."),
-    limit: int = typer.Option(50, "--limit", "-n", help="Newest N rows per table."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    what: Annotated[Optional[str], typer.Argument(help="datasets | checkpoints | runs | evals | chats (default: all).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N rows per table.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """List catalog entries, newest first."""
     if what is not None and what not in LIST_NAMES:
@@ -59,8 +59,8 @@ def list_command(
 
 @app.command("show")
 def show_command(
-    ref: str = typer.Argument(..., help="A catalog id (or a unique prefix of one)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ref: Annotated[str, typer.Argument(help="A catalog id (or a unique prefix of one).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show every field of one catalog entry."""
     catalog = open_catalog()
@@ -87,8 +87,8 @@ def show_command(
 
 @app.command("lineage")
 def lineage_command(
-    ref: str = typer.Argument(..., help="A catalog id."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ref: Annotated[str, typer.Argument(help="A catalog id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What an entry was made from, and what was made from it."""
     catalog = open_catalog()
@@ -112,8 +112,8 @@ def lineage_command(
 
 @app.command("rm")
 def rm_command(
-    refs: list[str] = typer.Argument(..., help="Catalog ids to forget (files on disk are kept)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the removed rows as JSON."),
+    refs: Annotated[list[str], typer.Argument(help="Catalog ids to forget (files on disk are kept).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the removed rows as JSON.")] = False,
 ) -> None:
     """Remove entries from the catalog (and their answers, verdicts or messages). Files stay."""
     catalog = open_catalog()
@@ -153,7 +153,7 @@ def plot_command(
 @app.command("path")
 def path_command() -> None:
     """Print the path of catalog.db (even when it is damaged, so it can be moved aside)."""
-    from openchat_cli.home import catalog_path
+    from store.home import catalog_path
 
     path = catalog_path()
     typer.echo(str(path))
