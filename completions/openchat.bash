@@ -47,7 +47,7 @@ _openchat() {
         "model init") words="--force --help --home --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
         "model merge-lora") words="--base --force --help --home --json" ;;
         "quickstart") words="--dir --epochs --eval-size --help --home --json --lr --seed --size --tokens-per-step --train-size" ;;
-        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --home --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads" ;;
+        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --home --host --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --no-ui --port --served-model-name --template --tensor-parallel-size --threads --ui" ;;
         "train") words="--config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --home --hostfile --json --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --lr --max-grad-norm --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --report-to --resume --save-every --seed --state-minutes --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac

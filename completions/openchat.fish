@@ -304,11 +304,13 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-batch-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-body-mb
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-model-len
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-n
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l no-ui
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l port
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l served-model-name
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l template
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l tensor-parallel-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l threads
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l ui
 complete -c openchat -n '__fish_seen_subcommand_from train' -l config
 complete -c openchat -n '__fish_seen_subcommand_from train' -l data
 complete -c openchat -n '__fish_seen_subcommand_from train' -l epochs
