@@ -38,7 +38,7 @@ _openchat() {
         "eval judge") words="--baseline --concurrency --help --home --json --judge-api-key --judge-endpoint --judge-model --max-tokens --mode --name --new --prompts --retries --retry-wait --run -b -c" ;;
         "eval loglik") words="--api-key --bos --checkpoint --concurrency --endpoint --help --home --json --limit --model --name --new --no-bos --retries --retry-wait --run --task-format -c -e -f -m" ;;
         "eval perplexity") words="--buckets --dtype --help --home --json --max-len --tokens-per-batch" ;;
-        "eval report") words="--baseline --help --home --json --plot -b" ;;
+        "eval report") words="--baseline --help --home --html --json --plot -b" ;;
         "model") words="add-tokens export extend-context info init merge-lora --help" ;;
         "model add-tokens") words="--force --help --home --init --json --seed --std --template --token" ;;
         "model export") words="--force --format --help --home --json --output --outtype -o" ;;

@@ -266,6 +266,8 @@ def report_command(
                                                  help="Answer run to express single scores as a % of."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (rates as fractions)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG: scores by category, models side by side."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write one self-contained HTML page: the same "
+                                            "numbers as charts, and a verdict browser."),
 ) -> None:
     """Scores, win rates and accuracy with bootstrap CIs, and judge reliability."""
     from openchat_cli.eval.report import build_report, plot as plot_report, render
@@ -276,12 +278,18 @@ def report_command(
     if plot is not None:
         written = plot_report(report, plot)
         report["plot"] = str(written)
+    if html_out is not None:
+        from openchat_cli.eval.report_html import write_report_html
+
+        report["html"] = str(write_report_html(cat, report, html_out))
     if as_json:
         print_json(report)
         return
     render(report, console)
     if plot is not None:
         console.print(f"plot written to {report['plot']}")
+    if html_out is not None:
+        console.print(f"HTML report written to {report['html']}")
 
 
 @app.command("export")
