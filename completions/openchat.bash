@@ -24,8 +24,9 @@ _openchat() {
         "catalog rm") words="--help --home --json" ;;
         "catalog show") words="--help --home --json" ;;
         "chat") words="--api-key --chat --condition --endpoint --help --home --max-tokens --model --system --temperature --verdicts -c -e -m -s -t" ;;
-        "data") words="clean pairs show split stats tokenize --help" ;;
+        "data") words="clean map pairs show split stats tokenize --help" ;;
         "data clean") words="--blocked-words --class --condition-from --default-weight --force --format --help --home --html --json --keep-model --keep-source --min-chars --name --near-dup --near-dup-threshold --no-blocked-words --no-dedup --no-trim-ends --no-unwanted-phrases --out --skip-check --trim-ends --unwanted-phrases --weight -o" ;;
+        "data map") words="--batch-size --clusters --device --dims --dropped --fit-limit --help --home --json --max-chars --max-tokens --model --no-dropped --out --seed -k -m -o" ;;
         "data pairs") words="--force --help --home --json --name --out -o" ;;
         "data show") words="--count --help --home --id --json --model --random --seed --template -m -n" ;;
         "data split") words="--eval --eval-out --force --help --home --json --seed --train-out" ;;
@@ -55,7 +56,7 @@ _openchat() {
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog plot"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog plot"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data map"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

@@ -9,12 +9,13 @@ complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_se
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path plot rm show' -a show -d 'Show every field of one catalog entry.'
 complete -c openchat -n '__fish_use_subcommand' -a chat -d 'Chat with a served model in the terminal; browse judge verdicts.'
 complete -c openchat -n '__fish_use_subcommand' -a data -d 'Clean, filter, dedupe, split and tokenize chat datasets.'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a clean -d 'Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a pairs -d 'Preference pairs from a pairwise judge run: the winner\'s reply is chosen, kept only where'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a show -d 'Render a few conversations, or tokenized sequences with their supervised tokens marked.'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a split -d 'Reproducible train/eval split by conversation id (split parts of a conversation stay together).'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a clean -d 'Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a map -d 'A 2-D map of the conversations (embed → UMAP → k-means) as an interactive HTML page and a PNG.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a pairs -d 'Preference pairs from a pairwise judge run: the winner\'s reply is chosen, kept only where'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a show -d 'Render a few conversations, or tokenized sequences with their supervised tokens marked.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a split -d 'Reproducible train/eval split by conversation id (split parts of a conversation stay together).'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
 complete -c openchat -n '__fish_use_subcommand' -a eval -d 'Generate answers, judge them with an LLM, grade and report.'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
@@ -76,7 +77,7 @@ complete -c openchat -n '__fish_seen_subcommand_from chat' -s e
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s m
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s s
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s t
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -l help
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l blocked-words
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l class
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l condition-from
@@ -103,6 +104,24 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l unwanted-phrases
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l weight
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -s o
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l batch-size
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l clusters
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l device
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l dims
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l dropped
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l fit-limit
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l home
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l max-chars
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l max-tokens
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l model
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l no-dropped
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l out
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -s k
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -s m
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -s o
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l force
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l help
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l home
