@@ -20,7 +20,7 @@ _openchat() {
         "catalog lineage") words="--help --home --json" ;;
         "catalog list") words="--help --home --json --limit -n" ;;
         "catalog path") words="--help --home" ;;
-        "catalog plot") words="--help --home --json --metric --output -m -o" ;;
+        "catalog plot") words="--help --home --html --json --metric --output -m -o" ;;
         "catalog rm") words="--help --home --json" ;;
         "catalog show") words="--help --home --json" ;;
         "chat") words="--api-key --chat --condition --endpoint --help --home --max-tokens --model --system --temperature --verdicts -c -e -m -s -t" ;;

@@ -50,6 +50,7 @@ complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_s
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from path' -l home
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l help
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l home
+complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l html
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l json
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l metric
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l output
