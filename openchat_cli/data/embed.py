@@ -79,7 +79,9 @@ def model_hidden_states(texts: Sequence[str], model_dir: Path, *, batch_size: in
         raise OpenchatError(f"unknown --dtype '{dtype}' (choose auto, float32, bfloat16 or float16)")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype).to(device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    encoded = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"] or [pad]
+    # An empty text still needs one real token (the padding embedding may be all zeros).
+    empty = [next((t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None), pad)]
+    encoded = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"] or empty
                for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     out: np.ndarray | None = None

@@ -123,3 +123,19 @@ def test_map_page_in_a_browser(mapped):
         assert page.inner_text("#panel h3") == data["points"][shown]["id"]
         screenshot(page, "data-map.png")
         assert errors == []
+
+
+def test_model_embeddings_mask_the_padding(tiny_model_dir):
+    """--model: mean-pooled hidden states; a text's vector does not depend on its batch-mates'
+    lengths (padding is masked) and every row is unit length."""
+    import numpy as np
+
+    from openchat_cli.data.embed import model_hidden_states
+
+    texts = ["short", "a much longer text " * 20, "medium length text here", ""]
+    one = model_hidden_states(texts, tiny_model_dir, batch_size=1)
+    batched = model_hidden_states(texts, tiny_model_dir, batch_size=4)
+    assert one.shape[0] == 4 and one.shape[1] > 2
+    assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(one, batched, atol=1e-4)
+    assert not np.allclose(batched[0], batched[1], atol=1e-3)
