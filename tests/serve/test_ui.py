@@ -73,7 +73,13 @@ def test_chat_page_streams_a_reply_and_keeps_the_chat(tiny_server):
         text = reply.locator(".body").inner_text()
         assert text.strip(), "the streamed reply is empty"
         assert page.locator(".message.user").inner_text().endswith("Say hello in **bold**")
-        screenshot(page, "ui-chat.png")
+
+        # Replies are Markdown: rendered, code highlighted, and sanitised (model text is untrusted).
+        rendered = page.evaluate("""() => { const d = document.createElement('div');
+            renderMarkdown(d, '**bold** <img src="data:," onerror="window.pwned=1"><script>window.pwned=2</script>\\n\\n```python\\ndef f(x):\\n    return x\\n```');
+            return d.innerHTML; }""")
+        assert "<strong>bold</strong>" in rendered and "hljs-keyword" in rendered
+        assert "onerror" not in rendered and page.evaluate("window.pwned") is None
 
         # The same request through the API gives the same greedy reply: the page sent the system
         # prompt, temperature and max tokens it shows.
@@ -92,6 +98,18 @@ def test_chat_page_streams_a_reply_and_keeps_the_chat(tiny_server):
         page.wait_for_selector("body[data-ready='1']")
         assert page.locator(".message").count() == 2
         assert page.locator("#chat-list li").count() == 1
+        if os.environ.get("OPENCHAT_SCREENSHOTS"):  # the README picture: a stored chat with Markdown and code
+            page.evaluate("""() => { const s = JSON.parse(localStorage.getItem('openchat.ui.v1'));
+                s.chats.unshift({id: 'demo', title: 'Reverse a list', messages: [
+                  {role: 'user', content: 'How do I reverse a list in Python?'},
+                  {role: 'assistant', content: 'Use **slicing** or `reversed()`:\\n\\n```python\\nitems = [1, 2, 3]\\n'
+                   + 'print(items[::-1])         # [3, 2, 1]\\nprint(list(reversed(items)))\\n```\\n\\n'
+                   + '- `items[::-1]` makes a copy\\n- `items.reverse()` reverses in place'}]});
+                s.current = 'demo'; localStorage.setItem('openchat.ui.v1', JSON.stringify(s)); }""")
+            page.reload()
+            page.wait_for_selector("body[data-ready='1']")
+            screenshot(page, "ui-chat.png")
+            page.click("#chat-list li:nth-child(2)")
 
         # Stop ends a long reply early; the page is ready for the next message.
         page.fill("#max-tokens", "")
