@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOPICS = [[f"{t}{i}" for i in range(40)] for t in ("code", "cook", "trip", "math", "poem", "law", "med", "game")]
-COMMON = "the a of to and in is it you that for on with as are this be".split()
+COMMON = ["the", "a", "of", "to", "and", "in", "is", "it", "you", "that", "for", "on", "with", "as", "are",
+          "this", "be"]
 
 
 def conversations(n: int, seed: int = 0) -> list[str]:
@@ -59,7 +60,7 @@ def main() -> None:
     # Warm numba's compiled functions once on a small set, so the timings below are steady-state
     # (a first run on a machine also pays ~10-60 s of one-off JIT compilation, cached afterwards).
     timed(layout, emb[:500], clusters=args.clusters, fit_limit=args.fit_limit)
-    sampled, t_sampled = timed(layout, emb, clusters=args.clusters, fit_limit=args.fit_limit)
+    _, t_sampled = timed(layout, emb, clusters=args.clusters, fit_limit=args.fit_limit)
     rows = [("TF-IDF + SVD embedding", t_embed), (f"UMAP fit on {min(args.n, args.fit_limit):,} + transform, k-means",
                                                    t_sampled)]
     if args.full and args.n > args.fit_limit:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from openchat_cli.atomic import temp_file_beside
 from openchat_cli.errors import OpenchatError

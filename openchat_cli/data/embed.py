@@ -7,8 +7,8 @@ so the command can show a progress bar on the embedding pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

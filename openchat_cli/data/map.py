@@ -12,9 +12,10 @@ seeded sample and the rest are placed with `transform` (said in the page's subti
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -7,6 +7,7 @@ drop reason), shows the first turn on hover and the whole conversation in a side
 
 from __future__ import annotations
 
+import html
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ MAP_CSS = """
 """
 
 MAP_BODY = """
-<div id="controls"><label>Colour by <select id="color-by"></select></label> <span id="count" class="meta"></span></div>
-<div id="map-wrap"><div id="map"></div><aside id="panel"><p class="meta">Click a point to read its conversation.</p></aside></div>
+<div id="controls"><label>Colour by <select id="color-by"></select></label>
+  <span id="count" class="meta"></span></div>
+<div id="map-wrap"><div id="map"></div>
+  <aside id="panel"><p class="meta">Click a point to read its conversation.</p></aside></div>
 """
 
 # Text from the data goes in through textContent only.
@@ -68,8 +71,11 @@ MAP_JS = r"""
     panel.dataset.point = String(i);
     panel.append(el("p", "meta", "cluster " + p.cluster + " · source " + p.source + " · condition " + p.condition
                     + " · " + p.drop_reason + (p.detail ? " (" + p.detail + ")" : "")));
-    p.turns.forEach((t) => { const box = el("div", "turn"); box.append(el("div", "role", t.role), el("div", "text", t.content));
-                             panel.append(box); });
+    p.turns.forEach((t) => {
+      const box = el("div", "turn");
+      box.append(el("div", "role", t.role), el("div", "text", t.content));
+      panel.append(box);
+    });
     if (p.cut) panel.append(el("p", "meta", "(cut to " + data.max_chars + " characters)"));
   }
   select.addEventListener("change", draw);
@@ -98,9 +104,10 @@ def page_data(points: list[MapPoint], lay: Layout, max_chars: int) -> dict[str, 
     for p in points:
         turns, cut = _clip_turns(p.messages, max_chars)
         first = p.first_turn
+        hover = first[:FIRST_TURN_CHARS] + ("…" if len(first) > FIRST_TURN_CHARS else "")
         rows.append({"id": p.id, "cluster": p.cluster, "source": p.source, "condition": p.condition,
                      "drop_reason": p.drop_reason, "detail": p.extra.get("detail"),
-                     "hover": (first[:FIRST_TURN_CHARS] + ("…" if len(first) > FIRST_TURN_CHARS else "")).replace("\n", "<br>"),
+                     "hover": html.escape(hover, quote=False).replace("\n", "<br>"),  # plotly reads tags
                      "turns": turns, "cut": cut})
     n = len(points)
     return {"x": [round(float(v), 4) for v in lay.xy[:, 0]], "y": [round(float(v), 4) for v in lay.xy[:, 1]],

@@ -13,8 +13,9 @@ that accept HTML; others (curl, scripts) still get the JSON description from the
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from openchat_cli.serve.guard import host_name
 
@@ -26,8 +27,8 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".css": "text/css; charset=utf-8", ".md": "text/markdown; charset=utf-8"}
 # Scripts only from this server: Markdown from the model cannot run code even past DOMPurify.
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                 b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"),
+    (b"content-security-policy", (b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                  b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")),
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-cache"),
 ]

@@ -56,7 +56,8 @@ def mapped(tmp_path_factory: pytest.TempPathFactory):
 
 def _page_data(path: Path) -> dict:
     text = path.read_text()
-    return json.loads(re.search(r'<script type="application/json" id="page-data">(.*?)</script>', text, re.S).group(1))
+    found = re.search(r'<script type="application/json" id="page-data">(.*?)</script>', text, re.DOTALL)
+    return json.loads(found.group(1))
 
 
 @pytest.mark.slow
@@ -93,7 +94,7 @@ def test_map_names_the_bad_line(cli, tmp_path):
 
 @pytest.mark.slow
 def test_map_page_in_a_browser(mapped):
-    work, summary = mapped
+    _, summary = mapped
     with browser_page(1300, 800) as (page, errors):
         page.goto(Path(summary["html"]).as_uri())
         page.wait_for_selector("body[data-ready='1']")

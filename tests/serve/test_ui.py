@@ -76,7 +76,8 @@ def test_chat_page_streams_a_reply_and_keeps_the_chat(tiny_server):
 
         # Replies are Markdown: rendered, code highlighted, and sanitised (model text is untrusted).
         rendered = page.evaluate("""() => { const d = document.createElement('div');
-            renderMarkdown(d, '**bold** <img src="data:," onerror="window.pwned=1"><script>window.pwned=2</script>\\n\\n```python\\ndef f(x):\\n    return x\\n```');
+            renderMarkdown(d, '**bold** <img src="data:," onerror="window.pwned=1">'
+                              + '<script>window.pwned=2</script>\\n\\n```python\\ndef f(x):\\n    return x\\n```');
             return d.innerHTML; }""")
         assert "<strong>bold</strong>" in rendered and "hljs-keyword" in rendered
         assert "onerror" not in rendered and page.evaluate("window.pwned") is None
