@@ -140,3 +140,23 @@ def test_model_embeddings_mask_the_padding(tiny_model_dir):
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
     assert np.allclose(one, batched, atol=1e-4)
     assert not np.allclose(batched[0], batched[1], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_map_with_a_model_from_the_cli(cli, tiny_model_dir, tmp_path):
+    """`data map DATA --model M`: the same outputs, from the model's hidden states."""
+    data = tmp_path / "convs.jsonl"
+    with open(data, "w") as fh:
+        for i in range(12):
+            topic = list(TOPICS)[i % 3]
+            fh.write(json.dumps({"id": f"m{i}", "source": topic, "condition": None, "messages": [
+                {"role": "user", "content": TOPICS[topic][i % 3]},
+                {"role": "assistant", "content": f"About {topic}.", "weight": 1}]}) + "\n")
+    out = tmp_path / "maps" / "m.html"
+    summary = cli("data", "map", data, "--model", tiny_model_dir, "-k", "2", "--batch-size", "5", "-o", out,
+                  "--json").json()
+    assert summary["embedding"] == f"model {tiny_model_dir}" and summary["points"] == 12 and summary["dropped"] == 0
+    assert summary["html"] == str(out) and (tmp_path / "maps" / "m.png").exists()
+    data_block = _page_data(out)
+    assert data_block["fields"] == ["cluster", "source", "condition"]  # nothing dropped: no drop-reason colouring
+    assert {p["cluster"] for p in data_block["points"]} == {"c0", "c1"}
