@@ -8,6 +8,7 @@ TUI's verdicts screen reads, through store/ only, with pairs combined by store/v
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,9 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
                         + table(["model", "accuracy (95% CI)", "correct", "graded", "no answer found"], rows,
                                 table_id="grade-table")
                         + chart(_by_category("Accuracy by category", grade, 100.0, "%"), 380))
+        suites = [g for g in grade if g.get("suite")]
+        if suites:
+            sections.append(_suite_tables(suites))
     loglik = report.get("loglik") or []
     if loglik:
         rows = [[_who(r), _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
@@ -175,6 +179,32 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
                                               100.0, "%"), _height(2 * len(loglik)))
                         + table(["model", "acc (95% CI)", "acc_norm (95% CI)", "scored", "format"], rows))
     return sections
+
+
+def _suite_cell(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "-"
+    text = f"{_pct(cell['accuracy'])}\nunmatched {_pct(cell['unmatched'])}"
+    if cell.get("lenient_accuracy") is not None:
+        text += f"\nlenient {_pct(cell['lenient_accuracy'])}"
+    return text
+
+
+def _suite_tables(suites: list[dict[str, Any]]) -> str:
+    """The suite tables of the terminal report: per task type, then per task."""
+    types = sorted({t for g in suites for t in g["suite"]["task_types"]})
+    parts = ["<h2>Suite accuracy by task type (reference rules)</h2>",
+             table(["task type", *[_who(g) for g in suites]],
+                   [[t, *[_suite_cell(g["suite"]["task_types"].get(t)) for g in suites]] for t in types],
+                   table_id="suite-table")]
+    for t in types:
+        tasks = sorted({n for g in suites for n in g["suite"]["tasks"] if n.rpartition("/")[0] == t})
+        if len(tasks) > 1:
+            parts += [f"<h3>{html.escape(t)} by task</h3>",
+                      table(["task", *[_who(g) for g in suites]],
+                            [[n.rpartition("/")[2], *[_suite_cell(g["suite"]["tasks"].get(n)) for g in suites]]
+                             for n in tasks])]
+    return "".join(parts)
 
 
 # -- the verdict browser's data -----------------------------------------------------------------
