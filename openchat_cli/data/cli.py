@@ -656,8 +656,9 @@ def map_command(
     clusters: int = typer.Option(12, "--clusters", "-k", min=1, help="k-means clusters."),
     dropped: Optional[bool] = typer.Option(None, "--dropped/--no-dropped", help="Also map the records `clean` "
                                            "dropped (default: when DATA.dropped.jsonl is beside DATA)."),
-    fit_limit: int = typer.Option(10_000, "--fit-limit", min=100, help="Fit UMAP on at most this many points "
-                                  "(a seeded sample) and place the rest with transform."),
+    fit_limit: int = typer.Option(200_000, "--fit-limit", min=100, help="Fit UMAP on at most this many points "
+                                  "(a seeded sample) and place the rest with transform (slower per point below "
+                                  "~100k: see benchmarks/bench_map.py)."),
     dims: int = typer.Option(64, "--dims", min=2, help="TF-IDF + SVD dimensions."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Texts per forward pass (--model)."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=8, help="Tokens of each conversation embedded (--model)."),

@@ -5,8 +5,11 @@ Points come from a cleaned conversations JSONL (the data contract) and, when `cl
 dropped-records report beside it (OUT.dropped.jsonl), from the raw records it dropped, looked up
 by file and record number, so the map can be coloured by drop reason too.
 
-UMAP on 50k points is the slow step on two cores; past `fit_limit` points UMAP is fitted on a
-seeded sample and the rest are placed with `transform` (said in the page's subtitle).
+UMAP is fitted on every point up to `fit_limit` (200k by default): measured on two busy cores
+(benchmarks/bench_map.py), fitting all 50k points took 68 s while fitting a 10k sample and placing
+the other 40k with `transform` took 145 s, so sampling only pays for very large sets (memory).
+Past the limit UMAP is fitted on a seeded sample and the rest are placed with `transform` (said
+in the page's subtitle).
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ class Layout:
     fitted_on: int  # points UMAP was fitted on (the rest were transformed)
 
 
-def layout(embeddings: np.ndarray, *, clusters: int = 12, neighbors: int = 15, fit_limit: int = 10_000,
+def layout(embeddings: np.ndarray, *, clusters: int = 12, neighbors: int = 15, fit_limit: int = 200_000,
            seed: int = 0) -> Layout:
     """UMAP to 2-D (fitted on at most `fit_limit` points) and k-means on the embeddings."""
     n = len(embeddings)
