@@ -303,7 +303,6 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-batch-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-body-mb
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-model-len
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-n
-complete -c openchat -n '__fish_seen_subcommand_from serve' -l no-ui
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l port
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l served-model-name
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l template

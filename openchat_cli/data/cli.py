@@ -689,7 +689,7 @@ def map_command(
         task = bar.add_task("embedding", total=len(texts))
         tick = lambda n: bar.advance(task, n)  # noqa: E731
         if model:
-            from openchat_cli.checkpoint import resolve_model
+            from openchat_cli.model_dir import resolve_model
 
             model_dir, _ = resolve_model(model)
             embeddings = model_hidden_states(texts, model_dir, batch_size=batch_size, max_tokens=max_tokens,

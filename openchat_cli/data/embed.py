@@ -70,7 +70,7 @@ def model_hidden_states(texts: Sequence[str], model_dir: Path, *, batch_size: in
     import torch
     from transformers import AutoModelForCausalLM
 
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     torch_dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,

@@ -84,8 +84,8 @@ def serve_command(
         "(slow clients are disconnected).")] = 10.0,
     body_timeout: Annotated[float, typer.Option("--body-timeout", min=0.1, help="Seconds a client has to send a request's body (408).")] = 60.0,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
-    ui: Annotated[Optional[bool], typer.Option("--ui/--no-ui", help="Serve the browser chat page at / "
-                                      "(default: on for a loopback --host, off otherwise).")] = None,
+    ui: Annotated[str, typer.Option("--ui", help="The browser chat page at /: auto (on for a loopback "
+                                    "--host), on or off.")] = "auto",
 ) -> None:
     """Serve a checkpoint behind an OpenAI-compatible API (chat, completions, models, metrics)."""
     # One prompt at a time: the tokenizers thread pool only adds latency here.
@@ -95,6 +95,8 @@ def serve_command(
     from openchat_cli.serve.guard import LOOPBACK_HOSTS, is_loopback
     from openchat_cli.templates import check_tokenizer, get_template
 
+    if ui not in ("auto", "on", "off"):
+        raise OpenchatError(f"--ui must be auto, on or off, not '{ui}'")
     kind = pick_engine_kind(engine)
     keys = _split_keys(api_keys)
     hosts = _split_keys(allowed_hosts)
@@ -142,7 +144,7 @@ def serve_command(
              max_n=max_n, max_body_mb=max_body_mb, default_max_tokens=default_max_tokens,
              log_requests=log_requests, log_level=log_level, allow_origin=allow_origin,
              host_names=host_names, header_timeout=header_timeout, body_timeout=body_timeout,
-             ui=is_loopback(host) if ui is None else ui)
+             ui=is_loopback(host) if ui == "auto" else ui == "on")
     finally:
         sock.close()
 

@@ -127,7 +127,7 @@ def test_chat_page_streams_a_reply_and_keeps_the_chat(tiny_server):
 @pytest.mark.slow
 def test_chat_page_asks_for_the_key(tiny_model_dir):
     """With API keys on, the page shows a key field; once given, it lists models and chats."""
-    from openchat_cli.checkpoint import load_tokenizer
+    from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.app import ServerConfig, create_app
     from openchat_cli.serve.engines.base import eos_token_ids
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine

@@ -36,7 +36,7 @@ wait_screen() {  # PATTERN [SECONDS]
 }
 
 cd "$ROOT"
-"$PY" tests/tui/fake_server.py --port 0 > "$WORK/server.out" 2>&1 &
+"$PY" -m tests.tui.fake_server --port 0 > "$WORK/server.out" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 100); do [ -s "$WORK/server.out" ] && break; sleep 0.1; done
 BASE=$(head -n1 "$WORK/server.out")
