@@ -91,20 +91,32 @@ class TransformersEngine(Engine):
 
     def __init__(self, model_dir: Path, *, tokenizer: Any, device: str = "cpu", dtype: str = "auto",
                  max_batch_size: int = 64, max_model_len: int | None = None,
-                 max_prefill_tokens: int = 4096, threads: int | None = None):
+                 max_prefill_tokens: int = 4096, threads: int | None = None, quantize: str | None = None,
+                 adapters: dict[str, str] | None = None):
         import torch
         from transformers import AutoModelForCausalLM
+
+        from openchat_cli.serve.engines import quantize as quantizing
 
         if threads:
             torch.set_num_threads(int(threads))
         self.model_dir = Path(model_dir)
         self.tokenizer = tokenizer
         self.device = device
+        quantize = quantizing.check_quantize(quantize, device)
+        extra = quantizing.load_kwargs(quantize, device)
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=_torch_dtype(dtype, device)).to(device).eval()
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=_torch_dtype(dtype, device), **extra)
+            self.model = (model if extra else model.to(device)).eval()
         except (OSError, ValueError, RuntimeError) as exc:
             raise EngineError(f"cannot load the model in {model_dir}: {exc}") from None
+        self.quantized = quantizing.quantize_loaded(self.model, quantize, device)
+        self.weight_bytes = quantizing.weight_bytes(self.model)
+        self.lora = None  # LoraRouter: adapters served unmerged, routed per token (lora_rows.py)
+        if adapters:
+            from openchat_cli.serve.engines.lora_rows import LoraRouter
+
+            self.lora = LoraRouter(self.model, adapters, self.model_dir)
         config = self.model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         positions = context_length(model_dir) or getattr(text_config, "max_position_embeddings", None) or 2048
@@ -183,13 +195,16 @@ class TransformersEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device, "dtype": str(self.model.dtype),
                 "max_batch_size": self.max_batch_size if self._batchable else 1,
-                "full_cache_for_sliding_window": self._full_cache}
+                "full_cache_for_sliding_window": self._full_cache, "quantized": self.quantized,
+                "weight_bytes": self.weight_bytes, "lora_adapters": sorted(self.lora.adapters) if self.lora else []}
 
     # -- the API side --------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[TokenEvent]:
         if self._thread is None:
             raise EngineError("engine not started")
+        if params.adapter and (self.lora is None or params.adapter not in self.lora.adapters):
+            raise EngineError(f"no LoRA adapter named '{params.adapter}' is loaded")
         seq = _Seq(request_id=request_id, prompt=list(prompt_ids), params=params,
                    queue=asyncio.Queue())
         with self._cond:
@@ -312,6 +327,7 @@ class TransformersEngine(Engine):
             positions = torch.tensor([[s.length] for s in rows], device=self.device)
             ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
             self._mask = torch.cat([self._mask, ones], dim=1)
+            self._route_rows(rows, 1)
             logits = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
                                 **{self._cache_kw: self._cache}, use_cache=True).logits[:, -1, :]
             for s in rows:
@@ -349,6 +365,16 @@ class TransformersEngine(Engine):
                 self._loop.call_soon_threadsafe(_put_all, items)
             except RuntimeError:  # loop closed while shutting down
                 pass
+
+    def _route_rows(self, seqs: list[_Seq], width: int) -> None:
+        """Before a forward over one row per sequence: every token of a row goes through that
+        sequence's LoRA adapter (if any)."""
+        if self.lora is None:
+            return
+        import torch
+
+        rows = torch.tensor([self.lora.index(s.params.adapter) for s in seqs], device=self.device)
+        self.lora.route(rows[:, None].expand(len(seqs), width) if bool(rows.any()) else None)
 
     # -- KV cache bookkeeping ------------------------------------------------------------------
     def _new_cache(self):
@@ -406,6 +432,7 @@ class TransformersEngine(Engine):
             return self._prefill_packed(seqs)
         ids, mask, kwargs = self._padded(seqs)
         self.prefill_tokens += ids.numel()
+        self._route_rows(seqs, ids.shape[1])
         cache = self._new_cache()
         wanted = any(s.params.prompt_logprobs is not None for s in seqs)
         logits = self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True,
@@ -424,6 +451,13 @@ class TransformersEngine(Engine):
         and a block-diagonal causal mask; the cache is cut into rows afterwards."""
         batch = pack([s.prompt for s in seqs], self.device, self._attention, self.model.dtype)
         self.prefill_tokens += batch.input_ids.shape[1]
+        if self.lora is not None:
+            import torch
+
+            tokens = torch.zeros(batch.input_ids.shape[1], dtype=torch.long, device=self.device)
+            for seq, start in zip(seqs, batch.starts):
+                tokens[start:start + len(seq.prompt)] = self.lora.index(seq.params.adapter)
+            self.lora.route(tokens)
         for seq in seqs:
             seq.length = len(seq.prompt)
         cache = self._new_cache()
@@ -463,6 +497,7 @@ class TransformersEngine(Engine):
 
     def _score_group(self, seqs: list[_Seq]) -> list[tuple[_Seq, TokenEvent]]:
         ids, _mask, kwargs = self._padded(seqs)
+        self._route_rows(seqs, ids.shape[1])
         logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=0, **kwargs).logits
         self.scoring_forwards += 1
         out = []
