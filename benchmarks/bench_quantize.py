@@ -70,7 +70,7 @@ def measure(model: Path, method: str, prompts: list[list[int]], max_tokens: int,
 
     result = asyncio.run(go())
     result.update(method=method, used=engine.quantized or "float32", weight_mib=engine.weight_bytes / 2**20)
-    del engine
+    engine.model = None  # free the weights before the next method loads its own
     gc.collect()
     return result
 
@@ -91,7 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model folder (default: a random one of --size)")
     parser.add_argument("--size", default="40m", choices=["tiny", "small", "40m"])
-    parser.add_argument("--methods", default="none,int8,int8-dynamic")
+    parser.add_argument("--methods", default="none,int8,int8-weight-only",
+                        help="int8-weight-only needs torchao (the [torchao] extra)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--levels", default="1,16", help="concurrency levels (comma-separated)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")

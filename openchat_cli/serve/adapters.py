@@ -6,8 +6,6 @@ weights against the base (engines/lora_rows.py for transformers, vLLM's LoRARequ
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from openchat_cli.errors import OpenchatError
 
 ADAPTER_CONFIG = "adapter_config.json"

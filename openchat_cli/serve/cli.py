@@ -66,9 +66,9 @@ def serve_command(
     max_n: Annotated[int, typer.Option("--max-n", min=1, help="Largest `n` accepted.")] = 16,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.")] = 4.0,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
-    quantize: Annotated[str, typer.Option("--quantize", help="none, int8 (CPU: torchao int8 weight-only, else PyTorch dynamic int8; GPU: "
-        "bitsandbytes 8-bit), int8-dynamic (CPU: PyTorch int8 weights and activations) or int4 (GPU: bitsandbytes NF4). transformers engine; for vLLM use "
-        "--engine-arg quantization=….")] = "none",
+    quantize: Annotated[str, typer.Option("--quantize", help="transformers engine: none; int8 (CPU: PyTorch's "
+        "dynamic int8, GPU: bitsandbytes 8-bit); int8-weight-only (torchao, the [torchao] extra); int4 (GPU: "
+        "bitsandbytes NF4). vLLM: use --engine-arg quantization=….")] = "none",
     lora: Annotated[Optional[list[str]], typer.Option("--lora", metavar="NAME=ADAPTER", help="Serve a LoRA adapter "
         "(folder or ck-… id from `train --lora`) unmerged as model NAME, batched with the base (repeatable).")] = None,
     device: Annotated[str, typer.Option("--device", help="transformers engine: cpu, cuda, cuda:1 … (auto: cuda if present).")] = "auto",
