@@ -153,3 +153,22 @@ def test_mismatched_base_is_refused_naming_the_adapter(cli, tiny_model_dir, tmp_
     assert "LoRA adapter 'wrong'" in err and "q_proj" in err and "another base" in err
     err = cli("serve", tiny_model_dir, "--port", "0", "--lora", f"x={tiny_model_dir}", expect=None).stderr
     assert "not a LoRA adapter" in err
+
+
+def test_lora_options_accept_catalog_ids_and_refuse_clashes(tmp_path):
+    from openchat_cli.errors import OpenchatError
+    from openchat_cli.serve.adapters import parse_lora_options
+    from store.catalog import open_catalog
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    ck = open_catalog().add_checkpoint(path=adapter, kind="trained", template="openchat_3.5")
+    assert parse_lora_options([ck, f"named={ck}"], reserved={"base"}) == {ck: str(adapter.resolve()),
+                                                                          "named": str(adapter.resolve())}
+    with pytest.raises(OpenchatError, match="'base' is already taken"):
+        parse_lora_options([f"base={adapter}"], reserved={"base"})
+    with pytest.raises(OpenchatError, match="already taken"):
+        parse_lora_options([f"x={adapter}", f"x={adapter}"], reserved=set())
+    with pytest.raises(OpenchatError, match="--lora y=: expected NAME=ADAPTER_DIR"):
+        parse_lora_options(["y="], reserved=set())
