@@ -68,7 +68,8 @@ def quantize_loaded(model: Any, quantize: str | None, device: str) -> str | None
     if device.startswith("cuda"):
         return f"bitsandbytes-{quantize}"
     if model.dtype != torch.float32:
-        raise EngineError(f"--quantize {quantize} on CPU quantizes float32 weights: drop --dtype or use --dtype float32")
+        raise EngineError(f"--quantize {quantize} on CPU quantizes float32 weights: drop --dtype or use "
+                          f"--dtype float32")
     from torch.ao.quantization import quantize_dynamic
 
     names = {name for name, module in model.named_modules()
@@ -92,7 +93,8 @@ def weight_bytes(model: Any) -> int:
         packed = getattr(module, "_packed_params", None)
         if packed is not None and hasattr(packed, "_weight_bias"):
             weight, bias = packed._weight_bias()
-            total += weight.numel() * weight.element_size() + (0 if bias is None else bias.numel() * bias.element_size())
+            total += weight.numel() * weight.element_size()
+            total += 0 if bias is None else bias.numel() * bias.element_size()
     return total
 
 
