@@ -153,6 +153,15 @@ def test_mismatched_base_is_refused_naming_the_adapter(cli, tiny_model_dir, tmp_
     assert "LoRA adapter 'wrong'" in err and "q_proj" in err and "another base" in err
     err = cli("serve", tiny_model_dir, "--port", "0", "--lora", f"x={tiny_model_dir}", expect=None).stderr
     assert "not a LoRA adapter" in err
+    # Same shapes, other weights: an adapter of the tiny model refused on another tiny model.
+    twin = tmp_path / "twin"
+    cli("model", "init", twin, "--size", "tiny", "--seed", "7")
+    tiny_adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                  LoraConfig(r=2, target_modules=["v_proj"]))
+    tiny_adapter.save_pretrained(tmp_path / "tiny-adapter")
+    err = cli("serve", twin, "--port", "0", "--in-process", "--lora", f"tw={tmp_path / 'tiny-adapter'}",
+              expect=2).stderr
+    assert "LoRA adapter 'tw'" in err and f"was trained on {tiny_model_dir}" in err and "v_proj" in err
 
 
 def test_lora_options_accept_catalog_ids_and_refuse_clashes(tmp_path):

@@ -38,6 +38,7 @@ class LoraAdapter:
     path: Path
     index: int  # 1-based; 0 means "the base model" in routing
     scale: float
+    recorded_base: str | None = None  # adapter_config.json's base_model_name_or_path
     pairs: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # module → (A [r, in], B [out, r])
 
     @property
@@ -97,7 +98,8 @@ def read_adapter(name: str, path: Path, index: int) -> LoraAdapter:
         shown = ", ".join(extra[:3]) + (" …" if len(extra) > 3 else "")
         raise _fail(name, path, f"holds weights that are not LoRA pairs ({shown}); merge it with "
                                 f"`openchat model merge-lora` and serve the result")
-    adapter = LoraAdapter(name=name, path=path, index=index, scale=scale)
+    adapter = LoraAdapter(name=name, path=path, index=index, scale=scale,
+                          recorded_base=config.get("base_model_name_or_path"))
     for module, parts in halves.items():
         if set(parts) != {"A", "B"}:
             raise _fail(name, path, f"{module}: lora_A and lora_B must both be present")
@@ -109,6 +111,51 @@ def read_adapter(name: str, path: Path, index: int) -> LoraAdapter:
     if not adapter.pairs:
         raise _fail(name, path, "holds no LoRA weights")
     return adapter
+
+
+def _recorded_weight(base_dir: Path, tensor_name: str) -> Any:
+    """One tensor of a saved model, read alone (safetensors, single file or sharded); None when
+    it cannot be found."""
+    from safetensors import safe_open
+
+    index = base_dir / "model.safetensors.index.json"
+    file = base_dir / "model.safetensors"
+    if index.exists():
+        try:
+            shard = json.loads(index.read_text())["weight_map"].get(tensor_name)
+        except (OSError, ValueError, KeyError):
+            return None
+        file = base_dir / shard if shard else None
+    if file is None or not file.exists():
+        return None
+    with safe_open(str(file), framework="pt") as handle:
+        return handle.get_tensor(tensor_name) if tensor_name in handle.keys() else None
+
+
+def check_recorded_base(model: Any, adapters: dict[str, str | Path], base_dir: Path) -> None:
+    """Same shapes do not make the same base (another fine-tune of it, a merged model): when an
+    adapter's recorded base is a folder other than the served one, one adapted weight must equal
+    the served model's. Call before quantizing. Hub names and moved folders are not checked."""
+    import torch
+
+    modules = dict(model.named_modules())
+    for name, path in adapters.items():
+        adapter = read_adapter(name, Path(path), 0)
+        recorded = Path(adapter.recorded_base).expanduser() if adapter.recorded_base else None
+        if recorded is None or not recorded.is_dir() or recorded.resolve() == Path(base_dir).resolve():
+            continue
+        module_name = sorted(adapter.pairs)[0]
+        module = modules.get(module_name)
+        weight = getattr(module, "weight", None)
+        saved = _recorded_weight(recorded, module_name + ".weight")
+        if weight is None or saved is None or not weight.dtype.is_floating_point:  # (bitsandbytes: int8 already)
+            continue
+        if saved.shape != weight.shape:
+            continue  # LoraRouter refuses it, naming the sizes
+        if not torch.allclose(saved.to(weight.dtype).to(weight.device), weight,
+                                                             atol=1e-6, rtol=1e-3):
+            raise _fail(name, adapter.path, f"was trained on {recorded}, whose {module_name} differs from the served "
+                                            f"model's ({base_dir}): serve it on the base it was trained on")
 
 
 def _linear_sizes(module: Any) -> tuple[int, int] | None:

@@ -110,6 +110,10 @@ class TransformersEngine(Engine):
             self.model = (model if extra else model.to(device)).eval()
         except (OSError, ValueError, RuntimeError) as exc:
             raise EngineError(f"cannot load the model in {model_dir}: {exc}") from None
+        if adapters:
+            from openchat_cli.serve.engines.lora_rows import check_recorded_base
+
+            check_recorded_base(self.model, adapters, self.model_dir)
         self.quantized = quantizing.quantize_loaded(self.model, quantize, device)
         self.weight_bytes = quantizing.weight_bytes(self.model)
         self.lora = None  # LoraRouter: adapters served unmerged, routed per token (lora_rows.py)
