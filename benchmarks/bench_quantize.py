@@ -91,8 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model folder (default: a random one of --size)")
     parser.add_argument("--size", default="40m", choices=["tiny", "small", "40m"])
-    parser.add_argument("--methods", default="none,int8,int8-weight-only",
-                        help="int8-weight-only needs torchao (the [torchao] extra)")
+    parser.add_argument("--methods", default=None, help="comma-separated (default: none,int8, and "
+                        "int8-weight-only when torchao, the [torchao] extra, is installed)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--levels", default="1,16", help="concurrency levels (comma-separated)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -115,7 +115,10 @@ def main() -> None:
     prompts = [template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": p}]}))
                for p in PROMPTS]
     levels = [int(x) for x in args.levels.split(",")]
-    methods = [m.strip() for m in args.methods.split(",")]
+    import importlib.util
+
+    default = "none,int8" + (",int8-weight-only" if importlib.util.find_spec("torchao") else "")
+    methods = [m.strip() for m in (args.methods or default).split(",")]
     results = [measure(model, m, prompts, args.max_tokens, levels) for m in methods]
     base = results[0]
     rows = []
