@@ -20,12 +20,13 @@ _openchat() {
         "catalog lineage") words="--help --json" ;;
         "catalog list") words="--help --json --limit -n" ;;
         "catalog path") words="--help" ;;
-        "catalog plot") words="--help --json --metric --output -m -o" ;;
+        "catalog plot") words="--help --html --json --metric --output -m -o" ;;
         "catalog rm") words="--help --json" ;;
         "catalog show") words="--help --json" ;;
         "chat") words="--api-key --chat --condition --endpoint --help --max-tokens --model --system --temperature --verdicts -e -m -s -t" ;;
-        "data") words="clean pairs show split stats tokenize --help" ;;
+        "data") words="clean map pairs show split stats tokenize --help" ;;
         "data clean") words="--blocked-words --class --condition-from --default-weight --force --format --help --html --json --keep-model --keep-source --min-chars --name --near-dup --near-dup-threshold --no-blocked-words --no-dedup --no-trim-ends --no-unwanted-phrases --out --skip-check --trim-ends --unwanted-phrases --weight -o" ;;
+        "data map") words="--batch-size --clusters --device --dims --dropped --fit-limit --help --json --max-chars --max-tokens --model --no-dropped --out --seed -k -m -o" ;;
         "data pairs") words="--force --help --json --name --out -o" ;;
         "data show") words="--help --id --json --limit --model --random --seed --template -m -n" ;;
         "data split") words="--eval --eval-out --force --help --json --seed --train-out" ;;
@@ -38,7 +39,7 @@ _openchat() {
         "eval judge") words="--baseline --concurrency --help --json --judge-api-key --judge-endpoint --judge-model --max-tokens --mode --name --new --prompts --retries --retry-wait --run -b -c" ;;
         "eval loglik") words="--api-key --bos --checkpoint --concurrency --endpoint --help --json --limit --model --name --new --no-bos --retries --retry-wait --run --task-format -c -e -f -m -n" ;;
         "eval perplexity") words="--buckets --dtype --help --json --max-len --tokens-per-batch" ;;
-        "eval report") words="--baseline --help --json --plot -b" ;;
+        "eval report") words="--baseline --help --html --json --plot -b" ;;
         "eval score") words="--help --json --rm" ;;
         "model") words="add-tokens export extend-context info init merge-lora --help" ;;
         "model add-tokens") words="--force --help --init --json --seed --std --template --token" ;;
@@ -48,15 +49,15 @@ _openchat() {
         "model init") words="--force --help --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
         "model merge-lora") words="--base --force --help --json" ;;
         "quickstart") words="--dir --epochs --eval-size --help --json --lr --seed --size --threads --tokens-per-step --train-size" ;;
-        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --host --in-process --log-level --log-requests --log-to-catalog --lora --max-batch-size --max-body-mb --max-model-len --max-n --port --quantize --served-model-name --template --tensor-parallel-size --threads" ;;
-        "train") words="--beta --config --data --epochs --eval-data --eval-every --force --grad-checkpointing --help --hostfile --json --label-smoothing --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --loss-type --lr --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --report-to --resume --save-every --seed --state-minutes --stop-after --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
+        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --host --in-process --log-level --log-requests --log-to-catalog --lora --max-batch-size --max-body-mb --max-model-len --max-n --no-ui --port --quantize --served-model-name --template --tensor-parallel-size --threads --ui" ;;
+        "train") words="--beta --config --data --epochs --epsilon --eval-data --eval-every --force --grad-checkpointing --group-size --grpo-iterations --grpo-loss --help --hostfile --json --label-smoothing --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --loss-type --lr --max-completion-tokens --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --prompts --prompts-per-step --report-to --resume --reward --save-every --seed --state-minutes --stop-after --temperature --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }
 _openchat_leaf() {
     case "$1" in
-        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog plot"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"eval score"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
+        "catalog"|"catalog lineage"|"catalog list"|"catalog path"|"catalog plot"|"catalog rm"|"catalog show"|"chat"|"data"|"data clean"|"data map"|"data pairs"|"data show"|"data split"|"data stats"|"data tokenize"|"eval"|"eval answer"|"eval export"|"eval grade"|"eval judge"|"eval loglik"|"eval perplexity"|"eval report"|"eval score"|"model"|"model add-tokens"|"model export"|"model extend-context"|"model info"|"model init"|"model merge-lora"|"quickstart"|"serve"|"train") return 0 ;;
     esac
     return 1
 }

@@ -9,12 +9,13 @@ complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_se
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and not __fish_seen_subcommand_from lineage list path plot rm show' -a show -d 'Show every field of one catalog entry.'
 complete -c openchat -n '__fish_use_subcommand' -a chat -d 'Chat with a served model in the terminal; browse judge verdicts.'
 complete -c openchat -n '__fish_use_subcommand' -a data -d 'Clean, filter, dedupe, split and tokenize chat datasets.'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a clean -d 'Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a pairs -d 'Preference pairs from a pairwise judge run: the winner\'s reply is chosen, kept only where'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a show -d 'Render a few conversations, or tokenized sequences with their supervised tokens marked.'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a split -d 'Reproducible train/eval split by conversation id (split parts of a conversation stay together).'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a clean -d 'Normalise, filter and dedupe raw conversation dumps (ShareGPT JSON/HTML, Alpaca, Dolly,'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a map -d 'A 2-D map of the conversations (embed → UMAP → k-means) as an interactive HTML page and a PNG.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a pairs -d 'Preference pairs from a pairwise judge run: the winner\'s reply is chosen, kept only where'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a show -d 'Render a few conversations, or tokenized sequences with their supervised tokens marked.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a split -d 'Reproducible train/eval split by conversation id (split parts of a conversation stay together).'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a stats -d 'Counts, turns, a length histogram and a breakdown by condition.'
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -a tokenize -d 'Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),'
 complete -c openchat -n '__fish_use_subcommand' -a eval -d 'Generate answers, judge them with an LLM, grade and report.'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a answer -d 'Ask an endpoint every question; answers are stored as they arrive. Re-run to resume.'
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and not __fish_seen_subcommand_from answer export grade judge loglik perplexity report score' -a export -d 'Write answers or judgments in FastChat\'s or AlpacaEval\'s formats.'
@@ -46,6 +47,7 @@ complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_s
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from list' -s n
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from path' -l help
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l help
+complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l html
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l json
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l metric
 complete -c openchat -n '__fish_seen_subcommand_from catalog ; and __fish_seen_subcommand_from plot' -l output
@@ -69,7 +71,7 @@ complete -c openchat -n '__fish_seen_subcommand_from chat' -s e
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s m
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s s
 complete -c openchat -n '__fish_seen_subcommand_from chat' -s t
-complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean pairs show split stats tokenize' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and not __fish_seen_subcommand_from clean map pairs show split stats tokenize' -l help
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l blocked-words
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l class
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l condition-from
@@ -95,6 +97,23 @@ complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l unwanted-phrases
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -l weight
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from clean' -s o
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l batch-size
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l clusters
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l device
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l dims
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l dropped
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l fit-limit
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l help
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l json
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l max-chars
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l max-tokens
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l model
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l no-dropped
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l out
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -l seed
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -s k
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -s m
+complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from map' -s o
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l force
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l help
 complete -c openchat -n '__fish_seen_subcommand_from data ; and __fish_seen_subcommand_from pairs' -l json
@@ -210,6 +229,7 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from perplexity' -l tokens-per-batch
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l baseline
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l help
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l html
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l plot
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -s b
@@ -284,20 +304,26 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-batch-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-body-mb
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-model-len
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-n
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l no-ui
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l port
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l quantize
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l served-model-name
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l template
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l tensor-parallel-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l threads
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l ui
 complete -c openchat -n '__fish_seen_subcommand_from train' -l beta
 complete -c openchat -n '__fish_seen_subcommand_from train' -l config
 complete -c openchat -n '__fish_seen_subcommand_from train' -l data
 complete -c openchat -n '__fish_seen_subcommand_from train' -l epochs
+complete -c openchat -n '__fish_seen_subcommand_from train' -l epsilon
 complete -c openchat -n '__fish_seen_subcommand_from train' -l eval-data
 complete -c openchat -n '__fish_seen_subcommand_from train' -l eval-every
 complete -c openchat -n '__fish_seen_subcommand_from train' -l force
 complete -c openchat -n '__fish_seen_subcommand_from train' -l grad-checkpointing
+complete -c openchat -n '__fish_seen_subcommand_from train' -l group-size
+complete -c openchat -n '__fish_seen_subcommand_from train' -l grpo-iterations
+complete -c openchat -n '__fish_seen_subcommand_from train' -l grpo-loss
 complete -c openchat -n '__fish_seen_subcommand_from train' -l help
 complete -c openchat -n '__fish_seen_subcommand_from train' -l hostfile
 complete -c openchat -n '__fish_seen_subcommand_from train' -l json
@@ -310,6 +336,7 @@ complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-r
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lora-targets
 complete -c openchat -n '__fish_seen_subcommand_from train' -l loss-type
 complete -c openchat -n '__fish_seen_subcommand_from train' -l lr
+complete -c openchat -n '__fish_seen_subcommand_from train' -l max-completion-tokens
 complete -c openchat -n '__fish_seen_subcommand_from train' -l max-grad-norm
 complete -c openchat -n '__fish_seen_subcommand_from train' -l method
 complete -c openchat -n '__fish_seen_subcommand_from train' -l micro-tokens
@@ -319,12 +346,16 @@ complete -c openchat -n '__fish_seen_subcommand_from train' -l num-gpus
 complete -c openchat -n '__fish_seen_subcommand_from train' -l offload
 complete -c openchat -n '__fish_seen_subcommand_from train' -l out
 complete -c openchat -n '__fish_seen_subcommand_from train' -l precision
+complete -c openchat -n '__fish_seen_subcommand_from train' -l prompts
+complete -c openchat -n '__fish_seen_subcommand_from train' -l prompts-per-step
 complete -c openchat -n '__fish_seen_subcommand_from train' -l report-to
 complete -c openchat -n '__fish_seen_subcommand_from train' -l resume
+complete -c openchat -n '__fish_seen_subcommand_from train' -l reward
 complete -c openchat -n '__fish_seen_subcommand_from train' -l save-every
 complete -c openchat -n '__fish_seen_subcommand_from train' -l seed
 complete -c openchat -n '__fish_seen_subcommand_from train' -l state-minutes
 complete -c openchat -n '__fish_seen_subcommand_from train' -l stop-after
+complete -c openchat -n '__fish_seen_subcommand_from train' -l temperature
 complete -c openchat -n '__fish_seen_subcommand_from train' -l tokens-per-step
 complete -c openchat -n '__fish_seen_subcommand_from train' -l warmup-ratio
 complete -c openchat -n '__fish_seen_subcommand_from train' -l weight-decay

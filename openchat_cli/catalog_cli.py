@@ -130,24 +130,29 @@ def plot_command(
     runs: list[str] = typer.Argument(..., help="Training run ids (run-…) to draw on one chart."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Image to write (.png, .svg or .pdf)."),
     metrics: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="A curve key to draw instead of loss and eval_loss (repeatable): lr, tokens_per_s, packing_efficiency, or a method's own (rewards/margins, kl, …)."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also (or instead) write the chart as one "
+                                            "self-contained interactive HTML page."),
     as_json: bool = typer.Option(False, "--json", help="Print the series as JSON."),
 ) -> None:
     """Loss and held-out loss curves of one or more training runs on one chart, to compare fine-tunes."""
-    from openchat_cli.run_plot import DEFAULT_METRICS, render_png, run_series
+    from openchat_cli.run_plot import DEFAULT_METRICS, render_html, render_png, run_series
 
-    if output is None and not as_json:
-        raise OpenchatError("say where to draw the chart: -o loss.png (or --json for the numbers)")
+    if output is None and html_out is None and not as_json:
+        raise OpenchatError("say where to draw the chart: -o loss.png or --html loss.html (or --json for the numbers)")
     wanted = list(dict.fromkeys(metrics or DEFAULT_METRICS))
     catalog = open_catalog()
     _settle_runs(catalog)
     found = run_series(catalog, runs, metrics)
     if output is not None:
         render_png(found, wanted, output)
+    if html_out is not None:
+        render_html(found, wanted, html_out)
     if as_json:
         print_json({"metrics": wanted, "runs": [r.to_dict() for r in found],
-                    "output": str(output) if output else None})
+                    "output": str(output) if output else None, "html": str(html_out) if html_out else None})
         return
-    console.print(f"drew {', '.join(wanted)} of {len(found)} run(s) → {output}", highlight=False)
+    written = " and ".join(str(p) for p in (output, html_out) if p is not None)
+    console.print(f"drew {', '.join(wanted)} of {len(found)} run(s) → {written}", highlight=False)
 
 
 @app.command("path")

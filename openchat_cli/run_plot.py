@@ -126,3 +126,41 @@ def render_png(runs: list[RunSeries], metrics: list[str], path: Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def build_plotly_figure(runs: list[RunSeries], metrics: list[str]) -> Any:
+    """The same chart as `build_figure` as a plotly figure: one panel per metric group, one
+    colour per run, held-out losses dashed with markers; hover shows step and value."""
+    import plotly.colors
+    from plotly.subplots import make_subplots
+
+    groups = panels(metrics)
+    fig = make_subplots(rows=len(groups), cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    palette = plotly.colors.qualitative.D3
+    for row, group in enumerate(groups, 1):
+        for i, run in enumerate(runs):
+            for metric in group:
+                points = run.series.get(metric)
+                if not points:
+                    continue
+                name = "eval loss" if metric == EVAL_LOSS else metric
+                held_out = metric == EVAL_LOSS
+                fig.add_scatter(x=[s for s, _ in points], y=[v for _, v in points], row=row, col=1,
+                                name=f"{run.label} {name}", mode="lines+markers" if held_out else "lines",
+                                line={"color": palette[i % len(palette)], "dash": "dash" if held_out else "solid"},
+                                marker={"size": 5}, hovertemplate="step %{x}<br>" + name + " %{y:.4g}<extra></extra>")
+        fig.update_yaxes(title_text=" / ".join(group), row=row, col=1)
+    fig.update_xaxes(title_text="optimizer step", row=len(groups), col=1)
+    fig.update_layout(height=200 + 320 * len(groups), legend_orientation="h", hovermode="x unified",
+                      margin={"l": 10, "r": 10, "t": 20, "b": 10})
+    return fig
+
+
+def render_html(runs: list[RunSeries], metrics: list[str], path: Path) -> Path:
+    """The chart as one self-contained interactive page (plotly.js inlined), written whole."""
+    from openchat_cli.html_page import figure_div, page, write_page
+
+    body = figure_div(build_plotly_figure(runs, metrics), "curves")
+    subtitle = ", ".join(f"{r.run_id} ({r.status})" for r in runs)
+    return write_page(path, page("openchat training curves", body, subtitle=subtitle,
+                                 scripts=["document.body.dataset.ready = '1';"]))

@@ -644,3 +644,76 @@ def split_command(
     unit = "pairs" if pairs else ("sequences" if parquet else "conversations")
     console.print(f"train: {result.train:,} {unit} → {train_out} as [bold]{made['train']}[/]\n"
                   f"eval:  {result.eval:,} {unit} → {eval_out} as [bold]{made['eval']}[/]", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("map")
+def map_command(
+    data: str = typer.Argument(..., metavar="DATA", help="Cleaned conversations JSONL or a catalog dataset id."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML page (default: DATA's name + .map.html "
+                                       "beside it); the PNG goes beside it."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embed with this model's mean-pooled hidden "
+                                        "states (folder or ck-… id; default: TF-IDF + SVD, no model)."),
+    clusters: int = typer.Option(12, "--clusters", "-k", min=1, help="k-means clusters."),
+    dropped: Optional[bool] = typer.Option(None, "--dropped/--no-dropped", help="Also map the records `clean` "
+                                           "dropped (default: when DATA.dropped.jsonl is beside DATA)."),
+    fit_limit: int = typer.Option(200_000, "--fit-limit", min=100, help="Fit UMAP on at most this many points "
+                                  "(a seeded sample) and place the rest with transform (slower per point below "
+                                  "~100k: see benchmarks/bench_map.py)."),
+    dims: int = typer.Option(64, "--dims", min=2, help="TF-IDF + SVD dimensions."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Texts per forward pass (--model)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=8, help="Tokens of each conversation embedded (--model)."),
+    device: str = typer.Option("cpu", "--device", help="--model: cpu, cuda, cuda:1 …"),
+    max_chars: int = typer.Option(4000, "--max-chars", min=100, help="Characters of each conversation kept in "
+                                  "the page's side panel."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the samples, UMAP and k-means."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """A 2-D map of the conversations (embed → UMAP → k-means) as an interactive HTML page and a PNG."""
+    import time
+
+    from openchat_cli.data.embed import model_hidden_states, tfidf_svd
+    from openchat_cli.data.io import resolve_input
+    from openchat_cli.data.map import layout, load_points, name_clusters
+    from openchat_cli.data.map_page import write_map_html, write_map_png
+
+    path, _ = resolve_input(data)
+    if not path.is_file():
+        raise OpenchatError(f"{path}: give a conversations JSONL file")
+    html_path = out or path.with_name(_stem(path) + ".map.html")
+    png_path = html_path.with_suffix(".png")
+    started = time.monotonic()
+    points = load_points(path, dropped)
+    texts = [p.text for p in points]
+    with progress(transient=True) as bar:
+        task = bar.add_task("embedding", total=len(texts))
+        tick = lambda n: bar.advance(task, n)  # noqa: E731
+        if model:
+            from openchat_cli.checkpoint import resolve_model
+
+            model_dir, _ = resolve_model(model)
+            embeddings = model_hidden_states(texts, model_dir, batch_size=batch_size, max_tokens=max_tokens,
+                                             device=device, tick=tick)
+        else:
+            embeddings = tfidf_svd(texts, dims=dims, seed=seed, tick=tick)
+        embedded = time.monotonic()
+        bar.add_task("UMAP + k-means", total=None)
+        lay = layout(embeddings, clusters=clusters, fit_limit=fit_limit, seed=seed)
+    name_clusters(points, lay.clusters)
+    how = f"model {model}" if model else "TF-IDF + SVD"
+    sampled = f", UMAP fitted on {lay.fitted_on:,} sampled points" if lay.fitted_on < len(points) else ""
+    kept = sum(p.drop_reason == "kept" for p in points)
+    subtitle = (f"{path.name}: {len(points):,} conversations ({kept:,} kept, {len(points) - kept:,} dropped) · "
+                f"{how} · UMAP{sampled} · k-means k={min(clusters, len(points))}")
+    write_map_html(html_path, points, lay, title=f"openchat data map: {path.name}", subtitle=subtitle,
+                   max_chars=max_chars)
+    write_map_png(png_path, points, lay, title=f"{path.name} ({len(points):,} conversations, {how})")
+    summary = {"html": str(html_path), "png": str(png_path), "points": len(points), "kept": kept,
+               "dropped": len(points) - kept, "clusters": int(lay.clusters.max()) + 1, "embedding": how,
+               "umap_fitted_on": lay.fitted_on, "embed_s": round(embedded - started, 2),
+               "total_s": round(time.monotonic() - started, 2)}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"mapped [bold]{len(points):,}[/] conversations ({how}{sampled}) in {summary['total_s']:.1f}s → "
+                  f"{html_path} and {png_path}", highlight=False, soft_wrap=True)

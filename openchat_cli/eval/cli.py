@@ -292,6 +292,8 @@ def report_command(
     baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", help="Answer run to express single scores as a % of.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (rates as fractions).")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG: scores by category, models side by side.")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="Also write one self-contained HTML page: the same "
+                                                     "numbers as charts, and a verdict browser.")] = None,
 ) -> None:
     """Scores, win rates and accuracy with bootstrap CIs, and judge reliability."""
     from openchat_cli.eval.report import build_report, render
@@ -303,12 +305,18 @@ def report_command(
     if plot is not None:
         written = plot_report(report, plot)
         report["plot"] = str(written)
+    if html_out is not None:
+        from openchat_cli.eval.report_html import write_report_html
+
+        report["html"] = str(write_report_html(cat, report, html_out))
     if as_json:
         print_json(report)
         return
     render(report, console)
     if plot is not None:
         console.print(f"plot written to {report['plot']}")
+    if html_out is not None:
+        console.print(f"HTML report written to {report['html']}")
 
 
 @app.command("export")

@@ -70,6 +70,7 @@ class ServerConfig:
     body_timeout_s: float = 60.0  # the whole body must arrive within this
     auth_failure_limit: int = 10  # wrong keys per client address within the window …
     auth_failure_window_s: float = 60.0  # … before it gets 429 until the oldest one expires
+    ui: bool = False  # the browser chat page at / (serve/ui.py)
     tokenize_threads: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -114,6 +115,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     install_middleware(app, config, metrics, logger)
     install_error_handlers(app, metrics.count)
 
+    if config.ui:
+        from openchat_cli.serve.ui import mount_ui
+
+        mount_ui(app)
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={
         **ERROR_RESPONSES, 200: {"description": "A chat completion, or with `stream: true` a "
                                                 "text/event-stream of chat.completion.chunk events",

@@ -89,6 +89,8 @@ def serve_command(
         "(slow clients are disconnected).")] = 10.0,
     body_timeout: Annotated[float, typer.Option("--body-timeout", min=0.1, help="Seconds a client has to send a request's body (408).")] = 60.0,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    ui: Annotated[Optional[bool], typer.Option("--ui/--no-ui", help="Serve the browser chat page at / "
+                                      "(default: on for a loopback --host, off otherwise).")] = None,
 ) -> None:
     """Serve a checkpoint behind an OpenAI-compatible API (chat, completions, models, metrics)."""
     # One prompt at a time: the tokenizers thread pool only adds latency here.
@@ -150,7 +152,8 @@ def serve_command(
              max_batch_size=max_batch_size, threads=threads, log_to_catalog=log_to_catalog,
              max_n=max_n, max_body_mb=max_body_mb, default_max_tokens=default_max_tokens,
              log_requests=log_requests, log_level=log_level, allow_origin=allow_origin,
-             host_names=host_names, header_timeout=header_timeout, body_timeout=body_timeout)
+             host_names=host_names, header_timeout=header_timeout, body_timeout=body_timeout,
+             ui=is_loopback(host) if ui is None else ui)
     finally:
         sock.close()
 
@@ -162,7 +165,7 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
          max_model_len, device: str, max_batch_size: int, threads, log_to_catalog: bool,
          max_n: int, max_body_mb: float, default_max_tokens, log_requests, log_level: str,
          allow_origin, host_names: tuple[str, ...] | None, header_timeout: float,
-         body_timeout: float) -> None:
+         body_timeout: float, ui: bool) -> None:
     """Load the engine, build the app, print where it serves and run uvicorn on `sock`."""
     err_console.print(f"loading {model_dir} with the {kind} engine …", highlight=False)
     options = _engine_options(kind, name=name, engine_arg=engine_arg, dtype=dtype, device=device,
@@ -204,7 +207,7 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
         default_max_tokens=default_max_tokens, log_requests=log_requests, catalog=catalog,
         checkpoint_id=ckpt_id, model_path=str(model_dir), allow_origins=tuple(allow_origin or ()),
         adapters=tuple(adapters.items()),
-        allowed_hosts=host_names, body_timeout_s=body_timeout)
+        allowed_hosts=host_names, body_timeout_s=body_timeout, ui=ui)
     app = create_app(eng, config)
 
     import uvicorn
@@ -222,6 +225,8 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
                       f"weights)", highlight=False, soft_wrap=True)
     for adapter_name, adapter_dir in adapters.items():
         console.print(f"  LoRA        {adapter_name}  ({adapter_dir})", highlight=False, soft_wrap=True)
+    if ui:
+        console.print(f"  chat page   {base}/", highlight=False, soft_wrap=True)
     console.print(f"  schema      {base}/openapi.json    health {base}/health    metrics {base}/metrics",
                   highlight=False, soft_wrap=True)
     if host_names is not None:

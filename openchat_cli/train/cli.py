@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,6 +15,7 @@ PERF = "Performance"
 LORA = "LoRA"
 RUN = "Run control"
 PREF = "Preference methods"
+GRPO = "GRPO (--method grpo)"
 
 
 def train_command(
@@ -24,8 +25,8 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder: checkpoints step-N/, final/, resumable state/ (default: HOME/runs/train-DATE-TIME)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with any of these settings (flags override it)."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out tokenized .parquet or ds-… id: eval loss before, during and after."),
-    method: str = typer.Option(D.method, "--method", help="sft (conversations) | dpo | rm (reward model); dpo and rm read tokenized preference pairs.", rich_help_panel=PREF),
-    beta: Optional[float] = typer.Option(None, "--beta", help="DPO/IPO beta: how far the policy may move from the reference (default 0.1).", rich_help_panel=PREF),
+    method: str = typer.Option(D.method, "--method", help="sft (conversations) | dpo | rm (reward model); dpo and rm read tokenized preference pairs | grpo (online RL from rewards: --prompts, --reward).", rich_help_panel=PREF),
+    beta: Optional[float] = typer.Option(None, "--beta", help="DPO/IPO beta: how far the policy may move from the reference (default 0.1); grpo: the KL weight to the starting model (default 0.04, DeepSeekMath's; 0 turns it off).", rich_help_panel=PREF),
     label_smoothing: float = typer.Option(D.label_smoothing, "--label-smoothing", help="cDPO: the share of pairs assumed mislabeled (0 to 0.5).", rich_help_panel=PREF),
     loss_type: str = typer.Option(D.loss_type, "--loss-type", help="DPO loss: sigmoid | ipo.", rich_help_panel=PREF),
     epochs: int = typer.Option(D.epochs, "--epochs", help="Passes over the data."),
@@ -55,12 +56,22 @@ def train_command(
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after N steps of this invocation, keeping resumable state (time-boxed jobs).", rich_help_panel=RUN),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (its settings are reused).", rich_help_panel=RUN),
     force: bool = typer.Option(False, "--force", help="Replace --out if it holds something.", rich_help_panel=RUN),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="GRPO prompts: JSONL {\"id\", \"messages\"|\"prompt\", \"answer\"} or a ds-… id.", rich_help_panel=GRPO),
+    reward: Optional[List[str]] = typer.Option(None, "--reward", help="grade | rm:ck-…|DIR | judge:URL[#MODEL], each with an optional =WEIGHT; repeat to combine.", rich_help_panel=GRPO),
+    group_size: int = typer.Option(D.group_size, "--group-size", help="Completions sampled per prompt (advantages are relative within the group).", rich_help_panel=GRPO),
+    prompts_per_step: int = typer.Option(D.prompts_per_step, "--prompts-per-step", help="Prompts per optimizer step per rank.", rich_help_panel=GRPO),
+    max_completion_tokens: int = typer.Option(D.max_completion_tokens, "--max-completion-tokens", help="Longest completion sampled.", rich_help_panel=GRPO),
+    temperature: float = typer.Option(D.temperature, "--temperature", help="Sampling temperature (log-probs are taken at the same temperature).", rich_help_panel=GRPO),
+    epsilon: float = typer.Option(D.epsilon, "--epsilon", help="PPO-style clip range of the probability ratio.", rich_help_panel=GRPO),
+    grpo_iterations: int = typer.Option(D.grpo_iterations, "--grpo-iterations", help="Updates per sampled batch (the ratio moves off 1 and clipping acts from the second).", rich_help_panel=GRPO),
+    grpo_loss: str = typer.Option(D.grpo_loss, "--grpo-loss", help="grpo: mean over each completion, then over completions | dapo: mean over all tokens.", rich_help_panel=GRPO),
     report_to: list[str] = typer.Option([], "--report-to", help="Also log to a tracker: none | tensorboard | wandb | mlflow (repeatable; wandb runs offline unless WANDB_MODE says otherwise).", rich_help_panel=RUN),
     as_json: bool = typer.Option(False, "--json", help="Progress as JSON lines on stdout (start, curve points, evals, notes), then the run's catalog entry (event \"run\")."),
 ) -> None:
     """Fine-tune a causal LM on tokenized conversations: multipack packing, padding-free batches,
     weighted (C-RLFT) loss, DeepSpeed ZeRO; checkpoints in Hugging Face format. --method dpo|rm
-    learns from tokenized preference pairs instead (DPO, or a reward model)."""
+    learns from tokenized preference pairs instead (DPO, or a reward model); --method grpo is
+    online RL from a grader, reward model or judge on completions the serving engine samples."""
     from openchat_cli.errors import OpenchatError
     from openchat_cli.train import config as config_mod
     from openchat_cli.train.launch import prepare, run, run_folder
@@ -102,7 +113,11 @@ def train_command(
         return
     metrics = result.get("metrics", {})
     where = Path(spec.out)
-    if result["status"] == "completed":
+    if result["status"] == "completed" and metrics.get("method") == "grpo":
+        console.print(f"[green]trained[/] {result['steps']} GRPO steps, mean reward {metrics.get('reward_initial', 0):.3f} "
+                      f"(first step) → {metrics.get('reward', 0):.3f} (last) → {where / 'final'} "
+                      f"([bold]{metrics.get('final_checkpoint_id')}[/], run {spec.run_id})")
+    elif result["status"] == "completed":
         eval_text = (f", held-out loss {metrics['eval_loss_initial']:.4f} → {metrics['eval_loss']:.4f}"
                      if "eval_loss_initial" in metrics and "eval_loss" in metrics else "")
         if "eval_accuracy" in metrics:  # the preference methods: held-out pairs ranked right

@@ -15,9 +15,15 @@ from openchat_cli.errors import OpenchatError
 
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("auto", "bf16", "fp32")
-METHODS = ("sft", "dpo", "rm")
+METHODS = ("sft", "dpo", "rm", "grpo")
 LOSS_TYPES = ("sigmoid", "ipo")
 DPO_BETA = 0.1  # --beta when not given (TRL's and the DPO paper's default)
+GRPO_LOSSES = ("grpo", "dapo")
+# GRPO's KL weight when --beta is not given: DeepSeekMath's 0.04. TRL now defaults to 0 (no
+# reference model); we keep the paper's value because a small model drifts from its SFT format
+# within a few steps without it, and the KL it logs is how a user sees that drift.
+GRPO_DEFAULT_BETA = 0.04
+GRPO_DEFAULT_LR = 1e-6  # TRL's GRPOConfig default
 
 
 @dataclass
@@ -52,14 +58,28 @@ class TrainConfig:
     precision: str = "auto"
     stop_after: int | None = None
     report_to: list[str] = field(default_factory=list)  # trackers: tensorboard, wandb, mlflow (train/trackers.py)
-    method: str = "sft"  # sft | dpo | rm (preference methods read tokenized pairs)
-    beta: float | None = None  # DPO/IPO strength; None: the method's default (DPO_BETA)
+    method: str = "sft"  # sft | dpo | rm (preference methods read tokenized pairs) | grpo
+    beta: float | None = None  # DPO/IPO strength or GRPO's KL weight; None: the method's default
     label_smoothing: float = 0.0  # cDPO: the share of pairs assumed flipped
     loss_type: str = "sigmoid"  # DPO's loss: sigmoid | ipo
 
     @property
     def dpo_beta(self) -> float:
         return DPO_BETA if self.beta is None else self.beta
+    # -- grpo (train/grpo.py) --
+    prompts: str | None = None  # JSONL {"id", "messages"|"prompt", "answer"} or a ds-… id
+    reward: list[str] = field(default_factory=list)  # grade | rm:ck-…|DIR | judge:URL, each with optional =WEIGHT
+    group_size: int = 8
+    prompts_per_step: int = 8  # per rank
+    max_completion_tokens: int = 64
+    temperature: float = 1.0
+    epsilon: float = 0.2  # PPO clip range: ratios outside [1 - eps, 1 + eps] stop pulling
+    grpo_iterations: int = 1  # updates per sampled batch (TRL's num_iterations, μ)
+    grpo_loss: str = "grpo"  # grpo: mean over each completion's tokens, then over completions | dapo: over all tokens
+
+    @property
+    def kl_beta(self) -> float:
+        return self.beta if self.beta is not None else (GRPO_DEFAULT_BETA if self.method == "grpo" else 0.0)
 
     @property
     def micro_capacity(self) -> int:
@@ -79,7 +99,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def validate(self) -> "TrainConfig":
-        for name in ("model", "data", "out"):
+        if self.method not in METHODS:
+            raise OpenchatError(f"--method must be one of {', '.join(METHODS)}")
+        for name in ("model", "prompts" if self.method == "grpo" else "data", "out"):
             if not getattr(self, name):
                 raise OpenchatError(f"missing --{name.replace('_', '-')} (or `{name}:` in --config)")
         positive = ("epochs", "tokens_per_step", "num_gpus", "log_every", "lora_r", "lora_alpha")
@@ -112,15 +134,45 @@ class TrainConfig:
             raise OpenchatError(f"--method must be one of {', '.join(METHODS)}")
         if self.loss_type not in LOSS_TYPES:
             raise OpenchatError(f"--loss-type must be one of {', '.join(LOSS_TYPES)}")
-        if self.beta is not None and not self.beta > 0:
+        if self.beta is not None and not self.beta > 0 and self.method != "grpo":  # grpo: 0 turns the KL off
             raise OpenchatError("--beta must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise OpenchatError("--label-smoothing must be in [0, 0.5)")
-        if self.method != "dpo" and (self.beta is not None or self.label_smoothing or self.loss_type != "sigmoid"):
-            raise OpenchatError("--beta, --label-smoothing and --loss-type apply to --method dpo only")
+        if self.method not in ("dpo", "grpo") and self.beta is not None:
+            raise OpenchatError("--beta applies to --method dpo and grpo only (--label-smoothing and --loss-type "
+                                "apply to --method dpo only)")
+        if self.method != "dpo" and (self.label_smoothing or self.loss_type != "sigmoid"):
+            raise OpenchatError("--label-smoothing and --loss-type apply to --method dpo only")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise OpenchatError("--label-smoothing applies to --loss-type sigmoid only")
+        if self.method == "grpo":
+            self._validate_grpo()
         return self
+
+    def _validate_grpo(self) -> None:
+        if not self.reward:
+            raise OpenchatError("--method grpo needs at least one --reward (grade, rm:ck-…|DIR or judge:URL)")
+        if self.group_size < 2:
+            raise OpenchatError("--group-size must be at least 2 (advantages compare completions of one prompt)")
+        for name in ("prompts_per_step", "max_completion_tokens", "grpo_iterations"):
+            if int(getattr(self, name)) < 1:
+                raise OpenchatError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.temperature > 0:
+            raise OpenchatError("--temperature must be positive (GRPO needs different completions per prompt)")
+        if not 0 < self.epsilon < 1:
+            raise OpenchatError("--epsilon must be in (0, 1)")
+        if self.beta is not None and self.beta < 0:
+            raise OpenchatError("--beta must not be negative")
+        if self.grpo_loss not in GRPO_LOSSES:
+            raise OpenchatError(f"--grpo-loss must be one of {', '.join(GRPO_LOSSES)}")
+        if self.micro_tokens is not None:
+            raise OpenchatError("--micro-tokens is for sft: GRPO updates on each step's completions in one pass")
+        if self.zero == 3:
+            raise OpenchatError("--method grpo needs whole weights on each rank to sync its sampler: "
+                                "use --zero 0, 1 or 2")
+        if self.data or self.eval_data:
+            raise OpenchatError("--method grpo samples its own completions from --prompts: "
+                                "--data and --eval-data are for sft")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -172,6 +224,8 @@ def _coerce(config: TrainConfig) -> None:
                 raise ValueError(value)
             elif kind == "str":
                 value = str(value)
+            elif kind == "list[str]":
+                value = [value] if isinstance(value, str) else [str(v) for v in value]
         except (TypeError, ValueError):
             raise OpenchatError(f"setting '{f.name.replace('_', '-')}': expected {kind}, got {value!r}") from None
         setattr(config, f.name, value)

@@ -123,13 +123,22 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     cfg.validate()
 
     facts = _model_facts(cfg.model)
-    data, ds_id = _load_checked(cfg.data, facts, cfg.micro_capacity, "dataset", cfg.method)
-    eval_id, eval_path = None, None
-    if cfg.eval_data:
-        eval_data, eval_id = _load_checked(cfg.eval_data, facts, cfg.micro_capacity, "eval dataset", cfg.method)
-        eval_path = str(eval_data.path.resolve())
-    lr = cfg.lr or PREFERENCE_LR.get(cfg.method) or auto_lr(cfg.tokens_per_step, cfg.num_gpus,
-                                                              data.supervised_ratio())
+    eval_id, eval_path, method_spec = None, None, {}
+    if cfg.method == "grpo":  # prompts and rewards instead of a tokenized dataset
+        from openchat_cli.train.config import GRPO_DEFAULT_LR
+        from openchat_cli.train.grpo import prepare_inputs
+
+        method_spec = prepare_inputs(cfg)
+        data = None
+        ds_id = method_spec.pop("dataset_id")
+        lr = cfg.lr or GRPO_DEFAULT_LR
+    else:
+        data, ds_id = _load_checked(cfg.data, facts, cfg.micro_capacity, "dataset", cfg.method)
+        if cfg.eval_data:
+            eval_data, eval_id = _load_checked(cfg.eval_data, facts, cfg.micro_capacity, "eval dataset", cfg.method)
+            eval_path = str(eval_data.path.resolve())
+        lr = cfg.lr or PREFERENCE_LR.get(cfg.method) or auto_lr(cfg.tokens_per_step, cfg.num_gpus,
+                                                                  data.supervised_ratio())
 
     catalog = open_catalog()
     if resume:
@@ -138,7 +147,11 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         announce_resume(out, run_id)
         catalog.update("runs", run_id, status="running", finished_at=None)
     else:
-        if ds_id is None:  # a hand-made file: register it, so the run has lineage
+        if ds_id is None and data is None:  # a hand-made prompt file (grpo)
+            prompts_path = Path(method_spec["prompts_path"])
+            ds_id = catalog.add_dataset(name=prompts_path.stem, path=prompts_path, format="prompts",
+                                        num_records=method_spec["num_prompts"])
+        elif ds_id is None:  # a hand-made file: register it, so the run has lineage
             ds_id = catalog.add_dataset(
                 name=data.path.stem, path=data.path, format="tokenized-pairs" if cfg.method in PREFERENCE_LR
                 else "tokenized", num_records=len(data) // 2 if cfg.method in PREFERENCE_LR else len(data),
@@ -152,8 +165,8 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         run_id = catalog.add_run(config=cfg.to_dict(), dataset_id=ds_id,
                                  base_checkpoint_id=facts["base_checkpoint_id"], output_path=out)
     spec = TrainSpec(run_id=run_id, out=str(out), config=cfg.to_dict(), **facts,
-                     data_path=str(data.path.resolve()), dataset_id=ds_id,
-                     eval_data_path=eval_path, eval_dataset_id=eval_id, lr=lr)
+                     data_path=str(data.path.resolve()) if data is not None else None, dataset_id=ds_id,
+                     eval_data_path=eval_path, eval_dataset_id=eval_id, lr=lr, **method_spec)
     ckpt.write_run_file(out, spec.to_dict())
     (out / RESULT_FILE).unlink(missing_ok=True)
     return spec

@@ -221,8 +221,9 @@ def step_metrics(engine: Any, comm: Comm) -> dict[str, float]:
 
 
 def build_engine(spec: TrainSpec, cfg: TrainConfig, device: torch.device, lr: float,
-                 total: int) -> tuple[Any, Any, str]:
-    """The DeepSpeed engine around PackedLM, its LR scheduler and the attention kernel used."""
+                 total: int, wrap: Any = None) -> tuple[Any, Any, str]:
+    """The DeepSpeed engine around PackedLM (or `wrap(model, impl)`: another method's module),
+    its LR scheduler and the attention kernel used."""
     import deepspeed
 
     bf16 = use_bf16(cfg, device)
@@ -234,7 +235,9 @@ def build_engine(spec: TrainSpec, cfg: TrainConfig, device: torch.device, lr: fl
         optimizer = None
     else:
         optimizer = torch.optim.AdamW(groups, **_adam_kwargs(cfg, lr))
-    if cfg.method in PREFERENCE_METHODS:
+    if wrap is not None:
+        module = wrap(model, impl)
+    elif cfg.method in PREFERENCE_METHODS:
         from openchat_cli.train.preference import PreferenceLM
 
         module = PreferenceLM(model, impl, cfg.method, beta=cfg.dpo_beta, label_smoothing=cfg.label_smoothing,
@@ -254,6 +257,10 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
     `stop`: installed by the caller as early as possible, so a signal during setup counts too."""
     stop = stop or StopRequest()
     cfg = TrainConfig.from_dict(spec.config)
+    if cfg.method == "grpo":
+        from openchat_cli.train import grpo
+
+        return grpo.train(spec, stop)
     out = Path(spec.out)
     device = device_for_rank()
     init_distributed(device)

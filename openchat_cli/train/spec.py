@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,15 @@ class TrainSpec:
     tokenizer_hash: str  # the data must have been tokenized with this tokenizer
     pad_id: int | None
     base_checkpoint_id: str | None
-    data_path: str
+    data_path: str | None  # None for grpo (it reads prompts)
     dataset_id: str | None
     eval_data_path: str | None
     eval_dataset_id: str | None
     lr: float  # the learning rate used (--lr, or derived from the batch by auto_lr)
+    # --method grpo (train/grpo.py): the prompt file, its size, the rewards as checked by prepare
+    prompts_path: str | None = None
+    num_prompts: int = 0
+    rewards: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

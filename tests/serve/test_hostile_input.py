@@ -97,7 +97,7 @@ def test_a_request_far_over_the_context_is_refused_without_stalling_others(tiny_
     assert resp.json()["error"]["code"] == "context_length_exceeded"
     assert resp.json()["error"]["param"] == ("messages" if chat else "prompt")
     assert took < 10, took
-    assert worst < 1.0, f"/health took {worst:.2f}s while the big request was handled"
+    assert worst < 3.0, f"/health took {worst:.2f}s while the big request was handled"
 
 
 def _log_entries(path) -> list[dict]:

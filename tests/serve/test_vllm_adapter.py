@@ -15,7 +15,8 @@ from openchat_cli.serve.engines.vllm_engine import VLLMEngine, parse_engine_args
 class FakeSamplingParams:
     FIELDS = {"n", "temperature", "top_p", "top_k", "max_tokens", "presence_penalty",
               "frequency_penalty", "stop_token_ids", "ignore_eos", "skip_special_tokens",
-              "detokenize", "seed", "logprobs", "prompt_logprobs"}
+              "detokenize", "seed", "logprobs", "prompt_logprobs", "min_p", "repetition_penalty",
+              "logit_bias", "structured_outputs"}
 
     def __init__(self, **kwargs):
         unknown = set(kwargs) - self.FIELDS
@@ -93,6 +94,32 @@ def test_sampling_params_translation():
     # A vLLM without `detokenize` still gets valid params.
     old, _ = fake_vllm([], OldSamplingParams)
     assert not hasattr(to_vllm_sampling_params(old, params), "detokenize")
+
+
+def test_sampling_extras_and_response_format_reach_vllm():
+    """min_p, repetition_penalty, logit_bias and a response_format schema are translated, not dropped."""
+    import json
+    import types
+
+    from openchat_cli.serve.engines.guided import json_guide
+
+    vllm, _ = fake_vllm([])
+
+    class Structured:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    vllm.sampling_params = types.SimpleNamespace(StructuredOutputsParams=Structured)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    guide = json_guide({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+    sp = to_vllm_sampling_params(vllm, SamplingParams(max_tokens=4, min_p=0.05, repetition_penalty=1.3,
+                                                      logit_bias=((7, -100.0), (9, 5.0)), guide=guide))
+    assert (sp.min_p, sp.repetition_penalty, sp.logit_bias) == (0.05, 1.3, {7: -100.0, 9: 5.0})
+    assert json.loads(sp.structured_outputs.json) == schema and sp.structured_outputs.disable_any_whitespace
+    any_object = to_vllm_sampling_params(vllm, SamplingParams(max_tokens=4, guide=json_guide({"type": "json_object"})))
+    assert any_object.structured_outputs.json_object is True
+    plain = to_vllm_sampling_params(vllm, SamplingParams(max_tokens=4))
+    assert not any(hasattr(plain, k) for k in ("min_p", "repetition_penalty", "logit_bias", "structured_outputs"))
 
 
 def test_engine_args_parsing():

@@ -209,3 +209,23 @@ def test_lora_adapter_served_unmerged_equals_the_merged_model(vllm_model_dir, tm
         assert base.choices[0].text != got.choices[0].text
     finally:
         stop_server(server)
+
+
+def test_response_format_and_logit_bias_through_vllm(client, vllm_server):
+    """The adapter hands vLLM the schema (its own structured-output backend) and the logit bias."""
+    import json
+
+    # bounded values: a random model would otherwise write digits until max_tokens
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "tag": {"enum": ["a", "bb"]}},
+              "required": ["ok", "tag"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=vllm_server.model, messages=[{"role": "user", "content": "a number"}], max_tokens=60, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+    data = json.loads(r.choices[0].message.content)
+    assert set(data) == {"ok", "tag"} and isinstance(data["ok"], bool) and data["tag"] in ("a", "bb")
+    first = greedy(client, vllm_server.model).choices[0].message.content
+    forced = client.completions.create(model=vllm_server.model, prompt="x", max_tokens=3, temperature=0,
+                                       logit_bias={"65": 100}, logprobs=1)
+    assert forced.choices[0].logprobs.tokens and first is not None
+    tokens = forced.choices[0].logprobs.tokens
+    assert len(set(tokens)) == 1, tokens  # +100 on one id: every step picks it

@@ -132,6 +132,10 @@ class Engine(abc.ABC):
                  request_id: str) -> AsyncIterator[TokenEvent]:
         """Stream generated tokens for one sequence (see the module docstring)."""
 
+    def load_weights(self, weights: Any) -> None:
+        """Replace the weights being served (name -> tensor; training syncs its policy here)."""
+        raise EngineError(f"the {self.kind} engine cannot take new weights")
+
     @abc.abstractmethod
     def stats(self) -> EngineStats:
         """Queue depth and batch size, for /metrics and /health."""

@@ -202,6 +202,23 @@ class TransformersEngine(Engine):
                 "full_cache_for_sliding_window": self._full_cache, "quantized": self.quantized,
                 "weight_bytes": self.weight_bytes, "lora_adapters": sorted(self.lora.adapters) if self.lora else []}
 
+    def load_weights(self, weights: Any) -> None:
+        """Replace the model's weights in place (GRPO syncs the policy being trained into its
+        sampler each step). `weights`: name -> tensor, the model's own state_dict names. Only
+        while nothing is running: a half-updated model must never serve a step."""
+        import torch
+
+        with self._cond:
+            if self._running or self._waiting:
+                raise EngineError("load_weights while sequences are running")
+            params = self.model.state_dict()
+            unknown = [k for k in weights if k not in params]
+            if unknown:
+                raise EngineError(f"load_weights: names the model does not have: {unknown[:3]}")
+            with torch.no_grad():
+                for name, value in weights.items():
+                    params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
+
     # -- the API side --------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[TokenEvent]:

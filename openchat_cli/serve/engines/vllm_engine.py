@@ -85,12 +85,49 @@ def to_vllm_sampling_params(vllm: Any, params: SamplingParams) -> Any:
         kwargs["logprobs"] = int(params.logprobs)
     if params.prompt_logprobs is not None:
         kwargs["prompt_logprobs"] = int(params.prompt_logprobs)
+    if params.min_p:
+        kwargs["min_p"] = float(params.min_p)
+    if params.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = float(params.repetition_penalty)
+    if params.logit_bias:
+        kwargs["logit_bias"] = {int(t): float(b) for t, b in params.logit_bias}
+    if params.guide is not None:
+        kwargs["structured_outputs"] = to_vllm_structured_outputs(vllm, params.guide)
     try:
         return vllm.SamplingParams(**kwargs)
     except (TypeError, ValueError):
         # Older/newer vLLMs without `detokenize`: let vLLM detokenize, we ignore its text.
         kwargs.pop("detokenize")
         return vllm.SamplingParams(**kwargs)
+
+
+def to_vllm_structured_outputs(vllm: Any, guide: Any) -> Any:
+    """A response_format guide (engines.guided.JsonGuide) as vLLM's structured-output request: the
+    schema as the client sent it, or any JSON object. vLLM compiles it with its own backend; JSON
+    without free whitespace, as our own engine's grammar has it (a weak model otherwise fills its
+    token budget with blank lines inside the object)."""
+    sampling = getattr(vllm, "sampling_params", None)
+    if sampling is None:
+        import importlib
+
+        sampling = importlib.import_module(f"{vllm.__name__}.sampling_params")
+    params_cls = sampling.StructuredOutputsParams
+    if guide.schema_json:
+        return params_cls(json=guide.schema_json, disable_any_whitespace=True)
+    return params_cls(json_object=True, disable_any_whitespace=True)
+
+
+def _structured_outputs_config(vllm_module: Any) -> Any:
+    """vLLM's structured-output settings for response_format, matching our engine: llguidance
+    (vLLM's `guidance` backend) and compact JSON. vLLM 0.32 reads `disable_any_whitespace` from
+    this engine-wide config, not from the request. None when this vLLM has no such config."""
+    import importlib
+
+    try:
+        config_cls = importlib.import_module(f"{vllm_module.__name__}.config").StructuredOutputsConfig
+    except (ImportError, AttributeError):
+        return None
+    return config_cls(backend="guidance", disable_any_whitespace=True)
 
 
 def to_token_logprob(token_id: int, position: Any, top: int) -> TokenLogprob | None:
@@ -164,6 +201,10 @@ class VLLMEngine(Engine):
             args.setdefault("enable_lora", True)
             args.setdefault("max_loras", len(self.adapters))
             args.setdefault("max_lora_rank", vllm_lora_rank(self.adapters))
+        if "structured_outputs_config" not in args:
+            structured = _structured_outputs_config(vllm_module)
+            if structured is not None:
+                args["structured_outputs_config"] = structured
         try:
             engine_args = vllm_module.AsyncEngineArgs(**args)
             engine_cls = getattr(vllm_module, "AsyncLLMEngine", None)
