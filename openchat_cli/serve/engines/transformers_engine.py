@@ -410,9 +410,14 @@ class TransformersEngine(Engine):
     def _new_cache(self):
         from transformers import DynamicCache
 
+        from openchat_cli.serve.engines.kv_cache import use_growing_layers
+
         if self._full_cache:
-            return DynamicCache()  # plain full-attention layers, created as the model fills them
-        return DynamicCache(config=self.model.config)
+            cache = DynamicCache()  # plain full-attention layers, created as the model fills them
+        else:
+            cache = DynamicCache(config=self.model.config)
+        use_growing_layers(cache)  # a decode step writes its column in place (kv_cache.py)
+        return cache
 
     def _check_batchable(self, cache) -> bool:
         """Left-padded merging needs plain full-attention cache layers. Sliding-window layers
@@ -421,7 +426,10 @@ class TransformersEngine(Engine):
         state) runs one sequence at a time: still correct, just not batched."""
         from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-        kinds = {type(layer) for layer in getattr(cache, "layers", None) or []}
+        from openchat_cli.serve.engines.kv_cache import GrowingLayer
+
+        kinds = {DynamicLayer if type(layer) is GrowingLayer else type(layer)
+                 for layer in getattr(cache, "layers", None) or []}
         if kinds and kinds <= {DynamicLayer}:
             self._batchable = True
         elif kinds and kinds <= {DynamicLayer, DynamicSlidingWindowLayer} and not self._full_cache:
