@@ -334,6 +334,8 @@ class TransformersEngine(Engine):
                         layer.values = layer.values.index_select(0, index)
                     mask = mask.index_select(0, index)
                 self._merge(cache, mask, [group[i] for i in keep])
+            self._deliver(out)  # first tokens leave now, not after the other packs and the decode step
+            out = []
         # 3. One batched decode step for every running row.
         if self._running:
             rows = self._running
