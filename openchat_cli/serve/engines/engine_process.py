@@ -60,7 +60,10 @@ class FrameWriter:
                 try:
                     view = view[self.sock.send(view):]
                 except (BlockingIOError, InterruptedError):
-                    select.select([], [self.sock], [], 1.0)
+                    try:
+                        select.select([], [self.sock], [], 1.0)
+                    except (OSError, ValueError):  # closed meanwhile (fileno -1)
+                        self.closed = True
                 except OSError:
                     self.closed = True
 
