@@ -7,7 +7,7 @@ reproduced when other requests run beside them, and presence/frequency penalties
 per-request. The API needs all three, so this module runs a small continuous-batching loop:
 
 - one scheduler thread owns the model. Each step it drops cancelled sequences, admits waiting
-  ones (their prompts are prefilled together, packed without padding (prefill.py), then their
+  ones (their prompts are prefilled packed without padding, PACK_TOKENS per forward (prefill.py), then their
   KV cache is merged into the running batch's `DynamicCache`), and runs ONE batched forward for
   every running sequence;
 - decode rows are left-padded: the 2-D attention mask hides the padding, `position_ids` are each
@@ -61,7 +61,7 @@ MAX_SCORING_LOGITS = 256 * 1024 * 1024
 # Prompts packed into one prefill forward hold at most this many tokens (a longer prompt goes
 # alone). The packed forward's attention is dense over the whole pack (masked block-diagonal),
 # so its cost grows with the square of the pack: 32 ShareGPT prompts (5.3k tokens) prefilled
-# 3-4x faster in packs of 512 than in packs of 4096 (benchmarks/bench_serve_engine.py).
+# 3-4x faster in packs of 512 than in packs of 4096 (small model, one thread, this 2-CPU box).
 PACK_TOKENS = 512
 
 
