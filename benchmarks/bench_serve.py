@@ -8,12 +8,16 @@ vocabulary) or on --model, then streams chat completions at concurrency 1, 8 and
 every server) and reports aggregate generated tokens/s and time to first token.
 
 `--vs-url URL` drives that server too, level by level right after ours, and prints ours vs
-other tok/s, their ratio and both TTFT p50s side by side. Without it, the same engine is also
+other tok/s, their ratio and both TTFT p50s side by side. `--vs-ref REF` also serves the same
+model from this repository at git REF (before/after a change), in the same alternation. Each
+row also says how much CPU time each server (its whole process tree) spent per generated token:
+on a shared, loaded machine that moves far less than tokens/s. Without --vs-url, the same engine is also
 run in this process at concurrency 1 and the top level, so the HTTP layer's overhead shows.
 
     python benchmarks/bench_serve.py                 # small random model, 128 tokens per reply
     python benchmarks/bench_serve.py --size tiny --max-tokens 64
     python benchmarks/bench_serve.py --model DIR --vs-url http://127.0.0.1:8001 --json
+    python benchmarks/bench_serve.py --model DIR --vs-url http://127.0.0.1:8001 --vs-ref HEAD~3
     python benchmarks/bench_serve.py --save-model DIR --size 40m   # make the model, then exit
 
 Numbers depend on the machine and on what else runs on it: compare ratios, not absolutes.
@@ -82,15 +86,15 @@ def make_model(out: Path, size: str) -> Path:
     return out
 
 
-def start_server(model: Path, home: Path, extra: list[str]) -> tuple[subprocess.Popen, str, str]:
+def start_server(model: Path, home: Path, extra: list[str], root: Path = ROOT) -> tuple[subprocess.Popen, str, str]:
     import httpx
 
     env = dict(os.environ, OPENCHAT_HOME=str(home), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", "serve", str(model),
                              "--port", "0", "--log-level", "warning", *extra],
-                            cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -120,15 +124,22 @@ async def one_stream(client, url: str, model: str, max_tokens: int,
     tokens = 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
-            if ttft is None and delta.get("content"):
-                ttft = time.perf_counter() - started
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+        buffer = b""
+        async for data in resp.aiter_bytes():
+            # Split on \n only: aiter_lines also splits inside JSON strings at U+2028 and the like,
+            # which a random model emits and servers that do not escape non-ASCII send raw.
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                line = raw.decode().rstrip("\r")
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
+                if ttft is None and delta.get("content"):
+                    ttft = time.perf_counter() - started
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
     total = time.perf_counter() - started
     return (ttft if ttft is not None else total), total, tokens
 
@@ -191,6 +202,58 @@ async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, reque
             "ttft_mean_s": statistics.fmean(ttfts)}
 
 
+def checkout(ref: str, into: Path) -> Path:
+    """This repository's tree at git `ref`, extracted into `into` (a server runs from it)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process and all its children (0 when unknown)."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def server_pid(url: str) -> int | None:
+    """The process listening on a loopback URL's port (to count its CPU time), if visible."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return conn.pid
+    except psutil.Error:
+        pass
+    return None
+
+
+def measured(pid: int | None, level) -> dict:
+    """Run one level (a coroutine) and add the server's CPU milliseconds per generated token."""
+    before = cpu_seconds(pid)
+    result = asyncio.run(level)
+    spent = cpu_seconds(pid) - before
+    result["cpu_ms_per_token"] = spent * 1000 / result["tokens"] if pid and result["tokens"] else None
+    return result
+
+
 def served_model(url: str) -> str:
     """The first model another OpenAI server lists."""
     import httpx
@@ -219,11 +282,12 @@ def direct_levels(model: Path, levels: list[int], rounds: int, max_tokens: int) 
     return direct
 
 
-def table_rows(ours: list[dict], other: list[dict] | None) -> list[dict]:
+def table_rows(ours: list[dict], other: list[dict] | None, ref: list[dict] | None = None) -> list[dict]:
     """The side-by-side rows (`--json`'s `rows`)."""
     rows = []
     for i, r in enumerate(ours):
         o = other[i] if other else None
+        b = ref[i] if ref else None
         rows.append({"concurrency": r["concurrency"], "requests": r["requests"],
                      "ours_tok_s": round(r["tokens_per_s"], 1),
                      "other_tok_s": round(o["tokens_per_s"], 1) if o else None,
@@ -231,7 +295,13 @@ def table_rows(ours: list[dict], other: list[dict] | None) -> list[dict]:
                      "ttft_p50_ms": round(r["ttft_p50_s"] * 1000, 1),
                      "other_ttft_p50_ms": round(o["ttft_p50_s"] * 1000, 1) if o else None,
                      "ttft_mean_ms": round(r["ttft_mean_s"] * 1000, 1),
-                     "other_ttft_mean_ms": round(o["ttft_mean_s"] * 1000, 1) if o else None})
+                     "other_ttft_mean_ms": round(o["ttft_mean_s"] * 1000, 1) if o else None,
+                     "ours_cpu_ms_per_token": r.get("cpu_ms_per_token"),
+                     "other_cpu_ms_per_token": o.get("cpu_ms_per_token") if o else None,
+                     **({"ref_tok_s": round(b["tokens_per_s"], 1),
+                         "ref_ratio": round(b["tokens_per_s"] / o["tokens_per_s"], 3) if o else None,
+                         "ref_ttft_p50_ms": round(b["ttft_p50_s"] * 1000, 1),
+                         "ref_cpu_ms_per_token": b.get("cpu_ms_per_token")} if b else {})})
     return rows
 
 
@@ -251,6 +321,7 @@ def main() -> None:
                         help="extra `openchat serve` argument (repeatable), e.g. --server-arg=--dtype=bfloat16")
     parser.add_argument("--vs-url", help="another OpenAI-compatible server to drive with the same load")
     parser.add_argument("--vs-model", help="model name on --vs-url (default: the first it lists)")
+    parser.add_argument("--vs-ref", help="also serve from this repository at this git ref (before/after)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON too")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -268,36 +339,52 @@ def main() -> None:
     print(f"model {model}  ·  {args.max_tokens} tokens per reply  ·  {args.prompts} prompts  ·  "
           f"{os.cpu_count()} CPUs" + (f"  ·  vs {other_url}" if other_url else ""))
     proc, url, name = start_server(model, work / "home", args.server_arg)
-    ours, other = [], []
+    servers = [proc]
+    other_pid = server_pid(other_url) if other_url else None
+    ref_url = None
+    ours, other, ref = [], [], []
     try:
+        if args.vs_ref:
+            (work / "ref-home").mkdir()
+            ref_proc, ref_url, ref_name = start_server(model, work / "ref-home", args.server_arg,
+                                                       root=checkout(args.vs_ref, work / "ref"))
+            servers.append(ref_proc)
         for c in levels:
             requests = max(8, args.rounds * c)
-            ours.append(asyncio.run(http_level(url, name, c, requests, args.max_tokens, prompts)))
-            r = ours[-1]
-            print(f"  ours  c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 {r['ttft_p50_s'] * 1000:7.1f} ms"
-                  f"   ({r['requests']} requests, {r['wall_s']:.1f}s)", flush=True)
+            sides = [("ours", ours, proc.pid, url, name)]
+            if ref_url:
+                sides.append((args.vs_ref, ref, ref_proc.pid, ref_url, ref_name))
             if other_url:
-                other.append(asyncio.run(http_level(other_url, other_name, c, requests, args.max_tokens,
-                                                    prompts)))
-                r = other[-1]
-                print(f"  other c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 "
-                      f"{r['ttft_p50_s'] * 1000:7.1f} ms   ({r['requests']} requests, {r['wall_s']:.1f}s)",
+                sides.append(("other", other, other_pid, other_url, other_name))
+            for label, results, pid, side_url, side_name in sides:
+                results.append(measured(pid, http_level(side_url, side_name, c, requests, args.max_tokens, prompts)))
+                r = results[-1]
+                cpu = f"   cpu {r['cpu_ms_per_token']:.2f} ms/token" if r["cpu_ms_per_token"] else ""
+                print(f"  {label:<8} c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 "
+                      f"{r['ttft_p50_s'] * 1000:7.1f} ms   ({r['requests']} requests, {r['wall_s']:.1f}s){cpu}",
                       flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for server in servers:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
-    rows = table_rows(ours, other or None)
-    print("\nresults")
+    rows = table_rows(ours, other or None, ref or None)
+    print("\nresults" + (f" (ref = {args.vs_ref})" if ref else ""))
     if other_url:
+        def cpu(value):
+            return f"{value:.2f}" if value else "?"
+
         print(f"  {'concurrency':>11} {'ours tok/s':>11} {'other tok/s':>12} {'ratio':>7} "
-              f"{'ttft p50 ms':>12} {'other ttft p50':>15}")
+              f"{'ttft p50 ms':>12} {'other ttft p50':>15} {'cpu ms/tok ours/other':>22}"
+              + (f" {'ref tok/s':>10} {'ref ratio':>10} {'ref ttft':>9}" if ref else ""))
         for r in rows:
             print(f"  {r['concurrency']:>11} {r['ours_tok_s']:>11.1f} {r['other_tok_s']:>12.1f} "
-                  f"{r['ratio']:>6.2f}x {r['ttft_p50_ms']:>12.1f} {r['other_ttft_p50_ms']:>15.1f}")
+                  f"{r['ratio']:>6.2f}x {r['ttft_p50_ms']:>12.1f} {r['other_ttft_p50_ms']:>15.1f} "
+                  f"{cpu(r['ours_cpu_ms_per_token']) + ' / ' + cpu(r['other_cpu_ms_per_token']):>22}"
+                  + (f" {r['ref_tok_s']:>10.1f} {r['ref_ratio']:>9.2f}x {r['ref_ttft_p50_ms']:>9.1f}" if ref else ""))
     else:
         base = ours[0]["tokens_per_s"]
         print(f"  {'concurrency':>11} {'tok/s':>9} {'vs c=' + str(levels[0]):>8} {'ttft p50 ms':>12} "

@@ -49,7 +49,7 @@ _openchat() {
         "model init") words="--force --help --json --seed --size --template --tokenizer-corpus --vocab-size" ;;
         "model merge-lora") words="--base --force --help --json" ;;
         "quickstart") words="--dir --epochs --eval-size --help --json --lr --seed --size --threads --tokens-per-step --train-size" ;;
-        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --host --in-process --log-level --log-requests --log-to-catalog --max-batch-size --max-body-mb --max-model-len --max-n --port --served-model-name --template --tensor-parallel-size --threads --ui" ;;
+        "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --host --in-process --log-level --log-requests --log-to-catalog --lora --max-batch-size --max-body-mb --max-model-len --max-n --port --quantize --served-model-name --template --tensor-parallel-size --threads --ui" ;;
         "train") words="--beta --config --data --epochs --epsilon --eval-data --eval-every --force --grad-checkpointing --group-size --grpo-iterations --grpo-loss --help --hostfile --json --label-smoothing --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --loss-type --lr --max-completion-tokens --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --prompts --prompts-per-step --report-to --resume --reward --save-every --seed --state-minutes --stop-after --temperature --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac

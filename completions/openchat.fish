@@ -299,11 +299,13 @@ complete -c openchat -n '__fish_seen_subcommand_from serve' -l in-process
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-level
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-requests
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l log-to-catalog
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l lora
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-batch-size
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-body-mb
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-model-len
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l max-n
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l port
+complete -c openchat -n '__fish_seen_subcommand_from serve' -l quantize
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l served-model-name
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l template
 complete -c openchat -n '__fish_seen_subcommand_from serve' -l tensor-parallel-size

@@ -64,6 +64,7 @@ class ServerConfig:
     catalog: Any = None  # store.catalog.Catalog when --log-to-catalog
     checkpoint_id: str | None = None
     model_path: str | None = None
+    adapters: tuple[tuple[str, str], ...] = ()  # (model id, folder): LoRA adapters served unmerged
     allow_origins: tuple[str, ...] = ()  # CORS, for chat UIs that call the API from a browser
     allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted (None: any)
     body_timeout_s: float = 60.0  # the whole body must arrive within this

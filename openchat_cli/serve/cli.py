@@ -66,6 +66,11 @@ def serve_command(
     max_n: Annotated[int, typer.Option("--max-n", min=1, help="Largest `n` accepted.")] = 16,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.")] = 4.0,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16.")] = "auto",
+    quantize: Annotated[str, typer.Option("--quantize", help="transformers engine: none; int8 (CPU: PyTorch's "
+        "dynamic int8, GPU: bitsandbytes 8-bit); int8-weight-only (torchao, the [torchao] extra); int4 (GPU: "
+        "bitsandbytes NF4). vLLM: use --engine-arg quantization=….")] = "none",
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", metavar="NAME=ADAPTER", help="Serve a LoRA adapter "
+        "(folder or ck-… id from `train --lora`) unmerged as model NAME, batched with the base (repeatable).")] = None,
     device: Annotated[str, typer.Option("--device", help="transformers engine: cpu, cuda, cuda:1 … (auto: cuda if present).")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
     tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", min=1, help="vLLM: GPUs.")] = 1,
@@ -131,13 +136,19 @@ def serve_command(
     stop_ids = eos_token_ids(model_dir, tokenizer, tmpl.eot_token)
     name = served_model_name or ckpt_id or model_dir.name
     aliases = tuple(a for a in {model, str(model_dir), model_dir.name, ckpt_id or ""} if a and a != name)
+    from openchat_cli.serve.adapters import parse_lora_options
+
+    adapters = parse_lora_options(lora or [], reserved={name, *aliases})
+    if quantize not in ("none", "") and kind == "vllm":
+        raise OpenchatError("--quantize is for the transformers engine; vLLM quantizes with "
+                            "--engine-arg quantization=… (e.g. fp8 or bitsandbytes)")
 
     # Claim the port before the (slow) model load so a clash fails fast; listen once loaded.
     sock = _bind(host, port)
     try:
         _run(sock, kind=kind, model_dir=model_dir, ckpt_id=ckpt_id, name=name, aliases=aliases,
              tmpl=tmpl, tokenizer=tokenizer, stop_ids=stop_ids, keys=keys, host=host,
-             engine_arg=engine_arg, engine_process=not in_process,
+             engine_arg=engine_arg, engine_process=not in_process, quantize=quantize, adapters=adapters,
              gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
              tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, device=device,
              max_batch_size=max_batch_size, threads=threads, log_to_catalog=log_to_catalog,
@@ -151,7 +162,8 @@ def serve_command(
 
 def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None, name: str,
          aliases: tuple[str, ...], tmpl, tokenizer, stop_ids: tuple[int, ...], keys: list[str],
-         host: str, engine_arg, engine_process: bool, gpu_memory_utilization, dtype: str, tensor_parallel_size: int,
+         host: str, engine_arg, engine_process: bool, quantize: str, adapters: dict[str, str],
+         gpu_memory_utilization, dtype: str, tensor_parallel_size: int,
          max_model_len, device: str, max_batch_size: int, threads, log_to_catalog: bool,
          max_n: int, max_body_mb: float, default_max_tokens, log_requests, log_level: str,
          allow_origin, host_names: tuple[str, ...] | None, header_timeout: float,
@@ -161,7 +173,8 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
     options = _engine_options(kind, name=name, engine_arg=engine_arg, dtype=dtype, device=device,
                               gpu_memory_utilization=gpu_memory_utilization,
                               tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                              max_batch_size=max_batch_size, threads=threads)
+                              max_batch_size=max_batch_size, threads=threads, quantize=quantize,
+                              adapters=adapters)
     engine_death: list[str] = []
     server = None
 
@@ -195,6 +208,7 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
         api_keys=tuple(keys), max_n=max_n, max_body_bytes=int(max_body_mb * 1024 * 1024),
         default_max_tokens=default_max_tokens, log_requests=log_requests, catalog=catalog,
         checkpoint_id=ckpt_id, model_path=str(model_dir), allow_origins=tuple(allow_origin or ()),
+        adapters=tuple(adapters.items()),
         allowed_hosts=host_names, body_timeout_s=body_timeout, ui=ui)
     app = create_app(eng, config)
 
@@ -207,6 +221,12 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
                   f"{kind} engine, context {eng.context_length})", highlight=False, soft_wrap=True)
     console.print(f"  OpenAI API  {base}/v1" + ("   (API keys required)" if keys else ""),
                   highlight=False, soft_wrap=True)
+    described = eng.describe()
+    if described.get("quantized"):
+        console.print(f"  quantized   {described['quantized']} ({described.get('weight_bytes', 0) / 2**20:.1f} MiB of "
+                      f"weights)", highlight=False, soft_wrap=True)
+    for adapter_name, adapter_dir in adapters.items():
+        console.print(f"  LoRA        {adapter_name}  ({adapter_dir})", highlight=False, soft_wrap=True)
     if ui:
         console.print(f"  chat page   {base}/", highlight=False, soft_wrap=True)
     console.print(f"  schema      {base}/openapi.json    health {base}/health    metrics {base}/metrics",
@@ -229,7 +249,8 @@ def _run(sock: socket.socket, *, kind: str, model_dir: Path, ckpt_id: str | None
 
 
 def _engine_options(kind: str, *, name: str, engine_arg, dtype: str, device: str, gpu_memory_utilization,
-                    tensor_parallel_size: int, max_model_len, max_batch_size: int, threads) -> dict:
+                    tensor_parallel_size: int, max_model_len, max_batch_size: int, threads, quantize: str = "none",
+                    adapters: dict[str, str] | None = None) -> dict:
     """The CLI's engine flags as `factory.build_engine` options (plain values: they may cross
     to the engine process)."""
     if kind == "vllm":
@@ -242,8 +263,11 @@ def _engine_options(kind: str, *, name: str, engine_arg, dtype: str, device: str
             options["dtype"] = dtype
         options.update(tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                        served_model_name=name)
+        if adapters:
+            options["adapters"] = dict(adapters)
         return options
     if engine_arg:
         raise OpenchatError("--engine-arg is for the vLLM engine")
     return {"device": device, "dtype": dtype, "max_batch_size": max_batch_size,
-            "max_model_len": max_model_len, "threads": threads}
+            "max_model_len": max_model_len, "threads": threads, "quantize": quantize,
+            "adapters": dict(adapters or {})}

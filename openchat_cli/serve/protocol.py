@@ -635,6 +635,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "openchat"
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model (as vLLM lists them)
     max_model_len: int | None = None
 
 

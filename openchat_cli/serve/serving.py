@@ -69,7 +69,8 @@ class ServingContext:
         self.prompt_tokenizer = PromptTokenizer(engine.tokenizer)
         self.token_texts = TokenTexts(engine.tokenizer)
         self.template = config.template
-        self.known_models = {config.model_name, *config.aliases}
+        self.adapters = dict(config.adapters)  # LoRA adapter model ids → their folders
+        self.known_models = {config.model_name, *config.aliases, *self.adapters}
         self.prompt_bounds = PromptBounds.of(self.template, self.prompt_tokenizer.get_vocab())
         self.fingerprint = f"openchat-{__version__}-{engine.kind}"
         # Tokenizing is CPU work: on the event loop a big prompt would stall every other client.
@@ -84,8 +85,17 @@ class ServingContext:
 
     def check_model(self, name: str) -> None:
         if name not in self.known_models:
+            served = ", ".join(f"'{m}'" for m in [self.config.model_name, *self.adapters])
             raise APIError(404, f"The model '{name}' does not exist: this server serves "
-                                f"'{self.config.model_name}'", param="model", code="model_not_found")
+                                f"{served}", param="model", code="model_not_found")
+
+    def adapter_for(self, name: str) -> str | None:
+        """The LoRA adapter a request's `model` names (None: the base model)."""
+        return name if name in self.adapters else None
+
+    def response_model(self, name: str) -> str:
+        """The `model` a response reports: the adapter asked for, else the served name."""
+        return name if name in self.adapters else self.config.model_name
 
     def check_load(self, n: int) -> None:
         if n > self.config.max_n:
@@ -430,7 +440,7 @@ class OpenAIServing:
             repetition_penalty=float(body.repetition_penalty or 1.0),
             logit_bias=self.checked_logit_bias(body), guide=guide,
             stop_token_ids=self.ctx.config.stop_token_ids, ignore_eos=bool(body.ignore_eos),
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs, adapter=self.ctx.adapter_for(body.model))
 
     def checked_logit_bias(self, body: AnyRequest) -> tuple[tuple[int, float], ...]:
         """logit_bias as SamplingParams takes it, its token ids checked against the vocabulary."""

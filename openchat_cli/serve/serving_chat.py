@@ -75,7 +75,7 @@ class OpenAIServingChat(OpenAIServing):
     # -- streamed -------------------------------------------------------------------------------
     def _chunk(self, gen: Generation, choices: list[ChatChunkChoice], **extra: Any) -> str:
         chunk = ChatCompletionChunk(id=gen.response_id, created=gen.created,
-                                    model=self.ctx.config.model_name,
+                                    model=self.ctx.response_model(gen.body.model),
                                     system_fingerprint=self.ctx.fingerprint, choices=choices, **extra)
         return sse(chunk, exclude=None if gen.include_usage else {"usage"})
 
@@ -103,7 +103,7 @@ class OpenAIServingChat(OpenAIServing):
     # -- whole ------------------------------------------------------------------------------------
     def full_response(self, gen: Generation) -> ChatCompletionResponse:
         return ChatCompletionResponse(
-            id=gen.response_id, created=gen.created, model=self.ctx.config.model_name,
+            id=gen.response_id, created=gen.created, model=self.ctx.response_model(gen.body.model),
             system_fingerprint=self.ctx.fingerprint, usage=gen.usage(),
             choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.reply.text),
                                 finish_reason=c.finish_reason,

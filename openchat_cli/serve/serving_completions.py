@@ -105,7 +105,7 @@ class OpenAIServingCompletion(OpenAIServing):
     # -- streamed -------------------------------------------------------------------------------
     def _chunk(self, gen: Generation, choices: list[CompletionChoice], **extra: object) -> str:
         chunk = CompletionChunk(id=gen.response_id, created=gen.created,
-                                model=self.ctx.config.model_name,
+                                model=self.ctx.response_model(gen.body.model),
                                 system_fingerprint=self.ctx.fingerprint, choices=choices, **extra)
         return sse(chunk, exclude=None if gen.include_usage else {"usage"})
 
@@ -141,7 +141,7 @@ class OpenAIServingCompletion(OpenAIServing):
     # -- whole ------------------------------------------------------------------------------------
     def full_response(self, gen: Generation) -> CompletionResponse:
         return CompletionResponse(
-            id=gen.response_id, created=gen.created, model=self.ctx.config.model_name,
+            id=gen.response_id, created=gen.created, model=self.ctx.response_model(gen.body.model),
             system_fingerprint=self.ctx.fingerprint, usage=gen.usage(),
             choices=[CompletionChoice(index=c.index, text=self._text(c), finish_reason=c.finish_reason,
                                       logprobs=(CompletionLogprobs(**c.logprobs.result())

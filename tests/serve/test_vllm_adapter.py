@@ -202,3 +202,33 @@ def test_logprobs_and_prompt_scoring(tmp_path):
     assert event.token_ids == [] and event.finish_reason == "length"
     assert [p and p.token_id for p in event.prompt_logprobs] == [None, 2, 3]
     assert all(p.top == () for p in event.prompt_logprobs[1:])
+
+
+def test_lora_adapters_become_vllm_lora_requests(tmp_path):
+    """`serve --lora` on vLLM: LoRA enabled with a rank that fits, and each request for an
+    adapter carries vLLM's LoRARequest (stable 1-based ids in --lora's order)."""
+    import json
+
+    vllm, calls = fake_vllm([([5], "stop")])
+    vllm.LoRARequest = lambda name, int_id, path: ("lora", name, int_id, path)
+    seen = []
+
+    class LoraEngine(vllm.AsyncLLMEngine):
+        async def generate(self, prompt, sampling, request_id, lora_request=None):
+            seen.append(lora_request)
+            async for output in super().generate(prompt, sampling, request_id):
+                yield output
+
+    vllm.AsyncLLMEngine = LoraEngine
+    for name, r in (("a", 4), ("b", 12)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"r": r}))
+    adapters = {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}
+    engine = VLLMEngine(tmp_path, tokenizer=None, vllm_module=vllm, adapters=adapters)
+    args = engine.engine.args
+    assert (args.enable_lora, args.max_loras, args.max_lora_rank) == (True, 2, 16)
+    run_engine(engine, SamplingParams(max_tokens=3, adapter="b"))
+    run_engine(engine, SamplingParams(max_tokens=3))
+    assert seen == [("lora", "b", 2, str(tmp_path / "b")), None]
+    with pytest.raises(EngineError, match="no LoRA adapter named 'zzz'"):
+        run_engine(engine, SamplingParams(max_tokens=3, adapter="zzz"))

@@ -174,6 +174,43 @@ def test_disconnect_aborts_in_vllm(vllm_server):
     assert r.status_code == 200
 
 
+def test_lora_adapter_served_unmerged_equals_the_merged_model(vllm_model_dir, tmp_path):
+    """`serve --engine vllm --lora NAME=DIR`: vLLM's own LoRA support (LoRARequest per request);
+    the adapter's greedy replies equal transformers running the merged model, the base's do not."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(vllm_model_dir)),
+                                LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.3)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload().eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
+    (tmp_path / "srv").mkdir()
+    server = start_server(vllm_model_dir, tmp_path / "srv", "--engine", "vllm", "--dtype", "float32",
+                          "--max-model-len", "512", "--served-model-name", "base",
+                          "--lora", f"tuned={tmp_path / 'adapter'}", timeout=900, python=str(VENV / "bin" / "python"))
+    try:
+        lora_client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+        assert {m.id for m in lora_client.models.list().data} == {"base", "tuned"}
+        prompt_ids = tokenizer(PROMPT)["input_ids"]
+        with torch.inference_mode():
+            want = merged.generate(torch.tensor([prompt_ids]), max_new_tokens=8, min_new_tokens=8,
+                                   do_sample=False)[0, len(prompt_ids):].tolist()
+        got = lora_client.completions.create(model="tuned", prompt=prompt_ids, max_tokens=8, temperature=0,
+                                             extra_body={"ignore_eos": True}, logprobs=0)
+        base = lora_client.completions.create(model="base", prompt=prompt_ids, max_tokens=8, temperature=0,
+                                              extra_body={"ignore_eos": True})
+        assert got.model == "tuned" and got.choices[0].text == tokenizer.decode(want)
+        assert base.choices[0].text != got.choices[0].text
+    finally:
+        stop_server(server)
+
+
 def test_response_format_and_logit_bias_through_vllm(client, vllm_server):
     """The adapter hands vLLM the schema (its own structured-output backend) and the logit bias."""
     import json

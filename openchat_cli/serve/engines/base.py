@@ -53,6 +53,7 @@ class SamplingParams:
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
     logprobs: int | None = None  # top alternatives per generated token (0 = the token's own only)
     prompt_logprobs: int | None = None  # the same for every prompt token (echo)
+    adapter: str | None = None  # the LoRA adapter (`serve --lora NAME=DIR`) this sequence runs with
 
     @property
     def greedy(self) -> bool:

@@ -164,12 +164,24 @@ def _context_length(engine: Any, model_dir: Path, fallback: int | None) -> int:
         return 4096
 
 
+def vllm_lora_rank(adapters: dict[str, str]) -> int:
+    """The smallest rank vLLM accepts for `max_lora_rank` that fits every adapter."""
+    ranks = []
+    for path in adapters.values():
+        try:
+            ranks.append(int(json.loads((Path(path) / "adapter_config.json").read_text())["r"]))
+        except (OSError, ValueError, KeyError):
+            raise EngineError(f"LoRA adapter {path}: cannot read r from adapter_config.json") from None
+    need = max(ranks, default=8)
+    return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= need), need)
+
+
 class VLLMEngine(Engine):
     kind = "vllm"
 
     def __init__(self, model_dir: Path, *, tokenizer: Any, tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, served_model_name: str | None = None,
-                 vllm_module: Any = None, **engine_options: Any):
+                 vllm_module: Any = None, adapters: dict[str, str] | None = None, **engine_options: Any):
         if vllm_module is None:
             try:
                 import vllm as vllm_module  # noqa: PLC0415 - the one place vllm is imported
@@ -184,6 +196,11 @@ class VLLMEngine(Engine):
             args["max_model_len"] = max_model_len
         if served_model_name:
             args["served_model_name"] = served_model_name
+        self.adapters = dict(adapters or {})
+        if self.adapters:  # vLLM's own LoRA support: adapters stay unmerged, batched with the base
+            args.setdefault("enable_lora", True)
+            args.setdefault("max_loras", len(self.adapters))
+            args.setdefault("max_lora_rank", vllm_lora_rank(self.adapters))
         if "structured_outputs_config" not in args:
             structured = _structured_outputs_config(vllm_module)
             if structured is not None:
@@ -215,9 +232,21 @@ class VLLMEngine(Engine):
         except Exception:  # already finished / unknown id
             log.debug("abort of %s failed", request_id, exc_info=True)
 
+    def _lora_request(self, name: str | None) -> Any:
+        """vLLM's LoRARequest for an adapter name (ids are 1-based, fixed by --lora's order)."""
+        if not name:
+            return None
+        if name not in self.adapters:
+            raise EngineError(f"no LoRA adapter named '{name}' is loaded")
+        request_cls = getattr(self.vllm, "LoRARequest", None)
+        if request_cls is None:
+            from vllm.lora.request import LoRARequest as request_cls  # noqa: PLC0415
+        return request_cls(name, list(self.adapters).index(name) + 1, self.adapters[name])
+
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[TokenEvent]:
         sampling = to_vllm_sampling_params(self.vllm, params)
+        lora = self._lora_request(params.adapter)
         prompt = {"prompt_token_ids": list(prompt_ids)}
         seen = 0
         finished = False
@@ -225,7 +254,8 @@ class VLLMEngine(Engine):
         score_only = params.max_tokens <= 0
         self._active += 1
         try:
-            async for output in self.engine.generate(prompt, sampling, request_id):
+            extra = {"lora_request": lora} if lora is not None else {}
+            async for output in self.engine.generate(prompt, sampling, request_id, **extra):
                 completion = output.outputs[0]
                 ids = list(completion.token_ids)
                 delta_kind = getattr(getattr(sampling, "output_kind", None), "name", "") == "DELTA"
