@@ -70,13 +70,22 @@ def measure(requests: int, tokens: int, concurrency: int) -> dict[str, float | N
 
     async def run(extra: dict) -> float:
         app = create_app(ReplayEngine(), ServerConfig(model_name="m", template=template, stop_token_ids=(eot,)))
-        body = {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
-                                           {"role": "user", "content": "Tell me about foxes."}],
-                "max_tokens": tokens, "stream": True, "ignore_eos": True, **extra}
+        body = {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Tell me about foxes."},
+            ],
+            "max_tokens": tokens,
+            "stream": True,
+            "ignore_eos": True,
+            **extra,
+        }
         gate = asyncio.Semaphore(concurrency)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=600) as client:
+
                 async def one() -> int:
                     async with gate:
                         count = 0
@@ -106,10 +115,24 @@ def measure(requests: int, tokens: int, concurrency: int) -> dict[str, float | N
 def run_in(tree: Path, args: argparse.Namespace) -> dict[str, float | None]:
     """One measurement in a fresh process importing the code of `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--raw",
-                          "--requests", str(args.requests), "--tokens", str(args.tokens),
-                          "--concurrency", str(args.concurrency)],
-                         cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--raw",
+            "--requests",
+            str(args.requests),
+            "--tokens",
+            str(args.tokens),
+            "--concurrency",
+            str(args.concurrency),
+        ],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -146,9 +169,12 @@ def main() -> None:
         ours, other = compare(args.baseline, args)
     else:
         ours, other = best([run_in(ROOT, args) for _ in range(args.repeat)]), {}
-    print(f"streamed chat tokens per CPU second through the API layer ({args.requests} requests x {args.tokens} tokens, "
-          f"concurrency {args.concurrency}, an engine that does no work)")
+    print(
+        f"streamed chat tokens per CPU second through the API layer ({args.requests} requests x {args.tokens} tokens, "
+        f"concurrency {args.concurrency}, an engine that does no work)"
+    )
     print(f"{'case':<10} {'this tree':>10} " + (f"{args.baseline:>10} {'ratio':>6}" if other else ""))
+
     def cell(value: float | None) -> str:
         return f"{value:>10.0f}" if value is not None else f"{'(n/a)':>10}"
 

@@ -26,8 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SYLLABLES = ("ka lo mi ne ra tu so be di fa go hu ji ke lu ma no pi qu re si ta ve wo xa yo ze "
-             "an er in on un al el il ol ul ar or ur st tr pl gr").split()
+SYLLABLES = (
+    "ka lo mi ne ra tu so be di fa go hu ji ke lu ma no pi qu re si ta ve wo xa yo ze "
+    "an er in on un al el il ol ul ar or ur st tr pl gr"
+).split()
 CODE = [
     "def {w}(a, b):\n    return a + b\n",
     "for i in range(10):\n    print(i, '{w}')\n",
@@ -61,16 +63,22 @@ def paragraph(rng: random.Random, vocab: list[str], words: int) -> str:
 
 def reply(rng: random.Random, vocab: list[str], words: int, html: bool) -> str:
     paras = [paragraph(rng, vocab, max(3, words // 3)) for _ in range(rng.randint(1, 3))]
-    code = rng.choice(CODE).format(w=rng.choice(vocab[800:]), W=rng.choice(vocab[800:]).capitalize()) \
-        if rng.random() < 0.25 else None
+    code = (
+        rng.choice(CODE).format(w=rng.choice(vocab[800:]), W=rng.choice(vocab[800:]).capitalize())
+        if rng.random() < 0.25
+        else None
+    )
     if not html:
         text = "\n\n".join(paras)
         return text + (f"\n\n```python\n{code}```" if code else "")
     body = "".join(f"<p>{p}</p>" for p in paras)
     if code:
-        body += ('<pre><div class="bg-black"><div class="flex"><span>python</span><button>'
-                 '<svg></svg>Copy code</button></div><div><code class="hljs language-python">'
-                 + code.replace("<", "&lt;") + "</code></div></div></pre>")
+        body += (
+            '<pre><div class="bg-black"><div class="flex"><span>python</span><button>'
+            '<svg></svg>Copy code</button></div><div><code class="hljs language-python">'
+            + code.replace("<", "&lt;")
+            + "</code></div></div></pre>"
+        )
     if rng.random() < 0.3:
         body += "<ul>" + "".join(f"<li>{sentence(rng, vocab, 6)}</li>" for _ in range(3)) + "</ul>"
     return f'<div class="markdown prose w-full break-words">{body}</div>'
@@ -145,8 +153,9 @@ def child(argv: list[str]) -> None:
 def run_openchat(args: list[str], home: Path) -> dict:
     env = {**os.environ, "OPENCHAT_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.setdefault("TOKENIZERS_PARALLELISM", "true")
-    proc = subprocess.run([sys.executable, __file__, "--child", *map(str, args), "--json"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *map(str, args), "--json"], capture_output=True, text=True, env=env
+    )
     line = next((l for l in proc.stderr.splitlines() if l.startswith("BENCH ")), None)
     if proc.returncode != 0 or line is None:
         sys.exit(f"openchat {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -186,7 +195,7 @@ def encode_speed(model_dir: Path, clean_path: Path, template_name: str, limit: i
 
     def ours():
         for i in range(0, len(convs), 512):
-            encode_chunk(template, tok, convs[i:i + 512], max_len, TokenizeStats())
+            encode_chunk(template, tok, convs[i : i + 512], max_len, TokenizeStats())
 
     messages = [[{"role": m.role, "content": m.content} for m in c.messages] for c in convs]
 
@@ -239,9 +248,11 @@ def main() -> None:
         t = time.perf_counter()
         corpora[label] = work / f"sharegpt_{label}.json"
         info = write_corpus(corpora[label], n, args.seed)
-        console.print(f"generated {label}: {info['records']:,} records, {info['bytes'] / 1e6:.1f} MB, "
-                      f"{info['duplicates']:,} duplicates, {info['malformed']:,} malformed "
-                      f"({time.perf_counter() - t:.1f}s)")
+        console.print(
+            f"generated {label}: {info['records']:,} records, {info['bytes'] / 1e6:.1f} MB, "
+            f"{info['duplicates']:,} duplicates, {info['malformed']:,} malformed "
+            f"({time.perf_counter() - t:.1f}s)"
+        )
     model_dir = work / "tokenizer"
     make_tokenizer_dir(model_dir, corpora["1x"], args.template)
 
@@ -249,16 +260,35 @@ def main() -> None:
     for label, corpus in corpora.items():
         clean_out = work / f"clean_{label}.jsonl"
         runs[f"clean {label}"] = c = run_openchat(
-            ["data", "clean", corpus, "-o", clean_out, "--force", "--no-blocked-words"], home)
+            ["data", "clean", corpus, "-o", clean_out, "--force", "--no-blocked-words"], home
+        )
         kept = c["result"]["counts"]["kept"]
-        console.print(f"clean {label}: {c['result']['counts']['read']:,} read, {kept:,} kept in {c['seconds']:.1f}s, "
-                      f"peak RSS {c['rss_mb']:.0f} MB")
+        console.print(
+            f"clean {label}: {c['result']['counts']['read']:,} read, {kept:,} kept in {c['seconds']:.1f}s, "
+            f"peak RSS {c['rss_mb']:.0f} MB"
+        )
         runs[f"tokenize {label}"] = t = run_openchat(
-            ["data", "tokenize", clean_out, "--model", model_dir, "--max-len", args.max_len,
-             "-o", work / f"train_{label}.parquet", "--force", "--workers", args.workers], home)
+            [
+                "data",
+                "tokenize",
+                clean_out,
+                "--model",
+                model_dir,
+                "--max-len",
+                args.max_len,
+                "-o",
+                work / f"train_{label}.parquet",
+                "--force",
+                "--workers",
+                args.workers,
+            ],
+            home,
+        )
         s = t["result"]["stats"]
-        console.print(f"tokenize {label}: {s['conversations']:,} conversations → {s['sequences']:,} sequences, "
-                      f"{s['tokens']:,} tokens in {t['seconds']:.1f}s, peak RSS {t['rss_mb']:.0f} MB")
+        console.print(
+            f"tokenize {label}: {s['conversations']:,} conversations → {s['sequences']:,} sequences, "
+            f"{s['tokens']:,} tokens in {t['seconds']:.1f}s, peak RSS {t['rss_mb']:.0f} MB"
+        )
 
     enc = encode_speed(model_dir, work / "clean_1x.jsonl", args.template, args.naive, args.max_len)
 
@@ -275,29 +305,53 @@ def main() -> None:
         # (imports, loading the tokenizer), which is the same at any size.
         big = f"{args.scale}x"
         c10, t10 = runs[f"clean {big}"], runs[f"tokenize {big}"]
-        for stage, small, large, key in (("clean", c1, c10, ("counts", "read")),
-                                         ("tokenize", t1, t10, ("stats", "conversations"))):
+        for stage, small, large, key in (
+            ("clean", c1, c10, ("counts", "read")),
+            ("tokenize", t1, t10, ("stats", "conversations")),
+        ):
             dn = large["result"][key[0]][key[1]] - small["result"][key[0]][key[1]]
             dt = max(large["seconds"] - small["seconds"], 1e-9)
             table.add_row(f"{stage}, conversations/s (marginal, start-up excluded)", f"{dn / dt:,.0f}", "", "")
-    table.add_row(f"encode vs naive apply_chat_template loop, conv/s ({enc['n']:,})",
-                  f"{enc['ours']:,.0f}", f"{enc['naive']:,.0f}", f"[bold]{enc['ours'] / enc['naive']:.1f}x[/]")
-    table.add_row("  same, conversations per CPU-second",
-                  f"{enc['ours_cpu']:,.0f}", f"{enc['naive_cpu']:,.0f}", f"{enc['ours_cpu'] / enc['naive_cpu']:.1f}x")
-    table.add_row("encode vs per-conversation template.encode, conv/s",
-                  f"{enc['ours']:,.0f}", f"{enc['unbatched']:,.0f}", f"{enc['ours'] / enc['unbatched']:.1f}x")
+    table.add_row(
+        f"encode vs naive apply_chat_template loop, conv/s ({enc['n']:,})",
+        f"{enc['ours']:,.0f}",
+        f"{enc['naive']:,.0f}",
+        f"[bold]{enc['ours'] / enc['naive']:.1f}x[/]",
+    )
+    table.add_row(
+        "  same, conversations per CPU-second",
+        f"{enc['ours_cpu']:,.0f}",
+        f"{enc['naive_cpu']:,.0f}",
+        f"{enc['ours_cpu'] / enc['naive_cpu']:.1f}x",
+    )
+    table.add_row(
+        "encode vs per-conversation template.encode, conv/s",
+        f"{enc['ours']:,.0f}",
+        f"{enc['unbatched']:,.0f}",
+        f"{enc['ours'] / enc['unbatched']:.1f}x",
+    )
     if args.scale > 1:
         big = f"{args.scale}x"
         for stage in ("clean", "tokenize"):
             small, large = runs[f"{stage} 1x"], runs[f"{stage} {big}"]
-            table.add_row(f"{stage}: peak RSS MB, {big} vs 1x data", f"{large['rss_mb']:,.0f}",
-                          f"{small['rss_mb']:,.0f}", f"[bold]{large['rss_mb'] / small['rss_mb']:.2f}x[/]")
-            table.add_row(f"{stage}: seconds, {big} vs 1x data", f"{large['seconds']:,.1f}",
-                          f"{small['seconds']:,.1f}", f"{large['seconds'] / small['seconds']:.1f}x")
+            table.add_row(
+                f"{stage}: peak RSS MB, {big} vs 1x data",
+                f"{large['rss_mb']:,.0f}",
+                f"{small['rss_mb']:,.0f}",
+                f"[bold]{large['rss_mb'] / small['rss_mb']:.2f}x[/]",
+            )
+            table.add_row(
+                f"{stage}: seconds, {big} vs 1x data",
+                f"{large['seconds']:,.1f}",
+                f"{small['seconds']:,.1f}",
+                f"{large['seconds'] / small['seconds']:.1f}x",
+            )
     console.print(table)
-    console.print("[dim]ratio = openchat / baseline. Peak RSS should stay flat as data grows (exact dedup "
-                  "keeps ~70 bytes per kept conversation); the encode ratio grows with cores, since the "
-                  "fast tokenizer spreads each batch over all of them.[/]")
+    console.print(
+        "[dim]ratio = openchat / baseline. Peak RSS should stay flat as data grows (exact dedup "
+        "keeps ~70 bytes per kept conversation); the encode ratio grows with cores, since the "
+        "fast tokenizer spreads each batch over all of them.[/]"
+    )
 
 
 if __name__ == "__main__":

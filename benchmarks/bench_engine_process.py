@@ -60,12 +60,17 @@ def main() -> None:
                 for mode, (_, url, name) in servers.items():
                     r = asyncio.run(http_level(url, name, c, max(8, args.rounds * c), args.max_tokens))
                     runs[mode].append(r)
-                    print(f"  c={c:<3d} {mode:<15} {r['tokens_per_s']:8.1f} tok/s   ttft p50 "
-                          f"{r['ttft_p50_s'] * 1000:7.1f} ms", flush=True)
+                    print(
+                        f"  c={c:<3d} {mode:<15} {r['tokens_per_s']:8.1f} tok/s   ttft p50 "
+                        f"{r['ttft_p50_s'] * 1000:7.1f} ms",
+                        flush=True,
+                    )
             row: dict = {"concurrency": c}
             for mode, results in runs.items():
-                row[mode] = {"tok_s": statistics.median(r["tokens_per_s"] for r in results),
-                             "ttft_p50_ms": statistics.median(r["ttft_p50_s"] for r in results) * 1000}
+                row[mode] = {
+                    "tok_s": statistics.median(r["tokens_per_s"] for r in results),
+                    "ttft_p50_ms": statistics.median(r["ttft_p50_s"] for r in results) * 1000,
+                }
             row["ratio"] = row["engine process"]["tok_s"] / row["in-process"]["tok_s"]
             rows.append(row)
     finally:
@@ -80,15 +85,29 @@ def main() -> None:
     print(f"  {'concurrency':>11} {'engine proc':>12} {'in-process':>11} {'ratio':>7} {'ttft p50 ms (proc / in)':>26}")
     for row in rows:
         a, b = row["engine process"], row["in-process"]
-        print(f"  {row['concurrency']:>11} {a['tok_s']:>12.1f} {b['tok_s']:>11.1f} {row['ratio']:>6.2f}x "
-              f"{a['ttft_p50_ms']:>13.1f} / {b['ttft_p50_ms']:.1f}")
+        print(
+            f"  {row['concurrency']:>11} {a['tok_s']:>12.1f} {b['tok_s']:>11.1f} {row['ratio']:>6.2f}x "
+            f"{a['ttft_p50_ms']:>13.1f} / {b['ttft_p50_ms']:.1f}"
+        )
     if args.json:
-        print(json.dumps({"rows": [{"concurrency": r["concurrency"],
-                                    "engine_process_tok_s": r["engine process"]["tok_s"],
-                                    "in_process_tok_s": r["in-process"]["tok_s"], "ratio": r["ratio"],
-                                    "engine_process_ttft_p50_ms": r["engine process"]["ttft_p50_ms"],
-                                    "in_process_ttft_p50_ms": r["in-process"]["ttft_p50_ms"]}
-                                   for r in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "rows": [
+                        {
+                            "concurrency": r["concurrency"],
+                            "engine_process_tok_s": r["engine process"]["tok_s"],
+                            "in_process_tok_s": r["in-process"]["tok_s"],
+                            "ratio": r["ratio"],
+                            "engine_process_ttft_p50_ms": r["engine process"]["ttft_p50_ms"],
+                            "in_process_ttft_p50_ms": r["in-process"]["ttft_p50_ms"],
+                        }
+                        for r in rows
+                    ]
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,12 @@ def serve(latency_s: float) -> None:
         async def chat(self, request: web.Request) -> web.Response:
             body = await request.json()
             await asyncio.sleep(latency_s)
-            return chat_completion(body.get("model", "judge"), "Both are fine, A is clearer. [[A]]",
-                                   {"prompt_tokens": 100, "completion_tokens": 10}, completion_id="bench")
+            return chat_completion(
+                body.get("model", "judge"),
+                "Both are fine, A is clearer. [[A]]",
+                {"prompt_tokens": 100, "completion_tokens": 10},
+                completion_id="bench",
+            )
 
     server = FixedLatencyJudge().start()
     print(server.port, flush=True)
@@ -53,11 +57,26 @@ def seed(cat, questions: int) -> tuple[str, str]:
     runs = []
     for name in ("model-a", "model-b"):
         run = cat.add_eval(kind="answer", name=name, model=name, endpoint="http://bench/v1", questions_hash="bench")
-        cat.insert_many("questions", [{"eval_id": run, "question_id": str(i), "category": "writing",
-                                       "turns": [f"Write a short note number {i}."], "meta": {"format": "plain"}}
-                                      for i in range(questions)])
-        cat.insert_many("answers", [{"eval_id": run, "question_id": str(i), "model": name,
-                                     "turns": [f"{name} says hello {i}. " * 20]} for i in range(questions)])
+        cat.insert_many(
+            "questions",
+            [
+                {
+                    "eval_id": run,
+                    "question_id": str(i),
+                    "category": "writing",
+                    "turns": [f"Write a short note number {i}."],
+                    "meta": {"format": "plain"},
+                }
+                for i in range(questions)
+            ],
+        )
+        cat.insert_many(
+            "answers",
+            [
+                {"eval_id": run, "question_id": str(i), "model": name, "turns": [f"{name} says hello {i}. " * 20]}
+                for i in range(questions)
+            ],
+        )
         cat.update("evals", run, status="completed")
         runs.append(run)
     return runs[0], runs[1]
@@ -67,14 +86,26 @@ def measure(cat, url: str, calls: int, concurrency: int) -> dict:
     from openchat_cli.eval.judge import JudgeOptions, run_judge
 
     a, b = seed(cat, (calls + 1) // 2)  # pairwise: 2 calls (both orders) per question
-    opts = JudgeOptions(judge_endpoint=url, judge_model="bench-judge", mode="pairwise", baseline=b,
-                        concurrency=concurrency, new=True, retry_wait_s=0.05)
+    opts = JudgeOptions(
+        judge_endpoint=url,
+        judge_model="bench-judge",
+        mode="pairwise",
+        baseline=b,
+        concurrency=concurrency,
+        new=True,
+        retry_wait_s=0.05,
+    )
     start = time.perf_counter()
     result = run_judge(cat, a, opts)
     elapsed = time.perf_counter() - start
     n = result.judged_now
-    return {"concurrency": concurrency, "calls": n, "seconds": round(elapsed, 3),
-            "calls_per_s": round(n / elapsed, 2), "parse_failures": result.parse_failures_now}
+    return {
+        "concurrency": concurrency,
+        "calls": n,
+        "seconds": round(elapsed, 3),
+        "calls_per_s": round(n / elapsed, 2),
+        "parse_failures": result.parse_failures_now,
+    }
 
 
 def main() -> None:
@@ -89,8 +120,9 @@ def main() -> None:
         serve(args.serve)
         return
 
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(args.latency_ms / 1000)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(args.latency_ms / 1000)], stdout=subprocess.PIPE, text=True
+    )
     try:
         port = int(server.stdout.readline())
         url = f"http://127.0.0.1:{port}/v1"
@@ -108,16 +140,23 @@ def main() -> None:
 
     ideal_1 = 1000.0 / args.latency_ms
     ratio = many["calls_per_s"] / one["calls_per_s"]
-    result = {"latency_ms": args.latency_ms, "concurrency_1": one, "concurrency_32": many,
-              "ratio_32_vs_1": round(ratio, 2), "ideal_calls_per_s_at_1": ideal_1,
-              "cpus": os.cpu_count()}
+    result = {
+        "latency_ms": args.latency_ms,
+        "concurrency_1": one,
+        "concurrency_32": many,
+        "ratio_32_vs_1": round(ratio, 2),
+        "ideal_calls_per_s_at_1": ideal_1,
+        "cpus": os.cpu_count(),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"judge endpoint latency: {args.latency_ms:.0f} ms (ideal at concurrency 1: {ideal_1:.1f} calls/s)")
     for row in (one, many):
-        print(f"  concurrency {row['concurrency']:>2}: {row['calls']:>4} calls in {row['seconds']:6.2f} s "
-              f"= {row['calls_per_s']:7.1f} calls/s")
+        print(
+            f"  concurrency {row['concurrency']:>2}: {row['calls']:>4} calls in {row['seconds']:6.2f} s "
+            f"= {row['calls_per_s']:7.1f} calls/s"
+        )
     print(f"ratio (32 vs 1): {ratio:.1f}x")
 
 

@@ -30,9 +30,14 @@ def make_adapter(model: Path, out: Path, seed: int) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(model)), LoraConfig(
-        r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                             "down_proj"]))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(model)),
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.02)
@@ -82,12 +87,16 @@ def main() -> None:
 
     tokenizer = load_tokenizer(model)
     template = get_template("openchat_3.5")
-    prompts = [template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": p}]}))
-               for p in PROMPTS]
+    prompts = [
+        template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": p}]}))
+        for p in PROMPTS
+    ]
     engine = TransformersEngine(model, tokenizer=tokenizer, adapters=adapters, max_batch_size=64)
-    mixes = {"base only": [None] * len(prompts),
-             "half adapter a": [None if i % 2 else "a" for i in range(len(prompts))],
-             "base + a + b": [(None, "a", "b")[i % 3] for i in range(len(prompts))]}
+    mixes = {
+        "base only": [None] * len(prompts),
+        "half adapter a": [None if i % 2 else "a" for i in range(len(prompts))],
+        "base + a + b": [(None, "a", "b")[i % 3] for i in range(len(prompts))],
+    }
 
     async def go() -> dict[str, float]:
         await engine.start()

@@ -26,8 +26,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOPICS = [[f"{t}{i}" for i in range(40)] for t in ("code", "cook", "trip", "math", "poem", "law", "med", "game")]
-COMMON = ["the", "a", "of", "to", "and", "in", "is", "it", "you", "that", "for", "on", "with", "as", "are",
-          "this", "be"]
+COMMON = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "it",
+    "you",
+    "that",
+    "for",
+    "on",
+    "with",
+    "as",
+    "are",
+    "this",
+    "be",
+]
 
 
 def conversations(n: int, seed: int = 0) -> list[str]:
@@ -67,8 +84,10 @@ def main() -> None:
     timed(layout, emb[:600], clusters=args.clusters, fit_limit=args.fit_limit)
     timed(layout, emb[:600], clusters=args.clusters, fit_limit=300)  # the transform path too
     _, t_sampled = timed(layout, emb, clusters=args.clusters, fit_limit=args.fit_limit)
-    rows = [("TF-IDF + SVD embedding", t_embed), (f"UMAP fit on {min(args.n, args.fit_limit):,} + transform, k-means",
-                                                   t_sampled)]
+    rows = [
+        ("TF-IDF + SVD embedding", t_embed),
+        (f"UMAP fit on {min(args.n, args.fit_limit):,} + transform, k-means", t_sampled),
+    ]
     if args.full and args.n > args.fit_limit:
         _, t_full = timed(layout, emb, clusters=args.clusters, fit_limit=args.n)
         rows.append((f"UMAP fit on all {args.n:,}, k-means", t_full))
@@ -79,8 +98,10 @@ def main() -> None:
         print(f"{name:<48}{seconds:>10.1f}{args.n / seconds:>10.0f}{seconds / t_sampled:>12.2f}")
     print(f"{'embedding + sampled layout':<48}{total:>10.1f}{args.n / total:>10.0f}")
     if args.full and args.n > args.fit_limit:
-        print(f"{'embedding + full layout (data map default)':<48}{t_embed + t_full:>10.1f}"
-              f"{args.n / (t_embed + t_full):>10.0f}")
+        print(
+            f"{'embedding + full layout (data map default)':<48}{t_embed + t_full:>10.1f}"
+            f"{args.n / (t_embed + t_full):>10.0f}"
+        )
 
 
 if __name__ == "__main__":

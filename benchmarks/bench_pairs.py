@@ -23,8 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = ("the a of to and is in it you that for on with as are this be can what how water sea sky blue "
-         "light bread yeast salt owl prime number answer question explain why because model reply").split()
+WORDS = (
+    "the a of to and is in it you that for on with as are this be can what how water sea sky blue "
+    "light bread yeast salt owl prime number answer question explain why because model reply"
+).split()
 
 
 def text(rng: random.Random, n: int) -> str:
@@ -36,8 +38,10 @@ def hh_record(rng: random.Random) -> dict:
     for _ in range(rng.randint(1, 3)):
         shared += f"\n\nHuman: {text(rng, rng.randint(5, 40))}\n\nAssistant: {text(rng, rng.randint(10, 80))}"
     shared += f"\n\nHuman: {text(rng, rng.randint(5, 40))}"
-    return {"chosen": shared + f"\n\nAssistant: {text(rng, rng.randint(20, 150))}",
-            "rejected": shared + f"\n\nAssistant: {text(rng, rng.randint(5, 60))}"}
+    return {
+        "chosen": shared + f"\n\nAssistant: {text(rng, rng.randint(20, 150))}",
+        "rejected": shared + f"\n\nAssistant: {text(rng, rng.randint(5, 60))}",
+    }
 
 
 def best_times(fns: dict, rounds: int) -> dict:
@@ -62,11 +66,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="Runs of each measurement (the fastest counts).")
     args = ap.parse_args()
 
-    from openchat_cli.model_dir import attach_template
     from openchat_cli.data.clean import CleanOptions, run_clean
     from openchat_cli.data.tokenize import TokenizeStats, encode_chunk
     from openchat_cli.data.tokenize_pairs import PairTokenizeStats, encode_pairs, parse_pair
     from openchat_cli.model.tiny import train_tokenizer
+    from openchat_cli.model_dir import attach_template
     from openchat_cli.templates import Conversation, get_template
 
     rng = random.Random(args.seed)
@@ -87,39 +91,55 @@ def main() -> None:
     # The same data as SFT: each chosen conversation alone (what tokenizing pairs is compared with).
     sft = [p.side(p.chosen) for p in pairs]
     conv_raw = tmp / "conv.jsonl"
-    conv_raw.write_text("".join(json.dumps({"id": str(i), "messages": [
-        {"role": m.role, "content": m.content} for m in c.messages]}) + "\n" for i, c in enumerate(sft)))
+    conv_raw.write_text(
+        "".join(
+            json.dumps({"id": str(i), "messages": [{"role": m.role, "content": m.content} for m in c.messages]}) + "\n"
+            for i, c in enumerate(sft)
+        )
+    )
     few = pairs[: args.naive]
 
     def naive() -> None:
         for p in few:
             for reply in (p.chosen, p.rejected):
-                tok.apply_chat_template([{"role": m.role, "content": m.content} for m in p.prompt + reply],
-                                        tokenize=True)
-            tok.apply_chat_template([{"role": m.role, "content": m.content} for m in p.prompt], tokenize=True,
-                                    add_generation_prompt=True)
+                tok.apply_chat_template(
+                    [{"role": m.role, "content": m.content} for m in p.prompt + reply], tokenize=True
+                )
+            tok.apply_chat_template(
+                [{"role": m.role, "content": m.content} for m in p.prompt], tokenize=True, add_generation_prompt=True
+            )
 
     tok.chat_template = template.jinja()
     assert all(isinstance(c, Conversation) for c in sft)
-    t = best_times({
-        "clean_pairs": lambda: run_clean([raw], io.BytesIO(), io.BytesIO(), opts),
-        "clean_conv": lambda: run_clean([conv_raw], io.BytesIO(), io.BytesIO(), opts),
-        "tok_pairs": lambda: [encode_pairs(template, tok, pairs[i:i + 256], args.max_len, PairTokenizeStats())
-                              for i in range(0, n, 256)],
-        "tok_sft": lambda: [encode_chunk(template, tok, sft[i:i + 512], args.max_len, TokenizeStats())
-                            for i in range(0, n, 512)],
-        "naive": naive,
-    }, args.rounds)
-    clean_s, conv_s, pairs_s, sft_s, naive_s = (t[k] for k in ("clean_pairs", "clean_conv", "tok_pairs", "tok_sft",
-                                                                 "naive"))
+    t = best_times(
+        {
+            "clean_pairs": lambda: run_clean([raw], io.BytesIO(), io.BytesIO(), opts),
+            "clean_conv": lambda: run_clean([conv_raw], io.BytesIO(), io.BytesIO(), opts),
+            "tok_pairs": lambda: [
+                encode_pairs(template, tok, pairs[i : i + 256], args.max_len, PairTokenizeStats())
+                for i in range(0, n, 256)
+            ],
+            "tok_sft": lambda: [
+                encode_chunk(template, tok, sft[i : i + 512], args.max_len, TokenizeStats()) for i in range(0, n, 512)
+            ],
+            "naive": naive,
+        },
+        args.rounds,
+    )
+    clean_s, conv_s, pairs_s, sft_s, naive_s = (
+        t[k] for k in ("clean_pairs", "clean_conv", "tok_pairs", "tok_sft", "naive")
+    )
 
     rows = [
         ("clean, pairs (HH transcripts)", n / clean_s, f"{conv_s / clean_s:.2f}x the SFT clean of the chosen sides"),
         ("clean, chosen sides as conversations", n / conv_s, "1.00x"),
         ("tokenize, pairs (2 sequences a pair)", n / pairs_s, f"{sft_s / pairs_s:.2f}x the SFT rate"),
         ("tokenize, chosen sides as SFT", n / sft_s, "1.00x"),
-        ("tokenize, naive apply_chat_template x3", len(few) / naive_s,
-         f"ours is {(n / pairs_s) / (len(few) / naive_s):.1f}x faster"),
+        (
+            "tokenize, naive apply_chat_template x3",
+            len(few) / naive_s,
+            f"ours is {(n / pairs_s) / (len(few) / naive_s):.1f}x faster",
+        ),
     ]
     print(f"{n} pairs ({args.pairs} generated), template {args.template}, best of {args.rounds} rounds")
     print(f"{'':42} {'pairs/s':>10}  ratio")

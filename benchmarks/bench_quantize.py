@@ -26,11 +26,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PROMPTS = ["What color is the sky?", "Name three colors.", "Hello! How can I help you today?", "def add(a, b):",
-           "The quick brown fox jumps over", "What is 12 plus 7?", "Write a short poem about the sea.",
-           "In mathematics, a prime number is", "Tell me a story about a dog.", "Translate 'good morning'.",
-           "Why is the sea salty?", "List the planets.", "How do I sort a list in Python?",
-           "What is the capital of France?", "Explain gravity simply.", "Give me a recipe for bread."]
+PROMPTS = [
+    "What color is the sky?",
+    "Name three colors.",
+    "Hello! How can I help you today?",
+    "def add(a, b):",
+    "The quick brown fox jumps over",
+    "What is 12 plus 7?",
+    "Write a short poem about the sea.",
+    "In mathematics, a prime number is",
+    "Tell me a story about a dog.",
+    "Translate 'good morning'.",
+    "Why is the sea salty?",
+    "List the planets.",
+    "How do I sort a list in Python?",
+    "What is the capital of France?",
+    "Explain gravity simply.",
+    "Give me a recipe for bread.",
+]
 
 
 async def _run(engine, prompts: list[list[int]], max_tokens: int, concurrency: int) -> tuple[list[list[int]], float]:
@@ -91,8 +104,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model folder (default: a random one of --size)")
     parser.add_argument("--size", default="40m", choices=["tiny", "small", "40m"])
-    parser.add_argument("--methods", default=None, help="comma-separated (default: none,int8, and "
-                        "int8-weight-only when torchao, the [torchao] extra, is installed)")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated (default: none,int8, and "
+        "int8-weight-only when torchao, the [torchao] extra, is installed)",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--levels", default="1,16", help="concurrency levels (comma-separated)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -112,8 +129,10 @@ def main() -> None:
 
     tokenizer = load_tokenizer(model)
     template = get_template("openchat_3.5")
-    prompts = [template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": p}]}))
-               for p in PROMPTS]
+    prompts = [
+        template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": p}]}))
+        for p in PROMPTS
+    ]
     levels = [int(x) for x in args.levels.split(",")]
     import importlib.util
 
@@ -124,9 +143,14 @@ def main() -> None:
     rows = []
     for r in results:
         same, prefix = agreement(base["replies"], r["replies"])
-        row = {"method": r["method"], "path": r["used"], "weight_mib": round(r["weight_mib"], 1),
-               "memory_ratio": round(r["weight_mib"] / base["weight_mib"], 3),
-               "greedy_same_reply": round(same, 3), "greedy_same_tokens": round(prefix, 3)}
+        row = {
+            "method": r["method"],
+            "path": r["used"],
+            "weight_mib": round(r["weight_mib"], 1),
+            "memory_ratio": round(r["weight_mib"] / base["weight_mib"], 3),
+            "greedy_same_reply": round(same, 3),
+            "greedy_same_tokens": round(prefix, 3),
+        }
         for level in levels:
             row[f"tok_s@{level}"] = round(r["tok_s"][level], 1)
             row[f"ratio@{level}"] = round(r["tok_s"][level] / base["tok_s"][level], 2)

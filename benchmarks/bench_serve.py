@@ -49,8 +49,15 @@ CORPUS = [
 ]
 QUESTION = "Please write a short poem about the sea, and explain why the sky is blue."
 # 40M parameters with a 32k vocabulary (the vocabulary is what makes sampling cost).
-SIZE_40M = {"vocab_size": 32000, "hidden_size": 512, "layers": 8, "heads": 8, "kv_heads": 4,
-            "intermediate_size": 1408, "max_positions": 4096}
+SIZE_40M = {
+    "vocab_size": 32000,
+    "hidden_size": 512,
+    "layers": 8,
+    "heads": 8,
+    "kv_heads": 4,
+    "intermediate_size": 1408,
+    "max_positions": 4096,
+}
 
 
 def sharegpt_like_prompts(count: int, seed: int = 0) -> list[str]:
@@ -89,12 +96,31 @@ def make_model(out: Path, size: str) -> Path:
 def start_server(model: Path, home: Path, extra: list[str], root: Path = ROOT) -> tuple[subprocess.Popen, str, str]:
     import httpx
 
-    env = dict(os.environ, OPENCHAT_HOME=str(home), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OPENCHAT_HOME=str(home),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    )
     log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", "serve", str(model),
-                             "--port", "0", "--log-level", "warning", *extra],
-                            cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openchat_cli.app",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        cwd=str(root),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -113,12 +139,17 @@ def start_server(model: Path, home: Path, extra: list[str], root: Path = ROOT) -
     raise SystemExit("server did not start in time")
 
 
-async def one_stream(client, url: str, model: str, max_tokens: int,
-                     prompt: str = QUESTION) -> tuple[float, float, int]:
+async def one_stream(client, url: str, model: str, max_tokens: int, prompt: str = QUESTION) -> tuple[float, float, int]:
     """(time to first token, total time, completion tokens) of one streamed chat completion."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "stream": True, "ignore_eos": True, "temperature": 1.0,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 1.0,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     ttft = None
     tokens = 0
@@ -144,8 +175,9 @@ async def one_stream(client, url: str, model: str, max_tokens: int,
     return (ttft if ttft is not None else total), total, tokens
 
 
-async def http_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int,
-                     prompts: list[str] | None = None) -> dict:
+async def http_level(
+    url: str, model: str, concurrency: int, requests: int, max_tokens: int, prompts: list[str] | None = None
+) -> dict:
     import httpx
 
     prompts = prompts or [QUESTION]
@@ -166,13 +198,18 @@ async def http_level(url: str, model: str, concurrency: int, requests: int, max_
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
     tokens = sum(r[2] for r in results)
-    return {"concurrency": concurrency, "requests": len(results), "tokens": tokens, "wall_s": wall,
-            "tokens_per_s": tokens / wall, "ttft_p50_s": statistics.median(r[0] for r in results),
-            "ttft_mean_s": statistics.fmean(r[0] for r in results)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_s": statistics.median(r[0] for r in results),
+        "ttft_mean_s": statistics.fmean(r[0] for r in results),
+    }
 
 
-async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, requests: int,
-                          max_tokens: int) -> dict:
+async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, requests: int, max_tokens: int) -> dict:
     from openchat_cli.serve.engines.base import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
@@ -197,9 +234,15 @@ async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, reque
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": len(counts), "tokens": sum(counts), "wall_s": wall,
-            "tokens_per_s": sum(counts) / wall, "ttft_p50_s": statistics.median(ttfts),
-            "ttft_mean_s": statistics.fmean(ttfts)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(counts),
+        "tokens": sum(counts),
+        "wall_s": wall,
+        "tokens_per_s": sum(counts) / wall,
+        "ttft_p50_s": statistics.median(ttfts),
+        "ttft_mean_s": statistics.fmean(ttfts),
+    }
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -269,16 +312,20 @@ def direct_levels(model: Path, levels: list[int], rounds: int, max_tokens: int) 
 
     tokenizer = load_tokenizer(model)
     template = get_template(model_template(model))
-    prompt_ids = template.encode_prompt(tokenizer, Conversation.from_dict(
-        {"messages": [{"role": "user", "content": QUESTION}]}))
+    prompt_ids = template.encode_prompt(
+        tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": QUESTION}]})
+    )
     engine = TransformersEngine(model, tokenizer=tokenizer)
     direct = {}
     for c in sorted({1, max(levels)}):
         asyncio.run(inprocess_level(engine, prompt_ids, c, 1, 4))  # warm-up
         direct[c] = asyncio.run(inprocess_level(engine, prompt_ids, c, max(8, rounds * c), max_tokens))
         r = direct[c]
-        print(f"  direct c={c:<3d}{r['tokens_per_s']:8.1f} tok/s   ttft p50 {r['ttft_p50_s'] * 1000:7.1f} ms"
-              f"   (engine in-process, no HTTP)", flush=True)
+        print(
+            f"  direct c={c:<3d}{r['tokens_per_s']:8.1f} tok/s   ttft p50 {r['ttft_p50_s'] * 1000:7.1f} ms"
+            f"   (engine in-process, no HTTP)",
+            flush=True,
+        )
     return direct
 
 
@@ -288,37 +335,59 @@ def table_rows(ours: list[dict], other: list[dict] | None, ref: list[dict] | Non
     for i, r in enumerate(ours):
         o = other[i] if other else None
         b = ref[i] if ref else None
-        rows.append({"concurrency": r["concurrency"], "requests": r["requests"],
-                     "ours_tok_s": round(r["tokens_per_s"], 1),
-                     "other_tok_s": round(o["tokens_per_s"], 1) if o else None,
-                     "ratio": round(r["tokens_per_s"] / o["tokens_per_s"], 3) if o else None,
-                     "ttft_p50_ms": round(r["ttft_p50_s"] * 1000, 1),
-                     "other_ttft_p50_ms": round(o["ttft_p50_s"] * 1000, 1) if o else None,
-                     "ttft_mean_ms": round(r["ttft_mean_s"] * 1000, 1),
-                     "other_ttft_mean_ms": round(o["ttft_mean_s"] * 1000, 1) if o else None,
-                     "ours_cpu_ms_per_token": r.get("cpu_ms_per_token"),
-                     "other_cpu_ms_per_token": o.get("cpu_ms_per_token") if o else None,
-                     **({"ref_tok_s": round(b["tokens_per_s"], 1),
-                         "ref_ratio": round(b["tokens_per_s"] / o["tokens_per_s"], 3) if o else None,
-                         "ref_ttft_p50_ms": round(b["ttft_p50_s"] * 1000, 1),
-                         "ref_cpu_ms_per_token": b.get("cpu_ms_per_token")} if b else {})})
+        rows.append(
+            {
+                "concurrency": r["concurrency"],
+                "requests": r["requests"],
+                "ours_tok_s": round(r["tokens_per_s"], 1),
+                "other_tok_s": round(o["tokens_per_s"], 1) if o else None,
+                "ratio": round(r["tokens_per_s"] / o["tokens_per_s"], 3) if o else None,
+                "ttft_p50_ms": round(r["ttft_p50_s"] * 1000, 1),
+                "other_ttft_p50_ms": round(o["ttft_p50_s"] * 1000, 1) if o else None,
+                "ttft_mean_ms": round(r["ttft_mean_s"] * 1000, 1),
+                "other_ttft_mean_ms": round(o["ttft_mean_s"] * 1000, 1) if o else None,
+                "ours_cpu_ms_per_token": r.get("cpu_ms_per_token"),
+                "other_cpu_ms_per_token": o.get("cpu_ms_per_token") if o else None,
+                **(
+                    {
+                        "ref_tok_s": round(b["tokens_per_s"], 1),
+                        "ref_ratio": round(b["tokens_per_s"] / o["tokens_per_s"], 3) if o else None,
+                        "ref_ttft_p50_ms": round(b["ttft_p50_s"] * 1000, 1),
+                        "ref_cpu_ms_per_token": b.get("cpu_ms_per_token"),
+                    }
+                    if b
+                    else {}
+                ),
+            }
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model dir (default: a fresh random model)")
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "40m"],
-                        help="random model to make when --model is not given")
+    parser.add_argument(
+        "--size",
+        default="small",
+        choices=["tiny", "small", "40m"],
+        help="random model to make when --model is not given",
+    )
     parser.add_argument("--save-model", type=Path, help="make the random model here and exit")
     parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per reply")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="requests per level = rounds × concurrency (at least 8)")
-    parser.add_argument("--prompts", default="sharegpt", choices=["sharegpt", "fixed"],
-                        help="ragged ShareGPT-like prompt lengths, or one short prompt for all")
-    parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra `openchat serve` argument (repeatable), e.g. --server-arg=--dtype=bfloat16")
+    parser.add_argument("--rounds", type=int, default=3, help="requests per level = rounds × concurrency (at least 8)")
+    parser.add_argument(
+        "--prompts",
+        default="sharegpt",
+        choices=["sharegpt", "fixed"],
+        help="ragged ShareGPT-like prompt lengths, or one short prompt for all",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra `openchat serve` argument (repeatable), e.g. --server-arg=--dtype=bfloat16",
+    )
     parser.add_argument("--vs-url", help="another OpenAI-compatible server to drive with the same load")
     parser.add_argument("--vs-model", help="model name on --vs-url (default: the first it lists)")
     parser.add_argument("--vs-ref", help="also serve from this repository at this git ref (before/after)")
@@ -336,8 +405,10 @@ def main() -> None:
     prompts = sharegpt_like_prompts(max(8, args.rounds * max(levels))) if args.prompts == "sharegpt" else None
     other_url = args.vs_url.rstrip("/") if args.vs_url else None
     other_name = (args.vs_model or served_model(other_url)) if other_url else None
-    print(f"model {model}  ·  {args.max_tokens} tokens per reply  ·  {args.prompts} prompts  ·  "
-          f"{os.cpu_count()} CPUs" + (f"  ·  vs {other_url}" if other_url else ""))
+    print(
+        f"model {model}  ·  {args.max_tokens} tokens per reply  ·  {args.prompts} prompts  ·  "
+        f"{os.cpu_count()} CPUs" + (f"  ·  vs {other_url}" if other_url else "")
+    )
     proc, url, name = start_server(model, work / "home", args.server_arg)
     servers = [proc]
     other_pid = server_pid(other_url) if other_url else None
@@ -346,8 +417,9 @@ def main() -> None:
     try:
         if args.vs_ref:
             (work / "ref-home").mkdir()
-            ref_proc, ref_url, ref_name = start_server(model, work / "ref-home", args.server_arg,
-                                                       root=checkout(args.vs_ref, work / "ref"))
+            ref_proc, ref_url, ref_name = start_server(
+                model, work / "ref-home", args.server_arg, root=checkout(args.vs_ref, work / "ref")
+            )
             servers.append(ref_proc)
         for c in levels:
             requests = max(8, args.rounds * c)
@@ -360,9 +432,11 @@ def main() -> None:
                 results.append(measured(pid, http_level(side_url, side_name, c, requests, args.max_tokens, prompts)))
                 r = results[-1]
                 cpu = f"   cpu {r['cpu_ms_per_token']:.2f} ms/token" if r["cpu_ms_per_token"] else ""
-                print(f"  {label:<8} c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 "
-                      f"{r['ttft_p50_s'] * 1000:7.1f} ms   ({r['requests']} requests, {r['wall_s']:.1f}s){cpu}",
-                      flush=True)
+                print(
+                    f"  {label:<8} c={c:<3d} {r['tokens_per_s']:8.1f} tok/s   ttft p50 "
+                    f"{r['ttft_p50_s'] * 1000:7.1f} ms   ({r['requests']} requests, {r['wall_s']:.1f}s){cpu}",
+                    flush=True,
+                )
     finally:
         for server in servers:
             server.terminate()
@@ -374,33 +448,45 @@ def main() -> None:
     rows = table_rows(ours, other or None, ref or None)
     print("\nresults" + (f" (ref = {args.vs_ref})" if ref else ""))
     if other_url:
+
         def cpu(value):
             return f"{value:.2f}" if value else "?"
 
-        print(f"  {'concurrency':>11} {'ours tok/s':>11} {'other tok/s':>12} {'ratio':>7} "
-              f"{'ttft p50 ms':>12} {'other ttft p50':>15} {'cpu ms/tok ours/other':>22}"
-              + (f" {'ref tok/s':>10} {'ref ratio':>10} {'ref ttft':>9}" if ref else ""))
+        print(
+            f"  {'concurrency':>11} {'ours tok/s':>11} {'other tok/s':>12} {'ratio':>7} "
+            f"{'ttft p50 ms':>12} {'other ttft p50':>15} {'cpu ms/tok ours/other':>22}"
+            + (f" {'ref tok/s':>10} {'ref ratio':>10} {'ref ttft':>9}" if ref else "")
+        )
         for r in rows:
-            print(f"  {r['concurrency']:>11} {r['ours_tok_s']:>11.1f} {r['other_tok_s']:>12.1f} "
-                  f"{r['ratio']:>6.2f}x {r['ttft_p50_ms']:>12.1f} {r['other_ttft_p50_ms']:>15.1f} "
-                  f"{cpu(r['ours_cpu_ms_per_token']) + ' / ' + cpu(r['other_cpu_ms_per_token']):>22}"
-                  + (f" {r['ref_tok_s']:>10.1f} {r['ref_ratio']:>9.2f}x {r['ref_ttft_p50_ms']:>9.1f}" if ref else ""))
+            print(
+                f"  {r['concurrency']:>11} {r['ours_tok_s']:>11.1f} {r['other_tok_s']:>12.1f} "
+                f"{r['ratio']:>6.2f}x {r['ttft_p50_ms']:>12.1f} {r['other_ttft_p50_ms']:>15.1f} "
+                f"{cpu(r['ours_cpu_ms_per_token']) + ' / ' + cpu(r['other_cpu_ms_per_token']):>22}"
+                + (f" {r['ref_tok_s']:>10.1f} {r['ref_ratio']:>9.2f}x {r['ref_ttft_p50_ms']:>9.1f}" if ref else "")
+            )
     else:
         base = ours[0]["tokens_per_s"]
-        print(f"  {'concurrency':>11} {'tok/s':>9} {'vs c=' + str(levels[0]):>8} {'ttft p50 ms':>12} "
-              f"{'ttft mean ms':>13}")
+        print(
+            f"  {'concurrency':>11} {'tok/s':>9} {'vs c=' + str(levels[0]):>8} {'ttft p50 ms':>12} {'ttft mean ms':>13}"
+        )
         for r in ours:
-            print(f"  {r['concurrency']:>11} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / base:>7.2f}x "
-                  f"{r['ttft_p50_s'] * 1000:>12.1f} {r['ttft_mean_s'] * 1000:>13.1f}")
+            print(
+                f"  {r['concurrency']:>11} {r['tokens_per_s']:>9.1f} {r['tokens_per_s'] / base:>7.2f}x "
+                f"{r['ttft_p50_s'] * 1000:>12.1f} {r['ttft_mean_s'] * 1000:>13.1f}"
+            )
         direct = direct_levels(model, levels, args.rounds, args.max_tokens)
         by_c = {r["concurrency"]: r for r in ours}
         print("\nratios")
         for c in levels[1:]:
-            print(f"  batching: tokens/s at concurrency {c} / concurrency {levels[0]} = "
-                  f"{by_c[c]['tokens_per_s'] / base:.2f}x")
+            print(
+                f"  batching: tokens/s at concurrency {c} / concurrency {levels[0]} = "
+                f"{by_c[c]['tokens_per_s'] / base:.2f}x"
+            )
         for c in sorted(set(direct) & set(by_c)):
-            print(f"  HTTP layer at concurrency {c}: server / in-process tokens/s = "
-                  f"{by_c[c]['tokens_per_s'] / direct[c]['tokens_per_s']:.2f} (1.00 = HTTP costs nothing)")
+            print(
+                f"  HTTP layer at concurrency {c}: server / in-process tokens/s = "
+                f"{by_c[c]['tokens_per_s'] / direct[c]['tokens_per_s']:.2f} (1.00 = HTTP costs nothing)"
+            )
     if args.json:
         print(json.dumps({"rows": rows}, indent=2))
 

@@ -41,8 +41,9 @@ ENGINE_PATH = "openchat_cli/serve/engines/transformers_engine.py"
 
 def baseline_module(ref: str):
     """The engine module as it was at `ref`, importable beside the current one."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{ENGINE_PATH}"], check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:{ENGINE_PATH}"], check=True, capture_output=True, text=True
+    ).stdout
     path = Path(tempfile.mkdtemp(prefix="baseline-engine-")) / "baseline_transformers_engine.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("baseline_transformers_engine", path)
@@ -70,8 +71,10 @@ def compare_sampling(old_mod, vocab: int, repeats: int) -> list[dict]:
 
     rows = []
     logits = torch.randn(32, vocab, generator=torch.Generator().manual_seed(0))
-    for label, params in [("temperature 1", SamplingParams(max_tokens=1, temperature=1.0, seed=1)),
-                          ("top_p 0.9", SamplingParams(max_tokens=1, temperature=1.0, top_p=0.9, seed=1))]:
+    for label, params in [
+        ("temperature 1", SamplingParams(max_tokens=1, temperature=1.0, seed=1)),
+        ("top_p 0.9", SamplingParams(max_tokens=1, temperature=1.0, top_p=0.9, seed=1)),
+    ]:
         old_seqs = []
         for i in range(32):
             seq = old_mod._Seq(request_id=str(i), prompt=[1], params=params, queue=None)
@@ -80,10 +83,16 @@ def compare_sampling(old_mod, vocab: int, repeats: int) -> list[dict]:
         holder = type("Holder", (), {"vocab_limit": vocab})()
         states = [new_row_state(params, [1], vocab, "cpu") for _ in range(32)]
         with torch.inference_mode():
-            old = best_of(lambda: old_mod.TransformersEngine._pick(holder, logits.clone(), old_seqs), repeats)
-            new = best_of(lambda: sample(logits.clone(), states, vocab), repeats)
-        rows.append({"part": f"sampling 32x{vocab} {label}", "baseline_ms": old * 1000, "current_ms": new * 1000,
-                     "speedup": old / new})
+            old = best_of(lambda h=holder, q=old_seqs: old_mod.TransformersEngine._pick(h, logits.clone(), q), repeats)
+            new = best_of(lambda st=states: sample(logits.clone(), st, vocab), repeats)
+        rows.append(
+            {
+                "part": f"sampling 32x{vocab} {label}",
+                "baseline_ms": old * 1000,
+                "current_ms": new * 1000,
+                "speedup": old / new,
+            }
+        )
     return rows
 
 
@@ -105,8 +114,16 @@ def compare_prefill(old_engine, new_engine, prompts: list[list[int]], repeats: i
     new_mod = sys.modules[type(new_engine).__module__]
     old = best_of(lambda: run(old_engine, old_mod), repeats)
     new = best_of(lambda: run(new_engine, new_mod), repeats)
-    return [{"part": f"prefill {len(prompts)} ragged prompts ({real} tokens)", "baseline_tokens": padded,
-             "current_tokens": real, "baseline_ms": old * 1000, "current_ms": new * 1000, "speedup": old / new}]
+    return [
+        {
+            "part": f"prefill {len(prompts)} ragged prompts ({real} tokens)",
+            "baseline_tokens": padded,
+            "current_tokens": real,
+            "baseline_ms": old * 1000,
+            "current_ms": new * 1000,
+            "speedup": old / new,
+        }
+    ]
 
 
 async def engine_level(engine, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
@@ -144,12 +161,19 @@ def compare_engines(a, b, labels: tuple[str, str], prompts, levels: list[int], m
         asyncio.run(engine_level(b, prompts, 1, 4))
         first = asyncio.run(engine_level(a, prompts, c, max_tokens))
         second = asyncio.run(engine_level(b, prompts, c, max_tokens))
-        rows.append({"part": f"engine c={c} {labels[0]} vs {labels[1]}", f"{labels[0]}_tok_s": first["tok_s"],
-                     f"{labels[1]}_tok_s": second["tok_s"], "speedup": second["tok_s"] / first["tok_s"],
-                     f"{labels[0]}_ttft_p50_ms": first["ttft_p50_ms"],
-                     f"{labels[1]}_ttft_p50_ms": second["ttft_p50_ms"]})
-        print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in rows[-1].items()}),
-              flush=True)
+        rows.append(
+            {
+                "part": f"engine c={c} {labels[0]} vs {labels[1]}",
+                f"{labels[0]}_tok_s": first["tok_s"],
+                f"{labels[1]}_tok_s": second["tok_s"],
+                "speedup": second["tok_s"] / first["tok_s"],
+                f"{labels[0]}_ttft_p50_ms": first["ttft_p50_ms"],
+                f"{labels[1]}_ttft_p50_ms": second["ttft_p50_ms"],
+            }
+        )
+        print(
+            "  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True
+        )
     return rows
 
 
@@ -174,14 +198,17 @@ def main() -> None:
     model = args.model or make_model(Path(tempfile.mkdtemp(prefix="bench-engine-")) / "model", args.size)
     tokenizer = load_tokenizer(model)
     template = get_template(model_template(model))
-    prompts = [template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user",
-                                                                                        "content": text}]}))
-               for text in sharegpt_like_prompts(32)]
+    prompts = [
+        template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": text}]}))
+        for text in sharegpt_like_prompts(32)
+    ]
     old_mod = baseline_module(args.baseline)
     current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
     baseline = old_mod.TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
-    print(f"model {model}  ·  vocab {current.vocab_size}  ·  baseline {args.baseline}  ·  "
-          f"prompt tokens p50 {statistics.median(len(p) for p in prompts)}, max {max(len(p) for p in prompts)}")
+    print(
+        f"model {model}  ·  vocab {current.vocab_size}  ·  baseline {args.baseline}  ·  "
+        f"prompt tokens p50 {statistics.median(len(p) for p in prompts)}, max {max(len(p) for p in prompts)}"
+    )
     rows: list[dict] = []
     if "sampling" in parts:
         rows += compare_sampling(old_mod, current.vocab_size, args.repeats)

@@ -46,12 +46,18 @@ def write_dump(path: Path, n: int, part_chars: int, seed: int) -> dict:
     for i in range(n):
         records += split_parts(conversation(rng, vocab, i), part_chars)
     path.write_text(json.dumps(records, ensure_ascii=False))
-    usable = sum(1 for r in records
-                 if any(a["from"] == "human" and b["from"] == "gpt"
-                        for a, b in zip(r["conversations"], r["conversations"][1:])))
-    return {"conversations": n, "records": len(records), "with_an_exchange": usable,
-            "leading_gpt": sum(1 for r in records if r["conversations"][0]["from"] == "gpt"),
-            "trailing_human": sum(1 for r in records if r["conversations"][-1]["from"] == "human")}
+    usable = sum(
+        1
+        for r in records
+        if any(a["from"] == "human" and b["from"] == "gpt" for a, b in zip(r["conversations"], r["conversations"][1:]))
+    )
+    return {
+        "conversations": n,
+        "records": len(records),
+        "with_an_exchange": usable,
+        "leading_gpt": sum(1 for r in records if r["conversations"][0]["from"] == "gpt"),
+        "trailing_human": sum(1 for r in records if r["conversations"][-1]["from"] == "human"),
+    }
 
 
 def main() -> None:
@@ -73,28 +79,48 @@ def main() -> None:
         shape = write_dump(dump, args.conversations, args.part_chars, args.seed)
         model_dir = work / "tokenizer"
         corpus = work / "corpus.txt"
-        corpus.write_text("\n".join(t["value"] for r in json.loads(dump.read_text())[:3000]
-                                    for t in r["conversations"]))
+        corpus.write_text(
+            "\n".join(t["value"] for r in json.loads(dump.read_text())[:3000] for t in r["conversations"])
+        )
         make_tokenizer_dir(model_dir, corpus, args.template)
         rows = []
         for label, flags in (("--no-trim-ends (old default)", ["--no-trim-ends"]), ("default (trim ends)", [])):
             home = work / f"home{len(rows)}"
             out = work / f"clean{len(rows)}.jsonl"
             cleaned = run_openchat(["data", "clean", dump, "-o", out, "--force", *flags], home)["result"]["counts"]
-            tok = run_openchat(["data", "tokenize", out, "--model", model_dir, "--max-len", 4096,
-                                "-o", work / f"t{len(rows)}.parquet", "--force"], home)["result"]["stats"]
+            tok = run_openchat(
+                [
+                    "data",
+                    "tokenize",
+                    out,
+                    "--model",
+                    model_dir,
+                    "--max-len",
+                    4096,
+                    "-o",
+                    work / f"t{len(rows)}.parquet",
+                    "--force",
+                ],
+                home,
+            )["result"]["stats"]
             rows.append((label, cleaned, tok))
-        print(f"dump: {shape['conversations']:,} conversations split into {shape['records']:,} parts "
-              f"({shape['leading_gpt']:,} start with a reply, {shape['trailing_human']:,} end with a question, "
-              f"{shape['with_an_exchange']:,} hold a user→assistant exchange)")
+        print(
+            f"dump: {shape['conversations']:,} conversations split into {shape['records']:,} parts "
+            f"({shape['leading_gpt']:,} start with a reply, {shape['trailing_human']:,} end with a question, "
+            f"{shape['with_an_exchange']:,} hold a user→assistant exchange)"
+        )
         print(f"{'':30} {'kept':>8} {'tokens':>12} {'supervised':>12}  dropped / trimmed")
         for label, c, t in rows:
-            print(f"{label:30} {c['kept']:>8,} {t['tokens']:>12,} {t['supervised_tokens']:>12,}  "
-                  f"{c['dropped']} {c['fixes']}")
+            print(
+                f"{label:30} {c['kept']:>8,} {t['tokens']:>12,} {t['supervised_tokens']:>12,}  "
+                f"{c['dropped']} {c['fixes']}"
+            )
         (_, c0, t0), (_, c1, t1) = rows
-        print(f"default / old: {c1['kept'] / max(c0['kept'], 1):.2f}x conversations, "
-              f"{t1['tokens'] / max(t0['tokens'], 1):.2f}x tokens, "
-              f"{t1['supervised_tokens'] / max(t0['supervised_tokens'], 1):.2f}x supervised tokens")
+        print(
+            f"default / old: {c1['kept'] / max(c0['kept'], 1):.2f}x conversations, "
+            f"{t1['tokens'] / max(t0['tokens'], 1):.2f}x tokens, "
+            f"{t1['supervised_tokens'] / max(t0['supervised_tokens'], 1):.2f}x supervised tokens"
+        )
 
 
 if __name__ == "__main__":

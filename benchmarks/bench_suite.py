@@ -30,8 +30,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_serve import make_model, start_server  # noqa: E402
 
-TASK_FILES = ["zs/truthfulqa_orca/truthfulqa_mc", "zs/bbh_mc_orca/boolean_expressions",
-              "zs/bbh_mc_orca/navigate", "zs/bbh_mc_orca/sports_understanding", "zs/bbh_mc_orca/web_of_lies"]
+TASK_FILES = [
+    "zs/truthfulqa_orca/truthfulqa_mc",
+    "zs/bbh_mc_orca/boolean_expressions",
+    "zs/bbh_mc_orca/navigate",
+    "zs/bbh_mc_orca/sports_understanding",
+    "zs/bbh_mc_orca/web_of_lies",
+]
 
 
 def reference_eval_data() -> Path:
@@ -59,9 +64,16 @@ def measure(cat, suite: Path, url: str, concurrency: int) -> tuple[dict, str]:
     start = time.perf_counter()
     result = run_answer(cat, str(suite), opts)
     elapsed = time.perf_counter() - start
-    return ({"concurrency": concurrency, "questions": result.answered_now, "seconds": round(elapsed, 2),
-             "questions_per_s": round(result.answered_now / elapsed, 2), "errors": len(result.errors)},
-            result.run_id)
+    return (
+        {
+            "concurrency": concurrency,
+            "questions": result.answered_now,
+            "seconds": round(elapsed, 2),
+            "questions_per_s": round(result.answered_now / elapsed, 2),
+            "errors": len(result.errors),
+        },
+        result.run_id,
+    )
 
 
 def main() -> None:
@@ -96,21 +108,29 @@ def main() -> None:
             proc.kill()
 
     ratio = many["questions_per_s"] / one["questions_per_s"]
-    result = {"concurrency_1": one, "concurrency_32": many, "ratio_32_vs_1": round(ratio, 2),
-              "reply_tokens": args.reply_tokens, "cpus": os.cpu_count(),
-              "graded_task_types": graded.get("suite", {}).get("task_types")}
+    result = {
+        "concurrency_1": one,
+        "concurrency_32": many,
+        "ratio_32_vs_1": round(ratio, 2),
+        "reply_tokens": args.reply_tokens,
+        "cpus": os.cpu_count(),
+        "graded_task_types": graded.get("suite", {}).get("task_types"),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"openchat serve, random tiny model, replies of at most {args.reply_tokens} tokens, "
-          f"{os.cpu_count()} CPUs")
+    print(f"openchat serve, random tiny model, replies of at most {args.reply_tokens} tokens, {os.cpu_count()} CPUs")
     for row in (one, many):
-        print(f"  concurrency {row['concurrency']:>2}: {row['questions']:>4} questions in {row['seconds']:7.2f} s "
-              f"= {row['questions_per_s']:7.2f} questions/s  ({row['errors']} errors)")
+        print(
+            f"  concurrency {row['concurrency']:>2}: {row['questions']:>4} questions in {row['seconds']:7.2f} s "
+            f"= {row['questions_per_s']:7.2f} questions/s  ({row['errors']} errors)"
+        )
     print(f"ratio (32 vs 1): {ratio:.1f}x")
     for task_type, cell in (result["graded_task_types"] or {}).items():
-        print(f"  graded {task_type}: accuracy {100 * cell['accuracy']:.1f}%, unmatched {100 * cell['unmatched']:.1f}% "
-              f"(random model)")
+        print(
+            f"  graded {task_type}: accuracy {100 * cell['accuracy']:.1f}%, unmatched {100 * cell['unmatched']:.1f}% "
+            f"(random model)"
+        )
 
 
 if __name__ == "__main__":

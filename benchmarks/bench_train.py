@@ -64,13 +64,13 @@ def skewed_data(n: int, vocab: int, max_len: int, seed: int = 0, shape: str = "s
     ids = rng.integers(10, vocab, offsets[-1])
     weights = np.zeros(offsets[-1], dtype=np.float32)
     for a, b in zip(offsets[:-1], offsets[1:]):
-        weights[a + int((b - a) * 0.4):b] = 1.0
+        weights[a + int((b - a) * 0.4) : b] = 1.0
     return TokenizedData(Path("synthetic"), ids, weights, offsets, {})
 
 
 def padded_batches(lengths: np.ndarray, batch: int, seed: int = 0) -> list[np.ndarray]:
     order = np.random.default_rng(seed).permutation(len(lengths))
-    return [order[i:i + batch] for i in range(0, len(order), batch)]
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
 
 
 def llama(vocab: int, hidden: int, layers: int, seed: int = 0, attn: str = "sdpa", max_len: int = 4096):
@@ -78,9 +78,17 @@ def llama(vocab: int, hidden: int, layers: int, seed: int = 0, attn: str = "sdpa
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=hidden * 11 // 4,
-                         max_position_embeddings=max_len, tie_word_embeddings=True, attn_implementation=attn)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=hidden * 11 // 4,
+        max_position_embeddings=max_len,
+        tie_word_embeddings=True,
+        attn_implementation=attn,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -91,10 +99,14 @@ def packing(data: TokenizedData, capacity: int, epochs: int = 2) -> dict[str, fl
     per_batch = max(1, int(capacity // lengths.mean()))
     batches = padded_batches(lengths, per_batch)
     padded = sum(int(lengths[b].sum()) for b in batches) / sum(len(b) * int(lengths[b].max()) for b in batches)
-    return {"multipack": sampler.efficiency(), "padded": padded, "per_batch": per_batch,
-            "per_epoch": [sampler.epoch_efficiency(e) for e in range(epochs)],
-            "per_epoch_full_steps": [sampler.epoch_efficiency(e, last_step=False) for e in range(epochs)],
-            "dropped_tokens": int(lengths.sum()) * epochs - sampler.kept_tokens()}
+    return {
+        "multipack": sampler.efficiency(),
+        "padded": padded,
+        "per_batch": per_batch,
+        "per_epoch": [sampler.epoch_efficiency(e) for e in range(epochs)],
+        "per_epoch_full_steps": [sampler.epoch_efficiency(e, last_step=False) for e in range(epochs)],
+        "dropped_tokens": int(lengths.sum()) * epochs - sampler.kept_tokens(),
+    }
 
 
 # -- 2. useful tokens per second ------------------------------------------------------------------
@@ -111,9 +123,11 @@ def throughput(data: TokenizedData, capacity: int, seconds: float) -> dict[str, 
     from openchat_cli.train.loss import PackedLM
 
     impl = attention.choose(torch.device("cpu"))
-    models = {"packed": llama(4096, 128, 2, attn=impl, max_len=capacity),
-              "packed_masked": llama(4096, 128, 2, attn="sdpa", max_len=capacity),
-              "padded": llama(4096, 128, 2, attn="sdpa", max_len=capacity)}
+    models = {
+        "packed": llama(4096, 128, 2, attn=impl, max_len=capacity),
+        "packed_masked": llama(4096, 128, 2, attn="sdpa", max_len=capacity),
+        "padded": llama(4096, 128, 2, attn="sdpa", max_len=capacity),
+    }
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     lms = {"packed": PackedLM(models["packed"], impl), "packed_masked": PackedLM(models["packed_masked"], "sdpa")}
     lengths = data.lengths
@@ -133,8 +147,9 @@ def throughput(data: TokenizedData, capacity: int, seconds: float) -> dict[str, 
     def padded_step(name: str, i: int) -> int:
         b = pad(data, batches[i % len(batches)])
         model = models[name]
-        hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                             use_cache=False).last_hidden_state
+        hidden = model.model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
+        ).last_hidden_state
         keep = b["label_weights"] > 0  # same supervised-only head: only the padding differs
         ce = F.cross_entropy(model.lm_head(hidden[keep]).float(), b["labels"][keep], reduction="none")
         loss = (ce * b["label_weights"][keep]).sum() / max(float(b["label_weights"].sum()), 1.0)
@@ -205,8 +220,12 @@ def peak_rss() -> float:
 def memory(tokens: int, vocab: int) -> dict[str, dict]:
     out = {}
     for mode in MEMORY_MODES:
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", mode, "--pack", str(tokens),
-                               "--vocab", str(vocab)], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--memory-child", mode, "--pack", str(tokens), "--vocab", str(vocab)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
@@ -243,9 +262,9 @@ def _padded_dpo_batch(data: TokenizedData, pairs: np.ndarray):
     weights = torch.zeros((len(rows), width))
     for k, row in enumerate(rows):
         seq, w = data.row(int(row))
-        ids[k, :len(seq)] = torch.from_numpy(seq)
-        mask[k, :len(seq)] = 1
-        weights[k, :len(seq)] = torch.from_numpy(w)
+        ids[k, : len(seq)] = torch.from_numpy(seq)
+        mask[k, : len(seq)] = 1
+        weights[k, : len(seq)] = torch.from_numpy(w)
     return ids, mask, weights
 
 
@@ -270,8 +289,10 @@ def dpo_throughput(data: TokenizedData, capacity: int, seconds: float) -> dict[s
     from openchat_cli.train.preference import PreferenceLM, pack_pairs
 
     impl = attention.choose(torch.device("cpu"))
-    models = {"packed": llama(4096, 128, 2, attn=impl, max_len=capacity),
-              "padded": llama(4096, 128, 2, attn="sdpa", max_len=capacity)}
+    models = {
+        "packed": llama(4096, 128, 2, attn=impl, max_len=capacity),
+        "padded": llama(4096, 128, 2, attn="sdpa", max_len=capacity),
+    }
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
     module = PreferenceLM(models["packed"], impl, "dpo")
     lengths = pair_lengths(data)
@@ -310,9 +331,12 @@ def dpo_throughput(data: TokenizedData, capacity: int, seconds: float) -> dict[s
             done[name][0] += pairs
             done[name][1] += tokens
         i += 1
-    return {"pairs_per_s": {n: done[n][0] / spent[n] for n in steps},
-            "useful_tokens_per_s": {n: done[n][1] / spent[n] for n in steps}, "steps": i - 1,
-            "pairs_per_padded_batch": per_batch}
+    return {
+        "pairs_per_s": {n: done[n][0] / spent[n] for n in steps},
+        "useful_tokens_per_s": {n: done[n][1] / spent[n] for n in steps},
+        "steps": i - 1,
+        "pairs_per_padded_batch": per_batch,
+    }
 
 
 def dpo_memory_child(mode: str, tokens: int, vocab: int) -> None:
@@ -352,30 +376,53 @@ def dpo_main(args: argparse.Namespace) -> None:
     if not args.no_memory:
         mem = {}
         for mode in ("packed", "padded"):
-            proc = subprocess.run([sys.executable, __file__, "--dpo-memory-child", mode, "--pack", str(args.pack),
-                                   "--vocab", str(args.vocab)], capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--dpo-memory-child",
+                    mode,
+                    "--pack",
+                    str(args.pack),
+                    "--vocab",
+                    str(args.vocab),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             mem[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     lengths = data.lengths
-    result = {"method": "dpo", "capacity": args.capacity, "pairs": args.pairs,
-              "sequence_length": {"median": int(np.median(lengths)), "mean": round(float(lengths.mean()))},
-              **tps,
-              "ratio_pairs_per_s_packed_vs_padded": tps["pairs_per_s"]["packed"] / tps["pairs_per_s"]["padded"],
-              "peak_memory_mib": None if mem is None else {m: mem[m]["mib"] for m in mem},
-              "memory_pairs": None if mem is None else mem["packed"]["pairs"]}
+    result = {
+        "method": "dpo",
+        "capacity": args.capacity,
+        "pairs": args.pairs,
+        "sequence_length": {"median": int(np.median(lengths)), "mean": round(float(lengths.mean()))},
+        **tps,
+        "ratio_pairs_per_s_packed_vs_padded": tps["pairs_per_s"]["packed"] / tps["pairs_per_s"]["padded"],
+        "peak_memory_mib": None if mem is None else {m: mem[m]["mib"] for m in mem},
+        "memory_pairs": None if mem is None else mem["packed"]["pairs"],
+    }
     if args.json:
         print(json.dumps(result))
         return
     p, u = tps["pairs_per_s"], tps["useful_tokens_per_s"]
-    print(f"DPO pairs: {args.pairs}, sequence length median {result['sequence_length']['median']}, "
-          f"micro-batches of {args.capacity} tokens; padded: {tps['pairs_per_padded_batch']} pairs per batch")
+    print(
+        f"DPO pairs: {args.pairs}, sequence length median {result['sequence_length']['median']}, "
+        f"micro-batches of {args.capacity} tokens; padded: {tps['pairs_per_padded_batch']} pairs per batch"
+    )
     print(f"{'measurement':40} {'packed':>10} {'padded':>10} {'ratio':>7}")
     print(f"{'pairs/s':40} {p['packed']:>10.2f} {p['padded']:>10.2f} {p['packed'] / p['padded']:>6.2f}x")
-    print(f"{'useful (non-pad) tokens/s':40} {u['packed']:>10,.0f} {u['padded']:>10,.0f} "
-          f"{u['packed'] / u['padded']:>6.2f}x")
+    print(
+        f"{'useful (non-pad) tokens/s':40} {u['packed']:>10,.0f} {u['padded']:>10,.0f} "
+        f"{u['packed'] / u['padded']:>6.2f}x"
+    )
     if mem is not None:
-        print(f"{'peak memory fwd+bwd, same pairs (MiB)':40} {mem['packed']['mib']:>10,.0f} "
-              f"{mem['padded']['mib']:>10,.0f} {mem['padded']['mib'] / max(mem['packed']['mib'], 1e-9):>6.2f}x"
-              f"  ({mem['packed']['pairs']} pairs, vocab {args.vocab})")
+        print(
+            f"{'peak memory fwd+bwd, same pairs (MiB)':40} {mem['packed']['mib']:>10,.0f} "
+            f"{mem['padded']['mib']:>10,.0f} {mem['padded']['mib'] / max(mem['packed']['mib'], 1e-9):>6.2f}x"
+            f"  ({mem['packed']['pairs']} pairs, vocab {args.vocab})"
+        )
     print(f"(tiny Llama, CPU, 1 thread, {tps['steps']} steps each, interleaved)")
 
 
@@ -410,18 +457,29 @@ def main() -> None:
     started = time.perf_counter()
     data = skewed_data(args.sequences, 4096, args.capacity, shape=args.lengths)
     lengths = data.lengths
-    shape = {"sequences": len(lengths), "median": int(np.median(lengths)), "mean": round(float(lengths.mean())),
-             "p99": int(np.percentile(lengths, 99)), "max": int(lengths.max()),
-             "supervised": round(float(data.supervised_ratio()), 3)}
+    shape = {
+        "sequences": len(lengths),
+        "median": int(np.median(lengths)),
+        "mean": round(float(lengths.mean())),
+        "p99": int(np.percentile(lengths, 99)),
+        "max": int(lengths.max()),
+        "supervised": round(float(data.supervised_ratio()), 3),
+    }
     eff = packing(data, args.capacity)
     tps = throughput(data, args.capacity, args.seconds)
     mem = None if args.no_memory else memory(args.pack, args.vocab)
     tokens_per_s = {name: tps[name] for name in THROUGHPUT_PATHS}
     result = {
-        "lengths": args.lengths, "capacity": args.capacity, "data": shape,
-        "packing_efficiency": {"multipack": eff["multipack"], "padded": eff["padded"],
-                               "per_epoch": eff["per_epoch"], "per_epoch_full_steps": eff["per_epoch_full_steps"],
-                               "dropped_tokens": eff["dropped_tokens"]},
+        "lengths": args.lengths,
+        "capacity": args.capacity,
+        "data": shape,
+        "packing_efficiency": {
+            "multipack": eff["multipack"],
+            "padded": eff["padded"],
+            "per_epoch": eff["per_epoch"],
+            "per_epoch_full_steps": eff["per_epoch_full_steps"],
+            "dropped_tokens": eff["dropped_tokens"],
+        },
         "useful_tokens_per_s": tokens_per_s,
         "ratio_packed_vs_padded": tps["packed"] / tps["padded"],
         "ratio_packed_masked_vs_padded": tps["packed_masked"] / tps["padded"],
@@ -433,30 +491,62 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    print(f"data ({args.lengths}): {shape['sequences']} sequences, length median {shape['median']}, "
-          f"mean {shape['mean']}, p99 {shape['p99']}, max {shape['max']}; {shape['supervised']:.0%} of tokens "
-          f"supervised; micro-batches of {args.capacity} tokens")
-    epochs = ", ".join(f"epoch {e + 1}: {a:.1%} ({b:.1%} without its final partial step)"
-                       for e, (a, b) in enumerate(zip(eff["per_epoch"], eff["per_epoch_full_steps"])))
+    print(
+        f"data ({args.lengths}): {shape['sequences']} sequences, length median {shape['median']}, "
+        f"mean {shape['mean']}, p99 {shape['p99']}, max {shape['max']}; {shape['supervised']:.0%} of tokens "
+        f"supervised; micro-batches of {args.capacity} tokens"
+    )
+    epochs = ", ".join(
+        f"epoch {e + 1}: {a:.1%} ({b:.1%} without its final partial step)"
+        for e, (a, b) in enumerate(zip(eff["per_epoch"], eff["per_epoch_full_steps"]))
+    )
     print(f"multipack (8 ranks): {epochs}; {eff['dropped_tokens']} tokens dropped")
     rows = [
-        ("packing efficiency (real / capacity tokens)", f"{eff['multipack']:.1%}", f"{eff['padded']:.1%}",
-         eff["multipack"] / eff["padded"], f"padded: random batches of {eff['per_batch']}"),
-        ("useful tokens/s, packed vs padded", f"{tps['packed']:,.0f}", f"{tps['padded']:,.0f}",
-         tps["packed"] / tps["padded"], "packed = per-document attention (what train runs)"),
-        ("useful tokens/s, packed masked vs padded", f"{tps['packed_masked']:,.0f}", f"{tps['padded']:,.0f}",
-         tps["packed_masked"] / tps["padded"], "stock sdpa: pack x pack mask"),
-        ("useful tokens/s, packed vs packed masked", f"{tps['packed']:,.0f}", f"{tps['packed_masked']:,.0f}",
-         tps["packed"] / tps["packed_masked"], f"tiny Llama, CPU, 1 thread, {tps['steps']} steps each, interleaved"),
+        (
+            "packing efficiency (real / capacity tokens)",
+            f"{eff['multipack']:.1%}",
+            f"{eff['padded']:.1%}",
+            eff["multipack"] / eff["padded"],
+            f"padded: random batches of {eff['per_batch']}",
+        ),
+        (
+            "useful tokens/s, packed vs padded",
+            f"{tps['packed']:,.0f}",
+            f"{tps['padded']:,.0f}",
+            tps["packed"] / tps["padded"],
+            "packed = per-document attention (what train runs)",
+        ),
+        (
+            "useful tokens/s, packed masked vs padded",
+            f"{tps['packed_masked']:,.0f}",
+            f"{tps['padded']:,.0f}",
+            tps["packed_masked"] / tps["padded"],
+            "stock sdpa: pack x pack mask",
+        ),
+        (
+            "useful tokens/s, packed vs packed masked",
+            f"{tps['packed']:,.0f}",
+            f"{tps['packed_masked']:,.0f}",
+            tps["packed"] / tps["packed_masked"],
+            f"tiny Llama, CPU, 1 thread, {tps['steps']} steps each, interleaved",
+        ),
     ]
     if mem is not None:
         rows += [
-            ("peak memory of forward+backward (MiB)", f"{mem['chunked']['mib']:,.0f}", f"{mem['full']['mib']:,.0f}",
-             mem["full"]["mib"] / max(mem["chunked"]["mib"], 1e-9),
-             f"{mem['full']['tokens']}-token pack, {mem['full']['scored']} scored, vocab {args.vocab}"),
-            ("  of which: supervised rows, one head call", f"{mem['supervised']['mib']:,.0f}",
-             f"{mem['full']['mib']:,.0f}", mem["full"]["mib"] / max(mem["supervised"]["mib"], 1e-9),
-             "no chunking: the gain of row selection alone"),
+            (
+                "peak memory of forward+backward (MiB)",
+                f"{mem['chunked']['mib']:,.0f}",
+                f"{mem['full']['mib']:,.0f}",
+                mem["full"]["mib"] / max(mem["chunked"]["mib"], 1e-9),
+                f"{mem['full']['tokens']}-token pack, {mem['full']['scored']} scored, vocab {args.vocab}",
+            ),
+            (
+                "  of which: supervised rows, one head call",
+                f"{mem['supervised']['mib']:,.0f}",
+                f"{mem['full']['mib']:,.0f}",
+                mem["full"]["mib"] / max(mem["supervised"]["mib"], 1e-9),
+                "no chunking: the gain of row selection alone",
+            ),
         ]
     print()
     print(f"{'measurement':46} {'ours':>10} {'baseline':>10} {'ratio':>7}  note")

@@ -28,8 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = ("the model reply token stream render widget layout markdown block paragraph list code "
-         "fast slow line width screen terminal chat user answer question value result").split()
+WORDS = (
+    "the model reply token stream render widget layout markdown block paragraph list code "
+    "fast slow line width screen terminal chat user answer question value result"
+).split()
 
 
 def markdown_reply(length: int, seed: int = 0) -> str:
@@ -48,8 +50,7 @@ def markdown_reply(length: int, seed: int = 0) -> str:
         elif kind == 2:
             block = "\n".join(f"- {words(rng.randint(4, 10))}" for _ in range(rng.randint(3, 6))) + "\n"
         elif kind == 3:
-            body = "\n".join(f"    value_{i} = compute({i}, '{rng.choice(WORDS)}')"
-                             for i in range(rng.randint(3, 8)))
+            body = "\n".join(f"    value_{i} = compute({i}, '{rng.choice(WORDS)}')" for i in range(rng.randint(3, 8)))
             block = f"```python\ndef {rng.choice(WORDS)}():\n{body}\n```\n"
         else:
             block = "\n".join(words(rng.randint(5, 9)) for _ in range(3)) + "\n"
@@ -102,8 +103,11 @@ def main() -> None:
         for length in args.lengths:
             seconds = asyncio.run(time_reply(length, args.limit))
             rows.append((length, seconds))
-            print(f"  {length} chars: {'not done' if seconds is None else f'{seconds:.2f} s'}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {length} chars: {'not done' if seconds is None else f'{seconds:.2f} s'}",
+                file=sys.stderr,
+                flush=True,
+            )
     base = next((n / s for n, s in rows if s), None)
     print(f"{'chars':>8} {'seconds':>9} {'chars/s':>9} {'vs first':>9}")
     for length, seconds in rows:

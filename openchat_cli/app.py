@@ -50,12 +50,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    home: Annotated[Optional[Path], typer.Option(
-        "--home", envvar="OPENCHAT_HOME", show_envvar=False,
-        help="Folder holding catalog.db and default outputs (or $OPENCHAT_HOME). Give it before the command.",
-    )] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    home: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--home",
+            envvar="OPENCHAT_HOME",
+            show_envvar=False,
+            help="Folder holding catalog.db and default outputs (or $OPENCHAT_HOME). Give it before the command.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     """openchat: one tool for the whole life of an open chat LLM."""
     from openchat_cli.determinism import apply_pinned_threads
@@ -84,7 +90,8 @@ def _register() -> None:
     app.add_typer(catalog_app, name="catalog", help="List, show, trace and remove what openchat has made.")
     app.add_typer(model_app, name="model", help="Make tiny models, add special tokens, merge LoRA adapters.")
     app.command("quickstart", help="Run the whole loop on CPU: data → train → serve → eval, before/after.")(
-        quickstart_command)
+        quickstart_command
+    )
 
 
 _register()

@@ -40,7 +40,7 @@ def _start_time(pid: int) -> int | None:
     except OSError:
         return None
     # Field 22; the command name (field 2) is in parentheses and may hold spaces.
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
 def writer_tag(pid: int | None = None) -> str:
@@ -93,7 +93,7 @@ def stale_temps(target: Path, suffix: str = ".tmp") -> list[Path]:
             continue
         # .OUT.<tag>.<random><suffix>: the tag is the first dot-separated part after the prefix,
         # so temp files of another output whose name starts with OUT + "." never match a tag.
-        rest = name[len(prefix):-len(suffix)]
+        rest = name[len(prefix) : -len(suffix)]
         tag, dot, _random = rest.partition(".")
         if dot and _TAG.match(tag) and entry.is_file(follow_symlinks=False) and writer_is_gone(tag):
             found.append(Path(entry.path))

@@ -34,7 +34,9 @@ def _settle_runs(catalog) -> None:
 
 @app.command("list")
 def list_command(
-    what: Annotated[Optional[str], typer.Argument(help="datasets | checkpoints | runs | evals | chats (default: all).")] = None,
+    what: Annotated[
+        Optional[str], typer.Argument(help="datasets | checkpoints | runs | evals | chats (default: all).")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N rows per table.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
@@ -99,12 +101,16 @@ def lineage_command(
     tree = Tree(f"[bold]{result['id']}[/] {result['summary']}")
     up = tree.add("[cyan]made from[/]")
     for node in result["ancestors"] or []:
-        up.add(f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} of {node['via']})[/] {node['summary']}")
+        up.add(
+            f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} of {node['via']})[/] {node['summary']}"
+        )
     if not result["ancestors"]:
         up.add("[dim]nothing recorded[/]")
     down = tree.add("[cyan]used by[/]")
     for node in result["descendants"] or []:
-        down.add(f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} {node['via']})[/] {node['summary']}")
+        down.add(
+            f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} {node['via']})[/] {node['summary']}"
+        )
     if not result["descendants"]:
         down.add("[dim]nothing yet[/]")
     console.print(tree)
@@ -129,9 +135,15 @@ def rm_command(
 def plot_command(
     runs: list[str] = typer.Argument(..., help="Training run ids (run-…) to draw on one chart."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Image to write (.png, .svg or .pdf)."),
-    metrics: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="A curve key to draw instead of loss and eval_loss (repeatable): lr, tokens_per_s, packing_efficiency, or a method's own (rewards/margins, kl, …)."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Also (or instead) write the chart as one "
-                                            "self-contained interactive HTML page."),
+    metrics: Optional[list[str]] = typer.Option(
+        None,
+        "--metric",
+        "-m",
+        help="A curve key to draw instead of loss and eval_loss (repeatable): lr, tokens_per_s, packing_efficiency, or a method's own (rewards/margins, kl, …).",
+    ),
+    html_out: Optional[Path] = typer.Option(
+        None, "--html", help="Also (or instead) write the chart as one self-contained interactive HTML page."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the series as JSON."),
 ) -> None:
     """Loss and held-out loss curves of one or more training runs on one chart, to compare fine-tunes."""
@@ -148,8 +160,14 @@ def plot_command(
     if html_out is not None:
         render_html(found, wanted, html_out)
     if as_json:
-        print_json({"metrics": wanted, "runs": [r.to_dict() for r in found],
-                    "output": str(output) if output else None, "html": str(html_out) if html_out else None})
+        print_json(
+            {
+                "metrics": wanted,
+                "runs": [r.to_dict() for r in found],
+                "output": str(output) if output else None,
+                "html": str(html_out) if html_out else None,
+            }
+        )
         return
     written = " and ".join(str(p) for p in (output, html_out) if p is not None)
     console.print(f"drew {', '.join(wanted)} of {len(found)} run(s) → {written}", highlight=False)

@@ -29,9 +29,15 @@ def walk() -> list[Node]:
 
     def visit(cmd, path: tuple[str, ...]) -> None:
         subs = getattr(cmd, "commands", None) or {}
-        opts = sorted({o for p in cmd.params if getattr(p, "opts", None) and p.opts[0].startswith("-")
-                       for o in [*p.opts, *getattr(p, "secondary_opts", [])]
-                       } | {"--help"})
+        opts = sorted(
+            {
+                o
+                for p in cmd.params
+                if getattr(p, "opts", None) and p.opts[0].startswith("-")
+                for o in [*p.opts, *getattr(p, "secondary_opts", [])]
+            }
+            | {"--help"}
+        )
         text = (cmd.help or cmd.short_help or "").strip().splitlines()
         nodes.append(Node(path, text[0] if text else "", sorted(subs), opts))
         for name in sorted(subs):

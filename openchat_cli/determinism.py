@@ -17,8 +17,14 @@ THREADS_ENV = "OPENCHAT_THREADS"
 def pinned_env(env: dict[str, str], threads: int) -> dict[str, str]:
     """`env` with every thread-count knob set to `threads` (overriding what the caller had)."""
     count = str(threads)
-    return {**env, THREADS_ENV: count, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count,
-            "OPENBLAS_NUM_THREADS": count, "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **env,
+        THREADS_ENV: count,
+        "OMP_NUM_THREADS": count,
+        "MKL_NUM_THREADS": count,
+        "OPENBLAS_NUM_THREADS": count,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def apply_pinned_threads() -> int | None:

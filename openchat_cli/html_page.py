@@ -47,21 +47,42 @@ def figure_div(figure: Any, div_id: str, height: int | None = None) -> str:
     """A plotly figure as a <div> plus the call that draws it (plotly.js comes once per page)."""
     if height is not None:
         figure.update_layout(height=height)
-    return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                          config={"displaylogo": False, "responsive": True})
+    return figure.to_html(
+        full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False, "responsive": True}
+    )
 
 
-def page(title: str, body: str, *, subtitle: str = "", css: str = "", data: Any = None,
-         scripts: Iterable[str] = (), with_plotly: bool = True) -> str:
+def page(
+    title: str,
+    body: str,
+    *,
+    subtitle: str = "",
+    css: str = "",
+    data: Any = None,
+    scripts: Iterable[str] = (),
+    with_plotly: bool = True,
+) -> str:
     """The whole document: head with styles, plotly.js, the JSON data block, body, our scripts."""
-    parts = ["<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{html.escape(title)}</title>", '<link rel="icon" href="data:,">',
-             f"<style>{BASE_CSS}{css}</style>"]
+    parts = [
+        "<!doctype html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        '<link rel="icon" href="data:,">',
+        f"<style>{BASE_CSS}{css}</style>",
+    ]
     if with_plotly:
         parts.append(f'<script type="text/javascript">{plotly_js()}</script>')
-    parts += ["</head>", "<body>", f"<header><h1>{html.escape(title)}</h1>"
-              + (f"<p>{html.escape(subtitle)}</p>" if subtitle else "") + "</header>", f"<main>{body}</main>"]
+    parts += [
+        "</head>",
+        "<body>",
+        f"<header><h1>{html.escape(title)}</h1>"
+        + (f"<p>{html.escape(subtitle)}</p>" if subtitle else "")
+        + "</header>",
+        f"<main>{body}</main>",
+    ]
     if data is not None:
         parts.append(f'<script type="application/json" id="page-data">{script_json(data)}</script>')
     parts += [f"<script>{script}</script>" for script in scripts]
@@ -88,6 +109,7 @@ def write_page(path: Path | str, document: str) -> Path:
 
 def table(columns: list[str], rows: list[list[Any]], *, table_id: str | None = None) -> str:
     """A plain HTML table; cells are escaped text (newlines become line breaks)."""
+
     def cell(value: Any) -> str:
         return html.escape("" if value is None else str(value)).replace("\n", "<br>")
 

@@ -68,8 +68,7 @@ def _owner_gone(hard: bool, grace_s: float) -> None:
     SIGKILL if it is still here after `grace_s`."""
     if hard:
         os.kill(os.getpid(), signal.SIGKILL)
-    print(f"openchat: the command that started this one (${OWNER_ENV}) is gone; stopping",
-          file=sys.stderr, flush=True)
+    print(f"openchat: the command that started this one (${OWNER_ENV}) is gone; stopping", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace_s)
     os.kill(os.getpid(), signal.SIGKILL)

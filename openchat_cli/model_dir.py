@@ -17,8 +17,13 @@ from openchat_cli.atomic import temp_file_beside
 from openchat_cli.errors import OpenchatError
 
 META_FILE = "openchat.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+)
 
 
 def resolve_model(ref: str | Path) -> tuple[Path, str | None]:

@@ -39,8 +39,10 @@ def _describe(folder: Path, holder: dict[str, Any]) -> str:
     pid = holder.get("pid", "?")
     what = holder.get("command") or "another openchat command"
     since = f", since {holder['since']}" if holder.get("since") else ""
-    return (f"run folder {folder} is in use by `{what}` (pid {pid}{since}): wait for it to finish, "
-            f"or stop it (kill {pid}) and continue with --resume")
+    return (
+        f"run folder {folder} is in use by `{what}` (pid {pid}{since}): wait for it to finish, "
+        f"or stop it (kill {pid}) and continue with --resume"
+    )
 
 
 class RunFolderLock:
@@ -91,8 +93,12 @@ class RunFolderLock:
                 break
             os.close(fd)  # we locked a file its last owner had just removed: take the new one
         self.fd = fd
-        info = {"pid": os.getpid(), "identity": identity(), "since": dt.datetime.now().isoformat(timespec="seconds"),
-                "command": "openchat " + " ".join(sys.argv[1:]) if sys.argv else None}
+        info = {
+            "pid": os.getpid(),
+            "identity": identity(),
+            "since": dt.datetime.now().isoformat(timespec="seconds"),
+            "command": "openchat " + " ".join(sys.argv[1:]) if sys.argv else None,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
 
@@ -141,8 +147,10 @@ def settle_abandoned_runs(catalog: Any) -> list[str]:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its owner is alive
-            if catalog.write("update runs set status = 'interrupted', finished_at = ? "
-                             "where id = ? and status = 'running'", [now(), row["id"]]):
+            if catalog.write(
+                "update runs set status = 'interrupted', finished_at = ? where id = ? and status = 'running'",
+                [now(), row["id"]],
+            ):
                 marked.append(row["id"])
         finally:
             os.close(fd)

@@ -27,14 +27,22 @@ class RunSeries:
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "label": self.label, "status": self.status,
-                "series": {k: [[s, v] for s, v in points] for k, points in self.series.items()}}
+        return {
+            "run_id": self.run_id,
+            "label": self.label,
+            "status": self.status,
+            "series": {k: [[s, v] for s, v in points] for k, points in self.series.items()},
+        }
 
 
 def curve_keys(points: list[dict[str, Any]]) -> list[str]:
     """The numeric keys a stored curve has (what --metric can name)."""
-    keys = dict.fromkeys(k for p in points for k, v in p.items()
-                         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool))
+    keys = dict.fromkeys(
+        k
+        for p in points
+        for k, v in p.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
     return list(keys)
 
 
@@ -56,8 +64,11 @@ def run_series(catalog: Any, refs: list[str], metrics: list[str] | None = None) 
             if metric == EVAL_LOSS:
                 points = list(curve.evals)
             else:
-                points = [(int(p["step"]), float(p[metric])) for p in curve.points
-                          if isinstance(p.get(metric), (int, float)) and not isinstance(p.get(metric), bool)]
+                points = [
+                    (int(p["step"]), float(p[metric]))
+                    for p in curve.points
+                    if isinstance(p.get(metric), (int, float)) and not isinstance(p.get(metric), bool)
+                ]
             if points:
                 found.series[metric] = points
             elif explicit or metric == LOSS:
@@ -145,14 +156,25 @@ def build_plotly_figure(runs: list[RunSeries], metrics: list[str]) -> Any:
                     continue
                 name = "eval loss" if metric == EVAL_LOSS else metric
                 held_out = metric == EVAL_LOSS
-                fig.add_scatter(x=[s for s, _ in points], y=[v for _, v in points], row=row, col=1,
-                                name=f"{run.label} {name}", mode="lines+markers" if held_out else "lines",
-                                line={"color": palette[i % len(palette)], "dash": "dash" if held_out else "solid"},
-                                marker={"size": 5}, hovertemplate="step %{x}<br>" + name + " %{y:.4g}<extra></extra>")
+                fig.add_scatter(
+                    x=[s for s, _ in points],
+                    y=[v for _, v in points],
+                    row=row,
+                    col=1,
+                    name=f"{run.label} {name}",
+                    mode="lines+markers" if held_out else "lines",
+                    line={"color": palette[i % len(palette)], "dash": "dash" if held_out else "solid"},
+                    marker={"size": 5},
+                    hovertemplate="step %{x}<br>" + name + " %{y:.4g}<extra></extra>",
+                )
         fig.update_yaxes(title_text=" / ".join(group), row=row, col=1)
     fig.update_xaxes(title_text="optimizer step", row=len(groups), col=1)
-    fig.update_layout(height=200 + 320 * len(groups), legend_orientation="h", hovermode="x unified",
-                      margin={"l": 10, "r": 10, "t": 20, "b": 10})
+    fig.update_layout(
+        height=200 + 320 * len(groups),
+        legend_orientation="h",
+        hovermode="x unified",
+        margin={"l": 10, "r": 10, "t": 20, "b": 10},
+    )
     return fig
 
 
@@ -162,5 +184,6 @@ def render_html(runs: list[RunSeries], metrics: list[str], path: Path) -> Path:
 
     body = figure_div(build_plotly_figure(runs, metrics), "curves")
     subtitle = ", ".join(f"{r.run_id} ({r.status})" for r in runs)
-    return write_page(path, page("openchat training curves", body, subtitle=subtitle,
-                                 scripts=["document.body.dataset.ready = '1';"]))
+    return write_page(
+        path, page("openchat training curves", body, subtitle=subtitle, scripts=["document.body.dataset.ready = '1';"])
+    )

@@ -59,11 +59,12 @@ class Conversation:
                 systems.append(content)
                 continue
             weight = m.get("weight")
-            messages.append(Message(role=role, content=content,
-                                    weight=1.0 if weight is None else float(weight),
-                                    input=m.get("input")))
-        return cls(messages=messages, system=join_system(systems), condition=data.get("condition"),
-                   id=data.get("id"))
+            messages.append(
+                Message(
+                    role=role, content=content, weight=1.0 if weight is None else float(weight), input=m.get("input")
+                )
+            )
+        return cls(messages=messages, system=join_system(systems), condition=data.get("condition"), id=data.get("id"))
 
 
 SYSTEM_JOIN = "\n\n"
@@ -136,8 +137,15 @@ class ChatTemplate:
     def special_tokens(self) -> list[str]:
         """Control tokens this template uses, in a stable order."""
         found: list[str] = []
-        for text in (self.bos, self.system_prefix, self.system_end, self.user_prefix,
-                     self.user_end, self.assistant_prefix, self.assistant_end):
+        for text in (
+            self.bos,
+            self.system_prefix,
+            self.system_end,
+            self.user_prefix,
+            self.user_end,
+            self.assistant_prefix,
+            self.assistant_end,
+        ):
             for tok in _find_specials(text):
                 if tok not in found:
                     found.append(tok)
@@ -185,15 +193,19 @@ class ChatTemplate:
     def message_pieces(self, message: Message, condition: str) -> list[Piece]:
         """One message: template strings cut at control tokens, content kept as plain text."""
         if message.role == "user":
-            pieces = (_split(self._fill(self.user_prefix, condition), 0.0)
-                      + [Piece(self.sep + self._user_content(message), 0.0)]
-                      + _split(self.user_end + self.turn_suffix, 0.0))
+            pieces = (
+                _split(self._fill(self.user_prefix, condition), 0.0)
+                + [Piece(self.sep + self._user_content(message), 0.0)]
+                + _split(self.user_end + self.turn_suffix, 0.0)
+            )
         elif message.role == "assistant":
             w = float(message.weight)
-            pieces = (_split(self._fill(self.assistant_prefix, condition), 0.0)
-                      + [Piece(self.sep + message.content.strip(), w)]
-                      + _split(self.assistant_end, w)
-                      + _split(self.turn_suffix, 0.0))
+            pieces = (
+                _split(self._fill(self.assistant_prefix, condition), 0.0)
+                + [Piece(self.sep + message.content.strip(), w)]
+                + _split(self.assistant_end, w)
+                + _split(self.turn_suffix, 0.0)
+            )
         else:
             raise OpenchatError(f"unknown role '{message.role}' (expected user or assistant)")
         return _merge(pieces)
@@ -214,7 +226,7 @@ class ChatTemplate:
 
     def clean_reply(self, text: str) -> str:
         """A generated reply without the separator that starts every assistant turn."""
-        return text[len(self.sep):] if self.sep and text.startswith(self.sep) else text
+        return text[len(self.sep) :] if self.sep and text.startswith(self.sep) else text
 
     # -- tokens ---------------------------------------------------------------------------------
     def encode(self, tokenizer: Any, conv: Conversation) -> Encoded:
@@ -225,8 +237,9 @@ class ChatTemplate:
         """Token ids of a prompt ending in the assistant prefix (inference)."""
         return self.encode_many(tokenizer, [conv], add_generation_prompt=True)[0].input_ids
 
-    def encode_many(self, tokenizer: Any, convs: Sequence[Conversation],
-                    add_generation_prompt: bool = False) -> list[Encoded]:
+    def encode_many(
+        self, tokenizer: Any, convs: Sequence[Conversation], add_generation_prompt: bool = False
+    ) -> list[Encoded]:
         """Encode many conversations with one batched tokenizer call (fast path for `data tokenize`)."""
         check_tokenizer(self, tokenizer)
         special_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in self.special_tokens}
@@ -261,8 +274,7 @@ class ChatTemplate:
                 ids += toks
                 weights += [piece.weight] * len(toks)
             piece_offsets.append(len(ids))
-            out.append(Encoded(ids, weights, [piece_offsets[s] for s in starts],
-                               piece_offsets[prefix_count]))
+            out.append(Encoded(ids, weights, [piece_offsets[s] for s in starts], piece_offsets[prefix_count]))
         return out
 
     # -- Jinja ----------------------------------------------------------------------------------
@@ -277,43 +289,45 @@ class ChatTemplate:
         sep = json.dumps(self.sep)
         sys_sep = sep if self.system_prefix else '""'
         default_system = json.dumps(self.default_system) if self.default_system is not None else "none"
-        return "".join([
-            "{%- set condition = (condition if condition is defined and condition else "
-            f"{json.dumps(self.default_condition)}) | trim -%}}",
-            # Several system messages: `join_system`'s rule (trimmed, empty ones dropped, joined
-            # by a blank line); none at all: the template's default system prompt.
-            f"{{%- set sys = namespace(text={default_system}, parts=[]) -%}}",
-            "{%- for message in messages if message['role'] == 'system' -%}"
-            "{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}"
-            "{%- else -%}{%- set text = namespace(s='') -%}"
-            "{%- for part in message['content'] if part['type'] | default('text') == 'text' -%}"
-            "{%- set text.s = text.s ~ part['text'] -%}{%- endfor -%}"
-            "{%- set text = text.s | trim -%}{%- endif -%}"
-            "{%- if text -%}{%- set sys.parts = sys.parts + [text] -%}{%- endif -%}"
-            "{%- if loop.last -%}{%- set sys.text = sys.parts | join(" + json.dumps(SYSTEM_JOIN) + ") -%}"
-            "{%- endif -%}{%- endfor -%}",
-            f"{{{{- {json.dumps(self.bos)} -}}}}",
-            "{%- if sys.text is not none and sys.text | trim -%}",
-            f"{{{{- {lit(self.system_prefix)} ~ {sys_sep} ~ (sys.text | trim) ~ {lit(self.system_end + self.turn_suffix)} -}}}}",
-            "{%- endif -%}",
-            "{%- for message in messages -%}",
-            "{%- if message['role'] == 'user' -%}",
-            f"{{{{- {lit(self.user_prefix)} ~ {sep} ~ (message['content'] | trim) -}}}}",
-            "{%- if message['input'] is defined and message['input'] and message['input'] | trim -%}",
-            f"{{{{- {json.dumps(self.input_prefix)} ~ (message['input'] | trim) -}}}}",
-            "{%- endif -%}",
-            f"{{{{- {lit(self.user_end + self.turn_suffix)} -}}}}",
-            "{%- elif message['role'] == 'assistant' -%}",
-            f"{{{{- {lit(self.assistant_prefix)} ~ {sep} ~ (message['content'] | trim) ~ "
-            f"{lit(self.assistant_end + self.turn_suffix)} -}}}}",
-            "{%- elif message['role'] != 'system' -%}",
-            "{{- raise_exception('unknown role: ' ~ message['role']) -}}",
-            "{%- endif -%}",
-            "{%- endfor -%}",
-            "{%- if add_generation_prompt -%}",
-            f"{{{{- {lit(self.assistant_prefix)} -}}}}",
-            "{%- endif -%}",
-        ])
+        return "".join(
+            [
+                "{%- set condition = (condition if condition is defined and condition else "
+                f"{json.dumps(self.default_condition)}) | trim -%}}",
+                # Several system messages: `join_system`'s rule (trimmed, empty ones dropped, joined
+                # by a blank line); none at all: the template's default system prompt.
+                f"{{%- set sys = namespace(text={default_system}, parts=[]) -%}}",
+                "{%- for message in messages if message['role'] == 'system' -%}"
+                "{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}"
+                "{%- else -%}{%- set text = namespace(s='') -%}"
+                "{%- for part in message['content'] if part['type'] | default('text') == 'text' -%}"
+                "{%- set text.s = text.s ~ part['text'] -%}{%- endfor -%}"
+                "{%- set text = text.s | trim -%}{%- endif -%}"
+                "{%- if text -%}{%- set sys.parts = sys.parts + [text] -%}{%- endif -%}"
+                "{%- if loop.last -%}{%- set sys.text = sys.parts | join(" + json.dumps(SYSTEM_JOIN) + ") -%}"
+                "{%- endif -%}{%- endfor -%}",
+                f"{{{{- {json.dumps(self.bos)} -}}}}",
+                "{%- if sys.text is not none and sys.text | trim -%}",
+                f"{{{{- {lit(self.system_prefix)} ~ {sys_sep} ~ (sys.text | trim) ~ {lit(self.system_end + self.turn_suffix)} -}}}}",
+                "{%- endif -%}",
+                "{%- for message in messages -%}",
+                "{%- if message['role'] == 'user' -%}",
+                f"{{{{- {lit(self.user_prefix)} ~ {sep} ~ (message['content'] | trim) -}}}}",
+                "{%- if message['input'] is defined and message['input'] and message['input'] | trim -%}",
+                f"{{{{- {json.dumps(self.input_prefix)} ~ (message['input'] | trim) -}}}}",
+                "{%- endif -%}",
+                f"{{{{- {lit(self.user_end + self.turn_suffix)} -}}}}",
+                "{%- elif message['role'] == 'assistant' -%}",
+                f"{{{{- {lit(self.assistant_prefix)} ~ {sep} ~ (message['content'] | trim) ~ "
+                f"{lit(self.assistant_end + self.turn_suffix)} -}}}}",
+                "{%- elif message['role'] != 'system' -%}",
+                "{{- raise_exception('unknown role: ' ~ message['role']) -}}",
+                "{%- endif -%}",
+                "{%- endfor -%}",
+                "{%- if add_generation_prompt -%}",
+                f"{{{{- {lit(self.assistant_prefix)} -}}}}",
+                "{%- endif -%}",
+            ]
+        )
 
 
 SPECIAL_RE = re.compile(r"(<\|[^|<>\s]+\|>|</?s>)")
@@ -326,8 +340,11 @@ def _find_specials(text: str) -> list[str]:
 
 def _split(template_text: str, weight: float) -> list[Piece]:
     """Cut a template string (never user content) at the control tokens it contains."""
-    return [Piece(part, weight, special=bool(SPECIAL_RE.fullmatch(part)))
-            for part in SPECIAL_RE.split(template_text) if part]
+    return [
+        Piece(part, weight, special=bool(SPECIAL_RE.fullmatch(part)))
+        for part in SPECIAL_RE.split(template_text)
+        if part
+    ]
 
 
 def _merge(pieces: list[Piece]) -> list[Piece]:
@@ -362,7 +379,9 @@ def check_tokenizer(template: ChatTemplate, tokenizer: Any) -> None:
         raise OpenchatError(
             f"tokenizer lacks the control token(s) {', '.join(missing)} needed by template "
             f"'{template.name}': add them with `openchat model add-tokens MODEL OUT "
-            + " ".join(f"--token '{t}'" for t in missing) + "`")
+            + " ".join(f"--token '{t}'" for t in missing)
+            + "`"
+        )
 
 
 EOT = "<|end_of_turn|>"
@@ -373,51 +392,84 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ChatTemplate(
             name="openchat_v1",
             description="OpenChat v1: <s>Human: …<|end_of_turn|>Assistant: …<|end_of_turn|>",
-            bos="<s>", user_prefix="Human:", assistant_prefix="Assistant:",
-            user_end=EOT, assistant_end=EOT, system_end=EOT,
+            bos="<s>",
+            user_prefix="Human:",
+            assistant_prefix="Assistant:",
+            user_end=EOT,
+            assistant_end=EOT,
+            system_end=EOT,
         ),
         ChatTemplate(
             name="opencoder",
             description="OpenCoder: <s>User: …<|end_of_turn|>Assistant: …<|end_of_turn|>",
-            bos="<s>", user_prefix="User:", assistant_prefix="Assistant:",
-            user_end=EOT, assistant_end=EOT, system_end=EOT,
+            bos="<s>",
+            user_prefix="User:",
+            assistant_prefix="Assistant:",
+            user_end=EOT,
+            assistant_end=EOT,
+            system_end=EOT,
         ),
         ChatTemplate(
             name="openchat_v3.2",
             description="OpenChat v3.2, conditioned: GPT4 User: …<|end_of_turn|>GPT4 Assistant: …",
-            bos="<s>", user_prefix=COND + " User:", assistant_prefix=COND + " Assistant:",
-            user_end=EOT, assistant_end=EOT, system_end=EOT, default_condition="GPT4",
+            bos="<s>",
+            user_prefix=COND + " User:",
+            assistant_prefix=COND + " Assistant:",
+            user_end=EOT,
+            assistant_end=EOT,
+            system_end=EOT,
+            default_condition="GPT4",
         ),
         ChatTemplate(
             name="openchat_3.5",
             description="OpenChat 3.5, conditioned: GPT4 Correct User: …<|end_of_turn|>GPT4 Correct Assistant: …",
-            bos="<s>", user_prefix=COND + " User:", assistant_prefix=COND + " Assistant:",
-            user_end=EOT, assistant_end=EOT, system_end=EOT, default_condition="GPT4 Correct",
+            bos="<s>",
+            user_prefix=COND + " User:",
+            assistant_prefix=COND + " Assistant:",
+            user_end=EOT,
+            assistant_end=EOT,
+            system_end=EOT,
+            default_condition="GPT4 Correct",
         ),
         ChatTemplate(
             name="openchat_3.6",
             description="OpenChat 3.6, Llama-3 headers: <|start_header_id|>GPT4 Correct User<|end_header_id|>…<|eot_id|>",
             bos="<|begin_of_text|>",
-            system_prefix="<|start_header_id|>system<|end_header_id|>", system_end="<|eot_id|>",
+            system_prefix="<|start_header_id|>system<|end_header_id|>",
+            system_end="<|eot_id|>",
             user_prefix="<|start_header_id|>" + COND + " User<|end_header_id|>",
             assistant_prefix="<|start_header_id|>" + COND + " Assistant<|end_header_id|>",
-            user_end="<|eot_id|>", assistant_end="<|eot_id|>", sep="\n\n",
+            user_end="<|eot_id|>",
+            assistant_end="<|eot_id|>",
+            sep="\n\n",
             default_condition="GPT4 Correct",
         ),
         ChatTemplate(
             name="alpaca",
             description="Alpaca / OpenAlpaca: ### Instruction: / ### Input: / ### Response:",
-            bos="<s>", user_prefix="\n\n### Instruction:", assistant_prefix="\n\n### Response:",
-            user_end="", assistant_end="</s>", sep="\n", input_prefix="\n\n### Input:\n",
-            default_system=("Below is an instruction that describes a task. "
-                            "Write a response that appropriately completes the request."),
+            bos="<s>",
+            user_prefix="\n\n### Instruction:",
+            assistant_prefix="\n\n### Response:",
+            user_end="",
+            assistant_end="</s>",
+            sep="\n",
+            input_prefix="\n\n### Input:\n",
+            default_system=(
+                "Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request."
+            ),
         ),
         ChatTemplate(
             name="chatml",
             description="ChatML: <|im_start|>user\\n…<|im_end|>",
-            system_prefix="<|im_start|>system", system_end="<|im_end|>",
-            user_prefix="<|im_start|>user", assistant_prefix="<|im_start|>assistant",
-            user_end="<|im_end|>", assistant_end="<|im_end|>", sep="\n", turn_suffix="\n",
+            system_prefix="<|im_start|>system",
+            system_end="<|im_end|>",
+            user_prefix="<|im_start|>user",
+            assistant_prefix="<|im_start|>assistant",
+            user_end="<|im_end|>",
+            assistant_end="<|im_end|>",
+            sep="\n",
+            turn_suffix="\n",
         ),
     ]
 }
@@ -428,8 +480,7 @@ def get_template(name: str) -> ChatTemplate:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise OpenchatError(
-            f"unknown template '{name}': choose one of {', '.join(TEMPLATES)}") from None
+        raise OpenchatError(f"unknown template '{name}': choose one of {', '.join(TEMPLATES)}") from None
 
 
 def all_special_tokens() -> list[str]:

@@ -48,41 +48,59 @@ PAIRS_KIND = "pairs"
 SFT_KIND = "sft"
 
 COLUMNS = ("input_ids", "weights", "length", "conversation_id", "part", "condition")
-PAIR_COLUMNS = ("chosen_ids", "chosen_weights", "rejected_ids", "rejected_weights", "prompt_length", "length",
-                "pair_id", "condition")
+PAIR_COLUMNS = (
+    "chosen_ids",
+    "chosen_weights",
+    "rejected_ids",
+    "rejected_weights",
+    "prompt_length",
+    "length",
+    "pair_id",
+    "condition",
+)
 
 
 def schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("input_ids", pa.list_(pa.int32())),
-        ("weights", pa.list_(pa.float32())),
-        ("length", pa.int32()),
-        ("conversation_id", pa.string()),
-        ("part", pa.int32()),
-        ("condition", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32())),
+            ("weights", pa.list_(pa.float32())),
+            ("length", pa.int32()),
+            ("conversation_id", pa.string()),
+            ("part", pa.int32()),
+            ("condition", pa.string()),
+        ]
+    )
 
 
 def pairs_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("chosen_ids", pa.list_(pa.int32())),
-        ("chosen_weights", pa.list_(pa.float32())),
-        ("rejected_ids", pa.list_(pa.int32())),
-        ("rejected_weights", pa.list_(pa.float32())),
-        ("prompt_length", pa.int32()),
-        ("length", pa.int32()),
-        ("pair_id", pa.string()),
-        ("condition", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("chosen_ids", pa.list_(pa.int32())),
+            ("chosen_weights", pa.list_(pa.float32())),
+            ("rejected_ids", pa.list_(pa.int32())),
+            ("rejected_weights", pa.list_(pa.float32())),
+            ("prompt_length", pa.int32()),
+            ("length", pa.int32()),
+            ("pair_id", pa.string()),
+            ("condition", pa.string()),
+        ]
+    )
 
 
-def make_metadata(*, template: str, tokenizer_hash: str, max_len: int,
-                  source: dict[str, Any] | None = None, stats: dict[str, Any] | None = None,
-                  kind: str | None = None) -> dict[bytes, bytes]:
+def make_metadata(
+    *,
+    template: str,
+    tokenizer_hash: str,
+    max_len: int,
+    source: dict[str, Any] | None = None,
+    stats: dict[str, Any] | None = None,
+    kind: str | None = None,
+) -> dict[bytes, bytes]:
     """File metadata; `kind` "pairs" for preference pairs (SFT files carry no kind)."""
     meta = {
         META_TEMPLATE: template,

@@ -49,7 +49,14 @@ LIST_NAMES = {
     "chats": "chats",
 }
 JSON_COLUMNS = {
-    "counts", "meta", "metrics", "config", "loss_curve", "turns", "reference", "settings",
+    "counts",
+    "meta",
+    "metrics",
+    "config",
+    "loss_curve",
+    "turns",
+    "reference",
+    "settings",
     "request",
 }
 ID_RE = re.compile(r"^(ds|ck|run|ev|chat)-[0-9a-f]{2,}$")
@@ -91,7 +98,7 @@ def decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
     out = dict(row)
     for key in JSON_COLUMNS & out.keys():
         value = out[key]
-        if isinstance(value, str) and value and (value[0] in "[{\"" or value in ("null", "true", "false")):
+        if isinstance(value, str) and value and (value[0] in '[{"' or value in ("null", "true", "false")):
             try:
                 out[key] = json.loads(value)
             except (TypeError, ValueError):
@@ -137,23 +144,23 @@ class Catalog(CatalogReads):
         if self.path.is_dir():
             raise faults.damaged(self.path, "it is a folder, not a database file")
         if self.path.is_symlink() and not self.path.exists():
-            raise faults.unreachable(self.path, f"a link to {os.readlink(self.path)}, which cannot be "
-                                                "reached")
+            raise faults.unreachable(self.path, f"a link to {os.readlink(self.path)}, which cannot be reached")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise faults.unreachable(self.path, f"cannot create {self.path.parent}: "
-                                                f"{exc.strerror or exc}") from exc
+            raise faults.unreachable(self.path, f"cannot create {self.path.parent}: {exc.strerror or exc}") from exc
         with self._translated():
-            return sqlite3.connect(str(self.path), timeout=self.busy_timeout_s,
-                                   check_same_thread=False)
+            return sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, check_same_thread=False)
 
     def _check(self) -> None:
         """Refuse a damaged file (or another program's database) at open, before any command
         works on it. Every catalog has had `_migrations` since its first table was made."""
-        tables = [row[0] for row in self.db.conn.execute(
-            "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' "
-            "order by name")]
+        tables = [
+            row[0]
+            for row in self.db.conn.execute(
+                "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' order by name"
+            )
+        ]
         if tables and "_migrations" not in tables:
             raise faults.foreign(self.path, tables)
         try:
@@ -164,8 +171,9 @@ class Catalog(CatalogReads):
             return
         problems = "\n".join(row[0] for row in self.db.conn.execute("PRAGMA quick_check(3)").fetchall())
         if problems != "ok":
-            first, *rest = [line for line in problems.splitlines() if line.strip("* ")
-                            and not line.startswith("*** in database")] or ["quick_check failed"]
+            first, *rest = [
+                line for line in problems.splitlines() if line.strip("* ") and not line.startswith("*** in database")
+            ] or ["quick_check failed"]
             raise faults.damaged(self.path, f"{first}{' …' if rest else ''}")
 
     def _wal(self, conn: sqlite3.Connection) -> None:
@@ -303,19 +311,23 @@ class Catalog(CatalogReads):
 
     def one(self, sql: str, params: Iterable[Any] | dict | None = None) -> dict[str, Any] | None:
         """The first row `sql` selects (decoded), or None."""
+
         def first() -> dict[str, Any] | None:
             cursor = self.db.conn.execute(sql, params or [])
             row = cursor.fetchone()
             if row is None:
                 return None
             return decode(dict(zip([c[0] for c in cursor.description], row)))
+
         return self._read(first)
 
     def scalar(self, sql: str, params: Iterable[Any] | dict | None = None) -> Any:
         """The first column of the first row `sql` selects, or None when it selects nothing."""
+
         def first() -> Any:
             row = self.db.conn.execute(sql, params or []).fetchone()
             return None if row is None else row[0]
+
         return self._read(first)
 
     def exists(self, sql: str, params: Iterable[Any] | dict | None = None) -> bool:
@@ -331,71 +343,148 @@ class Catalog(CatalogReads):
         """Names of the schema migrations this file has had, oldest first."""
         return self._read(lambda: applied(self.db))
 
-    def rows(self, table: str, where: str | None = None, params: Iterable[Any] | None = None,
-             order_by: str | None = None) -> Iterator[dict[str, Any]]:
+    def rows(
+        self, table: str, where: str | None = None, params: Iterable[Any] | None = None, order_by: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         found = self._read(lambda: list(self.db[table].rows_where(where, params or [], order_by=order_by)))
         return (decode(r) for r in found)
 
     # -- typed records ----------------------------------------------------------------------
-    def add_dataset(self, *, name: str, path: Path | str, format: str, parent_id: str | None = None,
-                    content_hash: str | None = None, num_records: int | None = None,
-                    counts: dict | None = None, meta: dict | None = None,
-                    command: str | None = None, parents: Iterable[str] = ()) -> str:
-        row = self.insert("datasets", {
-            "name": name, "path": str(Path(path).resolve()), "format": format,
-            "content_hash": content_hash, "num_records": num_records, "counts": counts,
-            "parent_id": parent_id, "command": command or current_command(), "meta": meta,
-        })
+    def add_dataset(
+        self,
+        *,
+        name: str,
+        path: Path | str,
+        format: str,
+        parent_id: str | None = None,
+        content_hash: str | None = None,
+        num_records: int | None = None,
+        counts: dict | None = None,
+        meta: dict | None = None,
+        command: str | None = None,
+        parents: Iterable[str] = (),
+    ) -> str:
+        row = self.insert(
+            "datasets",
+            {
+                "name": name,
+                "path": str(Path(path).resolve()),
+                "format": format,
+                "content_hash": content_hash,
+                "num_records": num_records,
+                "counts": counts,
+                "parent_id": parent_id,
+                "command": command or current_command(),
+                "meta": meta,
+            },
+        )
         for parent in [parent_id, *parents]:
             self.link(row["id"], parent, "derived-from")
         return row["id"]
 
-    def add_checkpoint(self, *, path: Path | str, kind: str, name: str | None = None,
-                       base_model: str | None = None, template: str | None = None,
-                       run_id: str | None = None, dataset_id: str | None = None,
-                       step: int | None = None, metrics: dict | None = None,
-                       command: str | None = None, parent_id: str | None = None) -> str:
+    def add_checkpoint(
+        self,
+        *,
+        path: Path | str,
+        kind: str,
+        name: str | None = None,
+        base_model: str | None = None,
+        template: str | None = None,
+        run_id: str | None = None,
+        dataset_id: str | None = None,
+        step: int | None = None,
+        metrics: dict | None = None,
+        command: str | None = None,
+        parent_id: str | None = None,
+    ) -> str:
         path = Path(path).resolve()
-        row = self.insert("checkpoints", {
-            "name": name or path.name, "path": str(path), "kind": kind,
-            "base_model": base_model, "template": template, "run_id": run_id,
-            "dataset_id": dataset_id, "step": step, "metrics": metrics,
-            "command": command or current_command(),
-        })
+        row = self.insert(
+            "checkpoints",
+            {
+                "name": name or path.name,
+                "path": str(path),
+                "kind": kind,
+                "base_model": base_model,
+                "template": template,
+                "run_id": run_id,
+                "dataset_id": dataset_id,
+                "step": step,
+                "metrics": metrics,
+                "command": command or current_command(),
+            },
+        )
         self.link(row["id"], run_id, "trained-by")
         self.link(row["id"], dataset_id, "trained-on")
         self.link(row["id"], parent_id, "derived-from")
         return row["id"]
 
-    def add_run(self, *, config: dict, dataset_id: str | None, base_checkpoint_id: str | None,
-                output_path: Path | str, kind: str = "train", command: str | None = None) -> str:
-        row = self.insert("runs", {
-            "kind": kind, "status": "running", "config": config, "dataset_id": dataset_id,
-            "base_checkpoint_id": base_checkpoint_id, "output_path": str(output_path),
-            "loss_curve": [], "metrics": {}, "command": command or current_command(),
-        })
+    def add_run(
+        self,
+        *,
+        config: dict,
+        dataset_id: str | None,
+        base_checkpoint_id: str | None,
+        output_path: Path | str,
+        kind: str = "train",
+        command: str | None = None,
+    ) -> str:
+        row = self.insert(
+            "runs",
+            {
+                "kind": kind,
+                "status": "running",
+                "config": config,
+                "dataset_id": dataset_id,
+                "base_checkpoint_id": base_checkpoint_id,
+                "output_path": str(output_path),
+                "loss_curve": [],
+                "metrics": {},
+                "command": command or current_command(),
+            },
+        )
         self.link(row["id"], dataset_id, "trained-on")
         self.link(row["id"], base_checkpoint_id, "starts-from")
         return row["id"]
 
-    def add_eval(self, *, kind: str, name: str | None = None, questions_path: str | None = None,
-                 questions_hash: str | None = None, endpoint: str | None = None,
-                 model: str | None = None, checkpoint_id: str | None = None,
-                 parent_id: str | None = None, baseline_id: str | None = None,
-                 config: dict | None = None, command: str | None = None) -> str:
-        row = self.insert("evals", {
-            "kind": kind, "name": name, "status": "running", "questions_path": questions_path,
-            "questions_hash": questions_hash, "endpoint": endpoint, "model": model,
-            "checkpoint_id": checkpoint_id, "parent_id": parent_id, "baseline_id": baseline_id,
-            "config": config or {}, "metrics": {}, "command": command or current_command(),
-        })
+    def add_eval(
+        self,
+        *,
+        kind: str,
+        name: str | None = None,
+        questions_path: str | None = None,
+        questions_hash: str | None = None,
+        endpoint: str | None = None,
+        model: str | None = None,
+        checkpoint_id: str | None = None,
+        parent_id: str | None = None,
+        baseline_id: str | None = None,
+        config: dict | None = None,
+        command: str | None = None,
+    ) -> str:
+        row = self.insert(
+            "evals",
+            {
+                "kind": kind,
+                "name": name,
+                "status": "running",
+                "questions_path": questions_path,
+                "questions_hash": questions_hash,
+                "endpoint": endpoint,
+                "model": model,
+                "checkpoint_id": checkpoint_id,
+                "parent_id": parent_id,
+                "baseline_id": baseline_id,
+                "config": config or {},
+                "metrics": {},
+                "command": command or current_command(),
+            },
+        )
         self.link(row["id"], checkpoint_id, "evaluates")
         self.link(row["id"], parent_id, "judges")
         self.link(row["id"], baseline_id, "baseline")
         return row["id"]
 
-    def find_or_add_eval(self, find: Callable[[], dict[str, Any] | None],
-                         **fields: Any) -> tuple[dict[str, Any], bool]:
+    def find_or_add_eval(self, find: Callable[[], dict[str, Any] | None], **fields: Any) -> tuple[dict[str, Any], bool]:
         """The eval run `find()` returns, or a new one made from `fields` (see `add_eval`), in
         one write transaction: of two identical commands started together, the second joins
         the run the first made. Returns (row, created)."""
@@ -405,15 +494,30 @@ class Catalog(CatalogReads):
                 return found, False
             return self.get(self.add_eval(**fields)), True
 
-    def add_chat(self, *, title: str, endpoint: str | None, model: str | None,
-                 system: str | None = None, condition: str | None = None,
-                 settings: dict | None = None) -> str:
+    def add_chat(
+        self,
+        *,
+        title: str,
+        endpoint: str | None,
+        model: str | None,
+        system: str | None = None,
+        condition: str | None = None,
+        settings: dict | None = None,
+    ) -> str:
         stamp = now()
-        row = self.insert("chats", {
-            "title": title, "endpoint": endpoint, "model": model, "system": system,
-            "condition": condition, "settings": settings or {}, "created_at": stamp,
-            "updated_at": stamp,
-        })
+        row = self.insert(
+            "chats",
+            {
+                "title": title,
+                "endpoint": endpoint,
+                "model": model,
+                "system": system,
+                "condition": condition,
+                "settings": settings or {},
+                "created_at": stamp,
+                "updated_at": stamp,
+            },
+        )
         return row["id"]
 
     def add_chat_message(self, chat_id: str, role: str, content: str, meta: dict | None = None) -> int:
@@ -421,12 +525,21 @@ class Catalog(CatalogReads):
             (last,) = self.db.execute(
                 "select coalesce(max(idx), -1) from chat_messages where chat_id = ?", [chat_id]
             ).fetchone()
-            self.db["chat_messages"].insert(_encode({
-                "chat_id": chat_id, "idx": last + 1, "role": role, "content": content,
-                "meta": meta, "created_at": now(),
-            }))
+            self.db["chat_messages"].insert(
+                _encode(
+                    {
+                        "chat_id": chat_id,
+                        "idx": last + 1,
+                        "role": role,
+                        "content": content,
+                        "meta": meta,
+                        "created_at": now(),
+                    }
+                )
+            )
             self.db["chats"].update(chat_id, {"updated_at": now()})
             return last + 1
+
         return self._write(write)
 
     def chat_messages(self, chat_id: str) -> list[dict[str, Any]]:
@@ -440,8 +553,7 @@ class Catalog(CatalogReads):
         table = KINDS.get(prefix)
         if table is None or "-" not in ref:
             raise CatalogError(f"'{ref}' is not a catalog id (expected ds-…, ck-…, run-…, ev-… or chat-…)")
-        found = [r["id"] for r in self.query(
-            f"select id from [{table}] where id like ? order by id", [ref + "%"])]
+        found = [r["id"] for r in self.query(f"select id from [{table}] where id like ? order by id", [ref + "%"])]
         if not found:
             raise CatalogError(f"no {table[:-1]} with id '{ref}' in catalog {self.path}")
         if ref in found:
@@ -502,13 +614,24 @@ class Catalog(CatalogReads):
                     if nxt in seen:
                         continue
                     seen.add(nxt)
-                    out.append({"id": nxt, "relation": edge["relation"], "via": node, "depth": depth,
-                                "summary": self.summary(nxt)})
+                    out.append(
+                        {
+                            "id": nxt,
+                            "relation": edge["relation"],
+                            "via": node,
+                            "depth": depth,
+                            "summary": self.summary(nxt),
+                        }
+                    )
                     frontier.append((nxt, depth + 1))
             return out
 
-        return {"id": root, "summary": self.summary(root), "ancestors": walk(root, True),
-                "descendants": walk(root, False)}
+        return {
+            "id": root,
+            "summary": self.summary(root),
+            "ancestors": walk(root, True),
+            "descendants": walk(root, False),
+        }
 
     def summary(self, ref: str) -> str:
         """One line saying what a row is, for tables and lineage trees."""
@@ -524,7 +647,9 @@ class Catalog(CatalogReads):
         if table == "runs":
             return f"{row['kind']} run, {row['status']}"
         if table == "evals":
-            return f"{row['kind']} eval {row['name'] or ''} of {row['model'] or '?'}, {row['status']}".replace("  ", " ")
+            return f"{row['kind']} eval {row['name'] or ''} of {row['model'] or '?'}, {row['status']}".replace(
+                "  ", " "
+            )
         if table == "chats":
             return f"chat '{row['title']}' with {row['model'] or '?'}"
         return table

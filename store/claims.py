@@ -53,29 +53,34 @@ class UnitClaims:
         with self.cat.immediate():
             claim = self.cat.one(
                 "select holder, pid, host, expires_at from unit_claims where eval_id = ? and unit = ?",
-                [self.eval_id, unit])
+                [self.eval_id, unit],
+            )
             if claim is not None and claim["holder"] != self.holder and not self.lapsed(claim):
                 return False
             self.cat.write(
                 "insert or replace into unit_claims (eval_id, unit, holder, pid, host, expires_at) "
                 "values (?, ?, ?, ?, ?, ?)",
-                [self.eval_id, unit, self.holder, self.pid, self.host, time.time() + self.lease_s])
+                [self.eval_id, unit, self.holder, self.pid, self.host, time.time() + self.lease_s],
+            )
         return True
 
     def release(self, unit: str) -> None:
-        self.cat.write("delete from unit_claims where eval_id = ? and unit = ? and holder = ?",
-                       [self.eval_id, unit, self.holder])
+        self.cat.write(
+            "delete from unit_claims where eval_id = ? and unit = ? and holder = ?", [self.eval_id, unit, self.holder]
+        )
 
     def renew(self) -> None:
         """Push back the expiry of every claim this process holds (call well within the lease)."""
-        self.cat.write("update unit_claims set expires_at = ? where holder = ?",
-                       [time.time() + self.lease_s, self.holder])
+        self.cat.write(
+            "update unit_claims set expires_at = ? where holder = ?", [time.time() + self.lease_s, self.holder]
+        )
 
     def release_all(self) -> None:
         self.cat.write("delete from unit_claims where holder = ?", [self.holder])
 
     def held_elsewhere(self) -> set[str]:
         """Units of the run another live process is working on now."""
-        rows = self.cat.query("select unit, holder, pid, host, expires_at from unit_claims where eval_id = ?",
-                              [self.eval_id])
+        rows = self.cat.query(
+            "select unit, holder, pid, host, expires_at from unit_claims where eval_id = ?", [self.eval_id]
+        )
         return {r["unit"] for r in rows if r["holder"] != self.holder and not self.lapsed(r)}

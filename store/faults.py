@@ -20,8 +20,15 @@ DEFAULT_BUSY_TIMEOUT_S = 30.0
 
 # SQLite primary result codes (sqlite3.h) that mean the file itself is unusable.
 _DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_FORMAT"}
-_UNREACHABLE = {"SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_FULL",
-                "SQLITE_AUTH", "SQLITE_NOLFS"}
+_UNREACHABLE = {
+    "SQLITE_CANTOPEN",
+    "SQLITE_PERM",
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_AUTH",
+    "SQLITE_NOLFS",
+}
 _LOCKED = {"SQLITE_BUSY", "SQLITE_LOCKED"}
 
 
@@ -70,8 +77,10 @@ def is_lock_error(exc: BaseException) -> bool:
 
 def _move_aside(path: Path) -> str:
     aside = path.parent / "damaged"
-    return (f"move it aside with its -wal/-shm files (`mkdir {aside} && mv {path}* {aside}/`); the "
-            f"next command starts an empty catalog (`openchat catalog path` prints where it is)")
+    return (
+        f"move it aside with its -wal/-shm files (`mkdir {aside} && mv {path}* {aside}/`); the "
+        f"next command starts an empty catalog (`openchat catalog path` prints where it is)"
+    )
 
 
 def damaged(path: Path, why: str) -> CatalogDamaged:
@@ -80,21 +89,25 @@ def damaged(path: Path, why: str) -> CatalogDamaged:
 
 def foreign(path: Path, tables: list[str]) -> CatalogDamaged:
     shown = ", ".join(tables[:4]) + (", …" if len(tables) > 4 else "")
-    return CatalogDamaged(f"catalog {path} is another program's SQLite database (tables {shown}), "
-                          f"not an openchat catalog: {_move_aside(path)}")
+    return CatalogDamaged(
+        f"catalog {path} is another program's SQLite database (tables {shown}), "
+        f"not an openchat catalog: {_move_aside(path)}"
+    )
 
 
 def locked(path: Path, timeout_s: float) -> CatalogLocked:
     return CatalogLocked(
         f"catalog {path} is locked by another process (held longer than {timeout_s:g}s): let it "
         f"finish or stop it (`fuser {path}` names it) and run the command again; "
-        f"{BUSY_TIMEOUT_ENV} sets the wait in seconds")
+        f"{BUSY_TIMEOUT_ENV} sets the wait in seconds"
+    )
 
 
 def unreachable(path: Path, why: str) -> CatalogUnreachable:
     return CatalogUnreachable(
         f"cannot use catalog {path} ({why}): check that its folder exists, is writable and its "
-        f"disk has room, or pick another home with --home or OPENCHAT_HOME")
+        f"disk has room, or pick another home with --home or OPENCHAT_HOME"
+    )
 
 
 def explain(path: Path, exc: BaseException, timeout_s: float) -> CatalogError | None:

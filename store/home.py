@@ -29,8 +29,9 @@ def make_folder(path: Path, what: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         why = "a file is in its place" if path.is_file() else exc.strerror or str(exc)
-        raise CatalogError(f"cannot create the {what} {path} ({why}): pick a "
-                           f"writable folder with --home or {ENV_VAR}") from None
+        raise CatalogError(
+            f"cannot create the {what} {path} ({why}): pick a writable folder with --home or {ENV_VAR}"
+        ) from None
 
 
 def catalog_path() -> Path:

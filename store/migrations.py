@@ -262,11 +262,13 @@ def m004_one_verdict_per_unit(db: Database) -> None:
     db.execute("alter table judgments rename column answer_id to answer_run_id")
     db.execute("alter table judgments rename column other_id to baseline_run_id")
     db.execute(
-        'delete from judgments where id not in (select min(id) from judgments group by eval_id, '
-        'question_id, turn, coalesce("order", \'\'), coalesce(judge_model, \'\'))')
+        "delete from judgments where id not in (select min(id) from judgments group by eval_id, "
+        "question_id, turn, coalesce(\"order\", ''), coalesce(judge_model, ''))"
+    )
     db.execute(
-        'create unique index judgments_one_per_unit on judgments (eval_id, question_id, turn, '
-        'coalesce("order", \'\'), coalesce(judge_model, \'\'))')
+        "create unique index judgments_one_per_unit on judgments (eval_id, question_id, turn, "
+        "coalesce(\"order\", ''), coalesce(judge_model, ''))"
+    )
 
 
 @migration

@@ -61,8 +61,14 @@ class CatalogReads:
     def exists(self, sql: str, params: Iterable[Any] | dict | None = None) -> bool: ...
 
     # -- eval runs ---------------------------------------------------------------------------
-    def evals(self, kinds: str | Sequence[str], *, newest_first: bool = True,
-              involving: str | None = None, **match: str | None) -> list[dict[str, Any]]:
+    def evals(
+        self,
+        kinds: str | Sequence[str],
+        *,
+        newest_first: bool = True,
+        involving: str | None = None,
+        **match: str | None,
+    ) -> list[dict[str, Any]]:
         """Eval runs of `kinds`, newest first (or oldest first), whose columns equal `match`
         (None matches a column left empty); `involving` keeps those judging or grading that
         run, as the judged run (parent_id) or as the baseline."""
@@ -82,8 +88,9 @@ class CatalogReads:
             where.append("(parent_id = ? or baseline_id = ?)")
             params += [involving, involving]
         order = "desc" if newest_first else "asc"
-        return self.query(f"select * from evals where {' and '.join(where)} "
-                          f"order by created_at {order}, rowid {order}", params)
+        return self.query(
+            f"select * from evals where {' and '.join(where)} order by created_at {order}, rowid {order}", params
+        )
 
     def latest_eval(self, kinds: str | Sequence[str], **match: str | None) -> dict[str, Any] | None:
         """The newest eval run `evals(kinds, **match)` finds, or None."""
@@ -96,13 +103,14 @@ class CatalogReads:
         return self.query("select * from questions where eval_id = ? order by rowid", [eval_id])
 
     def question(self, eval_id: str, question_id: str) -> dict[str, Any] | None:
-        return self.one("select * from questions where eval_id = ? and question_id = ?",
-                        [eval_id, question_id])
+        return self.one("select * from questions where eval_id = ? and question_id = ?", [eval_id, question_id])
 
     def question_categories(self, eval_id: str) -> dict[str, str | None]:
         """question_id -> category (None when the question has none) for one run."""
-        return {r["question_id"]: r["category"] for r in self.query(
-            "select question_id, category from questions where eval_id = ?", [eval_id])}
+        return {
+            r["question_id"]: r["category"]
+            for r in self.query("select question_id, category from questions where eval_id = ?", [eval_id])
+        }
 
     # -- answers -----------------------------------------------------------------------------
     def answers(self, eval_id: str) -> list[dict[str, Any]]:
@@ -110,17 +118,14 @@ class CatalogReads:
         return self.query("select * from answers where eval_id = ?", [eval_id])
 
     def answer(self, eval_id: str, question_id: str) -> dict[str, Any] | None:
-        return self.one("select * from answers where eval_id = ? and question_id = ?",
-                        [eval_id, question_id])
+        return self.one("select * from answers where eval_id = ? and question_id = ?", [eval_id, question_id])
 
     def answered_ids(self, eval_id: str) -> set[str]:
         """The questions a run holds an answer for (what a resumed run skips)."""
-        return {r["question_id"] for r in self.query(
-            "select question_id from answers where eval_id = ?", [eval_id])}
+        return {r["question_id"] for r in self.query("select question_id from answers where eval_id = ?", [eval_id])}
 
     def has_answer(self, eval_id: str, question_id: str) -> bool:
-        return self.exists("select 1 from answers where eval_id = ? and question_id = ?",
-                           [eval_id, question_id])
+        return self.exists("select 1 from answers where eval_id = ? and question_id = ?", [eval_id, question_id])
 
     def answer_totals(self, eval_id: str) -> AnswerTotals:
         row = self.one(
@@ -128,14 +133,18 @@ class CatalogReads:
             "coalesce(sum(completion_tokens), 0) as completion_tokens, "
             "avg(latency_s) as mean_latency_s, "
             "coalesce(sum(coalesce(json_extract(meta, '$.truncated'), 0)), 0) as truncated "
-            "from answers where eval_id = ?", [eval_id])
+            "from answers where eval_id = ?",
+            [eval_id],
+        )
         return AnswerTotals(**row)
 
     def answers_with_category(self, eval_id: str) -> list[dict[str, Any]]:
         """(meta, category) of every answer of a run, category from its question."""
         return self.query(
             "select a.meta, q.category from answers a left join questions q on "
-            "q.eval_id = a.eval_id and q.question_id = a.question_id where a.eval_id = ?", [eval_id])
+            "q.eval_id = a.eval_id and q.question_id = a.question_id where a.eval_id = ?",
+            [eval_id],
+        )
 
     # -- judge verdicts ----------------------------------------------------------------------
     def judgments(self, eval_id: str, *, by_unit: bool = False) -> list[dict[str, Any]]:
@@ -145,24 +154,28 @@ class CatalogReads:
 
     def judged_units(self, eval_id: str) -> set[UnitKey]:
         """The units a judge run holds a verdict for."""
-        return {(r["question_id"], r["turn"], r["order"]) for r in self.query(
-            'select question_id, turn, "order" from judgments where eval_id = ?', [eval_id])}
+        return {
+            (r["question_id"], r["turn"], r["order"])
+            for r in self.query('select question_id, turn, "order" from judgments where eval_id = ?', [eval_id])
+        }
 
     def has_judgment(self, eval_id: str, key: UnitKey) -> bool:
         question_id, turn, order = key
         return self.exists(
-            'select 1 from judgments where eval_id = ? and question_id = ? and turn = ? '
-            'and coalesce("order", \'\') = ?', [eval_id, question_id, turn, order or ""])
+            "select 1 from judgments where eval_id = ? and question_id = ? and turn = ? "
+            "and coalesce(\"order\", '') = ?",
+            [eval_id, question_id, turn, order or ""],
+        )
 
     def verdict_tallies(self) -> list[dict[str, Any]]:
         """Verdicts counted per (eval_id, mode, verdict) over every run: rows with `n`."""
-        return self.query("select eval_id, mode, verdict, count(*) as n from judgments "
-                          "group by eval_id, mode, verdict")
+        return self.query("select eval_id, mode, verdict, count(*) as n from judgments group by eval_id, mode, verdict")
 
     def judged_question_stats(self) -> list[dict[str, Any]]:
         """Per judge run: questions judged (`q`) and the mean score (`mean`)."""
-        return self.query("select eval_id, count(distinct question_id) as q, avg(score) as mean "
-                          "from judgments group by eval_id")
+        return self.query(
+            "select eval_id, count(distinct question_id) as q, avg(score) as mean from judgments group by eval_id"
+        )
 
     # -- training runs -----------------------------------------------------------------------
     def run_curve(self, run_id: str) -> RunCurve | None:
@@ -170,14 +183,21 @@ class CatalogReads:
         row = self.one("select id, status, output_path, loss_curve, metrics from runs where id = ?", [run_id])
         if row is None:
             return None
-        points = [p for p in (row["loss_curve"] if isinstance(row["loss_curve"], list) else [])
-                  if isinstance(p, dict) and "step" in p]
+        points = [
+            p
+            for p in (row["loss_curve"] if isinstance(row["loss_curve"], list) else [])
+            if isinstance(p, dict) and "step" in p
+        ]
         metrics = row["metrics"] if isinstance(row["metrics"], dict) else {}
-        return RunCurve(row["id"], row["status"], row["output_path"], points,
-                        eval_points(metrics, points[-1]["step"] if points else None))
+        return RunCurve(
+            row["id"],
+            row["status"],
+            row["output_path"],
+            points,
+            eval_points(metrics, points[-1]["step"] if points else None),
+        )
 
     # -- chats -------------------------------------------------------------------------------
     def recent_chats(self) -> list[dict[str, Any]]:
         """Saved chats, most recently updated first (id, title, model, updated_at)."""
-        return self.query("select id, title, model, updated_at from chats "
-                          "order by updated_at desc, rowid desc")
+        return self.query("select id, title, model, updated_at from chats order by updated_at desc, rowid desc")

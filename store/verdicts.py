@@ -105,6 +105,9 @@ def count(pairs: Iterable[Pair]) -> PairCounts:
 
 def load_pairs(cat: Catalog, eval_id: str) -> list[Pair]:
     """The pairs of one pairwise judge run, as stored."""
-    return pairs_from(cat.query(
-        'select question_id, turn, "order", verdict, parse_ok from judgments where eval_id = ? order by id',
-        [eval_id]))
+    return pairs_from(
+        cat.query(
+            'select question_id, turn, "order", verdict, parse_ok from judgments where eval_id = ? order by id',
+            [eval_id],
+        )
+    )

@@ -38,8 +38,9 @@ def browser_page(width: int = 1280, height: int = 800) -> Iterator[tuple[object,
         pytest.skip("playwright is not installed (pip install -e .[dev])")
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = pw.chromium.launch(
+            executable_path=path, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

@@ -92,15 +92,15 @@ def cli():
 
     def run(*args: str, input: str | None = None, expect: int | None = 0) -> CliResult:
         runner = CliRunner()
-        result = CliResult(runner.invoke(command, [str(a) for a in args], input=input,
-                                         catch_exceptions=True))
+        result = CliResult(runner.invoke(command, [str(a) for a in args], input=input, catch_exceptions=True))
         if expect is not None and result.exit_code != expect:
             import traceback
 
             tb = "".join(traceback.format_exception(result.exception)) if result.exception else ""
             raise AssertionError(
                 f"openchat {' '.join(map(str, args))} exited {result.exit_code}, expected {expect}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{tb}")
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{tb}"
+            )
         return result
 
     return run
@@ -120,8 +120,9 @@ class ServedModel:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_server(model_dir: Path, workdir: Path, *extra_args: str, timeout: float = 180.0,
-                 python: str | None = None) -> ServedModel:
+def start_server(
+    model_dir: Path, workdir: Path, *extra_args: str, timeout: float = 180.0, python: str | None = None
+) -> ServedModel:
     """Start the real `openchat serve MODEL --port 0 …` on 127.0.0.1 and wait for /health
     (`python`: another venv's interpreter, e.g. the vLLM one)."""
     import re
@@ -139,9 +140,23 @@ def start_server(model_dir: Path, workdir: Path, *extra_args: str, timeout: floa
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [python or sys.executable, "-m", "openchat_cli.app", "serve", str(model_dir), "--port", "0",
-             "--log-level", "warning", *extra_args],
-            cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                python or sys.executable,
+                "-m",
+                "openchat_cli.app",
+                "serve",
+                str(model_dir),
+                "--port",
+                "0",
+                "--log-level",
+                "warning",
+                *extra_args,
+            ],
+            cwd=str(root),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + timeout
     url = None
     while time.monotonic() < deadline:
@@ -183,8 +198,7 @@ def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     Requests without max_tokens are capped at 256 tokens (the tiny model rarely stops on its
     own); outputs are gibberish: check shapes, not meaning.
     """
-    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("tiny-server"),
-                          "--default-max-tokens", "256")
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("tiny-server"), "--default-max-tokens", "256")
     try:
         yield server
     finally:

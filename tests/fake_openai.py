@@ -24,26 +24,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def openai_error(status: int, message: str, code: str | int | None, param: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> web.Response:
+def openai_error(
+    status: int,
+    message: str,
+    code: str | int | None,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     """An error in OpenAI's shape: {"error": {message, type, param, code}}."""
-    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                             status=status, headers=headers)
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status=status, headers=headers
+    )
 
 
-def chat_completion(model: str, text: str, usage: dict[str, int], finish_reason: str = "stop",
-                    completion_id: str = "chatcmpl-scripted") -> web.Response:
+def chat_completion(
+    model: str, text: str, usage: dict[str, int], finish_reason: str = "stop", completion_id: str = "chatcmpl-scripted"
+) -> web.Response:
     """A non-streamed chat completion with one choice."""
-    return web.json_response({
-        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish_reason}],
-        "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}})
+    return web.json_response(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            ],
+            "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
+        }
+    )
 
 
 def model_list(*cards: dict[str, Any]) -> web.Response:
-    return web.json_response({"object": "list", "data": [
-        {"object": "model", "created": 0, "owned_by": "tests", **card} for card in cards]})
+    return web.json_response(
+        {"object": "list", "data": [{"object": "model", "created": 0, "owned_by": "tests", **card} for card in cards]}
+    )
 
 
 class LoopbackServer:

@@ -42,11 +42,18 @@ class OpenChatApp(App):
         Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
     ]
 
-    def __init__(self, *, endpoint: str = DEFAULT_ENDPOINT, model: str | None = None,
-                 api_key: str | None = None, settings: ChatSettings | None = None,
-                 chat_id: str | None = None, verdicts: str | None = None,
-                 catalog: Catalog | Path | str | None = None,
-                 endpoint_label: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str = DEFAULT_ENDPOINT,
+        model: str | None = None,
+        api_key: str | None = None,
+        settings: ChatSettings | None = None,
+        chat_id: str | None = None,
+        verdicts: str | None = None,
+        catalog: Catalog | Path | str | None = None,
+        endpoint_label: str | None = None,
+    ) -> None:
         """`verdicts`: None opens the chat; "" opens the list of eval runs; an eval id opens
         that run. `endpoint_label` replaces the endpoint shown in the top bar (tests use it to
         keep snapshots stable across random ports)."""
@@ -57,13 +64,19 @@ class OpenChatApp(App):
         self.initial_chat_id = chat_id
         self.verdicts = verdicts
         self._catalog_arg = catalog
-        self.catalog: Catalog = (catalog if isinstance(catalog, Catalog)
-                                 else open_catalog(catalog))
+        self.catalog: Catalog = catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
         self.endpoint_label = endpoint_label or short_endpoint(self.client.endpoint)
         self.catalog_error: CatalogError | None = None  # why the app ended early, if it did
 
-    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
-               timeout: float | None = None, markup: bool = True) -> None:
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
         """Every notification is shown literally: they quote titles, model names and errors."""
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 

@@ -31,9 +31,11 @@ class SavedChat:
 
     def shown(self) -> list[dict[str, Any]]:
         """The user and assistant messages, each with `meta` as a dict."""
-        return [{**m, "content": m["content"] or "",
-                 "meta": m.get("meta") if isinstance(m.get("meta"), dict) else {}}
-                for m in self.messages if m["role"] in SHOWN_ROLES]
+        return [
+            {**m, "content": m["content"] or "", "meta": m.get("meta") if isinstance(m.get("meta"), dict) else {}}
+            for m in self.messages
+            if m["role"] in SHOWN_ROLES
+        ]
 
     def history(self) -> list[dict[str, str]]:
         """What is sent back to the model: role and content of each shown message."""
@@ -59,13 +61,21 @@ class ChatStore:
     def title_of(self, chat_id: str) -> str:
         return self.catalog.get(chat_id).get("title") or chat_id
 
-    def create(self, *, title: str, endpoint: str, model: str | None, system: str | None,
-               condition: str | None, settings: dict[str, Any]) -> str:
-        return self.catalog.add_chat(title=title, endpoint=endpoint, model=model, system=system,
-                                     condition=condition, settings=settings)
+    def create(
+        self,
+        *,
+        title: str,
+        endpoint: str,
+        model: str | None,
+        system: str | None,
+        condition: str | None,
+        settings: dict[str, Any],
+    ) -> str:
+        return self.catalog.add_chat(
+            title=title, endpoint=endpoint, model=model, system=system, condition=condition, settings=settings
+        )
 
-    def add_message(self, chat_id: str, role: str, content: str,
-                    meta: dict[str, Any] | None = None) -> None:
+    def add_message(self, chat_id: str, role: str, content: str, meta: dict[str, Any] | None = None) -> None:
         self.catalog.add_chat_message(chat_id, role, content, meta)
 
     def rename(self, chat_id: str, title: str) -> None:
@@ -74,10 +84,10 @@ class ChatStore:
     def set_model(self, chat_id: str, model: str) -> None:
         self.catalog.update("chats", chat_id, model=model)
 
-    def save_settings(self, chat_id: str, *, system: str | None, condition: str | None,
-                      settings: dict[str, Any]) -> None:
-        self.catalog.update("chats", chat_id, system=system, condition=condition,
-                            settings=settings)
+    def save_settings(
+        self, chat_id: str, *, system: str | None, condition: str | None, settings: dict[str, Any]
+    ) -> None:
+        self.catalog.update("chats", chat_id, system=system, condition=condition, settings=settings)
 
     def delete(self, chat_id: str) -> None:
         self.catalog.remove(chat_id)

@@ -40,8 +40,7 @@ class ChatError(Exception):
         return self.message
 
 
-CONTEXT_WORDS = ("context", "too long", "maximum length", "max_model_len", "prompt is longer",
-                 "tokens, but")
+CONTEXT_WORDS = ("context", "too long", "maximum length", "max_model_len", "prompt is longer", "tokens, but")
 
 
 def classify(exc: BaseException, endpoint: str, model: str | None) -> ChatError:
@@ -49,44 +48,54 @@ def classify(exc: BaseException, endpoint: str, model: str | None) -> ChatError:
     if isinstance(exc, ChatError):
         return exc
     if isinstance(exc, openai.APITimeoutError):
-        return ChatError("timeout", f"The server at {endpoint} did not answer in time.",
-                         "Press ctrl+r to retry.")
+        return ChatError("timeout", f"The server at {endpoint} did not answer in time.", "Press ctrl+r to retry.")
     if isinstance(exc, openai.APIConnectionError):
-        return ChatError("unreachable", f"Cannot reach the server at {endpoint}.",
-                         "Is `openchat serve` running there? Press ctrl+r to retry.")
+        return ChatError(
+            "unreachable",
+            f"Cannot reach the server at {endpoint}.",
+            "Is `openchat serve` running there? Press ctrl+r to retry.",
+        )
     if isinstance(exc, openai.AuthenticationError):
-        return ChatError("auth", f"The server refused the API key (401): {server_message(exc)}",
-                         "Restart with --api-key KEY (or set OPENAI_API_KEY / OPENCHAT_API_KEY).",
-                         status=401)
+        return ChatError(
+            "auth",
+            f"The server refused the API key (401): {server_message(exc)}",
+            "Restart with --api-key KEY (or set OPENAI_API_KEY / OPENCHAT_API_KEY).",
+            status=401,
+        )
     if isinstance(exc, openai.PermissionDeniedError):
-        return ChatError("auth", f"Permission denied (403): {server_message(exc)}",
-                         "Check the API key.", status=403)
+        return ChatError("auth", f"Permission denied (403): {server_message(exc)}", "Check the API key.", status=403)
     if isinstance(exc, openai.NotFoundError):
-        return ChatError("not_found",
-                         f"Model '{model}' is not served at {endpoint} (404): {server_message(exc)}",
-                         "Press ctrl+l to pick another model.", status=404)
+        return ChatError(
+            "not_found",
+            f"Model '{model}' is not served at {endpoint} (404): {server_message(exc)}",
+            "Press ctrl+l to pick another model.",
+            status=404,
+        )
     if isinstance(exc, openai.APIStatusError):
         text = server_message(exc)
         status = exc.status_code
         if status in (400, 413, 422) and any(w in text.lower() for w in CONTEXT_WORDS):
-            return ChatError("context", f"The conversation is too long for the model: {text}",
-                             "Start a new chat (ctrl+n) or lower max tokens (ctrl+o).",
-                             status=status)
+            return ChatError(
+                "context",
+                f"The conversation is too long for the model: {text}",
+                "Start a new chat (ctrl+n) or lower max tokens (ctrl+o).",
+                status=status,
+            )
         if status >= 500:
-            return ChatError("server", f"The server failed ({status}): {text}",
-                             "Press ctrl+r to retry.", status=status)
+            return ChatError("server", f"The server failed ({status}): {text}", "Press ctrl+r to retry.", status=status)
         if status == 429:
-            return ChatError("server", f"The server is busy (429): {text}",
-                             "Press ctrl+r to retry.", status=status)
-        return ChatError("bad_request", f"The server rejected the request ({status}): {text}",
-                         "Check the settings (ctrl+o).", status=status)
+            return ChatError("server", f"The server is busy (429): {text}", "Press ctrl+r to retry.", status=status)
+        return ChatError(
+            "bad_request",
+            f"The server rejected the request ({status}): {text}",
+            "Check the settings (ctrl+o).",
+            status=status,
+        )
     if isinstance(exc, openai.APIError):
         return ChatError("stream", f"The reply broke off: {exc}", "Press ctrl+r to retry.")
     if isinstance(exc, (OSError, asyncio.TimeoutError)):
-        return ChatError("unreachable", f"Cannot reach the server at {endpoint}: {exc}",
-                         "Press ctrl+r to retry.")
-    return ChatError("stream", f"Unexpected error: {type(exc).__name__}: {exc}",
-                     "Press ctrl+r to retry.")
+        return ChatError("unreachable", f"Cannot reach the server at {endpoint}: {exc}", "Press ctrl+r to retry.")
+    return ChatError("stream", f"Unexpected error: {type(exc).__name__}: {exc}", "Press ctrl+r to retry.")
 
 
 @dataclass
@@ -131,16 +140,25 @@ class ChatClient:
             page = await self._client.models.list()
             return [m.id for m in page.data]
         except openai.NotFoundError:
-            raise ChatError("not_found", f"No OpenAI-compatible API at {self.endpoint} "
-                            "(GET /models answered 404).",
-                            "Check --endpoint: it usually ends in /v1.", status=404) from None
+            raise ChatError(
+                "not_found",
+                f"No OpenAI-compatible API at {self.endpoint} (GET /models answered 404).",
+                "Check --endpoint: it usually ends in /v1.",
+                status=404,
+            ) from None
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ChatError
             raise classify(exc, self.endpoint, None) from None
 
-    async def stream_chat(self, *, model: str, messages: list[dict[str, str]],
-                          temperature: float | None = None, max_tokens: int | None = None,
-                          condition: str | None = None, info: ReplyInfo | None = None,
-                          ) -> AsyncIterator[str]:
+    async def stream_chat(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        condition: str | None = None,
+        info: ReplyInfo | None = None,
+    ) -> AsyncIterator[str]:
         """Yield content deltas of a streamed chat completion.
 
         Cancelling the consumer (Esc in the UI) closes the HTTP stream, so the server frees
@@ -156,8 +174,12 @@ class ChatClient:
         extra_body = {"condition": condition} if condition else None
         try:
             stream = await self._client.chat.completions.create(
-                model=model, messages=messages, stream=True,
-                stream_options={"include_usage": True}, extra_body=extra_body, **kwargs,
+                model=model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra_body,
+                **kwargs,
             )
         except Exception as exc:  # noqa: BLE001
             raise classify(exc, self.endpoint, model) from None

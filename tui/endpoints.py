@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 class EndpointError(ValueError):
     """Text that cannot be an endpoint URL."""
 
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 18888
 DEFAULT_ENDPOINT = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/v1"

@@ -42,4 +42,3 @@ class LineBreaks:
 
 def with_line_breaks(text: str) -> str:
     return LineBreaks().feed(text)
-

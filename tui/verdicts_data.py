@@ -154,8 +154,7 @@ class RunData:
     def multi_turn(self) -> bool:
         return any(r.turn != 1 for r in self.rows)
 
-    def filtered(self, category: str = ALL, verdict: str = ALL,
-                 only_disagreements: bool = False) -> list[Row]:
+    def filtered(self, category: str = ALL, verdict: str = ALL, only_disagreements: bool = False) -> list[Row]:
         out = []
         for row in self.rows:
             if category != ALL and row.category != category:
@@ -217,8 +216,7 @@ def _summary(mode: str, counts: dict[str, int], mean_score: float | None) -> str
 def list_runs(cat: Catalog) -> list[RunSummary]:
     """Judge and grade runs, newest first, with a one-line result each."""
     runs = cat.evals(("judge", "grade"))
-    stats: dict[str, dict[str, Any]] = defaultdict(lambda: {"counts": {}, "modes": [],
-                                                            "questions": 0, "mean": None})
+    stats: dict[str, dict[str, Any]] = defaultdict(lambda: {"counts": {}, "modes": [], "questions": 0, "mean": None})
     for r in cat.verdict_tallies():
         s = stats[r["eval_id"]]
         s["counts"][r["verdict"] or "error"] = s["counts"].get(r["verdict"] or "error", 0) + r["n"]
@@ -234,14 +232,21 @@ def list_runs(cat: Catalog) -> list[RunSummary]:
         summary = _summary(mode, s["counts"], s["mean"])
         if mode == "pairwise" and s["counts"]:
             summary = pairwise_summary(count(load_pairs(cat, run["id"])))
-        out.append(RunSummary(
-            id=run["id"], kind=run["kind"], mode=mode, judge=run.get("model") or "",
-            model_a=_label(cat, run.get("parent_id")),
-            model_b=_label(cat, run.get("baseline_id")) if run.get("baseline_id") else None,
-            questions=s["questions"], judgments=sum(s["counts"].values()),
-            status=run.get("status") or "", created_at=(run.get("created_at") or "")[:16],
-            summary=summary,
-        ))
+        out.append(
+            RunSummary(
+                id=run["id"],
+                kind=run["kind"],
+                mode=mode,
+                judge=run.get("model") or "",
+                model_a=_label(cat, run.get("parent_id")),
+                model_b=_label(cat, run.get("baseline_id")) if run.get("baseline_id") else None,
+                questions=s["questions"],
+                judgments=sum(s["counts"].values()),
+                status=run.get("status") or "",
+                created_at=(run.get("created_at") or "")[:16],
+                summary=summary,
+            )
+        )
     return out
 
 
@@ -251,14 +256,13 @@ def load_run(cat: Catalog, ref: str) -> RunData:
     if cat.table_of(run["id"]) != "evals":
         raise CatalogError(f"'{ref}' is not an eval run")
     if run.get("kind") not in ("judge", "grade"):
-        raise CatalogError(
-            f"'{run['id']}' is an {run.get('kind')} run; open a judge or grade run to see verdicts")
+        raise CatalogError(f"'{run['id']}' is an {run.get('kind')} run; open a judge or grade run to see verdicts")
     judgments = cat.judgments(run["id"], by_unit=True)
     mode = _mode_of(run, [j["mode"] for j in judgments])
-    answer_a = run.get("parent_id") or next(
-        (j["answer_run_id"] for j in judgments if j.get("answer_run_id")), None)
+    answer_a = run.get("parent_id") or next((j["answer_run_id"] for j in judgments if j.get("answer_run_id")), None)
     answer_b = run.get("baseline_id") or next(
-        (j["baseline_run_id"] for j in judgments if j.get("baseline_run_id")), None)
+        (j["baseline_run_id"] for j in judgments if j.get("baseline_run_id")), None
+    )
     categories = {}
     if answer_a:
         categories = {qid: category or "" for qid, category in cat.question_categories(answer_a).items()}
@@ -267,13 +271,23 @@ def load_run(cat: Catalog, ref: str) -> RunData:
         key = (j["question_id"], int(j.get("turn") or 1))
         if key not in rows:
             meta = j.get("meta") if isinstance(j.get("meta"), dict) else {}
-            rows[key] = Row(question_id=key[0], turn=key[1], mode=mode,
-                            category=categories.get(key[0]) or meta.get("category") or "")
+            rows[key] = Row(
+                question_id=key[0],
+                turn=key[1],
+                mode=mode,
+                category=categories.get(key[0]) or meta.get("category") or "",
+            )
         rows[key].judgments.append(j)
     ordered = sorted(rows.values(), key=lambda r: (_natural(r.question_id), r.turn))
-    return RunData(run=run, mode=mode, model_a=_label(cat, answer_a),
-                   model_b=_label(cat, answer_b) if answer_b else None,
-                   answer_a=answer_a, answer_b=answer_b, rows=ordered)
+    return RunData(
+        run=run,
+        mode=mode,
+        model_a=_label(cat, answer_a),
+        model_b=_label(cat, answer_b) if answer_b else None,
+        answer_a=answer_a,
+        answer_b=answer_b,
+        rows=ordered,
+    )
 
 
 def _natural(text: str) -> tuple:
@@ -317,9 +331,11 @@ def load_question(cat: Catalog, data: RunData, question_id: str) -> QuestionDeta
     judgments = [j for r in data.rows if r.question_id == question_id for j in r.judgments]
     reference = question.get("reference")
     return QuestionDetail(
-        question_id=question_id, category=question.get("category") or "",
+        question_id=question_id,
+        category=question.get("category") or "",
         turns=_turns(question.get("turns")),
         reference=_turns(reference) if reference else None,
-        answer_a=answer(data.answer_a) or [], answer_b=answer(data.answer_b),
+        answer_a=answer(data.answer_a) or [],
+        answer_b=answer(data.answer_b),
         judgments=judgments,
     )

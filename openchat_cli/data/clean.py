@@ -36,9 +36,14 @@ from openchat_cli.templates import join_system
 
 # Built-in classes for --condition-from model: ShareGPT's `model` field values.
 MODEL_CLASSES = [
-    ("*gpt-4*", "GPT4"), ("*gpt4*", "GPT4"),
-    ("*gpt-3.5*", "GPT3"), ("*gpt3*", "GPT3"), ("*gpt-3*", "GPT3"), ("*default*", "GPT3"),
-    ("*text-davinci*", "GPT3"), ("*turbo*", "GPT3"),
+    ("*gpt-4*", "GPT4"),
+    ("*gpt4*", "GPT4"),
+    ("*gpt-3.5*", "GPT3"),
+    ("*gpt3*", "GPT3"),
+    ("*gpt-3*", "GPT3"),
+    ("*default*", "GPT3"),
+    ("*text-davinci*", "GPT3"),
+    ("*turbo*", "GPT3"),
 ]
 
 
@@ -63,15 +68,22 @@ class CleanOptions:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "format": self.format, "html": self.html, "skip_checks": list(self.skip_checks),
-            "trim_ends": self.trim_ends, "min_chars": self.min_chars,
+            "format": self.format,
+            "html": self.html,
+            "skip_checks": list(self.skip_checks),
+            "trim_ends": self.trim_ends,
+            "min_chars": self.min_chars,
             "blocked_words": str(self.blocked_words) if self.blocked_words else None,
             "unwanted_phrases": str(self.unwanted_phrases) if self.unwanted_phrases else None,
-            "dedup": self.dedup, "near_dup": self.near_dup,
+            "dedup": self.dedup,
+            "near_dup": self.near_dup,
             "near_dup_threshold": self.near_dup_threshold if self.near_dup else None,
-            "keep_models": list(self.keep_models), "keep_sources": list(self.keep_sources),
-            "condition_from": self.condition_from, "classes": [list(c) for c in self.classes],
-            "weights": self.weights, "default_weight": self.default_weight,
+            "keep_models": list(self.keep_models),
+            "keep_sources": list(self.keep_sources),
+            "condition_from": self.condition_from,
+            "classes": [list(c) for c in self.classes],
+            "weights": self.weights,
+            "default_weight": self.default_weight,
         }
 
 
@@ -92,13 +104,18 @@ class CleanResult:
 
     def counts(self) -> dict[str, Any]:
         return {
-            "read": self.read, "kept": self.kept, "dropped_total": sum(self.dropped.values()),
+            "read": self.read,
+            "kept": self.kept,
+            "dropped_total": sum(self.dropped.values()),
             "kinds": dict(self.kinds),
             "dropped": {r: self.dropped[r] for r in ALL_REASONS if self.dropped.get(r)},
-            "fixes": dict(self.fixes), "shapes": dict(self.shapes),
-            "conditions": dict(self.conditions), "file_count": self.report.file_count,
+            "fixes": dict(self.fixes),
+            "shapes": dict(self.shapes),
+            "conditions": dict(self.conditions),
+            "file_count": self.report.file_count,
             "files": _capped(self.report.files),
-            "truncated": _capped(self.report.truncated), "warnings": _capped(self.report.warnings),
+            "truncated": _capped(self.report.truncated),
+            "warnings": _capped(self.report.warnings),
         }
 
 
@@ -140,17 +157,22 @@ class Cleaner:
             raise OpenchatError("--condition-from must be model or source")
         if options.near_dup and not 0.0 < options.near_dup_threshold < 1.0:
             raise OpenchatError("--near-dup-threshold must be between 0 and 1 (e.g. 0.85)")
-        for flag, value in [("--default-weight", options.default_weight),
-                            *((f"--weight {cls}=", w) for cls, w in options.weights.items())]:
+        for flag, value in [
+            ("--default-weight", options.default_weight),
+            *((f"--weight {cls}=", w) for cls, w in options.weights.items()),
+        ]:
             if not math.isfinite(value) or value < 0:
-                raise OpenchatError(f"{flag}{value if flag.endswith('=') else ' ' + str(value)}: a weight must be "
-                                    f"a finite number, 0 or more")
+                raise OpenchatError(
+                    f"{flag}{value if flag.endswith('=') else ' ' + str(value)}: a weight must be "
+                    f"a finite number, 0 or more"
+                )
         if options.weights and not options.condition_from:
             raise OpenchatError("--weight needs --condition-from model|source to give conversations a class")
         self.skip = set(options.skip_checks)
         self.blocked = Matcher(load_list(options.blocked_words)) if options.blocked_words else None
-        self.unwanted = (Matcher(load_list(options.unwanted_phrases), whole_words=False)
-                         if options.unwanted_phrases else None)
+        self.unwanted = (
+            Matcher(load_list(options.unwanted_phrases), whole_words=False) if options.unwanted_phrases else None
+        )
         self.exact = ExactDedup() if options.dedup else None
         self.near = NearDedup(options.near_dup_threshold) if options.near_dup else None
         self.result = CleanResult()
@@ -170,14 +192,15 @@ class Cleaner:
         sharegpt = shape in ("sharegpt", "html")
         for i, m in enumerate(conv.messages):
             text = m["content"]
-            convert = (self.o.html == "always"
-                       or (self.o.html == "auto" and htmlmd.looks_like_html(text)))
+            convert = self.o.html == "always" or (self.o.html == "auto" and htmlmd.looks_like_html(text))
             if convert and self.o.html != "never":
                 try:
                     text = htmlmd.html_to_markdown(text)
                 except RecursionError:
-                    raise Malformed("HTML nested too deep to convert to Markdown (--html never keeps it as is)",
-                                    f"messages[{i}].content") from None
+                    raise Malformed(
+                        "HTML nested too deep to convert to Markdown (--html never keeps it as is)",
+                        f"messages[{i}].content",
+                    ) from None
                 self.result.fixes["html_converted"] += 1
             elif sharegpt:
                 text = htmlmd.strip_chrome(text)
@@ -259,16 +282,19 @@ class Cleaner:
                 continue
             weight = float(m.get("weight", 1.0)) * class_weight
             if not math.isfinite(weight):
-                raise Malformed(f"weight {m.get('weight')} × class weight {class_weight} is not a finite number",
-                                f"messages[{conv.messages.index(m)}].weight")
+                raise Malformed(
+                    f"weight {m.get('weight')} × class weight {class_weight} is not a finite number",
+                    f"messages[{conv.messages.index(m)}].weight",
+                )
             if self.unwanted is not None and weight != 0:
                 phrase = self.unwanted.search(m["content"])
                 if phrase:
                     weight = 0.0
                     self.result.fixes["zero_weight_replies"] += 1
             m["weight"] = weight
-        if ("no_trainable_reply" not in self.skip
-                and not any(m["role"] == "assistant" and m["weight"] > 0 for m in conv.messages)):
+        if "no_trainable_reply" not in self.skip and not any(
+            m["role"] == "assistant" and m["weight"] > 0 for m in conv.messages
+        ):
             raise Drop("no_trainable_reply", "every assistant reply has weight 0")
 
     def _class(self, conv: Conv) -> str | None:
@@ -378,8 +404,14 @@ class DropRecord:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "file": self.file, "line": self.line, "record": self.record,
-                "reason": self.reason, "detail": self.detail}
+        return {
+            "id": self.id,
+            "file": self.file,
+            "line": self.line,
+            "record": self.record,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
 
 
 def _record_id(item: RawItem) -> str | None:
@@ -415,9 +447,14 @@ class KindSinks:
         self.digests.setdefault(kind, hashlib.sha256()).update(data)
 
 
-def run_clean(inputs: list[Path], out_fh: BinaryIO, dropped_fh: BinaryIO, options: CleanOptions,
-              on_record: Callable[[], None] | None = None,
-              open_other: Callable[[str], BinaryIO] | None = None) -> CleanResult:
+def run_clean(
+    inputs: list[Path],
+    out_fh: BinaryIO,
+    dropped_fh: BinaryIO,
+    options: CleanOptions,
+    on_record: Callable[[], None] | None = None,
+    open_other: Callable[[str], BinaryIO] | None = None,
+) -> CleanResult:
     """Clean every record of `inputs`, writing kept conversations or pairs (JSONL) to `out_fh`
     and one line per dropped record to `dropped_fh`. Both are binary files opened by the caller;
     `open_other(kind)` opens the output for the other kind if the input mixes them (KindSinks).
@@ -448,8 +485,9 @@ def run_clean(inputs: list[Path], out_fh: BinaryIO, dropped_fh: BinaryIO, option
     return result
 
 
-def _emit(result: CleanResult, sinks: KindSinks, dropped_fh: BinaryIO, item: RawItem,
-          outcome: Conv | Pair | Drop | Malformed) -> None:
+def _emit(
+    result: CleanResult, sinks: KindSinks, dropped_fh: BinaryIO, item: RawItem, outcome: Conv | Pair | Drop | Malformed
+) -> None:
     """Write one kept record to its kind's output, or one drop line."""
     pair_id = None
     if isinstance(outcome, (Conv, Pair)):
@@ -477,12 +515,14 @@ def _jsonl(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def _drop(result: CleanResult, dropped_fh: BinaryIO, item: RawItem, reason: str, detail: str,
-          rid: str | None = None) -> None:
+def _drop(
+    result: CleanResult, dropped_fh: BinaryIO, item: RawItem, reason: str, detail: str, rid: str | None = None
+) -> None:
     detail = printable(detail)
     result.dropped[reason] += 1
     rid = rid if rid is not None else _record_id(item)
-    rec = DropRecord(printable(rid) if rid is not None else None, item.loc.file, item.loc.line,
-                     item.loc.record, reason, detail)
+    rec = DropRecord(
+        printable(rid) if rid is not None else None, item.loc.file, item.loc.line, item.loc.record, reason, detail
+    )
     result.examples.setdefault(reason, f"{item.loc}: {detail}")
     dropped_fh.write((json.dumps(rec.to_json(), ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))

@@ -16,8 +16,10 @@ from openchat_cli.errors import OpenchatError
 
 app = typer.Typer(no_args_is_help=True)
 
-FORMAT_HELP = ("Force the record format: auto | sharegpt | html | alpaca | dolly | openai, or a preference "
-               "format: trl | hh | rm-static | webgpt | shp | gpt4llm.")
+FORMAT_HELP = (
+    "Force the record format: auto | sharegpt | html | alpaca | dolly | openai, or a preference "
+    "format: trl | hh | rm-static | webgpt | shp | gpt4llm."
+)
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -49,26 +51,64 @@ def _warn(lines) -> None:
 # ---------------------------------------------------------------------------------------------
 @app.command("clean")
 def clean_command(
-    inputs: list[str] = typer.Argument(..., metavar="INPUT",
-                                       help="Files or folders (JSON, JSONL, saved HTML pages) or catalog dataset ids."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output conversations or pairs JSONL (default: HOME/datasets/NAME.clean.jsonl); an input mixing both writes the other kind to OUT.pairs.jsonl / OUT.conversations.jsonl."),
+    inputs: list[str] = typer.Argument(
+        ..., metavar="INPUT", help="Files or folders (JSON, JSONL, saved HTML pages) or catalog dataset ids."
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Output conversations or pairs JSONL (default: HOME/datasets/NAME.clean.jsonl); an input mixing both writes the other kind to OUT.pairs.jsonl / OUT.conversations.jsonl.",
+    ),
     fmt: str = typer.Option("auto", "--format", help=FORMAT_HELP),
-    html: str = typer.Option("auto", "--html", help="Convert HTML replies to Markdown: auto (when a reply is HTML) | always | never."),
-    skip_checks: list[str] = typer.Option([], "--skip-check", help="Switch off a structure check (repeatable): empty_message, leading_assistant, trailing_user, one_turn, non_alternating, too_short, misplaced_system, no_trainable_reply."),
-    trim_ends: bool = typer.Option(True, "--trim-ends/--no-trim-ends", help="Trim a leading assistant / trailing user turn (the split-off parts of long ShareGPT conversations) and keep the rest; --no-trim-ends drops such conversations instead."),
+    html: str = typer.Option(
+        "auto", "--html", help="Convert HTML replies to Markdown: auto (when a reply is HTML) | always | never."
+    ),
+    skip_checks: list[str] = typer.Option(
+        [],
+        "--skip-check",
+        help="Switch off a structure check (repeatable): empty_message, leading_assistant, trailing_user, one_turn, non_alternating, too_short, misplaced_system, no_trainable_reply.",
+    ),
+    trim_ends: bool = typer.Option(
+        True,
+        "--trim-ends/--no-trim-ends",
+        help="Trim a leading assistant / trailing user turn (the split-off parts of long ShareGPT conversations) and keep the rest; --no-trim-ends drops such conversations instead.",
+    ),
     min_chars: int = typer.Option(10, "--min-chars", help="Drop conversations with less text than this (0: off)."),
-    blocked_words: Optional[Path] = typer.Option(None, "--blocked-words", help="File of blocked words (one a line; default: built-in list)."),
-    no_blocked_words: bool = typer.Option(False, "--no-blocked-words", help="Do not drop conversations for blocked words."),
-    unwanted_phrases: Optional[Path] = typer.Option(None, "--unwanted-phrases", help="File of unwanted phrases (default: built-in refusal list)."),
-    no_unwanted_phrases: bool = typer.Option(False, "--no-unwanted-phrases", help="Do not zero the weight of replies with unwanted phrases."),
+    blocked_words: Optional[Path] = typer.Option(
+        None, "--blocked-words", help="File of blocked words (one a line; default: built-in list)."
+    ),
+    no_blocked_words: bool = typer.Option(
+        False, "--no-blocked-words", help="Do not drop conversations for blocked words."
+    ),
+    unwanted_phrases: Optional[Path] = typer.Option(
+        None, "--unwanted-phrases", help="File of unwanted phrases (default: built-in refusal list)."
+    ),
+    no_unwanted_phrases: bool = typer.Option(
+        False, "--no-unwanted-phrases", help="Do not zero the weight of replies with unwanted phrases."
+    ),
     no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep exact duplicates."),
     near_dup: bool = typer.Option(False, "--near-dup", help="Also drop near-duplicates (MinHash LSH; more memory)."),
-    near_dup_threshold: float = typer.Option(0.85, "--near-dup-threshold", help="Jaccard similarity counted as a near-duplicate."),
-    keep_models: list[str] = typer.Option([], "--keep-model", help="Keep only conversations whose model matches (substring or glob; repeatable)."),
-    keep_sources: list[str] = typer.Option([], "--keep-source", help="Keep only conversations whose source file matches (repeatable)."),
-    condition_from: Optional[str] = typer.Option(None, "--condition-from", help="Give each conversation a class from its `model` field or its source file: model | source."),
-    classes: list[str] = typer.Option([], "--class", help="PATTERN=CLASS: model/source pattern to class name (repeatable; e.g. 'gpt-4*=GPT4')."),
-    weights: list[str] = typer.Option([], "--weight", help="CLASS=W: assistant-token weight of a class (repeatable; e.g. GPT4=1 GPT3=0.1)."),
+    near_dup_threshold: float = typer.Option(
+        0.85, "--near-dup-threshold", help="Jaccard similarity counted as a near-duplicate."
+    ),
+    keep_models: list[str] = typer.Option(
+        [], "--keep-model", help="Keep only conversations whose model matches (substring or glob; repeatable)."
+    ),
+    keep_sources: list[str] = typer.Option(
+        [], "--keep-source", help="Keep only conversations whose source file matches (repeatable)."
+    ),
+    condition_from: Optional[str] = typer.Option(
+        None,
+        "--condition-from",
+        help="Give each conversation a class from its `model` field or its source file: model | source.",
+    ),
+    classes: list[str] = typer.Option(
+        [], "--class", help="PATTERN=CLASS: model/source pattern to class name (repeatable; e.g. 'gpt-4*=GPT4')."
+    ),
+    weights: list[str] = typer.Option(
+        [], "--weight", help="CLASS=W: assistant-token weight of a class (repeatable; e.g. GPT4=1 GPT3=0.1)."
+    ),
     default_weight: float = typer.Option(1.0, "--default-weight", help="Weight of classes not given with --weight."),
     name: Optional[str] = typer.Option(None, "--name", help="Name in the catalog (default: the output file name)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
@@ -93,13 +133,22 @@ def clean_command(
     if any(p.resolve() == out.resolve() for p in paths):
         raise OpenchatError(f"{out} is also an input; write somewhere else")
     options = CleanOptions(
-        format=fmt, html=html, skip_checks=tuple(skip_checks), trim_ends=trim_ends, min_chars=min_chars,
+        format=fmt,
+        html=html,
+        skip_checks=tuple(skip_checks),
+        trim_ends=trim_ends,
+        min_chars=min_chars,
         blocked_words=None if no_blocked_words else (blocked_words or DEFAULT_BLOCKED),
         unwanted_phrases=None if no_unwanted_phrases else (unwanted_phrases or DEFAULT_UNWANTED),
-        dedup=not no_dedup, near_dup=near_dup, near_dup_threshold=near_dup_threshold,
-        keep_models=tuple(keep_models), keep_sources=tuple(keep_sources), condition_from=condition_from,
+        dedup=not no_dedup,
+        near_dup=near_dup,
+        near_dup_threshold=near_dup_threshold,
+        keep_models=tuple(keep_models),
+        keep_sources=tuple(keep_sources),
+        condition_from=condition_from,
         classes=tuple(parse_pairs(classes, "--class")),
-        weights=dict(parse_pairs(weights, "--weight", float)), default_weight=default_weight,
+        weights=dict(parse_pairs(weights, "--weight", float)),
+        default_weight=default_weight,
     )
     dropped_path = side_path(out, "dropped")
     catalog = open_catalog()  # a damaged or unreachable catalog stops the command before any work
@@ -130,17 +179,30 @@ def clean_command(
         counts = result.counts()
 
         def register(catalog) -> str:
-            parents = list(dict.fromkeys(
-                ensure_registered(p, "raw", given, catalog=catalog, num_records=result.report.files.get(str(p)))
-                for p, given in resolved))
+            parents = list(
+                dict.fromkeys(
+                    ensure_registered(p, "raw", given, catalog=catalog, num_records=result.report.files.get(str(p)))
+                    for p, given in resolved
+                )
+            )
             made = {}
             for kind, path in [(result.main_kind, out), *other_paths.items()]:
                 made[kind] = catalog.add_dataset(
-                    name=(name or out.name) if path == out else path.name, path=path, format=kind,
-                    parent_id=parents[0] if parents else None, parents=parents[1:],
-                    content_hash=result.content_hashes.get(kind), num_records=result.kinds[kind], counts=counts,
-                    meta={"inputs": [str(p) for p in paths], "options": options.describe(), "kind": kind,
-                          "dropped_path": str(dropped_path.resolve())})
+                    name=(name or out.name) if path == out else path.name,
+                    path=path,
+                    format=kind,
+                    parent_id=parents[0] if parents else None,
+                    parents=parents[1:],
+                    content_hash=result.content_hashes.get(kind),
+                    num_records=result.kinds[kind],
+                    counts=counts,
+                    meta={
+                        "inputs": [str(p) for p in paths],
+                        "options": options.describe(),
+                        "kind": kind,
+                        "dropped_path": str(dropped_path.resolve()),
+                    },
+                )
             for kind, ds_id in made.items():
                 for other, other_id in made.items():
                     if other != kind:
@@ -155,30 +217,63 @@ def clean_command(
     if result.report.warning_count > 20:
         _warn([f"… {result.report.warning_count - 20} more warnings (in the catalog entry's counts)"])
     if as_json:
-        print_json({"id": ds, "path": str(out), "kind": result.main_kind, "dropped_path": str(dropped_path),
-                    "counts": counts, "other": {k: {"id": v, "path": str(other_paths[k]), "records": result.kinds[k]}
-                                                for k, v in others.items()}})
+        print_json(
+            {
+                "id": ds,
+                "path": str(out),
+                "kind": result.main_kind,
+                "dropped_path": str(dropped_path),
+                "counts": counts,
+                "other": {
+                    k: {"id": v, "path": str(other_paths[k]), "records": result.kinds[k]} for k, v in others.items()
+                },
+            }
+        )
         return
     if result.dropped:
-        rows = [(reason, f"{result.dropped[reason]:,}", f"{100 * result.dropped[reason] / max(result.read, 1):.1f}%",
-                 result.examples.get(reason, "")) for reason in ALL_REASONS if result.dropped.get(reason)]
+        rows = [
+            (
+                reason,
+                f"{result.dropped[reason]:,}",
+                f"{100 * result.dropped[reason] / max(result.read, 1):.1f}%",
+                result.examples.get(reason, ""),
+            )
+            for reason in ALL_REASONS
+            if result.dropped.get(reason)
+        ]
         console.print(table("dropped", ["reason", "count", "of read", "first example"], rows))
     if result.fixes:
-        console.print(table("kept, with changes", ["change", "count"],
-                            [(k.replace("_", " "), f"{v:,}") for k, v in sorted(result.fixes.items())]))
+        console.print(
+            table(
+                "kept, with changes",
+                ["change", "count"],
+                [(k.replace("_", " "), f"{v:,}") for k, v in sorted(result.fixes.items())],
+            )
+        )
     if result.conditions and (condition_from or len(result.conditions) > 1):
-        console.print(table("kept by condition", ["condition", "conversations", "weight"],
-                            [(c, f"{n:,}", options.weights.get(c, options.default_weight) if condition_from else "")
-                             for c, n in result.conditions.most_common()]))
+        console.print(
+            table(
+                "kept by condition",
+                ["condition", "conversations", "weight"],
+                [
+                    (c, f"{n:,}", options.weights.get(c, options.default_weight) if condition_from else "")
+                    for c, n in result.conditions.most_common()
+                ],
+            )
+        )
     for kind, other_id in others.items():
-        console.print(f"the input mixes conversations and pairs: {result.kinds[kind]:,} {kind} → "
-                      f"{other_paths[kind]} as [bold]{other_id}[/]", highlight=False)
+        console.print(
+            f"the input mixes conversations and pairs: {result.kinds[kind]:,} {kind} → "
+            f"{other_paths[kind]} as [bold]{other_id}[/]",
+            highlight=False,
+        )
     console.print(
         f"read [bold]{result.read:,}[/], kept [bold green]{result.kinds[result.main_kind]:,}[/], dropped "
         f"[bold]{sum(result.dropped.values()):,}[/] → {out} as [bold]{ds}[/]"
         + (" (preference pairs)" if result.main_kind == "pairs" else "")
         + (f"\ndropped records (id, file, line, reason): {dropped_path}" if result.dropped else ""),
-        highlight=False)
+        highlight=False,
+    )
 
 
 def _warn_stale(staged) -> None:
@@ -194,19 +289,27 @@ def _nothing_kept(result, staged, out: Path, dropped_path: Path) -> str:
     staged.discard(out)
     if result.read == 0:
         staged.discard()
-        return (f"no records found in the input (an empty file, [] or no conversation in the page); "
-                f"nothing written to {out}, nothing registered")
+        return (
+            f"no records found in the input (an empty file, [] or no conversation in the page); "
+            f"nothing written to {out}, nothing registered"
+        )
     staged.publish_files()
     reasons = ", ".join(f"{r} {n:,}" for r, n in result.dropped.most_common(5))
-    return (f"no conversation kept: all {result.read:,} record(s) dropped ({reasons}); see {dropped_path} "
-            f"for each record's file, line and reason. Nothing written to {out}, nothing registered")
+    return (
+        f"no conversation kept: all {result.read:,} record(s) dropped ({reasons}); see {dropped_path} "
+        f"for each record's file, line and reason. Nothing written to {out}, nothing registered"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 @app.command("pairs")
 def pairs_command(
-    judge_run: str = typer.Argument(..., metavar="JUDGE_RUN", help="A pairwise judge run (ev-…): `eval judge A --baseline B --mode pairwise`."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output pairs JSONL (default: HOME/datasets/JUDGE_RUN.pairs.jsonl)."),
+    judge_run: str = typer.Argument(
+        ..., metavar="JUDGE_RUN", help="A pairwise judge run (ev-…): `eval judge A --baseline B --mode pairwise`."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output pairs JSONL (default: HOME/datasets/JUDGE_RUN.pairs.jsonl)."
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Name in the catalog (default: the output file name)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -225,8 +328,10 @@ def pairs_command(
     counts = found.counts()
     if not found.records:
         reasons = ", ".join(f"{r} {n:,}" for r, n in found.dropped.most_common()) or "no verdicts yet"
-        raise OpenchatError(f"{run_id}: no pair whose verdict agrees in both orders ({found.judged:,} judged: "
-                            f"{reasons}); nothing written to {out}, nothing registered")
+        raise OpenchatError(
+            f"{run_id}: no pair whose verdict agrees in both orders ({found.judged:,} judged: "
+            f"{reasons}); nothing written to {out}, nothing registered"
+        )
     with StagedOutputs() as staged:
         with staged.open(out, "wb") as fh:
             for record in found.records:
@@ -236,37 +341,72 @@ def pairs_command(
 
         def register(catalog) -> str:
             return catalog.add_dataset(
-                name=name or out.name, path=out, format="pairs", parent_id=run_id,
-                parents=[found.answer_run_id, found.baseline_run_id], content_hash=content_hash,
-                num_records=len(found.records), counts=counts,
-                meta={"kind": "pairs", "judge_run": run_id, "answer_run": found.answer_run_id,
-                      "baseline_run": found.baseline_run_id, "judge_model": found.judge_run.get("model")})
+                name=name or out.name,
+                path=out,
+                format="pairs",
+                parent_id=run_id,
+                parents=[found.answer_run_id, found.baseline_run_id],
+                content_hash=content_hash,
+                num_records=len(found.records),
+                counts=counts,
+                meta={
+                    "kind": "pairs",
+                    "judge_run": run_id,
+                    "answer_run": found.answer_run_id,
+                    "baseline_run": found.baseline_run_id,
+                    "judge_model": found.judge_run.get("model"),
+                },
+            )
 
         ds = staged.publish(register, catalog)
     _warn(found.notes)
     if as_json:
-        print_json({"id": ds, "path": str(out), "judge_run": run_id, "answer_run": found.answer_run_id,
-                    "baseline_run": found.baseline_run_id, "counts": counts})
+        print_json(
+            {
+                "id": ds,
+                "path": str(out),
+                "judge_run": run_id,
+                "answer_run": found.answer_run_id,
+                "baseline_run": found.baseline_run_id,
+                "counts": counts,
+            }
+        )
         return
     rows = [(r, f"{found.dropped[r]:,}") for r in DROP_REASONS if found.dropped.get(r)]
     if rows:
         console.print(table("left out", ["reason", "pairs"], rows))
-    console.print(f"{found.judged:,} judged pairs of {run_id}: kept [bold green]{len(found.records):,}[/] "
-                  f"(chosen from {found.answer_run_id}: {found.chosen_from['answer_run']:,}, from "
-                  f"{found.baseline_run_id}: {found.chosen_from['baseline']:,}) → {out} as [bold]{ds}[/]",
-                  highlight=False)
+    console.print(
+        f"{found.judged:,} judged pairs of {run_id}: kept [bold green]{len(found.records):,}[/] "
+        f"(chosen from {found.answer_run_id}: {found.chosen_from['answer_run']:,}, from "
+        f"{found.baseline_run_id}: {found.chosen_from['baseline']:,}) → {out} as [bold]{ds}[/]",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 @app.command("tokenize")
 def tokenize_command(
-    input: str = typer.Argument(..., metavar="INPUT", help="Conversations or pairs JSONL (from `data clean` / `data pairs`) or its catalog id."),
+    input: str = typer.Argument(
+        ..., metavar="INPUT", help="Conversations or pairs JSONL (from `data clean` / `data pairs`) or its catalog id."
+    ),
     model: str = typer.Option(..., "--model", "-m", help="Model dir or checkpoint id whose tokenizer to use."),
-    template_name: Optional[str] = typer.Option(None, "--template", help="Conversation template (default: the model's openchat.json)."),
-    max_len: Optional[int] = typer.Option(None, "--max-len", help="Tokens per training sequence; longer conversations are split at turn boundaries (default: the model's max positions, at most 4096)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output Parquet (default: HOME/datasets/NAME.parquet)."),
+    template_name: Optional[str] = typer.Option(
+        None, "--template", help="Conversation template (default: the model's openchat.json)."
+    ),
+    max_len: Optional[int] = typer.Option(
+        None,
+        "--max-len",
+        help="Tokens per training sequence; longer conversations are split at turn boundaries (default: the model's max positions, at most 4096).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output Parquet (default: HOME/datasets/NAME.parquet)."
+    ),
     chunk_size: int = typer.Option(512, "--chunk-size", help="Conversations per batched tokenizer call."),
-    workers: int = typer.Option(0, "--workers", help="Encode in N worker processes (for many cores and big data; 0: in this process, the tokenizer still uses every core)."),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        help="Encode in N worker processes (for many cores and big data; 0: in this process, the tokenizer still uses every core).",
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Name in the catalog."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -299,8 +439,9 @@ def tokenize_command(
     if workers < 0:
         raise OpenchatError("--workers must be 0 or more")
     if positions and max_len > positions:
-        err_console.print(f"[yellow]warning:[/] --max-len {max_len} exceeds the model's "
-                          f"{positions} positions", highlight=False)
+        err_console.print(
+            f"[yellow]warning:[/] --max-len {max_len} exceeds the model's {positions} positions", highlight=False
+        )
     out = out or _default_out(f"{_stem(src)}.parquet")
     _check_out(out, force)
     catalog = open_catalog()
@@ -314,22 +455,55 @@ def tokenize_command(
     thash = tokenizer_hash(tokenizer)
 
     def metadata(stats):
-        return make_metadata(template=tname, tokenizer_hash=thash, max_len=max_len,
-                             source={"path": str(src.resolve()), "dataset_id": parent,
-                                     "model": str(model_dir.resolve()), "model_id": model_id},
-                             stats=stats.to_dict())
+        return make_metadata(
+            template=tname,
+            tokenizer_hash=thash,
+            max_len=max_len,
+            source={
+                "path": str(src.resolve()),
+                "dataset_id": parent,
+                "model": str(model_dir.resolve()),
+                "model_id": model_id,
+            },
+            stats=stats.to_dict(),
+        )
 
     if pairs_input:
-        return _tokenize_pairs(src, out, template, tname, tokenizer, thash, max_len, chunk_size, workers, parent,
-                               model_dir, model_id, name, catalog, as_json)
+        return _tokenize_pairs(
+            src,
+            out,
+            template,
+            tname,
+            tokenizer,
+            thash,
+            max_len,
+            chunk_size,
+            workers,
+            parent,
+            model_dir,
+            model_id,
+            name,
+            catalog,
+            as_json,
+        )
     total = _count_lines(src) if err_console.is_terminal else None
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
             task = bar.add_task("tokenizing", total=total, info="")
             tmp = staged.path(out)
-            stats = tokenize_file(src, tmp, template, tokenizer, max_len, metadata, chunk_size=chunk_size,
-                                  on_progress=lambda n: bar.advance(task, n), workers=workers,
-                                  model_dir=model_dir, name=str(src))
+            stats = tokenize_file(
+                src,
+                tmp,
+                template,
+                tokenizer,
+                max_len,
+                metadata,
+                chunk_size=chunk_size,
+                on_progress=lambda n: bar.advance(task, n),
+                workers=workers,
+                model_dir=model_dir,
+                name=str(src),
+            )
         _warn_stale(staged)
         if stats.sequences == 0:
             if stats.malformed:
@@ -337,15 +511,28 @@ def tokenize_command(
             raise OpenchatError(
                 f"{src}: no training sequence to write ({stats.conversations:,} conversation(s) read, "
                 f"{stats.malformed:,} malformed, {stats.dropped_no_targets:,} part(s) without a supervised "
-                f"token within --max-len {max_len}); nothing written to {out}, nothing registered")
+                f"token within --max-len {max_len}); nothing written to {out}, nothing registered"
+            )
         content_hash = sha256_file(tmp)
 
         def register(catalog) -> str:
             ds = catalog.add_dataset(
-                name=name or out.name, path=out, format="tokenized", parent_id=parent,
-                content_hash=content_hash, num_records=stats.sequences, counts=stats.to_dict(),
-                meta={"template": tname, "tokenizer_hash": thash, "max_len": max_len,
-                      "model": str(model_dir.resolve()), "model_id": model_id, "errors": stats.errors})
+                name=name or out.name,
+                path=out,
+                format="tokenized",
+                parent_id=parent,
+                content_hash=content_hash,
+                num_records=stats.sequences,
+                counts=stats.to_dict(),
+                meta={
+                    "template": tname,
+                    "tokenizer_hash": thash,
+                    "max_len": max_len,
+                    "model": str(model_dir.resolve()),
+                    "model_id": model_id,
+                    "errors": stats.errors,
+                },
+            )
             if model_id:
                 catalog.link(ds, model_id, "tokenized-with")
             return ds
@@ -354,24 +541,55 @@ def tokenize_command(
     if stats.malformed:
         _warn([f"{stats.malformed} malformed record(s) skipped, e.g."] + stats.errors[:5])
     if as_json:
-        print_json({"id": ds, "path": str(out), "template": tname, "max_len": max_len,
-                    "tokenizer_hash": thash, "stats": stats.to_dict()})
+        print_json(
+            {
+                "id": ds,
+                "path": str(out),
+                "template": tname,
+                "max_len": max_len,
+                "tokenizer_hash": thash,
+                "stats": stats.to_dict(),
+            }
+        )
         return
     s = stats
-    console.print(table(f"tokenized with {tname}, max {max_len} tokens", ["", ""], [
-        ("conversations", f"{s.conversations:,}"), ("sequences", f"{s.sequences:,}"),
-        ("split at turn boundaries", f"{s.split_conversations:,} conversations"),
-        ("truncated (one turn > window)", f"{s.truncated:,} sequences"),
-        ("dropped, nothing to train on", f"{s.dropped_no_targets:,} sequences"),
-        ("malformed", f"{s.malformed:,}"), ("tokens", f"{s.tokens:,}"),
-        ("supervised tokens", f"{s.supervised_tokens:,}"), ("longest", f"{s.longest:,}"),
-    ]))
+    console.print(
+        table(
+            f"tokenized with {tname}, max {max_len} tokens",
+            ["", ""],
+            [
+                ("conversations", f"{s.conversations:,}"),
+                ("sequences", f"{s.sequences:,}"),
+                ("split at turn boundaries", f"{s.split_conversations:,} conversations"),
+                ("truncated (one turn > window)", f"{s.truncated:,} sequences"),
+                ("dropped, nothing to train on", f"{s.dropped_no_targets:,} sequences"),
+                ("malformed", f"{s.malformed:,}"),
+                ("tokens", f"{s.tokens:,}"),
+                ("supervised tokens", f"{s.supervised_tokens:,}"),
+                ("longest", f"{s.longest:,}"),
+            ],
+        )
+    )
     console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
 
 
-def _tokenize_pairs(src: Path, out: Path, template, tname: str, tokenizer, thash: str, max_len: int, chunk_size: int,
-                    workers: int, parent: str, model_dir: Path, model_id: str | None, name: str | None, catalog,
-                    as_json: bool) -> None:
+def _tokenize_pairs(
+    src: Path,
+    out: Path,
+    template,
+    tname: str,
+    tokenizer,
+    thash: str,
+    max_len: int,
+    chunk_size: int,
+    workers: int,
+    parent: str,
+    model_dir: Path,
+    model_id: str | None,
+    name: str | None,
+    catalog,
+    as_json: bool,
+) -> None:
     """`data tokenize` of a pairs JSONL: the pairs Parquet (openchat_cli.tokenized), registered
     as `tokenized-pairs`."""
     from openchat_cli.data.io import StagedOutputs, sha256_file
@@ -382,19 +600,36 @@ def _tokenize_pairs(src: Path, out: Path, template, tname: str, tokenizer, thash
         err_console.print("[yellow]warning:[/] --workers is not used for pairs (encoded in this process)")
 
     def metadata(stats):
-        return make_metadata(template=tname, tokenizer_hash=thash, max_len=max_len, kind=PAIRS_KIND,
-                             source={"path": str(src.resolve()), "dataset_id": parent,
-                                     "model": str(model_dir.resolve()), "model_id": model_id},
-                             stats=stats.to_dict())
+        return make_metadata(
+            template=tname,
+            tokenizer_hash=thash,
+            max_len=max_len,
+            kind=PAIRS_KIND,
+            source={
+                "path": str(src.resolve()),
+                "dataset_id": parent,
+                "model": str(model_dir.resolve()),
+                "model_id": model_id,
+            },
+            stats=stats.to_dict(),
+        )
 
     total = _count_lines(src) if err_console.is_terminal else None
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
             task = bar.add_task("tokenizing pairs", total=total, info="")
             tmp = staged.path(out)
-            stats = tokenize_pairs_file(src, tmp, template, tokenizer, max_len, metadata,
-                                        chunk_size=min(chunk_size, 256), name=str(src),
-                                        on_progress=lambda n: bar.advance(task, n))
+            stats = tokenize_pairs_file(
+                src,
+                tmp,
+                template,
+                tokenizer,
+                max_len,
+                metadata,
+                chunk_size=min(chunk_size, 256),
+                name=str(src),
+                on_progress=lambda n: bar.advance(task, n),
+            )
         _warn_stale(staged)
         if stats.written == 0:
             if stats.malformed:
@@ -402,15 +637,29 @@ def _tokenize_pairs(src: Path, out: Path, template, tname: str, tokenizer, thash
             raise OpenchatError(
                 f"{src}: no pair to write ({stats.pairs:,} pair(s) read, {stats.malformed:,} malformed, "
                 f"{stats.dropped_too_long:,} too long for --max-len {max_len}, {stats.dropped_no_targets:,} "
-                f"without a supervised token); nothing written to {out}, nothing registered")
+                f"without a supervised token); nothing written to {out}, nothing registered"
+            )
         content_hash = sha256_file(tmp)
 
         def register(catalog) -> str:
             ds = catalog.add_dataset(
-                name=name or out.name, path=out, format="tokenized-pairs", parent_id=parent,
-                content_hash=content_hash, num_records=stats.written, counts=stats.to_dict(),
-                meta={"template": tname, "tokenizer_hash": thash, "max_len": max_len, "kind": PAIRS_KIND,
-                      "model": str(model_dir.resolve()), "model_id": model_id, "errors": stats.errors})
+                name=name or out.name,
+                path=out,
+                format="tokenized-pairs",
+                parent_id=parent,
+                content_hash=content_hash,
+                num_records=stats.written,
+                counts=stats.to_dict(),
+                meta={
+                    "template": tname,
+                    "tokenizer_hash": thash,
+                    "max_len": max_len,
+                    "kind": PAIRS_KIND,
+                    "model": str(model_dir.resolve()),
+                    "model_id": model_id,
+                    "errors": stats.errors,
+                },
+            )
             if model_id:
                 catalog.link(ds, model_id, "tokenized-with")
             return ds
@@ -419,19 +668,37 @@ def _tokenize_pairs(src: Path, out: Path, template, tname: str, tokenizer, thash
     if stats.malformed:
         _warn([f"{stats.malformed} malformed pair(s) skipped, e.g."] + stats.errors[:5])
     if as_json:
-        print_json({"id": ds, "path": str(out), "kind": PAIRS_KIND, "template": tname, "max_len": max_len,
-                    "tokenizer_hash": thash, "stats": stats.to_dict()})
+        print_json(
+            {
+                "id": ds,
+                "path": str(out),
+                "kind": PAIRS_KIND,
+                "template": tname,
+                "max_len": max_len,
+                "tokenizer_hash": thash,
+                "stats": stats.to_dict(),
+            }
+        )
         return
     s = stats
-    console.print(table(f"pairs tokenized with {tname}, max {max_len} tokens a side", ["", ""], [
-        ("pairs", f"{s.pairs:,}"), ("written", f"{s.written:,}"),
-        ("oldest prompt turns cut to fit", f"{s.shortened:,} pairs"),
-        ("truncated at --max-len", f"{s.truncated:,} pairs"),
-        ("dropped, prompt fills the window", f"{s.dropped_too_long:,}"),
-        ("dropped, nothing to train on", f"{s.dropped_no_targets:,}"),
-        ("malformed", f"{s.malformed:,}"), ("tokens", f"{s.tokens:,}"),
-        ("supervised tokens", f"{s.supervised_tokens:,}"), ("longest side", f"{s.longest:,}"),
-    ]))
+    console.print(
+        table(
+            f"pairs tokenized with {tname}, max {max_len} tokens a side",
+            ["", ""],
+            [
+                ("pairs", f"{s.pairs:,}"),
+                ("written", f"{s.written:,}"),
+                ("oldest prompt turns cut to fit", f"{s.shortened:,} pairs"),
+                ("truncated at --max-len", f"{s.truncated:,} pairs"),
+                ("dropped, prompt fills the window", f"{s.dropped_too_long:,}"),
+                ("dropped, nothing to train on", f"{s.dropped_no_targets:,}"),
+                ("malformed", f"{s.malformed:,}"),
+                ("tokens", f"{s.tokens:,}"),
+                ("supervised tokens", f"{s.supervised_tokens:,}"),
+                ("longest side", f"{s.longest:,}"),
+            ],
+        )
+    )
     console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
 
 
@@ -452,15 +719,30 @@ def _count_lines(path: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 @app.command("stats")
 def stats_command(
-    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or catalog ids."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Count tokens with this model's tokenizer (conversations only; default: characters)."),
-    template_name: Optional[str] = typer.Option(None, "--template", help="Template for token counts (default: the model's)."),
+    inputs: list[str] = typer.Argument(
+        ..., metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or catalog ids."
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Count tokens with this model's tokenizer (conversations only; default: characters).",
+    ),
+    template_name: Optional[str] = typer.Option(
+        None, "--template", help="Template for token counts (default: the model's)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Counts, turns, a length histogram and a breakdown by condition."""
     from openchat_cli.data.io import is_parquet, resolve_input
-    from openchat_cli.data.stats import (conversation_stats, jsonable, pair_stats, render, tokenized_pairs_stats,
-                                         tokenized_stats)
+    from openchat_cli.data.stats import (
+        conversation_stats,
+        jsonable,
+        pair_stats,
+        render,
+        tokenized_pairs_stats,
+        tokenized_stats,
+    )
     from openchat_cli.data.tokenize_pairs import sniff_pairs
     from openchat_cli.tokenized import PAIRS_KIND, read_metadata
 
@@ -494,19 +776,26 @@ def stats_command(
 # ---------------------------------------------------------------------------------------------
 @app.command("show")
 def show_command(
-    input: Annotated[str, typer.Argument(metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or a catalog id.")],
+    input: Annotated[
+        str,
+        typer.Argument(metavar="INPUT", help="Conversations (any input format), tokenized Parquet, or a catalog id."),
+    ],
     ids: Annotated[Optional[list[str]], typer.Option("--id", help="Conversation id to show (repeatable).")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many to show (at most N).")] = 3,
     sample: Annotated[bool, typer.Option("--random", help="A seeded random sample instead of the first N.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --random.")] = 0,
-    template_name: Annotated[Optional[str], typer.Option("--template", help="Show conversations as this template renders them.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Tokenizer to decode a tokenized file (default: the one it was made with).")] = None,
+    template_name: Annotated[
+        Optional[str], typer.Option("--template", help="Show conversations as this template renders them.")
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="Tokenizer to decode a tokenized file (default: the one it was made with)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:
     """Render a few conversations, or tokenized sequences with their supervised tokens marked."""
     from openchat_cli.data import show
     from openchat_cli.data.io import is_parquet, resolve_input
-
     from openchat_cli.data.tokenize_pairs import sniff_pairs
     from openchat_cli.tokenized import PAIRS_KIND, read_metadata
 
@@ -549,8 +838,9 @@ def show_command(
             console.print(show.render_conversation(conv, template))
         rows = convs
     if ids and len(rows) < len(set(ids)):
-        found = {str(r.get("conversation_id", r.get("pair_id", r.get("id")))) if isinstance(r, dict) else r.id
-                 for r in rows}
+        found = {
+            str(r.get("conversation_id", r.get("pair_id", r.get("id")))) if isinstance(r, dict) else r.id for r in rows
+        }
         raise OpenchatError(f"not found in {path}: {', '.join(i for i in ids if i not in found)}")
     if not rows:
         err_console.print(f"[yellow]{path} holds no readable conversations[/]")
@@ -566,19 +856,26 @@ def _tokenizer_for(path: Path, given: str | None, model: str | None):
     recorded = read_metadata(path).get("source", {}).get("model")
     if recorded and Path(recorded).is_dir():
         return load_tokenizer(Path(recorded))
-    err_console.print("[yellow]the model this file was tokenized with is gone: showing token ids "
-                      "(pass --model to decode)[/]")
+    err_console.print(
+        "[yellow]the model this file was tokenized with is gone: showing token ids (pass --model to decode)[/]"
+    )
     return None
 
 
 # ---------------------------------------------------------------------------------------------
 @app.command("split")
 def split_command(
-    input: str = typer.Argument(..., metavar="INPUT", help="Conversations JSONL or tokenized Parquet, or a catalog id."),
+    input: str = typer.Argument(
+        ..., metavar="INPUT", help="Conversations JSONL or tokenized Parquet, or a catalog id."
+    ),
     eval_fraction: float = typer.Option(0.02, "--eval", help="Fraction of conversations for the eval split (0–1)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same split."),
-    train_out: Optional[Path] = typer.Option(None, "--train-out", help="Train output (default: INPUT.train.EXT next to it)."),
-    eval_out: Optional[Path] = typer.Option(None, "--eval-out", help="Eval output (default: INPUT.eval.EXT next to it)."),
+    train_out: Optional[Path] = typer.Option(
+        None, "--train-out", help="Train output (default: INPUT.train.EXT next to it)."
+    ),
+    eval_out: Optional[Path] = typer.Option(
+        None, "--eval-out", help="Eval output (default: INPUT.eval.EXT next to it)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace outputs that exist."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -617,9 +914,13 @@ def split_command(
         if result.train + result.eval == 0:
             if result.errors:
                 _warn([f"{result.malformed} malformed line(s) skipped, e.g."] + result.errors[:5])
-            raise OpenchatError(f"{src}: no {'sequence' if parquet else 'conversation'} to split "
-                                f"({result.malformed} malformed); nothing written, nothing registered")
-        hashes = {which: sha256_file(staged.temp_of(path)) for which, path in (("train", train_out), ("eval", eval_out))}
+            raise OpenchatError(
+                f"{src}: no {'sequence' if parquet else 'conversation'} to split "
+                f"({result.malformed} malformed); nothing written, nothing registered"
+            )
+        hashes = {
+            which: sha256_file(staged.temp_of(path)) for which, path in (("train", train_out), ("eval", eval_out))
+        }
 
         def register(catalog) -> dict[str, str]:
             parent_row = catalog.get(parent)
@@ -627,8 +928,15 @@ def split_command(
             made = {}
             for which, path, n in (("train", train_out, result.train), ("eval", eval_out, result.eval)):
                 made[which] = catalog.add_dataset(
-                    name=path.name, path=path, format=fmt, parent_id=parent, content_hash=hashes[which],
-                    num_records=n, counts=counts(result), meta={**meta, "split": which})
+                    name=path.name,
+                    path=path,
+                    format=fmt,
+                    parent_id=parent,
+                    content_hash=hashes[which],
+                    num_records=n,
+                    counts=counts(result),
+                    meta={**meta, "split": which},
+                )
             return made
 
         made = staged.publish(register, catalog)
@@ -637,35 +945,58 @@ def split_command(
     if result.eval == 0:
         err_console.print("[yellow]warning:[/] the eval split is empty (too few conversations for --eval)")
     if as_json:
-        print_json({"train": {"id": made["train"], "path": str(train_out), "records": result.train},
-                    "eval": {"id": made["eval"], "path": str(eval_out), "records": result.eval},
-                    "seed": seed, "eval_fraction": eval_fraction, "malformed": result.malformed})
+        print_json(
+            {
+                "train": {"id": made["train"], "path": str(train_out), "records": result.train},
+                "eval": {"id": made["eval"], "path": str(eval_out), "records": result.eval},
+                "seed": seed,
+                "eval_fraction": eval_fraction,
+                "malformed": result.malformed,
+            }
+        )
         return
     unit = "pairs" if pairs else ("sequences" if parquet else "conversations")
-    console.print(f"train: {result.train:,} {unit} → {train_out} as [bold]{made['train']}[/]\n"
-                  f"eval:  {result.eval:,} {unit} → {eval_out} as [bold]{made['eval']}[/]", highlight=False)
+    console.print(
+        f"train: {result.train:,} {unit} → {train_out} as [bold]{made['train']}[/]\n"
+        f"eval:  {result.eval:,} {unit} → {eval_out} as [bold]{made['eval']}[/]",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 @app.command("map")
 def map_command(
     data: str = typer.Argument(..., metavar="DATA", help="Cleaned conversations JSONL or a catalog dataset id."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML page (default: DATA's name + .map.html "
-                                       "beside it); the PNG goes beside it."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embed with this model's mean-pooled hidden "
-                                        "states (folder or ck-… id; default: TF-IDF + SVD, no model)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="The HTML page (default: DATA's name + .map.html beside it); the PNG goes beside it."
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Embed with this model's mean-pooled hidden states (folder or ck-… id; default: TF-IDF + SVD, no model).",
+    ),
     clusters: int = typer.Option(12, "--clusters", "-k", min=1, help="k-means clusters."),
-    dropped: Optional[bool] = typer.Option(None, "--dropped/--no-dropped", help="Also map the records `clean` "
-                                           "dropped (default: when DATA.dropped.jsonl is beside DATA)."),
-    fit_limit: int = typer.Option(200_000, "--fit-limit", min=100, help="Fit UMAP on at most this many points "
-                                  "(a seeded sample) and place the rest with transform (slower per point below "
-                                  "~100k: see benchmarks/bench_map.py)."),
+    dropped: Optional[bool] = typer.Option(
+        None,
+        "--dropped/--no-dropped",
+        help="Also map the records `clean` dropped (default: when DATA.dropped.jsonl is beside DATA).",
+    ),
+    fit_limit: int = typer.Option(
+        200_000,
+        "--fit-limit",
+        min=100,
+        help="Fit UMAP on at most this many points "
+        "(a seeded sample) and place the rest with transform (slower per point below "
+        "~100k: see benchmarks/bench_map.py).",
+    ),
     dims: int = typer.Option(64, "--dims", min=2, help="TF-IDF + SVD dimensions."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Texts per forward pass (--model)."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=8, help="Tokens of each conversation embedded (--model)."),
     device: str = typer.Option("cpu", "--device", help="--model: cpu, cuda, cuda:1 …"),
-    max_chars: int = typer.Option(4000, "--max-chars", min=100, help="Characters of each conversation kept in "
-                                  "the page's side panel."),
+    max_chars: int = typer.Option(
+        4000, "--max-chars", min=100, help="Characters of each conversation kept in the page's side panel."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the samples, UMAP and k-means."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
@@ -692,8 +1023,9 @@ def map_command(
             from openchat_cli.model_dir import resolve_model
 
             model_dir, _ = resolve_model(model)
-            embeddings = model_hidden_states(texts, model_dir, batch_size=batch_size, max_tokens=max_tokens,
-                                             device=device, tick=tick)
+            embeddings = model_hidden_states(
+                texts, model_dir, batch_size=batch_size, max_tokens=max_tokens, device=device, tick=tick
+            )
         else:
             embeddings = tfidf_svd(texts, dims=dims, seed=seed, tick=tick)
         embedded = time.monotonic()
@@ -703,17 +1035,32 @@ def map_command(
     how = f"model {model}" if model else "TF-IDF + SVD"
     sampled = f", UMAP fitted on {lay.fitted_on:,} sampled points" if lay.fitted_on < len(points) else ""
     kept = sum(p.drop_reason == "kept" for p in points)
-    subtitle = (f"{path.name}: {len(points):,} conversations ({kept:,} kept, {len(points) - kept:,} dropped) · "
-                f"{how} · UMAP{sampled} · k-means k={min(clusters, len(points))}")
-    write_map_html(html_path, points, lay, title=f"openchat data map: {path.name}", subtitle=subtitle,
-                   max_chars=max_chars)
+    subtitle = (
+        f"{path.name}: {len(points):,} conversations ({kept:,} kept, {len(points) - kept:,} dropped) · "
+        f"{how} · UMAP{sampled} · k-means k={min(clusters, len(points))}"
+    )
+    write_map_html(
+        html_path, points, lay, title=f"openchat data map: {path.name}", subtitle=subtitle, max_chars=max_chars
+    )
     write_map_png(png_path, points, lay, title=f"{path.name} ({len(points):,} conversations, {how})")
-    summary = {"html": str(html_path), "png": str(png_path), "points": len(points), "kept": kept,
-               "dropped": len(points) - kept, "clusters": int(lay.clusters.max()) + 1, "embedding": how,
-               "umap_fitted_on": lay.fitted_on, "embed_s": round(embedded - started, 2),
-               "total_s": round(time.monotonic() - started, 2)}
+    summary = {
+        "html": str(html_path),
+        "png": str(png_path),
+        "points": len(points),
+        "kept": kept,
+        "dropped": len(points) - kept,
+        "clusters": int(lay.clusters.max()) + 1,
+        "embedding": how,
+        "umap_fitted_on": lay.fitted_on,
+        "embed_s": round(embedded - started, 2),
+        "total_s": round(time.monotonic() - started, 2),
+    }
     if as_json:
         print_json(summary)
         return
-    console.print(f"mapped [bold]{len(points):,}[/] conversations ({how}{sampled}) in {summary['total_s']:.1f}s → "
-                  f"{html_path} and {png_path}", highlight=False, soft_wrap=True)
+    console.print(
+        f"mapped [bold]{len(points):,}[/] conversations ({how}{sampled}) in {summary['total_s']:.1f}s → "
+        f"{html_path} and {png_path}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -99,7 +99,7 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     best, best_err = (1, num_perm), float("inf")
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            p = 1.0 - (1.0 - xs ** r) ** b
+            p = 1.0 - (1.0 - xs**r) ** b
             fp = np.trapezoid(np.where(xs < threshold, p, 0.0), xs)
             fn = np.trapezoid(np.where(xs >= threshold, 1.0 - p, 0.0), xs)
             if fp + fn < best_err:
@@ -124,7 +124,7 @@ class NearDedup:
     def signature(self, text: str) -> np.ndarray:
         words = _WORD.findall(text.lower())
         k = self.shingle
-        grams = {" ".join(words[i:i + k]) for i in range(max(1, len(words) - k + 1))}
+        grams = {" ".join(words[i : i + k]) for i in range(max(1, len(words) - k + 1))}
         hv = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
         with np.errstate(over="ignore"):
             ph = (hv[:, None] * self.a[None, :] + self.b[None, :]) % _MERSENNE & _MAX_HASH
@@ -132,8 +132,9 @@ class NearDedup:
 
     def check_and_add(self, text: str) -> bool:
         sig = self.signature(text)
-        keys = [stable_hash(f"{i}:" + sig[i * self.rows:(i + 1) * self.rows].tobytes().hex())
-                for i in range(self.bands)]
+        keys = [
+            stable_hash(f"{i}:" + sig[i * self.rows : (i + 1) * self.rows].tobytes().hex()) for i in range(self.bands)
+        ]
         if any(k in self.buckets for k in keys):
             return True
         self.buckets.update(keys)

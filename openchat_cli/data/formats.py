@@ -16,10 +16,19 @@ PAIR_FORMATS = ("trl", "hh", "rm-static", "webgpt", "shp", "gpt4llm")
 FORMATS = ("auto", "sharegpt", "html", "alpaca", "dolly", "openai", *PAIR_FORMATS)
 
 ROLES = {
-    "human": "user", "user": "user", "prompter": "user",
-    "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
-    "assistant": "assistant", "model": "assistant", "bot": "assistant", "claude": "assistant",
-    "system": "system", "developer": "system",
+    "human": "user",
+    "user": "user",
+    "prompter": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "claude": "assistant",
+    "system": "system",
+    "developer": "system",
 }
 
 
@@ -98,15 +107,22 @@ def from_sharegpt(record: dict[str, Any], loc: Location, source: str) -> Conv:
             raise Malformed("missing", f"{where}.from")
         value = turn.get("value", turn.get("text"))
         if not isinstance(value, str):
-            raise Malformed("missing" if value is None else
-                            f"expected a string, found {type(value).__name__}", f"{where}.value")
+            raise Malformed(
+                "missing" if value is None else f"expected a string, found {type(value).__name__}", f"{where}.value"
+            )
         messages.append({"role": _role(turn["from"], f"{where}.from"), "content": value})
-    return Conv(id=_ident(record, loc), source=source, messages=messages, model=_model(record),
-                system=_str_field(record, "system", required=False))
+    return Conv(
+        id=_ident(record, loc),
+        source=source,
+        messages=messages,
+        model=_model(record),
+        system=_str_field(record, "system", required=False),
+    )
 
 
-def _instruction(record: dict[str, Any], loc: Location, source: str, *, extra_field: str,
-                 answer_field: str, system: str | None) -> Conv:
+def _instruction(
+    record: dict[str, Any], loc: Location, source: str, *, extra_field: str, answer_field: str, system: str | None
+) -> Conv:
     """Instruction datasets: an instruction, optional extra input, one answer."""
     instruction = _str_field(record, "instruction")
     extra = _str_field(record, extra_field, required=False)
@@ -114,18 +130,28 @@ def _instruction(record: dict[str, Any], loc: Location, source: str, *, extra_fi
     user: dict[str, Any] = {"role": "user", "content": instruction}
     if extra and extra.strip():
         user["input"] = extra
-    return Conv(id=_ident(record, loc), source=source, model=_model(record), system=system,
-                messages=[user, {"role": "assistant", "content": answer}])
+    return Conv(
+        id=_ident(record, loc),
+        source=source,
+        model=_model(record),
+        system=system,
+        messages=[user, {"role": "assistant", "content": answer}],
+    )
 
 
 def from_alpaca(record: dict[str, Any], loc: Location, source: str) -> Conv:
-    return _instruction(record, loc, source, extra_field="input", answer_field="output",
-                        system=_str_field(record, "system", required=False))
+    return _instruction(
+        record,
+        loc,
+        source,
+        extra_field="input",
+        answer_field="output",
+        system=_str_field(record, "system", required=False),
+    )
 
 
 def from_dolly(record: dict[str, Any], loc: Location, source: str) -> Conv:
-    return _instruction(record, loc, source, extra_field="context", answer_field="response",
-                        system=None)
+    return _instruction(record, loc, source, extra_field="context", answer_field="response", system=None)
 
 
 def from_openai(record: dict[str, Any], loc: Location, source: str) -> Conv:
@@ -153,8 +179,14 @@ def from_openai(record: dict[str, Any], loc: Location, source: str) -> Conv:
         messages.append(msg)
     src = record.get("source") if isinstance(record.get("source"), str) and record.get("source") else source
     condition = record.get("condition") if isinstance(record.get("condition"), str) else None
-    return Conv(id=_ident(record, loc), source=src, messages=messages, model=_model(record),
-                system=_str_field(record, "system", required=False), condition=condition or None)
+    return Conv(
+        id=_ident(record, loc),
+        source=src,
+        messages=messages,
+        model=_model(record),
+        system=_str_field(record, "system", required=False),
+        condition=condition or None,
+    )
 
 
 NORMALIZERS: dict[str, Callable[[dict[str, Any], Location, str], Conv]] = {

@@ -15,8 +15,7 @@ import re
 
 from markdownify import ATX, MarkdownConverter
 
-LOOKS_HTML = re.compile(
-    r"^\s*(?:\d+\s*/\s*\d+\s*)?<(?:div|p|pre|ol|ul|h[1-6]|table|blockquote)\b[^>]*>", re.I)
+LOOKS_HTML = re.compile(r"^\s*(?:\d+\s*/\s*\d+\s*)?<(?:div|p|pre|ol|ul|h[1-6]|table|blockquote)\b[^>]*>", re.I)
 COUNTER = re.compile(r"^\s*\d+\s*/\s*\d+\s*")
 GLUED_COUNTER = re.compile(r"^\s*\d+ / \d+(?=\S)")
 COPY_CHARS = re.compile(r"Copy\d+ chars / \d+ words")
@@ -25,16 +24,16 @@ FENCE = re.compile(r"^\s*(`{3,})(.*)$")
 LANG_CLASS = re.compile(r"(?:^|\s)(?:language|lang)-([\w+#.-]+)")
 LANGUAGE_WORD = re.compile(r"[\w+#.-]{1,24}")
 # Elements whose content is page machinery, never message text.
-DROPPED = ("button", "svg", "head", "title", "noscript", "template", "iframe", "textarea", "select",
-           "form", "nav")
+DROPPED = ("button", "svg", "head", "title", "noscript", "template", "iframe", "textarea", "select", "form", "nav")
 
 
 class ChatMarkdown(MarkdownConverter):
     """markdownify with ChatGPT's code blocks, unescaped text and bare URLs."""
 
     def __init__(self) -> None:
-        super().__init__(heading_style=ATX, bullets="-", escape_asterisks=False, escape_underscores=False,
-                         escape_misc=False)
+        super().__init__(
+            heading_style=ATX, bullets="-", escape_asterisks=False, escape_underscores=False, escape_misc=False
+        )
 
     def convert_pre(self, el, text, parent_tags):
         code = el.find("code")
@@ -117,7 +116,7 @@ def _fix_fences(text: str) -> str:
             out.append(line)
             continue
         if m and m.group(1) == fence and not m.group(2).strip():
-            if all(not s.strip() for s in out[open_at + 1:]):
+            if all(not s.strip() for s in out[open_at + 1 :]):
                 del out[open_at:]  # an empty code block
             else:
                 out.append(line)

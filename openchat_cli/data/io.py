@@ -45,8 +45,7 @@ def dataset_id_for(path: Path, given: str | None = None, catalog: Any = None) ->
     return row["id"] if row else None
 
 
-def ensure_registered(path: Path, fmt: str, given: str | None = None, catalog: Any = None,
-                      **fields: Any) -> str:
+def ensure_registered(path: Path, fmt: str, given: str | None = None, catalog: Any = None, **fields: Any) -> str:
     """The dataset id for `path`, registering it (as `fmt`) if the catalog does not know it yet,
     so every output has a parent in the lineage. Pass `catalog` inside a transaction (another
     connection would wait on the lock that transaction holds)."""
@@ -177,7 +176,8 @@ class StagedOutputs:
             if isinstance(exc, CatalogError):
                 raise OpenchatError(
                     f"{exc}; nothing was written (no output, no catalog entry): run the same "
-                    f"command again when the catalog is free") from None
+                    f"command again when the catalog is free"
+                ) from None
             raise
         return result
 

@@ -38,20 +38,28 @@ class JudgePairs:
     notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
-        return {"judged_pairs": self.judged, "kept": len(self.records),
-                "dropped": {r: self.dropped[r] for r in DROP_REASONS if self.dropped.get(r)},
-                "dropped_total": sum(self.dropped.values()), "chosen_from": dict(self.chosen_from)}
+        return {
+            "judged_pairs": self.judged,
+            "kept": len(self.records),
+            "dropped": {r: self.dropped[r] for r in DROP_REASONS if self.dropped.get(r)},
+            "dropped_total": sum(self.dropped.values()),
+            "chosen_from": dict(self.chosen_from),
+        }
 
 
 def judge_run_row(cat: Catalog, ref: str) -> dict[str, Any]:
     """The pairwise judge run `ref` names, or OpenchatError saying what it is instead."""
     row = cat.get(ref)  # an unknown or ambiguous id: CatalogError, reported by the app
     if cat.table_of(row["id"]) != "evals" or row.get("kind") != "judge":
-        raise OpenchatError(f"{ref} is not a judge run ({cat.summary(row['id'])}); give the ev-… id of "
-                            f"`openchat eval judge A --baseline B --mode pairwise`")
+        raise OpenchatError(
+            f"{ref} is not a judge run ({cat.summary(row['id'])}); give the ev-… id of "
+            f"`openchat eval judge A --baseline B --mode pairwise`"
+        )
     if (row.get("config") or {}).get("mode") != "pairwise" or not row.get("baseline_id"):
-        raise OpenchatError(f"{row['id']} is a single-answer judge run (1-10 ratings): pairs need a pairwise run "
-                            f"(`openchat eval judge A --baseline B --mode pairwise`)")
+        raise OpenchatError(
+            f"{row['id']} is a single-answer judge run (1-10 ratings): pairs need a pairwise run "
+            f"(`openchat eval judge A --baseline B --mode pairwise`)"
+        )
     return row
 
 
@@ -108,11 +116,16 @@ def pairs_from_judge_run(cat: Catalog, ref: str) -> JudgePairs:
             if i < turn - 1:
                 prompt.append({"role": "assistant", "content": a[i], "weight": 0.0})
         out.chosen_from["answer_run" if verdict == "A" else "baseline"] += 1
-        out.records.append({
-            "id": f"{row['id']}:{pair.question_id}:{turn}", "source": row["id"], "system": system,
-            "condition": None, "prompt": prompt,
-            "chosen": [{"role": "assistant", "content": win[turn - 1], "weight": 1.0}],
-            "rejected": [{"role": "assistant", "content": lose[turn - 1], "weight": 1.0}],
-            "category": (question or {}).get("category"),
-        })
+        out.records.append(
+            {
+                "id": f"{row['id']}:{pair.question_id}:{turn}",
+                "source": row["id"],
+                "system": system,
+                "condition": None,
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": win[turn - 1], "weight": 1.0}],
+                "rejected": [{"role": "assistant", "content": lose[turn - 1], "weight": 1.0}],
+                "category": (question or {}).get("category"),
+            }
+        )
     return out

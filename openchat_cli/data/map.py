@@ -75,12 +75,19 @@ def read_conversations(path: Path) -> Iterator[MapPoint]:
                 raise OpenchatError(f"{where}: a conversation must be a JSON object")
             messages = record.get("messages")
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise OpenchatError(f"{where}: field 'messages' must be a list of objects "
-                                    f"(is this a cleaned conversations file? run `openchat data clean` first)")
+                raise OpenchatError(
+                    f"{where}: field 'messages' must be a list of objects "
+                    f"(is this a cleaned conversations file? run `openchat data clean` first)"
+                )
             turns = [{"role": "system", "content": _content(record["system"])}] if record.get("system") else []
             turns += [{"role": str(m.get("role", "?")), "content": _content(m.get("content"))} for m in messages]
-            yield MapPoint(id=str(record.get("id", f"line {line_no}")), source=str(record.get("source") or "(none)"),
-                           condition=str(record.get("condition") or "(none)"), drop_reason=KEPT, messages=turns)
+            yield MapPoint(
+                id=str(record.get("id", f"line {line_no}")),
+                source=str(record.get("source") or "(none)"),
+                condition=str(record.get("condition") or "(none)"),
+                drop_reason=KEPT,
+                messages=turns,
+            )
 
 
 def _raw_turns(record: Any) -> list[dict[str, str]]:
@@ -90,9 +97,14 @@ def _raw_turns(record: Any) -> list[dict[str, str]]:
     for key in ("messages", "conversations", "conversation", "items"):
         value = record.get(key)
         if isinstance(value, list) and value:
-            return [{"role": str(m.get("role", m.get("from", "?"))),
-                     "content": _content(m.get("content", m.get("value", m.get("text"))))}
-                    for m in value if isinstance(m, dict)]
+            return [
+                {
+                    "role": str(m.get("role", m.get("from", "?"))),
+                    "content": _content(m.get("content", m.get("value", m.get("text")))),
+                }
+                for m in value
+                if isinstance(m, dict)
+            ]
     texts = [(k, _content(v)) for k, v in record.items() if isinstance(v, str) and k not in ("id", "source")]
     return [{"role": k, "content": v} for k, v in texts]
 
@@ -124,14 +136,21 @@ def read_dropped(report: Path) -> list[MapPoint]:
             continue
         turns = _raw_turns(item.data) if item.error is None else [{"role": "raw", "content": item.error}]
         data = item.data if isinstance(item.data, dict) else {}
-        points.append(MapPoint(id=str(row.get("id") or f"{Path(item.loc.file).name}#{item.loc.record}"),
-                               source=str(data.get("source") or Path(item.loc.file).name),
-                               condition=str(data.get("condition") or "(none)"), drop_reason=str(row["reason"]),
-                               messages=turns, extra={"detail": row.get("detail")}))
+        points.append(
+            MapPoint(
+                id=str(row.get("id") or f"{Path(item.loc.file).name}#{item.loc.record}"),
+                source=str(data.get("source") or Path(item.loc.file).name),
+                condition=str(data.get("condition") or "(none)"),
+                drop_reason=str(row["reason"]),
+                messages=turns,
+                extra={"detail": row.get("detail")},
+            )
+        )
     return points
 
 
 # -- layout ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Layout:
@@ -140,8 +159,9 @@ class Layout:
     fitted_on: int  # points UMAP was fitted on (the rest were transformed)
 
 
-def layout(embeddings: np.ndarray, *, clusters: int = 12, neighbors: int = 15, fit_limit: int = 200_000,
-           seed: int = 0) -> Layout:
+def layout(
+    embeddings: np.ndarray, *, clusters: int = 12, neighbors: int = 15, fit_limit: int = 200_000, seed: int = 0
+) -> Layout:
     """UMAP to 2-D (fitted on at most `fit_limit` points) and k-means on the embeddings."""
     n = len(embeddings)
     if n == 0:
@@ -162,8 +182,14 @@ def layout(embeddings: np.ndarray, *, clusters: int = 12, neighbors: int = 15, f
         import umap
     except ImportError:
         raise OpenchatError("`data map` needs umap-learn: pip install 'openchat-cli[map]'") from None
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(neighbors, n - 1), metric="cosine", random_state=seed,
-                        init="spectral" if n > 10 else "random", n_jobs=1)
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(neighbors, n - 1),
+        metric="cosine",
+        random_state=seed,
+        init="spectral" if n > 10 else "random",
+        n_jobs=1,
+    )
     if n > fit_limit:
         idx = np.random.default_rng(seed).choice(n, size=fit_limit, replace=False)
         reducer.fit(embeddings[idx])

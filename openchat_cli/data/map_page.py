@@ -105,20 +105,38 @@ def page_data(points: list[MapPoint], lay: Layout, max_chars: int) -> dict[str, 
         turns, cut = _clip_turns(p.messages, max_chars)
         first = p.first_turn
         hover = first[:FIRST_TURN_CHARS] + ("…" if len(first) > FIRST_TURN_CHARS else "")
-        rows.append({"id": p.id, "cluster": p.cluster, "source": p.source, "condition": p.condition,
-                     "drop_reason": p.drop_reason, "detail": p.extra.get("detail"),
-                     "hover": html.escape(hover, quote=False).replace("\n", "<br>"),  # plotly reads tags
-                     "turns": turns, "cut": cut})
+        rows.append(
+            {
+                "id": p.id,
+                "cluster": p.cluster,
+                "source": p.source,
+                "condition": p.condition,
+                "drop_reason": p.drop_reason,
+                "detail": p.extra.get("detail"),
+                "hover": html.escape(hover, quote=False).replace("\n", "<br>"),  # plotly reads tags
+                "turns": turns,
+                "cut": cut,
+            }
+        )
     n = len(points)
-    return {"x": [round(float(v), 4) for v in lay.xy[:, 0]], "y": [round(float(v), 4) for v in lay.xy[:, 1]],
-            "points": rows, "fields": fields, "labels": LABELS, "max_chars": max_chars,
-            "marker": 7 if n < 2_000 else 4 if n < 20_000 else 3}
+    return {
+        "x": [round(float(v), 4) for v in lay.xy[:, 0]],
+        "y": [round(float(v), 4) for v in lay.xy[:, 1]],
+        "points": rows,
+        "fields": fields,
+        "labels": LABELS,
+        "max_chars": max_chars,
+        "marker": 7 if n < 2_000 else 4 if n < 20_000 else 3,
+    }
 
 
-def write_map_html(path: Path, points: list[MapPoint], lay: Layout, *, title: str, subtitle: str,
-                   max_chars: int) -> Path:
-    return write_page(path, page(title, MAP_BODY, subtitle=subtitle, css=MAP_CSS,
-                                 data=page_data(points, lay, max_chars), scripts=[MAP_JS]))
+def write_map_html(
+    path: Path, points: list[MapPoint], lay: Layout, *, title: str, subtitle: str, max_chars: int
+) -> Path:
+    return write_page(
+        path,
+        page(title, MAP_BODY, subtitle=subtitle, css=MAP_CSS, data=page_data(points, lay, max_chars), scripts=[MAP_JS]),
+    )
 
 
 def write_map_png(path: Path, points: list[MapPoint], lay: Layout, title: str) -> Path:

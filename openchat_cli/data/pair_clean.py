@@ -25,8 +25,14 @@ SIDES = ("prompt", "chosen", "rejected")
 
 def _shim(pair: Pair, messages: list[dict[str, Any]] | None = None) -> Conv:
     """A `Conv` view of a pair for the steps shared with conversations (filters, text, class)."""
-    return Conv(id=pair.id, source=pair.source, messages=messages or [], system=pair.system,
-                condition=pair.condition, model=pair.model)
+    return Conv(
+        id=pair.id,
+        source=pair.source,
+        messages=messages or [],
+        system=pair.system,
+        condition=pair.condition,
+        model=pair.model,
+    )
 
 
 def clean_pair(cleaner: Cleaner, pair: Pair, shape: str) -> Pair:
@@ -124,18 +130,20 @@ def _weights(cleaner: Cleaner, pair: Pair) -> None:
                 continue
             weight = float(m.get("weight", 1.0)) * class_weight
             if not math.isfinite(weight):
-                raise Malformed(f"weight {m.get('weight')} × class weight {class_weight} is not a finite number",
-                                f"{side}[{i}].weight")
+                raise Malformed(
+                    f"weight {m.get('weight')} × class weight {class_weight} is not a finite number",
+                    f"{side}[{i}].weight",
+                )
             m["weight"] = weight
-        if ("no_trainable_reply" not in cleaner.skip
-                and not any(m["role"] == "assistant" and m["weight"] > 0 for m in getattr(pair, side))):
+        if "no_trainable_reply" not in cleaner.skip and not any(
+            m["role"] == "assistant" and m["weight"] > 0 for m in getattr(pair, side)
+        ):
             raise Drop("no_trainable_reply", f"every {side} reply turn has weight 0")
 
 
 def _tagged(pair: Pair) -> list[dict[str, Any]]:
     """Every message with its side in the role, so the same text as prompt and as reply differ."""
-    return [{"role": f"{side}:{m['role']}", "content": m["content"]}
-            for side in SIDES for m in getattr(pair, side)]
+    return [{"role": f"{side}:{m['role']}", "content": m["content"]} for side in SIDES for m in getattr(pair, side)]
 
 
 def _dedup(cleaner: Cleaner, pair: Pair) -> None:

@@ -44,8 +44,12 @@ def detect_pair(record: dict[str, Any]) -> str | None:
         if "response" in record and "prompt" in record:
             return "rm-static"
         chosen, rejected = record["chosen"], record["rejected"]
-        if ("prompt" not in record and isinstance(chosen, str) and isinstance(rejected, str)
-                and looks_like_transcript(chosen)):
+        if (
+            "prompt" not in record
+            and isinstance(chosen, str)
+            and isinstance(rejected, str)
+            and looks_like_transcript(chosen)
+        ):
             return "hh"
         return "trl"
     return None
@@ -65,15 +69,16 @@ def parse_transcript(text: str, field: str) -> list[dict[str, Any]]:
     messages = []
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        messages.append({"role": HH_ROLES[m.group(1)], "content": text[m.end():end]})
+        messages.append({"role": HH_ROLES[m.group(1)], "content": text[m.end() : end]})
     return messages
 
 
 def _messages(value: Any, field: str) -> list[dict[str, Any]]:
     """A list of {role, content} messages (OpenAI shape; our own `weight` is kept)."""
     if not isinstance(value, list):
-        raise Malformed(f"expected a string or a list of {{role, content}} messages, found {type(value).__name__}",
-                        field)
+        raise Malformed(
+            f"expected a string or a list of {{role, content}} messages, found {type(value).__name__}", field
+        )
     out = []
     for i, m in enumerate(value):
         where = f"{field}[{i}]"
@@ -96,8 +101,9 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
 
 
-def split_shared(chosen: list[dict[str, Any]], rejected: list[dict[str, Any]], field: str
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def split_shared(
+    chosen: list[dict[str, Any]], rejected: list[dict[str, Any]], field: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(prompt, chosen reply, rejected reply) from two full conversations: the prompt is their
     shared leading messages, cut back to end at a user turn."""
     k = 0
@@ -145,17 +151,30 @@ def from_trl(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
     chosen_raw, rejected_raw = record.get("chosen"), record.get("rejected")
     for key, value in (("chosen", chosen_raw), ("rejected", rejected_raw)):
         if not isinstance(value, (str, list)):
-            raise Malformed("missing" if value is None else
-                            f"expected a string or a list of messages, found {type(value).__name__}", key)
+            raise Malformed(
+                "missing"
+                if value is None
+                else f"expected a string or a list of messages, found {type(value).__name__}",
+                key,
+            )
     prompt_raw = record.get("prompt")
-    replies_only = (isinstance(chosen_raw, list) and chosen_raw and isinstance(chosen_raw[0], dict)
-                    and str(chosen_raw[0].get("role", "")).lower() in ("assistant", "gpt", "model"))
-    if (isinstance(chosen_raw, list) and isinstance(rejected_raw, list) and not isinstance(prompt_raw, list)
-            and not (isinstance(prompt_raw, str) and replies_only)):
+    replies_only = (
+        isinstance(chosen_raw, list)
+        and chosen_raw
+        and isinstance(chosen_raw[0], dict)
+        and str(chosen_raw[0].get("role", "")).lower() in ("assistant", "gpt", "model")
+    )
+    if (
+        isinstance(chosen_raw, list)
+        and isinstance(rejected_raw, list)
+        and not isinstance(prompt_raw, list)
+        and not (isinstance(prompt_raw, str) and replies_only)
+    ):
         # Conversational with an implicit prompt (a string `prompt` beside full conversations, as
         # UltraFeedback-binarized has, is the same prompt again).
-        prompt, chosen, rejected = split_shared(_messages(chosen_raw, "chosen"), _messages(rejected_raw, "rejected"),
-                                                "chosen")
+        prompt, chosen, rejected = split_shared(
+            _messages(chosen_raw, "chosen"), _messages(rejected_raw, "rejected"), "chosen"
+        )
     elif prompt_raw is None:
         if isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
             if looks_like_transcript(chosen_raw):
@@ -163,16 +182,20 @@ def from_trl(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
             text, c, r = split_text(chosen_raw, rejected_raw)
             prompt, chosen, rejected = [{"role": "user", "content": text}], _reply(c, "chosen"), _reply(r, "rejected")
         else:
-            raise Malformed("without a prompt, chosen and rejected must both be texts or both message lists",
-                            "prompt")
+            raise Malformed("without a prompt, chosen and rejected must both be texts or both message lists", "prompt")
     else:
         if not isinstance(prompt_raw, (str, list)):
             raise Malformed(f"expected a string or a list of messages, found {type(prompt_raw).__name__}", "prompt")
         prompt = _prompt(prompt_raw, "prompt")
         chosen, rejected = _reply(chosen_raw, "chosen"), _reply(rejected_raw, "rejected")
         n = len(prompt)
-        if (n and len(chosen) > n and len(rejected) > n and all(map(_same, prompt, chosen[:n]))
-                and all(map(_same, prompt, rejected[:n]))):
+        if (
+            n
+            and len(chosen) > n
+            and len(rejected) > n
+            and all(map(_same, prompt, chosen[:n]))
+            and all(map(_same, prompt, rejected[:n]))
+        ):
             chosen, rejected = chosen[n:], rejected[n:]  # full conversations beside an explicit prompt
     return [_pair(record, loc, source, prompt, chosen, rejected)]
 
@@ -186,8 +209,16 @@ def from_hh(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
 
 def from_rm_static(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
     prompt = _prompt(_str_field(record, "prompt"), "prompt")
-    return [_pair(record, loc, source, prompt, _reply(_str_field(record, "chosen"), "chosen"),
-                  _reply(_str_field(record, "rejected"), "rejected"))]
+    return [
+        _pair(
+            record,
+            loc,
+            source,
+            prompt,
+            _reply(_str_field(record, "chosen"), "chosen"),
+            _reply(_str_field(record, "rejected"), "rejected"),
+        )
+    ]
 
 
 def _score(record: dict[str, Any], key: str) -> float:
@@ -212,8 +243,16 @@ def from_webgpt(record: dict[str, Any], loc: Location, source: str) -> list[Pair
     if scores[0] == scores[1]:
         raise Drop("tie", f"score_0 = score_1 = {scores[0]:g}")
     win = 0 if scores[0] > scores[1] else 1
-    return [_pair(record, loc, source, [{"role": "user", "content": text}],
-                  _reply(answers[win], f"answer_{win}"), _reply(answers[1 - win], f"answer_{1 - win}"))]
+    return [
+        _pair(
+            record,
+            loc,
+            source,
+            [{"role": "user", "content": text}],
+            _reply(answers[win], f"answer_{win}"),
+            _reply(answers[1 - win], f"answer_{1 - win}"),
+        )
+    ]
 
 
 def from_shp(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
@@ -223,8 +262,14 @@ def from_shp(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
     if isinstance(label, bool) or label not in (0, 1):
         raise Malformed(f"expected 1 (A preferred) or 0 (B preferred), found {label!r}", "labels")
     chosen, rejected = (a, b) if label == 1 else (b, a)
-    pair = _pair(record, loc, source, [{"role": "user", "content": history}], _reply(chosen, "human_ref_A"),
-                 _reply(rejected, "human_ref_B"))
+    pair = _pair(
+        record,
+        loc,
+        source,
+        [{"role": "user", "content": history}],
+        _reply(chosen, "human_ref_A"),
+        _reply(rejected, "human_ref_B"),
+    )
     if "id" not in record and isinstance(record.get("post_id"), str):
         ids = [str(record.get(k, "")) for k in ("c_root_id_A", "c_root_id_B")]
         pair.id = f"{record['post_id']}:{ids[0]}:{ids[1]}" if all(ids) else pair.id
@@ -234,8 +279,16 @@ def from_shp(record: dict[str, Any], loc: Location, source: str) -> list[Pair]:
 def from_gpt4llm(record: dict[str, Any], loc: Location, source: str) -> list[Pair | Drop]:
     prompt = [{"role": "user", "content": _str_field(record, "user_input")}]
     if "responses_and_scores" not in record:
-        return [_pair(record, loc, source, prompt, _reply(_str_field(record, "completion_a"), "completion_a"),
-                      _reply(_str_field(record, "completion_b"), "completion_b"))]
+        return [
+            _pair(
+                record,
+                loc,
+                source,
+                prompt,
+                _reply(_str_field(record, "completion_a"), "completion_a"),
+                _reply(_str_field(record, "completion_b"), "completion_b"),
+            )
+        ]
     ranked = record["responses_and_scores"]
     if not isinstance(ranked, list) or len(ranked) < 2:
         raise Malformed("expected a list of at least two {response, score}", "responses_and_scores")
@@ -244,8 +297,12 @@ def from_gpt4llm(record: dict[str, Any], loc: Location, source: str) -> list[Pai
         where = f"responses_and_scores[{i}]"
         if not isinstance(item, dict):
             raise Malformed(f"expected an object, found {type(item).__name__}", where)
-        items.append((_str_field(item, "response") if "response" in item else _missing(f"{where}.response"),
-                      _score(item, "score") if "score" in item else _missing(f"{where}.score")))
+        items.append(
+            (
+                _str_field(item, "response") if "response" in item else _missing(f"{where}.response"),
+                _score(item, "score") if "score" in item else _missing(f"{where}.score"),
+            )
+        )
     out: list[Pair | Drop] = []
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
@@ -255,8 +312,14 @@ def from_gpt4llm(record: dict[str, Any], loc: Location, source: str) -> list[Pai
                 out.append(Drop("tie", f"responses {i} and {j} both scored {si:g}"))
                 continue
             win, lose = (ri, rj) if si > sj else (rj, ri)
-            pair = _pair(record, loc, source, [dict(m) for m in prompt], _reply(win, "responses_and_scores"),
-                         _reply(lose, "responses_and_scores"))
+            pair = _pair(
+                record,
+                loc,
+                source,
+                [dict(m) for m in prompt],
+                _reply(win, "responses_and_scores"),
+                _reply(lose, "responses_and_scores"),
+            )
             pair.id = f"{pair.id}#{tag}"
             out.append(pair)
     return out
@@ -266,18 +329,36 @@ def _missing(field: str):
     raise Malformed("missing", field)
 
 
-def _pair(record: dict[str, Any], loc: Location, source: str, prompt: list[dict[str, Any]],
-          chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> Pair:
+def _pair(
+    record: dict[str, Any],
+    loc: Location,
+    source: str,
+    prompt: list[dict[str, Any]],
+    chosen: list[dict[str, Any]],
+    rejected: list[dict[str, Any]],
+) -> Pair:
     system = record.get("system") if isinstance(record.get("system"), str) else None
     condition = record.get("condition") if isinstance(record.get("condition"), str) else None
     src = record.get("source") if isinstance(record.get("source"), str) and record.get("source") else source
-    return Pair(id=_ident(record, loc), source=src, prompt=prompt, chosen=chosen, rejected=rejected,
-                system=system, condition=condition or None, model=_model(record))
+    return Pair(
+        id=_ident(record, loc),
+        source=src,
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        system=system,
+        condition=condition or None,
+        model=_model(record),
+    )
 
 
 PAIR_READERS: dict[str, Callable[[dict[str, Any], Location, str], list]] = {
-    "trl": from_trl, "hh": from_hh, "rm-static": from_rm_static, "webgpt": from_webgpt,
-    "shp": from_shp, "gpt4llm": from_gpt4llm,
+    "trl": from_trl,
+    "hh": from_hh,
+    "rm-static": from_rm_static,
+    "webgpt": from_webgpt,
+    "shp": from_shp,
+    "gpt4llm": from_gpt4llm,
 }
 
 

@@ -81,8 +81,16 @@ PAIR_REASONS: dict[str, str] = {
 ALL_REASONS: dict[str, str] = {**REASONS, **PAIR_REASONS}
 
 # Structure checks that `--skip-check` may switch off.
-SKIPPABLE = ("empty_message", "leading_assistant", "trailing_user", "one_turn",
-             "non_alternating", "too_short", "misplaced_system", "no_trainable_reply")
+SKIPPABLE = (
+    "empty_message",
+    "leading_assistant",
+    "trailing_user",
+    "one_turn",
+    "non_alternating",
+    "too_short",
+    "misplaced_system",
+    "no_trainable_reply",
+)
 
 
 @dataclass
@@ -97,8 +105,13 @@ class Conv:
     model: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "source": self.source, "system": self.system,
-                               "condition": self.condition, "messages": self.messages}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "system": self.system,
+            "condition": self.condition,
+            "messages": self.messages,
+        }
         if self.model is not None:
             out["model"] = self.model
         return out
@@ -121,9 +134,15 @@ class Pair:
     model: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "source": self.source, "system": self.system,
-                               "condition": self.condition, "prompt": self.prompt,
-                               "chosen": self.chosen, "rejected": self.rejected}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "system": self.system,
+            "condition": self.condition,
+            "prompt": self.prompt,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+        }
         if self.model is not None:
             out["model"] = self.model
         return out

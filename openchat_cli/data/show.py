@@ -47,8 +47,9 @@ def conversations(paths: list[Path]) -> Iterator[Conv]:
         if item.error is not None:
             continue
         try:
-            conv, _ = normalize(item.data, item.loc, Path(item.loc.file).name,
-                                "html" if item.container == "html" else "auto")
+            conv, _ = normalize(
+                item.data, item.loc, Path(item.loc.file).name, "html" if item.container == "html" else "auto"
+            )
         except (Malformed, Drop):
             continue
         yield conv
@@ -63,10 +64,8 @@ def render_conversation(conv: Conv, template: Any = None) -> Panel:
     if template is not None:
         from openchat_cli.templates import Conversation
 
-        c = Conversation.from_dict({"messages": conv.messages, "system": conv.system,
-                                    "condition": conv.condition})
-        return Panel(Text(template.render(c)), title=title + f"  [dim]as {template.name}[/]",
-                     title_align="left")
+        c = Conversation.from_dict({"messages": conv.messages, "system": conv.system, "condition": conv.condition})
+        return Panel(Text(template.render(c)), title=title + f"  [dim]as {template.name}[/]", title_align="left")
     parts: list[Any] = []
     if conv.system:
         parts.append(Text.assemble(("system\n", ROLE_STYLE["system"]), conv.system))
@@ -102,8 +101,9 @@ def render_sequence(row: dict[str, Any], tokenizer: Any = None) -> Panel:
     """A training sequence: supervised tokens (weight > 0) in green, the rest dim."""
     ids, weights = row["input_ids"], row["weights"]
     supervised = sum(1 for w in weights if w > 0)
-    title = (f"[bold]{row['conversation_id']}[/] part {row['part']}  {row['length']} tokens, "
-             f"{supervised} supervised" + (f"  condition [yellow]{row['condition']}[/]" if row["condition"] else ""))
+    title = f"[bold]{row['conversation_id']}[/] part {row['part']}  {row['length']} tokens, {supervised} supervised" + (
+        f"  condition [yellow]{row['condition']}[/]" if row["condition"] else ""
+    )
     text = Text()
     if tokenizer is None:
         for tok, w in zip(ids, weights):
@@ -123,6 +123,7 @@ def render_sequence(row: dict[str, Any], tokenizer: Any = None) -> Panel:
 
 # -- preference pairs -----------------------------------------------------------------------------
 
+
 def render_pair(pair: dict[str, Any]) -> Panel:
     """A pair from pairs JSONL: the shared prompt, then the chosen and the rejected reply."""
     title = f"[bold]{pair.get('id')}[/]  [dim]{pair.get('source') or ''}[/]"
@@ -131,20 +132,26 @@ def render_pair(pair: dict[str, Any]) -> Panel:
     parts: list[Any] = []
     if pair.get("system"):
         parts.append(Text.assemble(("system\n", ROLE_STYLE["system"]), str(pair["system"])))
-    for side, label, style in (("prompt", "", None), ("chosen", "chosen ", "bold green"),
-                               ("rejected", "rejected ", "bold red")):
+    for side, label, style in (
+        ("prompt", "", None),
+        ("chosen", "chosen ", "bold green"),
+        ("rejected", "rejected ", "bold red"),
+    ):
         for m in pair.get(side) or []:
             role = str(m.get("role"))
-            parts.append(Text.assemble((f"{label}{role}\n", style or ROLE_STYLE.get(role, "bold")),
-                                       str(m.get("content", ""))))
+            parts.append(
+                Text.assemble((f"{label}{role}\n", style or ROLE_STYLE.get(role, "bold")), str(m.get("content", "")))
+            )
     return Panel(Group(*_spaced(parts)), title=title, title_align="left")
 
 
 def render_pair_row(row: dict[str, Any], tokenizer: Any = None) -> Panel:
     """A tokenized pair: the shared prompt once, then each side's reply tokens (green: trained on)."""
     plen = row["prompt_length"]
-    title = (f"[bold]{row['pair_id']}[/]  prompt {plen} tokens, chosen {len(row['chosen_ids'])}, rejected "
-             f"{len(row['rejected_ids'])}" + (f"  condition [yellow]{row['condition']}[/]" if row["condition"] else ""))
+    title = (
+        f"[bold]{row['pair_id']}[/]  prompt {plen} tokens, chosen {len(row['chosen_ids'])}, rejected "
+        f"{len(row['rejected_ids'])}" + (f"  condition [yellow]{row['condition']}[/]" if row["condition"] else "")
+    )
     parts = [render_tokens(row["chosen_ids"][:plen], row["chosen_weights"][:plen], tokenizer)]
     for side, style in (("chosen", "bold green"), ("rejected", "bold red")):
         parts.append(Text(side, style=style))
@@ -163,8 +170,10 @@ def render_tokens(ids: list[int], weights: list[float], tokenizer: Any = None) -
     for i in range(1, len(ids) + 1):
         if i == len(ids) or weights[i] != weights[start]:
             w = weights[start]
-            text.append(tokenizer.decode(ids[start:i], skip_special_tokens=False),
-                        style="dim" if w == 0 else ("green" if w == 1 else "yellow"))
+            text.append(
+                tokenizer.decode(ids[start:i], skip_special_tokens=False),
+                style="dim" if w == 0 else ("green" if w == 1 else "yellow"),
+            )
             start = i
     return text
 

@@ -74,8 +74,10 @@ def split_parquet(src: Path, train_path: Path, eval_path: Path, fraction: float,
     sch, id_column = (pairs_schema(), "pair_id") if pairs else (schema(), "conversation_id")
     result = SplitResult()
     tokens = {"train": 0, "eval": 0}
-    writers = {name: pq.ParquetWriter(str(p), sch, store_schema=False, compression="zstd")
-               for name, p in (("train", train_path), ("eval", eval_path))}
+    writers = {
+        name: pq.ParquetWriter(str(p), sch, store_schema=False, compression="zstd")
+        for name, p in (("train", train_path), ("eval", eval_path))
+    }
     try:
         for batch in pf.iter_batches(batch_size=4096):
             table = pa.Table.from_batches([batch]).cast(sch)
@@ -96,8 +98,15 @@ def split_parquet(src: Path, train_path: Path, eval_path: Path, fraction: float,
                 writer.write_table(sch.empty_table())
             meta = dict(kv)
             meta[META_STATS.encode()] = json.dumps(
-                {"pairs" if pairs else "sequences": rows, "tokens": tokens[name], "split": name, "seed": seed,
-                 "eval_fraction": fraction, "split_from": str(src)}).encode()
+                {
+                    "pairs" if pairs else "sequences": rows,
+                    "tokens": tokens[name],
+                    "split": name,
+                    "seed": seed,
+                    "eval_fraction": fraction,
+                    "split_from": str(src),
+                }
+            ).encode()
             writer.add_key_value_metadata({k.decode(): v.decode() for k, v in meta.items()})
     finally:
         for writer in writers.values():

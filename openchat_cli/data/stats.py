@@ -46,12 +46,16 @@ class Histogram:
         out = []
         for b in range(min(self.counts), max(self.counts) + 1):
             lo = 0 if b == 5 else 2 ** (b - 1) + 1
-            out.append((f"{lo}–{2 ** b}", self.counts.get(b, 0)))
+            out.append((f"{lo}–{2**b}", self.counts.get(b, 0)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bins": dict(self.rows()), "mean": round(self.total / self.n, 1) if self.n else 0,
-                "max": self.max, "total": self.total}
+        return {
+            "bins": dict(self.rows()),
+            "mean": round(self.total / self.n, 1) if self.n else 0,
+            "max": self.max,
+            "total": self.total,
+        }
 
 
 def percentile(hist: Histogram, q: float) -> str:
@@ -66,8 +70,9 @@ def percentile(hist: Histogram, q: float) -> str:
     return str(hist.max)
 
 
-def conversation_stats(paths: list[Path], tokenizer: Any = None, template: Any = None,
-                       chunk: int = 256) -> dict[str, Any]:
+def conversation_stats(
+    paths: list[Path], tokenizer: Any = None, template: Any = None, chunk: int = 256
+) -> dict[str, Any]:
     """Stats of conversations in any readable input format (clean output or raw dumps)."""
     from openchat_cli.data.tokenize import BatchTokenizer
     from openchat_cli.templates import Conversation
@@ -95,8 +100,9 @@ def conversation_stats(paths: list[Path], tokenizer: Any = None, template: Any =
             malformed += 1
             continue
         try:
-            conv, _ = normalize(item.data, item.loc, Path(item.loc.file).name,
-                                "html" if item.container == "html" else "auto")
+            conv, _ = normalize(
+                item.data, item.loc, Path(item.loc.file).name, "html" if item.container == "html" else "auto"
+            )
         except (Malformed, Drop):
             malformed += 1
             continue
@@ -108,8 +114,18 @@ def conversation_stats(paths: list[Path], tokenizer: Any = None, template: Any =
         turns[sum(1 for m in conv.messages if m["role"] == "user")] += 1
         zero_weight += sum(1 for m in conv.messages if m["role"] == "assistant" and m.get("weight", 1) == 0)
         if tokenizer is not None:
-            pending.append((cond, Conversation.from_dict({"messages": [m for m in conv.messages if m["role"] != "system"],
-                                                          "system": conv.system, "condition": conv.condition})))
+            pending.append(
+                (
+                    cond,
+                    Conversation.from_dict(
+                        {
+                            "messages": [m for m in conv.messages if m["role"] != "system"],
+                            "system": conv.system,
+                            "condition": conv.condition,
+                        }
+                    ),
+                )
+            )
             if len(pending) >= chunk:
                 flush()
         else:
@@ -119,13 +135,21 @@ def conversation_stats(paths: list[Path], tokenizer: Any = None, template: Any =
     if pending:
         flush()
     return {
-        "kind": "conversations", "unit": unit, "conversations": conversations, "malformed": malformed,
-        "messages": messages, "zero_weight_replies": zero_weight,
+        "kind": "conversations",
+        "unit": unit,
+        "conversations": conversations,
+        "malformed": malformed,
+        "messages": messages,
+        "zero_weight_replies": zero_weight,
         "turns": {str(k): turns[k] for k in sorted(turns)},
-        "length": overall.to_dict(), "hist": overall,
-        "by_condition": {k: {"conversations": v["conversations"], "length": v["hist"].to_dict(),
-                             "hist": v["hist"]} for k, v in sorted(by_condition.items())},
-        "by_source": dict(by_source.most_common(20)), "warnings": report.warnings,
+        "length": overall.to_dict(),
+        "hist": overall,
+        "by_condition": {
+            k: {"conversations": v["conversations"], "length": v["hist"].to_dict(), "hist": v["hist"]}
+            for k, v in sorted(by_condition.items())
+        },
+        "by_source": dict(by_source.most_common(20)),
+        "warnings": report.warnings,
     }
 
 
@@ -140,11 +164,11 @@ def tokenized_stats(path: Path) -> dict[str, Any]:
     pf = pq.ParquetFile(str(path))
     overall = Histogram()
     by_condition: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"sequences": 0, "supervised_tokens": 0, "hist": Histogram()})
+        lambda: {"sequences": 0, "supervised_tokens": 0, "hist": Histogram()}
+    )
     parts: Counter = Counter()
     supervised = 0
-    for batch in pf.iter_batches(columns=["length", "weights", "part", "condition"],
-                                 batch_size=8192):
+    for batch in pf.iter_batches(columns=["length", "weights", "part", "condition"], batch_size=8192):
         lengths = batch.column("length").to_numpy()
         overall.add_many(lengths)
         conds = batch.column("condition").to_pylist()
@@ -160,13 +184,28 @@ def tokenized_stats(path: Path) -> dict[str, Any]:
             slot["hist"].add(int(length))
         parts.update(batch.column("part").to_pylist())
     return {
-        "kind": "tokenized", "unit": "tokens", "sequences": overall.n, "conversations": parts.get(0, 0),
-        "split_conversations": parts.get(1, 0), "tokens": overall.total, "supervised_tokens": supervised,
-        "length": overall.to_dict(), "hist": overall, "template": meta["template"],
-        "tokenizer_hash": meta["tokenizer_hash"], "max_len": meta["max_len"], "recorded": meta["stats"],
-        "by_condition": {k: {"sequences": v["sequences"], "supervised_tokens": v["supervised_tokens"],
-                             "length": v["hist"].to_dict(), "hist": v["hist"]}
-                         for k, v in sorted(by_condition.items())},
+        "kind": "tokenized",
+        "unit": "tokens",
+        "sequences": overall.n,
+        "conversations": parts.get(0, 0),
+        "split_conversations": parts.get(1, 0),
+        "tokens": overall.total,
+        "supervised_tokens": supervised,
+        "length": overall.to_dict(),
+        "hist": overall,
+        "template": meta["template"],
+        "tokenizer_hash": meta["tokenizer_hash"],
+        "max_len": meta["max_len"],
+        "recorded": meta["stats"],
+        "by_condition": {
+            k: {
+                "sequences": v["sequences"],
+                "supervised_tokens": v["supervised_tokens"],
+                "length": v["hist"].to_dict(),
+                "hist": v["hist"],
+            }
+            for k, v in sorted(by_condition.items())
+        },
     }
 
 
@@ -184,8 +223,9 @@ def render(stats: dict[str, Any], console, title: str) -> None:
     length = stats["length"]
     summary.add_row(f"mean {stats['unit']}", f"{length['mean']:,}")
     summary.add_row(f"max {stats['unit']}", f"{length['max']:,}")
-    summary.add_row(f"p50 / p90 / p99 {stats['unit']}", " / ".join(
-        percentile(stats["hist"], q) for q in (0.5, 0.9, 0.99)))
+    summary.add_row(
+        f"p50 / p90 / p99 {stats['unit']}", " / ".join(percentile(stats["hist"], q) for q in (0.5, 0.9, 0.99))
+    )
     if stats.get("turns"):
         summary.add_row("user turns", ", ".join(f"{k}: {v:,}" for k, v in stats["turns"].items()))
     console.print(summary)
@@ -216,12 +256,14 @@ def render(stats: dict[str, Any], console, title: str) -> None:
 def jsonable(stats: dict[str, Any]) -> dict[str, Any]:
     """Stats without the Histogram objects (for --json and the catalog)."""
     out = {k: v for k, v in stats.items() if k != "hist"}
-    out["by_condition"] = {k: {kk: vv for kk, vv in v.items() if kk != "hist"}
-                           for k, v in stats["by_condition"].items()}
+    out["by_condition"] = {
+        k: {kk: vv for kk, vv in v.items() if kk != "hist"} for k, v in stats["by_condition"].items()
+    }
     return out
 
 
 # -- preference pairs -----------------------------------------------------------------------------
+
 
 def pair_stats(path: Path) -> dict[str, Any]:
     """Stats of a pairs JSONL (characters: prompt, chosen and rejected; prompt user turns)."""
@@ -233,8 +275,10 @@ def pair_stats(path: Path) -> dict[str, Any]:
     chars = {"prompt": 0, "chosen": 0, "rejected": 0}
     chosen_longer = pairs = 0
     for pair in pairs_jsonl(path):
-        sizes = {side: sum(len(str(m.get("content", ""))) for m in pair.get(side) or [] if isinstance(m, dict))
-                 for side in chars}
+        sizes = {
+            side: sum(len(str(m.get("content", ""))) for m in pair.get(side) or [] if isinstance(m, dict))
+            for side in chars
+        }
         pairs += 1
         for side, n in sizes.items():
             chars[side] += n
@@ -246,12 +290,18 @@ def pair_stats(path: Path) -> dict[str, Any]:
         slot["pairs"] += 1
         slot["hist"].add(total)
     return {
-        "kind": "pairs", "unit": "characters", "pairs": pairs,
+        "kind": "pairs",
+        "unit": "characters",
+        "pairs": pairs,
         **{f"mean_{side}_characters": round(n / pairs, 1) if pairs else 0 for side, n in chars.items()},
-        "chosen_longer": chosen_longer, "turns": {str(k): turns[k] for k in sorted(turns)},
-        "length": overall.to_dict(), "hist": overall,
-        "by_condition": {k: {"pairs": v["pairs"], "length": v["hist"].to_dict(), "hist": v["hist"]}
-                         for k, v in sorted(by_condition.items())},
+        "chosen_longer": chosen_longer,
+        "turns": {str(k): turns[k] for k in sorted(turns)},
+        "length": overall.to_dict(),
+        "hist": overall,
+        "by_condition": {
+            k: {"pairs": v["pairs"], "length": v["hist"].to_dict(), "hist": v["hist"]}
+            for k, v in sorted(by_condition.items())
+        },
     }
 
 
@@ -267,7 +317,8 @@ def tokenized_pairs_stats(path: Path) -> dict[str, Any]:
     by_condition: dict[str, dict[str, Any]] = defaultdict(lambda: {"pairs": 0, "hist": Histogram()})
     supervised = prompt_tokens = 0
     for batch in pq.ParquetFile(str(path)).iter_batches(
-            columns=["length", "prompt_length", "chosen_weights", "rejected_weights", "condition"], batch_size=8192):
+        columns=["length", "prompt_length", "chosen_weights", "rejected_weights", "condition"], batch_size=8192
+    ):
         lengths = batch.column("length").to_numpy()
         overall.add_many(lengths)
         prompt_tokens += int(batch.column("prompt_length").to_numpy().sum())
@@ -279,10 +330,20 @@ def tokenized_pairs_stats(path: Path) -> dict[str, Any]:
             slot["pairs"] += 1
             slot["hist"].add(int(length))
     return {
-        "kind": "tokenized-pairs", "unit": "tokens", "pairs": overall.n, "tokens": overall.total,
-        "supervised_tokens": supervised, "mean_prompt_tokens": round(prompt_tokens / overall.n, 1) if overall.n else 0,
-        "length": overall.to_dict(), "hist": overall, "template": meta["template"],
-        "tokenizer_hash": meta["tokenizer_hash"], "max_len": meta["max_len"], "recorded": meta["stats"],
-        "by_condition": {k: {"pairs": v["pairs"], "length": v["hist"].to_dict(), "hist": v["hist"]}
-                         for k, v in sorted(by_condition.items())},
+        "kind": "tokenized-pairs",
+        "unit": "tokens",
+        "pairs": overall.n,
+        "tokens": overall.total,
+        "supervised_tokens": supervised,
+        "mean_prompt_tokens": round(prompt_tokens / overall.n, 1) if overall.n else 0,
+        "length": overall.to_dict(),
+        "hist": overall,
+        "template": meta["template"],
+        "tokenizer_hash": meta["tokenizer_hash"],
+        "max_len": meta["max_len"],
+        "recorded": meta["stats"],
+        "by_condition": {
+            k: {"pairs": v["pairs"], "length": v["hist"].to_dict(), "hist": v["hist"]}
+            for k, v in sorted(by_condition.items())
+        },
     }

@@ -43,8 +43,16 @@ class TokenizeStats:
     errors: list[str] = field(default_factory=list)  # first few malformed locations
 
     def merge(self, other: TokenizeStats) -> None:
-        for name in ("conversations", "malformed", "sequences", "split_conversations", "truncated",
-                     "dropped_no_targets", "tokens", "supervised_tokens"):
+        for name in (
+            "conversations",
+            "malformed",
+            "sequences",
+            "split_conversations",
+            "truncated",
+            "dropped_no_targets",
+            "tokens",
+            "supervised_tokens",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.longest = max(self.longest, other.longest)
         self.by_condition.update(other.by_condition)
@@ -52,11 +60,16 @@ class TokenizeStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "conversations": self.conversations, "malformed": self.malformed,
-            "sequences": self.sequences, "split_conversations": self.split_conversations,
-            "truncated": self.truncated, "dropped_no_targets": self.dropped_no_targets,
-            "tokens": self.tokens, "supervised_tokens": self.supervised_tokens,
-            "longest": self.longest, "by_condition": dict(self.by_condition),
+            "conversations": self.conversations,
+            "malformed": self.malformed,
+            "sequences": self.sequences,
+            "split_conversations": self.split_conversations,
+            "truncated": self.truncated,
+            "dropped_no_targets": self.dropped_no_targets,
+            "tokens": self.tokens,
+            "supervised_tokens": self.supervised_tokens,
+            "longest": self.longest,
+            "by_condition": dict(self.by_condition),
         }
 
 
@@ -76,10 +89,16 @@ class BatchTokenizer:
 
     def __call__(self, texts, add_special_tokens: bool = True, split_special_tokens: bool = False, **kwargs):
         backend = self.backend
-        if (backend is None or kwargs or add_special_tokens or not isinstance(texts, list)
-                or not hasattr(backend, "encode_special_tokens")):
-            return self.tokenizer(texts, add_special_tokens=add_special_tokens,
-                                  split_special_tokens=split_special_tokens, **kwargs)
+        if (
+            backend is None
+            or kwargs
+            or add_special_tokens
+            or not isinstance(texts, list)
+            or not hasattr(backend, "encode_special_tokens")
+        ):
+            return self.tokenizer(
+                texts, add_special_tokens=add_special_tokens, split_special_tokens=split_special_tokens, **kwargs
+            )
         previous = backend.encode_special_tokens
         backend.encode_special_tokens = split_special_tokens
         try:
@@ -206,8 +225,9 @@ def turn_groups(conv: Conversation, enc: Encoded, max_len: int) -> list[tuple[in
     return groups
 
 
-def encode_chunk(template: ChatTemplate, tokenizer: Any, convs: list[Conversation], max_len: int,
-                 stats: TokenizeStats) -> list[Row]:
+def encode_chunk(
+    template: ChatTemplate, tokenizer: Any, convs: list[Conversation], max_len: int, stats: TokenizeStats
+) -> list[Row]:
     """Rows (training sequences) for a chunk of conversations, in input order."""
     if not isinstance(tokenizer, BatchTokenizer):
         tokenizer = BatchTokenizer(tokenizer)
@@ -218,9 +238,10 @@ def encode_chunk(template: ChatTemplate, tokenizer: Any, convs: list[Conversatio
         if len(enc.input_ids) <= max_len:
             plan.append((conv, enc, []))
             continue
-        parts = [Conversation(messages=conv.messages[a:b], system=conv.system,
-                              condition=conv.condition, id=conv.id)
-                 for a, b in turn_groups(conv, enc, max_len)]
+        parts = [
+            Conversation(messages=conv.messages[a:b], system=conv.system, condition=conv.condition, id=conv.id)
+            for a, b in turn_groups(conv, enc, max_len)
+        ]
         plan.append((conv, None, parts))
         subs += parts
     sub_encoded = iter(template.encode_many(tokenizer, subs)) if subs else iter(())
@@ -263,18 +284,22 @@ def rows_to_table(rows: list[Row]):
     weights = np.fromiter(itertools.chain.from_iterable(r.weights for r in rows), dtype=np.float32, count=total)
     off = pa.array(offsets, type=pa.int32())
     sch = schema()
-    return pa.Table.from_arrays([
-        pa.ListArray.from_arrays(off, pa.array(ids, type=pa.int32())),
-        pa.ListArray.from_arrays(off, pa.array(weights, type=pa.float32())),
-        pa.array(lengths, type=pa.int32()),
-        pa.array([r.conversation_id for r in rows], type=pa.string()),
-        pa.array([r.part for r in rows], type=pa.int32()),
-        pa.array([r.condition for r in rows], type=pa.string()),
-    ], schema=sch)
+    return pa.Table.from_arrays(
+        [
+            pa.ListArray.from_arrays(off, pa.array(ids, type=pa.int32())),
+            pa.ListArray.from_arrays(off, pa.array(weights, type=pa.float32())),
+            pa.array(lengths, type=pa.int32()),
+            pa.array([r.conversation_id for r in rows], type=pa.string()),
+            pa.array([r.part for r in rows], type=pa.int32()),
+            pa.array([r.condition for r in rows], type=pa.string()),
+        ],
+        schema=sch,
+    )
 
 
-def process_lines(lines: list[tuple[int, bytes]], name: str, template: ChatTemplate, tokenizer: Any,
-                  max_len: int) -> tuple[Any, TokenizeStats]:
+def process_lines(
+    lines: list[tuple[int, bytes]], name: str, template: ChatTemplate, tokenizer: Any, max_len: int
+) -> tuple[Any, TokenizeStats]:
     """One chunk of JSONL lines to (Arrow table or None, stats): the unit of work, in-process or in
     a worker."""
     stats = TokenizeStats()
@@ -297,15 +322,15 @@ def _worker_init(model_dir: str, template_name: str, max_len: int, name: str) ->
         from openchat_cli.model_dir import load_tokenizer
 
         tokenizer = load_tokenizer(Path(model_dir))
-    _WORKER.update(template=get_template(template_name), tokenizer=BatchTokenizer(tokenizer),
-                   max_len=max_len, name=name)
+    _WORKER.update(
+        template=get_template(template_name), tokenizer=BatchTokenizer(tokenizer), max_len=max_len, name=name
+    )
 
 
 def _worker_run(lines: list[tuple[int, bytes]]) -> tuple[bytes | None, TokenizeStats, int]:
     import pyarrow as pa
 
-    table, stats = process_lines(lines, _WORKER["name"], _WORKER["template"], _WORKER["tokenizer"],
-                                 _WORKER["max_len"])
+    table, stats = process_lines(lines, _WORKER["name"], _WORKER["template"], _WORKER["tokenizer"], _WORKER["max_len"])
     if table is None:
         return None, stats, len(lines)
     sink = pa.BufferOutputStream()
@@ -314,8 +339,16 @@ def _worker_run(lines: list[tuple[int, bytes]]) -> tuple[bytes | None, TokenizeS
     return sink.getvalue().to_pybytes(), stats, len(lines)
 
 
-def _run_workers(src: Path, name: str, workers: int, model_dir: Path, template: ChatTemplate, max_len: int,
-                 chunk_size: int, tokenizer: Any = None) -> Iterator[tuple[Any, TokenizeStats, int]]:
+def _run_workers(
+    src: Path,
+    name: str,
+    workers: int,
+    model_dir: Path,
+    template: ChatTemplate,
+    max_len: int,
+    chunk_size: int,
+    tokenizer: Any = None,
+) -> Iterator[tuple[Any, TokenizeStats, int]]:
     """Chunks encoded by a pool of processes, yielded in input order, at most 2 per worker in
     flight (so memory stays bounded however big the input).
 
@@ -331,8 +364,9 @@ def _run_workers(src: Path, name: str, workers: int, model_dir: Path, template: 
     ctx = mp.get_context("fork" if fork else "spawn")
     if fork and tokenizer is not None:
         _INHERITED[str(model_dir)] = getattr(tokenizer, "tokenizer", tokenizer)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(str(model_dir), template.name, max_len, name)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(str(model_dir), template.name, max_len, name)
+    ) as pool:
         pending: deque = deque()
         for lines in line_chunks(src, chunk_size):
             pending.append(pool.submit(_worker_run, lines))
@@ -348,10 +382,19 @@ def _decode(result: tuple[bytes | None, TokenizeStats, int], pa) -> tuple[Any, T
     return table, stats, n
 
 
-def tokenize_file(src: Path, dest: Path, template: ChatTemplate, tokenizer: Any, max_len: int,
-                  metadata: Callable[[TokenizeStats], dict[bytes, bytes]], chunk_size: int = DEFAULT_CHUNK,
-                  on_progress: Callable[[int], None] | None = None, workers: int = 0,
-                  model_dir: Path | None = None, name: str | None = None) -> TokenizeStats:
+def tokenize_file(
+    src: Path,
+    dest: Path,
+    template: ChatTemplate,
+    tokenizer: Any,
+    max_len: int,
+    metadata: Callable[[TokenizeStats], dict[bytes, bytes]],
+    chunk_size: int = DEFAULT_CHUNK,
+    on_progress: Callable[[int], None] | None = None,
+    workers: int = 0,
+    model_dir: Path | None = None,
+    name: str | None = None,
+) -> TokenizeStats:
     """Stream `src` (conversations JSONL) into the Parquet file `dest` (written in place: the
     caller hands a temporary path and renames it). `workers` > 0 encodes chunks in that many
     processes (each loads the tokenizer from `model_dir`); 0 encodes in this process, where the
@@ -369,8 +412,9 @@ def tokenize_file(src: Path, dest: Path, template: ChatTemplate, tokenizer: Any,
         results = _run_workers(src, name, workers, model_dir, template, max_len, chunk_size, tokenizer)
     else:
         fast = BatchTokenizer(tokenizer)
-        results = ((*process_lines(lines, name, template, fast, max_len), len(lines))
-                   for lines in line_chunks(src, chunk_size))
+        results = (
+            (*process_lines(lines, name, template, fast, max_len), len(lines)) for lines in line_chunks(src, chunk_size)
+        )
     writer = pq.ParquetWriter(str(dest), sch, store_schema=False, compression="zstd")
     try:
         for table, chunk_stats, n in results:

@@ -52,11 +52,20 @@ class PairTokenizeStats:
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "pairs", "pairs": self.pairs, "malformed": self.malformed, "written": self.written,
-                "shortened": self.shortened, "truncated": self.truncated,
-                "dropped_too_long": self.dropped_too_long, "dropped_no_targets": self.dropped_no_targets,
-                "tokens": self.tokens, "supervised_tokens": self.supervised_tokens, "longest": self.longest,
-                "by_condition": dict(self.by_condition)}
+        return {
+            "kind": "pairs",
+            "pairs": self.pairs,
+            "malformed": self.malformed,
+            "written": self.written,
+            "shortened": self.shortened,
+            "truncated": self.truncated,
+            "dropped_too_long": self.dropped_too_long,
+            "dropped_no_targets": self.dropped_no_targets,
+            "tokens": self.tokens,
+            "supervised_tokens": self.supervised_tokens,
+            "longest": self.longest,
+            "by_condition": dict(self.by_condition),
+        }
 
 
 @dataclass
@@ -145,8 +154,14 @@ def parse_pair(data: Any, fallback_id: str) -> PairInput:
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ValueError(f"field '{key}': expected a string")
     pid = data.get("id")
-    return PairInput(str(pid) if pid is not None else fallback_id, prompt, chosen, rejected,
-                     data.get("system") if data.get("system") is not None else system, data.get("condition"))
+    return PairInput(
+        str(pid) if pid is not None else fallback_id,
+        prompt,
+        chosen,
+        rejected,
+        data.get("system") if data.get("system") is not None else system,
+        data.get("condition"),
+    )
 
 
 def parse_pair_lines(lines: list[tuple[int, bytes]], name: str, stats: PairTokenizeStats) -> list[PairInput]:
@@ -173,14 +188,16 @@ def _cut_start(pair: PairInput, chosen: Encoded, rejected: Encoded, max_len: int
     fit, else the last user turn (0: nothing to cut)."""
     users = [i for i, m in enumerate(pair.prompt) if m.role == "user" and i > 0]
     for start in users:
-        if all(enc.prefix_len + len(enc.input_ids) - enc.message_starts[start] <= max_len
-               for enc in (chosen, rejected)):
+        if all(
+            enc.prefix_len + len(enc.input_ids) - enc.message_starts[start] <= max_len for enc in (chosen, rejected)
+        ):
             return start
     return users[-1] if users else 0
 
 
-def encode_pairs(template: ChatTemplate, tokenizer: Any, pairs: list[PairInput], max_len: int,
-                 stats: PairTokenizeStats) -> list[PairRow]:
+def encode_pairs(
+    template: ChatTemplate, tokenizer: Any, pairs: list[PairInput], max_len: int, stats: PairTokenizeStats
+) -> list[PairRow]:
     """Rows for a chunk of pairs, in input order (see the module doc for the length rule)."""
     if not isinstance(tokenizer, BatchTokenizer):
         tokenizer = BatchTokenizer(tokenizer)
@@ -203,13 +220,16 @@ def encode_pairs(template: ChatTemplate, tokenizer: Any, pairs: list[PairInput],
     return rows
 
 
-def _encode(template: ChatTemplate, tokenizer: Any, pairs: list[PairInput], starts: list[int]
-            ) -> list[tuple[Encoded, Encoded, int]]:
+def _encode(
+    template: ChatTemplate, tokenizer: Any, pairs: list[PairInput], starts: list[int]
+) -> list[tuple[Encoded, Encoded, int]]:
     """(chosen, rejected, prompt length) for each pair, one batched tokenizer call. Each message is
     encoded on its own (templates.py), so the prompt for generation is the chosen side up to its
     first reply message plus the assistant prefix's tokens (`_generation_prefix`)."""
-    sides = template.encode_many(tokenizer, [conv for pair, s in zip(pairs, starts)
-                                             for conv in (pair.side(pair.chosen, s), pair.side(pair.rejected, s))])
+    sides = template.encode_many(
+        tokenizer,
+        [conv for pair, s in zip(pairs, starts) for conv in (pair.side(pair.chosen, s), pair.side(pair.rejected, s))],
+    )
     prefix: dict[str | None, int] = {}  # condition -> assistant prefix tokens
     out = []
     for i, (pair, s) in enumerate(zip(pairs, starts)):
@@ -227,8 +247,9 @@ def _generation_prefix(template: ChatTemplate, tokenizer: Any, condition: str | 
     return len(with_prefix.input_ids) - len(bare.input_ids)
 
 
-def _row(pair: PairInput, c: Encoded, r: Encoded, plen: int, max_len: int, stats: PairTokenizeStats,
-         shortened: bool) -> PairRow | None:
+def _row(
+    pair: PairInput, c: Encoded, r: Encoded, plen: int, max_len: int, stats: PairTokenizeStats, shortened: bool
+) -> PairRow | None:
     if max(len(c.input_ids), len(r.input_ids)) > max_len:
         if plen >= max_len:
             stats.dropped_too_long += 1
@@ -272,19 +293,32 @@ def rows_to_table(rows: list[PairRow]):
     c_w, _ = lists(lambda r: r.chosen_weights, np.float32)
     r_ids, r_len = lists(lambda r: r.rejected_ids, np.int32)
     r_w, _ = lists(lambda r: r.rejected_weights, np.float32)
-    return pa.Table.from_arrays([
-        c_ids, c_w, r_ids, r_w,
-        pa.array([r.prompt_length for r in rows], type=pa.int32()),
-        pa.array(c_len + r_len, type=pa.int32()),
-        pa.array([r.pair_id for r in rows], type=pa.string()),
-        pa.array([r.condition for r in rows], type=pa.string()),
-    ], schema=pairs_schema())
+    return pa.Table.from_arrays(
+        [
+            c_ids,
+            c_w,
+            r_ids,
+            r_w,
+            pa.array([r.prompt_length for r in rows], type=pa.int32()),
+            pa.array(c_len + r_len, type=pa.int32()),
+            pa.array([r.pair_id for r in rows], type=pa.string()),
+            pa.array([r.condition for r in rows], type=pa.string()),
+        ],
+        schema=pairs_schema(),
+    )
 
 
-def tokenize_pairs_file(src: Path, dest: Path, template: ChatTemplate, tokenizer: Any, max_len: int,
-                        metadata: Callable[[PairTokenizeStats], dict[bytes, bytes]], chunk_size: int = DEFAULT_CHUNK,
-                        on_progress: Callable[[int], None] | None = None, name: str | None = None
-                        ) -> PairTokenizeStats:
+def tokenize_pairs_file(
+    src: Path,
+    dest: Path,
+    template: ChatTemplate,
+    tokenizer: Any,
+    max_len: int,
+    metadata: Callable[[PairTokenizeStats], dict[bytes, bytes]],
+    chunk_size: int = DEFAULT_CHUNK,
+    on_progress: Callable[[int], None] | None = None,
+    name: str | None = None,
+) -> PairTokenizeStats:
     """Stream `src` (pairs JSONL) into the Parquet file `dest` (a temp path the caller renames)."""
     import pyarrow.parquet as pq
 

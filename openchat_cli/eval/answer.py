@@ -115,18 +115,25 @@ def answered_ids(cat: Catalog, run_id: str) -> set[str]:
 
 def answer_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retries: int = 0) -> dict[str, Any]:
     (answered, prompt, completion, latency, truncated) = cat.answer_totals(run_id)
-    return {"questions": total, "answered": answered, "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "mean_latency_s": round(latency, 4) if latency is not None else None,
-            "errors": errors, "retries": retries, "truncated": truncated}
+    return {
+        "questions": total,
+        "answered": answered,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "mean_latency_s": round(latency, 4) if latency is not None else None,
+        "errors": errors,
+        "retries": retries,
+        "truncated": truncated,
+    }
 
 
 # Finish reason recorded for a turn whose prompt alone filled the model's context (not asked).
 CONTEXT_FULL = "context_length"
 
 
-async def answer_question(client: ChatClient, question: Question, temperature: float,
-                          max_tokens: int | None, system: str | None) -> dict[str, Any]:
+async def answer_question(
+    client: ChatClient, question: Question, temperature: float, max_tokens: int | None, system: str | None
+) -> dict[str, Any]:
     """Ask every turn of one question; each turn sees the earlier turns and the model's replies.
 
     A small context does not fail the question: the client clamps `max_tokens` to what the
@@ -151,8 +158,9 @@ async def answer_question(client: ChatClient, question: Question, temperature: f
             result = None
         else:
             try:
-                result = await client.complete(messages, temperature=temperature, max_tokens=max_tokens,
-                                               prompt_floor=floor)
+                result = await client.complete(
+                    messages, temperature=temperature, max_tokens=max_tokens, prompt_floor=floor
+                )
             except ContextLengthExceeded:
                 result = None
         if result is None:
@@ -174,14 +182,27 @@ async def answer_question(client: ChatClient, question: Question, temperature: f
         floor = result.prompt_tokens + result.completion_tokens
     meta: dict[str, Any] = {"temperature": temperature, "finish_reasons": finish_reasons}
     if truncated_turns or any(b != max_tokens for b in budgets):
-        meta.update(truncated=bool(truncated_turns), truncated_turns=truncated_turns,
-                    max_tokens_used=budgets, context_length=client.context_length)
-    return {"turns": replies, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "latency_s": round(latency, 4), "meta": meta}
+        meta.update(
+            truncated=bool(truncated_turns),
+            truncated_turns=truncated_turns,
+            max_tokens_used=budgets,
+            context_length=client.context_length,
+        )
+    return {
+        "turns": replies,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "latency_s": round(latency, 4),
+        "meta": meta,
+    }
 
 
-def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
-               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> AnswerResult:
+def run_answer(
+    cat: Catalog,
+    questions_path: str,
+    opts: AnswerOptions,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> AnswerResult:
     """Create or continue an answer run and ask what is missing. Raises on fatal failures
     after marking the run failed/interrupted; every answer received is already stored."""
     emit = on_event or (lambda kind, data: None)
@@ -208,33 +229,52 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
         if existing["questions_hash"] != qset.hash:
             raise OpenchatError(
                 f"run {existing['id']} was made from a different question file "
-                f"(hash {existing['questions_hash']}, this one is {qset.hash}); start a new run instead")
+                f"(hash {existing['questions_hash']}, this one is {qset.hash}); start a new run instead"
+            )
         if existing["model"] != model or existing["endpoint"] != base_url:
-            emit("note", {"message": f"run {existing['id']} used model {existing['model']} at "
-                                     f"{existing['endpoint']}; continuing with {model} at {base_url}"})
+            emit(
+                "note",
+                {
+                    "message": f"run {existing['id']} used model {existing['model']} at "
+                    f"{existing['endpoint']}; continuing with {model} at {base_url}"
+                },
+            )
     elif not opts.new:
         existing = find_matching_run(cat, qset.hash, base_url, model)
 
     created: dict | None = None
     if existing is None:
-        fields = dict(kind="answer", name=opts.name or model, questions_path=str(qset.path),
-                      questions_hash=qset.hash, endpoint=base_url, model=model,
-                      checkpoint_id=lineage_checkpoint(cat, opts.checkpoint, model, base_url),
-                      config=_config(opts))
-        row, made = find_or_start_run(cat, lambda: find_matching_run(cat, qset.hash, base_url, model),
-                                      opts.new, **fields)
+        fields = dict(
+            kind="answer",
+            name=opts.name or model,
+            questions_path=str(qset.path),
+            questions_hash=qset.hash,
+            endpoint=base_url,
+            model=model,
+            checkpoint_id=lineage_checkpoint(cat, opts.checkpoint, model, base_url),
+            config=_config(opts),
+        )
+        row, made = find_or_start_run(
+            cat, lambda: find_matching_run(cat, qset.hash, base_url, model), opts.new, **fields
+        )
         created, existing = (row, None) if made else (None, row)
 
     resumed = existing is not None
     if existing is not None:
         run_id = existing["id"]
         config = existing.get("config") or {}
-        differs = [k for k, v in _config(opts).items()
-                   if k in config and k != "limit" and config[k] != v and v is not None]
+        differs = [
+            k for k, v in _config(opts).items() if k in config and k != "limit" and config[k] != v and v is not None
+        ]
         if differs:
-            emit("note", {"message": f"continuing {run_id} with its recorded settings "
-                                     f"({', '.join(differs)} differ from this command; use --new "
-                                     f"for a fresh run)"})
+            emit(
+                "note",
+                {
+                    "message": f"continuing {run_id} with its recorded settings "
+                    f"({', '.join(differs)} differ from this command; use --new "
+                    f"for a fresh run)"
+                },
+            )
         if config.get("limit") != opts.limit:
             config["limit"] = opts.limit
             cat.update("evals", run_id, config=config)
@@ -247,8 +287,18 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
     done = answered_ids(cat, run_id)
     todo = [q for q in questions if q.question_id not in done]
     already = len(questions) - len(todo)
-    emit("start", {"run_id": run_id, "resumed": resumed, "total": len(questions),
-                   "already": already, "todo": len(todo), "model": model, "endpoint": base_url})
+    emit(
+        "start",
+        {
+            "run_id": run_id,
+            "resumed": resumed,
+            "total": len(questions),
+            "already": already,
+            "todo": len(todo),
+            "model": model,
+            "endpoint": base_url,
+        },
+    )
     if not todo:
         metrics = answer_metrics(cat, run_id, len(questions))
         finish(cat, run_id, "completed", metrics)
@@ -262,8 +312,15 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
     system = config.get("system")
 
     async def go() -> None:
-        async with ChatClient(base_url, model, api_key=opts.api_key, concurrency=opts.concurrency,
-                              retries=opts.retries, retry_wait_s=opts.retry_wait_s) as client:
+        async with ChatClient(
+            base_url,
+            model,
+            api_key=opts.api_key,
+            concurrency=opts.concurrency,
+            retries=opts.retries,
+            retry_wait_s=opts.retry_wait_s,
+        ) as client:
+
             async def handle(question: Question) -> None:
                 temperature = temperature_for(question, temperature_override)
                 tokens = max_tokens if max_tokens or question.format == SUITE_FORMAT else DEFAULT_MAX_TOKENS
@@ -275,19 +332,24 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
                     errors.append(f"{question.question_id}: {exc.message}")
                     emit("error", {"question_id": question.question_id, "message": exc.message})
                     return
-                stored = cat.insert_new("answers", {"eval_id": run_id, "question_id": question.question_id,
-                                                    "model": model, **result})
+                stored = cat.insert_new(
+                    "answers", {"eval_id": run_id, "question_id": question.question_id, "model": model, **result}
+                )
                 if not stored:  # another process answered it first: its answer stands
                     answered_elsewhere(question)
                     return
                 counter["answered"] += 1
-                emit("answered", {"question_id": question.question_id,
-                                  "done": already + counter["answered"] + counter["elsewhere"]})
+                emit(
+                    "answered",
+                    {"question_id": question.question_id, "done": already + counter["answered"] + counter["elsewhere"]},
+                )
 
             def answered_elsewhere(question: Question) -> None:
                 counter["elsewhere"] += 1
-                emit("answered", {"question_id": question.question_id,
-                                  "done": already + counter["answered"] + counter["elsewhere"]})
+                emit(
+                    "answered",
+                    {"question_id": question.question_id, "done": already + counter["answered"] + counter["elsewhere"]},
+                )
 
             def is_answered(question: Question) -> bool:
                 return cat.has_answer(run_id, question.question_id)
@@ -295,30 +357,35 @@ def run_answer(cat: Catalog, questions_path: str, opts: AnswerOptions,
             # Another identical command may be answering this run too: each question is claimed
             # before it is asked, so it is asked once (see store/claims.py).
             try:
-                await claimed_pool(todo, opts.concurrency, UnitClaims(cat, run_id), lambda q: q.question_id,
-                                   is_answered, handle, answered_elsewhere)
+                await claimed_pool(
+                    todo,
+                    opts.concurrency,
+                    UnitClaims(cat, run_id),
+                    lambda q: q.question_id,
+                    is_answered,
+                    handle,
+                    answered_elsewhere,
+                )
             finally:
                 counter["retries"] = client.retried
 
     try:
         run_guarded(go)
     except Interrupted:
-        finish(cat, run_id, "interrupted",
-               answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
+        finish(cat, run_id, "interrupted", answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
         raise
     except EndpointError as exc:
-        finish(cat, run_id, "failed",
-               answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
+        finish(cat, run_id, "failed", answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
         got = len(answered_ids(cat, run_id))
-        raise EndpointError(f"{exc.message}. Run {run_id} keeps the {got}/{len(questions)} answers "
-                            f"received; re-run the same command to continue.") from None
+        raise EndpointError(
+            f"{exc.message}. Run {run_id} keeps the {got}/{len(questions)} answers "
+            f"received; re-run the same command to continue."
+        ) from None
     except BaseException:
-        finish(cat, run_id, "failed",
-               answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
+        finish(cat, run_id, "failed", answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
         raise
 
     metrics = answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"])
     status = "completed" if metrics["answered"] >= len(questions) else "failed"
     finish(cat, run_id, status, metrics)
-    return AnswerResult(run_id, resumed, len(questions), already, counter["answered"], errors,
-                        status, metrics)
+    return AnswerResult(run_id, resumed, len(questions), already, counter["answered"], errors, status, metrics)

@@ -11,7 +11,10 @@ from openchat_cli import options as opt
 from openchat_cli.console import console, err_console, print_json, progress
 from openchat_cli.errors import OpenchatError
 
-app = typer.Typer(no_args_is_help=True, help="Generate answers, judge them with an LLM, grade, score multiple choice by log-likelihood, and report.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Generate answers, judge them with an LLM, grade, score multiple choice by log-likelihood, and report.",
+)
 
 
 class _Progress:
@@ -38,8 +41,10 @@ class _Progress:
         elif kind == "start":
             verb = "continuing" if data["resumed"] else "started"
             if not self.quiet:
-                err_console.print(f"{verb} {data['run_id']}: {data['already']}/{data['total']} done, "
-                                  f"{data['todo']} to ask", highlight=False)
+                err_console.print(
+                    f"{verb} {data['run_id']}: {data['already']}/{data['total']} done, {data['todo']} to ask",
+                    highlight=False,
+                )
             self.task = self.bar.add_task(self.what, total=data["total"], completed=data["already"], info="")
         elif kind in ("answered", "judged") and self.task is not None:
             self.bar.update(self.task, completed=data["done"])
@@ -62,16 +67,33 @@ def _endpoint_of(cat, kind: str, what: str, source: str | None, endpoint: str | 
 
 @app.command("answer")
 def answer_command(
-    questions: Annotated[Optional[str], typer.Argument(help="Question file (MT-bench/FastChat, Vicuna, AlpacaEval, multiple-choice, exact-answer "
-                   "or plain JSONL), a benchmark suite folder laid out like OpenChat's eval_data (or one "
-                   "of its task files), or an eval id whose questions to reuse.")] = None,
-    endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:18888/v1.")] = None,
+    questions: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Question file (MT-bench/FastChat, Vicuna, AlpacaEval, multiple-choice, exact-answer "
+            "or plain JSONL), a benchmark suite folder laid out like OpenChat's eval_data (or one "
+            "of its task files), or an eval id whose questions to reuse."
+        ),
+    ] = None,
+    endpoint: Annotated[
+        Optional[str],
+        typer.Option("--endpoint", "-e", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:18888/v1."),
+    ] = None,
     model: opt.Model = None,
     api_key: opt.ApiKey = None,
     concurrency: opt.Concurrency = 32,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", help="One temperature for all (default: MT-bench's per category).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Max new tokens per turn (default 1024; suites: none sent, "
-                                                  "as their reference harness).")] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option("--temperature", "-t", help="One temperature for all (default: MT-bench's per category)."),
+    ] = None,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            help="Max new tokens per turn (default 1024; suites: none sent, as their reference harness).",
+        ),
+    ] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt for every question.")] = None,
     name: opt.RunName = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Continue this answer run (eval id).")] = None,
@@ -88,36 +110,86 @@ def answer_command(
 
     cat = open_catalog()
     endpoint = _endpoint_of(cat, "answer", "question file", questions, endpoint, run)
-    opts = AnswerOptions(endpoint=endpoint, model=model, api_key=api_key, concurrency=concurrency,
-                         temperature=temperature, max_tokens=max_tokens, system=system, name=name, run=run,
-                         new=new, checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)
+    opts = AnswerOptions(
+        endpoint=endpoint,
+        model=model,
+        api_key=api_key,
+        concurrency=concurrency,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        system=system,
+        name=name,
+        run=run,
+        new=new,
+        checkpoint=checkpoint,
+        retries=retries,
+        retry_wait_s=retry_wait,
+        limit=limit,
+    )
     with _Progress("answering", quiet=as_json) as bar:
         result = run_answer(cat, questions or "", opts, bar)
     if as_json:
-        print_json({"run_id": result.run_id, "status": result.status, "resumed": result.resumed,
-                    "questions": result.total, "already": result.already, "answered_now": result.answered_now,
-                    "errors": result.errors, "metrics": result.metrics})
+        print_json(
+            {
+                "run_id": result.run_id,
+                "status": result.status,
+                "resumed": result.resumed,
+                "questions": result.total,
+                "already": result.already,
+                "answered_now": result.answered_now,
+                "errors": result.errors,
+                "metrics": result.metrics,
+            }
+        )
     else:
         m = result.metrics
-        truncated = (f", {m['truncated']} truncated (the model's context was full)"
-                     if m.get("truncated") else "")
-        console.print(f"[bold]{result.run_id}[/] {result.status}: {m['answered']}/{result.total} answered "
-                      f"({result.answered_now} now){truncated}, {m['completion_tokens']} completion tokens")
+        truncated = f", {m['truncated']} truncated (the model's context was full)" if m.get("truncated") else ""
+        console.print(
+            f"[bold]{result.run_id}[/] {result.status}: {m['answered']}/{result.total} answered "
+            f"({result.answered_now} now){truncated}, {m['completion_tokens']} completion tokens"
+        )
     if result.errors:
-        raise OpenchatError(f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); "
-                            f"re-run the same command to retry them", exit_code=1)
+        raise OpenchatError(
+            f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); re-run the same command to retry them",
+            exit_code=1,
+        )
 
 
 @app.command("loglik")
 def loglik_command(
-    task: Annotated[Optional[str], typer.Argument(help="Multiple-choice JSONL: ARC, MMLU or HellaSwag rows as on the hub, or OpenChat's "
-                   "{question, options, label}; or a loglik eval id to continue.")] = None,
-    endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="OpenAI-compatible base URL with /v1/completions echo + logprobs (openchat serve, vLLM).")] = None,
-    task_format: Annotated[str, typer.Option("--task-format", "-f", help="auto | arc | mmlu | hellaswag | choice: how to build the context and choices (as lm-evaluation-harness's task of that name).")] = "auto",
+    task: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Multiple-choice JSONL: ARC, MMLU or HellaSwag rows as on the hub, or OpenChat's "
+            "{question, options, label}; or a loglik eval id to continue."
+        ),
+    ] = None,
+    endpoint: Annotated[
+        Optional[str],
+        typer.Option(
+            "--endpoint",
+            "-e",
+            help="OpenAI-compatible base URL with /v1/completions echo + logprobs (openchat serve, vLLM).",
+        ),
+    ] = None,
+    task_format: Annotated[
+        str,
+        typer.Option(
+            "--task-format",
+            "-f",
+            help="auto | arc | mmlu | hellaswag | choice: how to build the context and choices (as lm-evaluation-harness's task of that name).",
+        ),
+    ] = "auto",
     model: opt.Model = None,
     api_key: opt.ApiKey = None,
     concurrency: opt.Concurrency = 32,
-    bos: Annotated[bool, typer.Option("--bos/--no-bos", help="Let the server add its BOS token to each prompt (lm-evaluation-harness does not by default).")] = False,
+    bos: Annotated[
+        bool,
+        typer.Option(
+            "--bos/--no-bos",
+            help="Let the server add its BOS token to each prompt (lm-evaluation-harness does not by default).",
+        ),
+    ] = False,
     name: opt.RunName = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Continue this loglik run (eval id).")] = None,
     new: opt.New = False,
@@ -136,40 +208,77 @@ def loglik_command(
         raise OpenchatError(f"--task-format must be one of {', '.join(TASK_FORMATS)}, not '{task_format}'")
     cat = open_catalog()
     endpoint = _endpoint_of(cat, "loglik", "task file", task, endpoint, run)
-    opts = LoglikOptions(endpoint=endpoint, model=model, api_key=api_key, task_format=task_format,
-                         concurrency=concurrency, bos=bos, name=name, run=run, new=new,
-                         checkpoint=checkpoint, retries=retries, retry_wait_s=retry_wait, limit=limit)
+    opts = LoglikOptions(
+        endpoint=endpoint,
+        model=model,
+        api_key=api_key,
+        task_format=task_format,
+        concurrency=concurrency,
+        bos=bos,
+        name=name,
+        run=run,
+        new=new,
+        checkpoint=checkpoint,
+        retries=retries,
+        retry_wait_s=retry_wait,
+        limit=limit,
+    )
     with _Progress("scoring", quiet=as_json) as bar:
         result = run_loglik(cat, task or "", opts, bar)
     m = result.metrics
     if as_json:
-        print_json({"run_id": result.run_id, "status": result.status, "resumed": result.resumed,
-                    "questions": result.total, "already": result.already, "scored_now": result.scored_now,
-                    "errors": result.errors, "metrics": m})
+        print_json(
+            {
+                "run_id": result.run_id,
+                "status": result.status,
+                "resumed": result.resumed,
+                "questions": result.total,
+                "already": result.already,
+                "scored_now": result.scored_now,
+                "errors": result.errors,
+                "metrics": m,
+            }
+        )
     else:
+
         def show(metric: str) -> str:
             value, err = m.get(metric), m.get(f"{metric}_stderr")
             if value is None:
                 return f"{metric} -"
             return f"{metric} {100 * value:.1f}%" + (f" ± {100 * err:.1f}" if err is not None else "")
 
-        console.print(f"[bold]{result.run_id}[/] {result.status}: {m['scored']}/{result.total} scored "
-                      f"({result.scored_now} now); {show('acc')}, {show('acc_norm')}  "
-                      f"(details: openchat eval report {result.run_id})")
+        console.print(
+            f"[bold]{result.run_id}[/] {result.status}: {m['scored']}/{result.total} scored "
+            f"({result.scored_now} now); {show('acc')}, {show('acc_norm')}  "
+            f"(details: openchat eval report {result.run_id})"
+        )
     if result.errors:
-        raise OpenchatError(f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); "
-                            f"re-run the same command to retry them", exit_code=1)
+        raise OpenchatError(
+            f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); re-run the same command to retry them",
+            exit_code=1,
+        )
 
 
 @app.command("judge")
 def judge_command(
     answer_runs: Annotated[list[str], typer.Argument(help="Answer run(s) to judge (eval ids, prefixes ok).")],
-    judge_endpoint: Annotated[str, typer.Option("--judge-endpoint", envvar="OPENCHAT_JUDGE_ENDPOINT", help="OpenAI-compatible base URL of the judge.")],
+    judge_endpoint: Annotated[
+        str,
+        typer.Option(
+            "--judge-endpoint", envvar="OPENCHAT_JUDGE_ENDPOINT", help="OpenAI-compatible base URL of the judge."
+        ),
+    ],
     judge_model: Annotated[str, typer.Option("--judge-model", envvar="OPENCHAT_JUDGE_MODEL", help="Judge model name.")],
     judge_api_key: opt.JudgeApiKey = None,
-    mode: Annotated[str, typer.Option("--mode", help="single (1-10 rating per turn) | pairwise (vs --baseline, both orders).")] = "single",
-    baseline: Annotated[Optional[str], typer.Option("--baseline", "-b", help="The other answer run, for pairwise.")] = None,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="FastChat-format judge prompt file (default: built-in prompts).")] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", help="single (1-10 rating per turn) | pairwise (vs --baseline, both orders).")
+    ] = "single",
+    baseline: Annotated[
+        Optional[str], typer.Option("--baseline", "-b", help="The other answer run, for pairwise.")
+    ] = None,
+    prompts: Annotated[
+        Optional[Path], typer.Option("--prompts", help="FastChat-format judge prompt file (default: built-in prompts).")
+    ] = None,
     concurrency: opt.Concurrency = 32,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Max tokens of each judgment.")] = 2048,
     retries: opt.Retries = 6,
@@ -188,10 +297,21 @@ def judge_command(
     if run and len(answer_runs) > 1:
         raise OpenchatError("--run continues one judge run: give one answer run with it")
     cat = open_catalog()
-    opts = JudgeOptions(judge_endpoint=judge_endpoint, judge_model=judge_model, mode=mode, baseline=baseline,
-                        prompts=str(prompts) if prompts else None, api_key=judge_api_key,
-                        concurrency=concurrency, max_tokens=max_tokens, retries=retries,
-                        retry_wait_s=retry_wait, run=run, new=new, name=name)
+    opts = JudgeOptions(
+        judge_endpoint=judge_endpoint,
+        judge_model=judge_model,
+        mode=mode,
+        baseline=baseline,
+        prompts=str(prompts) if prompts else None,
+        api_key=judge_api_key,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+        retries=retries,
+        retry_wait_s=retry_wait,
+        run=run,
+        new=new,
+        name=name,
+    )
     results = []
     for ref in answer_runs:
         with _Progress(f"judging {ref}", quiet=as_json) as bar:
@@ -201,26 +321,45 @@ def judge_command(
             metrics = cat.get(result.run_id).get("metrics") or {}
             rel = metrics.get("reliability") or {}
             stored = result.already + result.judged_now + result.judged_elsewhere
-            line = (f"[bold]{result.run_id}[/] {result.status}: {stored}/"
-                    f"{result.total} judgments ({result.judged_now} now), parse failures "
-                    f"{rel.get('parse_failures', 0)}")
+            line = (
+                f"[bold]{result.run_id}[/] {result.status}: {stored}/"
+                f"{result.total} judgments ({result.judged_now} now), parse failures "
+                f"{rel.get('parse_failures', 0)}"
+            )
             if metrics.get("mode") == "pairwise" and metrics.get("adjusted_win_rate") is not None:
-                line += (f"; adjusted win rate {100 * metrics['adjusted_win_rate']:.1f}%, flipped on swap "
-                         f"{rel.get('flipped', 0)}/{rel.get('swapped_pairs', 0)}")
+                line += (
+                    f"; adjusted win rate {100 * metrics['adjusted_win_rate']:.1f}%, flipped on swap "
+                    f"{rel.get('flipped', 0)}/{rel.get('swapped_pairs', 0)}"
+                )
             elif metrics.get("average") is not None:
                 line += f"; average score {metrics['average']:.2f}"
             console.print(line + f"  (details: openchat eval report {result.run_id})")
     if as_json:
-        print_json([{"run_id": r.run_id, "answer_id": r.answer_run_id, "baseline_id": r.baseline_run_id,
-                     "status": r.status, "resumed": r.resumed, "judgments": r.total, "already": r.already,
-                     "judged_now": r.judged_now, "judged_elsewhere": r.judged_elsewhere,
-                     "parse_failures_now": r.parse_failures_now, "notes": r.notes}
-                    for r in results])
+        print_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "answer_id": r.answer_run_id,
+                    "baseline_id": r.baseline_run_id,
+                    "status": r.status,
+                    "resumed": r.resumed,
+                    "judgments": r.total,
+                    "already": r.already,
+                    "judged_now": r.judged_now,
+                    "judged_elsewhere": r.judged_elsewhere,
+                    "parse_failures_now": r.parse_failures_now,
+                    "notes": r.notes,
+                }
+                for r in results
+            ]
+        )
 
 
 @app.command("grade")
 def grade_command(
-    answer_runs: Annotated[list[str], typer.Argument(help="Answer run(s) of multiple-choice / exact-answer sets or suites.")],
+    answer_runs: Annotated[
+        list[str], typer.Argument(help="Answer run(s) of multiple-choice / exact-answer sets or suites.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Grade exact-answer sets without a judge (option letter, last number, \\boxed{} answer);
@@ -247,8 +386,10 @@ def grade_command(
         return
     for r in results:
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
-        console.print(f"[bold]{r['run_id']}[/] {r['model']}: accuracy {acc} ({r['correct']}/{r['graded']}), "
-                      f"no answer found in {r['no_answer']}")
+        console.print(
+            f"[bold]{r['run_id']}[/] {r['model']}: accuracy {acc} ({r['correct']}/{r['graded']}), "
+            f"no answer found in {r['no_answer']}"
+        )
         for task_type, reason in (r.get("skipped") or {}).items():
             err_console.print(f"[yellow]note:[/] {task_type} not graded ({reason})", highlight=False)
     suites = [r for r in results if r.get("suite")]
@@ -259,7 +400,9 @@ def grade_command(
 @app.command("score")
 def score_command(
     answer_run: str = typer.Argument(..., help="Answer run (ev-…) to score."),
-    rm: str = typer.Option(..., "--rm", help="Reward model: a checkpoint id (ck-…) or dir from `openchat train --method rm`."),
+    rm: str = typer.Option(
+        ..., "--rm", help="Reward model: a checkpoint id (ck-…) or dir from `openchat train --method rm`."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score every answer with a reward model (a judge that needs no API); `eval report` shows the
@@ -281,19 +424,31 @@ def score_command(
         print_json(result)
         return
     ci = result["mean_ci"]
-    console.print(f"[bold]{result['run_id']}[/] {result['model']}: mean reward {result['mean']:.3f}"
-                  + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
-                  + f" over {result['scored']} answers, by {result['reward_model']}")
+    console.print(
+        f"[bold]{result['run_id']}[/] {result['model']}: mean reward {result['mean']:.3f}"
+        + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
+        + f" over {result['scored']} answers, by {result['reward_model']}"
+    )
 
 
 @app.command("report")
 def report_command(
-    runs: Annotated[Optional[list[str]], typer.Argument(help="Judge, grade or answer runs (default: every judge and grade run).")] = None,
-    baseline: Annotated[Optional[list[str]], typer.Option("--baseline", "-b", help="Answer run to express single scores as a % of.")] = None,
+    runs: Annotated[
+        Optional[list[str]], typer.Argument(help="Judge, grade or answer runs (default: every judge and grade run).")
+    ] = None,
+    baseline: Annotated[
+        Optional[list[str]], typer.Option("--baseline", "-b", help="Answer run to express single scores as a % of.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (rates as fractions).")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG: scores by category, models side by side.")] = None,
-    html_out: Annotated[Optional[Path], typer.Option("--html", help="Also write one self-contained HTML page: the same "
-                                                     "numbers as charts, and a verdict browser.")] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Also write a PNG: scores by category, models side by side.")
+    ] = None,
+    html_out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--html", help="Also write one self-contained HTML page: the same numbers as charts, and a verdict browser."
+        ),
+    ] = None,
 ) -> None:
     """Scores, win rates and accuracy with bootstrap CIs, and judge reliability."""
     from openchat_cli.eval.report import build_report, render
@@ -336,21 +491,33 @@ def export_command(
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
-    err_console.print(f"wrote {count} {'answers' if row['kind'] == 'answer' else 'judgments'} of {row['id']} "
-                      f"to {output}", highlight=False)
+    err_console.print(
+        f"wrote {count} {'answers' if row['kind'] == 'answer' else 'judgments'} of {row['id']} to {output}",
+        highlight=False,
+    )
 
 
 @app.command("perplexity")
 def perplexity_command(
     model_ref: str = typer.Argument(..., metavar="MODEL", help="Model dir or checkpoint id."),
-    data: str = typer.Argument(..., metavar="DATA", help="Tokenized .parquet (or ds-… id) made for this model, "
-                                                          "or a conversations JSONL (tokenized here with the model's template)."),
+    data: str = typer.Argument(
+        ...,
+        metavar="DATA",
+        help="Tokenized .parquet (or ds-… id) made for this model, "
+        "or a conversations JSONL (tokenized here with the model's template).",
+    ),
     buckets: Optional[str] = typer.Option(
-        None, "--buckets", help="Position bucket edges, e.g. 2048,4096 (default: quarters of the context, plus the "
-                                "original context of an extended model)."),
-    max_len: Optional[int] = typer.Option(None, "--max-len", min=2, help="Split JSONL conversations longer than this "
-                                                                       "(default: the model's context)."),
-    tokens_per_batch: int = typer.Option(8192, "--tokens-per-batch", min=1, help="Tokens packed into one forward pass."),
+        None,
+        "--buckets",
+        help="Position bucket edges, e.g. 2048,4096 (default: quarters of the context, plus the "
+        "original context of an extended model).",
+    ),
+    max_len: Optional[int] = typer.Option(
+        None, "--max-len", min=2, help="Split JSONL conversations longer than this (default: the model's context)."
+    ),
+    tokens_per_batch: int = typer.Option(
+        8192, "--tokens-per-batch", min=1, help="Tokens packed into one forward pass."
+    ),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -359,10 +526,10 @@ def perplexity_command(
 
     from transformers import AutoConfig
 
-    from openchat_cli.model_dir import load_tokenizer, model_template, read_meta, require_weights, resolve_model
     from openchat_cli.console import table
     from openchat_cli.eval.perplexity import default_edges, load_data, load_model, make_buckets, score
     from openchat_cli.model.context import context_length
+    from openchat_cli.model_dir import load_tokenizer, model_template, read_meta, require_weights, resolve_model
     from store.catalog import open_catalog
 
     if dtype not in ("fp32", "bf16"):
@@ -380,33 +547,71 @@ def perplexity_command(
     vocab = AutoConfig.from_pretrained(str(model_dir)).vocab_size
     cat = open_catalog()
     with tempfile.TemporaryDirectory(prefix="openchat-ppl-") as scratch:
-        tokens, ds_id = load_data(data, model_dir, template_name=model_template(model_dir), tokenizer=tokenizer,
-                                  max_len=max_len or context or 2048, vocab_size=vocab, scratch=Path(scratch))
+        tokens, ds_id = load_data(
+            data,
+            model_dir,
+            template_name=model_template(model_dir),
+            tokenizer=tokenizer,
+            max_len=max_len or context or 2048,
+            vocab_size=vocab,
+            scratch=Path(scratch),
+        )
     edges = edges or default_edges(context, meta.get("original_context_length"))
-    eval_id = cat.add_eval(kind="perplexity", name=model_dir.name, questions_path=str(data), checkpoint_id=ck,
-                           model=str(model_dir), config={"buckets": edges, "dtype": dtype, "dataset_id": ds_id})
+    eval_id = cat.add_eval(
+        kind="perplexity",
+        name=model_dir.name,
+        questions_path=str(data),
+        checkpoint_id=ck,
+        model=str(model_dir),
+        config={"buckets": edges, "dtype": dtype, "dataset_id": ds_id},
+    )
     cat.link(eval_id, ds_id, "evaluates-on")
     try:
         model = load_model(model_dir, dtype)
         bar = progress()
         with bar:
             task = bar.add_task("scoring", total=len(tokens), visible=not as_json)
-            result = score(model, tokens, buckets=make_buckets(edges), tokens_per_batch=tokens_per_batch,
-                           on_batch=lambda n: bar.advance(task, n))
+            result = score(
+                model,
+                tokens,
+                buckets=make_buckets(edges),
+                tokens_per_batch=tokens_per_batch,
+                on_batch=lambda n: bar.advance(task, n),
+            )
     except BaseException:
         cat.update("evals", eval_id, status="failed")
         raise
-    result.facts = {"eval_id": eval_id, "model": str(model_dir), "checkpoint_id": ck, "data": str(data),
-                    "context_length": context, "original_context_length": meta.get("original_context_length"),
-                    "rope_scaling": meta.get("rope_scaling")}
+    result.facts = {
+        "eval_id": eval_id,
+        "model": str(model_dir),
+        "checkpoint_id": ck,
+        "data": str(data),
+        "context_length": context,
+        "original_context_length": meta.get("original_context_length"),
+        "rope_scaling": meta.get("rope_scaling"),
+    }
     summary = result.to_dict()
-    cat.update("evals", eval_id, status="completed",
-               metrics={k: summary[k] for k in ("sequences", "tokens", "mean_loss", "perplexity", "buckets")})
+    cat.update(
+        "evals",
+        eval_id,
+        status="completed",
+        metrics={k: summary[k] for k in ("sequences", "tokens", "mean_loss", "perplexity", "buckets")},
+    )
     if as_json:
         print_json(summary)
         return
-    rows = [(b.label(), f"{b.tokens:,}", f"{b.mean_loss:.4f}" if b.tokens else "-",
-             f"{b.perplexity:.2f}" if b.tokens else "-") for b in result.buckets]
+    rows = [
+        (
+            b.label(),
+            f"{b.tokens:,}",
+            f"{b.mean_loss:.4f}" if b.tokens else "-",
+            f"{b.perplexity:.2f}" if b.tokens else "-",
+        )
+        for b in result.buckets
+    ]
     console.print(table(f"{model_dir.name} on {data}", ["positions", "tokens", "mean loss", "perplexity"], rows))
-    console.print(f"[bold]{eval_id}[/]: {result.sequences:,} sequences, {result.tokens:,} supervised tokens; "
-                  f"mean loss {result.mean_loss:.4f}, perplexity {result.perplexity:.2f}", highlight=False)
+    console.print(
+        f"[bold]{eval_id}[/]: {result.sequences:,} sequences, {result.tokens:,} supervised tokens; "
+        f"mean loss {result.mean_loss:.4f}, perplexity {result.perplexity:.2f}",
+        highlight=False,
+    )

@@ -34,8 +34,9 @@ DEFAULT_TIMEOUT_S = 600.0
 class EndpointError(OpenchatError):
     """The endpoint failed for good (retries spent, or an error retrying cannot fix)."""
 
-    def __init__(self, message: str, *, fatal: bool = True, status: int | None = None,
-                 overflow: ContextOverflow | None = None):
+    def __init__(
+        self, message: str, *, fatal: bool = True, status: int | None = None, overflow: ContextOverflow | None = None
+    ):
         super().__init__(message, exit_code=1)
         self.fatal = fatal  # False: only this request is bad (e.g. 400 prompt too long)
         self.status = status
@@ -68,10 +69,9 @@ class Completion:
         """The context, not the caller, set the completion budget."""
         return self.requested_max_tokens is not None and self.max_tokens != self.requested_max_tokens
 
+
 # Requests re-sent to fit the context, at most (a lower-bound prompt count can take two).
 MAX_FIT_ATTEMPTS = 4
-
-
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -88,9 +88,17 @@ def _retry_after(exc: Exception) -> float | None:
 class ChatClient:
     """Use as `async with ChatClient(...) as client: await client.complete(messages)`."""
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
-                 concurrency: int = 32, retries: int = DEFAULT_RETRIES,
-                 retry_wait_s: float = DEFAULT_RETRY_WAIT_S, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 32,
+        retries: int = DEFAULT_RETRIES,
+        retry_wait_s: float = DEFAULT_RETRY_WAIT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
         self.base_url = normalize_base_url(base_url)
         self.model = model
         self.api_key = api_key or "EMPTY"
@@ -109,12 +117,15 @@ class ChatClient:
     async def __aenter__(self) -> ChatClient:
         import httpx2
 
-        limits = httpx2.Limits(max_connections=max(100, self.concurrency * 2),
-                               max_keepalive_connections=max(20, self.concurrency))
+        limits = httpx2.Limits(
+            max_connections=max(100, self.concurrency * 2), max_keepalive_connections=max(20, self.concurrency)
+        )
         http_client = openai.DefaultAioHttpClient(
-            limits=limits, timeout=httpx2.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)))
-        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0,
-                                          http_client=http_client, timeout=self.timeout_s)
+            limits=limits, timeout=httpx2.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
+        )
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self.api_key, max_retries=0, http_client=http_client, timeout=self.timeout_s
+        )
         self._semaphore = asyncio.Semaphore(self.concurrency)
         self._probe_lock = asyncio.Lock()
         return self
@@ -126,7 +137,7 @@ class ChatClient:
 
     def _backoff(self, attempt: int, exc: Exception) -> float:
         hinted = _retry_after(exc)
-        wait = self.retry_wait_s * (2 ** attempt)
+        wait = self.retry_wait_s * (2**attempt)
         wait = min(MAX_RETRY_WAIT_S, wait) * (0.75 + 0.5 * random.random())
         if hinted is not None:
             wait = max(wait, min(MAX_RETRY_WAIT_S, hinted))
@@ -144,8 +155,9 @@ class ChatClient:
                 if attempt < self.retries:
                     await asyncio.sleep(self._backoff(attempt, exc))
             except openai.APIStatusError as exc:
-                raise EndpointError(f"{self.base_url}/models answered {exc.status_code}: "
-                                    f"{server_message(exc)}", status=exc.status_code) from None
+                raise EndpointError(
+                    f"{self.base_url}/models answered {exc.status_code}: {server_message(exc)}", status=exc.status_code
+                ) from None
         raise EndpointError(f"could not reach {self.base_url} after {self.retries + 1} attempts: {last}")
 
     async def learn_context_length(self) -> int | None:
@@ -174,8 +186,15 @@ class ChatClient:
         room = self.context_length - max(1, prompt_floor)
         return min(max_tokens, room) if room >= 1 else max_tokens
 
-    async def complete(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
-                       max_tokens: int | None = None, prompt_floor: int = 0, **extra: Any) -> Completion:
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        prompt_floor: int = 0,
+        **extra: Any,
+    ) -> Completion:
         """One chat completion that fits the model's context (see the module doc).
 
         `prompt_floor`: tokens the prompt has at least (e.g. the previous turn's prompt and
@@ -202,9 +221,11 @@ class ChatClient:
             result.requested_max_tokens = max_tokens or None
             result.max_tokens = kwargs.get("max_tokens")
             return result
-        raise ContextLengthExceeded(f"{self.base_url}: the request still exceeds the context after "
-                                    f"{MAX_FIT_ATTEMPTS} attempts to fit it",
-                                    context_length=self.context_length, prompt_tokens=None)
+        raise ContextLengthExceeded(
+            f"{self.base_url}: the request still exceeds the context after {MAX_FIT_ATTEMPTS} attempts to fit it",
+            context_length=self.context_length,
+            prompt_tokens=None,
+        )
 
     def _refit(self, kwargs: dict[str, Any], exc: EndpointError, dropped: bool) -> bool:
         """Shrink (or drop) max_tokens in `kwargs` after a context error; raise when the prompt
@@ -216,16 +237,18 @@ class ChatClient:
         room = overflow.room
         current = kwargs.get("max_tokens")
         if room is not None and room <= 0:
-            raise ContextLengthExceeded(exc.message, context_length=overflow.context_length,
-                                        prompt_tokens=overflow.prompt_tokens)
+            raise ContextLengthExceeded(
+                exc.message, context_length=overflow.context_length, prompt_tokens=overflow.prompt_tokens
+            )
         if room is not None and (current is None or room < current) and not dropped:
             kwargs["max_tokens"] = room
             return dropped
         if current is not None and not dropped:
             del kwargs["max_tokens"]  # no numbers: let the server use what the context leaves
             return True
-        raise ContextLengthExceeded(exc.message, context_length=overflow.context_length,
-                                    prompt_tokens=overflow.prompt_tokens)
+        raise ContextLengthExceeded(
+            exc.message, context_length=overflow.context_length, prompt_tokens=overflow.prompt_tokens
+        )
 
     async def _create(self, kwargs: dict[str, Any]) -> Completion:
         """One chat completion, retried with exponential backoff on 429 / 5xx / connection errors."""
@@ -246,9 +269,10 @@ class ChatClient:
                         message = server_message(exc)
                         raise EndpointError(
                             f"{self.base_url} refused the request ({exc.status_code}): {message}",
-                            fatal=fatal, status=exc.status_code,
-                            overflow=parse_context_overflow(exc.status_code, getattr(exc, "code", None),
-                                                            message)) from None
+                            fatal=fatal,
+                            status=exc.status_code,
+                            overflow=parse_context_overflow(exc.status_code, getattr(exc, "code", None), message),
+                        ) from None
                 else:
                     latency = time.perf_counter() - start
                     if not response.choices:
@@ -259,7 +283,9 @@ class ChatClient:
                         text=choice.message.content or "",
                         prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
                         completion_tokens=(usage.completion_tokens or 0) if usage else 0,
-                        latency_s=latency, finish_reason=choice.finish_reason, attempts=attempt + 1,
+                        latency_s=latency,
+                        finish_reason=choice.finish_reason,
+                        attempts=attempt + 1,
                     )
                 if attempt < self.retries:
                     self.retried += 1

@@ -67,8 +67,9 @@ def _require_fields(meta: dict) -> None:
     missing = [f for f in REQUIRED_FIELDS if not isinstance(meta.get(f), str) or not meta.get(f)]
     if missing:
         task = meta.get("task_id", "?")
-        raise OpenchatError(f"HumanEval task {task}: _metadata lacks {', '.join(missing)} "
-                            f"(needs {', '.join(REQUIRED_FIELDS)})")
+        raise OpenchatError(
+            f"HumanEval task {task}: _metadata lacks {', '.join(missing)} (needs {', '.join(REQUIRED_FIELDS)})"
+        )
 
 
 def _graded(program: str | None, reply: str, result: RunResult | None, entry_point: str) -> Graded:
@@ -90,8 +91,9 @@ def grade_humaneval(meta: dict, response: str, limits: Limits = Limits()) -> Gra
     return _graded(program, response, result, meta["entry_point"])
 
 
-def grade_humaneval_many(items: Iterable[tuple[dict, str]], limits: Limits = Limits(),
-                         workers: int | None = None) -> list[Graded]:
+def grade_humaneval_many(
+    items: Iterable[tuple[dict, str]], limits: Limits = Limits(), workers: int | None = None
+) -> list[Graded]:
     """`grade_humaneval` for a whole suite: extraction here, checks in a bounded worker pool."""
     pairs: Sequence[tuple[dict, str]] = list(items)
     for meta, _ in pairs:
@@ -100,8 +102,7 @@ def grade_humaneval_many(items: Iterable[tuple[dict, str]], limits: Limits = Lim
     to_run = [i for i, program in enumerate(programs) if program is not None]
     results = run_many([check_program(pairs[i][0], programs[i]) for i in to_run], limits, workers)
     by_index = dict(zip(to_run, results))
-    return [_graded(programs[i], reply, by_index.get(i), meta["entry_point"])
-            for i, (meta, reply) in enumerate(pairs)]
+    return [_graded(programs[i], reply, by_index.get(i), meta["entry_point"]) for i, (meta, reply) in enumerate(pairs)]
 
 
 def pass_at_1(graded: Sequence[Graded]) -> float | None:

@@ -22,20 +22,29 @@ from dataclasses import dataclass
 
 CONTEXT_CODE = "context_length_exceeded"
 
-_CONTEXT = [re.compile(p, re.I) for p in (
-    r"maximum context length is (\d+)",
-    r"maximum (?:model|sequence) length (?:is |of )?(\d+)",
-    r"context (?:length|window) (?:is |of )(\d+)",
-)]
-_PROMPT = [re.compile(p, re.I) for p in (
-    r"\((\d+) in the (?:messages|prompt|input)",
-    r"prompt (?:contains|has) (?:at least )?(\d+)",
-    r"request has (?:at least )?(\d+) input tokens",
-    r"prompt \(length (\d+)\)",
-    r"messages resulted in (\d+) tokens",  # OpenAI, when it gives no breakdown
-)]
-_HINTS = re.compile(r"maximum context length|maximum model length|context length|context window"
-                    r"|too many tokens|prompt is too long|input is too long", re.I)
+_CONTEXT = [
+    re.compile(p, re.I)
+    for p in (
+        r"maximum context length is (\d+)",
+        r"maximum (?:model|sequence) length (?:is |of )?(\d+)",
+        r"context (?:length|window) (?:is |of )(\d+)",
+    )
+]
+_PROMPT = [
+    re.compile(p, re.I)
+    for p in (
+        r"\((\d+) in the (?:messages|prompt|input)",
+        r"prompt (?:contains|has) (?:at least )?(\d+)",
+        r"request has (?:at least )?(\d+) input tokens",
+        r"prompt \(length (\d+)\)",
+        r"messages resulted in (\d+) tokens",  # OpenAI, when it gives no breakdown
+    )
+]
+_HINTS = re.compile(
+    r"maximum context length|maximum model length|context length|context window"
+    r"|too many tokens|prompt is too long|input is too long",
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -69,5 +78,6 @@ def parse_context_overflow(status: int, code: object, message: str) -> ContextOv
     if code != CONTEXT_CODE and not _HINTS.search(message or ""):
         return None
     text = message or ""
-    return ContextOverflow(context_length=_first(_CONTEXT, text), prompt_tokens=_first(_PROMPT, text),
-                           at_least="at least" in text.lower())
+    return ContextOverflow(
+        context_length=_first(_CONTEXT, text), prompt_tokens=_first(_PROMPT, text), at_least="at least" in text.lower()
+    )

@@ -62,19 +62,33 @@ def export_answers(cat: Catalog, run: dict[str, Any], fmt: str) -> tuple[str, in
     answers = _answers(cat, run["id"])
     order = [qid for qid in questions if qid in answers] + [qid for qid in answers if qid not in questions]
     if fmt == "fastchat":
-        lines = [json.dumps({
-            "question_id": _qid(qid), "answer_id": f"{run['id']}-{qid}", "model_id": _name(run),
-            "choices": [{"index": 0, "turns": answers[qid]["turns"] or []}],
-            "tstamp": _tstamp(answers[qid].get("created_at")),
-        }, ensure_ascii=False) for qid in order]
+        lines = [
+            json.dumps(
+                {
+                    "question_id": _qid(qid),
+                    "answer_id": f"{run['id']}-{qid}",
+                    "model_id": _name(run),
+                    "choices": [{"index": 0, "turns": answers[qid]["turns"] or []}],
+                    "tstamp": _tstamp(answers[qid].get("created_at")),
+                },
+                ensure_ascii=False,
+            )
+            for qid in order
+        ]
         return "\n".join(lines) + ("\n" if lines else ""), len(lines)
     records = []
     for qid in order:
         q = questions.get(qid)
         meta = (q or {}).get("meta") or {}
-        records.append({"instruction": _instruction(q), "output": (answers[qid]["turns"] or [""])[0],
-                        "generator": _name(run), "dataset": meta.get("dataset") or (q or {}).get("category"),
-                        "question_id": qid})
+        records.append(
+            {
+                "instruction": _instruction(q),
+                "output": (answers[qid]["turns"] or [""])[0],
+                "generator": _name(run),
+                "dataset": meta.get("dataset") or (q or {}).get("category"),
+                "question_id": qid,
+            }
+        )
     return json.dumps(records, indent=2, ensure_ascii=False) + "\n", len(records)
 
 
@@ -88,10 +102,17 @@ def export_judgments(cat: Catalog, run: dict[str, Any], fmt: str) -> tuple[str, 
         out = []
         if mode == "single":
             for r in rows:
-                out.append({"question_id": _qid(r["question_id"]), "model": _name(answer_run),
-                            "judge": [r["judge_model"], r["prompt_name"]], "judgment": r["raw"],
-                            "score": r["score"] if r["parse_ok"] else -1, "turn": r["turn"],
-                            "tstamp": _tstamp(r.get("created_at"))})
+                out.append(
+                    {
+                        "question_id": _qid(r["question_id"]),
+                        "model": _name(answer_run),
+                        "judge": [r["judge_model"], r["prompt_name"]],
+                        "judgment": r["raw"],
+                        "score": r["score"] if r["parse_ok"] else -1,
+                        "turn": r["turn"],
+                        "tstamp": _tstamp(r.get("created_at")),
+                    }
+                )
         else:
             winner = {"A": "model_1", "B": "model_2", "tie": "tie", "error": "error"}
             pairs: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
@@ -100,19 +121,27 @@ def export_judgments(cat: Catalog, run: dict[str, Any], fmt: str) -> tuple[str, 
             for (qid, turn), orders in pairs.items():
                 g1, g2 = orders.get("AB"), orders.get("BA")
                 any_row = g1 or g2
-                out.append({
-                    "question_id": _qid(qid), "model_1": _name(answer_run), "model_2": _name(baseline_run),
-                    "g1_winner": winner.get(g1["verdict"], "error") if g1 else None,
-                    "g2_winner": winner.get(g2["verdict"], "error") if g2 else None,
-                    "judge": [any_row["judge_model"], any_row["prompt_name"]],
-                    "g1_judgment": g1["raw"] if g1 else None, "g2_judgment": g2["raw"] if g2 else None,
-                    "turn": turn, "tstamp": _tstamp(any_row.get("created_at")),
-                })
+                out.append(
+                    {
+                        "question_id": _qid(qid),
+                        "model_1": _name(answer_run),
+                        "model_2": _name(baseline_run),
+                        "g1_winner": winner.get(g1["verdict"], "error") if g1 else None,
+                        "g2_winner": winner.get(g2["verdict"], "error") if g2 else None,
+                        "judge": [any_row["judge_model"], any_row["prompt_name"]],
+                        "g1_judgment": g1["raw"] if g1 else None,
+                        "g2_judgment": g2["raw"] if g2 else None,
+                        "turn": turn,
+                        "tstamp": _tstamp(any_row.get("created_at")),
+                    }
+                )
         lines = [json.dumps(o, ensure_ascii=False) for o in out]
         return "\n".join(lines) + ("\n" if lines else ""), len(lines)
     if mode != "pairwise":
-        raise OpenchatError("alpaca_eval annotations are pairwise: export a pairwise judge run, or the "
-                            "answer run itself (`--format alpaca_eval` on an answer run)")
+        raise OpenchatError(
+            "alpaca_eval annotations are pairwise: export a pairwise judge run, or the "
+            "answer run itself (`--format alpaca_eval` on an answer run)"
+        )
     answers_a, answers_b = _answers(cat, answer_run["id"]), _answers(cat, baseline_run["id"])
     preference = {"A": 2.0, "B": 1.0, "tie": 1.5}
     out = []
@@ -122,14 +151,22 @@ def export_judgments(cat: Catalog, run: dict[str, Any], fmt: str) -> tuple[str, 
         b = (answers_b.get(qid) or {}).get("turns") or []
         q = questions.get(qid)
         turns = (q or {}).get("turns") or []
-        out.append({
-            "instruction": _instruction(q) if t == 0 else (turns[t] if t < len(turns) else ""),
-            "output_1": b[t] if t < len(b) else None, "output_2": a[t] if t < len(a) else None,
-            "generator_1": _name(baseline_run), "generator_2": _name(answer_run),
-            "annotator": r["judge_model"], "preference": preference.get(r["verdict"]) if r["parse_ok"] else None,
-            "raw_completion": r["raw"], "order": r["order"], "turn": r["turn"], "question_id": qid,
-            "dataset": (q or {}).get("category"),
-        })
+        out.append(
+            {
+                "instruction": _instruction(q) if t == 0 else (turns[t] if t < len(turns) else ""),
+                "output_1": b[t] if t < len(b) else None,
+                "output_2": a[t] if t < len(a) else None,
+                "generator_1": _name(baseline_run),
+                "generator_2": _name(answer_run),
+                "annotator": r["judge_model"],
+                "preference": preference.get(r["verdict"]) if r["parse_ok"] else None,
+                "raw_completion": r["raw"],
+                "order": r["order"],
+                "turn": r["turn"],
+                "question_id": qid,
+                "dataset": (q or {}).get("category"),
+            }
+        )
     return json.dumps(out, indent=2, ensure_ascii=False) + "\n", len(out)
 
 

@@ -28,6 +28,7 @@ NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+")
 
 # -- extraction ---------------------------------------------------------------------------------
 
+
 def extract_boxed(text: str) -> str | None:
     """Content of the last \\boxed{…} (or \\fbox{…}), nested braces included."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
@@ -43,7 +44,7 @@ def extract_boxed(text: str) -> str | None:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j].strip()
+                return text[i + 1 : j].strip()
     return None
 
 
@@ -84,8 +85,12 @@ _OPTION_PATTERNS = [
     # "the answer is (B)", "Answer: (b)"
     (re.compile(_ANSWER_CUE + r"\(([A-Za-z])\)", re.IGNORECASE)),
     # "The answer is B", "ANSWER: **C**": a capital standing alone after the cue
-    (re.compile(r"(?<![A-Za-z])(?:[Aa]nswer|ANSWER)\s*(?:is|would be)?\s*[:：]?\s*(?:[Oo]ption\s*)?\**\s*"
-                + _STANDALONE.format(letter="([A-Z])"))),
+    (
+        re.compile(
+            r"(?<![A-Za-z])(?:[Aa]nswer|ANSWER)\s*(?:is|would be)?\s*[:：]?\s*(?:[Oo]ption\s*)?\**\s*"
+            + _STANDALONE.format(letter="([A-Z])")
+        )
+    ),
     # "(C)" anywhere
     (re.compile(r"\(([A-Z])\)")),
 ]
@@ -125,8 +130,11 @@ def extract_option(text: str, options: list[str]) -> str | None:
     for i, option in texts.items():
         if lowered == option.lower().rstrip("."):
             return LETTERS[i]
-    mentioned = [i for i, option in texts.items()
-                 if re.search(r"(?<!\w)" + re.escape(option.rstrip(".")) + r"(?!\w)", text, flags=re.IGNORECASE)]
+    mentioned = [
+        i
+        for i, option in texts.items()
+        if re.search(r"(?<!\w)" + re.escape(option.rstrip(".")) + r"(?!\w)", text, flags=re.IGNORECASE)
+    ]
     if len(mentioned) == 1:
         return LETTERS[mentioned[0]]
     return None
@@ -190,8 +198,13 @@ def grade_answer(question: Question, reply: str, code_result: tuple | None = Non
         verdict = "error"
     else:
         verdict = "correct" if ok else "incorrect"
-    return {"verdict": verdict, "score": 1.0 if verdict == "correct" else 0.0, "raw": got or "",
-            "method": method, "expected": expected}
+    return {
+        "verdict": verdict,
+        "score": 1.0 if verdict == "correct" else 0.0,
+        "raw": got or "",
+        "method": method,
+        "expected": expected,
+    }
 
 
 def grade_suite_answer(meta: dict[str, Any], reply: str, code_result: tuple | None = None) -> dict[str, Any]:
@@ -201,10 +214,16 @@ def grade_suite_answer(meta: dict[str, Any], reply: str, code_result: tuple | No
     reference = reference_grade(meta, reply, code_result)
     lenient = lenient_grade(meta, reply)
     verdict = "correct" if reference.correct else "incorrect"
-    out = {"verdict": verdict, "score": 1.0 if reference.correct else 0.0,
-           "raw": reference.answer if isinstance(reference.answer, str) else str(reference.answer),
-           "method": meta["task_type"], "expected": meta.get("label"), "matched": reference.matched,
-           "lenient": None, "lenient_raw": None}
+    out = {
+        "verdict": verdict,
+        "score": 1.0 if reference.correct else 0.0,
+        "raw": reference.answer if isinstance(reference.answer, str) else str(reference.answer),
+        "method": meta["task_type"],
+        "expected": meta.get("label"),
+        "matched": reference.matched,
+        "lenient": None,
+        "lenient_raw": None,
+    }
     if reference.detail:
         out["detail"] = reference.detail
     if lenient is not None:
@@ -217,25 +236,41 @@ def gradable(question: Question) -> bool:
     return (question.meta or {}).get("label") is not None
 
 
-def _grade_row(run_id: str, answer_run_id: str, question: Question, replies: list[str],
-               code_result: tuple | None = None) -> dict[str, Any]:
+def _grade_row(
+    run_id: str, answer_run_id: str, question: Question, replies: list[str], code_result: tuple | None = None
+) -> dict[str, Any]:
     graded = grade_answer(question, replies[-1], code_result)
     suite = "matched" in graded
-    meta: dict[str, Any] = {"expected": graded["expected"], "method": graded["method"],
-                            "category": question.category}
+    meta: dict[str, Any] = {"expected": graded["expected"], "method": graded["method"], "category": question.category}
     if suite:
-        meta.update(task_type=question.meta["task_type"], task_name=question.meta["task_name"],
-                    matched=graded["matched"], lenient=graded["lenient"], lenient_raw=graded["lenient_raw"])
+        meta.update(
+            task_type=question.meta["task_type"],
+            task_name=question.meta["task_name"],
+            matched=graded["matched"],
+            lenient=graded["lenient"],
+            lenient_raw=graded["lenient_raw"],
+        )
         if graded.get("detail"):
             meta["detail"] = graded["detail"]
-    return {"eval_id": run_id, "question_id": question.question_id, "turn": len(replies), "mode": "exact",
-            "answer_run_id": answer_run_id, "judge_model": None, "prompt_name": graded["method"],
-            "raw": graded["raw"], "verdict": graded["verdict"], "score": graded["score"],
-            "parse_ok": int(graded["matched"] if suite else graded["verdict"] != "error"), "meta": meta}
+    return {
+        "eval_id": run_id,
+        "question_id": question.question_id,
+        "turn": len(replies),
+        "mode": "exact",
+        "answer_run_id": answer_run_id,
+        "judge_model": None,
+        "prompt_name": graded["method"],
+        "raw": graded["raw"],
+        "verdict": graded["verdict"],
+        "score": graded["score"],
+        "parse_ok": int(graded["matched"] if suite else graded["verdict"] != "error"),
+        "meta": meta,
+    }
 
 
-def _run_code_answers(questions: dict[str, Question], answers: list[dict[str, Any]],
-                      skipped: dict[str, str]) -> dict[str, tuple]:
+def _run_code_answers(
+    questions: dict[str, Question], answers: list[dict[str, Any]], skipped: dict[str, str]
+) -> dict[str, tuple]:
     """Code-task replies (HumanEval) run as one batch in parallel sandboxes: question id → result."""
     code = [a for a in answers if questions[a["question_id"]].meta.get("task_type") in CODE_TASK_TYPES]
     if not code:
@@ -249,8 +284,9 @@ def _run_code_answers(questions: dict[str, Question], answers: list[dict[str, An
     return {a["question_id"]: result for a, result in zip(code, results)}
 
 
-def run_grade(cat: Catalog, answer_ref: str,
-              on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_grade(
+    cat: Catalog, answer_ref: str, on_event: Callable[[str, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Grade every answer of a run; re-grading replaces the run's earlier grades. Returns metrics.
 
     Suite questions are graded by their task type's reference rules (openchat_cli/eval/suite_rules.py);
@@ -262,16 +298,25 @@ def run_grade(cat: Catalog, answer_ref: str,
     questions = {r["question_id"]: Question.from_row(r) for r in cat.questions(run_a)}
     gradable_ids = {qid for qid, q in questions.items() if gradable(q)}
     if not gradable_ids:
-        raise OpenchatError(f"{run_a} has no questions with an expected answer ('label'); grading needs a "
-                            f"multiple-choice or exact-answer set (use `eval judge` for open questions)")
+        raise OpenchatError(
+            f"{run_a} has no questions with an expected answer ('label'); grading needs a "
+            f"multiple-choice or exact-answer set (use `eval judge` for open questions)"
+        )
+
     def newest_grade_run() -> dict[str, Any] | None:
         return cat.latest_eval("grade", parent_id=run_a)
 
     # Found or made in one transaction: two grades of one run started together share the grade run.
     grade_run, _ = cat.find_or_add_eval(
-        newest_grade_run, kind="grade", name=f"{answer_run.get('name') or answer_run.get('model')} graded",
-        model=answer_run.get("model"), parent_id=run_a, questions_path=answer_run.get("questions_path"),
-        questions_hash=answer_run.get("questions_hash"), config={"methods": ["option", "number", "boxed"]})
+        newest_grade_run,
+        kind="grade",
+        name=f"{answer_run.get('name') or answer_run.get('model')} graded",
+        model=answer_run.get("model"),
+        parent_id=run_a,
+        questions_path=answer_run.get("questions_path"),
+        questions_hash=answer_run.get("questions_hash"),
+        config={"methods": ["option", "number", "boxed"]},
+    )
     run_id = grade_run["id"]
     answers = [a for a in cat.answers(run_a) if a["question_id"] in gradable_ids]
     emit("start", {"run_id": run_id, "total": len(answers)})
@@ -283,8 +328,11 @@ def run_grade(cat: Catalog, answer_ref: str,
         task_type = question.meta.get("task_type")
         if task_type not in skipped:
             try:
-                rows.append(_grade_row(run_id, run_a, question, answer["turns"] or [""],
-                                       code_results.get(answer["question_id"])))
+                rows.append(
+                    _grade_row(
+                        run_id, run_a, question, answer["turns"] or [""], code_results.get(answer["question_id"])
+                    )
+                )
             except ImportError as exc:  # e.g. coding/humaneval without its sandbox module
                 skipped[task_type] = f"no grader for {task_type}: {exc}"
         emit("graded", {"done": done})

@@ -76,10 +76,19 @@ class JudgeRun:
 
 # -- which run ------------------------------------------------------------------------------------
 
-def find_matching_judge(cat: Catalog, answer_run_id: str, baseline_run_id: str | None, judge_model: str,
-                        endpoint: str, mode: str, prompts_hash: str) -> dict | None:
-    rows = cat.evals("judge", parent_id=answer_run_id, baseline_id=baseline_run_id or None,
-                     model=judge_model, endpoint=endpoint)
+
+def find_matching_judge(
+    cat: Catalog,
+    answer_run_id: str,
+    baseline_run_id: str | None,
+    judge_model: str,
+    endpoint: str,
+    mode: str,
+    prompts_hash: str,
+) -> dict | None:
+    rows = cat.evals(
+        "judge", parent_id=answer_run_id, baseline_id=baseline_run_id or None, model=judge_model, endpoint=endpoint
+    )
     for row in rows:
         config = row.get("config") or {}
         if config.get("mode") == mode and config.get("prompts_key") == prompts_hash:
@@ -87,8 +96,9 @@ def find_matching_judge(cat: Catalog, answer_run_id: str, baseline_run_id: str |
     return None
 
 
-def runs_to_judge(cat: Catalog, answer_ref: str, opts: JudgeOptions,
-                  emit: Callable[[str, dict[str, Any]], None]) -> tuple[dict, dict | None]:
+def runs_to_judge(
+    cat: Catalog, answer_ref: str, opts: JudgeOptions, emit: Callable[[str, dict[str, Any]], None]
+) -> tuple[dict, dict | None]:
     """The answer run to judge and, pairwise, the baseline run; refuses what cannot be judged."""
     if opts.mode not in ("single", "pairwise"):
         raise OpenchatError(f"--mode must be 'single' or 'pairwise', not '{opts.mode}'")
@@ -105,59 +115,92 @@ def runs_to_judge(cat: Catalog, answer_ref: str, opts: JudgeOptions,
     return answer_run, baseline_run
 
 
-def open_judge_run(cat: Catalog, answer_run: dict, baseline_run: dict | None, opts: JudgeOptions,
-                   prompts: PromptSet) -> JudgeRun:
+def open_judge_run(
+    cat: Catalog, answer_run: dict, baseline_run: dict | None, opts: JudgeOptions, prompts: PromptSet
+) -> JudgeRun:
     """The run named by --run, else the matching one (unless --new), else a new one."""
     base_url = normalize_base_url(opts.judge_endpoint)
     baseline_run_id = baseline_run["id"] if baseline_run else None
     if opts.run:
         row = eval_row(cat, opts.run, "judge")
         if row["parent_id"] != answer_run["id"] or (row.get("baseline_id") or None) != baseline_run_id:
-            raise OpenchatError(f"judge run {row['id']} judged {row['parent_id']}"
-                                f"{' vs ' + row['baseline_id'] if row.get('baseline_id') else ''}, "
-                                f"not this answer run")
-        return JudgeRun(row["id"], answer_run["id"], baseline_run_id, row["model"] or opts.judge_model,
-                        opts.mode, True)
+            raise OpenchatError(
+                f"judge run {row['id']} judged {row['parent_id']}"
+                f"{' vs ' + row['baseline_id'] if row.get('baseline_id') else ''}, "
+                f"not this answer run"
+            )
+        return JudgeRun(row["id"], answer_run["id"], baseline_run_id, row["model"] or opts.judge_model, opts.mode, True)
 
     key = prompts_key(prompts, opts.mode)
     label = answer_run.get("name") or answer_run.get("model")
     if baseline_run:
         label += f" vs {baseline_run.get('name') or baseline_run.get('model')}"
     fields = dict(
-        kind="judge", name=opts.name or f"{label} ({opts.judge_model})", endpoint=base_url,
-        model=opts.judge_model, parent_id=answer_run["id"], baseline_id=baseline_run_id,
-        questions_path=answer_run.get("questions_path"), questions_hash=answer_run.get("questions_hash"),
-        config={"mode": opts.mode, "prompts": prompts_config(prompts, opts.mode), "prompts_key": key,
-                "prompts_file": str(Path(opts.prompts).resolve()) if opts.prompts else None,
-                "max_tokens": opts.max_tokens, "temperature": 0.0,
-                "reference_categories": sorted(REFERENCE_CATEGORIES)})
+        kind="judge",
+        name=opts.name or f"{label} ({opts.judge_model})",
+        endpoint=base_url,
+        model=opts.judge_model,
+        parent_id=answer_run["id"],
+        baseline_id=baseline_run_id,
+        questions_path=answer_run.get("questions_path"),
+        questions_hash=answer_run.get("questions_hash"),
+        config={
+            "mode": opts.mode,
+            "prompts": prompts_config(prompts, opts.mode),
+            "prompts_key": key,
+            "prompts_file": str(Path(opts.prompts).resolve()) if opts.prompts else None,
+            "max_tokens": opts.max_tokens,
+            "temperature": 0.0,
+            "reference_categories": sorted(REFERENCE_CATEGORIES),
+        },
+    )
     if opts.new:
         row, created = cat.get(cat.add_eval(**fields)), True
     else:
         row, created = cat.find_or_add_eval(
-            lambda: find_matching_judge(cat, answer_run["id"], baseline_run_id, opts.judge_model, base_url,
-                                        opts.mode, key), **fields)
-    return JudgeRun(row["id"], answer_run["id"], baseline_run_id, row["model"] or opts.judge_model,
-                    opts.mode, not created)
+            lambda: find_matching_judge(
+                cat, answer_run["id"], baseline_run_id, opts.judge_model, base_url, opts.mode, key
+            ),
+            **fields,
+        )
+    return JudgeRun(
+        row["id"], answer_run["id"], baseline_run_id, row["model"] or opts.judge_model, opts.mode, not created
+    )
 
 
 # -- storing --------------------------------------------------------------------------------------
 
+
 def store_verdict(cat: Catalog, run: JudgeRun, verdict: Verdict) -> bool:
     """Store one verdict; False when its unit already holds one (it is then dropped)."""
     match = verdict.match
-    return cat.insert_new("judgments", {
-        "eval_id": run.id, "question_id": match.question.question_id, "turn": match.turn,
-        "mode": run.mode, "answer_run_id": run.answer_run_id,
-        "baseline_run_id": run.baseline_run_id, "order": match.order, "judge_model": run.judge_model,
-        "prompt_name": verdict.prompt_name, "raw": verdict.raw, "verdict": verdict.verdict,
-        "score": verdict.score, "parse_ok": int(verdict.parse_ok), "meta": verdict.meta})
+    return cat.insert_new(
+        "judgments",
+        {
+            "eval_id": run.id,
+            "question_id": match.question.question_id,
+            "turn": match.turn,
+            "mode": run.mode,
+            "answer_run_id": run.answer_run_id,
+            "baseline_run_id": run.baseline_run_id,
+            "order": match.order,
+            "judge_model": run.judge_model,
+            "prompt_name": verdict.prompt_name,
+            "raw": verdict.raw,
+            "verdict": verdict.verdict,
+            "score": verdict.score,
+            "parse_ok": int(verdict.parse_ok),
+            "meta": verdict.meta,
+        },
+    )
 
 
 # -- the command ----------------------------------------------------------------------------------
 
-def run_judge(cat: Catalog, answer_ref: str, opts: JudgeOptions,
-              on_event: Callable[[str, dict[str, Any]], None] | None = None) -> JudgeResult:
+
+def run_judge(
+    cat: Catalog, answer_ref: str, opts: JudgeOptions, on_event: Callable[[str, dict[str, Any]], None] | None = None
+) -> JudgeResult:
     """Create or continue a judge run and judge every match without a verdict. Raises on fatal
     failures after marking the run failed/interrupted; every verdict received is stored."""
     emit = on_event or (lambda kind, data: None)
@@ -167,22 +210,45 @@ def run_judge(cat: Catalog, answer_ref: str, opts: JudgeOptions,
     for note in plan.notes:
         emit("note", {"message": note})
     if not plan.matches:
-        raise OpenchatError(f"nothing to judge: {answer_run['id']} has no answers"
-                            + (f" in common with {baseline_run['id']}" if baseline_run else ""))
+        raise OpenchatError(
+            f"nothing to judge: {answer_run['id']} has no answers"
+            + (f" in common with {baseline_run['id']}" if baseline_run else "")
+        )
     run = open_judge_run(cat, answer_run, baseline_run, opts, prompts)
     judge = Judge(run.judge_model, opts.mode, prompts, opts.max_tokens)
 
     done = judged_units(cat, run.id)
     todo = [m for m in plan.matches if m.key not in done]
     total, already = len(plan.matches), len(plan.matches) - len(todo)
-    emit("start", {"run_id": run.id, "resumed": run.resumed, "total": total, "already": already,
-                   "todo": len(todo), "mode": opts.mode, "answer_run_id": run.answer_run_id,
-                   "baseline_run_id": run.baseline_run_id})
+    emit(
+        "start",
+        {
+            "run_id": run.id,
+            "resumed": run.resumed,
+            "total": total,
+            "already": already,
+            "todo": len(todo),
+            "mode": opts.mode,
+            "answer_run_id": run.answer_run_id,
+            "baseline_run_id": run.baseline_run_id,
+        },
+    )
     tally = {"judged": 0, "errors": 0, "elsewhere": 0}
 
     def result(status: str) -> JudgeResult:
-        return JudgeResult(run.id, run.answer_run_id, run.baseline_run_id, run.resumed, total, already,
-                           tally["judged"], tally["elsewhere"], tally["errors"], status, plan.notes)
+        return JudgeResult(
+            run.id,
+            run.answer_run_id,
+            run.baseline_run_id,
+            run.resumed,
+            total,
+            already,
+            tally["judged"],
+            tally["elsewhere"],
+            tally["errors"],
+            status,
+            plan.notes,
+        )
 
     def metrics() -> dict[str, Any]:
         from openchat_cli.eval.report import judge_summary
@@ -203,9 +269,15 @@ def run_judge(cat: Catalog, answer_ref: str, opts: JudgeOptions,
         progressed()
 
     async def go() -> None:
-        async with ChatClient(normalize_base_url(opts.judge_endpoint), run.judge_model, api_key=opts.api_key,
-                              concurrency=opts.concurrency, retries=opts.retries,
-                              retry_wait_s=opts.retry_wait_s) as client:
+        async with ChatClient(
+            normalize_base_url(opts.judge_endpoint),
+            run.judge_model,
+            api_key=opts.api_key,
+            concurrency=opts.concurrency,
+            retries=opts.retries,
+            retry_wait_s=opts.retry_wait_s,
+        ) as client:
+
             async def play(match: Match) -> None:
                 verdict = await judge_match(client, judge, match)
                 if not store_verdict(cat, run, verdict):
@@ -215,8 +287,15 @@ def run_judge(cat: Catalog, answer_ref: str, opts: JudgeOptions,
                 tally["errors"] += not verdict.parse_ok
                 progressed()
 
-            await claimed_pool(todo, opts.concurrency, UnitClaims(cat, run.id), lambda m: unit_name(m.key),
-                               lambda m: is_judged(cat, run.id, m.key), play, done_elsewhere)
+            await claimed_pool(
+                todo,
+                opts.concurrency,
+                UnitClaims(cat, run.id),
+                lambda m: unit_name(m.key),
+                lambda m: is_judged(cat, run.id, m.key),
+                play,
+                done_elsewhere,
+            )
 
     try:
         run_guarded(go)
@@ -226,8 +305,10 @@ def run_judge(cat: Catalog, answer_ref: str, opts: JudgeOptions,
     except EndpointError as exc:
         finish(cat, run.id, "failed", metrics())
         got = len(judged_units(cat, run.id))
-        raise EndpointError(f"{exc.message}. Judge run {run.id} keeps the {got}/{total} judgments "
-                            f"received; re-run the same command to continue.") from None
+        raise EndpointError(
+            f"{exc.message}. Judge run {run.id} keeps the {got}/{total} judgments "
+            f"received; re-run the same command to continue."
+        ) from None
     except BaseException:
         finish(cat, run.id, "failed", metrics())
         raise

@@ -54,9 +54,12 @@ class JudgePrompt:
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, str]]:
         """Chat messages for the judge; `{name}` placeholders not in `variables` stay as typed."""
+
         def sub(text: str) -> str:
-            return re.sub(r"\{(\w+)\}",
-                          lambda m: str(variables[m.group(1)]) if m.group(1) in variables else m.group(0), text)
+            return re.sub(
+                r"\{(\w+)\}", lambda m: str(variables[m.group(1)]) if m.group(1) in variables else m.group(0), text
+            )
+
         messages = []
         if self.system_prompt:
             messages.append({"role": "system", "content": sub(self.system_prompt)})
@@ -76,12 +79,17 @@ def _prompt_from_record(record: dict, source: str) -> JudgePrompt:
     template = record["prompt_template"]
     name = record["name"]
     multi = "multi-turn" in name.lower() or "{question_2}" in template or "{conversation" in template
-    ref = (str(record.get("category", "")).lower() == "math" or "{ref_answer" in template
-           or "{reference}" in template)
-    return JudgePrompt(name=name, type=kind, system_prompt=record.get("system_prompt") or "",
-                       prompt_template=template, multi_turn=multi, reference=ref, source=source,
-                       extra={k: v for k, v in record.items()
-                              if k not in ("name", "type", "system_prompt", "prompt_template")})
+    ref = str(record.get("category", "")).lower() == "math" or "{ref_answer" in template or "{reference}" in template
+    return JudgePrompt(
+        name=name,
+        type=kind,
+        system_prompt=record.get("system_prompt") or "",
+        prompt_template=template,
+        multi_turn=multi,
+        reference=ref,
+        source=source,
+        extra={k: v for k, v in record.items() if k not in ("name", "type", "system_prompt", "prompt_template")},
+    )
 
 
 def read_prompt_file(path: Path | str) -> list[JudgePrompt]:
@@ -120,8 +128,11 @@ def load_prompts(path: Path | str | None = None) -> PromptSet:
 
 def prompts_config(prompts: PromptSet, mode: str) -> dict[str, Any]:
     """What a judge run records about its prompts, per slot of its mode (name, source, hash)."""
-    return {slot_name(slot): {"name": p.name, "source": p.source, "hash": p.digest()}
-            for slot, p in prompts.items() if slot[0] == mode}
+    return {
+        slot_name(slot): {"name": p.name, "source": p.source, "hash": p.digest()}
+        for slot, p in prompts.items()
+        if slot[0] == mode
+    }
 
 
 def prompts_key(prompts: PromptSet, mode: str) -> str:

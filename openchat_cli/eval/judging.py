@@ -33,6 +33,7 @@ RATING_BACKUP_RE = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*\]")
 
 # -- reading the judge's text ---------------------------------------------------------------------
 
+
 def parse_pairwise(text: str | None) -> str:
     """'A', 'B', 'tie' (for [[C]] or [[tie]]) or 'error' when no verdict, or conflicting ones."""
     found = {m.upper() for m in PAIR_RE.findall(text or "")}
@@ -61,6 +62,7 @@ def map_back(shown: str, order: str) -> str:
 
 # -- filling prompts ------------------------------------------------------------------------------
 
+
 def conversation_text(turns: list[str], replies: list[str], upto: int) -> str:
     parts = []
     for i in range(upto):
@@ -71,16 +73,24 @@ def conversation_text(turns: list[str], replies: list[str], upto: int) -> str:
 
 def needs_reference(question: Question, turn: int) -> bool:
     ref = question.reference or []
-    return ((question.category or "").lower() in REFERENCE_CATEGORIES and len(ref) >= turn
-            and bool(str(ref[turn - 1]).strip()))
+    return (
+        (question.category or "").lower() in REFERENCE_CATEGORIES
+        and len(ref) >= turn
+        and bool(str(ref[turn - 1]).strip())
+    )
 
 
-def variables(question: Question, turn: int, replies_a: list[str], replies_b: list[str] | None = None) -> dict[str, Any]:
+def variables(
+    question: Question, turn: int, replies_a: list[str], replies_b: list[str] | None = None
+) -> dict[str, Any]:
     """Every placeholder a prompt may use, FastChat's names and ours (for `replies_b`: pairwise)."""
     turns = question.turns
     ref = question.reference or []
-    out: dict[str, Any] = {"turn": turn, "question": turns[turn - 1],
-                           "reference": ref[turn - 1] if len(ref) >= turn else ""}
+    out: dict[str, Any] = {
+        "turn": turn,
+        "question": turns[turn - 1],
+        "reference": ref[turn - 1] if len(ref) >= turn else "",
+    }
     for i, text in enumerate(turns, start=1):
         out[f"question_{i}"] = text
     for i, text in enumerate(ref, start=1):
@@ -103,6 +113,7 @@ def variables(question: Question, turn: int, replies_a: list[str], replies_b: li
 
 
 # -- the judge ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Verdict:
@@ -141,14 +152,18 @@ class Judge:
             return prompt.render(variables(match.question, match.turn, first, second))
         return prompt.render(variables(match.question, match.turn, match.answer))
 
-    def read(self, match: Match, text: str | None, refused: str | None = None,
-             latency_s: float | None = None) -> Verdict:
+    def read(
+        self, match: Match, text: str | None, refused: str | None = None, latency_s: float | None = None
+    ) -> Verdict:
         """The verdict in the judge's `text` (None with `refused`: the request was refused)."""
         q, turn = match.question, match.turn
-        meta: dict[str, Any] = {"category": q.category, "reference": needs_reference(q, turn),
-                                "refused": refused is not None,
-                                "latency_s": round(latency_s, 4) if latency_s is not None else None,
-                                "len_a": len(match.answer[turn - 1])}
+        meta: dict[str, Any] = {
+            "category": q.category,
+            "reference": needs_reference(q, turn),
+            "refused": refused is not None,
+            "latency_s": round(latency_s, 4) if latency_s is not None else None,
+            "len_a": len(match.answer[turn - 1]),
+        }
         raw = f"[request refused: {refused}]" if refused is not None else (text or "")
         name = self.prompt_for(match).name
         if isinstance(match, PairMatch):
@@ -156,8 +171,7 @@ class Judge:
             meta.update(shown=shown, len_b=len(match.baseline[turn - 1]))
             return Verdict(match, name, raw, map_back(shown, match.order), None, shown != "error", meta)
         score = parse_rating(raw) if refused is None else None
-        return Verdict(match, name, raw, "error" if score is None else f"{score:g}", score,
-                       score is not None, meta)
+        return Verdict(match, name, raw, "error" if score is None else f"{score:g}", score, score is not None, meta)
 
 
 async def judge_match(client: ChatClient, judge: Judge, match: Match) -> Verdict:

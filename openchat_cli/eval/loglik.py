@@ -104,16 +104,17 @@ def continuation_score(context: str, continuation: str, logprobs: Any) -> Contin
     values = list(getattr(logprobs, "token_logprobs", None) or [])
     tops = list(getattr(logprobs, "top_logprobs", None) or [])
     if not offsets or len(offsets) != len(values):
-        raise EndpointError("the endpoint's logprobs have no text_offset for the prompt tokens "
-                            "(it must support echo with logprobs, as vLLM and openchat serve do)",
-                            fatal=True)
+        raise EndpointError(
+            "the endpoint's logprobs have no text_offset for the prompt tokens "
+            "(it must support echo with logprobs, as vLLM and openchat serve do)",
+            fatal=True,
+        )
     split = len(context.rstrip())  # trailing whitespace belongs to the continuation
     inside = [i for i, offset in enumerate(offsets) if offset >= split]
     if not inside:
         raise EndpointError(f"no token of the continuation {continuation!r} came back", fatal=False)
     if inside[0] == 0:
-        raise EndpointError("the context produced no token: nothing conditions the continuation",
-                            fatal=False)
+        raise EndpointError("the context produced no token: nothing conditions the continuation", fatal=False)
     total = 0.0
     greedy = True
     for i in inside:
@@ -136,8 +137,14 @@ class ScoringClient(ChatClient):
 
     async def score(self, context: str, continuation: str) -> ContinuationScore:
         assert self._client is not None and self._semaphore is not None, "use `async with`"
-        kwargs: dict[str, Any] = {"model": self.model, "prompt": context + continuation,
-                                  "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0}
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "prompt": context + continuation,
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": 1,
+            "temperature": 0,
+        }
         if not self.bos:
             kwargs["extra_body"] = {"add_special_tokens": False}
         last: Exception | None = None
@@ -145,21 +152,20 @@ class ScoringClient(ChatClient):
             for attempt in range(self.retries + 1):
                 try:
                     response = await self._client.completions.create(**kwargs)
-                except (openai.APIConnectionError, openai.RateLimitError,
-                        openai.InternalServerError) as exc:
+                except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
                     last = exc
                 except openai.APIStatusError as exc:
                     if exc.status_code >= 500 or exc.status_code in (408, 409, 425):
                         last = exc
                     else:
                         raise EndpointError(
-                            f"{self.base_url} refused the request ({exc.status_code}): "
-                            f"{server_message(exc)}", fatal=exc.status_code in (401, 403, 404),
-                            status=exc.status_code) from None
+                            f"{self.base_url} refused the request ({exc.status_code}): {server_message(exc)}",
+                            fatal=exc.status_code in (401, 403, 404),
+                            status=exc.status_code,
+                        ) from None
                 else:
                     if not response.choices or response.choices[0].logprobs is None:
-                        raise EndpointError(f"{self.base_url} returned no logprobs for an echo "
-                                            "request", fatal=True)
+                        raise EndpointError(f"{self.base_url} returned no logprobs for an echo request", fatal=True)
                     return continuation_score(context, continuation, response.choices[0].logprobs)
                 if attempt < self.retries:
                     self.retried += 1
@@ -183,10 +189,15 @@ def judge_item(item: McItem, scores: list[ContinuationScore]) -> dict[str, Any]:
     pred_norm = _argmax([ll / len(c) for ll, c in zip(lls, item.choices)])
     pred_bytes = _argmax([ll / len(c.encode("utf-8")) for ll, c in zip(lls, item.choices)])
     return {
-        "loglikelihoods": lls, "greedy": [s.is_greedy for s in scores],
-        "continuation_tokens": [s.tokens for s in scores], "gold": item.gold,
-        "pred": pred, "pred_norm": pred_norm, "pred_bytes": pred_bytes,
-        "acc": float(pred in item.gold), "acc_norm": float(pred_norm in item.gold),
+        "loglikelihoods": lls,
+        "greedy": [s.is_greedy for s in scores],
+        "continuation_tokens": [s.tokens for s in scores],
+        "gold": item.gold,
+        "pred": pred,
+        "pred_norm": pred_norm,
+        "pred_bytes": pred_bytes,
+        "acc": float(pred in item.gold),
+        "acc_norm": float(pred_norm in item.gold),
         "acc_bytes": float(pred_bytes in item.gold),
     }
 
@@ -195,9 +206,13 @@ async def score_item(client: ScoringClient, item: McItem) -> dict[str, Any]:
     start = time.perf_counter()
     scores = await asyncio.gather(*(client.score(item.context, cont) for cont in item.continuations))
     result = judge_item(item, list(scores))
-    return {"turns": [item.choices[result["pred"]]],
-            "prompt_tokens": sum(s.prompt_tokens for s in scores), "completion_tokens": 0,
-            "latency_s": round(time.perf_counter() - start, 4), "meta": result}
+    return {
+        "turns": [item.choices[result["pred"]]],
+        "prompt_tokens": sum(s.prompt_tokens for s in scores),
+        "completion_tokens": 0,
+        "latency_s": round(time.perf_counter() - start, 4),
+        "meta": result,
+    }
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -210,13 +225,11 @@ def stderr(values: list[float]) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
 
 
-def loglik_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0,
-                   retries: int = 0) -> dict[str, Any]:
+def loglik_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retries: int = 0) -> dict[str, Any]:
     from openchat_cli.eval.report import cluster_bootstrap
 
     rows = cat.answers_with_category(run_id)
-    out: dict[str, Any] = {"questions": total, "scored": len(rows), "errors": errors,
-                           "retries": retries}
+    out: dict[str, Any] = {"questions": total, "scored": len(rows), "errors": errors, "retries": retries}
     by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
     metas = []
     for row in rows:
@@ -229,9 +242,10 @@ def loglik_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0,
         out[f"{name}_stderr"] = stderr(values)
         out[f"{name}_ci"] = cluster_bootstrap(values, [1.0] * len(values)) if values else None
     if len(by_cat) > 1:
-        out["categories"] = {c: {"n": len(ms), **{name: sum(float(m.get(name, 0.0)) for m in ms) / len(ms)
-                                                   for name in METRICS}}
-                             for c, ms in sorted(by_cat.items())}
+        out["categories"] = {
+            c: {"n": len(ms), **{name: sum(float(m.get(name, 0.0)) for m in ms) / len(ms) for name in METRICS}}
+            for c, ms in sorted(by_cat.items())
+        }
     return out
 
 
@@ -240,20 +254,36 @@ def loglik_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
     run = cat.get(run_id)
     metrics = run.get("metrics") or {}
     config = run.get("config") or {}
-    return {"run_id": run_id, "model": run.get("name") or run.get("model"), "status": run.get("status"),
-            "task": run.get("questions_path"), "task_format": config.get("task_format"),
-            **{k: metrics.get(k) for k in ("questions", "scored", "errors", *METRICS,
-                                           *(f"{m}_stderr" for m in METRICS),
-                                           *(f"{m}_ci" for m in METRICS))},
-            "categories": metrics.get("categories") or {}}
+    return {
+        "run_id": run_id,
+        "model": run.get("name") or run.get("model"),
+        "status": run.get("status"),
+        "task": run.get("questions_path"),
+        "task_format": config.get("task_format"),
+        **{
+            k: metrics.get(k)
+            for k in (
+                "questions",
+                "scored",
+                "errors",
+                *METRICS,
+                *(f"{m}_stderr" for m in METRICS),
+                *(f"{m}_ci" for m in METRICS),
+            )
+        },
+        "categories": metrics.get("categories") or {},
+    }
 
 
 # -- the run --------------------------------------------------------------------------------------
 def _config(opts: LoglikOptions, task: McTask) -> dict[str, Any]:
-    return {"task_format": task.format, "bos": opts.bos, "limit": opts.limit,
-            "request": {"echo": True, "logprobs": 1, "max_tokens": 0,
-                        "add_special_tokens": True if opts.bos else False},
-            "target_delimiter": " "}
+    return {
+        "task_format": task.format,
+        "bos": opts.bos,
+        "limit": opts.limit,
+        "request": {"echo": True, "logprobs": 1, "max_tokens": 0, "add_special_tokens": True if opts.bos else False},
+        "target_delimiter": " ",
+    }
 
 
 def _find_run(cat: Catalog, task: McTask, endpoint: str, model: str, bos: bool) -> dict | None:
@@ -265,14 +295,24 @@ def _find_run(cat: Catalog, task: McTask, endpoint: str, model: str, bos: bool) 
 
 
 def _question_row(run_id: str, item: McItem) -> dict[str, Any]:
-    return {"eval_id": run_id, "question_id": item.item_id, "category": item.category,
-            "turns": [item.context], "reference": None,
-            "meta": {"format": f"loglik-{item.source.get('format')}", "choices": item.choices,
-                     "gold": item.gold, "line": item.source.get("number")}}
+    return {
+        "eval_id": run_id,
+        "question_id": item.item_id,
+        "category": item.category,
+        "turns": [item.context],
+        "reference": None,
+        "meta": {
+            "format": f"loglik-{item.source.get('format')}",
+            "choices": item.choices,
+            "gold": item.gold,
+            "line": item.source.get("number"),
+        },
+    }
 
 
-def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
-               on_event: Callable[[str, dict[str, Any]], None] | None = None) -> LoglikResult:
+def run_loglik(
+    cat: Catalog, task_path: str, opts: LoglikOptions, on_event: Callable[[str, dict[str, Any]], None] | None = None
+) -> LoglikResult:
     """Create or continue a loglik run and score the questions it lacks. Every scored question
     is stored as it completes; a kill loses only the questions in flight."""
     emit = on_event or (lambda kind, data: None)
@@ -297,13 +337,14 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
         emit("model", {"model": model})
     if existing is not None:
         if existing["questions_hash"] != task.hash:
-            raise OpenchatError(f"run {existing['id']} was made from a different task file "
-                                f"(hash {existing['questions_hash']}, this one is {task.hash}); "
-                                f"start a new run instead")
+            raise OpenchatError(
+                f"run {existing['id']} was made from a different task file "
+                f"(hash {existing['questions_hash']}, this one is {task.hash}); "
+                f"start a new run instead"
+            )
         bos = bool((existing.get("config") or {}).get("bos"))
         if bos != opts.bos:
-            emit("note", {"message": f"continuing {existing['id']} with its recorded --"
-                                     f"{'bos' if bos else 'no-bos'}"})
+            emit("note", {"message": f"continuing {existing['id']} with its recorded --{'bos' if bos else 'no-bos'}"})
         opts.bos = bos
     elif not opts.new:
         existing = _find_run(cat, task, base_url, model, opts.bos)
@@ -312,20 +353,35 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
     if existing is not None:
         run_id = existing["id"]
     else:
-        fields = dict(kind=KIND, name=opts.name or model, questions_path=str(task.path),
-                      questions_hash=task.hash, endpoint=base_url, model=model,
-                      checkpoint_id=lineage_checkpoint(cat, opts.checkpoint, model, base_url),
-                      config=_config(opts, task))
+        fields = dict(
+            kind=KIND,
+            name=opts.name or model,
+            questions_path=str(task.path),
+            questions_hash=task.hash,
+            endpoint=base_url,
+            model=model,
+            checkpoint_id=lineage_checkpoint(cat, opts.checkpoint, model, base_url),
+            config=_config(opts, task),
+        )
         # Two identical commands started together share the run (rows are keyed by question).
-        row, made = find_or_start_run(cat, lambda: _find_run(cat, task, base_url, model, opts.bos), opts.new,
-                                      **fields)
+        row, made = find_or_start_run(cat, lambda: _find_run(cat, task, base_url, model, opts.bos), opts.new, **fields)
         run_id, resumed = row["id"], not made
     cat.insert_many("questions", (_question_row(run_id, item) for item in items), replace=True)
     done = cat.answered_ids(run_id)
     todo = [item for item in items if item.item_id not in done]
     already = len(items) - len(todo)
-    emit("start", {"run_id": run_id, "resumed": resumed, "total": len(items), "already": already,
-                   "todo": len(todo), "model": model, "endpoint": base_url})
+    emit(
+        "start",
+        {
+            "run_id": run_id,
+            "resumed": resumed,
+            "total": len(items),
+            "already": already,
+            "todo": len(todo),
+            "model": model,
+            "endpoint": base_url,
+        },
+    )
     if not todo:
         metrics = loglik_metrics(cat, run_id, len(items))
         finish(cat, run_id, "completed", metrics)
@@ -336,9 +392,16 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
     counter = {"scored": 0, "retries": 0}
 
     async def go() -> None:
-        async with ScoringClient(base_url, model, api_key=opts.api_key, concurrency=opts.concurrency,
-                                 retries=opts.retries, retry_wait_s=opts.retry_wait_s,
-                                 bos=opts.bos) as client:
+        async with ScoringClient(
+            base_url,
+            model,
+            api_key=opts.api_key,
+            concurrency=opts.concurrency,
+            retries=opts.retries,
+            retry_wait_s=opts.retry_wait_s,
+            bos=opts.bos,
+        ) as client:
+
             async def handle(item: McItem) -> None:
                 try:
                     result = await score_item(client, item)
@@ -348,8 +411,9 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
                     errors.append(f"{item.item_id}: {exc.message}")
                     emit("error", {"question_id": item.item_id, "message": exc.message})
                     return
-                cat.insert("answers", {"eval_id": run_id, "question_id": item.item_id,
-                                       "model": model, **result}, replace=True)
+                cat.insert(
+                    "answers", {"eval_id": run_id, "question_id": item.item_id, "model": model, **result}, replace=True
+                )
                 counter["scored"] += 1
                 emit("answered", {"question_id": item.item_id, "done": already + counter["scored"]})
 
@@ -370,8 +434,10 @@ def run_loglik(cat: Catalog, task_path: str, opts: LoglikOptions,
     except EndpointError as exc:
         finish(cat, run_id, "failed", metrics_now())
         got = cat.count("answers", eval_id=run_id)
-        raise EndpointError(f"{exc.message}. Run {run_id} keeps the {got}/{len(items)} questions "
-                            f"scored; re-run the same command to continue.") from None
+        raise EndpointError(
+            f"{exc.message}. Run {run_id} keeps the {got}/{len(items)} questions "
+            f"scored; re-run the same command to continue."
+        ) from None
     except BaseException:
         finish(cat, run_id, "failed", metrics_now())
         raise

@@ -72,8 +72,7 @@ def _answers(cat: Catalog, run_id: str) -> dict[str, list[str]]:
 
 
 def _questions(cat: Catalog, run_id: str) -> dict[str, Question]:
-    return {r["question_id"]: Question.from_row(r)
-            for r in cat.questions(run_id)}
+    return {r["question_id"]: Question.from_row(r) for r in cat.questions(run_id)}
 
 
 def plan_matches(cat: Catalog, answer_run_id: str, baseline_run_id: str | None = None) -> MatchPlan:
@@ -105,8 +104,10 @@ def plan_matches(cat: Catalog, answer_run_id: str, baseline_run_id: str | None =
             matches.append(PairMatch(question, turn, "BA", replies, other))
     missing = sum(1 for qid in questions if qid not in answers)
     if missing:
-        notes.append(f"{missing} of {len(questions)} questions have no answer in {answer_run_id} yet; "
-                     f"judge again after answering them")
+        notes.append(
+            f"{missing} of {len(questions)} questions have no answer in {answer_run_id} yet; "
+            f"judge again after answering them"
+        )
     if baseline is not None:
         only_a = sum(1 for qid in answers if qid in questions and qid not in baseline)
         if only_a:

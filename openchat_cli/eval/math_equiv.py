@@ -15,8 +15,28 @@ MAX_CANDIDATE_CHARS = 256  # the reference grades at most this much (it keeps sy
 _LATEX_COMMAND = re.compile(r"\\(?:begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
 _TEXT_BLOCK = re.compile(r"\\(?:text|mbox|mathrm)\s*\{[^{}]*\}")
 _WORD = re.compile(r"[A-Za-z]{3,}")
-_UNIT_WORDS = {"degree", "degrees", "units", "unit", "inches", "inch", "feet", "foot", "meters", "meter",
-               "cm", "dollars", "cents", "hours", "minutes", "seconds", "days", "sqrt", "pi", "infty"}
+_UNIT_WORDS = {
+    "degree",
+    "degrees",
+    "units",
+    "unit",
+    "inches",
+    "inch",
+    "feet",
+    "foot",
+    "meters",
+    "meter",
+    "cm",
+    "dollars",
+    "cents",
+    "hours",
+    "minutes",
+    "seconds",
+    "days",
+    "sqrt",
+    "pi",
+    "infty",
+}
 
 
 def is_bare_answer(candidate: str) -> bool:

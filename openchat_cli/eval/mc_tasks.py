@@ -59,8 +59,6 @@ class McTask:
     hash: str
 
 
-
-
 # -- field readers ------------------------------------------------------------------------------
 def _str(record: dict, key: str) -> str:
     value = record.get(key)
@@ -96,8 +94,9 @@ def _index(value: Any, n: int, key: str, labels: list[str] | None = None) -> int
         elif len(text) == 1 and text.upper() in LETTERS[:n]:
             return LETTERS.index(text.upper())
         else:
-            raise BadField(f"field '{key}' is '{value}': expected an index 0-{n - 1} or a letter "
-                       f"A-{LETTERS[n - 1]}", key)
+            raise BadField(
+                f"field '{key}' is '{value}': expected an index 0-{n - 1} or a letter A-{LETTERS[n - 1]}", key
+            )
     if not isinstance(value, int):
         raise BadField(f"field '{key}' must be an index or a letter", key)
     if not 0 <= value < n:
@@ -146,8 +145,9 @@ def _mmlu(record: dict) -> tuple[str, list[str], list[int], str | None]:
     subject = record.get("subject")
     description = ""
     if isinstance(subject, str) and subject.strip():
-        description = ("The following are multiple choice questions (with answers) about "
-                       f"{' '.join(subject.split('_'))}.\n\n")
+        description = (
+            f"The following are multiple choice questions (with answers) about {' '.join(subject.split('_'))}.\n\n"
+        )
     lines = [question.strip()] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
     context = description + "\n".join(lines) + "\nAnswer:"
     return context, list(LETTERS[: len(choices)]), [gold], subject if isinstance(subject, str) else None
@@ -163,8 +163,7 @@ def _hellaswag(record: dict) -> tuple[str, list[str], list[int], str | None]:
     if "label" not in record:
         raise BadField("missing field 'label'", "label")
     gold = _index(record["label"], len(endings), "label")
-    return (hellaswag_preprocess(label + ": " + ctx), [hellaswag_preprocess(e) for e in endings],
-            [gold], label)
+    return (hellaswag_preprocess(label + ": " + ctx), [hellaswag_preprocess(e) for e in endings], [gold], label)
 
 
 def _choice(record: dict) -> tuple[str, list[str], list[int], str | None]:
@@ -177,8 +176,7 @@ def _choice(record: dict) -> tuple[str, list[str], list[int], str | None]:
         raise BadField("field 'label' is empty", "label")
     gold = sorted({_index(v, len(options), "label") for v in labels})
     category = record.get("category") or record.get("dataset")
-    return (f"Question: {question}\nAnswer:", options, gold,
-            category if isinstance(category, str) else None)
+    return (f"Question: {question}\nAnswer:", options, gold, category if isinstance(category, str) else None)
 
 
 READERS = {"arc": _arc, "mmlu": _mmlu, "hellaswag": _hellaswag, "choice": _choice}
@@ -195,9 +193,11 @@ def detect(record: Any) -> str:
         return "choice"
     if "choices" in record and "answer" in record:
         return "mmlu"
-    raise BadField("cannot tell the format: expected ARC ('question', 'choices', 'answerKey'), MMLU "
-               "('question', 'choices', 'answer'), HellaSwag ('ctx', 'endings', 'label') or "
-               "OpenChat ('question', 'options', 'label') fields; or pass --task-format")
+    raise BadField(
+        "cannot tell the format: expected ARC ('question', 'choices', 'answerKey'), MMLU "
+        "('question', 'choices', 'answer'), HellaSwag ('ctx', 'endings', 'label') or "
+        "OpenChat ('question', 'options', 'label') fields; or pass --task-format"
+    )
 
 
 def parse_record(record: Any, number: int, fmt: str) -> McItem:
@@ -208,8 +208,7 @@ def parse_record(record: Any, number: int, fmt: str) -> McItem:
         raise BadField("the question text is empty")
     if any(not c for c in choices):
         raise BadField("a choice is empty: nothing to score", "choices")
-    return McItem(_item_id(record, number), context, choices, gold, category,
-                  {"format": fmt, "number": number})
+    return McItem(_item_id(record, number), context, choices, gold, category, {"format": fmt, "number": number})
 
 
 def load_task(path: Path | str, task_format: str = "auto") -> McTask:
@@ -221,8 +220,11 @@ def load_task(path: Path | str, task_format: str = "auto") -> McTask:
         raise OpenchatError(f"unknown task format '{task_format}' (choose {', '.join(TASK_FORMATS)})")
     path = Path(path)
     if not path.is_file():
-        raise OpenchatError(f"task file {path} does not exist" if not path.exists()
-                            else f"{path} is not a file (expected a .jsonl task file)")
+        raise OpenchatError(
+            f"task file {path} does not exist"
+            if not path.exists()
+            else f"{path} is not a file (expected a .jsonl task file)"
+        )
     text = path.read_text(encoding="utf-8")
     records: list[tuple[str, Any]] = []
     if text.lstrip().startswith("["):
@@ -238,8 +240,7 @@ def load_task(path: Path | str, task_format: str = "auto") -> McTask:
             try:
                 records.append((where(path, lineno), json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise OpenchatError(f"{where(path, lineno)}: invalid JSON: {exc.msg} "
-                                    f"(column {exc.colno})") from None
+                raise OpenchatError(f"{where(path, lineno)}: invalid JSON: {exc.msg} (column {exc.colno})") from None
     if not records:
         raise OpenchatError(f"{path} holds no questions")
     fmt = None if task_format == "auto" else task_format

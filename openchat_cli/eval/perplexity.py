@@ -43,8 +43,14 @@ class Bucket:
         return f"{self.start}-{self.end - 1}" if self.end is not None else f"{self.start}+"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"positions": self.label(), "start": self.start, "end": self.end, "tokens": self.tokens,
-                "mean_loss": self.mean_loss, "perplexity": self.perplexity}
+        return {
+            "positions": self.label(),
+            "start": self.start,
+            "end": self.end,
+            "tokens": self.tokens,
+            "mean_loss": self.mean_loss,
+            "perplexity": self.perplexity,
+        }
 
 
 @dataclass
@@ -69,9 +75,15 @@ class PerplexityResult:
         return math.exp(min(loss, 700.0)) if loss is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.facts, "sequences": self.sequences, "tokens": self.tokens, "longest": self.longest,
-                "mean_loss": self.mean_loss, "perplexity": self.perplexity,
-                "buckets": [b.to_dict() for b in self.buckets]}
+        return {
+            **self.facts,
+            "sequences": self.sequences,
+            "tokens": self.tokens,
+            "longest": self.longest,
+            "mean_loss": self.mean_loss,
+            "perplexity": self.perplexity,
+            "buckets": [b.to_dict() for b in self.buckets],
+        }
 
 
 def make_buckets(edges: list[int]) -> list[Bucket]:
@@ -108,8 +120,14 @@ def batches(lengths: np.ndarray, tokens_per_batch: int) -> Iterator[np.ndarray]:
         yield np.asarray(rows)
 
 
-def score(model: Any, data: Any, *, buckets: list[Bucket], tokens_per_batch: int = 8192,
-          on_batch: Callable[[int], None] | None = None) -> PerplexityResult:
+def score(
+    model: Any,
+    data: Any,
+    *,
+    buckets: list[Bucket],
+    tokens_per_batch: int = 8192,
+    on_batch: Callable[[int], None] | None = None,
+) -> PerplexityResult:
     """Score every supervised token of `data` (a `train.dataset.TokenizedData`) with `model`."""
     import torch
     import torch.nn.functional as F
@@ -148,15 +166,17 @@ def load_model(model_dir: Path, dtype: str = "fp32") -> Any:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype,
-                                                     attn_implementation=choose(device))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch_dtype, attn_implementation=choose(device)
+        )
     except (OSError, ValueError) as exc:
         raise OpenchatError(f"cannot load the model in {model_dir}: {exc}") from None
     return model.to(device).eval()
 
 
-def load_data(ref: str, model_dir: Path, *, template_name: str, tokenizer: Any, max_len: int,
-              vocab_size: int, scratch: Path) -> tuple[Any, str | None]:
+def load_data(
+    ref: str, model_dir: Path, *, template_name: str, tokenizer: Any, max_len: int, vocab_size: int, scratch: Path
+) -> tuple[Any, str | None]:
     """Tokenized sequences to score: a tokenized Parquet file (or ds-… id) made for this model, or a
     conversations JSONL tokenized here through the model's template (split at turn boundaries at
     `max_len`, as `data tokenize` does). Returns (TokenizedData, dataset id or None)."""
@@ -173,10 +193,18 @@ def load_data(ref: str, model_dir: Path, *, template_name: str, tokenizer: Any, 
     from openchat_cli.tokenized import make_metadata
 
     dest = scratch / "perplexity.parquet"
-    stats = tokenize_file(path, dest, get_template(template_name), tokenizer, max_len,
-                          metadata=lambda s: make_metadata(template=template_name, tokenizer_hash=tokenizer_hash(tokenizer),
-                                                           max_len=max_len, stats=s.to_dict()))
+    stats = tokenize_file(
+        path,
+        dest,
+        get_template(template_name),
+        tokenizer,
+        max_len,
+        metadata=lambda s: make_metadata(
+            template=template_name, tokenizer_hash=tokenizer_hash(tokenizer), max_len=max_len, stats=s.to_dict()
+        ),
+    )
     if stats.sequences == 0:
-        raise OpenchatError(f"{path}: no conversation with a supervised reply to score "
-                            f"({stats.malformed} malformed line(s))")
+        raise OpenchatError(
+            f"{path}: no conversation with a supervised reply to score ({stats.malformed} malformed line(s))"
+        )
     return load(dest, vocab_size=vocab_size), None

@@ -41,16 +41,27 @@ class Question:
         return self.meta.get("format", "plain")
 
     def row(self, eval_id: str) -> dict[str, Any]:
-        return {"eval_id": eval_id, "question_id": self.question_id, "category": self.category,
-                "turns": self.turns, "reference": self.reference, "meta": self.meta}
+        return {
+            "eval_id": eval_id,
+            "question_id": self.question_id,
+            "category": self.category,
+            "turns": self.turns,
+            "reference": self.reference,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Question":
         turns = row.get("turns") or []
         if isinstance(turns, str):
             turns = [turns]
-        return cls(question_id=str(row["question_id"]), category=row.get("category"),
-                   turns=list(turns), reference=row.get("reference"), meta=row.get("meta") or {})
+        return cls(
+            question_id=str(row["question_id"]),
+            category=row.get("category"),
+            turns=list(turns),
+            reference=row.get("reference"),
+            meta=row.get("meta") or {},
+        )
 
 
 @dataclass
@@ -79,7 +90,6 @@ class BadField(Exception):
         super().__init__(message)
         self.message = message
         self.field_name = field_name
-
 
 
 def _text(record: dict, key: str, *, required: bool = True) -> str | None:
@@ -135,9 +145,11 @@ def detect(record: dict) -> str:
         return "vicuna"
     if "prompt" in record:
         return "plain"
-    raise BadField("cannot tell the format: expected 'turns' (MT-bench), 'text' (Vicuna), "
-               "'instruction' (AlpacaEval), 'question' (multiple-choice / exact-answer) "
-               "or 'prompt' (plain)")
+    raise BadField(
+        "cannot tell the format: expected 'turns' (MT-bench), 'text' (Vicuna), "
+        "'instruction' (AlpacaEval), 'question' (multiple-choice / exact-answer) "
+        "or 'prompt' (plain)"
+    )
 
 
 def read_options(record: dict, at_least: int = 1) -> list[str]:
@@ -151,8 +163,11 @@ def read_options(record: dict, at_least: int = 1) -> list[str]:
         if keys != list(LETTERS[: len(keys)]):
             raise BadField("field 'options' as a mapping must use the keys A, B, C, … in order", "options")
         options = list(options.values())
-    if (not isinstance(options, list) or len(options) < at_least
-            or not all(isinstance(o, (str, int, float)) and not isinstance(o, bool) for o in options)):
+    if (
+        not isinstance(options, list)
+        or len(options) < at_least
+        or not all(isinstance(o, (str, int, float)) and not isinstance(o, bool) for o in options)
+    ):
         raise BadField(f"field 'options' must be a list of at least {at_least} string(s)", "options")
     if len(options) > len(LETTERS):
         raise BadField(f"field 'options' has {len(options)} entries; at most {len(LETTERS)}", "options")
@@ -197,7 +212,7 @@ def choice_prompt(question: str, options: list[str]) -> str:
         return question
     lines = [question.rstrip(), ""]
     lines += [f"({LETTERS[i]}) {opt}" for i, opt in enumerate(options)]
-    lines += ["", "Answer with the letter of the correct option, e.g. \"The answer is (A)\"."]
+    lines += ["", 'Answer with the letter of the correct option, e.g. "The answer is (A)".']
     return "\n".join(lines)
 
 
@@ -226,8 +241,11 @@ def parse_record(record: Any, index: int, fmt: str | None = None) -> Question:
         return Question(qid, dataset, [prompt], None, meta)
     if fmt in ("choice", "exact"):
         question = _text(record, "question")
-        qid = _ident(record, "id") if record.get("id") is not None else (
-            _ident(record, "question_id") if record.get("question_id") is not None else str(index))
+        qid = (
+            _ident(record, "id")
+            if record.get("id") is not None
+            else (_ident(record, "question_id") if record.get("question_id") is not None else str(index))
+        )
         category = _text(record, "category", required=False) or _text(record, "dataset", required=False)
         meta: dict[str, Any] = {"format": fmt}
         if record.get("dataset") is not None:
@@ -246,8 +264,9 @@ def parse_record(record: Any, index: int, fmt: str | None = None) -> Question:
         return Question(qid, category, [question], None, meta)
     if fmt == "plain":
         qid = _ident(record, "id") if record.get("id") is not None else str(index)
-        return Question(qid, _text(record, "category", required=False), [_text(record, "prompt")],
-                        None, {"format": fmt})
+        return Question(
+            qid, _text(record, "category", required=False), [_text(record, "prompt")], None, {"format": fmt}
+        )
     raise BadField(f"unknown format '{fmt}'")
 
 
@@ -296,9 +315,10 @@ def load_questions(path: Path | str) -> QuestionSet:
         except BadField as exc:
             raise OpenchatError(f"{loc}: {exc.message}") from None
         if question.question_id in seen:
-            raise OpenchatError(f"{loc}: duplicate question id '{question.question_id}' "
-                                f"(first seen at {unit} {seen[question.question_id]})")
+            raise OpenchatError(
+                f"{loc}: duplicate question id '{question.question_id}' "
+                f"(first seen at {unit} {seen[question.question_id]})"
+            )
         seen[question.question_id] = number
         questions.append(question)
-    return QuestionSet(path=path.resolve(), questions=questions, format=first_format or "plain",
-                       hash=file_hash(path))
+    return QuestionSet(path=path.resolve(), questions=questions, format=first_format or "plain", hash=file_hash(path))

@@ -49,8 +49,10 @@ LC_L2_INTERCEPT = 1e-3  # keeps the intercept finite when every annotation agree
 
 # -- statistics ---------------------------------------------------------------------------------
 
-def cluster_bootstrap(num: Iterable[float], den: Iterable[float], n_boot: int = N_BOOT,
-                      seed: int = SEED, alpha: float = 0.05) -> list[float] | None:
+
+def cluster_bootstrap(
+    num: Iterable[float], den: Iterable[float], n_boot: int = N_BOOT, seed: int = SEED, alpha: float = 0.05
+) -> list[float] | None:
     """Percentile CI of sum(num)/sum(den) resampling clusters (questions) with replacement."""
     num = np.asarray(list(num), dtype=float)
     den = np.asarray(list(den), dtype=float)
@@ -106,12 +108,15 @@ def lc_win_rate(len_diff: Iterable[float], first: Iterable[float], y: Iterable[f
         return None
     X = lc_design(len_diff, first)
     w = fit_logistic(X, y, np.array([LC_L2_INTERCEPT, LC_L2, LC_L2]))
-    return {"value": float(_sigmoid(np.array([w[0]]))[0]),
-            "coefficients": {"intercept": float(w[0]), "length": float(w[1]), "position": float(w[2])}}
+    return {
+        "value": float(_sigmoid(np.array([w[0]]))[0]),
+        "coefficients": {"intercept": float(w[0]), "length": float(w[1]), "position": float(w[2])},
+    }
 
 
-def lc_bootstrap(clusters: list[list[tuple[float, float, float]]], n_boot: int = 200,
-                 seed: int = SEED) -> list[float] | None:
+def lc_bootstrap(
+    clusters: list[list[tuple[float, float, float]]], n_boot: int = 200, seed: int = SEED
+) -> list[float] | None:
     """CI of the LC win rate, resampling questions (each a list of (len_diff, first, y))."""
     if not clusters:
         return None
@@ -140,6 +145,7 @@ def _rate(k: int, n: int) -> float | None:
 
 # -- loading ------------------------------------------------------------------------------------
 
+
 def _judgments(cat: Catalog, run_id: str) -> list[dict[str, Any]]:
     return cat.judgments(run_id)
 
@@ -147,8 +153,7 @@ def _judgments(cat: Catalog, run_id: str) -> list[dict[str, Any]]:
 def _lengths(cat: Catalog, answer_run_id: str | None) -> dict[str, list[int]]:
     if not answer_run_id:
         return {}
-    return {r["question_id"]: [len(t or "") for t in (r["turns"] or [])]
-            for r in cat.answers(answer_run_id)}
+    return {r["question_id"]: [len(t or "") for t in (r["turns"] or [])] for r in cat.answers(answer_run_id)}
 
 
 def _categories(cat: Catalog, answer_run_id: str | None) -> dict[str, str]:
@@ -169,6 +174,7 @@ def _label(cat: Catalog, answer_run_id: str | None) -> str:
 
 # -- summaries ----------------------------------------------------------------------------------
 
+
 def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
     rows = _judgments(cat, run["id"])
     answer_run_id = run.get("parent_id")
@@ -187,17 +193,24 @@ def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
         by_question[r["question_id"]].append(score)
     scores = [s for v in by_turn.values() for s in v]
     return {
-        "run_id": run["id"], "mode": "single", "status": run.get("status"),
-        "answer_id": answer_run_id, "model": _label(cat, answer_run_id), "judge_model": run.get("model"),
+        "run_id": run["id"],
+        "mode": "single",
+        "status": run.get("status"),
+        "answer_id": answer_run_id,
+        "model": _label(cat, answer_run_id),
+        "judge_model": run.get("model"),
         "questions": len(by_question),
         "turns": {str(t): _mean(v) for t, v in sorted(by_turn.items())},
         "average": _mean(scores),
-        "average_ci": cluster_bootstrap([sum(v) for v in by_question.values()],
-                                        [len(v) for v in by_question.values()]),
+        "average_ci": cluster_bootstrap([sum(v) for v in by_question.values()], [len(v) for v in by_question.values()]),
         "categories": {c: _mean(v) for c, v in sorted(by_cat.items())},
-        "judgments": len(rows), "parse_failures": failures,
-        "reliability": {"parse_failure_rate": _rate(failures, len(rows)), "parse_failures": failures,
-                        "judgments": len(rows)},
+        "judgments": len(rows),
+        "parse_failures": failures,
+        "reliability": {
+            "parse_failure_rate": _rate(failures, len(rows)),
+            "parse_failures": failures,
+            "judgments": len(rows),
+        },
     }
 
 
@@ -253,18 +266,32 @@ def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> d
     lc = lc_win_rate([a[0] for a in annotations], [a[1] for a in annotations], [a[2] for a in annotations])
 
     return {
-        "run_id": run["id"], "mode": "pairwise", "status": run.get("status"),
-        "answer_id": answer_run_id, "baseline_id": baseline_run_id,
-        "model": _label(cat, answer_run_id), "baseline": _label(cat, baseline_run_id), "judge_model": run.get("model"),
-        "pairs": pairs, "win": win, "loss": loss, "tie": tie, "inconsistent": inconsistent,
-        "unparsed_pairs": counts.unparsed, "incomplete_pairs": counts.incomplete,
-        "win_rate": _rate(win, pairs), "loss_rate": _rate(loss, pairs), "tie_rate": _rate(tie, pairs),
+        "run_id": run["id"],
+        "mode": "pairwise",
+        "status": run.get("status"),
+        "answer_id": answer_run_id,
+        "baseline_id": baseline_run_id,
+        "model": _label(cat, answer_run_id),
+        "baseline": _label(cat, baseline_run_id),
+        "judge_model": run.get("model"),
+        "pairs": pairs,
+        "win": win,
+        "loss": loss,
+        "tie": tie,
+        "inconsistent": inconsistent,
+        "unparsed_pairs": counts.unparsed,
+        "incomplete_pairs": counts.incomplete,
+        "win_rate": _rate(win, pairs),
+        "loss_rate": _rate(loss, pairs),
+        "tie_rate": _rate(tie, pairs),
         "adjusted_win_rate": (win + 0.5 * tie) / pairs if pairs else None,
-        "adjusted_win_rate_ci": cluster_bootstrap([sum(v) for v in per_question.values()],
-                                                  [len(v) for v in per_question.values()]),
+        "adjusted_win_rate_ci": cluster_bootstrap(
+            [sum(v) for v in per_question.values()], [len(v) for v in per_question.values()]
+        ),
         "alpaca_eval_win_rate": alpaca,
-        "alpaca_eval_win_rate_ci": cluster_bootstrap([sum(a[2] for a in v) for v in ann_by_q.values()],
-                                                     [len(v) for v in ann_by_q.values()]),
+        "alpaca_eval_win_rate_ci": cluster_bootstrap(
+            [sum(a[2] for a in v) for v in ann_by_q.values()], [len(v) for v in ann_by_q.values()]
+        ),
         "annotations": len(annotations),
         "lc_win_rate": lc["value"] if lc else None,
         "lc_win_rate_ci": lc_bootstrap(list(ann_by_q.values())) if lc and lc_ci else None,
@@ -272,11 +299,15 @@ def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> d
         "categories": {c: _mean(v) for c, v in sorted(per_cat.items())},
         "judgments": len(rows),
         "reliability": {
-            "flip_rate": _rate(inconsistent, swapped), "flipped": inconsistent, "swapped_pairs": swapped,
-            "first_position_win_rate": _rate(first_wins, decisive), "decisive": decisive,
+            "flip_rate": _rate(inconsistent, swapped),
+            "flipped": inconsistent,
+            "swapped_pairs": swapped,
+            "first_position_win_rate": _rate(first_wins, decisive),
+            "decisive": decisive,
             "longer_answer_win_rate": _rate(longer_wins, decided_by_length),
             "decided_with_length_difference": decided_by_length,
-            "parse_failure_rate": _rate(failures, len(rows)), "parse_failures": failures,
+            "parse_failure_rate": _rate(failures, len(rows)),
+            "parse_failures": failures,
             "judgments": len(rows),
         },
     }
@@ -296,9 +327,15 @@ def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
         methods[(r.get("meta") or {}).get("method") or r.get("prompt_name") or "?"] += 1
     scores = [1.0 if r["verdict"] == "correct" else 0.0 for r in rows]
     return {
-        "run_id": run_id, "mode": "exact", "status": run.get("status"), "answer_id": run.get("parent_id"),
-        "model": _label(cat, run.get("parent_id")), "graded": len(rows), "correct": correct,
-        "incorrect": sum(1 for r in rows if r["verdict"] == "incorrect" and r["parse_ok"]), "no_answer": errors,
+        "run_id": run_id,
+        "mode": "exact",
+        "status": run.get("status"),
+        "answer_id": run.get("parent_id"),
+        "model": _label(cat, run.get("parent_id")),
+        "graded": len(rows),
+        "correct": correct,
+        "incorrect": sum(1 for r in rows if r["verdict"] == "incorrect" and r["parse_ok"]),
+        "no_answer": errors,
         "accuracy": _rate(correct, len(rows)),
         "accuracy_ci": cluster_bootstrap(scores, [1.0] * len(scores)),
         "no_answer_rate": _rate(errors, len(rows)),
@@ -311,11 +348,13 @@ def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
 def _suite_cell(rows: list[dict[str, Any]]) -> dict[str, Any]:
     lenient = [(r.get("meta") or {}).get("lenient") for r in rows]
     scored = [v for v in lenient if v is not None]
-    return {"questions": len(rows),
-            "accuracy": _rate(sum(r["verdict"] == "correct" for r in rows), len(rows)),
-            "unmatched": _rate(sum(not r["parse_ok"] for r in rows), len(rows)),
-            "lenient_accuracy": _rate(sum(v == "correct" for v in scored), len(scored)),
-            "lenient_unmatched": _rate(sum(v == "error" for v in scored), len(scored))}
+    return {
+        "questions": len(rows),
+        "accuracy": _rate(sum(r["verdict"] == "correct" for r in rows), len(rows)),
+        "unmatched": _rate(sum(not r["parse_ok"] for r in rows), len(rows)),
+        "lenient_accuracy": _rate(sum(v == "correct" for v in scored), len(scored)),
+        "lenient_unmatched": _rate(sum(v == "error" for v in scored), len(scored)),
+    }
 
 
 def suite_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -331,8 +370,12 @@ def suite_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             by_task[meta["task_name"]].append(r)
     if not by_type:
         return {}
-    return {"suite": {"task_types": {t: _suite_cell(v) for t, v in sorted(by_type.items())},
-                      "tasks": {t: _suite_cell(v) for t, v in sorted(by_task.items())}}}
+    return {
+        "suite": {
+            "task_types": {t: _suite_cell(v) for t, v in sorted(by_type.items())},
+            "tasks": {t: _suite_cell(v) for t, v in sorted(by_task.items())},
+        }
+    }
 
 
 def judge_summary(cat: Catalog, run_id: str, lc_ci: bool = True) -> dict[str, Any]:
@@ -344,9 +387,14 @@ def judge_summary(cat: Catalog, run_id: str, lc_ci: bool = True) -> dict[str, An
 
 def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[str, Any]) -> dict[str, Any] | None:
     """100 × A's summed ratings / B's over the units both have parsed (same judge model)."""
+
     def scores(run_id: str) -> dict[tuple[str, int], float]:
-        return {(r["question_id"], int(r["turn"])): float(r["score"]) for r in _judgments(cat, run_id)
-                if r["parse_ok"] and r["score"] is not None}
+        return {
+            (r["question_id"], int(r["turn"])): float(r["score"])
+            for r in _judgments(cat, run_id)
+            if r["parse_ok"] and r["score"] is not None
+        }
+
     a, b = scores(single_a["id"]), scores(single_b["id"])
     common = sorted(a.keys() & b.keys())
     if not common:
@@ -362,10 +410,15 @@ def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[s
     qids = list(per_q_a)
     ci = cluster_bootstrap([per_q_a[q] for q in qids], [per_q_b[q] for q in qids])
     return {
-        "answer_id": single_a["parent_id"], "baseline_id": single_b["parent_id"],
-        "model": _label(cat, single_a["parent_id"]), "baseline": _label(cat, single_b["parent_id"]),
-        "judge_model": single_a.get("model"), "single_run": single_a["id"], "baseline_single_run": single_b["id"],
-        "units": len(common), "questions": len(qids),
+        "answer_id": single_a["parent_id"],
+        "baseline_id": single_b["parent_id"],
+        "model": _label(cat, single_a["parent_id"]),
+        "baseline": _label(cat, single_b["parent_id"]),
+        "judge_model": single_a.get("model"),
+        "single_run": single_a["id"],
+        "baseline_single_run": single_b["id"],
+        "units": len(common),
+        "questions": len(qids),
         "percent": 100.0 * sum(per_q_a.values()) / total_b,
         "percent_ci": [100.0 * ci[0], 100.0 * ci[1]] if ci else None,
     }
@@ -380,6 +433,7 @@ def _latest_single(cat: Catalog, answer_run_id: str, judge_model: str | None) ->
 
 # -- selecting runs -----------------------------------------------------------------------------
 
+
 def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
     """Judge and grade runs to report: those named, and those of named answer runs (as the
     judged run or as the baseline); every judge and grade run when nothing is named."""
@@ -393,8 +447,10 @@ def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
             continue
         found = cat.evals(("judge", "grade", "score"), involving=row["id"], newest_first=False)
         if not found:
-            raise OpenchatError(f"answer run {row['id']} has not been judged or graded yet "
-                                f"(run `openchat eval judge {row['id']} …` or `openchat eval grade {row['id']}`)")
+            raise OpenchatError(
+                f"answer run {row['id']} has not been judged or graded yet "
+                f"(run `openchat eval judge {row['id']} …` or `openchat eval grade {row['id']}`)"
+            )
         for r in found:
             out.setdefault(r["id"], r)
     return list(out.values())
@@ -404,8 +460,14 @@ def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = No
     runs = select_runs(cat, refs)
     if not runs:
         raise OpenchatError("nothing to report: no judge, grade or loglik runs in the catalog yet")
-    report: dict[str, Any] = {"single": [], "pairwise": [], "percent_of_baseline": [], "grade": [],
-                              "loglik": [], "reward": []}
+    report: dict[str, Any] = {
+        "single": [],
+        "pairwise": [],
+        "percent_of_baseline": [],
+        "grade": [],
+        "loglik": [],
+        "reward": [],
+    }
     singles: list[dict[str, Any]] = []
     pair_keys: list[tuple[str, str, str | None]] = []
     for run in runs:
@@ -448,6 +510,7 @@ def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = No
 
 
 # -- rendering ----------------------------------------------------------------------------------
+
 
 def _pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}%"
@@ -492,13 +555,24 @@ def render(report: dict[str, Any], console) -> None:
     """Rich tables that fit an 80-column terminal: who/what in the first column, CIs under values."""
     if report["single"]:
         max_turn = max((int(t) for s in report["single"] for t in s["turns"]), default=1)
-        table = new_table("MT-bench-style scores (1-10, single-answer grading)",
-                          ["model", *[f"turn {t}" for t in range(1, max_turn + 1)], "average\n95% CI",
-                           "questions", "parse\nfailures"])
+        table = new_table(
+            "MT-bench-style scores (1-10, single-answer grading)",
+            [
+                "model",
+                *[f"turn {t}" for t in range(1, max_turn + 1)],
+                "average\n95% CI",
+                "questions",
+                "parse\nfailures",
+            ],
+        )
         for s in report["single"]:
-            table.add_row(_who(s), *[_num(s["turns"].get(str(t))) for t in range(1, max_turn + 1)],
-                          _with_ci(_num(s["average"]), _ci(s["average_ci"])), str(s["questions"]),
-                          f"{s['parse_failures']}/{s['judgments']}\n{_pct(s['reliability']['parse_failure_rate'])}")
+            table.add_row(
+                _who(s),
+                *[_num(s["turns"].get(str(t))) for t in range(1, max_turn + 1)],
+                _with_ci(_num(s["average"]), _ci(s["average_ci"])),
+                str(s["questions"]),
+                f"{s['parse_failures']}/{s['judgments']}\n{_pct(s['reliability']['parse_failure_rate'])}",
+            )
         console.print(table)
         categories = sorted({c for s in report["single"] for c in s["categories"]})
         if len(categories) > 1 or len(report["single"]) > 1:
@@ -508,52 +582,76 @@ def render(report: dict[str, Any], console) -> None:
             console.print(table)
 
     if report["percent_of_baseline"]:
-        table = new_table("Percent of baseline score (single-answer ratings)",
-                          ["model", "% of baseline\n95% CI", "rated turns"])
+        table = new_table(
+            "Percent of baseline score (single-answer ratings)", ["model", "% of baseline\n95% CI", "rated turns"]
+        )
         for p in report["percent_of_baseline"]:
-            table.add_row(f"{p['model']}\nvs {p['baseline']}\n[dim]judge {p['judge_model']}[/]",
-                          _with_ci(f"{p['percent']:.1f}%", _ci(p["percent_ci"], digits=1)), str(p["units"]))
+            table.add_row(
+                f"{p['model']}\nvs {p['baseline']}\n[dim]judge {p['judge_model']}[/]",
+                _with_ci(f"{p['percent']:.1f}%", _ci(p["percent_ci"], digits=1)),
+                str(p["units"]),
+            )
         console.print(table)
 
     if report["pairwise"]:
-        table = new_table("Pairwise: both orders per pair, disagreement = tie",
-                          ["comparison", "win/loss/tie", "adjusted\nwin rate", "AlpacaEval\nwin rate",
-                           "length-\ncontrolled"])
+        table = new_table(
+            "Pairwise: both orders per pair, disagreement = tie",
+            ["comparison", "win/loss/tie", "adjusted\nwin rate", "AlpacaEval\nwin rate", "length-\ncontrolled"],
+        )
         for p in report["pairwise"]:
-            table.add_row(_who(p), f"{p['win']}/{p['loss']}/{p['tie']}\nwin {_pct(p['win_rate'])}",
-                          _with_ci(_pct(p["adjusted_win_rate"]), _ci(p["adjusted_win_rate_ci"], 100, 1)),
-                          _with_ci(_pct(p["alpaca_eval_win_rate"]), _ci(p["alpaca_eval_win_rate_ci"], 100, 1)),
-                          _with_ci(_pct(p["lc_win_rate"]), _ci(p["lc_win_rate_ci"], 100, 1)))
+            table.add_row(
+                _who(p),
+                f"{p['win']}/{p['loss']}/{p['tie']}\nwin {_pct(p['win_rate'])}",
+                _with_ci(_pct(p["adjusted_win_rate"]), _ci(p["adjusted_win_rate_ci"], 100, 1)),
+                _with_ci(_pct(p["alpaca_eval_win_rate"]), _ci(p["alpaca_eval_win_rate_ci"], 100, 1)),
+                _with_ci(_pct(p["lc_win_rate"]), _ci(p["lc_win_rate_ci"], 100, 1)),
+            )
         console.print(table)
-        table = new_table("Judge reliability (pairwise)",
-                          ["comparison", "flipped\non swap", "first shown\nwins", "longer answer\nwins",
-                           "parse\nfailures"])
+        table = new_table(
+            "Judge reliability (pairwise)",
+            ["comparison", "flipped\non swap", "first shown\nwins", "longer answer\nwins", "parse\nfailures"],
+        )
         for p in report["pairwise"]:
             rel = p["reliability"]
             table.add_row(
-                _who(p), f"{rel['flipped']}/{rel['swapped_pairs']}\n{_pct(rel['flip_rate'])}",
+                _who(p),
+                f"{rel['flipped']}/{rel['swapped_pairs']}\n{_pct(rel['flip_rate'])}",
                 f"{_pct(rel['first_position_win_rate'])}\nof {rel['decisive']}",
                 f"{_pct(rel['longer_answer_win_rate'])}\nof {rel['decided_with_length_difference']}",
-                f"{rel['parse_failures']}/{rel['judgments']}\n{_pct(rel['parse_failure_rate'])}")
+                f"{rel['parse_failures']}/{rel['judgments']}\n{_pct(rel['parse_failure_rate'])}",
+            )
         console.print(table)
-        console.print("[dim]flipped on swap: pairs whose verdict changed when the answers swapped places. "
-                      "first shown wins / longer answer wins: share of decisive verdicts (50% = no bias). "
-                      "CIs: 95% bootstrap over questions.[/]")
+        console.print(
+            "[dim]flipped on swap: pairs whose verdict changed when the answers swapped places. "
+            "first shown wins / longer answer wins: share of decisive verdicts (50% = no bias). "
+            "CIs: 95% bootstrap over questions.[/]"
+        )
 
     if report.get("reward"):
-        table = new_table("Reward-model scores (no API judge)", ["model", "reward model", "mean reward\n95% CI",
-                                                                   "scored"])
+        table = new_table(
+            "Reward-model scores (no API judge)", ["model", "reward model", "mean reward\n95% CI", "scored"]
+        )
         for r in report["reward"]:
-            table.add_row(r["model"], str(r["reward_model"]), _with_ci(_num(r["mean"], 3), _ci(r["mean_ci"], digits=3)),
-                          str(r["scored"]))
+            table.add_row(
+                r["model"],
+                str(r["reward_model"]),
+                _with_ci(_num(r["mean"], 3), _ci(r["mean_ci"], digits=3)),
+                str(r["scored"]),
+            )
         console.print(table)
 
     if report["grade"]:
-        table = new_table("Accuracy (exact-answer grading)",
-                          ["model", "accuracy\n95% CI", "correct", "graded", "no answer\nfound"])
+        table = new_table(
+            "Accuracy (exact-answer grading)", ["model", "accuracy\n95% CI", "correct", "graded", "no answer\nfound"]
+        )
         for g in report["grade"]:
-            table.add_row(_who(g), _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)),
-                          str(g["correct"]), str(g["graded"]), f"{g['no_answer']}\n{_pct(g['no_answer_rate'])}")
+            table.add_row(
+                _who(g),
+                _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)),
+                str(g["correct"]),
+                str(g["graded"]),
+                f"{g['no_answer']}\n{_pct(g['no_answer_rate'])}",
+            )
         console.print(table)
         suites = [g for g in report["grade"] if g.get("suite")]
         if suites:
@@ -566,21 +664,34 @@ def render(report: dict[str, Any], console) -> None:
             console.print(table)
 
     if report.get("loglik"):
-        table = new_table("Multiple choice by log-likelihood (as lm-evaluation-harness)",
-                          ["model", "acc\n95% CI", "acc_norm\n95% CI", "scored", "format"])
+        table = new_table(
+            "Multiple choice by log-likelihood (as lm-evaluation-harness)",
+            ["model", "acc\n95% CI", "acc_norm\n95% CI", "scored", "format"],
+        )
         for r in report["loglik"]:
-            table.add_row(_who(r, judge=False), _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
-                          _with_ci(_pct(r["acc_norm"]), _ci(r["acc_norm_ci"], 100, 1)),
-                          f"{r['scored'] or 0}/{r['questions'] or 0}", r.get("task_format") or "-")
+            table.add_row(
+                _who(r, judge=False),
+                _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
+                _with_ci(_pct(r["acc_norm"]), _ci(r["acc_norm_ci"], 100, 1)),
+                f"{r['scored'] or 0}/{r['questions'] or 0}",
+                r.get("task_format") or "-",
+            )
         console.print(table)
         categories = sorted({c for r in report["loglik"] for c in r["categories"]})
         if categories:
-            table = new_table("Log-likelihood accuracy by category (acc / acc_norm)",
-                              ["category", *[_who(r, judge=False) for r in report["loglik"]]])
+            table = new_table(
+                "Log-likelihood accuracy by category (acc / acc_norm)",
+                ["category", *[_who(r, judge=False) for r in report["loglik"]]],
+            )
             for c in categories:
-                table.add_row(c, *[f"{_pct((r['categories'].get(c) or {}).get('acc'))} / "
-                                   f"{_pct((r['categories'].get(c) or {}).get('acc_norm'))}"
-                                   for r in report["loglik"]])
+                table.add_row(
+                    c,
+                    *[
+                        f"{_pct((r['categories'].get(c) or {}).get('acc'))} / "
+                        f"{_pct((r['categories'].get(c) or {}).get('acc_norm'))}"
+                        for r in report["loglik"]
+                    ],
+                )
             console.print(table)
 
 
@@ -600,8 +711,10 @@ def render_suites(suites: list[dict[str, Any]], console) -> None:
     for t in types:
         table.add_row(t, *[_suite_text(g["suite"]["task_types"].get(t)) for g in suites])
     console.print(table)
-    console.print("[dim]unm.: unmatched, no answer in the suite's reference format (its fallback answer, if "
-                  "any, is still scored). len.: our lenient extraction, not part of the accuracy.[/]")
+    console.print(
+        "[dim]unm.: unmatched, no answer in the suite's reference format (its fallback answer, if "
+        "any, is still scored). len.: our lenient extraction, not part of the accuracy.[/]"
+    )
     for t in types:
         tasks = sorted({n for g in suites for n in g["suite"]["tasks"] if n.rpartition("/")[0] == t})
         if len(tasks) < 2:

@@ -39,8 +39,15 @@ def _error(value: float | None, ci: list[float] | None, scale: float) -> tuple[f
 
 # -- charts -------------------------------------------------------------------------------------
 
-def _bars_with_ci(title: str, runs: list[dict[str, Any]], metrics: list[tuple[str, str, str]],
-                  scale: float, axis: str, reference: float | None = None):
+
+def _bars_with_ci(
+    title: str,
+    runs: list[dict[str, Any]],
+    metrics: list[tuple[str, str, str]],
+    scale: float,
+    axis: str,
+    reference: float | None = None,
+):
     """Horizontal grouped bars (one group per run, one bar per metric) with CI whiskers."""
     import plotly.graph_objects as go
 
@@ -49,30 +56,52 @@ def _bars_with_ci(title: str, runs: list[dict[str, Any]], metrics: list[tuple[st
     for name, key, ci_key in metrics:
         values = [None if s.get(key) is None else s[key] * scale for s in runs]
         errors = [_error(s.get(key), s.get(ci_key), scale) for s in runs]
-        fig.add_bar(name=name, y=labels, x=values, orientation="h",
-                    error_x={"type": "data", "symmetric": False, "array": [e[0] for e in errors],
-                             "arrayminus": [e[1] for e in errors]},
-                    hovertemplate="%{y}<br>" + name + ": %{x:.2f}<extra></extra>")
+        fig.add_bar(
+            name=name,
+            y=labels,
+            x=values,
+            orientation="h",
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [e[0] for e in errors],
+                "arrayminus": [e[1] for e in errors],
+            },
+            hovertemplate="%{y}<br>" + name + ": %{x:.2f}<extra></extra>",
+        )
     if reference is not None:
         fig.add_vline(x=reference, line_dash="dash", line_color="grey")
-    fig.update_layout(title=title, barmode="group", xaxis_title=axis, legend_orientation="h",
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, yaxis_automargin=True)
+    fig.update_layout(
+        title=title,
+        barmode="group",
+        xaxis_title=axis,
+        legend_orientation="h",
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        yaxis_automargin=True,
+    )
     return fig
 
 
-def _by_category(title: str, runs: list[dict[str, Any]], scale: float, axis: str,
-                 reference: float | None = None):
+def _by_category(title: str, runs: list[dict[str, Any]], scale: float, axis: str, reference: float | None = None):
     import plotly.graph_objects as go
 
     categories = sorted({c for s in runs for c in s["categories"]})
     fig = go.Figure()
     for s in runs:
-        fig.add_bar(name=_who(s), x=categories,
-                    y=[None if (v := s["categories"].get(c)) is None else v * scale for c in categories])
+        fig.add_bar(
+            name=_who(s),
+            x=categories,
+            y=[None if (v := s["categories"].get(c)) is None else v * scale for c in categories],
+        )
     if reference is not None:
         fig.add_hline(y=reference, line_dash="dash", line_color="grey")
-    fig.update_layout(title=title, barmode="group", yaxis_title=axis, legend_orientation="h",
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout(
+        title=title,
+        barmode="group",
+        yaxis_title=axis,
+        legend_orientation="h",
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
     return fig
 
 
@@ -81,14 +110,28 @@ def _reliability(pairwise: list[dict[str, Any]]):
 
     fig = go.Figure()
     labels = [_who(p) for p in pairwise]
-    for name, key in (("flipped on swap", "flip_rate"), ("first shown wins", "first_position_win_rate"),
-                      ("longer answer wins", "longer_answer_win_rate"), ("parse failures", "parse_failure_rate")):
-        fig.add_bar(name=name, y=labels, orientation="h",
-                    x=[None if p["reliability"].get(key) is None else 100 * p["reliability"][key] for p in pairwise])
+    for name, key in (
+        ("flipped on swap", "flip_rate"),
+        ("first shown wins", "first_position_win_rate"),
+        ("longer answer wins", "longer_answer_win_rate"),
+        ("parse failures", "parse_failure_rate"),
+    ):
+        fig.add_bar(
+            name=name,
+            y=labels,
+            orientation="h",
+            x=[None if p["reliability"].get(key) is None else 100 * p["reliability"][key] for p in pairwise],
+        )
     fig.add_vline(x=50, line_dash="dash", line_color="grey")
-    fig.update_layout(title="Judge reliability (50% = no position or length bias)", barmode="group",
-                      xaxis_title="%", xaxis_range=[0, 100], legend_orientation="h",
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, yaxis_automargin=True)
+    fig.update_layout(
+        title="Judge reliability (50% = no position or length bias)",
+        barmode="group",
+        xaxis_title="%",
+        xaxis_range=[0, 100],
+        legend_orientation="h",
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        yaxis_automargin=True,
+    )
     return fig
 
 
@@ -109,75 +152,170 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
     single = report["single"]
     if single:
         max_turn = max((int(t) for s in single for t in s["turns"]), default=1)
-        rows = [[_who(s), *[_num(s["turns"].get(str(t))) for t in range(1, max_turn + 1)],
-                 _with_ci(_num(s["average"]), _ci(s["average_ci"])), s["questions"],
-                 f"{s['parse_failures']}/{s['judgments']} ({_pct(s['reliability']['parse_failure_rate'])})"]
-                for s in single]
-        sections.append("<h2>MT-bench-style scores (1-10, single-answer grading)</h2>"
-                        + chart(_bars_with_ci("Average score, 95% CI", single,
-                                              [("average", "average", "average_ci")], 1.0, "score"),
-                                _height(len(single)))
-                        + table(["model", *[f"turn {t}" for t in range(1, max_turn + 1)], "average (95% CI)",
-                                 "questions", "parse failures"], rows, table_id="single-table")
-                        + chart(_by_category("Score by category", single, 1.0, "score"), 380))
+        rows = [
+            [
+                _who(s),
+                *[_num(s["turns"].get(str(t))) for t in range(1, max_turn + 1)],
+                _with_ci(_num(s["average"]), _ci(s["average_ci"])),
+                s["questions"],
+                f"{s['parse_failures']}/{s['judgments']} ({_pct(s['reliability']['parse_failure_rate'])})",
+            ]
+            for s in single
+        ]
+        sections.append(
+            "<h2>MT-bench-style scores (1-10, single-answer grading)</h2>"
+            + chart(
+                _bars_with_ci("Average score, 95% CI", single, [("average", "average", "average_ci")], 1.0, "score"),
+                _height(len(single)),
+            )
+            + table(
+                [
+                    "model",
+                    *[f"turn {t}" for t in range(1, max_turn + 1)],
+                    "average (95% CI)",
+                    "questions",
+                    "parse failures",
+                ],
+                rows,
+                table_id="single-table",
+            )
+            + chart(_by_category("Score by category", single, 1.0, "score"), 380)
+        )
     if report["percent_of_baseline"]:
-        pob = [{**p, "run_id": p["single_run"], "value": p["percent"] / 100,
-                "ci": [c / 100 for c in p["percent_ci"]] if p["percent_ci"] else None}
-               for p in report["percent_of_baseline"]]
+        pob = [
+            {
+                **p,
+                "run_id": p["single_run"],
+                "value": p["percent"] / 100,
+                "ci": [c / 100 for c in p["percent_ci"]] if p["percent_ci"] else None,
+            }
+            for p in report["percent_of_baseline"]
+        ]
         rows = [[_who(p), _with_ci(f"{p['percent']:.1f}%", _ci(p["percent_ci"], digits=1)), p["units"]] for p in pob]
-        sections.append("<h2>Percent of baseline score</h2>"
-                        + chart(_bars_with_ci("% of baseline, 95% CI", pob, [("% of baseline", "value", "ci")],
-                                              100.0, "%", reference=100), _height(len(pob)))
-                        + table(["model", "% of baseline (95% CI)", "rated turns"], rows))
+        sections.append(
+            "<h2>Percent of baseline score</h2>"
+            + chart(
+                _bars_with_ci(
+                    "% of baseline, 95% CI", pob, [("% of baseline", "value", "ci")], 100.0, "%", reference=100
+                ),
+                _height(len(pob)),
+            )
+            + table(["model", "% of baseline (95% CI)", "rated turns"], rows)
+        )
     pairwise = report["pairwise"]
     if pairwise:
-        rows = [[_who(p) + f"\njudge {p['judge_model']}", f"{p['win']}/{p['loss']}/{p['tie']}",
-                 _pct(p["win_rate"]),
-                 _with_ci(_pct(p["adjusted_win_rate"]), _ci(p["adjusted_win_rate_ci"], 100, 1)),
-                 _with_ci(_pct(p["alpaca_eval_win_rate"]), _ci(p["alpaca_eval_win_rate_ci"], 100, 1)),
-                 _with_ci(_pct(p["lc_win_rate"]), _ci(p["lc_win_rate_ci"], 100, 1))] for p in pairwise]
-        rel_rows = [[_who(p), f"{r['flipped']}/{r['swapped_pairs']} ({_pct(r['flip_rate'])})",
-                     f"{_pct(r['first_position_win_rate'])} of {r['decisive']}",
-                     f"{_pct(r['longer_answer_win_rate'])} of {r['decided_with_length_difference']}",
-                     f"{r['parse_failures']}/{r['judgments']} ({_pct(r['parse_failure_rate'])})"]
-                    for p in pairwise for r in [p["reliability"]]]
+        rows = [
+            [
+                _who(p) + f"\njudge {p['judge_model']}",
+                f"{p['win']}/{p['loss']}/{p['tie']}",
+                _pct(p["win_rate"]),
+                _with_ci(_pct(p["adjusted_win_rate"]), _ci(p["adjusted_win_rate_ci"], 100, 1)),
+                _with_ci(_pct(p["alpaca_eval_win_rate"]), _ci(p["alpaca_eval_win_rate_ci"], 100, 1)),
+                _with_ci(_pct(p["lc_win_rate"]), _ci(p["lc_win_rate_ci"], 100, 1)),
+            ]
+            for p in pairwise
+        ]
+        rel_rows = [
+            [
+                _who(p),
+                f"{r['flipped']}/{r['swapped_pairs']} ({_pct(r['flip_rate'])})",
+                f"{_pct(r['first_position_win_rate'])} of {r['decisive']}",
+                f"{_pct(r['longer_answer_win_rate'])} of {r['decided_with_length_difference']}",
+                f"{r['parse_failures']}/{r['judgments']} ({_pct(r['parse_failure_rate'])})",
+            ]
+            for p in pairwise
+            for r in [p["reliability"]]
+        ]
         sections.append(
             "<h2>Pairwise win rates (both orders per pair, disagreement = tie)</h2>"
-            + chart(_bars_with_ci("Win rates, 95% CI", pairwise,
-                                  [("adjusted", "adjusted_win_rate", "adjusted_win_rate_ci"),
-                                   ("AlpacaEval", "alpaca_eval_win_rate", "alpaca_eval_win_rate_ci"),
-                                   ("length-controlled", "lc_win_rate", "lc_win_rate_ci")],
-                                  100.0, "%", reference=50), _height(3 * len(pairwise)))
-            + table(["comparison", "win/loss/tie", "win rate", "adjusted win rate (95% CI)",
-                     "AlpacaEval win rate", "length-controlled"], rows, table_id="pairwise-table")
+            + chart(
+                _bars_with_ci(
+                    "Win rates, 95% CI",
+                    pairwise,
+                    [
+                        ("adjusted", "adjusted_win_rate", "adjusted_win_rate_ci"),
+                        ("AlpacaEval", "alpaca_eval_win_rate", "alpaca_eval_win_rate_ci"),
+                        ("length-controlled", "lc_win_rate", "lc_win_rate_ci"),
+                    ],
+                    100.0,
+                    "%",
+                    reference=50,
+                ),
+                _height(3 * len(pairwise)),
+            )
+            + table(
+                [
+                    "comparison",
+                    "win/loss/tie",
+                    "win rate",
+                    "adjusted win rate (95% CI)",
+                    "AlpacaEval win rate",
+                    "length-controlled",
+                ],
+                rows,
+                table_id="pairwise-table",
+            )
             + chart(_by_category("Adjusted win rate by category", pairwise, 100.0, "%", reference=50), 380)
             + "<h2>Judge reliability</h2>"
             + chart(_reliability(pairwise), _height(4 * len(pairwise)))
-            + table(["comparison", "flipped on swap", "first shown wins", "longer answer wins", "parse failures"],
-                    rel_rows, table_id="reliability-table"))
+            + table(
+                ["comparison", "flipped on swap", "first shown wins", "longer answer wins", "parse failures"],
+                rel_rows,
+                table_id="reliability-table",
+            )
+        )
     grade = report["grade"]
     if grade:
-        rows = [[_who(g), _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)), g["correct"], g["graded"],
-                 f"{g['no_answer']} ({_pct(g['no_answer_rate'])})"] for g in grade]
-        sections.append("<h2>Accuracy (exact-answer grading)</h2>"
-                        + chart(_bars_with_ci("Accuracy, 95% CI", grade, [("accuracy", "accuracy", "accuracy_ci")],
-                                              100.0, "%"), _height(len(grade)))
-                        + table(["model", "accuracy (95% CI)", "correct", "graded", "no answer found"], rows,
-                                table_id="grade-table")
-                        + chart(_by_category("Accuracy by category", grade, 100.0, "%"), 380))
+        rows = [
+            [
+                _who(g),
+                _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)),
+                g["correct"],
+                g["graded"],
+                f"{g['no_answer']} ({_pct(g['no_answer_rate'])})",
+            ]
+            for g in grade
+        ]
+        sections.append(
+            "<h2>Accuracy (exact-answer grading)</h2>"
+            + chart(
+                _bars_with_ci("Accuracy, 95% CI", grade, [("accuracy", "accuracy", "accuracy_ci")], 100.0, "%"),
+                _height(len(grade)),
+            )
+            + table(
+                ["model", "accuracy (95% CI)", "correct", "graded", "no answer found"], rows, table_id="grade-table"
+            )
+            + chart(_by_category("Accuracy by category", grade, 100.0, "%"), 380)
+        )
         suites = [g for g in grade if g.get("suite")]
         if suites:
             sections.append(_suite_tables(suites))
     loglik = report.get("loglik") or []
     if loglik:
-        rows = [[_who(r), _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
-                 _with_ci(_pct(r["acc_norm"]), _ci(r["acc_norm_ci"], 100, 1)),
-                 f"{r['scored'] or 0}/{r['questions'] or 0}", r.get("task_format") or "-"] for r in loglik]
-        sections.append("<h2>Multiple choice by log-likelihood</h2>"
-                        + chart(_bars_with_ci("Accuracy, 95% CI", loglik, [("acc", "acc", "acc_ci"),
-                                                                           ("acc_norm", "acc_norm", "acc_norm_ci")],
-                                              100.0, "%"), _height(2 * len(loglik)))
-                        + table(["model", "acc (95% CI)", "acc_norm (95% CI)", "scored", "format"], rows))
+        rows = [
+            [
+                _who(r),
+                _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
+                _with_ci(_pct(r["acc_norm"]), _ci(r["acc_norm_ci"], 100, 1)),
+                f"{r['scored'] or 0}/{r['questions'] or 0}",
+                r.get("task_format") or "-",
+            ]
+            for r in loglik
+        ]
+        sections.append(
+            "<h2>Multiple choice by log-likelihood</h2>"
+            + chart(
+                _bars_with_ci(
+                    "Accuracy, 95% CI",
+                    loglik,
+                    [("acc", "acc", "acc_ci"), ("acc_norm", "acc_norm", "acc_norm_ci")],
+                    100.0,
+                    "%",
+                ),
+                _height(2 * len(loglik)),
+            )
+            + table(["model", "acc (95% CI)", "acc_norm (95% CI)", "scored", "format"], rows)
+        )
     return sections
 
 
@@ -193,21 +331,29 @@ def _suite_cell(cell: dict[str, Any] | None) -> str:
 def _suite_tables(suites: list[dict[str, Any]]) -> str:
     """The suite tables of the terminal report: per task type, then per task."""
     types = sorted({t for g in suites for t in g["suite"]["task_types"]})
-    parts = ["<h2>Suite accuracy by task type (reference rules)</h2>",
-             table(["task type", *[_who(g) for g in suites]],
-                   [[t, *[_suite_cell(g["suite"]["task_types"].get(t)) for g in suites]] for t in types],
-                   table_id="suite-table")]
+    parts = [
+        "<h2>Suite accuracy by task type (reference rules)</h2>",
+        table(
+            ["task type", *[_who(g) for g in suites]],
+            [[t, *[_suite_cell(g["suite"]["task_types"].get(t)) for g in suites]] for t in types],
+            table_id="suite-table",
+        ),
+    ]
     for t in types:
         tasks = sorted({n for g in suites for n in g["suite"]["tasks"] if n.rpartition("/")[0] == t})
         if len(tasks) > 1:
-            parts += [f"<h3>{html.escape(t)} by task</h3>",
-                      table(["task", *[_who(g) for g in suites]],
-                            [[n.rpartition("/")[2], *[_suite_cell(g["suite"]["tasks"].get(n)) for g in suites]]
-                             for n in tasks])]
+            parts += [
+                f"<h3>{html.escape(t)} by task</h3>",
+                table(
+                    ["task", *[_who(g) for g in suites]],
+                    [[n.rpartition("/")[2], *[_suite_cell(g["suite"]["tasks"].get(n)) for g in suites]] for n in tasks],
+                ),
+            ]
     return "".join(parts)
 
 
 # -- the verdict browser's data -----------------------------------------------------------------
+
 
 def _clip(text: Any) -> str:
     text = "" if text is None else str(text)
@@ -261,14 +407,33 @@ def browser_data(cat: Catalog, run_ids: list[str]) -> dict[str, Any]:
         rows = []
         for (qid, turn), found in units.items():
             outcome, flipped = _row_outcome(mode, found)
-            rows.append({"question_id": qid, "turn": turn, "category": categories.get(qid) or "",
-                         "outcome": outcome, "flipped": flipped,
-                         "judgments": [{"order": j.get("order"), "verdict": j.get("verdict"), "score": j.get("score"),
-                                        "parse_ok": bool(j.get("parse_ok")), "judge": j.get("judge_model"),
-                                        "prompt": j.get("prompt_name"), "text": _clip(j.get("raw"))}
-                                       for j in found]})
-        rows.sort(key=lambda r: ((0, int(r["question_id"]), "") if r["question_id"].isdigit()
-                                 else (1, 0, r["question_id"]), r["turn"]))
+            rows.append(
+                {
+                    "question_id": qid,
+                    "turn": turn,
+                    "category": categories.get(qid) or "",
+                    "outcome": outcome,
+                    "flipped": flipped,
+                    "judgments": [
+                        {
+                            "order": j.get("order"),
+                            "verdict": j.get("verdict"),
+                            "score": j.get("score"),
+                            "parse_ok": bool(j.get("parse_ok")),
+                            "judge": j.get("judge_model"),
+                            "prompt": j.get("prompt_name"),
+                            "text": _clip(j.get("raw")),
+                        }
+                        for j in found
+                    ],
+                }
+            )
+        rows.sort(
+            key=lambda r: (
+                (0, int(r["question_id"]), "") if r["question_id"].isdigit() else (1, 0, r["question_id"]),
+                r["turn"],
+            )
+        )
         for qid in {r["question_id"] for r in rows}:
             key = f"{answer_a}|{answer_b}|{qid}"
             if key in questions:
@@ -276,11 +441,24 @@ def browser_data(cat: Catalog, run_ids: list[str]) -> dict[str, Any]:
             question = (cat.question(answer_a, qid) if answer_a else None) or {}
             a = cat.answer(answer_a, qid) if answer_a else None
             b = cat.answer(answer_b, qid) if answer_b else None
-            questions[key] = {"turns": _turns(question.get("turns")), "reference": _turns(question.get("reference")),
-                              "a": _turns(a["turns"]) if a else [], "b": _turns(b["turns"]) if b else None}
-        runs.append({"id": run_id, "mode": mode, "judge": run.get("model"), "answer_a": answer_a,
-                     "answer_b": answer_b, "model_a": _label(cat, answer_a), "model_b": _label(cat, answer_b),
-                     "rows": rows})
+            questions[key] = {
+                "turns": _turns(question.get("turns")),
+                "reference": _turns(question.get("reference")),
+                "a": _turns(a["turns"]) if a else [],
+                "b": _turns(b["turns"]) if b else None,
+            }
+        runs.append(
+            {
+                "id": run_id,
+                "mode": mode,
+                "judge": run.get("model"),
+                "answer_a": answer_a,
+                "answer_b": answer_b,
+                "model_a": _label(cat, answer_a),
+                "model_b": _label(cat, answer_b),
+                "rows": rows,
+            }
+        )
     return {"runs": runs, "questions": questions}
 
 
@@ -400,8 +578,12 @@ def write_report_html(cat: Catalog, report: dict[str, Any], path: Path | str) ->
     sections = charts_and_tables(report)
     body = "\n".join(sections) + BROWSER_HTML
     runs = len(run_ids(report)) + len(report.get("loglik") or [])
-    document = page("openchat eval report", body, css=BROWSER_CSS, data=browser_data(cat, run_ids(report)),
-                    subtitle=f"{runs} run{'s' if runs != 1 else ''} · rates with 95% bootstrap CIs over questions",
-                    scripts=[BROWSER_JS])
+    document = page(
+        "openchat eval report",
+        body,
+        css=BROWSER_CSS,
+        data=browser_data(cat, run_ids(report)),
+        subtitle=f"{runs} run{'s' if runs != 1 else ''} · rates with 95% bootstrap CIs over questions",
+        scripts=[BROWSER_JS],
+    )
     return write_page(path, document)
-

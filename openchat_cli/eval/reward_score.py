@@ -32,18 +32,22 @@ def load_reward_model(ref: str) -> tuple[Any, Any, str, Path, str | None]:
     require_weights(path)
     meta = read_meta(path)
     config = AutoConfig.from_pretrained(str(path))
-    if getattr(config, "num_labels", None) != 1 or not any(a.endswith("ForSequenceClassification")
-                                                         for a in (config.architectures or [])):
-        raise OpenchatError(f"{path} is not a reward model (expected a sequence-classification checkpoint with "
-                            "one label, as `openchat train --method rm` saves)")
+    if getattr(config, "num_labels", None) != 1 or not any(
+        a.endswith("ForSequenceClassification") for a in (config.architectures or [])
+    ):
+        raise OpenchatError(
+            f"{path} is not a reward model (expected a sequence-classification checkpoint with "
+            "one label, as `openchat train --method rm` saves)"
+        )
     if not meta.get("template"):
         raise OpenchatError(f"{path} has no openchat.json naming its template")
     model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
     return model, load_tokenizer(path), meta["template"], path, ck or meta.get("checkpoint_id")
 
 
-def conversation_ids(tokenizer: Any, template: str, question: Question, replies: list[str],
-                     system: str | None = None) -> list[int]:
+def conversation_ids(
+    tokenizer: Any, template: str, question: Question, replies: list[str], system: str | None = None
+) -> list[int]:
     """The whole exchange as the template lays it out for training."""
     from openchat_cli.templates import Conversation, Message, get_template
 
@@ -65,8 +69,9 @@ def score_sequences(model: Any, sequences: list[list[int]]) -> list[float]:
     return out
 
 
-def run_score(cat: Catalog, answer_ref: str, rm_ref: str,
-              on_event: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_score(
+    cat: Catalog, answer_ref: str, rm_ref: str, on_event: Callable[[str, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Score every answer of a run with a reward model; re-scoring with the same model replaces
     the earlier scores. Returns the summary."""
     emit = on_event or (lambda kind, data: None)
@@ -79,10 +84,16 @@ def run_score(cat: Catalog, answer_ref: str, rm_ref: str,
     if not answers:
         raise OpenchatError(f"{run_a} has no answers to score")
     run, _ = cat.find_or_add_eval(
-        lambda: cat.latest_eval("score", parent_id=run_a, model=rm_name), kind="score",
-        name=f"{answer_run.get('name') or answer_run.get('model')} scored by {rm_name}", model=rm_name,
-        checkpoint_id=ck, parent_id=run_a, questions_path=answer_run.get("questions_path"),
-        questions_hash=answer_run.get("questions_hash"), config={"reward_model": str(path), "template": template})
+        lambda: cat.latest_eval("score", parent_id=run_a, model=rm_name),
+        kind="score",
+        name=f"{answer_run.get('name') or answer_run.get('model')} scored by {rm_name}",
+        model=rm_name,
+        checkpoint_id=ck,
+        parent_id=run_a,
+        questions_path=answer_run.get("questions_path"),
+        questions_hash=answer_run.get("questions_hash"),
+        config={"reward_model": str(path), "template": template},
+    )
     run_id = run["id"]
     system = (answer_run.get("config") or {}).get("system")
     emit("start", {"run_id": run_id, "total": len(answers)})
@@ -91,10 +102,22 @@ def run_score(cat: Catalog, answer_ref: str, rm_ref: str,
         question = questions[answer["question_id"]]
         replies = list(answer["turns"])
         (reward,) = score_sequences(model, [conversation_ids(tokenizer, template, question, replies, system)])
-        rows.append({"eval_id": run_id, "question_id": question.question_id, "turn": len(replies),
-                     "mode": "reward", "answer_run_id": run_a, "judge_model": rm_name, "prompt_name": "reward-model",
-                     "raw": f"{reward:.6f}", "verdict": "scored", "score": reward, "parse_ok": 1,
-                     "meta": {"category": question.category}})
+        rows.append(
+            {
+                "eval_id": run_id,
+                "question_id": question.question_id,
+                "turn": len(replies),
+                "mode": "reward",
+                "answer_run_id": run_a,
+                "judge_model": rm_name,
+                "prompt_name": "reward-model",
+                "raw": f"{reward:.6f}",
+                "verdict": "scored",
+                "score": reward,
+                "parse_ok": 1,
+                "meta": {"category": question.category},
+            }
+        )
         emit("scored", {"done": done})
     with cat.immediate():
         cat.write("delete from judgments where eval_id = ?", [run_id])
@@ -115,8 +138,15 @@ def score_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
     for r in rows:
         meta = r.get("meta") or {}
         by_cat[(meta.get("category") if isinstance(meta, dict) else None) or "(none)"].append(float(r["score"]))
-    return {"run_id": run_id, "mode": "reward", "status": run.get("status"), "answer_id": run.get("parent_id"),
-            "model": _label(cat, run.get("parent_id")), "reward_model": run.get("model"), "scored": len(scores),
-            "mean": sum(scores) / len(scores) if scores else None,
-            "mean_ci": cluster_bootstrap(scores, [1.0] * len(scores)) if scores else None,
-            "categories": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}}
+    return {
+        "run_id": run_id,
+        "mode": "reward",
+        "status": run.get("status"),
+        "answer_id": run.get("parent_id"),
+        "model": _label(cat, run.get("parent_id")),
+        "reward_model": run.get("model"),
+        "scored": len(scores),
+        "mean": sum(scores) / len(scores) if scores else None,
+        "mean_ci": cluster_bootstrap(scores, [1.0] * len(scores)) if scores else None,
+        "categories": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
+    }

@@ -34,9 +34,11 @@ def run_guarded(coro_factory: Callable[[], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
         installed = False
         if threading.current_thread() is threading.main_thread() and task is not None:
+
             def on_term() -> None:
                 terminated["flag"] = True
                 task.cancel()
+
             try:
                 loop.add_signal_handler(signal.SIGTERM, on_term)
                 installed = True
@@ -56,8 +58,7 @@ def run_guarded(coro_factory: Callable[[], Awaitable[T]]) -> T:
         raise Interrupted("terminated" if terminated["flag"] else "cancelled") from None
 
 
-async def worker_pool(items: Iterable[Any], concurrency: int,
-                      handle: Callable[[Any], Awaitable[None]]) -> None:
+async def worker_pool(items: Iterable[Any], concurrency: int, handle: Callable[[Any], Awaitable[None]]) -> None:
     """Call `handle(item)` for every item, `concurrency` at a time, in order of `items`.
 
     The first exception stops the pool: the other workers are cancelled and it is re-raised
@@ -85,11 +86,16 @@ async def worker_pool(items: Iterable[Any], concurrency: int,
 CLAIM_POLL_S = 0.5
 
 
-async def claimed_pool(items: Iterable[T], concurrency: int, claims: UnitClaims,
-                       unit: Callable[[T], str], is_done: Callable[[T], bool],
-                       handle: Callable[[T], Awaitable[None]],
-                       on_done_elsewhere: Callable[[T], None] | None = None,
-                       poll_s: float = CLAIM_POLL_S) -> int:
+async def claimed_pool(
+    items: Iterable[T],
+    concurrency: int,
+    claims: UnitClaims,
+    unit: Callable[[T], str],
+    is_done: Callable[[T], bool],
+    handle: Callable[[T], Awaitable[None]],
+    on_done_elsewhere: Callable[[T], None] | None = None,
+    poll_s: float = CLAIM_POLL_S,
+) -> int:
     """`worker_pool` for a run another process may be working on at the same time.
 
     Each item is claimed before `handle` runs and released after. An item another live process
@@ -218,8 +224,9 @@ def lineage_checkpoint(cat: Catalog, given: str | None, model: str, base_url: st
     return full if cat.table_of(full) == "checkpoints" else None
 
 
-def find_or_start_run(cat: Catalog, find: Callable[[], dict | None], new: bool,
-                      **fields: Any) -> tuple[dict[str, Any], bool]:
+def find_or_start_run(
+    cat: Catalog, find: Callable[[], dict | None], new: bool, **fields: Any
+) -> tuple[dict[str, Any], bool]:
     """(run row, made now): a fresh run with `new`, else the one `find` returns, else a new one.
     Found and made in one write transaction: of two identical commands started together, the
     second joins the run the first made."""

@@ -39,7 +39,7 @@ TRIMMED_MARK = "[… "  # starts the note that replaces output beyond Limits.out
 # Runs the program in the child: the rlimits (set here, not in a preexec_fn, which is unsafe
 # while other threads run), a SIGXCPU handler that says why it stops (a plain signal death
 # would be garbled by `unshare`), the guard, then the program's own code as `__main__`.
-RUNNER = r'''
+RUNNER = r"""
 import os, resource, signal, sys
 for _which, _soft, _hard in {rlimits!r}:
     _which = getattr(resource, _which)
@@ -55,12 +55,12 @@ signal.signal(signal.SIGXCPU, _cpu_spent)
 with open({program!r}, encoding="utf-8") as _f:
     _code = compile(_f.read(), {program!r}, "exec")
 exec(_code, {{"__name__": "__main__", "__file__": {program!r}, "__builtins__": __builtins__}})
-'''
+"""
 CPU_EXIT = 152  # 128 + SIGXCPU, as a shell would report it
 
 # Installed before the program runs: an audit hook (it cannot be removed once added)
 # that turns the events below into PermissionError. `{root}` is the sandbox directory.
-GUARD = r'''
+GUARD = r"""
 import os, sys
 _ROOT = os.path.realpath({root!r})
 _NETWORK = {{"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
@@ -104,7 +104,7 @@ def _guard(event, args):
 
 sys.addaudithook(_guard)
 del _guard
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,9 @@ class RunResult:
             if self.returncode is None:
                 return f"timed out after {self.wall_s:.1f}s (wall clock)"
             return "timed out: CPU time limit exceeded"
-        lines = [line for line in self.stderr.strip().splitlines()
-                 if line.strip() and not line.startswith(TRIMMED_MARK)]
+        lines = [
+            line for line in self.stderr.strip().splitlines() if line.strip() and not line.startswith(TRIMMED_MARK)
+        ]
         last = lines[-1].strip() if lines else ""
         if self.status == "memory":
             return f"memory limit: {last or 'killed'}"
@@ -169,8 +170,9 @@ def namespaces_available() -> bool:
     if tool is None or not sys.platform.startswith("linux"):
         return False
     try:
-        done = subprocess.run([*_unshare_prefix(tool), "true"], capture_output=True, timeout=10,
-                              env={"PATH": "/usr/bin:/bin"})
+        done = subprocess.run(
+            [*_unshare_prefix(tool), "true"], capture_output=True, timeout=10, env={"PATH": "/usr/bin:/bin"}
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
@@ -184,12 +186,14 @@ def _unshare_prefix(tool: str) -> list[str]:
 def _rlimits(limits: Limits) -> list[tuple[str, int, int]]:
     """(resource name, soft, hard) for the child. CPU: SIGXCPU at the limit, SIGKILL 1s later."""
     mb = 1024 * 1024
-    return [("RLIMIT_CPU", limits.cpu_s, limits.cpu_s + 1),
-            ("RLIMIT_AS", limits.memory_mb * mb, limits.memory_mb * mb),
-            ("RLIMIT_FSIZE", limits.file_size_mb * mb, limits.file_size_mb * mb),
-            ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
-            ("RLIMIT_NPROC", limits.processes, limits.processes),
-            ("RLIMIT_CORE", 0, 0)]
+    return [
+        ("RLIMIT_CPU", limits.cpu_s, limits.cpu_s + 1),
+        ("RLIMIT_AS", limits.memory_mb * mb, limits.memory_mb * mb),
+        ("RLIMIT_FSIZE", limits.file_size_mb * mb, limits.file_size_mb * mb),
+        ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
+        ("RLIMIT_NPROC", limits.processes, limits.processes),
+        ("RLIMIT_CORE", 0, 0),
+    ]
 
 
 class _BoundedReader(threading.Thread):
@@ -216,7 +220,7 @@ class _BoundedReader(threading.Thread):
                 if self.keep_tail:
                     del self.kept[:extra]
                 else:
-                    del self.kept[self.limit:]
+                    del self.kept[self.limit :]
 
     def text(self) -> str:
         text = self.kept.decode("utf-8", errors="replace")
@@ -261,11 +265,20 @@ def run_program(source: str, limits: Limits = Limits()) -> RunResult:
             command = [*_unshare_prefix(shutil.which("unshare") or "unshare"), *command]
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
         start = time.monotonic()
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True, close_fds=True)
-        readers = [_BoundedReader(process.stdout, limits.output_bytes),
-                   _BoundedReader(process.stderr, limits.output_bytes, keep_tail=True)]
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+        readers = [
+            _BoundedReader(process.stdout, limits.output_bytes),
+            _BoundedReader(process.stderr, limits.output_bytes, keep_tail=True),
+        ]
         for reader in readers:
             reader.start()
         timed_out = False
@@ -282,8 +295,7 @@ def run_program(source: str, limits: Limits = Limits()) -> RunResult:
         stdout, stderr = readers[0].text(), readers[1].text()
         returncode = None if timed_out else process.returncode
         status = _status(returncode, stderr)
-        files = sorted(os.path.relpath(os.path.join(d, f), workdir)
-                       for d, _, names in os.walk(workdir) for f in names)
+        files = sorted(os.path.relpath(os.path.join(d, f), workdir) for d, _, names in os.walk(workdir) for f in names)
         files = [f for f in files if f != PROGRAM_FILE]
         return RunResult(status, returncode, stdout, stderr, round(wall, 3), isolation, files)
     finally:

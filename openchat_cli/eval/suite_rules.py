@@ -144,6 +144,7 @@ def run_code_tasks(items: list[tuple[dict[str, Any], str]]) -> list[tuple]:
 
 # -- lenient: our own extraction, shown beside the reference number ------------------------------
 
+
 def _letters(values: Any) -> list[str]:
     values = values if isinstance(values, list) else [values]
     return [str(v).strip().strip("().").upper() for v in values]

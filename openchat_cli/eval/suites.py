@@ -65,8 +65,10 @@ def task_files(path: Path, root: Path) -> list[Path]:
     for file in files:
         task_type = _rel(file, root).rpartition("/")[0]
         if task_type not in TASK_TYPES:
-            raise OpenchatError(f"{file}: task type '{task_type or '(suite root)'}' is not one this tool "
-                                f"has reference rules for ({', '.join(TASK_TYPES)})")
+            raise OpenchatError(
+                f"{file}: task type '{task_type or '(suite root)'}' is not one this tool "
+                f"has reference rules for ({', '.join(TASK_TYPES)})"
+            )
     if not files:
         raise OpenchatError(f"{path} holds no task files (*.jsonl)")
     return files
@@ -106,13 +108,17 @@ def _check_record(record: Any, task_type: str) -> dict[str, Any]:
 
         solution = meta.get("solution") if isinstance(meta, dict) else None
         if not isinstance(solution, str) or not extract_boxed(solution):
-            raise _Bad("field '_metadata.solution' must hold the reference solution with a \\boxed{} answer",
-                       "_metadata.solution")
+            raise _Bad(
+                "field '_metadata.solution' must hold the reference solution with a \\boxed{} answer",
+                "_metadata.solution",
+            )
     if task_type == "coding/humaneval":
         missing = [k for k in HUMANEVAL_FIELDS if not isinstance((meta or {}).get(k), str)]
         if missing:
-            raise _Bad(f"field '_metadata' must hold {', '.join(HUMANEVAL_FIELDS)} (missing {missing[0]})",
-                       f"_metadata.{missing[0]}")
+            raise _Bad(
+                f"field '_metadata' must hold {', '.join(HUMANEVAL_FIELDS)} (missing {missing[0]})",
+                f"_metadata.{missing[0]}",
+            )
     return {"question": question, "label": label, "options": options, "_metadata": meta}
 
 
@@ -126,8 +132,10 @@ def load_suite(path: Path | str) -> QuestionSet:
         raise OpenchatError(f"suite path {path} does not exist")
     root = find_suite_root(path)
     if root is None:
-        raise OpenchatError(f"{path} is not laid out like a suite (<root>/<task type>/<task>.jsonl with a "
-                            f"task type among {', '.join(TASK_TYPES)})")
+        raise OpenchatError(
+            f"{path} is not laid out like a suite (<root>/<task type>/<task>.jsonl with a "
+            f"task type among {', '.join(TASK_TYPES)})"
+        )
     digest = hashlib.sha256()
     questions: list[Question] = []
     for file in task_files(path.resolve(), root):
@@ -144,15 +152,19 @@ def load_suite(path: Path | str) -> QuestionSet:
                 raise OpenchatError(f"{where(file, lineno)}: invalid JSON: {exc.msg} (column {exc.colno})") from None
             except _Bad as exc:
                 raise OpenchatError(f"{where(file, lineno, exc.field_name)}: {exc.message}") from None
-            meta = {"format": SUITE_FORMAT, "task_type": task_type, "task_name": task_name,
-                    "label": fields["label"], "options": fields["options"]}
+            meta = {
+                "format": SUITE_FORMAT,
+                "task_type": task_type,
+                "task_name": task_name,
+                "label": fields["label"],
+                "options": fields["options"],
+            }
             if fields["_metadata"] is not None:
                 meta["_metadata"] = fields["_metadata"]
             questions.append(Question(f"{task_name}/{lineno}", task_name, [fields["question"]], None, meta))
     if not questions:
         raise OpenchatError(f"{path} holds no questions (its task files are empty)")
-    return QuestionSet(path=path.resolve(), questions=questions, format=SUITE_FORMAT,
-                       hash=digest.hexdigest()[:16])
+    return QuestionSet(path=path.resolve(), questions=questions, format=SUITE_FORMAT, hash=digest.hexdigest()[:16])
 
 
 def load_question_source(path: Path | str) -> QuestionSet:

@@ -51,9 +51,12 @@ def _set_generation_eos(model, tokenizer, template_name: str) -> None:
 def init_command(
     out: Path = typer.Argument(..., help="Folder to create the model in."),
     tokenizer_corpus: Optional[Path] = typer.Option(
-        None, "--tokenizer-corpus", help="Text file to train the BPE tokenizer on (default: a small built-in text)."),
+        None, "--tokenizer-corpus", help="Text file to train the BPE tokenizer on (default: a small built-in text)."
+    ),
     size: str = typer.Option("tiny", "--size", help="tiny (~0.1M params) | small (~4M params)."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help=f"Conversation template: {', '.join(TEMPLATES)}."),
+    template: str = typer.Option(
+        DEFAULT_TEMPLATE, "--template", help=f"Conversation template: {', '.join(TEMPLATES)}."
+    ),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Override the size's vocabulary."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
@@ -80,18 +83,22 @@ def init_command(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
-        write_meta(tmp, template=template, size=size, parameters=params,
-                   tokenizer_hash=tokenizer_hash(tokenizer))
+        write_meta(tmp, template=template, size=size, parameters=params, tokenizer_hash=tokenizer_hash(tokenizer))
         _publish(tmp, out)
     ck = open_catalog().add_checkpoint(
-        path=out, kind="base", template=template, base_model=f"random-llama-{size}",
-        metrics={"parameters": params, "vocab_size": len(tokenizer)})
+        path=out,
+        kind="base",
+        template=template,
+        base_model=f"random-llama-{size}",
+        metrics={"parameters": params, "vocab_size": len(tokenizer)},
+    )
     write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(open_catalog().get(ck))
         return
-    console.print(f"[green]created[/] {out} ({params:,} parameters, vocab {len(tokenizer)}, "
-                  f"template {template}) as [bold]{ck}[/]")
+    console.print(
+        f"[green]created[/] {out} ({params:,} parameters, vocab {len(tokenizer)}, template {template}) as [bold]{ck}[/]"
+    )
 
 
 @app.command("add-tokens")
@@ -100,10 +107,14 @@ def add_tokens_command(
     out: Path = typer.Argument(..., help="Folder for the model with the new tokens."),
     tokens: list[str] = typer.Option([], "--token", help="Special token to add (repeatable)."),
     template: Optional[str] = typer.Option(
-        None, "--template", help="Also add every control token of this template and save its chat_template."),
+        None, "--template", help="Also add every control token of this template and save its chat_template."
+    ),
     init: str = typer.Option(
-        "mean", "--init", help="New embedding rows: mean (of the existing rows; OpenChat's choice for Llama) "
-        "| normal (N(0, std^2); its choice for StarCoder)."),
+        "mean",
+        "--init",
+        help="New embedding rows: mean (of the existing rows; OpenChat's choice for Llama) "
+        "| normal (N(0, std^2); its choice for StarCoder).",
+    ),
     std: float = typer.Option(0.02, "--std", help="Standard deviation for --init normal."),
     seed: int = typer.Option(0, "--seed", help="Seed for --init normal."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
@@ -140,19 +151,30 @@ def add_tokens_command(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
-    meta.update(template=template_name, tokenizer_hash=tokenizer_hash(tokenizer), added_tokens=added,
-                added_tokens_init=init if init == "mean" else f"normal(0, {std})")
+    meta.update(
+        template=template_name,
+        tokenizer_hash=tokenizer_hash(tokenizer),
+        added_tokens=added,
+        added_tokens_init=init if init == "mean" else f"normal(0, {std})",
+    )
     write_meta(tmp, **meta)
     _publish(tmp, out)
     ck = open_catalog().add_checkpoint(
-        path=out, kind="tokens-added", template=template_name, base_model=str(src),
-        parent_id=src_id, metrics={"added_tokens": added, "vocab_size": len(tokenizer), "init": init})
+        path=out,
+        kind="tokens-added",
+        template=template_name,
+        base_model=str(src),
+        parent_id=src_id,
+        metrics={"added_tokens": added, "vocab_size": len(tokenizer), "init": init},
+    )
     write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(open_catalog().get(ck))
         return
-    console.print(f"[green]added[/] {len(added)} token(s) {added} → {out} as [bold]{ck}[/]"
-                  + ("" if len(added) == len(set(wanted)) else " (the others were already there)"))
+    console.print(
+        f"[green]added[/] {len(added)} token(s) {added} → {out} as [bold]{ck}[/]"
+        + ("" if len(added) == len(set(wanted)) else " (the others were already there)")
+    )
 
 
 @app.command("info")
@@ -168,14 +190,18 @@ def info_command(
     tokenizer = load_tokenizer(path)
     meta = read_meta(path)
     info = {
-        "path": str(path), "checkpoint_id": ck or meta.get("checkpoint_id"),
+        "path": str(path),
+        "checkpoint_id": ck or meta.get("checkpoint_id"),
         "architecture": (config.architectures or [config.model_type])[0],
-        "template": meta.get("template"), "vocab_size": len(tokenizer),
+        "template": meta.get("template"),
+        "vocab_size": len(tokenizer),
         "hidden_size": getattr(config, "hidden_size", None),
         "layers": getattr(config, "num_hidden_layers", None),
         "max_positions": getattr(config, "max_position_embeddings", None),
-        "special_tokens": tokenizer.all_special_tokens, "tokenizer_hash": tokenizer_hash(tokenizer),
-        "has_chat_template": bool(tokenizer.chat_template), "meta": meta,
+        "special_tokens": tokenizer.all_special_tokens,
+        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "has_chat_template": bool(tokenizer.chat_template),
+        "meta": meta,
     }
     if as_json:
         print_json(info)
@@ -185,11 +211,13 @@ def info_command(
 
 @app.command("merge-lora")
 def merge_lora_command(
-    adapter_ref: str = typer.Argument(..., metavar="ADAPTER_DIR",
-                                      help="LoRA adapter dir (from `openchat train --lora`) or its checkpoint id."),
+    adapter_ref: str = typer.Argument(
+        ..., metavar="ADAPTER_DIR", help="LoRA adapter dir (from `openchat train --lora`) or its checkpoint id."
+    ),
     out: Path = typer.Argument(..., metavar="OUT", help="Folder for the merged full model."),
     base: Optional[str] = typer.Option(
-        None, "--base", help="Base model dir or id (default: the one the adapter was trained from)."),
+        None, "--base", help="Base model dir or id (default: the one the adapter was trained from)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
 ) -> None:
@@ -218,17 +246,28 @@ def merge_lora_command(
             tokenizer = merge_adapter(src, base_dir, tmp)
         template_name = meta.get("template") or read_meta(base_dir).get("template")
         merged_meta = {k: v for k, v in meta.items() if k not in ("checkpoint_id", "lora")}
-        merged_meta.update(template=template_name, tokenizer_hash=tokenizer_hash(tokenizer),
-                           base_model=str(base_dir), merged_from=src_id or str(src))
+        merged_meta.update(
+            template=template_name,
+            tokenizer_hash=tokenizer_hash(tokenizer),
+            base_model=str(base_dir),
+            merged_from=src_id or str(src),
+        )
         write_meta(tmp, **merged_meta)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     catalog = open_catalog()
     ck = catalog.add_checkpoint(
-        path=out, kind="merged", template=template_name, base_model=str(base_dir),
-        run_id=meta.get("run_id"), dataset_id=meta.get("dataset_id"), step=meta.get("step"),
-        parent_id=src_id, metrics={"adapter": str(src)})
+        path=out,
+        kind="merged",
+        template=template_name,
+        base_model=str(base_dir),
+        run_id=meta.get("run_id"),
+        dataset_id=meta.get("dataset_id"),
+        step=meta.get("step"),
+        parent_id=src_id,
+        metrics={"adapter": str(src)},
+    )
     catalog.link(ck, base_id, "derived-from")
     write_meta(out, checkpoint_id=ck)
     if as_json:
@@ -243,8 +282,11 @@ def extend_context_command(
     out: Path = typer.Argument(..., metavar="OUT", help="Folder for the model with the longer context."),
     max_len: int = typer.Option(..., "--max-len", help="The new context length in tokens."),
     rope_scaling: str = typer.Option(
-        "none", "--rope-scaling", help="none (extrapolate, as OpenChat-8192 did) | linear (position interpolation) "
-        "| dynamic (NTK-aware, only past the old length) | yarn."),
+        "none",
+        "--rope-scaling",
+        help="none (extrapolate, as OpenChat-8192 did) | linear (position interpolation) "
+        "| dynamic (NTK-aware, only past the old length) | yarn.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
 ) -> None:
@@ -290,14 +332,21 @@ def extend_context_command(
         shutil.rmtree(tmp, ignore_errors=True)
     catalog = open_catalog()
     ck = catalog.add_checkpoint(
-        path=out, kind="context-extended", template=meta.get("template"), base_model=str(src),
-        parent_id=src_id, metrics=facts)
+        path=out,
+        kind="context-extended",
+        template=meta.get("template"),
+        base_model=str(src),
+        parent_id=src_id,
+        metrics=facts,
+    )
     write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(catalog.get(ck))
         return
-    console.print(f"[green]extended[/] {src} from {facts['original_context_length']:,} to {max_len:,} tokens "
-                  f"({rope_scaling} RoPE scaling, factor {facts['rope_factor']:g}) → {out} as [bold]{ck}[/]")
+    console.print(
+        f"[green]extended[/] {src} from {facts['original_context_length']:,} to {max_len:,} tokens "
+        f"({rope_scaling} RoPE scaling, factor {facts['rope_factor']:g}) → {out} as [bold]{ck}[/]"
+    )
 
 
 def _copy_model_files(src: Path, dest: Path) -> None:
@@ -352,20 +401,38 @@ def export_command(
     os.close(fd)
     try:
         with err_console.status(f"writing {out.name}…") as status:
-            summary = export_gguf(src, Path(tmp), out_type=out_type, name=src.name,
-                                  eot_token=eot, context=context_length(src),
-                                  on_tensor=lambda name: status.update(f"writing {out.name}: {name}"))
+            summary = export_gguf(
+                src,
+                Path(tmp),
+                out_type=out_type,
+                name=src.name,
+                eot_token=eot,
+                context=context_length(src),
+                on_tensor=lambda name: status.update(f"writing {out.name}: {name}"),
+            )
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     catalog = open_catalog()
     ck = catalog.add_checkpoint(
-        path=out, kind="gguf", template=meta.get("template"), base_model=str(src), parent_id=src_id,
-        metrics={"format": "gguf", "outtype": out_type, "tensors": summary.tensors, "bytes": summary.bytes,
-                 "pre_tokenizer": summary.pre_tokenizer})
+        path=out,
+        kind="gguf",
+        template=meta.get("template"),
+        base_model=str(src),
+        parent_id=src_id,
+        metrics={
+            "format": "gguf",
+            "outtype": out_type,
+            "tensors": summary.tensors,
+            "bytes": summary.bytes,
+            "pre_tokenizer": summary.pre_tokenizer,
+        },
+    )
     if as_json:
         print_json(catalog.get(ck))
         return
-    console.print(f"[green]exported[/] {src} → {out} ({summary.bytes / 1e6:.1f} MB, {summary.tensors} tensors, "
-                  f"{out_type}, pre-tokenizer {summary.pre_tokenizer}) as [bold]{ck}[/]")
+    console.print(
+        f"[green]exported[/] {src} → {out} ({summary.bytes / 1e6:.1f} MB, {summary.tensors} tensors, "
+        f"{out_type}, pre-tokenizer {summary.pre_tokenizer}) as [bold]{ck}[/]"
+    )

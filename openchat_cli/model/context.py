@@ -87,6 +87,10 @@ def extended_config(config: dict[str, Any], max_len: int, scaling: str) -> tuple
     text.pop("rope_scaling", None)
     text.pop("rope_theta", None)
     text["rope_parameters"] = params
-    facts = {CONTEXT_KEY: max_len, "original_context_length": old, "rope_scaling": scaling,
-             "rope_factor": round(factor, 6)}
+    facts = {
+        CONTEXT_KEY: max_len,
+        "original_context_length": old,
+        "rope_scaling": scaling,
+        "rope_factor": round(factor, 6),
+    }
     return new, facts

@@ -30,10 +30,14 @@ OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
 # Pre-tokenizer regexes as tokenizers' `Split` patterns, by llama.cpp's pre-tokenizer name.
-_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 @dataclass
@@ -53,8 +57,7 @@ def _pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
         return "gpt-2"
-    if (kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits")
-            and parts[1].get("use_regex", True)):
+    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
         return "starcoder"  # each digit alone, then GPT-2's pattern
     if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
         regex = (parts[0].get("pattern") or {}).get("Regex")
@@ -62,8 +65,10 @@ def _pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
             return "llama-bpe"
         if regex == _QWEN2_REGEX:
             return "qwen2"
-    raise OpenchatError(f"the tokenizer's pre-tokenizer ({json.dumps(pre)[:200]}) is not one llama.cpp knows by "
-                        "name (gpt-2, starcoder, llama-bpe, qwen2): exporting it would tokenize differently")
+    raise OpenchatError(
+        f"the tokenizer's pre-tokenizer ({json.dumps(pre)[:200]}) is not one llama.cpp knows by "
+        "name (gpt-2, starcoder, llama-bpe, qwen2): exporting it would tokenize differently"
+    )
 
 
 def _merges(tokenizer_json: dict[str, Any]) -> list[str]:
@@ -76,9 +81,7 @@ def hf_to_ggml_rope_rows(weight: np.ndarray, heads: int) -> np.ndarray:
     half, second half) to GGML's adjacent pairs (each head: d0, d_half, d1, d_half+1, …)."""
     rows = weight.shape[0]
     head_dim = rows // heads
-    return (weight.reshape(heads, 2, head_dim // 2, *weight.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(weight.shape))
+    return weight.reshape(heads, 2, head_dim // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def _vocabulary(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
@@ -115,9 +118,16 @@ def _encode_tensor(data: np.ndarray, out_type: str) -> tuple[np.ndarray, Any]:
     return gguf.quants.quantize(data.astype(np.float32), kind), kind
 
 
-def export_gguf(model_dir: Path, dest: Path, *, out_type: str = "f16", name: str | None = None,
-                eot_token: str | None = None, context: int | None = None,
-                on_tensor: Callable[[str], None] | None = None) -> ExportSummary:
+def export_gguf(
+    model_dir: Path,
+    dest: Path,
+    *,
+    out_type: str = "f16",
+    name: str | None = None,
+    eot_token: str | None = None,
+    context: int | None = None,
+    on_tensor: Callable[[str], None] | None = None,
+) -> ExportSummary:
     """Write `model_dir` (a Llama-architecture HF checkpoint) to the GGUF file `dest` (in place:
     the caller hands a temporary path and renames it)."""
     import gguf
@@ -129,8 +139,10 @@ def export_gguf(model_dir: Path, dest: Path, *, out_type: str = "f16", name: str
     config = AutoConfig.from_pretrained(str(model_dir))
     architecture = (config.architectures or [""])[0]
     if architecture not in LLAMA_ARCHITECTURES:
-        raise OpenchatError(f"{model_dir} is a {architecture or config.model_type} model; GGUF export handles "
-                            f"Llama-architecture checkpoints ({', '.join(LLAMA_ARCHITECTURES)})")
+        raise OpenchatError(
+            f"{model_dir} is a {architecture or config.model_type} model; GGUF export handles "
+            f"Llama-architecture checkpoints ({', '.join(LLAMA_ARCHITECTURES)})"
+        )
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise OpenchatError(f"{model_dir}: attention/MLP biases are not part of llama.cpp's Llama layout")
     tokenizer_file = Path(model_dir) / "tokenizer.json"
@@ -143,8 +155,10 @@ def export_gguf(model_dir: Path, dest: Path, *, out_type: str = "f16", name: str
     rope = dict(getattr(config, "rope_parameters", None) or {})
     rope_type = rope.get("rope_type", "default")
     if rope_type not in ("default", "linear", "yarn"):
-        raise OpenchatError(f"{model_dir} uses '{rope_type}' RoPE scaling, which llama.cpp does not implement "
-                            "(export the base model, or extend its context with linear or yarn scaling)")
+        raise OpenchatError(
+            f"{model_dir} uses '{rope_type}' RoPE scaling, which llama.cpp does not implement "
+            "(export the base model, or extend its context with linear or yarn scaling)"
+        )
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
@@ -174,8 +188,12 @@ def export_gguf(model_dir: Path, dest: Path, *, out_type: str = "f16", name: str
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(float(rope["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[out_type]
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -185,10 +203,12 @@ def export_gguf(model_dir: Path, dest: Path, *, out_type: str = "f16", name: str
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(_merges(tokenizer_json))
-    for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id),
-                             (writer.add_eos_token_id, tokenizer.eos_token_id),
-                             (writer.add_unk_token_id, tokenizer.unk_token_id),
-                             (writer.add_pad_token_id, tokenizer.pad_token_id)):
+    for setter, token_id in (
+        (writer.add_bos_token_id, tokenizer.bos_token_id),
+        (writer.add_eos_token_id, tokenizer.eos_token_id),
+        (writer.add_unk_token_id, tokenizer.unk_token_id),
+        (writer.add_pad_token_id, tokenizer.pad_token_id),
+    ):
         if token_id is not None:
             setter(int(token_id))
     if eot_token and eot_token in tokenizer.get_vocab():

@@ -26,10 +26,12 @@ class ModelSize:
 
 
 SIZES = {
-    "tiny": ModelSize(vocab_size=512, hidden_size=64, layers=2, heads=4, kv_heads=2,
-                      intermediate_size=176, max_positions=2048),
-    "small": ModelSize(vocab_size=2048, hidden_size=256, layers=4, heads=8, kv_heads=4,
-                       intermediate_size=688, max_positions=4096),
+    "tiny": ModelSize(
+        vocab_size=512, hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=176, max_positions=2048
+    ),
+    "small": ModelSize(
+        vocab_size=2048, hidden_size=256, layers=4, heads=8, kv_heads=4, intermediate_size=688, max_positions=4096
+    ),
 }
 
 # Used when no corpus is given: enough text for a BPE tokenizer to learn useful merges.
@@ -60,10 +62,12 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int, extra_specials: Itera
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     # Digits are split one by one (as Llama does) so numbers share parts and arithmetic-like
     # tasks can generalise; everything else follows GPT-2's byte-level pre-tokenization.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=max(vocab_size, 256 + len(specials) + 1),
@@ -73,9 +77,12 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int, extra_specials: Itera
     )
     tok.train_from_iterator(lines, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", additional_special_tokens=[s for s in specials if s not in
-                                                      ("<s>", "</s>", "<unk>", "<pad>")],
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=[s for s in specials if s not in ("<s>", "</s>", "<unk>", "<pad>")],
         clean_up_tokenization_spaces=False,
     )
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-
 INITS = ("mean", "normal")
 
 
-def add_special_tokens(model: Any, tokenizer: Any, tokens: list[str], *, init: str = "mean",
-                       std: float = 0.02, seed: int = 0) -> list[str]:
+def add_special_tokens(
+    model: Any, tokenizer: Any, tokens: list[str], *, init: str = "mean", std: float = 0.02, seed: int = 0
+) -> list[str]:
     """Add `tokens` as special tokens and give them input and output embedding rows.
 
     `mean` (OpenChat's choice for Llama) starts each new row at the mean of the old rows: it keeps

@@ -50,8 +50,9 @@ def write_prompt_sets(quickstart_dir: Path, train: int = 512, heldout: int = 300
             fh.write(json.dumps({"id": f"g{i:04d}", "prompt": question, "answer": answer}) + "\n")
     with heldout_path.open("w") as fh:
         for i, (question, (category, answer)) in enumerate(items[train:]):
-            fh.write(json.dumps({"id": f"gh{i:04d}", "question": question, "label": answer,
-                                 "category": category}) + "\n")
+            fh.write(
+                json.dumps({"id": f"gh{i:04d}", "question": question, "label": answer, "category": category}) + "\n"
+            )
     return {"prompts": prompts_path, "heldout": heldout_path}
 
 

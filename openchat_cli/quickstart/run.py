@@ -70,8 +70,10 @@ def run_step(title: str, *args: object, capture_json: bool = False) -> object:
         finally:
             stop_child(proc)
     if proc.returncode != 0:
-        raise OpenchatError(f"quickstart step failed ({title}): `{_show(args)}` exited {proc.returncode}",
-                            exit_code=proc.returncode or 1)
+        raise OpenchatError(
+            f"quickstart step failed ({title}): `{_show(args)}` exited {proc.returncode}",
+            exit_code=proc.returncode or 1,
+        )
     if capture_json:
         return json.loads(stdout)
     return None
@@ -114,8 +116,9 @@ def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
     _narrator.print(f"[cyan]$ {_show(args)} &[/]", highlight=False, soft_wrap=True)
     log = (log_dir / f"serve-{name}.log").open("w")
     # owner_env: the server ends with this process, even if it is killed with -9.
-    proc = subprocess.Popen(_openchat(*args), stdout=log, stderr=subprocess.STDOUT,
-                            env=pinned_env(owner_env(), _threads))
+    proc = subprocess.Popen(
+        _openchat(*args), stdout=log, stderr=subprocess.STDOUT, env=pinned_env(owner_env(), _threads)
+    )
     root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -137,7 +140,9 @@ def served(model: Path, name: str, log_dir: Path) -> Iterator[str]:
 
 
 def run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
-    previous = signal.signal(signal.SIGTERM, _raise_stopped) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, _raise_stopped) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return _run_quickstart(plan)
     finally:
@@ -154,28 +159,82 @@ def _run_quickstart(plan: QuickstartPlan) -> dict[str, object]:
     _narrator.rule("[bold]openchat quickstart")
     _narrator.print(f"Working in {work}. Each step below is an ordinary command you can run yourself.")
     files = generate(work / "raw", train_size=plan.train_size, eval_size=plan.eval_size, seed=plan.seed)
-    _narrator.print(f"Wrote {files['train']} (ShareGPT, with a few malformed and duplicate records) "
-                  f"and {files['heldout']} ({plan.eval_size} held-out questions).")
+    _narrator.print(
+        f"Wrote {files['train']} (ShareGPT, with a few malformed and duplicate records) "
+        f"and {files['heldout']} ({plan.eval_size} held-out questions)."
+    )
     clean = work / "clean.jsonl"
     base = work / "base-model"
     tokenized = work / "train.parquet"
     trained = work / "trained"
     run_step("1/7 clean the raw conversations", "data", "clean", files["train"], "-o", clean, "--force")
-    run_step("2/7 make a tiny base model (tokenizer trained locally)", "model", "init", base,
-             "--tokenizer-corpus", files["corpus"], "--size", plan.size, "--force")
-    run_step("3/7 tokenize for training", "data", "tokenize", clean, "--model", base,
-             "--max-len", plan.max_len, "-o", tokenized, "--force")
-    run_step("4/7 fine-tune (packed, weighted loss, DeepSpeed on CPU)", "train", "--model", base,
-             "--data", tokenized, "--out", trained, "--epochs", plan.epochs, "--lr", plan.lr,
-             "--tokens-per-step", plan.tokens_per_step, "--seed", plan.seed, "--force")
+    run_step(
+        "2/7 make a tiny base model (tokenizer trained locally)",
+        "model",
+        "init",
+        base,
+        "--tokenizer-corpus",
+        files["corpus"],
+        "--size",
+        plan.size,
+        "--force",
+    )
+    run_step(
+        "3/7 tokenize for training",
+        "data",
+        "tokenize",
+        clean,
+        "--model",
+        base,
+        "--max-len",
+        plan.max_len,
+        "-o",
+        tokenized,
+        "--force",
+    )
+    run_step(
+        "4/7 fine-tune (packed, weighted loss, DeepSpeed on CPU)",
+        "train",
+        "--model",
+        base,
+        "--data",
+        tokenized,
+        "--out",
+        trained,
+        "--epochs",
+        plan.epochs,
+        "--lr",
+        plan.lr,
+        "--tokens-per-step",
+        plan.tokens_per_step,
+        "--seed",
+        plan.seed,
+        "--force",
+    )
     final = trained / "final" if (trained / "final").is_dir() else trained
     runs: dict[str, str] = {}
     for label, model in (("base", base), ("trained", final)):
-        _narrator.rule(f"[bold]{'5' if label == 'base' else '6'}/7 answer the held-out questions with the {label} model")
+        _narrator.rule(
+            f"[bold]{'5' if label == 'base' else '6'}/7 answer the held-out questions with the {label} model"
+        )
         with served(model, label, work) as endpoint:
-            result = run_step(f"answers from {label}", "eval", "answer", files["heldout"],
-                              "--endpoint", endpoint, "--model", label, "--name", label,
-                              "--max-tokens", 16, "--new", "--json", capture_json=True)
+            result = run_step(
+                f"answers from {label}",
+                "eval",
+                "answer",
+                files["heldout"],
+                "--endpoint",
+                endpoint,
+                "--model",
+                label,
+                "--name",
+                label,
+                "--max-tokens",
+                16,
+                "--new",
+                "--json",
+                capture_json=True,
+            )
         runs[label] = result["run_id"]  # type: ignore[index]
     run_step("7/7 grade both runs and compare", "eval", "grade", runs["base"], runs["trained"])
     report = run_step("report", "eval", "report", runs["base"], runs["trained"], "--json", capture_json=True)

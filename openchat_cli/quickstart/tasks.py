@@ -46,21 +46,36 @@ def generate(out_dir: Path, train_size: int = 3000, eval_size: int = 100, seed: 
         if question in seen:
             continue
         seen.add(question)
-        records.append({
-            "id": f"qs-{len(records):05d}",
-            "model": "gpt-4",
-            "conversations": [{"from": "human", "value": question},
-                              {"from": "gpt", "value": reply(answer)}],
-        })
+        records.append(
+            {
+                "id": f"qs-{len(records):05d}",
+                "model": "gpt-4",
+                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": reply(answer)}],
+            }
+        )
     # Give cleaning something to do: exact duplicates, an empty reply, a conversation that
     # starts with an assistant greeting (trimmed, and then a duplicate of a training record),
     # one with no user turn at all, and a record with no turns.
     for i in range(0, 60, 3):
         records.append({**records[i], "id": records[i]["id"] + "-dup"})
-    records.append({"id": "bad-empty", "conversations": [
-        {"from": "human", "value": "Which number is larger, 10 or 20?"}, {"from": "gpt", "value": "  "}]})
-    records.append({"id": "bad-leading-gpt", "conversations": [
-        {"from": "gpt", "value": "Hello! Ask me to compare two numbers."}, *records[1]["conversations"]]})
+    records.append(
+        {
+            "id": "bad-empty",
+            "conversations": [
+                {"from": "human", "value": "Which number is larger, 10 or 20?"},
+                {"from": "gpt", "value": "  "},
+            ],
+        }
+    )
+    records.append(
+        {
+            "id": "bad-leading-gpt",
+            "conversations": [
+                {"from": "gpt", "value": "Hello! Ask me to compare two numbers."},
+                *records[1]["conversations"],
+            ],
+        }
+    )
     records.append({"id": "bad-one-turn", "conversations": [{"from": "gpt", "value": "The answer is 5."}]})
     records.append({"id": "bad-no-turns", "conversations": []})
     rng.shuffle(records)
@@ -69,10 +84,16 @@ def generate(out_dir: Path, train_size: int = 3000, eval_size: int = 100, seed: 
     eval_path = out_dir / "arith_heldout.jsonl"
     with eval_path.open("w") as fh:
         for i, (question, (category, answer)) in enumerate(held_out.items()):
-            fh.write(json.dumps({"id": f"h{i:03d}", "question": question, "label": answer,
-                                 "category": category}) + "\n")
+            fh.write(
+                json.dumps({"id": f"h{i:03d}", "question": question, "label": answer, "category": category}) + "\n"
+            )
     corpus_path = out_dir / "tokenizer_corpus.txt"
-    corpus_path.write_text("\n".join(
-        r["conversations"][0]["value"] + " " + r["conversations"][-1]["value"]
-        for r in records if len(r["conversations"]) >= 2) + "\n")
+    corpus_path.write_text(
+        "\n".join(
+            r["conversations"][0]["value"] + " " + r["conversations"][-1]["value"]
+            for r in records
+            if len(r["conversations"]) >= 2
+        )
+        + "\n"
+    )
     return {"train": train_path, "heldout": eval_path, "corpus": corpus_path}

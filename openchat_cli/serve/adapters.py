@@ -31,8 +31,10 @@ def parse_lora_options(values: list[str], reserved: set[str]) -> dict[str, str]:
             raise OpenchatError(f"--lora {value}: {exc}") from None
         path = path.resolve()
         if not (path / ADAPTER_CONFIG).exists():
-            raise OpenchatError(f"--lora {value}: {path} is not a LoRA adapter (no {ADAPTER_CONFIG}); "
-                                f"serve a full model as the base instead")
+            raise OpenchatError(
+                f"--lora {value}: {path} is not a LoRA adapter (no {ADAPTER_CONFIG}); "
+                f"serve a full model as the base instead"
+            )
         if not name:
             name = ckpt_id or path.name
         if name in adapters or name in reserved:

@@ -78,8 +78,7 @@ class ServerConfig:
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     """The API for `engine` as `config` says; the engine starts and stops with the app."""
     metrics = Metrics(engine, config.model_name)
-    logger = RequestLogger(config.log_requests, config.catalog, config.model_name,
-                           config.checkpoint_id)
+    logger = RequestLogger(config.log_requests, config.catalog, config.model_name, config.checkpoint_id)
     ctx = ServingContext(engine, config, metrics, logger)
     chat = OpenAIServingChat(ctx)
     completion = OpenAIServingCompletion(ctx)
@@ -98,15 +97,22 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     app = FastAPI(
         title="openchat serve",
         version=__version__,
-        description=("OpenAI-compatible API for a model trained or served with openchat. "
-                     f"Serving **{config.model_name}** with the `{config.template.name}` template."),
+        description=(
+            "OpenAI-compatible API for a model trained or served with openchat. "
+            f"Serving **{config.model_name}** with the `{config.template.name}` template."
+        ),
         lifespan=lifespan,
         docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: see openapi.py
         redoc_url=None,
     )
-    install_openapi(app, secured=bool(config.api_keys), model_names=sorted(ctx.known_models),
-                    max_n=config.max_n, context_length=engine.context_length,
-                    max_token_id=engine.max_token_id())
+    install_openapi(
+        app,
+        secured=bool(config.api_keys),
+        model_names=sorted(ctx.known_models),
+        max_n=config.max_n,
+        context_length=engine.context_length,
+        max_token_id=engine.max_token_id(),
+    )
     install_docs(app)
     app.state.engine = engine
     app.state.config = config
@@ -119,20 +125,37 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         from openchat_cli.serve.ui import mount_ui
 
         mount_ui(app)
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={
-        **ERROR_RESPONSES, 200: {"description": "A chat completion, or with `stream: true` a "
-                                                "text/event-stream of chat.completion.chunk events",
-                                 "content": {"text/event-stream": {}}}},
-              openapi_extra=request_body_schema(ChatCompletionRequest))
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={
+            **ERROR_RESPONSES,
+            200: {
+                "description": "A chat completion, or with `stream: true` a "
+                "text/event-stream of chat.completion.chunk events",
+                "content": {"text/event-stream": {}},
+            },
+        },
+        openapi_extra=request_body_schema(ChatCompletionRequest),
+    )
     async def chat_completions(request: Request) -> Response:
         """Chat completion: the prompt is built with the model's conversation template."""
         return await chat.create(request)
 
-    @app.post("/v1/completions", response_model=CompletionResponse, responses={
-        **ERROR_RESPONSES, 200: {"description": "A text completion, or with `stream: true` a "
-                                                "text/event-stream of text_completion events",
-                                 "content": {"text/event-stream": {}}}},
-              openapi_extra=request_body_schema(CompletionRequest))
+    @app.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        responses={
+            **ERROR_RESPONSES,
+            200: {
+                "description": "A text completion, or with `stream: true` a "
+                "text/event-stream of text_completion events",
+                "content": {"text/event-stream": {}},
+            },
+        },
+        openapi_extra=request_body_schema(CompletionRequest),
+    )
     async def completions(request: Request) -> Response:
         """Raw text completion: the prompt is used as given (no conversation template)."""
         return await completion.create(request)
@@ -150,9 +173,15 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     async def health() -> dict[str, Any]:
         """Liveness and what is served (never needs an API key)."""
         stats = engine.stats()
-        return {"status": "ok", "model": config.model_name, "template": config.template.name,
-                "checkpoint_id": config.checkpoint_id, **engine.describe(),
-                "waiting": stats.waiting, "running": stats.running}
+        return {
+            "status": "ok",
+            "model": config.model_name,
+            "template": config.template.name,
+            "checkpoint_id": config.checkpoint_id,
+            **engine.describe(),
+            "waiting": stats.waiting,
+            "running": stats.running,
+        }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
@@ -163,7 +192,14 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def root() -> dict[str, Any]:
-        return {"openchat": __version__, "model": config.model_name, "api": "/v1",
-                "docs": "/docs", "openapi": "/openapi.json", "health": "/health", "metrics": "/metrics"}
+        return {
+            "openchat": __version__,
+            "model": config.model_name,
+            "api": "/v1",
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "health": "/health",
+            "metrics": "/metrics",
+        }
 
     return app

@@ -26,8 +26,10 @@ class PromptBounds:
         per_message = 0
         try:
             condition = getattr(template, "default_condition", "") or ""
-            counts = [sum(1 for piece in template.message_pieces(Message(role, ""), condition)
-                          if piece.special) for role in ("user", "assistant")]
+            counts = [
+                sum(1 for piece in template.message_pieces(Message(role, ""), condition) if piece.special)
+                for role in ("user", "assistant")
+            ]
             per_message = min(counts)
         except Exception:  # an unusual template: fall back to the character bound alone
             per_message = 0

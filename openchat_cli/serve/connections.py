@@ -67,12 +67,10 @@ class HeaderDeadlineProtocol(H11Protocol):
 
 def protocol_with(header_timeout_s: float) -> type[HeaderDeadlineProtocol]:
     """A protocol class with this header deadline (uvicorn takes a class, not an instance)."""
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,),
-                {"header_timeout_s": float(header_timeout_s)})
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": float(header_timeout_s)})
 
 
-def uvicorn_config(app: Any, *, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
-                   **options: Any) -> Any:
+def uvicorn_config(app: Any, *, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, **options: Any) -> Any:
     """uvicorn's Config for our app: h11 with the header deadline."""
     import uvicorn
 

@@ -26,9 +26,15 @@ except ImportError:  # pragma: no cover - older tokenizers: the window scheme be
 
 
 class ReplyStream:
-    def __init__(self, tokenizer: Any, *, stop: Iterable[str] = (),
-                 clean: Callable[[str], str] | None = None, strip_prefix: str = "",
-                 skip_token_ids: Iterable[int] = ()):
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        stop: Iterable[str] = (),
+        clean: Callable[[str], str] | None = None,
+        strip_prefix: str = "",
+        skip_token_ids: Iterable[int] = (),
+    ):
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.clean = clean
@@ -52,16 +58,15 @@ class ReplyStream:
 
     # -- decoding ------------------------------------------------------------------------------
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True,
-                                     clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _decode_new(self) -> None:
         if self._read_offset >= len(self.ids):
             return
-        prefix = self._decode(self.ids[self._prefix_offset:self._read_offset])
-        full = self._decode(self.ids[self._prefix_offset:])
+        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        full = self._decode(self.ids[self._prefix_offset :])
         if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
-            self.raw += full[len(prefix):]
+            self.raw += full[len(prefix) :]
             self._prefix_offset = self._read_offset
             self._read_offset = len(self.ids)
 
@@ -80,7 +85,7 @@ class ReplyStream:
 
     def _resync(self) -> None:
         """After leaving the fast path: re-derive the emitted text from all tokens so far."""
-        full = self._decode(self.ids[:self._read_offset])
+        full = self._decode(self.ids[: self._read_offset])
         if full.startswith(self.raw) and not full.endswith(REPLACEMENT):
             self.raw = full
 
@@ -92,17 +97,21 @@ class ReplyStream:
                 self.raw = full
             return
         if self._read_offset < len(self.ids):
-            prefix = self._decode(self.ids[self._prefix_offset:self._read_offset])
-            full = self._decode(self.ids[self._prefix_offset:])
+            prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
+            full = self._decode(self.ids[self._prefix_offset :])
             if full.startswith(prefix):
-                self.raw += full[len(prefix):]
+                self.raw += full[len(prefix) :]
             self._prefix_offset = self._read_offset = len(self.ids)
 
     # -- the visible text ----------------------------------------------------------------------
     def _cleaned(self, final: bool) -> str | None:
         """The reply so far without the leading separator, or None while that is undecided."""
-        if self.strip_prefix and not final and len(self.raw) < len(self.strip_prefix) \
-                and self.strip_prefix.startswith(self.raw):
+        if (
+            self.strip_prefix
+            and not final
+            and len(self.raw) < len(self.strip_prefix)
+            and self.strip_prefix.startswith(self.raw)
+        ):
             return None
         return self.clean(self.raw) if self.clean else self.raw
 
@@ -136,7 +145,7 @@ class ReplyStream:
     def _emit(self, text: str) -> str:
         if not text.startswith(self.emitted):  # cannot happen with prefix-only cleaning
             return ""
-        delta = text[len(self.emitted):]
+        delta = text[len(self.emitted) :]
         self.emitted = text
         return delta
 

@@ -26,24 +26,29 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown model"},
     408: {"model": ErrorResponse, "description": "The request body arrived too slowly"},
     413: {"model": ErrorResponse, "description": "Request body too large"},
-    429: {"model": ErrorResponse, "description": "Too many wrong API keys from this client "
-                                                 "(see Retry-After)"},
+    429: {"model": ErrorResponse, "description": "Too many wrong API keys from this client (see Retry-After)"},
 }
 
 
 class APIError(Exception):
     """An error the client gets back as it is: status, message, and the field at fault."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         # Messages may quote the request: lone surrogates in it must not break the reply.
         message, param = printable(message), printable(param) if param is not None else None
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
     def model(self) -> ErrorResponse:
-        return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param,
-                                               code=self.code))
+        return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
 
     def body(self) -> dict[str, Any]:
         return self.model().model_dump()
@@ -61,9 +66,14 @@ def engine_error(exc: Exception) -> APIError:
 
 
 def context_exceeded(context_length: int, floor: int, prompt_param: str) -> APIError:
-    return APIError(400, f"This model's maximum context length is {context_length} tokens, but "
-                         f"there are at least {floor} tokens in the {prompt_param}. Please shorten "
-                         f"the {prompt_param}.", param=prompt_param, code="context_length_exceeded")
+    return APIError(
+        400,
+        f"This model's maximum context length is {context_length} tokens, but "
+        f"there are at least {floor} tokens in the {prompt_param}. Please shorten "
+        f"the {prompt_param}.",
+        param=prompt_param,
+        code="context_length_exceeded",
+    )
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
@@ -88,25 +98,25 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
     ctx = err.get("ctx") or {}
     if kind == "json_invalid":
         detail = ctx.get("error", "")
-        return APIError(400, f"We could not parse the JSON body of your request: {detail}".rstrip(": "),
-                        code="invalid_json")
+        return APIError(
+            400, f"We could not parse the JSON body of your request: {detail}".rstrip(": "), code="invalid_json"
+        )
     param = _param_from_loc(loc)
     msg = err.get("msg", "invalid value")
     if kind == "lone_surrogate":
         sub = ctx.get("field") or ""
         param = (f"{param}{'' if sub.startswith('[') else '.'}{sub}" if param else sub) or None
-        return APIError(400, f"Invalid value for '{param}': {msg}", param=param,
-                        code="invalid_encoding")
+        return APIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_encoding")
     if param is None and ctx.get("field"):  # a rule between fields names the one at fault
         param = str(ctx["field"])
     if kind == "extra_forbidden":
-        return APIError(400, f"Unrecognized request argument supplied: {param}", param=param,
-                        code="unrecognized_argument")
+        return APIError(
+            400, f"Unrecognized request argument supplied: {param}", param=param, code="unrecognized_argument"
+        )
     if kind == "missing":
         if param is None:
             return APIError(400, "The request body is missing: send a JSON object", code="missing_body")
-        return APIError(400, f"Missing required parameter: '{param}'", param=param,
-                        code="missing_required_parameter")
+        return APIError(400, f"Missing required parameter: '{param}'", param=param, code="missing_required_parameter")
     if param is None:
         if kind in ("model_attributes_type", "dict_type", "model_type"):
             msg = "The request body must be a JSON object"
@@ -114,8 +124,7 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return APIError(400, f"Invalid type for '{param}': {msg}", param=param, code="invalid_type")
     if kind == "unsupported":
-        return APIError(400, f"Unsupported value for '{param}': {msg}", param=param,
-                        code="unsupported_value")
+        return APIError(400, f"Unsupported value for '{param}': {msg}", param=param, code="unsupported_value")
     return APIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value")
 
 
@@ -140,12 +149,12 @@ def install_error_handlers(app: FastAPI, count: Any) -> None:
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"Unknown path {request.url.path}: see /docs for the routes"
-        return APIError(exc.status_code, message, code=code).response(
-            headers=getattr(exc, "headers", None))
+        return APIError(exc.status_code, message, code=code).response(headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         count(request.url.path, 500)
-        return APIError(500, f"internal error: {type(exc).__name__}", type="server_error",
-                        code="internal_error").response()
+        return APIError(
+            500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error"
+        ).response()

@@ -30,12 +30,12 @@ OPEN_PATHS = frozenset({"/health"})
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
-def error_body(status: int, message: str, code: str | None, *, type: str | None = None,
-               param: str | None = None) -> bytes:
+def error_body(
+    status: int, message: str, code: str | None, *, type: str | None = None, param: str | None = None
+) -> bytes:
     """An error in OpenAI's shape, as bytes (ASCII-safe whatever the message holds)."""
     kind = type or ("server_error" if status >= 500 else "invalid_request_error")
-    return json.dumps({"error": {"message": message, "type": kind, "param": param,
-                                 "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
 
 
 def host_name(value: bytes) -> str:
@@ -65,8 +65,13 @@ class AuthFailures:
     refused (429) until its oldest failure leaves the window. Bounded memory: the least
     recently failing addresses are forgotten first."""
 
-    def __init__(self, limit: int = 10, window_s: float = 60.0, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limit: int = 10,
+        window_s: float = 60.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.limit, self.window, self.max_clients, self.clock = limit, window_s, max_clients, clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
@@ -102,16 +107,23 @@ class GuardMiddleware:
     """Host check, key lockout, auth, body limits; and an audit line for every completion
     request that no route logged (refused, invalid, crashed)."""
 
-    def __init__(self, app: Any, *, api_keys: tuple[str, ...], max_body_bytes: int,
-                 body_timeout_s: float, allowed_hosts: tuple[str, ...] | None,
-                 auth_failures: AuthFailures, on_reject: Callable[[str, int], None],
-                 audit: Callable[[dict, int, str | None, Any], None]):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        api_keys: tuple[str, ...],
+        max_body_bytes: int,
+        body_timeout_s: float,
+        allowed_hosts: tuple[str, ...] | None,
+        auth_failures: AuthFailures,
+        on_reject: Callable[[str, int], None],
+        audit: Callable[[dict, int, str | None, Any], None],
+    ):
         self.app = app
         self.keys = [k.encode() for k in api_keys]
         self.max_body = max_body_bytes
         self.body_timeout = body_timeout_s
-        self.allowed = None if allowed_hosts is None or "*" in allowed_hosts else {
-            h.lower() for h in allowed_hosts}
+        self.allowed = None if allowed_hosts is None or "*" in allowed_hosts else {h.lower() for h in allowed_hosts}
         self.failures = auth_failures
         self.on_reject = on_reject
         self.audit = audit
@@ -138,19 +150,29 @@ class GuardMiddleware:
         async def watched_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 outcome["status"] = message["status"]
-            elif (audited and message["type"] == "http.response.body"
-                  and (outcome["status"] or 0) >= 400 and sum(map(len, error_chunks)) < 65536):
+            elif (
+                audited
+                and message["type"] == "http.response.body"
+                and (outcome["status"] or 0) >= 400
+                and sum(map(len, error_chunks)) < 65536
+            ):
                 error_chunks.append(message.get("body", b""))
             await send(message)
 
-        async def reply(status: int, message: str, code: str,
-                        headers: list[tuple[bytes, bytes]] = ()) -> None:
+        async def reply(status: int, message: str, code: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
             self.on_reject(path, status)
             body = error_body(status, message, code)
-            await watched_send({"type": "http.response.start", "status": status,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode()),
-                                            *headers]})
+            await watched_send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        *headers,
+                    ],
+                }
+            )
             await watched_send({"type": "http.response.body", "body": body})
 
         try:
@@ -167,14 +189,19 @@ class GuardMiddleware:
                     error = _error_message(b"".join(error_chunks)) or f"HTTP {status}"
                 self.audit(scope, status, error, outcome["request"])
 
-    async def _guard(self, scope: dict, receive: Receive, send: Send, reply: Callable,
-                     outcome: dict[str, Any], path: str) -> None:
+    async def _guard(
+        self, scope: dict, receive: Receive, send: Send, reply: Callable, outcome: dict[str, Any], path: str
+    ) -> None:
         headers = dict(scope.get("headers") or [])
         if self.allowed is not None and host_name(headers.get(b"host", b"")) not in self.allowed:
             given = headers.get(b"host", b"").decode("latin-1")[:200]
-            await reply(400, f"Invalid Host header '{given}': this server answers to "
-                             f"{', '.join(sorted(self.allowed))} (see --allowed-hosts)",
-                        "invalid_host", [(b"connection", b"close")])
+            await reply(
+                400,
+                f"Invalid Host header '{given}': this server answers to "
+                f"{', '.join(sorted(self.allowed))} (see --allowed-hosts)",
+                "invalid_host",
+                [(b"connection", b"close")],
+            )
             return
         if self.keys and path not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             client = (scope.get("client") or ("?",))[0]
@@ -182,15 +209,21 @@ class GuardMiddleware:
             wait = self.failures.retry_after(client) if given else 0.0
             if wait > 0:
                 seconds = max(1, int(wait + 0.999))
-                await reply(429, f"Too many requests with a wrong API key from {client}: retry "
-                                 f"in {seconds} s", "too_many_auth_failures",
-                            [(b"retry-after", str(seconds).encode())])
+                await reply(
+                    429,
+                    f"Too many requests with a wrong API key from {client}: retry in {seconds} s",
+                    "too_many_auth_failures",
+                    [(b"retry-after", str(seconds).encode())],
+                )
                 return
             if not self._authorized(headers):
                 if given:
                     self.failures.failed(client)
-                msg = ("Incorrect API key provided." if given else
-                       "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
+                msg = (
+                    "Incorrect API key provided."
+                    if given
+                    else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+                )
                 await reply(401, msg, "invalid_api_key", [(b"www-authenticate", b"Bearer")])
                 return
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -221,8 +254,12 @@ class GuardMiddleware:
                     chunks.append(chunk)
                     more = message.get("more_body", False)
         except TimeoutError:
-            await reply(408, f"The request body did not arrive within {self.body_timeout:g} s",
-                        "request_timeout", [(b"connection", b"close")])
+            await reply(
+                408,
+                f"The request body did not arrive within {self.body_timeout:g} s",
+                "request_timeout",
+                [(b"connection", b"close")],
+            )
             return
         body = b"".join(chunks)
         outcome["request"] = body  # parsed by the log's thread, not on the event loop

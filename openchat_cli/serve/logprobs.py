@@ -118,8 +118,9 @@ class LogprobsBuilder:
         top.setdefault(self.texts(entry.token_id), entry.logprob)
         self.top_logprobs.append(top)
 
-    def add_prompt(self, prompt_ids: list[int], scores: list[TokenLogprob | None],
-                   offsets: list[int] | None, text_length: int) -> None:
+    def add_prompt(
+        self, prompt_ids: list[int], scores: list[TokenLogprob | None], offsets: list[int] | None, text_length: int
+    ) -> None:
         """The echoed prompt: `scores[i]` is prompt token i's logprob (None for the first)."""
         running = 0
         for i, token_id in enumerate(prompt_ids):
@@ -144,8 +145,12 @@ class LogprobsBuilder:
         return self._taken < len(self.tokens)
 
     def _slice(self, start: int) -> dict[str, Any]:
-        return {"tokens": self.tokens[start:], "token_logprobs": self.token_logprobs[start:],
-                "top_logprobs": self.top_logprobs[start:], "text_offset": self.text_offset[start:]}
+        return {
+            "tokens": self.tokens[start:],
+            "token_logprobs": self.token_logprobs[start:],
+            "top_logprobs": self.top_logprobs[start:],
+            "text_offset": self.text_offset[start:],
+        }
 
     def take(self) -> dict[str, Any]:
         out = self._slice(self._taken)
@@ -168,8 +173,7 @@ class ChatLogprobsBuilder:
         self._taken = 0
 
     def _entry(self, token_id: int, logprob: float) -> ChatTopLogprob:
-        return ChatTopLogprob(token=self.texts(token_id), logprob=logprob,
-                              bytes=self.texts.bytes(token_id))
+        return ChatTopLogprob(token=self.texts(token_id), logprob=logprob, bytes=self.texts.bytes(token_id))
 
     def add_generated(self, entries: list[TokenLogprob]) -> None:
         for entry in entries:
@@ -177,15 +181,16 @@ class ChatLogprobsBuilder:
                 continue
             alternatives = [self._entry(t, lp) for t, lp in entry.top[: self.top]]
             own = self._entry(entry.token_id, entry.logprob)
-            self.content.append(ChatTokenLogprob(token=own.token, logprob=own.logprob,
-                                                 bytes=own.bytes, top_logprobs=alternatives))
+            self.content.append(
+                ChatTokenLogprob(token=own.token, logprob=own.logprob, bytes=own.bytes, top_logprobs=alternatives)
+            )
 
     @property
     def pending(self) -> bool:
         return self._taken < len(self.content)
 
     def take(self) -> list[ChatTokenLogprob]:
-        out = self.content[self._taken:]
+        out = self.content[self._taken :]
         self._taken = len(self.content)
         return out
 

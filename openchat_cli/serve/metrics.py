@@ -14,27 +14,32 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("openchat_requests", "HTTP requests to the API, by endpoint and status",
-                                ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            "openchat_requests", "HTTP requests to the API, by endpoint and status", ["endpoint", "status"], registry=r
+        )
         self.prompt_tokens = Counter("openchat_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter("openchat_generation_tokens", "Tokens generated", registry=r)
         buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-        self.latency = Histogram("openchat_request_latency_seconds", "End-to-end request latency",
-                                 ["endpoint"], buckets=buckets, registry=r)
-        self.ttft = Histogram("openchat_time_to_first_token_seconds",
-                              "Time from request to the first generated token", buckets=buckets,
-                              registry=r)
-        self.in_progress = Gauge("openchat_requests_in_progress", "Completion requests being served",
-                                 registry=r)
-        Gauge("openchat_queue_depth", "Sequences waiting to join the batch",
-              registry=r).set_function(lambda: engine.stats().waiting)
-        Gauge("openchat_running_sequences", "Sequences in the running batch",
-              registry=r).set_function(lambda: engine.stats().running)
+        self.latency = Histogram(
+            "openchat_request_latency_seconds", "End-to-end request latency", ["endpoint"], buckets=buckets, registry=r
+        )
+        self.ttft = Histogram(
+            "openchat_time_to_first_token_seconds",
+            "Time from request to the first generated token",
+            buckets=buckets,
+            registry=r,
+        )
+        self.in_progress = Gauge("openchat_requests_in_progress", "Completion requests being served", registry=r)
+        Gauge("openchat_queue_depth", "Sequences waiting to join the batch", registry=r).set_function(
+            lambda: engine.stats().waiting
+        )
+        Gauge("openchat_running_sequences", "Sequences in the running batch", registry=r).set_function(
+            lambda: engine.stats().running
+        )
         info = Gauge("openchat_model_info", "The served model", ["model", "engine"], registry=r)
         info.labels(model=model, engine=engine.kind).set(1)
 
-    ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
-                           "/metrics"})
+    ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"})
 
     def count(self, endpoint: str, status: int) -> None:
         # Unknown paths share one label: a scanner must not grow the metric without bound.
@@ -46,4 +51,3 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
-

@@ -33,8 +33,9 @@ def id_range_pattern(top: int) -> str:
     return "^(" + "|".join(dict.fromkeys(options)) + ")$"
 
 
-def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_n: int,
-                    context_length: int, max_token_id: int) -> None:
+def install_openapi(
+    app: FastAPI, *, secured: bool, model_names: list[str], max_n: int, context_length: int, max_token_id: int
+) -> None:
     """Replace `app.openapi` with one that states this server's limits (served names, n, the
     context, the vocabulary) and, when keys are required, the security scheme."""
     build = app.openapi
@@ -48,9 +49,10 @@ def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_
 
         from openchat_cli.serve.protocol import ChatCompletionRequest, CompletionRequest
 
-        _, defs = models_json_schema([(ChatCompletionRequest, "validation"),
-                                      (CompletionRequest, "validation")],
-                                     ref_template="#/components/schemas/{model}")
+        _, defs = models_json_schema(
+            [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
+            ref_template="#/components/schemas/{model}",
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in defs.get("$defs", {}).items():
             components.setdefault(name, definition)
@@ -77,21 +79,29 @@ def install_openapi(app: FastAPI, *, secured: bool, model_names: list[str], max_
                     inner["maxItems"] = context_length
         if secured:
             schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = {
-                "type": "http", "scheme": "bearer",
-                "description": "One of the keys given to `openchat serve --api-keys`."}
+                "type": "http",
+                "scheme": "bearer",
+                "description": "One of the keys given to `openchat serve --api-keys`.",
+            }
             for path, operations in schema.get("paths", {}).items():
                 if path == "/health":
                     continue
                 for operation in operations.values():
                     operation["security"] = [{SCHEME: []}]
-                    operation.setdefault("responses", {}).setdefault("401", {
-                        "description": "Missing or wrong API key",
-                        "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
-                    operation["responses"].setdefault("429", {
-                        "description": "Too many wrong API keys from this client (see Retry-After)",
-                        "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+                    operation.setdefault("responses", {}).setdefault(
+                        "401",
+                        {
+                            "description": "Missing or wrong API key",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                        },
+                    )
+                    operation["responses"].setdefault(
+                        "429",
+                        {
+                            "description": "Too many wrong API keys from this client (see Retry-After)",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                        },
+                    )
         app.openapi_schema = schema
         return schema
 

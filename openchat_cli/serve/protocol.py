@@ -88,8 +88,7 @@ def nesting_depth(value: Any, limit: int) -> int:
             deepest = max(deepest, depth)
             if depth > limit:
                 return depth
-            stack.extend((depth, child) for child in (item.values() if isinstance(item, dict)
-                                                       else item))
+            stack.extend((depth, child) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
 
 
@@ -118,8 +117,10 @@ class _Request(BaseModel):
         found = find_surrogate(data) if isinstance(data, dict) else None
         if found:
             raise PydanticCustomError(
-                "lone_surrogate", "the text holds a lone UTF-16 surrogate ({char}), which is not "
-                "valid Unicode", {"field": found[0], "char": found[1]})
+                "lone_surrogate",
+                "the text holds a lone UTF-16 surrogate ({char}), which is not valid Unicode",
+                {"field": found[0], "char": found[1]},
+            )
         return _nulls_are_defaults(cls, data)
 
 
@@ -129,8 +130,11 @@ def _nulls_are_defaults(model: type[BaseModel], data: Any) -> Any:
     if not isinstance(data, dict) or not any(v is None for v in data.values()):
         return data
     fields = model.model_fields
-    return {k: v for k, v in data.items()
-            if not (v is None and k in fields and not fields[k].is_required() and k not in NULL_IS_A_VALUE)}
+    return {
+        k: v
+        for k, v in data.items()
+        if not (v is None and k in fields and not fields[k].is_required() and k not in NULL_IS_A_VALUE)
+    }
 
 
 #: Fields where null means something other than the default (completions' max_tokens: null is
@@ -149,13 +153,14 @@ class ChatMessage(_Request):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"] = Field(
-        description="'developer' is treated as 'system'; tool and function roles are not supported.")
-    content: str | list[TextPart] | None = Field(
-        default=None, description="A string or a list of text content parts.")
+        description="'developer' is treated as 'system'; tool and function roles are not supported."
+    )
+    content: str | list[TextPart] | None = Field(default=None, description="A string or a list of text content parts.")
     name: StrictStr | None = None
     refusal: StrictStr | None = None
-    tool_calls: list[Any] | None = Field(default=None, json_schema_extra={"maxItems": 0},
-                                         description="Only empty: tool calling is not supported.")
+    tool_calls: list[Any] | None = Field(
+        default=None, json_schema_extra={"maxItems": 0}, description="Only empty: tool calling is not supported."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -170,13 +175,17 @@ class ChatMessage(_Request):
     @classmethod
     def _role(cls, value: Any) -> Any:
         if value in ("tool", "function"):
-            raise PydanticCustomError("unsupported", "role '{role}' is not supported (no tool calling)",
-                                      {"role": value})
+            raise PydanticCustomError(
+                "unsupported", "role '{role}' is not supported (no tool calling)", {"role": value}
+            )
         if not isinstance(value, str) or value not in ("system", "developer", "user", "assistant"):
             raise PydanticCustomError(
-                "literal_error", "role must be one of 'system', 'developer', 'user', 'assistant', "
-                "got '{value}'" if isinstance(value, str) else "role must be a string",
-                {"value": value})
+                "literal_error",
+                "role must be one of 'system', 'developer', 'user', 'assistant', got '{value}'"
+                if isinstance(value, str)
+                else "role must be a string",
+                {"value": value},
+            )
         return value
 
     @field_validator("content", mode="before")
@@ -192,11 +201,12 @@ class ChatMessage(_Request):
             kind = part.get("type", "text")
             if kind != "text":
                 raise PydanticCustomError(
-                    "unsupported", "content[{i}] has type '{kind}': only 'text' parts are supported",
-                    {"i": i, "kind": kind})
+                    "unsupported",
+                    "content[{i}] has type '{kind}': only 'text' parts are supported",
+                    {"i": i, "kind": kind},
+                )
             if not isinstance(part.get("text"), str):
-                raise PydanticCustomError("content_type", "content[{i}].text must be a string",
-                                          {"i": i})
+                raise PydanticCustomError("content_type", "content[{i}].text must be a string", {"i": i})
         return value
 
     @field_validator("tool_calls")
@@ -219,8 +229,8 @@ class StreamOptions(_Request):
     include_usage: StrictBool | None = False
     continuous_usage_stats: StrictBool | None = False
     include_obfuscation: StrictBool | None = Field(
-        default=None, description="Accepted and ignored: no padding is added to chunks on a local "
-                                  "server.")
+        default=None, description="Accepted and ignored: no padding is added to chunks on a local server."
+    )
 
 
 def _stop_list(value: Any) -> list[str] | None:
@@ -241,36 +251,46 @@ class _Sampling(_Request):
     """Fields shared by chat and text completions."""
 
     model: StrictStr = Field(description="The served model name (see GET /v1/models).")
-    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0,
-                                            description="0 means greedy. Default 1.")
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0, description="0 means greedy. Default 1.")
     top_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: TopK | None = Field(default=None,
-                                    description="vLLM extension: sample from the k most likely "
-                                                "tokens (0 or -1 = off).")
+    top_k: TopK | None = Field(
+        default=None, description="vLLM extension: sample from the k most likely tokens (0 or -1 = off)."
+    )
     n: Count | None = Field(default=1, description="Number of choices.")
     stop: str | list[str] | None = Field(
-        default=None, description="Up to 16 stop strings.",
-        json_schema_extra={"minLength": 1, "maxItems": MAX_STOP, "items": {"type": "string",
-                                                                        "minLength": 1}})
+        default=None,
+        description="Up to 16 stop strings.",
+        json_schema_extra={"minLength": 1, "maxItems": MAX_STOP, "items": {"type": "string", "minLength": 1}},
+    )
     seed: Seed | None = None
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    ignore_eos: StrictBool | None = Field(default=False,
-                                          description="vLLM extension: keep generating past "
-                                                      "end-of-turn (benchmarks).")
-    min_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0,
-                                      description="vLLM extension: drop tokens less likely than "
-                                                  "min_p times the most likely one (0 = off).")
+    ignore_eos: StrictBool | None = Field(
+        default=False, description="vLLM extension: keep generating past end-of-turn (benchmarks)."
+    )
+    min_p: StrictFloat | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="vLLM extension: drop tokens less likely than min_p times the most likely one (0 = off).",
+    )
     repetition_penalty: StrictFloat | None = Field(
-        default=None, gt=0.0, le=10.0,
+        default=None,
+        gt=0.0,
+        le=10.0,
         description="vLLM extension: divide (multiply, when negative) the logits of tokens already "
-                    "in the prompt or reply by this (1 = off).")
-    logit_bias: dict[Annotated[str, Field(pattern=TOKEN_ID_KEY.pattern)],
-                     Annotated[StrictFloat, Field(ge=-100.0, le=100.0)]] | None = Field(
-        default=None, description="Token id (as a string) -> bias in [-100, 100] added to its logit.",
-        json_schema_extra={"maxProperties": MAX_LOGIT_BIAS})
+        "in the prompt or reply by this (1 = off).",
+    )
+    logit_bias: (
+        dict[Annotated[str, Field(pattern=TOKEN_ID_KEY.pattern)], Annotated[StrictFloat, Field(ge=-100.0, le=100.0)]]
+        | None
+    ) = Field(
+        default=None,
+        description="Token id (as a string) -> bias in [-100, 100] added to its logit.",
+        json_schema_extra={"maxProperties": MAX_LOGIT_BIAS},
+    )
     # Defined by OpenAI, no generation meaning here: accepted and ignored.
     user: StrictStr | None = None
     metadata: dict[str, str] | None = None
@@ -290,13 +310,16 @@ class _Sampling(_Request):
     def _logit_bias(cls, value: Any) -> Any:
         if isinstance(value, dict):
             if len(value) > MAX_LOGIT_BIAS:
-                raise PydanticCustomError("logit_bias_count", "at most {n} logit_bias entries are "
-                                          "allowed", {"n": MAX_LOGIT_BIAS})
+                raise PydanticCustomError(
+                    "logit_bias_count", "at most {n} logit_bias entries are allowed", {"n": MAX_LOGIT_BIAS}
+                )
             for key in value:
                 if not isinstance(key, str) or not TOKEN_ID_KEY.match(key):
-                    raise PydanticCustomError("logit_bias_key", "logit_bias keys are token ids "
-                                              "written as strings, like \"50256\": got '{key}'",
-                                              {"key": key})
+                    raise PydanticCustomError(
+                        "logit_bias_key",
+                        "logit_bias keys are token ids written as strings, like \"50256\": got '{key}'",
+                        {"key": key},
+                    )
         return value
 
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
@@ -318,24 +341,31 @@ class _Sampling(_Request):
 # Rules between fields, so the schema accepts only what the server does.
 STREAM_OPTIONS_NEED_STREAM = {
     "if": {"properties": {"stream_options": {"type": "object"}}, "required": ["stream_options"]},
-    "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]}}
+    "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+}
 TOP_LOGPROBS_NEED_LOGPROBS = {
     "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
-    "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}}
+    "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+}
 TOOLS_NEED_CHOICE_NONE = [
-    {"if": {"properties": {key: {"type": "array", "minItems": 1}}, "required": [key]},
-     "then": {"properties": {choice: {"const": "none"}}, "required": [choice]}}
-    for key, choice in (("tools", "tool_choice"), ("functions", "function_call"))]
+    {
+        "if": {"properties": {key: {"type": "array", "minItems": 1}}, "required": [key]},
+        "then": {"properties": {choice: {"const": "none"}}, "required": [choice]},
+    }
+    for key, choice in (("tools", "tool_choice"), ("functions", "function_call"))
+]
 ZERO_TOKENS_NEED_ECHO = {
     "if": {"properties": {"max_tokens": {"const": 0}}, "required": ["max_tokens"]},
-    "then": {"properties": {"echo": {"const": True}}, "required": ["echo"]}}
+    "then": {"properties": {"echo": {"const": True}}, "required": ["echo"]},
+}
 
 
 class JsonSchemaFormat(_Request):
     name: StrictStr | None = None
     description: StrictStr | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema",
-                                           description="The JSON Schema the reply must match.")
+    schema_: dict[str, Any] | None = Field(
+        default=None, alias="schema", description="The JSON Schema the reply must match."
+    )
     strict: StrictBool | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -347,36 +377,43 @@ class ResponseFormat(_Request):
 
 
 class ChatCompletionRequest(_Sampling):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "allOf": [STREAM_OPTIONS_NEED_STREAM, TOP_LOGPROBS_NEED_LOGPROBS, *TOOLS_NEED_CHOICE_NONE]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, TOP_LOGPROBS_NEED_LOGPROBS, *TOOLS_NEED_CHOICE_NONE]},
+    )
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: Count | None = None
     max_completion_tokens: Count | None = None
     condition: StrictStr | None = Field(
-        default=None, description="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct' "
-                                  "(default: the template's).")
-    logprobs: StrictBool | None = Field(default=None, description="Return each generated token's "
-                                                                  "log-probability.")
+        default=None, description="OpenChat condition, e.g. 'GPT4 Correct' or 'Math Correct' (default: the template's)."
+    )
+    logprobs: StrictBool | None = Field(default=None, description="Return each generated token's log-probability.")
     top_logprobs: LogprobCount | None = Field(
-        default=None, description=f"With logprobs: the 0-{MAX_LOGPROBS} most likely tokens at each "
-                                  "position too.")
+        default=None, description=f"With logprobs: the 0-{MAX_LOGPROBS} most likely tokens at each position too."
+    )
     tools: list[dict[str, Any]] | None = Field(
-        default=None, description="Accepted with tool_choice 'none' only: no tool can be called.")
+        default=None, description="Accepted with tool_choice 'none' only: no tool can be called."
+    )
     tool_choice: Any = Field(default=None, json_schema_extra={"enum": [None, "none", "auto"]})
     parallel_tool_calls: StrictBool | None = None
     functions: list[dict[str, Any]] | None = Field(
-        default=None, description="Accepted with function_call 'none' only (deprecated tools).")
+        default=None, description="Accepted with function_call 'none' only (deprecated tools)."
+    )
     function_call: Any = Field(default=None, json_schema_extra={"enum": [None, "none", "auto"]})
-    audio: Any = Field(default=None, json_schema_extra={"type": "null"},
-                       description="Only null: audio output is not supported.")
+    audio: Any = Field(
+        default=None, json_schema_extra={"type": "null"}, description="Only null: audio output is not supported."
+    )
     prediction: dict[str, Any] | None = Field(
-        default=None, description="Accepted and ignored (predicted outputs only save latency).")
-    web_search_options: Any = Field(default=None, json_schema_extra={"type": "null"},
-                                    description="Only null: web search is not supported.")
+        default=None, description="Accepted and ignored (predicted outputs only save latency)."
+    )
+    web_search_options: Any = Field(
+        default=None, json_schema_extra={"type": "null"}, description="Only null: web search is not supported."
+    )
     verbosity: Literal["low", "medium", "high"] | None = None
     response_format: ResponseFormat | None = Field(
-        default=None, description="text, json_object, or json_schema (constrained decoding).")
+        default=None, description="text, json_object, or json_schema (constrained decoding)."
+    )
     modalities: list[str] | None = Field(default=None, json_schema_extra={"items": {"const": "text"}})
     reasoning_effort: StrictStr | None = None
 
@@ -391,8 +428,9 @@ class ChatCompletionRequest(_Sampling):
     @classmethod
     def _tool_choice(cls, value: Any) -> Any:
         if value not in (None, "none", "auto"):
-            raise PydanticCustomError("unsupported", "tool calling is not supported: only 'none' "
-                                                     "(or 'auto' without tools) is accepted")
+            raise PydanticCustomError(
+                "unsupported", "tool calling is not supported: only 'none' (or 'auto' without tools) is accepted"
+            )
         return value
 
     @field_validator("audio", "web_search_options")
@@ -400,8 +438,9 @@ class ChatCompletionRequest(_Sampling):
     def _only_null(cls, value: Any, info: Any) -> Any:
         if value is not None:
             what = {"audio": "audio output", "web_search_options": "web search"}[info.field_name]
-            raise PydanticCustomError("unsupported", "{what} is not supported (send null or leave "
-                                                     "it out)", {"what": what})
+            raise PydanticCustomError(
+                "unsupported", "{what} is not supported (send null or leave it out)", {"what": what}
+            )
         return value
 
     @model_validator(mode="after")
@@ -409,19 +448,19 @@ class ChatCompletionRequest(_Sampling):
         for key, choice in (("tools", "tool_choice"), ("functions", "function_call")):
             if getattr(self, key) and getattr(self, choice) != "none":
                 raise PydanticCustomError(
-                    "unsupported", "tool calling is not supported: '{key}' is accepted only with "
-                                   "'{choice}': 'none'", {"field": choice, "key": key, "choice": choice})
+                    "unsupported",
+                    "tool calling is not supported: '{key}' is accepted only with '{choice}': 'none'",
+                    {"field": choice, "key": key, "choice": choice},
+                )
         if self.top_logprobs and not self.logprobs:
-            raise PydanticCustomError("invalid_value", "top_logprobs needs 'logprobs': true",
-                                      {"field": "top_logprobs"})
+            raise PydanticCustomError("invalid_value", "top_logprobs needs 'logprobs': true", {"field": "top_logprobs"})
         return self
 
     @field_validator("response_format", mode="before")
     @classmethod
     def _response_format(cls, value: Any) -> Any:
         if isinstance(value, dict) and value.get("type", "text") not in ("text", "json_object", "json_schema"):
-            raise PydanticCustomError("unsupported", "response_format type must be text, json_object "
-                                      "or json_schema")
+            raise PydanticCustomError("unsupported", "response_format type must be text, json_object or json_schema")
         return value
 
     def response_format_dict(self) -> dict[str, Any] | None:
@@ -445,52 +484,60 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "allOf": [STREAM_OPTIONS_NEED_STREAM, ZERO_TOKENS_NEED_ECHO]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, ZERO_TOKENS_NEED_ECHO]}
+    )
 
-    prompt: (str | Annotated[list[str], Field(min_length=1)]
-             | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-             | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
-                         Field(min_length=1)]) = Field(
-        description="Text, a list of texts, token ids, or a list of token-id lists.")
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)]
+    ) = Field(description="Text, a list of texts, token ids, or a list of token-id lists.")
     max_tokens: TokenBudget | None = Field(
-        default=16, description="0 only with echo: score the prompt, generate nothing.")
-    echo: StrictBool | None = Field(default=False, description="Return the prompt before the completion "
-                                                        "(with its token logprobs when logprobs is set).")
+        default=16, description="0 only with echo: score the prompt, generate nothing."
+    )
+    echo: StrictBool | None = Field(
+        default=False,
+        description="Return the prompt before the completion (with its token logprobs when logprobs is set).",
+    )
     best_of: Literal[1] | None = Field(
-        default=None, description="Only 1: each choice is sampled once (no server-side reranking).")
+        default=None, description="Only 1: each choice is sampled once (no server-side reranking)."
+    )
     logprobs: LogprobCount | None = Field(
-        default=None,
-        description=f"Return each token's logprob and its 0-{MAX_LOGPROBS} most likely alternatives.")
+        default=None, description=f"Return each token's logprob and its 0-{MAX_LOGPROBS} most likely alternatives."
+    )
     add_special_tokens: StrictBool | None = Field(
-        default=True, description="vLLM extension: let the tokenizer add its special tokens (BOS) "
-                                  "to text prompts.")
+        default=True, description="vLLM extension: let the tokenizer add its special tokens (BOS) to text prompts."
+    )
     suffix: StrictStr | None = Field(default=None, json_schema_extra={"maxLength": 0})
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, value: Any) -> Any:
         def is_ids(v: Any) -> bool:
-            return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                           and t >= 0 for t in v)
+            return (
+                isinstance(v, list)
+                and bool(v)
+                and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v)
+            )
 
         if isinstance(value, str):
             return value
         if isinstance(value, list) and value:
-            value = [[whole_number(t) for t in v] if isinstance(v, list) else whole_number(v)
-                     for v in value]
+            value = [[whole_number(t) for t in v] if isinstance(v, list) else whole_number(v) for v in value]
             if all(isinstance(v, str) for v in value) or is_ids(value) or all(is_ids(v) for v in value):
                 return value
         raise PydanticCustomError(
-            "prompt_type", "prompt must be a string, a non-empty list of strings, a list of token "
-                           "ids, or a list of token-id lists")
+            "prompt_type",
+            "prompt must be a string, a non-empty list of strings, a list of token ids, or a list of token-id lists",
+        )
 
     @field_validator("best_of", mode="before")
     @classmethod
     def _best_of(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and value != 1:
-            raise PydanticCustomError("unsupported", "only best_of 1 is supported (each choice is "
-                                                     "sampled once)")
+            raise PydanticCustomError("unsupported", "only best_of 1 is supported (each choice is sampled once)")
         return value
 
     @field_validator("suffix")

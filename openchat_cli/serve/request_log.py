@@ -23,7 +23,7 @@ def now() -> str:
     """The time a log entry carries (UTC, milliseconds)."""
     import datetime as dt
 
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class RequestLogger:
@@ -63,8 +63,7 @@ class RequestLogger:
                 self._retry("the catalog", self._write_catalog, entry)
 
     @staticmethod
-    def _retry(where: str, write: Callable[[dict[str, Any]], None], entry: dict[str, Any],
-               attempts: int = 4) -> None:
+    def _retry(where: str, write: Callable[[dict[str, Any]], None], entry: dict[str, Any], attempts: int = 4) -> None:
         """A full disk or a locked catalog is often brief: try again before giving up (loudly)."""
         for attempt in range(attempts):
             try:
@@ -72,7 +71,7 @@ class RequestLogger:
                 return
             except Exception as exc:
                 if attempt < attempts - 1:
-                    time.sleep(0.25 * 2 ** attempt)
+                    time.sleep(0.25 * 2**attempt)
                     continue
                 what = (entry.get("endpoint"), entry.get("time"), entry.get("status"), where)
                 if isinstance(exc, CatalogError):  # damaged or locked catalog.db: its one line
@@ -83,8 +82,13 @@ class RequestLogger:
     def _prepare(self, entry: dict[str, Any]) -> dict[str, Any]:
         if isinstance(entry.get("request"), (bytes, bytearray)):
             entry["request"] = request_for_log(bytes(entry["request"]))
-        return {"time": entry.pop("time"), "endpoint": entry.pop("endpoint"), "model": self.model,
-                **({"checkpoint_id": self.checkpoint_id} if self.checkpoint_id else {}), **entry}
+        return {
+            "time": entry.pop("time"),
+            "endpoint": entry.pop("endpoint"),
+            "model": self.model,
+            **({"checkpoint_id": self.checkpoint_id} if self.checkpoint_id else {}),
+            **entry,
+        }
 
     def _write_file(self, entry: dict[str, Any]) -> None:
         # Lone surrogates (JSON allows "\ud800") are written as the JSON escape they came in
@@ -100,13 +104,21 @@ class RequestLogger:
             output = output[0] if len(output) == 1 else json.dumps(output, ensure_ascii=False)
         if output is None and entry.get("error"):
             output = f"error: {entry['error']}"
-        self.catalog.insert("requests", {
-            "time": entry["time"], "endpoint": entry["endpoint"], "model": self.model,
-            "checkpoint_id": self.checkpoint_id, "request": entry.get("request"),
-            "output": output, "prompt_tokens": entry.get("prompt_tokens"),
-            "completion_tokens": entry.get("completion_tokens"),
-            "latency_s": entry.get("latency_s"), "status": entry.get("status"),
-        })
+        self.catalog.insert(
+            "requests",
+            {
+                "time": entry["time"],
+                "endpoint": entry["endpoint"],
+                "model": self.model,
+                "checkpoint_id": self.checkpoint_id,
+                "request": entry.get("request"),
+                "output": output,
+                "prompt_tokens": entry.get("prompt_tokens"),
+                "completion_tokens": entry.get("completion_tokens"),
+                "latency_s": entry.get("latency_s"),
+                "status": entry.get("status"),
+            },
+        )
 
     def close(self, timeout: float = 15.0) -> None:
         if self._thread is not None:
@@ -124,4 +136,3 @@ def _printable_values(value: Any) -> Any:
     if isinstance(value, list):
         return [_printable_values(v) for v in value]
     return value
-

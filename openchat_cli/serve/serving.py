@@ -42,6 +42,7 @@ AnyRequest = ChatCompletionRequest | CompletionRequest
 #: (choice index, text delta, finish reason or None): what generation yields per engine event
 Item = tuple[int, str, str | None]
 
+
 class PromptTokenizer:
     """The tokenizer with its vocabulary cached: the template checks the control tokens on
     every encode, and `get_vocab()` rebuilds a dict of the whole vocabulary each call."""
@@ -75,7 +76,8 @@ class ServingContext:
         self.fingerprint = f"openchat-{__version__}-{engine.kind}"
         # Tokenizing is CPU work: on the event loop a big prompt would stall every other client.
         self.pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.tokenize_threads, thread_name_prefix="openchat-tokenize")
+            max_workers=config.tokenize_threads, thread_name_prefix="openchat-tokenize"
+        )
 
     async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -86,8 +88,12 @@ class ServingContext:
     def check_model(self, name: str) -> None:
         if name not in self.known_models:
             served = ", ".join(f"'{m}'" for m in [self.config.model_name, *self.adapters])
-            raise APIError(404, f"The model '{name}' does not exist: this server serves "
-                                f"{served}", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist: this server serves {served}",
+                param="model",
+                code="model_not_found",
+            )
 
     def adapter_for(self, name: str) -> str | None:
         """The LoRA adapter a request's `model` names (None: the base model)."""
@@ -99,11 +105,19 @@ class ServingContext:
 
     def check_load(self, n: int) -> None:
         if n > self.config.max_n:
-            raise APIError(400, f"Invalid value for 'n': at most {self.config.max_n} choices per "
-                                "request", param="n", code="invalid_value")
+            raise APIError(
+                400,
+                f"Invalid value for 'n': at most {self.config.max_n} choices per request",
+                param="n",
+                code="invalid_value",
+            )
         if self.engine.stats().waiting >= self.config.max_queue:
-            raise APIError(503, "The server is overloaded: too many requests are waiting; retry "
-                                "later", type="server_error", code="overloaded")
+            raise APIError(
+                503,
+                "The server is overloaded: too many requests are waiting; retry later",
+                type="server_error",
+                code="overloaded",
+            )
 
     def context_exceeded(self, floor: int, prompt_param: str) -> APIError:
         return context_exceeded(self.engine.context_length, floor, prompt_param)
@@ -116,15 +130,23 @@ class ServingContext:
         per_message = self.prompt_bounds.tokens_per_message
         messages = data.get("messages")
         if isinstance(messages, list) and per_message and len(messages) * per_message > ctx:
-            raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the "
-                                f"request holds {len(messages)} messages, and each takes at least "
-                                f"{per_message} token(s). Please shorten the messages.",
-                           param="messages", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"This model's maximum context length is {ctx} tokens, but the "
+                f"request holds {len(messages)} messages, and each takes at least "
+                f"{per_message} token(s). Please shorten the messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
         prompt = data.get("prompt")
         if isinstance(prompt, list) and prompt:
             if isinstance(prompt[0], (str, list)) and len(prompt) > self.config.max_n:
-                raise APIError(400, f"Invalid value for 'prompt': at most {self.config.max_n} "
-                                    "prompts per request", param="prompt", code="invalid_value")
+                raise APIError(
+                    400,
+                    f"Invalid value for 'prompt': at most {self.config.max_n} prompts per request",
+                    param="prompt",
+                    code="invalid_value",
+                )
             if isinstance(prompt[0], int) and len(prompt) > ctx:
                 raise self.context_exceeded(len(prompt), "prompt")
 
@@ -134,8 +156,12 @@ class ServingContext:
         body = await self.off_loop(parse_body, model, await request.body(), self.precheck)
         self.check_model(body.model)
         if body.stream_options is not None and not body.stream:
-            raise APIError(400, "Invalid value for 'stream_options': only allowed when 'stream' is "
-                                "true", param="stream_options", code="invalid_value")
+            raise APIError(
+                400,
+                "Invalid value for 'stream_options': only allowed when 'stream' is true",
+                param="stream_options",
+                code="invalid_value",
+            )
         return body
 
 
@@ -145,24 +171,30 @@ def parse_body(model: type[Any], raw: bytes, precheck: Callable[[Any], None] | N
     from pydantic import ValidationError
 
     if not raw.strip():
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required",
-                                       "input": None}])
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     try:
         data = json.loads(raw)
     except UnicodeDecodeError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.start),
-                                       "msg": "JSON decode error",
-                                       "ctx": {"error": "the body is not UTF-8 text"}}]) from None
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.start),
+                    "msg": "JSON decode error",
+                    "ctx": {"error": "the body is not UTF-8 text"},
+                }
+            ]
+        ) from None
     except json.JSONDecodeError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
-                                       "msg": "JSON decode error", "ctx": {"error": exc.msg}}]) from None
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "ctx": {"error": exc.msg}}]
+        ) from None
     except RecursionError:  # the parser's own limit: far deeper than ours
         data = too_deep = True
     else:
         too_deep = nesting_depth(data, MAX_DEPTH) > MAX_DEPTH
     if too_deep:
-        raise APIError(400, f"The JSON body nests arrays and objects more than {MAX_DEPTH} deep",
-                       code="invalid_json")
+        raise APIError(400, f"The JSON body nests arrays and objects more than {MAX_DEPTH} deep", code="invalid_json")
     if precheck is not None:
         precheck(data)  # pydantic holds the GIL for a whole list: refuse huge ones first
     try:
@@ -173,8 +205,12 @@ def parse_body(model: type[Any], raw: bytes, precheck: Callable[[Any], None] | N
 
 def request_body_schema(model: type[Any]) -> dict[str, Any]:
     """The OpenAPI requestBody of a route that parses its body itself (see `parse_body`)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
 
 
 # -- choices and their events ---------------------------------------------------------------------
@@ -230,8 +266,7 @@ def apply_event(choice: Choice, event: TokenEvent) -> tuple[str, str | None]:
     return delta, finish
 
 
-async def choice_events(engine: Engine, prompt_ids: list[int], choice: Choice,
-                        request_id: str) -> AsyncIterator[Item]:
+async def choice_events(engine: Engine, prompt_ids: list[int], choice: Choice, request_id: str) -> AsyncIterator[Item]:
     """One choice's (index, delta, finish) items; leaving early aborts it in the engine."""
     agen = engine.generate(prompt_ids, choice.params, f"{request_id}-{choice.index}")
     try:
@@ -245,8 +280,9 @@ async def choice_events(engine: Engine, prompt_ids: list[int], choice: Choice,
         await agen.aclose()
 
 
-async def generate_choices(engine: Engine, prompt_ids: list[int], choices: list[Choice],
-                           request_id: str) -> AsyncIterator[Item]:
+async def generate_choices(
+    engine: Engine, prompt_ids: list[int], choices: list[Choice], request_id: str
+) -> AsyncIterator[Item]:
     """(choice index, text delta, finish reason) as they come, for one or many choices."""
     if len(choices) == 1:  # the common case, without tasks and a queue
         items = choice_events(engine, prompt_ids, choices[0], request_id)
@@ -329,9 +365,18 @@ class Generation:
     """One request's choices on their way through the engine: what both the streamed and the
     whole response are made of (texts, finish reasons, logprobs, usage), and its log line."""
 
-    def __init__(self, ctx: ServingContext, request: Request, *, endpoint: str, body: AnyRequest,
-                 prompts: list[list[int]], runs: list[list[Choice]], response_id: str,
-                 output: Callable[[Choice], str]):
+    def __init__(
+        self,
+        ctx: ServingContext,
+        request: Request,
+        *,
+        endpoint: str,
+        body: AnyRequest,
+        prompts: list[list[int]],
+        runs: list[list[Choice]],
+        response_id: str,
+        output: Callable[[Choice], str],
+    ):
         self.ctx, self.request, self.endpoint, self.body = ctx, request, endpoint, body
         self.prompts, self.runs, self.response_id, self.output = prompts, runs, response_id, output
         self.choices = [c for group in runs for c in group]
@@ -348,8 +393,9 @@ class Generation:
 
     def usage(self) -> Usage:
         completion = sum(c.reply.num_tokens for c in self.choices)
-        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
-                     total_tokens=self.prompt_tokens + completion)
+        return Usage(
+            prompt_tokens=self.prompt_tokens, completion_tokens=completion, total_tokens=self.prompt_tokens + completion
+        )
 
     def finish_log(self, status: int, error: str | None = None) -> None:
         metrics = self.ctx.metrics
@@ -358,11 +404,18 @@ class Generation:
         metrics.generation_tokens.inc(u.completion_tokens)
         metrics.latency.labels(endpoint=self.endpoint).observe(latency)
         metrics.count(self.endpoint, status)
-        entry = dict(time=now(), endpoint=self.endpoint, id=self.response_id,
-                     request=self.request_dump, output=[self.output(c) for c in self.choices],
-                     finish_reasons=[c.finish_reason for c in self.choices],
-                     prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                     latency_s=round(latency, 4), status=status)
+        entry = dict(
+            time=now(),
+            endpoint=self.endpoint,
+            id=self.response_id,
+            request=self.request_dump,
+            output=[self.output(c) for c in self.choices],
+            finish_reasons=[c.finish_reason for c in self.choices],
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            latency_s=round(latency, 4),
+            status=status,
+        )
         if error:
             entry["error"] = error
         entry["client"] = self.request.client.host if self.request.client else None
@@ -375,9 +428,13 @@ class Generation:
         if len(self.runs) == 1:
             items = generate_choices(engine, self.prompts[0], self.runs[0], self.response_id)
         else:
-            items = merge_streams([generate_choices(engine, p, run, f"{self.response_id}-p{pi}")
-                                   for pi, (p, run) in enumerate(zip(self.prompts, self.runs))],
-                                  finishes=len(self.choices))
+            items = merge_streams(
+                [
+                    generate_choices(engine, p, run, f"{self.response_id}-p{pi}")
+                    for pi, (p, run) in enumerate(zip(self.prompts, self.runs))
+                ],
+                finishes=len(self.choices),
+            )
         try:
             async for item in items:
                 if self._first:
@@ -405,19 +462,28 @@ class OpenAIServing:
         ctx, param = self.ctx.engine.context_length, self.prompt_param
         requested, fieldname = body.requested_max_tokens()
         if prompt_len > ctx or (prompt_len == ctx and requested != 0):
-            raise APIError(400, f"This model's maximum context length is {ctx} tokens, but the "
-                                f"prompt has {prompt_len} tokens (no room to generate). Please "
-                                f"shorten the {param}.", param=param, code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"This model's maximum context length is {ctx} tokens, but the "
+                f"prompt has {prompt_len} tokens (no room to generate). Please "
+                f"shorten the {param}.",
+                param=param,
+                code="context_length_exceeded",
+            )
         if requested is None:
             room = ctx - prompt_len
             default = self.ctx.config.default_max_tokens
             return min(room, default) if default else room
         if prompt_len + requested > ctx:
-            raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you "
-                                f"requested {prompt_len + requested} tokens ({prompt_len} in the "
-                                f"{param}, {requested} in the completion). Please reduce "
-                                f"{fieldname} or the {param}.", param=fieldname,
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"This model's maximum context length is {ctx} tokens. However, you "
+                f"requested {prompt_len + requested} tokens ({prompt_len} in the "
+                f"{param}, {requested} in the completion). Please reduce "
+                f"{fieldname} or the {param}.",
+                param=fieldname,
+                code="context_length_exceeded",
+            )
         return requested
 
     def logprob_settings(self, body: AnyRequest) -> tuple[int | None, int | None]:
@@ -433,22 +499,35 @@ class OpenAIServing:
             top_k = 1
         logprobs, prompt_logprobs = self.logprob_settings(body)
         return SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, top_p=max(top_p, 1e-6), top_k=top_k,
-            min_p=float(body.min_p or 0.0), seed=choice_seed(body.seed, index),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=max(top_p, 1e-6),
+            top_k=top_k,
+            min_p=float(body.min_p or 0.0),
+            seed=choice_seed(body.seed, index),
             presence_penalty=float(body.presence_penalty or 0.0),
             frequency_penalty=float(body.frequency_penalty or 0.0),
             repetition_penalty=float(body.repetition_penalty or 1.0),
-            logit_bias=self.checked_logit_bias(body), guide=guide,
-            stop_token_ids=self.ctx.config.stop_token_ids, ignore_eos=bool(body.ignore_eos),
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs, adapter=self.ctx.adapter_for(body.model))
+            logit_bias=self.checked_logit_bias(body),
+            guide=guide,
+            stop_token_ids=self.ctx.config.stop_token_ids,
+            ignore_eos=bool(body.ignore_eos),
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            adapter=self.ctx.adapter_for(body.model),
+        )
 
     def checked_logit_bias(self, body: AnyRequest) -> tuple[tuple[int, float], ...]:
         """logit_bias as SamplingParams takes it, its token ids checked against the vocabulary."""
         bias = body.logit_bias_pairs()
         top = self.ctx.engine.max_token_id()
         if bias and bias[-1][0] > top:  # sorted by id: the last is the largest
-            raise APIError(400, f"Invalid value for 'logit_bias': token id {bias[-1][0]} is outside the "
-                                f"vocabulary (ids 0-{top})", param="logit_bias", code="invalid_value")
+            raise APIError(
+                400,
+                f"Invalid value for 'logit_bias': token id {bias[-1][0]} is outside the vocabulary (ids 0-{top})",
+                param="logit_bias",
+                code="invalid_value",
+            )
         return bias
 
     # -- the response ---------------------------------------------------------------------------
@@ -462,8 +541,11 @@ class OpenAIServing:
 
     async def respond(self, gen: Generation) -> Response:
         if gen.body.stream:
-            return StreamingResponse(self._stream(gen), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                self._stream(gen),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return await self._full(gen)
 
     async def _stream(self, gen: Generation) -> AsyncIterator[str]:

@@ -59,57 +59,89 @@ class OpenAIServingChat(OpenAIServing):
             raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
 
         def choice(i: int) -> Choice:
-            reply = ReplyStream(ctx.tokenizer, stop=stops, clean=template.clean_reply,
-                                strip_prefix=template.sep, skip_token_ids=ctx.config.stop_token_ids)
+            reply = ReplyStream(
+                ctx.tokenizer,
+                stop=stops,
+                clean=template.clean_reply,
+                strip_prefix=template.sep,
+                skip_token_ids=ctx.config.stop_token_ids,
+            )
             c = Choice(i, reply, self.sampling(body, max_tokens, i, guide))
             if body.logprobs:
-                c.logprobs = ChatLogprobsBuilder(ctx.token_texts, body.top_logprobs or 0,
-                                                 skip_token_ids=ctx.config.stop_token_ids)
+                c.logprobs = ChatLogprobsBuilder(
+                    ctx.token_texts, body.top_logprobs or 0, skip_token_ids=ctx.config.stop_token_ids
+                )
             return c
 
-        gen = Generation(ctx, request, endpoint=self.endpoint, body=body, prompts=[prompt_ids],
-                         runs=[[choice(i) for i in range(body.n)]],
-                         response_id=f"chatcmpl-{secrets.token_hex(12)}", output=lambda c: c.reply.text)
+        gen = Generation(
+            ctx,
+            request,
+            endpoint=self.endpoint,
+            body=body,
+            prompts=[prompt_ids],
+            runs=[[choice(i) for i in range(body.n)]],
+            response_id=f"chatcmpl-{secrets.token_hex(12)}",
+            output=lambda c: c.reply.text,
+        )
         return await self.respond(gen)
 
     # -- streamed -------------------------------------------------------------------------------
     def _chunk(self, gen: Generation, choices: list[ChatChunkChoice], **extra: Any) -> str:
-        chunk = ChatCompletionChunk(id=gen.response_id, created=gen.created,
-                                    model=self.ctx.response_model(gen.body.model),
-                                    system_fingerprint=self.ctx.fingerprint, choices=choices, **extra)
+        chunk = ChatCompletionChunk(
+            id=gen.response_id,
+            created=gen.created,
+            model=self.ctx.response_model(gen.body.model),
+            system_fingerprint=self.ctx.fingerprint,
+            choices=choices,
+            **extra,
+        )
         return sse(chunk, exclude=None if gen.include_usage else {"usage"})
 
     async def stream_events(self, gen: Generation) -> AsyncIterator[str]:
-        content = ContentEvents(lambda index, text: self._chunk(
-            gen, [ChatChunkChoice(index=index, delta=ChatDelta(content=text))]))
+        content = ContentEvents(
+            lambda index, text: self._chunk(gen, [ChatChunkChoice(index=index, delta=ChatDelta(content=text))])
+        )
         for c in gen.choices:
-            yield self._chunk(gen, [ChatChunkChoice(index=c.index,
-                                                    delta=ChatDelta(role="assistant", content=""))])
+            yield self._chunk(gen, [ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content=""))])
         async for index, delta, finish in gen.events():
             builder = gen.choices[index].logprobs
             if builder is not None:
                 if delta or builder.pending:
-                    yield self._chunk(gen, [ChatChunkChoice(
-                        index=index, delta=ChatDelta(content=delta),
-                        logprobs=ChatChoiceLogprobs(content=builder.take()))])
+                    yield self._chunk(
+                        gen,
+                        [
+                            ChatChunkChoice(
+                                index=index,
+                                delta=ChatDelta(content=delta),
+                                logprobs=ChatChoiceLogprobs(content=builder.take()),
+                            )
+                        ],
+                    )
             elif delta:
                 yield content(index, delta)
             if finish:
-                yield self._chunk(gen, [ChatChunkChoice(index=index, delta=ChatDelta(),
-                                                        finish_reason=finish)])
+                yield self._chunk(gen, [ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)])
         if gen.include_usage:
             yield self._chunk(gen, [], usage=gen.usage())
 
     # -- whole ------------------------------------------------------------------------------------
     def full_response(self, gen: Generation) -> ChatCompletionResponse:
         return ChatCompletionResponse(
-            id=gen.response_id, created=gen.created, model=self.ctx.response_model(gen.body.model),
-            system_fingerprint=self.ctx.fingerprint, usage=gen.usage(),
-            choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.reply.text),
-                                finish_reason=c.finish_reason,
-                                logprobs=(ChatChoiceLogprobs(content=c.logprobs.result())
-                                          if c.logprobs is not None else None))
-                     for c in gen.choices])
+            id=gen.response_id,
+            created=gen.created,
+            model=self.ctx.response_model(gen.body.model),
+            system_fingerprint=self.ctx.fingerprint,
+            usage=gen.usage(),
+            choices=[
+                ChatChoice(
+                    index=c.index,
+                    message=AssistantMessage(content=c.reply.text),
+                    finish_reason=c.finish_reason,
+                    logprobs=(ChatChoiceLogprobs(content=c.logprobs.result()) if c.logprobs is not None else None),
+                )
+                for c in gen.choices
+            ],
+        )
 
 
 def chat_prompt_ids(template: Any, tokenizer: Any, body: ChatCompletionRequest) -> list[int]:

@@ -49,16 +49,24 @@ class OpenAIServingCompletion(OpenAIServing):
         top = self.ctx.engine.max_token_id()
         bad = [t for t in p if t > top]
         if bad:
-            raise APIError(400, f"Invalid value for 'prompt': token id {bad[0]} is outside the "
-                                f"vocabulary (ids 0-{top})", param="prompt", code="invalid_value")
+            raise APIError(
+                400,
+                f"Invalid value for 'prompt': token id {bad[0]} is outside the vocabulary (ids 0-{top})",
+                param="prompt",
+                code="invalid_value",
+            )
         return EchoedPrompt(list(p), None, tokenizer.decode(p))
 
     async def create(self, request: Request) -> Response:
         ctx = self.ctx
         body: CompletionRequest = await ctx.parse(CompletionRequest, request)
         if body.max_tokens == 0 and not body.echo:
-            raise APIError(400, "Invalid value for 'max_tokens': 0 is only allowed with echo "
-                                "(scoring the prompt)", param="max_tokens", code="invalid_value")
+            raise APIError(
+                400,
+                "Invalid value for 'max_tokens': 0 is only allowed with echo (scoring the prompt)",
+                param="max_tokens",
+                code="invalid_value",
+            )
         given = body.prompts()  # at most max_n of them (precheck), each with n choices
         ctx.check_load(body.n)
         for p in given:
@@ -70,8 +78,9 @@ class OpenAIServingCompletion(OpenAIServing):
             e = await ctx.off_loop(self._encode, body, p)
             if not e.ids:
                 if ctx.tokenizer.bos_token_id is None:
-                    raise APIError(400, "Invalid value for 'prompt': the prompt is empty",
-                                   param="prompt", code="invalid_value")
+                    raise APIError(
+                        400, "Invalid value for 'prompt': the prompt is empty", param="prompt", code="invalid_value"
+                    )
                 e = EchoedPrompt([ctx.tokenizer.bos_token_id], [0], e.text)
             encoded.append(e)
         stops = body.stop_strings()
@@ -79,8 +88,7 @@ class OpenAIServingCompletion(OpenAIServing):
 
         def choice(pi: int, i: int, max_tokens: int) -> Choice:
             reply = ReplyStream(ctx.tokenizer, stop=stops, skip_token_ids=ctx.config.stop_token_ids)
-            c = Choice(pi * n + i, reply, self.sampling(body, max_tokens, i),
-                       echo=encoded[pi] if body.echo else None)
+            c = Choice(pi * n + i, reply, self.sampling(body, max_tokens, i), echo=encoded[pi] if body.echo else None)
             if body.logprobs is not None:
                 c.logprobs = LogprobsBuilder(ctx.token_texts)
                 c.logprobs.start_generation_at(len(encoded[pi].text) if body.echo else 0)
@@ -90,9 +98,16 @@ class OpenAIServingCompletion(OpenAIServing):
         for pi, e in enumerate(encoded):
             max_tokens = self.budget(body, len(e.ids))
             runs.append([choice(pi, i, max_tokens) for i in range(n)])
-        gen = Generation(ctx, request, endpoint=self.endpoint, body=body,
-                         prompts=[e.ids for e in encoded], runs=runs,
-                         response_id=f"cmpl-{secrets.token_hex(12)}", output=self._text)
+        gen = Generation(
+            ctx,
+            request,
+            endpoint=self.endpoint,
+            body=body,
+            prompts=[e.ids for e in encoded],
+            runs=runs,
+            response_id=f"cmpl-{secrets.token_hex(12)}",
+            output=self._text,
+        )
         return await self.respond(gen)
 
     @staticmethod
@@ -104,14 +119,20 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # -- streamed -------------------------------------------------------------------------------
     def _chunk(self, gen: Generation, choices: list[CompletionChoice], **extra: object) -> str:
-        chunk = CompletionChunk(id=gen.response_id, created=gen.created,
-                                model=self.ctx.response_model(gen.body.model),
-                                system_fingerprint=self.ctx.fingerprint, choices=choices, **extra)
+        chunk = CompletionChunk(
+            id=gen.response_id,
+            created=gen.created,
+            model=self.ctx.response_model(gen.body.model),
+            system_fingerprint=self.ctx.fingerprint,
+            choices=choices,
+            **extra,
+        )
         return sse(chunk, exclude=None if gen.include_usage else {"usage"})
 
     async def stream_events(self, gen: Generation) -> AsyncIterator[str]:
-        content = ContentEvents(lambda index, text: self._chunk(
-            gen, [CompletionChoice(index=index, text=text, finish_reason=None)]))
+        content = ContentEvents(
+            lambda index, text: self._chunk(gen, [CompletionChoice(index=index, text=text, finish_reason=None)])
+        )
         want_logprobs = gen.body.logprobs is not None
         echo_pending: set[int] = set()
         for c in gen.choices:
@@ -128,9 +149,17 @@ class OpenAIServingCompletion(OpenAIServing):
                     delta = self._echo(c) + delta
                     echo_pending.discard(index)
                 if delta or c.logprobs.pending:
-                    yield self._chunk(gen, [CompletionChoice(
-                        index=index, text=delta, finish_reason=None,
-                        logprobs=CompletionLogprobs(**c.logprobs.take()))])
+                    yield self._chunk(
+                        gen,
+                        [
+                            CompletionChoice(
+                                index=index,
+                                text=delta,
+                                finish_reason=None,
+                                logprobs=CompletionLogprobs(**c.logprobs.take()),
+                            )
+                        ],
+                    )
             elif delta:
                 yield content(index, delta)
             if finish:
@@ -141,9 +170,18 @@ class OpenAIServingCompletion(OpenAIServing):
     # -- whole ------------------------------------------------------------------------------------
     def full_response(self, gen: Generation) -> CompletionResponse:
         return CompletionResponse(
-            id=gen.response_id, created=gen.created, model=self.ctx.response_model(gen.body.model),
-            system_fingerprint=self.ctx.fingerprint, usage=gen.usage(),
-            choices=[CompletionChoice(index=c.index, text=self._text(c), finish_reason=c.finish_reason,
-                                      logprobs=(CompletionLogprobs(**c.logprobs.result())
-                                                if c.logprobs is not None else None))
-                     for c in gen.choices])
+            id=gen.response_id,
+            created=gen.created,
+            model=self.ctx.response_model(gen.body.model),
+            system_fingerprint=self.ctx.fingerprint,
+            usage=gen.usage(),
+            choices=[
+                CompletionChoice(
+                    index=c.index,
+                    text=self._text(c),
+                    finish_reason=c.finish_reason,
+                    logprobs=(CompletionLogprobs(**c.logprobs.result()) if c.logprobs is not None else None),
+                )
+                for c in gen.choices
+            ],
+        )

@@ -16,10 +16,19 @@ class OpenAIServingModels:
         config = self.ctx.config
         adapter = self.ctx.adapter_for(name) if name else None
         if adapter is not None:
-            return ModelCard(id=adapter, created=config.created, root=self.ctx.adapters[adapter],
-                             parent=config.model_name, max_model_len=self.ctx.engine.context_length)
-        return ModelCard(id=config.model_name, created=config.created, root=config.model_path,
-                         max_model_len=self.ctx.engine.context_length)
+            return ModelCard(
+                id=adapter,
+                created=config.created,
+                root=self.ctx.adapters[adapter],
+                parent=config.model_name,
+                max_model_len=self.ctx.engine.context_length,
+            )
+        return ModelCard(
+            id=config.model_name,
+            created=config.created,
+            root=config.model_path,
+            max_model_len=self.ctx.engine.context_length,
+        )
 
     def list(self) -> ModelList:
         return ModelList(data=[self.card(), *(self.card(name) for name in self.ctx.adapters)])

@@ -23,12 +23,21 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
 PREFIX = "/ui/"
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8", ".md": "text/markdown; charset=utf-8"}
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+}
 # Scripts only from this server: Markdown from the model cannot run code even past DOMPurify.
 SECURITY_HEADERS = [
-    (b"content-security-policy", (b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                  b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")),
+    (
+        b"content-security-policy",
+        (
+            b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"
+        ),
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-cache"),
 ]
@@ -45,8 +54,10 @@ def ui_files() -> dict[str, tuple[bytes, str]]:
                 walk(entry, f"{prefix}{entry.name}/")
             elif not entry.name.startswith("."):
                 suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
-                files[prefix + entry.name] = (entry.read_bytes(),
-                                              CONTENT_TYPES.get(suffix, "text/plain; charset=utf-8"))
+                files[prefix + entry.name] = (
+                    entry.read_bytes(),
+                    CONTENT_TYPES.get(suffix, "text/plain; charset=utf-8"),
+                )
 
     walk(root, PREFIX)
     files["/"] = files.pop(PREFIX + "index.html")
@@ -81,9 +92,17 @@ class UIMiddleware:
             await self.app(scope, receive, send)
             return
         body, content_type = found
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
-            *SECURITY_HEADERS]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    *SECURITY_HEADERS,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 

@@ -63,11 +63,14 @@ def forward_kwargs(batch: Any, implementation: str) -> dict[str, Any]:
     """Keyword arguments for the model's forward on a packed batch. The boundaries travel as
     flash-attention's kwargs (transformers passes them through every layer to the attention
     function), so no layer recomputes them from the position ids."""
-    kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
-                              "use_cache": False}
+    kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
     if implementation != "sdpa":  # PACKED or a flash implementation
-        kwargs.update(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
-                      max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
+        kwargs.update(
+            cu_seq_lens_q=batch.cu_seqlens,
+            cu_seq_lens_k=batch.cu_seqlens,
+            max_length_q=batch.max_seqlen,
+            max_length_k=batch.max_seqlen,
+        )
     return kwargs
 
 
@@ -82,8 +85,15 @@ def register() -> None:
         AttentionMaskInterface.register(PACKED, packed_mask)
 
 
-def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
-                attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+def packed_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | None:
     """No mask at all for a forward over whole documents (the attention function keeps them
     apart); transformers' sdpa mask whenever there is padding or a cache offset."""
     whole = q_length == kv_length and not _nonzero(q_offset) and not _nonzero(kv_offset)
@@ -93,8 +103,15 @@ def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 
 
     # Never skipped to `None`: `None` means "packed, whole documents" to the attention function.
     kwargs["allow_is_causal_skip"] = False
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
 
 
 def _nonzero(offset: Any) -> bool:
@@ -102,10 +119,18 @@ def _nonzero(offset: Any) -> bool:
 
 
 # -- the attention function ---------------------------------------------------------------------
-def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                     sliding_window: int | None = None, softcap: float | None = None,
-                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """query [B, H, T, D], key/value [B, Hkv, T, D] -> ([B, T, H, D], None), as transformers'
     attention functions do."""
     if scaling is None:
@@ -115,21 +140,30 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             return _attend(query, key, value, attention_mask, dropout, scaling, softcap).transpose(1, 2), None
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     window = sliding_window if sliding_window and sliding_window > 0 else None
-    rows = [document_bounds(query, b, kwargs.get("cu_seq_lens_q"), kwargs.get("position_ids"))
-            for b in range(query.shape[0])]
+    rows = [
+        document_bounds(query, b, kwargs.get("cu_seq_lens_q"), kwargs.get("position_ids"))
+        for b in range(query.shape[0])
+    ]
     if uses_flash(query.device, query.dtype):
-        return _flash_varlen(query, key, value, rows, kwargs.get("max_length_q"), dropout, scaling,
-                             window, softcap), None
-    out = [_per_document(query[b:b + 1], key[b:b + 1], value[b:b + 1], bounds.tolist(), dropout, scaling,
-                         window, softcap) for b, bounds in enumerate(rows)]
+        return _flash_varlen(
+            query, key, value, rows, kwargs.get("max_length_q"), dropout, scaling, window, softcap
+        ), None
+    out = [
+        _per_document(
+            query[b : b + 1], key[b : b + 1], value[b : b + 1], bounds.tolist(), dropout, scaling, window, softcap
+        )
+        for b, bounds in enumerate(rows)
+    ]
     return (out[0] if len(out) == 1 else torch.cat(out)), None
 
 
-def document_bounds(query: torch.Tensor, row: int, cu_seqlens: torch.Tensor | None,
-                    position_ids: torch.Tensor | None) -> torch.Tensor:
+def document_bounds(
+    query: torch.Tensor, row: int, cu_seqlens: torch.Tensor | None, position_ids: torch.Tensor | None
+) -> torch.Tensor:
     """Cumulative document lengths [docs + 1] of one row of the batch: given by the batch (one
     packed row), else where that row's position ids restart, else the row is one document."""
     length = query.shape[2]
@@ -142,33 +176,60 @@ def document_bounds(query: torch.Tensor, row: int, cu_seqlens: torch.Tensor | No
     return torch.tensor([0, length], dtype=torch.int32, device=query.device)
 
 
-def _flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: list[torch.Tensor],
-                  max_length: int | None, dropout: float, scaling: float, window: int | None,
-                  softcap: float | None) -> torch.Tensor:
+def _flash_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rows: list[torch.Tensor],
+    max_length: int | None,
+    dropout: float,
+    scaling: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
     """flash-attention 2 varlen over every document of every row, flattened into one sequence of
     tokens (not run on this project's CPU machines: no GPU was lent)."""
     from flash_attn import flash_attn_varlen_func
 
     batch, length = query.shape[0], query.shape[2]
-    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[3])
-               for t in (query, key, value))  # [rows x T, heads, D]
+    q, k, v = (
+        t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[3]) for t in (query, key, value)
+    )  # [rows x T, heads, D]
     cu = rows[0]
     if batch > 1:
-        cu = torch.cat([bounds[:-1] + b * length for b, bounds in enumerate(rows)]
-                       + [cu.new_full((1,), batch * length)])
+        cu = torch.cat(
+            [bounds[:-1] + b * length for b, bounds in enumerate(rows)] + [cu.new_full((1,), batch * length)]
+        )
         max_length = None
     if max_length is None:
         max_length = int((cu[1:] - cu[:-1]).max())
-    out = flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_length,
-                                 max_seqlen_k=max_length, dropout_p=dropout, softmax_scale=scaling,
-                                 causal=True, window_size=(window - 1, 0) if window else (-1, -1),
-                                 softcap=softcap or 0.0)
+    out = flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q=cu,
+        cu_seqlens_k=cu,
+        max_seqlen_q=max_length,
+        max_seqlen_k=max_length,
+        dropout_p=dropout,
+        softmax_scale=scaling,
+        causal=True,
+        window_size=(window - 1, 0) if window else (-1, -1),
+        softcap=softcap or 0.0,
+    )
     return out.reshape(batch, length, out.shape[1], out.shape[2])  # [B, T, H, D]
 
 
-def _per_document(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  bounds: list[int], dropout: float, scaling: float, window: int | None,
-                  softcap: float | None) -> torch.Tensor:
+def _per_document(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: list[int],
+    dropout: float,
+    scaling: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
     """One row [1, H, T, D]: attention within each document's slice, concatenated -> [1, T, H, D]."""
     parts = []
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -180,14 +241,22 @@ def _per_document(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return out.transpose(1, 2).contiguous()
 
 
-def _document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, scaling: float,
-              window: int | None, softcap: float | None) -> torch.Tensor:
+def _document(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout: float,
+    scaling: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
     """Causal attention over one document: q [1, H, L, D], k/v [1, Hkv, L, D] (GQA when fewer
     heads), optionally windowed and softcapped -> [1, H, L, D]."""
     length = q.shape[2]
     if (window is None or window >= length) and not softcap:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True,
-                                              enable_gqa=q.shape[1] != k.shape[1])
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=q.shape[1] != k.shape[1]
+        )
     i = torch.arange(length, device=q.device)
     mask = i[:, None] >= i[None, :]
     if window is not None:
@@ -195,13 +264,19 @@ def _document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float,
     return _attend(q, k, v, mask, dropout, scaling, softcap)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dropout: float,
-            scaling: float, softcap: float | None) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    dropout: float,
+    scaling: float,
+    softcap: float | None,
+) -> torch.Tensor:
     """Attention under an explicit mask (bool, True = attend; or additive float) -> [B, H, Q, D]."""
     gqa = q.shape[1] != k.shape[1]
     if not softcap:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
-                                              enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
     if gqa:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)

@@ -37,8 +37,9 @@ class PackedBatch:
         return float(self.label_weights.sum())
 
     def to(self, device: torch.device | str) -> "PackedBatch":
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                 for k, v in self.__dict__.items()}
+        moved = {
+            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+        }
         return PackedBatch(**moved)
 
 
@@ -48,13 +49,21 @@ def pack(data: TokenizedData, rows: np.ndarray, pad_id: int = 0) -> PackedBatch:
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         one = torch.tensor([[pad_id]], dtype=torch.long)
-        return PackedBatch(one, torch.zeros_like(one), torch.tensor([0, 1], dtype=torch.int32), 1,
-                           torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                           torch.zeros(0, dtype=torch.float32), 0, 0)
+        return PackedBatch(
+            one,
+            torch.zeros_like(one),
+            torch.tensor([0, 1], dtype=torch.int32),
+            1,
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.float32),
+            0,
+            0,
+        )
     starts = data.offsets[rows]
     lengths = data.offsets[rows + 1] - starts
-    ids = np.concatenate([data.ids[a:a + n] for a, n in zip(starts, lengths)])
-    weights = np.concatenate([data.weights[a:a + n] for a, n in zip(starts, lengths)])
+    ids = np.concatenate([data.ids[a : a + n] for a, n in zip(starts, lengths)])
+    weights = np.concatenate([data.weights[a : a + n] for a, n in zip(starts, lengths)])
     total = len(ids)
     seq_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     positions = np.arange(total) - np.repeat(seq_starts, lengths)
@@ -89,9 +98,13 @@ def pad(data: TokenizedData, rows: np.ndarray, pad_id: int = 0) -> dict[str, tor
     labels = np.zeros((len(rows), width), dtype=np.int64)
     for r, row in enumerate(rows):
         seq, w = data.row(int(row))
-        ids[r, :len(seq)] = seq
-        mask[r, :len(seq)] = 1
-        labels[r, :len(seq) - 1] = seq[1:]
-        target_w[r, :len(seq) - 1] = w[1:]
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(labels), "label_weights": torch.from_numpy(target_w)}
+        ids[r, : len(seq)] = seq
+        mask[r, : len(seq)] = 1
+        labels[r, : len(seq) - 1] = seq[1:]
+        target_w[r, : len(seq) - 1] = w[1:]
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(labels),
+        "label_weights": torch.from_numpy(target_w),
+    }

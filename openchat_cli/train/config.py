@@ -66,6 +66,7 @@ class TrainConfig:
     @property
     def dpo_beta(self) -> float:
         return DPO_BETA if self.beta is None else self.beta
+
     # -- grpo (train/grpo.py) --
     prompts: str | None = None  # JSONL {"id", "messages"|"prompt", "answer"} or a ds-… id
     reward: list[str] = field(default_factory=list)  # grade | rm:ck-…|DIR | judge:URL, each with optional =WEIGHT
@@ -139,8 +140,10 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 0.5:
             raise OpenchatError("--label-smoothing must be in [0, 0.5)")
         if self.method not in ("dpo", "grpo") and self.beta is not None:
-            raise OpenchatError("--beta applies to --method dpo and grpo only (--label-smoothing and --loss-type "
-                                "apply to --method dpo only)")
+            raise OpenchatError(
+                "--beta applies to --method dpo and grpo only (--label-smoothing and --loss-type "
+                "apply to --method dpo only)"
+            )
         if self.method != "dpo" and (self.label_smoothing or self.loss_type != "sigmoid"):
             raise OpenchatError("--label-smoothing and --loss-type apply to --method dpo only")
         if self.label_smoothing and self.loss_type != "sigmoid":
@@ -168,11 +171,13 @@ class TrainConfig:
         if self.micro_tokens is not None:
             raise OpenchatError("--micro-tokens is for sft: GRPO updates on each step's completions in one pass")
         if self.zero == 3:
-            raise OpenchatError("--method grpo needs whole weights on each rank to sync its sampler: "
-                                "use --zero 0, 1 or 2")
+            raise OpenchatError(
+                "--method grpo needs whole weights on each rank to sync its sampler: use --zero 0, 1 or 2"
+            )
         if self.data or self.eval_data:
-            raise OpenchatError("--method grpo samples its own completions from --prompts: "
-                                "--data and --eval-data are for sft")
+            raise OpenchatError(
+                "--method grpo samples its own completions from --prompts: --data and --eval-data are for sft"
+            )
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -192,8 +197,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise OpenchatError(f"{path}: unknown setting '{key}' (known: "
-                                f"{', '.join(n.replace('_', '-') for n in known)})")
+            raise OpenchatError(
+                f"{path}: unknown setting '{key}' (known: {', '.join(n.replace('_', '-') for n in known)})"
+            )
         out[name] = value
     return out
 

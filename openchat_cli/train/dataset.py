@@ -66,14 +66,20 @@ def read_meta_checked(path: Path, *, template: str, tokenizer_hash: str) -> dict
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
         raise OpenchatError(f"{path}: not a readable Parquet file ({exc})") from None
     if not meta.get("template") or not meta.get("tokenizer_hash"):
-        raise OpenchatError(f"{path}: not a tokenized dataset (no template / tokenizer hash in its "
-                            "metadata; make it with `openchat data tokenize`)")
+        raise OpenchatError(
+            f"{path}: not a tokenized dataset (no template / tokenizer hash in its "
+            "metadata; make it with `openchat data tokenize`)"
+        )
     if meta["template"] != template:
-        raise OpenchatError(f"{path} was tokenized for template '{meta['template']}' but the model "
-                            f"speaks '{template}': re-tokenize it for this model")
+        raise OpenchatError(
+            f"{path} was tokenized for template '{meta['template']}' but the model "
+            f"speaks '{template}': re-tokenize it for this model"
+        )
     if meta["tokenizer_hash"] != tokenizer_hash:
-        raise OpenchatError(f"{path} was tokenized with another tokenizer (hash {meta['tokenizer_hash']}, "
-                            f"the model's is {tokenizer_hash}): re-tokenize it with this model")
+        raise OpenchatError(
+            f"{path} was tokenized with another tokenizer (hash {meta['tokenizer_hash']}, "
+            f"the model's is {tokenizer_hash}): re-tokenize it with this model"
+        )
     return meta
 
 
@@ -93,14 +99,16 @@ def load(path: Path, meta: dict[str, Any] | None = None, vocab_size: int | None 
     if not np.array_equal(offsets, np.asarray(w_col.offsets, dtype=np.int64)):
         raise OpenchatError(f"{path}: input_ids and weights differ in length on some rows")
     base = offsets[0]
-    ids = np.asarray(ids_col.values, dtype=np.int64)[base:offsets[-1]]
-    weights = np.asarray(w_col.values, dtype=np.float32)[base:offsets[-1]]
+    ids = np.asarray(ids_col.values, dtype=np.int64)[base : offsets[-1]]
+    weights = np.asarray(w_col.values, dtype=np.float32)[base : offsets[-1]]
     offsets = offsets - base
     if len(offsets) < 2:
         raise OpenchatError(f"{path}: no training sequences")
     if len(ids) and (ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size)):
-        raise OpenchatError(f"{path}: token id {int(ids.max())} is outside the model's vocabulary "
-                            f"({vocab_size}): re-tokenize it with this model")
+        raise OpenchatError(
+            f"{path}: token id {int(ids.max())} is outside the model's vocabulary "
+            f"({vocab_size}): re-tokenize it with this model"
+        )
     if not np.isfinite(weights).all() or (weights < 0).any():
         raise OpenchatError(f"{path}: weights must be finite and non-negative")
     if not weights.any():

@@ -46,8 +46,12 @@ def prepare_inputs(cfg: TrainConfig) -> dict[str, Any]:
     path, ds_id = resolve_prompts(str(cfg.prompts))
     prompts = read_prompt_file(path)
     specs = check(parse_rewards(cfg.reward), prompts, path)
-    return {"prompts_path": str(path.resolve()), "dataset_id": ds_id, "num_prompts": len(prompts),
-            "rewards": to_config(specs)}
+    return {
+        "prompts_path": str(path.resolve()),
+        "dataset_id": ds_id,
+        "num_prompts": len(prompts),
+        "rewards": to_config(specs),
+    }
 
 
 # -- schedule -----------------------------------------------------------------------------------
@@ -101,8 +105,11 @@ def pack_completions(prompts: list[list[int]], completions: list[list[int]], pad
         ids.extend(p + c)
         weights.extend([0.0] * len(p) + [1.0] * len(c))
         offsets.append(len(ids))
-    data = SimpleNamespace(ids=np.asarray(ids, dtype=np.int64), weights=np.asarray(weights, dtype=np.float32),
-                           offsets=np.asarray(offsets, dtype=np.int64))
+    data = SimpleNamespace(
+        ids=np.asarray(ids, dtype=np.int64),
+        weights=np.asarray(weights, dtype=np.float32),
+        offsets=np.asarray(offsets, dtype=np.int64),
+    )
     batch = pack(data, np.arange(len(prompts)), pad_id)
     seq_index = torch.searchsorted(batch.cu_seqlens.long(), batch.target_pos, right=True) - 1
     return batch, seq_index
@@ -129,8 +136,9 @@ class Rollouts:
         self.weights = torch.tensor([s.weight for s in specs], dtype=torch.float64)
         self.functions = build(specs, device)
         self.stop_ids = eos_token_ids(model_dir, self.tokenizer, self.template.eot_token)
-        self.sampler = Sampler(model_dir, self.tokenizer, self.stop_ids, device,
-                               max_batch_size=cfg.prompts_per_step * cfg.group_size)
+        self.sampler = Sampler(
+            model_dir, self.tokenizer, self.stop_ids, device, max_batch_size=cfg.prompts_per_step * cfg.group_size
+        )
         self._encoded: dict[int, list[int]] = {}
 
     def prompt_ids(self, index: int) -> list[int]:
@@ -149,17 +157,21 @@ class Rollouts:
         k = self.cfg.group_size
         prompts: list[Prompt] = [self.prompts[i] for i in indices for _ in range(k)]
         prompt_ids = [self.prompt_ids(i) for i in indices for _ in range(k)]
-        completions = self.sampler.sample(prompt_ids, seeds, max_tokens=self.cfg.max_completion_tokens,
-                                          temperature=self.cfg.temperature)
+        completions = self.sampler.sample(
+            prompt_ids, seeds, max_tokens=self.cfg.max_completion_tokens, temperature=self.cfg.temperature
+        )
         texts = [self.text(c.token_ids) for c in completions]
         per_function = torch.tensor([f(prompts, texts) for f in self.functions], dtype=torch.float64).T
-        return {"prompt_ids": prompt_ids, "completions": [c.token_ids for c in completions],
-                "texts": texts, "per_function": per_function,
-                "rewards": combine_rewards(per_function, self.weights)}
+        return {
+            "prompt_ids": prompt_ids,
+            "completions": [c.token_ids for c in completions],
+            "texts": texts,
+            "per_function": per_function,
+            "rewards": combine_rewards(per_function, self.weights),
+        }
 
 
-def _reference(spec: TrainSpec, cfg: TrainConfig, engine: Any, impl: str, device: torch.device,
-               bf16: bool) -> Any:
+def _reference(spec: TrainSpec, cfg: TrainConfig, engine: Any, impl: str, device: torch.device, bf16: bool) -> Any:
     """A callable batch -> reference log-probs (None when no KL is wanted or needed)."""
     if cfg.kl_beta == 0.0:
         return None
@@ -169,11 +181,17 @@ def _reference(spec: TrainSpec, cfg: TrainConfig, engine: Any, impl: str, device
         def with_adapters_off(batch: Any) -> torch.Tensor:
             with policy.lm.disable_adapter():
                 return policy(batch)
+
         return with_adapters_off
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=torch.bfloat16 if bf16 else torch.float32,
-                                               attn_implementation=impl).to(device).eval()
+    ref = (
+        AutoModelForCausalLM.from_pretrained(
+            spec.model_path, dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation=impl
+        )
+        .to(device)
+        .eval()
+    )
     ref.requires_grad_(False)
     return PolicyLogps(ref, impl, cfg.temperature)
 
@@ -199,8 +217,14 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
     num_prompts = spec.num_prompts
     total = total_steps(num_prompts, cfg, comm.world)
     lr = spec.lr
-    engine, scheduler, impl = loop.build_engine(spec, cfg, device, lr, total * cfg.grpo_iterations,
-                                                wrap=lambda model, impl: PolicyLogps(model, impl, cfg.temperature))
+    engine, scheduler, impl = loop.build_engine(
+        spec,
+        cfg,
+        device,
+        lr,
+        total * cfg.grpo_iterations,
+        wrap=lambda model, impl: PolicyLogps(model, impl, cfg.temperature),
+    )
     reference = _reference(spec, cfg, engine, impl, device, bf16)
     rollouts = Rollouts(spec, cfg, device)
     pad_id = spec.pad_id or 0
@@ -209,11 +233,14 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
     start, curve, metrics = 0, [], {}
     state_step = ckpt.latest_state_step(out)
     if state_step is not None:
-        _, client = engine.load_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(state_step),
-                                           load_module_strict=not cfg.lora)
+        _, client = engine.load_checkpoint(
+            str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(state_step), load_module_strict=not cfg.lora
+        )
         if client.get("fingerprint") != print_every:
-            raise OpenchatError("cannot resume: the prompts, GRPO batch settings or number of ranks changed "
-                                "since the checkpoint (start a new run in another --out)")
+            raise OpenchatError(
+                "cannot resume: the prompts, GRPO batch settings or number of ranks changed "
+                "since the checkpoint (start a new run in another --out)"
+            )
         start, curve, metrics = client["step"], client.get("curve", []), client.get("metrics", {})
 
     reporter = None
@@ -223,20 +250,31 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
         ckpt.truncate_steps(out, start)
         reporter = Reporter(out, spec.run_id, total, start, cfg.log_every, curve, epochs=cfg.epochs)
         kernel = attention.describe(device, torch.bfloat16 if bf16 else torch.float32)
-        reporter.note(f"GRPO: {total} steps x {comm.world} rank(s) x {cfg.prompts_per_step} prompts x "
-                      f"{cfg.group_size} completions (≤ {cfg.max_completion_tokens} tokens, temperature "
-                      f"{cfg.temperature:g}); rewards {', '.join(f.name for f in rollouts.functions)}; beta "
-                      f"{cfg.kl_beta:g}, epsilon {cfg.epsilon:g}; lr {lr:.2e}; {kernel} attention; ZeRO-{cfg.zero}"
-                      + (f"; resuming at step {start}" if start else ""))
+        reporter.note(
+            f"GRPO: {total} steps x {comm.world} rank(s) x {cfg.prompts_per_step} prompts x "
+            f"{cfg.group_size} completions (≤ {cfg.max_completion_tokens} tokens, temperature "
+            f"{cfg.temperature:g}); rewards {', '.join(f.name for f in rollouts.functions)}; beta "
+            f"{cfg.kl_beta:g}, epsilon {cfg.epsilon:g}; lr {lr:.2e}; {kernel} attention; ZeRO-{cfg.zero}"
+            + (f"; resuming at step {start}" if start else "")
+        )
 
     saved = start
 
     def save_state(step: int) -> None:
         nonlocal saved
-        client = {"step": step, "fingerprint": print_every, "curve": reporter.curve if reporter else [],
-                  "metrics": metrics}
-        engine.save_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(step), client_state=client,
-                               exclude_frozen_parameters=cfg.lora, save_latest=False)
+        client = {
+            "step": step,
+            "fingerprint": print_every,
+            "curve": reporter.curve if reporter else [],
+            "metrics": metrics,
+        }
+        engine.save_checkpoint(
+            str(out / ckpt.STATE_DIR),
+            tag=ckpt.state_tag(step),
+            client_state=client,
+            exclude_frozen_parameters=cfg.lora,
+            save_latest=False,
+        )
         comm.barrier()
         if comm.rank == 0:
             ckpt.mark_latest_state(out, step)
@@ -245,8 +283,9 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
         saved = step
 
     def save(step: int, final: bool) -> None:
-        loop._save_hf(engine, cfg, spec, out, ckpt.FINAL_DIR if final else ckpt.step_dir_name(step), step,
-                      metrics, reporter)
+        loop._save_hf(
+            engine, cfg, spec, out, ckpt.FINAL_DIR if final else ckpt.step_dir_name(step), step, metrics, reporter
+        )
         if not final:
             save_state(step)
 
@@ -257,8 +296,11 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
         for step in range(start, total):
             t0 = time.perf_counter()
             torch.manual_seed(hash((cfg.seed, step, comm.rank)) % 2**63)
-            state_due = (comm.rank == 0 and cfg.state_minutes > 0
-                         and time.monotonic() - last_state_time >= cfg.state_minutes * 60)
+            state_due = (
+                comm.rank == 0
+                and cfg.state_minutes > 0
+                and time.monotonic() - last_state_time >= cfg.state_minutes * 60
+            )
             stops, state_votes = comm.sum(float(stop.signal is not None), float(state_due))
             if stops:
                 if done > saved:
@@ -269,9 +311,16 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
             done = step + 1
             if reporter:
                 seconds = time.perf_counter() - t0
-                record.update({"step": done, "epoch": epoch_of(step, num_prompts, cfg, comm.world),
-                               "seconds": seconds, "tokens_per_s": record["tokens"] / seconds,
-                               "capacity": record["tokens"], "packing_efficiency": 1.0})
+                record.update(
+                    {
+                        "step": done,
+                        "epoch": epoch_of(step, num_prompts, cfg, comm.world),
+                        "seconds": seconds,
+                        "tokens_per_s": record["tokens"] / seconds,
+                        "capacity": record["tokens"],
+                        "packing_efficiency": 1.0,
+                    }
+                )
                 reporter.step(record)
                 if step == start:
                     metrics.setdefault("reward_initial", record["reward"])
@@ -295,10 +344,19 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
         if reporter:
             reporter.close()
         rollouts.sampler.close()
-    result = {"status": status, "steps": total, "stopped_at": done, "resume_step": saved,
-              "metrics": {**metrics, "method": "grpo", "lr": lr,
-                          "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None},
-              "curve": reporter.curve if reporter else []}
+    result = {
+        "status": status,
+        "steps": total,
+        "stopped_at": done,
+        "resume_step": saved,
+        "metrics": {
+            **metrics,
+            "method": "grpo",
+            "lr": lr,
+            "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None,
+        },
+        "curve": reporter.curve if reporter else [],
+    }
     if status == "completed" and comm.rank == 0:
         import shutil
 
@@ -307,8 +365,18 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
     return result
 
 
-def _step(engine: Any, scheduler: Any, rollouts: Rollouts, reference: Any, cfg: TrainConfig, comm: Any,
-          device: torch.device, pad_id: int, step: int, num_prompts: int) -> dict[str, Any]:
+def _step(
+    engine: Any,
+    scheduler: Any,
+    rollouts: Rollouts,
+    reference: Any,
+    cfg: TrainConfig,
+    comm: Any,
+    device: torch.device,
+    pad_id: int,
+    step: int,
+    num_prompts: int,
+) -> dict[str, Any]:
     """Sample, score, update; returns the step's numbers (global over ranks)."""
     indices = prompt_indices(num_prompts, cfg, step, comm.rank, comm.world)
     n = len(indices) * cfg.group_size
@@ -327,9 +395,18 @@ def _step(engine: Any, scheduler: Any, rollouts: Rollouts, reference: Any, cfg: 
     losses, kls, clips = [], [], []
     for _ in range(cfg.grpo_iterations):
         logps = engine(batch)
-        parts = policy_loss(logps, old_logps, ref_logps, advantages, seq_index, n, beta=cfg.kl_beta,
-                            epsilon=cfg.epsilon, loss_type=cfg.grpo_loss,
-                            token_normalizer=all_tokens / comm.world)
+        parts = policy_loss(
+            logps,
+            old_logps,
+            ref_logps,
+            advantages,
+            seq_index,
+            n,
+            beta=cfg.kl_beta,
+            epsilon=cfg.epsilon,
+            loss_type=cfg.grpo_loss,
+            token_normalizer=all_tokens / comm.world,
+        )
         if not math.isfinite(float(parts.loss.detach())):
             raise OpenchatError(f"non-finite GRPO loss at step {step + 1}: lower --lr")
         lr_now = scheduler.get_last_lr()[0]
@@ -340,20 +417,35 @@ def _step(engine: Any, scheduler: Any, rollouts: Rollouts, reference: Any, cfg: 
         clips.append(parts.clip_fraction)
     valid = rewards[~torch.isnan(rewards)]
     per_function = batch_out["per_function"]
-    sums = comm.sum(float(valid.sum()), float((valid ** 2).sum()), float(len(valid)),
-                    float(stats.zero_std.sum()), float(len(stats.zero_std)),
-                    sum(losses) / len(losses), sum(kls) / len(kls), sum(clips) / len(clips),
-                    float(sum(len(c) for c in batch_out["completions"])), float(n),
-                    *[float(torch.nan_to_num(per_function[:, j], nan=0.0).sum()) for j in range(per_function.shape[1])],
-                    *[float((~torch.isnan(per_function[:, j])).sum()) for j in range(per_function.shape[1])])
+    sums = comm.sum(
+        float(valid.sum()),
+        float((valid**2).sum()),
+        float(len(valid)),
+        float(stats.zero_std.sum()),
+        float(len(stats.zero_std)),
+        sum(losses) / len(losses),
+        sum(kls) / len(kls),
+        sum(clips) / len(clips),
+        float(sum(len(c) for c in batch_out["completions"])),
+        float(n),
+        *[float(torch.nan_to_num(per_function[:, j], nan=0.0).sum()) for j in range(per_function.shape[1])],
+        *[float((~torch.isnan(per_function[:, j])).sum()) for j in range(per_function.shape[1])],
+    )
     r_sum, r_sq, r_n, zero, groups, loss, kl, clip, lengths, count = sums[:10]
     nf = per_function.shape[1]
     mean = r_sum / r_n if r_n else float("nan")
     var = (r_sq - r_n * mean * mean) / (r_n - 1) if r_n > 1 else float("nan")
-    record = {"loss": loss / comm.world, "lr": lr_now, "tokens": int(all_tokens), "reward": mean,
-              "reward_std": math.sqrt(max(0.0, var)) if r_n > 1 else float("nan"),
-              "frac_reward_zero_std": zero / groups, "kl": kl / comm.world,
-              "completion_length": lengths / count, "clip_ratio": clip / comm.world}
+    record = {
+        "loss": loss / comm.world,
+        "lr": lr_now,
+        "tokens": int(all_tokens),
+        "reward": mean,
+        "reward_std": math.sqrt(max(0.0, var)) if r_n > 1 else float("nan"),
+        "frac_reward_zero_std": zero / groups,
+        "kl": kl / comm.world,
+        "completion_length": lengths / count,
+        "clip_ratio": clip / comm.world,
+    }
     for j, f in enumerate(rollouts.functions):
         total_j, n_j = sums[10 + j], sums[10 + nf + j]
         record[f"rewards/{f.name}"] = total_j / n_j if n_j else float("nan")

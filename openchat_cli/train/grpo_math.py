@@ -63,9 +63,19 @@ class LossParts:
     clip_fraction: float  # tokens whose ratio was clipped where it mattered
 
 
-def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
-                advantages: torch.Tensor, seq_index: torch.Tensor, num_seqs: int, *, beta: float,
-                epsilon: float, loss_type: str = "grpo", token_normalizer: float | None = None) -> LossParts:
+def policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    seq_index: torch.Tensor,
+    num_seqs: int,
+    *,
+    beta: float,
+    epsilon: float,
+    loss_type: str = "grpo",
+    token_normalizer: float | None = None,
+) -> LossParts:
     """GRPO loss over flat completion tokens. `old_logps` None: the batch was sampled from the
     current weights (ratio 1, its gradient still flows). `token_normalizer` (dapo): the token
     count to divide by, when it spans more than this call's tokens (several ranks)."""
@@ -88,7 +98,8 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: 
     if loss_type == "grpo":
         sums = torch.zeros(num_seqs, dtype=per_token.dtype, device=per_token.device).index_add(0, seq_index, per_token)
         counts = torch.zeros(num_seqs, dtype=per_token.dtype, device=per_token.device).index_add(
-            0, seq_index, torch.ones_like(per_token))
+            0, seq_index, torch.ones_like(per_token)
+        )
         loss = (sums / counts.clamp(min=1.0)).mean()
     elif loss_type == "dapo":
         loss = per_token.sum() / max(1.0, token_normalizer if token_normalizer is not None else float(len(per_token)))

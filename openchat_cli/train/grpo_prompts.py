@@ -42,14 +42,20 @@ def _messages(record: dict, path: Path, line: int) -> tuple[dict[str, str], ...]
             raise OpenchatError(f"{where(path, line, 'messages')}: expected a non-empty list of messages")
         out = []
         for i, m in enumerate(raw):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                    or not isinstance(m.get("content"), str):
-                raise OpenchatError(f"{where(path, line, f'messages[{i}]')}: expected "
-                                    '{"role": "system"|"user"|"assistant", "content": "..."}')
+            if (
+                not isinstance(m, dict)
+                or m.get("role") not in ("system", "user", "assistant")
+                or not isinstance(m.get("content"), str)
+            ):
+                raise OpenchatError(
+                    f"{where(path, line, f'messages[{i}]')}: expected "
+                    '{"role": "system"|"user"|"assistant", "content": "..."}'
+                )
             out.append({"role": m["role"], "content": m["content"]})
         if out[-1]["role"] != "user":
-            raise OpenchatError(f"{where(path, line, 'messages')}: the last message must be the user's "
-                                "(the completion answers it)")
+            raise OpenchatError(
+                f"{where(path, line, 'messages')}: the last message must be the user's (the completion answers it)"
+            )
         return tuple(out)
     for key in ("prompt", "question"):
         if key in record:

@@ -54,35 +54,48 @@ def _model_facts(ref: str) -> dict[str, Any]:
     path, ck = resolve_model(ref)
     require_weights(path)
     if not read_meta(path).get("template"):
-        raise OpenchatError(f"{path} has no openchat.json naming its template (models made by "
-                            "`openchat model init` or `add-tokens --template` have one)")
+        raise OpenchatError(
+            f"{path} has no openchat.json naming its template (models made by "
+            "`openchat model init` or `add-tokens --template` have one)"
+        )
     template = read_meta(path)["template"]
     tokenizer = load_tokenizer(path)
     try:
         vocab = AutoConfig.from_pretrained(str(path)).vocab_size
     except (OSError, ValueError) as exc:
         raise OpenchatError(f"{path}: cannot read the model config ({exc})") from None
-    return {"model_path": str(path.resolve()), "template": template, "vocab_size": vocab,
-            "tokenizer_hash": tokenizer_hash(tokenizer), "pad_id": tokenizer.pad_token_id,
-            "base_checkpoint_id": ck or read_meta(path).get("checkpoint_id") or checkpoint_id_for(path)}
+    return {
+        "model_path": str(path.resolve()),
+        "template": template,
+        "vocab_size": vocab,
+        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "pad_id": tokenizer.pad_token_id,
+        "base_checkpoint_id": ck or read_meta(path).get("checkpoint_id") or checkpoint_id_for(path),
+    }
 
 
 # Learning rates of the preference methods when --lr is not given (TRL's defaults).
 PREFERENCE_LR = {"dpo": 1e-6, "rm": 1e-4}
 
 
-def _load_checked(ref: str, facts: dict[str, Any], capacity: int, what: str,
-                  method: str = "sft") -> tuple[TokenizedData, str | None]:
+def _load_checked(
+    ref: str, facts: dict[str, Any], capacity: int, what: str, method: str = "sft"
+) -> tuple[TokenizedData, str | None]:
     from openchat_cli.train.pairs import PAIRS_KIND, file_kind, load_pairs, pair_lengths
 
     path, ds_id = resolve_data(ref)
     meta = read_meta_checked(path, template=facts["template"], tokenizer_hash=facts["tokenizer_hash"])
     pairs = file_kind(path) == PAIRS_KIND
     if pairs != (method in PREFERENCE_LR):
-        raise OpenchatError(f"{what} {path} holds {'preference pairs' if pairs else 'conversations'}, but "
-                            f"--method {method} trains on {'pairs' if method in PREFERENCE_LR else 'conversations'}"
-                            + (": pass --method dpo or rm" if pairs else ": tokenize pairs (`openchat data tokenize`"
-                               " of a pairs file) or use --method sft"))
+        raise OpenchatError(
+            f"{what} {path} holds {'preference pairs' if pairs else 'conversations'}, but "
+            f"--method {method} trains on {'pairs' if method in PREFERENCE_LR else 'conversations'}"
+            + (
+                ": pass --method dpo or rm"
+                if pairs
+                else ": tokenize pairs (`openchat data tokenize` of a pairs file) or use --method sft"
+            )
+        )
     if pairs:
         data = load_pairs(path, meta, vocab_size=facts["vocab_size"])
         longest, unit = int(pair_lengths(data).max()), "pair (chosen + rejected)"
@@ -90,9 +103,11 @@ def _load_checked(ref: str, facts: dict[str, Any], capacity: int, what: str,
         data = load(path, meta, vocab_size=facts["vocab_size"])
         longest, unit = int(data.lengths.max()), "sequence"
     if longest > capacity:
-        raise OpenchatError(f"{what} {path} has a {unit} of {longest} tokens, more than a micro-batch "
-                            f"holds ({capacity}): raise --tokens-per-step/--micro-tokens or re-tokenize "
-                            f"with a smaller --max-len")
+        raise OpenchatError(
+            f"{what} {path} has a {unit} of {longest} tokens, more than a micro-batch "
+            f"holds ({capacity}): raise --tokens-per-step/--micro-tokens or re-tokenize "
+            f"with a smaller --max-len"
+        )
     return data, ds_id
 
 
@@ -100,8 +115,9 @@ def run_folder(cfg: TrainConfig) -> Path:
     return Path(cfg.out).expanduser().resolve()
 
 
-def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
-            overrides: dict[str, Any] | None = None) -> TrainSpec:
+def prepare(
+    cfg: TrainConfig, *, resume: bool = False, force: bool = False, overrides: dict[str, Any] | None = None
+) -> TrainSpec:
     """Validate inputs, register (or reopen) the run, write OUT/run.json (the ranks' spec).
     The caller holds the run folder's lock (`RunFolderLock`)."""
     from openchat_cli.train.schedule import auto_lr
@@ -116,8 +132,9 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         if (out / ckpt.FINAL_DIR).exists() and ckpt.latest_state_step(out) is None:
             raise OpenchatError(f"run {previous.get('run_id')} in {out} already finished: nothing to resume")
     elif previous is not None and not force:
-        raise OpenchatError(f"{out} already holds run {previous.get('run_id')}: pass --resume to continue "
-                            "it, or --force to start over")
+        raise OpenchatError(
+            f"{out} already holds run {previous.get('run_id')}: pass --resume to continue it, or --force to start over"
+        )
     elif out.exists() and not only_lock_inside(out) and not force:
         raise OpenchatError(f"{out} already exists and is not empty (pass --force to replace it)")
     cfg.validate()
@@ -137,8 +154,11 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
         if cfg.eval_data:
             eval_data, eval_id = _load_checked(cfg.eval_data, facts, cfg.micro_capacity, "eval dataset", cfg.method)
             eval_path = str(eval_data.path.resolve())
-        lr = cfg.lr or PREFERENCE_LR.get(cfg.method) or auto_lr(cfg.tokens_per_step, cfg.num_gpus,
-                                                                  data.supervised_ratio())
+        lr = (
+            cfg.lr
+            or PREFERENCE_LR.get(cfg.method)
+            or auto_lr(cfg.tokens_per_step, cfg.num_gpus, data.supervised_ratio())
+        )
 
     catalog = open_catalog()
     if resume:
@@ -149,24 +169,39 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, force: bool = False,
     else:
         if ds_id is None and data is None:  # a hand-made prompt file (grpo)
             prompts_path = Path(method_spec["prompts_path"])
-            ds_id = catalog.add_dataset(name=prompts_path.stem, path=prompts_path, format="prompts",
-                                        num_records=method_spec["num_prompts"])
+            ds_id = catalog.add_dataset(
+                name=prompts_path.stem, path=prompts_path, format="prompts", num_records=method_spec["num_prompts"]
+            )
         elif ds_id is None:  # a hand-made file: register it, so the run has lineage
             ds_id = catalog.add_dataset(
-                name=data.path.stem, path=data.path, format="tokenized-pairs" if cfg.method in PREFERENCE_LR
-                else "tokenized", num_records=len(data) // 2 if cfg.method in PREFERENCE_LR else len(data),
-                meta={k: data.meta.get(k) for k in ("template", "tokenizer_hash", "max_len")})
+                name=data.path.stem,
+                path=data.path,
+                format="tokenized-pairs" if cfg.method in PREFERENCE_LR else "tokenized",
+                num_records=len(data) // 2 if cfg.method in PREFERENCE_LR else len(data),
+                meta={k: data.meta.get(k) for k in ("template", "tokenizer_hash", "max_len")},
+            )
         if force:
             if previous and previous.get("run_id"):  # the run being replaced stops being `running`
-                catalog.write("update runs set status = 'interrupted' where id = ? and status = 'running'",
-                              [previous["run_id"]])
+                catalog.write(
+                    "update runs set status = 'interrupted' where id = ? and status = 'running'", [previous["run_id"]]
+                )
             _empty_folder(out)
         out.mkdir(parents=True, exist_ok=True)
-        run_id = catalog.add_run(config=cfg.to_dict(), dataset_id=ds_id,
-                                 base_checkpoint_id=facts["base_checkpoint_id"], output_path=out)
-    spec = TrainSpec(run_id=run_id, out=str(out), config=cfg.to_dict(), **facts,
-                     data_path=str(data.path.resolve()) if data is not None else None, dataset_id=ds_id,
-                     eval_data_path=eval_path, eval_dataset_id=eval_id, lr=lr, **method_spec)
+        run_id = catalog.add_run(
+            config=cfg.to_dict(), dataset_id=ds_id, base_checkpoint_id=facts["base_checkpoint_id"], output_path=out
+        )
+    spec = TrainSpec(
+        run_id=run_id,
+        out=str(out),
+        config=cfg.to_dict(),
+        **facts,
+        data_path=str(data.path.resolve()) if data is not None else None,
+        dataset_id=ds_id,
+        eval_data_path=eval_path,
+        eval_dataset_id=eval_id,
+        lr=lr,
+        **method_spec,
+    )
     ckpt.write_run_file(out, spec.to_dict())
     (out / RESULT_FILE).unlink(missing_ok=True)
     return spec
@@ -191,13 +226,19 @@ def announce_resume(out: Path, run_id: str) -> None:
     last = steps[-1]["step"] if steps else 0
     state = ckpt.latest_state_step(out)
     if state is None:
-        message = (f"run {run_id} stopped after step {last} before any resumable state was saved: "
-                   "starting again from step 1" if last else f"resuming run {run_id} from step 1")
+        message = (
+            f"run {run_id} stopped after step {last} before any resumable state was saved: starting again from step 1"
+            if last
+            else f"resuming run {run_id} from step 1"
+        )
     else:
         epoch = next((s.get("epoch") for s in steps if s["step"] == state), None)
         redo = f"; steps {state + 1}-{last}, done after that save, will be redone" if last > state else ""
-        message = (f"resuming run {run_id} from its state saved at step {state}"
-                   + (f" (epoch {epoch})" if epoch else "") + redo)
+        message = (
+            f"resuming run {run_id} from its state saved at step {state}"
+            + (f" (epoch {epoch})" if epoch else "")
+            + redo
+        )
     err_console.print(f"[cyan]{message}[/]", highlight=False, soft_wrap=True)
 
 
@@ -239,10 +280,12 @@ def run(spec: TrainSpec, lock_fd: int | None = None, view: Any = None) -> dict[s
     stop = StopSignals()
     try:
         sinks = [view or watch.choose_view(as_json=False)]
-        sinks += trackers.open_trackers(trackers.chosen(cfg.report_to), out, spec.run_id, spec.config,
-                                        start=ckpt.latest_state_step(out) or 0)
-        follower = watch.EventFollower(out / EVENTS_FILE, sinks,
-                                       warn=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
+        sinks += trackers.open_trackers(
+            trackers.chosen(cfg.report_to), out, spec.run_id, spec.config, start=ckpt.latest_state_step(out) or 0
+        )
+        follower = watch.EventFollower(
+            out / EVENTS_FILE, sinks, warn=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False)
+        )
         with stop, follower:
             _run_ranks(out / ckpt.RUN_FILE, cfg, stop, tuple(fd for fd in (lock_fd,) if fd is not None))
         result = json.loads((out / RESULT_FILE).read_text())
@@ -293,14 +336,23 @@ def _run_ranks(run_file: Path, cfg: TrainConfig, stop: StopSignals, pass_fds: tu
     They follow this process (`lifeline`): if it dies, even by kill -9, they die with it."""
     from openchat_cli.lifeline import owner_env
 
-    env = {**owner_env(), "PYTHONPATH": os.pathsep.join(
-        p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **owner_env(),
+        "PYTHONPATH": os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p),
+    }
     gpus = _gpu_count()
     if cfg.hostfile or (gpus and cfg.num_gpus > 1):
         if not cfg.hostfile and cfg.num_gpus > gpus:
             raise OpenchatError(f"--num-gpus {cfg.num_gpus} but this machine has {gpus} GPU(s)")
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()),
-                   "--no_local_rank", "--module"]
+        command = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--master_port",
+            str(free_port()),
+            "--no_local_rank",
+            "--module",
+        ]
         command += ["--hostfile", cfg.hostfile] if cfg.hostfile else ["--num_gpus", str(cfg.num_gpus)]
         command += ["openchat_cli.train.launch", str(run_file)]
         # Its own process group, so a stop reaches the launcher and the ranks it started.
@@ -324,8 +376,14 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool, stop: StopSignals | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+def _spawn_ranks(
+    run_file: Path,
+    world: int,
+    env: dict[str, str],
+    cpu: bool,
+    stop: StopSignals | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> None:
     """Start `world` ranks on this machine and wait; if one fails, kill the rest (they may be
     blocked in a collective with the dead one, where no signal handler runs)."""
     stop = stop or StopSignals()
@@ -339,8 +397,15 @@ def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool, sto
 
     stop.stop_ranks = stop_ranks
     for rank in range(world):
-        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                    "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        rank_env = {
+            **env,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
         if cpu:
             # Share the cores between ranks; idle OpenMP threads sleep instead of spinning (a
             # spinning pool slows a busy or oversubscribed machine down by an order of magnitude).
@@ -359,8 +424,10 @@ def _spawn_ranks(run_file: Path, world: int, env: dict[str, str], cpu: bool, sto
             time.sleep(0.2)
         if failed and stop.signal is None:
             rank = procs.index(failed)
-            raise OpenchatError(f"rank {rank} failed (exit {failed.returncode})",
-                                exit_code=failed.returncode if 0 < failed.returncode < 128 else 1)
+            raise OpenchatError(
+                f"rank {rank} failed (exit {failed.returncode})",
+                exit_code=failed.returncode if 0 < failed.returncode < 128 else 1,
+            )
         if failed:  # a stop, and a rank died of it: the others wait for it in a collective
             stop_ranks(True)
     finally:

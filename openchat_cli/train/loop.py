@@ -104,8 +104,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return groups
 
 
-def load_model(spec: TrainSpec, cfg: TrainConfig, device: torch.device, bf16: bool,
-               ds_config: dict[str, Any]) -> tuple[Any, str, Any]:
+def load_model(
+    spec: TrainSpec, cfg: TrainConfig, device: torch.device, bf16: bool, ds_config: dict[str, Any]
+) -> tuple[Any, str, Any]:
     """The causal LM (LoRA-wrapped with --lora), its attention kernel, and a ZeRO-3 handle that
     must stay alive until the engine exists."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -120,8 +121,8 @@ def load_model(spec: TrainSpec, cfg: TrainConfig, device: torch.device, bf16: bo
     dtype = torch.bfloat16 if bf16 else torch.float32
     if cfg.method == "rm":  # a scalar head (seeded) on the decoder: a sequence-classification model
         model = AutoModelForSequenceClassification.from_pretrained(
-            spec.model_path, dtype=dtype, attn_implementation=impl, num_labels=1,
-            pad_token_id=spec.pad_id)
+            spec.model_path, dtype=dtype, attn_implementation=impl, num_labels=1, pad_token_id=spec.pad_id
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=dtype, attn_implementation=impl)
     model.config.use_cache = False
@@ -130,8 +131,14 @@ def load_model(spec: TrainSpec, cfg: TrainConfig, device: torch.device, bf16: bo
     if cfg.lora:
         from openchat_cli.train.lora import apply_lora
 
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           targets=cfg.lora_targets, task_type="SEQ_CLS" if cfg.method == "rm" else "CAUSAL_LM")
+        model = apply_lora(
+            model,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            targets=cfg.lora_targets,
+            task_type="SEQ_CLS" if cfg.method == "rm" else "CAUSAL_LM",
+        )
     return model, impl, zero3_handle
 
 
@@ -154,8 +161,9 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self._previous = {sig: signal.signal(sig, self._record)
-                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        self._previous = {
+            sig: signal.signal(sig, self._record) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
 
     def _record(self, signum: int, frame: object) -> None:
         self.signal = self.signal or signum
@@ -187,8 +195,9 @@ class Comm:
             self.dist.barrier()
 
 
-def evaluate(engine: Any, data: TokenizedData, sampler: MultipackSampler, comm: Comm,
-             device: torch.device, make_batch: Any) -> dict[str, float]:
+def evaluate(
+    engine: Any, data: TokenizedData, sampler: MultipackSampler, comm: Comm, device: torch.device, make_batch: Any
+) -> dict[str, float]:
     """Loss over a whole (unshuffled) eval set (weighted tokens, or pairs), plus the preference
     methods' per-pair metrics."""
     engine.eval()
@@ -220,8 +229,9 @@ def step_metrics(engine: Any, comm: Comm) -> dict[str, float]:
     return dict(zip(keys, comm.sum(*(totals.get(k, 0.0) for k in keys))))
 
 
-def build_engine(spec: TrainSpec, cfg: TrainConfig, device: torch.device, lr: float,
-                 total: int, wrap: Any = None) -> tuple[Any, Any, str]:
+def build_engine(
+    spec: TrainSpec, cfg: TrainConfig, device: torch.device, lr: float, total: int, wrap: Any = None
+) -> tuple[Any, Any, str]:
     """The DeepSpeed engine around PackedLM (or `wrap(model, impl)`: another method's module),
     its LR scheduler and the attention kernel used."""
     import deepspeed
@@ -240,14 +250,18 @@ def build_engine(spec: TrainSpec, cfg: TrainConfig, device: torch.device, lr: fl
     elif cfg.method in PREFERENCE_METHODS:
         from openchat_cli.train.preference import PreferenceLM
 
-        module = PreferenceLM(model, impl, cfg.method, beta=cfg.dpo_beta, label_smoothing=cfg.label_smoothing,
-                              loss_type=cfg.loss_type)
+        module = PreferenceLM(
+            model, impl, cfg.method, beta=cfg.dpo_beta, label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type
+        )
     else:
         module = PackedLM(model, impl)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=module, optimizer=optimizer, model_parameters=groups if optimizer is None else None,
+        model=module,
+        optimizer=optimizer,
+        model_parameters=groups if optimizer is None else None,
         lr_scheduler=lambda opt: make_scheduler(opt, total, cfg.warmup_ratio, cfg.min_lr_ratio),
-        config=ds_config)
+        config=ds_config,
+    )
     del zero3_handle
     return engine, scheduler, impl
 
@@ -284,14 +298,18 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
     start, curve, metrics = 0, [], {}
     state_step = ckpt.latest_state_step(out)
     if state_step is not None:
-        _, client = engine.load_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(state_step),
-                                           load_module_strict=not cfg.lora)
+        _, client = engine.load_checkpoint(
+            str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(state_step), load_module_strict=not cfg.lora
+        )
         if client.get("fingerprint") != sampler.fingerprint():
-            raise OpenchatError("cannot resume: the data, packing settings or number of ranks changed "
-                                "since the checkpoint (start a new run in another --out)")
+            raise OpenchatError(
+                "cannot resume: the data, packing settings or number of ranks changed "
+                "since the checkpoint (start a new run in another --out)"
+            )
         start, curve, metrics = client["step"], client.get("curve", []), client.get("metrics", {})
-    make_batch, make_eval_batch = batch_makers(engine, cfg, data, eval_data, out, capacity, comm, device, pad_id,
-                                               resuming=state_step is not None)
+    make_batch, make_eval_batch = batch_makers(
+        engine, cfg, data, eval_data, out, capacity, comm, device, pad_id, resuming=state_step is not None
+    )
 
     reporter = None
     if comm.rank == 0:
@@ -301,11 +319,12 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
 
         ckpt.truncate_steps(out, start)
         reporter = Reporter(out, spec.run_id, total, start, cfg.log_every, curve, epochs=cfg.epochs)
-        reporter.note(f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
-                      f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
-                      f"{sampler.efficiency():.1%}; lr {lr:.2e}; {kernel} attention; "
-                      f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}"
-                      + (f"; resuming at step {start}" if start else ""))
+        reporter.note(
+            f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
+            f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
+            f"{sampler.efficiency():.1%}; lr {lr:.2e}; {kernel} attention; "
+            f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}" + (f"; resuming at step {start}" if start else "")
+        )
 
     def run_eval(tag: str, step: int) -> None:
         if eval_sampler is not None:
@@ -325,14 +344,23 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
     def save_state(step: int) -> None:
         """DeepSpeed state (weights, optimizer, scheduler, sampler position) for --resume."""
         nonlocal saved
-        client = {"step": step, "fingerprint": sampler.fingerprint(), "curve": reporter.curve if reporter else [],
-                  "metrics": metrics}
+        client = {
+            "step": step,
+            "fingerprint": sampler.fingerprint(),
+            "curve": reporter.curve if reporter else [],
+            "metrics": metrics,
+        }
         # A LoRA run's frozen base weights need not be copied into every resumable state.
         # DeepSpeed's own `latest` is written in place by rank 0 before the other ranks are
         # done: a kill there points --resume at half a state. Ours is renamed into place once
         # every rank has written its part.
-        engine.save_checkpoint(str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(step), client_state=client,
-                               exclude_frozen_parameters=cfg.lora, save_latest=False)
+        engine.save_checkpoint(
+            str(out / ckpt.STATE_DIR),
+            tag=ckpt.state_tag(step),
+            client_state=client,
+            exclude_frozen_parameters=cfg.lora,
+            save_latest=False,
+        )
         comm.barrier()
         if comm.rank == 0:
             ckpt.mark_latest_state(out, step)
@@ -361,10 +389,14 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
             # One all-reduce carries the step's loss weight and two decisions every rank must take
             # together: stop here (a rank got SIGTERM/SIGINT), and save state after this step (rank
             # 0's clock says --state-minutes have passed).
-            state_due = (comm.rank == 0 and cfg.state_minutes > 0
-                         and time.monotonic() - last_state_time >= cfg.state_minutes * 60)
-            weight, stops, state_votes = comm.sum(sum(b.weight_sum for b in batches), float(stop.signal is not None),
-                                                  float(state_due))
+            state_due = (
+                comm.rank == 0
+                and cfg.state_minutes > 0
+                and time.monotonic() - last_state_time >= cfg.state_minutes * 60
+            )
+            weight, stops, state_votes = comm.sum(
+                sum(b.weight_sum for b in batches), float(stop.signal is not None), float(state_due)
+            )
             if stops:
                 if done > saved:
                     save_state(done)
@@ -380,8 +412,10 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
                     (global_loss,) = comm.sum(loss_sum)
                     global_loss = global_loss / weight if weight > 0 else 0.0
                     if not math.isfinite(global_loss):
-                        raise OpenchatError(f"non-finite loss ({global_loss}) at step {step + 1}: "
-                                            "lower --lr or check the data; nothing was updated")
+                        raise OpenchatError(
+                            f"non-finite loss ({global_loss}) at step {step + 1}: "
+                            "lower --lr or check the data; nothing was updated"
+                        )
                 lr_now = scheduler.get_last_lr()[0]
                 engine.step()
             done = step + 1
@@ -391,11 +425,22 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
                 tokens = int(rank_tokens.sum())
                 seconds = time.perf_counter() - t0
                 epoch, _ = sampler.locate(step)
-                reporter.step({"step": done, "epoch": epoch + 1, "loss": global_loss, "lr": lr_now,
-                               "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                               "capacity": capacity * comm.world * cfg.micro_steps,
-                               "packing_efficiency": sampler.step_efficiency(step),
-                               "rank_tokens": rank_tokens.tolist(), "weight": weight, **extra})
+                reporter.step(
+                    {
+                        "step": done,
+                        "epoch": epoch + 1,
+                        "loss": global_loss,
+                        "lr": lr_now,
+                        "tokens": tokens,
+                        "seconds": seconds,
+                        "tokens_per_s": tokens / seconds,
+                        "capacity": capacity * comm.world * cfg.micro_steps,
+                        "packing_efficiency": sampler.step_efficiency(step),
+                        "rank_tokens": rank_tokens.tolist(),
+                        "weight": weight,
+                        **extra,
+                    }
+                )
             if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                 run_eval(f"eval_loss_step_{done}", done)
             if done == total:
@@ -417,10 +462,19 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
         stop.restore()
         if reporter:
             reporter.close()
-    result = {"status": status, "steps": total, "stopped_at": done, "resume_step": saved,
-              "metrics": {**metrics, "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None,
-                          "packing_efficiency": sampler.efficiency(), "lr": lr},
-              "curve": reporter.curve if reporter else []}
+    result = {
+        "status": status,
+        "steps": total,
+        "stopped_at": done,
+        "resume_step": saved,
+        "metrics": {
+            **metrics,
+            "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None,
+            "packing_efficiency": sampler.efficiency(),
+            "lr": lr,
+        },
+        "curve": reporter.curve if reporter else [],
+    }
     if status == "completed" and comm.rank == 0:
         import shutil
 
@@ -429,8 +483,18 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
     return result
 
 
-def batch_makers(engine: Any, cfg: TrainConfig, data: TokenizedData, eval_data: TokenizedData | None, out: Path,
-                 capacity: int, comm: Comm, device: torch.device, pad_id: int, resuming: bool) -> tuple[Any, Any]:
+def batch_makers(
+    engine: Any,
+    cfg: TrainConfig,
+    data: TokenizedData,
+    eval_data: TokenizedData | None,
+    out: Path,
+    capacity: int,
+    comm: Comm,
+    device: torch.device,
+    pad_id: int,
+    resuming: bool,
+) -> tuple[Any, Any]:
     """How rows become micro-batches, for training and eval data. DPO's batches carry the
     reference log-probs, computed here before the first step (or read back on a resume)."""
     if cfg.method not in PREFERENCE_METHODS:
@@ -442,8 +506,9 @@ def batch_makers(engine: Any, cfg: TrainConfig, data: TokenizedData, eval_data: 
     if cfg.method == "dpo":
         for name, part in (("train", data), ("eval", eval_data)):
             if part is not None:
-                refs[id(part)] = reference.load_or_compute(engine, part, out, name, capacity, comm, device, pad_id,
-                                                           resuming)
+                refs[id(part)] = reference.load_or_compute(
+                    engine, part, out, name, capacity, comm, device, pad_id, resuming
+                )
 
     def make(d: TokenizedData, rows: Any) -> Any:
         return pack_pairs(d, rows, pad_id, ref_logps=refs.get(id(d)))
@@ -451,8 +516,16 @@ def batch_makers(engine: Any, cfg: TrainConfig, data: TokenizedData, eval_data: 
     return make, make
 
 
-def _save_hf(engine: Any, cfg: TrainConfig, spec: TrainSpec, out: Path, name: str, step: int,
-             metrics: dict[str, Any], reporter: Any) -> None:
+def _save_hf(
+    engine: Any,
+    cfg: TrainConfig,
+    spec: TrainSpec,
+    out: Path,
+    name: str,
+    step: int,
+    metrics: dict[str, Any],
+    reporter: Any,
+) -> None:
     """Rank 0 writes and registers a Hugging Face checkpoint (ZeRO-3 gathers weights first)."""
     state_dict = None
     if cfg.zero == 3:  # every rank takes part in gathering the partitioned weights
@@ -468,9 +541,16 @@ def _save_hf(engine: Any, cfg: TrainConfig, spec: TrainSpec, out: Path, name: st
         from openchat_cli.model_dir import attach_template
 
         attach_template(tokenizer, spec.template)
-    meta = {"template": spec.template, "method": cfg.method, "run_id": spec.run_id, "dataset_id": spec.dataset_id,
-            "tokenizer_hash": spec.tokenizer_hash, "base_model": spec.model_path,
-            "base_checkpoint_id": spec.base_checkpoint_id, "step": step}
+    meta = {
+        "template": spec.template,
+        "method": cfg.method,
+        "run_id": spec.run_id,
+        "dataset_id": spec.dataset_id,
+        "tokenizer_hash": spec.tokenizer_hash,
+        "base_model": spec.model_path,
+        "base_checkpoint_id": spec.base_checkpoint_id,
+        "step": step,
+    }
     if cfg.lora:
         meta["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
     path = ckpt.save_hf(out, name, engine.module.lm, tokenizer, meta, state_dict)
@@ -481,12 +561,22 @@ def _save_hf(engine: Any, cfg: TrainConfig, spec: TrainSpec, out: Path, name: st
         if old:  # a resumed run redoing a step it had saved before being killed
             catalog.remove(old["id"])
         ck = catalog.add_checkpoint(
-            path=path, kind="reward-model" if cfg.method == "rm" else "trained", template=spec.template,
-            base_model=spec.model_path, run_id=spec.run_id, dataset_id=spec.dataset_id, step=step,
-            metrics={"loss": point.get("loss"), "eval_loss": metrics.get("eval_loss"), "lora": cfg.lora,
-                     "method": cfg.method, **({"eval_accuracy": metrics["eval_accuracy"]}
-                                              if "eval_accuracy" in metrics else {})},
-            parent_id=spec.base_checkpoint_id)
+            path=path,
+            kind="reward-model" if cfg.method == "rm" else "trained",
+            template=spec.template,
+            base_model=spec.model_path,
+            run_id=spec.run_id,
+            dataset_id=spec.dataset_id,
+            step=step,
+            metrics={
+                "loss": point.get("loss"),
+                "eval_loss": metrics.get("eval_loss"),
+                "lora": cfg.lora,
+                "method": cfg.method,
+                **({"eval_accuracy": metrics["eval_accuracy"]} if "eval_accuracy" in metrics else {}),
+            },
+            parent_id=spec.base_checkpoint_id,
+        )
     finally:
         catalog.close()
     write_meta(path, checkpoint_id=ck)

@@ -39,13 +39,13 @@ def weighted_ce_sum(logits: torch.Tensor, labels: torch.Tensor, weights: torch.T
     return (ce * weights.to(ce.dtype)).sum()
 
 
-def _head_ce(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-             weights: torch.Tensor) -> torch.Tensor:
+def _head_ce(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return weighted_ce_sum(head(hidden), labels, weights)
 
 
-def chunked_head_ce(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                    weights: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_head_ce(
+    head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """sum(w * CE) of head(hidden), `chunk` rows at a time, each recomputed in backward."""
     if len(labels) <= chunk:
         return _head_ce(head, hidden, labels, weights)
@@ -59,15 +59,17 @@ def chunked_head_ce(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.T
 
 def has_plain_head(lm: Any) -> bool:
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
-    return (isinstance(head, torch.nn.Linear) and hasattr(lm, "get_decoder")
-            and not any(getattr(lm.config, f, None) for f in POST_HEAD_FIELDS))
+    return (
+        isinstance(head, torch.nn.Linear)
+        and hasattr(lm, "get_decoder")
+        and not any(getattr(lm.config, f, None) for f in POST_HEAD_FIELDS)
+    )
 
 
 class PackedLM(torch.nn.Module):
     """forward(packed batch tensors) -> sum(w * CE). `lm` is the (possibly LoRA-wrapped) model."""
 
-    def __init__(self, lm: Any, attn_impl: str, supervised_only: bool = True,
-                 chunk_elements: int = CHUNK_ELEMENTS):
+    def __init__(self, lm: Any, attn_impl: str, supervised_only: bool = True, chunk_elements: int = CHUNK_ELEMENTS):
         super().__init__()
         self.lm = lm
         self.attn_impl = attn_impl
@@ -84,5 +86,4 @@ class PackedLM(torch.nn.Module):
             logits = self.lm(**kwargs, logits_to_keep=batch.target_pos).logits[0]
             return weighted_ce_sum(logits, batch.labels, batch.label_weights)
         hidden = self.lm.get_decoder()(**kwargs).last_hidden_state[0, batch.target_pos]
-        return chunked_head_ce(self.lm.get_output_embeddings(), hidden, batch.labels,
-                               batch.label_weights, self.chunk)
+        return chunked_head_ce(self.lm.get_output_embeddings(), hidden, batch.labels, batch.label_weights, self.chunk)

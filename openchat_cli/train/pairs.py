@@ -79,13 +79,17 @@ def load_pairs(path: Path, meta: dict[str, Any] | None = None, vocab_size: int |
         lengths, w_lengths = np.diff(offsets), np.diff(w_offsets)
         bad = np.flatnonzero(lengths != w_lengths)
         if len(bad):
-            raise OpenchatError(f"{path}: pair {int(bad[0])}: {side}_ids has {int(lengths[bad[0]])} tokens but "
-                                f"{side}_weights {int(w_lengths[bad[0]])}")
-        ids = np.asarray(ids_col.values, dtype=np.int64)[offsets[0]:offsets[-1]]
-        weights = np.asarray(w_col.values, dtype=np.float32)[w_offsets[0]:w_offsets[-1]]
+            raise OpenchatError(
+                f"{path}: pair {int(bad[0])}: {side}_ids has {int(lengths[bad[0]])} tokens but "
+                f"{side}_weights {int(w_lengths[bad[0]])}"
+            )
+        ids = np.asarray(ids_col.values, dtype=np.int64)[offsets[0] : offsets[-1]]
+        weights = np.asarray(w_col.values, dtype=np.float32)[w_offsets[0] : w_offsets[-1]]
         if len(ids) and (ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size)):
-            raise OpenchatError(f"{path}: {side}_ids holds token id {int(ids.max())}, outside the model's "
-                                f"vocabulary ({vocab_size}): re-tokenize the pairs with this model")
+            raise OpenchatError(
+                f"{path}: {side}_ids holds token id {int(ids.max())}, outside the model's "
+                f"vocabulary ({vocab_size}): re-tokenize the pairs with this model"
+            )
         if not np.isfinite(weights).all() or (weights < 0).any():
             raise OpenchatError(f"{path}: {side}_weights must be finite and non-negative")
         local = offsets - offsets[0]
@@ -93,16 +97,20 @@ def load_pairs(path: Path, meta: dict[str, Any] | None = None, vocab_size: int |
         scored = nonzero[local[1:]] - nonzero[np.minimum(local[:-1] + 1, local[1:])]  # the first token predicts nothing
         empty = np.flatnonzero((lengths < 2) | (np.asarray(scored) == 0))
         if len(empty):
-            raise OpenchatError(f"{path}: pair {int(empty[0])}: the {side} reply has no token with a non-zero "
-                                f"weight after the first (nothing to score)")
+            raise OpenchatError(
+                f"{path}: pair {int(empty[0])}: the {side} reply has no token with a non-zero "
+                f"weight after the first (nothing to score)"
+            )
         sides.append((ids, weights, lengths))
     (c_ids, c_w, c_len), (r_ids, r_w, r_len) = sides
     lengths = np.stack([c_len, r_len], axis=1).reshape(-1)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     # Gather both sides into one interleaved layout: output row k starts at `starts[k]` of the
     # concatenated (chosen, rejected) arrays.
-    starts = np.stack([np.concatenate([[0], np.cumsum(c_len)[:-1]]),
-                       len(c_ids) + np.concatenate([[0], np.cumsum(r_len)[:-1]])], axis=1).reshape(-1)
+    starts = np.stack(
+        [np.concatenate([[0], np.cumsum(c_len)[:-1]]), len(c_ids) + np.concatenate([[0], np.cumsum(r_len)[:-1]])],
+        axis=1,
+    ).reshape(-1)
     index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
     ids = np.concatenate([c_ids, r_ids])[index]
     weights = np.concatenate([c_w, r_w])[index]

@@ -30,8 +30,14 @@ from openchat_cli.train.loss import CHUNK_ELEMENTS, has_plain_head
 from openchat_cli.train.pairs import pair_rows
 
 # Per-pair metrics summed over a step (TRL's names); the loop divides by the pair count.
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-           "logps/chosen", "logps/rejected")
+METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @dataclass
@@ -52,13 +58,15 @@ class PairBatch(PackedBatch):
         return float(self.num_pairs)
 
     def to(self, device: torch.device | str) -> "PairBatch":
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                 for k, v in self.__dict__.items()}
+        moved = {
+            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+        }
         return PairBatch(**moved)
 
 
-def pack_pairs(data: TokenizedData, pairs: np.ndarray, pad_id: int = 0,
-               ref_logps: np.ndarray | None = None, output: str = "loss") -> PairBatch:
+def pack_pairs(
+    data: TokenizedData, pairs: np.ndarray, pad_id: int = 0, ref_logps: np.ndarray | None = None, output: str = "loss"
+) -> PairBatch:
     """One micro-batch from pair indices (no pairs: a dummy with nothing to score).
     `ref_logps`: the whole dataset's reference log-probs [pairs, 2], for DPO's loss."""
     pairs = np.asarray(pairs, dtype=np.int64)
@@ -67,15 +75,28 @@ def pack_pairs(data: TokenizedData, pairs: np.ndarray, pad_id: int = 0,
     refs = None
     if ref_logps is not None:
         refs = torch.from_numpy(np.asarray(ref_logps, dtype=np.float64)[pairs].reshape(-1))
-    return PairBatch(**base.__dict__, target_seq=torch.from_numpy(seq.astype(np.int64)),
-                     pair_ids=torch.from_numpy(pairs), ref_logps=refs, output=output)
+    return PairBatch(
+        **base.__dict__,
+        target_seq=torch.from_numpy(seq.astype(np.int64)),
+        pair_ids=torch.from_numpy(pairs),
+        ref_logps=refs,
+        output=output,
+    )
 
 
 # -- the losses (plain functions: what the TRL agreement tests compare) -------------------------
-def dpo_losses(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen: torch.Tensor,
-               ref_rejected: torch.Tensor, *, beta: float, label_smoothing: float = 0.0,
-               loss_type: str = "sigmoid", chosen_tokens: torch.Tensor | None = None,
-               rejected_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_losses(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses and the implicit rewards beta * (log pi - log pi_ref) of both sides.
 
     sigmoid: -(1 - e) log sigmoid(beta d) - e log sigmoid(-beta d), d the difference of the
@@ -106,14 +127,15 @@ def _token_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tens
     return -F.cross_entropy(head(hidden).float(), labels, reduction="none")
 
 
-def chunked_token_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                        chunk: int) -> torch.Tensor:
+def chunked_token_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
     """log p(label) at each row of `hidden`, `chunk` rows of logits at a time (recomputed in
     backward, so memory holds one chunk of full-vocabulary logits)."""
     if len(labels) <= chunk:
         return _token_logps(head, hidden, labels)
-    parts = [checkpoint(_token_logps, head, hidden[s:s + chunk], labels[s:s + chunk], use_reentrant=False)
-             for s in range(0, len(labels), chunk)]
+    parts = [
+        checkpoint(_token_logps, head, hidden[s : s + chunk], labels[s : s + chunk], use_reentrant=False)
+        for s in range(0, len(labels), chunk)
+    ]
     return torch.cat(parts)
 
 
@@ -126,8 +148,17 @@ class PreferenceLM(torch.nn.Module):
     """forward(PairBatch) -> sum of per-pair losses (or per-sequence log-probs / rewards when
     the batch asks for them). `lm`: a causal LM for DPO, a sequence-classification model for RM."""
 
-    def __init__(self, lm: Any, attn_impl: str, method: str, *, beta: float = 0.1, label_smoothing: float = 0.0,
-                 loss_type: str = "sigmoid", chunk_elements: int = CHUNK_ELEMENTS):
+    def __init__(
+        self,
+        lm: Any,
+        attn_impl: str,
+        method: str,
+        *,
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        loss_type: str = "sigmoid",
+        chunk_elements: int = CHUNK_ELEMENTS,
+    ):
         super().__init__()
         self.lm = lm
         self.attn_impl = attn_impl
@@ -182,16 +213,32 @@ class PreferenceLM(torch.nn.Module):
             return logps
         ref = batch.ref_logps.to(logps.dtype)
         losses, chosen_r, rejected_r = dpo_losses(
-            logps[0::2], logps[1::2], ref[0::2], ref[1::2], beta=self.beta, label_smoothing=self.label_smoothing,
-            loss_type=self.loss_type, chosen_tokens=counts[0::2], rejected_tokens=counts[1::2])
+            logps[0::2],
+            logps[1::2],
+            ref[0::2],
+            ref[1::2],
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            loss_type=self.loss_type,
+            chosen_tokens=counts[0::2],
+            rejected_tokens=counts[1::2],
+        )
         self._record(chosen_r, rejected_r, logps[0::2].detach(), logps[1::2].detach())
         return losses.sum()
 
-    def _record(self, chosen: torch.Tensor, rejected: torch.Tensor, chosen_logps: torch.Tensor | None = None,
-                rejected_logps: torch.Tensor | None = None) -> None:
-        values = {"rewards/chosen": chosen.sum(), "rewards/rejected": rejected.sum(),
-                  "rewards/accuracies": (chosen > rejected).float().sum(),
-                  "rewards/margins": (chosen - rejected).sum()}
+    def _record(
+        self,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        chosen_logps: torch.Tensor | None = None,
+        rejected_logps: torch.Tensor | None = None,
+    ) -> None:
+        values = {
+            "rewards/chosen": chosen.sum(),
+            "rewards/rejected": rejected.sum(),
+            "rewards/accuracies": (chosen > rejected).float().sum(),
+            "rewards/margins": (chosen - rejected).sum(),
+        }
         if chosen_logps is not None:
             values.update({"logps/chosen": chosen_logps.sum(), "logps/rejected": rejected_logps.sum()})
         for key, value in values.items():

@@ -39,8 +39,9 @@ def adapters_off(lm: Any) -> Any:
     return lm.disable_adapter() if hasattr(lm, "disable_adapter") else contextlib.nullcontext()
 
 
-def compute(engine: Any, data: TokenizedData, capacity: int, comm: Any, device: torch.device,
-            pad_id: int) -> np.ndarray:
+def compute(
+    engine: Any, data: TokenizedData, capacity: int, comm: Any, device: torch.device, pad_id: int
+) -> np.ndarray:
     """[pairs, 2] reference log-probs of the engine's model as it is now (adapters off)."""
     sampler = MultipackSampler(pair_lengths(data), PackSpec(capacity, comm.world, 1, shuffle=False))
     out = torch.zeros(len(data) // 2 * 2, dtype=torch.float64, device=device)
@@ -59,20 +60,33 @@ def compute(engine: Any, data: TokenizedData, capacity: int, comm: Any, device: 
     return out.view(-1, 2).cpu().numpy()
 
 
-def load_or_compute(engine: Any, data: TokenizedData, out: Path, name: str, capacity: int, comm: Any,
-                    device: torch.device, pad_id: int, resuming: bool) -> np.ndarray:
+def load_or_compute(
+    engine: Any,
+    data: TokenizedData,
+    out: Path,
+    name: str,
+    capacity: int,
+    comm: Any,
+    device: torch.device,
+    pad_id: int,
+    resuming: bool,
+) -> np.ndarray:
     """The stored reference log-probs of this run, computing (and storing) them on a fresh start."""
     path = reference_path(out, name)
     pairs = len(data) // 2
     if path.exists():
         refs = np.load(path)
         if refs.shape != (pairs, 2):
-            raise OpenchatError(f"{path} holds reference log-probs for {refs.shape[0]} pairs, the data has "
-                                f"{pairs}: start a new run in another --out")
+            raise OpenchatError(
+                f"{path} holds reference log-probs for {refs.shape[0]} pairs, the data has "
+                f"{pairs}: start a new run in another --out"
+            )
         return refs
     if resuming:
-        raise OpenchatError(f"cannot resume: {path} (the reference log-probs computed before the first step) "
-                            "is missing; they cannot be recomputed from trained weights")
+        raise OpenchatError(
+            f"cannot resume: {path} (the reference log-probs computed before the first step) "
+            "is missing; they cannot be recomputed from trained weights"
+        )
     refs = compute(engine, data, capacity, comm, device, pad_id)
     if comm.rank == 0:
         fd, tmp = temp_file_beside(path)

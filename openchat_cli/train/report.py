@@ -69,8 +69,16 @@ class Reporter:
     curve, which goes to the catalog at most every 30 s (and at checkpoints and the end).
     Everything it hears also goes to OUT/events.jsonl for the live view and the trackers."""
 
-    def __init__(self, out: Path, run_id: str | None, total: int, start: int, log_every: int,
-                 curve: list[dict[str, Any]] | None = None, epochs: int | None = None):
+    def __init__(
+        self,
+        out: Path,
+        run_id: str | None,
+        total: int,
+        start: int,
+        log_every: int,
+        curve: list[dict[str, Any]] | None = None,
+        epochs: int | None = None,
+    ):
         self.out = Path(out)
         self.run_id = run_id
         self.total = total

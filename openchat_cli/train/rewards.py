@@ -60,8 +60,9 @@ def parse_reward(text: str) -> RewardSpec:
             raise OpenchatError(f"--reward {text}: grade takes no argument")
         return RewardSpec("grade", None, weight)
     if not target:
-        raise OpenchatError(f"--reward {text}: {kind} needs {'a checkpoint' if kind == 'rm' else 'a URL'} "
-                            f"after '{kind}:'")
+        raise OpenchatError(
+            f"--reward {text}: {kind} needs {'a checkpoint' if kind == 'rm' else 'a URL'} after '{kind}:'"
+        )
     model = None
     if kind == "judge" and "#" in target:
         target, model = target.split("#", 1)
@@ -93,9 +94,11 @@ def _reward_model_dir(ref: str) -> Path:
     except (OSError, ValueError) as exc:
         raise OpenchatError(f"--reward rm:{ref}: cannot read {path}/config.json ({exc})") from None
     if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
-        raise OpenchatError(f"--reward rm:{ref}: {path} is not a reward model (its architectures are "
-                            f"{config.architectures}; expected a …ForSequenceClassification checkpoint, "
-                            "as `openchat train --method rm` makes)")
+        raise OpenchatError(
+            f"--reward rm:{ref}: {path} is not a reward model (its architectures are "
+            f"{config.architectures}; expected a …ForSequenceClassification checkpoint, "
+            "as `openchat train --method rm` makes)"
+        )
     if getattr(config, "num_labels", 1) != 1:
         raise OpenchatError(f"--reward rm:{ref}: {path} has {config.num_labels} labels; a reward model has one score")
     return path
@@ -113,13 +116,14 @@ def _judge_model(spec: RewardSpec, timeout_s: float = 10.0) -> str:
         response.raise_for_status()
         listed = [m["id"] for m in response.json().get("data", [])]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise OpenchatError(f"--reward judge:{spec.target}: the judge at {url} is unreachable or not "
-                            f"OpenAI-compatible ({type(exc).__name__}: {exc})") from None
+        raise OpenchatError(
+            f"--reward judge:{spec.target}: the judge at {url} is unreachable or not "
+            f"OpenAI-compatible ({type(exc).__name__}: {exc})"
+        ) from None
     if spec.model:
         return spec.model
     if not listed:
-        raise OpenchatError(f"--reward judge:{spec.target}: {url}/models lists no model; name one with "
-                            "judge:URL#MODEL")
+        raise OpenchatError(f"--reward judge:{spec.target}: {url}/models lists no model; name one with judge:URL#MODEL")
     return listed[0]
 
 
@@ -186,8 +190,9 @@ class ModelReward:
         self.device = device
         self.tokenizer = load_tokenizer(model_dir)
         self.template = get_template(model_template(model_dir))
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), dtype=torch.float32).to(device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+        )
 
     def __call__(self, prompts: list[Prompt], completions: list[str]) -> list[float]:
         import torch

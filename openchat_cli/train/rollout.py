@@ -37,8 +37,14 @@ def policy_weights(lm: Any) -> dict[str, torch.Tensor]:
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
             name = module_name.removeprefix("base_model.model.")
             weight = module.base_layer.weight.detach()
-            delta = sum((module.get_delta_weight(a).detach() for a in module.active_adapters
-                         if a in getattr(module, "lora_A", {})), torch.zeros_like(weight))
+            delta = sum(
+                (
+                    module.get_delta_weight(a).detach()
+                    for a in module.active_adapters
+                    if a in getattr(module, "lora_A", {})
+                ),
+                torch.zeros_like(weight),
+            )
             out[f"{name}.weight"] = weight + delta.to(weight.dtype)
     for key, value in state.items():
         if "lora_" in key:
@@ -51,13 +57,18 @@ def policy_weights(lm: Any) -> dict[str, torch.Tensor]:
 class Sampler:
     """A `TransformersEngine` on this rank's device, fed prompt ids, returning completions."""
 
-    def __init__(self, model_dir: Path, tokenizer: Any, stop_ids: tuple[int, ...], device: torch.device,
-                 max_batch_size: int):
+    def __init__(
+        self, model_dir: Path, tokenizer: Any, stop_ids: tuple[int, ...], device: torch.device, max_batch_size: int
+    ):
         from openchat_cli.serve.engines.transformers_engine import TransformersEngine
 
-        self.engine = TransformersEngine(model_dir, tokenizer=tokenizer, device=str(device),
-                                         dtype="float32" if device.type == "cpu" else "bfloat16",
-                                         max_batch_size=max_batch_size)
+        self.engine = TransformersEngine(
+            model_dir,
+            tokenizer=tokenizer,
+            device=str(device),
+            dtype="float32" if device.type == "cpu" else "bfloat16",
+            max_batch_size=max_batch_size,
+        )
         self.stop_ids = stop_ids
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self.engine.start())
@@ -65,18 +76,21 @@ class Sampler:
     def sync(self, lm: Any) -> None:
         self.engine.load_weights(policy_weights(lm))
 
-    def sample(self, prompt_ids: list[list[int]], seeds: list[int], *, max_tokens: int,
-               temperature: float) -> list[Completion]:
+    def sample(
+        self, prompt_ids: list[list[int]], seeds: list[int], *, max_tokens: int, temperature: float
+    ) -> list[Completion]:
         """One completion per (prompt, seed), all sampled together."""
         return self.loop.run_until_complete(self._sample(prompt_ids, seeds, max_tokens, temperature))
 
-    async def _sample(self, prompt_ids: list[list[int]], seeds: list[int], max_tokens: int,
-                      temperature: float) -> list[Completion]:
+    async def _sample(
+        self, prompt_ids: list[list[int]], seeds: list[int], max_tokens: int, temperature: float
+    ) -> list[Completion]:
         from openchat_cli.serve.engines.base import SamplingParams
 
         async def one(i: int, ids: list[int], seed: int) -> Completion:
-            params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                    stop_token_ids=self.stop_ids)
+            params = SamplingParams(
+                max_tokens=max_tokens, temperature=temperature, seed=seed, stop_token_ids=self.stop_ids
+            )
             tokens: list[int] = []
             async for event in self.engine.generate(ids, params, f"grpo-{i}"):
                 tokens.extend(event.token_ids)

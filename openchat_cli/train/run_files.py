@@ -1,16 +1,16 @@
 """What a training run leaves in its output folder, and how it is written and read back.
 
-    OUT/run.json          the resolved settings and ids (what `--resume` continues)
-    OUT/run.lock          flock'd by the command running the run, for its whole life (run_folder.py)
-    OUT/steps.jsonl       one line per finished optimizer step (rank 0)
-    OUT/events.jsonl      this invocation's progress events, followed by `openchat train` (train/report.py)
-    OUT/tensorboard/      `--report-to tensorboard` event files; OUT/wandb/ the same for W&B (offline)
-    OUT/state/            DeepSpeed checkpoint of the latest save: model, optimizer and
-                          scheduler state, plus the sampler position (for --resume); saved
-                          every --state-minutes, at each --save-every step and on SIGTERM/SIGINT
-    OUT/step-000100/      Hugging Face checkpoint (weights or LoRA adapter, tokenizer with its
-                          chat_template, openchat.json), written to a temp dir and renamed
-    OUT/final/            the checkpoint of the finished run
+OUT/run.json          the resolved settings and ids (what `--resume` continues)
+OUT/run.lock          flock'd by the command running the run, for its whole life (run_folder.py)
+OUT/steps.jsonl       one line per finished optimizer step (rank 0)
+OUT/events.jsonl      this invocation's progress events, followed by `openchat train` (train/report.py)
+OUT/tensorboard/      `--report-to tensorboard` event files; OUT/wandb/ the same for W&B (offline)
+OUT/state/            DeepSpeed checkpoint of the latest save: model, optimizer and
+                      scheduler state, plus the sampler position (for --resume); saved
+                      every --state-minutes, at each --save-every step and on SIGTERM/SIGINT
+OUT/step-000100/      Hugging Face checkpoint (weights or LoRA adapter, tokenizer with its
+                      chat_template, openchat.json), written to a temp dir and renamed
+OUT/final/            the checkpoint of the finished run
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ def append_step(out: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def save_hf(out: Path, name: str, module: Any, tokenizer: Any, meta: dict[str, Any],
-            state_dict: dict | None = None) -> Path:
+def save_hf(
+    out: Path, name: str, module: Any, tokenizer: Any, meta: dict[str, Any], state_dict: dict | None = None
+) -> Path:
     """Write a Hugging Face checkpoint dir atomically (temp dir, then rename into place)."""
     target = Path(out) / name
     tmp = temp_dir_beside(target)

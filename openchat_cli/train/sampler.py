@@ -146,8 +146,7 @@ class MultipackSampler:
         """Row ids of each micro-batch of `rank` at global step `step` (an empty array = dummy)."""
         epoch, local = self.locate(step)
         plan = self.plans[epoch]
-        return [plan.bins[b] if b != EMPTY else np.zeros(0, dtype=np.int64)
-                for b in plan.steps[local, rank]]
+        return [plan.bins[b] if b != EMPTY else np.zeros(0, dtype=np.int64) for b in plan.steps[local, rank]]
 
     def step_tokens(self, step: int) -> np.ndarray:
         """Real tokens per rank at `step` ([world])."""

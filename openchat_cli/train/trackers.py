@@ -30,8 +30,11 @@ from openchat_cli.errors import OpenchatError
 
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 # The module each tracker needs, and the package that provides it.
-REQUIREMENTS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
-                "mlflow": ("mlflow", "mlflow-skinny")}
+REQUIREMENTS = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+}
 
 
 def chosen(names: list[str] | tuple[str, ...] | None) -> list[str]:
@@ -54,8 +57,10 @@ def check_installed(names: list[str]) -> None:
     missing = [n for n in names if importlib.util.find_spec(REQUIREMENTS[n][0]) is None]
     if missing:
         packages = " ".join(REQUIREMENTS[n][1] for n in missing)
-        raise OpenchatError(f"--report-to {' '.join(missing)}: not installed here; install it with "
-                            f"`pip install {packages}` (or `pip install 'openchat-cli[tracking]'`)")
+        raise OpenchatError(
+            f"--report-to {' '.join(missing)}: not installed here; install it with "
+            f"`pip install {packages}` (or `pip install 'openchat-cli[tracking]'`)"
+        )
 
 
 def metric_name(key: str) -> str:
@@ -66,13 +71,18 @@ def logged_scalars(event: dict[str, Any]) -> tuple[int, dict[str, float]] | None
     """(step, {name: value}) a tracker logs for an event, or None for events it skips."""
     kind = event.get("event")
     if kind == "point":
-        values = {metric_name(k): float(v) for k, v in event.items()
-                  if k not in ("event", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {
+            metric_name(k): float(v)
+            for k, v in event.items()
+            if k not in ("event", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         return int(event["step"]), values
     if kind == "eval":
-        return int(event["step"]), {("eval/loss" if k == "eval_loss" else f"eval/{k}"): float(v)
-                                    for k, v in event.items() if k not in ("event", "step", "tag")
-                                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return int(event["step"]), {
+            ("eval/loss" if k == "eval_loss" else f"eval/{k}"): float(v)
+            for k, v in event.items()
+            if k not in ("event", "step", "tag") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
     return None
 
 
@@ -131,9 +141,16 @@ class WandbTracker(Tracker):
         import wandb
 
         run_key = re.sub(r"[^A-Za-z0-9_-]", "-", run_id) if run_id else None
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "openchat"), name=run_id, id=run_key,
-                              config=flat_config(config, run_id), dir=str(out), resume="allow",
-                              reinit="create_new", tags=["openchat"])
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "openchat"),
+            name=run_id,
+            id=run_key,
+            config=flat_config(config, run_id),
+            dir=str(out),
+            resume="allow",
+            reinit="create_new",
+            tags=["openchat"],
+        )
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
@@ -162,8 +179,9 @@ class MlflowTracker(Tracker):
             self.mlflow_run_id = found[0].info.run_id
             self.client.update_run(self.mlflow_run_id, status="RUNNING")
         else:
-            run = self.client.create_run(experiment_id, run_name=run_id,
-                                         tags={"openchat_run_id": run_id or "", "openchat_output": str(out)})
+            run = self.client.create_run(
+                experiment_id, run_name=run_id, tags={"openchat_run_id": run_id or "", "openchat_output": str(out)}
+            )
             self.mlflow_run_id = run.info.run_id
             params = [Param(k, str(v)[:6000]) for k, v in flat_config(config, run_id).items()]
             self.client.log_batch(self.mlflow_run_id, params=params, tags=[RunTag("openchat", "train")])
@@ -181,8 +199,9 @@ class MlflowTracker(Tracker):
 KINDS: dict[str, type[Tracker]] = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
 
 
-def open_trackers(names: list[str], out: Path, run_id: str | None, config: dict[str, Any],
-                  start: int = 0) -> list[Tracker]:
+def open_trackers(
+    names: list[str], out: Path, run_id: str | None, config: dict[str, Any], start: int = 0
+) -> list[Tracker]:
     """One tracker per name, opened now (in the main thread) so a failure stops the run early."""
     check_installed(names)
     opened: list[Tracker] = []

@@ -36,9 +36,15 @@ class EventSink(Protocol):
 
 def extras(record: dict[str, Any]) -> dict[str, float]:
     """The metrics a view shows after the main ones: a training method's own (rewards/chosen, kl)."""
-    return {k: v for k, v in record.items()
-            if k not in MAIN_KEYS and k not in RAW_KEYS and k != "event"
-            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: v
+        for k, v in record.items()
+        if k not in MAIN_KEYS
+        and k not in RAW_KEYS
+        and k != "event"
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+    }
 
 
 def format_value(value: float) -> str:
@@ -144,9 +150,16 @@ class LiveView:
     def __init__(self, console: Console):
         self.console = console
         self.progress = _TrainProgress(
-            TextColumn("[bold]train"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False)
+            TextColumn("[bold]train"),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         self.task: Any = None
         self.epochs: int | None = None
         self.smoothed: float | None = None
@@ -159,8 +172,9 @@ class LiveView:
         if kind == "start":
             self.epochs = event.get("epochs")
             if self.task is None:
-                self.task = self.progress.add_task("train", total=event.get("total") or None,
-                                                   completed=event.get("start") or 0, info="")
+                self.task = self.progress.add_task(
+                    "train", total=event.get("total") or None, completed=event.get("start") or 0, info=""
+                )
                 self.progress.start()
         elif kind == "step" and self.task is not None:
             if "loss" in event:
@@ -183,7 +197,7 @@ class LiveView:
         if "epoch" in step:
             parts.append(epoch_text(step["epoch"], self.epochs))
         if self.smoothed is not None:
-            parts.append(f"loss {self.smoothed / (1 - SMOOTHING ** self.seen):.4f}")
+            parts.append(f"loss {self.smoothed / (1 - SMOOTHING**self.seen):.4f}")
         if self.last_eval is not None:
             parts.append(f"eval {self.last_eval:.4f}")
         if "lr" in step:

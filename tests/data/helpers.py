@@ -18,8 +18,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def sharegpt(cid: str, *turns: str, model: str | None = None, roles=("human", "gpt")) -> dict[str, Any]:
-    rec: dict[str, Any] = {"id": cid, "conversations": [
-        {"from": roles[i % len(roles)], "value": t} for i, t in enumerate(turns)]}
+    rec: dict[str, Any] = {
+        "id": cid,
+        "conversations": [{"from": roles[i % len(roles)], "value": t} for i, t in enumerate(turns)],
+    }
     if model is not None:
         rec["model"] = model
     return rec
@@ -30,8 +32,12 @@ def share_page(cid: str, items: list[dict[str, str]], model: str | None = None, 
     content: dict[str, Any] = {"title": title, "items": items}
     if model:
         content["model"] = model
-    data = {"props": {"pageProps": {"id": cid, "content": content}}, "page": "/c/[id]",
-            "query": {"id": cid}, "buildId": "abc"}
+    data = {
+        "props": {"pageProps": {"id": cid, "content": content}},
+        "page": "/c/[id]",
+        "query": {"id": cid},
+        "buildId": "abc",
+    }
     rendered = "".join(f"<div class='turn'>{html.escape(i['value'][:40])}</div>" for i in items)
     return (
         "<!DOCTYPE html><html><head><title>ShareGPT</title>"
@@ -51,7 +57,7 @@ CHATGPT_REPLY = (
     '<code class="!whitespace-pre hljs language-python"><span class="hljs-keyword">def</span> '
     '<span class="hljs-title function_">add</span>(<span class="hljs-params">a, b</span>):\n'
     '    <span class="hljs-keyword">return</span> a + b\n</code></div></div></pre>'
-    '<p>Use it like <code>add(1, 2)</code> &amp; you get 3.</p><ul><li>fast</li><li>simple</li></ul></div>'
+    "<p>Use it like <code>add(1, 2)</code> &amp; you get 3.</p><ul><li>fast</li><li>simple</li></ul></div>"
 )
 
 CHATGPT_MARKDOWN = (

@@ -53,8 +53,14 @@ def test_lone_surrogate_and_deep_nesting_drop_only_their_record(cli, data_dir, c
     assert res["counts"]["dropped"] == {"malformed": 3} and res["counts"]["read"] == 6
     got = drops(out)
     line = 2 if container == "jsonl" else 3
-    assert got["sur"] == {"id": "sur", "file": str(src), "line": line, "record": 2, "reason": "malformed",
-                          "detail": "field 'conversations[0].value': lone surrogate \\ud800 (not valid Unicode)"}
+    assert got["sur"] == {
+        "id": "sur",
+        "file": str(src),
+        "line": line,
+        "record": 2,
+        "reason": "malformed",
+        "detail": "field 'conversations[0].value': lone surrogate \\ud800 (not valid Unicode)",
+    }
     deep = next(d for d in got.values() if d["record"] == 4)
     assert deep["line"] == line + 2 and deep["reason"] == "malformed"
     assert deep["detail"].startswith("field 'extra[0][0][0][0]") and "nested too deep" in deep["detail"]
@@ -62,14 +68,20 @@ def test_lone_surrogate_and_deep_nesting_drop_only_their_record(cli, data_dir, c
 
 
 def test_tokenize_and_split_skip_the_same_bad_records_by_line(cli, data_dir, tiny_model_dir):
-    conv = {"id": "c1", "messages": [{"role": "user", "content": Q}, {"role": "assistant", "content": A, "weight": 1.0}]}
-    lines = [json.dumps(conv),
-             SURROGATE.replace('"conversations"', '"messages"').replace('"from": "human", "value"', '"role": "user", "content"')
-             .replace('"from": "gpt", "value"', '"role": "assistant", "content"'),
-             '{"id": "d", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}",
-             json.dumps({**conv, "id": "c2"}).replace("1.0", "Infinity"),
-             json.dumps({**conv, "id": "c3"}).replace("1.0", "-5"),
-             json.dumps({**conv, "id": "c4"})]
+    conv = {
+        "id": "c1",
+        "messages": [{"role": "user", "content": Q}, {"role": "assistant", "content": A, "weight": 1.0}],
+    }
+    lines = [
+        json.dumps(conv),
+        SURROGATE.replace('"conversations"', '"messages"')
+        .replace('"from": "human", "value"', '"role": "user", "content"')
+        .replace('"from": "gpt", "value"', '"role": "assistant", "content"'),
+        '{"id": "d", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        json.dumps({**conv, "id": "c2"}).replace("1.0", "Infinity"),
+        json.dumps({**conv, "id": "c3"}).replace("1.0", "-5"),
+        json.dumps({**conv, "id": "c4"}),
+    ]
     src = data_dir / "conv.jsonl"
     src.write_text("\n".join(lines) + "\n")
     res = cli("data", "tokenize", src, "--model", tiny_model_dir, "-o", data_dir / "t.parquet", "--json").json()
@@ -86,12 +98,16 @@ def test_tokenize_and_split_skip_the_same_bad_records_by_line(cli, data_dir, tin
 # -- item 2: weights are validated where they come in -----------------------------------------
 def test_weights_must_be_finite_and_not_negative(cli, data_dir):
     def rec(cid, weight):
-        return ('{"id": "%s", "messages": [{"role": "user", "content": "%s"}, '
-                '{"role": "assistant", "content": "%s", "weight": %s}]}' % (cid, Q + cid, A, weight))
+        return (
+            '{"id": "%s", "messages": [{"role": "user", "content": "%s"}, '
+            '{"role": "assistant", "content": "%s", "weight": %s}]}' % (cid, Q + cid, A, weight)
+        )
 
     src = data_dir / "w.jsonl"
-    src.write_text("\n".join([rec("inf", "Infinity"), rec("nan", "NaN"), rec("neg", "-5"), rec("big", "1e999"),
-                              rec("ok", "0.5")]) + "\n")
+    src.write_text(
+        "\n".join([rec("inf", "Infinity"), rec("nan", "NaN"), rec("neg", "-5"), rec("big", "1e999"), rec("ok", "0.5")])
+        + "\n"
+    )
     out = data_dir / "out.jsonl"
     res = clean(cli, src, "-o", out).json()
     text = out.read_text()
@@ -103,8 +119,11 @@ def test_weights_must_be_finite_and_not_negative(cli, data_dir):
     assert got["nan"]["detail"] == "field 'messages[1].weight': weight must be a finite number, found nan"
     assert got["neg"]["detail"] == "field 'messages[1].weight': weight must be 0 or more, found -5"
     assert got["big"]["line"] == 4 and "finite" in got["big"]["detail"]
-    for flags in (["--default-weight", "nan"], ["--condition-from", "model", "--weight", "GPT4=inf"],
-                  ["--condition-from", "model", "--weight", "GPT4=-1"]):
+    for flags in (
+        ["--default-weight", "nan"],
+        ["--condition-from", "model", "--weight", "GPT4=inf"],
+        ["--condition-from", "model", "--weight", "GPT4=-1"],
+    ):
         bad = cli("data", "clean", src, "-o", data_dir / "x.jsonl", *flags, expect=2)
         assert "a weight must be a finite number, 0 or more" in bad.stderr
 
@@ -124,11 +143,16 @@ def test_invalid_utf8_is_dropped_the_same_way_in_array_and_jsonl(cli, data_dir):
 
 
 # -- item 4: nothing usable is an error, and nothing is registered -----------------------------
-@pytest.mark.parametrize("name, content", [
-    ("empty.json", ""), ("list.json", "[]"), ("obj.json", "{}"),
-    ("page.html", "<html><body><script>var x = 1;</script></body></html>"),
-    ("all_bad.jsonl", '{"id": "x", "conversations": "nope"}\n'),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("empty.json", ""),
+        ("list.json", "[]"),
+        ("obj.json", "{}"),
+        ("page.html", "<html><body><script>var x = 1;</script></body></html>"),
+        ("all_bad.jsonl", '{"id": "x", "conversations": "nope"}\n'),
+    ],
+)
 def test_nothing_usable_exits_non_zero_and_registers_nothing(cli, data_dir, name, content):
     (data_dir / name).write_text(content)
     out = data_dir / "out.jsonl"
@@ -143,9 +167,13 @@ def test_nothing_usable_exits_non_zero_and_registers_nothing(cli, data_dir, name
 
 
 def test_tokenize_with_nothing_to_train_on_exits_non_zero(cli, data_dir, tiny_model_dir):
-    write_jsonl(data_dir / "c.jsonl", [{"id": "z", "messages": [
-        {"role": "user", "content": Q}, {"role": "assistant", "content": A, "weight": 0}]}])
-    res = cli("data", "tokenize", data_dir / "c.jsonl", "--model", tiny_model_dir, "-o", data_dir / "t.parquet", expect=2)
+    write_jsonl(
+        data_dir / "c.jsonl",
+        [{"id": "z", "messages": [{"role": "user", "content": Q}, {"role": "assistant", "content": A, "weight": 0}]}],
+    )
+    res = cli(
+        "data", "tokenize", data_dir / "c.jsonl", "--model", tiny_model_dir, "-o", data_dir / "t.parquet", expect=2
+    )
     assert "no training sequence" in res.stderr and not (data_dir / "t.parquet").exists()
     assert [d["path"] for d in datasets()] == [str((data_dir / "c.jsonl").resolve())]  # only the input
 
@@ -204,8 +232,9 @@ def test_kill_9_temp_files_are_removed_by_the_next_run(data_dir, tmp_path):
         stale = data_dir / f".out.jsonl.{dead_tag}.abcd1234.tmp"
         stale.write_text("left by the killed run")
         write_jsonl(src, [good("a")])
-        done = subprocess.run(command + ["--force"], env=_env(tmp_path / "home"), capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            command + ["--force"], env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith(".")) == sorted([alive.name, other.name])
     finally:
@@ -215,10 +244,17 @@ def test_kill_9_temp_files_are_removed_by_the_next_run(data_dir, tmp_path):
 
 # -- item 6: a huge reply in an array costs a bounded multiple of its size ----------------------
 def _peak_rss_mb(args: list[str], home: Path) -> float:
-    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
-    done = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "openchat_cli.app", *args],
-                          env=_env(home), capture_output=True, text=True, timeout=300)
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, sys.executable, "-m", "openchat_cli.app", *args],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return float(done.stdout.strip())
 
@@ -229,8 +265,12 @@ def test_a_huge_reply_in_an_array_has_bounded_memory(data_dir, tmp_path):
     reply = ("lorem ipsum dolor sit amet " * (size_mb * (1 << 20) // 27 + 1))[: size_mb << 20]
     (data_dir / "huge.json").write_text(json.dumps([good("small"), sharegpt("huge", Q, reply)]))
     (data_dir / "small.json").write_text(json.dumps([good("small"), sharegpt("s2", Q, A + " more")]))
-    base = _peak_rss_mb(["data", "clean", str(data_dir / "small.json"), "-o", str(data_dir / "s.jsonl")], tmp_path / "h1")
-    peak = _peak_rss_mb(["data", "clean", str(data_dir / "huge.json"), "-o", str(data_dir / "h.jsonl")], tmp_path / "h2")
+    base = _peak_rss_mb(
+        ["data", "clean", str(data_dir / "small.json"), "-o", str(data_dir / "s.jsonl")], tmp_path / "h1"
+    )
+    peak = _peak_rss_mb(
+        ["data", "clean", str(data_dir / "huge.json"), "-o", str(data_dir / "h.jsonl")], tmp_path / "h2"
+    )
     assert len(read_jsonl(data_dir / "h.jsonl")) == 2
     # Before: about 16x the reply over the baseline (a list of its words for dedup, copies for
     # each step); now the text, its parsed value and one output line at a time.
@@ -244,8 +284,14 @@ def split_sharegpt(n: int) -> list[dict]:
     ShareGPT V3, where a part may start with the reply to the previous part's last question."""
     records = []
     for i in range(n):
-        turns = [(("human", f"Question {j} of conversation {i}: how does step {j} work?") if j % 2 == 0 else
-                  ("gpt", f"Step {j} of conversation {i} works by doing the thing carefully.")) for j in range(7)]
+        turns = [
+            (
+                ("human", f"Question {j} of conversation {i}: how does step {j} work?")
+                if j % 2 == 0
+                else ("gpt", f"Step {j} of conversation {i} works by doing the thing carefully.")
+            )
+            for j in range(7)
+        ]
         parts = [turns[0:3], turns[3:6], turns[6:7]]  # human gpt human | gpt human gpt | human
         for k, part in enumerate(parts):
             records.append({"id": f"c{i}_{k}", "conversations": [{"from": r, "value": v} for r, v in part]})
@@ -268,8 +314,10 @@ def test_split_off_parts_are_trimmed_not_dropped(cli, data_dir):
 # -- item 12: a locked catalog neither publishes the output nor blocks the rerun ---------------
 def hold_write_lock(path: Path) -> subprocess.Popen:
     """Another real process holding the catalog's write lock (as a long write elsewhere would)."""
-    code = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
-            "c.execute('begin immediate'); print('locked', flush=True); time.sleep(120)")
+    code = (
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('begin immediate'); print('locked', flush=True); time.sleep(120)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -302,8 +350,10 @@ def test_locked_catalog_publishes_nothing_and_the_rerun_works(cli, data_dir, sho
 def test_locked_catalog_tokenize_leaves_no_parquet(cli, data_dir, tiny_model_dir, short_busy_timeout):
     from openchat_cli.data.io import ensure_registered
 
-    src = write_jsonl(data_dir / "c.jsonl", [{"id": "c", "messages": [
-        {"role": "user", "content": Q}, {"role": "assistant", "content": A}]}])
+    src = write_jsonl(
+        data_dir / "c.jsonl",
+        [{"id": "c", "messages": [{"role": "user", "content": Q}, {"role": "assistant", "content": A}]}],
+    )
     ensure_registered(src, "conversations")  # known before the lock, so tokenize gets to its output
     out = data_dir / "t.parquet"
     locker = hold_write_lock(open_catalog().path)
@@ -324,8 +374,9 @@ def test_deep_html_reply_and_deep_first_line_drop_only_their_record(cli, data_di
     deep_html = "<div>" * 5000 + "deep" + "</div>" * 5000
     recs = [sharegpt("html", Q, deep_html), good("g1")]
     src = data_dir / "in.json"  # .json suffix: sniffed from the first line
-    src.write_text('{"id": "deep", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
-                   + "".join(json.dumps(r) + "\n" for r in recs))
+    src.write_text(
+        '{"id": "deep", "extra": ' + "[" * 100_000 + "]" * 100_000 + "}\n" + "".join(json.dumps(r) + "\n" for r in recs)
+    )
     out = data_dir / "out.jsonl"
     res = clean(cli, src, "-o", out).json()
     assert [r["id"] for r in read_jsonl(out)] == ["g1"] and res["counts"]["dropped"] == {"malformed": 2}

@@ -20,10 +20,26 @@ def scripted():
 
 def _runs(cli, scripted, tmp_path, judge: str, questions=MTBENCH):
     path = write_jsonl(tmp_path / "question.jsonl", questions)
-    runs = [cli("eval", "answer", path, "-e", scripted.base_url, "-m", model, "--json").json()["run_id"]
-            for model in ("long-model", "short-model")]
-    judged = cli("eval", "judge", runs[0], "--baseline", runs[1], "--mode", "pairwise", "--judge-endpoint",
-                 scripted.base_url, "--judge-model", judge, "--retry-wait", "0.01", "--json").json()[0]
+    runs = [
+        cli("eval", "answer", path, "-e", scripted.base_url, "-m", model, "--json").json()["run_id"]
+        for model in ("long-model", "short-model")
+    ]
+    judged = cli(
+        "eval",
+        "judge",
+        runs[0],
+        "--baseline",
+        runs[1],
+        "--mode",
+        "pairwise",
+        "--judge-endpoint",
+        scripted.base_url,
+        "--judge-model",
+        judge,
+        "--retry-wait",
+        "0.01",
+        "--json",
+    ).json()[0]
     return runs, judged["run_id"]
 
 
@@ -71,7 +87,17 @@ def test_unparsed_verdicts_counted(cli, scripted, tmp_path):
 
 def test_refuses_what_is_not_a_pairwise_judge_run(cli, scripted, tmp_path):
     (long_run, _short_run), _ = _runs(cli, scripted, tmp_path, "fair-judge")
-    single = cli("eval", "judge", long_run, "--judge-endpoint", scripted.base_url, "--judge-model", "fair-judge",
-                 "--retry-wait", "0.01", "--json").json()[0]["run_id"]
+    single = cli(
+        "eval",
+        "judge",
+        long_run,
+        "--judge-endpoint",
+        scripted.base_url,
+        "--judge-model",
+        "fair-judge",
+        "--retry-wait",
+        "0.01",
+        "--json",
+    ).json()[0]["run_id"]
     assert "single-answer judge run" in cli("data", "pairs", single, expect=2).stderr
     assert "is not a judge run" in cli("data", "pairs", long_run, expect=2).stderr

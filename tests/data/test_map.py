@@ -16,12 +16,21 @@ from tests.serve.test_ui import screenshot
 pytest.importorskip("umap", reason="umap-learn is not installed (pip install -e .[map])")
 
 TOPICS = {
-    "python": ["How do I sort a list in Python?", "Explain Python decorators with an example",
-               "What is a Python generator and when to use one?"],
-    "cooking": ["How long should I boil an egg?", "What is the best way to cook rice?",
-                "Give me a recipe for fluffy pancakes"],
-    "travel": ["What should I see in Paris in two days?", "How do I find cheap flights to Tokyo?",
-               "Make a packing list for a beach trip"],
+    "python": [
+        "How do I sort a list in Python?",
+        "Explain Python decorators with an example",
+        "What is a Python generator and when to use one?",
+    ],
+    "cooking": [
+        "How long should I boil an egg?",
+        "What is the best way to cook rice?",
+        "Give me a recipe for fluffy pancakes",
+    ],
+    "travel": [
+        "What should I see in Paris in two days?",
+        "How do I find cheap flights to Tokyo?",
+        "Make a packing list for a beach trip",
+    ],
 }
 KEPT, DROPPED = 90, 2
 
@@ -39,9 +48,18 @@ def mapped(tmp_path_factory: pytest.TempPathFactory):
     for i in range(KEPT):
         topic = list(TOPICS)[i % 3]
         question = f"{rng.choice(TOPICS[topic])} (case {i})"
-        rows.append({"id": f"conv-{i}", "conversations": [
-            {"from": "human", "value": question},
-            {"from": "gpt", "value": f"About {topic}: " + " ".join(rng.choice(TOPICS[topic]) for _ in range(3))}]})
+        rows.append(
+            {
+                "id": f"conv-{i}",
+                "conversations": [
+                    {"from": "human", "value": question},
+                    {
+                        "from": "gpt",
+                        "value": f"About {topic}: " + " ".join(rng.choice(TOPICS[topic]) for _ in range(3)),
+                    },
+                ],
+            }
+        )
     rows.append({"id": "too-short", "conversations": [{"from": "human", "value": "hi"}]})
     rows.append({"id": "only-gpt", "conversations": [{"from": "gpt", "value": "x"}, {"from": "gpt", "value": "y"}]})
     (work / "raw.json").write_text(json.dumps(rows))
@@ -149,12 +167,24 @@ def test_map_with_a_model_from_the_cli(cli, tiny_model_dir, tmp_path):
     with open(data, "w") as fh:
         for i in range(12):
             topic = list(TOPICS)[i % 3]
-            fh.write(json.dumps({"id": f"m{i}", "source": topic, "condition": None, "messages": [
-                {"role": "user", "content": TOPICS[topic][i % 3]},
-                {"role": "assistant", "content": f"About {topic}.", "weight": 1}]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"m{i}",
+                        "source": topic,
+                        "condition": None,
+                        "messages": [
+                            {"role": "user", "content": TOPICS[topic][i % 3]},
+                            {"role": "assistant", "content": f"About {topic}.", "weight": 1},
+                        ],
+                    }
+                )
+                + "\n"
+            )
     out = tmp_path / "maps" / "m.html"
-    summary = cli("data", "map", data, "--model", tiny_model_dir, "-k", "2", "--batch-size", "5", "-o", out,
-                  "--json").json()
+    summary = cli(
+        "data", "map", data, "--model", tiny_model_dir, "-k", "2", "--batch-size", "5", "-o", out, "--json"
+    ).json()
     assert summary["embedding"] == f"model {tiny_model_dir}" and summary["points"] == 12 and summary["dropped"] == 0
     assert summary["html"] == str(out) and (tmp_path / "maps" / "m.png").exists()
     data_block = _page_data(out)

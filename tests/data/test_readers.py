@@ -131,6 +131,9 @@ def test_jsonl_with_a_broken_first_line_is_still_jsonl(tmp_path):
 def test_escaped_lone_surrogate_is_not_called_invalid_utf8():
     data = b'{"id": "esc", "v": "\\udc80x"}\n{"id": "raw", "v": "\x80x"}\n{"id": "pair", "v": "\\ud83d\\ude00"}\n'
     items = list(iter_jsonl(io.BytesIO(data), "x.jsonl"))
-    assert [i.error for i in items] == ["field 'v': lone surrogate \\udc80 (not valid Unicode)",
-                                        "field 'v': invalid UTF-8 (byte 0x80)", None]
+    assert [i.error for i in items] == [
+        "field 'v': lone surrogate \\udc80 (not valid Unicode)",
+        "field 'v': invalid UTF-8 (byte 0x80)",
+        None,
+    ]
     assert items[2].data["v"] == "\U0001f600"

@@ -15,10 +15,19 @@ def conversations(n: int, prefix: str = "c") -> list[dict]:
     for i in range(n):
         msgs = []
         for t in range(1 + i % 3):
-            msgs += [{"role": "user", "content": f"question {i}.{t} " + "word " * (i % 7)},
-                     {"role": "assistant", "content": f"answer {i}.{t} " + "more " * (5 * (i % 11)), "weight": 1.0}]
-        out.append({"id": f"{prefix}{i}", "source": "gen", "system": None,
-                    "condition": "GPT4" if i % 2 else "GPT3", "messages": msgs})
+            msgs += [
+                {"role": "user", "content": f"question {i}.{t} " + "word " * (i % 7)},
+                {"role": "assistant", "content": f"answer {i}.{t} " + "more " * (5 * (i % 11)), "weight": 1.0},
+            ]
+        out.append(
+            {
+                "id": f"{prefix}{i}",
+                "source": "gen",
+                "system": None,
+                "condition": "GPT4" if i % 2 else "GPT3",
+                "messages": msgs,
+            }
+        )
     return out
 
 
@@ -32,8 +41,17 @@ def test_stats_of_conversations_and_of_tokenized(cli, data_dir, tiny_model_dir):
     tok = cli("data", "stats", data_dir / "c.jsonl", "--model", tiny_model_dir, "--json").json()
     assert tok["unit"] == "tokens" and tok["length"]["total"] > 0
 
-    cli("data", "tokenize", data_dir / "c.jsonl", "--model", tiny_model_dir, "--max-len", "64",
-        "-o", data_dir / "c.parquet")
+    cli(
+        "data",
+        "tokenize",
+        data_dir / "c.jsonl",
+        "--model",
+        tiny_model_dir,
+        "--max-len",
+        "64",
+        "-o",
+        data_dir / "c.parquet",
+    )
     st = cli("data", "stats", data_dir / "c.parquet", "--json").json()
     table = pq.read_table(data_dir / "c.parquet")
     assert st["kind"] == "tokenized" and st["sequences"] == table.num_rows
@@ -72,12 +90,36 @@ def test_split_is_reproducible_and_registered(cli, data_dir, tiny_model_dir):
     assert len(train) + len(evals) == 200 and 5 <= len(evals) <= 40
     assert {c["id"] for c in evals} == {f"c{i}" for i in range(200) if goes_to_eval(f"c{i}", 7, 0.1)}
     assert sorted(train + evals, key=lambda c: int(c["id"][1:])) == conversations(200)
-    again = cli("data", "split", data_dir / "c.jsonl", "--eval", "0.1", "--seed", "7", "--force",
-                "--train-out", data_dir / "t2.jsonl", "--eval-out", data_dir / "e2.jsonl").stdout
+    again = cli(
+        "data",
+        "split",
+        data_dir / "c.jsonl",
+        "--eval",
+        "0.1",
+        "--seed",
+        "7",
+        "--force",
+        "--train-out",
+        data_dir / "t2.jsonl",
+        "--eval-out",
+        data_dir / "e2.jsonl",
+    ).stdout
     assert "train" in again
     assert read_jsonl(data_dir / "e2.jsonl") == evals
-    other = cli("data", "split", data_dir / "c.jsonl", "--eval", "0.1", "--seed", "8",
-                "--train-out", data_dir / "t3.jsonl", "--eval-out", data_dir / "e3.jsonl", "--json").json()
+    other = cli(
+        "data",
+        "split",
+        data_dir / "c.jsonl",
+        "--eval",
+        "0.1",
+        "--seed",
+        "8",
+        "--train-out",
+        data_dir / "t3.jsonl",
+        "--eval-out",
+        data_dir / "e3.jsonl",
+        "--json",
+    ).json()
     assert read_jsonl(data_dir / "e3.jsonl") != evals and other["eval"]["records"] > 0
     catalog = open_catalog()
     row = catalog.get(res["eval"]["id"])
@@ -86,8 +128,17 @@ def test_split_is_reproducible_and_registered(cli, data_dir, tiny_model_dir):
     cli("data", "split", data_dir / "c.jsonl", "--eval", "1.5", expect=2)
 
     # Tokenized: split parts of one conversation stay on the same side, metadata is kept.
-    cli("data", "tokenize", data_dir / "c.jsonl", "--model", tiny_model_dir, "--max-len", "48",
-        "-o", data_dir / "c.parquet")
+    cli(
+        "data",
+        "tokenize",
+        data_dir / "c.jsonl",
+        "--model",
+        tiny_model_dir,
+        "--max-len",
+        "48",
+        "-o",
+        data_dir / "c.parquet",
+    )
     cli("data", "split", data_dir / "c.parquet", "--eval", "0.2", "--seed", "1")
     tr = pq.read_table(data_dir / "c.train.parquet").to_pylist()
     ev = pq.read_table(data_dir / "c.eval.parquet").to_pylist()

@@ -12,7 +12,6 @@ from openchat_cli.data.tokenize_pairs import PairInput, PairTokenizeStats, encod
 from openchat_cli.templates import Conversation, Message, get_template
 from openchat_cli.tokenized import PAIR_COLUMNS, read_metadata
 from store.catalog import open_catalog
-
 from tests.data.helpers import read_jsonl, write_jsonl
 
 FILES = Path(__file__).parent / "preference"
@@ -20,14 +19,18 @@ FILES = Path(__file__).parent / "preference"
 
 def as_openai(system, messages) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [
-        {"role": m["role"], "content": m["content"]} for m in messages]
+        {"role": m["role"], "content": m["content"]} for m in messages
+    ]
 
 
 def jinja_ids(tokenizer, template, system, messages, condition, generation=False) -> list[int]:
     tokenizer.chat_template = template.jinja()
     kwargs = {"condition": condition} if condition else {}
-    return list(tokenizer.apply_chat_template(as_openai(system, messages), tokenize=True, return_dict=False,
-                                              add_generation_prompt=generation, **kwargs))
+    return list(
+        tokenizer.apply_chat_template(
+            as_openai(system, messages), tokenize=True, return_dict=False, add_generation_prompt=generation, **kwargs
+        )
+    )
 
 
 @pytest.mark.parametrize("template_name", ["openchat_3.5", "chatml"])
@@ -35,12 +38,26 @@ def test_pairs_agree_with_the_chat_template(cli, tiny_model_dir, data_dir, templ
     from transformers import AutoTokenizer
 
     pairs_path = data_dir / "pairs.jsonl"
-    cleaned = cli("data", "clean", FILES / "trl.jsonl", FILES / "hh-rlhf.jsonl", FILES / "rm-static.jsonl",
-                  "-o", pairs_path, "--min-chars", "0", "--condition-from", "source", "--class", "trl*=GPT3",
-                  "--json").json()
+    cleaned = cli(
+        "data",
+        "clean",
+        FILES / "trl.jsonl",
+        FILES / "hh-rlhf.jsonl",
+        FILES / "rm-static.jsonl",
+        "-o",
+        pairs_path,
+        "--min-chars",
+        "0",
+        "--condition-from",
+        "source",
+        "--class",
+        "trl*=GPT3",
+        "--json",
+    ).json()
     out = data_dir / "pairs.parquet"
-    res = cli("data", "tokenize", pairs_path, "-m", tiny_model_dir, "--template", template_name, "-o", out,
-              "--json").json()
+    res = cli(
+        "data", "tokenize", pairs_path, "-m", tiny_model_dir, "--template", template_name, "-o", out, "--json"
+    ).json()
     records = read_jsonl(pairs_path)
     assert res["kind"] == "pairs" and res["stats"]["written"] == len(records) == 9
 
@@ -57,15 +74,21 @@ def test_pairs_agree_with_the_chat_template(cli, tiny_model_dir, data_dir, templ
         assert row["pair_id"] == rec["id"] and row["condition"] == rec["condition"]
         plen = row["prompt_length"]
         assert row["length"] == len(row["chosen_ids"]) + len(row["rejected_ids"])
-        assert row["chosen_ids"][:plen] == row["rejected_ids"][:plen] == jinja_ids(
-            tokenizer, template, rec["system"], rec["prompt"], rec["condition"], generation=True)
+        assert (
+            row["chosen_ids"][:plen]
+            == row["rejected_ids"][:plen]
+            == jinja_ids(tokenizer, template, rec["system"], rec["prompt"], rec["condition"], generation=True)
+        )
         for side in ("chosen", "rejected"):
             ids, weights = row[f"{side}_ids"], row[f"{side}_weights"]
             assert ids == jinja_ids(tokenizer, template, rec["system"], rec["prompt"] + rec[side], rec["condition"])
             # weights exactly as an SFT row of the same conversation whose prompt turns weigh 0
-            conv = Conversation([Message(m["role"], m["content"], 0.0) for m in rec["prompt"]]
-                                + [Message(m["role"], m["content"], m["weight"]) for m in rec[side]],
-                                rec["system"], rec["condition"])
+            conv = Conversation(
+                [Message(m["role"], m["content"], 0.0) for m in rec["prompt"]]
+                + [Message(m["role"], m["content"], m["weight"]) for m in rec[side]],
+                rec["system"],
+                rec["condition"],
+            )
             assert weights == template.encode(tokenizer, conv).weights
             assert not any(weights[:plen]) and sum(w > 0 for w in weights[plen:]) > 0
             assert len(weights) == len(ids)
@@ -82,8 +105,13 @@ def _pair(prompt_turns: int, reply_words: int, pid: str = "p") -> PairInput:
         prompt.append(Message("user", f"question {i} " + "what is the sea " * 3, 0.0))
         if i < prompt_turns - 1:
             prompt.append(Message("assistant", f"answer {i} " + "the sea is blue " * 3, 0.0))
-    return PairInput(pid, prompt, [Message("assistant", "hello " * reply_words)],
-                     [Message("assistant", "no " * (reply_words // 2 + 1))], system="be brief")
+    return PairInput(
+        pid,
+        prompt,
+        [Message("assistant", "hello " * reply_words)],
+        [Message("assistant", "no " * (reply_words // 2 + 1))],
+        system="be brief",
+    )
 
 
 def test_max_len_cuts_oldest_prompt_turns_then_truncates_then_drops(tiny_tokenizer):
@@ -101,9 +129,13 @@ def test_max_len_cuts_oldest_prompt_turns_then_truncates_then_drops(tiny_tokeniz
     # "cut": the oldest turns went; what is left is the encoding of the pair from a user turn on,
     # BOS and system prompt kept
     cut = pairs[1]
-    start = next(s for s in range(1, len(cut.prompt)) if cut.prompt[s].role == "user"
-                 and len(template.encode(tiny_tokenizer, cut.side(cut.chosen, s)).input_ids) <= max_len
-                 and len(template.encode(tiny_tokenizer, cut.side(cut.rejected, s)).input_ids) <= max_len)
+    start = next(
+        s
+        for s in range(1, len(cut.prompt))
+        if cut.prompt[s].role == "user"
+        and len(template.encode(tiny_tokenizer, cut.side(cut.chosen, s)).input_ids) <= max_len
+        and len(template.encode(tiny_tokenizer, cut.side(cut.rejected, s)).input_ids) <= max_len
+    )
     assert rows["cut"].chosen_ids == template.encode(tiny_tokenizer, cut.side(cut.chosen, start)).input_ids
     assert rows["cut"].rejected_ids == template.encode(tiny_tokenizer, cut.side(cut.rejected, start)).input_ids
     assert rows["cut"].prompt_length == len(template.encode_prompt(tiny_tokenizer, cut.prompt_only(start)))
@@ -116,15 +148,30 @@ def test_max_len_cuts_oldest_prompt_turns_then_truncates_then_drops(tiny_tokeniz
 
 
 def test_bad_lines_are_named_and_skipped(cli, tiny_model_dir, data_dir):
-    src = write_jsonl(data_dir / "pairs.jsonl", [
-        {"id": "ok", "prompt": [{"role": "user", "content": "Hi there"}],
-         "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": [{"role": "assistant", "content": "Go."}]},
-        {"id": "bad-role", "prompt": [{"role": "user", "content": "Hi"}],
-         "chosen": [{"role": "robot", "content": "x"}], "rejected": [{"role": "assistant", "content": "y"}]},
-        {"id": "conv", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
-        {"id": "ends-assistant", "prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x"}],
-         "chosen": [{"role": "assistant", "content": "y"}], "rejected": [{"role": "assistant", "content": "z"}]},
-    ])
+    src = write_jsonl(
+        data_dir / "pairs.jsonl",
+        [
+            {
+                "id": "ok",
+                "prompt": [{"role": "user", "content": "Hi there"}],
+                "chosen": [{"role": "assistant", "content": "Hello!"}],
+                "rejected": [{"role": "assistant", "content": "Go."}],
+            },
+            {
+                "id": "bad-role",
+                "prompt": [{"role": "user", "content": "Hi"}],
+                "chosen": [{"role": "robot", "content": "x"}],
+                "rejected": [{"role": "assistant", "content": "y"}],
+            },
+            {"id": "conv", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
+            {
+                "id": "ends-assistant",
+                "prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x"}],
+                "chosen": [{"role": "assistant", "content": "y"}],
+                "rejected": [{"role": "assistant", "content": "z"}],
+            },
+        ],
+    )
     res = cli("data", "tokenize", src, "-m", tiny_model_dir, "-o", data_dir / "p.parquet", "--json")
     stats = res.json()["stats"]
     assert stats["written"] == 1 and stats["malformed"] == 3 and "3 malformed pair(s)" in res.stderr

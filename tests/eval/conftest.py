@@ -25,12 +25,17 @@ def scripted(scripted_session: ScriptedServer) -> ScriptedServer:
 
 
 MTBENCH = [
-    {"question_id": 81, "category": "writing", "turns": ["Write a travel blog post about Hawaii.",
-                                                          "Rewrite it starting every sentence with A."]},
-    {"question_id": 111, "category": "math", "turns": ["What is 12 + 7?", "And 12 * 7?"],
-     "reference": ["19", "84"]},
-    {"question_id": 121, "category": "coding", "turns": ["Write a function adding two numbers.",
-                                                          "Now make it add three."]},
+    {
+        "question_id": 81,
+        "category": "writing",
+        "turns": ["Write a travel blog post about Hawaii.", "Rewrite it starting every sentence with A."],
+    },
+    {"question_id": 111, "category": "math", "turns": ["What is 12 + 7?", "And 12 * 7?"], "reference": ["19", "84"]},
+    {
+        "question_id": 121,
+        "category": "coding",
+        "turns": ["Write a function adding two numbers.", "Now make it add three."],
+    },
     {"question_id": 131, "category": "stem", "turns": ["Why is the sky blue?", "And why are sunsets red?"]},
 ]
 

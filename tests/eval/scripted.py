@@ -102,10 +102,11 @@ class ScriptedServer(LoopbackServer):
             text = self.replies[messages[-1]["content"]]
         else:
             text = answer_text(model, messages)
-        usage = {"prompt_tokens": sum(len(m.get("content", "").split()) for m in messages),
-                 "completion_tokens": len(text.split())}
+        usage = {
+            "prompt_tokens": sum(len(m.get("content", "").split()) for m in messages),
+            "completion_tokens": len(text.split()),
+        }
         return chat_completion(model, text, usage)
-
 
     def _within_context(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None) -> web.Response:
         ctx = self.context_length
@@ -116,27 +117,36 @@ class ScriptedServer(LoopbackServer):
                 message = "Input is too long for this model's context window."
             elif self.context_style == "at-least" and max_tokens is not None:
                 # newer vLLM counts the prompt only partly before refusing: a lower bound
-                message = (f"This model's maximum context length is {ctx} tokens. However, you requested "
-                           f"{max_tokens} output tokens and your prompt contains at least "
-                           f"{max(1, prompt - 40)} input tokens, for a total of at least "
-                           f"{max(1, prompt - 40) + max_tokens} tokens.")
+                message = (
+                    f"This model's maximum context length is {ctx} tokens. However, you requested "
+                    f"{max_tokens} output tokens and your prompt contains at least "
+                    f"{max(1, prompt - 40)} input tokens, for a total of at least "
+                    f"{max(1, prompt - 40) + max_tokens} tokens."
+                )
             elif max_tokens is None:
-                message = (f"This model's maximum context length is {ctx} tokens. However, your messages "
-                           f"resulted in {prompt} tokens. Please reduce the length of the messages.")
+                message = (
+                    f"This model's maximum context length is {ctx} tokens. However, your messages "
+                    f"resulted in {prompt} tokens. Please reduce the length of the messages."
+                )
             else:
-                message = (f"This model's maximum context length is {ctx} tokens. However, you requested "
-                           f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
-                           f"completion). Please reduce the length of the messages or completion.")
-            return web.json_response({"object": "error", "message": message, "type": "BadRequestError",
-                                      "param": None, "code": 400}, status=400)
+                message = (
+                    f"This model's maximum context length is {ctx} tokens. However, you requested "
+                    f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
+                    f"completion). Please reduce the length of the messages or completion."
+                )
+            return web.json_response(
+                {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400},
+                status=400,
+            )
         budget = max_tokens if max_tokens is not None else ctx - prompt
         words = answer_text(model, messages).split()
         if model.startswith("verbose"):
             words = (words * (VERBOSE_WORDS // max(1, len(words)) + 1))[:VERBOSE_WORDS]
         finish = "length" if len(words) >= budget else "stop"
         text = " ".join(words[:budget])
-        return chat_completion(model, text, {"prompt_tokens": prompt, "completion_tokens": len(text.split())},
-                               finish_reason=finish)
+        return chat_completion(
+            model, text, {"prompt_tokens": prompt, "completion_tokens": len(text.split())}, finish_reason=finish
+        )
 
 
 VERBOSE_WORDS = 700  # what a verbose-* model writes when its budget allows

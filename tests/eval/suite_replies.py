@@ -11,8 +11,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-NON_ANSWERS = ["I do not know.", "The answer is 731", "", "Let me think about this carefully.",
-               "Based on the question, I cannot decide."]
+NON_ANSWERS = [
+    "I do not know.",
+    "The answer is 731",
+    "",
+    "Let me think about this carefully.",
+    "Based on the question, I cannot decide.",
+]
 
 
 def eval_data() -> Path:
@@ -47,27 +52,57 @@ def letter_replies(record: dict[str, Any]) -> list[str]:
     letters = [o.strip("()") for o in record["options"]]
     good = _letter(record["label"])
     bad = _other(good, letters)
-    return [good, f"({good})", f" {good}", f"The answer is {good}.", f"The answer is ({bad})", f"{good}. It fits best.",
-            f"Answer: {good}", f"**{good}**", f"\\boxed{{{good}}}", f"The correct answer is ({good})",
-            f"The correct answer is {bad}.", f"So the answer is ({good}).", f"So the answer is {bad}",
-            f"Among A through {letters[-1]}, the answer is {good}", f"the answer is  ({good})",
-            f"Let's think step by step. Both look plausible, so the answer is ({bad}).", *NON_ANSWERS]
+    return [
+        good,
+        f"({good})",
+        f" {good}",
+        f"The answer is {good}.",
+        f"The answer is ({bad})",
+        f"{good}. It fits best.",
+        f"Answer: {good}",
+        f"**{good}**",
+        f"\\boxed{{{good}}}",
+        f"The correct answer is ({good})",
+        f"The correct answer is {bad}.",
+        f"So the answer is ({good}).",
+        f"So the answer is {bad}",
+        f"Among A through {letters[-1]}, the answer is {good}",
+        f"the answer is  ({good})",
+        f"Let's think step by step. Both look plausible, so the answer is ({bad}).",
+        *NON_ANSWERS,
+    ]
 
 
 def free_form_replies(record: dict[str, Any]) -> list[str]:
     good = str(record["label"][0])
     bad = "No" if good != "No" else "Yes"
-    return [f"So the answer is {good}.", f"the answer is {good}", f"The answer is: {good}", good,
-            f"So the answer is {bad}.", f"Let's think step by step. We find {good}.", f"answer is  {good} ",
-            f"So the answer is {good.lower()}.", *NON_ANSWERS]
+    return [
+        f"So the answer is {good}.",
+        f"the answer is {good}",
+        f"The answer is: {good}",
+        good,
+        f"So the answer is {bad}.",
+        f"Let's think step by step. We find {good}.",
+        f"answer is  {good} ",
+        f"So the answer is {good.lower()}.",
+        *NON_ANSWERS,
+    ]
 
 
 def gsm8k_replies(record: dict[str, Any]) -> list[str]:
     good = str(record["label"][0])
     wrong = str(int(Fraction(good)) + 1) if re.fullmatch(r"-?\d+", good) else good + "1"
-    return [f"She makes {good} dollars. The answer is {good}", good, f"The answer is {good}.0",
-            f"The answer is {wrong}", f"#### {good}", f"The answer is ${good}.", f"{good} apples, not {wrong}",
-            f"The answer is 1,{good.zfill(3)}", *NON_ANSWERS]
+    return [
+        f"She makes {good} dollars. The answer is {good}",
+        good,
+        f"The answer is {good}.0",
+        f"The answer is {wrong}",
+        f"#### {good}",
+        f"The answer is ${good}.",
+        f"{good} apples, not {wrong}",
+        f"The answer is 1,{good.zfill(3)}",
+        *NON_ANSWERS,
+    ]
 
 
 def _equivalent_forms(gold: str) -> list[str]:
@@ -97,10 +132,18 @@ def _prime_factors(n: int) -> list[int]:
 
 
 def math_replies(record: dict[str, Any], gold: str) -> list[str]:
-    replies = [f"The answer is ${gold}$", f"The answer is {gold}", f"So the final value is $\\boxed{{{gold}}}$.",
-               f"\\boxed{{{gold}}}", gold, f"We get {gold} after simplifying.",
-               f"The answer is ${gold}$. I hope it is correct.", "The answer is $731$",
-               f"The answer is $\\boxed{{{gold}}}$", *NON_ANSWERS]
+    replies = [
+        f"The answer is ${gold}$",
+        f"The answer is {gold}",
+        f"So the final value is $\\boxed{{{gold}}}$.",
+        f"\\boxed{{{gold}}}",
+        gold,
+        f"We get {gold} after simplifying.",
+        f"The answer is ${gold}$. I hope it is correct.",
+        "The answer is $731$",
+        f"The answer is $\\boxed{{{gold}}}$",
+        *NON_ANSWERS,
+    ]
     for form in _equivalent_forms(gold):
         replies += [f"The answer is ${form}$", f"\\boxed{{{form}}}"]
     return replies
@@ -114,5 +157,3 @@ def replies_for(task_type: str, record: dict[str, Any], gold: str | None = None)
     if record.get("options"):
         return letter_replies(record)
     return free_form_replies(record)
-
-

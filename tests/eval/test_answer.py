@@ -24,7 +24,9 @@ def test_answer_multi_turn_and_temperatures(cli, scripted, mtbench_file):
     assert len(turns) == 2 and turns[0].startswith("[long-model] reply 1 (saw 0")
     assert turns[1].startswith("[long-model] reply 2 (saw 1 earlier replies) to: And 12 * 7?")
     # turn 2's request carried turn 1 and the model's reply to it
-    second = [r for r in scripted.requests if len(r["messages"]) == 3 and r["messages"][0]["content"] == "What is 12 + 7?"]
+    second = [
+        r for r in scripted.requests if len(r["messages"]) == 3 and r["messages"][0]["content"] == "What is 12 + 7?"
+    ]
     assert second and second[0]["messages"][1] == {"role": "assistant", "content": turns[0]}
     temps = {r["messages"][0]["content"]: r["temperature"] for r in scripted.requests}
     assert temps["Write a travel blog post about Hawaii."] == 0.7
@@ -50,8 +52,20 @@ def test_answer_multi_turn_and_temperatures(cli, scripted, mtbench_file):
 
 
 def test_temperature_override_and_default_model(cli, scripted, mtbench_file):
-    out = cli("eval", "answer", mtbench_file, "-e", scripted.base_url.removesuffix("/v1"), "-t", "0.3",
-              "--max-tokens", "64", "--system", "Be brief.", "--json").json()
+    out = cli(
+        "eval",
+        "answer",
+        mtbench_file,
+        "-e",
+        scripted.base_url.removesuffix("/v1"),
+        "-t",
+        "0.3",
+        "--max-tokens",
+        "64",
+        "--system",
+        "Be brief.",
+        "--json",
+    ).json()
     assert {r["temperature"] for r in scripted.requests} == {0.3}
     assert {r["max_tokens"] for r in scripted.requests} == {64}
     assert all(r["messages"][0] == {"role": "system", "content": "Be brief."} for r in scripted.requests)
@@ -83,8 +97,7 @@ def test_retries_on_429_and_500(cli, scripted, mtbench_file):
 def test_failing_endpoint_stops_and_keeps_answers(cli, scripted, mtbench_file):
     first = cli("eval", "answer", mtbench_file, "-e", scripted.base_url, "-m", "m", "--limit", "2", "--json").json()
     scripted.fail_next(*[500] * 40)
-    result = cli("eval", "answer", mtbench_file, "-e", scripted.base_url, "-m", "m", "--retries", "2",
-                 *FAST, expect=1)
+    result = cli("eval", "answer", mtbench_file, "-e", scripted.base_url, "-m", "m", "--retries", "2", *FAST, expect=1)
     assert "kept failing (500)" in result.stderr and "gave up after 3 attempts" in result.stderr
     assert "keeps the 2/4 answers" in result.stderr
     row = open_catalog().get(first["run_id"])
@@ -95,8 +108,19 @@ def test_unreachable_endpoint(cli, mtbench_file):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = cli("eval", "answer", mtbench_file, "-e", f"http://127.0.0.1:{port}/v1", "-m", "m",
-                 "--retries", "1", *FAST, expect=1)
+    result = cli(
+        "eval",
+        "answer",
+        mtbench_file,
+        "-e",
+        f"http://127.0.0.1:{port}/v1",
+        "-m",
+        "m",
+        "--retries",
+        "1",
+        *FAST,
+        expect=1,
+    )
     assert f"endpoint http://127.0.0.1:{port}/v1 could not be reached" in result.stderr
     assert "gave up after 2 attempts" in result.stderr
     cat = open_catalog()
@@ -114,8 +138,10 @@ def test_refused_request_is_reported_not_fatal(cli, scripted, mtbench_file):
 
 
 def test_choice_sets_answer_greedily(cli, scripted, tmp_path):
-    path = write_jsonl(tmp_path / "mc.jsonl", [{"question": "2+2?", "options": ["3", "4"], "label": "B"},
-                                              {"question": "12+7?", "label": "19"}])
+    path = write_jsonl(
+        tmp_path / "mc.jsonl",
+        [{"question": "2+2?", "options": ["3", "4"], "label": "B"}, {"question": "12+7?", "label": "19"}],
+    )
     cli("eval", "answer", path, "-e", scripted.base_url, "-m", "m")
     assert {r["temperature"] for r in scripted.requests} == {0.0}
 
@@ -133,6 +159,7 @@ def test_checkpoint_lineage(cli, scripted, mtbench_file, tmp_path):
     assert cat.get(out["run_id"])["checkpoint_id"] == ck
     assert any(n["id"] == out["run_id"] for n in cat.lineage(ck)["descendants"])
     scripted.health = {"status": "ok"}
-    explicit = cli("eval", "answer", mtbench_file, "-e", scripted.base_url, "-m", "m", "--new",
-                   "--checkpoint", ck[:5], "--json").json()
+    explicit = cli(
+        "eval", "answer", mtbench_file, "-e", scripted.base_url, "-m", "m", "--new", "--checkpoint", ck[:5], "--json"
+    ).json()
     assert cat.get(explicit["run_id"])["checkpoint_id"] == ck

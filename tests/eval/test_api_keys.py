@@ -9,8 +9,21 @@ FAST = ("--retries", "0")
 
 
 def _answer(cli, scripted: ScriptedServer, questions, *extra: str) -> str:
-    run = cli("eval", "answer", questions, "-e", scripted.base_url, "-m", "long-model", "--new", "-n", "1",
-              "--json", *FAST, *extra).json()["run_id"]
+    run = cli(
+        "eval",
+        "answer",
+        questions,
+        "-e",
+        scripted.base_url,
+        "-m",
+        "long-model",
+        "--new",
+        "-n",
+        "1",
+        "--json",
+        *FAST,
+        *extra,
+    ).json()["run_id"]
     return run
 
 
@@ -31,8 +44,18 @@ def test_answer_and_judge_read_the_same_variables(cli, scripted, mtbench_file, m
     assert set(scripted.keys) == {"flag-key"}  # the flag beats both
 
     scripted.keys.clear()
-    judge = ("eval", "judge", run, "--judge-endpoint", scripted.base_url, "--judge-model", "fair-judge",
-             "--new", "--json", *FAST)
+    judge = (
+        "eval",
+        "judge",
+        run,
+        "--judge-endpoint",
+        scripted.base_url,
+        "--judge-model",
+        "fair-judge",
+        "--new",
+        "--json",
+        *FAST,
+    )
     cli(*judge)
     assert set(scripted.keys) == {"oc-key"}  # same variables for the judge …
     scripted.keys.clear()

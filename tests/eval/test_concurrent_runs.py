@@ -15,16 +15,25 @@ import pytest
 from store.catalog import open_catalog
 from tests.eval.conftest import write_jsonl
 
-QUESTIONS = [{"question_id": i, "category": "writing", "turns": [f"Question number {i}?", f"Follow-up {i}?"]}
-             for i in range(12)]
+QUESTIONS = [
+    {"question_id": i, "category": "writing", "turns": [f"Question number {i}?", f"Follow-up {i}?"]} for i in range(12)
+]
 UNITS = len(QUESTIONS) * 2 * 2  # pairwise: 12 questions × 2 turns × 2 orders
 
 
 def _together(args: list[str], home, n: int = 2) -> list[dict]:
     """Start `n` identical commands at once; their --json outputs once all have ended."""
     env = {**os.environ, "OPENCHAT_HOME": str(home)}
-    procs = [subprocess.Popen([sys.executable, "-m", "openchat_cli.app", *args, "--json"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "openchat_cli.app", *args, "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
     outs = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=240)
@@ -44,8 +53,24 @@ def test_two_identical_judge_commands_share_one_run(cli, scripted, tmp_path, ope
     scripted.reset()
     scripted.latency_s = 0.3  # 48 calls, 2 at a time: ~7 s alone, far longer than a process start
     started = time.monotonic()
-    outs = _together(["eval", "judge", a, "--baseline", b, "--mode", "pairwise", "--judge-endpoint",
-                      scripted.base_url, "--judge-model", "fair-judge", "-c", "2"], openchat_home)
+    outs = _together(
+        [
+            "eval",
+            "judge",
+            a,
+            "--baseline",
+            b,
+            "--mode",
+            "pairwise",
+            "--judge-endpoint",
+            scripted.base_url,
+            "--judge-model",
+            "fair-judge",
+            "-c",
+            "2",
+        ],
+        openchat_home,
+    )
     elapsed = time.monotonic() - started
     (first,), (second,) = outs
 
@@ -53,8 +78,7 @@ def test_two_identical_judge_commands_share_one_run(cli, scripted, tmp_path, ope
     runs = cat.query("select id from evals where kind = 'judge'")
     assert [r["id"] for r in runs] == [first["run_id"]] == [second["run_id"]]
     stored = cat.count("judgments")
-    dupes = cat.query('select count(*) as n from judgments group by eval_id, question_id, turn, "order" '
-                      'having n > 1')
+    dupes = cat.query('select count(*) as n from judgments group by eval_id, question_id, turn, "order" having n > 1')
     assert stored == UNITS and not dupes
     # Each unit asked once, by one of them; both worked (they overlapped) and both saw it all done.
     assert len(scripted.requests) == UNITS
@@ -77,8 +101,9 @@ def test_two_identical_answer_commands_share_one_run(scripted, tmp_path, opencha
     # A new run asks the endpoint's /health which checkpoint it serves: slow, so that both
     # commands are making their run at the same time (finding none, each made its own before).
     scripted.health_latency_s = 1.5
-    outs = _together(["eval", "answer", str(path), "-e", scripted.base_url, "-m", "long-model", "-c", "4"],
-                     openchat_home)
+    outs = _together(
+        ["eval", "answer", str(path), "-e", scripted.base_url, "-m", "long-model", "-c", "4"], openchat_home
+    )
     cat = open_catalog()
     runs = cat.query("select id, status from evals where kind = 'answer'")
     assert [r["id"] for r in runs] == [outs[0]["run_id"]] == [outs[1]["run_id"]]
@@ -101,11 +126,27 @@ def test_claims_of_a_killed_judge_do_not_hold_up_the_next_one(cli, scripted, tmp
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:4])
     a, b = _answer(cli, scripted, path, "long-model"), _answer(cli, scripted, path, "short-model")
     scripted.latency_s = 1.0
-    args = ["eval", "judge", a, "--baseline", b, "--mode", "pairwise", "--judge-endpoint", scripted.base_url,
-            "--judge-model", "fair-judge", "-c", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", *args],
-                            env={**os.environ, "OPENCHAT_HOME": str(openchat_home)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "eval",
+        "judge",
+        a,
+        "--baseline",
+        b,
+        "--mode",
+        "pairwise",
+        "--judge-endpoint",
+        scripted.base_url,
+        "--judge-model",
+        "fair-judge",
+        "-c",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", *args],
+        env={**os.environ, "OPENCHAT_HOME": str(openchat_home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     cat = open_catalog()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

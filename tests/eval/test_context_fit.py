@@ -13,36 +13,68 @@ from tests.eval.conftest import write_jsonl
 from tests.eval.scripted import ScriptedServer, prompt_tokens
 
 
-@pytest.mark.parametrize("status, code, message, expected", [
-    (400, 400, "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens "
-               "(1076 in the messages, 1024 in the completion). Please reduce the length of the messages "
-               "or completion.", (2048, 1076, False)),
-    (400, 400, "This model's maximum context length is 2048 tokens. However, you requested 1024 output "
-               "tokens and your prompt contains at least 1025 input tokens, for a total of at least 2049 "
-               "tokens.", (2048, 1025, True)),
-    (400, 400, "'max_tokens' or 'max_completion_tokens' is too large: 1024. This model's maximum context "
-               "length is 2048 tokens and your request has 1500 input tokens (1024 > 2048 - 1500).",
-     (2048, 1500, False)),
-    (400, "context_length_exceeded", "This model's maximum context length is 512 tokens, but the prompt "
-                                     "has 530 tokens (no room to generate). Please shorten the messages.",
-     (512, 530, False)),
-    (400, None, "The decoder prompt (length 3000) is longer than the maximum model length of 2048.",
-     (2048, 3000, False)),
-    (400, "context_length_exceeded", "This model's maximum context length is 8192 tokens. However, your "
-                                     "messages resulted in 9000 tokens.", (8192, 9000, False)),
-    (400, "context_length_exceeded", "Request too large.", (None, None, False)),
-])
+@pytest.mark.parametrize(
+    "status, code, message, expected",
+    [
+        (
+            400,
+            400,
+            "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens "
+            "(1076 in the messages, 1024 in the completion). Please reduce the length of the messages "
+            "or completion.",
+            (2048, 1076, False),
+        ),
+        (
+            400,
+            400,
+            "This model's maximum context length is 2048 tokens. However, you requested 1024 output "
+            "tokens and your prompt contains at least 1025 input tokens, for a total of at least 2049 "
+            "tokens.",
+            (2048, 1025, True),
+        ),
+        (
+            400,
+            400,
+            "'max_tokens' or 'max_completion_tokens' is too large: 1024. This model's maximum context "
+            "length is 2048 tokens and your request has 1500 input tokens (1024 > 2048 - 1500).",
+            (2048, 1500, False),
+        ),
+        (
+            400,
+            "context_length_exceeded",
+            "This model's maximum context length is 512 tokens, but the prompt "
+            "has 530 tokens (no room to generate). Please shorten the messages.",
+            (512, 530, False),
+        ),
+        (
+            400,
+            None,
+            "The decoder prompt (length 3000) is longer than the maximum model length of 2048.",
+            (2048, 3000, False),
+        ),
+        (
+            400,
+            "context_length_exceeded",
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            (8192, 9000, False),
+        ),
+        (400, "context_length_exceeded", "Request too large.", (None, None, False)),
+    ],
+)
 def test_context_errors_are_read_from_every_server_shape(status, code, message, expected):
     overflow = parse_context_overflow(status, code, message)
     assert overflow is not None
     assert (overflow.context_length, overflow.prompt_tokens, overflow.at_least) == expected
 
 
-@pytest.mark.parametrize("status, code, message", [
-    (400, "invalid_value", "Invalid value for 'n': at most 8 choices per request"),
-    (401, None, "This model's maximum context length is 2048 tokens."),  # not a request-size status
-    (400, None, "temperature must be at most 2"),
-])
+@pytest.mark.parametrize(
+    "status, code, message",
+    [
+        (400, "invalid_value", "Invalid value for 'n': at most 8 choices per request"),
+        (401, None, "This model's maximum context length is 2048 tokens."),  # not a request-size status
+        (400, None, "temperature must be at most 2"),
+    ],
+)
 def test_other_errors_are_not_context_errors(status, code, message):
     assert parse_context_overflow(status, code, message) is None
 
@@ -50,10 +82,17 @@ def test_other_errors_are_not_context_errors(status, code, message):
 def mtbench_like(count: int) -> list[dict]:
     """MT-bench-shaped 2-turn questions whose first turns grow from short to longer than 2,048
     tokens, so that with --max-tokens 1024 some fit, some are clamped, some cannot be asked."""
-    return [{"question_id": 81 + i, "category": "writing",
-             "turns": [f"Question {i}: " + " ".join(["describe"] * (20 + 27 * i)),
-                       "Now rewrite your answer " + " ".join(["briefly"] * 40)]}
-            for i in range(count)]
+    return [
+        {
+            "question_id": 81 + i,
+            "category": "writing",
+            "turns": [
+                f"Question {i}: " + " ".join(["describe"] * (20 + 27 * i)),
+                "Now rewrite your answer " + " ".join(["briefly"] * 40),
+            ],
+        }
+        for i in range(count)
+    ]
 
 
 @pytest.fixture
@@ -68,10 +107,22 @@ def _answers(run_id: str) -> list[dict]:
 
 
 def test_eighty_mtbench_questions_against_a_2048_context_all_end_answered_or_truncated(
-        cli, small_context: ScriptedServer, tmp_path: Path):
+    cli, small_context: ScriptedServer, tmp_path: Path
+):
     questions = write_jsonl(tmp_path / "question.jsonl", mtbench_like(80))
-    args = ["eval", "answer", str(questions), "--endpoint", small_context.base_url, "--model",
-            "verbose-model", "--max-tokens", "1024", "--concurrency", "8"]
+    args = [
+        "eval",
+        "answer",
+        str(questions),
+        "--endpoint",
+        small_context.base_url,
+        "--model",
+        "verbose-model",
+        "--max-tokens",
+        "1024",
+        "--concurrency",
+        "8",
+    ]
     result = cli(*args, "--json")
     out = result.json()
     assert out["status"] == "completed" and out["errors"] == []
@@ -95,8 +146,11 @@ def test_eighty_mtbench_questions_against_a_2048_context_all_end_answered_or_tru
             else:
                 assert text  # a real reply
     # Every request that was answered fitted the context; re-sends were few.
-    answered = [r for r in small_context.requests if r.get("max_tokens") is None
-                or prompt_tokens(r["messages"]) + r["max_tokens"] <= 2048]
+    answered = [
+        r
+        for r in small_context.requests
+        if r.get("max_tokens") is None or prompt_tokens(r["messages"]) + r["max_tokens"] <= 2048
+    ]
     assert len(answered) >= 80
     assert all(m["context_length"] == 2048 for m in truncated)
 
@@ -108,11 +162,22 @@ def test_eighty_mtbench_questions_against_a_2048_context_all_end_answered_or_tru
 
 
 def test_a_server_that_gives_no_numbers_gets_the_request_without_max_tokens(
-        cli, small_context: ScriptedServer, tmp_path: Path):
+    cli, small_context: ScriptedServer, tmp_path: Path
+):
     small_context.context_style = "bare"
     questions = write_jsonl(tmp_path / "question.jsonl", mtbench_like(80)[::8])
-    out = cli("eval", "answer", str(questions), "--endpoint", small_context.base_url, "--model",
-              "verbose-model", "--max-tokens", "1024", "--json").json()
+    out = cli(
+        "eval",
+        "answer",
+        str(questions),
+        "--endpoint",
+        small_context.base_url,
+        "--model",
+        "verbose-model",
+        "--max-tokens",
+        "1024",
+        "--json",
+    ).json()
     assert out["status"] == "completed" and out["metrics"]["answered"] == 10
     assert out["metrics"]["truncated"] > 0
     without = [r for r in small_context.requests if "max_tokens" not in r]
@@ -121,18 +186,32 @@ def test_a_server_that_gives_no_numbers_gets_the_request_without_max_tokens(
 
 @pytest.mark.slow
 def test_the_real_server_with_a_small_context_answers_or_truncates_every_question(
-        cli, tiny_model_dir: Path, tmp_path: Path):
+    cli, tiny_model_dir: Path, tmp_path: Path
+):
     from tests.conftest import start_server, stop_server
 
     server = start_server(tiny_model_dir, tmp_path, "--max-model-len", "256")
     try:
         turns = [("Hello! How can I help you today? " * (1 + 3 * i)).strip() for i in range(6)]
-        records = [{"question_id": i + 1, "category": "writing",
-                    "turns": [turn, "Please write a short poem about the sea."]}
-                   for i, turn in enumerate(turns)]
+        records = [
+            {"question_id": i + 1, "category": "writing", "turns": [turn, "Please write a short poem about the sea."]}
+            for i, turn in enumerate(turns)
+        ]
         questions = write_jsonl(tmp_path / "question.jsonl", records)
-        out = cli("eval", "answer", str(questions), "--endpoint", server.base_url, "--max-tokens", "200",
-                  "--temperature", "1.0", "--concurrency", "3", "--json").json()
+        out = cli(
+            "eval",
+            "answer",
+            str(questions),
+            "--endpoint",
+            server.base_url,
+            "--max-tokens",
+            "200",
+            "--temperature",
+            "1.0",
+            "--concurrency",
+            "3",
+            "--json",
+        ).json()
     finally:
         stop_server(server)
     assert out["status"] == "completed" and out["errors"] == []

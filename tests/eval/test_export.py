@@ -33,8 +33,14 @@ def test_fastchat_exports(cli, scripted, mtbench_file, tmp_path):
 
 def test_alpaca_eval_exports(cli, scripted, tmp_path):
     src = tmp_path / "alpaca.json"
-    src.write_text(json.dumps([{"instruction": "Name a fruit.", "dataset": "helpful_base"},
-                               {"instruction": "Name a color.", "dataset": "koala"}]))
+    src.write_text(
+        json.dumps(
+            [
+                {"instruction": "Name a fruit.", "dataset": "helpful_base"},
+                {"instruction": "Name a color.", "dataset": "koala"},
+            ]
+        )
+    )
     a, b, pair, single = _runs(cli, scripted, src)
     outputs = json.loads(cli("eval", "export", a, "--format", "alpaca_eval").stdout)
     assert [o["instruction"] for o in outputs] == ["Name a fruit.", "Name a color."]

@@ -10,19 +10,38 @@ from tests.eval.conftest import write_jsonl
 OPTS = ["Paris", "Rome", "Berlin", "Madrid"]
 
 
-@pytest.mark.parametrize("text, letter", [
-    ("The answer is (B).", "B"), ("Answer: C", "C"), ("answer is: **D**", "D"), ("(A) because Paris.", "A"),
-    ("B. Rome is the capital.", "B"), ("C", "C"), ("I think it's Berlin.", "C"), ("\\boxed{D}", "D"),
-    ("Between (A) and (B), the answer is (B)", "B"), ("paris", "A"), ("No idea.", None), ("(E)", None),
-])
+@pytest.mark.parametrize(
+    "text, letter",
+    [
+        ("The answer is (B).", "B"),
+        ("Answer: C", "C"),
+        ("answer is: **D**", "D"),
+        ("(A) because Paris.", "A"),
+        ("B. Rome is the capital.", "B"),
+        ("C", "C"),
+        ("I think it's Berlin.", "C"),
+        ("\\boxed{D}", "D"),
+        ("Between (A) and (B), the answer is (B)", "B"),
+        ("paris", "A"),
+        ("No idea.", None),
+        ("(E)", None),
+    ],
+)
 def test_extract_option(text, letter):
     assert extract_option(text, OPTS) == letter
 
 
-@pytest.mark.parametrize("text, number", [
-    ("12 + 7 = 19", "19"), ("It costs $1,250.50 in total.", "1250.50"), ("#### 42", "42"),
-    ("First 3 then 5 #### -8 apples", "-8"), ("The ratio is 3/4", "3/4"), ("none", None),
-])
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("12 + 7 = 19", "19"),
+        ("It costs $1,250.50 in total.", "1250.50"),
+        ("#### 42", "42"),
+        ("First 3 then 5 #### -8 apples", "-8"),
+        ("The ratio is 3/4", "3/4"),
+        ("none", None),
+    ],
+)
 def test_extract_number(text, number):
     assert extract_number(text) == number
 
@@ -37,8 +56,13 @@ def test_boxed_and_numbers():
 def test_grade_answer_methods():
     mc = Question("1", None, ["?"], None, {"format": "choice", "options": OPTS, "label": ["B"]})
     assert grade_answer(mc, "The answer is (B)")["verdict"] == "correct"
-    assert grade_answer(mc, "The answer is (C)") | {} == {"verdict": "incorrect", "score": 0.0, "raw": "C",
-                                                          "method": "option", "expected": ["B"]}
+    assert grade_answer(mc, "The answer is (C)") | {} == {
+        "verdict": "incorrect",
+        "score": 0.0,
+        "raw": "C",
+        "method": "option",
+        "expected": ["B"],
+    }
     assert grade_answer(mc, "hmm")["verdict"] == "error"
     num = Question("2", None, ["?"], None, {"format": "exact", "label": "#### 1,000"})
     assert grade_answer(num, "That makes 1000.")["verdict"] == "correct"
@@ -55,12 +79,15 @@ def test_grade_answer_methods():
 
 
 def test_grade_command(cli, scripted, tmp_path):
-    path = write_jsonl(tmp_path / "mc.jsonl", [
-        {"id": "a", "question": "Capital of Italy?", "options": OPTS, "label": "B", "category": "geo"},
-        {"id": "b", "question": "Capital of Spain?", "options": OPTS, "label": 3, "category": "geo"},
-        {"id": "c", "question": "12+7?", "label": "19", "category": "math"},
-        {"id": "d", "question": "2*21?", "label": "42", "category": "math"},
-    ])
+    path = write_jsonl(
+        tmp_path / "mc.jsonl",
+        [
+            {"id": "a", "question": "Capital of Italy?", "options": OPTS, "label": "B", "category": "geo"},
+            {"id": "b", "question": "Capital of Spain?", "options": OPTS, "label": 3, "category": "geo"},
+            {"id": "c", "question": "12+7?", "label": "19", "category": "math"},
+            {"id": "d", "question": "2*21?", "label": "42", "category": "math"},
+        ],
+    )
     run = cli("eval", "answer", path, "-e", scripted.base_url, "-m", "m", "--json").json()["run_id"]
     cat = open_catalog()
     replies = {"a": "The answer is (B).", "b": "I would say (A).", "c": "12 + 7 = 19", "d": "Not sure."}

@@ -1,7 +1,6 @@
 """`openchat eval judge` against scripted judges: mapping back, parse failures, position bias,
 FastChat prompt files, resume, and the full MT-bench path through report."""
 
-
 import pytest
 
 from openchat_cli.eval.judge_prompts import load_prompts
@@ -15,24 +14,54 @@ def _answer(cli, scripted, path, model):
 
 
 def _judge(cli, scripted, *args, judge="fair-judge"):
-    return cli("eval", "judge", *args, "--judge-endpoint", scripted.base_url, "--judge-model", judge,
-               "--retry-wait", "0.01", "--json").json()
+    return cli(
+        "eval",
+        "judge",
+        *args,
+        "--judge-endpoint",
+        scripted.base_url,
+        "--judge-model",
+        judge,
+        "--retry-wait",
+        "0.01",
+        "--json",
+    ).json()
 
 
-@pytest.mark.parametrize("text, verdict", [
-    ("Long explanation… [[A]]", "A"), ("so [[B]]", "B"), ("[[C]]", "tie"), ("[[tie]]", "tie"),
-    ("A is better [[A]] and again [[A]]", "A"), ("[[A]] no wait [[B]]", "error"), ("A wins", "error"),
-    ("", "error"), (None, "error"),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("Long explanation… [[A]]", "A"),
+        ("so [[B]]", "B"),
+        ("[[C]]", "tie"),
+        ("[[tie]]", "tie"),
+        ("A is better [[A]] and again [[A]]", "A"),
+        ("[[A]] no wait [[B]]", "error"),
+        ("A wins", "error"),
+        ("", "error"),
+        (None, "error"),
+    ],
+)
 def test_parse_pairwise(text, verdict):
     assert parse_pairwise(text) == verdict
 
 
-@pytest.mark.parametrize("text, score", [
-    ("Good.\nRating: [[8]]", 8.0), ("[[7.5]]", 7.5), ("Rating: 6", 6.0), ("rating: [3]", 3.0),
-    ("first [[2]] then final [[9]]", 9.0), ("[[11]]", None), ("Rating: excellent", None), ("[[0]]", None),
-    ("see [4]", 4.0), ("no score", None), ("[[8/10]]", 8.0),
-])
+@pytest.mark.parametrize(
+    "text, score",
+    [
+        ("Good.\nRating: [[8]]", 8.0),
+        ("[[7.5]]", 7.5),
+        ("Rating: 6", 6.0),
+        ("rating: [3]", 3.0),
+        ("first [[2]] then final [[9]]", 9.0),
+        ("[[11]]", None),
+        ("Rating: excellent", None),
+        ("[[0]]", None),
+        ("see [4]", 4.0),
+        ("no score", None),
+        ("[[8/10]]", 8.0),
+    ],
+)
 def test_parse_rating(text, score):
     assert parse_rating(text) == score
 
@@ -61,9 +90,15 @@ def test_mtbench_through_answer_judge_report(cli, scripted, mtbench_file, tmp_pa
     rows = list(cat.rows("judgments", "eval_id = ?", [pair["run_id"]]))
     assert {(r["order"], r["verdict"]) for r in rows} == {("AB", "A"), ("BA", "A")}
     assert {r["meta"]["shown"] for r in rows if r["order"] == "BA"} == {"B"}
-    assert all(r["answer_run_id"] == long_run and r["baseline_run_id"] == short_run and r["mode"] == "pairwise" for r in rows)
-    assert {r["prompt_name"] for r in rows} == {"openchat-pair", "openchat-pair-multi-turn", "openchat-pair-ref",
-                                                 "openchat-pair-ref-multi-turn"}
+    assert all(
+        r["answer_run_id"] == long_run and r["baseline_run_id"] == short_run and r["mode"] == "pairwise" for r in rows
+    )
+    assert {r["prompt_name"] for r in rows} == {
+        "openchat-pair",
+        "openchat-pair-multi-turn",
+        "openchat-pair-ref",
+        "openchat-pair-ref-multi-turn",
+    }
     judge_row = cat.get(pair["run_id"])
     assert judge_row["parent_id"] == long_run and judge_row["baseline_id"] == short_run
     assert judge_row["config"]["mode"] == "pairwise" and judge_row["model"] == "fair-judge"
@@ -93,17 +128,29 @@ def test_mtbench_through_answer_judge_report(cli, scripted, mtbench_file, tmp_pa
     assert bias["lc_win_rate"] == pytest.approx(0.5, abs=1e-6)
 
     text = cli("eval", "report", long_run).stdout
-    for needle in ("MT-bench-style scores", "Judge reliability", "on swap", "longer answer", "first shown",
-                   "failures", "Percent of baseline", "length-", "AlpacaEval"):
+    for needle in (
+        "MT-bench-style scores",
+        "Judge reliability",
+        "on swap",
+        "longer answer",
+        "first shown",
+        "failures",
+        "Percent of baseline",
+        "length-",
+        "AlpacaEval",
+    ):
         assert needle in text
 
 
 def test_messy_judge_parse_failures_are_recorded(cli, scripted, tmp_path):
-    path = write_jsonl(tmp_path / "q.jsonl", [
-        {"question_id": 1, "category": "writing", "turns": ["Say hi."]},
-        {"question_id": 2, "category": "writing", "turns": ["MALFORMED please."]},
-        {"question_id": 3, "category": "writing", "turns": ["CONFLICT please."]},
-    ])
+    path = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"question_id": 1, "category": "writing", "turns": ["Say hi."]},
+            {"question_id": 2, "category": "writing", "turns": ["MALFORMED please."]},
+            {"question_id": 3, "category": "writing", "turns": ["CONFLICT please."]},
+        ],
+    )
     a, b = _answer(cli, scripted, path, "long-model"), _answer(cli, scripted, path, "short-model")
     single = _judge(cli, scripted, a, judge="messy-judge")[0]
     pair = _judge(cli, scripted, a, "--baseline", b, "--mode", "pairwise", judge="messy-judge")[0]
@@ -121,7 +168,11 @@ def test_messy_judge_parse_failures_are_recorded(cli, scripted, tmp_path):
     assert p["pairs"] == 1 and p["win"] == 1
     assert p["reliability"]["parse_failures"] == 4 and p["reliability"]["parse_failure_rate"] == pytest.approx(4 / 6)
     s = report["single"][0]
-    assert s["parse_failures"] == 1 and s["average"] == 8.0 and s["reliability"]["parse_failure_rate"] == pytest.approx(1 / 3)
+    assert (
+        s["parse_failures"] == 1
+        and s["average"] == 8.0
+        and s["reliability"]["parse_failure_rate"] == pytest.approx(1 / 3)
+    )
 
 
 def test_judge_retries_and_resumes(cli, scripted, mtbench_file):
@@ -143,18 +194,38 @@ def test_judge_retries_and_resumes(cli, scripted, mtbench_file):
 def test_fastchat_prompt_file(cli, scripted, mtbench_file, tmp_path):
     """A FastChat-format prompt file: its prompts fill their slots, the rest stay built-in."""
     prompts = tmp_path / "judge_prompts.jsonl"
-    write_jsonl(prompts, [
-        {"name": "pair-test", "type": "pairwise", "category": "general", "output_format": "[[A]]",
-         "system_prompt": "Compare two answers. End with [[A]], [[B]] or [[C]].",
-         "prompt_template": "[User Question]\n{question}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}",
-         "description": "test"},
-        {"name": "pair-test-multi-turn", "type": "pairwise", "category": "general", "output_format": "[[A]]",
-         "system_prompt": "Compare the second answers. End with [[A]], [[B]] or [[C]].",
-         "prompt_template": "Q1 {question_1}\nA-1 {answer_a_1}\nQ2 {question_2}\nA-2 {answer_a_2}\n"
-                            "B-1 {answer_b_1}\nB-2 {answer_b_2}", "description": "test"},
-        {"name": "single-test", "type": "single", "category": "general", "output_format": "[[rating]]",
-         "system_prompt": "", "prompt_template": "Q {question}\nA {answer}\nRate it as Rating: [[5]]."},
-    ])
+    write_jsonl(
+        prompts,
+        [
+            {
+                "name": "pair-test",
+                "type": "pairwise",
+                "category": "general",
+                "output_format": "[[A]]",
+                "system_prompt": "Compare two answers. End with [[A]], [[B]] or [[C]].",
+                "prompt_template": "[User Question]\n{question}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}",
+                "description": "test",
+            },
+            {
+                "name": "pair-test-multi-turn",
+                "type": "pairwise",
+                "category": "general",
+                "output_format": "[[A]]",
+                "system_prompt": "Compare the second answers. End with [[A]], [[B]] or [[C]].",
+                "prompt_template": "Q1 {question_1}\nA-1 {answer_a_1}\nQ2 {question_2}\nA-2 {answer_a_2}\n"
+                "B-1 {answer_b_1}\nB-2 {answer_b_2}",
+                "description": "test",
+            },
+            {
+                "name": "single-test",
+                "type": "single",
+                "category": "general",
+                "output_format": "[[rating]]",
+                "system_prompt": "",
+                "prompt_template": "Q {question}\nA {answer}\nRate it as Rating: [[5]].",
+            },
+        ],
+    )
     a = _answer(cli, scripted, mtbench_file, "long-model")
     b = _answer(cli, scripted, mtbench_file, "short-model")
     scripted.reset()
@@ -165,8 +236,11 @@ def test_fastchat_prompt_file(cli, scripted, mtbench_file, tmp_path):
     assert names[("81", 1)] == "pair-test" and names[("81", 2)] == "pair-test-multi-turn"
     assert names[("111", 1)] == "openchat-pair-ref"  # no math prompt in the file: built-in
     assert {r["verdict"] for r in rows} == {"A"}
-    multi = [r["messages"][1]["content"] for r in scripted.requests
-             if r["messages"][0]["content"].startswith("Compare the second")]
+    multi = [
+        r["messages"][1]["content"]
+        for r in scripted.requests
+        if r["messages"][0]["content"].startswith("Compare the second")
+    ]
     assert len(multi) == 6  # turn 2 of the 3 questions without a reference, both orders
     travel = [m for m in multi if m.startswith("Q1 Write a travel blog post")]
     assert travel and all("Q2 Rewrite it starting every sentence with A." in m for m in travel)
@@ -184,8 +258,10 @@ def test_fastchat_prompt_file(cli, scripted, mtbench_file, tmp_path):
 def test_bad_prompt_file_and_arguments(cli, scripted, mtbench_file, tmp_path):
     a = _answer(cli, scripted, mtbench_file, "long-model")
     bad = tmp_path / "p.jsonl"
-    bad.write_text('{"name": "x", "type": "single", "prompt_template": "t"}\n{"name": "y", "type": "triple", '
-                   '"prompt_template": "t"}\n')
+    bad.write_text(
+        '{"name": "x", "type": "single", "prompt_template": "t"}\n{"name": "y", "type": "triple", '
+        '"prompt_template": "t"}\n'
+    )
     base = ["eval", "judge", a, "--judge-endpoint", scripted.base_url, "--judge-model", "fair-judge"]
     assert "p.jsonl:2: field 'type' must be 'single' or 'pairwise'" in cli(*base, "--prompts", bad, expect=2).stderr
     assert "needs --baseline" in cli(*base, "--mode", "pairwise", expect=2).stderr

@@ -16,8 +16,13 @@ QUESTIONS = [{"question_id": i, "category": "writing", "turns": [f"Question numb
 
 def _spawn(args, home):
     env = {**os.environ, "OPENCHAT_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-m", "openchat_cli.app", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_rows(sql, at_least, proc, timeout=30.0):
@@ -56,7 +61,9 @@ def test_kill_answer_run_then_resume(cli, scripted, tmp_path, openchat_home, sig
     assert out["answered_now"] == len(QUESTIONS) - len(kept)
     asked = {r["messages"][0]["content"] for r in scripted.requests}
     assert asked == {f"Question number {i}?" for i in range(12) if str(i) not in kept}
-    rows = cat.query("select question_id, count(*) as n from answers where eval_id = ? group by question_id", [run["id"]])
+    rows = cat.query(
+        "select question_id, count(*) as n from answers where eval_id = ? group by question_id", [run["id"]]
+    )
     assert len(rows) == len(QUESTIONS) and all(r["n"] == 1 for r in rows)
     assert cat.get(run["id"])["status"] == "completed"
 
@@ -66,8 +73,21 @@ def test_terminate_judge_run_then_resume(cli, scripted, tmp_path, openchat_home)
     a = cli("eval", "answer", path, "-e", scripted.base_url, "-m", "long-model", "--json").json()["run_id"]
     b = cli("eval", "answer", path, "-e", scripted.base_url, "-m", "short-model", "--json").json()["run_id"]
     scripted.latency_s = 0.2
-    args = ["eval", "judge", a, "--baseline", b, "--mode", "pairwise", "--judge-endpoint", scripted.base_url,
-            "--judge-model", "fair-judge", "-c", "2"]
+    args = [
+        "eval",
+        "judge",
+        a,
+        "--baseline",
+        b,
+        "--mode",
+        "pairwise",
+        "--judge-endpoint",
+        scripted.base_url,
+        "--judge-model",
+        "fair-judge",
+        "-c",
+        "2",
+    ]
     proc = _spawn(args, openchat_home)
     _wait_rows("select count(*) from judgments", 4, proc)
     proc.send_signal(signal.SIGTERM)
@@ -84,8 +104,10 @@ def test_terminate_judge_run_then_resume(cli, scripted, tmp_path, openchat_home)
     out = cli(*args[:-2], "-c", "8", "--json").json()[0]
     assert out["run_id"] == run["id"] and out["already"] == len(kept) and out["judged_now"] == 24 - len(kept)
     assert len(scripted.requests) == 24 - len(kept)
-    dupes = cat.query('select count(*) as n from judgments where eval_id = ? group by question_id, turn, "order" '
-                      'having n > 1', [run["id"]])
+    dupes = cat.query(
+        'select count(*) as n from judgments where eval_id = ? group by question_id, turn, "order" having n > 1',
+        [run["id"]],
+    )
     assert not dupes
     report = cli("eval", "report", run["id"], "--json").json()
     assert report["pairwise"][0]["win"] == 12 and report["pairwise"][0]["reliability"]["flip_rate"] == 0

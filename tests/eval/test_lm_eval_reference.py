@@ -24,12 +24,24 @@ from tests.eval.test_loglik import ARC, HELLASWAG
 
 TOL = 1e-4
 MMLU_ALGEBRA = [
-    {"question": "Find the degree of the field extension Q(sqrt(2)) over Q.",
-     "subject": "abstract_algebra", "choices": ["0", "2", "1", "3"], "answer": 1},
-    {"question": " What is 12 plus 7? ", "subject": "abstract_algebra",
-     "choices": ["19", "21", "100", "5"], "answer": 0},
-    {"question": "Which number is prime?", "subject": "abstract_algebra",
-     "choices": ["4", "6", "7", "9"], "answer": "C"},
+    {
+        "question": "Find the degree of the field extension Q(sqrt(2)) over Q.",
+        "subject": "abstract_algebra",
+        "choices": ["0", "2", "1", "3"],
+        "answer": 1,
+    },
+    {
+        "question": " What is 12 plus 7? ",
+        "subject": "abstract_algebra",
+        "choices": ["19", "21", "100", "5"],
+        "answer": 0,
+    },
+    {
+        "question": "Which number is prime?",
+        "subject": "abstract_algebra",
+        "choices": ["4", "6", "7", "9"],
+        "answer": "C",
+    },
 ]
 ARC_YAML = """\
 task: oc_arc_local
@@ -85,19 +97,25 @@ def lm_eval_tasks(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     mmlu = write_jsonl(tmp_path / "mmlu.jsonl", MMLU_ALGEBRA)
     hellaswag = write_jsonl(tmp_path / "hellaswag.jsonl", HELLASWAG)
     (tasks_dir / "oc_arc.yaml").write_text(ARC_YAML.format(data=arc))
-    (tasks_dir / "oc_mmlu.yaml").write_text(INCLUDED_YAML.format(
-        include=installed / "mmlu" / "default" / "mmlu_abstract_algebra.yaml",
-        task="oc_mmlu_local", data=mmlu))
-    (tasks_dir / "oc_hellaswag.yaml").write_text(INCLUDED_YAML.format(
-        include=installed / "hellaswag" / "hellaswag.yaml", task="oc_hellaswag_local",
-        data=hellaswag))
-    return {"oc_arc_local": (arc, "arc"), "oc_mmlu_local": (mmlu, "mmlu"),
-            "oc_hellaswag_local": (hellaswag, "hellaswag")}
+    (tasks_dir / "oc_mmlu.yaml").write_text(
+        INCLUDED_YAML.format(
+            include=installed / "mmlu" / "default" / "mmlu_abstract_algebra.yaml", task="oc_mmlu_local", data=mmlu
+        )
+    )
+    (tasks_dir / "oc_hellaswag.yaml").write_text(
+        INCLUDED_YAML.format(
+            include=installed / "hellaswag" / "hellaswag.yaml", task="oc_hellaswag_local", data=hellaswag
+        )
+    )
+    return {
+        "oc_arc_local": (arc, "arc"),
+        "oc_mmlu_local": (mmlu, "mmlu"),
+        "oc_hellaswag_local": (hellaswag, "hellaswag"),
+    }
 
 
 @pytest.mark.slow  # about 30 s: lm-evaluation-harness's import and three task loads
-def test_loglik_agrees_with_lm_evaluation_harness(cli, tiny_server, tiny_model_dir, tmp_path,
-                                                  monkeypatch):
+def test_loglik_agrees_with_lm_evaluation_harness(cli, tiny_server, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -107,19 +125,26 @@ def test_loglik_agrees_with_lm_evaluation_harness(cli, tiny_server, tiny_model_d
     tasks = lm_eval_tasks(tmp_path)
     reference = lm_eval.simple_evaluate(
         model="local-completions",
-        model_args={"base_url": tiny_server.base_url + "/completions", "model": tiny_server.model,
-                    "tokenizer": str(tiny_model_dir), "tokenizer_backend": "huggingface"},
-        tasks=list(tasks), task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
-        num_fewshot=0, log_samples=True)
+        model_args={
+            "base_url": tiny_server.base_url + "/completions",
+            "model": tiny_server.model,
+            "tokenizer": str(tiny_model_dir),
+            "tokenizer_backend": "huggingface",
+        },
+        tasks=list(tasks),
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        num_fewshot=0,
+        log_samples=True,
+    )
 
     cat = open_catalog()
     worst = 0.0
     for task_name, (path, fmt) in tasks.items():
-        ours = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--task-format", fmt,
-                   "--json").json()
+        ours = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--task-format", fmt, "--json").json()
         items = load_task(path, fmt).items
-        rows = {r["question_id"]: r["meta"] for r in
-                cat.query("select * from answers where eval_id = ?", [ours["run_id"]])}
+        rows = {
+            r["question_id"]: r["meta"] for r in cat.query("select * from answers where eval_id = ?", [ours["run_id"]])
+        }
         samples = sorted(reference["samples"][task_name], key=lambda s: s["doc_id"])
         assert len(samples) == len(items) == len(rows)
         for sample in samples:
@@ -138,5 +163,4 @@ def test_loglik_agrees_with_lm_evaluation_harness(cli, tiny_server, tiny_model_d
         if isinstance(results.get("acc_stderr,none"), float):
             assert ours["metrics"]["acc_stderr"] == pytest.approx(results["acc_stderr,none"], abs=1e-9)
     print(f"\nlargest |log-likelihood difference| vs lm-evaluation-harness: {worst:.2e}")
-    print(json.dumps({t: {k: v for k, v in reference["results"][t].items() if "acc" in k}
-                      for t in tasks}))
+    print(json.dumps({t: {k: v for k, v in reference["results"][t].items() if "acc" in k} for t in tasks}))

@@ -13,40 +13,83 @@ from openchat_cli.eval.mc_tasks import hellaswag_preprocess, load_task
 from tests.eval.conftest import write_jsonl
 
 ARC = [
-    {"id": "Mercury_1", "question": "What is the capital of France?",
-     "choices": {"text": ["Paris", "Rome", "the sea", "12"], "label": ["A", "B", "C", "D"]},
-     "answerKey": "A"},
-    {"id": "Mercury_2", "question": "Water boils at how many degrees Celsius?",
-     "choices": {"text": ["7", "100", "19"], "label": ["1", "2", "3"]}, "answerKey": "2"},
-    {"id": "Mercury_3", "question": "Which animal jumps over the lazy dog?",
-     "choices": {"text": ["The quick brown fox", "A prime number", "Hello world"],
-                 "label": ["A", "B", "C"]}, "answerKey": "A"},
-    {"id": "Mercury_4", "question": "What is 12 plus 7?",
-     "choices": {"text": ["19", "1000", "3.14", "-5"], "label": ["A", "B", "C", "D"]},
-     "answerKey": "A"},
+    {
+        "id": "Mercury_1",
+        "question": "What is the capital of France?",
+        "choices": {"text": ["Paris", "Rome", "the sea", "12"], "label": ["A", "B", "C", "D"]},
+        "answerKey": "A",
+    },
+    {
+        "id": "Mercury_2",
+        "question": "Water boils at how many degrees Celsius?",
+        "choices": {"text": ["7", "100", "19"], "label": ["1", "2", "3"]},
+        "answerKey": "2",
+    },
+    {
+        "id": "Mercury_3",
+        "question": "Which animal jumps over the lazy dog?",
+        "choices": {"text": ["The quick brown fox", "A prime number", "Hello world"], "label": ["A", "B", "C"]},
+        "answerKey": "A",
+    },
+    {
+        "id": "Mercury_4",
+        "question": "What is 12 plus 7?",
+        "choices": {"text": ["19", "1000", "3.14", "-5"], "label": ["A", "B", "C", "D"]},
+        "answerKey": "A",
+    },
 ]
 MMLU = [
-    {"question": " What is 12 plus 7? ", "subject": "high_school_mathematics",
-     "choices": ["19", "21", "100", "5"], "answer": 0},
-    {"question": "Why is the sky blue?", "subject": "astronomy",
-     "choices": ["Rayleigh scattering", "The sea", "Paris", "Prime numbers"], "answer": "A"},
+    {
+        "question": " What is 12 plus 7? ",
+        "subject": "high_school_mathematics",
+        "choices": ["19", "21", "100", "5"],
+        "answer": 0,
+    },
+    {
+        "question": "Why is the sky blue?",
+        "subject": "astronomy",
+        "choices": ["Rayleigh scattering", "The sea", "Paris", "Prime numbers"],
+        "answer": "A",
+    },
 ]
 HELLASWAG = [
-    {"ind": 24, "activity_label": "Roof shingle removal",
-     "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
-     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-                 "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
-     "label": "3"},
-    {"ind": 92, "activity_label": "Home and Garden",
-     "ctx_a": "[header] How to grow a plant [title] Water it.", "ctx_b": "THEN it",
-     "endings": ["grows  tall [step] fast.", "dies.", "is a fox.", "boils at 100 degrees."],
-     "label": 0},
+    {
+        "ind": 24,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "label": "3",
+    },
+    {
+        "ind": 92,
+        "activity_label": "Home and Garden",
+        "ctx_a": "[header] How to grow a plant [title] Water it.",
+        "ctx_b": "THEN it",
+        "endings": ["grows  tall [step] fast.", "dies.", "is a fox.", "boils at 100 degrees."],
+        "label": 0,
+    },
 ]
 CHOICE = [
-    {"id": "c1", "question": "What is the capital of France?", "options": ["Rome", "Paris"],
-     "label": "B", "category": "geo"},
-    {"id": "c2", "question": "What is 12 plus 7?", "options": {"A": "19", "B": "7", "C": "12"},
-     "label": 0, "category": "math"},
+    {
+        "id": "c1",
+        "question": "What is the capital of France?",
+        "options": ["Rome", "Paris"],
+        "label": "B",
+        "category": "geo",
+    },
+    {
+        "id": "c2",
+        "question": "What is 12 plus 7?",
+        "options": {"A": "19", "B": "7", "C": "12"},
+        "label": 0,
+        "category": "math",
+    },
 ]
 
 
@@ -65,9 +108,11 @@ def test_mmlu_rows(tmp_path):
     task = load_task(write_jsonl(tmp_path / "mmlu.jsonl", MMLU))
     first, second = task.items
     assert task.format == "mmlu"
-    assert first.context == ("The following are multiple choice questions (with answers) about high "
-                             "school mathematics.\n\nWhat is 12 plus 7?\nA. 19\nB. 21\nC. 100\nD. 5\n"
-                             "Answer:")
+    assert first.context == (
+        "The following are multiple choice questions (with answers) about high "
+        "school mathematics.\n\nWhat is 12 plus 7?\nA. 19\nB. 21\nC. 100\nD. 5\n"
+        "Answer:"
+    )
     assert first.choices == ["A", "B", "C", "D"] and first.gold == [0]
     assert first.category == "high_school_mathematics" and second.gold == [0]
 
@@ -93,17 +138,23 @@ def test_openchat_choice_rows(tmp_path):
     assert second.choices == ["19", "7", "12"] and second.gold == [0]
 
 
-@pytest.mark.parametrize("record,fmt,message", [
-    ({"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"},
-     "auto", "field 'answerKey' is 'C'"),
-    ({"question": "q", "choices": {"text": ["a", "b"]}, "answerKey": "A"}, "auto", "'choices.label'"),
-    ({"question": "q", "choices": ["a", "b"], "answer": 5}, "auto", "field 'answer' is 5"),
-    ({"question": 3, "choices": ["a", "b"], "answer": 0}, "auto", "field 'question' must be a string"),
-    ({"activity_label": "x", "ctx": "y", "endings": ["a"], "label": 0}, "auto", "field 'endings'"),
-    ({"activity_label": "x", "ctx": "y", "endings": ["a", "b"]}, "auto", "missing field 'label'"),
-    ({"prompt": "hi"}, "auto", "cannot tell the format"),
-    ({"question": "q", "options": ["a", "b"], "label": "A"}, "mmlu", "missing field 'choices'"),
-])
+@pytest.mark.parametrize(
+    "record,fmt,message",
+    [
+        (
+            {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"},
+            "auto",
+            "field 'answerKey' is 'C'",
+        ),
+        ({"question": "q", "choices": {"text": ["a", "b"]}, "answerKey": "A"}, "auto", "'choices.label'"),
+        ({"question": "q", "choices": ["a", "b"], "answer": 5}, "auto", "field 'answer' is 5"),
+        ({"question": 3, "choices": ["a", "b"], "answer": 0}, "auto", "field 'question' must be a string"),
+        ({"activity_label": "x", "ctx": "y", "endings": ["a"], "label": 0}, "auto", "field 'endings'"),
+        ({"activity_label": "x", "ctx": "y", "endings": ["a", "b"]}, "auto", "missing field 'label'"),
+        ({"prompt": "hi"}, "auto", "cannot tell the format"),
+        ({"question": "q", "options": ["a", "b"], "label": "A"}, "mmlu", "missing field 'choices'"),
+    ],
+)
 def test_bad_records_name_file_line_and_field(tmp_path, record, fmt, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [record])
     with pytest.raises(OpenchatError) as info:
@@ -150,13 +201,11 @@ def test_loglik_run_scores_resumes_and_reports(cli, tiny_server, tmp_path, direc
     from store.catalog import open_catalog
 
     path = write_jsonl(tmp_path / "arc.jsonl", ARC)
-    first = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--limit", "2",
-                "--json").json()
+    first = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--limit", "2", "--json").json()
     assert first["status"] == "completed" and first["scored_now"] == 2
     run_id = first["run_id"]
     # The same command without --limit continues the run: only the other two are scored.
-    full = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--concurrency", "3",
-               "--json").json()
+    full = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--concurrency", "3", "--json").json()
     assert full["run_id"] == run_id and full["resumed"] and full["already"] == 2
     assert full["scored_now"] == 2
     metrics = full["metrics"]
@@ -192,8 +241,7 @@ def test_loglik_bad_input_is_a_clear_error(cli, tiny_server, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [ARC[0], {"question": "q", "choices": ["a", "b"]}])
     result = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, expect=2)
     assert "bad.jsonl:2" in result.stderr and "'choices'" in result.stderr and "arc" in result.stderr
-    result = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--task-format", "gsm8k",
-                 expect=2)
+    result = cli("eval", "loglik", path, "--endpoint", tiny_server.base_url, "--task-format", "gsm8k", expect=2)
     assert "--task-format" in result.stderr
 
 
@@ -204,7 +252,6 @@ def test_prompt_too_long_fails_only_that_question(cli, tiny_server, tmp_path):
     assert "long" in result.stderr and "context length" in result.stderr
     body = json.loads(result.stdout)
     assert body["metrics"]["scored"] == 1 and len(body["errors"]) == 1
-
 
 
 def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, openchat_home):
@@ -218,16 +265,30 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
 
     from store.catalog import open_catalog
 
-    rows = [{"id": f"q{i}", "question": f"What is {i} plus 7?",
-             "choices": {"text": [str(i + 7), str(i)], "label": ["A", "B"]}, "answerKey": "A"}
-            for i in range(150)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"What is {i} plus 7?",
+            "choices": {"text": [str(i + 7), str(i)], "label": ["A", "B"]},
+            "answerKey": "A",
+        }
+        for i in range(150)
+    ]
     path = write_jsonl(tmp_path / "many.jsonl", rows)
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "OPENCHAT_HOME": str(openchat_home),
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", "eval", "loglik", str(path),
-                             "-e", tiny_server.base_url, "-c", "1"], env=env, cwd=str(root),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "OPENCHAT_HOME": str(openchat_home),
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", "eval", "loglik", str(path), "-e", tiny_server.base_url, "-c", "1"],
+        env=env,
+        cwd=str(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     cat = open_catalog()
     deadline = time.monotonic() + 60
     while cat.count("answers") < 5:
@@ -244,6 +305,7 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
     out = cli("eval", "loglik", path, "-e", tiny_server.base_url, "--json").json()
     assert out["run_id"] == run["id"] and out["already"] == kept
     assert out["scored_now"] == len(rows) - kept and out["status"] == "completed"
-    counts = cat.query("select question_id, count(*) as n from answers where eval_id = ? "
-                       "group by question_id", [run["id"]])
+    counts = cat.query(
+        "select question_id, count(*) as n from answers where eval_id = ? group by question_id", [run["id"]]
+    )
     assert len(counts) == len(rows) and all(c["n"] == 1 for c in counts)

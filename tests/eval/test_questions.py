@@ -19,14 +19,20 @@ def test_mtbench(mtbench_file):
 
 
 def test_vicuna_alpaca_plain(tmp_path):
-    vic = load_questions(write_jsonl(tmp_path / "v.jsonl", [
-        {"question_id": 1, "text": "Tell me a joke.", "category": "generic"}]))
+    vic = load_questions(
+        write_jsonl(tmp_path / "v.jsonl", [{"question_id": 1, "text": "Tell me a joke.", "category": "generic"}])
+    )
     assert vic.format == "vicuna" and vic.questions[0].turns == ["Tell me a joke."]
 
     alpaca = tmp_path / "alpaca.json"
-    alpaca.write_text(json.dumps([
-        {"instruction": "Name a fruit.", "dataset": "helpful_base", "output": "x", "generator": "y"},
-        {"instruction": "Translate", "input": "chat", "dataset": "koala"}]))
+    alpaca.write_text(
+        json.dumps(
+            [
+                {"instruction": "Name a fruit.", "dataset": "helpful_base", "output": "x", "generator": "y"},
+                {"instruction": "Translate", "input": "chat", "dataset": "koala"},
+            ]
+        )
+    )
     qs = load_questions(alpaca)
     assert qs.format == "alpaca_eval"
     assert [q.question_id for q in qs.questions] == ["1", "2"]
@@ -38,29 +44,39 @@ def test_vicuna_alpaca_plain(tmp_path):
 
 
 def test_choice_and_exact(tmp_path):
-    qs = load_questions(write_jsonl(tmp_path / "mc.jsonl", [
-        {"question": "2+2?", "options": ["3", "4"], "label": "B"},
-        {"question": "Capital of France?", "options": {"A": "Paris", "B": "Rome"}, "label": 0},
-        {"question": "12+7?", "label": "19"},
-    ]))
+    qs = load_questions(
+        write_jsonl(
+            tmp_path / "mc.jsonl",
+            [
+                {"question": "2+2?", "options": ["3", "4"], "label": "B"},
+                {"question": "Capital of France?", "options": {"A": "Paris", "B": "Rome"}, "label": 0},
+                {"question": "12+7?", "label": "19"},
+            ],
+        )
+    )
     a, b, c = qs.questions
     assert a.meta["label"] == ["B"] and a.meta["options"] == ["3", "4"] and "(B) 4" in a.turns[0]
     assert b.meta["label"] == ["A"] and b.meta["options"] == ["Paris", "Rome"]
     assert c.meta["format"] == "exact" and c.meta["label"] == "19" and c.turns == ["12+7?"]
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"question_id": 1, "turns": ["a"]}', "{not json"], "q.jsonl:2: invalid JSON"),
-    (['{"question_id": 1, "category": "x"}'], "cannot tell the format"),
-    (['{"question_id": 1, "turns": []}'], "q.jsonl:1: field 'turns' must hold at least one"),
-    (['{"question_id": 1, "turns": ["a"]}', '', '{"question_id": 1, "turns": ["b"]}'],
-     "q.jsonl:3: duplicate question id '1' (first seen at line 1)"),
-    (['{"question_id": 1, "turns": ["a"]}', '{"turns": ["b"]}'], "q.jsonl:2: missing field 'question_id'"),
-    (['{"question_id": 1, "turns": ["a"], "reference": 5}'], "field 'reference' must be a list"),
-    (['{"question": "x", "options": ["a", "b"], "label": "C"}'], "label 'C' is not one of the options A-B"),
-    (['{"question_id": 1, "turns": ["a"]}', '{"id": 2, "prompt": "b"}'], "the file started as 'mtbench'"),
-    (['[1, 2]'], "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"question_id": 1, "turns": ["a"]}', "{not json"], "q.jsonl:2: invalid JSON"),
+        (['{"question_id": 1, "category": "x"}'], "cannot tell the format"),
+        (['{"question_id": 1, "turns": []}'], "q.jsonl:1: field 'turns' must hold at least one"),
+        (
+            ['{"question_id": 1, "turns": ["a"]}', "", '{"question_id": 1, "turns": ["b"]}'],
+            "q.jsonl:3: duplicate question id '1' (first seen at line 1)",
+        ),
+        (['{"question_id": 1, "turns": ["a"]}', '{"turns": ["b"]}'], "q.jsonl:2: missing field 'question_id'"),
+        (['{"question_id": 1, "turns": ["a"], "reference": 5}'], "field 'reference' must be a list"),
+        (['{"question": "x", "options": ["a", "b"], "label": "C"}'], "label 'C' is not one of the options A-B"),
+        (['{"question_id": 1, "turns": ["a"]}', '{"id": 2, "prompt": "b"}'], "the file started as 'mtbench'"),
+        (["[1, 2]"], "expected a JSON object"),
+    ],
+)
 def test_bad_lines_are_named(tmp_path, lines, message):
     path = tmp_path / "q.jsonl"
     path.write_text("\n".join(lines) + "\n")

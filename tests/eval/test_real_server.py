@@ -8,8 +8,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_tiny_server_answers_then_judge_and_report(cli, tiny_server, scripted, mtbench_file):
-    out = cli("eval", "answer", mtbench_file, "-e", tiny_server.base_url, "--max-tokens", "12", "-c", "4",
-              "--json").json()
+    out = cli(
+        "eval", "answer", mtbench_file, "-e", tiny_server.base_url, "--max-tokens", "12", "-c", "4", "--json"
+    ).json()
     assert out["status"] == "completed" and out["metrics"]["answered"] == 4
     cat = open_catalog()
     run = cat.get(out["run_id"])
@@ -25,8 +26,19 @@ def test_tiny_server_answers_then_judge_and_report(cli, tiny_server, scripted, m
     again = cli("eval", "answer", mtbench_file, "-e", tiny_server.base_url, "--max-tokens", "12", "--json").json()
     assert again["run_id"] == run["id"] and again["answered_now"] == 0
 
-    other = cli("eval", "answer", mtbench_file, "-e", tiny_server.base_url, "--max-tokens", "4", "--new",
-                "--name", "tiny-short", "--json").json()["run_id"]
+    other = cli(
+        "eval",
+        "answer",
+        mtbench_file,
+        "-e",
+        tiny_server.base_url,
+        "--max-tokens",
+        "4",
+        "--new",
+        "--name",
+        "tiny-short",
+        "--json",
+    ).json()["run_id"]
     judge = ["--judge-endpoint", scripted.base_url, "--judge-model", "biased-judge", "--json"]
     single = cli("eval", "judge", run["id"], *judge).json()[0]
     assert single["judged_now"] == 8

@@ -8,24 +8,44 @@ from store.catalog import open_catalog
 
 
 def _answer_run(cat, name, questions, lengths):
-    run = cat.add_eval(kind="answer", name=name, model=name, endpoint="http://x/v1", questions_hash="h",
-                       questions_path="/q.jsonl")
+    run = cat.add_eval(
+        kind="answer", name=name, model=name, endpoint="http://x/v1", questions_hash="h", questions_path="/q.jsonl"
+    )
     for qid, (category, turns) in questions.items():
-        cat.insert("questions", {"eval_id": run, "question_id": qid, "category": category,
-                                 "turns": [f"{qid} turn {i}" for i in range(turns)], "meta": {"format": "mtbench"}})
-        cat.insert("answers", {"eval_id": run, "question_id": qid, "model": name,
-                               "turns": ["x" * n for n in lengths[qid]]})
+        cat.insert(
+            "questions",
+            {
+                "eval_id": run,
+                "question_id": qid,
+                "category": category,
+                "turns": [f"{qid} turn {i}" for i in range(turns)],
+                "meta": {"format": "mtbench"},
+            },
+        )
+        cat.insert(
+            "answers", {"eval_id": run, "question_id": qid, "model": name, "turns": ["x" * n for n in lengths[qid]]}
+        )
     cat.update("evals", run, status="completed")
     return run
 
 
 def _judge_run(cat, parent, mode, rows, baseline=None, judge="judge-x"):
-    run = cat.add_eval(kind="judge", model=judge, parent_id=parent, baseline_id=baseline, endpoint="http://j/v1",
-                       config={"mode": mode})
+    run = cat.add_eval(
+        kind="judge", model=judge, parent_id=parent, baseline_id=baseline, endpoint="http://j/v1", config={"mode": mode}
+    )
     for qid, turn, order, verdict in rows:
         parsed = verdict != "error"
-        row = {"eval_id": run, "question_id": qid, "turn": turn, "mode": mode, "answer_run_id": parent,
-               "judge_model": judge, "prompt_name": "p", "raw": f"text {verdict}", "parse_ok": int(parsed)}
+        row = {
+            "eval_id": run,
+            "question_id": qid,
+            "turn": turn,
+            "mode": mode,
+            "answer_run_id": parent,
+            "judge_model": judge,
+            "prompt_name": "p",
+            "raw": f"text {verdict}",
+            "parse_ok": int(parsed),
+        }
         if mode == "single":
             row.update(verdict="error" if not parsed else str(verdict), score=float(verdict) if parsed else None)
         else:
@@ -44,22 +64,56 @@ def seeded():
     len_b = {"q1": [10], "q2": [10], "q3": [10], "q4": [50], "q5": [100], "q6": [100]}
     a = _answer_run(cat, "alpha", qs, len_a)
     b = _answer_run(cat, "beta", qs, len_b)
-    pair = _judge_run(cat, a, "pairwise", [
-        ("q1", 1, "AB", "A"), ("q1", 1, "BA", "A"),        # win
-        ("q2", 1, "AB", "A"), ("q2", 1, "BA", "B"),        # flip → tie
-        ("q3", 1, "AB", "B"), ("q3", 1, "BA", "B"),        # loss
-        ("q4", 1, "AB", "tie"), ("q4", 1, "BA", "tie"),    # tie
-        ("q5", 1, "AB", "error"), ("q5", 1, "BA", "A"),    # unparseable in one order: left out of pairs
-        ("q6", 1, "AB", "A"), ("q6", 1, "BA", "tie"),      # flip → tie
-    ], baseline=b)
+    pair = _judge_run(
+        cat,
+        a,
+        "pairwise",
+        [
+            ("q1", 1, "AB", "A"),
+            ("q1", 1, "BA", "A"),  # win
+            ("q2", 1, "AB", "A"),
+            ("q2", 1, "BA", "B"),  # flip → tie
+            ("q3", 1, "AB", "B"),
+            ("q3", 1, "BA", "B"),  # loss
+            ("q4", 1, "AB", "tie"),
+            ("q4", 1, "BA", "tie"),  # tie
+            ("q5", 1, "AB", "error"),
+            ("q5", 1, "BA", "A"),  # unparseable in one order: left out of pairs
+            ("q6", 1, "AB", "A"),
+            ("q6", 1, "BA", "tie"),  # flip → tie
+        ],
+        baseline=b,
+    )
     # Single ratings on two-turn questions.
     qs2 = {"q1": ("writing", 2), "q2": ("math", 2), "q3": ("writing", 2)}
     a2 = _answer_run(cat, "alpha2", qs2, {q: [10, 10] for q in qs2})
     b2 = _answer_run(cat, "beta2", qs2, {q: [10, 10] for q in qs2})
-    sa = _judge_run(cat, a2, "single", [("q1", 1, None, 8), ("q1", 2, None, 6), ("q2", 1, None, 7),
-                                        ("q2", 2, None, "error"), ("q3", 1, None, 5), ("q3", 2, None, 9)])
-    sb = _judge_run(cat, b2, "single", [("q1", 1, None, 4), ("q1", 2, None, 4), ("q2", 1, None, 7),
-                                        ("q2", 2, None, 3), ("q3", 1, None, 5), ("q3", 2, None, "error")])
+    sa = _judge_run(
+        cat,
+        a2,
+        "single",
+        [
+            ("q1", 1, None, 8),
+            ("q1", 2, None, 6),
+            ("q2", 1, None, 7),
+            ("q2", 2, None, "error"),
+            ("q3", 1, None, 5),
+            ("q3", 2, None, 9),
+        ],
+    )
+    sb = _judge_run(
+        cat,
+        b2,
+        "single",
+        [
+            ("q1", 1, None, 4),
+            ("q1", 2, None, 4),
+            ("q2", 1, None, 7),
+            ("q2", 2, None, 3),
+            ("q3", 1, None, 5),
+            ("q3", 2, None, "error"),
+        ],
+    )
     return {"cat": cat, "a": a, "b": b, "pair": pair, "a2": a2, "b2": b2, "sa": sa, "sb": sb}
 
 
@@ -106,10 +160,20 @@ def test_accuracy(cli, seeded):
     cat = seeded["cat"]
     run = cat.add_eval(kind="grade", parent_id=seeded["a"], model="alpha")
     for qid, verdict in [("q1", "correct"), ("q2", "correct"), ("q3", "incorrect"), ("q4", "error")]:
-        cat.insert("judgments", {"eval_id": run, "question_id": qid, "turn": 1, "mode": "exact",
-                                 "answer_run_id": seeded["a"], "verdict": verdict,
-                                 "score": 1.0 if verdict == "correct" else 0.0, "parse_ok": int(verdict != "error"),
-                                 "meta": {"method": "number"}})
+        cat.insert(
+            "judgments",
+            {
+                "eval_id": run,
+                "question_id": qid,
+                "turn": 1,
+                "mode": "exact",
+                "answer_run_id": seeded["a"],
+                "verdict": verdict,
+                "score": 1.0 if verdict == "correct" else 0.0,
+                "parse_ok": int(verdict != "error"),
+                "meta": {"method": "number"},
+            },
+        )
     rep = cli("eval", "report", run, "--json").json()
     (g,) = rep["grade"]
     assert (g["graded"], g["correct"], g["incorrect"], g["no_answer"]) == (4, 2, 1, 1)

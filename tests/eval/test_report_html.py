@@ -20,8 +20,18 @@ def _page_data(text: str) -> dict:
 
 def test_html_holds_the_report_numbers_offline(cli, seeded, tmp_path):  # noqa: F811
     out = tmp_path / "report.html"
-    rep = cli("eval", "report", seeded["pair"], seeded["a2"], seeded["b2"], "--baseline", seeded["b2"],
-              "--html", out, "--json").json()
+    rep = cli(
+        "eval",
+        "report",
+        seeded["pair"],
+        seeded["a2"],
+        seeded["b2"],
+        "--baseline",
+        seeded["b2"],
+        "--html",
+        out,
+        "--json",
+    ).json()
     assert rep["html"] == str(out)
     text = out.read_text()
     # Self-contained: plotly.js inlined, nothing fetched from elsewhere.
@@ -82,10 +92,21 @@ def test_suite_tables_follow_the_terminal_report():
     from openchat_cli.eval.report_html import charts_and_tables
 
     cell = {"questions": 4, "accuracy": 0.75, "unmatched": 0.25, "lenient_accuracy": 1.0, "lenient_unmatched": 0.0}
-    grade = {"run_id": "ev-1", "model": "m", "accuracy": 0.75, "accuracy_ci": [0.5, 1.0], "correct": 3, "graded": 4,
-             "no_answer": 1, "no_answer_rate": 0.25, "categories": {"math": 0.75},
-             "suite": {"task_types": {"zs/math": cell},
-                       "tasks": {"zs/math/a": cell, "zs/math/b": {**cell, "accuracy": 0.5}}}}
+    grade = {
+        "run_id": "ev-1",
+        "model": "m",
+        "accuracy": 0.75,
+        "accuracy_ci": [0.5, 1.0],
+        "correct": 3,
+        "graded": 4,
+        "no_answer": 1,
+        "no_answer_rate": 0.25,
+        "categories": {"math": 0.75},
+        "suite": {
+            "task_types": {"zs/math": cell},
+            "tasks": {"zs/math/a": cell, "zs/math/b": {**cell, "accuracy": 0.5}},
+        },
+    }
     text = "".join(charts_and_tables({"single": [], "pairwise": [], "percent_of_baseline": [], "grade": [grade]}))
     suite = re.search(r'<table id="suite-table">.*?</table>', text, re.DOTALL).group(0)
     assert "zs/math" in suite and "75.0%<br>unmatched 25.0%<br>lenient 100.0%" in suite

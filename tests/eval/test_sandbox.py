@@ -12,8 +12,9 @@ import pytest
 
 from openchat_cli.eval.sandbox import Limits, namespaces_available, run_many, run_program
 
-needs_namespaces = pytest.mark.skipif(not namespaces_available(),
-                                      reason="`unshare --net --pid` does not work on this machine")
+needs_namespaces = pytest.mark.skipif(
+    not namespaces_available(), reason="`unshare --net --pid` does not work on this machine"
+)
 
 
 def test_a_plain_program_runs_and_its_output_comes_back():
@@ -43,10 +44,13 @@ def test_a_sleeping_program_is_stopped_by_the_wall_clock():
     assert time.monotonic() - start < 10
 
 
-@pytest.mark.parametrize("hog", [
-    "x = bytearray(16 * 1024 ** 3)\n",  # one huge allocation
-    "x = []\nwhile True:\n    x.append(bytearray(50 * 1024 ** 2))\n",  # growing until stopped
-])
+@pytest.mark.parametrize(
+    "hog",
+    [
+        "x = bytearray(16 * 1024 ** 3)\n",  # one huge allocation
+        "x = []\nwhile True:\n    x.append(bytearray(50 * 1024 ** 2))\n",  # growing until stopped
+    ],
+)
 def test_a_memory_hog_is_stopped(hog: str):
     result = run_program(hog, Limits(memory_mb=512))
     assert result.status == "memory", result.stderr
@@ -64,8 +68,10 @@ def listener():
 
 
 def _connect_program(port: int) -> str:
-    return (f"import socket\nsock = socket.socket()\nsock.settimeout(3)\n"
-            f"sock.connect(('127.0.0.1', {port}))\nprint('connected')\n")
+    return (
+        f"import socket\nsock = socket.socket()\nsock.settimeout(3)\n"
+        f"sock.connect(('127.0.0.1', {port}))\nprint('connected')\n"
+    )
 
 
 def test_the_network_probe_connects_when_nothing_stops_it(listener: int):
@@ -119,8 +125,7 @@ time.sleep(0.5)
 """
 
 
-@pytest.mark.parametrize("namespaces", [
-    pytest.param(True, marks=needs_namespaces), False])
+@pytest.mark.parametrize("namespaces", [pytest.param(True, marks=needs_namespaces), False])
 def test_processes_a_program_leaves_behind_are_killed(tmp_path: Path, namespaces: bool):
     out = tmp_path / "pids"
     out.mkdir()
@@ -152,7 +157,8 @@ def test_files_land_in_the_sandbox_directory_only(tmp_path: Path):
         "fd, name = tempfile.mkstemp(suffix='.tmp')\nos.close(fd)\n"
         "open(os.path.expanduser('~/home.txt'), 'w').write('x')\n"
         "print(os.getcwd())\n"
-        f"open({str(outside)!r}, 'w').write('escaped')\n")
+        f"open({str(outside)!r}, 'w').write('escaped')\n"
+    )
     result = run_program(program)
     assert result.status == "failed" and "writing outside the sandbox directory" in result.detail()
     assert not outside.exists()
@@ -192,14 +198,14 @@ def test_stderr_keeps_its_tail_so_the_error_survives_the_cut():
 
 
 def test_writing_a_huge_file_is_stopped():
-    result = run_program("with open('big', 'wb') as fh:\n    fh.write(b'x' * (8 * 1024 ** 2))\n",
-                         Limits(file_size_mb=1))
+    result = run_program(
+        "with open('big', 'wb') as fh:\n    fh.write(b'x' * (8 * 1024 ** 2))\n", Limits(file_size_mb=1)
+    )
     assert result.status == "failed" and "File too large" in result.detail()
 
 
 def test_run_many_keeps_order_and_bounds_the_workers():
-    program = ("import time\nstart = time.time()\ntime.sleep(0.3)\n"
-               "print(start, time.time(), {i})\n")
+    program = "import time\nstart = time.time()\ntime.sleep(0.3)\nprint(start, time.time(), {i})\n"
     results = run_many([program.replace("{i}", str(i)) for i in range(6)], workers=2)
     spans = [tuple(float(x) for x in r.stdout.split()[:2]) for r in results]
     assert [int(r.stdout.split()[2]) for r in results] == list(range(6))

@@ -12,8 +12,16 @@ from tests.eval.suite_replies import replies_for, sample_records
 
 match_answer = pytest.importorskip("ochat.evaluation.match_answer")
 
-TASK_TYPES = ["zs/agieval", "zs/bbh_mc_orca", "zs/truthfulqa_orca", "zs/gpqa",
-              "fs_cothub/bbh", "fs_cothub/gsm8k", "fs_cothub/mmlu", "fs_cothub/math"]
+TASK_TYPES = [
+    "zs/agieval",
+    "zs/bbh_mc_orca",
+    "zs/truthfulqa_orca",
+    "zs/gpqa",
+    "fs_cothub/bbh",
+    "fs_cothub/gsm8k",
+    "fs_cothub/mmlu",
+    "fs_cothub/math",
+]
 RECORDS_PER_TYPE = {"fs_cothub/math": 40}  # the reference's sympy grader is the slow one
 DEFAULT_RECORDS = 60
 TOLERANCE_POINTS = 0.5
@@ -33,8 +41,14 @@ def reference_verdict(task_type: str, record: dict, reply: str) -> tuple[bool, b
 def agreement(task_type: str) -> dict:
     n = ref_correct = our_correct = ref_unmatched = our_unmatched = same = 0
     for task_name, _line, record in sample_records(task_type, RECORDS_PER_TYPE.get(task_type, DEFAULT_RECORDS)):
-        meta = {"format": "suite", "task_type": task_type, "task_name": task_name, "label": record["label"],
-                "options": record.get("options"), "_metadata": record.get("_metadata")}
+        meta = {
+            "format": "suite",
+            "task_type": task_type,
+            "task_name": task_name,
+            "label": record["label"],
+            "options": record.get("options"),
+            "_metadata": record.get("_metadata"),
+        }
         gold = solution_answer(meta) if task_type == "fs_cothub/math" else None
         for reply in replies_for(task_type, record, gold):
             ref_matched, ref_ok = reference_verdict(task_type, record, reply)
@@ -45,17 +59,24 @@ def agreement(task_type: str) -> dict:
             ref_unmatched += not ref_matched
             our_unmatched += not ours.matched
             same += (ref_matched, ref_ok) == (ours.matched, ours.correct)
-    return {"replies": n, "reference_accuracy": 100 * ref_correct / n, "our_accuracy": 100 * our_correct / n,
-            "reference_unmatched": 100 * ref_unmatched / n, "our_unmatched": 100 * our_unmatched / n,
-            "record_agreement": 100 * same / n}
+    return {
+        "replies": n,
+        "reference_accuracy": 100 * ref_correct / n,
+        "our_accuracy": 100 * our_correct / n,
+        "reference_unmatched": 100 * ref_unmatched / n,
+        "our_unmatched": 100 * our_unmatched / n,
+        "record_agreement": 100 * same / n,
+    }
 
 
 @pytest.mark.parametrize("task_type", TASK_TYPES)
 def test_grade_agrees_with_reference(task_type):
     figures = agreement(task_type)
-    print(f"\n{task_type}: {figures['replies']} replies, accuracy reference {figures['reference_accuracy']:.2f} "
-          f"vs ours {figures['our_accuracy']:.2f}, unmatched {figures['reference_unmatched']:.2f} vs "
-          f"{figures['our_unmatched']:.2f}, same verdict on {figures['record_agreement']:.2f}% of replies")
+    print(
+        f"\n{task_type}: {figures['replies']} replies, accuracy reference {figures['reference_accuracy']:.2f} "
+        f"vs ours {figures['our_accuracy']:.2f}, unmatched {figures['reference_unmatched']:.2f} vs "
+        f"{figures['our_unmatched']:.2f}, same verdict on {figures['record_agreement']:.2f}% of replies"
+    )
     assert figures["replies"] >= 300
     assert abs(figures["reference_accuracy"] - figures["our_accuracy"]) <= TOLERANCE_POINTS
     assert abs(figures["reference_unmatched"] - figures["our_unmatched"]) <= TOLERANCE_POINTS
@@ -74,13 +95,20 @@ def test_eval_grade_tables_match_the_reference_viewer(cli):
     from store.catalog import open_catalog
 
     cat = open_catalog()
-    run = cat.add_eval(kind="answer", name="synthetic", model="synthetic", endpoint="http://synthetic/v1",
-                       questions_hash="synthetic")
+    run = cat.add_eval(
+        kind="answer", name="synthetic", model="synthetic", endpoint="http://synthetic/v1", questions_hash="synthetic"
+    )
     questions, answers, expected = [], [], Counter()
     for task_type in TASK_TYPES:
         for task_name, line, record in sample_records(task_type, 8):
-            meta = {"format": "suite", "task_type": task_type, "task_name": task_name, "label": record["label"],
-                    "options": record.get("options"), "_metadata": record.get("_metadata")}
+            meta = {
+                "format": "suite",
+                "task_type": task_type,
+                "task_name": task_name,
+                "label": record["label"],
+                "options": record.get("options"),
+                "_metadata": record.get("_metadata"),
+            }
             gold = solution_answer(meta) if task_type == "fs_cothub/math" else None
             for k, reply in enumerate(replies_for(task_type, record, gold)):
                 qid = f"{task_name}/{line}#{k}"

@@ -30,23 +30,57 @@ CASES = [
     ("zs/agieval", {"options": LETTER_OPTIONS, "label": ["B"]}, "I do not know.", (False, False), "error"),
     ("zs/agieval", {"options": LETTER_OPTIONS, "label": ["B"]}, "The answer is 731", (False, False), "error"),
     # quirk: the B of "Based" is the reference's answer; our extraction finds no standalone letter
-    ("zs/agieval", {"options": LETTER_OPTIONS, "label": ["B"]}, "Based on it, the passage says so", (True, True), "error"),
+    (
+        "zs/agieval",
+        {"options": LETTER_OPTIONS, "label": ["B"]},
+        "Based on it, the passage says so",
+        (True, True),
+        "error",
+    ),
     # zs/bbh_mc_orca and zs/truthfulqa_orca: the first character equal to an option letter
     ("zs/bbh_mc_orca", {"options": ["A", "B"], "label": ["B"]}, "(B) False.", (True, True), "correct"),
     ("zs/bbh_mc_orca", {"options": ["A", "B"], "label": ["B"]}, "I do not know.", (False, False), "error"),
-    ("zs/bbh_mc_orca", {"options": ["A", "B"], "label": ["B"]}, "A: Among A through B, the answer is B",
-     (True, False), "correct"),
+    (
+        "zs/bbh_mc_orca",
+        {"options": ["A", "B"], "label": ["B"]},
+        "A: Among A through B, the answer is B",
+        (True, False),
+        "correct",
+    ),
     ("zs/truthfulqa_orca", {"options": ["A", "B", "C", "D"], "label": ["D"]}, "D", (True, True), "correct"),
-    ("zs/truthfulqa_orca", {"options": ["A", "B", "C", "D"], "label": ["D"]}, "The answer is 731", (False, False), "error"),
+    (
+        "zs/truthfulqa_orca",
+        {"options": ["A", "B", "C", "D"], "label": ["D"]},
+        "The answer is 731",
+        (False, False),
+        "error",
+    ),
     # zs/gpqa: letters after the first "The correct answer is"; "C" when unmatched, still scored
-    ("zs/gpqa", {"options": ["A", "B", "C", "D"], "label": ["B"]}, "The correct answer is (B)", (True, True), "correct"),
-    ("zs/gpqa", {"options": ["A", "B", "C", "D"], "label": ["B"]},
-     "The correct answer is (A). On reflection the correct answer is (B).", (True, False), "correct"),
+    (
+        "zs/gpqa",
+        {"options": ["A", "B", "C", "D"], "label": ["B"]},
+        "The correct answer is (B)",
+        (True, True),
+        "correct",
+    ),
+    (
+        "zs/gpqa",
+        {"options": ["A", "B", "C", "D"], "label": ["B"]},
+        "The correct answer is (A). On reflection the correct answer is (B).",
+        (True, False),
+        "correct",
+    ),
     ("zs/gpqa", {"options": ["A", "B", "C", "D"], "label": ["B"]}, "I do not know.", (False, False), "error"),
     ("zs/gpqa", {"options": ["A", "B", "C", "D"], "label": ["C"]}, "I do not know.", (False, True), "error"),
     # fs_cothub/bbh with options: the alphabetically first (X) after the last "answer is "
     ("fs_cothub/bbh", {"options": PAREN_OPTIONS, "label": ["(B)"]}, "So the answer is (B).", (True, True), "correct"),
-    ("fs_cothub/bbh", {"options": PAREN_OPTIONS, "label": ["(B)"]}, "So the answer is (C) or (B).", (True, True), "incorrect"),
+    (
+        "fs_cothub/bbh",
+        {"options": PAREN_OPTIONS, "label": ["(B)"]},
+        "So the answer is (C) or (B).",
+        (True, True),
+        "incorrect",
+    ),
     ("fs_cothub/bbh", {"options": PAREN_OPTIONS, "label": ["(B)"]}, "So the answer is B.", (False, False), "correct"),
     ("fs_cothub/bbh", {"options": PAREN_OPTIONS, "label": ["(B)"]}, "I do not know.", (False, False), "error"),
     # fs_cothub/bbh free form: the text after the last "answer is ", one trailing period dropped
@@ -77,8 +111,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("task_type, fields, reply, reference, lenient", CASES,
-                         ids=[f"{c[0]}:{c[2][:30]}" for c in CASES])
+@pytest.mark.parametrize(
+    "task_type, fields, reply, reference, lenient", CASES, ids=[f"{c[0]}:{c[2][:30]}" for c in CASES]
+)
 def test_rule_verdicts(task_type, fields, reply, reference, lenient):
     m = meta(task_type, **fields)
     got = reference_grade(m, reply)
@@ -102,11 +137,13 @@ def test_reference_answers_keep_the_quirks():
 
 # -- standalone letters only ----------------------------------------------------------------------
 
-WORDS = ("the answer is would be option correct choice do not know among through based on passage question "
-         "we can see that this it its and or but because so therefore think maybe likely none all above below "
-         "first second last true false yes no about around after before cannot decide clear evidence suggests "
-         "each every value number result final step let us check again reason data table row column "
-         "Answer Option Do Is IT OK ABC Dear Bob Eve Cat Fig Hat Ice Jam Key").split()
+WORDS = (
+    "the answer is would be option correct choice do not know among through based on passage question "
+    "we can see that this it its and or but because so therefore think maybe likely none all above below "
+    "first second last true false yes no about around after before cannot decide clear evidence suggests "
+    "each every value number result final step let us check again reason data table row column "
+    "Answer Option Do Is IT OK ABC Dear Bob Eve Cat Fig Hat Ice Jam Key"
+).split()
 SEPARATORS = [" ", " ", ", ", ". ", ": ", " (", ") ", " **", "** ", " - ", "\n", "? ", "! "]
 
 
@@ -116,8 +153,14 @@ def sentences(draw) -> str:
     out = []
     for word in words:
         style = draw(st.sampled_from(["lower", "title", "upper", "asis", "boxed", "paren"]))
-        word = {"lower": word.lower(), "title": word.title(), "upper": word.upper(), "asis": word,
-                "boxed": f"\\boxed{{{word}}}", "paren": f"({word})"}[style]
+        word = {
+            "lower": word.lower(),
+            "title": word.title(),
+            "upper": word.upper(),
+            "asis": word,
+            "boxed": f"\\boxed{{{word}}}",
+            "paren": f"({word})",
+        }[style]
         out.append(word + draw(st.sampled_from(SEPARATORS)))
     if draw(st.booleans()):
         out.append(str(draw(st.integers(0, 10_000))))
@@ -134,11 +177,24 @@ def test_no_standalone_letter_no_letter(sentence, options):
         assert lenient_grade(meta(task_type, options=options, label=["A"]), sentence).answer is None
 
 
-@pytest.mark.parametrize("reply, letter", [
-    ("B", "B"), ("(B)", "B"), ("B.", "B"), ("**B**", "B"), ("The answer is B", "B"), ("answer: (b)", "B"),
-    ("Among A through D, the answer is C", "C"), ("\\boxed{D}", "D"), ("I do not know.", None),
-    ("The answer is 731", None), ("A car is faster", None), ("The answer is Bob", None), ("Do it", None),
-])
+@pytest.mark.parametrize(
+    "reply, letter",
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B.", "B"),
+        ("**B**", "B"),
+        ("The answer is B", "B"),
+        ("answer: (b)", "B"),
+        ("Among A through D, the answer is C", "C"),
+        ("\\boxed{D}", "D"),
+        ("I do not know.", None),
+        ("The answer is 731", None),
+        ("A car is faster", None),
+        ("The answer is Bob", None),
+        ("Do it", None),
+    ],
+)
 def test_letter_options_need_a_standalone_letter(reply, letter):
     assert extract_option(reply, ["A", "B", "C", "D"]) == letter
 

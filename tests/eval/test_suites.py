@@ -17,9 +17,15 @@ from tests.eval.conftest import write_jsonl
 from tests.eval.suite_replies import eval_data
 
 # task file (relative to the suite root) -> records to copy from the reference eval_data
-PICKS = {"zs/agieval/lsat-lr.zero-shot": 3, "zs/gpqa/diamond": 2, "fs_cothub/mmlu/anatomy": 2,
-         "fs_cothub/mmlu/astronomy": 2, "fs_cothub/gsm8k/gsm8k": 2, "fs_cothub/math/MATH": 2,
-         "fs_cothub/bbh/boolean_expressions": 2}
+PICKS = {
+    "zs/agieval/lsat-lr.zero-shot": 3,
+    "zs/gpqa/diamond": 2,
+    "fs_cothub/mmlu/anatomy": 2,
+    "fs_cothub/mmlu/astronomy": 2,
+    "fs_cothub/gsm8k/gsm8k": 2,
+    "fs_cothub/math/MATH": 2,
+    "fs_cothub/bbh/boolean_expressions": 2,
+}
 
 
 @pytest.fixture
@@ -49,7 +55,11 @@ def test_load_suite_whole_part_and_file(suite: Path):
     assert "solution" in next(q for q in whole.questions if q.meta["task_type"] == "fs_cothub/math").meta["_metadata"]
     # a task-type folder, a group and one task file find the same root and the same ids
     assert [q.question_id for q in load_question_source(suite / "fs_cothub" / "mmlu").questions] == [
-        "fs_cothub/mmlu/anatomy/1", "fs_cothub/mmlu/anatomy/2", "fs_cothub/mmlu/astronomy/1", "fs_cothub/mmlu/astronomy/2"]
+        "fs_cothub/mmlu/anatomy/1",
+        "fs_cothub/mmlu/anatomy/2",
+        "fs_cothub/mmlu/astronomy/1",
+        "fs_cothub/mmlu/astronomy/2",
+    ]
     assert len(load_question_source(suite / "zs")) == 5
     single = load_question_source(suite / "zs" / "gpqa" / "diamond.jsonl")
     assert [q.question_id for q in single.questions] == ["zs/gpqa/diamond/1", "zs/gpqa/diamond/2"]
@@ -67,20 +77,37 @@ def test_whole_reference_suite_loads():
     for q in qset.questions:
         by_type[q.meta["task_type"]] = by_type.get(q.meta["task_type"], 0) + 1
     assert len(qset) > 20_000 and set(by_type) == {
-        "zs/agieval", "zs/bbh_mc_orca", "zs/truthfulqa_orca", "zs/gpqa", "fs_cothub/bbh", "fs_cothub/gsm8k",
-        "fs_cothub/mmlu", "fs_cothub/math", "coding/humaneval"}
+        "zs/agieval",
+        "zs/bbh_mc_orca",
+        "zs/truthfulqa_orca",
+        "zs/gpqa",
+        "fs_cothub/bbh",
+        "fs_cothub/gsm8k",
+        "fs_cothub/mmlu",
+        "fs_cothub/math",
+        "coding/humaneval",
+    }
     assert len({q.question_id for q in qset.questions}) == len(qset)
 
 
-@pytest.mark.parametrize("task, record, message", [
-    ("zs/gpqa/x", {"question": "Q?", "options": ["A", "B"]}, ":1 (field 'label'): missing field 'label'"),
-    ("zs/gpqa/x", {"question": "", "options": ["A"], "label": ["A"]}, ":1 (field 'question')"),
-    ("zs/agieval/x", {"question": "Q?", "options": None, "label": ["A"]}, ":1 (field 'options')"),
-    ("fs_cothub/math/x", {"question": "Q?", "label": [True], "_metadata": {"solution": "no box"}},
-     ":1 (field '_metadata.solution')"),
-    ("coding/humaneval/x", {"question": "Q?", "label": "", "options": [], "_metadata": {"task_id": "t"}},
-     ":1 (field '_metadata.prompt')"),
-])
+@pytest.mark.parametrize(
+    "task, record, message",
+    [
+        ("zs/gpqa/x", {"question": "Q?", "options": ["A", "B"]}, ":1 (field 'label'): missing field 'label'"),
+        ("zs/gpqa/x", {"question": "", "options": ["A"], "label": ["A"]}, ":1 (field 'question')"),
+        ("zs/agieval/x", {"question": "Q?", "options": None, "label": ["A"]}, ":1 (field 'options')"),
+        (
+            "fs_cothub/math/x",
+            {"question": "Q?", "label": [True], "_metadata": {"solution": "no box"}},
+            ":1 (field '_metadata.solution')",
+        ),
+        (
+            "coding/humaneval/x",
+            {"question": "Q?", "label": "", "options": [], "_metadata": {"task_id": "t"}},
+            ":1 (field '_metadata.prompt')",
+        ),
+    ],
+)
 def test_bad_records_name_file_line_and_field(tmp_path: Path, task, record, message):
     path = tmp_path / "suite" / f"{task}.jsonl"
     path.parent.mkdir(parents=True)
@@ -106,12 +133,18 @@ def test_folder_that_is_not_a_suite(cli, tmp_path: Path):
 
 
 def test_plain_choice_files_are_not_suites(tmp_path: Path):
-    path = write_jsonl(tmp_path / "mc.jsonl", [
-        {"question": "Q: 2+2?\nAnswer Choices: (A) 3 (B) 4\nA: Among A through B, the answer is",
-         "options": ["A", "B"], "label": ["B"]},
-        {"question": "Q: Capital of Italy?\n(A) Paris (B) Rome", "options": ["Paris", "Rome"], "label": "B"},
-        {"question": "Capital of Spain?", "options": ["Paris", "Madrid"], "label": "B"},
-    ])
+    path = write_jsonl(
+        tmp_path / "mc.jsonl",
+        [
+            {
+                "question": "Q: 2+2?\nAnswer Choices: (A) 3 (B) 4\nA: Among A through B, the answer is",
+                "options": ["A", "B"],
+                "label": ["B"],
+            },
+            {"question": "Q: Capital of Italy?\n(A) Paris (B) Rome", "options": ["Paris", "Rome"], "label": "B"},
+            {"question": "Capital of Spain?", "options": ["Paris", "Madrid"], "label": "B"},
+        ],
+    )
     qset = load_question_source(path)
     assert qset.format == "choice" and qset.hash == load_questions(path).hash
     letters, listed, appended = qset.questions
@@ -128,9 +161,13 @@ def reply_for(task: str, record: dict) -> str:
     first = label[0] if isinstance(label, list) else label
     if task_type == "fs_cothub/math":
         return "The answer is $" + _boxed(record) + "$"
-    return {"zs/agieval": f"{first}", "zs/gpqa": f"The correct answer is ({first})",
-            "fs_cothub/mmlu": f"Let's think. The answer is {first}.",
-            "fs_cothub/gsm8k": f"The answer is {first}", "fs_cothub/bbh": f"So the answer is {first}."}[task_type]
+    return {
+        "zs/agieval": f"{first}",
+        "zs/gpqa": f"The correct answer is ({first})",
+        "fs_cothub/mmlu": f"Let's think. The answer is {first}.",
+        "fs_cothub/gsm8k": f"The answer is {first}",
+        "fs_cothub/bbh": f"So the answer is {first}.",
+    }[task_type]
 
 
 def _boxed(record: dict) -> str:
@@ -172,8 +209,13 @@ def test_suite_answer_grade_report(cli, scripted, suite: Path):
             assert row["meta"]["lenient"] == ("correct" if i % 2 == 1 else "error")
             expected_correct += want
     assert graded["correct"] == expected_correct
-    assert types["zs/agieval"] == {"questions": 3, "accuracy": 2 / 3, "unmatched": 1 / 3,
-                                   "lenient_accuracy": 2 / 3, "lenient_unmatched": 1 / 3}
+    assert types["zs/agieval"] == {
+        "questions": 3,
+        "accuracy": 2 / 3,
+        "unmatched": 1 / 3,
+        "lenient_accuracy": 2 / 3,
+        "lenient_unmatched": 1 / 3,
+    }
     assert types["fs_cothub/mmlu"]["unmatched"] == 0.5 and types["fs_cothub/mmlu"]["lenient_accuracy"] == 0.5
     assert graded["suite"]["tasks"]["fs_cothub/mmlu/anatomy"]["questions"] == 2
 
@@ -212,9 +254,11 @@ def test_humaneval_suite_is_graded_by_running_the_replies(cli, scripted, tmp_pat
         record = json.loads(line)
         meta = record["_metadata"]
         full = meta["prompt"] + meta["canonical_solution"]
-        reply = {0: f"Here it is:\n```python\n{full}\n```",
-                 1: f"```python\n{meta['prompt']}    return None\n```",
-                 2: "I cannot write code today."}[i % 3]
+        reply = {
+            0: f"Here it is:\n```python\n{full}\n```",
+            1: f"```python\n{meta['prompt']}    return None\n```",
+            2: "I cannot write code today.",
+        }[i % 3]
         scripted.replies[record["question"]] = reply
         matched, _ = coding_humaneval_match_answer(record, reply)
         expected[f"coding/humaneval/humaneval/{i}"] = (matched, i % 3 == 0)

@@ -20,8 +20,19 @@ def test_migrations_on_empty_db(tmp_path):
     assert migrate(db) == ALL
     assert applied(db) == ALL
     assert migrate(db) == []  # idempotent
-    for table in ("datasets", "checkpoints", "runs", "evals", "answers", "judgments",
-                  "questions", "chats", "chat_messages", "requests", "links"):
+    for table in (
+        "datasets",
+        "checkpoints",
+        "runs",
+        "evals",
+        "answers",
+        "judgments",
+        "questions",
+        "chats",
+        "chat_messages",
+        "requests",
+        "links",
+    ):
         assert table in db.table_names()
 
 
@@ -138,9 +149,19 @@ def test_catalog_survives_a_corrupt_json_column(tmp_path):
 
 
 def _old_judgment(run: str, qid: str, order: str | None, verdict: str, judge: str | None = "j") -> dict:
-    return {"eval_id": run, "question_id": qid, "turn": 1, "mode": "pairwise" if order else "single",
-            "answer_id": "ev-a", "other_id": "ev-b" if order else None, "order": order,
-            "judge_model": judge, "raw": verdict, "verdict": verdict, "parse_ok": 1}
+    return {
+        "eval_id": run,
+        "question_id": qid,
+        "turn": 1,
+        "mode": "pairwise" if order else "single",
+        "answer_id": "ev-a",
+        "other_id": "ev-b" if order else None,
+        "order": order,
+        "judge_model": judge,
+        "raw": verdict,
+        "verdict": verdict,
+        "parse_ok": 1,
+    }
 
 
 def test_m004_renames_run_columns_and_keeps_one_verdict_per_unit(tmp_path):
@@ -149,9 +170,11 @@ def test_m004_renames_run_columns_and_keeps_one_verdict_per_unit(tmp_path):
     db = Database(path)
     migrate(db, upto="m003_chats_requests")
     rows = [
-        _old_judgment("ev-j", "1", "AB", "A"), _old_judgment("ev-j", "1", "AB", "B"),  # same unit twice
+        _old_judgment("ev-j", "1", "AB", "A"),
+        _old_judgment("ev-j", "1", "AB", "B"),  # same unit twice
         _old_judgment("ev-j", "1", "BA", "A"),
-        _old_judgment("ev-s", "1", None, "8"), _old_judgment("ev-s", "1", None, "3"),  # NULL order
+        _old_judgment("ev-s", "1", None, "8"),
+        _old_judgment("ev-s", "1", None, "3"),  # NULL order
         _old_judgment("ev-g", "1", None, "correct", judge=None),  # NULL order and judge
         _old_judgment("ev-g", "1", None, "incorrect", judge=None),
         _old_judgment("ev-s", "2", None, "5"),
@@ -164,16 +187,23 @@ def test_m004_renames_run_columns_and_keeps_one_verdict_per_unit(tmp_path):
     catalog = Catalog(path)
     columns = {c["name"] for c in catalog.query("pragma table_info(judgments)")}
     assert {"answer_run_id", "baseline_run_id"} <= columns and not {"answer_id", "other_id"} & columns
-    kept = catalog.query('select eval_id, question_id, turn, "order", verdict, answer_run_id, baseline_run_id '
-                         'from judgments order by id')
+    kept = catalog.query(
+        'select eval_id, question_id, turn, "order", verdict, answer_run_id, baseline_run_id from judgments order by id'
+    )
     assert [(r["eval_id"], r["question_id"], r["order"], r["verdict"]) for r in kept] == [
-        ("ev-j", "1", "AB", "A"), ("ev-j", "1", "BA", "A"), ("ev-s", "1", None, "8"),
-        ("ev-g", "1", None, "correct"), ("ev-s", "2", None, "5")]  # the first of each unit
+        ("ev-j", "1", "AB", "A"),
+        ("ev-j", "1", "BA", "A"),
+        ("ev-s", "1", None, "8"),
+        ("ev-g", "1", None, "correct"),
+        ("ev-s", "2", None, "5"),
+    ]  # the first of each unit
     assert kept[0]["answer_run_id"] == "ev-a" and kept[0]["baseline_run_id"] == "ev-b"
 
     # The catalog now refuses a second verdict for a unit, NULL order and judge included.
-    new = {k.replace("answer_id", "answer_run_id").replace("other_id", "baseline_run_id"): v
-           for k, v in _old_judgment("ev-g", "1", None, "incorrect", judge=None).items()}
+    new = {
+        k.replace("answer_id", "answer_run_id").replace("other_id", "baseline_run_id"): v
+        for k, v in _old_judgment("ev-g", "1", None, "incorrect", judge=None).items()
+    }
     assert catalog.insert_new("judgments", new) is False
     with pytest.raises(sqlite3.IntegrityError):
         catalog.insert("judgments", new)

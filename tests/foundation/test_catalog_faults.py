@@ -79,8 +79,12 @@ def _folder(path: Path) -> None:
 
 
 DAMAGES: dict[str, Callable[[Path], None]] = {
-    "text": _text, "truncated": _truncated, "garbled-page": _garbled_page,
-    "garbled-header": _garbled_header, "folder": _folder, "foreign": _foreign,
+    "text": _text,
+    "truncated": _truncated,
+    "garbled-page": _garbled_page,
+    "garbled-header": _garbled_header,
+    "folder": _folder,
+    "foreign": _foreign,
 }
 
 
@@ -97,8 +101,14 @@ def _one_line_naming(result, path: Path, *words: str) -> str:
 def _run(args: list[str], home: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """The real `openchat` in its own process."""
     full_env = {**os.environ, "OPENCHAT_HOME": str(home), "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-m", "openchat_cli.app", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "openchat_cli.app", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Holder:
@@ -112,7 +122,8 @@ class Holder:
             + "conn.execute('begin exclusive')\n"
             "conn.execute('create table if not exists held (x)')\n"
             "print('held', flush=True)\n"
-            f"time.sleep({HOLD_S})\n")
+            f"time.sleep({HOLD_S})\n"
+        )
         self.process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         assert self.process.stdout.readline().strip() == "held"
 
@@ -137,13 +148,18 @@ def holders():
 
 # -- damaged ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_damaged_catalog_is_one_line_for_catalog_commands(cli, openchat_home, damage):
     path = openchat_home / "catalog.db"
     DAMAGES[damage](path)
     before = path.read_bytes() if path.is_file() else None
-    for args in (["catalog", "list"], ["catalog", "show", "ds-1234"], ["catalog", "lineage", "ds-1234"],
-                 ["catalog", "rm", "ds-1234"]):
+    for args in (
+        ["catalog", "list"],
+        ["catalog", "show", "ds-1234"],
+        ["catalog", "lineage", "ds-1234"],
+        ["catalog", "rm", "ds-1234"],
+    ):
         line = _one_line_naming(cli(*args, expect=None), path, "move it aside")
         assert "openchat catalog path" in line
         assert ("damaged" if damage != "foreign" else "not an openchat catalog") in line
@@ -158,8 +174,11 @@ def test_damaged_catalog_is_one_line_for_stage_commands(cli, openchat_home, tmp_
     DAMAGES[damage](path)
     raw = tmp_path / "raw.jsonl"
     raw.write_text('{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}\n')
-    for args in (["eval", "report"], ["chat", "--verdicts"],
-                 ["data", "clean", str(raw), "--out", str(tmp_path / "clean.jsonl")]):
+    for args in (
+        ["eval", "report"],
+        ["chat", "--verdicts"],
+        ["data", "clean", str(raw), "--out", str(tmp_path / "clean.jsonl")],
+    ):
         _one_line_naming(cli(*args, expect=None), path, "damaged")
 
 
@@ -224,6 +243,7 @@ def test_serve_log_to_catalog_refuses_a_damaged_catalog_before_loading(tiny_mode
 
 # -- unreachable --------------------------------------------------------------------------------
 
+
 def test_home_that_cannot_be_created(cli, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -250,8 +270,8 @@ def test_catalog_folder_that_cannot_be_created(tmp_path):
 
 # -- held lock ----------------------------------------------------------------------------------
 
-def test_writer_held_out_by_exclusive_lock_is_one_line_and_loses_nothing(cli, openchat_home, holders,
-                                                                       monkeypatch):
+
+def test_writer_held_out_by_exclusive_lock_is_one_line_and_loses_nothing(cli, openchat_home, holders, monkeypatch):
     path = openchat_home / "catalog.db"
     cat = open_catalog()
     kept = cat.add_dataset(name="kept", path="/tmp/kept", format="conversations")
@@ -347,7 +367,8 @@ def test_writers_killed_mid_write_leave_a_catalog_that_opens(tmp_path):
         "i = 0\n"
         "while True:\n"
         "    cat.add_chat_message(chat, 'user', 'x' * 3000)\n"
-        "    i += 1\n")
+        "    i += 1\n"
+    )
     writers = [subprocess.Popen([sys.executable, "-c", code, f"w{k}"]) for k in range(4)]
     cat = Catalog(path)
     deadline = time.monotonic() + 60

@@ -9,11 +9,21 @@ from store.catalog import open_catalog
 
 
 def add_run(catalog, name: str, losses: list[float], evals: dict[str, float], margins: bool = False) -> str:
-    run_id = catalog.add_run(config={"lr": 1e-3}, dataset_id=None, base_checkpoint_id=None,
-                             output_path=f"/tmp/runs/{name}")
-    curve = [{"step": 10 * (i + 1), "epoch": 1, "loss": loss, "lr": 1e-3 / (i + 1), "tokens_per_s": 1000.0 + i,
-              "packing_efficiency": 0.95, **({"rewards/margins": 0.1 * i} if margins else {})}
-             for i, loss in enumerate(losses)]
+    run_id = catalog.add_run(
+        config={"lr": 1e-3}, dataset_id=None, base_checkpoint_id=None, output_path=f"/tmp/runs/{name}"
+    )
+    curve = [
+        {
+            "step": 10 * (i + 1),
+            "epoch": 1,
+            "loss": loss,
+            "lr": 1e-3 / (i + 1),
+            "tokens_per_s": 1000.0 + i,
+            "packing_efficiency": 0.95,
+            **({"rewards/margins": 0.1 * i} if margins else {}),
+        }
+        for i, loss in enumerate(losses)
+    ]
     catalog.update("runs", run_id, loss_curve=curve, metrics={**evals, "final_loss": losses[-1]}, status="completed")
     return run_id
 
@@ -21,8 +31,12 @@ def add_run(catalog, name: str, losses: list[float], evals: dict[str, float], ma
 @pytest.fixture
 def two_runs():
     catalog = open_catalog()
-    a = add_run(catalog, "lr-high", [3.0, 2.0, 1.5], {"eval_loss_initial": 4.0, "eval_loss_step_20": 2.2,
-                                                      "eval_loss_final": 1.8, "eval_loss": 1.8})
+    a = add_run(
+        catalog,
+        "lr-high",
+        [3.0, 2.0, 1.5],
+        {"eval_loss_initial": 4.0, "eval_loss_step_20": 2.2, "eval_loss_final": 1.8, "eval_loss": 1.8},
+    )
     b = add_run(catalog, "lr-low", [3.5, 3.0], {}, margins=True)
     return a, b
 
@@ -52,8 +66,10 @@ def test_the_chart_holds_exactly_the_stored_points(two_runs):
     runs = run_series(open_catalog(), [a, b])
     fig = build_figure(runs, ["loss", "eval_loss"])
     (ax,) = fig.axes
-    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()), line.get_linestyle(), line.get_color())
-             for line in ax.get_lines()}
+    lines = {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()), line.get_linestyle(), line.get_color())
+        for line in ax.get_lines()
+    }
     assert lines[f"{a} (lr-high) loss"][:2] == ([10, 20, 30], [3.0, 2.0, 1.5])
     assert lines[f"{a} (lr-high) eval loss"][:3] == ([0, 20, 30], [4.0, 2.2, 1.8], "--")
     assert lines[f"{a} (lr-high) loss"][3] == lines[f"{a} (lr-high) eval loss"][3]  # one colour per run
@@ -67,8 +83,10 @@ def test_metric_picks_other_curve_keys(cli, two_runs):
     _, b = two_runs
     result = cli("catalog", "plot", b, "--metric", "rewards/margins", "-m", "tokens_per_s", "--json").json()
     assert result["output"] is None and result["metrics"] == ["rewards/margins", "tokens_per_s"]
-    assert result["runs"][0]["series"] == {"rewards/margins": [[10, 0.0], [20, 0.1]],
-                                           "tokens_per_s": [[10, 1000.0], [20, 1001.0]]}
+    assert result["runs"][0]["series"] == {
+        "rewards/margins": [[10, 0.0], [20, 0.1]],
+        "tokens_per_s": [[10, 1000.0], [20, 1001.0]],
+    }
 
 
 def test_bad_requests_say_what_is_wrong(cli, two_runs, tmp_path):

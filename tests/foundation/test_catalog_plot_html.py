@@ -15,8 +15,11 @@ from tests.serve.test_ui import screenshot
 
 def test_html_holds_the_same_curves_as_the_png(two_runs):  # noqa: F811
     runs = run_series(open_catalog(), list(two_runs))
-    png_lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
-                 for ax in build_figure(runs, ["loss", "eval_loss"]).axes for line in ax.get_lines()}
+    png_lines = {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+        for ax in build_figure(runs, ["loss", "eval_loss"]).axes
+        for line in ax.get_lines()
+    }
     html_traces = {t.name: (list(t.x), list(t.y)) for t in build_plotly_figure(runs, ["loss", "eval_loss"]).data}
     assert html_traces == png_lines and len(html_traces) == 3
     eval_trace = next(t for t in build_plotly_figure(runs, ["loss", "eval_loss"]).data if t.name.endswith("eval loss"))

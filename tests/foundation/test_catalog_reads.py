@@ -45,7 +45,11 @@ def test_evals_match_order_and_involving(cat):
     assert ids(cat.evals("judge", parent_id=answer, baseline_id=None)) == [single_new, single_old]
     assert ids(cat.evals("judge", parent_id=other, baseline_id=answer)) == [pairwise]
     assert ids(cat.evals(("judge", "grade"), involving=answer, newest_first=False)) == [
-        single_old, single_new, pairwise, graded]
+        single_old,
+        single_new,
+        pairwise,
+        graded,
+    ]
     assert cat.latest_eval("grade", parent_id=answer)["id"] == graded
     with pytest.raises(TypeError, match="cannot match on"):
         cat.evals("judge", status="running")
@@ -53,11 +57,25 @@ def test_evals_match_order_and_involving(cat):
 
 def test_answers_questions_and_judgments(cat):
     run = cat.add_eval(kind="answer", model="m")
-    cat.insert_many("questions", [
-        {"eval_id": run, "question_id": "1", "category": "math", "turns": ["q1"]},
-        {"eval_id": run, "question_id": "2", "category": None, "turns": ["q2"]}])
-    cat.insert("answers", {"eval_id": run, "question_id": "1", "turns": ["a1"], "prompt_tokens": 3,
-                           "completion_tokens": 5, "latency_s": 0.5, "meta": {"truncated": True}})
+    cat.insert_many(
+        "questions",
+        [
+            {"eval_id": run, "question_id": "1", "category": "math", "turns": ["q1"]},
+            {"eval_id": run, "question_id": "2", "category": None, "turns": ["q2"]},
+        ],
+    )
+    cat.insert(
+        "answers",
+        {
+            "eval_id": run,
+            "question_id": "1",
+            "turns": ["a1"],
+            "prompt_tokens": 3,
+            "completion_tokens": 5,
+            "latency_s": 0.5,
+            "meta": {"truncated": True},
+        },
+    )
     assert cat.question_categories(run) == {"1": "math", "2": None}
     assert cat.question(run, "2")["turns"] == ["q2"]
     assert [q["question_id"] for q in cat.questions(run)] == ["1", "2"]
@@ -70,11 +88,29 @@ def test_answers_questions_and_judgments(cat):
     assert cat.answers_with_category(run) == [{"meta": {"truncated": True}, "category": "math"}]
 
     judge = cat.add_eval(kind="judge", parent_id=run, model="j")
-    cat.insert_many("judgments", [
-        {"eval_id": judge, "question_id": "1", "turn": 1, "order": "BA", "mode": "pairwise",
-         "verdict": "A", "parse_ok": 1},
-        {"eval_id": judge, "question_id": "1", "turn": 1, "order": "AB", "mode": "pairwise",
-         "verdict": "tie", "parse_ok": 1}])
+    cat.insert_many(
+        "judgments",
+        [
+            {
+                "eval_id": judge,
+                "question_id": "1",
+                "turn": 1,
+                "order": "BA",
+                "mode": "pairwise",
+                "verdict": "A",
+                "parse_ok": 1,
+            },
+            {
+                "eval_id": judge,
+                "question_id": "1",
+                "turn": 1,
+                "order": "AB",
+                "mode": "pairwise",
+                "verdict": "tie",
+                "parse_ok": 1,
+            },
+        ],
+    )
     assert [j["order"] for j in cat.judgments(judge)] == ["BA", "AB"]  # as stored
     assert [j["order"] for j in cat.judgments(judge, by_unit=True)] == ["AB", "BA"]
     assert cat.judged_units(judge) == {("1", 1, "AB"), ("1", 1, "BA")}

@@ -17,15 +17,13 @@ def test_completion_scripts_are_current():
     for name, text in render_all().items():
         path = ROOT / "completions" / name
         assert path.exists(), f"{path} missing: run python -m openchat_cli.completions completions/"
-        assert path.read_text() == text, (
-            f"{path} is stale: run `python -m openchat_cli.completions completions/`")
+        assert path.read_text() == text, f"{path} is stale: run `python -m openchat_cli.completions completions/`"
 
 
 def _bash_complete(*words: str) -> list[str]:
     script = ROOT / "completions" / "openchat.bash"
     arr = " ".join(f"'{w}'" for w in ("openchat", *words))
-    cmd = (f"source {script}; COMP_WORDS=({arr}); COMP_CWORD={len(words)}; _openchat; "
-           'printf "%s\\n" "${COMPREPLY[@]}"')
+    cmd = f'source {script}; COMP_WORDS=({arr}); COMP_CWORD={len(words)}; _openchat; printf "%s\\n" "${{COMPREPLY[@]}}"'
     return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True).stdout.split()
 
 
@@ -42,8 +40,9 @@ def test_fish_completes_groups_commands_and_options():
     script = ROOT / "completions" / "openchat.fish"
 
     def complete(line: str) -> list[str]:
-        out = subprocess.run(["fish", "-c", f"source {script}; complete -C '{line}'"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["fish", "-c", f"source {script}; complete -C '{line}'"], capture_output=True, text=True, check=True
+        ).stdout
         return [row.split("\t")[0] for row in out.splitlines()]
 
     assert {"data", "train", "serve", "eval", "chat", "catalog", "model"} <= set(complete("openchat "))
@@ -56,8 +55,15 @@ def test_zsh_script_parses_and_maps_every_command():
     script = ROOT / "completions" / "_openchat"
     subprocess.run(["zsh", "-n", str(script)], check=True)
     words = subprocess.run(
-        ["zsh", "-c", f"compdef() {{ :; }}; source {script}; "
-                      "print -- ${_openchat_words[]}; print -- ${_openchat_words[catalog list]}"],
-        capture_output=True, text=True, check=True).stdout.splitlines()
+        [
+            "zsh",
+            "-c",
+            f"compdef() {{ :; }}; source {script}; "
+            "print -- ${_openchat_words[]}; print -- ${_openchat_words[catalog list]}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert {"data", "train", "serve", "eval", "chat", "catalog", "model"} <= set(words[0].split())
     assert "--json" in words[1].split()

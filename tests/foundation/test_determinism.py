@@ -20,9 +20,11 @@ def test_pinned_env_overrides_the_callers_thread_settings():
 
 def test_a_pinned_command_computes_with_that_many_threads():
     """`openchat …` (the root callback) applies $OPENCHAT_THREADS over $OMP_NUM_THREADS."""
-    code = ("import torch\nfrom openchat_cli.app import build_cli\n"
-            "build_cli()(['catalog', 'path'], standalone_mode=False)\n"
-            "print(torch.get_num_threads(), torch.get_num_interop_threads())")
+    code = (
+        "import torch\nfrom openchat_cli.app import build_cli\n"
+        "build_cli()(['catalog', 'path'], standalone_mode=False)\n"
+        "print(torch.get_num_threads(), torch.get_num_interop_threads())"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENCHAT_THREADS": "3"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-2:] == ["3", "1"]

@@ -48,13 +48,19 @@ def test_imports_point_one_way():
 
 
 def test_the_guard_sees_what_it_forbids():
-    source = ("import os\nfrom openchat_cli.home import catalog_path\n"
-              "def f():\n    import openchat_cli.model.lora\n"
-              "from openchat_cli import model\nfrom . import sibling\n")
+    source = (
+        "import os\nfrom openchat_cli.home import catalog_path\n"
+        "def f():\n    import openchat_cli.model.lora\n"
+        "from openchat_cli import model\nfrom . import sibling\n"
+    )
     modules = [m for _, m in imported_modules(source)]
     assert sorted(m for m in modules if breaks(m, ("openchat_cli",))) == [
-        "openchat_cli", "openchat_cli.home", "openchat_cli.home.catalog_path", "openchat_cli.model",
-        "openchat_cli.model.lora"]
+        "openchat_cli",
+        "openchat_cli.home",
+        "openchat_cli.home.catalog_path",
+        "openchat_cli.model",
+        "openchat_cli.model.lora",
+    ]
     assert breaks("openchat_cli.model", ("openchat_cli.model",))
     assert not breaks("openchat_cli.model_dir", ("openchat_cli.model",))
     assert not breaks("openchat_cli_extra", ("openchat_cli",))

@@ -39,16 +39,19 @@ def test_model_init_refuses_to_overwrite(cli, tmp_path):
 def test_model_init_bad_options(cli, tmp_path):
     assert "unknown --size" in cli("model", "init", tmp_path / "a", "--size", "huge", expect=2).stderr
     assert "unknown template" in cli("model", "init", tmp_path / "b", "--template", "x", expect=2).stderr
-    assert "does not exist" in cli("model", "init", tmp_path / "c", "--tokenizer-corpus",
-                                   tmp_path / "missing.txt", expect=2).stderr
+    assert (
+        "does not exist"
+        in cli("model", "init", tmp_path / "c", "--tokenizer-corpus", tmp_path / "missing.txt", expect=2).stderr
+    )
 
 
 def test_add_tokens_uses_mean_embedding_and_links_lineage(cli, tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "with-tokens"
-    entry = cli("model", "add-tokens", tiny_model_dir, out, "--token", "<|tool|>",
-                "--token", "<|end_of_turn|>", "--json").json()
+    entry = cli(
+        "model", "add-tokens", tiny_model_dir, out, "--token", "<|tool|>", "--token", "<|end_of_turn|>", "--json"
+    ).json()
     assert entry["metrics"]["added_tokens"] == ["<|tool|>"]
     old = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     new = AutoModelForCausalLM.from_pretrained(out)
@@ -67,10 +70,8 @@ def test_add_tokens_uses_mean_embedding_and_links_lineage(cli, tmp_path, tiny_mo
 def test_add_tokens_needs_tokens_and_weights(cli, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no model weights" in cli("model", "add-tokens", empty, tmp_path / "o", "--token", "<x>",
-                                     expect=2).stderr
-    assert "not a folder" in cli("model", "add-tokens", tmp_path / "nope", tmp_path / "o",
-                                 expect=2).stderr
+    assert "no model weights" in cli("model", "add-tokens", empty, tmp_path / "o", "--token", "<x>", expect=2).stderr
+    assert "not a folder" in cli("model", "add-tokens", tmp_path / "nope", tmp_path / "o", expect=2).stderr
 
 
 def test_outputs_are_not_private(cli, tmp_path):

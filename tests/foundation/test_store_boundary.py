@@ -23,9 +23,11 @@ def violations(source: str) -> list[tuple[int, str]]:
     """(line, text) of each use of a catalog's private attribute, and (outside tests) of a
     SQLite driver import. `self._write` is a class's own method (e.g. the request log's)."""
     found = []
-    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
-              if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
-                                tokenize.DEDENT)]
+    tokens = [
+        t
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+    ]
     for before, dot, name in zip(tokens, tokens[1:], tokens[2:]):
         if dot.string == "." and name.type == tokenize.NAME and name.string in PRIVATE:
             if name.string != "db" and before.string == "self":
@@ -55,8 +57,9 @@ def test_nothing_outside_store_touches_the_catalog_connection():
             if folder != "tests":
                 found += driver_imports(source)
             problems += [f"{path.relative_to(ROOT)}:{line}: {text}" for line, text in found]
-    assert not problems, ("use the store's API (Catalog.query/one/scalar/count/write, "
-                          "store/reads.py) instead of:\n" + "\n".join(problems))
+    assert not problems, (
+        "use the store's API (Catalog.query/one/scalar/count/write, store/reads.py) instead of:\n" + "\n".join(problems)
+    )
 
 
 def test_the_guard_sees_what_it_forbids():
@@ -65,8 +68,11 @@ def test_the_guard_sees_what_it_forbids():
         "n = cat.db.execute('select 1').fetchone()\n"
         "cat._write(lambda: None)\n"
         "rows = self.catalog.db['chats'].count\n"
-        "with catalog._lock:\n    pass\n")
+        "with catalog._lock:\n    pass\n"
+    )
     assert [line for line, _ in caught] == [1, 2, 3, 4]
     assert violations("self._write(entry)\npath = home / 'catalog.db'\n# cat.db.execute\n") == []
     assert driver_imports("import sqlite3\nfrom sqlite_utils import Database\n") == [
-        (1, "import sqlite3"), (2, "from sqlite_utils import Database")]
+        (1, "import sqlite3"),
+        (2, "from sqlite_utils import Database"),
+    ]

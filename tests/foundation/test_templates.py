@@ -11,9 +11,44 @@ import pytest
 from openchat_cli.errors import OpenchatError
 from openchat_cli.templates import TEMPLATES, Conversation, Message, check_tokenizer, get_template
 
-WORDS = ["hello", "world", "What", "is", "12", "+", "7?", "The", "answer", "19.", "def", "f(x):",
-         "return", "x", "*", "2", "```python", "```", "#", "Title", "-", "item", "naïve", "café",
-         "日本", "🙂", "a,b", "(c)", "'quoted'", "don't", "it's", "\n", "\n\n", "  ", "\t", "<b>"]
+WORDS = [
+    "hello",
+    "world",
+    "What",
+    "is",
+    "12",
+    "+",
+    "7?",
+    "The",
+    "answer",
+    "19.",
+    "def",
+    "f(x):",
+    "return",
+    "x",
+    "*",
+    "2",
+    "```python",
+    "```",
+    "#",
+    "Title",
+    "-",
+    "item",
+    "naïve",
+    "café",
+    "日本",
+    "🙂",
+    "a,b",
+    "(c)",
+    "'quoted'",
+    "don't",
+    "it's",
+    "\n",
+    "\n\n",
+    "  ",
+    "\t",
+    "<b>",
+]
 
 
 def random_text(rng: random.Random, max_words: int = 25) -> str:
@@ -28,8 +63,7 @@ def random_conversation(rng: random.Random) -> Conversation:
     turns = rng.randint(1, 4)
     messages = []
     for _ in range(turns):
-        messages.append(Message("user", random_text(rng),
-                                input=random_text(rng, 5) if rng.random() < 0.2 else None))
+        messages.append(Message("user", random_text(rng), input=random_text(rng, 5) if rng.random() < 0.2 else None))
         messages.append(Message("assistant", random_text(rng), weight=rng.choice([1.0, 0.1, 0.0])))
     if rng.random() < 0.3:
         messages = messages[:-1]  # ends on a user turn, like an inference prompt
@@ -51,8 +85,11 @@ def as_openai(conv: Conversation) -> list[dict]:
 def jinja_ids(tokenizer, template, conv: Conversation, add_generation_prompt: bool) -> list[int]:
     tokenizer.chat_template = template.jinja()
     kwargs = {"condition": conv.condition} if conv.condition else {}
-    return list(tokenizer.apply_chat_template(as_openai(conv), tokenize=True, return_dict=False,
-                                              add_generation_prompt=add_generation_prompt, **kwargs))
+    return list(
+        tokenizer.apply_chat_template(
+            as_openai(conv), tokenize=True, return_dict=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+    )
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
@@ -71,8 +108,7 @@ def test_token_ids_equal_jinja_chat_template(name, tiny_model_dir):
         # The text rendering matches the Jinja rendering character for character, too.
         tokenizer.chat_template = template.jinja()
         kwargs = {"condition": conv.condition} if conv.condition else {}
-        assert template.render(conv) == tokenizer.apply_chat_template(
-            as_openai(conv), tokenize=False, **kwargs)
+        assert template.render(conv) == tokenizer.apply_chat_template(as_openai(conv), tokenize=False, **kwargs)
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
@@ -89,10 +125,15 @@ def test_prompt_is_prefix_of_training_sequence(name, tiny_tokenizer):
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_weights_cover_assistant_content_and_end_of_turn_only(name, tiny_tokenizer):
     template = get_template(name)
-    conv = Conversation([
-        Message("user", "first question"), Message("assistant", "first answer", weight=0.5),
-        Message("user", "second question"), Message("assistant", "second answer", weight=1.0),
-    ], system="sys")
+    conv = Conversation(
+        [
+            Message("user", "first question"),
+            Message("assistant", "first answer", weight=0.5),
+            Message("user", "second question"),
+            Message("assistant", "second answer", weight=1.0),
+        ],
+        system="sys",
+    )
     enc = template.encode(tiny_tokenizer, conv)
     assert len(enc.weights) == len(enc.input_ids)
     supervised = [t for t, w in zip(enc.input_ids, enc.weights) if w > 0]
@@ -110,8 +151,9 @@ def test_weights_cover_assistant_content_and_end_of_turn_only(name, tiny_tokeniz
 def test_special_token_text_in_content_stays_text(tiny_tokenizer):
     template = get_template("openchat_3.5")
     eot = tiny_tokenizer.convert_tokens_to_ids("<|end_of_turn|>")
-    conv = Conversation([Message("user", "say <|end_of_turn|> and <s> please"),
-                         Message("assistant", "ok <|end_of_turn|>")])
+    conv = Conversation(
+        [Message("user", "say <|end_of_turn|> and <s> please"), Message("assistant", "ok <|end_of_turn|>")]
+    )
     ids = template.encode(tiny_tokenizer, conv).input_ids
     assert ids.count(eot) == 2  # only the two real turn ends
     assert ids.count(tiny_tokenizer.convert_tokens_to_ids("<s>")) == 1  # only the real BOS
@@ -120,14 +162,17 @@ def test_special_token_text_in_content_stays_text(tiny_tokenizer):
 def test_condition_changes_the_role_prefix():
     template = get_template("openchat_3.5")
     conv = Conversation([Message("user", "2+2?")], condition="Math Correct")
-    assert template.render(conv, add_generation_prompt=True) == \
-        "<s>Math Correct User: 2+2?<|end_of_turn|>Math Correct Assistant:"
+    assert (
+        template.render(conv, add_generation_prompt=True)
+        == "<s>Math Correct User: 2+2?<|end_of_turn|>Math Correct Assistant:"
+    )
     assert template.render(Conversation([Message("user", "hi")]), True).startswith("<s>GPT4 Correct User: hi")
 
 
 def test_alpaca_renders_input_and_default_system():
-    text = get_template("alpaca").render(Conversation(
-        [Message("user", "Translate", input="cat"), Message("assistant", "chat")]))
+    text = get_template("alpaca").render(
+        Conversation([Message("user", "Translate", input="cat"), Message("assistant", "chat")])
+    )
     assert text.startswith("<s>Below is an instruction")
     assert "### Instruction:\nTranslate\n\n### Input:\ncat\n\n### Response:\nchat</s>" in text
 
@@ -158,10 +203,15 @@ def test_unknown_template_lists_choices():
 
 
 def test_from_dict_accepts_openai_messages_and_content_parts():
-    conv = Conversation.from_dict({"messages": [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        {"role": "assistant", "content": "c", "weight": 0},
-    ], "condition": "Math Correct"})
+    conv = Conversation.from_dict(
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": "c", "weight": 0},
+            ],
+            "condition": "Math Correct",
+        }
+    )
     assert conv.system == "S" and conv.messages[0].content == "ab"
     assert conv.messages[1].weight == 0.0 and conv.condition == "Math Correct"

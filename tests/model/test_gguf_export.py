@@ -46,10 +46,12 @@ def test_gguf_export_reads_back_with_weights_tokenizer_and_template(cli, tmp_pat
     tensors = {t.name: t for t in reader.tensors}
     assert "output.weight" not in tensors  # tied head: llama.cpp reuses token_embd
     state = model.state_dict()
-    np.testing.assert_array_equal(np.asarray(tensors["token_embd.weight"].data),
-                                  state["model.embed_tokens.weight"].numpy())
-    np.testing.assert_array_equal(np.asarray(tensors["blk.1.ffn_down.weight"].data),
-                                  state["model.layers.1.mlp.down_proj.weight"].numpy())
+    np.testing.assert_array_equal(
+        np.asarray(tensors["token_embd.weight"].data), state["model.embed_tokens.weight"].numpy()
+    )
+    np.testing.assert_array_equal(
+        np.asarray(tensors["blk.1.ffn_down.weight"].data), state["model.layers.1.mlp.down_proj.weight"].numpy()
+    )
     # Q rows are permuted per head into GGML's rotary layout: same rows, another order
     q_hf = state["model.layers.0.self_attn.q_proj.weight"].numpy()
     q_gguf = np.asarray(tensors["blk.0.attn_q.weight"].data)
@@ -123,6 +125,7 @@ def test_llama_cpp_generates_the_same_greedy_tokens(cli, tmp_path, tiny_model_di
         if len(generated) == 16:
             break
     with torch.no_grad():
-        expected = model.generate(torch.tensor([ours]), max_new_tokens=16, do_sample=False,
-                                  eos_token_id=None)[0, len(ours):].tolist()
+        expected = model.generate(torch.tensor([ours]), max_new_tokens=16, do_sample=False, eos_token_id=None)[
+            0, len(ours) :
+        ].tolist()
     assert generated == expected[: len(generated)] and len(generated) == 16

@@ -31,8 +31,9 @@ def test_extend_context_rewrites_config_tokenizer_and_meta(cli, tmp_path, tiny_m
     base = json.loads((tiny_model_dir / "config.json").read_text())
     old = base["max_position_embeddings"]
     out = tmp_path / f"long-{scaling}"
-    entry = cli("model", "extend-context", tiny_model_dir, out, "--max-len", str(4 * old),
-                "--rope-scaling", scaling, "--json").json()
+    entry = cli(
+        "model", "extend-context", tiny_model_dir, out, "--max-len", str(4 * old), "--rope-scaling", scaling, "--json"
+    ).json()
     assert entry["kind"] == "context-extended" and entry["metrics"]["rope_scaling"] == scaling
     config = AutoConfig.from_pretrained(out)
     rope = config.rope_parameters
@@ -71,8 +72,17 @@ def test_extend_context_refuses_bad_requests(cli, tmp_path, tiny_model_dir):
     old = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
     res = cli("model", "extend-context", tiny_model_dir, tmp_path / "x", "--max-len", str(old), expect=None)
     assert res.exit_code != 0 and "not longer than the model's context" in res.output
-    res = cli("model", "extend-context", tiny_model_dir, tmp_path / "x", "--max-len", str(2 * old),
-              "--rope-scaling", "ntk", expect=None)
+    res = cli(
+        "model",
+        "extend-context",
+        tiny_model_dir,
+        tmp_path / "x",
+        "--max-len",
+        str(2 * old),
+        "--rope-scaling",
+        "ntk",
+        expect=None,
+    )
     assert res.exit_code != 0 and "unknown --rope-scaling 'ntk'" in res.output
     linear = tmp_path / "linear"
     cli("model", "extend-context", tiny_model_dir, linear, "--max-len", str(2 * old), "--rope-scaling", "linear")
@@ -123,12 +133,16 @@ def test_add_tokens_initialises_input_and_output_rows(cli, tmp_path, tiny_model_
         else:  # 40 x 64 draws from N(0, 0.05^2)
             assert abs(float(rows.mean())) < 0.01
             assert float(rows.std()) == pytest.approx(0.05, rel=0.1)
-    assert not torch.equal(new.get_input_embeddings().weight[n_old:], new.get_output_embeddings().weight[n_old:]) \
+    assert (
+        not torch.equal(new.get_input_embeddings().weight[n_old:], new.get_output_embeddings().weight[n_old:])
         or init == "mean"
+    )
 
 
 def test_add_tokens_rejects_unknown_init(cli, tmp_path, tiny_model_dir):
-    res = cli("model", "add-tokens", tiny_model_dir, tmp_path / "o", "--token", "<|z|>", "--init", "xavier", expect=None)
+    res = cli(
+        "model", "add-tokens", tiny_model_dir, tmp_path / "o", "--token", "<|z|>", "--init", "xavier", expect=None
+    )
     assert res.exit_code != 0 and "unknown --init 'xavier'" in res.output
 
 
@@ -156,8 +170,9 @@ def test_perplexity_packed_equals_one_sequence_at_a_time(cli, tmp_path, tiny_mod
     parquet = tmp_path / "held.parquet"
     cli("data", "tokenize", convs, "--model", tiny_model_dir, "-o", parquet)
     # a small batch budget forces several packs of several sequences each
-    result = cli("eval", "perplexity", tiny_model_dir, parquet, "--buckets", "32,64",
-                 "--tokens-per-batch", "300", "--json").json()
+    result = cli(
+        "eval", "perplexity", tiny_model_dir, parquet, "--buckets", "32,64", "--tokens-per-batch", "300", "--json"
+    ).json()
     ref = _reference_losses(tiny_model_dir, parquet)
     assert result["tokens"] == len(ref) and result["sequences"] == 12
     mean = sum(loss for _, loss in ref) / len(ref)
@@ -209,8 +224,16 @@ def test_served_and_tokenized_context_follows_extension(cli, tmp_path, tiny_mode
     cli("model", "extend-context", tiny_model_dir, out, "--max-len", str(2 * old), "--rope-scaling", "dynamic")
     engine = TransformersEngine(out, tokenizer=AutoTokenizer.from_pretrained(out))
     assert engine.context_length == 2 * old
-    made = cli("data", "tokenize", _conversations(tmp_path / "c.jsonl", n=2), "--model", out,
-               "-o", tmp_path / "c.parquet", "--json").json()
+    made = cli(
+        "data",
+        "tokenize",
+        _conversations(tmp_path / "c.jsonl", n=2),
+        "--model",
+        out,
+        "-o",
+        tmp_path / "c.parquet",
+        "--json",
+    ).json()
     from openchat_cli.tokenized import read_metadata
 
     assert read_metadata(made["path"])["max_len"] == 2 * old

@@ -29,9 +29,26 @@ def test_generated_task_has_bad_records_and_disjoint_heldout(tmp_path):
 def test_quickstart_runs_every_stage_and_records_lineage(tmp_path, openchat_home):
     env = {**os.environ, "OPENCHAT_HOME": str(openchat_home)}
     proc = subprocess.run(
-        [sys.executable, "-m", "openchat_cli.app", "quickstart", "--dir", str(tmp_path / "qs"),
-         "--train-size", "200", "--eval-size", "6", "--epochs", "1", "--json"],
-        capture_output=True, text=True, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "openchat_cli.app",
+            "quickstart",
+            "--dir",
+            str(tmp_path / "qs"),
+            "--train-size",
+            "200",
+            "--eval-size",
+            "6",
+            "--epochs",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     result = json.loads(proc.stdout)  # --json: stdout holds only the JSON; the story is on stderr
     grades = {g["model"]: g for g in result["report"]["grade"]}
@@ -46,8 +63,9 @@ def test_quickstart_runs_every_stage_and_records_lineage(tmp_path, openchat_home
     trained = catalog.find_by_path("checkpoints", result["trained"])
     kinds = {catalog.table_of(n["id"]) for n in catalog.lineage(trained["id"])["ancestors"]}
     assert {"runs", "datasets", "checkpoints"} <= kinds
-    formats = {catalog.get(n["id"])["format"] for n in catalog.lineage(trained["id"])["ancestors"]
-               if n["id"].startswith("ds-")}
+    formats = {
+        catalog.get(n["id"])["format"] for n in catalog.lineage(trained["id"])["ancestors"] if n["id"].startswith("ds-")
+    }
     assert {"tokenized", "conversations"} <= formats
 
 
@@ -82,9 +100,26 @@ def _cmdline(pid: int) -> str:
 def _start_quickstart(tmp_path, home):
     env = {**os.environ, "OPENCHAT_HOME": str(home)}
     return subprocess.Popen(
-        [sys.executable, "-m", "openchat_cli.app", "quickstart", "--dir", str(tmp_path / "qs"),
-         "--train-size", "60", "--eval-size", "5", "--epochs", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "openchat_cli.app",
+            "quickstart",
+            "--dir",
+            str(tmp_path / "qs"),
+            "--train-size",
+            "60",
+            "--eval-size",
+            "5",
+            "--epochs",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_server(proc) -> None:

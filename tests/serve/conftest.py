@@ -25,8 +25,7 @@ def tiny_engine(tiny_model_dir: Path):
 
 
 class InProcessServer:
-    def __init__(self, url: str, model: str, app, server, thread, log_path: Path, catalog,
-                 checkpoint_id: str):
+    def __init__(self, url: str, model: str, app, server, thread, log_path: Path, catalog, checkpoint_id: str):
         self.url = url
         self.base_url = url + "/v1"
         self.model = model
@@ -86,14 +85,22 @@ def guarded_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     template = get_template("openchat_3.5")
     engine = TransformersEngine(tiny_model_dir, tokenizer=tokenizer, max_batch_size=8)
     config = ServerConfig(
-        model_name="guarded", template=template,
+        model_name="guarded",
+        template=template,
         stop_token_ids=eos_token_ids(tiny_model_dir, tokenizer, template.eot_token),
-        aliases=(checkpoint_id,), api_keys=API_KEYS, max_n=4, max_body_bytes=64 * 1024,
-        default_max_tokens=64, log_requests=work / "requests.jsonl", catalog=catalog,
-        checkpoint_id=checkpoint_id, model_path=str(tiny_model_dir),
-        allow_origins=("http://ui.example",), allowed_hosts=("127.0.0.1", "localhost", "[::1]"),
-        auth_failure_limit=1000)  # other tests send wrong keys on purpose: no lockout here
+        aliases=(checkpoint_id,),
+        api_keys=API_KEYS,
+        max_n=4,
+        max_body_bytes=64 * 1024,
+        default_max_tokens=64,
+        log_requests=work / "requests.jsonl",
+        catalog=catalog,
+        checkpoint_id=checkpoint_id,
+        model_path=str(tiny_model_dir),
+        allow_origins=("http://ui.example",),
+        allowed_hosts=("127.0.0.1", "localhost", "[::1]"),
+        auth_failure_limit=1000,
+    )  # other tests send wrong keys on purpose: no lockout here
     app = create_app(engine, config)
     with serve_in_thread(app) as (url, server, thread):
-        yield InProcessServer(url, "guarded", app, server, thread, work / "requests.jsonl",
-                              catalog, checkpoint_id)
+        yield InProcessServer(url, "guarded", app, server, thread, work / "requests.jsonl", catalog, checkpoint_id)

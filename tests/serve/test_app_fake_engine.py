@@ -67,11 +67,17 @@ def test_split_characters_and_eot_over_http(tiny_tokenizer):
     eot = tiny_tokenizer.convert_tokens_to_ids("<|end_of_turn|>")
     script = [TokenEvent([t]) for t in ids] + [TokenEvent([eot], "stop")]
     app, engine, _ = make_app(tiny_tokenizer, script)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 50,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     resp = call(app, body)
-    chunks = [json.loads(line[6:]) for line in resp.text.splitlines()
-              if line.startswith("data: ") and line != "data: [DONE]"]
+    chunks = [
+        json.loads(line[6:]) for line in resp.text.splitlines() if line.startswith("data: ") and line != "data: [DONE]"
+    ]
     deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
     assert "".join(d for d in deltas if d) == "你好 wörld"  # separator stripped, nothing split
     assert not any("\ufffd" in d for d in deltas if d)

@@ -16,8 +16,12 @@ USER = [{"role": "user", "content": "Hello there"}]
 
 def test_api_keys(guarded_server):
     url = guarded_server.base_url
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEYS[0]}"},
-                    {"Authorization": f"Bearer {API_KEYS[0]}x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {API_KEYS[0]}"},
+        {"Authorization": f"Bearer {API_KEYS[0]}x"},
+    ):
         resp = httpx.get(url + "/models", headers=headers)
         assert resp.status_code == 401, headers
         err = resp.json()["error"]
@@ -49,17 +53,23 @@ def test_api_keys(guarded_server):
 
 def test_cors_preflight_needs_no_key(guarded_server):
     url = guarded_server.base_url + "/chat/completions"
-    pre = httpx.options(url, headers={"Origin": "http://ui.example",
-                                      "Access-Control-Request-Method": "POST",
-                                      "Access-Control-Request-Headers": "authorization,content-type"})
+    pre = httpx.options(
+        url,
+        headers={
+            "Origin": "http://ui.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert pre.status_code == 200
     assert pre.headers["access-control-allow-origin"] == "http://ui.example"
-    resp = httpx.get(guarded_server.base_url + "/models", headers={
-        "Origin": "http://ui.example", "Authorization": f"Bearer {API_KEYS[0]}"})
+    resp = httpx.get(
+        guarded_server.base_url + "/models",
+        headers={"Origin": "http://ui.example", "Authorization": f"Bearer {API_KEYS[0]}"},
+    )
     assert resp.status_code == 200
     assert resp.headers["access-control-allow-origin"] == "http://ui.example"
-    other = httpx.options(url, headers={"Origin": "http://evil.example",
-                                        "Access-Control-Request-Method": "POST"})
+    other = httpx.options(url, headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -74,24 +84,37 @@ def test_oversized_body_is_refused(guarded_server):
     def chunks():
         payload = json.dumps(big).encode()
         for i in range(0, len(payload), 8192):
-            yield payload[i:i + 8192]
+            yield payload[i : i + 8192]
 
-    resp = httpx.post(guarded_server.base_url + "/chat/completions", content=chunks(),
-                      headers={**headers, "content-type": "application/json"})
+    resp = httpx.post(
+        guarded_server.base_url + "/chat/completions",
+        content=chunks(),
+        headers={**headers, "content-type": "application/json"},
+    )
     assert resp.status_code == 413
     # The limit is per server: n above --max-n is a 400 naming n.
-    resp = httpx.post(guarded_server.base_url + "/chat/completions", headers=headers, json={
-        "model": guarded_server.model, "messages": USER, "n": 5, "max_tokens": 1})
+    resp = httpx.post(
+        guarded_server.base_url + "/chat/completions",
+        headers=headers,
+        json={"model": guarded_server.model, "messages": USER, "n": 5, "max_tokens": 1},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "n"
 
 
 def test_requests_are_logged_to_file_and_catalog(guarded_server):
     client = openai.OpenAI(base_url=guarded_server.base_url, api_key=API_KEYS[0], max_retries=0)
     marker = "log me please"
-    r = client.chat.completions.create(model=guarded_server.model, max_tokens=4, seed=1,
-                                       messages=[{"role": "user", "content": marker}])
-    list(client.chat.completions.create(model=guarded_server.model, max_tokens=2, stream=True,
-                                        messages=[{"role": "user", "content": marker + " (stream)"}]))
+    r = client.chat.completions.create(
+        model=guarded_server.model, max_tokens=4, seed=1, messages=[{"role": "user", "content": marker}]
+    )
+    list(
+        client.chat.completions.create(
+            model=guarded_server.model,
+            max_tokens=2,
+            stream=True,
+            messages=[{"role": "user", "content": marker + " (stream)"}],
+        )
+    )
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=guarded_server.model, messages=USER, temperature=9)
 
@@ -109,7 +132,8 @@ def test_requests_are_logged_to_file_and_catalog(guarded_server):
     # streamed one is recorded when its stream closes, which may be after the 400 was answered.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (
-            len([e for e in entries() if marker in json.dumps(e)]) < 2 or not refused(entries())):
+        len([e for e in entries() if marker in json.dumps(e)]) < 2 or not refused(entries())
+    ):
         time.sleep(0.05)
     mine = [e for e in entries() if marker in json.dumps(e)]
     assert len(mine) == 2
@@ -124,8 +148,7 @@ def test_requests_are_logged_to_file_and_catalog(guarded_server):
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        rows = guarded_server.catalog.query("select * from requests where request like ?",
-                                            [f"%{marker}%"])
+        rows = guarded_server.catalog.query("select * from requests where request like ?", [f"%{marker}%"])
         if len(rows) >= 2:
             break
         time.sleep(0.05)

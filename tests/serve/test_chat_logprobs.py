@@ -29,16 +29,16 @@ def greedy_reference(tiny_model_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
-    ids = chat_prompt_ids(get_template("openchat_3.5"), tiny_tokenizer,
-                          ChatCompletionRequest(model="m", messages=MESSAGES))
+    ids = chat_prompt_ids(
+        get_template("openchat_3.5"), tiny_tokenizer, ChatCompletionRequest(model="m", messages=MESSAGES)
+    )
     steps = []
     with torch.inference_mode():
         for _ in range(STEPS):
             scores = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), dim=-1)
             top = torch.topk(scores, 3)
             token = int(top.indices[0])
-            steps.append((token, float(scores[token]),
-                          [(int(i), float(v)) for i, v in zip(top.indices, top.values)]))
+            steps.append((token, float(scores[token]), [(int(i), float(v)) for i, v in zip(top.indices, top.values)]))
             ids = ids + [token]
     return steps
 
@@ -49,8 +49,7 @@ def expected(steps, tokenizer, stop_ids):
     for token, logprob, top in steps:
         if token in stop_ids:
             continue
-        out.append((tokenizer.decode([token]), logprob,
-                    [(tokenizer.decode([t]), lp) for t, lp in top]))
+        out.append((tokenizer.decode([token]), logprob, [(tokenizer.decode([t]), lp) for t, lp in top]))
     return out
 
 
@@ -74,9 +73,15 @@ def stop_ids(tiny_tokenizer):
 
 @pytest.mark.parametrize("k", [0, 3])
 def test_chat_logprobs_match_a_forward_pass(client, tiny_server, tiny_tokenizer, greedy_reference, k):
-    r = client.chat.completions.create(model=tiny_server.model, messages=MESSAGES, max_tokens=STEPS,
-                                       temperature=0, logprobs=True, top_logprobs=k,
-                                       extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(
+        model=tiny_server.model,
+        messages=MESSAGES,
+        max_tokens=STEPS,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=k,
+        extra_body={"ignore_eos": True},
+    )
     choice = r.choices[0]
     want = expected(greedy_reference, tiny_tokenizer, stop_ids(tiny_tokenizer))
     text = check(choice.logprobs.content, want, k)
@@ -84,9 +89,16 @@ def test_chat_logprobs_match_a_forward_pass(client, tiny_server, tiny_tokenizer,
 
 
 def test_streamed_chat_logprobs_equal_the_whole_response(client, tiny_server, tiny_tokenizer, greedy_reference):
-    stream = client.chat.completions.create(model=tiny_server.model, messages=MESSAGES, max_tokens=STEPS,
-                                            temperature=0, logprobs=True, top_logprobs=2, stream=True,
-                                            extra_body={"ignore_eos": True})
+    stream = client.chat.completions.create(
+        model=tiny_server.model,
+        messages=MESSAGES,
+        max_tokens=STEPS,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
     content, text, finish = [], "", None
     for chunk in stream:
         for c in chunk.choices:
@@ -101,6 +113,7 @@ def test_streamed_chat_logprobs_equal_the_whole_response(client, tiny_server, ti
 def test_no_logprobs_unless_asked(client, tiny_server):
     r = client.chat.completions.create(model=tiny_server.model, messages=MESSAGES, max_tokens=2)
     assert r.choices[0].logprobs is None
-    r = client.chat.completions.create(model=tiny_server.model, messages=MESSAGES, max_tokens=2,
-                                       logprobs=False, top_logprobs=None)
+    r = client.chat.completions.create(
+        model=tiny_server.model, messages=MESSAGES, max_tokens=2, logprobs=False, top_logprobs=None
+    )
     assert r.choices[0].logprobs is None

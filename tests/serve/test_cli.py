@@ -7,8 +7,17 @@ from openchat_cli.serve.cli import _split_keys
 
 def test_help_lists_the_options(cli):
     out = cli("serve", "--help").stdout
-    for option in ("--engine", "--host", "--port", "--api-keys", "--log-requests", "--log-to-catalog",
-                   "--tensor-parallel-size", "--template", "--max-batch-size"):
+    for option in (
+        "--engine",
+        "--host",
+        "--port",
+        "--api-keys",
+        "--log-requests",
+        "--log-to-catalog",
+        "--tensor-parallel-size",
+        "--template",
+        "--max-batch-size",
+    ):
         assert option in out
 
 

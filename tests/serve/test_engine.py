@@ -42,13 +42,21 @@ def test_greedy_batched_equals_alone(tiny_engine):
 
 
 def test_seeded_sampling_is_reproducible_in_any_batch(tiny_engine):
-    seeded = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, min_p=0.01, repetition_penalty=1.2,
-                            seed=1234, ignore_eos=True)
+    seeded = SamplingParams(
+        max_tokens=16, temperature=1.0, top_p=0.9, min_p=0.01, repetition_penalty=1.2, seed=1234, ignore_eos=True
+    )
     others = [
         SamplingParams(max_tokens=8, temperature=0.0, logit_bias=((7, 3.0),), ignore_eos=True),
         SamplingParams(max_tokens=20, temperature=1.5, top_k=5, min_p=0.1, ignore_eos=True),
-        SamplingParams(max_tokens=10, temperature=0.7, presence_penalty=1.0, frequency_penalty=0.5,
-                       repetition_penalty=0.8, seed=7, ignore_eos=True),
+        SamplingParams(
+            max_tokens=10,
+            temperature=0.7,
+            presence_penalty=1.0,
+            frequency_penalty=0.5,
+            repetition_penalty=0.8,
+            seed=7,
+            ignore_eos=True,
+        ),
     ]
 
     async def alone():
@@ -57,7 +65,8 @@ def test_seeded_sampling_is_reproducible_in_any_batch(tiny_engine):
     async def crowded():
         results = await asyncio.gather(
             collect(tiny_engine, PROMPTS[0], seeded, "s"),
-            *(collect(tiny_engine, PROMPTS[i + 1], p, f"o{i}") for i, p in enumerate(others)))
+            *(collect(tiny_engine, PROMPTS[i + 1], p, f"o{i}") for i, p in enumerate(others)),
+        )
         return results[0]
 
     first = run(tiny_engine, alone)
@@ -73,8 +82,9 @@ def test_stop_tokens_and_penalties(tiny_engine):
     stopping = SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=(tokens[0],))
     assert run(tiny_engine, lambda: collect(tiny_engine, PROMPTS[1], stopping)) == ([tokens[0]], "stop")
     # A strong frequency penalty forbids repeating what greedy decoding repeats.
-    penalized = SamplingParams(max_tokens=10, temperature=0.0, frequency_penalty=2.0,
-                               presence_penalty=2.0, ignore_eos=True)
+    penalized = SamplingParams(
+        max_tokens=10, temperature=0.0, frequency_penalty=2.0, presence_penalty=2.0, ignore_eos=True
+    )
     plain, _ = run(tiny_engine, lambda: collect(tiny_engine, [20, 20, 20], greedy))
     pen, _ = run(tiny_engine, lambda: collect(tiny_engine, [20, 20, 20], penalized))
     assert len(set(pen)) > len(set(plain))
@@ -121,9 +131,16 @@ def test_sliding_window_model_batches_correctly(tmp_path, tiny_tokenizer):
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
 
     torch.manual_seed(0)
-    config = MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           sliding_window=8, max_position_embeddings=256)
+    config = MistralConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        max_position_embeddings=256,
+    )
     model = MistralForCausalLM(config).eval()
     model.save_pretrained(tmp_path)
     engine = TransformersEngine(tmp_path, tokenizer=tiny_tokenizer, max_batch_size=8)
@@ -131,9 +148,8 @@ def test_sliding_window_model_batches_correctly(tmp_path, tiny_tokenizer):
     params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
     expected = []
     for p in PROMPTS:
-        out = model.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False,
-                             eos_token_id=None, pad_token_id=3)
-        expected.append(out[0, len(p):].tolist())
+        out = model.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=3)
+        expected.append(out[0, len(p) :].tolist())
 
     async def together():
         return await asyncio.gather(*(collect(engine, p, params, f"m{i}") for i, p in enumerate(PROMPTS)))
@@ -156,15 +172,15 @@ def test_prompt_scoring_batches_and_matches_a_forward_pass(tiny_engine, tiny_mod
             return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
 
     score = SamplingParams(max_tokens=0, prompt_logprobs=2)
-    generate = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, logprobs=1,
-                              prompt_logprobs=0)
+    generate = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, logprobs=1, prompt_logprobs=0)
 
     async def events(prompt, params, rid):
         return [e async for e in tiny_engine.generate(prompt, params, rid)]
 
     async def together():
-        return await asyncio.gather(*(events(p, score, f"s{i}") for i, p in enumerate(PROMPTS * 3)),
-                                    events(PROMPTS[2], generate, "g"))
+        return await asyncio.gather(
+            *(events(p, score, f"s{i}") for i, p in enumerate(PROMPTS * 3)), events(PROMPTS[2], generate, "g")
+        )
 
     before = tiny_engine.scoring_forwards
     *scored, generated = run(tiny_engine, together)
@@ -184,8 +200,9 @@ def test_prompt_scoring_batches_and_matches_a_forward_pass(tiny_engine, tiny_mod
     (event,) = generated
     scores = reference(PROMPTS[2])
     assert len(event.prompt_logprobs) == len(PROMPTS[2]) and event.prompt_logprobs[0] is None
-    assert all(abs(a.logprob - float(scores[j, PROMPTS[2][j + 1]])) <= 1e-4
-               for j, a in enumerate(event.prompt_logprobs[1:]))
+    assert all(
+        abs(a.logprob - float(scores[j, PROMPTS[2][j + 1]])) <= 1e-4 for j, a in enumerate(event.prompt_logprobs[1:])
+    )
     (token,) = event.token_ids
     assert token == int(scores[-1].argmax()) and event.logprobs[0].token_id == token
     assert abs(event.logprobs[0].logprob - float(scores[-1, token])) <= 1e-4
@@ -202,8 +219,7 @@ def test_prompt_scoring_splits_batches_to_bound_logits_memory(tiny_engine, monke
     params = SamplingParams(max_tokens=0, prompt_logprobs=0)
 
     def score_all():
-        seqs = [_Seq(request_id=f"s{i}", prompt=p, params=params, queue=None)
-                for i, p in enumerate(PROMPTS)]
+        seqs = [_Seq(request_id=f"s{i}", prompt=p, params=params, queue=None) for i, p in enumerate(PROMPTS)]
         before = tiny_engine.scoring_forwards
         with torch.inference_mode():
             events = {seq.request_id: event for seq, event in tiny_engine._score(seqs)}
@@ -217,8 +233,10 @@ def test_prompt_scoring_splits_batches_to_bound_logits_memory(tiny_engine, monke
     assert forwards == len(PROMPTS)
     for a, b in zip(wide, narrow):
         assert len(a.prompt_logprobs) == len(b.prompt_logprobs)
-        assert all(x is None and y is None or abs(x.logprob - y.logprob) <= 1e-4
-                   for x, y in zip(a.prompt_logprobs, b.prompt_logprobs))
+        assert all(
+            x is None and y is None or abs(x.logprob - y.logprob) <= 1e-4
+            for x, y in zip(a.prompt_logprobs, b.prompt_logprobs)
+        )
 
 
 def test_ragged_prompts_prefill_packed_like_one_at_a_time(tiny_engine):
@@ -245,6 +263,7 @@ def test_ragged_prompts_prefill_packed_like_one_at_a_time(tiny_engine):
             assert torch.allclose(logits[i], alone_logits[0], atol=1e-4)
             assert mask[i].tolist() == [0] * (width - len(prompt)) + [1] * len(prompt)
             for packed_layer, alone_layer in zip(cache.layers, alone_cache.layers):
-                assert torch.allclose(packed_layer.keys[i, :, width - len(prompt):], alone_layer.keys[0], atol=1e-5)
-                assert torch.allclose(packed_layer.values[i, :, width - len(prompt):], alone_layer.values[0],
-                                      atol=1e-5)
+                assert torch.allclose(packed_layer.keys[i, :, width - len(prompt) :], alone_layer.keys[0], atol=1e-5)
+                assert torch.allclose(
+                    packed_layer.values[i, :, width - len(prompt) :], alone_layer.values[0], atol=1e-5
+                )

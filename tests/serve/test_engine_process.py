@@ -45,17 +45,31 @@ def test_wire_round_trips_params_and_events():
     from openchat_cli.serve.engines.guided import json_guide
 
     guide = json_guide({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
-    params = SamplingParams(max_tokens=5, temperature=0.7, top_k=10**30, seed=2**70,
-                            stop_token_ids=(3, 4), logprobs=2, prompt_logprobs=1, min_p=0.1,
-                            repetition_penalty=1.2, logit_bias=((5, -100.0), (7, 2.5)), guide=guide)
+    params = SamplingParams(
+        max_tokens=5,
+        temperature=0.7,
+        top_k=10**30,
+        seed=2**70,
+        stop_token_ids=(3, 4),
+        logprobs=2,
+        prompt_logprobs=1,
+        min_p=0.1,
+        repetition_penalty=1.2,
+        logit_bias=((5, -100.0), (7, 2.5)),
+        guide=guide,
+    )
     unpacker = wire.unpacker()
     unpacker.feed(wire.pack(["gen", 1, [1, 2], wire.params_to_wire(params)]))
     (message,) = list(unpacker)
     back = wire.params_from_wire(message[3])
     assert back == params
-    event = TokenEvent([7, 8], "length", None,
-                       [TokenLogprob(7, -0.5, ((7, -0.5), (9, -1.0))), TokenLogprob(8, -math.inf)],
-                       [None, TokenLogprob(2, -3.0)])
+    event = TokenEvent(
+        [7, 8],
+        "length",
+        None,
+        [TokenLogprob(7, -0.5, ((7, -0.5), (9, -1.0))), TokenLogprob(8, -math.inf)],
+        [None, TokenLogprob(2, -3.0)],
+    )
     unpacker.feed(wire.pack(["events", [[1, wire.event_to_wire(event)]], [0, 1, {}]]))
     (message,) = list(unpacker)
     assert wire.event_from_wire(message[1][0][1]) == event
@@ -74,8 +88,12 @@ def engine_client(tiny_model_dir):
     from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.process_client import EngineProcessClient
 
-    client = EngineProcessClient("transformers", tiny_model_dir, tokenizer=load_tokenizer(tiny_model_dir),
-                                 options={"device": "cpu", "max_batch_size": 8})
+    client = EngineProcessClient(
+        "transformers",
+        tiny_model_dir,
+        tokenizer=load_tokenizer(tiny_model_dir),
+        options={"device": "cpu", "max_batch_size": 8},
+    )
     yield client
     asyncio.run(client.shutdown())
     assert _wait_gone(client.pid, 10)
@@ -83,8 +101,10 @@ def engine_client(tiny_model_dir):
 
 def test_same_tokens_as_the_in_process_engine(engine_client, tiny_engine, tiny_tokenizer):
     prompt = tiny_tokenizer.encode("What is 12 plus 7?")
-    for params in (SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=2),
-                   SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=11, ignore_eos=True)):
+    for params in (
+        SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=2),
+        SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=11, ignore_eos=True),
+    ):
         remote = _collect(engine_client, prompt, params)
         local = _collect(tiny_engine, prompt, params)
         asyncio.run(tiny_engine.shutdown())
@@ -132,8 +152,7 @@ def test_a_model_that_cannot_load_is_a_clean_error(tmp_path, tiny_model_dir):
             (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(EngineError, match="cannot load the model"):
-        EngineProcessClient("transformers", broken, tokenizer=load_tokenizer(tiny_model_dir),
-                            options={"device": "cpu"})
+        EngineProcessClient("transformers", broken, tokenizer=load_tokenizer(tiny_model_dir), options={"device": "cpu"})
 
 
 @pytest.mark.slow
@@ -154,8 +173,11 @@ def test_engine_death_fails_open_requests_and_stops_the_server(tiny_model_dir, t
         assert "the engine process stopped (exit code -9)" in rest
         assert "data: [DONE]" not in rest or "engine_error" in rest
         try:
-            late = httpx.post(server.base_url + "/chat/completions", timeout=10,
-                              json={"model": server.model, "messages": USER, "max_tokens": 3})
+            late = httpx.post(
+                server.base_url + "/chat/completions",
+                timeout=10,
+                json={"model": server.model, "messages": USER, "max_tokens": 3},
+            )
             assert late.status_code == 500 and "engine process stopped" in late.json()["error"]["message"]
         except httpx.TransportError:
             pass  # already shut down: also what we promise
@@ -192,8 +214,11 @@ def test_in_process_flag_keeps_the_engine_in_the_api_process(tiny_model_dir, tmp
     try:
         health = httpx.get(server.url + "/health").json()
         assert health["engine"] == "transformers" and "engine_process" not in health
-        reply = httpx.post(server.base_url + "/chat/completions", timeout=30,
-                           json={"model": server.model, "messages": USER, "max_tokens": 4})
+        reply = httpx.post(
+            server.base_url + "/chat/completions",
+            timeout=30,
+            json={"model": server.model, "messages": USER, "max_tokens": 4},
+        )
         assert reply.status_code == 200
     finally:
         stop_server(server)

@@ -10,8 +10,7 @@ USER = [{"role": "user", "content": "Hello"}]
 
 
 def post(server, path, payload=None, *, content=None, headers=None):
-    return httpx.post(server.base_url + path, json=payload, content=content, headers=headers,
-                      timeout=30)
+    return httpx.post(server.base_url + path, json=payload, content=content, headers=headers, timeout=30)
 
 
 def assert_error(resp, status, param=None, code=None, contains=None):
@@ -62,16 +61,22 @@ BAD_CHAT = [
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
     ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),  # without logprobs: true
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice", "unsupported_value"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}, "tool_choice",
-     "unsupported_value"),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"},
+        "tool_choice",
+        "unsupported_value",
+    ),
     ({"tool_choice": "required"}, "tool_choice", "unsupported_value"),
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_value"),
     ({"web_search_options": {}}, "web_search_options", "unsupported_value"),
     ({"verbosity": "loud"}, "verbosity", None),
     ({"response_format": {"type": "xml"}}, "response_format", "unsupported_value"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "invalid_value"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
-     "response_format.json_schema.schema", "invalid_value"),
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+        "response_format.json_schema.schema",
+        "invalid_value",
+    ),
     ({"logit_bias": {"5": 101}}, "logit_bias.5", "invalid_value"),
     ({"logit_bias": {"five": 1}}, "logit_bias", None),
     ({"logit_bias": {"99999999": 1}}, "logit_bias", "invalid_value"),  # past the vocabulary
@@ -86,8 +91,11 @@ BAD_CHAT = [
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "unsupported_value"),
     ({"messages": [{"content": "x"}]}, "messages[0].role", "missing_required_parameter"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", None),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0].content", "unsupported_value"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "messages[0].content",
+        "unsupported_value",
+    ),
 ]
 
 
@@ -97,35 +105,50 @@ def test_bad_chat_fields(tiny_server, fields, param, code):
 
 
 def test_missing_fields_and_bad_bodies(tiny_server):
-    assert_error(post(tiny_server, "/chat/completions", {"model": tiny_server.model}), 400,
-                 "messages", "missing_required_parameter")
-    assert_error(post(tiny_server, "/chat/completions", {"messages": USER}), 400, "model",
-                 "missing_required_parameter")
-    assert_error(post(tiny_server, "/chat/completions", content=b'{"model": "x", "messages": ['),
-                 400, None, "invalid_json")
+    assert_error(
+        post(tiny_server, "/chat/completions", {"model": tiny_server.model}),
+        400,
+        "messages",
+        "missing_required_parameter",
+    )
+    assert_error(post(tiny_server, "/chat/completions", {"messages": USER}), 400, "model", "missing_required_parameter")
+    assert_error(
+        post(tiny_server, "/chat/completions", content=b'{"model": "x", "messages": ['), 400, None, "invalid_json"
+    )
     assert_error(post(tiny_server, "/chat/completions", content=b"\xff\xfe not json"), 400, None)
     assert_error(post(tiny_server, "/chat/completions", content=b"[1, 2]"), 400, None)
     assert_error(post(tiny_server, "/chat/completions", content=b""), 400, None)
     # A body without a JSON content type (curl -d) is still read as JSON.
-    ok = post(tiny_server, "/chat/completions", content=httpx.Request(
-        "POST", "http://x", json=chat(tiny_server)).content,
-        headers={"content-type": "application/x-www-form-urlencoded"})
+    ok = post(
+        tiny_server,
+        "/chat/completions",
+        content=httpx.Request("POST", "http://x", json=chat(tiny_server)).content,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert ok.status_code == 200, ok.text
 
 
 def test_prompt_longer_than_context(tiny_server):
     long = [{"role": "user", "content": "hello " * 3000}]
-    err = assert_error(post(tiny_server, "/chat/completions", chat(tiny_server, messages=long)),
-                       400, "messages", "context_length_exceeded")
+    err = assert_error(
+        post(tiny_server, "/chat/completions", chat(tiny_server, messages=long)),
+        400,
+        "messages",
+        "context_length_exceeded",
+    )
     assert "2048" in err["message"]
-    err = assert_error(post(tiny_server, "/completions", {"model": tiny_server.model,
-                                                          "prompt": "hello " * 3000}),
-                       400, "prompt", "context_length_exceeded")
+    err = assert_error(
+        post(tiny_server, "/completions", {"model": tiny_server.model, "prompt": "hello " * 3000}),
+        400,
+        "prompt",
+        "context_length_exceeded",
+    )
 
 
 def test_unknown_model_and_routes(tiny_server):
-    err = assert_error(post(tiny_server, "/chat/completions", chat(tiny_server, model="gpt-17")),
-                       404, "model", "model_not_found")
+    err = assert_error(
+        post(tiny_server, "/chat/completions", chat(tiny_server, model="gpt-17")), 404, "model", "model_not_found"
+    )
     assert "gpt-17" in err["message"]
     assert_error(httpx.get(tiny_server.base_url + "/models/gpt-17"), 404, "model", "model_not_found")
     assert_error(httpx.get(tiny_server.base_url + "/nothing-here"), 404, None, "not_found")
@@ -159,8 +182,7 @@ BAD_COMPLETIONS = [
 
 @pytest.mark.parametrize("fields,param", BAD_COMPLETIONS, ids=[str(p) for _, p in BAD_COMPLETIONS])
 def test_bad_completion_fields(tiny_server, fields, param):
-    resp = post(tiny_server, "/completions", {"model": tiny_server.model, "prompt": "Hi",
-                                              "max_tokens": 2, **fields})
+    resp = post(tiny_server, "/completions", {"model": tiny_server.model, "prompt": "Hi", "max_tokens": 2, **fields})
     assert_error(resp, 400, param)
 
 

@@ -37,8 +37,7 @@ def scripted_app_factory(tiny_tokenizer):
     return make
 
 
-def _slow_headers(port: int, count: int, stop: threading.Event, closed_at: list[float | None],
-                  started: float) -> None:
+def _slow_headers(port: int, count: int, stop: threading.Event, closed_at: list[float | None], started: float) -> None:
     """`count` connections sending a request's headers one byte every 0.1 s, never finishing;
     `closed_at[i]` is when the server closed connection i (seconds after `started`)."""
     import select
@@ -62,7 +61,7 @@ def _slow_headers(port: int, count: int, stop: threading.Event, closed_at: list[
         for i, s in enumerate(socks):
             if closed_at[i] is None:
                 try:
-                    s.send(request[position:position + 1])
+                    s.send(request[position : position + 1])
                 except BlockingIOError:
                     pass
                 except OSError:
@@ -82,8 +81,7 @@ def test_slow_headers_are_cut_off_while_normal_clients_are_served(scripted_app_f
         closed_at: list[float | None] = [None] * count
         stop = threading.Event()
         started = time.monotonic()
-        attacker = threading.Thread(target=_slow_headers,
-                                    args=(port, count, stop, closed_at, started), daemon=True)
+        attacker = threading.Thread(target=_slow_headers, args=(port, count, stop, closed_at, started), daemon=True)
         attacker.start()
         try:
             time.sleep(0.5)
@@ -92,8 +90,11 @@ def test_slow_headers_are_cut_off_while_normal_clients_are_served(scripted_app_f
                 t = time.perf_counter()
                 assert httpx.get(url + "/health", timeout=5).status_code == 200
                 assert time.perf_counter() - t < 1.0
-            r = httpx.post(url + "/v1/chat/completions", timeout=10, json={
-                "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+            r = httpx.post(
+                url + "/v1/chat/completions",
+                timeout=10,
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+            )
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
             attacker.join(timeout=10)
         finally:
@@ -109,8 +110,10 @@ def test_a_slow_body_gets_408(scripted_app_factory):
     with serve_in_thread(app, header_timeout_s=5) as (url, _, _):
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
             s.settimeout(5)
             started = time.monotonic()
             reply = b""
@@ -153,12 +156,14 @@ def test_foreign_host_headers_are_refused(tiny_server):
     """Before: any Host was served, so a web page on another site could drive a local server
     through DNS rebinding."""
     port = tiny_server.url.rsplit(":", 1)[1]
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost",
-                 f"LOCALHOST:{port}"):
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost", f"LOCALHOST:{port}"):
         assert httpx.get(tiny_server.url + "/health", headers={"Host": host}).status_code == 200, host
     for host in (f"evil.example:{port}", "attacker.test", f"127.0.0.1.evil.example:{port}", ""):
-        resp = httpx.post(tiny_server.base_url + "/completions", headers={"Host": host},
-                          json={"model": tiny_server.model, "prompt": "hi", "max_tokens": 1})
+        resp = httpx.post(
+            tiny_server.base_url + "/completions",
+            headers={"Host": host},
+            json={"model": tiny_server.model, "prompt": "hi", "max_tokens": 1},
+        )
         assert resp.status_code == 400, host
         assert resp.json()["error"]["code"] == "invalid_host"
 
@@ -177,23 +182,29 @@ def test_offline_docs_and_a_schema_that_says_what_is_refused(tiny_server, guarde
     prompt = parts["CompletionRequest"]["properties"]["prompt"]["anyOf"]
     nested = next(o for o in prompt if o.get("items", {}).get("type") == "array")
     assert nested["items"]["minItems"] == 1 and nested["minItems"] == 1
-    assert parts["CompletionRequest"]["properties"]["best_of"]["anyOf"][0] == {"const": 1,
-                                                                              "type": "integer"}
+    assert parts["CompletionRequest"]["properties"]["best_of"]["anyOf"][0] == {"const": 1, "type": "integer"}
     assert tiny_server.model in parts["ChatCompletionRequest"]["properties"]["model"]["enum"]
     for fields in ({"prompt": [[]]}, {"prompt": "hi", "best_of": 2}):
-        resp = httpx.post(tiny_server.base_url + "/completions",
-                          json={"model": tiny_server.model, "max_tokens": 1, **fields})
+        resp = httpx.post(
+            tiny_server.base_url + "/completions", json={"model": tiny_server.model, "max_tokens": 1, **fields}
+        )
         assert resp.status_code == 400, fields
-    resp = httpx.post(tiny_server.base_url + "/chat/completions", json={
-        "model": tiny_server.model, "messages": [{"role": "assistant", "content": "x",
-                                                  "tool_calls": [{"id": "1"}]}]})
+    resp = httpx.post(
+        tiny_server.base_url + "/chat/completions",
+        json={
+            "model": tiny_server.model,
+            "messages": [{"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]}],
+        },
+    )
     assert resp.status_code == 400
 
     key = {"Authorization": f"Bearer {API_KEYS[0]}"}
     secured = httpx.get(guarded_server.url + "/openapi.json", headers=key).json()
     assert secured["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer",
-        "description": "One of the keys given to `openchat serve --api-keys`."}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of the keys given to `openchat serve --api-keys`.",
+    }
     chat = secured["paths"]["/v1/chat/completions"]["post"]
     assert chat["security"] == [{"bearerAuth": []}] and "401" in chat["responses"]
     assert "security" not in secured["paths"]["/health"]["get"]
@@ -206,15 +217,32 @@ def test_exposed_without_keys_warns_and_allowed_hosts_apply(tiny_model_dir: Path
     import os
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=str(root), OPENCHAT_HOME=str(tmp_path / "home"),
-               PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(root), OPENCHAT_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "openchat_cli.app", "serve", str(tiny_model_dir), "--host",
-             "0.0.0.0", "--port", "0", "--allowed-hosts", "box.lan,gpu.lan", "--header-timeout", "1",
-             "--log-level", "warning"],
-            cwd=str(root), env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "openchat_cli.app",
+                "serve",
+                str(tiny_model_dir),
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "0",
+                "--allowed-hosts",
+                "box.lan,gpu.lan",
+                "--header-timeout",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            cwd=str(root),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 120
         port = None

@@ -15,28 +15,46 @@ from tests.serve.conftest import API_KEYS
 # JSON may carry a lone UTF-16 surrogate as an escape; Python decodes it into a str that UTF-8
 # (and the tokenizer) cannot take.
 SURROGATE_BODIES = [
-    ("/chat/completions", '{"model": "%(m)s", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
-     "messages[0].content"),
-    ("/chat/completions", '{"model": "%(m)s", "messages": [{"role": "user", "content": '
-                          '[{"type": "text", "text": "\\udfff"}]}]}', "messages[0].content[0].text"),
-    ("/chat/completions", '{"model": "%(m)s", "messages": [{"role": "user", "content": "hi"}], '
-                          '"stop": ["ok", "\\udc80"]}', "stop[1]"),
-    ("/chat/completions", '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}',
-     "model"),
-    ("/chat/completions", '{"model": "%(m)s", "messages": [{"role": "user", "content": "hi"}], '
-                          '"user": "\\udbff"}', "user"),
+    (
+        "/chat/completions",
+        '{"model": "%(m)s", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        "messages[0].content",
+    ),
+    (
+        "/chat/completions",
+        '{"model": "%(m)s", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+        "messages[0].content[0].text",
+    ),
+    (
+        "/chat/completions",
+        '{"model": "%(m)s", "messages": [{"role": "user", "content": "hi"}], "stop": ["ok", "\\udc80"]}',
+        "stop[1]",
+    ),
+    ("/chat/completions", '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', "model"),
+    (
+        "/chat/completions",
+        '{"model": "%(m)s", "messages": [{"role": "user", "content": "hi"}], "user": "\\udbff"}',
+        "user",
+    ),
     ("/completions", '{"model": "%(m)s", "prompt": "\\udc00"}', "prompt"),
     ("/completions", '{"model": "%(m)s", "prompt": ["fine", "x\\ud800"]}', "prompt[1]"),
     ("/completions", '{"model": "\\udc00", "prompt": "hi"}', "model"),
-    ("/completions", '{"model": "%(m)s", "prompt": "hi", "echo": true, "logprobs": 1, '
-                     '"max_tokens": 0, "stop": "\\ud83d"}', "stop"),
+    (
+        "/completions",
+        '{"model": "%(m)s", "prompt": "hi", "echo": true, "logprobs": 1, "max_tokens": 0, "stop": "\\ud83d"}',
+        "stop",
+    ),
 ]
 
 
 @pytest.mark.parametrize("path,body,param", SURROGATE_BODIES, ids=[p for _, _, p in SURROGATE_BODIES])
 def test_lone_surrogates_are_a_400_naming_the_field(tiny_server, path, body, param):
-    resp = httpx.post(tiny_server.base_url + path, content=(body % {"m": tiny_server.model}).encode(),
-                      headers={"content-type": "application/json"}, timeout=30)
+    resp = httpx.post(
+        tiny_server.base_url + path,
+        content=(body % {"m": tiny_server.model}).encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert resp.status_code == 400, resp.text
     err = resp.json()["error"]
     assert err["param"] == param and err["code"] == "invalid_encoding", err
@@ -75,8 +93,9 @@ def test_a_request_far_over_the_context_is_refused_without_stalling_others(tiny_
     15 s. Now the bounds refuse them before tokenizing, off the loop."""
     chat = shape in ("100k messages", "one huge message")
     if shape == "100k messages":
-        payload = {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"}
-                                for i in range(100_000)]}
+        payload = {
+            "messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(100_000)]
+        }
     elif shape == "one huge message":
         payload = {"messages": [{"role": "user", "content": "hello " * 600_000}]}
     elif shape == "huge prompt":
@@ -124,24 +143,30 @@ def test_the_request_log_keeps_every_completion_request(guarded_server):
     marker = f"audit-{time.time_ns()}"
     sent = [
         # (body, headers, expected status)
-        ('{"model": "%s", "messages": [{"role": "user", "content": "%s \\ud800"}]}' % (model, marker),
-         key, 400),
+        ('{"model": "%s", "messages": [{"role": "user", "content": "%s \\ud800"}]}' % (model, marker), key, 400),
         ('{"model": "nope-%s", "messages": [{"role": "user", "content": "hi"}]}' % marker, key, 404),
-        ('{"model": "%s", "messages": [{"role": "user", "content": "%s"}], "max_tokens": 2}'
-         % (model, marker), {"Authorization": "Bearer wrong", "content-type": "application/json"},
-         401),
+        (
+            '{"model": "%s", "messages": [{"role": "user", "content": "%s"}], "max_tokens": 2}' % (model, marker),
+            {"Authorization": "Bearer wrong", "content-type": "application/json"},
+            401,
+        ),
         ('{"model": "%s", "prompt": "%s %s"}' % (model, marker, "x" * 70_000), key, 413),
         ('{"model": "%s", "prompt": "%s", "max_tokens": 2}' % (model, marker), key, 200),
     ]
     before = len(_log_entries(guarded_server.log_path))
     rows_before = guarded_server.catalog.query("select coalesce(max(id), 0) as n from requests")[0]["n"]
     for body, headers, status in sent:
-        resp = httpx.post(url + ("/chat/completions" if "messages" in body else "/completions"),
-                          content=body.encode(), headers=headers, timeout=30)
+        resp = httpx.post(
+            url + ("/chat/completions" if "messages" in body else "/completions"),
+            content=body.encode(),
+            headers=headers,
+            timeout=30,
+        )
         assert resp.status_code == status, resp.text
 
-    entries = _wait_for(lambda: (lambda e: e if len(e) >= len(sent) else None)(
-        _log_entries(guarded_server.log_path)[before:]))
+    entries = _wait_for(
+        lambda: (lambda e: e if len(e) >= len(sent) else None)(_log_entries(guarded_server.log_path)[before:])
+    )
     assert entries, _log_entries(guarded_server.log_path)[before:]
     statuses = [e["status"] for e in entries]
     for _, _, status in sent:
@@ -156,13 +181,13 @@ def test_the_request_log_keeps_every_completion_request(guarded_server):
     assert all(e.get("error") for e in entries if e["status"] >= 400)
 
     def rows():
-        found = guarded_server.catalog.query("select status, request, output from requests "
-                                             "where id > ? order by id", [rows_before])
+        found = guarded_server.catalog.query(
+            "select status, request, output from requests where id > ? order by id", [rows_before]
+        )
         return found if len(found) >= len(sent) else None
 
     new_rows = _wait_for(rows)
-    assert new_rows, guarded_server.catalog.query("select status from requests where id > ?",
-                                                  [rows_before])
+    assert new_rows, guarded_server.catalog.query("select status from requests where id > ?", [rows_before])
     assert {s for _, _, s in sent} <= {r["status"] for r in new_rows}
     assert any("\\ud800" in json.dumps(r["request"]) for r in new_rows if r["status"] == 400)
 
@@ -186,8 +211,9 @@ def test_server_errors_are_logged_too(tiny_tokenizer, tmp_path):
     eot = tiny_tokenizer.convert_tokens_to_ids(template.eot_token)
     engine = BrokenEngine(tiny_tokenizer, [TokenEvent([], "error", "out of memory")])
     log_path = tmp_path / "requests.jsonl"
-    app = create_app(engine, ServerConfig(model_name="m", template=template, stop_token_ids=(eot,),
-                                          log_requests=log_path))
+    app = create_app(
+        engine, ServerConfig(model_name="m", template=template, stop_token_ids=(eot,), log_requests=log_path)
+    )
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     with serve_in_thread(app) as (url, _, _):
         crashed = httpx.post(url + "/v1/chat/completions", json={**body, "seed": 13}, timeout=30)
@@ -205,9 +231,16 @@ def test_server_errors_are_logged_too(tiny_tokenizer, tmp_path):
 @pytest.mark.parametrize("depth", [40, 5_000, 200_000])
 def test_deeply_nested_json_is_a_400(tiny_server, depth):
     """Before: nesting past Python's recursion limit was a 500 RecursionError."""
-    body = ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "metadata": {"a": %s%s}}'
-            % (tiny_server.model, "[" * depth, "]" * depth))
-    resp = httpx.post(tiny_server.base_url + "/chat/completions", content=body.encode(),
-                      headers={"content-type": "application/json"}, timeout=30)
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "metadata": {"a": %s%s}}' % (
+        tiny_server.model,
+        "[" * depth,
+        "]" * depth,
+    )
+    resp = httpx.post(
+        tiny_server.base_url + "/chat/completions",
+        content=body.encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] in ("invalid_json", "invalid_type")

@@ -56,8 +56,7 @@ def assert_close(got, want):
 
 def test_echo_scores_the_prompt_like_a_forward_pass(client, tiny_server, tiny_tokenizer, reference):
     prompt = PROMPTS[0]
-    r = client.completions.create(model=tiny_server.model, prompt=prompt, max_tokens=0, echo=True,
-                                  logprobs=3)
+    r = client.completions.create(model=tiny_server.model, prompt=prompt, max_tokens=0, echo=True, logprobs=3)
     (choice,) = r.choices
     assert choice.text == prompt and choice.finish_reason == "length"
     assert r.usage.completion_tokens == 0
@@ -70,7 +69,7 @@ def test_echo_scores_the_prompt_like_a_forward_pass(client, tiny_server, tiny_to
     # text_offset: where each token starts in the echoed text
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
     for token, offset in zip(lp.tokens, lp.text_offset):
-        assert prompt[offset:offset + len(token)] == token
+        assert prompt[offset : offset + len(token)] == token
     assert lp.top_logprobs[0] is None
     for j, top in enumerate(lp.top_logprobs[1:]):
         values, indices = scores[j].topk(3)
@@ -87,10 +86,13 @@ def test_batched_prompts_score_as_if_alone(tiny_server, tiny_tokenizer, referenc
 
     async def main():
         async with aclient:
-            one = [aclient.completions.create(model=tiny_server.model, prompt=p, max_tokens=0,
-                                              echo=True, logprobs=0) for p in PROMPTS * 3]
-            many = aclient.completions.create(model=tiny_server.model, prompt=PROMPTS, max_tokens=0,
-                                              echo=True, logprobs=0)
+            one = [
+                aclient.completions.create(model=tiny_server.model, prompt=p, max_tokens=0, echo=True, logprobs=0)
+                for p in PROMPTS * 3
+            ]
+            many = aclient.completions.create(
+                model=tiny_server.model, prompt=PROMPTS, max_tokens=0, echo=True, logprobs=0
+            )
             return await asyncio.gather(*one, many)
 
     *singles, listed = asyncio.run(main())
@@ -107,8 +109,15 @@ def test_lm_eval_style_request(tiny_server, tiny_tokenizer, reference):
     """What lm-evaluation-harness's local-completions sends: token ids, echo, logprobs=1,
     max_tokens=1, temperature 0; it reads token_logprobs[ctxlen:-1]."""
     ids = tiny_tokenizer.encode(PROMPTS[1])
-    body = {"model": tiny_server.model, "prompt": [ids], "max_tokens": 1, "logprobs": 1,
-            "echo": True, "temperature": 0, "seed": 1234}
+    body = {
+        "model": tiny_server.model,
+        "prompt": [ids],
+        "max_tokens": 1,
+        "logprobs": 1,
+        "echo": True,
+        "temperature": 0,
+        "seed": 1234,
+    }
     r = httpx.post(tiny_server.base_url + "/completions", json=body, timeout=60).json()
     lp = r["choices"][0]["logprobs"]
     assert len(lp["token_logprobs"]) == len(ids) + 1
@@ -125,8 +134,9 @@ def test_lm_eval_style_request(tiny_server, tiny_tokenizer, reference):
 
 def test_generated_token_logprobs(client, tiny_server, tiny_tokenizer, reference):
     prompt = PROMPTS[2]
-    r = client.completions.create(model=tiny_server.model, prompt=prompt, max_tokens=4,
-                                  temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model=tiny_server.model, prompt=prompt, max_tokens=4, temperature=0, logprobs=2, extra_body={"ignore_eos": True}
+    )
     (choice,) = r.choices
     lp = choice.logprobs
     assert len(lp.tokens) == 4 == r.usage.completion_tokens
@@ -146,8 +156,15 @@ def test_generated_token_logprobs(client, tiny_server, tiny_tokenizer, reference
 
 
 def test_streamed_logprobs_equal_the_whole_response(client, tiny_server):
-    request = dict(model=tiny_server.model, prompt=PROMPTS[0], max_tokens=3, temperature=0,
-                   echo=True, logprobs=2, extra_body={"ignore_eos": True})
+    request = dict(
+        model=tiny_server.model,
+        prompt=PROMPTS[0],
+        max_tokens=3,
+        temperature=0,
+        echo=True,
+        logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
     whole = client.completions.create(**request).choices[0]
     text, tokens, values, tops, offsets = "", [], [], [], []
     for chunk in client.completions.create(stream=True, **request):
@@ -168,8 +185,14 @@ def test_streamed_logprobs_equal_the_whole_response(client, tiny_server):
 def test_no_bos_when_asked(client, tiny_server, tiny_tokenizer):
     """`add_special_tokens` (vLLM's extension) reaches the tokenizer for text prompts."""
     prompt = PROMPTS[1]
-    r = client.completions.create(model=tiny_server.model, prompt=prompt, max_tokens=0, echo=True,
-                                  logprobs=0, extra_body={"add_special_tokens": False})
+    r = client.completions.create(
+        model=tiny_server.model,
+        prompt=prompt,
+        max_tokens=0,
+        echo=True,
+        logprobs=0,
+        extra_body={"add_special_tokens": False},
+    )
     assert r.usage.prompt_tokens == len(tiny_tokenizer.encode(prompt, add_special_tokens=False))
     assert all(v is None or math.isfinite(v) for v in r.choices[0].logprobs.token_logprobs)
 
@@ -179,7 +202,11 @@ def test_echo_without_logprobs_and_max_tokens_zero(client, tiny_server):
     assert [c.text for c in sorted(r.choices, key=lambda c: c.index)] == PROMPTS
     assert all(c.logprobs is None and c.finish_reason == "length" for c in r.choices)
     assert r.usage.completion_tokens == 0
-    streamed = "".join(c.text for chunk in client.completions.create(
-        model=tiny_server.model, prompt=PROMPTS[0], max_tokens=0, echo=True, logprobs=1, stream=True)
-        for c in chunk.choices)
+    streamed = "".join(
+        c.text
+        for chunk in client.completions.create(
+            model=tiny_server.model, prompt=PROMPTS[0], max_tokens=0, echo=True, logprobs=1, stream=True
+        )
+        for c in chunk.choices
+    )
     assert streamed == PROMPTS[0]

@@ -15,8 +15,16 @@ import pytest
 from tests.conftest import start_server, stop_server
 from tests.train.helpers import color_task, write_tokenized
 
-PROMPTS = ["What color is the sky?", "Name a color.", "blue or red?", "Hello! How can I help you today?",
-           "def add(a, b):", "The quick brown fox", "What is 12 plus 7?", "Write a short poem about the sea."]
+PROMPTS = [
+    "What color is the sky?",
+    "Name a color.",
+    "blue or red?",
+    "Hello! How can I help you today?",
+    "def add(a, b):",
+    "The quick brown fox",
+    "What is 12 plus 7?",
+    "Write a short poem about the sea.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +43,26 @@ def trained_adapter(tiny_model_dir: Path, tiny_tokenizer, tmp_path_factory: pyte
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output + repr(result.exception)
 
-    run("train", "--model", tiny_model_dir, "--data", data, "--out", root / "run", "--lora", "--lora-r", "8",
-        "--lora-targets", "q_proj,v_proj,o_proj,down_proj", "--lr", "3e-2", "--tokens-per-step", "512",
-        "--stop-after", "6")
+    run(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        data,
+        "--out",
+        root / "run",
+        "--lora",
+        "--lora-r",
+        "8",
+        "--lora-targets",
+        "q_proj,v_proj,o_proj,down_proj",
+        "--lr",
+        "3e-2",
+        "--tokens-per-step",
+        "512",
+        "--stop-after",
+        "6",
+    )
     adapter = root / "run" / "step-000006"
     run("model", "merge-lora", adapter, root / "merged")
     return adapter, root / "merged"
@@ -46,7 +71,8 @@ def trained_adapter(tiny_model_dir: Path, tiny_tokenizer, tmp_path_factory: pyte
 async def _greedy(client, model: str, prompts: list[str]) -> list[str]:
     async def one(prompt: str) -> str:
         reply = await client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=12)
+            model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=12
+        )
         assert reply.model == model
         return reply.choices[0].message.content
 
@@ -54,15 +80,15 @@ async def _greedy(client, model: str, prompts: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_adapter_replies_equal_the_merged_model_batched_with_the_base(
-        tiny_model_dir, trained_adapter, tmp_path):
+def test_adapter_replies_equal_the_merged_model_batched_with_the_base(tiny_model_dir, trained_adapter, tmp_path):
     import openai
 
     adapter, merged = trained_adapter
     (tmp_path / "lora").mkdir()
     (tmp_path / "merged").mkdir()
-    lora_server = start_server(tiny_model_dir, tmp_path / "lora", "--lora", f"colors={adapter}",
-                               "--served-model-name", "base")
+    lora_server = start_server(
+        tiny_model_dir, tmp_path / "lora", "--lora", f"colors={adapter}", "--served-model-name", "base"
+    )
     merged_server = start_server(merged, tmp_path / "merged", "--served-model-name", "merged")
     try:
         lora = openai.AsyncOpenAI(base_url=lora_server.base_url, api_key="x")
@@ -86,7 +112,8 @@ def test_adapter_replies_equal_the_merged_model_batched_with_the_base(
         assert adapted != base_batched  # the adapter changed the model, so the check above means something
         with pytest.raises(openai.NotFoundError, match="colors"):
             openai.OpenAI(base_url=lora_server.base_url, api_key="x").chat.completions.create(
-                model="nope", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+                model="nope", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
     finally:
         stop_server(lora_server)
         stop_server(merged_server)
@@ -119,12 +146,14 @@ def test_engine_adapter_rows_match_merged_weights_packed_and_padded(tiny_model_d
     async def run():
         await engine.start()
         try:
+
             async def one(prompt, adapter):
                 params = SamplingParams(max_tokens=6, temperature=0, adapter=adapter, ignore_eos=True)
                 out = []
                 async for event in engine.generate(prompt, params, "r"):
                     out.extend(event.token_ids)
                 return out
+
             return await asyncio.gather(*(one(p, a) for p, a in zip(prompts, adapters)))
         finally:
             await engine.shutdown()
@@ -133,11 +162,16 @@ def test_engine_adapter_rows_match_merged_weights_packed_and_padded(tiny_model_d
     fresh_base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     for prompt, adapter, tokens in zip(prompts, adapters, got):
         reference = merged if adapter else fresh_base
-        want = reference.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
-                                  min_new_tokens=6)[0, len(prompt):].tolist()
+        want = reference.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, min_new_tokens=6)[
+            0, len(prompt) :
+        ].tolist()
         assert tokens == want, (prompt, adapter)
-    assert got[0] != fresh_base.generate(torch.tensor([prompts[0]]), max_new_tokens=6, do_sample=False,
-                                         min_new_tokens=6)[0, len(prompts[0]):].tolist()
+    assert (
+        got[0]
+        != fresh_base.generate(torch.tensor([prompts[0]]), max_new_tokens=6, do_sample=False, min_new_tokens=6)[
+            0, len(prompts[0]) :
+        ].tolist()
+    )
 
 
 def test_mismatched_base_is_refused_naming_the_adapter(cli, tiny_model_dir, tmp_path):
@@ -148,19 +182,29 @@ def test_mismatched_base_is_refused_naming_the_adapter(cli, tiny_model_dir, tmp_
     cli("model", "init", other, "--size", "small")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(other)), LoraConfig(r=2, target_modules=["q_proj"]))
     model.save_pretrained(tmp_path / "small-adapter")
-    err = cli("serve", tiny_model_dir, "--port", "0", "--in-process", "--lora", f"wrong={tmp_path / 'small-adapter'}",
-              expect=2).stderr
+    err = cli(
+        "serve",
+        tiny_model_dir,
+        "--port",
+        "0",
+        "--in-process",
+        "--lora",
+        f"wrong={tmp_path / 'small-adapter'}",
+        expect=2,
+    ).stderr
     assert "LoRA adapter 'wrong'" in err and "q_proj" in err and "another base" in err
     err = cli("serve", tiny_model_dir, "--port", "0", "--lora", f"x={tiny_model_dir}", expect=None).stderr
     assert "not a LoRA adapter" in err
     # Same shapes, other weights: an adapter of the tiny model refused on another tiny model.
     twin = tmp_path / "twin"
     cli("model", "init", twin, "--size", "tiny", "--seed", "7")
-    tiny_adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
-                                  LoraConfig(r=2, target_modules=["v_proj"]))
+    tiny_adapter = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), LoraConfig(r=2, target_modules=["v_proj"])
+    )
     tiny_adapter.save_pretrained(tmp_path / "tiny-adapter")
-    err = cli("serve", twin, "--port", "0", "--in-process", "--lora", f"tw={tmp_path / 'tiny-adapter'}",
-              expect=2).stderr
+    err = cli(
+        "serve", twin, "--port", "0", "--in-process", "--lora", f"tw={tmp_path / 'tiny-adapter'}", expect=2
+    ).stderr
     assert "LoRA adapter 'tw'" in err and f"was trained on {tiny_model_dir}" in err and "v_proj" in err
 
 
@@ -173,8 +217,10 @@ def test_lora_options_accept_catalog_ids_and_refuse_clashes(tmp_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     ck = open_catalog().add_checkpoint(path=adapter, kind="trained", template="openchat_3.5")
-    assert parse_lora_options([ck, f"named={ck}"], reserved={"base"}) == {ck: str(adapter.resolve()),
-                                                                          "named": str(adapter.resolve())}
+    assert parse_lora_options([ck, f"named={ck}"], reserved={"base"}) == {
+        ck: str(adapter.resolve()),
+        "named": str(adapter.resolve()),
+    }
     with pytest.raises(OpenchatError, match="'base' is already taken"):
         parse_lora_options([f"base={adapter}"], reserved={"base"})
     with pytest.raises(OpenchatError, match="already taken"):

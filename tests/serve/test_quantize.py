@@ -19,12 +19,15 @@ def _greedy(engine, prompts):
     async def run():
         await engine.start()
         try:
+
             async def one(prompt):
                 out = []
-                async for event in engine.generate(prompt, SamplingParams(max_tokens=8, temperature=0,
-                                                                          ignore_eos=True), "q"):
+                async for event in engine.generate(
+                    prompt, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), "q"
+                ):
                     out.extend(event.token_ids)
                 return out
+
             return await asyncio.gather(*(one(p) for p in prompts))
         finally:
             await engine.shutdown()
@@ -63,7 +66,8 @@ def test_serve_quantize_int8_through_the_engine_process(tiny_model_dir, tmp_path
         health = httpx.get(server.url + "/health", timeout=10).json()
         assert health["engine_process"] and health["quantized"] == "torch-dynamic-int8"
         reply = openai.OpenAI(base_url=server.base_url, api_key="x").chat.completions.create(
-            model="q8", messages=[{"role": "user", "content": "What color is the sky?"}], temperature=0, max_tokens=6)
+            model="q8", messages=[{"role": "user", "content": "What color is the sky?"}], temperature=0, max_tokens=6
+        )
         assert reply.usage.completion_tokens > 0 and reply.choices[0].finish_reason in ("stop", "length")
         assert "quantized" in server.log()
     finally:

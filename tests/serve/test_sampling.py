@@ -29,10 +29,12 @@ def test_inverse_cdf_follows_the_distribution():
 
 def test_each_row_draws_from_its_own_seed_whatever_the_company():
     seeded = SamplingParams(max_tokens=1, temperature=0.9, top_k=8, top_p=0.9, min_p=0.05, seed=42)
-    company = [SamplingParams(max_tokens=1, temperature=0.0),
-               SamplingParams(max_tokens=1, temperature=1.5, seed=1),
-               SamplingParams(max_tokens=1, temperature=0.5, repetition_penalty=1.3),
-               SamplingParams(max_tokens=1, temperature=1.0, logit_bias=((3, 5.0),))]
+    company = [
+        SamplingParams(max_tokens=1, temperature=0.0),
+        SamplingParams(max_tokens=1, temperature=1.5, seed=1),
+        SamplingParams(max_tokens=1, temperature=0.5, repetition_penalty=1.3),
+        SamplingParams(max_tokens=1, temperature=1.0, logit_bias=((3, 5.0),)),
+    ]
     # Run 20 steps alone and 20 steps in company: the seeded row's tokens are the same.
     solo_state = states(seeded)
     crowd_state = states(seeded, *company)

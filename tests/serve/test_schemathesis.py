@@ -24,8 +24,9 @@ from tests.conftest import start_server, stop_server  # noqa: E402
 
 @pytest.fixture(scope="module")
 def small_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("schemathesis"),
-                          "--max-model-len", "64", "--max-n", "2")
+    server = start_server(
+        tiny_model_dir, tmp_path_factory.mktemp("schemathesis"), "--max-model-len", "64", "--max-n", "2"
+    )
     try:
         yield server
     finally:
@@ -60,9 +61,9 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_matches_its_schema(case):
-    response = case.call_and_validate(excluded_checks=[positive_data_acceptance],
-                                      additional_checks=[accepted_unless_too_long], timeout=60)
+    response = case.call_and_validate(
+        excluded_checks=[positive_data_acceptance], additional_checks=[accepted_unless_too_long], timeout=60
+    )
     assert response.status_code < 500, response.text

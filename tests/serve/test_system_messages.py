@@ -22,15 +22,20 @@ def test_join_rule():
     assert join_system([None]) is None
     assert join_system(["", "  "]) == ""
     assert join_system(SYSTEMS) == "You are terse.\n\nAnswer in English.\n\nNever use lists."
-    conv = Conversation.from_dict({"system": "First.", "messages": [
-        {"role": "system", "content": [{"type": "text", "text": " Second. "}]},
-        {"role": "user", "content": "hi"}]})
+    conv = Conversation.from_dict(
+        {
+            "system": "First.",
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": " Second. "}]},
+                {"role": "user", "content": "hi"},
+            ],
+        }
+    )
     assert conv.system == "First.\n\nSecond."
 
 
 @pytest.mark.parametrize("template_name", ["openchat_3.5", "chatml"])
-def test_data_serve_and_jinja_agree_token_for_token(template_name, cli, tmp_path, tiny_model_dir,
-                                                    tiny_tokenizer):
+def test_data_serve_and_jinja_agree_token_for_token(template_name, cli, tmp_path, tiny_model_dir, tiny_tokenizer):
     from transformers import AutoTokenizer
 
     from openchat_cli.serve.protocol import ChatCompletionRequest
@@ -48,22 +53,22 @@ def test_data_serve_and_jinja_agree_token_for_token(template_name, cli, tmp_path
     record = json.loads(cleaned.read_text().splitlines()[0])
     assert record["system"] == join_system(SYSTEMS)
     parquet = tmp_path / "t.parquet"
-    cli("data", "tokenize", cleaned, "--model", tiny_model_dir, "--template", template_name, "-o", parquet,
-        "--json")
+    cli("data", "tokenize", cleaned, "--model", tiny_model_dir, "--template", template_name, "-o", parquet, "--json")
     trained = pq.read_table(parquet).column("input_ids").to_pylist()[0]
 
     # the saved Jinja template (what transformers, vLLM and other tools use)
     hf = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     hf.chat_template = template.jinja()
     jinja_full = list(hf.apply_chat_template(messages, tokenize=True, return_dict=False))
-    jinja_prompt = list(hf.apply_chat_template(messages[:-1], tokenize=True, return_dict=False,
-                                               add_generation_prompt=True))
+    jinja_prompt = list(
+        hf.apply_chat_template(messages[:-1], tokenize=True, return_dict=False, add_generation_prompt=True)
+    )
     assert trained == jinja_full
 
     # the server's prompt, built by the chat serving layer from the same request body
     served = chat_prompt_ids(template, tiny_tokenizer, ChatCompletionRequest(model="m", messages=messages[:-1]))
     assert served == jinja_prompt
-    assert trained[:len(served)] == served  # the prompt is the training sequence's beginning
+    assert trained[: len(served)] == served  # the prompt is the training sequence's beginning
 
 
 def test_real_server_prompts_with_every_system_message(tiny_server, tiny_model_dir):

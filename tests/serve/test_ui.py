@@ -40,8 +40,9 @@ def test_page_files_are_served_offline(tiny_server):
         assert resp.status_code == 200 and len(resp.content) > 500, asset
     for path in STATIC.rglob("*"):
         if path.suffix in (".html", ".js", ".css"):
-            assert not re.search(r"(?:src|href)=[\"']https?://|import\s*\(|fetch\(\s*[\"']https?://",
-                                 path.read_text()), path
+            assert not re.search(
+                r"(?:src|href)=[\"']https?://|import\s*\(|fetch\(\s*[\"']https?://", path.read_text()
+            ), path
     # API clients still get the JSON description at /; unknown /ui/ paths are plain 404s.
     assert httpx.get(tiny_server.url + "/").json()["api"] == "/v1"
     assert httpx.get(tiny_server.url + "/ui/nope.js").status_code == 404
@@ -88,9 +89,14 @@ def test_chat_page_streams_a_reply_and_keeps_the_chat(tiny_server):
 
         client = openai.OpenAI(base_url=tiny_server.base_url, api_key="x", max_retries=0)
         same = client.chat.completions.create(
-            model=tiny_server.model, temperature=0, max_tokens=12,
-            messages=[{"role": "system", "content": "You are terse."},
-                      {"role": "user", "content": "Say hello in **bold**"}])
+            model=tiny_server.model,
+            temperature=0,
+            max_tokens=12,
+            messages=[
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Say hello in **bold**"},
+            ],
+        )
         stored = json.loads(page.evaluate("localStorage.getItem('openchat.ui.v1')"))
         assert stored["chats"][0]["messages"][-1]["content"] == same.choices[0].message.content
 
@@ -135,9 +141,15 @@ def test_chat_page_asks_for_the_key(tiny_model_dir):
 
     tokenizer = load_tokenizer(tiny_model_dir)
     template = get_template("openchat_3.5")
-    config = ServerConfig(model_name="keyed", template=template, api_keys=API_KEYS, ui=True,
-                          stop_token_ids=eos_token_ids(tiny_model_dir, tokenizer, template.eot_token),
-                          default_max_tokens=8, allowed_hosts=("127.0.0.1", "localhost", "[::1]"))
+    config = ServerConfig(
+        model_name="keyed",
+        template=template,
+        api_keys=API_KEYS,
+        ui=True,
+        stop_token_ids=eos_token_ids(tiny_model_dir, tokenizer, template.eot_token),
+        default_max_tokens=8,
+        allowed_hosts=("127.0.0.1", "localhost", "[::1]"),
+    )
     app = create_app(TransformersEngine(tiny_model_dir, tokenizer=tokenizer, max_batch_size=4), config)
     with serve_in_thread(app) as (url, _server, _thread), browser_page() as (page, errors):
         page.goto(url + "/")

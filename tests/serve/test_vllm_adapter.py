@@ -13,10 +13,26 @@ from openchat_cli.serve.engines.vllm_engine import VLLMEngine, parse_engine_args
 
 
 class FakeSamplingParams:
-    FIELDS = {"n", "temperature", "top_p", "top_k", "max_tokens", "presence_penalty",
-              "frequency_penalty", "stop_token_ids", "ignore_eos", "skip_special_tokens",
-              "detokenize", "seed", "logprobs", "prompt_logprobs", "min_p", "repetition_penalty",
-              "logit_bias", "structured_outputs"}
+    FIELDS = {
+        "n",
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop_token_ids",
+        "ignore_eos",
+        "skip_special_tokens",
+        "detokenize",
+        "seed",
+        "logprobs",
+        "prompt_logprobs",
+        "min_p",
+        "repetition_penalty",
+        "logit_bias",
+        "structured_outputs",
+    }
 
     def __init__(self, **kwargs):
         unknown = set(kwargs) - self.FIELDS
@@ -31,10 +47,11 @@ class OldSamplingParams(FakeSamplingParams):
 
 def position(token, k):
     """vLLM's logprobs for one position: the token itself plus the top k ({id: Logprob})."""
-    ranked = {t: types.SimpleNamespace(logprob=-0.5 * r, rank=r, decoded_token=None)
-              for r, t in enumerate(range(100, 100 + k), start=1)}
-    ranked.setdefault(token, types.SimpleNamespace(logprob=-9.0 - token / 100, rank=50,
-                                                   decoded_token=None))
+    ranked = {
+        t: types.SimpleNamespace(logprob=-0.5 * r, rank=r, decoded_token=None)
+        for r, t in enumerate(range(100, 100 + k), start=1)
+    }
+    ranked.setdefault(token, types.SimpleNamespace(logprob=-9.0 - token / 100, rank=50, decoded_token=None))
     return ranked
 
 
@@ -63,14 +80,17 @@ def fake_vllm(outputs_per_request, sampling_cls=FakeSamplingParams):
             for step, (new, finish) in enumerate(outputs_per_request):
                 ids = ids + new  # cumulative, like vLLM's default output kind
                 completion = types.SimpleNamespace(
-                    token_ids=list(ids), finish_reason=finish,
-                    logprobs=None if k is None else [position(t, k) for t in ids])
+                    token_ids=list(ids),
+                    finish_reason=finish,
+                    logprobs=None if k is None else [position(t, k) for t in ids],
+                )
                 prompt_logprobs = None
                 if pk is not None and step == 0:
                     tokens = prompt["prompt_token_ids"]
                     prompt_logprobs = [None] + [position(t, pk) for t in tokens[1:]]
-                yield types.SimpleNamespace(outputs=[completion], finished=finish is not None,
-                                            prompt_logprobs=prompt_logprobs)
+                yield types.SimpleNamespace(
+                    outputs=[completion], finished=finish is not None, prompt_logprobs=prompt_logprobs
+                )
                 await asyncio.sleep(0)
 
         async def abort(self, request_id):
@@ -82,9 +102,17 @@ def fake_vllm(outputs_per_request, sampling_cls=FakeSamplingParams):
 
 def test_sampling_params_translation():
     vllm, _ = fake_vllm([])
-    params = SamplingParams(max_tokens=7, temperature=0.0, top_p=0.9, top_k=5, seed=3,
-                            presence_penalty=0.5, frequency_penalty=-0.5, stop_token_ids=(2, 9),
-                            ignore_eos=True)
+    params = SamplingParams(
+        max_tokens=7,
+        temperature=0.0,
+        top_p=0.9,
+        top_k=5,
+        seed=3,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        stop_token_ids=(2, 9),
+        ignore_eos=True,
+    )
     sp = to_vllm_sampling_params(vllm, params)
     assert (sp.n, sp.temperature, sp.top_p, sp.top_k, sp.seed) == (1, 0.0, 0.9, 5, 3)
     assert (sp.max_tokens, sp.presence_penalty, sp.frequency_penalty) == (7, 0.5, -0.5)
@@ -112,8 +140,12 @@ def test_sampling_extras_and_response_format_reach_vllm():
     vllm.sampling_params = types.SimpleNamespace(StructuredOutputsParams=Structured)
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     guide = json_guide({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
-    sp = to_vllm_sampling_params(vllm, SamplingParams(max_tokens=4, min_p=0.05, repetition_penalty=1.3,
-                                                      logit_bias=((7, -100.0), (9, 5.0)), guide=guide))
+    sp = to_vllm_sampling_params(
+        vllm,
+        SamplingParams(
+            max_tokens=4, min_p=0.05, repetition_penalty=1.3, logit_bias=((7, -100.0), (9, 5.0)), guide=guide
+        ),
+    )
     assert (sp.min_p, sp.repetition_penalty, sp.logit_bias) == (0.05, 1.3, {7: -100.0, 9: 5.0})
     assert json.loads(sp.structured_outputs.json) == schema and sp.structured_outputs.disable_any_whitespace
     any_object = to_vllm_sampling_params(vllm, SamplingParams(max_tokens=4, guide=json_guide({"type": "json_object"})))
@@ -123,10 +155,23 @@ def test_sampling_extras_and_response_format_reach_vllm():
 
 
 def test_engine_args_parsing():
-    assert parse_engine_args(["enable_prefix_caching=true", "--max-num-seqs=64", "quantization=awq",
-                              "swap_space=4.5", "limit_mm_per_prompt={'image': 0}", "seed=none"]) == {
-        "enable_prefix_caching": True, "max_num_seqs": 64, "quantization": "awq", "swap_space": 4.5,
-        "limit_mm_per_prompt": {"image": 0}, "seed": None}
+    assert parse_engine_args(
+        [
+            "enable_prefix_caching=true",
+            "--max-num-seqs=64",
+            "quantization=awq",
+            "swap_space=4.5",
+            "limit_mm_per_prompt={'image': 0}",
+            "seed=none",
+        ]
+    ) == {
+        "enable_prefix_caching": True,
+        "max_num_seqs": 64,
+        "quantization": "awq",
+        "swap_space": 4.5,
+        "limit_mm_per_prompt": {"image": 0},
+        "seed": None,
+    }
     with pytest.raises(EngineError):
         parse_engine_args(["no-equals-sign"])
 
@@ -147,8 +192,15 @@ def run_engine(engine, params, prompt=(1, 2, 3), take=None):
 
 def test_engine_streams_deltas_and_finish(tmp_path):
     vllm, calls = fake_vllm([([5], None), ([6, 7], None), ([8], "stop")])
-    engine = VLLMEngine(tmp_path, tokenizer=None, tensor_parallel_size=2, max_model_len=None,
-                        served_model_name="m", vllm_module=vllm, enable_prefix_caching=True)
+    engine = VLLMEngine(
+        tmp_path,
+        tokenizer=None,
+        tensor_parallel_size=2,
+        max_model_len=None,
+        served_model_name="m",
+        vllm_module=vllm,
+        enable_prefix_caching=True,
+    )
     assert engine.context_length == 321
     assert engine.engine.args.tensor_parallel_size == 2 and engine.engine.args.enable_prefix_caching
     events = run_engine(engine, SamplingParams(max_tokens=10))

@@ -24,9 +24,10 @@ PROMPT = "Question: What is the capital of France?\nAnswer: Paris"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (VENV / ".ready").exists(),
-                       reason=f"no vLLM CPU venv at {VENV} (build it with scripts/setup-vllm.sh, "
-                              f"or point OPENCHAT_VLLM_VENV at one)"),
+    pytest.mark.skipif(
+        not (VENV / ".ready").exists(),
+        reason=f"no vLLM CPU venv at {VENV} (build it with scripts/setup-vllm.sh, or point OPENCHAT_VLLM_VENV at one)",
+    ),
 ]
 
 
@@ -34,12 +35,13 @@ pytestmark = [
 def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tests' tiny Llama with head_dim 32: vLLM's CPU attention has no kernel for the
     usual tiny model's 16 ("Unsupported CPU attention configuration: head_dim=16")."""
-    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
     from openchat_cli.model.tiny import ModelSize, random_llama, train_tokenizer
+    from openchat_cli.model_dir import attach_template, tokenizer_hash, write_meta
 
     out = tmp_path_factory.mktemp("tiny-vllm-model")
-    size = ModelSize(vocab_size=512, hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=176,
-                     max_positions=2048)
+    size = ModelSize(
+        vocab_size=512, hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=176, max_positions=2048
+    )
     tokenizer = train_tokenizer(CORPUS * 20, size.vocab_size)
     attach_template(tokenizer, "openchat_3.5")
     model = random_llama(tokenizer, size, seed=0)
@@ -55,9 +57,20 @@ def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def vllm_server(vllm_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is 4
-    server = start_server(vllm_model_dir, tmp_path_factory.mktemp("vllm-server"), "--engine", "vllm",
-                          "--dtype", "float32", "--max-model-len", "512", "--default-max-tokens", "64",
-                          timeout=900, python=str(VENV / "bin" / "python"))
+    server = start_server(
+        vllm_model_dir,
+        tmp_path_factory.mktemp("vllm-server"),
+        "--engine",
+        "vllm",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--default-max-tokens",
+        "64",
+        timeout=900,
+        python=str(VENV / "bin" / "python"),
+    )
     try:
         yield server
     finally:
@@ -86,8 +99,9 @@ def reference(vllm_model_dir: Path):
 
 
 def greedy(client, model, **kw):
-    return client.chat.completions.create(model=model, messages=USER, max_tokens=24, temperature=0,
-                                          extra_body={"ignore_eos": True}, **kw)
+    return client.chat.completions.create(
+        model=model, messages=USER, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}, **kw
+    )
 
 
 def test_health_names_vllm(vllm_server):
@@ -108,7 +122,7 @@ def test_chat_and_streaming_agree(client, vllm_server):
 
 def test_stop_strings(client, vllm_server):
     full = greedy(client, vllm_server.model).choices[0].message.content
-    stop = full[len(full) // 2: len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     cut = full[: full.index(stop)]
     r = greedy(client, vllm_server.model, stop=[stop])
     assert r.choices[0].message.content == cut and r.choices[0].finish_reason == "stop"
@@ -118,13 +132,20 @@ def test_stop_strings(client, vllm_server):
 
 def test_seeds_reproduce_and_n_choices(client, vllm_server):
     def sample(seed):
-        return client.chat.completions.create(model=vllm_server.model, messages=USER, max_tokens=12, seed=seed,
-                                              temperature=1.0, extra_body={"ignore_eos": True}).choices[0]
+        return client.chat.completions.create(
+            model=vllm_server.model,
+            messages=USER,
+            max_tokens=12,
+            seed=seed,
+            temperature=1.0,
+            extra_body={"ignore_eos": True},
+        ).choices[0]
 
     assert sample(5).message.content == sample(5).message.content
     assert len({sample(s).message.content for s in (1, 2, 3)}) > 1
-    r = client.chat.completions.create(model=vllm_server.model, messages=USER, max_tokens=6, n=3, seed=5,
-                                       extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(
+        model=vllm_server.model, messages=USER, max_tokens=6, n=3, seed=5, extra_body={"ignore_eos": True}
+    )
     assert [c.index for c in r.choices] == [0, 1, 2] and r.usage.completion_tokens == 18
 
 
@@ -140,8 +161,9 @@ def test_echo_logprobs_match_transformers(client, vllm_server, reference):
     assert got[0] is None and len(got) == len(want)
     assert max(abs(g - w) for g, w in zip(got[1:], want[1:])) < 1e-3
     # generated-token logprobs: greedy picks the top token and reports its own probability
-    r = client.completions.create(model=vllm_server.model, prompt=PROMPT, max_tokens=3, temperature=0,
-                                  logprobs=2, extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model=vllm_server.model, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=2, extra_body={"ignore_eos": True}
+    )
     lp = r.choices[0].logprobs
     assert len(lp.token_logprobs) == 3
     for value, top in zip(lp.token_logprobs, lp.top_logprobs):
@@ -169,8 +191,11 @@ def test_disconnect_aborts_in_vllm(vllm_server):
         time.sleep(0.1)
     assert httpx.get(vllm_server.url + "/health").json()["running"] == 0
     # vLLM still serves after the abort
-    r = httpx.post(vllm_server.base_url + "/chat/completions", timeout=60,
-                   json={"model": vllm_server.model, "messages": USER, "max_tokens": 3})
+    r = httpx.post(
+        vllm_server.base_url + "/chat/completions",
+        timeout=60,
+        json={"model": vllm_server.model, "messages": USER, "max_tokens": 3},
+    )
     assert r.status_code == 200
 
 
@@ -182,8 +207,10 @@ def test_lora_adapter_served_unmerged_equals_the_merged_model(vllm_model_dir, tm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(vllm_model_dir)),
-                                LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(vllm_model_dir)),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]),
+    )
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.3)
@@ -191,20 +218,36 @@ def test_lora_adapter_served_unmerged_equals_the_merged_model(vllm_model_dir, tm
     merged = peft_model.merge_and_unload().eval()
     tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
     (tmp_path / "srv").mkdir()
-    server = start_server(vllm_model_dir, tmp_path / "srv", "--engine", "vllm", "--dtype", "float32",
-                          "--max-model-len", "512", "--served-model-name", "base",
-                          "--lora", f"tuned={tmp_path / 'adapter'}", timeout=900, python=str(VENV / "bin" / "python"))
+    server = start_server(
+        vllm_model_dir,
+        tmp_path / "srv",
+        "--engine",
+        "vllm",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--served-model-name",
+        "base",
+        "--lora",
+        f"tuned={tmp_path / 'adapter'}",
+        timeout=900,
+        python=str(VENV / "bin" / "python"),
+    )
     try:
         lora_client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
         assert {m.id for m in lora_client.models.list().data} == {"base", "tuned"}
         prompt_ids = tokenizer(PROMPT)["input_ids"]
         with torch.inference_mode():
-            want = merged.generate(torch.tensor([prompt_ids]), max_new_tokens=8, min_new_tokens=8,
-                                   do_sample=False)[0, len(prompt_ids):].tolist()
-        got = lora_client.completions.create(model="tuned", prompt=prompt_ids, max_tokens=8, temperature=0,
-                                             extra_body={"ignore_eos": True}, logprobs=0)
-        base = lora_client.completions.create(model="base", prompt=prompt_ids, max_tokens=8, temperature=0,
-                                              extra_body={"ignore_eos": True})
+            want = merged.generate(torch.tensor([prompt_ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)[
+                0, len(prompt_ids) :
+            ].tolist()
+        got = lora_client.completions.create(
+            model="tuned", prompt=prompt_ids, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}, logprobs=0
+        )
+        base = lora_client.completions.create(
+            model="base", prompt=prompt_ids, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+        )
         assert got.model == "tuned" and got.choices[0].text == tokenizer.decode(want)
         assert base.choices[0].text != got.choices[0].text
     finally:
@@ -216,16 +259,25 @@ def test_response_format_and_logit_bias_through_vllm(client, vllm_server):
     import json
 
     # bounded values: a random model would otherwise write digits until max_tokens
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "tag": {"enum": ["a", "bb"]}},
-              "required": ["ok", "tag"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "tag": {"enum": ["a", "bb"]}},
+        "required": ["ok", "tag"],
+        "additionalProperties": False,
+    }
     r = client.chat.completions.create(
-        model=vllm_server.model, messages=[{"role": "user", "content": "a number"}], max_tokens=60, temperature=0,
-        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+        model=vllm_server.model,
+        messages=[{"role": "user", "content": "a number"}],
+        max_tokens=60,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+    )
     data = json.loads(r.choices[0].message.content)
     assert set(data) == {"ok", "tag"} and isinstance(data["ok"], bool) and data["tag"] in ("a", "bb")
     first = greedy(client, vllm_server.model).choices[0].message.content
-    forced = client.completions.create(model=vllm_server.model, prompt="x", max_tokens=3, temperature=0,
-                                       logit_bias={"65": 100}, logprobs=1)
+    forced = client.completions.create(
+        model=vllm_server.model, prompt="x", max_tokens=3, temperature=0, logit_bias={"65": 100}, logprobs=1
+    )
     assert forced.choices[0].logprobs.tokens and first is not None
     tokens = forced.choices[0].logprobs.tokens
     assert len(set(tokens)) == 1, tokens  # +100 on one id: every step picks it

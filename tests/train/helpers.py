@@ -10,12 +10,26 @@ from openchat_cli import tokenized
 from openchat_cli.model_dir import tokenizer_hash
 from openchat_cli.templates import Conversation, Message, get_template
 
-ANIMALS = {"fox": "red", "dog": "brown", "cat": "black", "sea": "blue", "sky": "grey",
-           "prime": "green", "water": "white", "chat": "pink"}
+ANIMALS = {
+    "fox": "red",
+    "dog": "brown",
+    "cat": "black",
+    "sea": "blue",
+    "sky": "grey",
+    "prime": "green",
+    "water": "white",
+    "chat": "pink",
+}
 
 
-def write_tokenized(path: Path, tokenizer, convs: list[Conversation], template: str = "openchat_3.5",
-                    max_len: int = 2048, hash_override: str | None = None) -> Path:
+def write_tokenized(
+    path: Path,
+    tokenizer,
+    convs: list[Conversation],
+    template: str = "openchat_3.5",
+    max_len: int = 2048,
+    hash_override: str | None = None,
+) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -28,8 +42,11 @@ def write_tokenized(path: Path, tokenizer, convs: list[Conversation], template: 
         "part": [0] * len(convs),
         "condition": [c.condition for c in convs],
     }
-    schema = tokenized.schema().with_metadata(tokenized.make_metadata(
-        template=template, tokenizer_hash=hash_override or tokenizer_hash(tokenizer), max_len=max_len))
+    schema = tokenized.schema().with_metadata(
+        tokenized.make_metadata(
+            template=template, tokenizer_hash=hash_override or tokenizer_hash(tokenizer), max_len=max_len
+        )
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pydict(rows, schema=schema), str(path))
     return path
@@ -44,8 +61,10 @@ def color_task(n: int, seed: int) -> list[Conversation]:
         turns = []
         for _ in range(rng.choice([1, 1, 2, 3])):
             animal = rng.choice(sorted(ANIMALS))
-            turns += [Message("user", f"Item {rng.randint(0, 999)}: what color is the {animal}?"),
-                      Message("assistant", f"The {animal} is {ANIMALS[animal]}.")]
+            turns += [
+                Message("user", f"Item {rng.randint(0, 999)}: what color is the {animal}?"),
+                Message("assistant", f"The {animal} is {ANIMALS[animal]}."),
+            ]
         convs.append(Conversation(messages=turns, id=f"s{seed}-{i}"))
     return convs
 
@@ -59,9 +78,13 @@ def skewed_chat(n: int, seed: int, max_words: int = 300) -> list[Conversation]:
         turns = []
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             length = min(max_words, int(rng.lognormvariate(3.0, 1.0)) + 1)
-            turns += [Message("user", " ".join(rng.choice(words) for _ in range(rng.randint(3, 20)))),
-                      Message("assistant", " ".join(rng.choice(words) for _ in range(length)),
-                              weight=rng.choice([1.0, 1.0, 0.1, 0.0]))]
-        convs.append(Conversation(messages=turns, id=f"k{seed}-{i}",
-                                  condition=rng.choice(["GPT4 Correct", "GPT3"])))
+            turns += [
+                Message("user", " ".join(rng.choice(words) for _ in range(rng.randint(3, 20)))),
+                Message(
+                    "assistant",
+                    " ".join(rng.choice(words) for _ in range(length)),
+                    weight=rng.choice([1.0, 1.0, 0.1, 0.0]),
+                ),
+            ]
+        convs.append(Conversation(messages=turns, id=f"k{seed}-{i}", condition=rng.choice(["GPT4 Correct", "GPT3"])))
     return convs

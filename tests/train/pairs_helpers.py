@@ -18,11 +18,18 @@ Pair = tuple[list[Message], str, str]  # prompt messages, chosen reply, rejected
 def pairs_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("chosen_ids", pa.list_(pa.int32())), ("chosen_weights", pa.list_(pa.float32())),
-        ("rejected_ids", pa.list_(pa.int32())), ("rejected_weights", pa.list_(pa.float32())),
-        ("prompt_length", pa.int32()), ("length", pa.int32()), ("pair_id", pa.string()), ("condition", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("chosen_ids", pa.list_(pa.int32())),
+            ("chosen_weights", pa.list_(pa.float32())),
+            ("rejected_ids", pa.list_(pa.int32())),
+            ("rejected_weights", pa.list_(pa.float32())),
+            ("prompt_length", pa.int32()),
+            ("length", pa.int32()),
+            ("pair_id", pa.string()),
+            ("condition", pa.string()),
+        ]
+    )
 
 
 def encode_pair(tokenizer, pair: Pair, template: str = "openchat_3.5") -> dict:
@@ -30,17 +37,30 @@ def encode_pair(tokenizer, pair: Pair, template: str = "openchat_3.5") -> dict:
     prompt, chosen, rejected = pair
     prompt = [Message(m.role, m.content, 0.0) for m in prompt]
     enc = get_template(template).encode_many(
-        tokenizer, [Conversation(messages=prompt + [Message("assistant", reply)]) for reply in (chosen, rejected)])
+        tokenizer, [Conversation(messages=prompt + [Message("assistant", reply)]) for reply in (chosen, rejected)]
+    )
     c, r = enc
-    shared = next((i for i, (a, b) in enumerate(zip(c.input_ids, r.input_ids)) if a != b),
-                  min(len(c.input_ids), len(r.input_ids)))
-    return {"chosen_ids": c.input_ids, "chosen_weights": c.weights, "rejected_ids": r.input_ids,
-            "rejected_weights": r.weights, "prompt_length": min(shared, c.message_starts[-1]),
-            "length": len(c.input_ids) + len(r.input_ids)}
+    shared = next(
+        (i for i, (a, b) in enumerate(zip(c.input_ids, r.input_ids)) if a != b), min(len(c.input_ids), len(r.input_ids))
+    )
+    return {
+        "chosen_ids": c.input_ids,
+        "chosen_weights": c.weights,
+        "rejected_ids": r.input_ids,
+        "rejected_weights": r.weights,
+        "prompt_length": min(shared, c.message_starts[-1]),
+        "length": len(c.input_ids) + len(r.input_ids),
+    }
 
 
-def write_pairs(path: Path, tokenizer, pairs: list[Pair], template: str = "openchat_3.5", max_len: int = 2048,
-                ids: list[str] | None = None) -> Path:
+def write_pairs(
+    path: Path,
+    tokenizer,
+    pairs: list[Pair],
+    template: str = "openchat_3.5",
+    max_len: int = 2048,
+    ids: list[str] | None = None,
+) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -65,8 +85,13 @@ def color_pairs(n: int, seed: int, rejected: str = "wrong") -> list[Pair]:
         animal = rng.choice(sorted(ANIMALS))
         wrong = rng.choice([c for c in colors if c != ANIMALS[animal]])
         bad = f"The {animal} is {wrong}." if rejected == "wrong" else unsure(animal)
-        out.append(([Message("user", f"Item {rng.randint(0, 999)}: what color is the {animal}?")],
-                    f"The {animal} is {ANIMALS[animal]}.", bad))
+        out.append(
+            (
+                [Message("user", f"Item {rng.randint(0, 999)}: what color is the {animal}?")],
+                f"The {animal} is {ANIMALS[animal]}.",
+                bad,
+            )
+        )
     return out
 
 

@@ -16,9 +16,23 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_bench_train_json_holds_the_three_paths_and_their_ratios():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--json", "--no-memory",
-         "--sequences", "300", "--capacity", "2048", "--seconds", "3"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_train.py"),
+            "--json",
+            "--no-memory",
+            "--sequences",
+            "300",
+            "--capacity",
+            "2048",
+            "--seconds",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     tps = result["useful_tokens_per_s"]
@@ -34,9 +48,24 @@ def test_bench_train_json_holds_the_three_paths_and_their_ratios():
 @pytest.mark.slow
 def test_bench_train_dpo_json_compares_packed_and_padded_pairs():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--dpo", "--json", "--no-memory",
-         "--pairs", "60", "--capacity", "2048", "--seconds", "2"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_train.py"),
+            "--dpo",
+            "--json",
+            "--no-memory",
+            "--pairs",
+            "60",
+            "--capacity",
+            "2048",
+            "--seconds",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     pairs = result["pairs_per_s"]

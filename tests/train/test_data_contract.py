@@ -14,10 +14,21 @@ from tests.train.helpers import color_task
 def test_reads_data_tokenize_output(cli, tiny_model_dir, tiny_tokenizer, tmp_path):
     convs = color_task(12, seed=9)
     source = tmp_path / "convs.jsonl"
-    source.write_text("".join(json.dumps({
-        "id": c.id, "source": "test", "system": None, "condition": None,
-        "messages": [{"role": m.role, "content": m.content, "weight": m.weight} for m in c.messages],
-    }) + "\n" for c in convs))
+    source.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": c.id,
+                    "source": "test",
+                    "system": None,
+                    "condition": None,
+                    "messages": [{"role": m.role, "content": m.content, "weight": m.weight} for m in c.messages],
+                }
+            )
+            + "\n"
+            for c in convs
+        )
+    )
     made = cli("data", "tokenize", source, "--model", tiny_model_dir, "-o", tmp_path / "t.parquet", "--json").json()
 
     path, ds_id = resolve_data(made["id"])  # a catalog id works wherever a path does
@@ -32,5 +43,7 @@ def test_reads_data_tokenize_output(cli, tiny_model_dir, tiny_tokenizer, tmp_pat
     # Each assistant reply (and its end-of-turn token) is a scored target, nothing else is.
     batch = pack(data, [0])
     reply = tiny_tokenizer.decode(batch.labels.tolist())
-    assert all(f"The {a} is" in reply for a in [m.content.split()[1] for m in convs[0].messages if m.role == "assistant"])
+    assert all(
+        f"The {a} is" in reply for a in [m.content.split()[1] for m in convs[0].messages if m.role == "assistant"]
+    )
     assert "Item" not in reply

@@ -73,9 +73,29 @@ def test_two_ranks_killed_and_resumed_match_plain_pytorch(cli, tiny_model_dir, c
     out = tmp_path / "two"
     env = {**os.environ, "OPENCHAT_HOME": str(openchat_home), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "openchat_cli.app", "train", "--model", str(tiny_model_dir),
-         "--data", str(color_data["train"]), "--out", str(out), *COMMON, "--num-gpus", "2", "--save-every", "10"],
-        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "openchat_cli.app",
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(color_data["train"]),
+            "--out",
+            str(out),
+            *COMMON,
+            "--num-gpus",
+            "2",
+            "--save-every",
+            "10",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 180
     while (latest_state_step(out) or 0) < 10:
         assert proc.poll() is None, proc.stdout.read().decode()

@@ -44,9 +44,15 @@ def _no_leftovers():
 def start_train(home: Path, *args: object) -> subprocess.Popen:
     """`openchat train ARGS` as its own process (its own session, so signals hit it alone)."""
     env = {**os.environ, "OPENCHAT_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "openchat_cli.app", "train", *map(str, args)],
-                            cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", "train", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _started.append(proc)
     return proc
 
@@ -94,14 +100,30 @@ def test_resumable_state_is_saved_by_default():
 
 
 @pytest.mark.slow
-def test_kill_9_takes_the_ranks_and_resume_continues_from_the_saved_step(cli, tiny_model_dir, color_data, tmp_path,
-                                                                         openchat_home):
+def test_kill_9_takes_the_ranks_and_resume_continues_from_the_saved_step(
+    cli, tiny_model_dir, color_data, tmp_path, openchat_home
+):
     out = tmp_path / "killed"
-    proc = start_train(openchat_home, "--model", tiny_model_dir, "--data", color_data["train"], "--out", out,
-                       *SETTINGS, "--num-gpus", "2", "--state-minutes", "0.005")
+    proc = start_train(
+        openchat_home,
+        "--model",
+        tiny_model_dir,
+        "--data",
+        color_data["train"],
+        "--out",
+        out,
+        *SETTINGS,
+        "--num-gpus",
+        "2",
+        "--state-minutes",
+        "0.005",
+    )
     # Kill once a state was saved and a step ran after it (that step must be redone, not lost).
-    wait_for(lambda: (latest_state_step(out) or 0) >= 1 and len(read_steps(out)) > latest_state_step(out),
-             proc, "resumable state")
+    wait_for(
+        lambda: (latest_state_step(out) or 0) >= 1 and len(read_steps(out)) > latest_state_step(out),
+        proc,
+        "resumable state",
+    )
     ranks = children_of(proc.pid)
     assert len(ranks) == 2
     os.kill(proc.pid, signal.SIGKILL)
@@ -129,8 +151,20 @@ def test_kill_9_takes_the_ranks_and_resume_continues_from_the_saved_step(cli, ti
 
     # The same run without the kill ends on the same weights.
     plain = tmp_path / "plain"
-    cli("train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", plain, *SETTINGS,
-        "--num-gpus", "2", "--state-minutes", "0")
+    cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        color_data["train"],
+        "--out",
+        plain,
+        *SETTINGS,
+        "--num-gpus",
+        "2",
+        "--state-minutes",
+        "0",
+    )
     assert len(read_steps(plain)) == total
     a, b = final_weights(out), final_weights(plain)
     assert a.keys() == b.keys()
@@ -139,16 +173,26 @@ def test_kill_9_takes_the_ranks_and_resume_continues_from_the_saved_step(cli, ti
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(cli, tiny_model_dir, color_data, tmp_path,
-                                                                   openchat_home):
+def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(
+    cli, tiny_model_dir, color_data, tmp_path, openchat_home
+):
     out = tmp_path / "termed"
-    proc = start_train(openchat_home, "--model", tiny_model_dir, "--data", color_data["train"], "--out", out,
-                       *SETTINGS, "--state-minutes", "0")
+    proc = start_train(
+        openchat_home,
+        "--model",
+        tiny_model_dir,
+        "--data",
+        color_data["train"],
+        "--out",
+        out,
+        *SETTINGS,
+        "--state-minutes",
+        "0",
+    )
     wait_for(lambda: len(read_steps(out)) >= 2, proc, "two steps")
 
     # A second command on the same folder refuses, naming the holder; so does a --resume.
-    second = cli("train", "--model", tiny_model_dir, "--data", color_data["small"], "--out", out, "--force",
-                 expect=2)
+    second = cli("train", "--model", tiny_model_dir, "--data", color_data["small"], "--out", out, "--force", expect=2)
     assert "in use by" in second.stderr and f"pid {proc.pid}" in second.stderr
     assert f"pid {proc.pid}" in cli("train", "--out", out, "--resume", expect=2).stderr
 

@@ -12,10 +12,24 @@ import torch
 
 from store.catalog import open_catalog
 
-QUESTIONS = [("Which number is larger, 12 or 31?", "31"), ("Which number is smaller, 12 or 31?", "12"),
-             ("What is the larger of 40 and 17?", "40"), ("What is the smaller of 40 and 17?", "17")]
-SMALL = ("--group-size", "2", "--prompts-per-step", "2", "--max-completion-tokens", "4", "--lr", "1e-3",
-         "--log-every", "1")
+QUESTIONS = [
+    ("Which number is larger, 12 or 31?", "31"),
+    ("Which number is smaller, 12 or 31?", "12"),
+    ("What is the larger of 40 and 17?", "40"),
+    ("What is the smaller of 40 and 17?", "17"),
+]
+SMALL = (
+    "--group-size",
+    "2",
+    "--prompts-per-step",
+    "2",
+    "--max-completion-tokens",
+    "4",
+    "--lr",
+    "1e-3",
+    "--log-every",
+    "1",
+)
 
 
 def write_prompts(path: Path, with_answers: bool = True) -> Path:
@@ -114,8 +128,13 @@ def test_lora_policy_weights_fold_the_adapter(tiny_model_dir):
     from openchat_cli.train.lora import apply_lora
     from openchat_cli.train.rollout import policy_weights
 
-    lm = apply_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32),
-                    r=4, alpha=8, dropout=0.0, targets="all-linear")
+    lm = apply_lora(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32),
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        targets="all-linear",
+    )
     with torch.no_grad():
         for name, p in lm.named_parameters():
             if "lora_B" in name:
@@ -129,20 +148,49 @@ def test_lora_policy_weights_fold_the_adapter(tiny_model_dir):
     lm.eval()
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, lm(ids).logits, atol=1e-5)
-        assert not torch.allclose(plain.state_dict()["model.layers.0.self_attn.q_proj.weight"],
-                                  before["model.layers.0.self_attn.q_proj.weight"])
+        assert not torch.allclose(
+            plain.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+            before["model.layers.0.self_attn.q_proj.weight"],
+        )
 
 
 # -- a real run ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_grpo_run_logs_rewards_and_resumes(cli, tiny_model_dir, prompts_file, reward_model_dir, judge, tmp_path):
     out = tmp_path / "run"
-    rewards = ("--reward", "grade", "--reward", f"rm:{reward_model_dir}=0.5",
-               "--reward", f"judge:{judge.base_url}#fair-judge=0.25")
+    rewards = (
+        "--reward",
+        "grade",
+        "--reward",
+        f"rm:{reward_model_dir}=0.5",
+        "--reward",
+        f"judge:{judge.base_url}#fair-judge=0.25",
+    )
     # LoRA: the KL reference is the same module with its adapter off; two updates per sampled batch.
-    first = cli("train", "--method", "grpo", "--model", tiny_model_dir, "--prompts", prompts_file, *rewards,
-                *SMALL, "--epochs", "2", "--out", out, "--stop-after", "2", "--state-minutes", "0",
-                "--lora", "--lora-r", "4", "--grpo-iterations", "2")
+    first = cli(
+        "train",
+        "--method",
+        "grpo",
+        "--model",
+        tiny_model_dir,
+        "--prompts",
+        prompts_file,
+        *rewards,
+        *SMALL,
+        "--epochs",
+        "2",
+        "--out",
+        out,
+        "--stop-after",
+        "2",
+        "--state-minutes",
+        "0",
+        "--lora",
+        "--lora-r",
+        "4",
+        "--grpo-iterations",
+        "2",
+    )
     assert "stopped after step 2 of 4" in first.stdout
     judged = len(judge.requests)
     assert judged == 2 * 2 * 2  # every completion of both steps, once

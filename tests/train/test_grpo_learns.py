@@ -21,8 +21,22 @@ from openchat_cli.quickstart.prompts import write_prompt_sets
 from openchat_cli.quickstart.tasks import generate
 
 SFT_EPOCHS = 8  # ~50-65% held-out accuracy: room to improve, and rewards that are not all 0
-GRPO = ("--reward", "grade", "--group-size", "8", "--prompts-per-step", "16", "--max-completion-tokens", "12",
-        "--epochs", "4", "--lr", "1e-3", "--log-every", "8")
+GRPO = (
+    "--reward",
+    "grade",
+    "--group-size",
+    "8",
+    "--prompts-per-step",
+    "16",
+    "--max-completion-tokens",
+    "12",
+    "--epochs",
+    "4",
+    "--lr",
+    "1e-3",
+    "--log-every",
+    "8",
+)
 
 
 SAMPLES = 4
@@ -31,9 +45,9 @@ SAMPLES = 4
 def accuracy(model_dir: Path, heldout: Path) -> np.ndarray:
     """Per held-out question, the share of SAMPLES replies (temperature 1, fixed seeds) that
     eval's exact-answer grader marks correct."""
-    from openchat_cli.model_dir import load_tokenizer, read_meta
     from openchat_cli.eval.grade import grade_answer
     from openchat_cli.eval.questions import Question
+    from openchat_cli.model_dir import load_tokenizer, read_meta
     from openchat_cli.serve.engines.base import SamplingParams, eos_token_ids
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
     from openchat_cli.templates import Conversation, get_template
@@ -60,8 +74,10 @@ def accuracy(model_dir: Path, heldout: Path) -> np.ndarray:
             await engine.shutdown()
 
     replies = asyncio.run(run())
-    scores = [grade_answer(Question(q["id"], None, [q["question"]], meta={"label": q["label"]}), r)["score"]
-              for q, r in zip([q for q in questions for _ in range(SAMPLES)], replies)]
+    scores = [
+        grade_answer(Question(q["id"], None, [q["question"]], meta={"label": q["label"]}), r)["score"]
+        for q, r in zip([q for q in questions for _ in range(SAMPLES)], replies)
+    ]
     return np.asarray(scores).reshape(len(questions), SAMPLES).mean(axis=1)
 
 
@@ -72,14 +88,49 @@ def test_grpo_with_the_grader_raises_heldout_accuracy(cli, tmp_path):
     files = generate(tmp_path / "raw", train_size=3000, eval_size=60, seed=0)
     cli("data", "clean", files["train"], "-o", tmp_path / "clean.jsonl", "--force")
     cli("model", "init", tmp_path / "base", "--tokenizer-corpus", files["corpus"], "--size", "tiny", "--force")
-    cli("data", "tokenize", tmp_path / "clean.jsonl", "--model", tmp_path / "base", "--max-len", "256",
-        "-o", tmp_path / "train.parquet", "--force")
-    cli("train", "--model", tmp_path / "base", "--data", tmp_path / "train.parquet", "--out", tmp_path / "sft",
-        "--epochs", SFT_EPOCHS, "--lr", "5e-3", "--tokens-per-step", "512", "--seed", "0")
+    cli(
+        "data",
+        "tokenize",
+        tmp_path / "clean.jsonl",
+        "--model",
+        tmp_path / "base",
+        "--max-len",
+        "256",
+        "-o",
+        tmp_path / "train.parquet",
+        "--force",
+    )
+    cli(
+        "train",
+        "--model",
+        tmp_path / "base",
+        "--data",
+        tmp_path / "train.parquet",
+        "--out",
+        tmp_path / "sft",
+        "--epochs",
+        SFT_EPOCHS,
+        "--lr",
+        "5e-3",
+        "--tokens-per-step",
+        "512",
+        "--seed",
+        "0",
+    )
     sets = write_prompt_sets(tmp_path, train=512, heldout=300)
     before = accuracy(tmp_path / "sft" / "final", sets["heldout"])
-    cli("train", "--method", "grpo", "--model", tmp_path / "sft" / "final", "--prompts", sets["prompts"], *GRPO,
-        "--out", tmp_path / "grpo")
+    cli(
+        "train",
+        "--method",
+        "grpo",
+        "--model",
+        tmp_path / "sft" / "final",
+        "--prompts",
+        sets["prompts"],
+        *GRPO,
+        "--out",
+        tmp_path / "grpo",
+    )
     after = accuracy(tmp_path / "grpo" / "final", sets["heldout"])
     gain = after - before
     low, high = cluster_bootstrap(gain, np.ones_like(gain))

@@ -50,15 +50,35 @@ def _trl_trainer(model, tokenizer, prompt_ids, completion_ids, tmp_path, loss_ty
         return [REWARDS_2[by_completion[tuple(c)]] for c in completion_ids]
 
     def rollout(prompts, trainer):
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids,
-                "logprobs": [[0.0] * len(c) for c in completion_ids]}
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": completion_ids,
+            "logprobs": [[0.0] * len(c) for c in completion_ids],
+        }
 
-    args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=2 * K, num_generations=K,
-                      beta=0.04, epsilon=0.2, loss_type=loss_type, temperature=0.7, max_completion_length=8,
-                      reward_weights=WEIGHTS, use_cpu=True, report_to="none", bf16=False, logging_steps=1)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward_1, reward_2], args=args,
-                          train_dataset=Dataset.from_list([{"prompt": "p"}] * (2 * K)),
-                          processing_class=tokenizer, rollout_func=rollout)
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=2 * K,
+        num_generations=K,
+        beta=0.04,
+        epsilon=0.2,
+        loss_type=loss_type,
+        temperature=0.7,
+        max_completion_length=8,
+        reward_weights=WEIGHTS,
+        use_cpu=True,
+        report_to="none",
+        bf16=False,
+        logging_steps=1,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward_1, reward_2],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": "p"}] * (2 * K)),
+        processing_class=tokenizer,
+        rollout_func=rollout,
+    )
     trainer.current_gradient_accumulation_steps = 1
     return trainer
 
@@ -79,8 +99,9 @@ def test_advantages_and_loss_match_trl(tiny_model_dir, tiny_tokenizer, tmp_path,
     inputs = trainer._generate_and_score_completions([{"prompt": "p"}] * (2 * K))
 
     # advantages
-    per_function = torch.tensor([[a, float("nan") if b is None else b] for a, b in zip(REWARDS_1, REWARDS_2)],
-                                dtype=torch.float64)
+    per_function = torch.tensor(
+        [[a, float("nan") if b is None else b] for a, b in zip(REWARDS_1, REWARDS_2)], dtype=torch.float64
+    )
     stats = group_advantages(combine_rewards(per_function, torch.tensor(WEIGHTS, dtype=torch.float64)), K)
     assert torch.allclose(stats.advantages.float(), inputs["advantages"].float(), atol=1e-5)
     assert stats.zero_std.tolist() == [False, True]
@@ -93,8 +114,11 @@ def test_advantages_and_loss_match_trl(tiny_model_dir, tiny_tokenizer, tmp_path,
     ref = torch.randn(mask.shape, generator=gen) * 0.3
     with torch.no_grad():
         current, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
-            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), mask.shape[1])
+            trainer.model,
+            torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            mask.shape[1],
+        )
     inputs["old_per_token_logps"] = current + old
     inputs["ref_per_token_logps"] = current + ref
     trl_model.zero_grad()
@@ -102,14 +126,24 @@ def test_advantages_and_loss_match_trl(tiny_model_dir, tiny_tokenizer, tmp_path,
     trl_loss.backward()
     trl_grad = trl_model.model.embed_tokens.weight.grad.clone()
 
-    ours_model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
-                                                      attn_implementation=attention.choose(torch.device("cpu")))
+    ours_model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_model_dir), dtype=torch.float32, attn_implementation=attention.choose(torch.device("cpu"))
+    )
     policy = PolicyLogps(ours_model, attention.PACKED, temperature=0.7)
     batch, seq_index = pack_completions(prompt_ids, completion_ids, tokenizer.pad_token_id or 0)
     logps = policy(batch)
     assert torch.allclose(logps.detach(), current[mask], atol=1e-5)  # packed forward = TRL's padded one
-    parts = policy_loss(logps, (current + old)[mask], (current + ref)[mask], stats.advantages.float(), seq_index,
-                        2 * K, beta=0.04, epsilon=0.2, loss_type=loss_type)
+    parts = policy_loss(
+        logps,
+        (current + old)[mask],
+        (current + ref)[mask],
+        stats.advantages.float(),
+        seq_index,
+        2 * K,
+        beta=0.04,
+        epsilon=0.2,
+        loss_type=loss_type,
+    )
     assert parts.clip_fraction > 0 and parts.kl > 0
     assert abs(float(parts.loss) - float(trl_loss)) < 1e-5, (float(parts.loss), float(trl_loss))
     parts.loss.backward()

@@ -52,8 +52,9 @@ def _python_children(pid: int) -> list[int]:
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_followers_die_with_their_owner(how):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    owner = subprocess.Popen([sys.executable, "-c", OWNER], env=env, stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         followers = [int(p) for p in owner.stdout.readline().split()]
         shell = followers[2]
@@ -72,9 +73,17 @@ def test_followers_die_with_their_owner(how):
 
 def test_a_held_run_folder_is_refused_with_its_holder(cli, tmp_path, openchat_home):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from openchat_cli.run_folder import RunFolderLock; "
-         "RunFolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)", str(tmp_path / "run")],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from openchat_cli.run_folder import RunFolderLock; "
+            "RunFolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)",
+            str(tmp_path / "run"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         err = cli("train", "--model", tmp_path, "--data", tmp_path, "--out", tmp_path / "run", expect=2).stderr

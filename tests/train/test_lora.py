@@ -15,9 +15,26 @@ def test_lora_adapter_trains_and_merges(cli, tiny_model_dir, color_data, tmp_pat
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
-    cli("train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", out, "--lora",
-        "--lora-r", "8", "--lora-targets", "q_proj,v_proj,down_proj", "--lr", "1e-2",
-        "--tokens-per-step", "512", "--stop-after", "15")
+    cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        color_data["train"],
+        "--out",
+        out,
+        "--lora",
+        "--lora-r",
+        "8",
+        "--lora-targets",
+        "q_proj,v_proj,down_proj",
+        "--lr",
+        "1e-2",
+        "--tokens-per-step",
+        "512",
+        "--stop-after",
+        "15",
+    )
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
     # Resume the adapter run for a few steps (its resumable state holds only the adapter).

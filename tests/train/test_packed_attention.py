@@ -21,16 +21,25 @@ def tiny(family: str, **extra):
     """A randomly initialised two-layer model of one family, loaded with the packed attention."""
     import transformers
 
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     configs = {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 7}),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
         "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {"head_dim": 16}),
-        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
-                   {"head_dim": 16, "sliding_window": 6, "attn_logit_softcapping": 5.0,
-                    "query_pre_attn_scalar": 16}),
+        "gemma2": (
+            transformers.Gemma2Config,
+            transformers.Gemma2ForCausalLM,
+            {"head_dim": 16, "sliding_window": 6, "attn_logit_softcapping": 5.0, "query_pre_attn_scalar": 16},
+        ),
     }
     config_cls, model_cls, own = configs[family]
     torch.manual_seed(0)
@@ -49,8 +58,9 @@ def data_of(lengths: list[int], seed: int = 0) -> TokenizedData:
     seqs = [rng.integers(5, VOCAB, n) for n in lengths]
     weights = [np.where(rng.random(n) < 0.7, 1.0, 0.0) for n in lengths]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return TokenizedData(None, np.concatenate(seqs).astype(np.int64),
-                         np.concatenate(weights).astype(np.float32), offsets, {})
+    return TokenizedData(
+        None, np.concatenate(seqs).astype(np.int64), np.concatenate(weights).astype(np.float32), offsets, {}
+    )
 
 
 def per_sequence(model, data: TokenizedData) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -114,8 +124,7 @@ def test_boundaries_from_position_ids_alone():
     batch = pack(data, np.arange(3))
     with torch.no_grad():
         with_bounds = model(**attention.forward_kwargs(batch, attention.PACKED)).logits
-        from_positions = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                               use_cache=False).logits
+        from_positions = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
     assert torch.equal(with_bounds, from_positions)
 
 

@@ -23,8 +23,9 @@ def model(tiny_model_dir):
 
 def make_data(seqs: list[list[int]], weights: list[list[float]]) -> TokenizedData:
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
-    return TokenizedData(None, np.concatenate(seqs).astype(np.int64),
-                         np.concatenate(weights).astype(np.float32), offsets, {})
+    return TokenizedData(
+        None, np.concatenate(seqs).astype(np.int64), np.concatenate(weights).astype(np.float32), offsets, {}
+    )
 
 
 def random_data(n: int = 5, seed: int = 0) -> TokenizedData:
@@ -39,8 +40,12 @@ def test_packed_logits_equal_per_sequence_logits(model):
     batch = pack(data, np.arange(len(data)))
     with torch.no_grad():
         packed = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits[0]
-        alone = torch.cat([model(input_ids=torch.from_numpy(data.row(i)[0])[None], use_cache=False).logits[0]
-                           for i in range(len(data))])
+        alone = torch.cat(
+            [
+                model(input_ids=torch.from_numpy(data.row(i)[0])[None], use_cache=False).logits[0]
+                for i in range(len(data))
+            ]
+        )
         # The pitfall this guards against: with a KV cache (the default), sdpa gets a plain causal
         # mask and packed sequences silently attend to each other.
         leaky = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits[0]

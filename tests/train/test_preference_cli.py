@@ -18,8 +18,10 @@ FAST = ("--tokens-per-step", "512", "--log-every", "1", "--state-minutes", "0")
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pairs")
-    return {"train": write_pairs(root / "train.parquet", tiny_tokenizer, color_pairs(96, seed=1, rejected="unsure")),
-            "eval": write_pairs(root / "eval.parquet", tiny_tokenizer, color_pairs(32, seed=2, rejected="unsure"))}
+    return {
+        "train": write_pairs(root / "train.parquet", tiny_tokenizer, color_pairs(96, seed=1, rejected="unsure")),
+        "eval": write_pairs(root / "eval.parquet", tiny_tokenizer, color_pairs(32, seed=2, rejected="unsure")),
+    }
 
 
 def _steps(out: Path) -> list[dict]:
@@ -30,16 +32,19 @@ def test_refuses_mismatched_method_data_and_settings(cli, tiny_model_dir, color_
     def fails(*args) -> str:
         return cli("train", "--model", tiny_model_dir, "--out", tmp_path / "o", *args, expect=2).stderr
 
-    assert "holds conversations, but --method dpo trains on pairs" in fails("--data", color_data["small"],
-                                                                             "--method", "dpo")
+    assert "holds conversations, but --method dpo trains on pairs" in fails(
+        "--data", color_data["small"], "--method", "dpo"
+    )
     assert "holds preference pairs, but --method sft" in fails("--data", pair_files["train"])
-    assert "holds conversations" in fails("--data", pair_files["train"], "--eval-data", color_data["small"],
-                                          "--method", "rm")
+    assert "holds conversations" in fails(
+        "--data", pair_files["train"], "--eval-data", color_data["small"], "--method", "rm"
+    )
     assert "apply to --method dpo only" in fails("--data", pair_files["train"], "--method", "rm", "--beta", "0.2")
     assert "--loss-type must be one of" in fails("--data", pair_files["train"], "--method", "dpo", "--loss-type", "x")
     assert "--method must be one of" in fails("--data", pair_files["train"], "--method", "ppo")
-    assert "pair (chosen + rejected) of" in fails("--data", pair_files["train"], "--method", "dpo",
-                                                  "--tokens-per-step", "40")
+    assert "pair (chosen + rejected) of" in fails(
+        "--data", pair_files["train"], "--method", "dpo", "--tokens-per-step", "40"
+    )
     assert open_catalog().list("runs") == []
 
 
@@ -50,11 +55,15 @@ def test_bad_pairs_file_names_the_pair_and_field(cli, tiny_model_dir, tiny_token
     table = pq.read_table(path)
     weights = table.column("rejected_weights").to_pylist()
     weights[2] = [0.0] * len(weights[2])
-    table = table.set_column(table.schema.get_field_index("rejected_weights"), "rejected_weights",
-                             __import__("pyarrow").array(weights, type=table.schema.field("rejected_weights").type))
+    table = table.set_column(
+        table.schema.get_field_index("rejected_weights"),
+        "rejected_weights",
+        __import__("pyarrow").array(weights, type=table.schema.field("rejected_weights").type),
+    )
     pq.write_table(table, path)
-    err = cli("train", "--model", tiny_model_dir, "--out", tmp_path / "o", "--data", path, "--method", "dpo",
-              expect=2).stderr
+    err = cli(
+        "train", "--model", tiny_model_dir, "--out", tmp_path / "o", "--data", path, "--method", "dpo", expect=2
+    ).stderr
     assert "pair 2: the rejected reply has no token with a non-zero weight" in " ".join(err.split())
 
 
@@ -63,8 +72,23 @@ def test_dpo_trains_resumes_and_raises_held_out_accuracy(cli, tiny_model_dir, pa
     """DPO on ZeRO-2: stopped after 3 steps and resumed, it ends exactly where an uninterrupted run
     does (the reference log-probs are read back, not recomputed), and held-out pairs come out
     ranked right."""
-    args = ("--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
-            "--method", "dpo", "--beta", "0.5", "--lr", "5e-4", "--epochs", "2", *FAST)
+    args = (
+        "--model",
+        tiny_model_dir,
+        "--data",
+        pair_files["train"],
+        "--eval-data",
+        pair_files["eval"],
+        "--method",
+        "dpo",
+        "--beta",
+        "0.5",
+        "--lr",
+        "5e-4",
+        "--epochs",
+        "2",
+        *FAST,
+    )
     whole = tmp_path / "whole"
     cli("train", *args, "--out", whole)
     part = tmp_path / "part"
@@ -94,16 +118,35 @@ def test_dpo_trains_resumes_and_raises_held_out_accuracy(cli, tiny_model_dir, pa
 
 
 @pytest.mark.slow
-def test_reward_model_zero3_is_a_sequence_classification_checkpoint(cli, tiny_model_dir, tiny_tokenizer,
-                                                                    pair_files, tmp_path):
+def test_reward_model_zero3_is_a_sequence_classification_checkpoint(
+    cli, tiny_model_dir, tiny_tokenizer, pair_files, tmp_path
+):
     import torch
     from transformers import AutoModelForSequenceClassification
 
     from openchat_cli.train.pairs import load_pairs
 
     out = tmp_path / "rm"
-    cli("train", "--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
-        "--method", "rm", "--lr", "1e-3", "--epochs", "2", "--zero", "3", *FAST, "--out", out)
+    cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        pair_files["train"],
+        "--eval-data",
+        pair_files["eval"],
+        "--method",
+        "rm",
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--zero",
+        "3",
+        *FAST,
+        "--out",
+        out,
+    )
     catalog = open_catalog()
     run = catalog.get(json.loads((out / "run.json").read_text())["run_id"])
     assert run["metrics"]["eval_accuracy"] >= 0.95
@@ -125,8 +168,10 @@ def test_reward_model_zero3_is_a_sequence_classification_checkpoint(cli, tiny_mo
     # `eval score`: the reward model as a judge with no API, shown by `eval report`
     right_run = _color_answer_run(catalog, "right", correct=True)
     wrong_run = _color_answer_run(catalog, "wrong", correct=False)
-    scored = {name: cli("eval", "score", run_id, "--rm", final["id"], "--json").json()
-              for name, run_id in (("right", right_run), ("wrong", wrong_run))}
+    scored = {
+        name: cli("eval", "score", run_id, "--rm", final["id"], "--json").json()
+        for name, run_id in (("right", right_run), ("wrong", wrong_run))
+    }
     assert scored["right"]["scored"] == scored["wrong"]["scored"] == 16
     assert scored["right"]["mean_ci"][0] > scored["wrong"]["mean_ci"][1]  # correct answers score higher
     report = cli("eval", "report", right_run, wrong_run, "--json").json()
@@ -142,10 +187,25 @@ def _color_answer_run(catalog, name: str, correct: bool) -> str:
     run = catalog.add_eval(kind="answer", name=name, model=name, endpoint="http://x/v1", questions_hash="h")
     for i in range(16):
         animal = sorted(ANIMALS)[i % len(ANIMALS)]
-        catalog.insert("questions", {"eval_id": run, "question_id": f"q{i}", "category": "color",
-                                     "turns": [f"Item {500 + i}: what color is the {animal}?"], "meta": {}})
-        catalog.insert("answers", {"eval_id": run, "question_id": f"q{i}", "model": name,
-                                   "turns": [f"The {animal} is {ANIMALS[animal]}." if correct else unsure(animal)]})
+        catalog.insert(
+            "questions",
+            {
+                "eval_id": run,
+                "question_id": f"q{i}",
+                "category": "color",
+                "turns": [f"Item {500 + i}: what color is the {animal}?"],
+                "meta": {},
+            },
+        )
+        catalog.insert(
+            "answers",
+            {
+                "eval_id": run,
+                "question_id": f"q{i}",
+                "model": name,
+                "turns": [f"The {animal} is {ANIMALS[animal]}." if correct else unsure(animal)],
+            },
+        )
     catalog.update("evals", run, status="completed")
     return run
 
@@ -162,8 +222,27 @@ def test_lora_dpo_and_rm(cli, tiny_model_dir, pair_files, tmp_path):
     """With --lora the reference is the base (adapters off); the RM adapter saves its head too."""
     for method in ("dpo", "rm"):
         out = tmp_path / method
-        cli("train", "--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
-            "--method", method, "--lora", "--lora-r", "8", "--lr", "2e-3", "--epochs", "2", *FAST, "--out", out)
+        cli(
+            "train",
+            "--model",
+            tiny_model_dir,
+            "--data",
+            pair_files["train"],
+            "--eval-data",
+            pair_files["eval"],
+            "--method",
+            method,
+            "--lora",
+            "--lora-r",
+            "8",
+            "--lr",
+            "2e-3",
+            "--epochs",
+            "2",
+            *FAST,
+            "--out",
+            out,
+        )
         metrics = open_catalog().get(json.loads((out / "run.json").read_text())["run_id"])["metrics"]
         assert metrics["eval_accuracy"] > metrics["eval_accuracy_initial"]
         assert metrics["eval_loss_final"] < metrics["eval_loss_initial"]
@@ -177,8 +256,28 @@ def test_dpo_two_ranks_zero3_share_the_reference_pass(cli, tiny_model_dir, pair_
     """Two CPU ranks under ZeRO-3 split the reference pass and all-reduce it: every pair gets its
     reference (so the policy, still equal to it, scores exactly log 2 on held-out pairs)."""
     out = tmp_path / "z3"
-    cli("train", "--model", tiny_model_dir, "--data", pair_files["train"], "--eval-data", pair_files["eval"],
-        "--method", "dpo", "--beta", "0.5", "--lr", "5e-4", "--zero", "3", "--num-gpus", "2", *FAST, "--out", out)
+    cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        pair_files["train"],
+        "--eval-data",
+        pair_files["eval"],
+        "--method",
+        "dpo",
+        "--beta",
+        "0.5",
+        "--lr",
+        "5e-4",
+        "--zero",
+        "3",
+        "--num-gpus",
+        "2",
+        *FAST,
+        "--out",
+        out,
+    )
     metrics = open_catalog().get(json.loads((out / "run.json").read_text())["run_id"])["metrics"]
     assert metrics["eval_loss_initial"] == pytest.approx(np.log(2), abs=1e-6)
     assert metrics["eval_loss_final"] < metrics["eval_loss_initial"]

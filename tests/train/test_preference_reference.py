@@ -21,8 +21,13 @@ TOL = 1e-5
 def _pairs() -> list:
     """Pairs of different lengths, one with a two-turn prompt."""
     pairs = color_pairs(4, seed=11)
-    pairs.append(([Message("user", "Hello!"), Message("assistant", "Hi."), Message("user", "What color is the sea?")],
-                  "The sea is blue, as the sky is.", "Green."))
+    pairs.append(
+        (
+            [Message("user", "Hello!"), Message("assistant", "Hi."), Message("user", "What color is the sea?")],
+            "The sea is blue, as the sky is.",
+            "Green.",
+        )
+    )
     return pairs
 
 
@@ -57,8 +62,13 @@ def _trl_examples(data) -> list[dict]:
         start = int(np.flatnonzero(c_w)[0])
         assert start == int(np.flatnonzero(r_w)[0]) and (c_w[start:] == 1).all() and (r_w[start:] == 1).all()
         assert (c_ids[:start] == r_ids[:start]).all()
-        out.append({"prompt_ids": c_ids[:start].tolist(), "chosen_ids": c_ids[start:].tolist(),
-                    "rejected_ids": r_ids[start:].tolist()})
+        out.append(
+            {
+                "prompt_ids": c_ids[:start].tolist(),
+                "chosen_ids": c_ids[start:].tolist(),
+                "rejected_ids": r_ids[start:].tolist(),
+            }
+        )
     return out
 
 
@@ -78,8 +88,11 @@ def _ours_dpo(policy, ref, impl, data, **loss):
     return float(total.detach()) / n, {k: v / n for k, v in module.reset_totals().items()}
 
 
-@pytest.mark.parametrize("loss", [dict(beta=0.1), dict(beta=0.5, loss_type="ipo"),
-                                  dict(beta=0.2, label_smoothing=0.2)], ids=["sigmoid", "ipo", "cdpo"])
+@pytest.mark.parametrize(
+    "loss",
+    [dict(beta=0.1), dict(beta=0.5, loss_type="ipo"), dict(beta=0.2, label_smoothing=0.2)],
+    ids=["sigmoid", "ipo", "cdpo"],
+)
 def test_dpo_matches_trl(loss, pair_data, tiny_model_dir, tiny_tokenizer, tmp_path):
     from trl import DPOConfig, DPOTrainer
 
@@ -91,20 +104,37 @@ def test_dpo_matches_trl(loss, pair_data, tiny_model_dir, tiny_tokenizer, tmp_pa
     # batch-sorted log-ratios, which for a one-pair batch is exactly cDPO: compare pair by pair.
     cdpo = bool(loss.get("label_smoothing"))
     trl_policy, trl_ref, _ = _policy_and_reference(tiny_model_dir)
-    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=loss["beta"], loss_type=["aot" if cdpo else
-                     loss.get("loss_type", "sigmoid")], label_smoothing=loss.get("label_smoothing", 0.0),
-                     report_to="none", per_device_train_batch_size=len(examples), bf16=False, use_cpu=True)
-    trainer = DPOTrainer(model=trl_policy, ref_model=trl_ref, args=args, train_dataset=_text_dataset(),
-                         processing_class=tiny_tokenizer)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        beta=loss["beta"],
+        loss_type=["aot" if cdpo else loss.get("loss_type", "sigmoid")],
+        label_smoothing=loss.get("label_smoothing", 0.0),
+        report_to="none",
+        per_device_train_batch_size=len(examples),
+        bf16=False,
+        use_cpu=True,
+    )
+    trainer = DPOTrainer(
+        model=trl_policy, ref_model=trl_ref, args=args, train_dataset=_text_dataset(), processing_class=tiny_tokenizer
+    )
     trainer.model.train()
     batches = [[e] for e in examples] if cdpo else [examples]
     losses = [float(trainer._compute_loss(trainer.model, trainer.data_collator(b), False)) * len(b) for b in batches]
-    trl_metrics = {k: np.average(v, weights=[len(b) for b in batches]) for k, v in trainer._metrics["train"].items()
-                   if k.startswith(("rewards/", "logps/"))}
+    trl_metrics = {
+        k: np.average(v, weights=[len(b) for b in batches])
+        for k, v in trainer._metrics["train"].items()
+        if k.startswith(("rewards/", "logps/"))
+    }
 
     assert abs(ours - sum(losses) / len(examples)) < TOL
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "logps/chosen", "logps/rejected"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         assert abs(metrics[key] - trl_metrics[key]) < TOL, key
     assert abs(metrics["rewards/margins"]) > 1e-3  # the policy really differs from the reference
 
@@ -121,20 +151,31 @@ def test_reward_model_loss_matches_trl(pair_data, tiny_model_dir, tiny_tokenizer
     rewards = module(pack_pairs(pair_data, pairs, output="rewards")).detach().double()
 
     trl_model, _, _ = _policy_and_reference(tiny_model_dir, AutoModelForSequenceClassification, **kwargs)
-    args = RewardConfig(output_dir=str(tmp_path / "trl"), report_to="none", bf16=False, use_cpu=True,
-                        per_device_train_batch_size=len(pairs))
-    trainer = RewardTrainer(model=trl_model, args=args, train_dataset=_text_dataset().remove_columns("prompt"),
-                            processing_class=tiny_tokenizer)
-    examples = [{"chosen_ids": pair_data.row(2 * i)[0].tolist(), "rejected_ids": pair_data.row(2 * i + 1)[0].tolist()}
-                for i in pairs]
+    args = RewardConfig(
+        output_dir=str(tmp_path / "trl"),
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        per_device_train_batch_size=len(pairs),
+    )
+    trainer = RewardTrainer(
+        model=trl_model,
+        args=args,
+        train_dataset=_text_dataset().remove_columns("prompt"),
+        processing_class=tiny_tokenizer,
+    )
+    examples = [
+        {"chosen_ids": pair_data.row(2 * i)[0].tolist(), "rejected_ids": pair_data.row(2 * i + 1)[0].tolist()}
+        for i in pairs
+    ]
     inputs = trainer.data_collator(examples)
     trainer.model.train()
     theirs = float(trainer.compute_loss(trainer.model, dict(inputs)))
     with torch.no_grad():
         trl_rewards = trainer.model(**{k: v for k, v in inputs.items() if k != "margin"}).logits.squeeze(-1).double()
     assert abs(ours - theirs) < TOL
-    assert torch.allclose(rewards[0::2], trl_rewards[:len(pairs)], atol=TOL)
-    assert torch.allclose(rewards[1::2], trl_rewards[len(pairs):], atol=TOL)
+    assert torch.allclose(rewards[0::2], trl_rewards[: len(pairs)], atol=TOL)
+    assert torch.allclose(rewards[1::2], trl_rewards[len(pairs) :], atol=TOL)
 
 
 def test_packed_dpo_equals_unpacked(pair_data, tiny_model_dir):

@@ -43,7 +43,7 @@ def test_packing_is_efficient_and_beats_padded_batches():
     # Naive: batches of the same average token budget, padded to their longest sequence.
     per_batch = int(4096 // lengths.mean())
     order = np.random.default_rng(0).permutation(len(lengths))
-    batches = [lengths[order[i:i + per_batch]] for i in range(0, len(order), per_batch)]
+    batches = [lengths[order[i : i + per_batch]] for i in range(0, len(order), per_batch)]
     padded = sum(b.sum() for b in batches) / sum(len(b) * b.max() for b in batches)
     assert sampler.efficiency() > padded + 0.3
 

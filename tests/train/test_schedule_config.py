@@ -44,8 +44,7 @@ def test_auto_lr_follows_openchat_rule():
 
 def test_yaml_then_flags(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("model: m\ndata: d.parquet\nout: runs/x\nlr: 1e-4\ntokens-per-step: 4096\n"
-                    "epochs: 3\nlora: true\n")
+    path.write_text("model: m\ndata: d.parquet\nout: runs/x\nlr: 1e-4\ntokens-per-step: 4096\nepochs: 3\nlora: true\n")
     cfg = merge({"epochs": 5, "lr": None, "seed": 1}, {"epochs"}, load_yaml(path))
     assert cfg.epochs == 5  # typed flag wins
     assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)  # YAML's "1e-4" string becomes a float
@@ -72,8 +71,14 @@ def test_yaml_errors(tmp_path):
 def test_micro_batches_and_validation():
     cfg = TrainConfig(model="m", data="d", out="o", tokens_per_step=1000, micro_tokens=300)
     assert cfg.micro_capacity == 300 and cfg.micro_steps == 4
-    for bad in ({"zero": 4}, {"warmup_ratio": 1.0}, {"lr": -1.0}, {"precision": "fp8"},
-                {"offload": True, "zero": 0}, {"epochs": 0}):
+    for bad in (
+        {"zero": 4},
+        {"warmup_ratio": 1.0},
+        {"lr": -1.0},
+        {"precision": "fp8"},
+        {"offload": True, "zero": 0},
+        {"epochs": 0},
+    ):
         with pytest.raises(OpenchatError):
             TrainConfig(model="m", data="d", out="o", **bad).validate()
     with pytest.raises(OpenchatError, match="missing --data"):

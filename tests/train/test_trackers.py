@@ -17,19 +17,41 @@ EVENTS = [
     {"event": "start", "total": 10, "start": 0},
     {"event": "eval", "step": 0, "eval_loss": 5.5, "tag": "eval_loss_initial"},
     {"event": "step", "step": 1, "loss": 9.0},  # per-step events are the views'; trackers log points
-    {"event": "point", "step": 5, "epoch": 1, "loss": 2.5, "lr": 0.001, "tokens_per_s": 1800.0,
-     "packing_efficiency": 0.9, "rewards/margins": 0.25, "kl": 0.01},
-    {"event": "point", "step": 10, "epoch": 2, "loss": 1.25, "lr": 0.0005, "tokens_per_s": 2000.0,
-     "packing_efficiency": 0.95, "rewards/margins": 0.5, "kl": 0.02},
+    {
+        "event": "point",
+        "step": 5,
+        "epoch": 1,
+        "loss": 2.5,
+        "lr": 0.001,
+        "tokens_per_s": 1800.0,
+        "packing_efficiency": 0.9,
+        "rewards/margins": 0.25,
+        "kl": 0.01,
+    },
+    {
+        "event": "point",
+        "step": 10,
+        "epoch": 2,
+        "loss": 1.25,
+        "lr": 0.0005,
+        "tokens_per_s": 2000.0,
+        "packing_efficiency": 0.95,
+        "rewards/margins": 0.5,
+        "kl": 0.02,
+    },
     {"event": "eval", "step": 10, "eval_loss": 0.75, "tag": "eval_loss_final", "rewards/accuracies": 0.625},
     {"event": "note", "text": "saved"},
     {"event": "end"},
 ]
 EXPECTED = {  # name -> [(step, value)] every tracker must hold
-    "train/loss": [(5, 2.5), (10, 1.25)], "train/lr": [(5, 0.001), (10, 0.0005)],
-    "train/epoch": [(5, 1), (10, 2)], "train/tokens_per_s": [(5, 1800), (10, 2000)],
-    "train/packing_efficiency": [(5, 0.9), (10, 0.95)], "train/rewards/margins": [(5, 0.25), (10, 0.5)],
-    "train/kl": [(5, 0.01), (10, 0.02)], "eval/loss": [(0, 5.5), (10, 0.75)],
+    "train/loss": [(5, 2.5), (10, 1.25)],
+    "train/lr": [(5, 0.001), (10, 0.0005)],
+    "train/epoch": [(5, 1), (10, 2)],
+    "train/tokens_per_s": [(5, 1800), (10, 2000)],
+    "train/packing_efficiency": [(5, 0.9), (10, 0.95)],
+    "train/rewards/margins": [(5, 0.25), (10, 0.5)],
+    "train/kl": [(5, 0.01), (10, 0.02)],
+    "eval/loss": [(0, 5.5), (10, 0.75)],
     "eval/rewards/accuracies": [(10, 0.625)],  # a preference method's held-out figure
 }
 
@@ -51,7 +73,9 @@ def assert_series(found: dict[str, list[tuple[int, float]]]) -> None:
 
 def test_names_are_checked():
     assert trackers.chosen(["none"]) == [] and trackers.chosen(["tensorboard,wandb", "tensorboard"]) == [
-        "tensorboard", "wandb"]
+        "tensorboard",
+        "wandb",
+    ]
     with pytest.raises(OpenchatError, match="unknown tracker 'comet'"):
         trackers.chosen(["comet"])
 
@@ -94,8 +118,12 @@ def test_mlflow_file_store_holds_metrics_params_and_the_run_id(tmp_path, opencha
     (run,) = client.search_runs([experiment.experiment_id], "tags.openchat_run_id = 'run-0a1b2c'")
     assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.001"
     assert run.data.params["run_id"] == "run-0a1b2c" and run.data.params["report_to"] == "tensorboard"
-    assert_series({name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
-                   for name in run.data.metrics})
+    assert_series(
+        {
+            name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+            for name in run.data.metrics
+        }
+    )
     # --resume carries on in the same MLflow run
     feed(["mlflow"], tmp_path)
     assert len(client.search_runs([experiment.experiment_id], "tags.openchat_run_id = 'run-0a1b2c'")) == 1
@@ -115,8 +143,8 @@ def wandb_records(path: Path):
         if room < 7:  # the block's tail is padding
             pos += room
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 2):
             pending = chunk
@@ -150,22 +178,34 @@ def test_wandb_offline_run_file_holds_history_and_config(tmp_path, monkeypatch):
     assert config["run_id"] == "run-0a1b2c" and config["lr"] == 0.001
 
 
-def test_a_missing_tracker_library_is_reported_before_the_run_is_registered(cli, tiny_model_dir, tmp_path,
-                                                                            monkeypatch):
+def test_a_missing_tracker_library_is_reported_before_the_run_is_registered(cli, tiny_model_dir, tmp_path, monkeypatch):
     from store.catalog import open_catalog
 
     monkeypatch.setitem(trackers.REQUIREMENTS, "wandb", ("openchat_not_installed_module", "wandb"))
-    err = cli("train", "--model", tiny_model_dir, "--data", tmp_path / "none.parquet", "--out", tmp_path / "o",
-              "--report-to", "wandb", expect=2).stderr
+    err = cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        tmp_path / "none.parquet",
+        "--out",
+        tmp_path / "o",
+        "--report-to",
+        "wandb",
+        expect=2,
+    ).stderr
     assert "--report-to wandb: not installed here" in " ".join(err.split()) and "pip install wandb" in err
-    assert "unknown tracker 'tb'" in cli("train", "--model", tiny_model_dir, "--out", tmp_path / "o",
-                                         "--report-to", "tb", expect=2).stderr
+    assert (
+        "unknown tracker 'tb'"
+        in cli("train", "--model", tiny_model_dir, "--out", tmp_path / "o", "--report-to", "tb", expect=2).stderr
+    )
     assert open_catalog().list("runs") == []
 
 
 @pytest.mark.slow
 def test_train_json_lines_tensorboard_and_mlflow_agree_with_the_catalog_across_a_resume(
-        cli, tiny_model_dir, color_data, tmp_path, openchat_home, monkeypatch):
+    cli, tiny_model_dir, color_data, tmp_path, openchat_home, monkeypatch
+):
     """A real run (stopped after 5 steps, then resumed): its --json lines, its TensorBoard and
     MLflow records and `catalog plot` all hold the catalog's curve and held-out losses."""
     pytest.importorskip("tensorboard")
@@ -175,9 +215,32 @@ def test_train_json_lines_tensorboard_and_mlflow_agree_with_the_catalog_across_a
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
-    first = cli("train", "--model", tiny_model_dir, "--data", color_data["small"], "--eval-data", color_data["eval"],
-                "--out", out, "--tokens-per-step", "256", "--lr", "3e-3", "--log-every", "2", "--eval-every", "4",
-                "--report-to", "tensorboard", "--report-to", "mlflow", "--stop-after", "5", "--json")
+    first = cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        color_data["small"],
+        "--eval-data",
+        color_data["eval"],
+        "--out",
+        out,
+        "--tokens-per-step",
+        "256",
+        "--lr",
+        "3e-3",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "4",
+        "--report-to",
+        "tensorboard",
+        "--report-to",
+        "mlflow",
+        "--stop-after",
+        "5",
+        "--json",
+    )
     lines = [json.loads(line) for line in first.stdout.splitlines()]
     assert lines[0]["event"] == "start" and lines[0]["start"] == 0 and lines[-1]["event"] == "run"
     total = lines[0]["total"]
@@ -208,8 +271,9 @@ def test_train_json_lines_tensorboard_and_mlflow_agree_with_the_catalog_across_a
     assert {"train/lr", "train/tokens_per_s", "train/packing_efficiency", "train/epoch"} <= set(acc.Tags()["scalars"])
 
     client = MlflowClient(tracking_uri=(openchat_home / "mlruns").as_uri())
-    (mlrun,) = client.search_runs([client.get_experiment_by_name("openchat").experiment_id],
-                                  f"tags.openchat_run_id = '{run['id']}'")
+    (mlrun,) = client.search_runs(
+        [client.get_experiment_by_name("openchat").experiment_id], f"tags.openchat_run_id = '{run['id']}'"
+    )
     assert mlrun.info.status == "FINISHED"
     ml_eval = {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, "eval/loss")}
     assert ml_eval == pytest.approx(evals, rel=1e-6)

@@ -49,10 +49,15 @@ def test_refuses_bad_model_and_out(cli, tiny_model_dir, color_data, tmp_path):
     err = cli("train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", busy, expect=2).stderr
     assert "--force" in err
     (tmp_path / "a-file").write_text("x")
-    err = cli("train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", tmp_path / "a-file", expect=2).stderr
+    err = cli(
+        "train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", tmp_path / "a-file", expect=2
+    ).stderr
     assert "cannot use" in err and "a-file" in err
     assert "nothing to resume" in cli("train", "--out", tmp_path / "empty", "--resume", expect=2).stderr
-    assert "only --out, --stop-after, --state-minutes and --report-to" in cli("train", "--out", busy, "--resume", "--lr", "1", expect=2).stderr
+    assert (
+        "only --out, --stop-after, --state-minutes and --report-to"
+        in cli("train", "--out", busy, "--resume", "--lr", "1", expect=2).stderr
+    )
     assert "missing --model" in cli("train", "--data", color_data["train"], "--out", tmp_path / "o", expect=2).stderr
 
 
@@ -66,8 +71,7 @@ def test_non_finite_loss_fails_the_run(cli, tiny_model_dir, color_data, tmp_path
     key = next(k for k in weights if "norm" in k)
     weights[key] = torch.full_like(weights[key], float("nan"))
     save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
-    result = cli("train", "--model", broken, "--data", color_data["small"], "--out", tmp_path / "o",
-                 *FAST, expect=None)
+    result = cli("train", "--model", broken, "--data", color_data["small"], "--out", tmp_path / "o", *FAST, expect=None)
     assert result.exit_code != 0
     assert "rank 0 failed" in result.stderr
     (run,) = open_catalog().list("runs")
@@ -77,15 +81,16 @@ def test_non_finite_loss_fails_the_run(cli, tiny_model_dir, color_data, tmp_path
 
 # -- training ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_tokenizer, color_data, tmp_path,
-                                                    capfd):
+def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_tokenizer, color_data, tmp_path, capfd):
     """The done criterion: a few hundred steps on CPU clearly lower the held-out loss, and the
     trained model answers held-out questions correctly."""
     catalog = open_catalog()
     ds = catalog.add_dataset(name="color-train", path=color_data["train"], format="tokenized")
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {tiny_model_dir}\ndata: {ds}\neval-data: {color_data['eval']}\n"
-                      "epochs: 2\ntokens_per_step: 512\nlr: 3e-3\nsave-every: 100\nlog-every: 20\n")
+    config.write_text(
+        f"model: {tiny_model_dir}\ndata: {ds}\neval-data: {color_data['eval']}\n"
+        "epochs: 2\ntokens_per_step: 512\nlr: 3e-3\nsave-every: 100\nlog-every: 20\n"
+    )
     out = tmp_path / "run"
     result = cli("train", "--config", config, "--out", out, "--seed", "3")
     shown = " ".join((result.stderr + "".join(capfd.readouterr())).split())  # what the command showed, unwrapped
@@ -104,8 +109,10 @@ def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_t
     assert all(0.85 < p["packing_efficiency"] <= 1 and p["tokens_per_s"] > 0 for p in curve)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 200
-    print(f"held-out loss {metrics['eval_loss_initial']:.4f} -> {metrics['eval_loss_final']:.4f} "
-          f"in {len(steps)} steps, packing {metrics['packing_efficiency']:.1%}")
+    print(
+        f"held-out loss {metrics['eval_loss_initial']:.4f} -> {metrics['eval_loss_final']:.4f} "
+        f"in {len(steps)} steps, packing {metrics['packing_efficiency']:.1%}"
+    )
 
     checkpoints = {r["name"]: r for r in catalog.list("checkpoints")}
     assert set(checkpoints) == {"step-000100", "step-000200", "final"}
@@ -115,7 +122,11 @@ def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_t
     assert {a["id"] for a in catalog.lineage(final["id"])["ancestors"]} >= {run_id, ds}
     meta = read_meta(out / "final")
     assert (meta["template"], meta["run_id"], meta["dataset_id"], meta["checkpoint_id"]) == (
-        "openchat_3.5", run_id, ds, final["id"])
+        "openchat_3.5",
+        run_id,
+        ds,
+        final["id"],
+    )
     assert not (out / "state").exists()  # nothing left to resume
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -128,11 +139,13 @@ def test_learns_held_out_task_and_records_everything(cli, tiny_model_dir, tiny_t
     template = get_template("openchat_3.5")
     right = 0
     for animal, color in (("fox", "red"), ("sea", "blue"), ("dog", "brown"), ("chat", "pink")):
-        prompt = template.encode_prompt(tokenizer, Conversation([Message("user", f"Item 4321: what color is the {animal}?")]))
+        prompt = template.encode_prompt(
+            tokenizer, Conversation([Message("user", f"Item 4321: what color is the {animal}?")])
+        )
         import torch
 
         generated = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
-        reply = tokenizer.decode(generated[0, len(prompt):], skip_special_tokens=True)
+        reply = tokenizer.decode(generated[0, len(prompt) :], skip_special_tokens=True)
         right += reply.strip().startswith(f"The {animal} is {color}.")
     assert right >= 3
 
@@ -141,8 +154,23 @@ def test_zero3_with_offload_trains_and_saves_full_weights(cli, tiny_model_dir, c
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "z3"
-    cli("train", "--model", tiny_model_dir, "--data", color_data["train"], "--out", out, *FAST,
-        "--zero", "3", "--offload", "--micro-tokens", "256", "--stop-after", "12")
+    cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        color_data["train"],
+        "--out",
+        out,
+        *FAST,
+        "--zero",
+        "3",
+        "--offload",
+        "--micro-tokens",
+        "256",
+        "--stop-after",
+        "12",
+    )
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == 12 and steps[-1]["loss"] < steps[0]["loss"] - 1.0
     trained = AutoModelForCausalLM.from_pretrained(str(out / "step-000012"))

@@ -15,9 +15,20 @@ from openchat_cli.train.watch import EventFollower, JsonView, LiveView, PlainVie
 
 def step_record(step: int, loss: float, **extra) -> dict:
     """What loop.py hands the reporter per optimizer step (plus a preference method's extras)."""
-    return {"step": step, "epoch": 1 + (step > 4), "loss": loss, "lr": 1e-3 * step, "tokens": 900,
-            "seconds": 0.5, "tokens_per_s": 1800.0, "capacity": 1000, "packing_efficiency": 0.9,
-            "rank_tokens": [450, 450], "weight": 300.0, **extra}
+    return {
+        "step": step,
+        "epoch": 1 + (step > 4),
+        "loss": loss,
+        "lr": 1e-3 * step,
+        "tokens": 900,
+        "seconds": 0.5,
+        "tokens_per_s": 1800.0,
+        "capacity": 1000,
+        "packing_efficiency": 0.9,
+        "rank_tokens": [450, 450],
+        "weight": 300.0,
+        **extra,
+    }
 
 
 def run_reporter(out, steps: int = 8, log_every: int = 4, **extra_per_step) -> Reporter:
@@ -32,8 +43,10 @@ def run_reporter(out, steps: int = 8, log_every: int = 4, **extra_per_step) -> R
 
 
 def test_curve_points_average_every_numeric_key_including_a_methods_own():
-    window = [step_record(1, 2.0, **{"rewards/margins": 0.5, "kl": 0.1}),
-              step_record(2, 1.0, **{"rewards/margins": 1.5, "kl": 0.3, "reward": 7})]
+    window = [
+        step_record(1, 2.0, **{"rewards/margins": 0.5, "kl": 0.1}),
+        step_record(2, 1.0, **{"rewards/margins": 1.5, "kl": 0.3, "reward": 7}),
+    ]
     window[1]["tokens"], window[1]["seconds"] = 700, 1.5
     point = summarize(window)
     assert point["step"] == 2 and point["epoch"] == 1 and point["lr"] == pytest.approx(2e-3)  # the last step's
@@ -79,7 +92,7 @@ def test_live_view_renders_progress_eta_and_a_methods_metrics(tmp_path):
     ema = 0.0
     for loss in losses:
         ema = 0.9 * ema + 0.1 * loss
-    assert f"loss {ema / (1 - 0.9 ** 8):.4f}" in bar
+    assert f"loss {ema / (1 - 0.9**8):.4f}" in bar
     assert "epoch 2/2" in bar and "lr 8.00e-03" in bar and "1,800 tok/s" in bar and "pack 90%" in bar
     assert "ETA" in bar
     assert "rewards/margins 2.0000" in text and "kl 0.0800" in text  # the method's own, under the bar

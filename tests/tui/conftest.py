@@ -50,8 +50,7 @@ def make_app(catalog: Catalog, fake_server: FakeServer) -> Callable:
     return make
 
 
-async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 10.0,
-                   what: str = "condition") -> None:
+async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     """Let the app run until `condition()` holds."""
     deadline = time.monotonic() + timeout
     while not condition():

@@ -29,13 +29,11 @@ from aiohttp import web
 from tests.fake_openai import LoopbackServer, openai_error
 
 MODELS = ["fake-model", "other-model"]
-REPLY = ("Hello! I am a **scripted** model.\n\n"
-         "```python\nprint('hello world')\n```\n\n"
-         "- one\n- two\n")
+REPLY = "Hello! I am a **scripted** model.\n\n```python\nprint('hello world')\n```\n\n- one\n- two\n"
 
 
 def chunks_of(text: str, size: int = 6) -> list[str]:
-    return [text[i:i + size] for i in range(0, len(text), size)]
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 class FakeServer(LoopbackServer):
@@ -64,8 +62,12 @@ class FakeServer(LoopbackServer):
     async def models(self, request: web.Request) -> web.Response:
         if self._auth_failed(request):
             return openai_error(401, "Invalid API key", "invalid_api_key")
-        return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "openchat"} for m in MODELS]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "openchat"} for m in MODELS],
+            }
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if self._auth_failed(request):
@@ -75,18 +77,19 @@ class FakeServer(LoopbackServer):
         model = body.get("model")
         if model not in MODELS:
             return openai_error(404, f"The model '{model}' does not exist", "model_not_found", "model")
-        last = next((m["content"] for m in reversed(body.get("messages", []))
-                     if m.get("role") == "user"), "")
+        last = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
         if "TOO_LONG" in last:
-            return openai_error(400, "This model's maximum context length is 2048 tokens, but the "
-                              "messages resulted in 9000 tokens.", "context_length_exceeded",
-                         "messages")
+            return openai_error(
+                400,
+                "This model's maximum context length is 2048 tokens, but the messages resulted in 9000 tokens.",
+                "context_length_exceeded",
+                "messages",
+            )
         delay = self.chunk_delay
         prompt = " ".join(str(m.get("content")) for m in body.get("messages", []))
         if "[[A]]" in prompt and "[[B]]" in prompt:  # a pairwise judge prompt
             winner = "A" if len(prompt) % 3 else "B"
-            pieces = chunks_of(f"Assistant {winner} follows the user's instructions better.\n\n"
-                               f"[[{winner}]]")
+            pieces = chunks_of(f"Assistant {winner} follows the user's instructions better.\n\n[[{winner}]]")
         elif "[[rating]]" in prompt or "Rating: [[" in prompt:  # a single-answer judge prompt
             pieces = chunks_of(f"A helpful answer. Rating: [[{len(prompt) % 10 + 1}]]")
         elif "SLOW" in last:
@@ -97,19 +100,33 @@ class FakeServer(LoopbackServer):
             pieces = chunks_of(self.reply or REPLY)
         if not body.get("stream"):
             self.completed += 1
-            return web.json_response({
-                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                "model": model, "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant", "content": "".join(pieces)}}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)}})
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "".join(pieces)},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)},
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
 
         def event(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
-            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": model,
-                     "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             if usage:
                 chunk["usage"] = usage
             return f"data: {json.dumps(chunk)}\n\n".encode()
@@ -121,8 +138,9 @@ class FakeServer(LoopbackServer):
                     await asyncio.sleep(delay)
                 await response.write(event({"content": piece}))
             await response.write(event({}, "stop"))
-            await response.write(event({}, usage={"prompt_tokens": 5, "completion_tokens": len(pieces),
-                                                  "total_tokens": 5 + len(pieces)}))
+            await response.write(
+                event({}, usage={"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)})
+            )
             await response.write(b"data: [DONE]\n\n")
             self.completed += 1
         except asyncio.CancelledError:

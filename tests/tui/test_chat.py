@@ -25,8 +25,7 @@ def chat_screen(app) -> ChatScreen:
 async def ready(pilot) -> ChatScreen:
     """Wait until the model list came back (or failed)."""
     screen = chat_screen(pilot.app)
-    await wait_for(pilot, lambda: screen.models is not None or screen.last_error is not None,
-                   what="the model list")
+    await wait_for(pilot, lambda: screen.models is not None or screen.last_error is not None, what="the model list")
     return screen
 
 
@@ -45,8 +44,7 @@ def replies(screen) -> list[MessageView]:
 
 
 async def test_send_message_and_see_streamed_reply(make_app, fake_server, catalog):
-    settings = ChatSettings(system="Be brief.", condition="GPT4 Correct", temperature=0.3,
-                            max_tokens=50)
+    settings = ChatSettings(system="Be brief.", condition="GPT4 Correct", temperature=0.3, max_tokens=50)
     app = make_app(settings=settings)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await ready(pilot)
@@ -63,24 +61,29 @@ async def test_send_message_and_see_streamed_reply(make_app, fake_server, catalo
     assert request["stream"] is True
     assert request["condition"] == "GPT4 Correct"  # OpenChat's condition, sent in extra_body
     assert request["temperature"] == 0.3 and request["max_tokens"] == 50
-    assert request["messages"] == [{"role": "system", "content": "Be brief."},
-                                   {"role": "user", "content": "Hello there"}]
+    assert request["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there"},
+    ]
     chats = catalog.list("chats")
     assert len(chats) == 1
     chat = chats[0]
     assert chat["title"] == "Hello there" and chat["condition"] == "GPT4 Correct"
     assert chat["settings"] == {"temperature": 0.3, "max_tokens": 50}
     messages = catalog.chat_messages(chat["id"])
-    assert [(m["role"], m["content"]) for m in messages] == [("user", "Hello there"),
-                                                            ("assistant", REPLY)]
+    assert [(m["role"], m["content"]) for m in messages] == [("user", "Hello there"), ("assistant", REPLY)]
     assert messages[1]["meta"]["finish_reason"] == "stop"
     assert messages[1]["meta"]["model"] == "fake-model"
 
 
 async def test_multi_turn_and_reopen_saved_chat(make_app, fake_server, catalog):
-    chat_id = catalog.add_chat(title="Earlier chat", endpoint=fake_server.base_url,
-                               model="fake-model", system="You are terse.",
-                               settings={"temperature": 0.0, "max_tokens": 64})
+    chat_id = catalog.add_chat(
+        title="Earlier chat",
+        endpoint=fake_server.base_url,
+        model="fake-model",
+        system="You are terse.",
+        settings={"temperature": 0.0, "max_tokens": 64},
+    )
     catalog.add_chat_message(chat_id, "user", "First question")
     catalog.add_chat_message(chat_id, "assistant", "First answer", {"model": "fake-model"})
     other = catalog.add_chat(title="Another chat", endpoint=None, model="fake-model")
@@ -124,8 +127,9 @@ async def test_stop_mid_stream_keeps_partial_reply(make_app, fake_server, catalo
         screen = await ready(pilot)
         before = fake_server.disconnects
         await send(pilot, "Tell me something SLOW", wait=False)
-        await wait_for(pilot, lambda: replies(screen) and replies(screen)[-1].content.count("word") >= 3,
-                       what="a few words")
+        await wait_for(
+            pilot, lambda: replies(screen) and replies(screen)[-1].content.count("word") >= 3, what="a few words"
+        )
         assert screen.streaming  # the reply shows while it streams
         assert screen.check_action("stop", ()) is True  # "esc Stop" is in the footer now
         await pilot.press("escape")
@@ -175,11 +179,14 @@ async def test_server_down_then_retry(make_app, catalog):
     assert [m["role"] for m in messages] == ["user", "assistant"]
 
 
-@pytest.mark.parametrize("kwargs, text, kind, words", [
-    ({"api_key": "bad-key"}, "hello", "auth", "401"),
-    ({"model": "gone-model"}, "hello", "not_found", "404"),
-    ({}, "TOO_LONG " * 20, "context", "maximum context length"),
-])
+@pytest.mark.parametrize(
+    "kwargs, text, kind, words",
+    [
+        ({"api_key": "bad-key"}, "hello", "auth", "401"),
+        ({"model": "gone-model"}, "hello", "not_found", "404"),
+        ({}, "TOO_LONG " * 20, "context", "maximum context length"),
+    ],
+)
 async def test_http_errors_are_shown_not_raised(make_app, kwargs, text, kind, words):
     app = make_app(**kwargs)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -292,8 +299,7 @@ async def test_model_picker_and_help(make_app, fake_server):
         await pilot.press("ctrl+l")
         await wait_for(pilot, lambda: pilot.app.screen is not screen, what="the picker")
         picker = pilot.app.screen.query_one(OptionList)
-        assert [picker.get_option_at_index(i).id for i in range(picker.option_count)] == [
-            "fake-model", "other-model"]
+        assert [picker.get_option_at_index(i).id for i in range(picker.option_count)] == ["fake-model", "other-model"]
         await pilot.press("down", "enter")
         await wait_for(pilot, lambda: screen.model == "other-model", what="the model switch")
         await send(pilot, "Hi")

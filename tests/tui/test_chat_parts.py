@@ -23,8 +23,9 @@ from tui.widgets.messages import FLUSH_S, MessageView
 
 def test_chat_store_round_trip(catalog, seeded):
     store = ChatStore(catalog)
-    chat_id = store.create(title="t", endpoint="http://x/v1", model="m", system="sys",
-                           condition=None, settings={"temperature": 0.2})
+    chat_id = store.create(
+        title="t", endpoint="http://x/v1", model="m", system="sys", condition=None, settings={"temperature": 0.2}
+    )
     store.add_message(chat_id, "system", "not shown")
     store.add_message(chat_id, "user", "hi")
     store.add_message(chat_id, "assistant", "hello", {"model": "m", "stopped": True})
@@ -32,8 +33,7 @@ def test_chat_store_round_trip(catalog, seeded):
     store.set_model(chat_id, "m2")
     chat = store.open(chat_id[:9])
     assert chat.id == chat_id and chat.title == "renamed" and chat.row["model"] == "m2"
-    assert chat.history() == [{"role": "user", "content": "hi"},
-                              {"role": "assistant", "content": "hello"}]
+    assert chat.history() == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert chat.shown()[1]["meta"] == {"model": "m", "stopped": True}
     assert [r["id"] for r in store.recent()] == [chat_id]
     with pytest.raises(CatalogError, match="not a chat id"):
@@ -52,11 +52,9 @@ def test_line_breaks_are_the_same_streamed_or_whole():
 @pytest.mark.asyncio
 async def test_chat_list_keys_open_rename_delete(make_app, catalog):
     store = ChatStore(catalog)
-    older = store.create(title="older", endpoint=None, model="fake-model", system=None,
-                         condition=None, settings={})
+    older = store.create(title="older", endpoint=None, model="fake-model", system=None, condition=None, settings={})
     store.add_message(older, "user", "the older chat")
-    newer = store.create(title="newer", endpoint=None, model="fake-model", system=None,
-                         condition=None, settings={})
+    newer = store.create(title="newer", endpoint=None, model="fake-model", system=None, condition=None, settings={})
     app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:
         screen = app.screen

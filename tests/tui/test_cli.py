@@ -7,8 +7,17 @@ from tests.tui import seed
 
 def test_chat_help_lists_options(cli):
     out = cli("chat", "--help").stdout
-    for option in ("--endpoint", "--model", "--api-key", "--system", "--condition",
-                   "--temperature", "--max-tokens", "--verdicts", "--chat"):
+    for option in (
+        "--endpoint",
+        "--model",
+        "--api-key",
+        "--system",
+        "--condition",
+        "--temperature",
+        "--max-tokens",
+        "--verdicts",
+        "--chat",
+    ):
         assert option in out
     assert "http://127.0.0.1:18888/v1" in out
 

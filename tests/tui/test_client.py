@@ -11,23 +11,26 @@ from tui.client import ChatClient, ChatError, ReplyInfo
 from tui.markdown_text import LineBreaks, with_line_breaks
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("127.0.0.1:18888", "http://127.0.0.1:18888/v1"),
-    ("http://127.0.0.1:18888/", "http://127.0.0.1:18888/v1"),
-    ("http://127.0.0.1:18888/v1/", "http://127.0.0.1:18888/v1"),
-    ("https://example.org/openai/v1", "https://example.org/openai/v1"),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("127.0.0.1:18888", "http://127.0.0.1:18888/v1"),
+        ("http://127.0.0.1:18888/", "http://127.0.0.1:18888/v1"),
+        ("http://127.0.0.1:18888/v1/", "http://127.0.0.1:18888/v1"),
+        ("https://example.org/openai/v1", "https://example.org/openai/v1"),
+    ],
+)
 def test_normalize_endpoint(given, expected):
     assert normalize_endpoint(given) == expected
 
 
 def test_line_breaks_outside_code_only():
     text = "roses are red\nviolets are blue\n\n```py\nx = 1\ny = 2\n```\n- a\n- b"
-    expected = ("roses are red  \nviolets are blue  \n\n```py\nx = 1\ny = 2\n```\n- a  \n- b")
+    expected = "roses are red  \nviolets are blue  \n\n```py\nx = 1\ny = 2\n```\n- a  \n- b"
     assert with_line_breaks(text) == expected
     # Fed in arbitrary fragments, a stream gives the same text.
     breaks = LineBreaks()
-    assert "".join(breaks.feed(text[i:i + 3]) for i in range(0, len(text), 3)) == expected
+    assert "".join(breaks.feed(text[i : i + 3]) for i in range(0, len(text), 3)) == expected
 
 
 async def _collect(client, **kwargs):
@@ -41,9 +44,14 @@ async def test_models_stream_and_errors(fake_server):
     client = ChatClient(fake_server.base_url)
     try:
         assert await client.models() == ["fake-model", "other-model"]
-        text, info = await _collect(client, model="fake-model",
-                                    messages=[{"role": "user", "content": "hi"}],
-                                    condition="Math Correct", temperature=0.2, max_tokens=9)
+        text, info = await _collect(
+            client,
+            model="fake-model",
+            messages=[{"role": "user", "content": "hi"}],
+            condition="Math Correct",
+            temperature=0.2,
+            max_tokens=9,
+        )
         assert text == REPLY and info.finish_reason == "stop"
         assert info.usage["completion_tokens"] > 0 and info.first_token_s is not None
         assert fake_server.requests[-1]["condition"] == "Math Correct"

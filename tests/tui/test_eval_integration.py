@@ -34,14 +34,32 @@ def test_verdicts_of_a_real_eval_run(cli, catalog, fake_server, tmp_path, make_a
     url = fake_server.base_url
     run_a = _run_id(cli("eval", "answer", questions, "-e", url, "-m", "fake-model", "--name", "A", "--json"))
     run_b = _run_id(cli("eval", "answer", questions, "-e", url, "-m", "other-model", "--name", "B", "--json"))
-    judge = _run_id(cli("eval", "judge", run_a, "--mode", "pairwise", "--baseline", run_b,
-                        "--judge-endpoint", url, "--judge-model", "fake-model", "--json"))
+    judge = _run_id(
+        cli(
+            "eval",
+            "judge",
+            run_a,
+            "--mode",
+            "pairwise",
+            "--baseline",
+            run_b,
+            "--judge-endpoint",
+            url,
+            "--judge-model",
+            "fake-model",
+            "--json",
+        )
+    )
 
     [summary] = [r for r in list_runs(catalog) if r.id == judge]
     assert (summary.mode, summary.model_a, summary.model_b, summary.questions) == ("pairwise", "A", "B", 3)
     data = load_run(catalog, judge)
     assert [(r.question_id, r.turn, r.category) for r in data.rows] == [
-        ("1", 1, "writing"), ("1", 2, "writing"), ("2", 1, "math"), ("3", 1, "coding")]
+        ("1", 1, "writing"),
+        ("1", 2, "writing"),
+        ("2", 1, "math"),
+        ("3", 1, "coding"),
+    ]
     assert all(r.order_verdict("AB") in ("win", "loss", "tie") for r in data.rows)
     assert all(r.order_verdict("BA") in ("win", "loss", "tie") for r in data.rows)
     detail = load_question(catalog, data, "2")

@@ -41,15 +41,22 @@ HOSTILE = [
 
 def screen_text(app) -> str:
     """What the terminal shows, as plain text (rendered the way `export_screenshot` does)."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
-                      force_terminal=True, color_system="truecolor", record=True)
+    console = Console(
+        width=app.size.width,
+        height=app.size.height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system="truecolor",
+        record=True,
+    )
     console.print(app.screen._compositor.render_update(full=True))
     return console.export_text()
 
 
 def seed_chat(catalog, title: str, model: str, reply: str) -> str:
-    chat_id = catalog.add_chat(title=title, endpoint=None, model=model, system=title,
-                               condition=title, settings={"temperature": 0.5})
+    chat_id = catalog.add_chat(
+        title=title, endpoint=None, model=model, system=title, condition=title, settings={"temperature": 0.5}
+    )
     catalog.add_chat_message(chat_id, "user", title)
     catalog.add_chat_message(chat_id, "assistant", reply, {"model": model, "stopped": True})
     return chat_id
@@ -65,8 +72,9 @@ async def test_issue_title_sent_then_every_later_start(make_app, catalog):
         await wait_for(pilot, lambda: screen.models is not None, what="the model list")
         screen.query_one("#prompt", Input).value = ISSUE_TITLE
         await pilot.press("enter")
-        await wait_for(pilot, lambda: not screen.streaming and screen.history[-1]["role"] == "assistant",
-                       what="the reply")
+        await wait_for(
+            pilot, lambda: not screen.streaming and screen.history[-1]["role"] == "assistant", what="the reply"
+        )
         await pilot.pause()
         shown = screen_text(app)
         assert "[/INST] what does [[A]] mean?" in shown
@@ -113,9 +121,12 @@ async def test_chat_surfaces_show_text_literally(make_app, catalog, text):
         assert text in str(screen.query(ErrorView).last().render())
 
         # Dialogs: rename, delete, settings and the model picker show the text as written.
-        for dialog in (RenameScreen(text), ConfirmScreen(f"Delete the chat “{text}”?"),
-                       SettingsScreen(ChatSettings(system=text, condition=text)),
-                       ModelPicker(["fake-model", text], text)):
+        for dialog in (
+            RenameScreen(text),
+            ConfirmScreen(f"Delete the chat “{text}”?"),
+            SettingsScreen(ChatSettings(system=text, condition=text)),
+            ModelPicker(["fake-model", text], text),
+        ):
             app.push_screen(dialog)
             await pilot.pause()
             assert app.screen is dialog

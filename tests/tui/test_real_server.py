@@ -16,22 +16,31 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 async def test_chat_with_the_real_server(tiny_server, catalog):
     from tui.app import OpenChatApp
 
-    app = OpenChatApp(endpoint=tiny_server.base_url, catalog=catalog,
-                      settings=ChatSettings(max_tokens=12, temperature=0.0,
-                                            condition="GPT4 Correct"))
+    app = OpenChatApp(
+        endpoint=tiny_server.base_url,
+        catalog=catalog,
+        settings=ChatSettings(max_tokens=12, temperature=0.0, condition="GPT4 Correct"),
+    )
     async with app.run_test(size=(80, 24)) as pilot:
         screen = pilot.app.screen
         assert isinstance(screen, ChatScreen)
-        await wait_for(pilot, lambda: screen.models is not None or screen.last_error is not None,
-                       timeout=30, what="the model list")
+        await wait_for(
+            pilot, lambda: screen.models is not None or screen.last_error is not None, timeout=30, what="the model list"
+        )
         assert screen.last_error is None, screen.last_error
         assert screen.model == tiny_server.model  # picked from /v1/models
         for turn, text in enumerate(["Hello! What is 12 plus 7?", "And 3 times 4?"], 1):
             screen.query_one("#prompt", Input).value = text
             await pilot.press("enter")
-            await wait_for(pilot, lambda turn=turn: not screen.streaming and len(
-                [v for v in screen.query(MessageView) if v.role == "assistant"]) == turn,
-                timeout=60, what="the tiny model's reply")
+            await wait_for(
+                pilot,
+                lambda turn=turn: (
+                    not screen.streaming
+                    and len([v for v in screen.query(MessageView) if v.role == "assistant"]) == turn
+                ),
+                timeout=60,
+                what="the tiny model's reply",
+            )
             assert screen.last_error is None, screen.last_error
         replies = [v for v in screen.query(MessageView) if v.role == "assistant"]
         assert all(v.content for v in replies)
@@ -53,6 +62,10 @@ async def test_chat_with_the_real_server(tiny_server, catalog):
         assert screen.settings.max_tokens == 12  # the chat's settings came back with it
         screen.query_one("#prompt", Input).value = "One more?"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: not screen.streaming and len(screen.query(MessageView)) == 6,
-                       timeout=60, what="the reply in the reopened chat")
+        await wait_for(
+            pilot,
+            lambda: not screen.streaming and len(screen.query(MessageView)) == 6,
+            timeout=60,
+            what="the reply in the reopened chat",
+        )
     assert len(catalog.chat_messages(chat["id"])) == 6

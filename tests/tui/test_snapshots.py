@@ -26,8 +26,10 @@ async def _send(pilot, text: str) -> None:
     screen = pilot.app.screen
     screen.query_one("#prompt", Input).value = text
     await pilot.press("enter")
-    await wait_for(pilot, lambda: not screen.streaming and screen.history[-1]["role"] == "assistant"
-                   or screen.last_error is not None)
+    await wait_for(
+        pilot,
+        lambda: not screen.streaming and screen.history[-1]["role"] == "assistant" or screen.last_error is not None,
+    )
     await pilot.pause(0.2)
 
 
@@ -38,20 +40,21 @@ def test_chat_welcome(snap_compare, make_app):
 def test_chat_streamed_reply(snap_compare, make_app, catalog):
     older = catalog.add_chat(title="Recipe ideas for dinner tonight", endpoint=None, model="fake-model")
     catalog.add_chat_message(older, "user", "Ideas?")
-    assert snap_compare(make_app(), terminal_size=SIZE,
-                        run_before=lambda pilot: _send(pilot, "Show me some code"))
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=lambda pilot: _send(pilot, "Show me some code"))
 
 
 def test_chat_server_down(snap_compare, make_app):
-    assert snap_compare(make_app(endpoint=DOWN_ENDPOINT), terminal_size=SIZE,
-                        run_before=lambda pilot: _send(pilot, "Hello?"))
+    assert snap_compare(
+        make_app(endpoint=DOWN_ENDPOINT), terminal_size=SIZE, run_before=lambda pilot: _send(pilot, "Hello?")
+    )
 
 
 def test_settings_dialog(snap_compare, make_app):
     from tui.screens.settings import ChatSettings
 
-    app = make_app(settings=ChatSettings(system="You are a helpful assistant.",
-                                         condition="GPT4 Correct", temperature=0.7))
+    app = make_app(
+        settings=ChatSettings(system="You are a helpful assistant.", condition="GPT4 Correct", temperature=0.7)
+    )
 
     async def run_before(pilot):
         await _ready(pilot)
@@ -95,4 +98,3 @@ def test_verdict_question(snap_compare, make_app, seeded):
         await pilot.pause(0.3)
 
     assert snap_compare(make_app(verdicts=seed.PAIRWISE), terminal_size=SIZE, run_before=run_before)
-

@@ -28,8 +28,9 @@ def test_list_runs_summaries(catalog, seeded):
 
 def test_pairwise_rows_flips_and_filters(catalog, seeded):
     data = load_run(catalog, seed.PAIRWISE)
-    table = {(r.question_id, r.turn): (r.order_verdict("AB"), r.order_verdict("BA"), r.outcome, r.flipped)
-             for r in data.rows}
+    table = {
+        (r.question_id, r.turn): (r.order_verdict("AB"), r.order_verdict("BA"), r.outcome, r.flipped) for r in data.rows
+    }
     assert table == {
         ("81", 1): ("win", "win", "win", False),
         ("81", 2): ("win", "loss", "tie", True),
@@ -40,7 +41,10 @@ def test_pairwise_rows_flips_and_filters(catalog, seeded):
     }
     assert data.multi_turn and data.categories == ["coding", "math", "writing"]
     assert [(r.question_id, r.turn) for r in data.filtered(only_disagreements=True)] == [
-        ("81", 2), ("82", 1), ("102", 1)]
+        ("81", 2),
+        ("82", 1),
+        ("102", 1),
+    ]
     assert [r.question_id for r in data.filtered(category="math")] == ["101", "102"]
     assert [r.question_id for r in data.filtered(category="math", verdict="tie")] == ["102"]
     assert data.filtered(verdict="win", only_disagreements=True) == []
@@ -52,7 +56,11 @@ def test_pairwise_rows_flips_and_filters(catalog, seeded):
     assert detail.turns == ["Write a haiku about the sea.", "Now make it rhyme."]
     assert detail.answer_a[0].startswith("Waves fold") and detail.answer_b == seed.ANSWERS_B["81"]
     assert [(j["turn"], j["order"], j["verdict"]) for j in detail.judgments] == [
-        (1, "AB", "A"), (1, "BA", "A"), (2, "AB", "A"), (2, "BA", "B")]
+        (1, "AB", "A"),
+        (1, "BA", "A"),
+        (2, "AB", "A"),
+        (2, "BA", "B"),
+    ]
 
 
 def test_pairwise_counts_match_the_report(cli, catalog, seeded, make_app):
@@ -68,7 +76,11 @@ def test_pairwise_counts_match_the_report(cli, catalog, seeded, make_app):
     assert outcomes["error"] == report["unparsed_pairs"] == 1
     counts = data.pair_counts
     assert (counts.win, counts.loss, counts.tie, counts.pairs) == (
-        report["win"], report["loss"], report["tie"], report["pairs"])
+        report["win"],
+        report["loss"],
+        report["tie"],
+        report["pairs"],
+    )
     [summary] = [r for r in list_runs(catalog) if r.id == seed.PAIRWISE]
     assert summary.summary.startswith(f"win {report['win']} · loss {report['loss']} · tie {report['tie']}")
 

@@ -120,7 +120,8 @@ class ChatScreen(Screen):
     def watch_streaming(self, streaming: bool) -> None:
         self.sync_bindings()
         self.query_one("#prompt", Input).placeholder = (
-            "Replying… (esc stops)" if streaming else "Message… (enter sends · F1 help)")
+            "Replying… (esc stops)" if streaming else "Message… (enter sends · F1 help)"
+        )
 
     # -- status lines --------------------------------------------------------------------------
     def update_topbar(self) -> None:
@@ -171,8 +172,10 @@ class ChatScreen(Screen):
             if self.models is None or row["model"] in self.models:
                 self.model = row["model"]
             else:
-                self.notify(f"This chat was with {row['model']}, which the server does not list; "
-                            f"continuing with {self.model}.", severity="warning")
+                self.notify(
+                    f"This chat was with {row['model']}, which the server does not list; continuing with {self.model}.",
+                    severity="warning",
+                )
         self.history = chat.history()
         self.last_error = None
         await self.conversation.show_messages(chat.shown(), row.get("model"))
@@ -226,8 +229,11 @@ class ChatScreen(Screen):
             if self.model is None:
                 await self.fetch_models()
             if self.model is None:
-                raise ChatError("not_found", f"The server at {self.client.endpoint} serves no model.",
-                                "Start `openchat serve MODEL` there, then press ctrl+r.")
+                raise ChatError(
+                    "not_found",
+                    f"The server at {self.client.endpoint} serves no model.",
+                    "Start `openchat serve MODEL` there, then press ctrl+r.",
+                )
         except ChatError as exc:
             self.streaming = False
             await self.show_error(exc)
@@ -235,9 +241,13 @@ class ChatScreen(Screen):
         info = ReplyInfo()
         self.set_status(f"{self.model} is replying… esc stops", "-busy")
         fragments = self.client.stream_chat(
-            model=self.model, messages=self.request_messages(),
-            temperature=self.settings.temperature, max_tokens=self.settings.max_tokens,
-            condition=self.settings.condition, info=info)
+            model=self.model,
+            messages=self.request_messages(),
+            temperature=self.settings.temperature,
+            max_tokens=self.settings.max_tokens,
+            condition=self.settings.condition,
+            info=info,
+        )
         try:
             outcome = await self.conversation.stream_reply(self.model, fragments)
         finally:
@@ -275,8 +285,10 @@ class ChatScreen(Screen):
             await self.show_error(error)
             return
         tokens = (info.usage or {}).get("completion_tokens")
-        bits = [self.model or "", "stopped by you" if stopped else (
-            "cut at max tokens" if info.finish_reason == "length" else "done")]
+        bits = [
+            self.model or "",
+            "stopped by you" if stopped else ("cut at max tokens" if info.finish_reason == "length" else "done"),
+        ]
         if tokens:
             bits.append(f"{tokens} tokens")
         self.set_status(" · ".join(b for b in bits if b), "-warn" if stopped else None)
@@ -299,9 +311,13 @@ class ChatScreen(Screen):
             return
         self.chat_title = make_title(first_message)
         self.chat_id = self.store.create(
-            title=self.chat_title, endpoint=self.client.endpoint, model=self.model,
-            system=self.settings.system, condition=self.settings.condition,
-            settings=self.settings.generation())
+            title=self.chat_title,
+            endpoint=self.client.endpoint,
+            model=self.model,
+            system=self.settings.system,
+            condition=self.settings.condition,
+            settings=self.settings.generation(),
+        )
         self.refresh_chat_list()
 
     def save_message(self, role: str, content: str, meta: dict | None = None) -> None:
@@ -338,12 +354,13 @@ class ChatScreen(Screen):
         if not models:
             self.set_status("The server lists no models.", "-warn")
         elif self.model not in models:
-            self.set_status(f"'{self.model}' is not listed by the server (it has: "
-                            f"{', '.join(models[:4])}). ctrl+l picks one.", "-warn")
+            self.set_status(
+                f"'{self.model}' is not listed by the server (it has: {', '.join(models[:4])}). ctrl+l picks one.",
+                "-warn",
+            )
         else:
             where = f"{self.chat_title} · " if self.chat_title else ""
-            self.set_status(f"{where}connected · {len(models)} model{'s' if len(models) != 1 else ''}"
-                            " served")
+            self.set_status(f"{where}connected · {len(models)} model{'s' if len(models) != 1 else ''} served")
         self.sync_bindings()
 
     @work(exclusive=True, group="models", exit_on_error=False)
@@ -425,8 +442,9 @@ class ChatScreen(Screen):
             return
         self.settings = result
         if self.chat_id:
-            self.store.save_settings(self.chat_id, system=result.system,
-                                     condition=result.condition, settings=result.generation())
+            self.store.save_settings(
+                self.chat_id, system=result.system, condition=result.condition, settings=result.generation()
+            )
         self.update_topbar()
         self.set_status("Settings saved; they apply from the next message.")
 
@@ -456,8 +474,7 @@ class ChatScreen(Screen):
             self.notify("This chat is not saved yet; nothing to delete.", severity="warning")
             return
         title = self.store.title_of(chat_id)
-        if not await self.app.push_screen_wait(
-                ConfirmScreen(f"Delete the chat “{title}” and its messages?")):
+        if not await self.app.push_screen_wait(ConfirmScreen(f"Delete the chat “{title}” and its messages?")):
             return
         if chat_id == self.chat_id:
             if self.streaming:
@@ -467,4 +484,3 @@ class ChatScreen(Screen):
         self.store.delete(chat_id)
         self.refresh_chat_list()
         self.set_status(f"Deleted “{title}”.")
-

@@ -73,14 +73,22 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
             with Horizontal(classes="pair"):
                 with Vertical():
                     yield Label("Temperature (0-2)")
-                    yield Input("" if s.temperature is None else f"{s.temperature:g}",
-                                id="temperature", placeholder="server default", type="number",
-                                validators=[Number(minimum=0, maximum=2)])
+                    yield Input(
+                        "" if s.temperature is None else f"{s.temperature:g}",
+                        id="temperature",
+                        placeholder="server default",
+                        type="number",
+                        validators=[Number(minimum=0, maximum=2)],
+                    )
                 with Vertical():
                     yield Label("Max tokens")
-                    yield Input("" if not s.max_tokens else str(s.max_tokens), id="max_tokens",
-                                placeholder="server default", type="integer",
-                                validators=[Number(minimum=1)])
+                    yield Input(
+                        "" if not s.max_tokens else str(s.max_tokens),
+                        id="max_tokens",
+                        placeholder="server default",
+                        type="integer",
+                        validators=[Number(minimum=1)],
+                    )
             with Horizontal(classes="buttons"):
                 yield Button("Save (^s)", variant="primary", id="save")
                 yield Button("Cancel (esc)", id="cancel")
@@ -98,18 +106,19 @@ class SettingsScreen(ModalScreen[ChatSettings | None]):
         for field in (temperature, max_tokens):
             result = field.validate(field.value) if field.value.strip() else None
             if result is not None and not result.is_valid:
-                self.notify(f"{field.id.replace('_', ' ')}: {'; '.join(result.failure_descriptions)}",
-                            severity="error")
+                self.notify(f"{field.id.replace('_', ' ')}: {'; '.join(result.failure_descriptions)}", severity="error")
                 field.focus()
                 return
         system = self.query_one("#system", TextArea).text.strip()
         condition = self.query_one("#condition", Input).value.strip()
-        self.dismiss(ChatSettings(
-            system=system or None,
-            condition=condition or None,
-            temperature=float(temperature.value) if temperature.value.strip() else None,
-            max_tokens=int(max_tokens.value) if max_tokens.value.strip() else None,
-        ))
+        self.dismiss(
+            ChatSettings(
+                system=system or None,
+                condition=condition or None,
+                temperature=float(temperature.value) if temperature.value.strip() else None,
+                max_tokens=int(max_tokens.value) if max_tokens.value.strip() else None,
+            )
+        )
 
     @on(Button.Pressed, "#save")
     def save_pressed(self) -> None:

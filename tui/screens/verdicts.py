@@ -31,8 +31,15 @@ from tui.verdicts_data import (
 from tui.widgets.flush_markdown import FlushMarkdown
 from tui.widgets.keybar import KeyBar
 
-STYLE = {"win": "bold green", "loss": "bold red", "tie": "yellow", "error": "bold magenta", "incomplete": "dim",
-         "correct": "bold green", "incorrect": "bold red"}
+STYLE = {
+    "win": "bold green",
+    "loss": "bold red",
+    "tie": "yellow",
+    "error": "bold magenta",
+    "incomplete": "dim",
+    "correct": "bold green",
+    "incorrect": "bold red",
+}
 FLIP = "⇄"
 
 
@@ -80,19 +87,34 @@ class RunsScreen(Screen):
         for run in runs:
             mode = "grade" if run.kind == "grade" else run.mode
             result = run.summary if run.status in ("completed", "") else f"{run.status} · {run.summary}"
-            table.add_row(*map(cell, (run.id, mode, result, run.compared, run.judge or "–",
-                                      run.questions, run.created_at.replace("T", " "))), key=run.id)
+            table.add_row(
+                *map(
+                    cell,
+                    (
+                        run.id,
+                        mode,
+                        result,
+                        run.compared,
+                        run.judge or "–",
+                        run.questions,
+                        run.created_at.replace("T", " "),
+                    ),
+                ),
+                key=run.id,
+            )
         empty = self.query_one("#empty", Static)
         empty.display = not runs
         table.display = bool(runs)
         if not runs:
-            empty.update("No judge or grade runs in the catalog yet.\n\n"
-                         "Answer questions with `openchat eval answer …`, judge them with "
-                         "`openchat eval judge …`, then come back here (ctrl+r refreshes).\n\n"
-                         "ctrl+t goes back to the chat.")
+            empty.update(
+                "No judge or grade runs in the catalog yet.\n\n"
+                "Answer questions with `openchat eval answer …`, judge them with "
+                "`openchat eval judge …`, then come back here (ctrl+r refreshes).\n\n"
+                "ctrl+t goes back to the chat."
+            )
         self.query_one("#topbar", Static).update(
-            f"Eval runs · {len(runs)} judge/grade run{'s' if len(runs) != 1 else ''} · "
-            "enter opens one")
+            f"Eval runs · {len(runs)} judge/grade run{'s' if len(runs) != 1 else ''} · enter opens one"
+        )
 
     @on(DataTable.RowSelected, "#runs")
     def row_selected(self, event: DataTable.RowSelected) -> None:
@@ -131,10 +153,18 @@ class RunScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(self.header_text(), id="topbar", markup=False)
         with Horizontal(id="filters"):
-            yield Select([("all categories", ALL)] + [(plain(c), c) for c in self.data.categories],
-                         value=ALL, allow_blank=False, id="category")
-            yield Select([("all verdicts", ALL)] + [(v, v) for v in VERDICT_CHOICES[self.data.mode]],
-                         value=ALL, allow_blank=False, id="verdict")
+            yield Select(
+                [("all categories", ALL)] + [(plain(c), c) for c in self.data.categories],
+                value=ALL,
+                allow_blank=False,
+                id="category",
+            )
+            yield Select(
+                [("all verdicts", ALL)] + [(v, v) for v in VERDICT_CHOICES[self.data.mode]],
+                value=ALL,
+                allow_blank=False,
+                id="verdict",
+            )
             label = "flipped on swap" if self.data.mode == "pairwise" else "disagreements"
             yield Checkbox(f"only {label}", id="disagree")
         yield DataTable(id="questions", cursor_type="row", zebra_stripes=True)
@@ -181,12 +211,17 @@ class RunScreen(Screen):
                 cells.append(str(row.turn))
             cells.append(row.category or "–")
             if self.data.mode == "pairwise":
-                cells += [styled(row.order_verdict("AB")), styled(row.order_verdict("BA")),
-                          styled(row.outcome),
-                          Text(f"{FLIP} flip", style="bold magenta") if row.flipped else Text("")]
+                cells += [
+                    styled(row.order_verdict("AB")),
+                    styled(row.order_verdict("BA")),
+                    styled(row.outcome),
+                    Text(f"{FLIP} flip", style="bold magenta") if row.flipped else Text(""),
+                ]
             elif self.data.mode == "single":
-                cells += [score_text(row.outcome),
-                          Text(", ".join(str(j.get("verdict")) for j in row.judgments), style="dim")]
+                cells += [
+                    score_text(row.outcome),
+                    Text(", ".join(str(j.get("verdict")) for j in row.judgments), style="dim"),
+                ]
             else:
                 j = row.judgments[-1]
                 meta = j.get("meta") if isinstance(j.get("meta"), dict) else {}
@@ -196,8 +231,10 @@ class RunScreen(Screen):
         flips = sum(r.flipped for r in self.data.rows)
         text = f"{len(self.rows)} of {total} rows · enter opens a question"
         if self.data.mode == "pairwise":  # the run's counts per pair, as `eval report` counts them
-            text = (f"{len(self.rows)} of {total} rows · {pairwise_summary(self.data.pair_counts)} · "
-                    f"{flips} flipped · enter opens")
+            text = (
+                f"{len(self.rows)} of {total} rows · {pairwise_summary(self.data.pair_counts)} · "
+                f"{flips} flipped · enter opens"
+            )
         self.query_one("#count", Static).update(text)
 
     @on(Select.Changed)
@@ -269,7 +306,8 @@ class QuestionScreen(Screen):
             flags.append("unparsed verdict")
         self.query_one("#topbar", Static).update(
             f"Question {qid} · {detail.category or 'no category'} · {self.index + 1}/"
-            f"{len(self.questions)}" + (" · " + " · ".join(flags) if flags else ""))
+            f"{len(self.questions)}" + (" · " + " · ".join(flags) if flags else "")
+        )
         container = self.query_one("#detail", VerticalScroll)
         await container.remove_children()
         await container.mount_all(list(self.build(detail, rows)))
@@ -283,8 +321,7 @@ class QuestionScreen(Screen):
         turns = detail.turns or ["(question text not in the catalog)"]
         parts = []
         for i, text in enumerate(turns, 1):
-            parts.append(f"**Turn {i}.** {with_line_breaks(text)}" if len(turns) > 1
-                         else with_line_breaks(text))
+            parts.append(f"**Turn {i}.** {with_line_breaks(text)}" if len(turns) > 1 else with_line_breaks(text))
         if detail.reference:
             parts.append("**Reference:** " + " / ".join(detail.reference))
         question.compose_add_child(FlushMarkdown("\n\n".join(parts)))
@@ -302,8 +339,7 @@ class QuestionScreen(Screen):
             elif len(turns_) == 1:
                 text = with_line_breaks(turns_[0])
             else:
-                text = "\n\n".join(f"**Turn {i}.**  \n{with_line_breaks(t)}"
-                                   for i, t in enumerate(turns_, 1))
+                text = "\n\n".join(f"**Turn {i}.**  \n{with_line_breaks(t)}" for i, t in enumerate(turns_, 1))
             col.compose_add_child(FlushMarkdown(text))
             answers.compose_add_child(col)
         yield answers
@@ -345,11 +381,12 @@ class QuestionScreen(Screen):
         if mode == "exact":
             meta = j.get("meta") if isinstance(j.get("meta"), dict) else {}
             how = f" via {meta['method']}" if meta.get("method") else ""
-            return Text(f"{verdict}: answered {j.get('raw')!s}, expected {meta.get('expected')!s}{how}",
-                        style=STYLE.get(str(verdict), ""))
+            return Text(
+                f"{verdict}: answered {j.get('raw')!s}, expected {meta.get('expected')!s}{how}",
+                style=STYLE.get(str(verdict), ""),
+            )
         score = j.get("score")
-        return Text(f"score: {score:g}/10" if score is not None else f"verdict: {verdict}",
-                    style="bold")
+        return Text(f"score: {score:g}/10" if score is not None else f"verdict: {verdict}", style="bold")
 
     async def action_step(self, delta: int) -> None:
         index = self.index + delta
@@ -357,8 +394,7 @@ class QuestionScreen(Screen):
             self.index = index
             await self.show()
         else:
-            self.notify("No more questions in this list." if delta > 0 else "This is the first.",
-                        timeout=2)
+            self.notify("No more questions in this list." if delta > 0 else "This is the first.", timeout=2)
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -75,10 +75,15 @@ class Conversation(VerticalScroll):
     async def show_messages(self, messages: list[dict[str, Any]], model: str | None) -> None:
         """Replace what is shown with saved `messages` (role, content, meta)."""
         await self.remove_children()
-        views = [MessageView(m["role"], m["content"],
-                             label="you" if m["role"] == "user" else (m["meta"].get("model") or model),
-                             note=note_for(m["meta"]))
-                 for m in messages]
+        views = [
+            MessageView(
+                m["role"],
+                m["content"],
+                label="you" if m["role"] == "user" else (m["meta"].get("model") or model),
+                note=note_for(m["meta"]),
+            )
+            for m in messages
+        ]
         if views:
             await self.mount_all(views)
         else:
@@ -90,8 +95,7 @@ class Conversation(VerticalScroll):
         await self.mount(MessageView("user", text, label="you"))
         self.anchor()
 
-    async def stream_reply(self, label: str | None,
-                           fragments: AsyncIterator[str]) -> ReplyOutcome:
+    async def stream_reply(self, label: str | None, fragments: AsyncIterator[str]) -> ReplyOutcome:
         """Show a reply as its fragments arrive; cancelling the caller stops it (the partial
         text stays). Posts `ReplyEnded` and returns the outcome."""
         view = MessageView("assistant", "", label=label, classes="-streaming")

@@ -43,8 +43,7 @@ class KeyBar(Static):
             if not binding.show or binding.action in seen_actions:
                 continue
             seen_actions.add(binding.action)
-            entries.append((self.app.get_key_display(binding), binding.description, enabled,
-                            binding.action, node))
+            entries.append((self.app.get_key_display(binding), binding.description, enabled, binding.action, node))
         key = tuple((k, d, e, a) for k, d, e, a, _ in entries)
         if key == self._last:
             return

@@ -34,8 +34,9 @@ class MessageView(Vertical, can_focus=True):
         Binding("down,j", "step(1)", "Next", show=False),
     ]
 
-    def __init__(self, role: str, content: str = "", *, label: str | None = None,
-                 note: str | None = None, **kwargs) -> None:
+    def __init__(
+        self, role: str, content: str = "", *, label: str | None = None, note: str | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.role = role
         self._parts = [content]
@@ -104,8 +105,10 @@ class MessageView(Vertical, can_focus=True):
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.content)
-        self.app.notify(f"Copied the {'reply' if self.role == 'assistant' else 'message'} "
-                        f"({len(self.content)} characters).", timeout=2)
+        self.app.notify(
+            f"Copied the {'reply' if self.role == 'assistant' else 'message'} ({len(self.content)} characters).",
+            timeout=2,
+        )
 
     def action_step(self, delta: int) -> None:
         views = list(self.parent.query(MessageView)) if self.parent else []
@@ -123,6 +126,9 @@ class ErrorView(Static):
         text = message + (f"\n{hint}" if hint else "")
         super().__init__(plain(text), markup=False, **kwargs)
         self.kind = kind
-        self.border_title = {"unreachable": "server unreachable", "auth": "not authorized",
-                             "not_found": "model not found", "context": "too long",
-                             }.get(kind, "error")
+        self.border_title = {
+            "unreachable": "server unreachable",
+            "auth": "not authorized",
+            "not_found": "model not found",
+            "context": "too long",
+        }.get(kind, "error")

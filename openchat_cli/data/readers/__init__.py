@@ -54,12 +54,15 @@ def expand_sources(paths: list[Path]) -> list[tuple[Path, str]]:
         if not path.exists():
             raise OpenchatError(f"{path}: no such file or folder")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not found:
-                raise OpenchatError(
-                    f"{path}: folder holds no .json, .jsonl or .html files to read")
+                raise OpenchatError(f"{path}: folder holds no .json, .jsonl or .html files to read")
             base = path.resolve().name or str(path)
             files += [(p, "/".join((base, *p.relative_to(path).parts))) for p in found]
         else:
@@ -82,8 +85,7 @@ def read_file(path: Path, report: ReadReport, name: str | None = None) -> Iterat
     if kind == "empty":
         report.warn(f"{name}: empty file")
     elif kind == "unknown":
-        raise OpenchatError(
-            f"{path}: not JSON, JSONL or an HTML page (it should start with '[', '{{' or '<')")
+        raise OpenchatError(f"{path}: not JSON, JSONL or an HTML page (it should start with '[', '{{' or '<')")
     elif kind == "html":
         for item in iter_html_page(path, name, 1):
             count += 1

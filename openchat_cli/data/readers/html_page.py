@@ -17,8 +17,12 @@ CONV_KEYS = ("items", "conversations", "conversation", "messages", "mapping")
 
 
 def _is_message_list(value: Any) -> bool:
-    return (isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
-            and all(("from" in m and "value" in m) or ("role" in m and "content" in m) for m in value))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) for m in value)
+        and all(("from" in m and "value" in m) or ("role" in m and "content" in m) for m in value)
+    )
 
 
 def find_conversation(data: Any) -> dict[str, Any] | None:

@@ -91,7 +91,7 @@ class JsonStream:
         if self.eof:
             return False
         if self.pos:
-            self.buf = self.buf[self.pos:]
+            self.buf = self.buf[self.pos :]
             self.pos = 0
         data = self.fh.read(max(CHUNK, at_least))
         self.bytes_read += len(data)
@@ -173,7 +173,8 @@ class JsonStream:
                     self.truncated_at = self.byte_offset(len(self.buf))
                     self.warnings.append(
                         f"{self.name}: the JSON array is not closed (file ends at byte "
-                        f"{self.truncated_at}); kept {self.records} complete record(s)")
+                        f"{self.truncated_at}); kept {self.records} complete record(s)"
+                    )
                 return
             ch = self.buf[self.pos]
             if in_array and ch == "]":
@@ -195,12 +196,13 @@ class JsonStream:
                 self.truncated_at = self.byte_offset(start)
                 self.warnings.append(
                     f"{self.name}:{start_line}: input cut off inside a record at byte "
-                    f"{self.truncated_at}; kept {self.records} complete record(s) before it")
+                    f"{self.truncated_at}; kept {self.records} complete record(s) before it"
+                )
                 return
             item = parse_record(self.buf, self.pos, end, loc)
             self._advance(end)
             if self.pos > CHUNK:
-                self.buf = self.buf[self.pos:]  # let go of a long record's text before it is used
+                self.buf = self.buf[self.pos :]  # let go of a long record's text before it is used
                 self.pos = 0
             yield item
             del item

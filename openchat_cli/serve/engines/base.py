@@ -86,8 +86,13 @@ class TokenEvent:
         logprobs = None
         if self.logprobs is not None or later.logprobs is not None:
             logprobs = (self.logprobs or []) + (later.logprobs or [])
-        return TokenEvent(self.token_ids + later.token_ids, later.finish_reason, later.error,
-                          logprobs, self.prompt_logprobs or later.prompt_logprobs)
+        return TokenEvent(
+            self.token_ids + later.token_ids,
+            later.finish_reason,
+            later.error,
+            logprobs,
+            self.prompt_logprobs or later.prompt_logprobs,
+        )
 
 
 @dataclass
@@ -128,8 +133,7 @@ class Engine(abc.ABC):
         """Called once when the server stops."""
 
     @abc.abstractmethod
-    def generate(self, prompt_ids: list[int], params: SamplingParams,
-                 request_id: str) -> AsyncIterator[TokenEvent]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[TokenEvent]:
         """Stream generated tokens for one sequence (see the module docstring)."""
 
     def load_weights(self, weights: Any) -> None:

@@ -58,7 +58,7 @@ class FrameWriter:
             view = memoryview(data)
             while view and not self.closed:
                 try:
-                    view = view[self.sock.send(view):]
+                    view = view[self.sock.send(view) :]
                 except (BlockingIOError, InterruptedError):
                     try:
                         select.select([], [self.sock], [], 1.0)
@@ -211,8 +211,12 @@ async def _main(sock: socket.socket) -> int:
         message = getattr(exc, "message", None) or f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}"
         sock.sendall(wire.pack(["fail", message]))
         return 2
-    facts = {"context_length": engine.context_length, "vocab_size": engine.vocab_size,
-             "describe": engine.describe(), "pid": os.getpid()}
+    facts = {
+        "context_length": engine.context_length,
+        "vocab_size": engine.vocab_size,
+        "describe": engine.describe(),
+        "pid": os.getpid(),
+    }
     sock.sendall(wire.pack(["ready", facts]))
     reader, transport_writer = await asyncio.open_unix_connection(sock=sock)  # reads only
     frames = FrameWriter(sock)

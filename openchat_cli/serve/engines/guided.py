@@ -40,8 +40,9 @@ def _llguidance():
     try:
         import llguidance
     except ImportError:  # pragma: no cover - a dependency; kept for a clear message
-        raise GuideError("response_format needs the llguidance package (pip install llguidance)",
-                         "response_format") from None
+        raise GuideError(
+            "response_format needs the llguidance package (pip install llguidance)", "response_format"
+        ) from None
     return llguidance
 
 
@@ -60,19 +61,21 @@ def json_guide(response_format: dict[str, Any] | None) -> JsonGuide | None:
     elif kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict):
-            raise GuideError("response_format.json_schema must be an object with a 'schema'",
-                             "response_format.json_schema")
+            raise GuideError(
+                "response_format.json_schema must be an object with a 'schema'", "response_format.json_schema"
+            )
         name = spec.get("name")
         schema = spec.get("schema", {})
         if not isinstance(schema, dict):
-            raise GuideError("response_format.json_schema.schema must be a JSON object",
-                             "response_format.json_schema.schema")
+            raise GuideError(
+                "response_format.json_schema.schema must be a JSON object", "response_format.json_schema.schema"
+            )
     else:
-        raise GuideError(f"response_format type '{kind}' is not supported (text, json_object or "
-                         "json_schema)", "response_format.type")
+        raise GuideError(
+            f"response_format type '{kind}' is not supported (text, json_object or json_schema)", "response_format.type"
+        )
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            schema, defaults={"whitespace_flexible": False})
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
     except (ValueError, TypeError) as exc:
         raise GuideError(f"invalid JSON schema: {exc}", "response_format.json_schema.schema") from None
     error = llguidance.LLMatcher.validate_grammar(grammar)
@@ -99,8 +102,9 @@ class GuideState:
         if self.matcher.is_error():
             log.warning("constrained decoding failed: %s", self.matcher.get_error())
         elif not self.matcher.is_stopped():
-            bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8),
-                                 bitorder="little")[:vocab]
+            bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")[
+                :vocab
+            ]
             mask[: len(bits)] = torch.from_numpy(bits.astype(bool))
             if self.eos_id is None or self.eos_id >= vocab or not bool(mask[self.eos_id]):
                 return mask if bool(mask.any()) else self._stops(mask)

@@ -33,24 +33,31 @@ class GrowingLayer(DynamicLayer):
             self.keys, self.values = key_states, value_states
             return self.keys, self.values
         length, added = self.keys.shape[-2], key_states.shape[-2]
-        if not (self._holds(self.keys, self._key_buffer) and self._holds(self.values, self._value_buffer)
-                and length + added <= self._key_buffer.shape[-2]
-                and key_states.shape[0] == self.keys.shape[0]):
+        if not (
+            self._holds(self.keys, self._key_buffer)
+            and self._holds(self.values, self._value_buffer)
+            and length + added <= self._key_buffer.shape[-2]
+            and key_states.shape[0] == self.keys.shape[0]
+        ):
             room = max(MIN_ROOM, (length + added) // 4)
             self._key_buffer = self._with_room(self.keys, length + added + room)
             self._value_buffer = self._with_room(self.values, length + added + room)
-        self._key_buffer[:, :, length:length + added] = key_states
-        self._value_buffer[:, :, length:length + added] = value_states
-        self.keys = self._key_buffer[:, :, :length + added]
-        self.values = self._value_buffer[:, :, :length + added]
+        self._key_buffer[:, :, length : length + added] = key_states
+        self._value_buffer[:, :, length : length + added] = value_states
+        self.keys = self._key_buffer[:, :, : length + added]
+        self.values = self._value_buffer[:, :, : length + added]
         return self.keys, self.values
 
     @staticmethod
     def _holds(view: torch.Tensor, buffer: torch.Tensor | None) -> bool:
         """Whether `view` is still the leading columns of `buffer` (nothing replaced it)."""
-        return (buffer is not None and view.data_ptr() == buffer.data_ptr()
-                and view.shape[:2] == buffer.shape[:2] and view.shape[-1] == buffer.shape[-1]
-                and view.stride() == buffer.stride())
+        return (
+            buffer is not None
+            and view.data_ptr() == buffer.data_ptr()
+            and view.shape[:2] == buffer.shape[:2]
+            and view.shape[-1] == buffer.shape[-1]
+            and view.stride() == buffer.stride()
+        )
 
     @staticmethod
     def _with_room(tensor: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -67,8 +67,12 @@ def read_adapter(name: str, path: Path, index: int) -> LoraAdapter:
         raise _fail(name, path, f"peft_type {config.get('peft_type')!r} is not LoRA")
     for unsupported in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save"):
         if config.get(unsupported):
-            raise _fail(name, path, f"{unsupported} is not supported when serving unmerged; "
-                                    f"merge it with `openchat model merge-lora` and serve the result")
+            raise _fail(
+                name,
+                path,
+                f"{unsupported} is not supported when serving unmerged; "
+                f"merge it with `openchat model merge-lora` and serve the result",
+            )
     if config.get("fan_in_fan_out"):
         raise _fail(name, path, "fan_in_fan_out (Conv1D layers) is not supported when serving unmerged")
     r = int(config.get("r") or 0)
@@ -96,17 +100,23 @@ def read_adapter(name: str, path: Path, index: int) -> LoraAdapter:
         halves.setdefault(found["module"], {})[found["part"]] = tensor
     if extra:
         shown = ", ".join(extra[:3]) + (" …" if len(extra) > 3 else "")
-        raise _fail(name, path, f"holds weights that are not LoRA pairs ({shown}); merge it with "
-                                f"`openchat model merge-lora` and serve the result")
-    adapter = LoraAdapter(name=name, path=path, index=index, scale=scale,
-                          recorded_base=config.get("base_model_name_or_path"))
+        raise _fail(
+            name,
+            path,
+            f"holds weights that are not LoRA pairs ({shown}); merge it with "
+            f"`openchat model merge-lora` and serve the result",
+        )
+    adapter = LoraAdapter(
+        name=name, path=path, index=index, scale=scale, recorded_base=config.get("base_model_name_or_path")
+    )
     for module, parts in halves.items():
         if set(parts) != {"A", "B"}:
             raise _fail(name, path, f"{module}: lora_A and lora_B must both be present")
         a, b = parts["A"], parts["B"]
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
-            raise _fail(name, path, f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not "
-                                    f"form a low-rank pair")
+            raise _fail(
+                name, path, f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not form a low-rank pair"
+            )
         adapter.pairs[module] = (a, b)
     if not adapter.pairs:
         raise _fail(name, path, "holds no LoRA weights")
@@ -152,10 +162,13 @@ def check_recorded_base(model: Any, adapters: dict[str, str | Path], base_dir: P
             continue
         if saved.shape != weight.shape:
             continue  # LoraRouter refuses it, naming the sizes
-        if not torch.allclose(saved.to(weight.dtype).to(weight.device), weight,
-                                                             atol=1e-6, rtol=1e-3):
-            raise _fail(name, adapter.path, f"was trained on {recorded}, whose {module_name} differs from the served "
-                                            f"model's ({base_dir}): serve it on the base it was trained on")
+        if not torch.allclose(saved.to(weight.dtype).to(weight.device), weight, atol=1e-6, rtol=1e-3):
+            raise _fail(
+                name,
+                adapter.path,
+                f"was trained on {recorded}, whose {module_name} differs from the served "
+                f"model's ({base_dir}): serve it on the base it was trained on",
+            )
 
 
 def _linear_sizes(module: Any) -> tuple[int, int] | None:
@@ -185,16 +198,27 @@ class LoraRouter:
             for module_name, (a, b) in adapter.pairs.items():
                 module = modules.get(module_name)
                 if module is None:
-                    raise _fail(name, adapter.path, f"adapts {module_name}, which the base model in {base_dir} does "
-                                                    f"not have: it was trained on another base")
+                    raise _fail(
+                        name,
+                        adapter.path,
+                        f"adapts {module_name}, which the base model in {base_dir} does "
+                        f"not have: it was trained on another base",
+                    )
                 sizes = _linear_sizes(module)
                 if sizes is None:
-                    raise _fail(name, adapter.path, f"adapts {module_name}, which is a {type(module).__name__} in "
-                                                    f"{base_dir}, not a Linear layer")
+                    raise _fail(
+                        name,
+                        adapter.path,
+                        f"adapts {module_name}, which is a {type(module).__name__} in {base_dir}, not a Linear layer",
+                    )
                 if (a.shape[1], b.shape[0]) != sizes:
-                    raise _fail(name, adapter.path, f"{module_name} is {sizes[0]}→{sizes[1]} in the base model "
-                                                    f"({base_dir}) but {a.shape[1]}→{b.shape[0]} in the adapter: "
-                                                    f"it was trained on another base")
+                    raise _fail(
+                        name,
+                        adapter.path,
+                        f"{module_name} is {sizes[0]}→{sizes[1]} in the base model "
+                        f"({base_dir}) but {a.shape[1]}→{b.shape[0]} in the adapter: "
+                        f"it was trained on another base",
+                    )
                 pair = (a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
                 adapter.pairs[module_name] = pair
                 per_module.setdefault(module_name, []).append((adapter, *pair))

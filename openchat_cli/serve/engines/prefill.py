@@ -30,8 +30,7 @@ class PackedBatch:
     @property
     def last_positions(self) -> torch.Tensor:
         """Index of each prompt's last token in the packed row (whose logits predict its next)."""
-        return torch.tensor([s + n - 1 for s, n in zip(self.starts, self.lengths)],
-                            device=self.input_ids.device)
+        return torch.tensor([s + n - 1 for s, n in zip(self.starts, self.lengths)], device=self.input_ids.device)
 
 
 def pack(prompts: list[list[int]], device: str, attention: str, dtype: torch.dtype) -> PackedBatch:
@@ -42,8 +41,7 @@ def pack(prompts: list[list[int]], device: str, attention: str, dtype: torch.dty
         starts.append(total)
         total += n
     ids = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=device)
-    segment = torch.repeat_interleave(torch.arange(len(prompts), device=device),
-                                      torch.tensor(lengths, device=device))
+    segment = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(lengths, device=device))
     offsets = torch.tensor(starts, device=device).repeat_interleave(torch.tensor(lengths, device=device))
     positions = (torch.arange(total, device=device) - offsets).unsqueeze(0)
     index = torch.arange(total, device=device)
@@ -66,8 +64,8 @@ def unpack_cache(cache, batch: PackedBatch) -> torch.Tensor:
     gather = torch.zeros((rows, width), dtype=torch.long, device=device)
     mask = torch.zeros((rows, width), dtype=torch.long, device=device)
     for i, (start, n) in enumerate(zip(batch.starts, batch.lengths)):
-        gather[i, width - n:] = torch.arange(start, start + n, device=device)
-        mask[i, width - n:] = 1
+        gather[i, width - n :] = torch.arange(start, start + n, device=device)
+        mask[i, width - n :] = 1
     flat = gather.reshape(-1)
     for layer in cache.layers:
         for name in ("keys", "values"):

@@ -38,9 +38,17 @@ class EngineProcessClient(Engine):
     """Proxy for an engine of `kind` built in a child process from `options` (see
     `factory.build_engine`). Construction blocks until the model is loaded there."""
 
-    def __init__(self, kind: str, model_dir: Path, *, tokenizer: Any, options: dict[str, Any],
-                 on_death: Callable[[str], None] | None = None, python: str | None = None,
-                 startup_timeout: float = STARTUP_TIMEOUT_S):
+    def __init__(
+        self,
+        kind: str,
+        model_dir: Path,
+        *,
+        tokenizer: Any,
+        options: dict[str, Any],
+        on_death: Callable[[str], None] | None = None,
+        python: str | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT_S,
+    ):
         self.kind = kind
         self.model_dir = Path(model_dir)
         self.tokenizer = tokenizer
@@ -61,10 +69,13 @@ class EngineProcessClient(Engine):
         try:
             # Its own session: a terminal's Ctrl-C goes to the API process, which shuts it down.
             self.process = subprocess.Popen(
-                [python or sys.executable, "-m", "openchat_cli.serve.engines.engine_process",
-                 str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                stdout=sys.stderr.fileno(), start_new_session=True)
+                [python or sys.executable, "-m", "openchat_cli.serve.engines.engine_process", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno(),
+                start_new_session=True,
+            )
         finally:
             theirs.close()
         try:
@@ -93,12 +104,14 @@ class EngineProcessClient(Engine):
                     raise EngineError(f"the engine process did not load the model in {timeout:.0f}s")
                 try:
                     data = self._sock.recv(1 << 16)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 if not data:
                     code = self.process.wait(timeout=10)
-                    raise EngineError(f"the engine process exited with code {code} while loading "
-                                      f"{self.model_dir} (its output is above)")
+                    raise EngineError(
+                        f"the engine process exited with code {code} while loading "
+                        f"{self.model_dir} (its output is above)"
+                    )
                 self._unpacker.feed(data)
         finally:
             self._sock.settimeout(None)
@@ -129,7 +142,7 @@ class EngineProcessClient(Engine):
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), SHUTDOWN_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("the engine process did not stop in %.0fs; terminating it", SHUTDOWN_TIMEOUT_S)
         self._detach()
         await loop.run_in_executor(None, self._kill)
@@ -162,7 +175,7 @@ class EngineProcessClient(Engine):
         loop = asyncio.get_running_loop()
         try:
             code = await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code = None
         self._died(f"the engine process stopped (exit code {code})")
 
@@ -219,8 +232,9 @@ class EngineProcessClient(Engine):
             self._loop.remove_writer(self._sock.fileno())
 
     # -- Engine --------------------------------------------------------------------------------
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[TokenEvent]:
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[TokenEvent]:
         if self._dead or self._closing:
             yield TokenEvent([], "error", self._dead or "the server is shutting down")
             return

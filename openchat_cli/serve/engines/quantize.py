@@ -29,8 +29,10 @@ def check_quantize(quantize: str | None, device: str) -> str | None:
     if quantize == "int4" and not device.startswith("cuda"):
         raise EngineError("--quantize int4 needs a CUDA GPU (bitsandbytes 4-bit); on CPU use --quantize int8")
     if quantize == "int8-weight-only" and importlib.util.find_spec("torchao") is None:
-        raise EngineError("--quantize int8-weight-only needs torchao: pip install 'openchat-cli[torchao]' "
-                          "(or use --quantize int8, PyTorch's own dynamic int8)")
+        raise EngineError(
+            "--quantize int8-weight-only needs torchao: pip install 'openchat-cli[torchao]' "
+            "(or use --quantize int8, PyTorch's own dynamic int8)"
+        )
     return quantize
 
 
@@ -47,8 +49,7 @@ def load_kwargs(quantize: str | None, device: str) -> dict[str, Any]:
     else:
         import torch
 
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                    bnb_4bit_compute_dtype=torch.bfloat16)
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     return {"quantization_config": config, "device_map": {"": device}}
 
 
@@ -62,18 +63,23 @@ def quantize_loaded(model: Any, quantize: str | None, device: str) -> str | None
     if quantize == "int8-weight-only":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-        quantize_(model, Int8WeightOnlyConfig(),
-                  filter_fn=lambda module, _name: isinstance(module, torch.nn.Linear) and module is not head)
+        quantize_(
+            model,
+            Int8WeightOnlyConfig(),
+            filter_fn=lambda module, _name: isinstance(module, torch.nn.Linear) and module is not head,
+        )
         return "torchao-int8-weight-only"
     if device.startswith("cuda"):
         return f"bitsandbytes-{quantize}"
     if model.dtype != torch.float32:
-        raise EngineError(f"--quantize {quantize} on CPU quantizes float32 weights: drop --dtype or use "
-                          f"--dtype float32")
+        raise EngineError(
+            f"--quantize {quantize} on CPU quantizes float32 weights: drop --dtype or use --dtype float32"
+        )
     from torch.ao.quantization import quantize_dynamic
 
-    names = {name for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and module is not head}
+    names = {
+        name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not head
+    }
     with warnings.catch_warnings():  # deprecated in favour of torchao (see the module docstring)
         warnings.simplefilter("ignore")
         quantize_dynamic(model, names, dtype=torch.qint8, inplace=True)

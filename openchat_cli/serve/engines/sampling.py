@@ -46,8 +46,9 @@ class RowState:
             self.guide.consume(token)
 
 
-def new_row_state(params: SamplingParams, prompt: list[int], vocab: int, device: str,
-                  guide_state: Any = None) -> RowState:
+def new_row_state(
+    params: SamplingParams, prompt: list[int], vocab: int, device: str, guide_state: Any = None
+) -> RowState:
     """The sampling state of a sequence about to be prefilled."""
     state = RowState(params, guide=guide_state)
     if not params.greedy:
@@ -85,18 +86,21 @@ def process_logits(logits: torch.Tensor, states: list[RowState], vocab_limit: in
     repeat = _rows(states, lambda s: s.seen is not None)
     if repeat:
         seen = torch.stack([states[i].seen for i in repeat])
-        penalty = torch.tensor([states[i].params.repetition_penalty for i in repeat],
-                               device=logits.device).unsqueeze(-1)
+        penalty = torch.tensor([states[i].params.repetition_penalty for i in repeat], device=logits.device).unsqueeze(
+            -1
+        )
         sub = logits[repeat]
         scaled = torch.where(sub > 0, sub / penalty, sub * penalty)
         logits[repeat] = torch.where(seen, scaled, sub)
     counted = _rows(states, lambda s: s.counts is not None)
     if counted:
         counts = torch.stack([states[i].counts for i in counted])
-        frequency = torch.tensor([states[i].params.frequency_penalty for i in counted],
-                                 device=logits.device).unsqueeze(-1)
-        presence = torch.tensor([states[i].params.presence_penalty for i in counted],
-                                device=logits.device).unsqueeze(-1)
+        frequency = torch.tensor([states[i].params.frequency_penalty for i in counted], device=logits.device).unsqueeze(
+            -1
+        )
+        presence = torch.tensor([states[i].params.presence_penalty for i in counted], device=logits.device).unsqueeze(
+            -1
+        )
         logits[counted] -= frequency * counts + presence * (counts > 0).float()
     return logits
 

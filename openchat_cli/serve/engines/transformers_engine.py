@@ -87,8 +87,14 @@ def _torch_dtype(name: str, device: str):
     if name == "auto":
         # bf16/fp16 matmuls are slow on most CPUs: run float32 there unless told otherwise.
         return torch.float32 if device == "cpu" else "auto"
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise EngineError(f"unknown dtype '{name}' (choose auto, float32, bfloat16 or float16)")
     return table[name]
@@ -97,10 +103,20 @@ def _torch_dtype(name: str, device: str):
 class TransformersEngine(Engine):
     kind = "transformers"
 
-    def __init__(self, model_dir: Path, *, tokenizer: Any, device: str = "cpu", dtype: str = "auto",
-                 max_batch_size: int = 64, max_model_len: int | None = None,
-                 max_prefill_tokens: int = 4096, threads: int | None = None, quantize: str | None = None,
-                 adapters: dict[str, str] | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        tokenizer: Any,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_batch_size: int = 64,
+        max_model_len: int | None = None,
+        max_prefill_tokens: int = 4096,
+        threads: int | None = None,
+        quantize: str | None = None,
+        adapters: dict[str, str] | None = None,
+    ):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -178,8 +194,12 @@ class TransformersEngine(Engine):
                 self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
                 if self._check_batchable(cache):
                     break
-            self.model(input_ids=ids[:, :1], **{self._cache_kw: cache}, use_cache=True,
-                       position_ids=torch.tensor([[4]], device=self.device))
+            self.model(
+                input_ids=ids[:, :1],
+                **{self._cache_kw: cache},
+                use_cache=True,
+                position_ids=torch.tensor([[4]], device=self.device),
+            )
 
     async def start(self) -> None:
         # Results are delivered to the loop that started us last (tests run several loops).
@@ -203,15 +223,27 @@ class TransformersEngine(Engine):
             self._thread = None
 
     def stats(self) -> EngineStats:
-        return EngineStats(waiting=len(self._waiting), running=len(self._running),
-                           extra={"steps": self.steps, "max_batch_size": self.max_batch_size,
-                                  "scoring_forwards": self.scoring_forwards})
+        return EngineStats(
+            waiting=len(self._waiting),
+            running=len(self._running),
+            extra={
+                "steps": self.steps,
+                "max_batch_size": self.max_batch_size,
+                "scoring_forwards": self.scoring_forwards,
+            },
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "device": self.device, "dtype": str(self.model.dtype),
-                "max_batch_size": self.max_batch_size if self._batchable else 1,
-                "full_cache_for_sliding_window": self._full_cache, "quantized": self.quantized,
-                "weight_bytes": self.weight_bytes, "lora_adapters": sorted(self.lora.adapters) if self.lora else []}
+        return {
+            **super().describe(),
+            "device": self.device,
+            "dtype": str(self.model.dtype),
+            "max_batch_size": self.max_batch_size if self._batchable else 1,
+            "full_cache_for_sliding_window": self._full_cache,
+            "quantized": self.quantized,
+            "weight_bytes": self.weight_bytes,
+            "lora_adapters": sorted(self.lora.adapters) if self.lora else [],
+        }
 
     def load_weights(self, weights: Any) -> None:
         """Replace the model's weights in place (GRPO syncs the policy being trained into its
@@ -231,14 +263,14 @@ class TransformersEngine(Engine):
                     params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
 
     # -- the API side --------------------------------------------------------------------------
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[TokenEvent]:
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[TokenEvent]:
         if self._thread is None:
             raise EngineError("engine not started")
         if params.adapter and (self.lora is None or params.adapter not in self.lora.adapters):
             raise EngineError(f"no LoRA adapter named '{params.adapter}' is loaded")
-        seq = _Seq(request_id=request_id, prompt=list(prompt_ids), params=params,
-                   queue=asyncio.Queue())
+        seq = _Seq(request_id=request_id, prompt=list(prompt_ids), params=params, queue=asyncio.Queue())
         with self._cond:
             self._waiting.append(seq)
             self._cond.notify()
@@ -300,8 +332,7 @@ class TransformersEngine(Engine):
                     log.exception("engine step failed")
                     victims = [s for s in self._running + admitted if not s.done]
                     self._running, self._cache, self._mask = [], None, None
-                    self._deliver([(s, TokenEvent([], "error", f"{type(exc).__name__}: {exc}"))
-                                   for s in victims])
+                    self._deliver([(s, TokenEvent([], "error", f"{type(exc).__name__}: {exc}")) for s in victims])
         # Shutting down: finish whatever is left so no client waits forever.
         leftovers = [s for s in list(self._waiting) + self._running if not s.done]
         self._waiting.clear()
@@ -380,8 +411,13 @@ class TransformersEngine(Engine):
             ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
             self._mask = torch.cat([self._mask, ones], dim=1)
             self._route_rows(rows, 1)
-            logits = self.model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                                **{self._cache_kw: self._cache}, use_cache=True).logits[:, -1, :]
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=self._mask,
+                position_ids=positions,
+                **{self._cache_kw: self._cache},
+                use_cache=True,
+            ).logits[:, -1, :]
             for s in rows:
                 s.length += 1
             tokens, logprobs = self._sample(logits, rows)
@@ -477,16 +513,20 @@ class TransformersEngine(Engine):
 
         from openchat_cli.serve.engines.kv_cache import GrowingLayer
 
-        kinds = {DynamicLayer if type(layer) is GrowingLayer else type(layer)
-                 for layer in getattr(cache, "layers", None) or []}
+        kinds = {
+            DynamicLayer if type(layer) is GrowingLayer else type(layer)
+            for layer in getattr(cache, "layers", None) or []
+        }
         if kinds and kinds <= {DynamicLayer}:
             self._batchable = True
         elif kinds and kinds <= {DynamicLayer, DynamicSlidingWindowLayer} and not self._full_cache:
             self._full_cache = True
             return False  # warm up again with a full cache
         else:
-            log.warning("this model's cache (%s) cannot be merged into a batch: serving one "
-                        "sequence at a time", sorted(k.__name__ for k in kinds))
+            log.warning(
+                "this model's cache (%s) cannot be merged into a batch: serving one sequence at a time",
+                sorted(k.__name__ for k in kinds),
+            )
             self._batchable = False
         return True
 
@@ -501,8 +541,8 @@ class TransformersEngine(Engine):
         ids = torch.full((len(seqs), width), pad or 0, dtype=torch.long, device=self.device)
         mask = torch.zeros((len(seqs), width), dtype=torch.long, device=self.device)
         for i, seq in enumerate(seqs):
-            ids[i, width - len(seq.prompt):] = torch.tensor(seq.prompt, device=self.device)
-            mask[i, width - len(seq.prompt):] = 1
+            ids[i, width - len(seq.prompt) :] = torch.tensor(seq.prompt, device=self.device)
+            mask[i, width - len(seq.prompt) :] = 1
             seq.length = len(seq.prompt)
         kwargs = {}
         if len(seqs) > 1:
@@ -522,15 +562,16 @@ class TransformersEngine(Engine):
         self._route_rows(seqs, ids.shape[1])
         cache = self._new_cache()
         wanted = any(s.params.prompt_logprobs is not None for s in seqs)
-        logits = self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True,
-                            logits_to_keep=0 if wanted else 1, **kwargs).logits
+        logits = self.model(
+            input_ids=ids, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=0 if wanted else 1, **kwargs
+        ).logits
         prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
         if wanted:
             for i, seq in enumerate(seqs):
                 if seq.params.prompt_logprobs is not None:
                     prompt_logprobs[i] = self._prompt_logprobs(
-                        logits[i, logits.shape[1] - len(seq.prompt):], seq.prompt,
-                        seq.params.prompt_logprobs)
+                        logits[i, logits.shape[1] - len(seq.prompt) :], seq.prompt, seq.params.prompt_logprobs
+                    )
         return logits[:, -1, :], cache, mask, prompt_logprobs
 
     def _prefill_packed(self, seqs: list[_Seq]):
@@ -543,22 +584,28 @@ class TransformersEngine(Engine):
 
             tokens = torch.zeros(batch.input_ids.shape[1], dtype=torch.long, device=self.device)
             for seq, start in zip(seqs, batch.starts):
-                tokens[start:start + len(seq.prompt)] = self.lora.index(seq.params.adapter)
+                tokens[start : start + len(seq.prompt)] = self.lora.index(seq.params.adapter)
             self.lora.route(tokens)
         for seq in seqs:
             seq.length = len(seq.prompt)
         cache = self._new_cache()
         wanted = any(s.params.prompt_logprobs is not None for s in seqs)
-        logits = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                            attention_mask=batch.attention_mask, **{self._cache_kw: cache}, use_cache=True,
-                            logits_to_keep=0 if wanted else batch.last_positions).logits[0]
+        logits = self.model(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            attention_mask=batch.attention_mask,
+            **{self._cache_kw: cache},
+            use_cache=True,
+            logits_to_keep=0 if wanted else batch.last_positions,
+        ).logits[0]
         mask = unpack_cache(cache, batch)
         prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
         if wanted:
             for i, (seq, start) in enumerate(zip(seqs, batch.starts)):
                 if seq.params.prompt_logprobs is not None:
                     prompt_logprobs[i] = self._prompt_logprobs(
-                        logits[start:start + len(seq.prompt)], seq.prompt, seq.params.prompt_logprobs)
+                        logits[start : start + len(seq.prompt)], seq.prompt, seq.params.prompt_logprobs
+                    )
             logits = logits[batch.last_positions]
         return logits, cache, mask, prompt_logprobs
 
@@ -589,8 +636,9 @@ class TransformersEngine(Engine):
         self.scoring_forwards += 1
         out = []
         for i, seq in enumerate(seqs):
-            scores = self._prompt_logprobs(logits[i, logits.shape[1] - len(seq.prompt):],
-                                           seq.prompt, seq.params.prompt_logprobs)
+            scores = self._prompt_logprobs(
+                logits[i, logits.shape[1] - len(seq.prompt) :], seq.prompt, seq.params.prompt_logprobs
+            )
             out.append((seq, TokenEvent([], "length", prompt_logprobs=scores)))
         return out
 

@@ -141,13 +141,17 @@ def to_token_logprob(token_id: int, position: Any, top: int) -> TokenLogprob | N
     own = position.get(token_id)
     # The dict holds the top k plus the token itself when it is not among them.
     best = sorted(((int(t), value(v)) for t, v in position.items()), key=lambda tv: -tv[1])
-    return TokenLogprob(int(token_id), value(own) if own is not None else float("-inf"),
-                        tuple(best[:top]) if top > 0 else ())
+    return TokenLogprob(
+        int(token_id), value(own) if own is not None else float("-inf"), tuple(best[:top]) if top > 0 else ()
+    )
 
 
 def _context_length(engine: Any, model_dir: Path, fallback: int | None) -> int:
-    for path in ("vllm_config.model_config.max_model_len", "model_config.max_model_len",
-                 "engine.model_config.max_model_len"):
+    for path in (
+        "vllm_config.model_config.max_model_len",
+        "model_config.max_model_len",
+        "engine.model_config.max_model_len",
+    ):
         obj = engine
         try:
             for part in path.split("."):
@@ -179,9 +183,18 @@ def vllm_lora_rank(adapters: dict[str, str]) -> int:
 class VLLMEngine(Engine):
     kind = "vllm"
 
-    def __init__(self, model_dir: Path, *, tokenizer: Any, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, served_model_name: str | None = None,
-                 vllm_module: Any = None, adapters: dict[str, str] | None = None, **engine_options: Any):
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        tokenizer: Any,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        served_model_name: str | None = None,
+        vllm_module: Any = None,
+        adapters: dict[str, str] | None = None,
+        **engine_options: Any,
+    ):
         if vllm_module is None:
             try:
                 import vllm as vllm_module  # noqa: PLC0415 - the one place vllm is imported
@@ -190,8 +203,12 @@ class VLLMEngine(Engine):
         self.vllm = vllm_module
         self.model_dir = Path(model_dir)
         self.tokenizer = tokenizer
-        args = {"model": str(model_dir), "tokenizer": str(model_dir),
-                "tensor_parallel_size": tensor_parallel_size, **engine_options}
+        args = {
+            "model": str(model_dir),
+            "tokenizer": str(model_dir),
+            "tensor_parallel_size": tensor_parallel_size,
+            **engine_options,
+        }
         if max_model_len:
             args["max_model_len"] = max_model_len
         if served_model_name:
@@ -243,8 +260,9 @@ class VLLMEngine(Engine):
             from vllm.lora.request import LoRARequest as request_cls  # noqa: PLC0415
         return request_cls(name, list(self.adapters).index(name) + 1, self.adapters[name])
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[TokenEvent]:
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[TokenEvent]:
         sampling = to_vllm_sampling_params(self.vllm, params)
         lora = self._lora_request(params.adapter)
         prompt = {"prompt_token_ids": list(prompt_ids)}
@@ -271,13 +289,15 @@ class VLLMEngine(Engine):
                 if not prompt_sent and getattr(output, "prompt_logprobs", None) is not None:
                     event.prompt_logprobs = [
                         to_token_logprob(t, pos, params.prompt_logprobs)
-                        for t, pos in zip(prompt_ids, output.prompt_logprobs)]
+                        for t, pos in zip(prompt_ids, output.prompt_logprobs)
+                    ]
                     prompt_sent = True
                 if params.logprobs is not None and new:
-                    positions = list(getattr(completion, "logprobs", None) or [])[start:start + len(new)]
-                    event.logprobs = [to_token_logprob(t, pos, params.logprobs) or
-                                      TokenLogprob(t, float("nan"))
-                                      for t, pos in zip(new, positions)]
+                    positions = list(getattr(completion, "logprobs", None) or [])[start : start + len(new)]
+                    event.logprobs = [
+                        to_token_logprob(t, pos, params.logprobs) or TokenLogprob(t, float("nan"))
+                        for t, pos in zip(new, positions)
+                    ]
                 if score_only:  # the one token vLLM had to generate is not ours
                     if event.prompt_logprobs is None and not output.finished:
                         continue

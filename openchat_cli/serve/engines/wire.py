@@ -55,7 +55,7 @@ def params_from_wire(data: dict[str, Any]) -> SamplingParams:
         data["guide"] = JsonGuide(**data["guide"])
     for name, value in data.items():
         if isinstance(value, str) and value.startswith(_BIG):
-            data[name] = int(value[len(_BIG):])
+            data[name] = int(value[len(_BIG) :])
     return SamplingParams(**data)
 
 
@@ -73,17 +73,24 @@ def _logprob_from_wire(item: list[Any] | None) -> TokenLogprob | None:
 
 
 def event_to_wire(event: TokenEvent) -> list[Any]:
-    return [event.token_ids, event.finish_reason, event.error,
-            None if event.logprobs is None else [_logprob_to_wire(x) for x in event.logprobs],
-            None if event.prompt_logprobs is None else [_logprob_to_wire(x) for x in event.prompt_logprobs]]
+    return [
+        event.token_ids,
+        event.finish_reason,
+        event.error,
+        None if event.logprobs is None else [_logprob_to_wire(x) for x in event.logprobs],
+        None if event.prompt_logprobs is None else [_logprob_to_wire(x) for x in event.prompt_logprobs],
+    ]
 
 
 def event_from_wire(data: list[Any]) -> TokenEvent:
     token_ids, finish_reason, error, logprobs, prompt_logprobs = data
     return TokenEvent(
-        list(token_ids), finish_reason, error,
+        list(token_ids),
+        finish_reason,
+        error,
         None if logprobs is None else [_logprob_from_wire(x) for x in logprobs],
-        None if prompt_logprobs is None else [_logprob_from_wire(x) for x in prompt_logprobs])
+        None if prompt_logprobs is None else [_logprob_from_wire(x) for x in prompt_logprobs],
+    )
 
 
 def stats_to_wire(stats: EngineStats) -> list[Any]:
