@@ -88,7 +88,8 @@ class RefereeJudge(LoopbackServer):
 def test_referee_judge_prefers_the_reply_matching_the_reference():
     judge = RefereeJudge()
     prompt = ("=== REFERENCE ANSWER ===\n42\n=== END OF REFERENCE ===\n\n=== ASSISTANT A'S REPLY ===\n"
-              "The answer is {a}.\n=== END OF A ===\n\n=== ASSISTANT B'S REPLY ===\nThe answer is {b}.\n=== END OF B ===")
+              "The answer is {a}.\n=== END OF A ===\n\n=== ASSISTANT B'S REPLY ===\nThe answer is {b}.\n"
+              "=== END OF B ===")
     assert judge.verdict(prompt.format(a=42, b=17)) == "[[A]]"
     assert judge.verdict(prompt.format(a=17, b=42)) == "[[B]]"
     assert judge.verdict(prompt.format(a=42, b=42)) == "[[C]]"
@@ -133,7 +134,8 @@ def test_dpo_on_judged_pairs_end_to_end(cli, tmp_path):
     server = start_server(tmp_path / "sft" / "final", tmp_path)
     try:
         sampled = [answer(server.base_url, questions, name, "1.0") for name in SAMPLED_RUNS]
-        before_runs = [answer(server.base_url, sets["heldout"], f"sft-heldout-{k}", "1.0") for k in range(HELDOUT_SAMPLES)]
+        before_runs = [answer(server.base_url, sets["heldout"], f"sft-heldout-{k}", "1.0")
+                 for k in range(HELDOUT_SAMPLES)]
     finally:
         stop_server(server)
 
@@ -160,7 +162,8 @@ def test_dpo_on_judged_pairs_end_to_end(cli, tmp_path):
 
     server = start_server(tmp_path / "dpo" / "final", tmp_path / "dpo")
     try:
-        after_runs = [answer(server.base_url, sets["heldout"], f"dpo-heldout-{k}", "1.0") for k in range(HELDOUT_SAMPLES)]
+        after_runs = [answer(server.base_url, sets["heldout"], f"dpo-heldout-{k}", "1.0")
+                 for k in range(HELDOUT_SAMPLES)]
     finally:
         stop_server(server)
     graded = cli("eval", "grade", *before_runs, *after_runs, "--json").json()
