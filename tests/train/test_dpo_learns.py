@@ -13,7 +13,7 @@ The judge is the one stand-in (a paid judge API cannot be reached): an OpenAI-co
 whose final number matches the reference answer; both right or both wrong is a tie.
 
 Status: the chain runs and DPO learns the pairs (reward accuracy and margins rise), but the
-held-out gain is not yet significant on this tiny model: measured -2.2 to +7.4 points of sampled
+held-out gain is not reliably significant on this tiny model: measured -2.2 to +7.4 points of sampled
 accuracy (about 49-51% -> 47-57%), the 95% CI above 0 in 2 of 3 full runs; greedy accuracy moved -1 to +1.3 points; and
 larger learning rates collapse the model (repeated tokens). So the test asserts the chain and the
 training-side learning, and prints the held-out CI without asserting it.
