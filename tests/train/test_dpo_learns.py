@@ -81,15 +81,20 @@ class RefereeJudge(LoopbackServer):
         verdict = self.verdict(prompt)
         self.verdicts.append(verdict)
         text = f"Checked both final results against the reference answer.\n{verdict}"
-        return chat_completion(body.get("model", "referee"), text, {"prompt_tokens": len(prompt.split()),
-                                                                    "completion_tokens": len(text.split())})
+        return chat_completion(
+            body.get("model", "referee"),
+            text,
+            {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())},
+        )
 
 
 def test_referee_judge_prefers_the_reply_matching_the_reference():
     judge = RefereeJudge()
-    prompt = ("=== REFERENCE ANSWER ===\n42\n=== END OF REFERENCE ===\n\n=== ASSISTANT A'S REPLY ===\n"
-              "The answer is {a}.\n=== END OF A ===\n\n=== ASSISTANT B'S REPLY ===\nThe answer is {b}.\n"
-              "=== END OF B ===")
+    prompt = (
+        "=== REFERENCE ANSWER ===\n42\n=== END OF REFERENCE ===\n\n=== ASSISTANT A'S REPLY ===\n"
+        "The answer is {a}.\n=== END OF A ===\n\n=== ASSISTANT B'S REPLY ===\nThe answer is {b}.\n"
+        "=== END OF B ==="
+    )
     assert judge.verdict(prompt.format(a=42, b=17)) == "[[A]]"
     assert judge.verdict(prompt.format(a=17, b=42)) == "[[B]]"
     assert judge.verdict(prompt.format(a=42, b=42)) == "[[C]]"
@@ -102,8 +107,17 @@ def reference_guided_questions(prompts: Path, out: Path) -> Path:
     with out.open("w") as fh:
         for line in prompts.read_text().splitlines():
             p = json.loads(line)
-            fh.write(json.dumps({"question_id": p["id"], "category": "math", "turns": [p["prompt"]],
-                                 "reference": [f"The answer is {p['answer']}."]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "question_id": p["id"],
+                        "category": "math",
+                        "turns": [p["prompt"]],
+                        "reference": [f"The answer is {p['answer']}."],
+                    }
+                )
+                + "\n"
+            )
     return out
 
 
@@ -120,29 +134,80 @@ def test_dpo_on_judged_pairs_end_to_end(cli, tmp_path):
     files = generate(tmp_path / "raw", train_size=3000, eval_size=60, seed=0)
     cli("data", "clean", files["train"], "-o", tmp_path / "clean.jsonl", "--force")
     cli("model", "init", tmp_path / "base", "--tokenizer-corpus", files["corpus"], "--size", "tiny", "--force")
-    cli("data", "tokenize", tmp_path / "clean.jsonl", "--model", tmp_path / "base", "--max-len", "256",
-        "-o", tmp_path / "train.parquet", "--force")
-    cli("train", "--model", tmp_path / "base", "--data", tmp_path / "train.parquet", "--out", tmp_path / "sft",
-        "--epochs", SFT_EPOCHS, "--lr", "5e-3", "--tokens-per-step", "512", "--seed", "0")
+    cli(
+        "data",
+        "tokenize",
+        tmp_path / "clean.jsonl",
+        "--model",
+        tmp_path / "base",
+        "--max-len",
+        "256",
+        "-o",
+        tmp_path / "train.parquet",
+        "--force",
+    )
+    cli(
+        "train",
+        "--model",
+        tmp_path / "base",
+        "--data",
+        tmp_path / "train.parquet",
+        "--out",
+        tmp_path / "sft",
+        "--epochs",
+        SFT_EPOCHS,
+        "--lr",
+        "5e-3",
+        "--tokens-per-step",
+        "512",
+        "--seed",
+        "0",
+    )
     sets = write_prompt_sets(tmp_path, train=TRAIN_PROMPTS, heldout=HELDOUT)
     questions = reference_guided_questions(sets["prompts"], tmp_path / "train_questions.jsonl")
 
     def answer(endpoint: str, path: Path, name: str, temperature: str) -> str:
-        return cli("eval", "answer", path, "-e", endpoint, "--name", name, "-t", temperature, "--max-tokens", "16",
-                   "--new", "--json").json()["run_id"]
+        return cli(
+            "eval",
+            "answer",
+            path,
+            "-e",
+            endpoint,
+            "--name",
+            name,
+            "-t",
+            temperature,
+            "--max-tokens",
+            "16",
+            "--new",
+            "--json",
+        ).json()["run_id"]
 
     server = start_server(tmp_path / "sft" / "final", tmp_path)
     try:
         sampled = [answer(server.base_url, questions, name, "1.0") for name in SAMPLED_RUNS]
-        before_runs = [answer(server.base_url, sets["heldout"], f"sft-heldout-{k}", "1.0")
-                 for k in range(HELDOUT_SAMPLES)]
+        before_runs = [
+            answer(server.base_url, sets["heldout"], f"sft-heldout-{k}", "1.0") for k in range(HELDOUT_SAMPLES)
+        ]
     finally:
         stop_server(server)
 
     judge = RefereeJudge().start()
     try:
-        judged = cli("eval", "judge", sampled[0], "--baseline", sampled[1], "--mode", "pairwise",
-                     "--judge-endpoint", judge.base_url, "--judge-model", "referee", "--json").json()[0]
+        judged = cli(
+            "eval",
+            "judge",
+            sampled[0],
+            "--baseline",
+            sampled[1],
+            "--mode",
+            "pairwise",
+            "--judge-endpoint",
+            judge.base_url,
+            "--judge-model",
+            "referee",
+            "--json",
+        ).json()[0]
     finally:
         judge.stop()
     counts = cli("data", "pairs", judged["run_id"], "-o", tmp_path / "pairs.jsonl", "--json").json()
@@ -155,15 +220,36 @@ def test_dpo_on_judged_pairs_end_to_end(cli, tmp_path):
         assert RefereeJudge._last_number(pair["chosen"][0]["content"]) == expected, pair
         assert RefereeJudge._last_number(pair["rejected"][0]["content"]) != expected, pair
 
-    cli("data", "tokenize", tmp_path / "pairs.jsonl", "--model", tmp_path / "sft" / "final", "--max-len", "256",
-        "-o", tmp_path / "pairs.parquet", "--force")
-    cli("train", "--method", "dpo", "--model", tmp_path / "sft" / "final", "--data", tmp_path / "pairs.parquet",
-        "--out", tmp_path / "dpo", *DPO)
+    cli(
+        "data",
+        "tokenize",
+        tmp_path / "pairs.jsonl",
+        "--model",
+        tmp_path / "sft" / "final",
+        "--max-len",
+        "256",
+        "-o",
+        tmp_path / "pairs.parquet",
+        "--force",
+    )
+    cli(
+        "train",
+        "--method",
+        "dpo",
+        "--model",
+        tmp_path / "sft" / "final",
+        "--data",
+        tmp_path / "pairs.parquet",
+        "--out",
+        tmp_path / "dpo",
+        *DPO,
+    )
 
     server = start_server(tmp_path / "dpo" / "final", tmp_path / "dpo")
     try:
-        after_runs = [answer(server.base_url, sets["heldout"], f"dpo-heldout-{k}", "1.0")
-                 for k in range(HELDOUT_SAMPLES)]
+        after_runs = [
+            answer(server.base_url, sets["heldout"], f"dpo-heldout-{k}", "1.0") for k in range(HELDOUT_SAMPLES)
+        ]
     finally:
         stop_server(server)
     graded = cli("eval", "grade", *before_runs, *after_runs, "--json").json()
@@ -174,11 +260,13 @@ def test_dpo_on_judged_pairs_end_to_end(cli, tmp_path):
     before, after = per_question[:HELDOUT_SAMPLES].mean(axis=0), per_question[HELDOUT_SAMPLES:].mean(axis=0)
     gain = after - before
     low, high = cluster_bootstrap(gain, np.ones_like(gain))
-    print(f"held-out accuracy (temperature 1, {HELDOUT_SAMPLES} runs) {before.mean():.3f} -> {after.mean():.3f}, "
-          f"gain 95% CI [{low:.3f}, {high:.3f}]")
+    print(
+        f"held-out accuracy (temperature 1, {HELDOUT_SAMPLES} runs) {before.mean():.3f} -> {after.mean():.3f}, "
+        f"gain 95% CI [{low:.3f}, {high:.3f}]"
+    )
     # DPO learned the judge's preference on its pairs: reward accuracy and margins up, loss down.
     steps = [json.loads(line) for line in (tmp_path / "dpo" / "steps.jsonl").read_text().splitlines()]
-    first, last = steps[: len(steps) // 4], steps[-(len(steps) // 4):]
+    first, last = steps[: len(steps) // 4], steps[-(len(steps) // 4) :]
     assert np.mean([s["rewards/accuracies"] for s in last]) > 0.7
     assert np.mean([s["rewards/margins"] for s in last]) > np.mean([s["rewards/margins"] for s in first])
     assert np.mean([s["loss"] for s in last]) < np.mean([s["loss"] for s in first])
