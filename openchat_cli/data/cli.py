@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -414,7 +414,7 @@ def tokenize_command(
     """Tokenize conversations into per-token ids and loss weights (Parquet the trainer reads),
     splitting long conversations at turn boundaries instead of cutting them; preference pairs
     become chosen/rejected sequences sharing the prompt (for `train --method dpo|rm`)."""
-    from openchat_cli.data.io import StagedOutputs, ensure_registered, resolve_input, sha256_file
+    from openchat_cli.data.io import ensure_registered, resolve_input
     from openchat_cli.data.tokenize import tokenize_file
     from openchat_cli.model_dir import load_tokenizer, model_template, resolve_model, tokenizer_hash
     from openchat_cli.templates import check_tokenizer, get_template
@@ -454,11 +454,12 @@ def tokenize_command(
     parent = ensure_registered(src, "pairs" if pairs_input else "conversations", given, catalog=catalog)
     thash = tokenizer_hash(tokenizer)
 
-    def metadata(stats):
+    def metadata(stats, kind: str | None = None):
         return make_metadata(
             template=tname,
             tokenizer_hash=thash,
             max_len=max_len,
+            kind=kind,
             source={
                 "path": str(src.resolve()),
                 "dataset_id": parent,
@@ -468,89 +469,64 @@ def tokenize_command(
             stats=stats.to_dict(),
         )
 
+    dataset_meta = {"template": tname, "tokenizer_hash": thash, "max_len": max_len}
+    model_meta = {"model": str(model_dir.resolve()), "model_id": model_id}
     if pairs_input:
         return _tokenize_pairs(
             src,
             out,
             template,
-            tname,
             tokenizer,
-            thash,
             max_len,
             chunk_size,
             workers,
+            metadata,
+            dataset_meta,
+            model_meta,
             parent,
-            model_dir,
-            model_id,
             name,
             catalog,
             as_json,
         )
-    total = _count_lines(src) if err_console.is_terminal else None
-    with StagedOutputs() as staged:
-        with progress(transient=True) as bar:
-            task = bar.add_task("tokenizing", total=total, info="")
-            tmp = staged.path(out)
-            stats = tokenize_file(
-                src,
-                tmp,
-                template,
-                tokenizer,
-                max_len,
-                metadata,
-                chunk_size=chunk_size,
-                on_progress=lambda n: bar.advance(task, n),
-                workers=workers,
-                model_dir=model_dir,
-                name=str(src),
-            )
-        _warn_stale(staged)
-        if stats.sequences == 0:
-            if stats.malformed:
-                _warn([f"{stats.malformed} malformed record(s) skipped, e.g."] + stats.errors[:5])
-            raise OpenchatError(
-                f"{src}: no training sequence to write ({stats.conversations:,} conversation(s) read, "
-                f"{stats.malformed:,} malformed, {stats.dropped_no_targets:,} part(s) without a supervised "
-                f"token within --max-len {max_len}); nothing written to {out}, nothing registered"
-            )
-        content_hash = sha256_file(tmp)
 
-        def register(catalog) -> str:
-            ds = catalog.add_dataset(
-                name=name or out.name,
-                path=out,
-                format="tokenized",
-                parent_id=parent,
-                content_hash=content_hash,
-                num_records=stats.sequences,
-                counts=stats.to_dict(),
-                meta={
-                    "template": tname,
-                    "tokenizer_hash": thash,
-                    "max_len": max_len,
-                    "model": str(model_dir.resolve()),
-                    "model_id": model_id,
-                    "errors": stats.errors,
-                },
-            )
-            if model_id:
-                catalog.link(ds, model_id, "tokenized-with")
-            return ds
-
-        ds = staged.publish(register, catalog)
-    if stats.malformed:
-        _warn([f"{stats.malformed} malformed record(s) skipped, e.g."] + stats.errors[:5])
-    if as_json:
-        print_json(
-            {
-                "id": ds,
-                "path": str(out),
-                "template": tname,
-                "max_len": max_len,
-                "tokenizer_hash": thash,
-                "stats": stats.to_dict(),
-            }
+    def write(tmp: Path, on_progress) -> Any:
+        return tokenize_file(
+            src,
+            tmp,
+            template,
+            tokenizer,
+            max_len,
+            metadata,
+            chunk_size=chunk_size,
+            on_progress=on_progress,
+            workers=workers,
+            model_dir=model_dir,
+            name=str(src),
         )
+
+    def nothing_written(stats) -> str:
+        return (
+            f"{src}: no training sequence to write ({stats.conversations:,} conversation(s) read, "
+            f"{stats.malformed:,} malformed, {stats.dropped_no_targets:,} part(s) without a supervised "
+            f"token within --max-len {max_len})"
+        )
+
+    ds, stats = _publish_tokenized(
+        src,
+        out,
+        write,
+        records=lambda st: st.sequences,
+        nothing_written=nothing_written,
+        noun="record(s)",
+        label="tokenizing",
+        fmt="tokenized",
+        meta={**dataset_meta, **model_meta},
+        parent=parent,
+        name=name,
+        catalog=catalog,
+    )
+    if as_json:
+        print_json({"id": ds, "path": str(out), **dataset_meta, "stats": stats.to_dict()})
         return
     s = stats
     console.print(
@@ -573,117 +549,126 @@ def tokenize_command(
     console.print(f"→ {out} as [bold]{ds}[/]", highlight=False)
 
 
-def _tokenize_pairs(
+def _publish_tokenized(
     src: Path,
     out: Path,
-    template,
-    tname: str,
-    tokenizer,
-    thash: str,
-    max_len: int,
-    chunk_size: int,
-    workers: int,
+    write,
+    *,
+    records,
+    nothing_written,
+    noun: str,
+    label: str,
+    fmt: str,
+    meta: dict[str, Any],
     parent: str,
-    model_dir: Path,
-    model_id: str | None,
     name: str | None,
     catalog,
-    as_json: bool,
-) -> None:
-    """`data tokenize` of a pairs JSONL: the pairs Parquet (openchat_cli.tokenized), registered
-    as `tokenized-pairs`."""
+) -> tuple[str, Any]:
+    """The staging shared by conversations and pairs: `write(tmp, on_progress)` fills OUT's temp
+    name under a progress bar; an empty result is refused (nothing written, nothing registered);
+    otherwise the file appears together with its catalog entry. Returns (dataset id, stats)."""
     from openchat_cli.data.io import StagedOutputs, sha256_file
-    from openchat_cli.data.tokenize_pairs import tokenize_pairs_file
-    from openchat_cli.tokenized import PAIRS_KIND, make_metadata
-
-    if workers:
-        err_console.print("[yellow]warning:[/] --workers is not used for pairs (encoded in this process)")
-
-    def metadata(stats):
-        return make_metadata(
-            template=tname,
-            tokenizer_hash=thash,
-            max_len=max_len,
-            kind=PAIRS_KIND,
-            source={
-                "path": str(src.resolve()),
-                "dataset_id": parent,
-                "model": str(model_dir.resolve()),
-                "model_id": model_id,
-            },
-            stats=stats.to_dict(),
-        )
 
     total = _count_lines(src) if err_console.is_terminal else None
     with StagedOutputs() as staged:
         with progress(transient=True) as bar:
-            task = bar.add_task("tokenizing pairs", total=total, info="")
+            task = bar.add_task(label, total=total, info="")
             tmp = staged.path(out)
-            stats = tokenize_pairs_file(
-                src,
-                tmp,
-                template,
-                tokenizer,
-                max_len,
-                metadata,
-                chunk_size=min(chunk_size, 256),
-                name=str(src),
-                on_progress=lambda n: bar.advance(task, n),
-            )
+            stats = write(tmp, lambda n: bar.advance(task, n))
         _warn_stale(staged)
-        if stats.written == 0:
+        if records(stats) == 0:
             if stats.malformed:
-                _warn([f"{stats.malformed} malformed pair(s) skipped, e.g."] + stats.errors[:5])
-            raise OpenchatError(
-                f"{src}: no pair to write ({stats.pairs:,} pair(s) read, {stats.malformed:,} malformed, "
-                f"{stats.dropped_too_long:,} too long for --max-len {max_len}, {stats.dropped_no_targets:,} "
-                f"without a supervised token); nothing written to {out}, nothing registered"
-            )
+                _warn([f"{stats.malformed} malformed {noun} skipped, e.g."] + stats.errors[:5])
+            raise OpenchatError(f"{nothing_written(stats)}; nothing written to {out}, nothing registered")
         content_hash = sha256_file(tmp)
 
         def register(catalog) -> str:
             ds = catalog.add_dataset(
                 name=name or out.name,
                 path=out,
-                format="tokenized-pairs",
+                format=fmt,
                 parent_id=parent,
                 content_hash=content_hash,
-                num_records=stats.written,
+                num_records=records(stats),
                 counts=stats.to_dict(),
-                meta={
-                    "template": tname,
-                    "tokenizer_hash": thash,
-                    "max_len": max_len,
-                    "kind": PAIRS_KIND,
-                    "model": str(model_dir.resolve()),
-                    "model_id": model_id,
-                    "errors": stats.errors,
-                },
+                meta={**meta, "errors": stats.errors},
             )
-            if model_id:
-                catalog.link(ds, model_id, "tokenized-with")
+            if meta.get("model_id"):
+                catalog.link(ds, meta["model_id"], "tokenized-with")
             return ds
 
         ds = staged.publish(register, catalog)
     if stats.malformed:
-        _warn([f"{stats.malformed} malformed pair(s) skipped, e.g."] + stats.errors[:5])
-    if as_json:
-        print_json(
-            {
-                "id": ds,
-                "path": str(out),
-                "kind": PAIRS_KIND,
-                "template": tname,
-                "max_len": max_len,
-                "tokenizer_hash": thash,
-                "stats": stats.to_dict(),
-            }
+        _warn([f"{stats.malformed} malformed {noun} skipped, e.g."] + stats.errors[:5])
+    return ds, stats
+
+
+def _tokenize_pairs(
+    src: Path,
+    out: Path,
+    template,
+    tokenizer,
+    max_len: int,
+    chunk_size: int,
+    workers: int,
+    metadata,
+    dataset_meta: dict[str, Any],
+    model_meta: dict[str, Any],
+    parent: str,
+    name: str | None,
+    catalog,
+    as_json: bool,
+) -> None:
+    """`data tokenize` of a pairs JSONL: the pairs Parquet (openchat_cli.tokenized), registered
+    as `tokenized-pairs`."""
+    from openchat_cli.data.tokenize_pairs import tokenize_pairs_file
+    from openchat_cli.tokenized import PAIRS_KIND
+
+    if workers:
+        err_console.print("[yellow]warning:[/] --workers is not used for pairs (encoded in this process)")
+
+    def write(tmp: Path, on_progress) -> Any:
+        return tokenize_pairs_file(
+            src,
+            tmp,
+            template,
+            tokenizer,
+            max_len,
+            lambda stats: metadata(stats, kind=PAIRS_KIND),
+            chunk_size=min(chunk_size, 256),
+            name=str(src),
+            on_progress=on_progress,
         )
+
+    def nothing_written(stats) -> str:
+        return (
+            f"{src}: no pair to write ({stats.pairs:,} pair(s) read, {stats.malformed:,} malformed, "
+            f"{stats.dropped_too_long:,} too long for --max-len {max_len}, {stats.dropped_no_targets:,} "
+            f"without a supervised token)"
+        )
+
+    kind_meta = {**dataset_meta, "kind": PAIRS_KIND}
+    ds, stats = _publish_tokenized(
+        src,
+        out,
+        write,
+        records=lambda st: st.written,
+        nothing_written=nothing_written,
+        noun="pair(s)",
+        label="tokenizing pairs",
+        fmt="tokenized-pairs",
+        meta={**kind_meta, **model_meta},
+        parent=parent,
+        name=name,
+        catalog=catalog,
+    )
+    if as_json:
+        print_json({"id": ds, "path": str(out), "kind": PAIRS_KIND, **dataset_meta, "stats": stats.to_dict()})
         return
     s = stats
     console.print(
         table(
-            f"pairs tokenized with {tname}, max {max_len} tokens a side",
+            f"pairs tokenized with {dataset_meta['template']}, max {max_len} tokens a side",
             ["", ""],
             [
                 ("pairs", f"{s.pairs:,}"),
