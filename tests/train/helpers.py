@@ -88,3 +88,44 @@ def skewed_chat(n: int, seed: int, max_words: int = 300) -> list[Conversation]:
             ]
         convs.append(Conversation(messages=turns, id=f"k{seed}-{i}", condition=rng.choice(["GPT4 Correct", "GPT3"])))
     return convs
+
+
+def sft_on_quickstart_task(cli, tmp_path: Path, *, epochs: int) -> Path:
+    """The learning tests' starting point: the quickstart's task cleaned and tokenized, a tiny
+    base model, and `epochs` of SFT (under-trained on purpose, so a preference or RL stage has room
+    to improve). Returns the SFT run folder (`OUT/final` is the model)."""
+    from openchat_cli.quickstart.tasks import generate
+
+    files = generate(tmp_path / "raw", train_size=3000, eval_size=60, seed=0)
+    cli("data", "clean", files["train"], "-o", tmp_path / "clean.jsonl", "--force")
+    cli("model", "init", tmp_path / "base", "--tokenizer-corpus", files["corpus"], "--size", "tiny", "--force")
+    cli(
+        "data",
+        "tokenize",
+        tmp_path / "clean.jsonl",
+        "--model",
+        tmp_path / "base",
+        "--max-len",
+        "256",
+        "-o",
+        tmp_path / "train.parquet",
+        "--force",
+    )
+    cli(
+        "train",
+        "--model",
+        tmp_path / "base",
+        "--data",
+        tmp_path / "train.parquet",
+        "--out",
+        tmp_path / "sft",
+        "--epochs",
+        epochs,
+        "--lr",
+        "5e-3",
+        "--tokens-per-step",
+        "512",
+        "--seed",
+        "0",
+    )
+    return tmp_path / "sft"

@@ -31,9 +31,9 @@ import pytest
 from aiohttp import web
 
 from openchat_cli.quickstart.prompts import write_prompt_sets
-from openchat_cli.quickstart.tasks import generate
 from tests.conftest import start_server, stop_server
 from tests.fake_openai import LoopbackServer, chat_completion, model_list
+from tests.train.helpers import sft_on_quickstart_task
 
 SFT_EPOCHS = 8  # about half the sampled replies right: many prompts with one right and one wrong reply
 TRAIN_PROMPTS = 2048
@@ -131,38 +131,7 @@ def heldout_scores(grade_run: str) -> dict[str, float]:
 def test_dpo_on_judged_pairs_end_to_end(cli, tmp_path):
     from openchat_cli.eval.report import cluster_bootstrap
 
-    files = generate(tmp_path / "raw", train_size=3000, eval_size=60, seed=0)
-    cli("data", "clean", files["train"], "-o", tmp_path / "clean.jsonl", "--force")
-    cli("model", "init", tmp_path / "base", "--tokenizer-corpus", files["corpus"], "--size", "tiny", "--force")
-    cli(
-        "data",
-        "tokenize",
-        tmp_path / "clean.jsonl",
-        "--model",
-        tmp_path / "base",
-        "--max-len",
-        "256",
-        "-o",
-        tmp_path / "train.parquet",
-        "--force",
-    )
-    cli(
-        "train",
-        "--model",
-        tmp_path / "base",
-        "--data",
-        tmp_path / "train.parquet",
-        "--out",
-        tmp_path / "sft",
-        "--epochs",
-        SFT_EPOCHS,
-        "--lr",
-        "5e-3",
-        "--tokens-per-step",
-        "512",
-        "--seed",
-        "0",
-    )
+    sft_on_quickstart_task(cli, tmp_path, epochs=SFT_EPOCHS)
     sets = write_prompt_sets(tmp_path, train=TRAIN_PROMPTS, heldout=HELDOUT)
     questions = reference_guided_questions(sets["prompts"], tmp_path / "train_questions.jsonl")
 

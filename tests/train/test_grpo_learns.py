@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from openchat_cli.quickstart.prompts import write_prompt_sets
-from openchat_cli.quickstart.tasks import generate
+from tests.train.helpers import sft_on_quickstart_task
 
 SFT_EPOCHS = 8  # ~50-65% held-out accuracy: room to improve, and rewards that are not all 0
 GRPO = (
@@ -85,38 +85,7 @@ def accuracy(model_dir: Path, heldout: Path) -> np.ndarray:
 def test_grpo_with_the_grader_raises_heldout_accuracy(cli, tmp_path):
     from openchat_cli.eval.report import cluster_bootstrap
 
-    files = generate(tmp_path / "raw", train_size=3000, eval_size=60, seed=0)
-    cli("data", "clean", files["train"], "-o", tmp_path / "clean.jsonl", "--force")
-    cli("model", "init", tmp_path / "base", "--tokenizer-corpus", files["corpus"], "--size", "tiny", "--force")
-    cli(
-        "data",
-        "tokenize",
-        tmp_path / "clean.jsonl",
-        "--model",
-        tmp_path / "base",
-        "--max-len",
-        "256",
-        "-o",
-        tmp_path / "train.parquet",
-        "--force",
-    )
-    cli(
-        "train",
-        "--model",
-        tmp_path / "base",
-        "--data",
-        tmp_path / "train.parquet",
-        "--out",
-        tmp_path / "sft",
-        "--epochs",
-        SFT_EPOCHS,
-        "--lr",
-        "5e-3",
-        "--tokens-per-step",
-        "512",
-        "--seed",
-        "0",
-    )
+    sft_on_quickstart_task(cli, tmp_path, epochs=SFT_EPOCHS)
     sets = write_prompt_sets(tmp_path, train=512, heldout=300)
     before = accuracy(tmp_path / "sft" / "final", sets["heldout"])
     cli(
