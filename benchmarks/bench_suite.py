@@ -114,7 +114,7 @@ def main() -> None:
         "ratio_32_vs_1": round(ratio, 2),
         "reply_tokens": args.reply_tokens,
         "cpus": os.cpu_count(),
-        "graded_task_types": graded.get("suite", {}).get("task_types"),
+        "graded_task_types": graded.suite.to_dict()["task_types"] if graded.suite else None,
     }
     if args.json:
         print(json.dumps(result, indent=2))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from openchat_cli import options as opt
 from openchat_cli.console import console, err_console, print_json, progress
 from openchat_cli.errors import OpenchatError
+
+if TYPE_CHECKING:
+    from openchat_cli.eval.judge import JudgeResult
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -318,22 +322,7 @@ def judge_command(
             result = run_judge(cat, ref, opts, bar)
         results.append(result)
         if not as_json:
-            metrics = cat.get(result.run_id).get("metrics") or {}
-            rel = metrics.get("reliability") or {}
-            stored = result.already + result.judged_now + result.judged_elsewhere
-            line = (
-                f"[bold]{result.run_id}[/] {result.status}: {stored}/"
-                f"{result.total} judgments ({result.judged_now} now), parse failures "
-                f"{rel.get('parse_failures', 0)}"
-            )
-            if metrics.get("mode") == "pairwise" and metrics.get("adjusted_win_rate") is not None:
-                line += (
-                    f"; adjusted win rate {100 * metrics['adjusted_win_rate']:.1f}%, flipped on swap "
-                    f"{rel.get('flipped', 0)}/{rel.get('swapped_pairs', 0)}"
-                )
-            elif metrics.get("average") is not None:
-                line += f"; average score {metrics['average']:.2f}"
-            console.print(line + f"  (details: openchat eval report {result.run_id})")
+            console.print(_judged_line(result, cat.get(result.run_id).get("metrics") or None))
     if as_json:
         print_json(
             [
@@ -353,6 +342,29 @@ def judge_command(
                 for r in results
             ]
         )
+
+
+def _judged_line(result: JudgeResult, metrics: dict[str, Any] | None) -> str:
+    """One line per judge run, from the summary `eval judge` stored as the run's metrics."""
+    from openchat_cli.eval.summaries import PairwiseSummary, judge_summary_from_dict
+
+    summary = judge_summary_from_dict(metrics) if metrics else None
+    stored = result.already + result.judged_now + result.judged_elsewhere
+    line = (
+        f"[bold]{result.run_id}[/] {result.status}: {stored}/"
+        f"{result.total} judgments ({result.judged_now} now), parse failures "
+        f"{summary.reliability.parse_failures if summary else 0}"
+    )
+    if isinstance(summary, PairwiseSummary):
+        if summary.adjusted_win_rate is not None:
+            rel = summary.reliability
+            line += (
+                f"; adjusted win rate {100 * summary.adjusted_win_rate:.1f}%, flipped on swap "
+                f"{rel.flipped}/{rel.swapped_pairs}"
+            )
+    elif summary is not None and summary.average is not None:
+        line += f"; average score {summary.average:.2f}"
+    return line + f"  (details: openchat eval report {result.run_id})"
 
 
 @app.command("grade")
@@ -382,19 +394,17 @@ def grade_command(
 
             results.append(run_grade(cat, ref, on_event))
     if as_json:
-        print_json(results)
+        print_json([r.to_dict() for r in results])
         return
     for r in results:
-        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        acc = "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}%"
         console.print(
-            f"[bold]{r['run_id']}[/] {r['model']}: accuracy {acc} ({r['correct']}/{r['graded']}), "
-            f"no answer found in {r['no_answer']}"
+            f"[bold]{r.run_id}[/] {r.model}: accuracy {acc} ({r.correct}/{r.graded}), no answer found in {r.no_answer}"
         )
-        for task_type, reason in (r.get("skipped") or {}).items():
+        for task_type, reason in (r.skipped or {}).items():
             err_console.print(f"[yellow]note:[/] {task_type} not graded ({reason})", highlight=False)
-    suites = [r for r in results if r.get("suite")]
-    if suites:
-        render_suites(suites, console)
+    if any(r.suite for r in results):
+        render_suites(results, console)
 
 
 @app.command("score")
@@ -421,13 +431,13 @@ def score_command(
 
         result = run_score(open_catalog(), answer_run, rm, on_event)
     if as_json:
-        print_json(result)
+        print_json(result.to_dict())
         return
-    ci = result["mean_ci"]
+    ci = result.mean_ci
     console.print(
-        f"[bold]{result['run_id']}[/] {result['model']}: mean reward {result['mean']:.3f}"
-        + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
-        + f" over {result['scored']} answers, by {result['reward_model']}"
+        f"[bold]{result.run_id}[/] {result.model}: mean reward {result.mean:.3f}"
+        + (f" (95% CI {ci.low:.3f} to {ci.high:.3f})" if ci else "")
+        + f" over {result.scored} answers, by {result.reward_model}"
     )
 
 
@@ -458,20 +468,19 @@ def report_command(
     cat = open_catalog()
     report = build_report(cat, list(runs or []), list(baseline or []))
     if plot is not None:
-        written = plot_report(report, plot)
-        report["plot"] = str(written)
+        report = replace(report, plot=str(plot_report(report, plot)))
     if html_out is not None:
         from openchat_cli.eval.report_html import write_report_html
 
-        report["html"] = str(write_report_html(cat, report, html_out))
+        report = replace(report, html=str(write_report_html(cat, report, html_out)))
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
         return
     render(report, console)
-    if plot is not None:
-        console.print(f"plot written to {report['plot']}")
-    if html_out is not None:
-        console.print(f"HTML report written to {report['html']}")
+    if report.plot is not None:
+        console.print(f"plot written to {report.plot}")
+    if report.html is not None:
+        console.print(f"HTML report written to {report.html}")
 
 
 @app.command("export")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import string
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.questions import SUITE_FORMAT, Question
 from openchat_cli.eval.runs import eval_row, finish
 from openchat_cli.eval.suite_rules import CODE_TASK_TYPES, lenient_grade, reference_grade, run_code_tasks
+from openchat_cli.eval.summaries import GradeSummary
 from store.catalog import Catalog
 
 LETTERS = string.ascii_uppercase
@@ -286,8 +288,9 @@ def _run_code_answers(
 
 def run_grade(
     cat: Catalog, answer_ref: str, on_event: Callable[[str, dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
-    """Grade every answer of a run; re-grading replaces the run's earlier grades. Returns metrics.
+) -> GradeSummary:
+    """Grade every answer of a run; re-grading replaces the run's earlier grades. Returns the
+    summary it stores as the run's metrics (with `unanswered`, and `skipped` when any).
 
     Suite questions are graded by their task type's reference rules (openchat_cli/eval/suite_rules.py);
     a task type whose grader is not installed is skipped and counted in `skipped`.
@@ -343,10 +346,6 @@ def run_grade(
         cat.insert_many("judgments", rows)
     from openchat_cli.eval.report import grade_summary
 
-    metrics = grade_summary(cat, run_id)
-    metrics["unanswered"] = len(gradable_ids) - len(answers)
-    if skipped:
-        metrics["skipped"] = skipped
-    finish(cat, run_id, "completed", metrics)
-    metrics["run_id"] = run_id
-    return metrics
+    summary = replace(grade_summary(cat, run_id), unanswered=len(gradable_ids) - len(answers), skipped=skipped or None)
+    finish(cat, run_id, "completed", summary.to_dict())
+    return summary

@@ -253,7 +253,7 @@ def run_judge(
     def metrics() -> dict[str, Any]:
         from openchat_cli.eval.report import judge_summary
 
-        return judge_summary(cat, run.id, lc_ci=False)
+        return judge_summary(cat, run.id, lc_ci=False).to_dict()
 
     if not todo:
         finish(cat, run.id, "completed", metrics())

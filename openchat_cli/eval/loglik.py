@@ -54,6 +54,7 @@ from openchat_cli.eval.runs import (
     served_model,
     worker_pool,
 )
+from openchat_cli.eval.summaries import LoglikSummary
 from store.catalog import Catalog, looks_like_id
 
 KIND = "loglik"
@@ -249,30 +250,23 @@ def loglik_metrics(cat: Catalog, run_id: str, total: int, errors: int = 0, retri
     return out
 
 
-def loglik_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
-    """What `eval report` shows for a loglik run (from its stored metrics)."""
+def loglik_summary(cat: Catalog, run_id: str) -> LoglikSummary:
+    """What `eval report` shows for a loglik run (from its stored metrics; their keys are the
+    summary's, and a run that has stored none yet shows None)."""
     run = cat.get(run_id)
     metrics = run.get("metrics") or {}
-    config = run.get("config") or {}
-    return {
-        "run_id": run_id,
-        "model": run.get("name") or run.get("model"),
-        "status": run.get("status"),
-        "task": run.get("questions_path"),
-        "task_format": config.get("task_format"),
-        **{
-            k: metrics.get(k)
-            for k in (
-                "questions",
-                "scored",
-                "errors",
-                *METRICS,
-                *(f"{m}_stderr" for m in METRICS),
-                *(f"{m}_ci" for m in METRICS),
-            )
-        },
-        "categories": metrics.get("categories") or {},
-    }
+    return LoglikSummary.from_dict(
+        {
+            **{k: metrics.get(k) for k in ("questions", "scored", "errors")},
+            **{k: metrics.get(k) for m in METRICS for k in (m, f"{m}_stderr", f"{m}_ci")},
+            "run_id": run_id,
+            "model": run.get("name") or run.get("model"),
+            "status": run.get("status"),
+            "task": run.get("questions_path"),
+            "task_format": (run.get("config") or {}).get("task_format"),
+            "categories": metrics.get("categories") or {},
+        }
+    )
 
 
 # -- the run --------------------------------------------------------------------------------------

@@ -32,12 +32,30 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.runs import eval_row
+from openchat_cli.eval.summaries import (
+    GradeSummary,
+    Interval,
+    JudgeSummary,
+    LcCoefficients,
+    LcFit,
+    LoglikCategory,
+    LoglikSummary,
+    PairwiseReliability,
+    PairwiseSummary,
+    PercentOfBaseline,
+    Report,
+    RewardSummary,
+    SingleReliability,
+    SingleSummary,
+    SuiteCell,
+    SuiteSummary,
+)
 from store.catalog import Catalog
 from store.verdicts import count, order_verdict, pairs_from
 
@@ -100,7 +118,7 @@ def lc_design(len_diff: np.ndarray, first: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones(len(len_diff)), np.tanh(len_diff / scale), first])
 
 
-def lc_win_rate(len_diff: Iterable[float], first: Iterable[float], y: Iterable[float]) -> dict[str, Any] | None:
+def lc_win_rate(len_diff: Iterable[float], first: Iterable[float], y: Iterable[float]) -> LcFit | None:
     len_diff = np.asarray(list(len_diff), dtype=float)
     first = np.asarray(list(first), dtype=float)
     y = np.asarray(list(y), dtype=float)
@@ -108,10 +126,10 @@ def lc_win_rate(len_diff: Iterable[float], first: Iterable[float], y: Iterable[f
         return None
     X = lc_design(len_diff, first)
     w = fit_logistic(X, y, np.array([LC_L2_INTERCEPT, LC_L2, LC_L2]))
-    return {
-        "value": float(_sigmoid(np.array([w[0]]))[0]),
-        "coefficients": {"intercept": float(w[0]), "length": float(w[1]), "position": float(w[2])},
-    }
+    return LcFit(
+        value=float(_sigmoid(np.array([w[0]]))[0]),
+        coefficients=LcCoefficients(intercept=float(w[0]), length=float(w[1]), position=float(w[2])),
+    )
 
 
 def lc_bootstrap(
@@ -128,7 +146,7 @@ def lc_bootstrap(
         data = np.concatenate([arrays[i] for i in pick])
         fit = lc_win_rate(data[:, 0], data[:, 1], data[:, 2])
         if fit is not None:
-            values.append(fit["value"])
+            values.append(fit.value)
     if not values:
         return None
     lo, hi = np.quantile(values, [0.025, 0.975])
@@ -175,7 +193,7 @@ def _label(cat: Catalog, answer_run_id: str | None) -> str:
 # -- summaries ----------------------------------------------------------------------------------
 
 
-def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
+def single_summary(cat: Catalog, run: dict[str, Any]) -> SingleSummary:
     rows = _judgments(cat, run["id"])
     answer_run_id = run.get("parent_id")
     cats = _categories(cat, answer_run_id)
@@ -192,29 +210,28 @@ def single_summary(cat: Catalog, run: dict[str, Any]) -> dict[str, Any]:
         by_cat[cats.get(r["question_id"]) or (r.get("meta") or {}).get("category") or "(none)"].append(score)
         by_question[r["question_id"]].append(score)
     scores = [s for v in by_turn.values() for s in v]
-    return {
-        "run_id": run["id"],
-        "mode": "single",
-        "status": run.get("status"),
-        "answer_id": answer_run_id,
-        "model": _label(cat, answer_run_id),
-        "judge_model": run.get("model"),
-        "questions": len(by_question),
-        "turns": {str(t): _mean(v) for t, v in sorted(by_turn.items())},
-        "average": _mean(scores),
-        "average_ci": cluster_bootstrap([sum(v) for v in by_question.values()], [len(v) for v in by_question.values()]),
-        "categories": {c: _mean(v) for c, v in sorted(by_cat.items())},
-        "judgments": len(rows),
-        "parse_failures": failures,
-        "reliability": {
-            "parse_failure_rate": _rate(failures, len(rows)),
-            "parse_failures": failures,
-            "judgments": len(rows),
-        },
-    }
+    return SingleSummary(
+        run_id=run["id"],
+        status=run.get("status"),
+        answer_id=answer_run_id,
+        model=_label(cat, answer_run_id),
+        judge_model=run.get("model"),
+        questions=len(by_question),
+        turns={t: _mean(v) for t, v in sorted(by_turn.items())},
+        average=_mean(scores),
+        average_ci=Interval.of(
+            cluster_bootstrap([sum(v) for v in by_question.values()], [len(v) for v in by_question.values()])
+        ),
+        categories={c: _mean(v) for c, v in sorted(by_cat.items())},
+        judgments=len(rows),
+        parse_failures=failures,
+        reliability=SingleReliability(
+            parse_failure_rate=_rate(failures, len(rows)), parse_failures=failures, judgments=len(rows)
+        ),
+    )
 
 
-def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> dict[str, Any]:
+def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> PairwiseSummary:
     rows = _judgments(cat, run["id"])
     answer_run_id, baseline_run_id = run.get("parent_id"), run.get("baseline_id")
     len_a, len_b = _lengths(cat, answer_run_id), _lengths(cat, baseline_run_id)
@@ -265,55 +282,54 @@ def pairwise_summary(cat: Catalog, run: dict[str, Any], lc_ci: bool = True) -> d
     alpaca = _mean([a[2] for a in annotations])
     lc = lc_win_rate([a[0] for a in annotations], [a[1] for a in annotations], [a[2] for a in annotations])
 
-    return {
-        "run_id": run["id"],
-        "mode": "pairwise",
-        "status": run.get("status"),
-        "answer_id": answer_run_id,
-        "baseline_id": baseline_run_id,
-        "model": _label(cat, answer_run_id),
-        "baseline": _label(cat, baseline_run_id),
-        "judge_model": run.get("model"),
-        "pairs": pairs,
-        "win": win,
-        "loss": loss,
-        "tie": tie,
-        "inconsistent": inconsistent,
-        "unparsed_pairs": counts.unparsed,
-        "incomplete_pairs": counts.incomplete,
-        "win_rate": _rate(win, pairs),
-        "loss_rate": _rate(loss, pairs),
-        "tie_rate": _rate(tie, pairs),
-        "adjusted_win_rate": (win + 0.5 * tie) / pairs if pairs else None,
-        "adjusted_win_rate_ci": cluster_bootstrap(
-            [sum(v) for v in per_question.values()], [len(v) for v in per_question.values()]
+    return PairwiseSummary(
+        run_id=run["id"],
+        status=run.get("status"),
+        answer_id=answer_run_id,
+        baseline_id=baseline_run_id,
+        model=_label(cat, answer_run_id),
+        baseline=_label(cat, baseline_run_id),
+        judge_model=run.get("model"),
+        pairs=pairs,
+        win=win,
+        loss=loss,
+        tie=tie,
+        inconsistent=inconsistent,
+        unparsed_pairs=counts.unparsed,
+        incomplete_pairs=counts.incomplete,
+        win_rate=_rate(win, pairs),
+        loss_rate=_rate(loss, pairs),
+        tie_rate=_rate(tie, pairs),
+        adjusted_win_rate=(win + 0.5 * tie) / pairs if pairs else None,
+        adjusted_win_rate_ci=Interval.of(
+            cluster_bootstrap([sum(v) for v in per_question.values()], [len(v) for v in per_question.values()])
         ),
-        "alpaca_eval_win_rate": alpaca,
-        "alpaca_eval_win_rate_ci": cluster_bootstrap(
-            [sum(a[2] for a in v) for v in ann_by_q.values()], [len(v) for v in ann_by_q.values()]
+        alpaca_eval_win_rate=alpaca,
+        alpaca_eval_win_rate_ci=Interval.of(
+            cluster_bootstrap([sum(a[2] for a in v) for v in ann_by_q.values()], [len(v) for v in ann_by_q.values()])
         ),
-        "annotations": len(annotations),
-        "lc_win_rate": lc["value"] if lc else None,
-        "lc_win_rate_ci": lc_bootstrap(list(ann_by_q.values())) if lc and lc_ci else None,
-        "lc_coefficients": lc["coefficients"] if lc else None,
-        "categories": {c: _mean(v) for c, v in sorted(per_cat.items())},
-        "judgments": len(rows),
-        "reliability": {
-            "flip_rate": _rate(inconsistent, swapped),
-            "flipped": inconsistent,
-            "swapped_pairs": swapped,
-            "first_position_win_rate": _rate(first_wins, decisive),
-            "decisive": decisive,
-            "longer_answer_win_rate": _rate(longer_wins, decided_by_length),
-            "decided_with_length_difference": decided_by_length,
-            "parse_failure_rate": _rate(failures, len(rows)),
-            "parse_failures": failures,
-            "judgments": len(rows),
-        },
-    }
+        annotations=len(annotations),
+        lc_win_rate=lc.value if lc else None,
+        lc_win_rate_ci=Interval.of(lc_bootstrap(list(ann_by_q.values()))) if lc and lc_ci else None,
+        lc_coefficients=lc.coefficients if lc else None,
+        categories={c: _mean(v) for c, v in sorted(per_cat.items())},
+        judgments=len(rows),
+        reliability=PairwiseReliability(
+            flip_rate=_rate(inconsistent, swapped),
+            flipped=inconsistent,
+            swapped_pairs=swapped,
+            first_position_win_rate=_rate(first_wins, decisive),
+            decisive=decisive,
+            longer_answer_win_rate=_rate(longer_wins, decided_by_length),
+            decided_with_length_difference=decided_by_length,
+            parse_failure_rate=_rate(failures, len(rows)),
+            parse_failures=failures,
+            judgments=len(rows),
+        ),
+    )
 
 
-def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
+def grade_summary(cat: Catalog, run_id: str) -> GradeSummary:
     run = cat.get(run_id)
     rows = _judgments(cat, run_id)
     cats = _categories(cat, run.get("parent_id"))
@@ -326,41 +342,40 @@ def grade_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
         by_cat[cats.get(r["question_id"], "(none)")].append(1.0 if r["verdict"] == "correct" else 0.0)
         methods[(r.get("meta") or {}).get("method") or r.get("prompt_name") or "?"] += 1
     scores = [1.0 if r["verdict"] == "correct" else 0.0 for r in rows]
-    return {
-        "run_id": run_id,
-        "mode": "exact",
-        "status": run.get("status"),
-        "answer_id": run.get("parent_id"),
-        "model": _label(cat, run.get("parent_id")),
-        "graded": len(rows),
-        "correct": correct,
-        "incorrect": sum(1 for r in rows if r["verdict"] == "incorrect" and r["parse_ok"]),
-        "no_answer": errors,
-        "accuracy": _rate(correct, len(rows)),
-        "accuracy_ci": cluster_bootstrap(scores, [1.0] * len(scores)),
-        "no_answer_rate": _rate(errors, len(rows)),
-        "categories": {c: _mean(v) for c, v in sorted(by_cat.items())},
-        "methods": dict(methods),
-        **suite_summary(rows),
-    }
+    return GradeSummary(
+        run_id=run_id,
+        status=run.get("status"),
+        answer_id=run.get("parent_id"),
+        model=_label(cat, run.get("parent_id")),
+        graded=len(rows),
+        correct=correct,
+        incorrect=sum(1 for r in rows if r["verdict"] == "incorrect" and r["parse_ok"]),
+        no_answer=errors,
+        accuracy=_rate(correct, len(rows)),
+        accuracy_ci=Interval.of(cluster_bootstrap(scores, [1.0] * len(scores))),
+        no_answer_rate=_rate(errors, len(rows)),
+        categories={c: _mean(v) for c, v in sorted(by_cat.items())},
+        methods=dict(methods),
+        suite=suite_summary(rows),
+    )
 
 
-def _suite_cell(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _suite_cell(rows: list[dict[str, Any]]) -> SuiteCell:
     lenient = [(r.get("meta") or {}).get("lenient") for r in rows]
     scored = [v for v in lenient if v is not None]
-    return {
-        "questions": len(rows),
-        "accuracy": _rate(sum(r["verdict"] == "correct" for r in rows), len(rows)),
-        "unmatched": _rate(sum(not r["parse_ok"] for r in rows), len(rows)),
-        "lenient_accuracy": _rate(sum(v == "correct" for v in scored), len(scored)),
-        "lenient_unmatched": _rate(sum(v == "error" for v in scored), len(scored)),
-    }
+    return SuiteCell(
+        questions=len(rows),
+        accuracy=_rate(sum(r["verdict"] == "correct" for r in rows), len(rows)),
+        unmatched=_rate(sum(not r["parse_ok"] for r in rows), len(rows)),
+        lenient_accuracy=_rate(sum(v == "correct" for v in scored), len(scored)),
+        lenient_unmatched=_rate(sum(v == "error" for v in scored), len(scored)),
+    )
 
 
-def suite_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def suite_summary(rows: list[dict[str, Any]]) -> SuiteSummary | None:
     """Per task type and per task, as the suite's reference viewer tables them: accuracy and
     unmatched (format-failure) rate by the reference rules, plus our lenient extraction's accuracy
-    as a separate column. Means over questions. Empty when no row comes from a suite."""
+    as a separate column. Means over questions. None when no row comes from a suite."""
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -369,23 +384,21 @@ def suite_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             by_type[meta["task_type"]].append(r)
             by_task[meta["task_name"]].append(r)
     if not by_type:
-        return {}
-    return {
-        "suite": {
-            "task_types": {t: _suite_cell(v) for t, v in sorted(by_type.items())},
-            "tasks": {t: _suite_cell(v) for t, v in sorted(by_task.items())},
-        }
-    }
+        return None
+    return SuiteSummary(
+        task_types={t: _suite_cell(v) for t, v in sorted(by_type.items())},
+        tasks={t: _suite_cell(v) for t, v in sorted(by_task.items())},
+    )
 
 
-def judge_summary(cat: Catalog, run_id: str, lc_ci: bool = True) -> dict[str, Any]:
+def judge_summary(cat: Catalog, run_id: str, lc_ci: bool = True) -> JudgeSummary:
     """The report's numbers for one judge run (stored as its metrics, without the LC CI's refits)."""
     run = cat.get(run_id)
     mode = (run.get("config") or {}).get("mode")
     return pairwise_summary(cat, run, lc_ci=lc_ci) if mode == "pairwise" else single_summary(cat, run)
 
 
-def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[str, Any]) -> dict[str, Any] | None:
+def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[str, Any]) -> PercentOfBaseline | None:
     """100 × A's summed ratings / B's over the units both have parsed (same judge model)."""
 
     def scores(run_id: str) -> dict[tuple[str, int], float]:
@@ -409,19 +422,19 @@ def percent_of_baseline(cat: Catalog, single_a: dict[str, Any], single_b: dict[s
         return None
     qids = list(per_q_a)
     ci = cluster_bootstrap([per_q_a[q] for q in qids], [per_q_b[q] for q in qids])
-    return {
-        "answer_id": single_a["parent_id"],
-        "baseline_id": single_b["parent_id"],
-        "model": _label(cat, single_a["parent_id"]),
-        "baseline": _label(cat, single_b["parent_id"]),
-        "judge_model": single_a.get("model"),
-        "single_run": single_a["id"],
-        "baseline_single_run": single_b["id"],
-        "units": len(common),
-        "questions": len(qids),
-        "percent": 100.0 * sum(per_q_a.values()) / total_b,
-        "percent_ci": [100.0 * ci[0], 100.0 * ci[1]] if ci else None,
-    }
+    return PercentOfBaseline(
+        answer_id=single_a["parent_id"],
+        baseline_id=single_b["parent_id"],
+        model=_label(cat, single_a["parent_id"]),
+        baseline=_label(cat, single_b["parent_id"]),
+        judge_model=single_a.get("model"),
+        single_run=single_a["id"],
+        baseline_single_run=single_b["id"],
+        units=len(common),
+        questions=len(qids),
+        percent=100.0 * sum(per_q_a.values()) / total_b,
+        percent_ci=Interval.of(ci, scale=100.0),
+    )
 
 
 def _latest_single(cat: Catalog, answer_run_id: str, judge_model: str | None) -> dict[str, Any] | None:
@@ -456,40 +469,37 @@ def select_runs(cat: Catalog, refs: list[str]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = None) -> dict[str, Any]:
+def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = None) -> Report:
     runs = select_runs(cat, refs)
     if not runs:
         raise OpenchatError("nothing to report: no judge, grade or loglik runs in the catalog yet")
-    report: dict[str, Any] = {
-        "single": [],
-        "pairwise": [],
-        "percent_of_baseline": [],
-        "grade": [],
-        "loglik": [],
-        "reward": [],
-    }
+    single: list[SingleSummary] = []
+    pairwise: list[PairwiseSummary] = []
+    grade: list[GradeSummary] = []
+    loglik: list[LoglikSummary] = []
+    reward: list[RewardSummary] = []
     singles: list[dict[str, Any]] = []
     pair_keys: list[tuple[str, str, str | None]] = []
     for run in runs:
         if run["kind"] == "grade":
-            report["grade"].append(grade_summary(cat, run["id"]))
+            grade.append(grade_summary(cat, run["id"]))
             continue
         if run["kind"] == "score":  # a reward model's scores (`eval score`)
             from openchat_cli.eval.reward_score import score_summary
 
-            report["reward"].append(score_summary(cat, run["id"]))
+            reward.append(score_summary(cat, run["id"]))
             continue
         if run["kind"] == "loglik":
             from openchat_cli.eval.loglik import loglik_summary
 
-            report["loglik"].append(loglik_summary(cat, run["id"]))
+            loglik.append(loglik_summary(cat, run["id"]))
             continue
         mode = (run.get("config") or {}).get("mode")
         if mode == "pairwise":
-            report["pairwise"].append(pairwise_summary(cat, run))
+            pairwise.append(pairwise_summary(cat, run))
             pair_keys.append((run["parent_id"], run["baseline_id"], run["model"]))
         else:
-            report["single"].append(single_summary(cat, run))
+            single.append(single_summary(cat, run))
             singles.append(run)
     # Percent of baseline: for every pairwise comparison, and every single run vs --baseline.
     wanted: list[tuple[str, str, str | None]] = list(pair_keys)
@@ -497,6 +507,7 @@ def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = No
         base = eval_row(cat, ref, "answer")["id"]
         wanted += [(s["parent_id"], base, s["model"]) for s in singles if s["parent_id"] != base]
     seen = set()
+    percents: list[PercentOfBaseline] = []
     for a_id, b_id, judge_model in wanted:
         if (a_id, b_id, judge_model) in seen:
             continue
@@ -505,8 +516,10 @@ def build_report(cat: Catalog, refs: list[str], baselines: list[str] | None = No
         if single_a and single_b:
             found = percent_of_baseline(cat, single_a, single_b)
             if found:
-                report["percent_of_baseline"].append(found)
-    return report
+                percents.append(found)
+    return Report(
+        single=single, pairwise=pairwise, percent_of_baseline=percents, grade=grade, loglik=loglik, reward=reward
+    )
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -520,24 +533,24 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _ci(ci: list[float] | None, scale: float = 1.0, digits: int = 2) -> str:
+def _ci(ci: Interval | None, scale: float = 1.0, digits: int = 2) -> str:
     """A CI as 'lo–hi' (scale 100 for rates shown as percentages)."""
     if not ci:
         return "-"
-    return f"{ci[0] * scale:.{digits}f}–{ci[1] * scale:.{digits}f}"
+    return f"{ci.low * scale:.{digits}f}–{ci.high * scale:.{digits}f}"
 
 
 def _with_ci(value: str, ci: str) -> str:
     return value if ci == "-" else f"{value}\n[dim]{ci}[/]"
 
 
-def _who(s: dict[str, Any], judge: bool = True) -> str:
-    lines = [s["model"]]
-    if s.get("baseline_id"):
-        lines.append(f"vs {s['baseline']}")
-    if judge and s.get("judge_model"):
-        lines.append(f"[dim]judge {s['judge_model']}[/]")
-    lines.append(f"[dim]{s['run_id']}[/]")
+def _who(s: SingleSummary | PairwiseSummary | GradeSummary | LoglikSummary, judge: bool = True) -> str:
+    lines = [str(s.model)]
+    if isinstance(s, PairwiseSummary) and s.baseline_id:
+        lines.append(f"vs {s.baseline}")
+    if judge and isinstance(s, (SingleSummary, PairwiseSummary)) and s.judge_model:
+        lines.append(f"[dim]judge {s.judge_model}[/]")
+    lines.append(f"[dim]{s.run_id}[/]")
     return "\n".join(lines)
 
 
@@ -551,10 +564,10 @@ def new_table(title: str, columns: list[str]):
     return table
 
 
-def render(report: dict[str, Any], console) -> None:
+def render(report: Report, console) -> None:
     """Rich tables that fit an 80-column terminal: who/what in the first column, CIs under values."""
-    if report["single"]:
-        max_turn = max((int(t) for s in report["single"] for t in s["turns"]), default=1)
+    if report.single:
+        max_turn = max((t for s in report.single for t in s.turns), default=1)
         table = new_table(
             "MT-bench-style scores (1-10, single-answer grading)",
             [
@@ -565,60 +578,60 @@ def render(report: dict[str, Any], console) -> None:
                 "parse\nfailures",
             ],
         )
-        for s in report["single"]:
+        for s in report.single:
             table.add_row(
                 _who(s),
-                *[_num(s["turns"].get(str(t))) for t in range(1, max_turn + 1)],
-                _with_ci(_num(s["average"]), _ci(s["average_ci"])),
-                str(s["questions"]),
-                f"{s['parse_failures']}/{s['judgments']}\n{_pct(s['reliability']['parse_failure_rate'])}",
+                *[_num(s.turns.get(t)) for t in range(1, max_turn + 1)],
+                _with_ci(_num(s.average), _ci(s.average_ci)),
+                str(s.questions),
+                f"{s.parse_failures}/{s.judgments}\n{_pct(s.reliability.parse_failure_rate)}",
             )
         console.print(table)
-        categories = sorted({c for s in report["single"] for c in s["categories"]})
-        if len(categories) > 1 or len(report["single"]) > 1:
-            table = new_table("Scores by category", ["category", *[_who(s, judge=False) for s in report["single"]]])
+        categories = sorted({c for s in report.single for c in s.categories})
+        if len(categories) > 1 or len(report.single) > 1:
+            table = new_table("Scores by category", ["category", *[_who(s, judge=False) for s in report.single]])
             for c in categories:
-                table.add_row(c, *[_num(s["categories"].get(c)) for s in report["single"]])
+                table.add_row(c, *[_num(s.categories.get(c)) for s in report.single])
             console.print(table)
 
-    if report["percent_of_baseline"]:
+    if report.percent_of_baseline:
         table = new_table(
             "Percent of baseline score (single-answer ratings)", ["model", "% of baseline\n95% CI", "rated turns"]
         )
-        for p in report["percent_of_baseline"]:
+        for p in report.percent_of_baseline:
             table.add_row(
-                f"{p['model']}\nvs {p['baseline']}\n[dim]judge {p['judge_model']}[/]",
-                _with_ci(f"{p['percent']:.1f}%", _ci(p["percent_ci"], digits=1)),
-                str(p["units"]),
+                f"{p.model}\nvs {p.baseline}\n[dim]judge {p.judge_model}[/]",
+                _with_ci(f"{p.percent:.1f}%", _ci(p.percent_ci, digits=1)),
+                str(p.units),
             )
         console.print(table)
 
-    if report["pairwise"]:
+    if report.pairwise:
         table = new_table(
             "Pairwise: both orders per pair, disagreement = tie",
             ["comparison", "win/loss/tie", "adjusted\nwin rate", "AlpacaEval\nwin rate", "length-\ncontrolled"],
         )
-        for p in report["pairwise"]:
+        for p in report.pairwise:
             table.add_row(
                 _who(p),
-                f"{p['win']}/{p['loss']}/{p['tie']}\nwin {_pct(p['win_rate'])}",
-                _with_ci(_pct(p["adjusted_win_rate"]), _ci(p["adjusted_win_rate_ci"], 100, 1)),
-                _with_ci(_pct(p["alpaca_eval_win_rate"]), _ci(p["alpaca_eval_win_rate_ci"], 100, 1)),
-                _with_ci(_pct(p["lc_win_rate"]), _ci(p["lc_win_rate_ci"], 100, 1)),
+                f"{p.win}/{p.loss}/{p.tie}\nwin {_pct(p.win_rate)}",
+                _with_ci(_pct(p.adjusted_win_rate), _ci(p.adjusted_win_rate_ci, 100, 1)),
+                _with_ci(_pct(p.alpaca_eval_win_rate), _ci(p.alpaca_eval_win_rate_ci, 100, 1)),
+                _with_ci(_pct(p.lc_win_rate), _ci(p.lc_win_rate_ci, 100, 1)),
             )
         console.print(table)
         table = new_table(
             "Judge reliability (pairwise)",
             ["comparison", "flipped\non swap", "first shown\nwins", "longer answer\nwins", "parse\nfailures"],
         )
-        for p in report["pairwise"]:
-            rel = p["reliability"]
+        for p in report.pairwise:
+            rel = p.reliability
             table.add_row(
                 _who(p),
-                f"{rel['flipped']}/{rel['swapped_pairs']}\n{_pct(rel['flip_rate'])}",
-                f"{_pct(rel['first_position_win_rate'])}\nof {rel['decisive']}",
-                f"{_pct(rel['longer_answer_win_rate'])}\nof {rel['decided_with_length_difference']}",
-                f"{rel['parse_failures']}/{rel['judgments']}\n{_pct(rel['parse_failure_rate'])}",
+                f"{rel.flipped}/{rel.swapped_pairs}\n{_pct(rel.flip_rate)}",
+                f"{_pct(rel.first_position_win_rate)}\nof {rel.decisive}",
+                f"{_pct(rel.longer_answer_win_rate)}\nof {rel.decided_with_length_difference}",
+                f"{rel.parse_failures}/{rel.judgments}\n{_pct(rel.parse_failure_rate)}",
             )
         console.print(table)
         console.print(
@@ -627,134 +640,133 @@ def render(report: dict[str, Any], console) -> None:
             "CIs: 95% bootstrap over questions.[/]"
         )
 
-    if report.get("reward"):
+    if report.reward:
         table = new_table(
             "Reward-model scores (no API judge)", ["model", "reward model", "mean reward\n95% CI", "scored"]
         )
-        for r in report["reward"]:
+        for r in report.reward:
             table.add_row(
-                r["model"],
-                str(r["reward_model"]),
-                _with_ci(_num(r["mean"], 3), _ci(r["mean_ci"], digits=3)),
-                str(r["scored"]),
+                r.model,
+                str(r.reward_model),
+                _with_ci(_num(r.mean, 3), _ci(r.mean_ci, digits=3)),
+                str(r.scored),
             )
         console.print(table)
 
-    if report["grade"]:
+    if report.grade:
         table = new_table(
             "Accuracy (exact-answer grading)", ["model", "accuracy\n95% CI", "correct", "graded", "no answer\nfound"]
         )
-        for g in report["grade"]:
+        for g in report.grade:
             table.add_row(
                 _who(g),
-                _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)),
-                str(g["correct"]),
-                str(g["graded"]),
-                f"{g['no_answer']}\n{_pct(g['no_answer_rate'])}",
+                _with_ci(_pct(g.accuracy), _ci(g.accuracy_ci, 100, 1)),
+                str(g.correct),
+                str(g.graded),
+                f"{g.no_answer}\n{_pct(g.no_answer_rate)}",
             )
         console.print(table)
-        suites = [g for g in report["grade"] if g.get("suite")]
+        suites = [g for g in report.grade if g.suite]
         if suites:
             render_suites(suites, console)
-        categories = sorted({c for g in report["grade"] if not g.get("suite") for c in g["categories"]})
+        categories = sorted({c for g in report.grade if not g.suite for c in g.categories})
         if len(categories) > 1:
-            table = new_table("Accuracy by category", ["category", *[_who(g) for g in report["grade"]]])
+            table = new_table("Accuracy by category", ["category", *[_who(g) for g in report.grade]])
             for c in categories:
-                table.add_row(c, *[_pct(g["categories"].get(c)) for g in report["grade"]])
+                table.add_row(c, *[_pct(g.categories.get(c)) for g in report.grade])
             console.print(table)
 
-    if report.get("loglik"):
+    if report.loglik:
         table = new_table(
             "Multiple choice by log-likelihood (as lm-evaluation-harness)",
             ["model", "acc\n95% CI", "acc_norm\n95% CI", "scored", "format"],
         )
-        for r in report["loglik"]:
+        for r in report.loglik:
             table.add_row(
                 _who(r, judge=False),
-                _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
-                _with_ci(_pct(r["acc_norm"]), _ci(r["acc_norm_ci"], 100, 1)),
-                f"{r['scored'] or 0}/{r['questions'] or 0}",
-                r.get("task_format") or "-",
+                _with_ci(_pct(r.acc), _ci(r.acc_ci, 100, 1)),
+                _with_ci(_pct(r.acc_norm), _ci(r.acc_norm_ci, 100, 1)),
+                f"{r.scored or 0}/{r.questions or 0}",
+                r.task_format or "-",
             )
         console.print(table)
-        categories = sorted({c for r in report["loglik"] for c in r["categories"]})
+        categories = sorted({c for r in report.loglik for c in r.categories})
         if categories:
             table = new_table(
                 "Log-likelihood accuracy by category (acc / acc_norm)",
-                ["category", *[_who(r, judge=False) for r in report["loglik"]]],
+                ["category", *[_who(r, judge=False) for r in report.loglik]],
             )
             for c in categories:
-                table.add_row(
-                    c,
-                    *[
-                        f"{_pct((r['categories'].get(c) or {}).get('acc'))} / "
-                        f"{_pct((r['categories'].get(c) or {}).get('acc_norm'))}"
-                        for r in report["loglik"]
-                    ],
-                )
+                table.add_row(c, *[_loglik_category_text(r.categories.get(c)) for r in report.loglik])
             console.print(table)
 
 
-def _suite_text(cell: dict[str, Any] | None) -> str:
+def _loglik_category_text(scores: LoglikCategory | None) -> str:
+    return "- / -" if scores is None else f"{_pct(scores.acc)} / {_pct(scores.acc_norm)}"
+
+
+def _suite_text(cell: SuiteCell | None) -> str:
     if not cell:
         return "-"
-    text = f"{_pct(cell['accuracy'])}\n[dim]unm. {_pct(cell['unmatched'])}[/]"
-    if cell.get("lenient_accuracy") is not None:
-        text += f"\n[dim]len. {_pct(cell['lenient_accuracy'])}[/]"
+    text = f"{_pct(cell.accuracy)}\n[dim]unm. {_pct(cell.unmatched)}[/]"
+    if cell.lenient_accuracy is not None:
+        text += f"\n[dim]len. {_pct(cell.lenient_accuracy)}[/]"
     return text
 
 
-def render_suites(suites: list[dict[str, Any]], console) -> None:
-    """Suite tables as the reference viewer prints them: per task type, then per task."""
-    types = sorted({t for g in suites for t in g["suite"]["task_types"]})
-    table = new_table("Suite accuracy by task type (reference rules)", ["task type", *[_who(g) for g in suites]])
+def render_suites(grades: list[GradeSummary], console) -> None:
+    """Suite tables as the reference viewer prints them: per task type, then per task (grade runs
+    without a suite are left out)."""
+    suites = [(g, g.suite) for g in grades if g.suite is not None]
+    types = sorted({t for _, suite in suites for t in suite.task_types})
+    table = new_table("Suite accuracy by task type (reference rules)", ["task type", *[_who(g) for g, _ in suites]])
     for t in types:
-        table.add_row(t, *[_suite_text(g["suite"]["task_types"].get(t)) for g in suites])
+        table.add_row(t, *[_suite_text(suite.task_types.get(t)) for _, suite in suites])
     console.print(table)
     console.print(
         "[dim]unm.: unmatched, no answer in the suite's reference format (its fallback answer, if "
         "any, is still scored). len.: our lenient extraction, not part of the accuracy.[/]"
     )
     for t in types:
-        tasks = sorted({n for g in suites for n in g["suite"]["tasks"] if n.rpartition("/")[0] == t})
+        tasks = sorted({n for _, suite in suites for n in suite.tasks if n.rpartition("/")[0] == t})
         if len(tasks) < 2:
             continue
-        table = new_table(f"{t} by task", ["task", *[_who(g, judge=False) for g in suites]])
+        table = new_table(f"{t} by task", ["task", *[_who(g, judge=False) for g, _ in suites]])
         for n in tasks:
-            table.add_row(n.rpartition("/")[2], *[_suite_text(g["suite"]["tasks"].get(n)) for g in suites])
+            table.add_row(n.rpartition("/")[2], *[_suite_text(suite.tasks.get(n)) for _, suite in suites])
         console.print(table)
 
 
-def plot(report: dict[str, Any], path: Path | str) -> Path:
+def plot(report: Report, path: Path | str) -> Path:
     """Grouped bars by category, models side by side: scores, adjusted win rates, accuracies."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
-    if report["single"]:
-        panels.append(("Score by category (1-10)", report["single"], 1.0, (0, 10)))
-    if report["pairwise"]:
-        panels.append(("Adjusted win rate by category (%)", report["pairwise"], 100.0, (0, 100)))
-    if report["grade"]:
-        panels.append(("Accuracy by category (%)", report["grade"], 100.0, (0, 100)))
+    panels: list[tuple[str, Sequence[SingleSummary | PairwiseSummary | GradeSummary], float, tuple[int, int]]] = []
+    if report.single:
+        panels.append(("Score by category (1-10)", report.single, 1.0, (0, 10)))
+    if report.pairwise:
+        panels.append(("Adjusted win rate by category (%)", report.pairwise, 100.0, (0, 100)))
+    if report.grade:
+        panels.append(("Accuracy by category (%)", report.grade, 100.0, (0, 100)))
     if not panels:
         raise OpenchatError("nothing to plot")
-    width = max(6.0, 1.2 * max(len({c for s in runs for c in s["categories"]}) for _, runs, _, _ in panels) + 3)
+    width = max(6.0, 1.2 * max(len({c for s in runs for c in s.categories}) for _, runs, _, _ in panels) + 3)
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.6 * len(panels)), squeeze=False)
     for ax, (title, runs, scale, ylim) in zip(axes[:, 0], panels):
-        categories = sorted({c for s in runs for c in s["categories"]})
+        categories = sorted({c for s in runs for c in s.categories})
         x = np.arange(len(categories))
         bar = 0.8 / max(1, len(runs))
         for i, s in enumerate(runs):
-            label = s["model"] if "baseline" not in s else f"{s['model']} vs {s['baseline']}, {s['judge_model']}"
-            values = [(s["categories"].get(c) or 0.0) * scale for c in categories]
-            ax.bar(x - 0.4 + bar * (i + 0.5), values, bar, label=f"{label} ({s['run_id']})")
+            label = f"{s.model} vs {s.baseline}, {s.judge_model}" if isinstance(s, PairwiseSummary) else s.model
+            values = [(s.categories.get(c) or 0.0) * scale for c in categories]
+            ax.bar(x - 0.4 + bar * (i + 0.5), values, bar, label=f"{label} ({s.run_id})")
         ax.set_xticks(x)
         ax.set_xticklabels(categories, rotation=30, ha="right")
         ax.set_ylim(ylim[0], ylim[1] * 1.3)
-        if scale == 100.0 and "baseline" in runs[0]:
+        if scale == 100.0 and isinstance(runs[0], PairwiseSummary):
             ax.axhline(50, color="grey", linestyle="--", linewidth=0.8)
         ax.set_title(title)
         ax.legend(fontsize="small", loc="upper left", ncol=min(2, len(runs)))

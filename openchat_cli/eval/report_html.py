@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 from openchat_cli.eval.report import _ci, _num, _pct
+from openchat_cli.eval.summaries import (
+    GradeSummary,
+    Interval,
+    LoglikSummary,
+    PairwiseSummary,
+    PercentOfBaseline,
+    Report,
+    SingleSummary,
+    SuiteCell,
+)
 from openchat_cli.html_page import figure_div, page, table, write_page
 from store.catalog import Catalog, CatalogError
 from store.verdicts import pairs_from
@@ -20,21 +30,26 @@ from store.verdicts import pairs_from
 OUTCOME = {"A": "win", "B": "loss", "tie": "tie"}
 MAX_BROWSED_TEXT = 20_000  # characters of one answer or judge explanation kept in the page
 
+# A summary the page draws a bar or a row for.
+Shown = Union[SingleSummary, PairwiseSummary, PercentOfBaseline, GradeSummary, LoglikSummary]
 
-def _who(s: dict[str, Any]) -> str:
-    text = s["model"] + (f" vs {s['baseline']}" if s.get("baseline_id") else "")
-    return f"{text} ({s['run_id']})"
+
+def _who(s: Shown) -> str:
+    if isinstance(s, PercentOfBaseline):
+        return f"{s.model} vs {s.baseline} ({s.single_run})"
+    text = str(s.model) + (f" vs {s.baseline}" if isinstance(s, PairwiseSummary) and s.baseline_id else "")
+    return f"{text} ({s.run_id})"
 
 
 def _with_ci(value: str, ci: str) -> str:
     return value if ci == "-" else f"{value}\n{ci}"
 
 
-def _error(value: float | None, ci: list[float] | None, scale: float) -> tuple[float | None, float | None]:
+def _error(value: float | None, ci: Interval | None, scale: float) -> tuple[float | None, float | None]:
     """Plotly's asymmetric error bar lengths (above, below) for a value and its CI."""
     if value is None or not ci:
         return None, None
-    return (ci[1] - value) * scale, (value - ci[0]) * scale
+    return (ci.high - value) * scale, (value - ci.low) * scale
 
 
 # -- charts -------------------------------------------------------------------------------------
@@ -42,20 +57,21 @@ def _error(value: float | None, ci: list[float] | None, scale: float) -> tuple[f
 
 def _bars_with_ci(
     title: str,
-    runs: list[dict[str, Any]],
+    runs: Sequence[Shown],
     metrics: list[tuple[str, str, str]],
     scale: float,
     axis: str,
     reference: float | None = None,
 ):
-    """Horizontal grouped bars (one group per run, one bar per metric) with CI whiskers."""
+    """Horizontal grouped bars (one group per run, one bar per metric: a (legend name, value
+    attribute, CI attribute) triple) with CI whiskers."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     labels = [_who(s) for s in runs]
     for name, key, ci_key in metrics:
-        values = [None if s.get(key) is None else s[key] * scale for s in runs]
-        errors = [_error(s.get(key), s.get(ci_key), scale) for s in runs]
+        values = [None if getattr(s, key) is None else getattr(s, key) * scale for s in runs]
+        errors = [_error(getattr(s, key), getattr(s, ci_key), scale) for s in runs]
         fig.add_bar(
             name=name,
             y=labels,
@@ -82,16 +98,22 @@ def _bars_with_ci(
     return fig
 
 
-def _by_category(title: str, runs: list[dict[str, Any]], scale: float, axis: str, reference: float | None = None):
+def _by_category(
+    title: str,
+    runs: Sequence[SingleSummary | PairwiseSummary | GradeSummary],
+    scale: float,
+    axis: str,
+    reference: float | None = None,
+):
     import plotly.graph_objects as go
 
-    categories = sorted({c for s in runs for c in s["categories"]})
+    categories = sorted({c for s in runs for c in s.categories})
     fig = go.Figure()
     for s in runs:
         fig.add_bar(
             name=_who(s),
             x=categories,
-            y=[None if (v := s["categories"].get(c)) is None else v * scale for c in categories],
+            y=[None if (v := s.categories.get(c)) is None else v * scale for c in categories],
         )
     if reference is not None:
         fig.add_hline(y=reference, line_dash="dash", line_color="grey")
@@ -105,7 +127,7 @@ def _by_category(title: str, runs: list[dict[str, Any]], scale: float, axis: str
     return fig
 
 
-def _reliability(pairwise: list[dict[str, Any]]):
+def _reliability(pairwise: list[PairwiseSummary]):
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -120,7 +142,7 @@ def _reliability(pairwise: list[dict[str, Any]]):
             name=name,
             y=labels,
             orientation="h",
-            x=[None if p["reliability"].get(key) is None else 100 * p["reliability"][key] for p in pairwise],
+            x=[None if (v := getattr(p.reliability, key)) is None else 100 * v for p in pairwise],
         )
     fig.add_vline(x=50, line_dash="dash", line_color="grey")
     fig.update_layout(
@@ -139,7 +161,7 @@ def _height(rows: int) -> int:
     return 160 + 60 * rows
 
 
-def charts_and_tables(report: dict[str, Any]) -> list[str]:
+def charts_and_tables(report: Report) -> list[str]:
     """HTML sections: each chart followed by the table of the same numbers."""
     sections: list[str] = []
     n = 0
@@ -149,16 +171,16 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
         n += 1
         return figure_div(fig, f"chart-{n}", height=height)
 
-    single = report["single"]
+    single = report.single
     if single:
-        max_turn = max((int(t) for s in single for t in s["turns"]), default=1)
+        max_turn = max((t for s in single for t in s.turns), default=1)
         rows = [
             [
                 _who(s),
-                *[_num(s["turns"].get(str(t))) for t in range(1, max_turn + 1)],
-                _with_ci(_num(s["average"]), _ci(s["average_ci"])),
-                s["questions"],
-                f"{s['parse_failures']}/{s['judgments']} ({_pct(s['reliability']['parse_failure_rate'])})",
+                *[_num(s.turns.get(t)) for t in range(1, max_turn + 1)],
+                _with_ci(_num(s.average), _ci(s.average_ci)),
+                s.questions,
+                f"{s.parse_failures}/{s.judgments} ({_pct(s.reliability.parse_failure_rate)})",
             ]
             for s in single
         ]
@@ -181,50 +203,42 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
             )
             + chart(_by_category("Score by category", single, 1.0, "score"), 380)
         )
-    if report["percent_of_baseline"]:
-        pob = [
-            {
-                **p,
-                "run_id": p["single_run"],
-                "value": p["percent"] / 100,
-                "ci": [c / 100 for c in p["percent_ci"]] if p["percent_ci"] else None,
-            }
-            for p in report["percent_of_baseline"]
-        ]
-        rows = [[_who(p), _with_ci(f"{p['percent']:.1f}%", _ci(p["percent_ci"], digits=1)), p["units"]] for p in pob]
+    pob = report.percent_of_baseline
+    if pob:
+        rows = [[_who(p), _with_ci(f"{p.percent:.1f}%", _ci(p.percent_ci, digits=1)), p.units] for p in pob]
         sections.append(
             "<h2>Percent of baseline score</h2>"
             + chart(
                 _bars_with_ci(
-                    "% of baseline, 95% CI", pob, [("% of baseline", "value", "ci")], 100.0, "%", reference=100
+                    "% of baseline, 95% CI", pob, [("% of baseline", "percent", "percent_ci")], 1.0, "%", reference=100
                 ),
                 _height(len(pob)),
             )
             + table(["model", "% of baseline (95% CI)", "rated turns"], rows)
         )
-    pairwise = report["pairwise"]
+    pairwise = report.pairwise
     if pairwise:
         rows = [
             [
-                _who(p) + f"\njudge {p['judge_model']}",
-                f"{p['win']}/{p['loss']}/{p['tie']}",
-                _pct(p["win_rate"]),
-                _with_ci(_pct(p["adjusted_win_rate"]), _ci(p["adjusted_win_rate_ci"], 100, 1)),
-                _with_ci(_pct(p["alpaca_eval_win_rate"]), _ci(p["alpaca_eval_win_rate_ci"], 100, 1)),
-                _with_ci(_pct(p["lc_win_rate"]), _ci(p["lc_win_rate_ci"], 100, 1)),
+                _who(p) + f"\njudge {p.judge_model}",
+                f"{p.win}/{p.loss}/{p.tie}",
+                _pct(p.win_rate),
+                _with_ci(_pct(p.adjusted_win_rate), _ci(p.adjusted_win_rate_ci, 100, 1)),
+                _with_ci(_pct(p.alpaca_eval_win_rate), _ci(p.alpaca_eval_win_rate_ci, 100, 1)),
+                _with_ci(_pct(p.lc_win_rate), _ci(p.lc_win_rate_ci, 100, 1)),
             ]
             for p in pairwise
         ]
         rel_rows = [
             [
                 _who(p),
-                f"{r['flipped']}/{r['swapped_pairs']} ({_pct(r['flip_rate'])})",
-                f"{_pct(r['first_position_win_rate'])} of {r['decisive']}",
-                f"{_pct(r['longer_answer_win_rate'])} of {r['decided_with_length_difference']}",
-                f"{r['parse_failures']}/{r['judgments']} ({_pct(r['parse_failure_rate'])})",
+                f"{r.flipped}/{r.swapped_pairs} ({_pct(r.flip_rate)})",
+                f"{_pct(r.first_position_win_rate)} of {r.decisive}",
+                f"{_pct(r.longer_answer_win_rate)} of {r.decided_with_length_difference}",
+                f"{r.parse_failures}/{r.judgments} ({_pct(r.parse_failure_rate)})",
             ]
             for p in pairwise
-            for r in [p["reliability"]]
+            for r in [p.reliability]
         ]
         sections.append(
             "<h2>Pairwise win rates (both orders per pair, disagreement = tie)</h2>"
@@ -264,15 +278,15 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
                 table_id="reliability-table",
             )
         )
-    grade = report["grade"]
+    grade = report.grade
     if grade:
         rows = [
             [
                 _who(g),
-                _with_ci(_pct(g["accuracy"]), _ci(g["accuracy_ci"], 100, 1)),
-                g["correct"],
-                g["graded"],
-                f"{g['no_answer']} ({_pct(g['no_answer_rate'])})",
+                _with_ci(_pct(g.accuracy), _ci(g.accuracy_ci, 100, 1)),
+                g.correct,
+                g.graded,
+                f"{g.no_answer} ({_pct(g.no_answer_rate)})",
             ]
             for g in grade
         ]
@@ -287,18 +301,17 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
             )
             + chart(_by_category("Accuracy by category", grade, 100.0, "%"), 380)
         )
-        suites = [g for g in grade if g.get("suite")]
-        if suites:
-            sections.append(_suite_tables(suites))
-    loglik = report.get("loglik") or []
+        if any(g.suite for g in grade):
+            sections.append(_suite_tables(grade))
+    loglik = report.loglik
     if loglik:
         rows = [
             [
                 _who(r),
-                _with_ci(_pct(r["acc"]), _ci(r["acc_ci"], 100, 1)),
-                _with_ci(_pct(r["acc_norm"]), _ci(r["acc_norm_ci"], 100, 1)),
-                f"{r['scored'] or 0}/{r['questions'] or 0}",
-                r.get("task_format") or "-",
+                _with_ci(_pct(r.acc), _ci(r.acc_ci, 100, 1)),
+                _with_ci(_pct(r.acc_norm), _ci(r.acc_norm_ci, 100, 1)),
+                f"{r.scored or 0}/{r.questions or 0}",
+                r.task_format or "-",
             ]
             for r in loglik
         ]
@@ -319,34 +332,36 @@ def charts_and_tables(report: dict[str, Any]) -> list[str]:
     return sections
 
 
-def _suite_cell(cell: dict[str, Any] | None) -> str:
+def _suite_cell(cell: SuiteCell | None) -> str:
     if not cell:
         return "-"
-    text = f"{_pct(cell['accuracy'])}\nunmatched {_pct(cell['unmatched'])}"
-    if cell.get("lenient_accuracy") is not None:
-        text += f"\nlenient {_pct(cell['lenient_accuracy'])}"
+    text = f"{_pct(cell.accuracy)}\nunmatched {_pct(cell.unmatched)}"
+    if cell.lenient_accuracy is not None:
+        text += f"\nlenient {_pct(cell.lenient_accuracy)}"
     return text
 
 
-def _suite_tables(suites: list[dict[str, Any]]) -> str:
-    """The suite tables of the terminal report: per task type, then per task."""
-    types = sorted({t for g in suites for t in g["suite"]["task_types"]})
+def _suite_tables(grades: list[GradeSummary]) -> str:
+    """The suite tables of the terminal report: per task type, then per task (grade runs
+    without a suite are left out)."""
+    suites = [(g, g.suite) for g in grades if g.suite is not None]
+    types = sorted({t for _, suite in suites for t in suite.task_types})
     parts = [
         "<h2>Suite accuracy by task type (reference rules)</h2>",
         table(
-            ["task type", *[_who(g) for g in suites]],
-            [[t, *[_suite_cell(g["suite"]["task_types"].get(t)) for g in suites]] for t in types],
+            ["task type", *[_who(g) for g, _ in suites]],
+            [[t, *[_suite_cell(suite.task_types.get(t)) for _, suite in suites]] for t in types],
             table_id="suite-table",
         ),
     ]
     for t in types:
-        tasks = sorted({n for g in suites for n in g["suite"]["tasks"] if n.rpartition("/")[0] == t})
+        tasks = sorted({n for _, suite in suites for n in suite.tasks if n.rpartition("/")[0] == t})
         if len(tasks) > 1:
             parts += [
                 f"<h3>{html.escape(t)} by task</h3>",
                 table(
-                    ["task", *[_who(g) for g in suites]],
-                    [[n.rpartition("/")[2], *[_suite_cell(g["suite"]["tasks"].get(n)) for g in suites]] for n in tasks],
+                    ["task", *[_who(g) for g, _ in suites]],
+                    [[n.rpartition("/")[2], *[_suite_cell(suite.tasks.get(n)) for _, suite in suites]] for n in tasks],
                 ),
             ]
     return "".join(parts)
@@ -569,15 +584,16 @@ BROWSER_JS = r"""
 """
 
 
-def run_ids(report: dict[str, Any]) -> list[str]:
-    return [s["run_id"] for key in ("single", "pairwise", "grade") for s in report[key]]
+def run_ids(report: Report) -> list[str]:
+    """The runs whose verdicts the browser shows."""
+    return [s.run_id for s in (*report.single, *report.pairwise, *report.grade)]
 
 
-def write_report_html(cat: Catalog, report: dict[str, Any], path: Path | str) -> Path:
+def write_report_html(cat: Catalog, report: Report, path: Path | str) -> Path:
     """The whole page for a report built by `build_report`; returns the path written."""
     sections = charts_and_tables(report)
     body = "\n".join(sections) + BROWSER_HTML
-    runs = len(run_ids(report)) + len(report.get("loglik") or [])
+    runs = len(run_ids(report)) + len(report.loglik)
     document = page(
         "openchat eval report",
         body,

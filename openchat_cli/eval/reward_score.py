@@ -17,6 +17,7 @@ from typing import Any, Callable
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.questions import Question
 from openchat_cli.eval.runs import eval_row, finish
+from openchat_cli.eval.summaries import Interval, RewardSummary
 from store.catalog import Catalog
 
 BATCH = 8
@@ -71,7 +72,7 @@ def score_sequences(model: Any, sequences: list[list[int]]) -> list[float]:
 
 def run_score(
     cat: Catalog, answer_ref: str, rm_ref: str, on_event: Callable[[str, dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
+) -> RewardSummary:
     """Score every answer of a run with a reward model; re-scoring with the same model replaces
     the earlier scores. Returns the summary."""
     emit = on_event or (lambda kind, data: None)
@@ -123,11 +124,11 @@ def run_score(
         cat.write("delete from judgments where eval_id = ?", [run_id])
         cat.insert_many("judgments", rows)
     summary = score_summary(cat, run_id)
-    finish(cat, run_id, "completed", {k: v for k, v in summary.items() if k != "run_id"})
+    finish(cat, run_id, "completed", {k: v for k, v in summary.to_dict().items() if k != "run_id"})
     return summary
 
 
-def score_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
+def score_summary(cat: Catalog, run_id: str) -> RewardSummary:
     """Mean reward with a bootstrap CI over questions, and per category."""
     from openchat_cli.eval.report import _label, cluster_bootstrap
 
@@ -138,15 +139,14 @@ def score_summary(cat: Catalog, run_id: str) -> dict[str, Any]:
     for r in rows:
         meta = r.get("meta") or {}
         by_cat[(meta.get("category") if isinstance(meta, dict) else None) or "(none)"].append(float(r["score"]))
-    return {
-        "run_id": run_id,
-        "mode": "reward",
-        "status": run.get("status"),
-        "answer_id": run.get("parent_id"),
-        "model": _label(cat, run.get("parent_id")),
-        "reward_model": run.get("model"),
-        "scored": len(scores),
-        "mean": sum(scores) / len(scores) if scores else None,
-        "mean_ci": cluster_bootstrap(scores, [1.0] * len(scores)) if scores else None,
-        "categories": {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
-    }
+    return RewardSummary(
+        run_id=run_id,
+        status=run.get("status"),
+        answer_id=run.get("parent_id"),
+        model=_label(cat, run.get("parent_id")),
+        reward_model=run.get("model"),
+        scored=len(scores),
+        mean=sum(scores) / len(scores) if scores else None,
+        mean_ci=Interval.of(cluster_bootstrap(scores, [1.0] * len(scores))) if scores else None,
+        categories={c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
+    )

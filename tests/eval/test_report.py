@@ -137,7 +137,7 @@ def test_pairwise_numbers(cli, seeded):
     assert p["categories"] == {"math": pytest.approx((0.5 + 0.5) / 2), "writing": pytest.approx((1 + 0 + 0.5) / 3)}
     assert p["model"] == "alpha" and p["baseline"] == "beta"
     # the same numbers were stored on the run as its metrics by the report's summary function
-    assert R.judge_summary(seeded["cat"], seeded["pair"])["adjusted_win_rate"] == pytest.approx(0.5)
+    assert R.judge_summary(seeded["cat"], seeded["pair"]).adjusted_win_rate == pytest.approx(0.5)
 
 
 def test_single_and_percent_of_baseline(cli, seeded):
@@ -223,9 +223,9 @@ def test_lc_fit_matches_scipy():
 
     expected = minimize(loss, np.zeros(3), method="BFGS", options={"gtol": 1e-10}).x
     got = R.lc_win_rate(diff, first, y)
-    c = got["coefficients"]
-    assert [c["intercept"], c["length"], c["position"]] == pytest.approx(list(expected), abs=1e-4)
-    assert got["value"] == pytest.approx(1 / (1 + np.exp(-expected[0])), abs=1e-6)
+    c = got.coefficients
+    assert [c.intercept, c.length, c.position] == pytest.approx(list(expected), abs=1e-4)
+    assert got.value == pytest.approx(1 / (1 + np.exp(-expected[0])), abs=1e-6)
 
 
 def test_lc_removes_a_pure_length_preference():
@@ -234,7 +234,7 @@ def test_lc_removes_a_pure_length_preference():
     first = np.array([1.0, 1.0, -1.0, -1.0] * 10)  # position independent of length
     y = (diff > 0).astype(float)
     fit = R.lc_win_rate(diff, first, y)
-    assert fit["value"] == pytest.approx(0.5, abs=0.01) and fit["coefficients"]["length"] > 1
+    assert fit.value == pytest.approx(0.5, abs=0.01) and fit.coefficients.length > 1
     # Equal lengths, A wins 3 of 4 in either display position: LC equals the raw rate.
     y2 = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0] * 5)
-    assert R.lc_win_rate(diff * 0, first, y2)["value"] == pytest.approx(0.75, abs=0.01)
+    assert R.lc_win_rate(diff * 0, first, y2).value == pytest.approx(0.75, abs=0.01)

@@ -89,25 +89,33 @@ def test_html_report_in_a_browser(cli, seeded, tmp_path):  # noqa: F811
 
 
 def test_suite_tables_follow_the_terminal_report():
-    from openchat_cli.eval.report_html import charts_and_tables
+    from dataclasses import replace
 
-    cell = {"questions": 4, "accuracy": 0.75, "unmatched": 0.25, "lenient_accuracy": 1.0, "lenient_unmatched": 0.0}
-    grade = {
-        "run_id": "ev-1",
-        "model": "m",
-        "accuracy": 0.75,
-        "accuracy_ci": [0.5, 1.0],
-        "correct": 3,
-        "graded": 4,
-        "no_answer": 1,
-        "no_answer_rate": 0.25,
-        "categories": {"math": 0.75},
-        "suite": {
-            "task_types": {"zs/math": cell},
-            "tasks": {"zs/math/a": cell, "zs/math/b": {**cell, "accuracy": 0.5}},
-        },
-    }
-    text = "".join(charts_and_tables({"single": [], "pairwise": [], "percent_of_baseline": [], "grade": [grade]}))
+    from openchat_cli.eval.report_html import charts_and_tables
+    from openchat_cli.eval.summaries import GradeSummary, Interval, Report, SuiteCell, SuiteSummary
+
+    cell = SuiteCell(questions=4, accuracy=0.75, unmatched=0.25, lenient_accuracy=1.0, lenient_unmatched=0.0)
+    grade = GradeSummary(
+        run_id="ev-1",
+        status="completed",
+        answer_id="ev-0",
+        model="m",
+        graded=4,
+        correct=3,
+        incorrect=0,
+        no_answer=1,
+        accuracy=0.75,
+        accuracy_ci=Interval(0.5, 1.0),
+        no_answer_rate=0.25,
+        categories={"math": 0.75},
+        methods={"suite": 4},
+        suite=SuiteSummary(
+            task_types={"zs/math": cell},
+            tasks={"zs/math/a": cell, "zs/math/b": replace(cell, accuracy=0.5)},
+        ),
+    )
+    report = Report(single=[], pairwise=[], percent_of_baseline=[], grade=[grade], loglik=[], reward=[])
+    text = "".join(charts_and_tables(report))
     suite = re.search(r'<table id="suite-table">.*?</table>', text, re.DOTALL).group(0)
     assert "zs/math" in suite and "75.0%<br>unmatched 25.0%<br>lenient 100.0%" in suite
     assert "<h3>zs/math by task</h3>" in text and "50.0%<br>unmatched" in text
