@@ -11,8 +11,10 @@ there was nothing to count.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin, get_type_hints
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, NamedTuple, Self, Union, get_args, get_origin, get_type_hints
+
+from openchat_cli.errors import OpenchatError
 
 
 class Interval(NamedTuple):
@@ -80,11 +82,15 @@ class Summary:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Any:
-        """Read a `to_dict()` dict back; keys it lacks take their defaults, unknown keys are ignored."""
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Read a `to_dict()` dict back: optional keys it lacks take their defaults, unknown keys
+        are ignored, a missing required key is an error that names it."""
         hints = get_type_hints(cls)
-        known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
-        return cls(**{k: _typed(v, hints[k]) for k, v in data.items() if k in known})
+        known = [f for f in fields(cls) if f.init]  # type: ignore[arg-type]
+        missing = [f.name for f in known if f.name not in data and f.default is MISSING]
+        if missing:
+            raise OpenchatError(f"a stored {cls.__name__} lacks {', '.join(missing)} (written by another version?)")
+        return cls(**{f.name: _typed(data[f.name], hints[f.name]) for f in known if f.name in data})
 
 
 # -- judge runs (single-answer ratings and pairwise comparisons) ---------------------------------
@@ -333,5 +339,3 @@ class Report(Summary):
     reward: list[RewardSummary]
     plot: str | None = field(default=None, metadata=OMIT_IF_NONE)
     html: str | None = field(default=None, metadata=OMIT_IF_NONE)
-
-    kinds: ClassVar[tuple[str, ...]] = ("single", "pairwise", "percent_of_baseline", "grade", "loglik", "reward")

@@ -104,6 +104,10 @@ def test_grade_command(cli, scripted, tmp_path):
     # Re-grading replaces the run's grades instead of adding a second copy.
     again = cli("eval", "grade", run, "--json").json()[0]
     assert again["run_id"] == out["run_id"]
+    assert list(again)[-1] == "unanswered" and again["unanswered"] == 0  # stored and printed after the summary
+    assert cat.get(out["run_id"])["metrics"] == again
+    line = " ".join(cli("eval", "grade", run).stdout.split())
+    assert f"{out['run_id']} m: accuracy 50.0% (2/4), no answer found in 1" in line
     assert len(list(cat.rows("judgments", "eval_id = ?", [out["run_id"]]))) == 4
     text = cli("eval", "report", run).stdout
     assert "Accuracy" in text and "50.0%" in text

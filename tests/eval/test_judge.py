@@ -103,6 +103,30 @@ def test_mtbench_through_answer_judge_report(cli, scripted, mtbench_file, tmp_pa
     assert judge_row["parent_id"] == long_run and judge_row["baseline_id"] == short_run
     assert judge_row["config"]["mode"] == "pairwise" and judge_row["model"] == "fair-judge"
     assert judge_row["metrics"]["win"] == 8
+    # Run again without --json: nothing left to judge; the line reads the summaries stored on the runs.
+    again = " ".join(
+        cli(
+            "eval",
+            "judge",
+            long_run,
+            "--baseline",
+            short_run,
+            "--mode",
+            "pairwise",
+            "--judge-endpoint",
+            scripted.base_url,
+            "--judge-model",
+            "fair-judge",
+        ).stdout.split()
+    )
+    assert f"{pair['run_id']} completed: 16/16 judgments (0 now), parse failures 0" in again
+    assert "adjusted win rate 100.0%, flipped on swap 0/8" in again
+    again = " ".join(
+        cli(
+            "eval", "judge", long_run, "--judge-endpoint", scripted.base_url, "--judge-model", "fair-judge"
+        ).stdout.split()
+    )
+    assert f"{singles[0]['run_id']} completed: 8/8 judgments (0 now), parse failures 0; average score 8.00" in again
 
     biased = _judge(cli, scripted, long_run, "--baseline", short_run, "--mode", "pairwise", judge="biased-judge")[0]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from openchat_cli.errors import OpenchatError
 from openchat_cli.eval import report as R
 from openchat_cli.eval.loglik import loglik_metrics
 from openchat_cli.eval.summaries import (
@@ -178,6 +179,8 @@ def test_summaries_read_back_equal(every_kind):
     pair, single = R.judge_summary(cat, every_kind["pair"]), R.judge_summary(cat, every_kind["sa"])
     assert isinstance(pair, PairwiseSummary) and isinstance(single, SingleSummary)
     assert judge_summary_from_dict(pair.to_dict()) == pair and judge_summary_from_dict(single.to_dict()) == single
+    with pytest.raises(OpenchatError, match="PairwiseSummary lacks win, reliability"):
+        judge_summary_from_dict({k: v for k, v in pair.to_dict().items() if k not in ("win", "reliability")})
     assert single.turns == {1: pytest.approx(20 / 3), 2: pytest.approx(7.5)}  # turn numbers, not strings
     assert pair.reliability.flipped == 2 and pair.lc_coefficients is not None
     assert report.grade[0].suite is not None and report.grade[0].suite.tasks["zs/math/b"].questions == 2
