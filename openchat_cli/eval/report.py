@@ -1,5 +1,6 @@
 """`openchat eval report`: scores, win rates and accuracies with bootstrap CIs, and how far the
-judge can be trusted.
+judge can be trusted. Each run's numbers come back as a dataclass of eval/summaries.py, whose
+`to_dict()` is what `--json` prints and the catalog stores.
 
 All rates are fractions in [0, 1] (tables print them as percentages); "percent of baseline" is
 a percentage. Confidence intervals are 95% percentile bootstrap intervals that resample
