@@ -1,4 +1,8 @@
-"""A KV-cache layer that grows in place, so a decode step does not copy the whole cache.
+"""The engine's KV caches: buffers that grow in place, so a decode step does not copy the cache.
+
+Two layouts. The ragged one (`SequenceKV`, `RaggedCache`, at the end) serves plain full-attention
+`sdpa` models: one set of buffers per sequence. The padded one (`GrowingLayer`) serves the rest
+(eager attention, sliding windows): one left-padded batch in a `DynamicCache`.
 
 transformers' `DynamicLayer.update` concatenates: every decode step allocates a new key and a
 new value tensor per layer and copies the whole cache into them. At 32 rows of ~300 tokens that
@@ -106,16 +110,12 @@ class SequenceKV:
             buffer[:, :length] = new
             store[layer] = buffer
 
-    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write one decode step's key/value [Hkv, D] at column `length`; the layer's views of
-        its `length + 1` columns, for attention."""
-        position = self.length
+    def with_room(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's buffers, grown first if column `length` (the next decode step's) is past them."""
         keys, values = self.keys[layer], self.values[layer]
-        if position >= keys.shape[1]:
-            keys, values = self._grow(layer, position + 1)
-        keys[:, position] = key
-        values[:, position] = value
-        return keys[:, : position + 1], values[:, : position + 1]
+        if self.length >= keys.shape[1]:
+            return self._grow(layer, self.length + 1)
+        return keys, values
 
     def _grow(self, layer: int, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
         capacity = max(needed, self.capacity_for(needed))
@@ -155,11 +155,15 @@ class RaggedCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self.segments is None:
-            keys, values = [], []
-            for row, key, value in zip(self.rows, key_states[:, :, 0].unbind(0), value_states[:, :, 0].unbind(0)):
-                k, v = row.append(layer_idx, key, value)
-                keys.append(k)
-                values.append(v)
+            # Each row's new column goes into its own buffers: one foreach copy for all rows.
+            keys, values, key_columns, value_columns = [], [], [], []
+            for row in self.rows:
+                k, v = row.with_room(layer_idx)
+                key_columns.append(k.select(1, row.length))
+                value_columns.append(v.select(1, row.length))
+                keys.append(k.narrow(1, 0, row.length + 1))
+                values.append(v.narrow(1, 0, row.length + 1))
+            torch._foreach_copy_(key_columns + value_columns, [*key_states[:, :, 0].unbind(0), *value_states[:, :, 0].unbind(0)])
             return keys, values
         for row, (start, length) in zip(self.rows, self.segments):
             row.fill(layer_idx, key_states[0, :, start : start + length], value_states[0, :, start : start + length])

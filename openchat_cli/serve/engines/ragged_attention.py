@@ -20,9 +20,10 @@ def decode_attention(
     Query head h reads kv head h // (Hq // Hkv), as transformers' `repeat_kv` does."""
     batch, heads, dim = query.shape
     out = torch.empty_like(query)
+    # 4-D operands (CPU sdpa takes its fused kernel for them, the math path for 3-D), the query
+    # heads grouped by their kv head: [1, Hkv, Hq // Hkv, D] against [1, Hkv, L_i, D].
     for i in range(batch):
         k, v = keys[i], values[i]
-        kv_heads = k.shape[0]
-        q = query[i].view(kv_heads, heads // kv_heads, dim)
-        out[i] = F.scaled_dot_product_attention(q, k, v, scale=scale).view(heads, dim)
+        q = query[i].view(1, k.shape[0], heads // k.shape[0], dim)
+        out[i] = F.scaled_dot_product_attention(q, k[None], v[None], scale=scale).view(heads, dim)
     return out
