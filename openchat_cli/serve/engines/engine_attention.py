@@ -6,8 +6,9 @@ prefill built a pack x pack block-diagonal mask (N^2 work, not the sum of L_i^2)
 
 - decode: the `RaggedCache` (kv_cache.py) hands each row's own exact-length K/V views over, and
   `ragged_attention.decode_attention` attends each row over them;
-- packed prefill: causal `sdpa` per prompt on its slice of the pack (`is_causal=True`, no mask);
-  the cache has already copied each prompt's K/V into its sequence's buffers.
+- packed prefill: `ragged_attention.prefill_attention`, causal attention per prompt on its slice
+  of the pack (no mask); the cache has already copied each prompt's K/V into its sequence's
+  buffers.
 
 `RAGGED` is registered in transformers' `AttentionInterface` and, with transformers' own sdpa
 mask function, in `AttentionMaskInterface`. A forward signals "ragged" by passing the
@@ -21,10 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from openchat_cli.serve.engines.kv_cache import RaggedCache
-from openchat_cli.serve.engines.ragged_attention import decode_attention
+from openchat_cli.serve.engines.ragged_attention import decode_attention, prefill_attention
 
 RAGGED = "openchat_ragged"
 
@@ -70,17 +70,9 @@ def segment_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: list[tuple[int, int]], scale: float
 ) -> torch.Tensor:
     """Causal attention within each (start, length) segment of one packed row: query [1, Hq, N, D],
-    key/value [1, Hkv, N, D] -> [1, N, Hq, D]. Segments cover the row end to end."""
-    gqa = query.shape[1] != key.shape[1]
-    parts = [
-        F.scaled_dot_product_attention(
-            query[:, :, s : s + n], key[:, :, s : s + n], value[:, :, s : s + n], scale=scale, is_causal=True,
-            enable_gqa=gqa,
-        )
-        for s, n in segments
-    ]
-    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-    return out.transpose(1, 2).contiguous()
+    key/value [1, Hkv, N, D] -> [1, N, Hq, D]."""
+    starts, lengths = [s for s, _ in segments], [n for _, n in segments]
+    return prefill_attention(query[0], key[0], value[0], starts, lengths, scale)[None]
 
 
 def enable(model: Any) -> bool:

@@ -27,3 +27,31 @@ def decode_attention(
         q = query[i].view(1, k.shape[0], heads // k.shape[0], dim)
         out[i] = F.scaled_dot_product_attention(q, k[None], v[None], scale=scale).view(heads, dim)
     return out
+
+
+def prefill_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    seq_starts: list[int],
+    seq_lengths: list[int],
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention within each segment of one packed row of prompts: query [Hq, N, D],
+    key/value [Hkv, N, D] (any strides); segment i is positions seq_starts[i] ..
+    seq_starts[i] + seq_lengths[i] - 1 and attends only to its own earlier tokens. Returns
+    [N, Hq, D] contiguous (zero outside every segment). Pure torch: `sdpa(is_causal=True)` per
+    segment (the fused kernel, no mask)."""
+    heads, total, dim = query.shape
+    out = query.new_zeros(total, heads, dim)
+    gqa = heads != key.shape[0]
+    for start, length in zip(seq_starts, seq_lengths):
+        if length <= 0:
+            continue
+        end = start + length
+        part = F.scaled_dot_product_attention(
+            query[None, :, start:end], key[None, :, start:end], value[None, :, start:end], scale=scale,
+            is_causal=True, enable_gqa=gqa,
+        )  # [1, Hq, L, D]
+        out[start:end] = part[0].transpose(0, 1)
+    return out
