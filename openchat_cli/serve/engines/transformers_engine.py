@@ -451,6 +451,9 @@ class TransformersEngine(Engine):
             newcomers = [s for s in newcomers if s.params.max_tokens > 0]
         for seq in newcomers:
             self._init_sampling(seq)
+        # Shortest prompts first: everyone admitted now is prefilled this step either way, and
+        # the short ones' first tokens then wait for fewer others' prefill (lower TTFT p50).
+        newcomers.sort(key=lambda s: len(s.prompt))
         for group in self._prefill_groups(newcomers):
             logits, cache, mask, prompt_logprobs = self._prefill(group)
             tokens, logprobs = self._sample(logits, group)
