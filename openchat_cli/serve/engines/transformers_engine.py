@@ -65,9 +65,11 @@ SWITCH_INTERVAL_S = 0.001
 # this many floats (1 GiB in float32), whatever the vocabulary size.
 MAX_SCORING_LOGITS = 256 * 1024 * 1024
 # Prompts packed into one prefill forward hold at most this many tokens (a longer prompt goes
-# alone). The packed forward's attention is dense over the whole pack (masked block-diagonal),
-# so its cost grows with the square of the pack: 32 ShareGPT prompts (5.3k tokens) prefilled
-# 3-4x faster in packs of 512 than in packs of 4096 (small model, one thread, this 2-CPU box).
+# alone). On the padded path the packed forward's attention is dense over the whole pack (masked
+# block-diagonal), so its cost grows with the square of the pack: 32 ShareGPT prompts (5.3k
+# tokens) prefilled 3-4x faster in packs of 512 than in packs of 4096 (small model, one thread,
+# this 2-CPU box). The ragged path attends per prompt: packs of 256 to 2048 took the same time
+# there, and smaller packs hand first tokens out sooner.
 PACK_TOKENS = 512
 
 
