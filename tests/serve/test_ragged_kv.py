@@ -126,7 +126,7 @@ def test_decode_attention_matches_repeat_kv_attention():
     values = [v[:, :n] for (_, v), n in zip(buffers, lengths)]
     query = torch.randn(len(lengths), heads, dim)
     out = decode_attention(query, keys, values, 0.25)
-    for i, n in enumerate(lengths):
+    for i in range(len(lengths)):
         k = repeat_kv(keys[i][None], heads // kv_heads)[0]
         v = repeat_kv(values[i][None], heads // kv_heads)[0]
         weights = torch.softmax((query[i][:, None] @ k.transpose(1, 2)) * 0.25, dim=-1)
@@ -155,8 +155,13 @@ def _tiny_llama(tmp_path, tokenizer):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(tmp_path)

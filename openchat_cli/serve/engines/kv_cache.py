@@ -163,7 +163,9 @@ class RaggedCache(Cache):
                 value_columns.append(v.select(1, row.length))
                 keys.append(k.narrow(1, 0, row.length + 1))
                 values.append(v.narrow(1, 0, row.length + 1))
-            torch._foreach_copy_(key_columns + value_columns, [*key_states[:, :, 0].unbind(0), *value_states[:, :, 0].unbind(0)])
+            torch._foreach_copy_(
+                key_columns + value_columns, [*key_states[:, :, 0].unbind(0), *value_states[:, :, 0].unbind(0)]
+            )
             return keys, values
         for row, (start, length) in zip(self.rows, self.segments):
             row.fill(layer_idx, key_states[0, :, start : start + length], value_states[0, :, start : start + length])

@@ -50,8 +50,12 @@ def prefill_attention(
             continue
         end = start + length
         part = F.scaled_dot_product_attention(
-            query[None, :, start:end], key[None, :, start:end], value[None, :, start:end], scale=scale,
-            is_causal=True, enable_gqa=gqa,
+            query[None, :, start:end],
+            key[None, :, start:end],
+            value[None, :, start:end],
+            scale=scale,
+            is_causal=True,
+            enable_gqa=gqa,
         )  # [1, Hq, L, D]
         out[start:end] = part[0].transpose(0, 1)
     return out

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from openchat_cli.model.context import context_length
+from openchat_cli.serve.engines import engine_attention
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -53,7 +54,6 @@ from openchat_cli.serve.engines.base import (
     TokenEvent,
     TokenLogprob,
 )
-from openchat_cli.serve.engines import engine_attention
 from openchat_cli.serve.engines.guided import GuideFactory
 from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
 from openchat_cli.serve.engines.prefill import PACKABLE_ATTENTION, pack, unpack_cache
@@ -235,8 +235,9 @@ class TransformersEngine(Engine):
                     self.lora.route(None)
                 rows = [SequenceKV(self._layers, 16) for _ in prompts]
                 batch = pack(prompts, self.device, None, self.model.dtype)
-                first = self._ragged_forward(RaggedCache(rows, batch.segments), batch.input_ids, batch.position_ids,
-                                             batch.last_positions)
+                first = self._ragged_forward(
+                    RaggedCache(rows, batch.segments), batch.input_ids, batch.position_ids, batch.last_positions
+                )
                 ids = torch.tensor([[t] for t in nexts], device=self.device)
                 positions = torch.tensor([[len(p)] for p in prompts], device=self.device)
                 second = self._ragged_forward(RaggedCache(rows), ids, positions, 1)[:, -1]
