@@ -10,10 +10,13 @@ Parts, each printed as baseline vs current and their ratio:
   with top-p 0.9);
 - prefill: a wave of 32 ShareGPT-like prompts (tokens computed, and time);
 - engine: tokens/s and TTFT p50 at concurrency 1, 8 and 32 (128-token replies, ragged prompts);
-- dtype: the current engine in float32 and bfloat16.
+- dtype: the current engine in float32 and bfloat16;
+- kv: the current engine's padded KV batch (`kv_cache="padded"`) vs its ragged cache (per-sequence
+  buffers, ragged decode attention, per-prompt packed prefill): the prefill wave and c=1/8/32.
 
     python benchmarks/bench_serve_engine.py --size 40m
     python benchmarks/bench_serve_engine.py --model DIR --levels 1,8 --max-tokens 64
+    python benchmarks/bench_serve_engine.py --model DIR --parts kv
 """
 
 from __future__ import annotations
@@ -110,6 +113,14 @@ def compare_prefill(old_engine, new_engine, prompts: list[list[int]], repeats: i
         with torch.inference_mode():
             engine._prefill(seqs)
 
+    def computed(engine, module, fallback: int) -> int:
+        """Tokens one prefill of the wave computes (engines that do not count them: `fallback`)."""
+        if not hasattr(engine, "prefill_tokens"):
+            return fallback
+        before = engine.prefill_tokens
+        run(engine, module)
+        return engine.prefill_tokens - before
+
     old_mod = sys.modules[type(old_engine).__module__]
     new_mod = sys.modules[type(new_engine).__module__]
     old = best_of(lambda: run(old_engine, old_mod), repeats)
@@ -117,8 +128,8 @@ def compare_prefill(old_engine, new_engine, prompts: list[list[int]], repeats: i
     return [
         {
             "part": f"prefill {len(prompts)} ragged prompts ({real} tokens)",
-            "baseline_tokens": padded,
-            "current_tokens": real,
+            "baseline_tokens": computed(old_engine, old_mod, padded),
+            "current_tokens": computed(new_engine, new_mod, real),
             "baseline_ms": old * 1000,
             "current_ms": new * 1000,
             "speedup": old / new,
@@ -202,9 +213,13 @@ def main() -> None:
         template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": text}]}))
         for text in sharegpt_like_prompts(32)
     ]
-    old_mod = baseline_module(args.baseline)
     current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
-    baseline = old_mod.TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
+    if parts == {"kv"}:  # the current engine against its own padded batch: no older engine needed
+        args.baseline = "the padded batch"
+        baseline = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded")
+    else:
+        old_mod = baseline_module(args.baseline)
+        baseline = old_mod.TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
     print(
         f"model {model}  ·  vocab {current.vocab_size}  ·  baseline {args.baseline}  ·  "
         f"prompt tokens p50 {statistics.median(len(p) for p in prompts)}, max {max(len(p) for p in prompts)}"
@@ -218,6 +233,12 @@ def main() -> None:
         print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}))
     if "engine" in parts:
         rows += compare_engines(baseline, current, ("baseline", "current"), prompts, levels, args.max_tokens)
+    if "kv" in parts:
+        padded = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded")
+        rows += compare_prefill(padded, current, prompts, max(2, args.repeats // 2))
+        rows[-1]["part"] += " padded batch vs ragged"
+        print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in rows[-1].items()}))
+        rows += compare_engines(padded, current, ("padded", "ragged"), prompts, levels, args.max_tokens)
     if "dtype" in parts:
         del baseline
         bf16 = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype="bfloat16")

@@ -239,13 +239,16 @@ def test_prompt_scoring_splits_batches_to_bound_logits_memory(tiny_engine, monke
         )
 
 
-def test_ragged_prompts_prefill_packed_like_one_at_a_time(tiny_engine):
-    """Packed prefill computes exactly the prompts' tokens (no padding), and each row's next-token
-    logits and KV cache equal a lone prefill of that prompt."""
+def test_ragged_prompts_prefill_packed_like_one_at_a_time(tiny_model_dir):
+    """The padded batch's packed prefill (masked, then cut into left-padded rows; the ragged path's
+    is in test_ragged_kv.py) computes exactly the prompts' tokens (no padding), and each row's
+    next-token logits and KV cache equal a lone prefill of that prompt."""
     import torch
 
-    from openchat_cli.serve.engines.transformers_engine import _Seq
+    from openchat_cli.model_dir import load_tokenizer
+    from openchat_cli.serve.engines.transformers_engine import TransformersEngine, _Seq
 
+    tiny_engine = TransformersEngine(tiny_model_dir, tokenizer=load_tokenizer(tiny_model_dir), kv_cache="padded")
     assert tiny_engine.packable
     params = SamplingParams(max_tokens=4, temperature=0.0)
 

@@ -1,4 +1,8 @@
-"""A KV-cache layer that grows in place, so a decode step does not copy the whole cache.
+"""The engine's KV caches: buffers that grow in place, so a decode step does not copy the cache.
+
+Two layouts. The ragged one (`SequenceKV`, `RaggedCache`, at the end) serves plain full-attention
+`sdpa` models: one set of buffers per sequence. The padded one (`GrowingLayer`) serves the rest
+(eager attention, sliding windows): one left-padded batch in a `DynamicCache`.
 
 transformers' `DynamicLayer.update` concatenates: every decode step allocates a new key and a
 new value tensor per layer and copies the whole cache into them. At 32 rows of ~300 tokens that
@@ -12,7 +16,7 @@ packed prefill's unpacking) simply makes the next update start a new buffer from
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 # Room added on the time axis when a buffer is (re)made: at least this many columns, or a
 # quarter of the current length, so long replies reallocate rarely and short ones waste little.
@@ -75,3 +79,109 @@ def use_growing_layers(cache) -> None:
             layers[i] = GrowingLayer()
     if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
         cache.layer_class_to_replicate = GrowingLayer
+
+
+# -- the ragged cache: one set of buffers per sequence ---------------------------------------------
+class SequenceKV:
+    """One sequence's keys and values, per layer, in [Hkv, capacity, D] buffers with room on the
+    time axis. Why per sequence: a sequence joining or leaving the decode batch is then a list
+    operation (nobody else's cache is copied), and decode attention reads exactly `length`
+    columns (no padding, no mask). A buffer grows (this sequence's alone) when it is full; it
+    never grows past `limit` columns (prompt + max_tokens, or the context)."""
+
+    __slots__ = ("keys", "values", "length", "limit")
+
+    def __init__(self, layers: int, limit: int):
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+        self.length = 0  # columns written by every layer (a forward's writes count once it is over)
+        self.limit = max(1, int(limit))
+
+    def capacity_for(self, needed: int) -> int:
+        return max(needed, min(self.limit, needed + max(MIN_ROOM, needed // 4)))
+
+    def fill(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """A prompt's keys/values [Hkv, L, D] (a packed prefill's slice) become the layer's first
+        `L` columns."""
+        heads, length, dim = keys.shape
+        capacity = self.capacity_for(length)
+        for store, new in ((self.keys, keys), (self.values, values)):
+            buffer = new.new_empty((heads, capacity, dim))
+            buffer[:, :length] = new
+            store[layer] = buffer
+
+    def with_room(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's buffers, grown first if column `length` (the next decode step's) is past them."""
+        keys, values = self.keys[layer], self.values[layer]
+        if self.length >= keys.shape[1]:
+            return self._grow(layer, self.length + 1)
+        return keys, values
+
+    def _grow(self, layer: int, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        capacity = max(needed, self.capacity_for(needed))
+        for store in (self.keys, self.values):
+            old = store[layer]
+            buffer = old.new_empty((old.shape[0], capacity, old.shape[2]))
+            buffer[:, : old.shape[1]] = old
+            store[layer] = buffer
+        return self.keys[layer], self.values[layer]
+
+    def view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's keys/values [Hkv, length, D] (views, no copy)."""
+        return self.keys[layer][:, : self.length], self.values[layer][:, : self.length]
+
+
+class RaggedCache(Cache):
+    """The `cache` a ragged forward hands the model: which sequences' buffers this forward reads and
+    writes, and how. Built per forward by the engine; the sequences own the tensors.
+
+    - decode (`segments` None): one new token per row; `update` writes each row's column into its
+      own buffers and returns the lists of exact-length views the attention function reads;
+    - packed prefill (`segments` = [(start, length)] in the packed row, one per sequence): `update`
+      copies each prompt's slice into its sequence's new buffers and returns the packed tensors
+      (attention runs per segment on them, see `engine_attention.py`).
+
+    Mask sizes say "no cache offset": with no 2-D mask, transformers' sdpa mask then skips to
+    `None` (decode: one query; prefill: q_length == kv_length), so no dense mask is ever built."""
+
+    def __init__(self, rows: list[SequenceKV], segments: list[tuple[int, int]] | None = None):
+        super().__init__(layers=[])
+        self.rows = rows
+        self.segments = segments
+
+    @property
+    def decoding(self) -> bool:
+        return self.segments is None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.segments is None:
+            # Each row's new column goes into its own buffers: one foreach copy for all rows.
+            keys, values, key_columns, value_columns = [], [], [], []
+            for row in self.rows:
+                k, v = row.with_room(layer_idx)
+                key_columns.append(k.select(1, row.length))
+                value_columns.append(v.select(1, row.length))
+                keys.append(k.narrow(1, 0, row.length + 1))
+                values.append(v.narrow(1, 0, row.length + 1))
+            torch._foreach_copy_(
+                key_columns + value_columns, [*key_states[:, :, 0].unbind(0), *value_states[:, :, 0].unbind(0)]
+            )
+            return keys, values
+        for row, (start, length) in zip(self.rows, self.segments):
+            row.fill(layer_idx, key_states[0, :, start : start + length], value_states[0, :, start : start + length])
+        return key_states, value_states
+
+    def finish(self) -> None:
+        """After the forward: every layer wrote its columns, the sequences now hold them."""
+        if self.segments is None:
+            for row in self.rows:
+                row.length += 1
+        else:
+            for row, (_, length) in zip(self.rows, self.segments):
+                row.length = length
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return query_length, 0

@@ -23,7 +23,7 @@ PACKABLE_ATTENTION = ("sdpa", "eager")
 class PackedBatch:
     input_ids: torch.Tensor  # [1, total]
     position_ids: torch.Tensor  # [1, total]
-    attention_mask: torch.Tensor  # [1, 1, total, total]: bool (sdpa) or additive float (eager)
+    attention_mask: torch.Tensor | None  # [1, 1, total, total]: bool (sdpa), additive float (eager); None (ragged)
     starts: list[int]  # where each prompt begins in the packed row
     lengths: list[int]
 
@@ -32,9 +32,15 @@ class PackedBatch:
         """Index of each prompt's last token in the packed row (whose logits predict its next)."""
         return torch.tensor([s + n - 1 for s, n in zip(self.starts, self.lengths)], device=self.input_ids.device)
 
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """(start, length) of each prompt in the packed row."""
+        return list(zip(self.starts, self.lengths))
 
-def pack(prompts: list[list[int]], device: str, attention: str, dtype: torch.dtype) -> PackedBatch:
-    """Concatenate prompts with per-prompt positions and a block-diagonal causal mask."""
+
+def pack(prompts: list[list[int]], device: str, attention: str | None, dtype: torch.dtype) -> PackedBatch:
+    """Concatenate prompts with per-prompt positions and a block-diagonal causal mask (none when
+    `attention` is None: the ragged attention keeps the prompts apart itself)."""
     lengths = [len(p) for p in prompts]
     starts, total = [], 0
     for n in lengths:
@@ -44,6 +50,8 @@ def pack(prompts: list[list[int]], device: str, attention: str, dtype: torch.dty
     segment = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(lengths, device=device))
     offsets = torch.tensor(starts, device=device).repeat_interleave(torch.tensor(lengths, device=device))
     positions = (torch.arange(total, device=device) - offsets).unsqueeze(0)
+    if attention is None:
+        return PackedBatch(ids, positions, None, starts, lengths)
     index = torch.arange(total, device=device)
     allowed = (segment[:, None] == segment[None, :]) & (index[None, :] <= index[:, None])
     if attention == "eager":

@@ -7,13 +7,17 @@ reproduced when other requests run beside them, and presence/frequency penalties
 per-request. The API needs all three, so this module runs a small continuous-batching loop:
 
 - one scheduler thread owns the model. Each step it drops cancelled sequences, admits waiting
-  ones (their prompts are prefilled packed without padding, PACK_TOKENS per forward (prefill.py), then their
-  KV cache is merged into the running batch's `DynamicCache`), and runs ONE batched forward for
-  every running sequence;
-- decode rows are left-padded: the 2-D attention mask hides the padding, `position_ids` are each
-  row's own length, so a row computes exactly what it would compute alone (up to float rounding);
-- finished or cancelled rows leave the batch at the next step (their cache rows are dropped
-  and all-padding columns on the left are trimmed);
+  ones (their prompts are prefilled packed without padding, PACK_TOKENS per forward (prefill.py)),
+  and runs ONE batched forward for every running sequence;
+- the KV cache is ragged for plain full-attention `sdpa` models (kv_cache.py's `SequenceKV`,
+  engine_attention.py): each sequence owns its buffers, joining or leaving the batch is a list
+  operation, decode attention reads each row's exact length and the packed prefill attends per
+  prompt, with no padding and no mask anywhere;
+- other models (eager attention, sliding windows) keep the padded batch: decode rows are
+  left-padded in one `DynamicCache`, the 2-D attention mask hides the padding, `position_ids` are
+  each row's own length; finished or cancelled rows leave it at the next step (their cache rows
+  are dropped and all-padding columns on the left are trimmed). Either way a row computes
+  exactly what it would compute alone (up to float rounding);
 - sampling is batched across the rows (sampling.py): temperature (0 = greedy), top-k/p, min-p,
   penalties, logit_bias and `response_format` masks (guided.py) as tensors, and one uniform draw
   per row from a per-sequence `torch.Generator` seeded from the request's `seed`, so a seeded
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from openchat_cli.model.context import context_length
+from openchat_cli.serve.engines import engine_attention
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -50,6 +55,7 @@ from openchat_cli.serve.engines.base import (
     TokenLogprob,
 )
 from openchat_cli.serve.engines.guided import GuideFactory
+from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
 from openchat_cli.serve.engines.prefill import PACKABLE_ATTENTION, pack, unpack_cache
 from openchat_cli.serve.engines.sampling import RowState, new_row_state, sample
 
@@ -59,9 +65,11 @@ SWITCH_INTERVAL_S = 0.001
 # this many floats (1 GiB in float32), whatever the vocabulary size.
 MAX_SCORING_LOGITS = 256 * 1024 * 1024
 # Prompts packed into one prefill forward hold at most this many tokens (a longer prompt goes
-# alone). The packed forward's attention is dense over the whole pack (masked block-diagonal),
-# so its cost grows with the square of the pack: 32 ShareGPT prompts (5.3k tokens) prefilled
-# 3-4x faster in packs of 512 than in packs of 4096 (small model, one thread, this 2-CPU box).
+# alone). On the padded path the packed forward's attention is dense over the whole pack (masked
+# block-diagonal), so its cost grows with the square of the pack: 32 ShareGPT prompts (5.3k
+# tokens) prefilled 3-4x faster in packs of 512 than in packs of 4096 (small model, one thread,
+# this 2-CPU box). The ragged path attends per prompt: packs of 256 to 2048 took the same time
+# there, and smaller packs hand first tokens out sooner.
 PACK_TOKENS = 512
 
 
@@ -76,6 +84,7 @@ class _Seq:
     length: int = 0  # real (non-padding) tokens held in the KV cache for this row
     next_token: int | None = None  # sampled, not yet fed to the model
     sampling: RowState | None = None  # seed's generator, penalty counts, guide (see sampling.py)
+    kv: SequenceKV | None = None  # this sequence's own KV buffers (the ragged path)
     cancelled: bool = False
     done: bool = False
     queued_at: float = field(default_factory=time.monotonic)
@@ -116,7 +125,11 @@ class TransformersEngine(Engine):
         threads: int | None = None,
         quantize: str | None = None,
         adapters: dict[str, str] | None = None,
+        kv_cache: str = "auto",
     ):
+        """`kv_cache`: "auto" (ragged where the model fits it, see `_enable_ragged`) or "padded"
+        (the left-padded batch for every model: the reference the tests and benchmarks compare
+        the ragged path against)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -179,7 +192,9 @@ class TransformersEngine(Engine):
         self.steps = 0
         self.generated_tokens = 0
         self.scoring_forwards = 0  # forwards that scored prompts only (max_tokens 0)
+        self._layers = int(getattr(text_config, "num_hidden_layers", 0) or 0)
         self._warmup()
+        self._ragged = kv_cache != "padded" and self._enable_ragged()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _warmup(self) -> None:
@@ -200,6 +215,59 @@ class TransformersEngine(Engine):
                 use_cache=True,
                 position_ids=torch.tensor([[4]], device=self.device),
             )
+
+    def _enable_ragged(self) -> bool:
+        """Switch to the ragged KV cache and attention where the model fits them: a plain
+        full-attention `sdpa` model whose attention layers call `cache.update` and then the
+        registered attention function. Checked, not assumed: two ragged prompts prefilled packed
+        and decoded one step must give the logits of plain forwards, else the padded path stays."""
+        import torch
+
+        if not (self.packable and self._attention == "sdpa" and self._layers > 0):
+            return False
+        if not engine_attention.enable(self.model):
+            return False
+        prompts = [[(7 * i + 3) % self.vocab_limit for i in range(n)] for n in (5, 3)]
+        nexts = [(11 + n) % self.vocab_limit for n in (5, 3)]
+        try:
+            with torch.inference_mode():
+                if self.lora is not None:
+                    self.lora.route(None)
+                rows = [SequenceKV(self._layers, 16) for _ in prompts]
+                batch = pack(prompts, self.device, None, self.model.dtype)
+                first = self._ragged_forward(
+                    RaggedCache(rows, batch.segments), batch.input_ids, batch.position_ids, batch.last_positions
+                )
+                ids = torch.tensor([[t] for t in nexts], device=self.device)
+                positions = torch.tensor([[len(p)] for p in prompts], device=self.device)
+                second = self._ragged_forward(RaggedCache(rows), ids, positions, 1)[:, -1]
+                for i, prompt in enumerate(prompts):
+                    whole = torch.tensor([prompt + [nexts[i]]], device=self.device)
+                    alone = self.model(input_ids=whole, use_cache=False).logits[0, -2:].float()
+                    got = torch.stack([first[i], second[i]]).float()
+                    tolerance = (1e-3 if self.model.dtype == torch.float32 and not self.quantized else 5e-2) * (
+                        1 + float(alone.abs().max())
+                    )
+                    if not float((got - alone).abs().max()) <= tolerance:
+                        raise ValueError(f"ragged logits differ by {float((got - alone).abs().max()):.3g}")
+        except Exception as exc:  # a model the ragged path does not fit: the padded path serves it
+            log.warning("ragged KV cache disabled for this model (%s): using the padded batch", exc)
+            engine_attention.disable(self.model)
+            return False
+        return True
+
+    def _ragged_forward(self, cache: RaggedCache, ids, positions, logits_to_keep):
+        """One forward through the ragged cache (prefill or decode); the logits it keeps."""
+        logits = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            **{self._cache_kw: cache},
+            use_cache=True,
+            ragged=cache,
+            logits_to_keep=logits_to_keep,
+        ).logits
+        cache.finish()
+        return logits[0] if cache.segments is not None else logits
 
     async def start(self) -> None:
         # Results are delivered to the loop that started us last (tests run several loops).
@@ -240,6 +308,7 @@ class TransformersEngine(Engine):
             "dtype": str(self.model.dtype),
             "max_batch_size": self.max_batch_size if self._batchable else 1,
             "full_cache_for_sliding_window": self._full_cache,
+            "kv_cache": "ragged" if self._ragged else "padded",
             "quantized": self.quantized,
             "weight_bytes": self.weight_bytes,
             "lora_adapters": sorted(self.lora.adapters) if self.lora else [],
@@ -385,6 +454,9 @@ class TransformersEngine(Engine):
             newcomers = [s for s in newcomers if s.params.max_tokens > 0]
         for seq in newcomers:
             self._init_sampling(seq)
+        # Shortest prompts first: everyone admitted now is prefilled this step either way, and
+        # the short ones' first tokens then wait for fewer others' prefill (lower TTFT p50).
+        newcomers.sort(key=lambda s: len(s.prompt))
         for group in self._prefill_groups(newcomers):
             logits, cache, mask, prompt_logprobs = self._prefill(group)
             tokens, logprobs = self._sample(logits, group)
@@ -393,7 +465,12 @@ class TransformersEngine(Engine):
                 event.prompt_logprobs = plp
                 out.append((seq, event))
             keep = [i for i, seq in enumerate(group) if not seq.done]
-            if keep:
+            if self._ragged:
+                for seq in group:
+                    if seq.done:
+                        seq.kv = None
+                self._running = self._running + [seq for seq in group if not seq.done]
+            elif keep:
                 if len(keep) < len(group):
                     index = torch.tensor(keep, device=self.device)
                     for layer in cache.layers:
@@ -408,16 +485,19 @@ class TransformersEngine(Engine):
             rows = self._running
             ids = torch.tensor([[s.next_token] for s in rows], device=self.device)
             positions = torch.tensor([[s.length] for s in rows], device=self.device)
-            ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
-            self._mask = torch.cat([self._mask, ones], dim=1)
             self._route_rows(rows, 1)
-            logits = self.model(
-                input_ids=ids,
-                attention_mask=self._mask,
-                position_ids=positions,
-                **{self._cache_kw: self._cache},
-                use_cache=True,
-            ).logits[:, -1, :]
+            if self._ragged:
+                logits = self._ragged_forward(RaggedCache([s.kv for s in rows]), ids, positions, 1)[:, -1, :]
+            else:
+                ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
+                self._mask = torch.cat([self._mask, ones], dim=1)
+                logits = self.model(
+                    input_ids=ids,
+                    attention_mask=self._mask,
+                    position_ids=positions,
+                    **{self._cache_kw: self._cache},
+                    use_cache=True,
+                ).logits[:, -1, :]
             for s in rows:
                 s.length += 1
             tokens, logprobs = self._sample(logits, rows)
@@ -555,6 +635,8 @@ class TransformersEngine(Engine):
         left-padded row per prompt), the 2-D attention mask, and each prompt's token logprobs
         (None for rows that did not ask). Every position's logits are kept only when some row
         asked for prompt logprobs."""
+        if self._ragged:
+            return self._prefill_ragged(seqs)
         if len(seqs) > 1 and self.packable:
             return self._prefill_packed(seqs)
         ids, mask, kwargs = self._padded(seqs)
@@ -574,18 +656,51 @@ class TransformersEngine(Engine):
                     )
         return logits[:, -1, :], cache, mask, prompt_logprobs
 
+    def _prefill_ragged(self, seqs: list[_Seq]):
+        """`_prefill` into the ragged cache: the prompts packed without a mask, attention per
+        prompt, each prompt's K/V copied into its sequence's own buffers (`seq.kv`); returns no
+        batch cache and no mask."""
+        batch = pack([s.prompt for s in seqs], self.device, None, self.model.dtype)
+        self.prefill_tokens += batch.input_ids.shape[1]
+        self._route_packed(seqs, batch)
+        for seq in seqs:
+            seq.length = len(seq.prompt)
+            seq.kv = SequenceKV(self._layers, min(self.context_length, len(seq.prompt) + seq.params.max_tokens))
+        wanted = any(s.params.prompt_logprobs is not None for s in seqs)
+        cache = RaggedCache([s.kv for s in seqs], batch.segments)
+        logits = self._ragged_forward(cache, batch.input_ids, batch.position_ids, 0 if wanted else batch.last_positions)
+        prompt_logprobs = self._packed_prompt_logprobs(seqs, batch, logits) if wanted else [None] * len(seqs)
+        if wanted:
+            logits = logits[batch.last_positions]
+        return logits, None, None, prompt_logprobs
+
+    def _route_packed(self, seqs: list[_Seq], batch) -> None:
+        """Before a packed forward: each prompt's tokens go through its sequence's LoRA adapter."""
+        if self.lora is None:
+            return
+        import torch
+
+        tokens = torch.zeros(batch.input_ids.shape[1], dtype=torch.long, device=self.device)
+        for seq, start in zip(seqs, batch.starts):
+            tokens[start : start + len(seq.prompt)] = self.lora.index(seq.params.adapter)
+        self.lora.route(tokens)
+
+    def _packed_prompt_logprobs(self, seqs: list[_Seq], batch, logits) -> list[list[TokenLogprob | None] | None]:
+        """Prompt logprobs of the rows that asked, from a packed forward's every-position logits."""
+        out: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
+        for i, (seq, start) in enumerate(zip(seqs, batch.starts)):
+            if seq.params.prompt_logprobs is not None:
+                out[i] = self._prompt_logprobs(
+                    logits[start : start + len(seq.prompt)], seq.prompt, seq.params.prompt_logprobs
+                )
+        return out
+
     def _prefill_packed(self, seqs: list[_Seq]):
         """`_prefill` without padding: the prompts concatenated, each with its own positions
         and a block-diagonal causal mask; the cache is cut into rows afterwards."""
         batch = pack([s.prompt for s in seqs], self.device, self._attention, self.model.dtype)
         self.prefill_tokens += batch.input_ids.shape[1]
-        if self.lora is not None:
-            import torch
-
-            tokens = torch.zeros(batch.input_ids.shape[1], dtype=torch.long, device=self.device)
-            for seq, start in zip(seqs, batch.starts):
-                tokens[start : start + len(seq.prompt)] = self.lora.index(seq.params.adapter)
-            self.lora.route(tokens)
+        self._route_packed(seqs, batch)
         for seq in seqs:
             seq.length = len(seq.prompt)
         cache = self._new_cache()
@@ -599,13 +714,8 @@ class TransformersEngine(Engine):
             logits_to_keep=0 if wanted else batch.last_positions,
         ).logits[0]
         mask = unpack_cache(cache, batch)
-        prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(seqs)
+        prompt_logprobs = self._packed_prompt_logprobs(seqs, batch, logits) if wanted else [None] * len(seqs)
         if wanted:
-            for i, (seq, start) in enumerate(zip(seqs, batch.starts)):
-                if seq.params.prompt_logprobs is not None:
-                    prompt_logprobs[i] = self._prompt_logprobs(
-                        logits[start : start + len(seq.prompt)], seq.prompt, seq.params.prompt_logprobs
-                    )
             logits = logits[batch.last_positions]
         return logits, cache, mask, prompt_logprobs
 
@@ -707,6 +817,13 @@ class TransformersEngine(Engine):
         """Keep only these batch rows; trim padding columns nobody needs any more."""
         import torch
 
+        if self._ragged:
+            kept = set(rows)
+            for i, seq in enumerate(self._running):
+                if i not in kept:
+                    seq.kv = None  # its buffers go with it; nobody else's move
+            self._running = [self._running[i] for i in rows]
+            return
         if not rows:
             self._running, self._cache, self._mask = [], None, None
             return
