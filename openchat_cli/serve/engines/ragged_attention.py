@@ -1,0 +1,279 @@
+"""Decode attention over a ragged KV cache: each sequence's one new query token against its own
+keys and values, whatever their lengths, with no padding.
+
+Why: the padded, masked sdpa over the batch's cache spends most of its time on padding columns
+(~72% of them on a ShareGPT-like batch), and a Python loop of one sdpa per sequence pays torch's
+per-call overhead once per row and layer. A small C kernel (ragged_attention.c, beside this file)
+reads each key/value row once for all the query heads sharing it and keeps an online softmax in
+fp32. It is compiled at first use with the system C compiler into the user's cache, keyed by a
+hash of the source, compiler, flags and CPU, and loaded with ctypes. Without a compiler, after a
+failed build, for a dtype or layout it does not take, or with OPENCHAT_ATTENTION_KERNEL=0, the
+same function runs a pure-torch loop instead (one debug log line says why).
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sysconfig
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_suffix(".c")
+ENV_SWITCH = "OPENCHAT_ATTENTION_KERNEL"  # "0" forces the torch fallback
+ENV_CACHE = "OPENCHAT_KERNEL_CACHE"  # where compiled kernels go (default: the user's cache dir)
+# -ffast-math is left out on purpose: linking a shared library with it turns on flush-to-zero
+# for the whole process (GCC < 13). These allow the vectorized reductions it would allow.
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math"]
+BUILD_TIMEOUT_S = 120
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def _compiler() -> list[str] | None:
+    """The C compiler command: $CC, else the one Python was built with, else `cc` / `gcc`."""
+    for candidate in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc"):
+        if not candidate:
+            continue
+        argv = shlex.split(candidate)
+        if argv and shutil.which(argv[0]):
+            return argv
+        if candidate == os.environ.get("CC"):
+            return argv or None  # an explicit $CC is used as given, even when it cannot run
+    return None
+
+
+def _cpu_flags() -> str:
+    """What -march=native depends on: the CPU model and feature flags."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def cache_dir() -> Path:
+    """Folder of compiled kernels: $OPENCHAT_KERNEL_CACHE, else <user cache>/openchat/kernels."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("openchat")) / "kernels"
+
+
+class _Kernel:
+    """The compiled library's entry point, with ctypes argument types set once (a call costs ~1 µs)."""
+
+    def __init__(self, path: Path, openmp: bool) -> None:
+        self.path = path
+        self.openmp = openmp
+        self._lib = ctypes.CDLL(str(path))
+        fn = self._lib.ragged_decode_attention
+        i64 = ctypes.c_int64
+        fn.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            i64,
+            i64,
+            i64,
+            i64,
+            ctypes.c_float,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
+        fn.restype = ctypes.c_int
+        self.decode = fn
+
+
+def _build(compiler: list[str]) -> _Kernel:
+    """Compile (or reuse) the kernel; raises RuntimeError saying why it could not."""
+    from openchat_cli.atomic import remove_stale_temps, temp_file_beside
+
+    source = SOURCE.read_bytes()
+    exe = shutil.which(compiler[0]) or compiler[0]
+    try:
+        stamp = f"{os.stat(exe).st_mtime_ns}"
+    except OSError:
+        stamp = "?"
+    last_error = ""
+    for openmp in (True, False):
+        flags = FLAGS + (["-fopenmp"] if openmp else [])
+        key = hashlib.sha256(
+            b"\0".join(
+                [source, " ".join(compiler + flags).encode(), exe.encode(), stamp.encode(), _cpu_flags().encode()]
+            )
+        ).hexdigest()[:20]
+        target = cache_dir() / f"ragged_attention-{key}.so"
+        if target.exists():
+            return _Kernel(target, openmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        fd, tmp = temp_file_beside(target)
+        os.close(fd)
+        try:
+            done = subprocess.run(
+                [*compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT_S,
+            )
+            if done.returncode == 0:
+                os.replace(tmp, target)  # atomic: two processes building at once both end with a whole file
+                return _Kernel(target, openmp)
+            last_error = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
+        except (OSError, subprocess.SubprocessError) as exc:
+            last_error = str(exc)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"{' '.join(compiler)} could not build {SOURCE.name}: {last_error}")
+
+
+class _Loader:
+    """Builds the kernel once per process, on first use; remembers why it could not."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self.kernel: _Kernel | None = None
+        self.reason = ""
+
+    def get(self) -> _Kernel | None:
+        if self._done:
+            return self.kernel
+        with self._lock:
+            if not self._done:
+                compiler = _compiler()
+                if compiler is None:
+                    self.reason = "no C compiler found ($CC, cc, gcc)"
+                else:
+                    try:
+                        self.kernel = _build(compiler)
+                    except (OSError, RuntimeError) as exc:
+                        self.reason = str(exc)
+                if self.kernel is None:
+                    log.debug("ragged attention: torch fallback (%s)", self.reason)
+                self._done = True
+        return self.kernel
+
+
+_loader = _Loader()
+_logged: set[str] = set()
+
+
+def _fallback_because(reason: str) -> None:
+    if reason not in _logged:
+        _logged.add(reason)
+        log.debug("ragged attention: torch fallback (%s)", reason)
+
+
+def kernel_status() -> str:
+    """One line for logs and benchmarks: which implementation decode_attention uses, and why."""
+    if os.environ.get(ENV_SWITCH) == "0":
+        return f"torch fallback ({ENV_SWITCH}=0)"
+    kernel = _loader.get()
+    if kernel is None:
+        return f"torch fallback ({_loader.reason})"
+    return f"C kernel ({kernel.path}{', OpenMP' if kernel.openmp else ''})"
+
+
+def decode_attention(
+    query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], scale: float
+) -> torch.Tensor:
+    """Attention of one query token per sequence over that sequence's own cache.
+
+    query [B, Hq, D] contiguous; keys[i], values[i] [Hkv, L_i, D] with each head's rows contiguous
+    (stride(-1) == 1, stride(-2) == D; the head stride may be larger). Query head h uses kv head
+    h // (Hq // Hkv). Returns [B, Hq, D] in the query's dtype (fp32 accumulation)."""
+    if os.environ.get(ENV_SWITCH) != "0":
+        table = _row_table(query, keys, values)
+        if isinstance(table, str):
+            _fallback_because(table)
+        else:
+            kernel = _loader.get()
+            if kernel is not None:
+                return _run_kernel(kernel, query, keys[0].shape[0] if keys else 1, table, scale)
+    return decode_attention_torch(query, keys, values, scale)
+
+
+def _row_table(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> array.array | str:
+    """The kernel's per-row arguments (key pointers, value pointers, lengths, key head strides,
+    value head strides: B int64 each, one after the other), or why the kernel cannot take these
+    tensors. One pass over the rows reading only cheap attributes: this runs every layer of every
+    decode step (~0.6 µs a row)."""
+    dtype = query.dtype
+    if dtype not in _DTYPE_CODES:
+        return f"dtype {dtype}"
+    if not query.is_cpu or query.dim() != 3 or not query.is_contiguous():
+        return "query is not a contiguous CPU tensor [B, Hq, D]"
+    B, Hq, D = query.shape
+    if len(keys) != B or len(values) != B:
+        return "one key and one value tensor per query row are needed"
+    if B == 0:
+        return array.array("q")
+    shape = keys[0].shape
+    if len(shape) != 3 or shape[0] == 0 or Hq % shape[0]:
+        return f"{Hq} query heads cannot share kv heads of shape {tuple(shape)}"
+    hkv, row = shape[0], (D, 1)
+    key_ptrs, value_ptrs, lengths, key_strides, value_strides = [], [], [], [], []
+    for k, v in zip(keys, values):
+        ks, vs, shape = k.stride(), v.stride(), k.shape
+        if k.dtype is not dtype or v.dtype is not dtype or not (k.is_cpu and v.is_cpu):
+            return "keys/values differ from the query in dtype or device"
+        if ks[1:] != row or vs[1:] != row or len(ks) != 3 or len(vs) != 3:
+            return "key/value rows are not contiguous (stride(-1) == 1 and stride(-2) == D needed)"
+        if shape != v.shape or shape[0] != hkv or shape[2] != D:
+            return "key/value shapes are not all [Hkv, L, D]"
+        key_ptrs.append(k.data_ptr())
+        value_ptrs.append(v.data_ptr())
+        lengths.append(shape[1])
+        key_strides.append(ks[0])
+        value_strides.append(vs[0])
+    return array.array("q", key_ptrs + value_ptrs + lengths + key_strides + value_strides)
+
+
+def _run_kernel(kernel: _Kernel, query: torch.Tensor, kv_heads: int, table: array.array, scale: float) -> torch.Tensor:
+    B, Hq, D = query.shape
+    out = torch.empty_like(query)
+    if B == 0:
+        return out
+    status = kernel.decode(
+        query.data_ptr(),
+        table.buffer_info()[0],
+        B,
+        Hq,
+        kv_heads,
+        D,
+        scale,
+        _DTYPE_CODES[query.dtype],
+        torch.get_num_threads(),
+        out.data_ptr(),
+    )
+    if status != 0:
+        raise ValueError(f"ragged attention kernel rejected B={B} Hq={Hq} Hkv={kv_heads} D={D}")
+    return out
+
+
+def decode_attention_torch(
+    query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], scale: float
+) -> torch.Tensor:
+    """The pure-torch version: one sdpa per sequence over its exact-length cache."""
+    out = torch.empty_like(query)
+    for i, (k, v) in enumerate(zip(keys, values)):
+        q = query[i].unsqueeze(1)  # [Hq, 1, D]
+        out[i] = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=k.shape[0] != q.shape[0]).squeeze(1)
+    return out
