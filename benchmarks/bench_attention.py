@@ -8,9 +8,12 @@ timed side by side in one run (best of --repeat rounds taken in turns, each the 
   loop    one sdpa per sequence over its exact-length cache (decode_attention_torch, the fallback)
   kernel  decode_attention (the C kernel in openchat_cli/serve/engines/ragged_attention.c)
 Prints ms per call and the ratios padded/kernel and loop/kernel; --json prints the rows as JSON.
+--prefill adds packed prefill (causal within each prompt of one row): sdpa(is_causal) per prompt,
+as the engine's packed prefill does it, vs prefill_attention, on three prompt-length mixes.
 
     python benchmarks/bench_attention.py                 # B 1/8/32, D 32/64, fp32/bf16, 1 thread
     python benchmarks/bench_attention.py --threads 4 --batch 64 --head-dim 128
+    python benchmarks/bench_attention.py --prefill --batch 32
 
 Numbers depend on the machine and what else runs on it: compare the ratios.
 """
@@ -33,7 +36,12 @@ from openchat_cli.serve.engines.ragged_attention import (  # noqa: E402
     decode_attention,
     decode_attention_torch,
     kernel_status,
+    prefill_attention,
+    prefill_attention_torch,
 )
+
+# Packed prefill mixes: (name, number of prompts, shortest, longest).
+PREFILL_MIXES = [("chat turns", 32, 10, 60), ("sharegpt", 32, 20, 400), ("long", 4, 600, 1000)]
 
 
 def ragged_lengths(batch: int, low: int, high: int, seed: int) -> list[int]:
@@ -94,6 +102,52 @@ def measure(lengths: list[int], args, head_dim: int, dtype: torch.dtype) -> dict
     return best_ms(fns, args.iters, args.repeat)
 
 
+def measure_prefill(lengths: list[int], args, head_dim: int, dtype: torch.dtype) -> dict[str, float]:
+    """ms per call: causal sdpa per segment (the engine's packed prefill today) vs prefill_attention."""
+    g = torch.Generator().manual_seed(1)
+    n = sum(lengths)
+    # [N, H, D] in memory seen as [H, N, D], as transformers' projections leave them.
+    q = torch.randn(n, args.q_heads, head_dim, generator=g).to(dtype).transpose(0, 1)
+    k = torch.randn(n, args.kv_heads, head_dim, generator=g).to(dtype).transpose(0, 1)
+    v = torch.randn(n, args.kv_heads, head_dim, generator=g).to(dtype).transpose(0, 1)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    scale = head_dim**-0.5
+    fns = {
+        "sdpa": lambda: prefill_attention_torch(q, k, v, starts, lengths, scale),
+        "kernel": lambda: prefill_attention(q, k, v, starts, lengths, scale),
+    }
+    return best_ms(fns, max(1, args.iters // 4), args.repeat)
+
+
+def prefill_rows(args) -> list[dict]:
+    rows = []
+    if not args.json:
+        print("\nprefill (causal within each prompt of one packed row)")
+        print(f"{'dtype':<9} {'D':>4} {'mix':<11} {'tokens':>6} {'sdpa ms':>9} {'kernel ms':>10} {'sdpa/kern':>10}")
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        for head_dim in args.head_dim:
+            for name, count, low, high in PREFILL_MIXES:
+                lengths = ragged_lengths(count, low, high, seed=count + low)
+                ms = measure_prefill(lengths, args, head_dim, dtype)
+                row = {
+                    "dtype": dtype_name,
+                    "head_dim": head_dim,
+                    "mix": name,
+                    "tokens": sum(lengths),
+                    "sdpa_ms": ms["sdpa"],
+                    "kernel_ms": ms["kernel"],
+                    "sdpa_over_kernel": ms["sdpa"] / ms["kernel"],
+                }
+                rows.append(row)
+                if not args.json:
+                    print(
+                        f"{dtype_name:<9} {head_dim:>4} {name:<11} {row['tokens']:>6} {ms['sdpa']:>9.3f} "
+                        f"{ms['kernel']:>10.3f} {row['sdpa_over_kernel']:>9.2f}x"
+                    )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
@@ -106,6 +160,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch (and kernel) threads; the serve engine runs 1")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--prefill", action="store_true", help="also packed prefill: per-segment sdpa vs the kernel")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,8 +199,12 @@ def main() -> None:
                         f"{loop:>9.3f} {kernel:>10.3f} {row['padded_over_kernel']:>11.2f}x "
                         f"{row['loop_over_kernel']:>9.2f}x"
                     )
+    prefill = prefill_rows(args) if args.prefill else []
     if args.json:
-        print(json.dumps({"kernel": kernel_status(), "threads": args.threads, "rows": rows}, indent=1))
+        report = {"kernel": kernel_status(), "threads": args.threads, "rows": rows}
+        if args.prefill:
+            report["prefill_rows"] = prefill
+        print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

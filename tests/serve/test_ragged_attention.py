@@ -228,3 +228,87 @@ def test_missing_compiler_falls_back(tmp_path, monkeypatch):
         ra.decode_attention(query, keys, values, 0.3), reference(query, keys, values, 0.3), rtol=F32_TOL, atol=F32_TOL
     )
     assert "no-such-cc" in ra.kernel_status()
+
+
+def causal_reference(query, key, value, starts, lengths, scale):
+    """torch's causal sdpa per segment in fp32 (kv heads repeated) -> [N, Hq, D]."""
+    groups = query.shape[0] // key.shape[0]
+    out = torch.zeros(query.shape[1], query.shape[0], query.shape[2])
+    for s, n in zip(starts, lengths):
+        if n:
+            k = key[:, s : s + n].float().repeat_interleave(groups, dim=0)
+            v = value[:, s : s + n].float().repeat_interleave(groups, dim=0)
+            part = F.scaled_dot_product_attention(query[:, s : s + n].float(), k, v, scale=scale, is_causal=True)
+            out[s : s + n] = part.transpose(0, 1)
+    return out
+
+
+def packed(lengths, q_heads, kv_heads, head_dim, dtype, seed=0):
+    """A packed row laid out as transformers' projections leave it: query/key/value [N, H, D] in
+    memory, seen as [H, N, D]."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    query = torch.randn(n, q_heads, head_dim, generator=g).to(dtype).transpose(0, 1)
+    key = torch.randn(n, kv_heads, head_dim, generator=g).to(dtype).transpose(0, 1)
+    value = torch.randn(n, kv_heads, head_dim, generator=g).to(dtype).transpose(0, 1)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    return query, key, value, starts
+
+
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", [(8, 4, 32), (4, 4, 64), (8, 2, 128)])
+def test_prefill_matches_causal_sdpa_per_segment(kernel, monkeypatch, q_heads, kv_heads, head_dim):
+    """Short segments (1 token, block edges) through the kernel, one past the kernel's limit
+    through sdpa, all in one packed row."""
+    monkeypatch.setattr(ra, "PREFILL_KERNEL_MAX_LEN", 200)
+    lengths = [1, 5, 128, 129, 201, 30]
+    query, key, value, starts = packed(lengths, q_heads, kv_heads, head_dim, torch.float32)
+    calls = []
+    run = ra._run_kernel
+    monkeypatch.setattr(ra, "_run_kernel", lambda k, q, *a: calls.append(q.shape[0]) or run(k, q, *a))
+    out = ra.prefill_attention(query, key, value, starts, lengths, head_dim**-0.5)
+    assert out.shape == (sum(lengths), q_heads, head_dim) and out.is_contiguous()
+    assert calls == [sum(lengths) - 201]  # one kernel call for every short segment's tokens
+    expected = causal_reference(query, key, value, starts, lengths, head_dim**-0.5)
+    torch.testing.assert_close(out, expected, rtol=F32_TOL, atol=F32_TOL)
+    torch.testing.assert_close(
+        ra.prefill_attention_torch(query, key, value, starts, lengths, head_dim**-0.5),
+        expected,
+        rtol=F32_TOL,
+        atol=F32_TOL,
+    )
+
+
+def test_prefill_bfloat16_gaps_and_contiguous_inputs(kernel):
+    """bf16; segments that leave positions uncovered (zeros there); [H, N, D]-contiguous inputs."""
+    lengths = [7, 3, 40, 9]
+    query, key, value, starts = packed(lengths, 8, 4, 32, torch.bfloat16, seed=2)
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    used_starts, used_lengths = [starts[0], starts[2], starts[3]], [lengths[0], lengths[2], 4]
+    out = ra.prefill_attention(query, key, value, used_starts, used_lengths, 0.2)
+    expected = causal_reference(query, key, value, used_starts, used_lengths, 0.2)
+    torch.testing.assert_close(out.float(), expected, rtol=BF16_RTOL, atol=BF16_ATOL)
+    assert not out[7:10].any() and not out[54:].any()
+
+
+def test_prefill_switch_off_and_bad_segments(kernel, monkeypatch):
+    monkeypatch.setenv(ra.ENV_SWITCH, "0")
+    monkeypatch.setattr(ra, "_run_kernel", lambda *a, **k: pytest.fail("the kernel ran with the switch off"))
+    query, key, value, starts = packed([4, 6], 4, 2, 32, torch.float32)
+    out = ra.prefill_attention(query, key, value, starts, [4, 6], 0.3)
+    torch.testing.assert_close(
+        out, causal_reference(query, key, value, starts, [4, 6], 0.3), rtol=F32_TOL, atol=F32_TOL
+    )
+    with pytest.raises(ValueError, match="within the 10 packed positions"):
+        ra.prefill_attention(query, key, value, [4], [7], 0.3)
+
+
+def test_prefill_all_short_segments_in_one_call(kernel, monkeypatch):
+    lengths = [3, 50, 1, 17]
+    query, key, value, starts = packed(lengths, 6, 3, 64, torch.float32, seed=4)
+    calls = []
+    run = ra._run_kernel
+    monkeypatch.setattr(ra, "_run_kernel", lambda k, q, *a: calls.append(q.data_ptr()) or run(k, q, *a))
+    out = ra.prefill_attention(query, key, value, starts, lengths, 0.125)
+    assert calls == [query.data_ptr()]  # the packed query itself, not a copy
+    expected = causal_reference(query, key, value, starts, lengths, 0.125)
+    torch.testing.assert_close(out, expected, rtol=F32_TOL, atol=F32_TOL)

@@ -9,6 +9,9 @@ fp32. It is compiled at first use with the system C compiler into the user's cac
 hash of the source, compiler, flags and CPU, and loaded with ctypes. Without a compiler, after a
 failed build, for a dtype or layout it does not take, or with OPENCHAT_ATTENTION_KERNEL=0, the
 same function runs a pure-torch loop instead (one debug log line says why).
+
+`prefill_attention` reuses the kernel for causal attention within the segments of a packed row of
+prompts (one query token per kernel row), which beats per-segment sdpa on short prompts.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ ENV_CACHE = "OPENCHAT_KERNEL_CACHE"  # where compiled kernels go (default: the u
 # for the whole process (GCC < 13). These allow the vectorized reductions it would allow.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math"]
 BUILD_TIMEOUT_S = 120
+# Prefill segments up to this many tokens go through the kernel (row by row beats torch's blocked
+# flash sdpa below ~600 tokens on a 1-thread CPU; bench_attention.py --prefill measures it).
+PREFILL_KERNEL_MAX_LEN = 512
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 
@@ -246,14 +252,17 @@ def _row_table(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch
     return array.array("q", key_ptrs + value_ptrs + lengths + key_strides + value_strides)
 
 
-def _run_kernel(kernel: _Kernel, query: torch.Tensor, kv_heads: int, table: array.array, scale: float) -> torch.Tensor:
+def _run_kernel(
+    kernel: _Kernel, query: torch.Tensor, kv_heads: int, table: array.array | torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One kernel call: query [B, Hq, D] contiguous, `table` the rows' 5 x B int64 arguments."""
     B, Hq, D = query.shape
     out = torch.empty_like(query)
     if B == 0:
         return out
     status = kernel.decode(
         query.data_ptr(),
-        table.buffer_info()[0],
+        table.data_ptr() if isinstance(table, torch.Tensor) else table.buffer_info()[0],
         B,
         Hq,
         kv_heads,
@@ -276,4 +285,130 @@ def decode_attention_torch(
     for i, (k, v) in enumerate(zip(keys, values)):
         q = query[i].unsqueeze(1)  # [Hq, 1, D]
         out[i] = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=k.shape[0] != q.shape[0]).squeeze(1)
+    return out
+
+
+def prefill_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    seq_starts: list[int],
+    seq_lengths: list[int],
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention within each segment of one packed row of prompts.
+
+    query [Hq, N, D], key/value [Hkv, N, D]; segment i is positions seq_starts[i] ..
+    seq_starts[i] + seq_lengths[i] - 1, its tokens attend to earlier tokens of their own segment
+    only. Returns [N, Hq, D] contiguous (the layout transformers' attention functions hand back,
+    less the batch dim); positions outside every segment are zero.
+
+    Segments up to PREFILL_KERNEL_MAX_LEN tokens go through the decode kernel, one query token per
+    row against its segment's keys so far (no GEMM, but no per-segment call or mask either: faster
+    than torch's flash sdpa below ~600 tokens, benchmarks/bench_attention.py --prefill); longer ones,
+    and everything when the kernel is off, through `sdpa(is_causal=True)` per segment. The query is
+    read in place when it is a [N, Hq, D] tensor seen as [Hq, N, D] (as transformers' projections
+    make it); other layouts are copied once."""
+    Hq, N, D = query.shape
+    if key.dim() != 3 or key.shape != value.shape or key.shape[1:] != (N, D) or Hq % key.shape[0]:
+        raise ValueError(f"query {tuple(query.shape)} and key/value {tuple(key.shape)}/{tuple(value.shape)} do not fit")
+    if len(seq_starts) != len(seq_lengths) or any(s < 0 or n < 0 or s + n > N for s, n in zip(seq_starts, seq_lengths)):
+        raise ValueError(f"segments must lie within the {N} packed positions")
+    out = query.new_zeros(N, Hq, D)
+    segments = [(s, n) for s, n in zip(seq_starts, seq_lengths) if n > 0]
+    short = [seg for seg in segments if seg[1] <= PREFILL_KERNEL_MAX_LEN]
+    kernel = _prefill_kernel(query, key, value) if short else None
+    if kernel is None:
+        short = []
+    else:
+        _prefill_short(kernel, query, key, value, short, scale, out)
+    taken = set(short)
+    _prefill_sdpa(query, key, value, [seg for seg in segments if seg not in taken], scale, out)
+    return out
+
+
+def _prefill_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> _Kernel | None:
+    """The kernel, if it may take these prefill tensors (any strides: _prefill_short copies)."""
+    if os.environ.get(ENV_SWITCH) == "0":
+        return None
+    if query.dtype not in _DTYPE_CODES or key.dtype != query.dtype or value.dtype != query.dtype:
+        _fallback_because(f"prefill dtypes {query.dtype}/{key.dtype}/{value.dtype}")
+        return None
+    if not (query.is_cpu and key.is_cpu and value.is_cpu):
+        _fallback_because("prefill tensors are not on the CPU")
+        return None
+    return _loader.get()
+
+
+def _prefill_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: list[tuple[int, int]],
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """`sdpa(is_causal=True)` per segment, into out [N, Hq, D]."""
+    gqa = key.shape[0] != query.shape[0]
+    for s, n in segments:
+        part = F.scaled_dot_product_attention(
+            query[:, s : s + n], key[:, s : s + n], value[:, s : s + n], scale=scale, is_causal=True, enable_gqa=gqa
+        )
+        out[s : s + n] = part.transpose(0, 1)
+
+
+def _prefill_short(
+    kernel: _Kernel,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: list[tuple[int, int]],
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """The kernel over every token of `segments`: token t of a segment starting at s is a row whose
+    keys are positions s..t (pointers into key/value, built with tensor ops, not a loop per token)."""
+    D = query.shape[2]
+    rows = query.transpose(0, 1)  # [N, Hq, D]
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    if key.stride(2) != 1 or key.stride(1) != D:
+        key = key.contiguous()
+    if value.stride(2) != 1 or value.stride(1) != D:
+        value = value.contiguous()
+    starts = torch.tensor([s for s, _ in segments], dtype=torch.int64)
+    lengths = torch.tensor([n for _, n in segments], dtype=torch.int64)
+    segment = torch.repeat_interleave(torch.arange(len(segments)), lengths)
+    first = starts[segment]  # each token's segment start
+    offsets = torch.cumsum(lengths, 0) - lengths
+    position = torch.arange(len(segment)) - offsets[segment]  # within the segment
+    token = first + position  # in the packed row
+    size = query.element_size()
+    table = torch.stack(
+        [
+            key.data_ptr() + first * (D * size),
+            value.data_ptr() + first * (D * size),
+            position + 1,
+            torch.full_like(first, key.stride(0)),
+            torch.full_like(first, value.stride(0)),
+        ]
+    ).contiguous()
+    everything = len(segment) == rows.shape[0] and bool((token == torch.arange(len(segment))).all())
+    if everything:
+        out.copy_(_run_kernel(kernel, rows, key.shape[0], table, scale))
+    else:
+        out[token] = _run_kernel(kernel, rows.index_select(0, token), key.shape[0], table, scale)
+
+
+def prefill_attention_torch(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    seq_starts: list[int],
+    seq_lengths: list[int],
+    scale: float,
+) -> torch.Tensor:
+    """The pure-torch version of prefill_attention: `sdpa(is_causal=True)` per segment."""
+    out = query.new_zeros(query.shape[1], query.shape[0], query.shape[2])
+    _prefill_sdpa(query, key, value, [(s, n) for s, n in zip(seq_starts, seq_lengths) if n > 0], scale, out)
     return out
