@@ -35,7 +35,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".c")
-ENV_SWITCH = "OPENCHAT_ATTENTION_KERNEL"  # "0" forces the torch fallback
+ENV_SWITCH = "OPENCHAT_ATTENTION_KERNEL"  # "0" (or off/false/no) forces the torch fallback
 ENV_CACHE = "OPENCHAT_KERNEL_CACHE"  # where compiled kernels go (default: the user's cache dir)
 # -ffast-math is left out on purpose: linking a shared library with it turns on flush-to-zero
 # for the whole process (GCC < 13). These allow the vectorized reductions it would allow.
@@ -105,8 +105,15 @@ class _Kernel:
         self.decode = fn
 
 
+def _flag_sets() -> list[tuple[list[str], bool]]:
+    """Builds to try, best first: with OpenMP, without (no libgomp / libomp), without -march=native
+    (compilers that do not know it)."""
+    portable = [f for f in FLAGS if f != "-march=native"]
+    return [(FLAGS + ["-fopenmp"], True), (FLAGS, False), (portable, False)]
+
+
 def _build(compiler: list[str]) -> _Kernel:
-    """Compile (or reuse) the kernel; raises RuntimeError saying why it could not."""
+    """Load the kernel from the cache, or compile it there; raises RuntimeError saying why not."""
     from openchat_cli.atomic import remove_stale_temps, temp_file_beside
 
     source = SOURCE.read_bytes()
@@ -115,17 +122,16 @@ def _build(compiler: list[str]) -> _Kernel:
         stamp = f"{os.stat(exe).st_mtime_ns}"
     except OSError:
         stamp = "?"
-    last_error = ""
-    for openmp in (True, False):
-        flags = FLAGS + (["-fopenmp"] if openmp else [])
-        key = hashlib.sha256(
-            b"\0".join(
-                [source, " ".join(compiler + flags).encode(), exe.encode(), stamp.encode(), _cpu_flags().encode()]
-            )
-        ).hexdigest()[:20]
-        target = cache_dir() / f"ragged_attention-{key}.so"
+    builds = []
+    for flags, openmp in _flag_sets():
+        parts = [source, " ".join(compiler + flags).encode(), exe.encode(), stamp.encode(), _cpu_flags().encode()]
+        key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
+        builds.append((cache_dir() / f"ragged_attention-{key}.so", flags, openmp))
+    for target, _flags, openmp in builds:  # built before (by this or another process)
         if target.exists():
             return _Kernel(target, openmp)
+    last_error = ""
+    for target, flags, openmp in builds:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)
         fd, tmp = temp_file_beside(target)
@@ -181,6 +187,10 @@ _loader = _Loader()
 _logged: set[str] = set()
 
 
+def _switched_off() -> bool:
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no")
+
+
 def _fallback_because(reason: str) -> None:
     if reason not in _logged:
         _logged.add(reason)
@@ -189,8 +199,8 @@ def _fallback_because(reason: str) -> None:
 
 def kernel_status() -> str:
     """One line for logs and benchmarks: which implementation decode_attention uses, and why."""
-    if os.environ.get(ENV_SWITCH) == "0":
-        return f"torch fallback ({ENV_SWITCH}=0)"
+    if _switched_off():
+        return f"torch fallback ({ENV_SWITCH}={os.environ[ENV_SWITCH]})"
     kernel = _loader.get()
     if kernel is None:
         return f"torch fallback ({_loader.reason})"
@@ -205,7 +215,7 @@ def decode_attention(
     query [B, Hq, D] contiguous; keys[i], values[i] [Hkv, L_i, D] with each head's rows contiguous
     (stride(-1) == 1, stride(-2) == D; the head stride may be larger). Query head h uses kv head
     h // (Hq // Hkv). Returns [B, Hq, D] in the query's dtype (fp32 accumulation)."""
-    if os.environ.get(ENV_SWITCH) != "0":
+    if not _switched_off():
         table = _row_table(query, keys, values)
         if isinstance(table, str):
             _fallback_because(table)
@@ -329,7 +339,7 @@ def prefill_attention(
 
 def _prefill_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> _Kernel | None:
     """The kernel, if it may take these prefill tensors (any strides: _prefill_short copies)."""
-    if os.environ.get(ENV_SWITCH) == "0":
+    if _switched_off():
         return None
     if query.dtype not in _DTYPE_CODES or key.dtype != query.dtype or value.dtype != query.dtype:
         _fallback_because(f"prefill dtypes {query.dtype}/{key.dtype}/{value.dtype}")
