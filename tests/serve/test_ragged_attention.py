@@ -312,3 +312,10 @@ def test_prefill_all_short_segments_in_one_call(kernel, monkeypatch):
     assert calls == [query.data_ptr()]  # the packed query itself, not a copy
     expected = causal_reference(query, key, value, starts, lengths, 0.125)
     torch.testing.assert_close(out, expected, rtol=F32_TOL, atol=F32_TOL)
+
+
+def test_non_contiguous_query_still_takes_the_kernel(kernel_only):
+    _, keys, values = make_rows([9, 1, 200], 8, 2, 64, torch.float32)
+    query = torch.randn(8, 3, 64).transpose(0, 1)  # [B, Hq, D] seen through a transpose
+    out = ra.decode_attention(query, keys, values, 0.125)
+    torch.testing.assert_close(out, reference(query, keys, values, 0.125), rtol=F32_TOL, atol=F32_TOL)

@@ -212,10 +212,12 @@ def decode_attention(
 ) -> torch.Tensor:
     """Attention of one query token per sequence over that sequence's own cache.
 
-    query [B, Hq, D] contiguous; keys[i], values[i] [Hkv, L_i, D] with each head's rows contiguous
+    query [B, Hq, D] (copied if not contiguous); keys[i], values[i] [Hkv, L_i, D] with each head's rows contiguous
     (stride(-1) == 1, stride(-2) == D; the head stride may be larger). Query head h uses kv head
     h // (Hq // Hkv). Returns [B, Hq, D] in the query's dtype (fp32 accumulation)."""
     if not _switched_off():
+        if query.is_cpu and not query.is_contiguous():
+            query = query.contiguous()  # B x Hq x D: a copy costs less than the fallback
         table = _row_table(query, keys, values)
         if isinstance(table, str):
             _fallback_because(table)
