@@ -255,36 +255,45 @@ def packed(lengths, q_heads, kv_heads, head_dim, dtype, seed=0):
     return query, key, value, starts
 
 
-@pytest.mark.parametrize("q_heads,kv_heads,head_dim", [(8, 4, 32), (4, 4, 64), (8, 2, 128)])
-def test_prefill_matches_causal_sdpa_per_segment(kernel, monkeypatch, q_heads, kv_heads, head_dim):
-    """Short segments (1 token, block edges) through the kernel, one past the kernel's limit
-    through sdpa, all in one packed row."""
-    monkeypatch.setattr(ra, "PREFILL_KERNEL_MAX_LEN", 200)
-    lengths = [1, 5, 128, 129, 201, 30]
+@pytest.fixture
+def prefill_kernel_only(kernel, monkeypatch):
+    """Fail if prefill_attention quietly took the per-segment sdpa path."""
+    monkeypatch.setattr(ra, "_prefill_sdpa", lambda *a, **k: pytest.fail("sdpa ran instead of the prefill kernel"))
+    return kernel
+
+
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", [(8, 4, 32), (4, 4, 64), (8, 2, 128), (6, 3, 40)])
+def test_prefill_matches_causal_sdpa_per_segment(prefill_kernel_only, monkeypatch, q_heads, kv_heads, head_dim):
+    """Segments of 1 token, either side of the kernel's 64-key blocks and 4-query tiles, and a long
+    one, packed in one row laid out as transformers leaves it (read in place)."""
+    lengths = [1, 5, 63, 64, 65, 300, 2]
     query, key, value, starts = packed(lengths, q_heads, kv_heads, head_dim, torch.float32)
-    calls = []
-    run = ra._run_kernel
-    monkeypatch.setattr(ra, "_run_kernel", lambda k, q, *a: calls.append(q.shape[0]) or run(k, q, *a))
+    pointers = []
+    prefill = prefill_kernel_only.prefill
+    monkeypatch.setattr(prefill_kernel_only, "prefill", lambda *a: pointers.append(a[:3]) or prefill(*a))
     out = ra.prefill_attention(query, key, value, starts, lengths, head_dim**-0.5)
+    assert pointers == [(query.data_ptr(), key.data_ptr(), value.data_ptr())]  # no copies
     assert out.shape == (sum(lengths), q_heads, head_dim) and out.is_contiguous()
-    assert calls == [sum(lengths) - 201]  # one kernel call for every short segment's tokens
     expected = causal_reference(query, key, value, starts, lengths, head_dim**-0.5)
     torch.testing.assert_close(out, expected, rtol=F32_TOL, atol=F32_TOL)
-    torch.testing.assert_close(
-        ra.prefill_attention_torch(query, key, value, starts, lengths, head_dim**-0.5),
-        expected,
-        rtol=F32_TOL,
-        atol=F32_TOL,
-    )
 
 
-def test_prefill_bfloat16_gaps_and_contiguous_inputs(kernel):
+def test_prefill_torch_version_matches(kernel):
+    lengths = [3, 70, 1]
+    query, key, value, starts = packed(lengths, 8, 2, 32, torch.float32, seed=5)
+    expected = causal_reference(query, key, value, starts, lengths, 0.2)
+    out = ra.prefill_attention_torch(query, key, value, starts, lengths, 0.2)
+    torch.testing.assert_close(out, expected, rtol=F32_TOL, atol=F32_TOL)
+
+
+def test_prefill_bfloat16_gaps_and_contiguous_inputs(prefill_kernel_only):
     """bf16; segments that leave positions uncovered (zeros there); [H, N, D]-contiguous inputs."""
     lengths = [7, 3, 40, 9]
     query, key, value, starts = packed(lengths, 8, 4, 32, torch.bfloat16, seed=2)
     query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     used_starts, used_lengths = [starts[0], starts[2], starts[3]], [lengths[0], lengths[2], 4]
     out = ra.prefill_attention(query, key, value, used_starts, used_lengths, 0.2)
+    assert out.dtype == torch.bfloat16
     expected = causal_reference(query, key, value, used_starts, used_lengths, 0.2)
     torch.testing.assert_close(out.float(), expected, rtol=BF16_RTOL, atol=BF16_ATOL)
     assert not out[7:10].any() and not out[54:].any()
@@ -292,7 +301,7 @@ def test_prefill_bfloat16_gaps_and_contiguous_inputs(kernel):
 
 def test_prefill_switch_off_and_bad_segments(kernel, monkeypatch):
     monkeypatch.setenv(ra.ENV_SWITCH, "0")
-    monkeypatch.setattr(ra, "_run_kernel", lambda *a, **k: pytest.fail("the kernel ran with the switch off"))
+    monkeypatch.setattr(kernel, "prefill", lambda *a: pytest.fail("the kernel ran with the switch off"))
     query, key, value, starts = packed([4, 6], 4, 2, 32, torch.float32)
     out = ra.prefill_attention(query, key, value, starts, [4, 6], 0.3)
     torch.testing.assert_close(
@@ -300,18 +309,6 @@ def test_prefill_switch_off_and_bad_segments(kernel, monkeypatch):
     )
     with pytest.raises(ValueError, match="within the 10 packed positions"):
         ra.prefill_attention(query, key, value, [4], [7], 0.3)
-
-
-def test_prefill_all_short_segments_in_one_call(kernel, monkeypatch):
-    lengths = [3, 50, 1, 17]
-    query, key, value, starts = packed(lengths, 6, 3, 64, torch.float32, seed=4)
-    calls = []
-    run = ra._run_kernel
-    monkeypatch.setattr(ra, "_run_kernel", lambda k, q, *a: calls.append(q.data_ptr()) or run(k, q, *a))
-    out = ra.prefill_attention(query, key, value, starts, lengths, 0.125)
-    assert calls == [query.data_ptr()]  # the packed query itself, not a copy
-    expected = causal_reference(query, key, value, starts, lengths, 0.125)
-    torch.testing.assert_close(out, expected, rtol=F32_TOL, atol=F32_TOL)
 
 
 def test_non_contiguous_query_still_takes_the_kernel(kernel_only):

@@ -6,12 +6,16 @@
  * 32 times per layer. This reads each key and value row once, for all the query heads that
  * share it (GQA), and keeps the softmax online (one pass, blocks of BLOCK keys), in fp32.
  *
+ * ragged_prefill_attention does the same for a packed row of prompts (causal within each), in
+ * tiles: see its section below.
+ *
  * Compiled at run time by ragged_attention.py with the system C compiler and loaded with ctypes,
  * so it is plain C: no torch or Python headers. Loops are written for the auto-vectorizer; exp is
  * a polynomial (no libm, no -ffast-math, which in a shared library would switch the whole
  * process's floating point to flush-to-zero).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BLOCK 128
@@ -199,4 +203,155 @@ int ragged_decode_attention(const void *query, const int64_t *rows, int64_t B, i
         fn(qp, kp, vp, length[b], g, (int)D, scale, op);
     }
     return 0;
+}
+
+/* ---- Prefill: causal attention within each segment of one packed row of prompts. ----
+ * Tiles of TQ query positions against blocks of BJ keys. The segment's keys are first copied
+ * transposed ([D][L], fp32), so the scores of a tile are broadcast multiply-adds along the keys
+ * (no horizontal sums, each key column loaded once for TQ queries). */
+#define TQ 4
+#define BJ 64
+
+static inline __attribute__((always_inline)) void prefill_head(const void *q, int64_t q_stride, const float *kt,
+                                                               int64_t ld, const void *v, int64_t v_stride, int64_t L,
+                                                               const int D, const int bf16, float scale, void *out) {
+    for (int64_t t0 = 0; t0 < L; t0 += TQ) {
+        const int rows = (int)(L - t0 < TQ ? L - t0 : TQ);
+        float qs[TQ][D], acc[TQ][D], m[TQ], l[TQ], s[TQ][BJ];
+        for (int i = 0; i < TQ; i++) {
+            for (int d = 0; d < D; d++) {
+                qs[i][d] = i < rows ? load(q, (t0 + i) * q_stride + d, bf16) * scale : 0.0f;
+                acc[i][d] = 0.0f;
+            }
+            m[i] = NEG_BIG;
+            l[i] = 0.0f;
+        }
+        const int64_t seen = t0 + rows; /* keys 0 .. seen-1 are visible to some row of the tile */
+        for (int64_t j0 = 0; j0 < seen; j0 += BJ) {
+            const int n = (int)(seen - j0 < BJ ? seen - j0 : BJ);
+            for (int i = 0; i < TQ; i++)
+                for (int j = 0; j < BJ; j++) s[i][j] = 0.0f;
+            for (int d = 0; d < D; d++) {
+                const float *kd = kt + d * ld + j0; /* padded to whole blocks: no remainder loop */
+                for (int i = 0; i < TQ; i++) {
+                    const float qv = qs[i][d];
+                    for (int j = 0; j < BJ; j++) s[i][j] += qv * kd[j];
+                }
+            }
+            for (int i = 0; i < rows; i++) {
+                int valid = (int)(t0 + i + 1 - j0); /* causal: row t0+i sees keys up to itself */
+                valid = valid > n ? n : valid;
+                float *si = s[i];
+                float block_max = m[i];
+                for (int j = 0; j < valid; j++) block_max = si[j] > block_max ? si[j] : block_max;
+                float sum = 0.0f;
+                for (int j = 0; j < BJ; j++) {
+                    float p = j < valid ? exp_nonpositive(si[j] - block_max) : 0.0f;
+                    si[j] = p;
+                    sum += p;
+                }
+                if (block_max != m[i]) {
+                    float c = exp_nonpositive(m[i] - block_max);
+                    for (int d = 0; d < D; d++) acc[i][d] *= c;
+                    l[i] *= c;
+                    m[i] = block_max;
+                }
+                l[i] += sum;
+            }
+            for (int j = 0; j < n; j++) {
+                const int64_t vj = (j0 + j) * v_stride;
+                for (int i = 0; i < TQ; i++) {
+                    const float p = s[i][j];
+                    for (int d = 0; d < D; d++) acc[i][d] += p * load(v, vj + d, bf16);
+                }
+            }
+        }
+        for (int i = 0; i < rows; i++) {
+            float inv = 1.0f / l[i];
+            if (bf16) {
+                uint16_t *o = (uint16_t *)out + (t0 + i) * q_stride;
+                for (int d = 0; d < D; d++) o[d] = f32_to_bf16(acc[i][d] * inv);
+            } else {
+                float *o = (float *)out + (t0 + i) * q_stride;
+                for (int d = 0; d < D; d++) o[d] = acc[i][d] * inv;
+            }
+        }
+    }
+}
+
+/* One (segment, kv head): transpose its keys once, then each query head of the group. */
+static inline __attribute__((always_inline)) int prefill_group(const void *q, int64_t q_stride, const void *k,
+                                                               int64_t k_stride, const void *v, int64_t v_stride,
+                                                               int64_t L, int g, const int D, const int bf16,
+                                                               float scale, void *out) {
+    const int64_t ld = (L + BJ - 1) / BJ * BJ;
+    float *kt = (float *)calloc((size_t)(D * ld), sizeof(float));
+    if (!kt) return -1;
+    for (int64_t j = 0; j < L; j++)
+        for (int d = 0; d < D; d++) kt[d * ld + j] = load(k, j * k_stride + d, bf16);
+    const int64_t elem = bf16 ? 2 : 4;
+    for (int h = 0; h < g; h++)
+        prefill_head((const char *)q + h * D * elem, q_stride, kt, ld, v, v_stride, L, D, bf16, scale,
+                     (char *)out + h * D * elem);
+    free(kt);
+    return 0;
+}
+
+typedef int (*prefill_fn)(const void *, int64_t, const void *, int64_t, const void *, int64_t, int64_t, int, int, float,
+                          void *);
+#define PREFILL(NAME, DIM, BF16)                                                                              \
+    static int NAME(const void *q, int64_t qs, const void *k, int64_t ks, const void *v, int64_t vs, int64_t n,  \
+                    int g, int D, float sc, void *o) {                                                        \
+        (void)D;                                                                                              \
+        return prefill_group(q, qs, k, ks, v, vs, n, g, DIM, BF16, sc, o);                                    \
+    }
+PREFILL(pf_f32_d32, 32, 0)
+PREFILL(pf_f32_d64, 64, 0)
+PREFILL(pf_f32_d128, 128, 0)
+PREFILL(pf_f32_any, D, 0)
+PREFILL(pf_bf16_d32, 32, 1)
+PREFILL(pf_bf16_d64, 64, 1)
+PREFILL(pf_bf16_d128, 128, 1)
+PREFILL(pf_bf16_any, D, 1)
+
+static prefill_fn pick_prefill(int64_t D, int bf16) {
+    switch (D) {
+        case 32: return bf16 ? pf_bf16_d32 : pf_f32_d32;
+        case 64: return bf16 ? pf_bf16_d64 : pf_f32_d64;
+        case 128: return bf16 ? pf_bf16_d128 : pf_f32_d128;
+        default: return bf16 ? pf_bf16_any : pf_f32_any;
+    }
+}
+
+/* query/out: [N, Hq, D] contiguous; key/value: [Hkv, N, D], each vector of D contiguous, with
+ * head and row strides in elements (so [N, Hkv, D] memory seen as [Hkv, N, D] is read in place);
+ * segments: S starts then S lengths.
+ * Positions outside every segment are left as they are. Returns 0, -1 for bad arguments, -2 when
+ * out of memory (for a segment's transposed keys). */
+int ragged_prefill_attention(const void *query, const void *key, const void *value, int64_t key_head_stride,
+                             int64_t key_row_stride, int64_t value_head_stride, int64_t value_row_stride,
+                             const int64_t *segments, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale,
+                             int dtype, int threads, void *out) {
+    if (S < 0 || Hkv <= 0 || Hq % Hkv != 0 || D <= 0 || D > 1024 || (dtype != DTYPE_F32 && dtype != DTYPE_BF16))
+        return -1;
+    const int g = (int)(Hq / Hkv);
+    const int64_t elem = dtype == DTYPE_BF16 ? 2 : 4;
+    const int64_t tasks = S * Hkv;
+    const prefill_fn fn = pick_prefill(D, dtype == DTYPE_BF16);
+    int failed = 0;
+    (void)threads;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && tasks > 1)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t seg = t / Hkv, kvh = t % Hkv, start = segments[seg], length = segments[S + seg];
+        if (length <= 0) continue;
+        const int64_t q_off = (start * Hq + kvh * g) * D * elem;
+        const char *kp = (const char *)key + (kvh * key_head_stride + start * key_row_stride) * elem;
+        const char *vp = (const char *)value + (kvh * value_head_stride + start * value_row_stride) * elem;
+        if (fn((const char *)query + q_off, Hq * D, kp, key_row_stride, vp, value_row_stride, length, g, (int)D, scale,
+               (char *)out + q_off) != 0) {
+#pragma omp atomic write
+            failed = 1;
+        }
+    }
+    return failed ? -2 : 0;
 }

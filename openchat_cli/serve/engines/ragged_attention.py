@@ -10,8 +10,8 @@ hash of the source, compiler, flags and CPU, and loaded with ctypes. Without a c
 failed build, for a dtype or layout it does not take, or with OPENCHAT_ATTENTION_KERNEL=0, the
 same function runs a pure-torch loop instead (one debug log line says why).
 
-`prefill_attention` reuses the kernel for causal attention within the segments of a packed row of
-prompts (one query token per kernel row), which beats per-segment sdpa on short prompts.
+`prefill_attention` is the same for a packed row of prompts: causal attention within each prompt,
+tiled in C, with per-prompt sdpa as its fallback.
 """
 
 from __future__ import annotations
@@ -41,9 +41,6 @@ ENV_CACHE = "OPENCHAT_KERNEL_CACHE"  # where compiled kernels go (default: the u
 # for the whole process (GCC < 13). These allow the vectorized reductions it would allow.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math"]
 BUILD_TIMEOUT_S = 120
-# Prefill segments up to this many tokens go through the kernel (row by row beats torch's blocked
-# flash sdpa below ~600 tokens on a 1-thread CPU; bench_attention.py --prefill measures it).
-PREFILL_KERNEL_MAX_LEN = 512
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 
@@ -87,22 +84,16 @@ class _Kernel:
         self.path = path
         self.openmp = openmp
         self._lib = ctypes.CDLL(str(path))
-        fn = self._lib.ragged_decode_attention
-        i64 = ctypes.c_int64
-        fn.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            i64,
-            i64,
-            i64,
-            i64,
-            ctypes.c_float,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_void_p,
-        ]
-        fn.restype = ctypes.c_int
-        self.decode = fn
+        ptr, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+        # query, rows table, B, Hq, Hkv, D, scale, dtype, threads, out
+        self.decode = self._lib.ragged_decode_attention
+        self.decode.argtypes = [ptr, ptr, i64, i64, i64, i64, f32, i32, i32, ptr]
+        self.decode.restype = i32
+        # query, key, value, key head/row strides, value head/row strides, segments, S, Hq, Hkv, D,
+        # scale, dtype, threads, out
+        self.prefill = self._lib.ragged_prefill_attention
+        self.prefill.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, i64, i64, f32, i32, i32, ptr]
+        self.prefill.restype = i32
 
 
 def _flag_sets() -> list[tuple[list[str], bool]]:
@@ -264,9 +255,7 @@ def _row_table(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch
     return array.array("q", key_ptrs + value_ptrs + lengths + key_strides + value_strides)
 
 
-def _run_kernel(
-    kernel: _Kernel, query: torch.Tensor, kv_heads: int, table: array.array | torch.Tensor, scale: float
-) -> torch.Tensor:
+def _run_kernel(kernel: _Kernel, query: torch.Tensor, kv_heads: int, table: array.array, scale: float) -> torch.Tensor:
     """One kernel call: query [B, Hq, D] contiguous, `table` the rows' 5 x B int64 arguments."""
     B, Hq, D = query.shape
     out = torch.empty_like(query)
@@ -274,7 +263,7 @@ def _run_kernel(
         return out
     status = kernel.decode(
         query.data_ptr(),
-        table.data_ptr() if isinstance(table, torch.Tensor) else table.buffer_info()[0],
+        table.buffer_info()[0],
         B,
         Hq,
         kv_heads,
@@ -311,36 +300,63 @@ def prefill_attention(
     """Causal attention within each segment of one packed row of prompts.
 
     query [Hq, N, D], key/value [Hkv, N, D]; segment i is positions seq_starts[i] ..
-    seq_starts[i] + seq_lengths[i] - 1, its tokens attend to earlier tokens of their own segment
-    only. Returns [N, Hq, D] contiguous (the layout transformers' attention functions hand back,
-    less the batch dim); positions outside every segment are zero.
+    seq_starts[i] + seq_lengths[i] - 1, and its tokens attend to earlier tokens of their own
+    segment only. Returns [N, Hq, D] contiguous (the layout transformers' attention functions hand
+    back, less the batch dim); positions outside every segment are zero.
 
-    Segments up to PREFILL_KERNEL_MAX_LEN tokens go through the decode kernel, one query token per
-    row against its segment's keys so far (no GEMM, but no per-segment call or mask either: faster
-    than torch's flash sdpa below ~600 tokens, benchmarks/bench_attention.py --prefill); longer ones,
-    and everything when the kernel is off, through `sdpa(is_causal=True)` per segment. The query is
-    read in place when it is a [N, Hq, D] tensor seen as [Hq, N, D] (as transformers' projections
-    make it); other layouts are copied once."""
+    The kernel tiles each segment (4 query positions x 64 keys, keys transposed once per segment),
+    3-5x faster than torch's sdpa(is_causal=True) per segment on one CPU thread
+    (benchmarks/bench_attention.py --prefill). The query is read in place when it is an [N, Hq, D]
+    tensor seen as [Hq, N, D] (as transformers' projections leave it), keys and values in any
+    layout whose last dim is contiguous; others are copied once. Without the kernel: sdpa per
+    segment."""
     Hq, N, D = query.shape
     if key.dim() != 3 or key.shape != value.shape or key.shape[1:] != (N, D) or Hq % key.shape[0]:
         raise ValueError(f"query {tuple(query.shape)} and key/value {tuple(key.shape)}/{tuple(value.shape)} do not fit")
     if len(seq_starts) != len(seq_lengths) or any(s < 0 or n < 0 or s + n > N for s, n in zip(seq_starts, seq_lengths)):
         raise ValueError(f"segments must lie within the {N} packed positions")
-    out = query.new_zeros(N, Hq, D)
     segments = [(s, n) for s, n in zip(seq_starts, seq_lengths) if n > 0]
-    short = [seg for seg in segments if seg[1] <= PREFILL_KERNEL_MAX_LEN]
-    kernel = _prefill_kernel(query, key, value) if short else None
+    kernel = _prefill_kernel(query, key, value) if segments else None
     if kernel is None:
-        short = []
-    else:
-        _prefill_short(kernel, query, key, value, short, scale, out)
-    taken = set(short)
-    _prefill_sdpa(query, key, value, [seg for seg in segments if seg not in taken], scale, out)
+        out = query.new_zeros(N, Hq, D)
+        _prefill_sdpa(query, key, value, segments, scale, out)
+        return out
+    rows = query.transpose(0, 1)  # [N, Hq, D]
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    if key.stride(2) != 1:
+        key = key.contiguous()
+    if value.stride(2) != 1:
+        value = value.contiguous()
+    table = array.array("q", [s for s, _ in segments] + [n for _, n in segments])
+    out = torch.zeros_like(rows)
+    status = kernel.prefill(
+        rows.data_ptr(),
+        key.data_ptr(),
+        value.data_ptr(),
+        key.stride(0),
+        key.stride(1),
+        value.stride(0),
+        value.stride(1),
+        table.buffer_info()[0],
+        len(segments),
+        Hq,
+        key.shape[0],
+        D,
+        scale,
+        _DTYPE_CODES[query.dtype],
+        torch.get_num_threads(),
+        out.data_ptr(),
+    )
+    if status == -2:
+        raise MemoryError(f"ragged prefill kernel: no memory for the transposed keys of a {N}-token row")
+    if status != 0:
+        raise ValueError(f"ragged prefill kernel rejected Hq={Hq} Hkv={key.shape[0]} D={D}")
     return out
 
 
 def _prefill_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> _Kernel | None:
-    """The kernel, if it may take these prefill tensors (any strides: _prefill_short copies)."""
+    """The kernel, if it may take these prefill tensors (any strides: prefill_attention copies)."""
     if _switched_off():
         return None
     if query.dtype not in _DTYPE_CODES or key.dtype != query.dtype or value.dtype != query.dtype:
@@ -367,49 +383,6 @@ def _prefill_sdpa(
             query[:, s : s + n], key[:, s : s + n], value[:, s : s + n], scale=scale, is_causal=True, enable_gqa=gqa
         )
         out[s : s + n] = part.transpose(0, 1)
-
-
-def _prefill_short(
-    kernel: _Kernel,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    segments: list[tuple[int, int]],
-    scale: float,
-    out: torch.Tensor,
-) -> None:
-    """The kernel over every token of `segments`: token t of a segment starting at s is a row whose
-    keys are positions s..t (pointers into key/value, built with tensor ops, not a loop per token)."""
-    D = query.shape[2]
-    rows = query.transpose(0, 1)  # [N, Hq, D]
-    if not rows.is_contiguous():
-        rows = rows.contiguous()
-    if key.stride(2) != 1 or key.stride(1) != D:
-        key = key.contiguous()
-    if value.stride(2) != 1 or value.stride(1) != D:
-        value = value.contiguous()
-    starts = torch.tensor([s for s, _ in segments], dtype=torch.int64)
-    lengths = torch.tensor([n for _, n in segments], dtype=torch.int64)
-    segment = torch.repeat_interleave(torch.arange(len(segments)), lengths)
-    first = starts[segment]  # each token's segment start
-    offsets = torch.cumsum(lengths, 0) - lengths
-    position = torch.arange(len(segment)) - offsets[segment]  # within the segment
-    token = first + position  # in the packed row
-    size = query.element_size()
-    table = torch.stack(
-        [
-            key.data_ptr() + first * (D * size),
-            value.data_ptr() + first * (D * size),
-            position + 1,
-            torch.full_like(first, key.stride(0)),
-            torch.full_like(first, value.stride(0)),
-        ]
-    ).contiguous()
-    everything = len(segment) == rows.shape[0] and bool((token == torch.arange(len(segment))).all())
-    if everything:
-        out.copy_(_run_kernel(kernel, rows, key.shape[0], table, scale))
-    else:
-        out[token] = _run_kernel(kernel, rows.index_select(0, token), key.shape[0], table, scale)
 
 
 def prefill_attention_torch(
