@@ -316,3 +316,28 @@ def test_non_contiguous_query_still_takes_the_kernel(kernel_only):
     query = torch.randn(8, 3, 64).transpose(0, 1)  # [B, Hq, D] seen through a transpose
     out = ra.decode_attention(query, keys, values, 0.125)
     torch.testing.assert_close(out, reference(query, keys, values, 0.125), rtol=F32_TOL, atol=F32_TOL)
+
+
+@pytest.mark.slow
+def test_portable_build_without_openmp_or_march_native(tmp_path, monkeypatch):
+    """The last build tried (no OpenMP runtime, no -march=native: e.g. Apple clang) is correct too."""
+    if not HAS_COMPILER:
+        pytest.skip("no C compiler here")
+    portable = ra._flag_sets()[-1]
+    assert "-fopenmp" not in portable[0] and "-march=native" not in portable[0]
+    monkeypatch.setattr(ra, "_flag_sets", lambda: [portable])
+    monkeypatch.setenv(ra.ENV_CACHE, str(tmp_path))
+    monkeypatch.delenv(ra.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(ra, "_loader", ra._Loader())
+    assert ra._loader.get() is not None and not ra._loader.kernel.openmp, ra._loader.reason
+    query, keys, values = make_rows([1, 130, 40], 8, 4, 32, torch.float32)
+    torch.testing.assert_close(
+        ra.decode_attention(query, keys, values, 0.2), reference(query, keys, values, 0.2), rtol=F32_TOL, atol=F32_TOL
+    )
+    query, key, value, starts = packed([3, 70], 4, 2, 64, torch.float32)
+    torch.testing.assert_close(
+        ra.prefill_attention(query, key, value, starts, [3, 70], 0.2),
+        causal_reference(query, key, value, starts, [3, 70], 0.2),
+        rtol=F32_TOL,
+        atol=F32_TOL,
+    )
