@@ -46,6 +46,7 @@ from typing import Any, AsyncIterator, Callable
 
 from openchat_cli.model.context import context_length
 from openchat_cli.serve.engines import engine_attention
+from openchat_cli.serve.engines.ragged_attention import kernel_status
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -195,6 +196,8 @@ class TransformersEngine(Engine):
         self._layers = int(getattr(text_config, "num_hidden_layers", 0) or 0)
         self._warmup()
         self._ragged = kv_cache != "padded" and self._enable_ragged()
+        if self._ragged:  # the warm-up check built (or loaded) the attention kernel: say which path runs
+            log.info("ragged KV cache; decode and prefill attention: %s", kernel_status())
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _warmup(self) -> None:
@@ -309,6 +312,7 @@ class TransformersEngine(Engine):
             "max_batch_size": self.max_batch_size if self._batchable else 1,
             "full_cache_for_sliding_window": self._full_cache,
             "kv_cache": "ragged" if self._ragged else "padded",
+            "attention_kernel": kernel_status() if self._ragged else None,
             "quantized": self.quantized,
             "weight_bytes": self.weight_bytes,
             "lora_adapters": sorted(self.lora.adapters) if self.lora else [],
