@@ -386,50 +386,45 @@ def check_tokenizer(template: ChatTemplate, tokenizer: Any) -> None:
 
 EOT = "<|end_of_turn|>"
 
+
+def end_of_turn_template(name: str, description: str, user: str, assistant: str, condition: str = "") -> ChatTemplate:
+    """OpenChat's own family: `<s>{user} …<|end_of_turn|>{assistant} …<|end_of_turn|>`, the system
+    prompt ending in the same token; `condition` fills the role prefixes' condition slot."""
+    return ChatTemplate(
+        name=name,
+        description=description,
+        bos="<s>",
+        user_prefix=user,
+        assistant_prefix=assistant,
+        user_end=EOT,
+        assistant_end=EOT,
+        system_end=EOT,
+        default_condition=condition,
+    )
+
+
 TEMPLATES: dict[str, ChatTemplate] = {
     t.name: t
     for t in [
-        ChatTemplate(
-            name="openchat_v1",
-            description="OpenChat v1: <s>Human: …<|end_of_turn|>Assistant: …<|end_of_turn|>",
-            bos="<s>",
-            user_prefix="Human:",
-            assistant_prefix="Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
+        end_of_turn_template(
+            "openchat_v1", "OpenChat v1: <s>Human: …<|end_of_turn|>Assistant: …<|end_of_turn|>", "Human:", "Assistant:"
         ),
-        ChatTemplate(
-            name="opencoder",
-            description="OpenCoder: <s>User: …<|end_of_turn|>Assistant: …<|end_of_turn|>",
-            bos="<s>",
-            user_prefix="User:",
-            assistant_prefix="Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
+        end_of_turn_template(
+            "opencoder", "OpenCoder: <s>User: …<|end_of_turn|>Assistant: …<|end_of_turn|>", "User:", "Assistant:"
         ),
-        ChatTemplate(
-            name="openchat_v3.2",
-            description="OpenChat v3.2, conditioned: GPT4 User: …<|end_of_turn|>GPT4 Assistant: …",
-            bos="<s>",
-            user_prefix=COND + " User:",
-            assistant_prefix=COND + " Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
-            default_condition="GPT4",
+        end_of_turn_template(
+            "openchat_v3.2",
+            "OpenChat v3.2, conditioned: GPT4 User: …<|end_of_turn|>GPT4 Assistant: …",
+            COND + " User:",
+            COND + " Assistant:",
+            condition="GPT4",
         ),
-        ChatTemplate(
-            name="openchat_3.5",
-            description="OpenChat 3.5, conditioned: GPT4 Correct User: …<|end_of_turn|>GPT4 Correct Assistant: …",
-            bos="<s>",
-            user_prefix=COND + " User:",
-            assistant_prefix=COND + " Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
-            default_condition="GPT4 Correct",
+        end_of_turn_template(
+            "openchat_3.5",
+            "OpenChat 3.5, conditioned: GPT4 Correct User: …<|end_of_turn|>GPT4 Correct Assistant: …",
+            COND + " User:",
+            COND + " Assistant:",
+            condition="GPT4 Correct",
         ),
         ChatTemplate(
             name="openchat_3.6",
