@@ -284,9 +284,10 @@ def test_response_format_and_logit_bias_through_vllm(client, vllm_server):
     assert len(set(tokens)) == 1, tokens  # +100 on one id: every step picks it
 
 
-def test_health_reports_the_requests_vllms_scheduler_holds_waiting(vllm_model_dir, tmp_path):
+def test_health_reports_the_requests_vllms_scheduler_holds_waiting(vllm_model_dir, tmp_path, monkeypatch):
     """With room for one sequence (max_num_seqs=1), two of three concurrent requests wait in vLLM's
     scheduler: /health says so, from the scheduler's own stats."""
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))  # GiB
     server = start_server(
         vllm_model_dir,
         tmp_path,
