@@ -49,11 +49,12 @@ class Conversation:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Conversation":
-        """Build from the conversation JSONL contract (or OpenAI-style messages with a system role)."""
+        """Build from the conversation JSONL contract (or OpenAI-style messages with system or
+        developer roles)."""
         systems: list[str] = [data["system"]] if data.get("system") is not None else []
         messages: list[Message] = []
         for m in data.get("messages", []):
-            role = m["role"]
+            role = message_role(m["role"])
             content = content_text(m.get("content"))
             if role == "system":
                 systems.append(content)
@@ -68,6 +69,14 @@ class Conversation:
 
 
 SYSTEM_JOIN = "\n\n"
+#: Roles whose messages are system prompts: OpenAI's newer clients send `developer` for `system`.
+SYSTEM_ROLES = ("system", "developer")
+
+
+def message_role(role: str) -> str:
+    """A message's role as every template reads it (data, serve and the Jinja template alike):
+    `developer` is `system`."""
+    return "system" if role in SYSTEM_ROLES else role
 
 
 def join_system(texts: Sequence[str | None]) -> str | None:
@@ -289,14 +298,15 @@ class ChatTemplate:
         sep = json.dumps(self.sep)
         sys_sep = sep if self.system_prefix else '""'
         default_system = json.dumps(self.default_system) if self.default_system is not None else "none"
+        system_roles = json.dumps(list(SYSTEM_ROLES))
         return "".join(
             [
                 "{%- set condition = (condition if condition is defined and condition else "
                 f"{json.dumps(self.default_condition)}) | trim -%}}",
-                # Several system messages: `join_system`'s rule (trimmed, empty ones dropped, joined
+                # Several system (or developer) messages: `join_system`'s rule (trimmed, empty ones dropped, joined
                 # by a blank line); none at all: the template's default system prompt.
                 f"{{%- set sys = namespace(text={default_system}, parts=[]) -%}}",
-                "{%- for message in messages if message['role'] == 'system' -%}"
+                f"{{%- for message in messages if message['role'] in {system_roles} -%}}"
                 "{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}"
                 "{%- else -%}{%- set text = namespace(s='') -%}"
                 "{%- for part in message['content'] if part['type'] | default('text') == 'text' -%}"
@@ -319,7 +329,7 @@ class ChatTemplate:
                 "{%- elif message['role'] == 'assistant' -%}",
                 f"{{{{- {lit(self.assistant_prefix)} ~ {sep} ~ (message['content'] | trim) ~ "
                 f"{lit(self.assistant_end + self.turn_suffix)} -}}}}",
-                "{%- elif message['role'] != 'system' -%}",
+                f"{{%- elif message['role'] not in {system_roles} -%}}",
                 "{{- raise_exception('unknown role: ' ~ message['role']) -}}",
                 "{%- endif -%}",
                 "{%- endfor -%}",
@@ -386,50 +396,45 @@ def check_tokenizer(template: ChatTemplate, tokenizer: Any) -> None:
 
 EOT = "<|end_of_turn|>"
 
+
+def end_of_turn_template(name: str, description: str, user: str, assistant: str, condition: str = "") -> ChatTemplate:
+    """OpenChat's own family: `<s>{user} …<|end_of_turn|>{assistant} …<|end_of_turn|>`, the system
+    prompt ending in the same token; `condition` fills the role prefixes' condition slot."""
+    return ChatTemplate(
+        name=name,
+        description=description,
+        bos="<s>",
+        user_prefix=user,
+        assistant_prefix=assistant,
+        user_end=EOT,
+        assistant_end=EOT,
+        system_end=EOT,
+        default_condition=condition,
+    )
+
+
 TEMPLATES: dict[str, ChatTemplate] = {
     t.name: t
     for t in [
-        ChatTemplate(
-            name="openchat_v1",
-            description="OpenChat v1: <s>Human: …<|end_of_turn|>Assistant: …<|end_of_turn|>",
-            bos="<s>",
-            user_prefix="Human:",
-            assistant_prefix="Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
+        end_of_turn_template(
+            "openchat_v1", "OpenChat v1: <s>Human: …<|end_of_turn|>Assistant: …<|end_of_turn|>", "Human:", "Assistant:"
         ),
-        ChatTemplate(
-            name="opencoder",
-            description="OpenCoder: <s>User: …<|end_of_turn|>Assistant: …<|end_of_turn|>",
-            bos="<s>",
-            user_prefix="User:",
-            assistant_prefix="Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
+        end_of_turn_template(
+            "opencoder", "OpenCoder: <s>User: …<|end_of_turn|>Assistant: …<|end_of_turn|>", "User:", "Assistant:"
         ),
-        ChatTemplate(
-            name="openchat_v3.2",
-            description="OpenChat v3.2, conditioned: GPT4 User: …<|end_of_turn|>GPT4 Assistant: …",
-            bos="<s>",
-            user_prefix=COND + " User:",
-            assistant_prefix=COND + " Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
-            default_condition="GPT4",
+        end_of_turn_template(
+            "openchat_v3.2",
+            "OpenChat v3.2, conditioned: GPT4 User: …<|end_of_turn|>GPT4 Assistant: …",
+            COND + " User:",
+            COND + " Assistant:",
+            condition="GPT4",
         ),
-        ChatTemplate(
-            name="openchat_3.5",
-            description="OpenChat 3.5, conditioned: GPT4 Correct User: …<|end_of_turn|>GPT4 Correct Assistant: …",
-            bos="<s>",
-            user_prefix=COND + " User:",
-            assistant_prefix=COND + " Assistant:",
-            user_end=EOT,
-            assistant_end=EOT,
-            system_end=EOT,
-            default_condition="GPT4 Correct",
+        end_of_turn_template(
+            "openchat_3.5",
+            "OpenChat 3.5, conditioned: GPT4 Correct User: …<|end_of_turn|>GPT4 Correct Assistant: …",
+            COND + " User:",
+            COND + " Assistant:",
+            condition="GPT4 Correct",
         ),
         ChatTemplate(
             name="openchat_3.6",

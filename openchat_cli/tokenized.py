@@ -47,7 +47,6 @@ META_KIND = "openchat.kind"  # "pairs" for preference pairs; absent for SFT sequ
 PAIRS_KIND = "pairs"
 SFT_KIND = "sft"
 
-COLUMNS = ("input_ids", "weights", "length", "conversation_id", "part", "condition")
 PAIR_COLUMNS = (
     "chosen_ids",
     "chosen_weights",

@@ -105,16 +105,7 @@ class Conv:
     model: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "source": self.source,
-            "system": self.system,
-            "condition": self.condition,
-            "messages": self.messages,
-        }
-        if self.model is not None:
-            out["model"] = self.model
-        return out
+        return record_json(self, "messages")
 
 
 @dataclass
@@ -134,15 +125,19 @@ class Pair:
     model: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "source": self.source,
-            "system": self.system,
-            "condition": self.condition,
-            "prompt": self.prompt,
-            "chosen": self.chosen,
-            "rejected": self.rejected,
-        }
-        if self.model is not None:
-            out["model"] = self.model
-        return out
+        return record_json(self, "prompt", "chosen", "rejected")
+
+
+def record_json(record: Conv | Pair, *turns: str) -> dict[str, Any]:
+    """A record's JSONL object: id, source, system, condition, its lists of turns, then `model`
+    only where the source named one."""
+    out: dict[str, Any] = {
+        "id": record.id,
+        "source": record.source,
+        "system": record.system,
+        "condition": record.condition,
+    }
+    out.update((name, getattr(record, name)) for name in turns)
+    if record.model is not None:
+        out["model"] = record.model
+    return out

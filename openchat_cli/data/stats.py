@@ -141,13 +141,7 @@ def conversation_stats(
         "malformed": malformed,
         "messages": messages,
         "zero_weight_replies": zero_weight,
-        "turns": {str(k): turns[k] for k in sorted(turns)},
-        "length": overall.to_dict(),
-        "hist": overall,
-        "by_condition": {
-            k: {"conversations": v["conversations"], "length": v["hist"].to_dict(), "hist": v["hist"]}
-            for k, v in sorted(by_condition.items())
-        },
+        **length_fields(turns, overall, by_condition, "conversations"),
         "by_source": dict(by_source.most_common(20)),
         "warnings": report.warnings,
     }
@@ -253,6 +247,22 @@ def render(stats: dict[str, Any], console, title: str) -> None:
         console.print(t)
 
 
+def length_fields(
+    turns: Counter, overall: Histogram, by_condition: dict[str, dict[str, Any]], count: str
+) -> dict[str, Any]:
+    """What conversation and pair stats share: user turns per record, and the length histogram
+    overall and per condition (each condition's `count` of records beside it)."""
+    return {
+        "turns": {str(k): turns[k] for k in sorted(turns)},
+        "length": overall.to_dict(),
+        "hist": overall,
+        "by_condition": {
+            k: {count: v[count], "length": v["hist"].to_dict(), "hist": v["hist"]}
+            for k, v in sorted(by_condition.items())
+        },
+    }
+
+
 def jsonable(stats: dict[str, Any]) -> dict[str, Any]:
     """Stats without the Histogram objects (for --json and the catalog)."""
     out = {k: v for k, v in stats.items() if k != "hist"}
@@ -295,13 +305,7 @@ def pair_stats(path: Path) -> dict[str, Any]:
         "pairs": pairs,
         **{f"mean_{side}_characters": round(n / pairs, 1) if pairs else 0 for side, n in chars.items()},
         "chosen_longer": chosen_longer,
-        "turns": {str(k): turns[k] for k in sorted(turns)},
-        "length": overall.to_dict(),
-        "hist": overall,
-        "by_condition": {
-            k: {"pairs": v["pairs"], "length": v["hist"].to_dict(), "hist": v["hist"]}
-            for k, v in sorted(by_condition.items())
-        },
+        **length_fields(turns, overall, by_condition, "pairs"),
     }
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from openchat_cli.data.readers.jsonstream import parse_record
 from openchat_cli.data.records import Location
-from openchat_cli.templates import ChatTemplate, Conversation, Encoded
+from openchat_cli.templates import SYSTEM_ROLES, ChatTemplate, Conversation, Encoded
 
 DEFAULT_CHUNK = 512
 MAX_ERRORS = 20  # malformed-record locations kept for the report
@@ -129,7 +129,7 @@ def validate(data: dict[str, Any]) -> str | None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             return f"field 'messages[{i}]': expected an object"
-        if m.get("role") not in ("user", "assistant", "system"):
+        if m.get("role") not in ("user", "assistant", *SYSTEM_ROLES):
             return f"field 'messages[{i}].role': expected user or assistant, got {m.get('role')!r}"
         content = m.get("content")
         if not isinstance(content, (str, list)) and content is not None:

@@ -20,14 +20,14 @@ from openchat_cli.eval.client import (
 )
 from openchat_cli.eval.questions import Question, QuestionSet
 from openchat_cli.eval.runs import (
-    Interrupted,
     claimed_pool,
     eval_row,
     find_or_start_run,
     finish,
+    guarded_pass,
     lineage_checkpoint,
-    run_guarded,
     served_model,
+    start_event,
 )
 from openchat_cli.eval.suites import SUITE_FORMAT, load_question_source
 from store.catalog import Catalog, looks_like_id
@@ -287,18 +287,7 @@ def run_answer(
     done = answered_ids(cat, run_id)
     todo = [q for q in questions if q.question_id not in done]
     already = len(questions) - len(todo)
-    emit(
-        "start",
-        {
-            "run_id": run_id,
-            "resumed": resumed,
-            "total": len(questions),
-            "already": already,
-            "todo": len(todo),
-            "model": model,
-            "endpoint": base_url,
-        },
-    )
+    emit("start", start_event(run_id, resumed, len(questions), len(todo), model=model, endpoint=base_url))
     if not todo:
         metrics = answer_metrics(cat, run_id, len(questions))
         finish(cat, run_id, "completed", metrics)
@@ -369,23 +358,13 @@ def run_answer(
             finally:
                 counter["retries"] = client.retried
 
-    try:
-        run_guarded(go)
-    except Interrupted:
-        finish(cat, run_id, "interrupted", answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
-        raise
-    except EndpointError as exc:
-        finish(cat, run_id, "failed", answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
-        got = len(answered_ids(cat, run_id))
-        raise EndpointError(
-            f"{exc.message}. Run {run_id} keeps the {got}/{len(questions)} answers "
-            f"received; re-run the same command to continue."
-        ) from None
-    except BaseException:
-        finish(cat, run_id, "failed", answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"]))
-        raise
+    def metrics_now() -> dict[str, Any]:
+        return answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"])
 
-    metrics = answer_metrics(cat, run_id, len(questions), len(errors), counter["retries"])
-    status = "completed" if metrics["answered"] >= len(questions) else "failed"
-    finish(cat, run_id, status, metrics)
+    def kept() -> str:
+        return f"Run {run_id} keeps the {len(answered_ids(cat, run_id))}/{len(questions)} answers received"
+
+    status, metrics = guarded_pass(
+        cat, run_id, go, metrics_now, kept, complete=lambda metrics: metrics["answered"] >= len(questions)
+    )
     return AnswerResult(run_id, resumed, len(questions), already, counter["answered"], errors, status, metrics)

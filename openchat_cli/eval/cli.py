@@ -132,6 +132,20 @@ def answer_command(
     )
     with _Progress("answering", quiet=as_json) as bar:
         result = run_answer(cat, questions or "", opts, bar)
+    m = result.metrics
+    truncated = f", {m['truncated']} truncated (the model's context was full)" if m.get("truncated") else ""
+    _show_pass(
+        result,
+        as_json,
+        answered_now=result.answered_now,
+        line=f"[bold]{result.run_id}[/] {result.status}: {m['answered']}/{result.total} answered "
+        f"({result.answered_now} now){truncated}, {m['completion_tokens']} completion tokens",
+    )
+
+
+def _show_pass(result: Any, as_json: bool, line: str, **done_now: int) -> None:
+    """What a pass over a run's questions prints (`--json`: the result; else one line), and its exit:
+    non-zero when questions failed, so the same command is re-run to retry them."""
     if as_json:
         print_json(
             {
@@ -140,18 +154,13 @@ def answer_command(
                 "resumed": result.resumed,
                 "questions": result.total,
                 "already": result.already,
-                "answered_now": result.answered_now,
+                **done_now,
                 "errors": result.errors,
                 "metrics": result.metrics,
             }
         )
     else:
-        m = result.metrics
-        truncated = f", {m['truncated']} truncated (the model's context was full)" if m.get("truncated") else ""
-        console.print(
-            f"[bold]{result.run_id}[/] {result.status}: {m['answered']}/{result.total} answered "
-            f"({result.answered_now} now){truncated}, {m['completion_tokens']} completion tokens"
-        )
+        console.print(line)
     if result.errors:
         raise OpenchatError(
             f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); re-run the same command to retry them",
@@ -230,37 +239,21 @@ def loglik_command(
     with _Progress("scoring", quiet=as_json) as bar:
         result = run_loglik(cat, task or "", opts, bar)
     m = result.metrics
-    if as_json:
-        print_json(
-            {
-                "run_id": result.run_id,
-                "status": result.status,
-                "resumed": result.resumed,
-                "questions": result.total,
-                "already": result.already,
-                "scored_now": result.scored_now,
-                "errors": result.errors,
-                "metrics": m,
-            }
-        )
-    else:
 
-        def show(metric: str) -> str:
-            value, err = m.get(metric), m.get(f"{metric}_stderr")
-            if value is None:
-                return f"{metric} -"
-            return f"{metric} {100 * value:.1f}%" + (f" ± {100 * err:.1f}" if err is not None else "")
+    def show(metric: str) -> str:
+        value, err = m.get(metric), m.get(f"{metric}_stderr")
+        if value is None:
+            return f"{metric} -"
+        return f"{metric} {100 * value:.1f}%" + (f" ± {100 * err:.1f}" if err is not None else "")
 
-        console.print(
-            f"[bold]{result.run_id}[/] {result.status}: {m['scored']}/{result.total} scored "
-            f"({result.scored_now} now); {show('acc')}, {show('acc_norm')}  "
-            f"(details: openchat eval report {result.run_id})"
-        )
-    if result.errors:
-        raise OpenchatError(
-            f"{len(result.errors)} questions failed (e.g. {result.errors[0]}); re-run the same command to retry them",
-            exit_code=1,
-        )
+    _show_pass(
+        result,
+        as_json,
+        scored_now=result.scored_now,
+        line=f"[bold]{result.run_id}[/] {result.status}: {m['scored']}/{result.total} scored "
+        f"({result.scored_now} now); {show('acc')}, {show('acc_norm')}  "
+        f"(details: openchat eval report {result.run_id})",
+    )
 
 
 @app.command("judge")

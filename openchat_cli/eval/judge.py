@@ -21,11 +21,11 @@ from typing import Any, Callable
 
 from openchat_cli.endpoints import normalize_base_url
 from openchat_cli.errors import OpenchatError
-from openchat_cli.eval.client import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT_S, ChatClient, EndpointError
+from openchat_cli.eval.client import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT_S, ChatClient
 from openchat_cli.eval.judge_prompts import PromptSet, load_prompts, prompts_config, prompts_key
 from openchat_cli.eval.judging import DEFAULT_JUDGE_MAX_TOKENS, REFERENCE_CATEGORIES, Judge, Verdict, judge_match
 from openchat_cli.eval.matches import Match, is_judged, judged_units, plan_matches, unit_name
-from openchat_cli.eval.runs import Interrupted, claimed_pool, eval_row, finish, run_guarded
+from openchat_cli.eval.runs import claimed_pool, eval_row, finish, guarded_pass, start_event
 from store.catalog import Catalog
 from store.claims import UnitClaims
 
@@ -222,16 +222,15 @@ def run_judge(
     total, already = len(plan.matches), len(plan.matches) - len(todo)
     emit(
         "start",
-        {
-            "run_id": run.id,
-            "resumed": run.resumed,
-            "total": total,
-            "already": already,
-            "todo": len(todo),
-            "mode": opts.mode,
-            "answer_run_id": run.answer_run_id,
-            "baseline_run_id": run.baseline_run_id,
-        },
+        start_event(
+            run.id,
+            run.resumed,
+            total,
+            len(todo),
+            mode=opts.mode,
+            answer_run_id=run.answer_run_id,
+            baseline_run_id=run.baseline_run_id,
+        ),
     )
     tally = {"judged": 0, "errors": 0, "elsewhere": 0}
 
@@ -297,20 +296,8 @@ def run_judge(
                 done_elsewhere,
             )
 
-    try:
-        run_guarded(go)
-    except Interrupted:
-        finish(cat, run.id, "interrupted", metrics())
-        raise
-    except EndpointError as exc:
-        finish(cat, run.id, "failed", metrics())
-        got = len(judged_units(cat, run.id))
-        raise EndpointError(
-            f"{exc.message}. Judge run {run.id} keeps the {got}/{total} judgments "
-            f"received; re-run the same command to continue."
-        ) from None
-    except BaseException:
-        finish(cat, run.id, "failed", metrics())
-        raise
-    finish(cat, run.id, "completed", metrics())
+    def kept() -> str:
+        return f"Judge run {run.id} keeps the {len(judged_units(cat, run.id))}/{total} judgments received"
+
+    guarded_pass(cat, run.id, go, metrics, kept)
     return result("completed")

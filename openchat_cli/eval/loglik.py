@@ -45,13 +45,13 @@ from openchat_cli.eval.client import (
 )
 from openchat_cli.eval.mc_tasks import McItem, McTask, load_task
 from openchat_cli.eval.runs import (
-    Interrupted,
     eval_row,
     find_or_start_run,
     finish,
+    guarded_pass,
     lineage_checkpoint,
-    run_guarded,
     served_model,
+    start_event,
     worker_pool,
 )
 from openchat_cli.eval.summaries import LoglikSummary
@@ -364,18 +364,7 @@ def run_loglik(
     done = cat.answered_ids(run_id)
     todo = [item for item in items if item.item_id not in done]
     already = len(items) - len(todo)
-    emit(
-        "start",
-        {
-            "run_id": run_id,
-            "resumed": resumed,
-            "total": len(items),
-            "already": already,
-            "todo": len(todo),
-            "model": model,
-            "endpoint": base_url,
-        },
-    )
+    emit("start", start_event(run_id, resumed, len(items), len(todo), model=model, endpoint=base_url))
     if not todo:
         metrics = loglik_metrics(cat, run_id, len(items))
         finish(cat, run_id, "completed", metrics)
@@ -420,22 +409,10 @@ def run_loglik(
     def metrics_now() -> dict[str, Any]:
         return loglik_metrics(cat, run_id, len(items), len(errors), counter["retries"])
 
-    try:
-        run_guarded(go)
-    except Interrupted:
-        finish(cat, run_id, "interrupted", metrics_now())
-        raise
-    except EndpointError as exc:
-        finish(cat, run_id, "failed", metrics_now())
-        got = cat.count("answers", eval_id=run_id)
-        raise EndpointError(
-            f"{exc.message}. Run {run_id} keeps the {got}/{len(items)} questions "
-            f"scored; re-run the same command to continue."
-        ) from None
-    except BaseException:
-        finish(cat, run_id, "failed", metrics_now())
-        raise
-    metrics = metrics_now()
-    status = "completed" if metrics["scored"] >= len(items) else "failed"
-    finish(cat, run_id, status, metrics)
+    def kept() -> str:
+        return f"Run {run_id} keeps the {cat.count('answers', eval_id=run_id)}/{len(items)} questions scored"
+
+    status, metrics = guarded_pass(
+        cat, run_id, go, metrics_now, kept, complete=lambda metrics: metrics["scored"] >= len(items)
+    )
     return LoglikResult(run_id, resumed, len(items), already, counter["scored"], errors, status, metrics)

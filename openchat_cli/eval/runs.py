@@ -235,6 +235,42 @@ def find_or_start_run(
     return cat.find_or_add_eval(find, **fields)
 
 
+def start_event(run_id: str, resumed: bool, total: int, todo: int, **extra: Any) -> dict[str, Any]:
+    """The `start` event of a run's pass: how much the run holds and how much is left to do."""
+    return {"run_id": run_id, "resumed": resumed, "total": total, "already": total - todo, "todo": todo, **extra}
+
+
+def guarded_pass(
+    cat: Catalog,
+    run_id: str,
+    go: Callable[[], Awaitable[Any]],
+    metrics: Callable[[], dict[str, Any]],
+    kept: Callable[[], str],
+    complete: Callable[[dict[str, Any]], bool] = lambda metrics: True,
+) -> tuple[str, dict[str, Any]]:
+    """Run a pass over a run's missing units (`run_guarded`) and record how it ended: (status, metrics).
+    When it stops early the run is marked interrupted or failed with the metrics so far, and an
+    endpoint failure's message says what the run keeps (`kept()`: "Run ev-… keeps the 3/10 answers
+    received") and how to continue. After the pass the run is completed if `complete(metrics)`."""
+    from openchat_cli.eval.client import EndpointError
+
+    try:
+        run_guarded(go)
+    except Interrupted:
+        finish(cat, run_id, "interrupted", metrics())
+        raise
+    except EndpointError as exc:
+        finish(cat, run_id, "failed", metrics())
+        raise EndpointError(f"{exc.message}. {kept()}; re-run the same command to continue.") from None
+    except BaseException:
+        finish(cat, run_id, "failed", metrics())
+        raise
+    final = metrics()
+    status = "completed" if complete(final) else "failed"
+    finish(cat, run_id, status, final)
+    return status, final
+
+
 def finish(cat: Catalog, run_id: str, status: str, metrics: dict[str, Any] | None = None) -> None:
     fields: dict[str, Any] = {"status": status}
     if metrics is not None:

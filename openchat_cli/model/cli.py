@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -31,12 +33,26 @@ def _prepare_out(out: Path, force: bool) -> None:
             raise OpenchatError(f"{out} already exists and is not empty (pass --force to replace it)")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a finished model dir into place (atomic rename; never a half-written model)."""
-    if out.exists():
-        shutil.rmtree(out)
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A temp dir beside OUT to build a model dir in: renamed into place when the block ends
+    (never a half-written model at OUT), removed when it fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
+    tmp = temp_dir_beside(out)
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _register(catalog: Any, out: Path, **fields: Any) -> str:
+    """Add the published model dir to the catalog; its openchat.json learns its checkpoint id."""
+    ck = catalog.add_checkpoint(path=out, **fields)
+    write_meta(out, checkpoint_id=ck)
+    return ck
 
 
 def _set_generation_eos(model, tokenizer, template_name: str) -> None:
@@ -78,21 +94,19 @@ def init_command(
         attach_template(tokenizer, template)
         model = random_llama(tokenizer, spec, seed=seed)
         _set_generation_eos(model, tokenizer, template)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir_beside(out)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
-        write_meta(tmp, template=template, size=size, parameters=params, tokenizer_hash=tokenizer_hash(tokenizer))
-        _publish(tmp, out)
-    ck = open_catalog().add_checkpoint(
-        path=out,
+        with _staged(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_meta(tmp, template=template, size=size, parameters=params, tokenizer_hash=tokenizer_hash(tokenizer))
+    ck = _register(
+        open_catalog(),
+        out,
         kind="base",
         template=template,
         base_model=f"random-llama-{size}",
         metrics={"parameters": params, "vocab_size": len(tokenizer)},
     )
-    write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(open_catalog().get(ck))
         return
@@ -146,10 +160,6 @@ def add_tokens_command(
     if template_name:
         attach_template(tokenizer, template_name)
         _set_generation_eos(model, tokenizer, template_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(out)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
     meta.update(
         template=template_name,
@@ -157,17 +167,19 @@ def add_tokens_command(
         added_tokens=added,
         added_tokens_init=init if init == "mean" else f"normal(0, {std})",
     )
-    write_meta(tmp, **meta)
-    _publish(tmp, out)
-    ck = open_catalog().add_checkpoint(
-        path=out,
+    with _staged(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_meta(tmp, **meta)
+    ck = _register(
+        open_catalog(),
+        out,
         kind="tokens-added",
         template=template_name,
         base_model=str(src),
         parent_id=src_id,
         metrics={"added_tokens": added, "vocab_size": len(tokenizer), "init": init},
     )
-    write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(open_catalog().get(ck))
         return
@@ -239,9 +251,7 @@ def merge_lora_command(
     _prepare_out(out, force)
     src_id = src_id or meta.get("checkpoint_id")
     base_id = base_id or read_meta(base_dir).get("checkpoint_id")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(out)
-    try:
+    with _staged(out) as tmp:
         with err_console.status("merging the adapter into the base weights…"):
             tokenizer = merge_adapter(src, base_dir, tmp)
         template_name = meta.get("template") or read_meta(base_dir).get("template")
@@ -253,12 +263,10 @@ def merge_lora_command(
             merged_from=src_id or str(src),
         )
         write_meta(tmp, **merged_meta)
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     catalog = open_catalog()
-    ck = catalog.add_checkpoint(
-        path=out,
+    ck = _register(
+        catalog,
+        out,
         kind="merged",
         template=template_name,
         base_model=str(base_dir),
@@ -269,7 +277,6 @@ def merge_lora_command(
         metrics={"adapter": str(src)},
     )
     catalog.link(ck, base_id, "derived-from")
-    write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(catalog.get(ck))
         return
@@ -312,9 +319,7 @@ def extend_context_command(
         raise OpenchatError(f"{src}: {exc.message}") from None
     _prepare_out(out, force)
     src_id = src_id or read_meta(src).get("checkpoint_id")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_beside(out)
-    try:
+    with _staged(out) as tmp:
         _copy_model_files(src, tmp)
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
         try:
@@ -327,19 +332,16 @@ def extend_context_command(
         meta = {k: v for k, v in read_meta(src).items() if k != "checkpoint_id"}
         meta.update(facts, extended_from=src_id or str(src))
         write_meta(tmp, **meta)
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     catalog = open_catalog()
-    ck = catalog.add_checkpoint(
-        path=out,
+    ck = _register(
+        catalog,
+        out,
         kind="context-extended",
         template=meta.get("template"),
         base_model=str(src),
         parent_id=src_id,
         metrics=facts,
     )
-    write_meta(out, checkpoint_id=ck)
     if as_json:
         print_json(catalog.get(ck))
         return

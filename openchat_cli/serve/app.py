@@ -114,10 +114,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         max_token_id=engine.max_token_id(),
     )
     install_docs(app)
-    app.state.engine = engine
-    app.state.config = config
-    app.state.metrics = metrics
-    app.state.request_logger = logger
+    app.state.config = config  # the UI middleware reads its allowed hosts
     install_middleware(app, config, metrics, logger)
     install_error_handlers(app, metrics.count)
 

@@ -40,6 +40,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from openchat_cli.templates import message_role
+
 log = logging.getLogger("openchat.serve")
 
 MAX_STOP = 16
@@ -218,7 +220,7 @@ class ChatMessage(_Request):
 
     def to_template_dict(self) -> dict[str, Any]:
         """The message as the shared conversation template reads it."""
-        role = "system" if self.role == "developer" else self.role
+        role = message_role(self.role)
         content = self.content
         if isinstance(content, list):
             content = [p.model_dump() for p in content]
@@ -326,11 +328,6 @@ class _Sampling(_Request):
         """`logit_bias` as (token id, bias) pairs, sorted by token id (SamplingParams' form;
         range-checked against the vocabulary by the serving layer, which knows it)."""
         return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
-
-    @field_validator("stream_options")
-    @classmethod
-    def _stream_options(cls, value: Any) -> Any:
-        return value
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:

@@ -3,8 +3,8 @@ event loop, model and load checks, the token budget, sampling settings, and runn
 choices through the engine, streamed (server-sent events) or whole.
 
 An endpoint's serving class (serving_chat.py, serving_completions.py) builds the prompts, then
-hands a `Generation` to `OpenAIServing.respond`, and renders the chunks and the response of its
-own API shape through the hooks `stream_events` and `full_response`.
+hands a `Generation` to `OpenAIServing.respond`; one streaming path serves both, and each renders
+its own API shape through the hooks `chunk_choice`, `stream_start` and `full_response`.
 """
 
 from __future__ import annotations
@@ -531,9 +531,50 @@ class OpenAIServing:
         return bias
 
     # -- the response ---------------------------------------------------------------------------
-    def stream_events(self, gen: Generation) -> AsyncIterator[str]:
-        """The server-sent events of a streamed response (without the final [DONE])."""
+    #: the protocol model of one streamed event (its choices are `chunk_choice`s)
+    chunk_model: type[BaseModel]
+
+    def chunk_choice(self, index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> BaseModel:
+        """One choice of a streamed event in the endpoint's shape: a text delta (with the
+        builder's `take()` as its logprobs), or the choice's end."""
         raise NotImplementedError
+
+    def stream_start(self, gen: Generation, content: ContentEvents) -> tuple[list[str], dict[int, str]]:
+        """The events before any token, and text held back per choice index to go out with that
+        choice's first logprobs event."""
+        return [], {}
+
+    def chunk(self, gen: Generation, choices: list[BaseModel], **extra: Any) -> str:
+        """One streamed event; usage only where the request asked for it."""
+        chunk = self.chunk_model(
+            id=gen.response_id,
+            created=gen.created,
+            model=self.ctx.response_model(gen.body.model),
+            system_fingerprint=self.ctx.fingerprint,
+            choices=choices,
+            **extra,
+        )
+        return sse(chunk, exclude=None if gen.include_usage else {"usage"})
+
+    async def stream_events(self, gen: Generation) -> AsyncIterator[str]:
+        """The server-sent events of a streamed response (without the final [DONE]): a text
+        delta per event (with its logprobs where asked), one event per choice's end, and usage."""
+        content = ContentEvents(lambda index, text: self.chunk(gen, [self.chunk_choice(index, text)]))
+        opening, held = self.stream_start(gen, content)
+        for event in opening:
+            yield event
+        async for index, delta, finish in gen.events():
+            builder = gen.choices[index].logprobs
+            if builder is not None:
+                delta = held.pop(index, "") + delta
+                if delta or builder.pending:
+                    yield self.chunk(gen, [self.chunk_choice(index, delta, logprobs=builder.take())])
+            elif delta:
+                yield content(index, delta)
+            if finish:
+                yield self.chunk(gen, [self.chunk_choice(index, "", finish_reason=finish)])
+        if gen.include_usage:
+            yield self.chunk(gen, [], usage=gen.usage())
 
     def full_response(self, gen: Generation) -> BaseModel:
         """The whole response, once every choice finished."""

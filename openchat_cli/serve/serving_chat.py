@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -24,7 +24,7 @@ from openchat_cli.serve.protocol import (
     ChatCompletionResponse,
     ChatDelta,
 )
-from openchat_cli.serve.serving import Choice, ContentEvents, Generation, OpenAIServing, sse
+from openchat_cli.serve.serving import Choice, ContentEvents, Generation, OpenAIServing
 from openchat_cli.templates import Conversation
 
 
@@ -86,43 +86,22 @@ class OpenAIServingChat(OpenAIServing):
         return await self.respond(gen)
 
     # -- streamed -------------------------------------------------------------------------------
-    def _chunk(self, gen: Generation, choices: list[ChatChunkChoice], **extra: Any) -> str:
-        chunk = ChatCompletionChunk(
-            id=gen.response_id,
-            created=gen.created,
-            model=self.ctx.response_model(gen.body.model),
-            system_fingerprint=self.ctx.fingerprint,
-            choices=choices,
-            **extra,
-        )
-        return sse(chunk, exclude=None if gen.include_usage else {"usage"})
+    chunk_model = ChatCompletionChunk
 
-    async def stream_events(self, gen: Generation) -> AsyncIterator[str]:
-        content = ContentEvents(
-            lambda index, text: self._chunk(gen, [ChatChunkChoice(index=index, delta=ChatDelta(content=text))])
+    def chunk_choice(
+        self, index: int, text: str, finish_reason: str | None = None, logprobs: Any = None
+    ) -> ChatChunkChoice:
+        return ChatChunkChoice(
+            index=index,
+            delta=ChatDelta() if finish_reason else ChatDelta(content=text),
+            logprobs=ChatChoiceLogprobs(content=logprobs) if logprobs is not None else None,
+            finish_reason=finish_reason,
         )
-        for c in gen.choices:
-            yield self._chunk(gen, [ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content=""))])
-        async for index, delta, finish in gen.events():
-            builder = gen.choices[index].logprobs
-            if builder is not None:
-                if delta or builder.pending:
-                    yield self._chunk(
-                        gen,
-                        [
-                            ChatChunkChoice(
-                                index=index,
-                                delta=ChatDelta(content=delta),
-                                logprobs=ChatChoiceLogprobs(content=builder.take()),
-                            )
-                        ],
-                    )
-            elif delta:
-                yield content(index, delta)
-            if finish:
-                yield self._chunk(gen, [ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=finish)])
-        if gen.include_usage:
-            yield self._chunk(gen, [], usage=gen.usage())
+
+    def stream_start(self, gen: Generation, content: ContentEvents) -> tuple[list[str], dict[int, str]]:
+        """Each choice opens with the assistant's role (OpenAI's first chunk)."""
+        role = [ChatChunkChoice(index=c.index, delta=ChatDelta(role="assistant", content="")) for c in gen.choices]
+        return [self.chunk(gen, [choice]) for choice in role], {}
 
     # -- whole ------------------------------------------------------------------------------------
     def full_response(self, gen: Generation) -> ChatCompletionResponse:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -26,7 +26,6 @@ from openchat_cli.serve.serving import (
     EchoedPrompt,
     Generation,
     OpenAIServing,
-    sse,
 )
 
 
@@ -118,54 +117,24 @@ class OpenAIServingCompletion(OpenAIServing):
         return self._echo(c) + c.reply.text
 
     # -- streamed -------------------------------------------------------------------------------
-    def _chunk(self, gen: Generation, choices: list[CompletionChoice], **extra: object) -> str:
-        chunk = CompletionChunk(
-            id=gen.response_id,
-            created=gen.created,
-            model=self.ctx.response_model(gen.body.model),
-            system_fingerprint=self.ctx.fingerprint,
-            choices=choices,
-            **extra,
-        )
-        return sse(chunk, exclude=None if gen.include_usage else {"usage"})
+    chunk_model = CompletionChunk
 
-    async def stream_events(self, gen: Generation) -> AsyncIterator[str]:
-        content = ContentEvents(
-            lambda index, text: self._chunk(gen, [CompletionChoice(index=index, text=text, finish_reason=None)])
+    def chunk_choice(
+        self, index: int, text: str, finish_reason: str | None = None, logprobs: Any = None
+    ) -> CompletionChoice:
+        return CompletionChoice(
+            index=index,
+            text=text,
+            finish_reason=finish_reason,
+            logprobs=CompletionLogprobs(**logprobs) if logprobs is not None else None,
         )
+
+    def stream_start(self, gen: Generation, content: ContentEvents) -> tuple[list[str], dict[int, str]]:
+        """The echoed prompt: at once, or with its logprobs (known after prefill) in the first event."""
         want_logprobs = gen.body.logprobs is not None
-        echo_pending: set[int] = set()
-        for c in gen.choices:
-            if c.echo is None:
-                continue
-            if want_logprobs:  # the echoed prompt goes out with its logprobs, known after prefill
-                echo_pending.add(c.index)
-            elif c.echo.text:
-                yield content(c.index, c.echo.text)
-        async for index, delta, finish in gen.events():
-            c = gen.choices[index]
-            if want_logprobs:
-                if index in echo_pending:
-                    delta = self._echo(c) + delta
-                    echo_pending.discard(index)
-                if delta or c.logprobs.pending:
-                    yield self._chunk(
-                        gen,
-                        [
-                            CompletionChoice(
-                                index=index,
-                                text=delta,
-                                finish_reason=None,
-                                logprobs=CompletionLogprobs(**c.logprobs.take()),
-                            )
-                        ],
-                    )
-            elif delta:
-                yield content(index, delta)
-            if finish:
-                yield self._chunk(gen, [CompletionChoice(index=index, text="", finish_reason=finish)])
-        if gen.include_usage:
-            yield self._chunk(gen, [], usage=gen.usage())
+        opening = [content(c.index, c.echo.text) for c in gen.choices if c.echo and c.echo.text and not want_logprobs]
+        held = {c.index: c.echo.text for c in gen.choices if c.echo and want_logprobs}
+        return opening, held
 
     # -- whole ------------------------------------------------------------------------------------
     def full_response(self, gen: Generation) -> CompletionResponse:

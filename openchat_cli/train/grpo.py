@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from openchat_cli.errors import OpenchatError
-from openchat_cli.train import run_files as ckpt
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.grpo_math import combine_rewards, group_advantages, policy_loss, token_logps
 from openchat_cli.train.grpo_prompts import Prompt
+from openchat_cli.train.loop_control import LoopControl
 from openchat_cli.train.spec import TrainSpec
 
 
@@ -207,7 +207,6 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
     from openchat_cli.train import attention, loop
 
     cfg = TrainConfig.from_dict(spec.config)
-    out = Path(spec.out)
     device = loop.device_for_rank()
     loop.init_distributed(device)
     comm = loop.Comm(device)
@@ -228,141 +227,61 @@ def train(spec: TrainSpec, stop: Any) -> dict[str, Any]:
     reference = _reference(spec, cfg, engine, impl, device, bf16)
     rollouts = Rollouts(spec, cfg, device)
     pad_id = spec.pad_id or 0
-    print_every = fingerprint(spec, cfg, comm.world)
 
-    start, curve, metrics = 0, [], {}
-    state_step = ckpt.latest_state_step(out)
-    if state_step is not None:
-        _, client = engine.load_checkpoint(
-            str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(state_step), load_module_strict=not cfg.lora
-        )
-        if client.get("fingerprint") != print_every:
-            raise OpenchatError(
-                "cannot resume: the prompts, GRPO batch settings or number of ranks changed "
-                "since the checkpoint (start a new run in another --out)"
-            )
-        start, curve, metrics = client["step"], client.get("curve", []), client.get("metrics", {})
-
-    reporter = None
+    control = LoopControl(
+        engine,
+        spec,
+        cfg,
+        comm,
+        stop,
+        total,
+        fingerprint(spec, cfg, comm.world),
+        changed="the prompts, GRPO batch settings",
+    )
+    metrics = control.metrics
     if comm.rank == 0:
-        from openchat_cli.train.report import Reporter
-
-        ckpt.truncate_steps(out, start)
-        reporter = Reporter(out, spec.run_id, total, start, cfg.log_every, curve, epochs=cfg.epochs)
         kernel = attention.describe(device, torch.bfloat16 if bf16 else torch.float32)
-        reporter.note(
+        control.open_reporter(
             f"GRPO: {total} steps x {comm.world} rank(s) x {cfg.prompts_per_step} prompts x "
             f"{cfg.group_size} completions (≤ {cfg.max_completion_tokens} tokens, temperature "
             f"{cfg.temperature:g}); rewards {', '.join(f.name for f in rollouts.functions)}; beta "
             f"{cfg.kl_beta:g}, epsilon {cfg.epsilon:g}; lr {lr:.2e}; {kernel} attention; ZeRO-{cfg.zero}"
-            + (f"; resuming at step {start}" if start else "")
         )
-
-    saved = start
-
-    def save_state(step: int) -> None:
-        nonlocal saved
-        client = {
-            "step": step,
-            "fingerprint": print_every,
-            "curve": reporter.curve if reporter else [],
-            "metrics": metrics,
-        }
-        engine.save_checkpoint(
-            str(out / ckpt.STATE_DIR),
-            tag=ckpt.state_tag(step),
-            client_state=client,
-            exclude_frozen_parameters=cfg.lora,
-            save_latest=False,
-        )
-        comm.barrier()
-        if comm.rank == 0:
-            ckpt.mark_latest_state(out, step)
-            ckpt.prune_states(out, ckpt.state_tag(step))
-            reporter.note(f"resumable state saved at step {step}")
-        saved = step
-
-    def save(step: int, final: bool) -> None:
-        loop._save_hf(
-            engine, cfg, spec, out, ckpt.FINAL_DIR if final else ckpt.step_dir_name(step), step, metrics, reporter
-        )
-        if not final:
-            save_state(step)
+    reporter = control.reporter
 
     engine.train()
-    status, done = "completed", start
-    last_state_time = time.monotonic()
     try:
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            torch.manual_seed(hash((cfg.seed, step, comm.rank)) % 2**63)
-            state_due = (
-                comm.rank == 0
-                and cfg.state_minutes > 0
-                and time.monotonic() - last_state_time >= cfg.state_minutes * 60
-            )
-            stops, state_votes = comm.sum(float(stop.signal is not None), float(state_due))
-            if stops:
-                if done > saved:
-                    save_state(done)
-                status = "interrupted"
-                break
-            record = _step(engine, scheduler, rollouts, reference, cfg, comm, device, pad_id, step, num_prompts)
-            done = step + 1
-            if reporter:
-                seconds = time.perf_counter() - t0
-                record.update(
-                    {
-                        "step": done,
-                        "epoch": epoch_of(step, num_prompts, cfg, comm.world),
-                        "seconds": seconds,
-                        "tokens_per_s": record["tokens"] / seconds,
-                        "capacity": record["tokens"],
-                        "packing_efficiency": 1.0,
-                    }
-                )
-                reporter.step(record)
-                if step == start:
-                    metrics.setdefault("reward_initial", record["reward"])
-                metrics["reward"] = record["reward"]
-            if done == total:
-                break
-            if cfg.stop_after and done - start >= cfg.stop_after:
-                save(done, final=False)
-                status = "interrupted"
-                break
-            if cfg.save_every and done % cfg.save_every == 0:
-                save(done, final=False)
-            elif state_votes:
-                save_state(done)
-            if saved == done:
-                last_state_time = time.monotonic()
-        if status == "completed":
-            save(total, final=True)
+        with control:
+            for step in range(control.start, total):
+                t0 = time.perf_counter()
+                torch.manual_seed(hash((cfg.seed, step, comm.rank)) % 2**63)
+                stops, state_votes = comm.sum(*control.votes())
+                if control.stop_requested(stops):
+                    break
+                record = _step(engine, scheduler, rollouts, reference, cfg, comm, device, pad_id, step, num_prompts)
+                if reporter:
+                    seconds = time.perf_counter() - t0
+                    record.update(
+                        {
+                            "step": step + 1,
+                            "epoch": epoch_of(step, num_prompts, cfg, comm.world),
+                            "seconds": seconds,
+                            "tokens_per_s": record["tokens"] / seconds,
+                            "capacity": record["tokens"],
+                            "packing_efficiency": 1.0,
+                        }
+                    )
+                    reporter.step(record)
+                    if step == control.start:
+                        metrics.setdefault("reward_initial", record["reward"])
+                    metrics["reward"] = record["reward"]
+                if control.step_done(step + 1, state_votes):
+                    break
+            if control.completed:
+                control.save(total, final=True)
     finally:
-        stop.restore()
-        if reporter:
-            reporter.close()
         rollouts.sampler.close()
-    result = {
-        "status": status,
-        "steps": total,
-        "stopped_at": done,
-        "resume_step": saved,
-        "metrics": {
-            **metrics,
-            "method": "grpo",
-            "lr": lr,
-            "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None,
-        },
-        "curve": reporter.curve if reporter else [],
-    }
-    if status == "completed" and comm.rank == 0:
-        import shutil
-
-        shutil.rmtree(out / ckpt.STATE_DIR, ignore_errors=True)
-    engine.destroy()
-    return result
+    return control.outcome({"method": "grpo", "lr": lr})
 
 
 def _step(

@@ -120,6 +120,7 @@ def prepare(
 ) -> TrainSpec:
     """Validate inputs, register (or reopen) the run, write OUT/run.json (the ranks' spec).
     The caller holds the run folder's lock (`RunFolderLock`)."""
+    from openchat_cli.train.grpo_prompts import PROMPTS_FORMAT
     from openchat_cli.train.schedule import auto_lr
     from store.catalog import open_catalog
 
@@ -170,7 +171,7 @@ def prepare(
         if ds_id is None and data is None:  # a hand-made prompt file (grpo)
             prompts_path = Path(method_spec["prompts_path"])
             ds_id = catalog.add_dataset(
-                name=prompts_path.stem, path=prompts_path, format="prompts", num_records=method_spec["num_prompts"]
+                name=prompts_path.stem, path=prompts_path, format=PROMPTS_FORMAT, num_records=method_spec["num_prompts"]
             )
         elif ds_id is None:  # a hand-made file: register it, so the run has lineage
             ds_id = catalog.add_dataset(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ import torch
 
 from openchat_cli.errors import OpenchatError
 from openchat_cli.train import attention
-from openchat_cli.train import run_files as ckpt
 from openchat_cli.train.collate import pack
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.dataset import TokenizedData, load
+from openchat_cli.train.loop_control import LoopControl, StopRequest
 from openchat_cli.train.loss import PackedLM
 from openchat_cli.train.pairs import load_pairs, pair_lengths
 from openchat_cli.train.sampler import MultipackSampler, PackSpec
@@ -155,24 +154,6 @@ def load_data(path: Path, cfg: TrainConfig, vocab: int) -> tuple[TokenizedData, 
 
 
 # -- the run ------------------------------------------------------------------------------------
-class StopRequest:
-    """SIGTERM/SIGINT/SIGHUP ask this rank to stop at the next step boundary (with its state saved)
-    instead of dying mid-step; `openchat train` forwards them to every rank."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous = {
-            sig: signal.signal(sig, self._record) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        }
-
-    def _record(self, signum: int, frame: object) -> None:
-        self.signal = self.signal or signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Comm:
     """The few collectives the loop needs (float64 sums; on the rank's device for NCCL)."""
 
@@ -295,36 +276,23 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
     lr = spec.lr
     engine, scheduler, impl = build_engine(spec, cfg, device, lr, total)
     pad_id = spec.pad_id or 0
-    start, curve, metrics = 0, [], {}
-    state_step = ckpt.latest_state_step(out)
-    if state_step is not None:
-        _, client = engine.load_checkpoint(
-            str(out / ckpt.STATE_DIR), tag=ckpt.state_tag(state_step), load_module_strict=not cfg.lora
-        )
-        if client.get("fingerprint") != sampler.fingerprint():
-            raise OpenchatError(
-                "cannot resume: the data, packing settings or number of ranks changed "
-                "since the checkpoint (start a new run in another --out)"
-            )
-        start, curve, metrics = client["step"], client.get("curve", []), client.get("metrics", {})
+    control = LoopControl(
+        engine, spec, cfg, comm, stop, total, sampler.fingerprint(), changed="the data, packing settings"
+    )
+    metrics = control.metrics
     make_batch, make_eval_batch = batch_makers(
-        engine, cfg, data, eval_data, out, capacity, comm, device, pad_id, resuming=state_step is not None
+        engine, cfg, data, eval_data, out, capacity, comm, device, pad_id, resuming=control.resuming
     )
 
-    reporter = None
     if comm.rank == 0:
-        from openchat_cli.train.report import Reporter
-
         kernel = attention.describe(device, torch.bfloat16 if use_bf16(cfg, device) else torch.float32)
-
-        ckpt.truncate_steps(out, start)
-        reporter = Reporter(out, spec.run_id, total, start, cfg.log_every, curve, epochs=cfg.epochs)
-        reporter.note(
+        control.open_reporter(
             f"{total} steps ({cfg.epochs} epoch(s)) x {comm.world} rank(s) x "
             f"{cfg.micro_steps} micro-batch(es) of {capacity} tokens; packing "
             f"{sampler.efficiency():.1%}; lr {lr:.2e}; {kernel} attention; "
-            f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}" + (f"; resuming at step {start}" if start else "")
+            f"ZeRO-{cfg.zero}{' + offload' if cfg.offload else ''}"
         )
+    reporter = control.reporter
 
     def run_eval(tag: str, step: int) -> None:
         if eval_sampler is not None:
@@ -339,68 +307,19 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
                 extra_eval = {k: v for k, v in result.items() if k != "loss" and isinstance(v, (int, float))}
                 reporter.eval(step, metrics[tag], tag, **extra_eval)
 
-    saved = start  # the step of the newest resumable state (the one resumed from counts)
-
-    def save_state(step: int) -> None:
-        """DeepSpeed state (weights, optimizer, scheduler, sampler position) for --resume."""
-        nonlocal saved
-        client = {
-            "step": step,
-            "fingerprint": sampler.fingerprint(),
-            "curve": reporter.curve if reporter else [],
-            "metrics": metrics,
-        }
-        # A LoRA run's frozen base weights need not be copied into every resumable state.
-        # DeepSpeed's own `latest` is written in place by rank 0 before the other ranks are
-        # done: a kill there points --resume at half a state. Ours is renamed into place once
-        # every rank has written its part.
-        engine.save_checkpoint(
-            str(out / ckpt.STATE_DIR),
-            tag=ckpt.state_tag(step),
-            client_state=client,
-            exclude_frozen_parameters=cfg.lora,
-            save_latest=False,
-        )
-        comm.barrier()
-        if comm.rank == 0:
-            ckpt.mark_latest_state(out, step)
-            ckpt.prune_states(out, ckpt.state_tag(step))
-            reporter.note(f"resumable state saved at step {step}")
-        saved = step
-
-    def save(step: int, final: bool) -> None:
-        name = ckpt.FINAL_DIR if final else ckpt.step_dir_name(step)
-        _save_hf(engine, cfg, spec, out, name, step, metrics, reporter)
-        if not final:
-            save_state(step)
-
-    if start == 0:
+    if control.start == 0:
         run_eval("eval_loss_initial", 0)
     engine.train()
-    status, done = "completed", start
-    last_state_time = time.monotonic()
-    try:
-        for step in range(start, total):
+    with control:
+        for step in range(control.start, total):
             t0 = time.perf_counter()
             # Randomness (LoRA dropout) is a function of (seed, step, rank): a resumed run draws
             # exactly what the uninterrupted run would have.
             torch.manual_seed(hash((cfg.seed, step, comm.rank)) % 2**63)
             batches = [make_batch(data, rows) for rows in sampler.batches(step, comm.rank)]
-            # One all-reduce carries the step's loss weight and two decisions every rank must take
-            # together: stop here (a rank got SIGTERM/SIGINT), and save state after this step (rank
-            # 0's clock says --state-minutes have passed).
-            state_due = (
-                comm.rank == 0
-                and cfg.state_minutes > 0
-                and time.monotonic() - last_state_time >= cfg.state_minutes * 60
-            )
-            weight, stops, state_votes = comm.sum(
-                sum(b.weight_sum for b in batches), float(stop.signal is not None), float(state_due)
-            )
-            if stops:
-                if done > saved:
-                    save_state(done)
-                status = "interrupted"
+            # One all-reduce carries the step's loss weight and the loop control's two votes.
+            weight, stops, state_votes = comm.sum(sum(b.weight_sum for b in batches), *control.votes())
+            if control.stop_requested(stops):
                 break
             scale = comm.world / weight if weight > 0 else 0.0
             loss_sum = 0.0
@@ -443,44 +362,12 @@ def train(spec: TrainSpec, stop: StopRequest | None = None) -> dict[str, Any]:
                 )
             if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                 run_eval(f"eval_loss_step_{done}", done)
-            if done == total:
+            if control.step_done(done, state_votes):
                 break
-            if cfg.stop_after and done - start >= cfg.stop_after:
-                save(done, final=False)
-                status = "interrupted"
-                break
-            if cfg.save_every and done % cfg.save_every == 0:
-                save(done, final=False)
-            elif state_votes:
-                save_state(done)
-            if saved == done:
-                last_state_time = time.monotonic()
-        if status == "completed":
+        if control.completed:
             run_eval("eval_loss_final", total)
-            save(total, final=True)
-    finally:
-        stop.restore()
-        if reporter:
-            reporter.close()
-    result = {
-        "status": status,
-        "steps": total,
-        "stopped_at": done,
-        "resume_step": saved,
-        "metrics": {
-            **metrics,
-            "final_loss": reporter.curve[-1]["loss"] if reporter and reporter.curve else None,
-            "packing_efficiency": sampler.efficiency(),
-            "lr": lr,
-        },
-        "curve": reporter.curve if reporter else [],
-    }
-    if status == "completed" and comm.rank == 0:
-        import shutil
-
-        shutil.rmtree(out / ckpt.STATE_DIR, ignore_errors=True)  # nothing left to resume
-    engine.destroy()
-    return result
+            control.save(total, final=True)
+    return control.outcome({"packing_efficiency": sampler.efficiency(), "lr": lr})
 
 
 def batch_makers(
@@ -514,73 +401,3 @@ def batch_makers(
         return pack_pairs(d, rows, pad_id, ref_logps=refs.get(id(d)))
 
     return make, make
-
-
-def _save_hf(
-    engine: Any,
-    cfg: TrainConfig,
-    spec: TrainSpec,
-    out: Path,
-    name: str,
-    step: int,
-    metrics: dict[str, Any],
-    reporter: Any,
-) -> None:
-    """Rank 0 writes and registers a Hugging Face checkpoint (ZeRO-3 gathers weights first)."""
-    state_dict = None
-    if cfg.zero == 3:  # every rank takes part in gathering the partitioned weights
-        gathered = engine._zero3_consolidated_16bit_state_dict()
-        state_dict = {k.removeprefix("lm."): v for k, v in (gathered or {}).items()}
-    if reporter is None:
-        return
-    from openchat_cli.model_dir import load_tokenizer, write_meta
-    from store.catalog import open_catalog
-
-    tokenizer = load_tokenizer(Path(spec.model_path))
-    if not tokenizer.chat_template:
-        from openchat_cli.model_dir import attach_template
-
-        attach_template(tokenizer, spec.template)
-    meta = {
-        "template": spec.template,
-        "method": cfg.method,
-        "run_id": spec.run_id,
-        "dataset_id": spec.dataset_id,
-        "tokenizer_hash": spec.tokenizer_hash,
-        "base_model": spec.model_path,
-        "base_checkpoint_id": spec.base_checkpoint_id,
-        "step": step,
-    }
-    if cfg.lora:
-        meta["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets}
-    path = ckpt.save_hf(out, name, engine.module.lm, tokenizer, meta, state_dict)
-    point = reporter.curve[-1] if reporter.curve else {}
-    catalog = open_catalog()
-    try:
-        old = catalog.find_by_path("checkpoints", path)
-        if old:  # a resumed run redoing a step it had saved before being killed
-            catalog.remove(old["id"])
-        ck = catalog.add_checkpoint(
-            path=path,
-            kind="reward-model" if cfg.method == "rm" else "trained",
-            template=spec.template,
-            base_model=spec.model_path,
-            run_id=spec.run_id,
-            dataset_id=spec.dataset_id,
-            step=step,
-            metrics={
-                "loss": point.get("loss"),
-                "eval_loss": metrics.get("eval_loss"),
-                "lora": cfg.lora,
-                "method": cfg.method,
-                **({"eval_accuracy": metrics["eval_accuracy"]} if "eval_accuracy" in metrics else {}),
-            },
-            parent_id=spec.base_checkpoint_id,
-        )
-    finally:
-        catalog.close()
-    write_meta(path, checkpoint_id=ck)
-    if name == ckpt.FINAL_DIR:
-        metrics["final_checkpoint_id"] = ck
-    reporter.note(f"saved {path} ({ck})")
-    reporter.flush()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,38 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 @pytest.fixture
 def mtbench_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "question.jsonl", MTBENCH)
+
+
+def spawn_cli(args: list[str], home: Path, output: int | None = subprocess.PIPE) -> subprocess.Popen:
+    """`openchat ARGS` as a separate process (to kill, or to run beside another) on catalog HOME."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "openchat_cli.app", *args],
+        env={**os.environ, "OPENCHAT_HOME": str(home)},
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
+def answer_run(cli, scripted, path: Path, model: str) -> str:
+    """A complete answer run of `model` (named so the scripted server knows how to reply)."""
+    return cli("eval", "answer", path, "-e", scripted.base_url, "-m", model, "--json").json()["run_id"]
+
+
+def pairwise_judge_args(answers: str, baseline: str, judge_url: str, concurrency: int = 2) -> list[str]:
+    """`eval judge` of one answer run against a baseline, both orders, by the scripted fair judge."""
+    return [
+        "eval",
+        "judge",
+        answers,
+        "--baseline",
+        baseline,
+        "--mode",
+        "pairwise",
+        "--judge-endpoint",
+        judge_url,
+        "--judge-model",
+        "fair-judge",
+        "-c",
+        str(concurrency),
+    ]

@@ -5,15 +5,13 @@ one run with one row per unit, and the report counts each unit once."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from store.catalog import open_catalog
-from tests.eval.conftest import write_jsonl
+from tests.eval.conftest import answer_run, pairwise_judge_args, spawn_cli, write_jsonl
 
 QUESTIONS = [
     {"question_id": i, "category": "writing", "turns": [f"Question number {i}?", f"Follow-up {i}?"]} for i in range(12)
@@ -23,17 +21,7 @@ UNITS = len(QUESTIONS) * 2 * 2  # pairwise: 12 questions × 2 turns × 2 orders
 
 def _together(args: list[str], home, n: int = 2) -> list[dict]:
     """Start `n` identical commands at once; their --json outputs once all have ended."""
-    env = {**os.environ, "OPENCHAT_HOME": str(home)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "openchat_cli.app", *args, "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(n)
-    ]
+    procs = [spawn_cli([*args, "--json"], home) for _ in range(n)]
     outs = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=240)
@@ -42,35 +30,14 @@ def _together(args: list[str], home, n: int = 2) -> list[dict]:
     return outs
 
 
-def _answer(cli, scripted, path, model):
-    return cli("eval", "answer", path, "-e", scripted.base_url, "-m", model, "--json").json()["run_id"]
-
-
 @pytest.mark.slow
 def test_two_identical_judge_commands_share_one_run(cli, scripted, tmp_path, openchat_home):
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
-    a, b = _answer(cli, scripted, path, "long-model"), _answer(cli, scripted, path, "short-model")
+    a, b = answer_run(cli, scripted, path, "long-model"), answer_run(cli, scripted, path, "short-model")
     scripted.reset()
     scripted.latency_s = 0.3  # 48 calls, 2 at a time: ~7 s alone, far longer than a process start
     started = time.monotonic()
-    outs = _together(
-        [
-            "eval",
-            "judge",
-            a,
-            "--baseline",
-            b,
-            "--mode",
-            "pairwise",
-            "--judge-endpoint",
-            scripted.base_url,
-            "--judge-model",
-            "fair-judge",
-            "-c",
-            "2",
-        ],
-        openchat_home,
-    )
+    outs = _together(pairwise_judge_args(a, b, scripted.base_url), openchat_home)
     elapsed = time.monotonic() - started
     (first,), (second,) = outs
 
@@ -124,29 +91,10 @@ def test_claims_of_a_killed_judge_do_not_hold_up_the_next_one(cli, scripted, tmp
     """SIGKILL leaves claims behind; their holder is gone, so the next command takes them at
     once instead of waiting out the lease."""
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:4])
-    a, b = _answer(cli, scripted, path, "long-model"), _answer(cli, scripted, path, "short-model")
+    a, b = answer_run(cli, scripted, path, "long-model"), answer_run(cli, scripted, path, "short-model")
     scripted.latency_s = 1.0
-    args = [
-        "eval",
-        "judge",
-        a,
-        "--baseline",
-        b,
-        "--mode",
-        "pairwise",
-        "--judge-endpoint",
-        scripted.base_url,
-        "--judge-model",
-        "fair-judge",
-        "-c",
-        "2",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openchat_cli.app", *args],
-        env={**os.environ, "OPENCHAT_HOME": str(openchat_home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = pairwise_judge_args(a, b, scripted.base_url)
+    proc = spawn_cli(args, openchat_home, output=subprocess.DEVNULL)
     cat = open_catalog()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

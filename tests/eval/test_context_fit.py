@@ -101,6 +101,22 @@ def small_context(scripted: ScriptedServer) -> ScriptedServer:
     return scripted
 
 
+def _verbose_answer_args(questions: Path, endpoint: str, *extra: str) -> list[str]:
+    """`eval answer` by the scripted verbose model, asking 1,024 new tokens a turn (more than fits)."""
+    return [
+        "eval",
+        "answer",
+        str(questions),
+        "--endpoint",
+        endpoint,
+        "--model",
+        "verbose-model",
+        "--max-tokens",
+        "1024",
+        *extra,
+    ]
+
+
 def _answers(run_id: str) -> list[dict]:
     cat = open_catalog()
     return cat.query("select * from answers where eval_id = ? order by question_id", [run_id])
@@ -110,19 +126,7 @@ def test_eighty_mtbench_questions_against_a_2048_context_all_end_answered_or_tru
     cli, small_context: ScriptedServer, tmp_path: Path
 ):
     questions = write_jsonl(tmp_path / "question.jsonl", mtbench_like(80))
-    args = [
-        "eval",
-        "answer",
-        str(questions),
-        "--endpoint",
-        small_context.base_url,
-        "--model",
-        "verbose-model",
-        "--max-tokens",
-        "1024",
-        "--concurrency",
-        "8",
-    ]
+    args = _verbose_answer_args(questions, small_context.base_url, "--concurrency", "8")
     result = cli(*args, "--json")
     out = result.json()
     assert out["status"] == "completed" and out["errors"] == []
@@ -166,18 +170,7 @@ def test_a_server_that_gives_no_numbers_gets_the_request_without_max_tokens(
 ):
     small_context.context_style = "bare"
     questions = write_jsonl(tmp_path / "question.jsonl", mtbench_like(80)[::8])
-    out = cli(
-        "eval",
-        "answer",
-        str(questions),
-        "--endpoint",
-        small_context.base_url,
-        "--model",
-        "verbose-model",
-        "--max-tokens",
-        "1024",
-        "--json",
-    ).json()
+    out = cli(*_verbose_answer_args(questions, small_context.base_url, "--json")).json()
     assert out["status"] == "completed" and out["metrics"]["answered"] == 10
     assert out["metrics"]["truncated"] > 0
     without = [r for r in small_context.requests if "max_tokens" not in r]

@@ -1,28 +1,14 @@
 """Killing an answer or judge run loses nothing: re-running continues without duplicates."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from store.catalog import open_catalog
-from tests.eval.conftest import write_jsonl
+from tests.eval.conftest import answer_run, pairwise_judge_args, spawn_cli, write_jsonl
 
 QUESTIONS = [{"question_id": i, "category": "writing", "turns": [f"Question number {i}?"]} for i in range(12)]
-
-
-def _spawn(args, home):
-    env = {**os.environ, "OPENCHAT_HOME": str(home)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "openchat_cli.app", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _wait_rows(sql, at_least, proc, timeout=30.0):
@@ -42,7 +28,9 @@ def _wait_rows(sql, at_least, proc, timeout=30.0):
 def test_kill_answer_run_then_resume(cli, scripted, tmp_path, openchat_home, sig):
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
     scripted.latency_s = 0.25
-    proc = _spawn(["eval", "answer", str(path), "-e", scripted.base_url, "-m", "slow-model", "-c", "2"], openchat_home)
+    proc = spawn_cli(
+        ["eval", "answer", str(path), "-e", scripted.base_url, "-m", "slow-model", "-c", "2"], openchat_home
+    )
     got = _wait_rows("select count(*) from answers", 3, proc)
     proc.send_signal(sig)
     proc.wait(20)
@@ -70,25 +58,10 @@ def test_kill_answer_run_then_resume(cli, scripted, tmp_path, openchat_home, sig
 
 def test_terminate_judge_run_then_resume(cli, scripted, tmp_path, openchat_home):
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
-    a = cli("eval", "answer", path, "-e", scripted.base_url, "-m", "long-model", "--json").json()["run_id"]
-    b = cli("eval", "answer", path, "-e", scripted.base_url, "-m", "short-model", "--json").json()["run_id"]
+    a, b = answer_run(cli, scripted, path, "long-model"), answer_run(cli, scripted, path, "short-model")
     scripted.latency_s = 0.2
-    args = [
-        "eval",
-        "judge",
-        a,
-        "--baseline",
-        b,
-        "--mode",
-        "pairwise",
-        "--judge-endpoint",
-        scripted.base_url,
-        "--judge-model",
-        "fair-judge",
-        "-c",
-        "2",
-    ]
-    proc = _spawn(args, openchat_home)
+    args = pairwise_judge_args(a, b, scripted.base_url)
+    proc = spawn_cli(args, openchat_home)
     _wait_rows("select count(*) from judgments", 4, proc)
     proc.send_signal(signal.SIGTERM)
     proc.wait(20)

@@ -1,6 +1,8 @@
 """Several system messages follow one rule (templates.join_system: trimmed, empty ones dropped,
 joined by a blank line) in `data clean` + `data tokenize`, in the server's prompt and in the
-saved Jinja chat template: checked token for token, through the real CLI and the real server."""
+saved Jinja chat template: checked token for token, through the real CLI and the real server.
+OpenAI's `developer` role (what newer clients send instead of `system`) is a system message
+everywhere (templates.message_role)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import openai
 import pyarrow.parquet as pq
 import pytest
 
-from openchat_cli.templates import Conversation, get_template, join_system
+from openchat_cli.templates import Conversation, get_template, join_system, message_role
 
 SYSTEMS = ["You are terse.", "  Answer in English.  ", "", "Never use lists."]
 USER = "What is 12 plus 7?"
@@ -32,18 +34,37 @@ def test_join_rule():
         }
     )
     assert conv.system == "First.\n\nSecond."
+    assert [message_role(r) for r in ("developer", "system", "user", "assistant")] == [
+        "system",
+        "system",
+        "user",
+        "assistant",
+    ]
+    developer = Conversation.from_dict(
+        {"messages": [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "hi"}]}
+    )
+    assert developer.system == "Be terse." and [m.role for m in developer.messages] == ["user"]
 
 
-@pytest.mark.parametrize("template_name", ["openchat_3.5", "chatml"])
-def test_data_serve_and_jinja_agree_token_for_token(template_name, cli, tmp_path, tiny_model_dir, tiny_tokenizer):
+def system_messages(roles: str) -> list[dict]:
+    """SYSTEMS as messages, each with its role from `roles` (s: system, d: developer)."""
+    return [{"role": {"s": "system", "d": "developer"}[r], "content": text} for r, text in zip(roles, SYSTEMS)]
+
+
+@pytest.mark.parametrize(
+    ("template_name", "roles"),
+    [("openchat_3.5", "ssss"), ("chatml", "ssss"), ("openchat_3.5", "dsdd"), ("chatml", "dddd")],
+)
+def test_data_serve_and_jinja_agree_token_for_token(
+    template_name, roles, cli, tmp_path, tiny_model_dir, tiny_tokenizer
+):
     from transformers import AutoTokenizer
 
     from openchat_cli.serve.protocol import ChatCompletionRequest
     from openchat_cli.serve.serving_chat import chat_prompt_ids
 
     template = get_template(template_name)
-    system_messages = [{"role": "system", "content": s} for s in SYSTEMS]
-    messages = [*system_messages, {"role": "user", "content": USER}, {"role": "assistant", "content": ANSWER}]
+    messages = [*system_messages(roles), {"role": "user", "content": USER}, {"role": "assistant", "content": ANSWER}]
 
     # data: clean (system messages joined) then tokenize (the training sequence)
     raw = tmp_path / "raw.jsonl"
@@ -69,6 +90,10 @@ def test_data_serve_and_jinja_agree_token_for_token(template_name, cli, tmp_path
     served = chat_prompt_ids(template, tiny_tokenizer, ChatCompletionRequest(model="m", messages=messages[:-1]))
     assert served == jinja_prompt
     assert trained[: len(served)] == served  # the prompt is the training sequence's beginning
+    # `developer` is `system`: the same tokens as with system roles only
+    assert jinja_full == list(
+        hf.apply_chat_template([*system_messages("ssss"), *messages[-2:]], tokenize=True, return_dict=False)
+    )
 
 
 def test_real_server_prompts_with_every_system_message(tiny_server, tiny_model_dir):
@@ -86,3 +111,6 @@ def test_real_server_prompts_with_every_system_message(tiny_server, tiny_model_d
     r = client.chat.completions.create(model=tiny_server.model, messages=messages, max_tokens=1)
     assert r.usage.prompt_tokens == jinja_prompt_len(messages)
     assert r.usage.prompt_tokens > jinja_prompt_len([messages[0], messages[-1]])
+    mixed = [*system_messages("dsdd"), {"role": "user", "content": USER}]
+    r = client.chat.completions.create(model=tiny_server.model, messages=mixed, max_tokens=1)
+    assert r.usage.prompt_tokens == jinja_prompt_len(mixed) == jinja_prompt_len(messages)

@@ -284,3 +284,93 @@ def test_lora_adapters_become_vllm_lora_requests(tmp_path):
     assert seen == [("lora", "b", 2, str(tmp_path / "b")), None]
     with pytest.raises(EngineError, match="no LoRA adapter named 'zzz'"):
         run_engine(engine, SamplingParams(max_tokens=3, adapter="zzz"))
+
+
+def gated_vllm(stat_loggers_param: bool):
+    """A fake vLLM whose requests each wait for their gate before their one output; with
+    `stat_loggers_param`, its engine takes V1's stat logger factories and keeps the loggers."""
+    module, _ = fake_vllm([])
+    gates: dict[str, asyncio.Event] = {}
+
+    class Engine(module.AsyncLLMEngine):
+        loggers: list = []
+
+        async def generate(self, prompt, sampling, request_id):
+            await gates.setdefault(request_id, asyncio.Event()).wait()
+            completion = types.SimpleNamespace(token_ids=[5], finish_reason="stop", logprobs=None)
+            yield types.SimpleNamespace(outputs=[completion], finished=True, prompt_logprobs=None)
+
+    if stat_loggers_param:
+
+        def from_engine_args(cls, args, stat_loggers: list | None = None):
+            engine = cls(args)
+            engine.loggers = [factory(args, 0) for factory in stat_loggers or []]
+            return engine
+
+        Engine.from_engine_args = classmethod(from_engine_args)
+    module.AsyncLLMEngine = Engine
+    return module, gates
+
+
+def load_while_in_flight(engine, gates, during):
+    """Start three requests (none answered), call `during()` with them in flight, then let all
+    finish; returns what it returned and the stats after."""
+
+    async def main():
+        async def one(i):
+            return [e async for e in engine.generate([1, 2], SamplingParams(max_tokens=4), f"r{i}")]
+
+        tasks = [asyncio.create_task(one(i)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        seen = await during()
+        for i in range(3):
+            gates.setdefault(f"r{i}", asyncio.Event()).set()
+        await asyncio.gather(*tasks)
+        return seen, engine.stats()
+
+    return asyncio.run(main())
+
+
+def test_waiting_counts_requests_with_no_output_when_vllm_reports_no_scheduler_stats(tmp_path):
+    vllm, gates = gated_vllm(stat_loggers_param=False)
+    engine = VLLMEngine(tmp_path, tokenizer=None, vllm_module=vllm)
+
+    async def during():
+        before = engine.stats()
+        gates.setdefault("r1", asyncio.Event()).set()  # r1 answers (and ends)
+        await asyncio.sleep(0.01)
+        return before, engine.stats()
+
+    (before, after_one), end = load_while_in_flight(engine, gates, during)
+    assert (before.waiting, before.running) == (3, 0) and engine.describe()["waiting_from"] == "first output"
+    assert (after_one.waiting, after_one.running) == (2, 0)
+    assert (end.waiting, end.running) == (0, 0)
+
+
+def test_waiting_is_what_vllms_scheduler_reports(tmp_path):
+    vllm, gates = gated_vllm(stat_loggers_param=True)
+    engine = VLLMEngine(tmp_path, tokenizer=None, vllm_module=vllm)
+    (logger,) = engine.engine.loggers  # our factory, called as V1 calls it
+
+    async def during():
+        logger.record(types.SimpleNamespace(num_waiting_reqs=1, num_skipped_waiting_reqs=1), None)
+        reported = engine.stats()
+        logger.record(types.SimpleNamespace(num_waiting_reqs=7, num_skipped_waiting_reqs=0), None)
+        return reported, engine.stats()
+
+    (reported, stale), end = load_while_in_flight(engine, gates, during)
+    assert (reported.waiting, reported.running) == (2, 1) and engine.describe()["waiting_from"] == "scheduler"
+    assert (stale.waiting, stale.running) == (3, 0)  # never more than our requests in flight
+    logger.record(None, None)  # a step without scheduler stats changes nothing
+    assert (end.waiting, end.running) == (0, 0) == (engine.stats().waiting, engine.stats().running)
+
+
+def test_a_v0_engine_gets_no_stat_logger_factories(tmp_path):
+    vllm, _ = gated_vllm(stat_loggers_param=False)
+
+    def from_engine_args(cls, args, stat_loggers: dict | None = None):  # V0: a dict of logger objects
+        assert stat_loggers is None
+        return cls(args)
+
+    vllm.AsyncLLMEngine.from_engine_args = classmethod(from_engine_args)
+    VLLMEngine(tmp_path, tokenizer=None, vllm_module=vllm)

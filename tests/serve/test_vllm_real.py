@@ -8,6 +8,7 @@ scripts/setup-env.sh). Without it these tests are skipped, saying why.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -54,23 +55,21 @@ def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def vllm_server(vllm_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def start_vllm_server(model_dir: Path, workdir: Path, *extra_args: str):
+    """`openchat serve --engine vllm` (fp32, 512-token context) with the vLLM venv's interpreter."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is 4
-    server = start_server(
-        vllm_model_dir,
-        tmp_path_factory.mktemp("vllm-server"),
-        "--engine",
-        "vllm",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "512",
-        "--default-max-tokens",
-        "64",
+    return start_server(
+        model_dir,
+        workdir,
+        *("--engine", "vllm", "--dtype", "float32", "--max-model-len", "512", *extra_args),
         timeout=900,
         python=str(VENV / "bin" / "python"),
     )
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    server = start_vllm_server(vllm_model_dir, tmp_path_factory.mktemp("vllm-server"), "--default-max-tokens", "64")
     try:
         yield server
     finally:
@@ -218,21 +217,8 @@ def test_lora_adapter_served_unmerged_equals_the_merged_model(vllm_model_dir, tm
     merged = peft_model.merge_and_unload().eval()
     tokenizer = AutoTokenizer.from_pretrained(str(vllm_model_dir))
     (tmp_path / "srv").mkdir()
-    server = start_server(
-        vllm_model_dir,
-        tmp_path / "srv",
-        "--engine",
-        "vllm",
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "512",
-        "--served-model-name",
-        "base",
-        "--lora",
-        f"tuned={tmp_path / 'adapter'}",
-        timeout=900,
-        python=str(VENV / "bin" / "python"),
+    server = start_vllm_server(
+        vllm_model_dir, tmp_path / "srv", "--served-model-name", "base", "--lora", f"tuned={tmp_path / 'adapter'}"
     )
     try:
         lora_client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
@@ -281,3 +267,37 @@ def test_response_format_and_logit_bias_through_vllm(client, vllm_server):
     assert forced.choices[0].logprobs.tokens and first is not None
     tokens = forced.choices[0].logprobs.tokens
     assert len(set(tokens)) == 1, tokens  # +100 on one id: every step picks it
+
+
+def test_health_reports_the_requests_vllms_scheduler_holds_waiting(vllm_model_dir, tmp_path):
+    """With room for one sequence (max_num_seqs=1), two of three concurrent requests wait in vLLM's
+    scheduler: /health says so, from the scheduler's own stats."""
+    server = start_vllm_server(vllm_model_dir, tmp_path, "--engine-arg", "max_num_seqs=1")
+    body = {"model": server.model, "messages": USER, "max_tokens": 400, "stream": True, "ignore_eos": True}
+    done = threading.Event()
+
+    def stream() -> None:
+        with (
+            httpx.Client(timeout=120) as http,
+            http.stream("POST", server.base_url + "/chat/completions", json=body) as r,
+        ):
+            for _ in r.iter_lines():
+                if done.is_set():
+                    return
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        seen = set()
+        deadline = time.monotonic() + 60
+        while (1, 2, "scheduler") not in seen and time.monotonic() < deadline:
+            health = httpx.get(server.url + "/health").json()
+            seen.add((health["running"], health["waiting"], health["waiting_from"]))
+            time.sleep(0.02)
+        assert (1, 2, "scheduler") in seen, seen
+    finally:
+        done.set()
+        for t in threads:
+            t.join(60)
+        stop_server(server)

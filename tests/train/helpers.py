@@ -52,6 +52,11 @@ def write_tokenized(
     return path
 
 
+def run_args(model: object, data: object, out: object) -> list[object]:
+    """The `openchat train` arguments naming a run's model, data and output folder."""
+    return ["--model", model, "--data", data, "--out", out]
+
+
 def color_task(n: int, seed: int) -> list[Conversation]:
     """A small learnable task: 'Item 37: what color is the fox?' -> 'The fox is red.'; the
     item numbers make every conversation distinct, the mapping is the thing to learn."""

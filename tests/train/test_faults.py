@@ -19,6 +19,7 @@ from openchat_cli.lifeline import start_ticks
 from openchat_cli.train.config import TrainConfig
 from openchat_cli.train.run_files import latest_state_step, read_steps
 from store.catalog import open_catalog
+from tests.train.helpers import run_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # 600 short conversations in 256-token steps: ~150 steps of some 20 ms each on the tiny model.
@@ -106,12 +107,7 @@ def test_kill_9_takes_the_ranks_and_resume_continues_from_the_saved_step(
     out = tmp_path / "killed"
     proc = start_train(
         openchat_home,
-        "--model",
-        tiny_model_dir,
-        "--data",
-        color_data["train"],
-        "--out",
-        out,
+        *run_args(tiny_model_dir, color_data["train"], out),
         *SETTINGS,
         "--num-gpus",
         "2",
@@ -153,12 +149,7 @@ def test_kill_9_takes_the_ranks_and_resume_continues_from_the_saved_step(
     plain = tmp_path / "plain"
     cli(
         "train",
-        "--model",
-        tiny_model_dir,
-        "--data",
-        color_data["train"],
-        "--out",
-        plain,
+        *run_args(tiny_model_dir, color_data["train"], plain),
         *SETTINGS,
         "--num-gpus",
         "2",
@@ -179,12 +170,7 @@ def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(
     out = tmp_path / "termed"
     proc = start_train(
         openchat_home,
-        "--model",
-        tiny_model_dir,
-        "--data",
-        color_data["train"],
-        "--out",
-        out,
+        *run_args(tiny_model_dir, color_data["train"], out),
         *SETTINGS,
         "--state-minutes",
         "0",

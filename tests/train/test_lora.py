@@ -8,6 +8,7 @@ import torch
 
 from openchat_cli.model_dir import read_meta
 from store.catalog import open_catalog
+from tests.train.helpers import run_args
 
 
 def test_lora_adapter_trains_and_merges(cli, tiny_model_dir, color_data, tmp_path):
@@ -17,12 +18,7 @@ def test_lora_adapter_trains_and_merges(cli, tiny_model_dir, color_data, tmp_pat
     out = tmp_path / "lora"
     cli(
         "train",
-        "--model",
-        tiny_model_dir,
-        "--data",
-        color_data["train"],
-        "--out",
-        out,
+        *run_args(tiny_model_dir, color_data["train"], out),
         "--lora",
         "--lora-r",
         "8",

@@ -9,7 +9,7 @@ import pytest
 
 from openchat_cli.model_dir import read_meta
 from store.catalog import open_catalog
-from tests.train.helpers import color_task, write_tokenized
+from tests.train.helpers import color_task, run_args, write_tokenized
 
 FAST = ("--tokens-per-step", "512", "--lr", "3e-3", "--log-every", "10")
 
@@ -156,12 +156,7 @@ def test_zero3_with_offload_trains_and_saves_full_weights(cli, tiny_model_dir, c
     out = tmp_path / "z3"
     cli(
         "train",
-        "--model",
-        tiny_model_dir,
-        "--data",
-        color_data["train"],
-        "--out",
-        out,
+        *run_args(tiny_model_dir, color_data["train"], out),
         *FAST,
         "--zero",
         "3",

@@ -13,7 +13,7 @@ import codecs
 import json
 import re
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Iterator
 
 from openchat_cli.data.readers.textcheck import bad_text, may_hold_bad_text, too_deep
 from openchat_cli.data.records import Location, RawItem
@@ -262,6 +262,3 @@ def is_jsonl(path: Path) -> bool:
             if not raw.lstrip().startswith(b"{"):
                 return False
     return not lines
-
-
-Reader = Callable[[BinaryIO, str], Iterator[RawItem]]

@@ -9,6 +9,11 @@ no stop strings (a matched stop string aborts the request from our side).
 Kept version-tolerant: it works with the V0 `AsyncLLMEngine` and the V1 `AsyncLLM` (re-exported
 under the same name), cumulative or delta outputs, and a sync or async `abort`.
 
+Load (`stats`): `running` counts our requests in flight; `waiting` those of them that vLLM's
+scheduler has not started, from the scheduler stats each engine core sends with its outputs
+(V1 hands them to stat loggers, its extension point for custom metrics), or, where the engine takes
+no such logger (V0) and until the first stats arrive, the requests that have no output yet.
+
 Logprobs map one to one: our `logprobs` / `prompt_logprobs` are vLLM's; its per-position dicts
 {token id: Logprob(logprob, rank, …)} (the token itself plus the top k) become `TokenLogprob`s.
 vLLM cannot generate 0 tokens, so prompt scoring (`max_tokens` 0) runs with 1 and drops it, as
@@ -180,6 +185,40 @@ def vllm_lora_rank(adapters: dict[str, str]) -> int:
     return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= need), need)
 
 
+class WaitingLogger:
+    """A per-engine-core stat logger (vLLM V1's `StatLoggerBase` shape) that keeps one number:
+    the requests its scheduler holds waiting, deferred ones included."""
+
+    def __init__(self, counts: dict[int, int], engine_index: int = 0):
+        self.counts, self.engine_index = counts, engine_index
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0):
+        if scheduler_stats is not None:
+            waiting = getattr(scheduler_stats, "num_waiting_reqs", 0) + getattr(
+                scheduler_stats, "num_skipped_waiting_reqs", 0
+            )
+            self.counts[engine_idx] = int(waiting)
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass
+
+    def record_sleep_state(self, is_awake: int, level: int) -> None:
+        pass
+
+
+def takes_stat_logger_factories(engine_cls: Any) -> bool:
+    """V1's `from_engine_args(..., stat_loggers=[factory(vllm_config, engine_index)])`; V0 took a
+    dict of logger objects instead."""
+    try:
+        param = inspect.signature(engine_cls.from_engine_args).parameters.get("stat_loggers")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and "dict" not in str(param.annotation).lower()
+
+
 class VLLMEngine(Engine):
     kind = "vllm"
 
@@ -227,19 +266,30 @@ class VLLMEngine(Engine):
             engine_cls = getattr(vllm_module, "AsyncLLMEngine", None)
             if engine_cls is None:
                 from vllm.engine.async_llm_engine import AsyncLLMEngine as engine_cls  # noqa: PLC0415
-            self.engine = engine_cls.from_engine_args(engine_args)
+            # requests waiting in vLLM's scheduler, per engine core (None: this vLLM reports none)
+            self._scheduler_waiting: dict[int, int] | None = None
+            loggers: dict[str, Any] = {}
+            if takes_stat_logger_factories(engine_cls):
+                counts = self._scheduler_waiting = {}
+                loggers["stat_loggers"] = [lambda vllm_config, engine_index=0: WaitingLogger(counts, engine_index)]
+            self.engine = engine_cls.from_engine_args(engine_args, **loggers)
         except EngineError:
             raise
         except Exception as exc:  # vLLM raises many kinds at startup (CUDA, config, memory)
             raise EngineError(f"vLLM could not start: {type(exc).__name__}: {exc}") from None
         self.context_length = _context_length(self.engine, self.model_dir, max_model_len)
-        self._active = 0
+        self._active = 0  # our requests in flight
+        self._unanswered = 0  # of which no output has come back yet
 
     def stats(self) -> EngineStats:
-        return EngineStats(waiting=0, running=self._active)
+        waiting = sum(self._scheduler_waiting.values()) if self._scheduler_waiting else self._unanswered
+        waiting = min(waiting, self._active)  # the scheduler's last word may predate requests that ended since
+        return EngineStats(waiting=waiting, running=self._active - waiting)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "vllm": getattr(self.vllm, "__version__", "?")}
+        # where `waiting` comes from: vLLM's scheduler, or our requests that have no output yet
+        waiting_from = "scheduler" if self._scheduler_waiting else "first output"
+        return {**super().describe(), "vllm": getattr(self.vllm, "__version__", "?"), "waiting_from": waiting_from}
 
     async def _abort(self, request_id: str) -> None:
         try:
@@ -270,10 +320,15 @@ class VLLMEngine(Engine):
         finished = False
         prompt_sent = params.prompt_logprobs is None
         score_only = params.max_tokens <= 0
+        answered = False
         self._active += 1
+        self._unanswered += 1
         try:
             extra = {"lora_request": lora} if lora is not None else {}
             async for output in self.engine.generate(prompt, sampling, request_id, **extra):
+                if not answered:
+                    answered = True
+                    self._unanswered -= 1
                 completion = output.outputs[0]
                 ids = list(completion.token_ids)
                 delta_kind = getattr(getattr(sampling, "output_kind", None), "name", "") == "DELTA"
@@ -314,6 +369,8 @@ class VLLMEngine(Engine):
             yield TokenEvent([], "error", f"{type(exc).__name__}: {exc}")
         finally:
             self._active -= 1
+            if not answered:
+                self._unanswered -= 1
             if not finished:
                 await self._abort(request_id)
 
