@@ -5,7 +5,8 @@ Starts the real server (`openchat serve MODEL --port 0`) on a random "small" mod
 4 layers; `--size tiny` for the test-sized one, `--size 40m` for a 40M model with a 32k
 vocabulary) or on --model, then streams chat completions at concurrency 1, 8 and 32
 (fixed-length replies: `ignore_eos`; prompts of ShareGPT-like, ragged lengths, the same list for
-every server) and reports aggregate generated tokens/s and time to first token.
+every server; each level gets prompts no server has seen before, from a seed drawn per run
+(`--prompt-seed` fixes it), so a prefix cache, such as vLLM's, on by default, never hits one) and reports aggregate generated tokens/s and time to first token.
 
 `--vs-url URL` drives that server too, level by level right after ours, and prints ours vs
 other tok/s, their ratio and both TTFT p50s side by side. `--vs-ref REF` also serves the same
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -383,6 +385,13 @@ def main() -> None:
         help="ragged ShareGPT-like prompt lengths, or one short prompt for all",
     )
     parser.add_argument(
+        "--prompt-seed",
+        type=int,
+        default=None,
+        help="seed of the ShareGPT-like prompts (default: a new one each run, printed, so a server's "
+        "prefix cache holds none of them from an earlier run)",
+    )
+    parser.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -402,12 +411,23 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = args.model or make_model(work / "model", args.size)
     (work / "home").mkdir(exist_ok=True)
-    prompts = sharegpt_like_prompts(max(8, args.rounds * max(levels))) if args.prompts == "sharegpt" else None
+    # Every level gets its own prompts (a level reusing an earlier level's would be served from a
+    # prefix cache); the servers see the same ones, each for the first time.
+    seed = args.prompt_seed if args.prompt_seed is not None else random.SystemRandom().randrange(2**31)
+    level_prompts: dict[int, list[str] | None] = {}
+    if args.prompts == "sharegpt":
+        pool = sharegpt_like_prompts(sum(max(8, args.rounds * c) for c in levels), seed=seed)
+        for c in levels:
+            level_prompts[c], pool = pool[: max(8, args.rounds * c)], pool[max(8, args.rounds * c) :]
+    else:
+        level_prompts = dict.fromkeys(levels)
     other_url = args.vs_url.rstrip("/") if args.vs_url else None
     other_name = (args.vs_model or served_model(other_url)) if other_url else None
     print(
         f"model {model}  ·  {args.max_tokens} tokens per reply  ·  {args.prompts} prompts  ·  "
-        f"{os.cpu_count()} CPUs" + (f"  ·  vs {other_url}" if other_url else "")
+        f"{os.cpu_count()} CPUs"
+        + (f"  ·  vs {other_url}" if other_url else "")
+        + (f"  ·  prompt seed {seed}" if args.prompts == "sharegpt" else "")
     )
     proc, url, name = start_server(model, work / "home", args.server_arg)
     servers = [proc]
@@ -429,7 +449,9 @@ def main() -> None:
             if other_url:
                 sides.append(("other", other, other_pid, other_url, other_name))
             for label, results, pid, side_url, side_name in sides:
-                results.append(measured(pid, http_level(side_url, side_name, c, requests, args.max_tokens, prompts)))
+                results.append(
+                    measured(pid, http_level(side_url, side_name, c, requests, args.max_tokens, level_prompts[c]))
+                )
                 r = results[-1]
                 cpu = f"   cpu {r['cpu_ms_per_token']:.2f} ms/token" if r["cpu_ms_per_token"] else ""
                 print(
