@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +24,17 @@ LIST_COLUMNS: dict[str, list[str]] = {
     "evals": ["id", "kind", "name", "model", "status", "parent_id", "created_at"],
     "chats": ["id", "title", "model", "updated_at"],
 }
+# Shorter headers for those columns in the tables (the JSON keeps the field names).
+LIST_HEADERS = {
+    "num_records": "records",
+    "parent_id": "parent",
+    "created_at": "created",
+    "updated_at": "updated",
+    "dataset_id": "dataset",
+    "base_checkpoint_id": "base",
+    "run_id": "run",
+    "output_path": "output",
+}
 
 
 def _settle_runs(catalog) -> None:
@@ -30,6 +42,27 @@ def _settle_runs(catalog) -> None:
     from openchat_cli.run_folder import settle_abandoned_runs
 
     settle_abandoned_runs(catalog)
+
+
+def _list_table(name: str, rows: list[dict]):
+    """One `catalog list` table. Ids are what users copy into the next command, so id columns are
+    never cut short on a narrow terminal: short headers and dates leave room, the other columns give way."""
+    cols = LIST_COLUMNS[name]
+    this_year = datetime.now(UTC).strftime("%Y")
+    cells = [[_list_cell(c, r.get(c), this_year) for c in cols] for r in rows]
+    shown = table(name, [LIST_HEADERS.get(c, c) for c in cols], cells)
+    for i, (col, column) in enumerate(zip(cols, shown.columns)):
+        if col == "id" or col.endswith("_id"):
+            column.no_wrap = True
+            column.min_width = max([2] + [len(row[i] or "") for row in cells])
+    return shown
+
+
+def _list_cell(column: str, value, this_year: str) -> str | None:
+    """A table cell: times (UTC) to the minute, without the year when it is this year's."""
+    if column.endswith("_at") and isinstance(value, str) and len(value) >= 16 and value[10] == "T":
+        return value[5:10] + " " + value[11:16] if value[:4] == this_year else value[:10]
+    return None if value is None else str(value)
 
 
 @app.command("list")
@@ -53,8 +86,7 @@ def list_command(
     for name, rows in result.items():
         if what is None and not rows:
             continue
-        cols = LIST_COLUMNS[name]
-        console.print(table(name, cols, ([r.get(c) for c in cols] for r in rows)))
+        console.print(_list_table(name, rows))
     if what is None and not any(result.values()):
         console.print(f"The catalog at {catalog.path} is empty.")
 
