@@ -505,11 +505,17 @@ def tokenize_command(
         )
 
     def nothing_written(stats) -> str:
-        return (
+        why = (
             f"{src}: no training sequence to write ({stats.conversations:,} conversation(s) read, "
             f"{stats.malformed:,} malformed, {stats.dropped_no_targets:,} part(s) without a supervised "
             f"token within --max-len {max_len})"
         )
+        if not stats.conversations and stats.malformed:  # most likely a raw dump (ShareGPT, Alpaca, …)
+            why += (
+                f". `data tokenize` reads conversations JSONL as `data clean` writes it: "
+                f"run `openchat data clean {src} -o clean.jsonl` first"
+            )
+        return why
 
     ds, stats = _publish_tokenized(
         src,
