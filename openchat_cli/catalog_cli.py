@@ -131,21 +131,33 @@ def lineage_command(
         print_json(result)
         return
     tree = Tree(f"[bold]{result['id']}[/] {result['summary']}")
-    up = tree.add("[cyan]made from[/]")
-    for node in result["ancestors"] or []:
-        up.add(
-            f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} of {node['via']})[/] {node['summary']}"
-        )
-    if not result["ancestors"]:
-        up.add("[dim]nothing recorded[/]")
-    down = tree.add("[cyan]used by[/]")
-    for node in result["descendants"] or []:
-        down.add(
-            f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} {node['via']})[/] {node['summary']}"
-        )
-    if not result["descendants"]:
-        down.add("[dim]nothing yet[/]")
+    _grow(
+        tree.add("[cyan]made from[/]"),
+        result["id"],
+        result["ancestors"] or [],
+        lambda n: f"[dim]{n['relation']}[/] {n['id']} {n['summary']}",
+        "[dim]nothing recorded[/]",
+    )
+    _grow(
+        tree.add("[cyan]used by[/]"),
+        result["id"],
+        result["descendants"] or [],
+        lambda n: f"{n['id']} {n['summary']} [dim]({n['relation']} {n['via']})[/]",
+        "[dim]nothing yet[/]",
+    )
     console.print(tree)
+
+
+def _grow(branch: Tree, root: str, nodes: list[dict], label, empty: str) -> None:
+    """Nest lineage nodes under the node they were reached through (`via`), so a tree shows
+    which input belongs to which step; a node reached twice is shown once, at its first place."""
+    if not nodes:
+        branch.add(empty)
+        return
+    placed: dict[str, Tree] = {root: branch}
+    for node in nodes:  # breadth first: a node's `via` is always placed before it
+        parent = placed.get(node["via"], branch)
+        placed.setdefault(node["id"], parent.add(label(node), highlight=False))
 
 
 @app.command("rm")
