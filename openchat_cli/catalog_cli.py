@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +24,17 @@ LIST_COLUMNS: dict[str, list[str]] = {
     "evals": ["id", "kind", "name", "model", "status", "parent_id", "created_at"],
     "chats": ["id", "title", "model", "updated_at"],
 }
+# Shorter headers for those columns in the tables (the JSON keeps the field names).
+LIST_HEADERS = {
+    "num_records": "records",
+    "parent_id": "parent",
+    "created_at": "created",
+    "updated_at": "updated",
+    "dataset_id": "dataset",
+    "base_checkpoint_id": "base",
+    "run_id": "run",
+    "output_path": "output",
+}
 
 
 def _settle_runs(catalog) -> None:
@@ -30,6 +42,27 @@ def _settle_runs(catalog) -> None:
     from openchat_cli.run_folder import settle_abandoned_runs
 
     settle_abandoned_runs(catalog)
+
+
+def _list_table(name: str, rows: list[dict]):
+    """One `catalog list` table. Ids are what users copy into the next command, so id columns are
+    never cut short on a narrow terminal: short headers and dates leave room, the other columns give way."""
+    cols = LIST_COLUMNS[name]
+    this_year = datetime.now(UTC).strftime("%Y")
+    cells = [[_list_cell(c, r.get(c), this_year) for c in cols] for r in rows]
+    shown = table(name, [LIST_HEADERS.get(c, c) for c in cols], cells)
+    for i, (col, column) in enumerate(zip(cols, shown.columns)):
+        if col == "id" or col.endswith("_id"):
+            column.no_wrap = True
+            column.min_width = max([2] + [len(row[i] or "") for row in cells])
+    return shown
+
+
+def _list_cell(column: str, value, this_year: str) -> str | None:
+    """A table cell: times (UTC) to the minute, without the year when it is this year's."""
+    if column.endswith("_at") and isinstance(value, str) and len(value) >= 16 and value[10] == "T":
+        return value[5:10] + " " + value[11:16] if value[:4] == this_year else value[:10]
+    return None if value is None else str(value)
 
 
 @app.command("list")
@@ -53,8 +86,7 @@ def list_command(
     for name, rows in result.items():
         if what is None and not rows:
             continue
-        cols = LIST_COLUMNS[name]
-        console.print(table(name, cols, ([r.get(c) for c in cols] for r in rows)))
+        console.print(_list_table(name, rows))
     if what is None and not any(result.values()):
         console.print(f"The catalog at {catalog.path} is empty.")
 
@@ -99,21 +131,33 @@ def lineage_command(
         print_json(result)
         return
     tree = Tree(f"[bold]{result['id']}[/] {result['summary']}")
-    up = tree.add("[cyan]made from[/]")
-    for node in result["ancestors"] or []:
-        up.add(
-            f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} of {node['via']})[/] {node['summary']}"
-        )
-    if not result["ancestors"]:
-        up.add("[dim]nothing recorded[/]")
-    down = tree.add("[cyan]used by[/]")
-    for node in result["descendants"] or []:
-        down.add(
-            f"{'  ' * (node['depth'] - 1)}{node['id']} [dim]({node['relation']} {node['via']})[/] {node['summary']}"
-        )
-    if not result["descendants"]:
-        down.add("[dim]nothing yet[/]")
+    _grow(
+        tree.add("[cyan]made from[/]"),
+        result["id"],
+        result["ancestors"] or [],
+        lambda n: f"[dim]{n['relation']}[/] {n['id']} {n['summary']}",
+        "[dim]nothing recorded[/]",
+    )
+    _grow(
+        tree.add("[cyan]used by[/]"),
+        result["id"],
+        result["descendants"] or [],
+        lambda n: f"{n['id']} {n['summary']} [dim]({n['relation']} {n['via']})[/]",
+        "[dim]nothing yet[/]",
+    )
     console.print(tree)
+
+
+def _grow(branch: Tree, root: str, nodes: list[dict], label, empty: str) -> None:
+    """Nest lineage nodes under the node they were reached through (`via`), so a tree shows
+    which input belongs to which step; a node reached twice is shown once, at its first place."""
+    if not nodes:
+        branch.add(empty)
+        return
+    placed: dict[str, Tree] = {root: branch}
+    for node in nodes:  # breadth first: a node's `via` is always placed before it
+        parent = placed.get(node["via"], branch)
+        placed.setdefault(node["id"], parent.add(label(node), highlight=False))
 
 
 @app.command("rm")

@@ -119,24 +119,9 @@ def build_figure(runs: list[RunSeries], metrics: list[str]) -> Any:
 
 def render_png(runs: list[RunSeries], metrics: list[str], path: Path) -> Path:
     """Draw the chart into `path` (written beside and renamed, so it appears whole)."""
-    import os
+    from openchat_cli.figure_file import save_figure
 
-    from openchat_cli.atomic import temp_file_beside
-
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fig = build_figure(runs, metrics)
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    except ValueError as exc:  # an image format matplotlib cannot write
-        raise OpenchatError(f"{path}: cannot write a '{fmt}' image ({exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(build_figure(runs, metrics), path)
 
 
 def build_plotly_figure(runs: list[RunSeries], metrics: list[str]) -> Any:

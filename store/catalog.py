@@ -71,9 +71,14 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+# Set for worker processes (training ranks) to the command line of the command that started them.
+COMMAND_ENV = "OPENCHAT_COMMAND"
+
+
 def current_command() -> str:
-    """The command line that is producing a row, recorded for lineage."""
-    return " ".join(["openchat", *sys.argv[1:]])
+    """The command line that is producing a row, recorded for lineage: a worker records its
+    command's line (`openchat train …`), not its own (`… launch OUT/run.json`)."""
+    return os.environ.get(COMMAND_ENV) or " ".join(["openchat", *sys.argv[1:]])
 
 
 def looks_like_id(value: str) -> bool:

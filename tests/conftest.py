@@ -25,6 +25,19 @@ CORPUS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_openchat_home(tmp_path_factory: pytest.TempPathFactory):
+    """A home for module- and session-scoped fixtures, which run before the per-test one below:
+    without it, a fixture that runs `openchat train` registers its run in the user's real catalog."""
+    saved = os.environ.get("OPENCHAT_HOME")
+    os.environ["OPENCHAT_HOME"] = str(tmp_path_factory.mktemp("session-openchat-home"))
+    yield Path(os.environ["OPENCHAT_HOME"])
+    if saved is None:
+        os.environ.pop("OPENCHAT_HOME", None)
+    else:
+        os.environ["OPENCHAT_HOME"] = saved
+
+
 @pytest.fixture(autouse=True)
 def openchat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own empty home (catalog.db and default outputs)."""

@@ -6,6 +6,7 @@ Thin commands: options are parsed here, the work happens in the sibling modules.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -214,6 +215,7 @@ def clean_command(
         ds = staged.publish(register, catalog)
 
     _warn(result.report.warnings[:20])
+    _warn(_unused_weights(options.weights, result.conditions))
     if result.report.warning_count > 20:
         _warn([f"… {result.report.warning_count - 20} more warnings (in the catalog entry's counts)"])
     if as_json:
@@ -274,6 +276,18 @@ def clean_command(
         + (f"\ndropped records (id, file, line, reason): {dropped_path}" if result.dropped else ""),
         highlight=False,
     )
+
+
+def _unused_weights(weights: dict[str, float], kept: Counter) -> list[str]:
+    """A --weight whose class no kept conversation has is most likely a typo (GPT-4 for GPT4):
+    said, since the weights it was meant to set silently stay at --default-weight otherwise."""
+    classes = ", ".join(sorted(c for c in kept if c)) or "none"
+    return [
+        f"--weight {cls}={w:g}: no kept conversation has class '{cls}' (classes: {classes}); "
+        "--class PATTERN=CLASS names the classes"
+        for cls, w in weights.items()
+        if not kept.get(cls)
+    ]
 
 
 def _warn_stale(staged) -> None:
@@ -505,11 +519,17 @@ def tokenize_command(
         )
 
     def nothing_written(stats) -> str:
-        return (
+        why = (
             f"{src}: no training sequence to write ({stats.conversations:,} conversation(s) read, "
             f"{stats.malformed:,} malformed, {stats.dropped_no_targets:,} part(s) without a supervised "
             f"token within --max-len {max_len})"
         )
+        if not stats.conversations and stats.malformed:  # most likely a raw dump (ShareGPT, Alpaca, …)
+            why += (
+                f". `data tokenize` reads conversations JSONL as `data clean` writes it: "
+                f"run `openchat data clean {src} -o clean.jsonl` first"
+            )
+        return why
 
     ds, stats = _publish_tokenized(
         src,

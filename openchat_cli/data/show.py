@@ -14,6 +14,7 @@ from openchat_cli.data.formats import normalize
 from openchat_cli.data.readers import ReadReport, read_inputs
 from openchat_cli.data.records import Conv, Drop, Malformed
 
+SEQUENCE_LEGEND = "[green]trained on[/] · [yellow]weight ≠ 1[/] · [dim]context[/]"
 ROLE_STYLE = {"user": "bold cyan", "assistant": "bold green", "system": "bold magenta"}
 
 
@@ -118,7 +119,8 @@ def render_sequence(row: dict[str, Any], tokenizer: Any = None) -> Panel:
             style = "dim" if w == 0 else ("green" if w == 1 else "yellow")
             text.append(piece, style=style)
             start = i
-    return Panel(text, title=title + "  [dim](green: trained on, dim: context)[/]", title_align="left")
+    # The legend goes below, where a long title cannot push it off an 80-column panel.
+    return Panel(text, title=title, title_align="left", subtitle=SEQUENCE_LEGEND, subtitle_align="right")
 
 
 # -- preference pairs -----------------------------------------------------------------------------

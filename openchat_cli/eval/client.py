@@ -158,7 +158,7 @@ class ChatClient:
                 raise EndpointError(
                     f"{self.base_url}/models answered {exc.status_code}: {server_message(exc)}", status=exc.status_code
                 ) from None
-        raise EndpointError(f"could not reach {self.base_url} after {self.retries + 1} attempts: {last}")
+        raise EndpointError(_describe_failure(self.base_url, last, self.retries + 1))
 
     async def learn_context_length(self) -> int | None:
         """The served model's context from /v1/models (`max_model_len`), asked once; best effort."""

@@ -773,8 +773,9 @@ def plot(report: Report, path: Path | str) -> Path:
         ax.legend(fontsize="small", loc="upper left", ncol=min(2, len(runs)))
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from openchat_cli.figure_file import save_figure
+
+    try:
+        return save_figure(fig, path)  # appears whole or not at all
+    finally:
+        plt.close(fig)

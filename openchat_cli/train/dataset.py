@@ -64,7 +64,10 @@ def read_meta_checked(path: Path, *, template: str, tokenizer_hash: str) -> dict
     try:
         meta = tokenized.read_metadata(path)
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-        raise OpenchatError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise OpenchatError(
+            f"{path}: not a readable Parquet file ({exc}); --data takes the tokenized .parquet that "
+            "`openchat data tokenize` writes (conversations or pairs JSONL go through it first)"
+        ) from None
     if not meta.get("template") or not meta.get("tokenizer_hash"):
         raise OpenchatError(
             f"{path}: not a tokenized dataset (no template / tokenizer hash in its "

@@ -336,9 +336,11 @@ def _run_ranks(run_file: Path, cfg: TrainConfig, stop: StopSignals, pass_fds: tu
     environment (threads, distributed variables) and a parent that survives a crashed rank.
     They follow this process (`lifeline`): if it dies, even by kill -9, they die with it."""
     from openchat_cli.lifeline import owner_env
+    from store.catalog import COMMAND_ENV, current_command
 
     env = {
         **owner_env(),
+        COMMAND_ENV: current_command(),  # what the ranks record with their checkpoints
         "PYTHONPATH": os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p),
     }
     gpus = _gpu_count()
