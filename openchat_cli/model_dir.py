@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from openchat_cli.atomic import temp_file_beside
+from openchat_cli.atomic import atomic_write_text
 from openchat_cli.errors import OpenchatError
 
 META_FILE = "openchat.json"
@@ -107,11 +106,3 @@ def attach_template(tokenizer: Any, template: str) -> None:
     from openchat_cli.templates import get_template
 
     tokenizer.chat_template = get_template(template).jinja()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = temp_file_beside(path)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

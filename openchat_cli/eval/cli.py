@@ -491,10 +491,12 @@ def export_command(
     if output is None:
         typer.echo(text, nl=False)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
+    from openchat_cli.atomic import atomic_write_text
+
+    atomic_write_text(output, text)
+    noun = ("answer" if row["kind"] == "answer" else "judgment") + ("" if count == 1 else "s")
     err_console.print(
-        f"wrote {count} {'answers' if row['kind'] == 'answer' else 'judgments'} of {row['id']} to {output}",
+        f"wrote {count} {noun} of {row['id']} to {output}",
         highlight=False,
     )
 

@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+from openchat_cli.atomic import atomic_write_text
 from openchat_cli.quickstart.tasks import make_question
 
 
@@ -45,14 +46,20 @@ def write_prompt_sets(quickstart_dir: Path, train: int = 512, heldout: int = 300
     items = list(drawn.items())
     prompts_path = quickstart_dir / "grpo_prompts.jsonl"
     heldout_path = quickstart_dir / "grpo_heldout.jsonl"
-    with prompts_path.open("w") as fh:
-        for i, (question, (_category, answer)) in enumerate(items[:train]):
-            fh.write(json.dumps({"id": f"g{i:04d}", "prompt": question, "answer": answer}) + "\n")
-    with heldout_path.open("w") as fh:
-        for i, (question, (category, answer)) in enumerate(items[train:]):
-            fh.write(
-                json.dumps({"id": f"gh{i:04d}", "question": question, "label": answer, "category": category}) + "\n"
-            )
+    atomic_write_text(
+        prompts_path,
+        "".join(
+            json.dumps({"id": f"g{i:04d}", "prompt": question, "answer": answer}) + "\n"
+            for i, (question, (_category, answer)) in enumerate(items[:train])
+        ),
+    )
+    atomic_write_text(
+        heldout_path,
+        "".join(
+            json.dumps({"id": f"gh{i:04d}", "question": question, "label": answer, "category": category}) + "\n"
+            for i, (question, (category, answer)) in enumerate(items[train:])
+        ),
+    )
     return {"prompts": prompts_path, "heldout": heldout_path}
 
 

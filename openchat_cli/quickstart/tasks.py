@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+from openchat_cli.atomic import atomic_write_text
+
 TEMPLATES = {
     "larger": ["Which number is larger, {a} or {b}?", "What is the larger of {a} and {b}?"],
     "smaller": ["Which number is smaller, {a} or {b}?", "What is the smaller of {a} and {b}?"],
@@ -80,20 +82,23 @@ def generate(out_dir: Path, train_size: int = 3000, eval_size: int = 100, seed: 
     records.append({"id": "bad-no-turns", "conversations": []})
     rng.shuffle(records)
     train_path = out_dir / "arith_sharegpt.json"
-    train_path.write_text(json.dumps(records, indent=1))
+    atomic_write_text(train_path, json.dumps(records, indent=1))
     eval_path = out_dir / "arith_heldout.jsonl"
-    with eval_path.open("w") as fh:
-        for i, (question, (category, answer)) in enumerate(held_out.items()):
-            fh.write(
-                json.dumps({"id": f"h{i:03d}", "question": question, "label": answer, "category": category}) + "\n"
-            )
+    atomic_write_text(
+        eval_path,
+        "".join(
+            json.dumps({"id": f"h{i:03d}", "question": question, "label": answer, "category": category}) + "\n"
+            for i, (question, (category, answer)) in enumerate(held_out.items())
+        ),
+    )
     corpus_path = out_dir / "tokenizer_corpus.txt"
-    corpus_path.write_text(
+    atomic_write_text(
+        corpus_path,
         "\n".join(
             r["conversations"][0]["value"] + " " + r["conversations"][-1]["value"]
             for r in records
             if len(r["conversations"]) >= 2
         )
-        + "\n"
+        + "\n",
     )
     return {"train": train_path, "heldout": eval_path, "corpus": corpus_path}

@@ -485,7 +485,7 @@ def rank_main(run_file: str) -> int:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         return exc.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
-        from openchat_cli.model_dir import atomic_write_text
+        from openchat_cli.atomic import atomic_write_text
 
         atomic_write_text(Path(spec.out) / RESULT_FILE, json.dumps(result, default=str))
     return 0

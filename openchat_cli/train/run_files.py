@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from openchat_cli.atomic import temp_dir_beside
-from openchat_cli.model_dir import atomic_write_text, write_meta
+from openchat_cli.atomic import atomic_write_text, temp_dir_beside
+from openchat_cli.model_dir import write_meta
 
 RUN_FILE = "run.json"
 STEPS_FILE = "steps.jsonl"

@@ -20,7 +20,9 @@ def test_fastchat_exports(cli, scripted, mtbench_file, tmp_path):
     assert lines[0]["tstamp"] > 0
 
     out = tmp_path / "judgment.jsonl"
-    cli("eval", "export", pair, "-f", "fastchat", "-o", out)
+    said = cli("eval", "export", pair, "-f", "fastchat", "-o", out).stderr
+    assert f"wrote 8 judgments of {pair} to" in said
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written beside, then renamed
     judged = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(judged) == 8 and {(j["g1_winner"], j["g2_winner"]) for j in judged} == {("model_1", "model_1")}
     assert judged[0]["model_1"] == "long-model" and judged[0]["model_2"] == "short-model"

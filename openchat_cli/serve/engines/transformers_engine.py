@@ -46,7 +46,6 @@ from typing import Any, AsyncIterator, Callable
 
 from openchat_cli.model.context import context_length
 from openchat_cli.serve.engines import engine_attention
-from openchat_cli.serve.engines.ragged_attention import kernel_status
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -58,6 +57,7 @@ from openchat_cli.serve.engines.base import (
 from openchat_cli.serve.engines.guided import GuideFactory
 from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
 from openchat_cli.serve.engines.prefill import PACKABLE_ATTENTION, pack, unpack_cache
+from openchat_cli.serve.engines.ragged_attention import kernel_status
 from openchat_cli.serve.engines.sampling import RowState, new_row_state, sample
 
 log = logging.getLogger("openchat.serve.engine")
