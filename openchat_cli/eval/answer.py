@@ -20,6 +20,7 @@ from openchat_cli.eval.client import (
 )
 from openchat_cli.eval.questions import Question, QuestionSet
 from openchat_cli.eval.runs import (
+    check_reachable,
     claimed_pool,
     eval_row,
     find_or_start_run,
@@ -224,6 +225,8 @@ def run_answer(
     if not model:
         model = served_model(base_url, opts.api_key, opts.retries, opts.retry_wait_s)
         emit("model", {"model": model})
+    else:  # nothing asked the endpoint yet: a dead one fails now, before a run is registered
+        check_reachable(base_url)
 
     if existing is not None:
         if existing["questions_hash"] != qset.hash:

@@ -191,6 +191,20 @@ def served_model(base_url: str, api_key: str | None, retries: int, retry_wait_s:
     return models[0]
 
 
+def check_reachable(base_url: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any run is registered, when nothing answers at the endpoint. Any HTTP
+    reply counts as reachable (a proxy may not list /models, or may want a key there)."""
+    import httpx
+
+    try:
+        httpx.get(f"{base_url}/models", timeout=timeout_s)
+    except httpx.TransportError as exc:
+        raise OpenchatError(
+            f"the endpoint {base_url} could not be reached ({type(exc).__name__}: {exc or 'no reply'}); "
+            "start the server or fix --endpoint"
+        ) from None
+
+
 def discover_checkpoint(cat: Catalog, base_url: str) -> str | None:
     """The catalog checkpoint an `openchat serve` endpoint serves, from its /health (best effort)."""
     import httpx
