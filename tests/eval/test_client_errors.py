@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 
 
@@ -19,15 +18,3 @@ def test_unreachable_endpoint_while_asking_for_the_model(cli, mtbench_file):
     assert "timed out" not in result.stderr.lower()
     assert "Traceback" not in result.stderr
 
-
-def test_unreachable_endpoint_with_a_model_fails_before_any_run(cli, mtbench_file):
-    """With -m nothing else asks the endpoint first: a quick probe refuses a dead one at once,
-    and the catalog gains no failed run."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1"
-    result = cli("eval", "answer", mtbench_file, "-e", url, "-m", "x", expect=2)
-    assert f"the endpoint {url} could not be reached (ConnectError" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert json.loads(cli("catalog", "list", "evals", "--json").stdout) == []
