@@ -17,4 +17,3 @@ def test_unreachable_endpoint_while_asking_for_the_model(cli, mtbench_file):
     assert "gave up after 2 attempts" in result.stderr
     assert "timed out" not in result.stderr.lower()
     assert "Traceback" not in result.stderr
-
