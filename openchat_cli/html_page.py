@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from openchat_cli.atomic import temp_file_beside
+from openchat_cli.atomic import atomic_write_text
 from openchat_cli.errors import OpenchatError
 
 BASE_CSS = """
@@ -94,16 +93,9 @@ def write_page(path: Path | str, document: str) -> Path:
     """Write the page whole or not at all (temp file beside it, then rename)."""
     path = Path(path)
     try:
-        fd, tmp = temp_file_beside(path)
+        atomic_write_text(path, document)
     except OSError as exc:
         raise OpenchatError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(document)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
