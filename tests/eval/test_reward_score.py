@@ -50,3 +50,20 @@ def test_batch_size_must_be_positive(reward_model):
 
     with pytest.raises(ValueError, match="batch_size"):
         score_sequences(reward_model, [[1, 2]], 0)
+
+
+def test_batches_hold_similar_lengths_within_the_token_cap(reward_model, monkeypatch):
+    from openchat_cli.eval import reward_score
+
+    monkeypatch.setattr(reward_score, "BATCH_TOKENS", 100)
+    lengths = [5, 90, 20, 60, 10, 200, 30, 40]
+    sequences = [[1 + (k % 200)] * n for k, n in enumerate(lengths)]
+    batches = reward_score._batches(sequences, 3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * longest <= 100)
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)  # shortest first
+    with torch.no_grad():
+        alone = [float(reward_model(input_ids=torch.tensor([s])).logits[0, 0]) for s in sequences]
+    assert reward_score.score_sequences(reward_model, sequences, 3) == pytest.approx(alone, abs=1e-5)
