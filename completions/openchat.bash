@@ -33,14 +33,14 @@ _openchat() {
         "data stats") words="--help --json --model --template -m" ;;
         "data tokenize") words="--chunk-size --force --help --json --max-len --model --name --out --template --workers -m -o" ;;
         "eval") words="answer export grade judge loglik perplexity report score --help" ;;
-        "eval answer") words="--api-key --checkpoint --concurrency --endpoint --help --json --limit --max-tokens --model --name --new --retries --retry-wait --run --system --temperature -c -e -m -n -t" ;;
+        "eval answer") words="--api-key --checkpoint --concurrency --endpoint --help --json --limit --max-tokens --model --name --new --retries --retry-wait --run --seed --system --temperature -c -e -m -n -t" ;;
         "eval export") words="--format --help --output -f -o" ;;
         "eval grade") words="--help --json" ;;
         "eval judge") words="--baseline --concurrency --help --json --judge-api-key --judge-endpoint --judge-model --max-tokens --mode --name --new --prompts --retries --retry-wait --run -b -c" ;;
         "eval loglik") words="--api-key --bos --checkpoint --concurrency --endpoint --help --json --limit --model --name --new --no-bos --retries --retry-wait --run --task-format -c -e -f -m -n" ;;
         "eval perplexity") words="--buckets --dtype --help --json --max-len --tokens-per-batch" ;;
         "eval report") words="--baseline --help --html --json --plot -b" ;;
-        "eval score") words="--help --json --rm" ;;
+        "eval score") words="--batch-size --help --json --rm" ;;
         "model") words="add-tokens export extend-context info init merge-lora --help" ;;
         "model add-tokens") words="--force --help --init --json --seed --std --template --token" ;;
         "model export") words="--force --format --help --json --output --outtype -o" ;;
@@ -50,7 +50,7 @@ _openchat() {
         "model merge-lora") words="--base --force --help --json" ;;
         "quickstart") words="--dir --epochs --eval-size --help --json --lr --seed --size --threads --tokens-per-step --train-size" ;;
         "serve") words="--allow-origin --allowed-hosts --api-keys --body-timeout --default-max-tokens --device --dtype --engine --engine-arg --gpu-memory-utilization --header-timeout --help --host --in-process --log-level --log-requests --log-to-catalog --lora --max-batch-size --max-body-mb --max-model-len --max-n --port --quantize --served-model-name --template --tensor-parallel-size --threads --ui" ;;
-        "train") words="--beta --config --data --epochs --epsilon --eval-data --eval-every --force --grad-checkpointing --group-size --grpo-iterations --grpo-loss --help --hostfile --json --label-smoothing --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --loss-type --lr --max-completion-tokens --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --prompts --prompts-per-step --report-to --resume --reward --save-every --seed --state-minutes --stop-after --temperature --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
+        "train") words="--beta --config --data --epochs --epsilon --eval-data --eval-every --force --grad-checkpointing --group-size --grpo-iterations --grpo-loss --help --hostfile --json --label-smoothing --log-every --lora --lora-alpha --lora-dropout --lora-r --lora-targets --loss-type --lr --max-completion-tokens --max-grad-norm --method --micro-tokens --min-lr-ratio --model --num-gpus --offload --out --precision --prompts --prompts-per-step --report-to --resume --reward --rpo-alpha --save-every --seed --state-minutes --stop-after --temperature --tokens-per-step --warmup-ratio --weight-decay --zero -o" ;;
         *) words="" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

@@ -169,6 +169,7 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l retries
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l retry-wait
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l run
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l seed
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l system
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -l temperature
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from answer' -s c
@@ -233,6 +234,7 @@ complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subc
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -l plot
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from report' -s b
+complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l batch-size
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l help
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l json
 complete -c openchat -n '__fish_seen_subcommand_from eval ; and __fish_seen_subcommand_from score' -l rm
@@ -350,6 +352,7 @@ complete -c openchat -n '__fish_seen_subcommand_from train' -l prompts-per-step
 complete -c openchat -n '__fish_seen_subcommand_from train' -l report-to
 complete -c openchat -n '__fish_seen_subcommand_from train' -l resume
 complete -c openchat -n '__fish_seen_subcommand_from train' -l reward
+complete -c openchat -n '__fish_seen_subcommand_from train' -l rpo-alpha
 complete -c openchat -n '__fish_seen_subcommand_from train' -l save-every
 complete -c openchat -n '__fish_seen_subcommand_from train' -l seed
 complete -c openchat -n '__fish_seen_subcommand_from train' -l state-minutes

@@ -329,7 +329,12 @@ def pairs_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Preference pairs from a pairwise judge run: the winner's reply is chosen, kept only where
-    the verdict agrees in both display orders (flips, ties and unparsed verdicts are counted)."""
+    the verdict agrees in both display orders (flips, ties and unparsed verdicts are counted).
+    Every judged turn gives a pair. For a later turn the judge compared each run's reply in that
+    run's own conversation, so the pair does too: the prompt is what both conversations share
+    (the first question, plus earlier turns whose replies are the same), and chosen / rejected
+    are each run's own conversation from there on, its earlier replies as context (weight 0) and
+    only the judged reply trained on (weight 1)."""
     from openchat_cli.data.io import StagedOutputs, sha256_file
     from openchat_cli.data.judge_pairs import DROP_REASONS, pairs_from_judge_run
     from store.catalog import open_catalog

@@ -4,13 +4,23 @@ A pairwise judge run (`eval judge A --baseline B --mode pairwise`) asked about e
 turn) in both display orders. A pair is kept only when both orders parsed and agree (store/
 verdicts.py, the read model `eval report` uses): the winner's reply is `chosen`, the other's
 `rejected`. Left out, each counted: `flipped` (the orders disagree: position bias), `tie` (both
-orders say tie), `unparsed` (an order's verdict unreadable), `incomplete` (an order not judged),
-`context_differs` (a later turn whose earlier replies differ between the two runs, so the two
-replies do not share a prompt), `empty_reply` (a reply left empty, e.g. the context was full) and
+orders say tie), `unparsed` (an order's verdict unreadable), `incomplete` (an order not judged, or
+a run without that turn), `empty_reply` (a reply left empty, e.g. the context was full) and
 `identical_replies`.
 
-The prompt is the question's turns (and, for a later turn, the shared earlier replies), with the
-answer runs' system prompt when both used the same one. Reads go through the store's read API.
+Later turns (the multi-turn rule). For turn t the judge read each answer run's own conversation
+(its own earlier replies) and compared only the two replies to turn t (MT-bench's multi-turn
+pairwise prompt). A pair says what that verdict says: `prompt` is what the two conversations
+share (the first user turn, and any earlier turns whose replies are the same in both runs);
+`chosen` and `rejected` are each run's own conversation from where they part through turn t, the
+earlier replies and user turns in it as context (weight 0) and only the judged reply trained on
+(weight 1). So a turn-2 pair whose first replies differ is
+`prompt [u1]`, `chosen [a1 (0), u2, a2 (1)]`, `rejected [b1 (0), u2, b2 (1)]`; when the first replies
+agree, it is `prompt [u1, a1, u2]`, `chosen [a2]`, `rejected [b2]`. A turn's pair does not depend on
+the earlier turns' verdicts: they have pairs of their own.
+
+The answer runs' system prompt goes with the pairs when both used the same one. Reads go through
+the store's read API.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from openchat_cli.errors import OpenchatError
 from store.catalog import Catalog
 from store.verdicts import load_pairs
 
-DROP_REASONS = ("flipped", "tie", "unparsed", "incomplete", "context_differs", "empty_reply", "identical_replies")
+DROP_REASONS = ("flipped", "tie", "unparsed", "incomplete", "empty_reply", "identical_replies")
 
 
 @dataclass
@@ -71,6 +81,36 @@ def _system(cat: Catalog, run_id: str) -> str | None:
     return ((cat.get(run_id).get("config") or {}).get("system")) or None
 
 
+Messages = list[dict[str, Any]]
+
+
+def split_conversations(users: list[str], win: list[str], lose: list[str]) -> tuple[Messages, Messages, Messages]:
+    """(prompt, chosen, rejected) for the last of `users`' turns: the prompt holds the turns both
+    runs share (up to the first reply that differs); each side holds its own run's conversation
+    from there, earlier replies as context (weight 0), the last reply trained on (weight 1)."""
+    shared = 0  # earlier turns whose replies are the same in both runs
+    while shared < len(users) - 1 and win[shared] == lose[shared]:
+        shared += 1
+    prompt: Messages = []
+    for i in range(shared):
+        prompt += [_message("user", users[i]), _message("assistant", win[i])]
+    prompt.append(_message("user", users[shared]))
+
+    def side(replies: list[str]) -> Messages:
+        out: Messages = []
+        for i in range(shared, len(users)):
+            if i > shared:
+                out.append(_message("user", users[i]))
+            out.append(_message("assistant", replies[i], 1.0 if i == len(users) - 1 else 0.0))
+        return out
+
+    return prompt, side(win), side(lose)
+
+
+def _message(role: str, content: str, weight: float = 0.0) -> dict[str, Any]:
+    return {"role": role, "content": content, "weight": weight}
+
+
 def pairs_from_judge_run(cat: Catalog, ref: str) -> JudgePairs:
     """Every pair of a pairwise judge run whose two orders agree, as pairs JSONL records."""
     row = judge_run_row(cat, ref)
@@ -100,9 +140,6 @@ def pairs_from_judge_run(cat: Catalog, ref: str) -> JudgePairs:
         if question is None or len(turns) < turn or len(a) < turn or len(b) < turn:
             out.dropped["incomplete"] += 1
             continue
-        if a[: turn - 1] != b[: turn - 1]:
-            out.dropped["context_differs"] += 1
-            continue
         win, lose = (a, b) if verdict == "A" else (b, a)
         if not win[turn - 1].strip() or not lose[turn - 1].strip():
             out.dropped["empty_reply"] += 1
@@ -110,11 +147,7 @@ def pairs_from_judge_run(cat: Catalog, ref: str) -> JudgePairs:
         if " ".join(win[turn - 1].split()) == " ".join(lose[turn - 1].split()):
             out.dropped["identical_replies"] += 1
             continue
-        prompt: list[dict[str, Any]] = []
-        for i in range(turn):
-            prompt.append({"role": "user", "content": str(turns[i]), "weight": 0.0})
-            if i < turn - 1:
-                prompt.append({"role": "assistant", "content": a[i], "weight": 0.0})
+        prompt, chosen, rejected = split_conversations([str(t) for t in turns[:turn]], win[:turn], lose[:turn])
         out.chosen_from["answer_run" if verdict == "A" else "baseline"] += 1
         out.records.append(
             {
@@ -123,8 +156,8 @@ def pairs_from_judge_run(cat: Catalog, ref: str) -> JudgePairs:
                 "system": system,
                 "condition": None,
                 "prompt": prompt,
-                "chosen": [{"role": "assistant", "content": win[turn - 1], "weight": 1.0}],
-                "rejected": [{"role": "assistant", "content": lose[turn - 1], "weight": 1.0}],
+                "chosen": chosen,
+                "rejected": rejected,
                 "category": (question or {}).get("category"),
             }
         )

@@ -2,10 +2,16 @@
 
 A run is identified by (question file hash, endpoint, model): running the same command again
 continues the newest matching run and asks only the questions it has no answer for.
+
+`--seed N` makes sampled answers repeatable: each request carries the OpenAI `seed` derived from
+(N, question id, turn), so a question's draws do not depend on the order or concurrency the
+questions were asked in, and two models answering with the same N share their random draws (a
+paired comparison then measures the models, not the dice).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -81,6 +87,7 @@ class AnswerOptions:
     retries: int = DEFAULT_RETRIES
     retry_wait_s: float = DEFAULT_RETRY_WAIT_S
     limit: int | None = None  # only the first N questions (smoke runs)
+    seed: int | None = None  # per-request sampling seeds derived from it (repeatable answers)
 
 
 @dataclass
@@ -103,7 +110,17 @@ def _config(opts: AnswerOptions) -> dict[str, Any]:
         "max_tokens": opts.max_tokens,
         "system": opts.system,
         "limit": opts.limit,
+        "seed": opts.seed,
     }
+
+
+def request_seed(seed: int | None, question_id: str, turn: int) -> int | None:
+    """The `seed` sent for one turn of one question: a hash of (run seed, question, turn), so it
+    does not depend on the order the questions are asked in."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}:{question_id}:{turn}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**63)
 
 
 def find_matching_run(cat: Catalog, questions_hash: str, endpoint: str, model: str) -> dict | None:
@@ -133,7 +150,12 @@ CONTEXT_FULL = "context_length"
 
 
 async def answer_question(
-    client: ChatClient, question: Question, temperature: float, max_tokens: int | None, system: str | None
+    client: ChatClient,
+    question: Question,
+    temperature: float,
+    max_tokens: int | None,
+    system: str | None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Ask every turn of one question; each turn sees the earlier turns and the model's replies.
 
@@ -160,7 +182,11 @@ async def answer_question(
         else:
             try:
                 result = await client.complete(
-                    messages, temperature=temperature, max_tokens=max_tokens, prompt_floor=floor
+                    messages,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    prompt_floor=floor,
+                    seed=request_seed(seed, question.question_id, index),
                 )
             except ContextLengthExceeded:
                 result = None
@@ -302,6 +328,7 @@ def run_answer(
     temperature_override = config.get("temperature")
     max_tokens = config.get("max_tokens") or opts.max_tokens
     system = config.get("system")
+    seed = config.get("seed")
 
     async def go() -> None:
         async with ChatClient(
@@ -317,7 +344,7 @@ def run_answer(
                 temperature = temperature_for(question, temperature_override)
                 tokens = max_tokens if max_tokens or question.format == SUITE_FORMAT else DEFAULT_MAX_TOKENS
                 try:
-                    result = await answer_question(client, question, temperature, tokens, system)
+                    result = await answer_question(client, question, temperature, tokens, system, seed)
                 except EndpointError as exc:
                     if exc.fatal:
                         raise

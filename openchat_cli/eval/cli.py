@@ -104,6 +104,14 @@ def answer_command(
     new: opt.New = False,
     checkpoint: opt.CheckpointRef = None,
     limit: opt.Limit = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--seed",
+            help="Repeatable sampling: each request's seed comes from (SEED, question, turn), whatever the "
+            "order or concurrency; two models answering with one SEED share their random draws.",
+        ),
+    ] = None,
     retries: opt.Retries = 6,
     retry_wait: opt.RetryWait = 1.0,
     as_json: opt.AsJson = False,
@@ -129,6 +137,7 @@ def answer_command(
         retries=retries,
         retry_wait_s=retry_wait,
         limit=limit,
+        seed=seed,
     )
     with _Progress("answering", quiet=as_json) as bar:
         result = run_answer(cat, questions or "", opts, bar)
@@ -406,6 +415,9 @@ def score_command(
     rm: str = typer.Option(
         ..., "--rm", help="Reward model: a checkpoint id (ck-…) or dir from `openchat train --method rm`."
     ),
+    batch_size: int = typer.Option(
+        8, "--batch-size", min=1, help="Conversations per forward pass (padded, grouped by length)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Score every answer with a reward model (a judge that needs no API); `eval report` shows the
@@ -422,7 +434,7 @@ def score_command(
             elif kind == "scored":
                 bar.update(task, completed=data["done"])
 
-        result = run_score(open_catalog(), answer_run, rm, on_event)
+        result = run_score(open_catalog(), answer_run, rm, on_event, batch_size=batch_size)
     if as_json:
         print_json(result.to_dict())
         return

@@ -55,6 +55,12 @@ def train_command(
         rich_help_panel=PREF,
     ),
     loss_type: str = typer.Option(D.loss_type, "--loss-type", help="DPO loss: sigmoid | ipo.", rich_help_panel=PREF),
+    rpo_alpha: float = typer.Option(
+        D.rpo_alpha,
+        "--rpo-alpha",
+        help="dpo: add RPO's NLL on the chosen reply (per token, averaged over pairs) with this weight; 0: off.",
+        rich_help_panel=PREF,
+    ),
     epochs: int = typer.Option(D.epochs, "--epochs", help="Passes over the data."),
     lr: Optional[float] = typer.Option(
         None,

@@ -7,6 +7,7 @@ the flag names with dashes or underscores (`tokens-per-step` or `tokens_per_step
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ class TrainConfig:
     beta: float | None = None  # DPO/IPO strength or GRPO's KL weight; None: the method's default
     label_smoothing: float = 0.0  # cDPO: the share of pairs assumed flipped
     loss_type: str = "sigmoid"  # DPO's loss: sigmoid | ipo
+    rpo_alpha: float = 0.0  # weight of RPO's NLL term on the chosen reply (0: plain DPO)
 
     @property
     def dpo_beta(self) -> float:
@@ -146,6 +148,10 @@ class TrainConfig:
             )
         if self.method != "dpo" and (self.label_smoothing or self.loss_type != "sigmoid"):
             raise OpenchatError("--label-smoothing and --loss-type apply to --method dpo only")
+        if not (math.isfinite(self.rpo_alpha) and self.rpo_alpha >= 0):
+            raise OpenchatError("--rpo-alpha must be a finite number, 0 or more")
+        if self.rpo_alpha and self.method != "dpo":
+            raise OpenchatError("--rpo-alpha applies to --method dpo only")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise OpenchatError("--label-smoothing applies to --loss-type sigmoid only")
         if self.method == "grpo":

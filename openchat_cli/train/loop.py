@@ -232,7 +232,13 @@ def build_engine(
         from openchat_cli.train.preference import PreferenceLM
 
         module = PreferenceLM(
-            model, impl, cfg.method, beta=cfg.dpo_beta, label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type
+            model,
+            impl,
+            cfg.method,
+            beta=cfg.dpo_beta,
+            label_smoothing=cfg.label_smoothing,
+            loss_type=cfg.loss_type,
+            rpo_alpha=cfg.rpo_alpha,
         )
     else:
         module = PackedLM(model, impl)

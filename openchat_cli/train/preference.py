@@ -5,7 +5,9 @@ packs whole pairs; per-document attention keeps every sequence to itself). From 
 - DPO: each sequence's log-probability of its reply, sum over scored positions of
   w * log p(token), gathered by segment; the loss compares the policy's log-ratio against the
   reference's, which were computed once before training (`reference.py`), so no second model
-  is held in memory.
+  is held in memory. `--rpo-alpha` adds RPO's NLL term on the chosen reply (Pang et al. 2024,
+  TRL's `loss_type=["sigmoid", "sft"]`): DPO alone can lower the chosen reply's likelihood while
+  widening the margin; the NLL term keeps pushing it up.
 - RM: a scalar head on each sequence's last token; Bradley-Terry loss -log sigmoid(r_c - r_r).
 
 `PreferenceLM.forward` returns the sum of per-pair losses; the loop divides by the step's
@@ -37,6 +39,7 @@ METRICS = (
     "rewards/margins",
     "logps/chosen",
     "logps/rejected",
+    "nll_loss",
 )
 
 
@@ -117,6 +120,13 @@ def dpo_losses(
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
+def rpo_nll_losses(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """RPO's term per pair: the chosen reply's negative log-likelihood per scored token. Averaged
+    over pairs, as the RPO paper has it; TRL averages over the batch's chosen tokens instead, the
+    same number for a one-pair batch or replies of equal length."""
+    return -chosen_logps / chosen_tokens.clamp(min=1)
+
+
 def bradley_terry_losses(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """-log sigmoid(r_chosen - r_rejected) per pair."""
     return -F.logsigmoid(chosen_rewards - rejected_rewards)
@@ -157,6 +167,7 @@ class PreferenceLM(torch.nn.Module):
         beta: float = 0.1,
         label_smoothing: float = 0.0,
         loss_type: str = "sigmoid",
+        rpo_alpha: float = 0.0,
         chunk_elements: int = CHUNK_ELEMENTS,
     ):
         super().__init__()
@@ -164,6 +175,7 @@ class PreferenceLM(torch.nn.Module):
         self.attn_impl = attn_impl
         self.method = method
         self.beta, self.label_smoothing, self.loss_type = beta, label_smoothing, loss_type
+        self.rpo_alpha = rpo_alpha
         self.plain_head = method == "dpo" and has_plain_head(lm)
         self.chunk = max(1, chunk_elements // lm.config.vocab_size)
         self.totals: dict[str, float] = {}
@@ -223,7 +235,10 @@ class PreferenceLM(torch.nn.Module):
             chosen_tokens=counts[0::2],
             rejected_tokens=counts[1::2],
         )
-        self._record(chosen_r, rejected_r, logps[0::2].detach(), logps[1::2].detach())
+        nll = rpo_nll_losses(logps[0::2], counts[0::2])
+        if self.rpo_alpha:
+            losses = losses + self.rpo_alpha * nll
+        self._record(chosen_r, rejected_r, logps[0::2].detach(), logps[1::2].detach(), nll.detach())
         return losses.sum()
 
     def _record(
@@ -232,6 +247,7 @@ class PreferenceLM(torch.nn.Module):
         rejected: torch.Tensor,
         chosen_logps: torch.Tensor | None = None,
         rejected_logps: torch.Tensor | None = None,
+        nll: torch.Tensor | None = None,
     ) -> None:
         values = {
             "rewards/chosen": chosen.sum(),
@@ -241,5 +257,7 @@ class PreferenceLM(torch.nn.Module):
         }
         if chosen_logps is not None:
             values.update({"logps/chosen": chosen_logps.sum(), "logps/rejected": rejected_logps.sum()})
+        if nll is not None:
+            values["nll_loss"] = nll.sum()
         for key, value in values.items():
             self.totals[key] = self.totals.get(key, 0.0) + float(value)

@@ -48,21 +48,38 @@ def test_pairs_from_a_consistent_judge_with_lineage(cli, scripted, tmp_path):
     out = tmp_path / "pairs.jsonl"
     res = cli("data", "pairs", judge_run, "-o", out, "--json").json()
     counts = res["counts"]
-    # 4 questions × 2 turns: the fair judge prefers the long model in both orders; the second turns
-    # follow different first replies, so they share no prompt and are left out.
-    assert counts["judged_pairs"] == 8 and counts["kept"] == 4
-    assert counts["dropped"] == {"context_differs": 4} and counts["chosen_from"] == {"answer_run": 4}
+    # 4 questions × 2 turns: the fair judge prefers the long model in both orders, at both turns.
+    assert counts["judged_pairs"] == 8 and counts["kept"] == 8
+    assert counts["dropped"] == {} and counts["chosen_from"] == {"answer_run": 8}
     pairs = read_jsonl(out)
-    assert {p["id"].split(":", 2)[1] for p in pairs} == {str(q["question_id"]) for q in MTBENCH}
+    assert sorted(p["id"].split(":", 1)[1] for p in pairs) == sorted(
+        f"{q['question_id']}:{turn}" for q in MTBENCH for turn in (1, 2)
+    )
+    answers = {
+        run: {a["question_id"]: a["turns"] for a in open_catalog().answers(run)} for run in (long_run, short_run)
+    }
     for p in pairs:
-        question = next(q for q in MTBENCH if str(q["question_id"]) == p["id"].split(":")[1])
+        _, qid, turn = p["id"].split(":")
+        question = next(q for q in MTBENCH if str(q["question_id"]) == qid)
+        long_replies, short_replies = answers[long_run][qid], answers[short_run][qid]
         assert p["prompt"] == [{"role": "user", "content": question["turns"][0], "weight": 0.0}]
-        assert p["chosen"][0]["content"].startswith("[long-model]") and p["chosen"][0]["weight"] == 1.0
-        assert p["rejected"][0]["content"].startswith("[short-model]")
         assert p["source"] == judge_run
+        if turn == "1":
+            assert p["chosen"] == [{"role": "assistant", "content": long_replies[0], "weight": 1.0}]
+            assert p["rejected"] == [{"role": "assistant", "content": short_replies[0], "weight": 1.0}]
+            continue
+        # turn 2: each side is its own run's conversation (the first replies differ), as the judge read it;
+        # only the judged second reply carries weight
+        for side, replies in (("chosen", long_replies), ("rejected", short_replies)):
+            assert p[side] == [
+                {"role": "assistant", "content": replies[0], "weight": 0.0},
+                {"role": "user", "content": question["turns"][1], "weight": 0.0},
+                {"role": "assistant", "content": replies[1], "weight": 1.0},
+            ]
+        assert p["chosen"][2]["content"].startswith("[long-model]")
     cat = open_catalog()
     row = cat.get(res["id"])
-    assert row["format"] == "pairs" and row["num_records"] == 4 and row["parent_id"] == judge_run
+    assert row["format"] == "pairs" and row["num_records"] == 8 and row["parent_id"] == judge_run
     ancestors = {a["id"] for a in cat.lineage(res["id"])["ancestors"]}
     assert {judge_run, long_run, short_run} <= ancestors
     shown = cli("catalog", "lineage", res["id"]).stdout
@@ -82,7 +99,7 @@ def test_unparsed_verdicts_counted(cli, scripted, tmp_path):
     questions = MTBENCH[:2] + [{"question_id": 999, "category": "writing", "turns": ["MALFORMED request here"]}]
     _, judge_run = _runs(cli, scripted, tmp_path, "messy-judge", questions)
     counts = cli("data", "pairs", judge_run, "-o", tmp_path / "p.jsonl", "--json").json()["counts"]
-    assert counts["kept"] == 2 and counts["dropped"] == {"unparsed": 1, "context_differs": 2}
+    assert counts["kept"] == 4 and counts["dropped"] == {"unparsed": 1}
 
 
 def test_refuses_what_is_not_a_pairwise_judge_run(cli, scripted, tmp_path):
@@ -101,3 +118,46 @@ def test_refuses_what_is_not_a_pairwise_judge_run(cli, scripted, tmp_path):
     ).json()[0]["run_id"]
     assert "single-answer judge run" in cli("data", "pairs", single, expect=2).stderr
     assert "is not a judge run" in cli("data", "pairs", long_run, expect=2).stderr
+
+
+def test_later_turn_pairs_train_on_the_judged_reply_only(cli, scripted, tmp_path, tiny_model_dir, tiny_tokenizer):
+    """A turn-2 pair tokenizes as two whole conversations (each with its own first reply) whose only
+    supervised tokens are the judged second reply's."""
+    import numpy as np
+
+    from openchat_cli.train.pairs import load_pairs
+
+    _, judge_run = _runs(cli, scripted, tmp_path, "fair-judge")
+    cli("data", "pairs", judge_run, "-o", tmp_path / "pairs.jsonl", "--json")
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
+    cli("data", "tokenize", tmp_path / "pairs.jsonl", "--model", tiny_model_dir, "-o", tmp_path / "pairs.parquet")
+    data = load_pairs(tmp_path / "pairs.parquet")
+    assert len(data) == 2 * len(pairs) == 16
+    for i, pair in enumerate(pairs):
+        turn = pair["id"].rsplit(":", 1)[1]
+        for k, side in enumerate(("chosen", "rejected")):
+            ids, weights = data.row(2 * i + k)[:2]
+            text = tiny_tokenizer.decode(np.asarray(ids)[np.asarray(weights) > 0])
+            whole = tiny_tokenizer.decode(ids)
+            judged = pair[side][-1]["content"]
+            assert judged.split(" to:")[0] in text, (text, judged)
+            if turn == "2":
+                first = pair[side][0]["content"]
+                assert "reply 1" in first and "reply 1" not in text and first.split(" to:")[0] in whole
+
+
+def test_split_conversations_shares_equal_earlier_replies():
+    from openchat_cli.data.judge_pairs import split_conversations
+
+    users = ["u1", "u2", "u3"]
+    prompt, chosen, rejected = split_conversations(users, ["same", "a2", "a3"], ["same", "b2", "b3"])
+    assert [m["content"] for m in prompt] == ["u1", "same", "u2"] and all(m["weight"] == 0 for m in prompt)
+    assert chosen == [
+        {"role": "assistant", "content": "a2", "weight": 0.0},
+        {"role": "user", "content": "u3", "weight": 0.0},
+        {"role": "assistant", "content": "a3", "weight": 1.0},
+    ]
+    assert [m["content"] for m in rejected] == ["b2", "u3", "b3"]
+    prompt, chosen, rejected = split_conversations(["u1"], ["a1"], ["b1"])
+    assert prompt == [{"role": "user", "content": "u1", "weight": 0.0}]
+    assert chosen == [{"role": "assistant", "content": "a1", "weight": 1.0}] and rejected[0]["content"] == "b1"

@@ -42,6 +42,10 @@ def test_refuses_mismatched_method_data_and_settings(cli, tiny_model_dir, color_
     assert "apply to --method dpo only" in fails("--data", pair_files["train"], "--method", "rm", "--beta", "0.2")
     assert "--loss-type must be one of" in fails("--data", pair_files["train"], "--method", "dpo", "--loss-type", "x")
     assert "--method must be one of" in fails("--data", pair_files["train"], "--method", "ppo")
+    assert "--rpo-alpha applies to --method dpo only" in fails(
+        "--data", pair_files["train"], "--method", "rm", "--rpo-alpha", "1"
+    )
+    assert "--rpo-alpha must be" in fails("--data", pair_files["train"], "--method", "dpo", "--rpo-alpha", "-1")
     assert "pair (chosen + rejected) of" in fails(
         "--data", pair_files["train"], "--method", "dpo", "--tokens-per-step", "40"
     )
@@ -174,6 +178,10 @@ def test_reward_model_zero3_is_a_sequence_classification_checkpoint(
     }
     assert scored["right"]["scored"] == scored["wrong"]["scored"] == 16
     assert scored["right"]["mean_ci"][0] > scored["wrong"]["mean_ci"][1]  # correct answers score higher
+    batched = {r["question_id"]: r["score"] for r in catalog.judgments(scored["right"]["run_id"])}
+    cli("eval", "score", right_run, "--rm", final["id"], "--batch-size", "1", "--json")  # replaces the scores
+    alone = {r["question_id"]: r["score"] for r in catalog.judgments(scored["right"]["run_id"])}
+    assert batched.keys() == alone.keys() and all(abs(batched[q] - alone[q]) < 1e-5 for q in alone)
     report = cli("eval", "report", right_run, wrong_run, "--json").json()
     assert {r["run_id"] for r in report["reward"]} == {scored["right"]["run_id"], scored["wrong"]["run_id"]}
     assert "Reward-model scores" in cli("eval", "report", right_run).stdout

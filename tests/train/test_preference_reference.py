@@ -90,8 +90,13 @@ def _ours_dpo(policy, ref, impl, data, **loss):
 
 @pytest.mark.parametrize(
     "loss",
-    [dict(beta=0.1), dict(beta=0.5, loss_type="ipo"), dict(beta=0.2, label_smoothing=0.2)],
-    ids=["sigmoid", "ipo", "cdpo"],
+    [
+        dict(beta=0.1),
+        dict(beta=0.5, loss_type="ipo"),
+        dict(beta=0.2, label_smoothing=0.2),
+        dict(beta=0.1, rpo_alpha=0.7),
+    ],
+    ids=["sigmoid", "ipo", "cdpo", "rpo"],
 )
 def test_dpo_matches_trl(loss, pair_data, tiny_model_dir, tiny_tokenizer, tmp_path):
     from trl import DPOConfig, DPOTrainer
@@ -102,12 +107,17 @@ def test_dpo_matches_trl(loss, pair_data, tiny_model_dir, tiny_tokenizer, tmp_pa
     examples = _trl_examples(pair_data)
     # TRL 1.16's "sigmoid" has no label smoothing; its "aot" loss is conservative DPO on the
     # batch-sorted log-ratios, which for a one-pair batch is exactly cDPO: compare pair by pair.
+    # RPO is TRL's ["sigmoid", "sft"] weighted [1, alpha]; its "sft" term averages over the batch's
+    # chosen tokens, ours per pair (the RPO paper's): the same for one-pair batches.
     cdpo = bool(loss.get("label_smoothing"))
+    rpo = loss.get("rpo_alpha")
+    loss_types = ["aot" if cdpo else loss.get("loss_type", "sigmoid")] + (["sft"] if rpo else [])
     trl_policy, trl_ref, _ = _policy_and_reference(tiny_model_dir)
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"),
         beta=loss["beta"],
-        loss_type=["aot" if cdpo else loss.get("loss_type", "sigmoid")],
+        loss_type=loss_types,
+        loss_weights=[1.0, rpo] if rpo else None,
         label_smoothing=loss.get("label_smoothing", 0.0),
         report_to="none",
         per_device_train_batch_size=len(examples),
@@ -118,7 +128,7 @@ def test_dpo_matches_trl(loss, pair_data, tiny_model_dir, tiny_tokenizer, tmp_pa
         model=trl_policy, ref_model=trl_ref, args=args, train_dataset=_text_dataset(), processing_class=tiny_tokenizer
     )
     trainer.model.train()
-    batches = [[e] for e in examples] if cdpo else [examples]
+    batches = [[e] for e in examples] if cdpo or rpo else [examples]
     losses = [float(trainer._compute_loss(trainer.model, trainer.data_collator(b), False)) * len(b) for b in batches]
     trl_metrics = {
         k: np.average(v, weights=[len(b) for b in batches])
@@ -137,6 +147,9 @@ def test_dpo_matches_trl(loss, pair_data, tiny_model_dir, tiny_tokenizer, tmp_pa
     ):
         assert abs(metrics[key] - trl_metrics[key]) < TOL, key
     assert abs(metrics["rewards/margins"]) > 1e-3  # the policy really differs from the reference
+    if rpo:  # the NLL term is really in the loss: it moves the loss by alpha times the logged NLL
+        plain, _ = _ours_dpo(policy, ref, impl, pair_data, beta=loss["beta"])
+        assert metrics["nll_loss"] > 0.1 and abs(ours - plain - rpo * metrics["nll_loss"]) < TOL
 
 
 def test_reward_model_loss_matches_trl(pair_data, tiny_model_dir, tiny_tokenizer, tmp_path):
