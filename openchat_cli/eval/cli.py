@@ -415,8 +415,11 @@ def score_command(
     rm: str = typer.Option(
         ..., "--rm", help="Reward model: a checkpoint id (ck-…) or dir from `openchat train --method rm`."
     ),
-    batch_size: int = typer.Option(
-        8, "--batch-size", min=1, help="Conversations per forward pass (padded, grouped by length)."
+    batch_size: Optional[int] = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Conversations per forward pass (padded, grouped by length; default 8 on a GPU, 1 on CPU, where batching is slower).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

@@ -27,7 +27,11 @@ from openchat_cli.eval.runs import eval_row, finish
 from openchat_cli.eval.summaries import Interval, RewardSummary
 from store.catalog import Catalog
 
-BATCH = 8  # conversations per forward pass (`eval score --batch-size`)
+BATCH = 8  # conversations per forward pass on a GPU (`eval score --batch-size`)
+# On CPU one at a time is fastest: batches of 8 ran at 0.74x and of 32 at 0.59x the speed of
+# batch 1 with one torch thread (benchmarks/bench_reward_score.py), the padding costing more than
+# the larger matrix products save.
+CPU_BATCH = 1
 BATCH_TOKENS = 8192  # at most this many tokens, padding included, per forward pass
 
 
@@ -124,7 +128,7 @@ def run_score(
     answer_ref: str,
     rm_ref: str,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
-    batch_size: int = BATCH,
+    batch_size: int | None = None,
 ) -> RewardSummary:
     """Score every answer of a run with a reward model, `batch_size` conversations per forward;
     re-scoring with the same model replaces the earlier scores. Returns the summary."""
@@ -132,6 +136,8 @@ def run_score(
     answer_run = eval_row(cat, answer_ref, "answer")
     run_a = answer_run["id"]
     model, tokenizer, template, path, ck = load_reward_model(rm_ref)
+    if batch_size is None:
+        batch_size = BATCH if next(model.parameters()).device.type != "cpu" else CPU_BATCH
     rm_name = ck or str(path)
     questions = {r["question_id"]: Question.from_row(r) for r in cat.questions(run_a)}
     answers = [a for a in cat.answers(run_a) if a["question_id"] in questions and a.get("turns")]
