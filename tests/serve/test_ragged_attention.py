@@ -341,3 +341,27 @@ def test_portable_build_without_openmp_or_march_native(tmp_path, monkeypatch):
         rtol=F32_TOL,
         atol=F32_TOL,
     )
+
+
+CHECK_STATUS = "from openchat_cli.serve.engines import ragged_attention as ra; print(ra.kernel_status())"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_damaged_cached_library_is_rebuilt_not_loaded(kernel, tmp_path, damage):
+    """A cached .so cut short (disk full, a killed copy, a sync tool) made dlopen map pages past
+    the file's end: the first kernel call killed the whole server with SIGBUS. It must be built
+    again instead. Run in a child process: the bug kills the process that loads the file."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "kernels"
+    cache.mkdir()
+    damaged = cache / kernel.path.name
+    whole = kernel.path.read_bytes()
+    damaged.write_bytes({"truncated": whole[: len(whole) // 3], "empty": b"", "garbage": b"\x7fELF" + b"x" * 200}[damage])
+    env = {**os.environ, ra.ENV_CACHE: str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop(ra.ENV_SWITCH, None)
+    done = subprocess.run([sys.executable, "-c", CHECK_STATUS], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("C kernel ("), done.stdout
+    assert damaged.read_bytes() == whole  # rebuilt in place (same source, compiler, flags: the same library)

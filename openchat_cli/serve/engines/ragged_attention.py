@@ -24,6 +24,7 @@ import os
 import platform
 import shlex
 import shutil
+import struct
 import subprocess
 import sysconfig
 import threading
@@ -120,7 +121,9 @@ def _build(compiler: list[str]) -> _Kernel:
         builds.append((cache_dir() / f"ragged_attention-{key}.so", flags, openmp))
     for target, _flags, openmp in builds:  # built before (by this or another process)
         if target.exists():
-            return _Kernel(target, openmp)
+            kernel = _load_cached(target, openmp)
+            if kernel is not None:
+                return kernel
     last_error = ""
     for target, flags, openmp in builds:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +149,53 @@ def _build(compiler: list[str]) -> _Kernel:
     raise RuntimeError(f"{' '.join(compiler)} could not build {SOURCE.name}: {last_error}")
 
 
+def _load_cached(path: Path, openmp: bool) -> _Kernel | None:
+    """A cached library, or None (after deleting it) when it is damaged. Why check before dlopen: a
+    library cut short (disk full, a killed copy) is mapped past its end, and the first call into
+    it kills the process with SIGBUS; dlopen itself does not notice."""
+    if _whole_elf(path):
+        try:
+            return _Kernel(path, openmp)
+        except (OSError, AttributeError) as exc:  # not a library, or not ours (a symbol missing)
+            reason = str(exc)
+    else:
+        reason = "cut short"
+    log.warning("ragged attention: cached kernel %s is damaged (%s): building it again", path, reason)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _whole_elf(path: Path) -> bool:
+    """Whether every part an ELF loader maps (program headers, PT_LOAD segments) and the section
+    headers lie within the file. Files that are not ELF (Mach-O) are left to dlopen to judge."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    if len(data) < 4:
+        return False
+    if data[:4] != b"\x7fELF":
+        return True
+    if len(data) < 64 or data[4] not in (1, 2) or data[5] not in (1, 2):
+        return False
+    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    header = struct.unpack_from(order + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH"), data, 16)
+    phoff, shoff, phentsize, phnum, shentsize, shnum = header[4], header[5], *header[8:12]
+    size = len(data)
+    if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+        return False
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if wide:
+            p_type, _flags, offset, _vaddr, _paddr, filesz = struct.unpack_from(order + "IIQQQQ", data, at)
+        else:
+            p_type, offset, _vaddr, _paddr, filesz = struct.unpack_from(order + "IIIII", data, at)
+        if p_type == 1 and offset + filesz > size:  # PT_LOAD
+            return False
+    return True
+
+
 class _Loader:
     """Builds the kernel once per process, on first use; remembers why it could not."""
 
@@ -166,7 +216,7 @@ class _Loader:
                 else:
                     try:
                         self.kernel = _build(compiler)
-                    except (OSError, RuntimeError) as exc:
+                    except (OSError, RuntimeError, AttributeError) as exc:
                         self.reason = str(exc)
                 if self.kernel is None:
                     log.debug("ragged attention: torch fallback (%s)", self.reason)
