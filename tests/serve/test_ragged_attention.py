@@ -358,10 +358,46 @@ def test_a_damaged_cached_library_is_rebuilt_not_loaded(kernel, tmp_path, damage
     cache.mkdir()
     damaged = cache / kernel.path.name
     whole = kernel.path.read_bytes()
-    damaged.write_bytes({"truncated": whole[: len(whole) // 3], "empty": b"", "garbage": b"\x7fELF" + b"x" * 200}[damage])
+    damaged.write_bytes(
+        {"truncated": whole[: len(whole) // 3], "empty": b"", "garbage": b"\x7fELF" + b"x" * 200}[damage]
+    )
     env = {**os.environ, ra.ENV_CACHE: str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop(ra.ENV_SWITCH, None)
     done = subprocess.run([sys.executable, "-c", CHECK_STATUS], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("C kernel ("), done.stdout
     assert damaged.read_bytes() == whole  # rebuilt in place (same source, compiler, flags: the same library)
+
+
+def test_a_hanging_compiler_is_given_up_after_one_timeout(tmp_path, monkeypatch):
+    """A $CC that never returns (a wrapper waiting on a licence server, a stuck NFS) held the server's
+    start for BUILD_TIMEOUT_S once per flag set (3 x 120 s): one timeout is enough to fall back."""
+    calls = tmp_path / "calls"
+    cc = tmp_path / "slow-cc"
+    cc.write_text(f"#!/bin/sh\necho x >> {calls}\nexec sleep 30\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv(ra.ENV_CACHE, str(tmp_path / "kernels"))
+    monkeypatch.delenv(ra.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(ra, "BUILD_TIMEOUT_S", 1)
+    monkeypatch.setattr(ra, "_loader", ra._Loader())
+    status = ra.kernel_status()
+    assert status.startswith("torch fallback (") and "timed out" in status, status
+    assert calls.read_text().count("x") == 1
+
+
+def test_an_unusable_cache_folder_still_gets_the_kernel(kernel, tmp_path, monkeypatch, caplog):
+    """$OPENCHAT_KERNEL_CACHE naming a file (or a read-only folder) left the server on the slow torch
+    fallback: the kernel is then built in a private temp folder for this process, with a warning."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv(ra.ENV_CACHE, str(blocker))
+    monkeypatch.delenv(ra.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(ra, "_loader", ra._Loader())
+    with caplog.at_level(logging.WARNING, logger=ra.__name__):
+        assert ra.kernel_status().startswith("C kernel ("), ra._loader.reason
+    assert any(str(blocker) in r.getMessage() for r in caplog.records)
+    query, keys, values = make_rows([3, 70], 4, 2, 32, torch.float32)
+    torch.testing.assert_close(
+        ra.decode_attention(query, keys, values, 0.3), reference(query, keys, values, 0.3), rtol=F32_TOL, atol=F32_TOL
+    )

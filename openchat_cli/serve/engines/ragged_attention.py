@@ -27,6 +27,7 @@ import shutil
 import struct
 import subprocess
 import sysconfig
+import tempfile
 import threading
 from pathlib import Path
 
@@ -105,9 +106,8 @@ def _flag_sets() -> list[tuple[list[str], bool]]:
 
 
 def _build(compiler: list[str]) -> _Kernel:
-    """Load the kernel from the cache, or compile it there; raises RuntimeError saying why not."""
-    from openchat_cli.atomic import remove_stale_temps, temp_file_beside
-
+    """Load the kernel from the cache, or compile it there (or, when the cache folder is unusable, in
+    a temp folder); raises RuntimeError saying why not."""
     source = SOURCE.read_bytes()
     exe = shutil.which(compiler[0]) or compiler[0]
     try:
@@ -124,6 +124,26 @@ def _build(compiler: list[str]) -> _Kernel:
             kernel = _load_cached(target, openmp)
             if kernel is not None:
                 return kernel
+    try:
+        return _compile(compiler, builds)
+    except OSError as exc:  # the cache folder cannot be made or written: build for this process alone
+        log.warning(
+            "ragged attention: kernel cache %s is unusable (%s): building in a temp folder for this process "
+            "(set $%s to a writable folder to keep the build)",
+            cache_dir(),
+            exc,
+            ENV_CACHE,
+        )
+        with tempfile.TemporaryDirectory(prefix="openchat-kernel-") as private:
+            # The library stays mapped after its folder is removed (dlopen has it open).
+            return _compile(compiler, [(Path(private) / t.name, flags, openmp) for t, flags, openmp in builds])
+
+
+def _compile(compiler: list[str], builds: list[tuple[Path, list[str], bool]]) -> _Kernel:
+    """Compile the first build that works into its target; RuntimeError says why none did. An
+    OSError escapes only when a target's folder cannot hold the build (see `_build`)."""
+    from openchat_cli.atomic import remove_stale_temps, temp_file_beside
+
     last_error = ""
     for target, flags, openmp in builds:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +161,10 @@ def _build(compiler: list[str]) -> _Kernel:
                 os.replace(tmp, target)  # atomic: two processes building at once both end with a whole file
                 return _Kernel(target, openmp)
             last_error = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
+        except subprocess.TimeoutExpired:
+            # A compiler that hangs would hang again with the next flags: one wait is enough.
+            last_error = f"timed out after {BUILD_TIMEOUT_S} s"
+            break
         except (OSError, subprocess.SubprocessError) as exc:
             last_error = str(exc)
         finally:
