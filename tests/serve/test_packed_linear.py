@@ -195,3 +195,24 @@ def test_engine_load_weights_repacks(engines):
     with torch.inference_mode():
         assert torch.allclose(layer(x), F.linear(x, new), atol=1e-4)
     packed.load_weights({name + ".weight": old})
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_row_inputs_take_gemv_only_for_small_fp32_weights(dtype, monkeypatch):
+    """A lone decode row: small fp32 weights run MKL's GEMV (F.linear), large ones and bf16 the
+    packed call; both paths give F.linear's result."""
+    small, large = nn.Linear(64, 64).to(dtype), nn.Linear(512, packed_linear.GEMV_MAX_WEIGHT // 512).to(dtype)
+    pack_linears(small, enabled=True)
+    pack_linears(large, enabled=True)
+    assert type(small) is PackedLinear and type(large) is PackedLinear
+    plain_linear = F.linear
+    used = []
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: used.append(a[1].shape) or plain_linear(*a))
+    with torch.inference_mode():
+        for layer in (small, large):
+            x = torch.randn(1, 1, layer.in_features).to(dtype)
+            got = layer(x)
+            assert _close(got, plain_linear(x, layer.weight, layer.bias), dtype)
+            layer(torch.randn(2, layer.in_features).to(dtype))  # two rows: always packed
+    assert used == ([small.weight.shape] if dtype == torch.float32 else [])

@@ -33,10 +33,12 @@ ENV_SWITCH = "OPENCHAT_PACKED_LINEAR"
 # of each other for decode (M = 1..32) and prefill (M = 512) shapes here (bench_packed_linear.py),
 # so one packing serves both.
 PACK_HINT = 32
-# One-row inputs (a decode step of a lone sequence) in fp32 stay on F.linear: MKL's GEMV beat the
-# packed oneDNN call there (6 vs 23 us at 256x256, 50 vs 57 us at 1376x512; the packed call has a
-# ~15 us floor), while from 2 rows on, and in bf16 at every size, the packed call won.
+# One-row inputs (a decode step of a lone sequence) through a small fp32 weight stay on F.linear:
+# MKL's GEMV beat the packed oneDNN call there (6 vs 23 us at 256x256, 34 vs 48 us at 512x512; the
+# packed call has a ~15 us floor), while from 512k weights up (88 vs 75 us at 256x2048, 9.7 vs
+# 5.2 ms for a 512x32000 lm_head), from 2 rows on, and in bf16 at every size, the packed call won.
 GEMV_ROWS = {"float32": 1, "bfloat16": 0}
+GEMV_MAX_WEIGHT = 512 * 1024  # elements
 # Packed vs F.linear on one random input: max |difference| allowed, times (1 + max |output|).
 # fp32 differs only by accumulation order (~1e-6 relative); bf16 outputs round to 8 bits of mantissa,
 # so two accumulation orders can land one bf16 step (2^-8 relative) apart.
@@ -169,7 +171,8 @@ def pack_linears(model: Any, *, enabled: bool | None = None) -> PackingReport:
                 log.warning("packed linear: %s kept on F.linear (differs by %.3g)", name, diff)
             continue
         module._packed = packed
-        module._gemv_rows = GEMV_ROWS[str(module.weight.dtype).removeprefix("torch.")]
+        small = module.weight.numel() < GEMV_MAX_WEIGHT
+        module._gemv_rows = GEMV_ROWS[str(module.weight.dtype).removeprefix("torch.")] if small else 0
         module.__class__ = PackedLinear
         report.packed += 1
         report.extra_bytes += module.weight.numel() * module.weight.element_size()
