@@ -217,7 +217,7 @@ def main() -> None:
         for text in sharegpt_like_prompts(32)
     ]
     current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
-    if parts <= {"kv", "packed"}:  # the current engine against itself: no older engine needed
+    if parts <= {"kv", "packed", "dtype"}:  # the current engine against itself: no older engine needed
         args.baseline = "the padded batch"
         baseline = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded")
     else:
