@@ -35,7 +35,7 @@ def test_packed_linear_equals_f_linear(dtype, bias):
     assert report.extra_bytes == sum(m.weight.numel() * m.weight.element_size() for m in layers)
     assert all(type(m) is PackedLinear and isinstance(m, nn.Linear) for m in layers)
     with torch.inference_mode():
-        for shape in [(1, 1, 48), (1, 5, 48), (3, 7, 48), (33, 48)]:  # a lone decode row, batches, prefill
+        for shape in [(1, 1, 48), (1, 5, 48), (3, 7, 48), (33, 48), (1, 200, 48)]:  # decode rows, prefill
             x = torch.randn(*shape).to(dtype)
             want = F.linear(F.linear(x, *reference[0]), *reference[1])
             got = layers(x)
@@ -199,7 +199,7 @@ def test_engine_load_weights_repacks(engines):
 
 @needs_onednn
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_row_inputs_take_gemv_only_for_small_fp32_weights(dtype, monkeypatch):
+def test_one_row_inputs_take_gemv_only_for_small_fp32_weights_and_prefill_takes_f_linear(dtype, monkeypatch):
     """A lone decode row: small fp32 weights run MKL's GEMV (F.linear), large ones and bf16 the
     packed call; both paths give F.linear's result."""
     small, large = nn.Linear(64, 64).to(dtype), nn.Linear(512, packed_linear.GEMV_MAX_WEIGHT // 512).to(dtype)
@@ -216,3 +216,7 @@ def test_one_row_inputs_take_gemv_only_for_small_fp32_weights(dtype, monkeypatch
             assert _close(got, plain_linear(x, layer.weight, layer.bias), dtype)
             layer(torch.randn(2, layer.in_features).to(dtype))  # two rows: always packed
     assert used == ([small.weight.shape] if dtype == torch.float32 else [])
+    with torch.inference_mode():  # prefill-sized inputs: F.linear (new shapes cost oneDNN a primitive each)
+        x = torch.randn(packed_linear.PACKED_MAX_ROWS + 1, small.in_features).to(dtype)
+        assert _close(small(x), plain_linear(x, small.weight, small.bias), dtype)
+    assert used[-1] == small.weight.shape

@@ -5,7 +5,7 @@ layout on every call, and the library reorders (or reads strided) each time. A d
 dozens of small GEMMs (M = rows in the batch) per layer, so that per-call work is a large share
 of the step: prepacked into oneDNN's blocked layout once (what inductor's freezing pass does on
 CPU: `mkldnn._reorder_linear_weight` + `mkldnn._linear_pointwise`), the lm_head of a 32k-vocab
-model ran 1.9x faster in fp32 and 1.35x in bf16 at 32 rows (benchmarks/bench_packed_linear.py).
+model ran 1.9x faster in fp32 and 1.35x in bf16 at 32 rows. Decode only (see PACKED_MAX_ROWS).
 
 How: each `nn.Linear` gets its class switched to `PackedLinear` (a subclass: same object, same
 parameters and state_dict, forward hooks such as LoRA rows' (lora_rows.py) still run, and
@@ -25,13 +25,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn  # imported by the engine only once it loads a model (torch is loaded by then)
+import torch.nn.functional as F
 
 log = logging.getLogger("openchat.serve.engine")
 ENV_SWITCH = "OPENCHAT_PACKED_LINEAR"
 # The batch-size hint oneDNN picks the blocked layout for. 1, 8, 32 and 512 measured within noise
-# of each other for decode (M = 1..32) and prefill (M = 512) shapes here (bench_packed_linear.py),
-# so one packing serves both.
+# of each other for decode (M = 1..32) and prefill (M = 512) shapes here, so one packing serves all.
 PACK_HINT = 32
 # One-row inputs (a decode step of a lone sequence) through a small fp32 weight stay on F.linear:
 # MKL's GEMV beat the packed oneDNN call there (6 vs 23 us at 256x256, 34 vs 48 us at 512x512; the
@@ -39,10 +40,19 @@ PACK_HINT = 32
 # 5.2 ms for a 512x32000 lm_head), from 2 rows on, and in bf16 at every size, the packed call won.
 GEMV_ROWS = {"float32": 1, "bfloat16": 0}
 GEMV_MAX_WEIGHT = 512 * 1024  # elements
+# Inputs of more rows (prefill) go to F.linear: oneDNN builds a primitive per new input shape
+# (~1 ms per layer shape: 7.2 ms for the first call at M=300 on 256x688 vs 1.5 ms once cached), and
+# prompt packs come in every length, which made TTFT worse; decode batches (<= max_batch_size rows)
+# reuse a few dozen shapes that stay in oneDNN's primitive cache.
+PACKED_MAX_ROWS = 64
 # Packed vs F.linear on one random input: max |difference| allowed, times (1 + max |output|).
 # fp32 differs only by accumulation order (~1e-6 relative); bf16 outputs round to 8 bits of mantissa,
 # so two accumulation orders can land one bf16 step (2^-8 relative) apart.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
+
+
+# The op, looked up once (torch.ops attribute lookups cost microseconds per call); None where missing.
+_packed_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 def _op_available() -> bool:
@@ -78,20 +88,11 @@ class PackedLinear(nn.Linear):
     _gemv_rows: int  # inputs of at most this many rows go to F.linear (see GEMV_ROWS)
 
     def forward(self, x: Any) -> Any:
-        import torch
-
-        if (
-            x.numel() <= self._gemv_rows * self.in_features
-            or x.dtype != self._packed.dtype
-            or x.device.type != "cpu"
-            or x.requires_grad
-        ):
-            import torch.nn.functional as F
-
-            return F.linear(x, self.weight, self.bias)
-        if not x.is_contiguous():
-            x = x.contiguous()
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        # Few attribute lookups: at one decode row this runs ~30 times per token.
+        rows = x.numel() // self.in_features
+        if self._gemv_rows < rows <= PACKED_MAX_ROWS and x.dtype == self._packed.dtype and not x.requires_grad:
+            return _packed_linear(x if x.is_contiguous() else x.contiguous(), self._packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
 
 @dataclass

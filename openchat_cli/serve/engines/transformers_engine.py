@@ -416,6 +416,10 @@ class TransformersEngine(Engine):
     def _run(self) -> None:
         import torch
 
+        # OpenMP's thread count is per thread: torch.set_num_threads in the thread that built the
+        # engine does not reach this one, whose GEMMs (MKL and oneDNN) then ran on every core
+        # (measured: 2 busy threads per matmul on a 2-CPU box set to 1). Set it here too.
+        torch.set_num_threads(torch.get_num_threads())
         with torch.inference_mode():
             while True:
                 with self._cond:
