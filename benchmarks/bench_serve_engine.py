@@ -11,12 +11,15 @@ Parts, each printed as baseline vs current and their ratio:
 - prefill: a wave of 32 ShareGPT-like prompts (tokens computed, and time);
 - engine: tokens/s and TTFT p50 at concurrency 1, 8 and 32 (128-token replies, ragged prompts);
 - dtype: the current engine in float32 and bfloat16;
+- packed: the current engine with its Linear layers on F.linear vs on prepacked oneDNN weights
+  (packed_linear.py), in float32 and bfloat16;
 - kv: the current engine's padded KV batch (`kv_cache="padded"`) vs its ragged cache (per-sequence
   buffers, ragged decode attention, per-prompt packed prefill): the prefill wave and c=1/8/32.
 
     python benchmarks/bench_serve_engine.py --size 40m
     python benchmarks/bench_serve_engine.py --model DIR --levels 1,8 --max-tokens 64
     python benchmarks/bench_serve_engine.py --model DIR --parts kv
+    python benchmarks/bench_serve_engine.py --model DIR --parts packed
 """
 
 from __future__ import annotations
@@ -214,7 +217,7 @@ def main() -> None:
         for text in sharegpt_like_prompts(32)
     ]
     current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
-    if parts == {"kv"}:  # the current engine against its own padded batch: no older engine needed
+    if parts <= {"kv", "packed", "dtype"}:  # the current engine against itself: no older engine needed
         args.baseline = "the padded batch"
         baseline = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded")
     else:
@@ -239,6 +242,13 @@ def main() -> None:
         rows[-1]["part"] += " padded batch vs ragged"
         print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in rows[-1].items()}))
         rows += compare_engines(padded, current, ("padded", "ragged"), prompts, levels, args.max_tokens)
+    if "packed" in parts:  # Linear layers on F.linear vs prepacked oneDNN weights, fp32 and bf16
+        for dtype in ("float32", "bfloat16"):
+            plain = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype=dtype, packed_linear=False)
+            packed = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype=dtype, packed_linear=True)
+            print(f"  {dtype}: linear layers {packed.packing.describe()}")
+            rows += compare_engines(plain, packed, (f"{dtype}_F.linear", f"{dtype}_packed"), prompts, levels, args.max_tokens)
+            del plain, packed
     if "dtype" in parts:
         del baseline
         bf16 = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype="bfloat16")

@@ -127,10 +127,12 @@ class TransformersEngine(Engine):
         quantize: str | None = None,
         adapters: dict[str, str] | None = None,
         kv_cache: str = "auto",
+        packed_linear: bool | None = None,
     ):
         """`kv_cache`: "auto" (ragged where the model fits it, see `_enable_ragged`) or "padded"
         (the left-padded batch for every model: the reference the tests and benchmarks compare
-        the ragged path against)."""
+        the ragged path against). `packed_linear`: Linear layers on prepacked oneDNN weights
+        (packed_linear.py) on CPU; None: on unless OPENCHAT_PACKED_LINEAR=0."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -159,6 +161,7 @@ class TransformersEngine(Engine):
             from openchat_cli.serve.engines.lora_rows import LoraRouter
 
             self.lora = LoraRouter(self.model, adapters, self.model_dir)
+        self.packing = self._pack_linears(device, packed_linear)
         config = self.model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         positions = context_length(model_dir) or getattr(text_config, "max_position_embeddings", None) or 2048
@@ -198,6 +201,23 @@ class TransformersEngine(Engine):
         self._ragged = kv_cache != "padded" and self._enable_ragged()
         if self._ragged:  # the warm-up check built (or loaded) the attention kernel: say which path runs
             log.info("ragged KV cache; decode and prefill attention: %s", kernel_status())
+
+    def _pack_linears(self, device: str, enabled: bool | None):
+        """CPU fp32/bf16 without --quantize: Linear layers on prepacked oneDNN weights
+        (packed_linear.py; LoRA hooks still run on them). Says at start which path runs."""
+        from openchat_cli.serve.engines.packed_linear import PackingReport, pack_linears
+
+        if device != "cpu" or self.quantized:
+            return PackingReport("F.linear", reason="quantized" if self.quantized else f"device {device}")
+        report = pack_linears(self.model, enabled=enabled)
+        log.info(
+            "linear layers: %s (%d packed, %d kept on F.linear%s)",
+            report.path,
+            report.packed,
+            report.kept,
+            f"; {report.reason}" if report.reason else "",
+        )
+        return report
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _warmup(self) -> None:
@@ -315,6 +335,7 @@ class TransformersEngine(Engine):
             "attention_kernel": kernel_status() if self._ragged else None,
             "quantized": self.quantized,
             "weight_bytes": self.weight_bytes,
+            "linear": self.packing.describe(),
             "lora_adapters": sorted(self.lora.adapters) if self.lora else [],
         }
 
@@ -334,6 +355,10 @@ class TransformersEngine(Engine):
             with torch.no_grad():
                 for name, value in weights.items():
                     params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
+            if self.packing.packed:
+                from openchat_cli.serve.engines.packed_linear import repack
+
+                repack(self.model)  # the packed copies hold the old weights
 
     # -- the API side --------------------------------------------------------------------------
     async def generate(
@@ -391,6 +416,10 @@ class TransformersEngine(Engine):
     def _run(self) -> None:
         import torch
 
+        # OpenMP's thread count is per thread: torch.set_num_threads in the thread that built the
+        # engine does not reach this one, whose GEMMs (MKL and oneDNN) then ran on every core
+        # (measured: 2 busy threads per matmul on a 2-CPU box set to 1). Set it here too.
+        torch.set_num_threads(torch.get_num_threads())
         with torch.inference_mode():
             while True:
                 with self._cond:
