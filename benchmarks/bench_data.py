@@ -156,7 +156,7 @@ def run_openchat(args: list[str], home: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", *map(str, args), "--json"], capture_output=True, text=True, env=env
     )
-    line = next((l for l in proc.stderr.splitlines() if l.startswith("BENCH ")), None)
+    line = next((text for text in proc.stderr.splitlines() if text.startswith("BENCH ")), None)
     if proc.returncode != 0 or line is None:
         sys.exit(f"openchat {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
     out = json.loads(line[6:])

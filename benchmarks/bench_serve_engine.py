@@ -247,7 +247,9 @@ def main() -> None:
             plain = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype=dtype, packed_linear=False)
             packed = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype=dtype, packed_linear=True)
             print(f"  {dtype}: linear layers {packed.packing.describe()}")
-            rows += compare_engines(plain, packed, (f"{dtype}_F.linear", f"{dtype}_packed"), prompts, levels, args.max_tokens)
+            rows += compare_engines(
+                plain, packed, (f"{dtype}_F.linear", f"{dtype}_packed"), prompts, levels, args.max_tokens
+            )
             del plain, packed
     if "dtype" in parts:
         del baseline

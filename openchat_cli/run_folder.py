@@ -54,7 +54,7 @@ class RunFolderLock:
         self.fd: int | None = None
         self.created_folder = False
 
-    def acquire(self, wait_s: float = BUSY_WAIT_S) -> "RunFolderLock":
+    def acquire(self, wait_s: float = BUSY_WAIT_S) -> RunFolderLock:
         """Take the lock or raise OpenchatError naming its holder."""
         self.created_folder = not self.folder.exists()
         try:
@@ -113,7 +113,7 @@ class RunFolderLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "RunFolderLock":
+    def __enter__(self) -> RunFolderLock:
         return self.acquire() if self.fd is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from openchat_cli.errors import OpenchatError
 
@@ -48,7 +49,7 @@ class Conversation:
     id: str | None = None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Conversation":
+    def from_dict(cls, data: Mapping[str, Any]) -> Conversation:
         """Build from the conversation JSONL contract (or OpenAI-style messages with system or
         developer roles)."""
         systems: list[str] = [data["system"]] if data.get("system") is not None else []

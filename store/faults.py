@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 BUSY_TIMEOUT_ENV = "OPENCHAT_BUSY_TIMEOUT"
 DEFAULT_BUSY_TIMEOUT_S = 30.0

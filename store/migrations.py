@@ -8,7 +8,7 @@ brought up to date on first use.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable
+from collections.abc import Callable
 
 from sqlite_utils import Database
 

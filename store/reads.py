@@ -7,7 +7,8 @@ line. Callers say what they want (`cat.latest_eval("grade", parent_id=run)`), no
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 # Columns an eval can be matched on in `evals()` / `latest_eval()`.
 EVAL_MATCH_COLUMNS = ("parent_id", "baseline_id", "questions_hash", "endpoint", "model")

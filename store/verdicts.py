@@ -16,8 +16,9 @@ their counts cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from store.catalog import Catalog
 

@@ -16,8 +16,9 @@ uses too: a (question, turn) wins only when both orders say so, disagreeing orde
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from store.catalog import Catalog, CatalogError
 from store.verdicts import Pair, PairCounts, count, load_pairs, pairs_from

@@ -18,9 +18,10 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO
 
 from openchat_cli.data import htmlmd
 from openchat_cli.data.dedup import ExactDedup, NearDedup, normalized_hash, normalized_text

@@ -5,8 +5,9 @@ each turned into a `Conv` with roles user / assistant / system. Preference shape
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from openchat_cli.data.records import Conv, Drop, Location, Malformed
 from openchat_cli.templates import content_text

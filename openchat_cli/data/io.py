@@ -9,8 +9,9 @@ import hashlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from openchat_cli.atomic import remove_stale_temps, temp_file_beside
 from openchat_cli.errors import OpenchatError
@@ -81,7 +82,7 @@ class StagedOutputs:
         self.removed_stale: list[Path] = []
         self._previous_term: Any = None
 
-    def __enter__(self) -> "StagedOutputs":
+    def __enter__(self) -> StagedOutputs:
         # SIGTERM (a scheduler stopping the job, `kill`) unwinds like Ctrl-C, so the temp files
         # go now instead of waiting for the next run to find them stale.
         if threading.current_thread() is threading.main_thread():

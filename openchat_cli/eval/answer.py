@@ -12,8 +12,9 @@ paired comparison then measures the models, not the dice).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from openchat_cli.endpoints import normalize_base_url
 from openchat_cli.errors import OpenchatError

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from openchat_cli.eval.sandbox import Limits, RunResult, run_many, run_program
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.questions import SUITE_FORMAT, Question

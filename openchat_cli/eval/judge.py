@@ -15,9 +15,10 @@ the run: finding or starting it, storing verdicts, and playing every match not j
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from openchat_cli.endpoints import normalize_base_url
 from openchat_cli.errors import OpenchatError

@@ -12,9 +12,10 @@ Every supervised token counts once (C-RLFT weights do not scale a perplexity).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 

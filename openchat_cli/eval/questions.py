@@ -51,7 +51,7 @@ class Question:
         }
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Question":
+    def from_row(cls, row: dict[str, Any]) -> Question:
         turns = row.get("turns") or []
         if isinstance(turns, str):
             turns = [turns]

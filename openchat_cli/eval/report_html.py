@@ -9,8 +9,9 @@ TUI's verdicts screen reads, through store/ only, with pairs combined by store/v
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 from openchat_cli.eval.report import _ci, _num, _pct
 from openchat_cli.eval.summaries import (

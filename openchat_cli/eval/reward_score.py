@@ -18,8 +18,9 @@ float rounding, tested to 1e-5).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.questions import Question

@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import signal
 import threading
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from openchat_cli.errors import OpenchatError
 from store.catalog import Catalog, CatalogError, looks_like_id, now

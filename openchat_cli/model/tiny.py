@@ -5,9 +5,9 @@ Nothing is downloaded: tests, benchmarks and the quickstart all start from these
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from openchat_cli.templates import all_special_tokens
 

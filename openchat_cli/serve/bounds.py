@@ -21,7 +21,7 @@ class PromptBounds:
     tokens_per_message: int  # control tokens every message gets from the template (at least)
 
     @classmethod
-    def of(cls, template: Any, vocab: dict[str, int]) -> "PromptBounds":
+    def of(cls, template: Any, vocab: dict[str, int]) -> PromptBounds:
         longest = max((len(t) for t in vocab), default=1)
         per_message = 0
         try:

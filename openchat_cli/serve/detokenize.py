@@ -15,7 +15,8 @@ caller then drops the sequence from the engine.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 REPLACEMENT = "\ufffd"
 

@@ -16,7 +16,8 @@ import hmac
 import json
 import time
 from collections import OrderedDict, deque
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 Send = Callable[[dict], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict]]

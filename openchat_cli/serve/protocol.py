@@ -441,7 +441,7 @@ class ChatCompletionRequest(_Sampling):
         return value
 
     @model_validator(mode="after")
-    def _rules_between_fields(self) -> "ChatCompletionRequest":
+    def _rules_between_fields(self) -> ChatCompletionRequest:
         for key, choice in (("tools", "tool_choice"), ("functions", "function_call")):
             if getattr(self, key) and getattr(self, choice) != "none":
                 raise PydanticCustomError(

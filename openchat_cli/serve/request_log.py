@@ -9,8 +9,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from openchat_cli.serve.guard import request_for_log
 from openchat_cli.serve.protocol import printable

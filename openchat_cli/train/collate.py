@@ -36,7 +36,7 @@ class PackedBatch:
     def weight_sum(self) -> float:
         return float(self.label_weights.sum())
 
-    def to(self, device: torch.device | str) -> "PackedBatch":
+    def to(self, device: torch.device | str) -> PackedBatch:
         moved = {
             k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
         }

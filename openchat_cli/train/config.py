@@ -97,11 +97,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.method not in METHODS:
             raise OpenchatError(f"--method must be one of {', '.join(METHODS)}")
         for name in ("model", "prompts" if self.method == "grpo" else "data", "out"):

@@ -60,7 +60,7 @@ class PairBatch(PackedBatch):
     def weight_sum(self) -> float:  # what the loop normalises by: pairs
         return float(self.num_pairs)
 
-    def to(self, device: torch.device | str) -> "PairBatch":
+    def to(self, device: torch.device | str) -> PairBatch:
         moved = {
             k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
         }

@@ -14,8 +14,8 @@ def _runs(cli, scripted, path):
 
 def test_fastchat_exports(cli, scripted, mtbench_file, tmp_path):
     a, b, pair, single = _runs(cli, scripted, mtbench_file)
-    lines = [json.loads(l) for l in cli("eval", "export", a, "--format", "fastchat").stdout.splitlines()]
-    assert [l["question_id"] for l in lines] == [81, 111, 121, 131]
+    lines = [json.loads(line) for line in cli("eval", "export", a, "--format", "fastchat").stdout.splitlines()]
+    assert [row["question_id"] for row in lines] == [81, 111, 121, 131]
     assert lines[0]["model_id"] == "long-model" and len(lines[0]["choices"][0]["turns"]) == 2
     assert lines[0]["tstamp"] > 0
 
@@ -23,13 +23,13 @@ def test_fastchat_exports(cli, scripted, mtbench_file, tmp_path):
     said = cli("eval", "export", pair, "-f", "fastchat", "-o", out).stderr
     assert f"wrote 8 judgments of {pair} to" in said
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written beside, then renamed
-    judged = [json.loads(l) for l in out.read_text().splitlines()]
+    judged = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(judged) == 8 and {(j["g1_winner"], j["g2_winner"]) for j in judged} == {("model_1", "model_1")}
     assert judged[0]["model_1"] == "long-model" and judged[0]["model_2"] == "short-model"
     assert judged[0]["judge"][0] == "fair-judge" and "[[A]]" in judged[0]["g1_judgment"]
     assert "[[B]]" in judged[0]["g2_judgment"]
 
-    singles = [json.loads(l) for l in cli("eval", "export", single).stdout.splitlines()]
+    singles = [json.loads(line) for line in cli("eval", "export", single).stdout.splitlines()]
     assert len(singles) == 8 and {s["score"] for s in singles} == {8.0} and {s["turn"] for s in singles} == {1, 2}
 
 

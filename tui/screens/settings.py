@@ -28,7 +28,7 @@ class ChatSettings:
         return asdict(self)
 
     @classmethod
-    def from_chat(cls, row: dict, fallback: "ChatSettings") -> "ChatSettings":
+    def from_chat(cls, row: dict, fallback: ChatSettings) -> ChatSettings:
         settings = row.get("settings") if isinstance(row.get("settings"), dict) else {}
         return cls(
             system=row.get("system"),

@@ -10,8 +10,9 @@ the bottom: it follows a reply until the user scrolls up.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from textual.containers import VerticalScroll
 from textual.message import Message

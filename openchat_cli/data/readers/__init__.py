@@ -7,9 +7,9 @@ content; the record shape (ShareGPT, Alpaca, Dolly, OpenAI messages) per record,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from openchat_cli.data.readers.html_page import iter_html_page
 from openchat_cli.data.readers.jsonstream import JsonStream, is_jsonl, iter_jsonl, sniff

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from openchat_cli.data.readers.textcheck import bad_text, too_deep
 from openchat_cli.data.records import Location, RawItem

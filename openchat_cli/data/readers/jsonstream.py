@@ -12,8 +12,9 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from openchat_cli.data.readers.textcheck import bad_text, may_hold_bad_text, too_deep
 from openchat_cli.data.records import Location, RawItem

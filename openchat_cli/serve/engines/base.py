@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from openchat_cli.errors import OpenchatError
 
@@ -81,7 +82,7 @@ class TokenEvent:
     logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked for
     prompt_logprobs: list[TokenLogprob | None] | None = None  # first event only, when asked for
 
-    def merged(self, later: "TokenEvent") -> "TokenEvent":
+    def merged(self, later: TokenEvent) -> TokenEvent:
         """This event followed by a later one, as one (the consumer fell behind)."""
         logprobs = None
         if self.logprobs is not None or later.logprobs is not None:

@@ -178,7 +178,9 @@ def pack_linears(model: Any, *, enabled: bool | None = None) -> PackingReport:
         report.packed += 1
         report.extra_bytes += module.weight.numel() * module.weight.element_size()
     if report.packed == 0:
-        return PackingReport("F.linear", kept=total, reason="no Linear layer passed the check" if total else "no Linear")
+        return PackingReport(
+            "F.linear", kept=total, reason="no Linear layer passed the check" if total else "no Linear"
+        )
     return report
 
 

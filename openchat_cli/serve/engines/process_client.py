@@ -22,8 +22,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from openchat_cli.serve.engines import wire
 from openchat_cli.serve.engines.base import Engine, EngineError, EngineStats, SamplingParams, TokenEvent

@@ -40,9 +40,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from openchat_cli.model.context import context_length
 from openchat_cli.serve.engines import engine_attention

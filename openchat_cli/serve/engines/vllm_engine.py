@@ -27,8 +27,9 @@ import asyncio
 import inspect
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from openchat_cli.serve.engines.base import (
     Engine,
