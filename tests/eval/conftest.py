@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,13 +55,16 @@ def mtbench_file(tmp_path: Path) -> Path:
 
 
 def spawn_cli(args: list[str], home: Path, output: int | None = subprocess.PIPE) -> subprocess.Popen:
-    """`openchat ARGS` as a separate process (to kill, or to run beside another) on catalog HOME."""
+    """`openchat ARGS` as a separate process (to kill, or to run beside another) on catalog HOME.
+    Ctrl-C gets its default action in the child: pytest started in the background of a
+    non-interactive shell (`cmd &`) has SIGINT ignored, and children inherit that."""
     return subprocess.Popen(
         [sys.executable, "-m", "openchat_cli.app", *args],
         env={**os.environ, "OPENCHAT_HOME": str(home)},
         stdout=output,
         stderr=output,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -27,9 +27,7 @@ def _wait_rows(sql, at_least, proc, timeout=30.0):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_kill_answer_run_then_resume(cli, scripted, tmp_path, openchat_home, sig):
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
-    # Slow enough that the signal lands mid-run even on a loaded machine: at 0.25 s a reply, one
-    # CI run under load answered all 12 before Ctrl-C took effect.
-    scripted.latency_s = 0.6
+    scripted.latency_s = 0.25
     proc = spawn_cli(
         ["eval", "answer", str(path), "-e", scripted.base_url, "-m", "slow-model", "-c", "2"], openchat_home
     )
