@@ -162,7 +162,14 @@ def test_wandb_offline_run_file_holds_history_and_config(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))  # our dir= wins: files stay in the run folder
     feed(["wandb"], tmp_path)
+    # finish() hands the run to W&B's service process, which writes the file on its own time:
+    # shutting the service down waits for it (a CI run once read the file before the history).
+    import wandb
+
+    wandb.teardown()
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-run-0a1b2c.wandb")
+    kinds = [record.WhichOneof("record_type") for record in wandb_records(run_file)]
+    assert "exit" in kinds and kinds.count("history") >= 3, kinds  # the whole run is on disk
     found: dict[str, list[tuple[int, float]]] = {}
     config = {}
     for record in wandb_records(run_file):
