@@ -62,6 +62,59 @@ def model_list(*cards: dict[str, Any]) -> web.Response:
     )
 
 
+class RequestHold:
+    """Holds requests at a point a test chooses, instead of racing a timer: after the next
+    `after` requests pass, the rest wait until `release()` (or until `until_waiting` wait at
+    once). A test can then stop a client that certainly has work left, or make two clients
+    overlap, however slow the machine is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._after: int | None = None  # requests still let through before holding; None: no hold
+        self._until_waiting: int | None = None
+        self._waiting = 0
+        self._released = threading.Event()
+        self._released.set()
+
+    def hold(self, after: int = 0, until_waiting: int | None = None) -> None:
+        with self._lock:
+            self._after = after
+            self._until_waiting = until_waiting
+            self._released.clear()
+
+    def release(self) -> None:
+        """Let the held requests, and every later one, through."""
+        with self._lock:
+            self._after = None
+            self._until_waiting = None
+            self._released.set()
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait at the hold now."""
+        with self._lock:
+            return self._waiting
+
+    async def passage(self) -> None:
+        """Called by a handler: returns at once, or once the hold is released."""
+        with self._lock:
+            if self._after is None:
+                return
+            if self._after > 0:
+                self._after -= 1
+                return
+            self._waiting += 1
+            if self._until_waiting is not None and self._waiting >= self._until_waiting:
+                self._after = None
+                self._released.set()
+        try:
+            while not self._released.is_set():
+                await asyncio.sleep(0.01)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+
 class LoopbackServer:
     """An aiohttp app on 127.0.0.1 (port 0: a free one) served from a background thread.
     Subclasses add their handlers in `routes`."""
@@ -92,7 +145,7 @@ class LoopbackServer:
     def start(self):
         self._thread = threading.Thread(target=self._serve, daemon=True, name=type(self).__name__)
         self._thread.start()
-        if not self._ready.wait(10):
+        if not self._ready.wait(60):  # a loaded machine may take a while to start a thread's loop
             raise RuntimeError(f"{type(self).__name__} did not start")
         return self
 
@@ -114,3 +167,32 @@ class LoopbackServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+class HoldingProxy(LoopbackServer):
+    """A pass-through to a real server (e.g. the tiny `openchat serve`) whose POSTs can be held
+    with `gate` (a `RequestHold`): the real replies, at a moment the test chooses."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target.rstrip("/")  # http://127.0.0.1:PORT
+        self.gate = RequestHold()
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        import aiohttp
+
+        body = await request.read()
+        if request.method == "POST":
+            await self.gate.passage()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(
+                request.method, self.target + request.rel_url.path_qs, data=body, headers=headers
+            ) as reply:
+                content = await reply.read()
+                return web.Response(
+                    status=reply.status, body=content, content_type=reply.content_type, charset=reply.charset
+                )

@@ -13,6 +13,9 @@ plus `MESSAGE_OVERHEAD` per message): /v1/models reports `max_model_len`, a requ
 prompt + max_tokens exceeds it gets vLLM's 400 (`context_style` "vllm", with the counts) or a
 400 without numbers ("bare") or with a lower bound of the prompt ("at-least"), and a request without max_tokens gets what the context leaves.
 `verbose-*` models write `VERBOSE_WORDS` words, or their whole budget when it is smaller.
+
+`hold(after=N)` makes chat requests after the next N wait until `release()` or `reset()` (see
+`RequestHold`): a test stops a command that certainly has work left, whatever the load.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_openai import LoopbackServer, chat_completion, model_list, openai_error
+from tests.fake_openai import LoopbackServer, RequestHold, chat_completion, model_list, openai_error
 
 
 class ScriptedServer(LoopbackServer):
@@ -43,6 +46,7 @@ class ScriptedServer(LoopbackServer):
         self.context_style = "vllm"
         self.models_report_context = True
         self.lock = threading.Lock()
+        self.gate = RequestHold()  # chat requests only
 
     # -- control ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -57,6 +61,20 @@ class ScriptedServer(LoopbackServer):
             self.context_length = None
             self.context_style = "vllm"
             self.models_report_context = True
+        self.gate.release()
+
+    def hold(self, after: int = 0, until_waiting: int | None = None) -> None:
+        """Chat requests after the next `after` wait until `release()` (or until
+        `until_waiting` of them wait at once)."""
+        self.gate.hold(after, until_waiting)
+
+    def release(self) -> None:
+        self.gate.release()
+
+    @property
+    def held(self) -> int:
+        """Chat requests waiting at the hold now."""
+        return self.gate.waiting
 
     def fail_next(self, *statuses: int) -> None:
         with self.lock:
@@ -87,6 +105,7 @@ class ScriptedServer(LoopbackServer):
             self.keys.append(auth.removeprefix("Bearer ") if auth else None)
             status = self.failures.popleft() if self.failures else None
             latency = self.latency_s
+        await self.gate.passage()
         if latency:
             await asyncio.sleep(latency)
         if status is not None:

@@ -35,7 +35,10 @@ def test_two_identical_judge_commands_share_one_run(cli, scripted, tmp_path, ope
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
     a, b = answer_run(cli, scripted, path, "long-model"), answer_run(cli, scripted, path, "short-model")
     scripted.reset()
-    scripted.latency_s = 0.3  # 48 calls, 2 at a time: ~7 s alone, far longer than a process start
+    # Each command asks 2 at a time: no verdict comes back until 4 calls wait at once, so both
+    # commands are working on the run together however late the second one starts.
+    scripted.hold(until_waiting=4)
+    scripted.latency_s = 0.05
     started = time.monotonic()
     outs = _together(pairwise_judge_args(a, b, scripted.base_url), openchat_home)
     elapsed = time.monotonic() - started
@@ -92,16 +95,14 @@ def test_claims_of_a_killed_judge_do_not_hold_up_the_next_one(cli, scripted, tmp
     once instead of waiting out the lease."""
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS[:4])
     a, b = answer_run(cli, scripted, path, "long-model"), answer_run(cli, scripted, path, "short-model")
-    scripted.latency_s = 1.0
+    scripted.hold(after=2)  # two verdicts, then the next two calls wait: claimed, never answered
     args = pairwise_judge_args(a, b, scripted.base_url)
     proc = spawn_cli(args, openchat_home, output=subprocess.DEVNULL)
     cat = open_catalog()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        stored = cat.count("judgments")
-        claimed = cat.count("unit_claims")
-        if stored >= 2 and claimed == 2:
-            break
+    deadline = time.monotonic() + 120
+    while not (cat.count("judgments") == 2 and scripted.held == 2 and cat.count("unit_claims") == 2):
+        assert proc.poll() is None, f"judge exited {proc.returncode} early"
+        assert time.monotonic() < deadline, (cat.count("judgments"), scripted.held, cat.count("unit_claims"))
         time.sleep(0.05)
     proc.kill()
     proc.wait(20)
@@ -114,5 +115,5 @@ def test_claims_of_a_killed_judge_do_not_hold_up_the_next_one(cli, scripted, tmp
     stored = cat.count("judgments")
     assert out["status"] == "completed" and stored == 16 and out["already"] + out["judged_now"] == 16
     assert len(scripted.requests) == out["judged_now"]
-    assert time.monotonic() - started < 30  # well within the 60 s lease
+    assert time.monotonic() - started < 45  # well within the 60 s lease
     assert not cat.query("select * from unit_claims")

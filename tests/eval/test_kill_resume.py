@@ -27,7 +27,7 @@ def _wait_rows(sql, at_least, proc, timeout=30.0):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_kill_answer_run_then_resume(cli, scripted, tmp_path, openchat_home, sig):
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
-    scripted.latency_s = 0.25
+    scripted.hold(after=3)  # the rest wait: the signal lands with answers still to come, however slow the box
     proc = spawn_cli(
         ["eval", "answer", str(path), "-e", scripted.base_url, "-m", "slow-model", "-c", "2"], openchat_home
     )
@@ -59,7 +59,7 @@ def test_kill_answer_run_then_resume(cli, scripted, tmp_path, openchat_home, sig
 def test_terminate_judge_run_then_resume(cli, scripted, tmp_path, openchat_home):
     path = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
     a, b = answer_run(cli, scripted, path, "long-model"), answer_run(cli, scripted, path, "short-model")
-    scripted.latency_s = 0.2
+    scripted.hold(after=4)  # the rest wait: SIGTERM lands with verdicts still to come
     args = pairwise_judge_args(a, b, scripted.base_url)
     proc = spawn_cli(args, openchat_home)
     _wait_rows("select count(*) from judgments", 4, proc)

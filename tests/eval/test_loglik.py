@@ -11,6 +11,7 @@ import pytest
 from openchat_cli.errors import OpenchatError
 from openchat_cli.eval.mc_tasks import hellaswag_preprocess, load_task
 from tests.eval.conftest import write_jsonl
+from tests.fake_openai import HoldingProxy
 
 ARC = [
     {
@@ -254,7 +255,7 @@ def test_prompt_too_long_fails_only_that_question(cli, tiny_server, tmp_path):
     assert body["metrics"]["scored"] == 1 and len(body["errors"]) == 1
 
 
-def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, openchat_home):
+def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, openchat_home, request):
     """SIGTERM mid-run: the run is marked interrupted with every finished question kept; the
     same command then scores only the rest, each question exactly once."""
     import os
@@ -275,6 +276,12 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
         for i in range(150)
     ]
     path = write_jsonl(tmp_path / "many.jsonl", rows)
+    # The run goes through a pass-through that holds it after 5 questions (2 choices each), so
+    # SIGTERM lands mid-run however fast the server and however slow this process are.
+    proxy = HoldingProxy(tiny_server.url).start()
+    request.addfinalizer(proxy.stop)
+    endpoint = proxy.base_url
+    proxy.gate.hold(after=10)
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
@@ -282,7 +289,7 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "openchat_cli.app", "eval", "loglik", str(path), "-e", tiny_server.base_url, "-c", "1"],
+        [sys.executable, "-m", "openchat_cli.app", "eval", "loglik", str(path), "-e", endpoint, "-c", "1"],
         env=env,
         cwd=str(root),
         stdout=subprocess.PIPE,
@@ -290,10 +297,10 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
         text=True,
     )
     cat = open_catalog()
-    deadline = time.monotonic() + 60
-    while cat.count("answers") < 5:
+    deadline = time.monotonic() + 120
+    while cat.count("answers") < 5 or not proxy.gate.waiting:
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no question scored in 60 s"
+        assert time.monotonic() < deadline, f"no 5 questions scored in 120 s ({cat.count('answers')})"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
@@ -302,7 +309,8 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
     assert proc.returncode == 130 and run["status"] == "interrupted"
     assert 5 <= kept < len(rows)
 
-    out = cli("eval", "loglik", path, "-e", tiny_server.base_url, "--json").json()
+    proxy.gate.release()
+    out = cli("eval", "loglik", path, "-e", endpoint, "--json").json()
     assert out["run_id"] == run["id"] and out["already"] == kept
     assert out["scored_now"] == len(rows) - kept and out["status"] == "completed"
     counts = cat.query(

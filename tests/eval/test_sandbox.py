@@ -31,9 +31,10 @@ def test_a_failing_program_says_why():
 
 def test_an_infinite_loop_is_stopped_by_the_cpu_limit():
     start = time.monotonic()
-    result = run_program("while True:\n    pass\n", Limits(cpu_s=1, wall_s=20))
+    # 1 s of CPU can take many seconds of wall clock on a loaded machine: the wall limit is far.
+    result = run_program("while True:\n    pass\n", Limits(cpu_s=1, wall_s=120))
     assert result.status == "timeout" and "CPU time" in result.detail()
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 60
 
 
 def test_a_sleeping_program_is_stopped_by_the_wall_clock():
@@ -41,7 +42,7 @@ def test_a_sleeping_program_is_stopped_by_the_wall_clock():
     result = run_program("import time\ntime.sleep(60)\n", Limits(wall_s=1))
     assert result.status == "timeout" and result.returncode is None
     assert "wall clock" in result.detail()
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 30  # not the program's 60 s (a loaded machine starts Python slowly)
 
 
 @pytest.mark.parametrize(
@@ -100,10 +101,10 @@ def test_name_lookups_are_blocked():
 
 def test_a_fork_bomb_is_stopped_at_the_first_fork():
     start = time.monotonic()
-    result = run_program("import os\nwhile True:\n    os.fork()\n", Limits(wall_s=10))
+    result = run_program("import os\nwhile True:\n    os.fork()\n", Limits(wall_s=60))
     assert result.status == "failed"
     assert "disabled in the sandbox (os.fork)" in result.detail()
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # stopped at once, not by the wall clock
 
 
 def test_subprocesses_are_blocked():
@@ -133,7 +134,7 @@ def test_processes_a_program_leaves_behind_are_killed(tmp_path: Path, namespaces
     assert result.status == "passed", result.stderr
     pids = [int(p.read_text()) for p in out.iterdir()]
     assert len(pids) == 5
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     alive = pids
     while alive and time.monotonic() < deadline:
         alive = [pid for pid in pids if _alive(pid)]

@@ -211,7 +211,7 @@ def test_m004_renames_run_columns_and_keeps_one_verdict_per_unit(tmp_path):
     assert catalog.count("judgments") == 6
 
 
-def _find_or_add(path: str, start: float, out) -> None:
+def _find_or_add(path: str, barrier, out) -> None:
     import time
 
     catalog = Catalog(path)
@@ -221,23 +221,21 @@ def _find_or_add(path: str, start: float, out) -> None:
         time.sleep(0.3)  # a slow look-up: without one transaction, every process would miss the others
         return found[0] if found else None
 
-    time.sleep(max(0.0, start - time.time()))
+    barrier.wait(120)  # every process has opened the catalog: they look it up together
     row, created = catalog.find_or_add_eval(find, kind="answer", model="m")
     out.put((row["id"], created))
 
 
 def test_find_or_add_eval_makes_one_run_across_processes(tmp_path):
-    import time
-
     path = str(tmp_path / "c.db")
     Catalog(path).close()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    start = time.time() + 3.0  # after every process has opened the catalog
-    procs = [ctx.Process(target=_find_or_add, args=(path, start, out)) for _ in range(4)]
+    barrier = ctx.Barrier(4)  # not a start time: a loaded machine may take longer to spawn them
+    procs = [ctx.Process(target=_find_or_add, args=(path, barrier, out)) for _ in range(4)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=60) for _ in procs]
+    results = [out.get(timeout=180) for _ in procs]
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
@@ -246,17 +244,13 @@ def test_find_or_add_eval_makes_one_run_across_processes(tmp_path):
     assert Catalog(path).count("evals") == 1
 
 
-def _open_at(path: str, start: float) -> None:
-    import time
-
-    time.sleep(max(0.0, start - time.time()))
+def _open_at(path: str, barrier) -> None:
+    barrier.wait(120)  # all four open the catalog together, however long each took to start
     Catalog(path).close()
 
 
 @pytest.mark.parametrize("upto", [None, "m003_chats_requests"])
 def test_processes_opening_a_new_or_old_catalog_at_once_migrate_it_once(tmp_path, upto):
-    import time
-
     path = tmp_path / "c.db"
     if upto:
         db = Database(path)
@@ -265,8 +259,8 @@ def test_processes_opening_a_new_or_old_catalog_at_once_migrate_it_once(tmp_path
         db.conn.commit()
         db.conn.close()
     ctx = mp.get_context("spawn")
-    start = time.time() + 3.0
-    procs = [ctx.Process(target=_open_at, args=(str(path), start)) for _ in range(4)]
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_open_at, args=(str(path), barrier)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:

@@ -53,7 +53,7 @@ def serve_in_thread(app, **options):
     server = uvicorn.Server(uvicorn_config(app, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a loaded machine may take a while
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("in-process server did not start")

@@ -126,7 +126,7 @@ def _log_entries(path) -> list[dict]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
-def _wait_for(predicate, timeout: float = 10.0):
+def _wait_for(predicate, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -17,10 +17,14 @@ from openchat_cli.lifeline import start_ticks
 
 ROOT = Path(__file__).resolve().parents[2]
 # The owner starts a helper (which follows it) and a grandchild through a plain shell, then waits.
+# Each follower prints its pid once it watches (they share the owner's stdout).
 OWNER = textwrap.dedent("""
     import subprocess, sys, time
     from openchat_cli.lifeline import owner_env
-    follower = "from openchat_cli.lifeline import follow_owner; import time; follow_owner(hard=%s); time.sleep(600)"
+    follower = (
+        "from openchat_cli.lifeline import follow_owner; import os, time; follow_owner(hard=%s); "
+        "print(os.getpid(), flush=True); time.sleep(600)"
+    )
     a = subprocess.Popen([sys.executable, "-c", follower % "False"], env=owner_env())
     b = subprocess.Popen([sys.executable, "-c", follower % "True"], env=owner_env())
     c = subprocess.Popen(["sh", "-c", "%s -c '%s'; sleep 600" % (sys.executable, follower % "True")], env=owner_env())
@@ -56,14 +60,17 @@ def test_followers_die_with_their_owner(how):
         [sys.executable, "-c", OWNER], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        followers = [int(p) for p in owner.stdout.readline().split()]
+        # The owner's line names its three children; each follower's line says it is watching.
+        lines = [owner.stdout.readline().split() for _ in range(4)]
+        (followers,) = [[int(p) for p in line] for line in lines if len(line) == 3]
+        watching = sorted(int(line[0]) for line in lines if len(line) == 1)
         shell = followers[2]
-        time.sleep(1.5)  # every follower is watching by now
         grandchild = [p for p in _python_children(shell)]
         assert len(grandchild) == 1  # the follower started by the shell, not by the owner
+        assert watching == sorted(followers[:2] + grandchild)
         os.kill(owner.pid, how)
         owner.wait()
-        assert _gone(followers[:2] + grandchild, timeout=5) == []
+        assert _gone(followers[:2] + grandchild, timeout=30) == []
     finally:
         try:
             os.killpg(owner.pid, signal.SIGKILL)  # the shell and its sleep, and anything a failure left

@@ -50,8 +50,9 @@ def make_app(catalog: Catalog, fake_server: FakeServer) -> Callable:
     return make
 
 
-async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Let the app run until `condition()` holds."""
+async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Let the app run until `condition()` holds (a loaded CI machine may take seconds; the
+    wait ends as soon as it holds)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
