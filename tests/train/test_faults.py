@@ -176,14 +176,20 @@ def test_sigterm_stops_cleanly_and_the_folder_is_locked_meanwhile(
         "0",
     )
     wait_for(lambda: len(read_steps(out)) >= 2, proc, "two steps")
-
-    # A second command on the same folder refuses, naming the holder; so does a --resume.
-    second = cli("train", "--model", tiny_model_dir, "--data", color_data["small"], "--out", out, "--force", expect=2)
-    assert "in use by" in second.stderr and f"pid {proc.pid}" in second.stderr
-    assert f"pid {proc.pid}" in cli("train", "--out", out, "--resume", expect=2).stderr
-
-    ranks = children_of(proc.pid)
-    os.kill(proc.pid, signal.SIGTERM)
+    # Frozen (the command and its rank: one process group) while the checks below run, so the
+    # run is still going when they and the SIGTERM come, however slow this process is.
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        # A second command on the same folder refuses, naming the holder; so does a --resume.
+        second = cli(
+            "train", "--model", tiny_model_dir, "--data", color_data["small"], "--out", out, "--force", expect=2
+        )
+        assert "in use by" in second.stderr and f"pid {proc.pid}" in second.stderr
+        assert f"pid {proc.pid}" in cli("train", "--out", out, "--resume", expect=2).stderr
+        ranks = children_of(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)  # delivered when the group goes on
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "stopped by SIGTERM" in output and "Traceback" not in output

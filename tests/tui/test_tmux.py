@@ -22,6 +22,6 @@ def test_tmux_smoke(tmp_path):
         "TERM": "xterm-256color",
         "TMUX_TMPDIR": str(tmp_path),
     }
-    result = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=180, env=env)
+    result = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=540, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tmux smoke: ok" in result.stdout

@@ -24,8 +24,9 @@ trap cleanup EXIT
 
 screen() { tmux capture-pane -p -t "$SESSION"; }
 
+# Waits are generous (a loaded CI machine starts Python slowly); each ends once its text shows.
 wait_screen() {  # PATTERN [SECONDS]
-    local tries=$(( ${2:-10} * 10 ))
+    local tries=$(( ${2:-30} * 10 ))
     for _ in $(seq "$tries"); do
         if screen 2>/dev/null | grep -qF -- "$1"; then return 0; fi
         sleep 0.1
@@ -38,7 +39,7 @@ wait_screen() {  # PATTERN [SECONDS]
 cd "$ROOT"
 "$PY" -m tests.tui.fake_server --port 0 > "$WORK/server.out" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 100); do [ -s "$WORK/server.out" ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ -s "$WORK/server.out" ] && break; sleep 0.1; done
 BASE=$(head -n1 "$WORK/server.out")
 case "$BASE" in http://*) ;; *) echo "FAIL: fake server did not start: $BASE" >&2; exit 1;; esac
 
@@ -49,11 +50,11 @@ run_tui() {  # ARGS...
 }
 
 run_tui
-wait_screen "2 models served" 30
+wait_screen "2 models served" 90
 wait_screen "^t Verdicts"
 tmux send-keys -t "$SESSION" "Hello from tmux" Enter
-wait_screen "print('hello world')" 15
-wait_screen "fake-model · done" 15
+wait_screen "print('hello world')" 60
+wait_screen "fake-model · done" 60
 screen > "$WORK/chat.txt"
 grep -qF "Hello from tmux" "$WORK/chat.txt"
 
@@ -73,7 +74,7 @@ CHAT_ID=$("$PY" -m openchat_cli.app catalog list chats --json | "$PY" -c \
     'import json, sys; rows = json.load(sys.stdin); assert rows[0]["title"] == "Hello from tmux", rows; print(rows[0]["id"])')
 
 run_tui --chat "$CHAT_ID"
-wait_screen "Hello from tmux" 30
+wait_screen "Hello from tmux" 90
 wait_screen "Hello from tmux · connected"
 tmux send-keys -t "$SESSION" C-q
 wait_screen "EXITED 0"
@@ -82,16 +83,16 @@ tmux kill-session -t "$SESSION"
 
 # A first message that looks like markup becomes the title; every later start shows it.
 run_tui
-wait_screen "2 models served" 30
+wait_screen "2 models served" 90
 tmux send-keys -t "$SESSION" -l "[/INST] what does [[A]] mean? [bold]"
 tmux send-keys -t "$SESSION" Enter
-wait_screen "fake-model · done" 15
+wait_screen "fake-model · done" 60
 tmux send-keys -t "$SESSION" C-q
 wait_screen "EXITED 0"
 tmux kill-session -t "$SESSION"
 run_tui
-wait_screen "[/INST] what" 30
-wait_screen "2 models served" 30
+wait_screen "[/INST] what" 90
+wait_screen "2 models served" 90
 tmux send-keys -t "$SESSION" C-q
 wait_screen "EXITED 0"
 
