@@ -25,6 +25,7 @@ PROMPT = "Question: What is the capital of France?\nAnswer: Paris"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # the server may take up to 900 s to start (below): more than the suite's 600 s
     pytest.mark.skipif(
         not (VENV / ".ready").exists(),
         reason=f"no vLLM CPU venv at {VENV} (build it with scripts/setup-vllm.sh, or point OPENCHAT_VLLM_VENV at one)",
