@@ -39,10 +39,16 @@ def browser_page(width: int = 1280, height: int = 800) -> Iterator[tuple[object,
     errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=path, headless=True, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            executable_path=path,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            timeout=180_000,
         )
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
+            # Playwright's default 30 s per wait is short for a loaded CI machine; each wait still
+            # ends as soon as its condition holds.
+            page.set_default_timeout(120_000)
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             yield page, errors

@@ -124,7 +124,13 @@ def test_map_page_in_a_browser(mapped):
         names = page.evaluate("document.getElementById('map').data.map(t => t.name)")
         assert any(n.startswith("kept (90)") for n in names) and len(names) >= 2
         # A real click on a point opens its whole conversation in the side panel.
+        # Wait for the redraw itself (a loaded machine may take longer than any fixed pause).
+        page.evaluate(
+            "() => { const gd = document.getElementById('map');"
+            " window.redrawn = new Promise((r) => gd.once('plotly_afterplot', r)); }"
+        )
         page.select_option("#color-by", "cluster")
+        page.evaluate("() => window.redrawn")
         page.wait_for_timeout(300)
         x, y, index = page.evaluate("""() => {
             const gd = document.getElementById('map'), fl = gd._fullLayout, box = gd.getBoundingClientRect();
@@ -133,7 +139,7 @@ def test_map_page_in_a_browser(mapped):
                     t.customdata[0]]; }""")
         page.mouse.move(x, y)
         page.mouse.click(x, y)
-        page.wait_for_selector("#panel[data-point]", timeout=10_000)
+        page.wait_for_selector("#panel[data-point]", timeout=60_000)
         shown = int(page.get_attribute("#panel", "data-point"))
         data = page.evaluate("JSON.parse(document.getElementById('page-data').textContent)")
         # The point under the cursor (or one drawn on top of it, at the same spot).
