@@ -181,7 +181,7 @@ def test_engine_death_fails_open_requests_and_stops_the_server(tiny_model_dir, t
             assert late.status_code == 500 and "engine process stopped" in late.json()["error"]["message"]
         except httpx.TransportError:
             pass  # already shut down: also what we promise
-        code = server.process.wait(timeout=30)
+        code = server.process.wait(timeout=90)
         assert code != 0
         assert "engine process stopped" in server.log()
     finally:
@@ -198,13 +198,13 @@ def test_shutdown_leaves_no_engine_process(tiny_model_dir, tmp_path):
     engine_pid = httpx.get(server.url + "/health").json()["engine_process"]
     server.process.send_signal(signal.SIGTERM)
     # uvicorn re-raises SIGTERM after its graceful shutdown, hence -15 rather than 0.
-    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert server.process.wait(timeout=90) in (0, -signal.SIGTERM)
     assert _wait_gone(engine_pid, 30), "engine process outlived the server"
     # SIGKILL of the API process: nobody can clean up, the engine process notices and exits.
     server = start_server(tiny_model_dir, tmp_path / "kill")
     engine_pid = httpx.get(server.url + "/health").json()["engine_process"]
     server.process.kill()
-    server.process.wait(timeout=10)
+    server.process.wait(timeout=30)
     assert _wait_gone(engine_pid, 30), "engine process orphaned after SIGKILL of the server"
 
 
