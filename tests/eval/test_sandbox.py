@@ -114,15 +114,20 @@ def test_subprocesses_are_blocked():
 
 # Without the guard: children that outlive their parent, writing their host pid (/proc is the
 # host's, so /proc/self names the host pid even inside a PID namespace) and sleeping forever.
+# The parent ends once every child has written its pid (renamed into place whole), however
+# long a loaded machine takes to run them.
 STRAGGLERS = """
 import os, time
 for _ in range(5):
     if os.fork() == 0:
-        with open(os.path.join({out!r}, str(os.getpid())), 'w') as fh:
+        name = os.path.join({out!r}, str(os.getpid()))
+        with open(name + '.tmp', 'w') as fh:
             fh.write(os.readlink('/proc/self'))
+        os.rename(name + '.tmp', name)
         time.sleep(600)
         os._exit(0)
-time.sleep(0.5)
+while len([n for n in os.listdir({out!r}) if not n.endswith('.tmp')]) < 5:
+    time.sleep(0.01)
 """
 
 
