@@ -196,10 +196,10 @@ def stop_server(server: ServedModel) -> None:
 
     server.process.terminate()
     try:
-        server.process.wait(timeout=15)
+        server.process.wait(timeout=60)  # a clean stop: a loaded machine may take a while
     except subprocess.TimeoutExpired:
         server.process.kill()
-        server.process.wait(timeout=5)
+        server.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def test_kill_answer_run_then_resume(cli, scripted, tmp_path, openchat_home, sig
     )
     got = _wait_rows("select count(*) from answers", 3, proc)
     proc.send_signal(sig)
-    proc.wait(20)
+    proc.wait(60)
     cat = open_catalog()
     (run,) = cat.query("select * from evals where kind = 'answer'")
     kept = {r["question_id"] for r in cat.rows("answers", "eval_id = ?", [run["id"]])}
@@ -64,7 +64,7 @@ def test_terminate_judge_run_then_resume(cli, scripted, tmp_path, openchat_home)
     proc = spawn_cli(args, openchat_home)
     _wait_rows("select count(*) from judgments", 4, proc)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(20)
+    proc.wait(60)
     assert proc.returncode == 130
     cat = open_catalog()
     (run,) = cat.query("select * from evals where kind = 'judge'")

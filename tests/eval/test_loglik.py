@@ -303,7 +303,7 @@ def test_terminated_run_resumes_without_rescoring(cli, tiny_server, tmp_path, op
         assert time.monotonic() < deadline, f"no 5 questions scored in 120 s ({cat.count('answers')})"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    proc.wait(60)
     (run,) = cat.query("select * from evals where kind = 'loglik'")
     kept = cat.count("answers", eval_id=run["id"])
     assert proc.returncode == 130 and run["status"] == "interrupted"
