@@ -2,6 +2,8 @@
 benchmarks: the TUI's (tests/tui/fake_server.py), the eval's (tests/eval/scripted.py) and the
 fixed-latency judge of benchmarks/bench_eval.py. Each says what its routes answer; this module
 owns running an aiohttp app on 127.0.0.1 in a background thread, and OpenAI's response shapes.
+`RequestHold` makes requests wait until the test says go (instead of racing a timer), and
+`HoldingProxy` puts such a hold in front of a real server.
 
 Stand-ins are only for what a test cannot reach (a paid judge, a model that misbehaves on
 cue); the real server is tests/conftest.py's `tiny_server`.
