@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import statistics
@@ -167,10 +168,9 @@ def main() -> None:
     )
     home = work / "server"
     home.mkdir()
-    server, url, name = start_server(model, home, list(args.server_arg))
     options = _engine_options(
         "transformers",
-        name=name,
+        name="bench",
         engine_arg=None,
         dtype=next((a.split("=", 1)[1] for a in args.server_arg if a.startswith("--dtype=")), "auto"),
         device="auto",
@@ -182,7 +182,16 @@ def main() -> None:
     )
     all_prompts = sharegpt_like_prompts(max(8, args.rounds * max(levels)) * len(levels) * args.repeat * 2, seed)
     tokenizer, _ = prompt_ids(model, all_prompts[:1])
-    engine = EngineProcessClient("transformers", model, tokenizer=tokenizer, options=options)
+    # Both load their model at once. The engine process is started from this thread: it gets
+    # SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG), a pool thread would not do.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(start_server, model, home, list(args.server_arg))
+        engine = EngineProcessClient("transformers", model, tokenizer=tokenizer, options=options)
+        try:
+            server, url, name = starting.result()
+        except BaseException:
+            asyncio.run(engine.shutdown())
+            raise
     rows = []
     try:
         used = 0
