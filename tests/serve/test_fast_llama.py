@@ -102,6 +102,22 @@ def test_fast_logits_equal_the_transformers_forward(variants, arch, dtype):
         _assert_close(got, want, dtype)
 
 
+def test_fast_decode_without_the_attention_kernel_writes_through_the_ragged_cache(tiny_model_dir, monkeypatch):
+    """OPENCHAT_ATTENTION_KERNEL=0: the fast forward's decode falls back to `RaggedCache.update` and
+    torch attention, with the same logits."""
+    from openchat_cli.serve.engines import ragged_attention
+
+    engine = _engine(tiny_model_dir)
+    monkeypatch.setenv(ragged_attention.ENV_SWITCH, "0")
+    assert ragged_attention.fast_decode_kernel(torch.float32) is None
+    layers = len(engine._fast.layers)
+    _assert_close(
+        _logits_per_step(engine._fast.forward, layers, 4, False),
+        _logits_per_step(engine._transformers_forward, layers, 4, False),
+        torch.float32,
+    )
+
+
 def test_fused_weights_are_views_and_load_weights_reaches_them(tiny_model_dir):
     engine = _engine(tiny_model_dir)
     attn = engine.model.model.layers[0].self_attn

@@ -28,6 +28,7 @@ two ragged prompts (prefill, then one decode step) must match the transformers r
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 from typing import Any
@@ -36,7 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
-from openchat_cli.serve.engines.ragged_attention import decode_attention, prefill_attention
+from openchat_cli.serve.engines.ragged_attention import (
+    append_decode_attention,
+    decode_attention,
+    fast_decode_kernel,
+    prefill_attention,
+)
 
 log = logging.getLogger("openchat.serve.engine")
 ENV_SWITCH = "OPENCHAT_FAST_FORWARD"
@@ -260,6 +266,22 @@ class FastLlama:
         swapped = x.view(T, H, 2, D // 2).flip(2).view(T, H, D)
         return torch.addcmul(x * cos, swapped, sin)
 
+    def _decode_tables(self, rows: list[SequenceKV]) -> list[array.array]:
+        """Per layer, the decode kernel's rows table for this step (buffers grown first where the new
+        column would not fit): what `RaggedCache.update` builds as tensor views, as plain pointers."""
+        lengths = [row.length + 1 for row in rows]
+        tables = []
+        for layer in range(len(self.layers)):
+            key_ptrs, value_ptrs, key_strides, value_strides = [], [], [], []
+            for row in rows:
+                keys, values = row.with_room(layer)
+                key_ptrs.append(keys.data_ptr())
+                value_ptrs.append(values.data_ptr())
+                key_strides.append(keys.stride(0))
+                value_strides.append(values.stride(0))
+            tables.append(array.array("q", key_ptrs + value_ptrs + lengths + key_strides + value_strides))
+        return tables
+
     def forward(self, cache: RaggedCache, ids: torch.Tensor, positions: torch.Tensor, logits_to_keep: Any):
         """One ragged forward; the logits `_ragged_forward` returns: [rows kept, V] for a packed prefill,
         [B, 1, V] for a decode step (one token per row)."""
@@ -270,7 +292,11 @@ class FastLlama:
         q_width, kv_width = Hq * D, Hkv * D
         x = F.embedding(flat_ids, self.embed)
         cos, sin = self._rope(flat_pos)
-        if not decoding:
+        kernel = tables = None
+        if decoding:
+            kernel = fast_decode_kernel(self.dtype)
+            tables = self._decode_tables(cache.rows) if kernel is not None else None
+        else:
             starts = [s for s, _ in cache.segments]
             lengths = [n for _, n in cache.segments]
         for index, layer in enumerate(self.layers):
@@ -279,7 +305,9 @@ class FastLlama:
             qk = self._rotate(qkv[:, : q_width + kv_width].view(T, Hq + Hkv, D), cos, sin)
             q, k = qk[:, :Hq], qk[:, Hq:]
             v = qkv[:, q_width + kv_width :].view(T, Hkv, D)
-            if decoding:
+            if tables is not None:
+                attended = append_decode_attention(kernel, q.contiguous(), k, v, tables[index], self.scale)
+            elif decoding:
                 keys, values = cache.update(k.unsqueeze(2), v.unsqueeze(2), index)
                 attended = decode_attention(q, keys, values, self.scale)
             else:

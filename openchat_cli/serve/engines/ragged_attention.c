@@ -355,3 +355,30 @@ int ragged_prefill_attention(const void *query, const void *key, const void *val
     }
     return failed ? -2 : 0;
 }
+
+/* ---- Decode with the step's own keys/values written first (the fast forward, fast_llama.py). ----
+ * new_key/new_value: [B, Hkv, D], each head's D contiguous, heads D apart, rows key_row_stride /
+ * value_row_stride apart (in elements: slices of a fused q/k/v projection are read in place). Row
+ * b's new column goes at column length[b] - 1 of its buffers (the table's lengths count it), then
+ * ragged_decode_attention runs over the same table. Why here: writing one column per row and layer
+ * from Python took B tensor views and a foreach copy per layer, more than the attention itself. */
+int ragged_append_decode_attention(const void *query, const void *new_key, const void *new_value,
+                                   int64_t key_row_stride, int64_t value_row_stride, const int64_t *rows, int64_t B,
+                                   int64_t Hq, int64_t Hkv, int64_t D, float scale, int dtype, int threads,
+                                   void *out) {
+    if (B < 0 || Hkv <= 0 || D <= 0 || (dtype != DTYPE_F32 && dtype != DTYPE_BF16)) return -1;
+    const int64_t elem = dtype == DTYPE_BF16 ? 2 : 4;
+    const int64_t *key_ptr = rows, *value_ptr = rows + B, *length = rows + 2 * B;
+    const int64_t *key_stride = rows + 3 * B, *value_stride = rows + 4 * B;
+    for (int64_t b = 0; b < B; b++) {
+        if (length[b] <= 0) return -1;
+        const int64_t column = (length[b] - 1) * D;
+        for (int64_t h = 0; h < Hkv; h++) {
+            memcpy((char *)(intptr_t)key_ptr[b] + (h * key_stride[b] + column) * elem,
+                   (const char *)new_key + (b * key_row_stride + h * D) * elem, (size_t)(D * elem));
+            memcpy((char *)(intptr_t)value_ptr[b] + (h * value_stride[b] + column) * elem,
+                   (const char *)new_value + (b * value_row_stride + h * D) * elem, (size_t)(D * elem));
+        }
+    }
+    return ragged_decode_attention(query, rows, B, Hq, Hkv, D, scale, dtype, threads, out);
+}
