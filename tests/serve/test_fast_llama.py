@@ -50,7 +50,8 @@ def _variant(tiny_model_dir: Path, out: Path, model_type: str, **config) -> Path
 
 def _logits_per_step(forward, layers: int, steps: int, keep_all: bool) -> list[torch.Tensor]:
     """A packed prefill of PROMPTS, then `steps` decode steps feeding fixed tokens; each forward's logits."""
-    rows = [SequenceKV(layers, 64) for _ in PROMPTS]
+    grown = []
+    rows = [SequenceKV(layers, len(p) + 2) for p in PROMPTS]  # little room: buffers grow mid-way
     batch = pack(PROMPTS, "cpu", None, torch.float32)
     out = []
     with torch.inference_mode():
@@ -63,6 +64,8 @@ def _logits_per_step(forward, layers: int, steps: int, keep_all: bool) -> list[t
             cache = RaggedCache(rows)
             out.append(forward(cache, ids, positions, 1))
             cache.finish()
+            grown.append(rows[0].keys[0].shape[1] > len(PROMPTS[0]) + 2)
+    assert any(grown) or steps < 3  # the decode steps did write past the first buffers
     return [x.float() for x in out]
 
 

@@ -266,21 +266,28 @@ class FastLlama:
         swapped = x.view(T, H, 2, D // 2).flip(2).view(T, H, D)
         return torch.addcmul(x * cos, swapped, sin)
 
-    def _decode_tables(self, rows: list[SequenceKV]) -> list[array.array]:
+    def _decode_tables(self, rows: list[SequenceKV]) -> list[array.array] | None:
         """Per layer, the decode kernel's rows table for this step (buffers grown first where the new
-        column would not fit): what `RaggedCache.update` builds as tensor views, as plain pointers."""
-        lengths = [row.length + 1 for row in rows]
-        tables = []
-        for layer in range(len(self.layers)):
-            key_ptrs, value_ptrs, key_strides, value_strides = [], [], [], []
-            for row in rows:
-                keys, values = row.with_room(layer)
-                key_ptrs.append(keys.data_ptr())
-                value_ptrs.append(values.data_ptr())
-                key_strides.append(keys.stride(0))
-                value_strides.append(values.stride(0))
-            tables.append(array.array("q", key_ptrs + value_ptrs + lengths + key_strides + value_strides))
-        return tables
+        column would not fit): what `RaggedCache.update` builds as tensor views, as plain pointers.
+        A sequence's layers are filled and grown together, so they share one capacity: one room check
+        and one stride per sequence serve all its layers. None (the caller writes through
+        `RaggedCache.update`) if a sequence's first and last layers ever differ in capacity."""
+        layers = len(self.layers)
+        lengths, strides, key_ptrs, value_ptrs = [], [], [], []
+        for row in rows:
+            keys, values = row.keys, row.values
+            capacity = keys[0].shape[1]
+            if keys[-1].shape[1] != capacity or values[0].shape[1] != capacity or values[-1].shape[1] != capacity:
+                return None
+            if row.length >= capacity:
+                for layer in range(layers):
+                    row.with_room(layer)
+            lengths.append(row.length + 1)
+            strides.append(keys[0].stride(0))
+            key_ptrs.append([k.data_ptr() for k in keys])
+            value_ptrs.append([v.data_ptr() for v in values])
+        tail = lengths + strides + strides
+        return [array.array("q", [*k, *v, *tail]) for k, v in zip(zip(*key_ptrs), zip(*value_ptrs))]
 
     def forward(self, cache: RaggedCache, ids: torch.Tensor, positions: torch.Tensor, logits_to_keep: Any):
         """One ragged forward; the logits `_ragged_forward` returns: [rows kept, V] for a packed prefill,
@@ -296,6 +303,7 @@ class FastLlama:
         if decoding:
             kernel = fast_decode_kernel(self.dtype)
             tables = self._decode_tables(cache.rows) if kernel is not None else None
+            kernel = kernel if tables is not None else None
         else:
             starts = [s for s, _ in cache.segments]
             lengths = [n for _, n in cache.segments]
