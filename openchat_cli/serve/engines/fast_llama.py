@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
 from openchat_cli.serve.engines.ragged_attention import (
-    append_decode_attention,
     decode_attention,
     fast_decode_kernel,
     prefill_attention,
+    rope_append_decode_attention,
 )
 
 log = logging.getLogger("openchat.serve.engine")
@@ -251,11 +251,15 @@ class FastLlama:
         sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
         return torch.stack([cos[0], sin], dim=1).contiguous()
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, signed sin [T, 1, D] for a flat tensor of positions."""
+    def _grow_rope(self, positions: torch.Tensor) -> None:
+        """Make the cos/sin table cover these positions (doubling it)."""
         top = int(positions.max()) + 1 if positions.numel() else 0
         if top > self._cos_sin.shape[0]:
             self._cos_sin = self._rope_table(max(top, 2 * self._cos_sin.shape[0]))
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin [T, 1, D] for a flat tensor of positions."""
+        self._grow_rope(positions)
         both = self._cos_sin.index_select(0, positions)
         return both[:, 0:1], both[:, 1:2]
 
@@ -298,29 +302,36 @@ class FastLlama:
         Hq, Hkv, D = self.q_heads, self.kv_heads, self.head_dim
         q_width, kv_width = Hq * D, Hkv * D
         x = F.embedding(flat_ids, self.embed)
-        cos, sin = self._rope(flat_pos)
         kernel = tables = None
         if decoding:
             kernel = fast_decode_kernel(self.dtype)
             tables = self._decode_tables(cache.rows) if kernel is not None else None
-            kernel = kernel if tables is not None else None
+        if tables is not None:  # rotary, cache write and attention in one kernel call per layer
+            self._grow_rope(flat_pos)
+            flat_pos = flat_pos.contiguous()
         else:
+            cos, sin = self._rope(flat_pos)
+        if not decoding:
             starts = [s for s, _ in cache.segments]
             lengths = [n for _, n in cache.segments]
         for index, layer in enumerate(self.layers):
             h = torch.rms_norm(x, (x.shape[-1],), layer.input_norm, layer.eps)
             qkv = layer.qkv(h)
-            qk = self._rotate(qkv[:, : q_width + kv_width].view(T, Hq + Hkv, D), cos, sin)
-            q, k = qk[:, :Hq], qk[:, Hq:]
+            qk = qkv[:, : q_width + kv_width].view(T, Hq + Hkv, D)
             v = qkv[:, q_width + kv_width :].view(T, Hkv, D)
             if tables is not None:
-                attended = append_decode_attention(kernel, q.contiguous(), k, v, tables[index], self.scale)
-            elif decoding:
-                keys, values = cache.update(k.unsqueeze(2), v.unsqueeze(2), index)
-                attended = decode_attention(q, keys, values, self.scale)
+                attended = rope_append_decode_attention(kernel, qk, v, self._cos_sin, flat_pos, tables[index], self.scale)
             else:
-                cache.update(k.transpose(0, 1)[None], v.transpose(0, 1)[None], index)
-                attended = prefill_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), starts, lengths, self.scale)
+                qk = self._rotate(qk, cos, sin)
+                q, k = qk[:, :Hq], qk[:, Hq:]
+                if decoding:
+                    keys, values = cache.update(k.unsqueeze(2), v.unsqueeze(2), index)
+                    attended = decode_attention(q, keys, values, self.scale)
+                else:
+                    cache.update(k.transpose(0, 1)[None], v.transpose(0, 1)[None], index)
+                    attended = prefill_attention(
+                        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), starts, lengths, self.scale
+                    )
             x = x + layer.o(attended.reshape(T, q_width))
             h = torch.rms_norm(x, (x.shape[-1],), layer.post_norm, layer.post_eps)
             gate_up = layer.gate_up(h)

@@ -96,10 +96,11 @@ class _Kernel:
         self.prefill = self._lib.ragged_prefill_attention
         self.prefill.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, i64, i64, f32, i32, i32, ptr]
         self.prefill.restype = i32
-        # query, new key, new value, their row strides, rows table, B, Hq, Hkv, D, scale, dtype, threads, out
-        self.append_decode = self._lib.ragged_append_decode_attention
-        self.append_decode.argtypes = [ptr, ptr, ptr, i64, i64, ptr, i64, i64, i64, i64, f32, i32, i32, ptr]
-        self.append_decode.restype = i32
+        # q/k, value, their row strides, rope table, positions, rows table, B, Hq, Hkv, D, scale, dtype,
+        # threads, query scratch, out
+        self.rope_decode = self._lib.ragged_rope_append_decode_attention
+        self.rope_decode.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr, ptr, i64, i64, i64, i64, f32, i32, i32, ptr, ptr]
+        self.rope_decode.restype = i32
 
 
 def _flag_sets() -> list[tuple[list[str], bool]]:
@@ -357,50 +358,65 @@ def _run_kernel(kernel: _Kernel, query: torch.Tensor, kv_heads: int, table: arra
 
 
 def fast_decode_kernel(dtype: torch.dtype) -> _Kernel | None:
-    """The kernel `append_decode_attention` needs, or None (switched off, not built, or a dtype it
+    """The kernel `rope_append_decode_attention` needs, or None (switched off, not built, or a dtype it
     does not take): the caller then writes the cache and calls `decode_attention` instead."""
     if _switched_off() or dtype not in _DTYPE_CODES:
         return None
     return _loader.get()
 
 
-def append_decode_attention(
+def rope_append_decode_attention(
     kernel: _Kernel,
-    query: torch.Tensor,
-    new_key: torch.Tensor,
-    new_value: torch.Tensor,
+    qk: torch.Tensor,
+    value: torch.Tensor,
+    rope: torch.Tensor,
+    positions: torch.Tensor,
     table: array.array,
     scale: float,
 ) -> torch.Tensor:
-    """Write each row's new key/value column into its buffers, then attend, in one kernel call.
-
-    query [B, Hq, D] contiguous; new_key/new_value [B, Hkv, D] with each head's D contiguous and heads
-    D apart (rows may be further apart: slices of a fused projection); `table` the decode kernel's
-    5 x B int64 rows (key and value buffer pointers, lengths counting the new column, head strides),
-    buffers with room for that column. Returns [B, Hq, D] in the query's dtype."""
-    B, Hq, D = query.shape
-    Hkv = new_key.shape[1]
-    if not query.is_contiguous() or new_key.stride()[1:] != (D, 1) or new_value.stride()[1:] != (D, 1):
-        raise ValueError("append_decode_attention: query not contiguous, or new keys/values not [B, Hkv, D] rows")
-    out = torch.empty_like(query)
-    status = kernel.append_decode(
-        query.data_ptr(),
-        new_key.data_ptr(),
-        new_value.data_ptr(),
-        new_key.stride(0),
-        new_value.stride(0),
+    """One decode step's attention for one layer, in one kernel call: the rotary embedding of the
+    step's queries and keys, each row's new key/value column written into its buffers, then the
+    ragged decode attention over them. qk [B, Hq + Hkv, D] the step's un-rotated queries then keys, value [B, Hkv, D] (each head's D contiguous, heads D
+    apart, rows may be further apart), rope [P, 2, D] contiguous (cos, then sin with rotate_half's
+    sign folded into its first half) in the same dtype, positions [B] int64 contiguous; `table` the
+    decode kernel's 5 x B int64 rows (key and value buffer pointers, lengths counting the new column,
+    head strides), buffers with room for that column. Returns [B, Hq, D]."""
+    B, heads, D = qk.shape
+    Hkv = value.shape[1]
+    Hq = heads - Hkv
+    if (
+        qk.stride()[1:] != (D, 1)
+        or value.stride()[1:] != (D, 1)
+        or not rope.is_contiguous()
+        or rope.dtype != qk.dtype
+        or value.dtype != qk.dtype
+        or positions.dtype != torch.int64
+        or not positions.is_contiguous()
+    ):
+        raise ValueError("rope_append_decode_attention: tensors not in the layout it reads")
+    scratch = qk.new_empty((B, Hq, D))
+    out = torch.empty_like(scratch)
+    status = kernel.rope_decode(
+        qk.data_ptr(),
+        value.data_ptr(),
+        qk.stride(0),
+        value.stride(0),
+        rope.data_ptr(),
+        rope.shape[0],
+        positions.data_ptr(),
         table.buffer_info()[0],
         B,
         Hq,
         Hkv,
         D,
         scale,
-        _DTYPE_CODES[query.dtype],
+        _DTYPE_CODES[qk.dtype],
         torch.get_num_threads(),
+        scratch.data_ptr(),
         out.data_ptr(),
     )
     if status != 0:
-        raise ValueError(f"ragged attention kernel rejected B={B} Hq={Hq} Hkv={Hkv} D={D}")
+        raise ValueError(f"ragged rope/attention kernel rejected B={B} Hq={Hq} Hkv={Hkv} D={D} (or a position past the table)")
     return out
 
 
