@@ -184,3 +184,51 @@ def test_routed_lora_rows_take_the_transformers_forward(tiny_model_dir, monkeypa
     monkeypatch.setattr(engine, "lora", routed)
     engine._ragged_forward(cache, torch.zeros(len(PROMPTS), 1, dtype=torch.long), torch.zeros(len(PROMPTS), 1, dtype=torch.long), 1)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [32, 64, 24])
+def test_rope_append_decode_kernel_equals_torch(dtype, head_dim):
+    """The fused decode call (rotary, cache write, attention) against the same steps in torch:
+    rotate_half rotary, the column written into each row's buffer, sdpa over the row's cache."""
+    from openchat_cli.serve.engines import ragged_attention
+
+    kernel = ragged_attention.fast_decode_kernel(dtype)
+    if kernel is None:
+        pytest.skip(f"no attention kernel here ({ragged_attention.kernel_status()})")
+    gen = torch.Generator().manual_seed(head_dim)
+    hq, hkv, D, lengths = 6, 2, head_dim, [5, 1, 17]
+    B = len(lengths)
+    qkv = torch.randn(B, (hq + 2 * hkv) * D, generator=gen).to(dtype)  # a fused projection's rows
+    qk, v = qkv[:, : (hq + hkv) * D].view(B, hq + hkv, D), qkv[:, (hq + hkv) * D :].view(B, hkv, D)
+    angles = torch.arange(40, dtype=torch.float32)[:, None] * torch.rand(D // 2, generator=gen)[None]
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    rope = torch.stack([cos, torch.cat([-sin[:, : D // 2], sin[:, D // 2 :]], -1)], 1).to(dtype).contiguous()
+    positions = torch.tensor([n - 1 + 3 for n in lengths])  # any positions: rotary does not read the cache
+    buffers = [(torch.randn(hkv, n + 4, D, generator=gen).to(dtype), torch.randn(hkv, n + 4, D, generator=gen).to(dtype)) for n in lengths]
+    before = [(k.clone(), vv.clone()) for k, vv in buffers]
+    table = __import__("array").array(
+        "q",
+        [k.data_ptr() for k, _ in buffers] + [vv.data_ptr() for _, vv in buffers] + lengths
+        + [k.stride(0) for k, _ in buffers] + [vv.stride(0) for _, vv in buffers],
+    )
+    got = ragged_attention.rope_append_decode_attention(kernel, qk, v, rope, positions, table, D**-0.5)
+
+    def rotate(x, p):  # transformers' rotate_half form, in fp32
+        c, s = cos[p].float(), sin[p].float()
+        x = x.float()
+        return x * c + torch.cat([-x[..., D // 2 :], x[..., : D // 2]], -1) * s
+
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for b, n in enumerate(lengths):
+        q, k = rotate(qk[b, :hq], positions[b]), rotate(qk[b, hq:], positions[b])
+        keys, values = before[b][0].float(), before[b][1].float()
+        keys[:, n - 1], values[:, n - 1] = k, v[b].float()
+        assert torch.allclose(buffers[b][0][:, n - 1].float(), k, atol=tolerance * 4)  # the new column, rotated
+        assert torch.equal(buffers[b][1][:, n - 1], v[b])
+        assert torch.equal(buffers[b][0][:, : n - 1], before[b][0][:, : n - 1])  # nothing else written
+        assert torch.equal(buffers[b][0][:, n:], before[b][0][:, n:])
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[:, None], keys[:, :n], values[:, :n], scale=D**-0.5, enable_gqa=True
+        )[:, 0]
+        assert torch.allclose(got[b].float(), want, atol=tolerance * 4, rtol=tolerance), float((got[b].float() - want).abs().max())
