@@ -227,7 +227,9 @@ def _decode_steps(engine, batch: int, prompt_len: int, steps: int) -> float:
     prompts = [[(7 * i + j) % (engine.vocab_limit - 4) + 4 for j in range(prompt_len)] for i in range(batch)]
     with torch.inference_mode():
         packed = pack(prompts, engine.device, None, engine.model.dtype)
-        engine._ragged_forward(RaggedCache(rows, packed.segments), packed.input_ids, packed.position_ids, packed.last_positions)
+        engine._ragged_forward(
+            RaggedCache(rows, packed.segments), packed.input_ids, packed.position_ids, packed.last_positions
+        )
         ids = torch.tensor([[5]] * batch)
         started = time.process_time()
         for step in range(steps):
@@ -236,14 +238,18 @@ def _decode_steps(engine, batch: int, prompt_len: int, steps: int) -> float:
         return (time.process_time() - started) / steps * 1000
 
 
-def compare_fast_forward(model, tokenizer, modes: list[str], dtypes: list[str], prompts, levels, max_tokens) -> list[dict]:
+def compare_fast_forward(
+    model, tokenizer, modes: list[str], dtypes: list[str], prompts, levels, max_tokens
+) -> list[dict]:
     """The transformers forward vs fast_llama.py's, per dtype: decode step time, then the engine."""
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
 
     rows = []
     for dtype in dtypes:
         engines = {
-            mode: TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype=dtype, fast_forward=mode == "on")
+            mode: TransformersEngine(
+                model, tokenizer=tokenizer, max_batch_size=64, dtype=dtype, fast_forward=mode == "on"
+            )
             for mode in modes
         }
         print(f"  {dtype}: fast forward {', '.join(f'{m}: {e._fast is not None}' for m, e in engines.items())}")
@@ -253,9 +259,14 @@ def compare_fast_forward(model, tokenizer, modes: list[str], dtypes: list[str], 
             if len(modes) == 2:
                 row["speedup"] = times[modes[0]] / times[modes[1]]
             rows.append(row)
-            print("  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            print(
+                "  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True
+            )
         times = {mode: min(prefill_ms(e, prompts) for _ in range(2)) for mode, e in engines.items()}
-        row = {"part": f"{dtype} prefill {len(prompts)} prompts (packs of 512)", **{f"{m}_ms": t for m, t in times.items()}}
+        row = {
+            "part": f"{dtype} prefill {len(prompts)} prompts (packs of 512)",
+            **{f"{m}_ms": t for m, t in times.items()},
+        }
         if len(modes) == 2:
             row["speedup"] = times[modes[0]] / times[modes[1]]
         rows.append(row)

@@ -165,7 +165,9 @@ def test_engine_replies_are_the_same_with_the_fast_forward_on_and_off(tiny_model
 
 
 def test_models_it_does_not_cover_fall_back(tiny_model_dir, tmp_path, monkeypatch, caplog):
-    dynamic = _variant(tiny_model_dir, tmp_path / "dynamic", "llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    dynamic = _variant(
+        tiny_model_dir, tmp_path / "dynamic", "llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0}
+    )
     with caplog.at_level("INFO", logger="openchat.serve.engine"):
         engine = _engine(dynamic)
     assert engine._fast is None and engine.describe()["kv_cache"] == "ragged"
@@ -182,7 +184,9 @@ def test_routed_lora_rows_take_the_transformers_forward(tiny_model_dir, monkeypa
     routed = type("Router", (), {"routed": True})()
     cache = RaggedCache([SequenceKV(2, 8) for _ in PROMPTS])
     monkeypatch.setattr(engine, "lora", routed)
-    engine._ragged_forward(cache, torch.zeros(len(PROMPTS), 1, dtype=torch.long), torch.zeros(len(PROMPTS), 1, dtype=torch.long), 1)
+    engine._ragged_forward(
+        cache, torch.zeros(len(PROMPTS), 1, dtype=torch.long), torch.zeros(len(PROMPTS), 1, dtype=torch.long), 1
+    )
     assert calls == [1]
 
 
@@ -205,12 +209,18 @@ def test_rope_append_decode_kernel_equals_torch(dtype, head_dim):
     cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
     rope = torch.stack([cos, torch.cat([-sin[:, : D // 2], sin[:, D // 2 :]], -1)], 1).to(dtype).contiguous()
     positions = torch.tensor([n - 1 + 3 for n in lengths])  # any positions: rotary does not read the cache
-    buffers = [(torch.randn(hkv, n + 4, D, generator=gen).to(dtype), torch.randn(hkv, n + 4, D, generator=gen).to(dtype)) for n in lengths]
+    buffers = [
+        (torch.randn(hkv, n + 4, D, generator=gen).to(dtype), torch.randn(hkv, n + 4, D, generator=gen).to(dtype))
+        for n in lengths
+    ]
     before = [(k.clone(), vv.clone()) for k, vv in buffers]
     table = __import__("array").array(
         "q",
-        [k.data_ptr() for k, _ in buffers] + [vv.data_ptr() for _, vv in buffers] + lengths
-        + [k.stride(0) for k, _ in buffers] + [vv.stride(0) for _, vv in buffers],
+        [k.data_ptr() for k, _ in buffers]
+        + [vv.data_ptr() for _, vv in buffers]
+        + lengths
+        + [k.stride(0) for k, _ in buffers]
+        + [vv.stride(0) for _, vv in buffers],
     )
     got = ragged_attention.rope_append_decode_attention(kernel, qk, v, rope, positions, table, D**-0.5)
 
@@ -231,4 +241,6 @@ def test_rope_append_decode_kernel_equals_torch(dtype, head_dim):
         want = torch.nn.functional.scaled_dot_product_attention(
             q[:, None], keys[:, :n], values[:, :n], scale=D**-0.5, enable_gqa=True
         )[:, 0]
-        assert torch.allclose(got[b].float(), want, atol=tolerance * 4, rtol=tolerance), float((got[b].float() - want).abs().max())
+        assert torch.allclose(got[b].float(), want, atol=tolerance * 4, rtol=tolerance), float(
+            (got[b].float() - want).abs().max()
+        )

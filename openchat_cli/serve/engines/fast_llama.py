@@ -79,7 +79,9 @@ class _Linear:
                 small = weight.numel() < packed_linear.GEMV_MAX_WEIGHT
                 self.gemv_rows = packed_linear.GEMV_ROWS[str(weight.dtype).removeprefix("torch.")] if small else 0
             else:
-                log.warning("fast forward: a fused weight %s kept on F.linear (differs by %.3g)", tuple(weight.shape), diff)
+                log.warning(
+                    "fast forward: a fused weight %s kept on F.linear (differs by %.3g)", tuple(weight.shape), diff
+                )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from openchat_cli.serve.engines.packed_linear import PACKED_MAX_ROWS, _packed_linear
@@ -207,7 +209,8 @@ def supports(engine: Any) -> str | None:
     hooked = [
         name
         for name, m in model.named_modules()
-        if (m._forward_hooks or m._forward_pre_hooks) and not (engine.lora is not None and isinstance(m, torch.nn.Linear))
+        if (m._forward_hooks or m._forward_pre_hooks)
+        and not (engine.lora is not None and isinstance(m, torch.nn.Linear))
     ]
     if hooked:
         return f"module hooks ({hooked[0]})"
@@ -320,7 +323,9 @@ class FastLlama:
             qk = qkv[:, : q_width + kv_width].view(T, Hq + Hkv, D)
             v = qkv[:, q_width + kv_width :].view(T, Hkv, D)
             if tables is not None:
-                attended = rope_append_decode_attention(kernel, qk, v, self._cos_sin, flat_pos, tables[index], self.scale)
+                attended = rope_append_decode_attention(
+                    kernel, qk, v, self._cos_sin, flat_pos, tables[index], self.scale
+                )
             else:
                 qk = self._rotate(qk, cos, sin)
                 q, k = qk[:, :Hq], qk[:, Hq:]

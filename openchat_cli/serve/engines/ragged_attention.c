@@ -380,9 +380,10 @@ static inline __attribute__((always_inline)) void rope_head(const void *x, const
  * qk: [B, Hq + Hkv, D] un-rotated queries then keys (rows qk_row_stride apart, heads D apart);
  * value: [B, Hkv, D] (rows value_row_stride apart); rope: [P, 2, D], per position cos then signed
  * sin; positions: B int64; rows: the decode table (lengths count the new column); query_out:
- * [B, Hq, D] scratch for the rotated queries; out: [B, Hq, D], contiguous, the dtype. Why in C: in torch the rotation was five ops per
- * layer (flip, two multiplies, add, a contiguous copy), ~9% of a one-row decode step, and writing one
- * column per row from Python took B tensor views and a foreach copy per layer. */
+ * [B, Hq, D] scratch for the rotated queries; out: [B, Hq, D], contiguous, the dtype.
+ * Why in C: in torch the rotation was five ops per layer (flip, two multiplies, add, a contiguous
+ * copy), ~9% of a one-row decode step, and writing one column per row from Python took B tensor
+ * views and a foreach copy per layer. */
 int ragged_rope_append_decode_attention(const void *qk, const void *value, int64_t qk_row_stride,
                                         int64_t value_row_stride, const void *rope, int64_t P, const int64_t *positions,
                                         const int64_t *rows, int64_t B, int64_t Hq, int64_t Hkv, int64_t D,

@@ -99,7 +99,8 @@ class _Kernel:
         # q/k, value, their row strides, rope table, positions, rows table, B, Hq, Hkv, D, scale, dtype,
         # threads, query scratch, out
         self.rope_decode = self._lib.ragged_rope_append_decode_attention
-        self.rope_decode.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr, ptr, i64, i64, i64, i64, f32, i32, i32, ptr, ptr]
+        self.rope_decode.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr, ptr, i64, i64, i64, i64, f32, i32, i32]
+        self.rope_decode.argtypes += [ptr, ptr]
         self.rope_decode.restype = i32
 
 
@@ -376,11 +377,14 @@ def rope_append_decode_attention(
 ) -> torch.Tensor:
     """One decode step's attention for one layer, in one kernel call: the rotary embedding of the
     step's queries and keys, each row's new key/value column written into its buffers, then the
-    ragged decode attention over them. qk [B, Hq + Hkv, D] the step's un-rotated queries then keys, value [B, Hkv, D] (each head's D contiguous, heads D
-    apart, rows may be further apart), rope [P, 2, D] contiguous (cos, then sin with rotate_half's
-    sign folded into its first half) in the same dtype, positions [B] int64 contiguous; `table` the
-    decode kernel's 5 x B int64 rows (key and value buffer pointers, lengths counting the new column,
-    head strides), buffers with room for that column. Returns [B, Hq, D]."""
+    ragged decode attention over them.
+
+    qk [B, Hq + Hkv, D]: the step's un-rotated queries then keys; value [B, Hkv, D] (each head's D
+    contiguous, heads D apart, rows may be further apart: slices of a fused projection); rope
+    [P, 2, D] contiguous, same dtype: cos, then sin with rotate_half's sign folded into its first
+    half; positions [B] int64 contiguous; `table` the decode kernel's 5 x B int64 rows (key and
+    value buffer pointers, lengths counting the new column, head strides), buffers with room for
+    that column. Returns [B, Hq, D]."""
     B, heads, D = qk.shape
     Hkv = value.shape[1]
     Hq = heads - Hkv
@@ -416,7 +420,9 @@ def rope_append_decode_attention(
         out.data_ptr(),
     )
     if status != 0:
-        raise ValueError(f"ragged rope/attention kernel rejected B={B} Hq={Hq} Hkv={Hkv} D={D} (or a position past the table)")
+        raise ValueError(
+            f"ragged rope/attention kernel rejected B={B} Hq={Hq} Hkv={Hkv} D={D} (or a position past the table)"
+        )
     return out
 
 
