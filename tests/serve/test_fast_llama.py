@@ -88,11 +88,18 @@ def variants(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "arch,dtype",
-    [("llama", torch.float32), ("llama", torch.bfloat16), ("qwen2", torch.float32), ("mistral", torch.float32)],
+    "arch,dtype,packed",
+    [
+        ("llama", torch.float32, True),
+        ("llama", torch.float32, False),  # OPENCHAT_PACKED_LINEAR=0: the fused weights on F.linear
+        ("llama", torch.bfloat16, True),
+        ("qwen2", torch.float32, True),
+        ("mistral", torch.float32, True),
+    ],
 )
-def test_fast_logits_equal_the_transformers_forward(variants, arch, dtype):
-    engine = _engine(variants[arch], dtype=str(dtype).removeprefix("torch."))
+def test_fast_logits_equal_the_transformers_forward(variants, arch, dtype, packed):
+    engine = _engine(variants[arch], dtype=str(dtype).removeprefix("torch."), packed_linear=packed)
+    assert (engine._fast.layers[0].qkv.packed is not None) == (packed and bool(engine.packing.packed))
     fast = engine._fast
     assert fast is not None and engine.describe()["fast_forward"] is True
     layers = len(fast.layers)
