@@ -6,9 +6,14 @@ transformers forward runs seven Linear modules, RMSNorm in five ops, rotary thro
 attention-interface lookup, decorators and module hooks; at one decode row that overhead IS the step.
 Here, per layer: one fused RMSNorm (`torch.rms_norm`), ONE linear for q/k/v and ONE for gate/up
 (weights fused once at load), rotary from a cos/sin table precomputed for positions (grown as
-needed) in three ops, the same ragged KV cache (kv_cache.py) and attention kernels
-(ragged_attention.py) the transformers path uses, o/down projections, and logits only for the rows
-the engine keeps (last position per prompt, or every position when prompt logprobs need them).
+needed), the same ragged KV cache (kv_cache.py) and attention kernels (ragged_attention.py) the
+transformers path uses, o/down projections, and logits only for the rows the engine keeps (last
+position per prompt, or every position when prompt logprobs need them). A decode step's rotary,
+K/V column writes and attention are ONE kernel call per layer (`rope_append_decode_attention`, on
+per-layer pointer tables built once per step), instead of five torch ops plus B tensor views per
+layer; without the kernel (OPENCHAT_ATTENTION_KERNEL=0, no compiler) rotary is three torch ops and
+the cache is written through `RaggedCache.update`. Measured (benchmarks/bench_serve_engine.py
+--parts fast, one thread, 3.4M model): decode step 1.9x at batch 1, 1.7x at 8, 1.5x at 32.
 
 Weights are the loaded model's: q/k/v (and gate/up) are concatenated into one tensor and the
 modules' own weights become views of it, so memory does not grow and the transformers forward
