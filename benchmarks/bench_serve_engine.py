@@ -13,6 +13,9 @@ Parts, each printed as baseline vs current and their ratio:
 - dtype: the current engine in float32 and bfloat16;
 - packed: the current engine with its Linear layers on F.linear vs on prepacked oneDNN weights
   (packed_linear.py), in float32 and bfloat16;
+- fast: the current engine with the transformers forward vs fast_llama.py's forward
+  (`--fast-forward off,on`), per `--dtypes`: the in-process decode step (ms per step at batches
+  1, 8 and 32, process CPU time) and tokens/s, TTFT p50 at each level;
 - kv: the current engine's padded KV batch (`kv_cache="padded"`) vs its ragged cache (per-sequence
   buffers, ragged decode attention, per-prompt packed prefill): the prefill wave and c=1/8/32.
 
@@ -20,6 +23,7 @@ Parts, each printed as baseline vs current and their ratio:
     python benchmarks/bench_serve_engine.py --model DIR --levels 1,8 --max-tokens 64
     python benchmarks/bench_serve_engine.py --model DIR --parts kv
     python benchmarks/bench_serve_engine.py --model DIR --parts packed
+    python benchmarks/bench_serve_engine.py --model DIR --parts fast --dtypes float32,bfloat16
 """
 
 from __future__ import annotations
@@ -168,6 +172,113 @@ async def engine_level(engine, prompts: list[list[int]], concurrency: int, max_t
     return {"tok_s": sum(counts) / wall, "ttft_p50_ms": statistics.median(ttfts) * 1000}
 
 
+def decode_step_ms(engine, batch: int, prompt_len: int = 100, steps: int = 100) -> float:
+    """Process CPU ms of one decode step of `batch` rows through the engine's ragged forward, on one
+    thread (prompts prefilled first; the cache grows by one column per step, as in serving)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of one thread: OpenMP workers spinning would count too
+    try:
+        return _decode_steps(engine, batch, prompt_len, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def prefill_ms(engine, prompts: list[list[int]], pack_tokens: int = 512) -> float:
+    """Process CPU ms, on one thread, of prefilling `prompts` (shortest first, packs of at most
+    `pack_tokens`, as the engine groups them) through the engine's ragged forward."""
+    import torch
+
+    from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
+    from openchat_cli.serve.engines.prefill import pack
+
+    groups: list[list[list[int]]] = []
+    tokens = 0
+    for prompt in sorted(prompts, key=len):
+        if groups and tokens + len(prompt) <= pack_tokens:
+            groups[-1].append(prompt)
+            tokens += len(prompt)
+        else:
+            groups.append([prompt])
+            tokens = len(prompt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        started = time.process_time()
+        with torch.inference_mode():
+            for group in groups:
+                rows = [SequenceKV(engine._layers, len(p) + 8) for p in group]
+                packed = pack(group, engine.device, None, engine.model.dtype)
+                cache = RaggedCache(rows, packed.segments)
+                engine._ragged_forward(cache, packed.input_ids, packed.position_ids, packed.last_positions)
+        return (time.process_time() - started) * 1000
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _decode_steps(engine, batch: int, prompt_len: int, steps: int) -> float:
+    import torch
+
+    from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
+    from openchat_cli.serve.engines.prefill import pack
+
+    rows = [SequenceKV(engine._layers, prompt_len + steps + 8) for _ in range(batch)]
+    prompts = [[(7 * i + j) % (engine.vocab_limit - 4) + 4 for j in range(prompt_len)] for i in range(batch)]
+    with torch.inference_mode():
+        packed = pack(prompts, engine.device, None, engine.model.dtype)
+        engine._ragged_forward(
+            RaggedCache(rows, packed.segments), packed.input_ids, packed.position_ids, packed.last_positions
+        )
+        ids = torch.tensor([[5]] * batch)
+        started = time.process_time()
+        for step in range(steps):
+            positions = torch.tensor([[prompt_len + step]] * batch)
+            engine._ragged_forward(RaggedCache(rows), ids, positions, 1)
+        return (time.process_time() - started) / steps * 1000
+
+
+def compare_fast_forward(
+    model, tokenizer, modes: list[str], dtypes: list[str], prompts, levels, max_tokens
+) -> list[dict]:
+    """The transformers forward vs fast_llama.py's, per dtype: decode step time, then the engine."""
+    from openchat_cli.serve.engines.transformers_engine import TransformersEngine
+
+    rows = []
+    for dtype in dtypes:
+        engines = {
+            mode: TransformersEngine(
+                model, tokenizer=tokenizer, max_batch_size=64, dtype=dtype, fast_forward=mode == "on"
+            )
+            for mode in modes
+        }
+        print(f"  {dtype}: fast forward {', '.join(f'{m}: {e._fast is not None}' for m, e in engines.items())}")
+        for batch in (1, 8, 32):
+            times = {mode: min(decode_step_ms(e, batch) for _ in range(2)) for mode, e in engines.items()}
+            row = {"part": f"{dtype} decode step batch {batch}", **{f"{m}_ms": t for m, t in times.items()}}
+            if len(modes) == 2:
+                row["speedup"] = times[modes[0]] / times[modes[1]]
+            rows.append(row)
+            print(
+                "  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True
+            )
+        times = {mode: min(prefill_ms(e, prompts) for _ in range(2)) for mode, e in engines.items()}
+        row = {
+            "part": f"{dtype} prefill {len(prompts)} prompts (packs of 512)",
+            **{f"{m}_ms": t for m, t in times.items()},
+        }
+        if len(modes) == 2:
+            row["speedup"] = times[modes[0]] / times[modes[1]]
+        rows.append(row)
+        print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        if len(modes) == 2 and levels:
+            a, b = engines[modes[0]], engines[modes[1]]
+            labels = (f"{dtype}_fast_{modes[0]}", f"{dtype}_fast_{modes[1]}")
+            rows += compare_engines(a, b, labels, prompts, levels, max_tokens)
+        del engines
+    return rows
+
+
 def compare_engines(a, b, labels: tuple[str, str], prompts, levels: list[int], max_tokens: int) -> list[dict]:
     rows = []
     for c in levels:
@@ -200,10 +311,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", default="sampling,prefill,engine,dtype")
+    parser.add_argument("--fast-forward", default="off,on", help="fast forward modes to compare (part fast)")
+    parser.add_argument("--dtypes", default="float32", help="dtypes for part fast, e.g. float32,bfloat16")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x]
 
     from openchat_cli.model_dir import load_tokenizer, model_template
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
@@ -216,6 +329,14 @@ def main() -> None:
         template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": text}]}))
         for text in sharegpt_like_prompts(32)
     ]
+    if parts == {"fast"}:  # no other engine needed
+        print(f"model {model}  ·  levels {levels}  ·  {args.max_tokens}-token replies")
+        rows = compare_fast_forward(
+            model, tokenizer, args.fast_forward.split(","), args.dtypes.split(","), prompts, levels, args.max_tokens
+        )
+        if args.json:
+            print(json.dumps({"rows": rows}, indent=2))
+        return
     current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
     if parts <= {"kv", "packed", "dtype"}:  # the current engine against itself: no older engine needed
         args.baseline = "the padded batch"

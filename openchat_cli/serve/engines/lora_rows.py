@@ -247,6 +247,11 @@ class LoraRouter:
             if rows.numel():
                 self._routes.append((rows, adapter))
 
+    @property
+    def routed(self) -> bool:
+        """Whether the last `route` sent any token through an adapter (the fast forward then steps aside)."""
+        return bool(self._routes)
+
     def _hook(self, entries: list[tuple[LoraAdapter, Any, Any]]):
         by_adapter = {adapter.index: (adapter.scale, a, b) for adapter, a, b in entries}
 

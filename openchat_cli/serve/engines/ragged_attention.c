@@ -355,3 +355,56 @@ int ragged_prefill_attention(const void *query, const void *key, const void *val
     }
     return failed ? -2 : 0;
 }
+
+/* ---- The fast forward's decode (fast_llama.py): rotary, cache write and attention in one call. ---- */
+static inline __attribute__((always_inline)) void store(void *p, int64_t i, float x, const int bf16) {
+    if (bf16)
+        ((uint16_t *)p)[i] = f32_to_bf16(x);
+    else
+        ((float *)p)[i] = x;
+}
+
+/* Rotary embedding of one head vector: out[d] = x[d] * cos[d] + x[(d + D/2) % D] * sin[d], with
+ * rotate_half's sign already folded into `sin` (its first half negated). */
+static inline __attribute__((always_inline)) void rope_head(const void *x, const void *cos, const void *sin,
+                                                            int64_t D, const int bf16, void *out, int64_t at) {
+    const int64_t half = D / 2;
+    for (int64_t d = 0; d < D; d++) {
+        const int64_t partner = d < half ? d + half : d - half;
+        store(out, at + d, load(x, d, bf16) * load(cos, d, bf16) + load(x, partner, bf16) * load(sin, d, bf16), bf16);
+    }
+}
+
+/* The fast forward's whole decode attention for one layer: rotary embedding of the step's queries
+ * and keys, the keys and values written into each sequence's buffers, and the attention.
+ * qk: [B, Hq + Hkv, D] un-rotated queries then keys (rows qk_row_stride apart, heads D apart);
+ * value: [B, Hkv, D] (rows value_row_stride apart); rope: [P, 2, D], per position cos then signed
+ * sin; positions: B int64; rows: the decode table (lengths count the new column); query_out:
+ * [B, Hq, D] scratch for the rotated queries; out: [B, Hq, D], contiguous, the dtype.
+ * Why in C: in torch the rotation was five ops per layer (flip, two multiplies, add, a contiguous
+ * copy), ~9% of a one-row decode step, and writing one column per row from Python took B tensor
+ * views and a foreach copy per layer. */
+int ragged_rope_append_decode_attention(const void *qk, const void *value, int64_t qk_row_stride,
+                                        int64_t value_row_stride, const void *rope, int64_t P, const int64_t *positions,
+                                        const int64_t *rows, int64_t B, int64_t Hq, int64_t Hkv, int64_t D,
+                                        float scale, int dtype, int threads, void *query_out, void *out) {
+    if (B < 0 || Hkv <= 0 || D <= 0 || D % 2 || (dtype != DTYPE_F32 && dtype != DTYPE_BF16)) return -1;
+    const int bf16 = dtype == DTYPE_BF16;
+    const int64_t elem = bf16 ? 2 : 4;
+    const int64_t *key_ptr = rows, *value_ptr = rows + B, *length = rows + 2 * B;
+    const int64_t *key_stride = rows + 3 * B, *value_stride = rows + 4 * B;
+    for (int64_t b = 0; b < B; b++) {
+        if (length[b] <= 0 || positions[b] < 0 || positions[b] >= P) return -1;
+        const char *row = (const char *)qk + b * qk_row_stride * elem;
+        const char *cos = (const char *)rope + positions[b] * 2 * D * elem, *sin = cos + D * elem;
+        for (int64_t h = 0; h < Hq; h++) rope_head(row + h * D * elem, cos, sin, D, bf16, query_out, (b * Hq + h) * D);
+        const int64_t column = (length[b] - 1) * D;
+        for (int64_t h = 0; h < Hkv; h++) {
+            rope_head(row + (Hq + h) * D * elem, cos, sin, D, bf16, (void *)(intptr_t)key_ptr[b],
+                      h * key_stride[b] + column);
+            memcpy((char *)(intptr_t)value_ptr[b] + (h * value_stride[b] + column) * elem,
+                   (const char *)value + (b * value_row_stride + h * D) * elem, (size_t)(D * elem));
+        }
+    }
+    return ragged_decode_attention(query_out, rows, B, Hq, Hkv, D, scale, dtype, threads, out);
+}

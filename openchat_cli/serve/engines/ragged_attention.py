@@ -96,6 +96,12 @@ class _Kernel:
         self.prefill = self._lib.ragged_prefill_attention
         self.prefill.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, i64, i64, f32, i32, i32, ptr]
         self.prefill.restype = i32
+        # q/k, value, their row strides, rope table, positions, rows table, B, Hq, Hkv, D, scale, dtype,
+        # threads, query scratch, out
+        self.rope_decode = self._lib.ragged_rope_append_decode_attention
+        self.rope_decode.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr, ptr, i64, i64, i64, i64, f32, i32, i32]
+        self.rope_decode.argtypes += [ptr, ptr]
+        self.rope_decode.restype = i32
 
 
 def _flag_sets() -> list[tuple[list[str], bool]]:
@@ -349,6 +355,74 @@ def _run_kernel(kernel: _Kernel, query: torch.Tensor, kv_heads: int, table: arra
     )
     if status != 0:
         raise ValueError(f"ragged attention kernel rejected B={B} Hq={Hq} Hkv={kv_heads} D={D}")
+    return out
+
+
+def fast_decode_kernel(dtype: torch.dtype) -> _Kernel | None:
+    """The kernel `rope_append_decode_attention` needs, or None (switched off, not built, or a dtype it
+    does not take): the caller then writes the cache and calls `decode_attention` instead."""
+    if _switched_off() or dtype not in _DTYPE_CODES:
+        return None
+    return _loader.get()
+
+
+def rope_append_decode_attention(
+    kernel: _Kernel,
+    qk: torch.Tensor,
+    value: torch.Tensor,
+    rope: torch.Tensor,
+    positions: torch.Tensor,
+    table: array.array,
+    scale: float,
+) -> torch.Tensor:
+    """One decode step's attention for one layer, in one kernel call: the rotary embedding of the
+    step's queries and keys, each row's new key/value column written into its buffers, then the
+    ragged decode attention over them.
+
+    qk [B, Hq + Hkv, D]: the step's un-rotated queries then keys; value [B, Hkv, D] (each head's D
+    contiguous, heads D apart, rows may be further apart: slices of a fused projection); rope
+    [P, 2, D] contiguous, same dtype: cos, then sin with rotate_half's sign folded into its first
+    half; positions [B] int64 contiguous; `table` the decode kernel's 5 x B int64 rows (key and
+    value buffer pointers, lengths counting the new column, head strides), buffers with room for
+    that column. Returns [B, Hq, D]."""
+    B, heads, D = qk.shape
+    Hkv = value.shape[1]
+    Hq = heads - Hkv
+    if (
+        qk.stride()[1:] != (D, 1)
+        or value.stride()[1:] != (D, 1)
+        or not rope.is_contiguous()
+        or rope.dtype != qk.dtype
+        or value.dtype != qk.dtype
+        or positions.dtype != torch.int64
+        or not positions.is_contiguous()
+    ):
+        raise ValueError("rope_append_decode_attention: tensors not in the layout it reads")
+    scratch = qk.new_empty((B, Hq, D))
+    out = torch.empty_like(scratch)
+    status = kernel.rope_decode(
+        qk.data_ptr(),
+        value.data_ptr(),
+        qk.stride(0),
+        value.stride(0),
+        rope.data_ptr(),
+        rope.shape[0],
+        positions.data_ptr(),
+        table.buffer_info()[0],
+        B,
+        Hq,
+        Hkv,
+        D,
+        scale,
+        _DTYPE_CODES[qk.dtype],
+        torch.get_num_threads(),
+        scratch.data_ptr(),
+        out.data_ptr(),
+    )
+    if status != 0:
+        raise ValueError(
+            f"ragged rope/attention kernel rejected B={B} Hq={Hq} Hkv={Hkv} D={D} (or a position past the table)"
+        )
     return out
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from openchat_cli.model.context import context_length
-from openchat_cli.serve.engines import engine_attention
+from openchat_cli.serve.engines import engine_attention, fast_llama
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -129,11 +129,14 @@ class TransformersEngine(Engine):
         adapters: dict[str, str] | None = None,
         kv_cache: str = "auto",
         packed_linear: bool | None = None,
+        fast_forward: bool | None = None,
     ):
         """`kv_cache`: "auto" (ragged where the model fits it, see `_enable_ragged`) or "padded"
         (the left-padded batch for every model: the reference the tests and benchmarks compare
         the ragged path against). `packed_linear`: Linear layers on prepacked oneDNN weights
-        (packed_linear.py) on CPU; None: on unless OPENCHAT_PACKED_LINEAR=0."""
+        (packed_linear.py) on CPU; None: on unless OPENCHAT_PACKED_LINEAR=0. `fast_forward`: False keeps
+        the transformers forward for Llama-shaped models (fast_llama.py; None: on unless
+        OPENCHAT_FAST_FORWARD=0)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -199,9 +202,11 @@ class TransformersEngine(Engine):
         self.scoring_forwards = 0  # forwards that scored prompts only (max_tokens 0)
         self._layers = int(getattr(text_config, "num_hidden_layers", 0) or 0)
         self._warmup()
+        self._fast = None  # fast_llama.py's forward, where the model fits it (after the ragged check)
         self._ragged = kv_cache != "padded" and self._enable_ragged()
         if self._ragged:  # the warm-up check built (or loaded) the attention kernel: say which path runs
             log.info("ragged KV cache; decode and prefill attention: %s", kernel_status())
+            self._fast = fast_llama.attach(self) if fast_forward is not False else None
 
     def _pack_linears(self, device: str, enabled: bool | None):
         """CPU fp32/bf16 without --quantize: Linear layers on prepacked oneDNN weights
@@ -281,7 +286,16 @@ class TransformersEngine(Engine):
         return True
 
     def _ragged_forward(self, cache: RaggedCache, ids, positions, logits_to_keep):
-        """One forward through the ragged cache (prefill or decode); the logits it keeps."""
+        """One forward through the ragged cache (prefill or decode); the logits it keeps. Llama-shaped
+        models run fast_llama.py's forward unless LoRA rows are routed this forward."""
+        if self._fast is not None and not (self.lora is not None and self.lora.routed):
+            logits = self._fast.forward(cache, ids, positions, logits_to_keep)
+        else:
+            logits = self._transformers_forward(cache, ids, positions, logits_to_keep)
+        cache.finish()
+        return logits
+
+    def _transformers_forward(self, cache: RaggedCache, ids, positions, logits_to_keep):
         logits = self.model(
             input_ids=ids,
             position_ids=positions,
@@ -290,7 +304,6 @@ class TransformersEngine(Engine):
             ragged=cache,
             logits_to_keep=logits_to_keep,
         ).logits
-        cache.finish()
         return logits[0] if cache.segments is not None else logits
 
     async def start(self) -> None:
@@ -337,6 +350,7 @@ class TransformersEngine(Engine):
             "quantized": self.quantized,
             "weight_bytes": self.weight_bytes,
             "linear": self.packing.describe(),
+            "fast_forward": self._fast is not None,
             "lora_adapters": sorted(self.lora.adapters) if self.lora else [],
         }
 
@@ -360,6 +374,8 @@ class TransformersEngine(Engine):
                 from openchat_cli.serve.engines.packed_linear import repack
 
                 repack(self.model)  # the packed copies hold the old weights
+            if self._fast is not None:
+                self._fast.repack()
 
     # -- the API side --------------------------------------------------------------------------
     async def generate(
