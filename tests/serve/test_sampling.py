@@ -18,12 +18,12 @@ def states(*params, prompt=(1, 2)):
 def test_inverse_cdf_follows_the_distribution():
     probs = torch.tensor([[0.0, 0.1, 0.0, 0.2, 0.7]]).repeat(4000, 1)
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.tensor(inverse_cdf(probs, [gen] * 4000))
+    tokens = torch.tensor(inverse_cdf(probs, torch.rand(4000, generator=gen).tolist()))
     counts = torch.bincount(tokens, minlength=5).float() / 4000
     assert counts[0] == 0 and counts[2] == 0  # zero probability is never drawn
     assert torch.allclose(counts, probs[0], atol=0.03), counts
     # Unnormalised rows (after truncation) are scaled by their own total.
-    half = inverse_cdf(torch.tensor([[0.0, 0.0, 0.5]]), [torch.Generator().manual_seed(1)])
+    half = inverse_cdf(torch.tensor([[0.0, 0.0, 0.5]]), [0.3])
     assert half == [2]
 
 
@@ -84,10 +84,10 @@ def test_penalties_and_bias_follow_their_definitions():
 
 
 def test_blocked_argmax_is_torchs_first_argmax():
-    from openchat_cli.serve.engines.sampling import BLOCK, first_argmax
+    from openchat_cli.serve.engines.sampling import BLOCK, BLOCKED_FROM, first_argmax
 
     gen = torch.Generator().manual_seed(0)
-    for width in (BLOCK * 4, BLOCK * 7 + 5, 32000):
+    for width in (BLOCKED_FROM, BLOCKED_FROM + BLOCK + 5, 32000):
         x = torch.randn(6, width, generator=gen)
         x[1, 17] = x[1, width - 1] = 50.0  # a tie: the first id wins
         x[2] = float("-inf")  # nothing allowed: id 0, as argmax says
@@ -100,16 +100,16 @@ def test_blocked_argmax_is_torchs_first_argmax():
 
 
 def test_blocked_inverse_cdf_follows_the_distribution_and_never_draws_a_zero():
-    from openchat_cli.serve.engines.sampling import BLOCK, _last_positive_at_most
+    from openchat_cli.serve.engines.sampling import BLOCK, BLOCKED_FROM, _last_positive_at_most
 
-    width = BLOCK * 5 + 7
+    width = BLOCKED_FROM + BLOCK + 7
     probs = torch.zeros(3000, width)
     # Mass in the first and last id of a block, at a block edge, and in the short tail block.
-    allowed = {0: 0.1, BLOCK - 1: 0.2, BLOCK: 0.1, 3 * BLOCK + 9: 0.25, width - 1: 0.3, width - 7: 0.05}
+    allowed = {0: 0.1, BLOCK - 1: 0.2, BLOCK: 0.1, 9 * BLOCK + 9: 0.25, width - 1: 0.3, width - 7: 0.05}
     for token, p in allowed.items():
         probs[:, token] = p * 2  # unnormalised, as after truncation
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.tensor(inverse_cdf(probs, [gen] * len(probs)))
+    tokens = torch.tensor(inverse_cdf(probs, torch.rand(len(probs), generator=gen).tolist()))
     assert set(tokens.tolist()) == set(allowed)
     counts = torch.bincount(tokens, minlength=width).float() / len(tokens)
     for token, p in allowed.items():
@@ -126,7 +126,7 @@ def test_a_row_draws_the_same_blocked_or_in_company_and_past_the_tokenizer_never
     """Wide vocabularies take the blocked paths: a seeded row is still independent of its
     company, and ids past `vocab_limit` (padded embedding rows) are never drawn, even when a
     bias or penalty names them."""
-    width, limit = 5000, 4321
+    width, limit = 5000, 4321  # past BLOCKED_FROM: the blocked paths
     seeded = SamplingParams(max_tokens=1, temperature=0.8, seed=7, logit_bias=((4500, 100.0), (3, 1.0)))
     company = [
         SamplingParams(max_tokens=1, temperature=0.0, repetition_penalty=1.2),

@@ -1009,10 +1009,15 @@ class TransformersEngine(Engine):
 
     def _sample(self, logits, seqs: list[_Seq]) -> tuple[list[int], list[TokenLogprob | None]]:
         """The next token of every row, and its logprob for rows that asked for logprobs."""
-        work = logits.float()
+        import torch
+
         wanted = any(s.params.logprobs is not None for s in seqs)
-        if work is logits:  # sampling edits its logits in place
-            work = work.clone() if wanted else work
+        # Sampling never looks past the tokenizer (sampling.py): a bf16 batch converts only those ids.
+        work = logits[:, : self.vocab_limit] if self.vocab_limit < logits.shape[-1] else logits
+        if work.dtype != torch.float32:
+            work = work.float()
+        elif wanted:  # sampling edits its logits in place; the logprobs are of the raw ones
+            work = work.clone()
         tokens = sample(work, [s.sampling for s in seqs], self.vocab_limit)
         return tokens, self._token_logprobs(logits, seqs, tokens)
 
