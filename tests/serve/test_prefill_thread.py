@@ -194,7 +194,9 @@ def test_only_the_ragged_path_without_lora_prefills_on_its_own_thread(tiny_model
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
 
     tokenizer = load_tokenizer(tiny_model_dir)
-    padded = TransformersEngine(tiny_model_dir, tokenizer=tokenizer, kv_cache="padded")
+    padded = TransformersEngine(tiny_model_dir, tokenizer=tokenizer, kv_cache="padded", prefill_thread=True)
     assert not padded.overlapped  # the padded batch merges caches on the scheduler thread
-    monkeypatch.setenv("OPENCHAT_PREFILL_THREAD", "0")
-    assert not TransformersEngine(tiny_model_dir, tokenizer=tokenizer).overlapped
+    assert not TransformersEngine(tiny_model_dir, tokenizer=tokenizer).overlapped  # off by default
+    monkeypatch.setenv("OPENCHAT_PREFILL_THREAD", "1")
+    assert TransformersEngine(tiny_model_dir, tokenizer=tokenizer).overlapped
+    assert not TransformersEngine(tiny_model_dir, tokenizer=tokenizer, kv_cache="padded").overlapped

@@ -74,12 +74,12 @@ MAX_SCORING_LOGITS = 256 * 1024 * 1024
 # this 2-CPU box). The ragged path attends per prompt: packs of 256 to 2048 took the same time
 # there, and smaller packs hand first tokens out sooner.
 PACK_TOKENS = 512
-PREFILL_THREAD_SWITCH = "OPENCHAT_PREFILL_THREAD"  # "0" (or off/false/no): prefill on the scheduler thread
+PREFILL_THREAD_SWITCH = "OPENCHAT_PREFILL_THREAD"  # "1" (or on/true/yes): prefill on a thread of its own
 
 
 def prefill_thread_by_env() -> bool:
-    """False when OPENCHAT_PREFILL_THREAD is 0/false/off/no."""
-    return os.environ.get(PREFILL_THREAD_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+    """True when OPENCHAT_PREFILL_THREAD is 1/true/on/yes (off by default: see `overlapped`)."""
+    return os.environ.get(PREFILL_THREAD_SWITCH, "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 @dataclass(eq=False)
@@ -143,7 +143,7 @@ class TransformersEngine(Engine):
         the ragged path against). `packed_linear`: Linear layers on prepacked oneDNN weights
         (packed_linear.py) on CPU; None: on unless OPENCHAT_PACKED_LINEAR=0. `prefill_thread`:
         prefill newcomers on a thread of their own, beside the decode steps (see `_overlapped`);
-        None: on unless OPENCHAT_PREFILL_THREAD=0."""
+        None: off unless OPENCHAT_PREFILL_THREAD=1."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -344,7 +344,12 @@ class TransformersEngine(Engine):
         was busy). Decode rows no longer stall while a pack prefills, and a newcomer's prefill no
         longer waits for the decode step in flight. Only on the ragged path (each sequence owns
         its KV buffers: nothing the two threads share is written) and without LoRA adapters (their
-        routing is one setting on the model for the forward in flight)."""
+        routing is one setting on the model for the forward in flight).
+
+        Off by default: measured on a shared 2-CPU box (benchmarks/bench_serve_engine.py --parts
+        prefill-thread), the two threads' GIL hand-offs cost 15-20% more CPU per token; the 40M
+        model at 32 streams gained ~9% tokens/s and a lower TTFT where a core was free, the small
+        (3.4M, Python-bound) model lost ~20% and doubled its TTFT p50 on a busy box."""
         return self._ragged and self.lora is None and self._prefill_thread_wanted
 
     @property
