@@ -8,7 +8,8 @@ per-request. The API needs all three, so this module runs a small continuous-bat
 
 - one scheduler thread owns the model. Each step it drops cancelled sequences, admits waiting
   ones (their prompts are prefilled packed without padding, PACK_TOKENS per forward (prefill.py)),
-  and runs ONE batched forward for every running sequence;
+  and runs ONE batched forward for every running sequence (opt-in, OPENCHAT_PREFILL_THREAD=1: a
+  second thread admits and prefills while this one keeps decoding, see `overlapped`);
 - the KV cache is ragged for plain full-attention `sdpa` models (kv_cache.py's `SequenceKV`,
   engine_attention.py): each sequence owns its buffers, joining or leaving the batch is a list
   operation, decode attention reads each row's exact length and the packed prefill attends per
