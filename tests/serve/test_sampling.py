@@ -150,3 +150,29 @@ def test_a_row_draws_the_same_blocked_or_in_company_and_past_the_tokenizer_never
         if step == 0:  # greedy, before its repetition penalty has seen a reply token
             assert got[1] == int(logits[1, :limit].argmax())
     assert solo == crowd and len(set(solo)) > 1
+
+
+def test_top_p_from_the_most_likely_candidates_equals_a_whole_sort():
+    """Rows settled by the partial sort (peaked) and rows that need the whole sort (flat) keep
+    exactly the ids a full descending sort keeps, each the same alone or batched."""
+    from openchat_cli.serve.engines.sampling import TOP_P_CANDIDATES, top_p_cut
+
+    gen = torch.Generator().manual_seed(0)
+    width = 8 * TOP_P_CANDIDATES
+    peaked = torch.softmax(torch.randn(3, width, generator=gen) * 4, dim=-1)
+    flat = torch.softmax(torch.randn(3, width, generator=gen) * 0.1, dim=-1)
+    probs = torch.cat([peaked, flat])
+    ps = torch.tensor([[0.5], [0.9], [0.99], [0.5], [0.9], [0.2]])
+
+    def by_sort(row, p):
+        values, order = row.sort(descending=True)
+        kept = order[(values.cumsum(0) - values) <= p]
+        return set(kept.tolist())
+
+    got = top_p_cut(probs.clone(), ps)
+    for i in range(len(probs)):
+        kept = set(got[i].nonzero().squeeze(1).tolist())
+        assert kept == by_sort(probs[i], float(ps[i])) and len(kept) > 1
+        assert torch.equal(got[i, list(kept)], probs[i, list(kept)])  # kept ids keep their probability
+        assert torch.equal(top_p_cut(probs[i : i + 1].clone(), ps[i : i + 1])[0], got[i])
+    assert len(set(got[4].nonzero().squeeze(1).tolist())) > TOP_P_CANDIDATES  # a flat row went past them
