@@ -17,13 +17,18 @@ Parts, each printed as baseline vs current and their ratio:
   (`--fast-forward off,on`), per `--dtypes`: the in-process decode step (ms per step at batches
   1, 8 and 32, process CPU time) and tokens/s, TTFT p50 at each level;
 - kv: the current engine's padded KV batch (`kv_cache="padded"`) vs its ragged cache (per-sequence
-  buffers, ragged decode attention, per-prompt packed prefill): the prefill wave and c=1/8/32.
+  buffers, ragged decode attention, per-prompt packed prefill): the prefill wave and c=1/8/32;
+- prefill-thread: the current engine prefilling on its scheduler thread vs on a thread of its own
+  beside the decode steps (`prefill_thread=True`), with each thread's CPU ms per token.
+
+`--threads N` sets torch's threads for every engine (the engine process runs 1 on a 2-CPU box).
 
     python benchmarks/bench_serve_engine.py --size 40m
     python benchmarks/bench_serve_engine.py --model DIR --levels 1,8 --max-tokens 64
     python benchmarks/bench_serve_engine.py --model DIR --parts kv
     python benchmarks/bench_serve_engine.py --model DIR --parts packed
     python benchmarks/bench_serve_engine.py --model DIR --parts fast --dtypes float32,bfloat16
+    python benchmarks/bench_serve_engine.py --model DIR --parts prefill-thread --threads 1 --levels 8,32
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -144,10 +150,21 @@ def compare_prefill(old_engine, new_engine, prompts: list[list[int]], repeats: i
     ]
 
 
+def thread_cpu_s(thread) -> float:
+    """CPU seconds a running thread has used (Linux /proc; 0 elsewhere or when it is gone)."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, AttributeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def engine_level(engine, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
     from openchat_cli.serve.engines.base import SamplingParams
 
     await engine.start()
+    threads = [getattr(engine, "_thread", None), getattr(engine, "_prefiller", None)]
     params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(max(8, concurrency)):
@@ -168,8 +185,14 @@ async def engine_level(engine, prompts: list[list[int]], concurrency: int, max_t
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
+    cpu = [thread_cpu_s(t) if t is not None else 0.0 for t in threads]  # before the threads end
     await engine.shutdown()
-    return {"tok_s": sum(counts) / wall, "ttft_p50_ms": statistics.median(ttfts) * 1000}
+    return {
+        "tok_s": sum(counts) / wall,
+        "ttft_p50_ms": statistics.median(ttfts) * 1000,
+        "scheduler_cpu_ms_per_token": cpu[0] * 1000 / sum(counts),
+        "prefill_thread_cpu_ms_per_token": cpu[1] * 1000 / sum(counts),
+    }
 
 
 def decode_step_ms(engine, batch: int, prompt_len: int = 100, steps: int = 100) -> float:
@@ -294,6 +317,10 @@ def compare_engines(a, b, labels: tuple[str, str], prompts, levels: list[int], m
                 "speedup": second["tok_s"] / first["tok_s"],
                 f"{labels[0]}_ttft_p50_ms": first["ttft_p50_ms"],
                 f"{labels[1]}_ttft_p50_ms": second["ttft_p50_ms"],
+                f"{labels[0]}_cpu_ms_per_token": first["scheduler_cpu_ms_per_token"]
+                + first["prefill_thread_cpu_ms_per_token"],
+                f"{labels[1]}_cpu_ms_per_token": second["scheduler_cpu_ms_per_token"]
+                + second["prefill_thread_cpu_ms_per_token"],
             }
         )
         print(
@@ -313,6 +340,7 @@ def main() -> None:
     parser.add_argument("--parts", default="sampling,prefill,engine,dtype")
     parser.add_argument("--fast-forward", default="off,on", help="fast forward modes to compare (part fast)")
     parser.add_argument("--dtypes", default="float32", help="dtypes for part fast, e.g. float32,bfloat16")
+    parser.add_argument("--threads", type=int, help="torch threads for every engine (default: torch's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -337,10 +365,13 @@ def main() -> None:
         if args.json:
             print(json.dumps({"rows": rows}, indent=2))
         return
-    current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
-    if parts <= {"kv", "packed", "dtype"}:  # the current engine against itself: no older engine needed
+    current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, threads=args.threads)
+    own = {"kv", "packed", "dtype", "prefill-thread"}
+    if parts <= own:  # the current engine against itself: no older engine needed
         args.baseline = "the padded batch"
-        baseline = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded")
+        baseline = TransformersEngine(
+            model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded", threads=args.threads
+        )
     else:
         old_mod = baseline_module(args.baseline)
         baseline = old_mod.TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64)
@@ -358,7 +389,9 @@ def main() -> None:
     if "engine" in parts:
         rows += compare_engines(baseline, current, ("baseline", "current"), prompts, levels, args.max_tokens)
     if "kv" in parts:
-        padded = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded")
+        padded = TransformersEngine(
+            model, tokenizer=tokenizer, max_batch_size=64, kv_cache="padded", threads=args.threads
+        )
         rows += compare_prefill(padded, current, prompts, max(2, args.repeats // 2))
         rows[-1]["part"] += " padded batch vs ragged"
         print("  " + json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in rows[-1].items()}))
@@ -372,9 +405,17 @@ def main() -> None:
                 plain, packed, (f"{dtype}_F.linear", f"{dtype}_packed"), prompts, levels, args.max_tokens
             )
             del plain, packed
+    if "prefill-thread" in parts:
+        overlapped = TransformersEngine(
+            model, tokenizer=tokenizer, max_batch_size=64, threads=args.threads, prefill_thread=True
+        )
+        rows += compare_engines(
+            current, overlapped, ("inline_prefill", "prefill_thread"), prompts, levels, args.max_tokens
+        )
+        del overlapped
     if "dtype" in parts:
         del baseline
-        bf16 = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype="bfloat16")
+        bf16 = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, dtype="bfloat16", threads=args.threads)
         rows += compare_engines(current, bf16, ("fp32", "bf16"), prompts, levels, args.max_tokens)
     if args.json:
         print(json.dumps({"rows": rows}, indent=2))

@@ -8,7 +8,8 @@ per-request. The API needs all three, so this module runs a small continuous-bat
 
 - one scheduler thread owns the model. Each step it drops cancelled sequences, admits waiting
   ones (their prompts are prefilled packed without padding, PACK_TOKENS per forward (prefill.py)),
-  and runs ONE batched forward for every running sequence;
+  and runs ONE batched forward for every running sequence (opt-in, OPENCHAT_PREFILL_THREAD=1: a
+  second thread admits and prefills while this one keeps decoding, see `overlapped`);
 - the KV cache is ragged for plain full-attention `sdpa` models (kv_cache.py's `SequenceKV`,
   engine_attention.py): each sequence owns its buffers, joining or leaving the batch is a list
   operation, decode attention reads each row's exact length and the packed prefill attends per
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import sys
 import threading
 import time
@@ -73,6 +75,12 @@ MAX_SCORING_LOGITS = 256 * 1024 * 1024
 # this 2-CPU box). The ragged path attends per prompt: packs of 256 to 2048 took the same time
 # there, and smaller packs hand first tokens out sooner.
 PACK_TOKENS = 512
+PREFILL_THREAD_SWITCH = "OPENCHAT_PREFILL_THREAD"  # "1" (or on/true/yes): prefill on a thread of its own
+
+
+def prefill_thread_by_env() -> bool:
+    """True when OPENCHAT_PREFILL_THREAD is 1/true/on/yes (off by default: see `overlapped`)."""
+    return os.environ.get(PREFILL_THREAD_SWITCH, "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 @dataclass(eq=False)
@@ -130,13 +138,17 @@ class TransformersEngine(Engine):
         kv_cache: str = "auto",
         packed_linear: bool | None = None,
         fast_forward: bool | None = None,
+        prefill_thread: bool | None = None,
     ):
         """`kv_cache`: "auto" (ragged where the model fits it, see `_enable_ragged`) or "padded"
         (the left-padded batch for every model: the reference the tests and benchmarks compare
         the ragged path against). `packed_linear`: Linear layers on prepacked oneDNN weights
         (packed_linear.py) on CPU; None: on unless OPENCHAT_PACKED_LINEAR=0. `fast_forward`: False keeps
         the transformers forward for Llama-shaped models (fast_llama.py; None: on unless
-        OPENCHAT_FAST_FORWARD=0)."""
+        OPENCHAT_FAST_FORWARD=0).
+        `prefill_thread`:
+        prefill newcomers on a thread of their own, beside the decode steps (see `_overlapped`);
+        None: off unless OPENCHAT_PREFILL_THREAD=1."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -189,6 +201,12 @@ class TransformersEngine(Engine):
         self._cond = threading.Condition()
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
+        # The prefill thread's sequences (see `_overlapped`): being prefilled, and prefilled (first
+        # token delivered) but not yet in the decode batch.
+        self._prefilling: list[_Seq] = []
+        self._ready: list[_Seq] = []
+        self._prefill_thread_wanted = prefill_thread_by_env() if prefill_thread is None else bool(prefill_thread)
+        self._prefiller: threading.Thread | None = None
         self._cache = None
         self._mask = None
         self._thread: threading.Thread | None = None
@@ -198,7 +216,8 @@ class TransformersEngine(Engine):
         self.sink: Callable[[list[tuple[Any, TokenEvent]]], None] | None = None
         self._keyed: dict[Any, _Seq] = {}
         self.steps = 0
-        self.generated_tokens = 0
+        self._first_tokens = 0  # tokens sampled after a prefill (the prefill thread's count)
+        self._decoded_tokens = 0  # tokens sampled by decode steps (the scheduler thread's count)
         self.scoring_forwards = 0  # forwards that scored prompts only (max_tokens 0)
         self._layers = int(getattr(text_config, "num_hidden_layers", 0) or 0)
         self._warmup()
@@ -317,6 +336,9 @@ class TransformersEngine(Engine):
         # is busy with HTTP; 1 ms roughly doubles tokens/s at 32 concurrent streams.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._run, name="openchat-scheduler", daemon=True)
+        if self.overlapped:
+            self._prefiller = threading.Thread(target=self._prefill_loop, name="openchat-prefill", daemon=True)
+            self._prefiller.start()
         self._thread.start()
 
     async def shutdown(self) -> None:
@@ -327,10 +349,32 @@ class TransformersEngine(Engine):
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
             self._thread = None
 
+    @property
+    def overlapped(self) -> bool:
+        """Whether newcomers are prefilled on a thread of their own while the scheduler thread keeps
+        stepping the decode batch. Why: a prefill pack is a few large GEMMs (torch and the attention
+        kernel release the GIL in them) while a decode step of a small model is mostly Python, so the
+        two overlap on two cores without any OpenMP team that a busy neighbour can stall (two
+        OpenMP threads per op ran 1.2x faster on an idle 2-CPU box and 4x slower when the other CPU
+        was busy). Decode rows no longer stall while a pack prefills, and a newcomer's prefill no
+        longer waits for the decode step in flight. Only on the ragged path (each sequence owns
+        its KV buffers: nothing the two threads share is written) and without LoRA adapters (their
+        routing is one setting on the model for the forward in flight).
+
+        Off by default: measured on a shared 2-CPU box (benchmarks/bench_serve_engine.py --parts
+        prefill-thread), the two threads' GIL hand-offs cost 15-20% more CPU per token; the 40M
+        model at 32 streams gained ~9% tokens/s and a lower TTFT where a core was free, the small
+        (3.4M, Python-bound) model lost ~20% and doubled its TTFT p50 on a busy box."""
+        return self._ragged and self.lora is None and self._prefill_thread_wanted
+
+    @property
+    def generated_tokens(self) -> int:
+        return self._first_tokens + self._decoded_tokens
+
     def stats(self) -> EngineStats:
         return EngineStats(
             waiting=len(self._waiting),
-            running=len(self._running),
+            running=len(self._running) + len(self._ready) + sum(not s.done for s in self._prefilling),
             extra={
                 "steps": self.steps,
                 "max_batch_size": self.max_batch_size,
@@ -346,6 +390,7 @@ class TransformersEngine(Engine):
             "max_batch_size": self.max_batch_size if self._batchable else 1,
             "full_cache_for_sliding_window": self._full_cache,
             "kv_cache": "ragged" if self._ragged else "padded",
+            "prefill_thread": self.overlapped,
             "attention_kernel": kernel_status() if self._ragged else None,
             "quantized": self.quantized,
             "weight_bytes": self.weight_bytes,
@@ -361,7 +406,7 @@ class TransformersEngine(Engine):
         import torch
 
         with self._cond:
-            if self._running or self._waiting:
+            if self._running or self._waiting or self._ready or self._prefilling:
                 raise EngineError("load_weights while sequences are running")
             params = self.model.state_dict()
             unknown = [k for k in weights if k not in params]
@@ -388,7 +433,7 @@ class TransformersEngine(Engine):
         seq = _Seq(request_id=request_id, prompt=list(prompt_ids), params=params, queue=asyncio.Queue())
         with self._cond:
             self._waiting.append(seq)
-            self._cond.notify()
+            self._cond.notify_all()
         finished = False
         try:
             while True:
@@ -414,7 +459,7 @@ class TransformersEngine(Engine):
         with self._cond:
             self._keyed[key] = seq
             self._waiting.append(seq)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def cancel(self, key: Any) -> None:
         """`abort` for a sequence `submit`ted under `key` (unknown keys: already finished)."""
@@ -427,7 +472,7 @@ class TransformersEngine(Engine):
         """Take a sequence out: it leaves the batch (or the queue) at the next step."""
         seq.cancelled = True
         with self._cond:
-            self._cond.notify()
+            self._cond.notify_all()
 
     # -- the scheduler thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -440,11 +485,15 @@ class TransformersEngine(Engine):
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._stopping and not self._waiting and not self._running:
+                    while not self._stopping and not self._scheduler_has_work():
                         self._cond.wait()
                     if self._stopping:
                         break
-                    admitted = self._admit()
+                    if self._prefiller is not None:  # the prefill thread admits; its rows join here
+                        admitted = []
+                        self._running, self._ready = self._running + self._ready, []
+                    else:
+                        admitted = self._admit()
                 try:
                     self._step(admitted)
                 except Exception as exc:  # keep serving: fail what was in flight, reset the batch
@@ -453,15 +502,57 @@ class TransformersEngine(Engine):
                     self._running, self._cache, self._mask = [], None, None
                     self._deliver([(s, TokenEvent([], "error", f"{type(exc).__name__}: {exc}")) for s in victims])
         # Shutting down: finish whatever is left so no client waits forever.
-        leftovers = [s for s in list(self._waiting) + self._running if not s.done]
+        if self._prefiller is not None:
+            self._prefiller.join()
+            self._prefiller = None
+        leftovers = [s for s in list(self._waiting) + self._prefilling + self._ready + self._running if not s.done]
         self._waiting.clear()
+        self._prefilling, self._ready = [], []
         self._running, self._cache, self._mask = [], None, None
         self._deliver([(s, TokenEvent([], "error", "server shutting down")) for s in leftovers])
+
+    def _scheduler_has_work(self) -> bool:
+        """Whether the scheduler thread has a step to run (lock held): with a prefill thread, only
+        rows to decode; without, waiting sequences too."""
+        if self._prefiller is not None:
+            return bool(self._running or self._ready)
+        return bool(self._waiting or self._running)
+
+    def _prefill_loop(self) -> None:
+        """The prefill thread (see `overlapped`): admits waiting sequences, prefills them pack by
+        pack and hands each pack's rows, first token delivered, to the scheduler thread."""
+        import torch
+
+        torch.set_num_threads(torch.get_num_threads())  # per thread, as in `_run`
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._stopping and not (self._waiting and self._room()):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    admitted = self._admit()
+                    self._prefilling = list(admitted)
+                try:
+                    self._prefill_newcomers(admitted, self._hand_over)
+                except Exception as exc:  # fail this wave only: the decode batch goes on
+                    log.exception("engine prefill failed")
+                    with self._cond:
+                        victims = [s for s in self._prefilling if not s.done]
+                        self._prefilling = []
+                    for seq in victims:
+                        seq.kv = None
+                    self._deliver([(s, TokenEvent([], "error", f"{type(exc).__name__}: {exc}")) for s in victims])
 
     @property
     def packable(self) -> bool:
         """Whether ragged prompts can be prefilled packed, without padding (see prefill.py)."""
         return self._batchable and not self._full_cache and self._attention in PACKABLE_ATTENTION
+
+    def _room(self) -> int:
+        """Free batch slots: the decode batch and the prefill thread's rows count (lock held)."""
+        limit = self.max_batch_size if self._batchable else 1
+        return limit - len(self._running) - len(self._ready) - len(self._prefilling)
 
     def _admit(self) -> list[_Seq]:
         """Waiting sequences that join the batch this step (called with the lock held). Their
@@ -470,8 +561,8 @@ class TransformersEngine(Engine):
         prompt still goes, alone)."""
         admitted: list[_Seq] = []
         width = total = 0
-        limit = self.max_batch_size if self._batchable else 1
-        while self._waiting and len(self._running) + len(admitted) < limit:
+        room = self._room()
+        while self._waiting and len(admitted) < room:
             seq = self._waiting[0]
             if seq.cancelled:
                 self._waiting.popleft()
@@ -486,14 +577,17 @@ class TransformersEngine(Engine):
         return admitted
 
     def _step(self, admitted: list[_Seq]) -> None:
-        import torch
-
-        out: list[tuple[_Seq, TokenEvent]] = []
-        # 1. Cancelled rows leave the batch now.
+        """One scheduler step: cancelled rows leave, the newcomers are prefilled (first token
+        sampled and delivered) and join, then one batched decode step for every running row."""
         if any(s.cancelled for s in self._running):
             self._keep([i for i, s in enumerate(self._running) if not s.cancelled])
-        # 2. Prefill the newcomers together (left-padded), sample their first token, and merge
-        #    the rows still going into the running batch.
+        self._prefill_newcomers(admitted, self._join)
+        self._decode_step()
+
+    def _prefill_newcomers(self, admitted: list[_Seq], join: Callable[[list[_Seq], Any, Any], None]) -> None:
+        """Prefill the newcomers (packs of PACK_TOKENS, or one left-padded group), sample and deliver
+        each pack's first tokens, then `join(group, cache, mask)` its rows to the decode batch."""
+        out: list[tuple[_Seq, TokenEvent]] = []
         newcomers = [s for s in admitted if not s.cancelled]
         for seq in admitted:
             if seq.cancelled:
@@ -511,26 +605,55 @@ class TransformersEngine(Engine):
             logits, cache, mask, prompt_logprobs = self._prefill(group)
             tokens, logprobs = self._sample(logits, group)
             for seq, token, lp, plp in zip(group, tokens, logprobs, prompt_logprobs):
-                event = self._advance(seq, token, lp)
+                event = self._advance(seq, token, lp, first=True)
                 event.prompt_logprobs = plp
                 out.append((seq, event))
-            keep = [i for i, seq in enumerate(group) if not seq.done]
-            if self._ragged:
-                for seq in group:
-                    if seq.done:
-                        seq.kv = None
-                self._running = self._running + [seq for seq in group if not seq.done]
-            elif keep:
-                if len(keep) < len(group):
-                    index = torch.tensor(keep, device=self.device)
-                    for layer in cache.layers:
-                        layer.keys = layer.keys.index_select(0, index)
-                        layer.values = layer.values.index_select(0, index)
-                    mask = mask.index_select(0, index)
-                self._merge(cache, mask, [group[i] for i in keep])
-            self._deliver(out)  # first tokens leave now, not after the other packs and the decode step
+            # First tokens leave now, not after the other packs and the decode step, and before
+            # their rows can decode (the scheduler thread then sends the second ones).
+            self._deliver(out)
             out = []
-        # 3. One batched decode step for every running row.
+            join(group, cache, mask)
+        self._deliver(out)
+
+    def _join(self, group: list[_Seq], cache, mask) -> None:
+        """A prefilled group's unfinished rows join the decode batch (on the scheduler thread)."""
+        import torch
+
+        keep = [i for i, seq in enumerate(group) if not seq.done]
+        if self._ragged:
+            for seq in group:
+                if seq.done:
+                    seq.kv = None
+            self._running = self._running + [seq for seq in group if not seq.done]
+        elif keep:
+            if len(keep) < len(group):
+                index = torch.tensor(keep, device=self.device)
+                for layer in cache.layers:
+                    layer.keys = layer.keys.index_select(0, index)
+                    layer.values = layer.values.index_select(0, index)
+                mask = mask.index_select(0, index)
+            self._merge(cache, mask, [group[i] for i in keep])
+
+    def _hand_over(self, group: list[_Seq], cache, mask) -> None:
+        """`_join` from the prefill thread: the rows wait in `_ready` for the scheduler thread's next
+        step (ragged path only: nothing to merge)."""
+        for seq in group:
+            if seq.done:
+                seq.kv = None
+        with self._cond:
+            self._ready.extend(seq for seq in group if not seq.done)
+            handed = set(map(id, group))
+            self._prefilling = [s for s in self._prefilling if id(s) not in handed]
+            self._cond.notify_all()
+
+    def _decode_step(self) -> None:
+        """One batched decode forward for every running row; sample, deliver, drop finished rows."""
+        import torch
+
+        before = len(self._running)
+        if any(s.cancelled for s in self._running):
+            self._keep([i for i, s in enumerate(self._running) if not s.cancelled])
+        out: list[tuple[_Seq, TokenEvent]] = []
         if self._running:
             rows = self._running
             ids = torch.tensor([[s.next_token] for s in rows], device=self.device)
@@ -557,6 +680,9 @@ class TransformersEngine(Engine):
             if any(s.done for s in rows):
                 self._keep([i for i, s in enumerate(rows) if not s.done])
         self._deliver(out)
+        if self._prefiller is not None and self._waiting and len(self._running) < before:
+            with self._cond:  # slots freed: the prefill thread may admit
+                self._cond.notify_all()
 
     def _prefill_groups(self, seqs: list[_Seq]) -> list[list[_Seq]]:
         """The newcomers in prefill forwards: packs of at most PACK_TOKENS prompt tokens when the
@@ -574,10 +700,14 @@ class TransformersEngine(Engine):
                 tokens = len(seq.prompt)
         return groups
 
-    def _advance(self, seq: _Seq, token: int, logprob: TokenLogprob | None = None) -> TokenEvent:
-        """Record a sampled token; decide whether the sequence is finished."""
+    def _advance(self, seq: _Seq, token: int, logprob: TokenLogprob | None = None, first: bool = False) -> TokenEvent:
+        """Record a sampled token; decide whether the sequence is finished. `first`: sampled after
+        the prefill (counted apart: the prefill thread and the scheduler thread both advance)."""
         seq.generated.append(token)
-        self.generated_tokens += 1
+        if first:
+            self._first_tokens += 1
+        else:
+            self._decoded_tokens += 1
         params = seq.params
         reason = None
         if token in params.stop_token_ids and not params.ignore_eos:
@@ -902,10 +1032,15 @@ class TransformersEngine(Engine):
 
     def _sample(self, logits, seqs: list[_Seq]) -> tuple[list[int], list[TokenLogprob | None]]:
         """The next token of every row, and its logprob for rows that asked for logprobs."""
-        work = logits.float()
+        import torch
+
         wanted = any(s.params.logprobs is not None for s in seqs)
-        if work is logits:  # sampling edits its logits in place
-            work = work.clone() if wanted else work
+        # Sampling never looks past the tokenizer (sampling.py): a bf16 batch converts only those ids.
+        work = logits[:, : self.vocab_limit] if self.vocab_limit < logits.shape[-1] else logits
+        if work.dtype != torch.float32:
+            work = work.float()
+        elif wanted:  # sampling edits its logits in place; the logprobs are of the raw ones
+            work = work.clone()
         tokens = sample(work, [s.sampling for s in seqs], self.vocab_limit)
         return tokens, self._token_logprobs(logits, seqs, tokens)
 
