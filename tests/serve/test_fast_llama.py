@@ -307,3 +307,31 @@ def test_fusing_weights_loaded_from_safetensors_does_not_grow_the_process(tiny_m
     assert (before - _mapped_kib(weights)) * 1024 >= 0.8 * fused
     want = _logits_per_step(engine._transformers_forward, 2, 3, False)  # the fused views still hold the weights
     _assert_close(_logits_per_step(engine._fast.forward, 2, 3, False), want, torch.float32)
+
+
+def test_a_forward_keeps_its_rotary_table_when_another_forward_swaps_it(tiny_model_dir, monkeypatch):
+    """The prefill thread (OPENCHAT_PREFILL_THREAD) runs forwards beside the decode steps: one may grow
+    the shared cos/sin table for its positions between another's growth and its layers. A forward must
+    keep reading the table it grew for its own positions (before: the kernel rejected the positions
+    past the swapped-in table, and every sequence in the batch errored)."""
+    from openchat_cli.serve.engines import ragged_attention
+
+    if ragged_attention.fast_decode_kernel(torch.float32) is None:
+        pytest.skip(f"no attention kernel here ({ragged_attention.kernel_status()})")
+    engine = _engine(tiny_model_dir)
+    fast, layers = engine._fast, len(engine._fast.layers)
+    want = _logits_per_step(engine._transformers_forward, layers, 3, False)
+
+    class SwapsTheTable:
+        """Layer 0's q/k/v projection, and meanwhile another forward's (smaller) table lands."""
+
+        def __init__(self, qkv):
+            self.qkv = qkv
+
+        def __call__(self, x):
+            fast._cos_sin = fast._rope_table(4)
+            return self.qkv(x)
+
+    monkeypatch.setattr(fast.layers[0], "qkv", SwapsTheTable(fast.layers[0].qkv))
+    fast._cos_sin = fast._rope_table(4)
+    _assert_close(_logits_per_step(fast.forward, layers, 3, False), want, torch.float32)

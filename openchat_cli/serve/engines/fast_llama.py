@@ -294,16 +294,22 @@ class FastLlama:
         sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
         return torch.stack([cos[0], sin], dim=1).contiguous()
 
-    def _grow_rope(self, positions: torch.Tensor) -> None:
-        """Make the cos/sin table cover these positions (doubling it)."""
+    def _table_for(self, positions: torch.Tensor) -> torch.Tensor:
+        """A cos/sin table covering these positions: the shared one, grown (doubled) first if needed.
+        The caller keeps the one it got for the whole forward: with the prefill thread another forward
+        may swap in a table grown for its own positions meanwhile (kept only if larger)."""
+        table = self._cos_sin
         top = int(positions.max()) + 1 if positions.numel() else 0
-        if top > self._cos_sin.shape[0]:
-            self._cos_sin = self._rope_table(max(top, 2 * self._cos_sin.shape[0]))
+        if top > table.shape[0]:
+            table = self._rope_table(max(top, 2 * table.shape[0]))
+            if table.shape[0] > self._cos_sin.shape[0]:
+                self._cos_sin = table
+        return table
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, signed sin [T, 1, D] for a flat tensor of positions."""
-        self._grow_rope(positions)
-        both = self._cos_sin.index_select(0, positions)
+    @staticmethod
+    def _rope(table: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin [T, 1, D] for a flat tensor of positions (all inside `table`)."""
+        both = table.index_select(0, positions)
         return both[:, 0:1], both[:, 1:2]
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -349,11 +355,11 @@ class FastLlama:
         if decoding:
             kernel = fast_decode_kernel(self.dtype)
             tables = self._decode_tables(cache.rows) if kernel is not None else None
+        rope = self._table_for(flat_pos)
         if tables is not None:  # rotary, cache write and attention in one kernel call per layer
-            self._grow_rope(flat_pos)
             flat_pos = flat_pos.contiguous()
         else:
-            cos, sin = self._rope(flat_pos)
+            cos, sin = self._rope(rope, flat_pos)
         if not decoding:
             starts = [s for s, _ in cache.segments]
             lengths = [n for _, n in cache.segments]
@@ -363,9 +369,7 @@ class FastLlama:
             qk = qkv[:, : q_width + kv_width].view(T, Hq + Hkv, D)
             v = qkv[:, q_width + kv_width :].view(T, Hkv, D)
             if tables is not None:
-                attended = rope_append_decode_attention(
-                    kernel, qk, v, self._cos_sin, flat_pos, tables[index], self.scale
-                )
+                attended = rope_append_decode_attention(kernel, qk, v, rope, flat_pos, tables[index], self.scale)
             else:
                 qk = self._rotate(qk, cos, sin)
                 q, k = qk[:, :Hq], qk[:, Hq:]
