@@ -7,6 +7,7 @@ and routed LoRA rows fall back to the transformers forward."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -251,3 +252,86 @@ def test_rope_append_decode_kernel_equals_torch(dtype, head_dim):
         assert torch.allclose(got[b].float(), want, atol=tolerance * 4, rtol=tolerance), float(
             (got[b].float() - want).abs().max()
         )
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=1)[0] if line else ""
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def _pageout_supported() -> bool:
+    import ctypes
+    import mmap
+
+    scratch = mmap.mmap(-1, mmap.PAGESIZE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(scratch))
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    ok = madvise(address, mmap.PAGESIZE, 21) == 0  # MADV_PAGEOUT (Linux 5.4+)
+    del address
+    return ok
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
+def test_fusing_weights_loaded_from_safetensors_does_not_grow_the_process(tiny_model_dir, tmp_path):
+    """The loaded weights are slices of the safetensors file's mapping, which stays mapped while any
+    weight uses it: the fused copies must not leave the replaced q/k/v and gate/up pages resident
+    too (before: RSS grew by their bytes, ~70% of the model)."""
+    if not _pageout_supported():
+        pytest.skip("madvise(MADV_PAGEOUT) not supported by this kernel")
+    model_dir = _variant(tiny_model_dir, tmp_path / "wide", "llama", hidden_size=256, intermediate_size=768)
+    weights = next(model_dir.glob("*.safetensors")).resolve()
+    with open(weights, "rb") as fh:  # just written: dirty page-cache pages cannot be reclaimed until written
+        os.fsync(fh.fileno())
+    engine = _engine(model_dir, fast_forward=False)
+    fused = sum(
+        m.weight.numel() * m.weight.element_size()
+        for layer in engine.model.model.layers
+        for m in (
+            *(getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj")),
+            layer.mlp.gate_proj,
+            layer.mlp.up_proj,
+        )
+    )
+    before = _mapped_kib(weights)
+    assert before * 1024 >= fused  # the loaded weights are resident pages of the file's mapping
+    engine._fast = fast_llama.attach(engine)
+    assert engine._fast is not None
+    assert (before - _mapped_kib(weights)) * 1024 >= 0.8 * fused
+    want = _logits_per_step(engine._transformers_forward, 2, 3, False)  # the fused views still hold the weights
+    _assert_close(_logits_per_step(engine._fast.forward, 2, 3, False), want, torch.float32)
+
+
+def test_a_forward_keeps_its_rotary_table_when_another_forward_swaps_it(tiny_model_dir, monkeypatch):
+    """The prefill thread (OPENCHAT_PREFILL_THREAD) runs forwards beside the decode steps: one may grow
+    the shared cos/sin table for its positions between another's growth and its layers. A forward must
+    keep reading the table it grew for its own positions (before: the kernel rejected the positions
+    past the swapped-in table, and every sequence in the batch errored)."""
+    from openchat_cli.serve.engines import ragged_attention
+
+    if ragged_attention.fast_decode_kernel(torch.float32) is None:
+        pytest.skip(f"no attention kernel here ({ragged_attention.kernel_status()})")
+    engine = _engine(tiny_model_dir)
+    fast, layers = engine._fast, len(engine._fast.layers)
+    want = _logits_per_step(engine._transformers_forward, layers, 3, False)
+
+    class SwapsTheTable:
+        """Layer 0's q/k/v projection, and meanwhile another forward's (smaller) table lands."""
+
+        def __init__(self, qkv):
+            self.qkv = qkv
+
+        def __call__(self, x):
+            fast._cos_sin = fast._rope_table(4)
+            return self.qkv(x)
+
+    monkeypatch.setattr(fast.layers[0], "qkv", SwapsTheTable(fast.layers[0].qkv))
+    fast._cos_sin = fast._rope_table(4)
+    _assert_close(_logits_per_step(fast.forward, layers, 3, False), want, torch.float32)
