@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serve import (  # noqa: E402
+    drive_engine,
     http_level,
     make_model,
     sharegpt_like_prompts,
@@ -61,30 +62,7 @@ def prompt_ids(model: Path, prompts: list[str]) -> tuple[object, list[list[int]]
 
 async def engine_level(engine, prompts: list[list[int]], concurrency: int, requests: int, max_tokens: int) -> dict:
     """The load of `http_level`, straight into an engine: tokens/s and time to first token."""
-    from openchat_cli.serve.engines.base import SamplingParams
-
-    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
-    await engine.start()
-    queue: asyncio.Queue = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(prompts[i % len(prompts)])
-    counts: list[int] = []
-    ttfts: list[float] = []
-
-    async def worker() -> None:
-        while not queue.empty():
-            ids = queue.get_nowait()
-            started = time.perf_counter()
-            n = 0
-            async for event in engine.generate(ids, params, f"bench-{len(counts)}"):
-                if n == 0 and event.token_ids:
-                    ttfts.append(time.perf_counter() - started)
-                n += len(event.token_ids)
-            counts.append(n)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    counts, ttfts, wall = await drive_engine(engine, prompts, concurrency, requests, max_tokens)
     return {
         "tokens": sum(counts),
         "tokens_per_s": sum(counts) / wall,

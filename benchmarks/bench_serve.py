@@ -211,7 +211,11 @@ async def http_level(
     }
 
 
-async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, requests: int, max_tokens: int) -> dict:
+async def drive_engine(
+    engine, prompts: list[list[int]], concurrency: int, requests: int, max_tokens: int
+) -> tuple[list[int], list[float], float]:
+    """`requests` replies of `max_tokens` (prompts taken in turn) through `concurrency` workers
+    straight into an engine: each reply's token count, each time to first token, the wall time."""
     from openchat_cli.serve.engines.base import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
@@ -227,15 +231,19 @@ async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, reque
             i = queue.get_nowait()
             t0 = time.perf_counter()
             n = 0
-            async for event in engine.generate(prompt_ids, params, f"bench-{i}"):
-                if n == 0:
+            async for event in engine.generate(prompts[i % len(prompts)], params, f"bench-{i}"):
+                if n == 0 and event.token_ids:
                     ttfts.append(time.perf_counter() - t0)
                 n += len(event.token_ids)
             counts.append(n)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    return counts, ttfts, time.perf_counter() - started
+
+
+async def inprocess_level(engine, prompt_ids: list[int], concurrency: int, requests: int, max_tokens: int) -> dict:
+    counts, ttfts, wall = await drive_engine(engine, [prompt_ids], concurrency, requests, max_tokens)
     return {
         "concurrency": concurrency,
         "requests": len(counts),

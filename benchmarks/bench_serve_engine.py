@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serve import make_model, sharegpt_like_prompts  # noqa: E402
+from bench_serve import drive_engine, make_model, sharegpt_like_prompts  # noqa: E402
 
 BASELINE_REF = "fa01902"  # main before the engine-speed work (issue 13)
 ENGINE_PATH = "openchat_cli/serve/engines/transformers_engine.py"
@@ -161,30 +161,9 @@ def thread_cpu_s(thread) -> float:
 
 
 async def engine_level(engine, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
-    from openchat_cli.serve.engines.base import SamplingParams
-
-    await engine.start()
+    await engine.start()  # its threads exist from here on
     threads = [getattr(engine, "_thread", None), getattr(engine, "_prefiller", None)]
-    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
-    queue: asyncio.Queue = asyncio.Queue()
-    for i in range(max(8, concurrency)):
-        queue.put_nowait(i)
-    ttfts, counts = [], []
-
-    async def worker() -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            started = time.perf_counter()
-            n = 0
-            async for event in engine.generate(prompts[i % len(prompts)], params, f"b{i}"):
-                if n == 0:
-                    ttfts.append(time.perf_counter() - started)
-                n += len(event.token_ids)
-            counts.append(n)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    counts, ttfts, wall = await drive_engine(engine, prompts, concurrency, max(8, concurrency), max_tokens)
     cpu = [thread_cpu_s(t) if t is not None else 0.0 for t in threads]  # before the threads end
     await engine.shutdown()
     return {
