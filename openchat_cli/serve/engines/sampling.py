@@ -197,16 +197,24 @@ def top_p_cut(probs: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
     with the same rule on the same ordered values."""
     k = min(TOP_P_CANDIDATES, probs.shape[-1])
     values, order = probs.topk(k, dim=-1)
-    before = values.cumsum(dim=-1) - values
+    out, before = _nucleus(probs, values, order, ps)
     settled = (before[:, -1:] + values[:, -1:] > ps).squeeze(1)  # every id past the candidates drops
-    out = torch.zeros_like(probs)
-    out.scatter_(-1, order, values.masked_fill(before > ps, 0.0))
     unsettled = (~settled).nonzero().squeeze(1).tolist()
     if unsettled:
         sorted_probs, full_order = probs[unsettled].sort(dim=-1, descending=True)
-        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) > ps[unsettled]
-        out[unsettled] = torch.zeros_like(sorted_probs).scatter_(-1, full_order, sorted_probs.masked_fill(drop, 0.0))
+        out[unsettled] = _nucleus(probs[unsettled], sorted_probs, full_order, ps[unsettled])[0]
     return out
+
+
+def _nucleus(
+    probs: torch.Tensor, values: torch.Tensor, order: torch.Tensor, ps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-p rule on ids in descending order (`values` at `order`): each kept while the mass
+    ranked before it is at most p. Returns probabilities shaped as `probs` (zero elsewhere) and the
+    mass before each ordered id."""
+    before = values.cumsum(dim=-1) - values
+    kept = torch.zeros_like(probs).scatter_(-1, order, values.masked_fill(before > ps, 0.0))
+    return kept, before
 
 
 def inverse_cdf(probs: torch.Tensor, uniforms: list[float]) -> list[int]:

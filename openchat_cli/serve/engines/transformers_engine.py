@@ -621,10 +621,7 @@ class TransformersEngine(Engine):
 
         keep = [i for i, seq in enumerate(group) if not seq.done]
         if self._ragged:
-            for seq in group:
-                if seq.done:
-                    seq.kv = None
-            self._running = self._running + [seq for seq in group if not seq.done]
+            self._running = self._running + _unfinished(group)
         elif keep:
             if len(keep) < len(group):
                 index = torch.tensor(keep, device=self.device)
@@ -637,11 +634,8 @@ class TransformersEngine(Engine):
     def _hand_over(self, group: list[_Seq], cache, mask) -> None:
         """`_join` from the prefill thread: the rows wait in `_ready` for the scheduler thread's next
         step (ragged path only: nothing to merge)."""
-        for seq in group:
-            if seq.done:
-                seq.kv = None
         with self._cond:
-            self._ready.extend(seq for seq in group if not seq.done)
+            self._ready.extend(_unfinished(group))
             handed = set(map(id, group))
             self._prefilling = [s for s in self._prefilling if id(s) not in handed]
             self._cond.notify_all()
@@ -1043,6 +1037,14 @@ class TransformersEngine(Engine):
             work = work.clone()
         tokens = sample(work, [s.sampling for s in seqs], self.vocab_limit)
         return tokens, self._token_logprobs(logits, seqs, tokens)
+
+
+def _unfinished(group: list[_Seq]) -> list[_Seq]:
+    """A ragged group's rows still going; the finished ones let go of their KV buffers."""
+    for seq in group:
+        if seq.done:
+            seq.kv = None
+    return [seq for seq in group if not seq.done]
 
 
 def _put_all(items: list[tuple[_Seq, TokenEvent]]) -> None:
