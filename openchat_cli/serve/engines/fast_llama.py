@@ -51,6 +51,7 @@ from openchat_cli.serve.engines.ragged_attention import (
     prefill_attention,
     rope_append_decode_attention,
 )
+from openchat_cli.serve.engines.switches import env_switch
 
 log = logging.getLogger("openchat.serve.engine")
 ENV_SWITCH = "OPENCHAT_FAST_FORWARD"
@@ -66,7 +67,7 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
 
 def enabled_by_env() -> bool:
     """False when OPENCHAT_FAST_FORWARD is 0/false/off/no."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+    return env_switch(ENV_SWITCH, True)
 
 
 class _Linear:

@@ -21,13 +21,14 @@ turns it off.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn  # imported by the engine only once it loads a model (torch is loaded by then)
 import torch.nn.functional as F
+
+from openchat_cli.serve.engines.switches import env_switch
 
 log = logging.getLogger("openchat.serve.engine")
 ENV_SWITCH = "OPENCHAT_PACKED_LINEAR"
@@ -71,7 +72,7 @@ def _op_available() -> bool:
 
 def enabled_by_env() -> bool:
     """False when OPENCHAT_PACKED_LINEAR is 0/false/off/no."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+    return env_switch(ENV_SWITCH, True)
 
 
 def _pack_weight(weight: Any) -> Any:

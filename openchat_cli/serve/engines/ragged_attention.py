@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from openchat_cli.serve.engines.switches import env_switch
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".c")
@@ -259,7 +261,7 @@ _logged: set[str] = set()
 
 
 def _switched_off() -> bool:
-    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no")
+    return not env_switch(ENV_SWITCH, True)
 
 
 def _fallback_because(reason: str) -> None:

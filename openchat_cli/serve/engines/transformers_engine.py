@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import sys
 import threading
 import time
@@ -62,6 +61,7 @@ from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
 from openchat_cli.serve.engines.prefill import PACKABLE_ATTENTION, pack, unpack_cache
 from openchat_cli.serve.engines.ragged_attention import kernel_status
 from openchat_cli.serve.engines.sampling import RowState, new_row_state, sample
+from openchat_cli.serve.engines.switches import env_switch
 
 log = logging.getLogger("openchat.serve.engine")
 SWITCH_INTERVAL_S = 0.001
@@ -80,7 +80,7 @@ PREFILL_THREAD_SWITCH = "OPENCHAT_PREFILL_THREAD"  # "1" (or on/true/yes): prefi
 
 def prefill_thread_by_env() -> bool:
     """True when OPENCHAT_PREFILL_THREAD is 1/true/on/yes (off by default: see `overlapped`)."""
-    return os.environ.get(PREFILL_THREAD_SWITCH, "0").strip().lower() in ("1", "true", "on", "yes")
+    return env_switch(PREFILL_THREAD_SWITCH, False)
 
 
 @dataclass(eq=False)
