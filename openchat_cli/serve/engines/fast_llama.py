@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from openchat_cli.serve.engines import packed_linear
 from openchat_cli.serve.engines.kv_cache import RaggedCache, SequenceKV
 from openchat_cli.serve.engines.ragged_attention import (
     decode_attention,
@@ -77,8 +78,6 @@ class _Linear:
     __slots__ = ("weight", "bias", "packed", "gemv_rows")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool) -> None:
-        from openchat_cli.serve.engines import packed_linear
-
         self.weight, self.bias, self.packed, self.gemv_rows = weight, bias, None, 0
         if pack:
             packed = packed_linear._pack_weight(weight)
@@ -93,10 +92,8 @@ class _Linear:
                 )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from openchat_cli.serve.engines.packed_linear import PACKED_MAX_ROWS, _packed_linear
-
-        if self.packed is not None and self.gemv_rows < x.shape[0] <= PACKED_MAX_ROWS:
-            return _packed_linear(x, self.packed, self.bias, "none", [], "")
+        if self.packed is not None and self.gemv_rows < x.shape[0] <= packed_linear.PACKED_MAX_ROWS:
+            return packed_linear._packed_linear(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
 
