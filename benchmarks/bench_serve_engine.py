@@ -19,7 +19,10 @@ Parts, each printed as baseline vs current and their ratio:
 - kv: the current engine's padded KV batch (`kv_cache="padded"`) vs its ragged cache (per-sequence
   buffers, ragged decode attention, per-prompt packed prefill): the prefill wave and c=1/8/32;
 - prefill-thread: the current engine prefilling on its scheduler thread vs on a thread of its own
-  beside the decode steps (`prefill_thread=True`), with each thread's CPU ms per token.
+  beside the decode steps (`prefill_thread=True`), with each thread's CPU ms per token;
+- wide: the current engine on its own thread count (`--threads`, default every CPU but one, as the
+  engine process runs it) vs the same with each forward allowed every CPU where that times faster
+  (`wide_threads`, widening.py); `--hog` runs both beside a busy process (a loaded machine).
 
 `--threads N` sets torch's threads for every engine (the engine process runs 1 on a 2-CPU box).
 
@@ -29,6 +32,7 @@ Parts, each printed as baseline vs current and their ratio:
     python benchmarks/bench_serve_engine.py --model DIR --parts packed
     python benchmarks/bench_serve_engine.py --model DIR --parts fast --dtypes float32,bfloat16
     python benchmarks/bench_serve_engine.py --model DIR --parts prefill-thread --threads 1 --levels 8,32
+    python benchmarks/bench_serve_engine.py --model DIR --parts wide --levels 1,8,32 [--hog]
 """
 
 from __future__ import annotations
@@ -308,6 +312,35 @@ def compare_engines(a, b, labels: tuple[str, str], prompts, levels: list[int], m
     return rows
 
 
+def compare_widening(model, tokenizer, threads, hog: bool, dtypes, prompts, levels, max_tokens) -> list[dict]:
+    """The engine on its narrow thread count vs the same with per-forward widening (part wide)."""
+    from openchat_cli.serve.engines.transformers_engine import TransformersEngine
+
+    cores = len(os.sched_getaffinity(0))
+    narrow = threads or max(1, cores - 1)
+    if cores <= narrow:
+        raise SystemExit(f"part wide needs more CPUs than the narrow count: {cores} CPUs, {narrow} threads")
+    rows = []
+    for dtype in dtypes:
+        common = dict(tokenizer=tokenizer, max_batch_size=64, threads=narrow, prefill_thread=False, dtype=dtype)
+        fixed = TransformersEngine(model, **common)
+        auto = TransformersEngine(model, wide_threads=cores, **common)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if hog else None
+        print(
+            f"  {dtype}: {narrow} thread(s) vs up to {cores} per forward{'  ·  beside a busy process' if hog else ''}"
+        )
+        try:
+            labels = (f"{dtype}_{narrow}_threads", f"{dtype}_widening")
+            rows += compare_engines(fixed, auto, labels, prompts, levels, max_tokens)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        print("  widening chose: " + json.dumps(auto._widths.describe()["groups"]))
+        del fixed, auto
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path)
@@ -318,8 +351,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", default="sampling,prefill,engine,dtype")
     parser.add_argument("--fast-forward", default="off,on", help="fast forward modes to compare (part fast)")
-    parser.add_argument("--dtypes", default="float32", help="dtypes for part fast, e.g. float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32", help="dtypes for parts fast and wide, e.g. float32,bfloat16")
     parser.add_argument("--threads", type=int, help="torch threads for every engine (default: torch's)")
+    parser.add_argument("--hog", action="store_true", help="part wide: beside a process that keeps one CPU busy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -345,6 +379,14 @@ def main() -> None:
             print(json.dumps({"rows": rows}, indent=2))
         return
     current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, threads=args.threads)
+    if parts == {"wide"}:
+        print(f"model {model}  ·  levels {levels}  ·  {args.max_tokens}-token replies")
+        rows = compare_widening(
+            model, tokenizer, args.threads, args.hog, args.dtypes.split(","), prompts, levels, args.max_tokens
+        )
+        if args.json:
+            print(json.dumps({"rows": rows}, indent=2))
+        return
     own = {"kv", "packed", "dtype", "prefill-thread"}
     if parts <= own:  # the current engine against itself: no older engine needed
         args.baseline = "the padded batch"

@@ -119,6 +119,17 @@ def test_same_tokens_as_the_in_process_engine(engine_client, tiny_engine, tiny_t
     assert engine_client.context_length == tiny_engine.context_length
 
 
+def test_the_engine_process_leaves_a_core_and_may_widen_forwards_onto_it(engine_client):
+    """One torch thread fewer than the CPUs it may use, and each forward may run on all of them."""
+    cores = len(os.sched_getaffinity(0))
+    facts = engine_client.describe()
+    if cores < 2:
+        pytest.skip("one CPU: nothing to leave to the API process")
+    assert facts["threads"] == cores - 1
+    want = None if os.environ.get("OPENCHAT_WIDE_THREADS", "").strip().lower() in ("0", "false", "off", "no") else cores
+    assert facts["wide_threads"] == want
+
+
 def test_closing_a_stream_aborts_it_in_the_engine_process(engine_client, tiny_tokenizer):
     prompt = tiny_tokenizer.encode("Count to ten")
 

@@ -200,7 +200,9 @@ async def _main(sock: socket.socket) -> int:
         # contend with it, and every parallel op waits for whichever thread was preempted. On 2
         # busy CPUs a 32-row decode step of the small model took 16-22 ms with 1 thread and
         # 270-470 ms with 2.
-        options = {**options, "threads": cores - 1}
+        # Each forward may still run on every core where that measures faster (widening.py): at 32
+        # streams the API process needs ~3% of its core.
+        options = {**options, "threads": cores - 1, "wide_threads": cores}
     try:
         from openchat_cli.model_dir import load_tokenizer
 

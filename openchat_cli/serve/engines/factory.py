@@ -11,7 +11,7 @@ from openchat_cli.serve.engines.base import Engine, EngineError
 
 def build_engine(kind: str, model_dir: Path, tokenizer: Any, options: dict[str, Any]) -> Engine:
     """`options` holds only JSON-like values (they cross a process boundary):
-    transformers: device, dtype, max_batch_size, max_model_len, threads;
+    transformers: device, dtype, max_batch_size, max_model_len, threads, wide_threads;
     vllm: tensor_parallel_size, max_model_len, served_model_name, dtype and any vLLM engine arg."""
     options = dict(options)
     if kind == "vllm":

@@ -1,5 +1,5 @@
 """The engine's environment switches (OPENCHAT_FAST_FORWARD, OPENCHAT_PACKED_LINEAR,
-OPENCHAT_ATTENTION_KERNEL, OPENCHAT_PREFILL_THREAD): one reading of on/off words for all of them."""
+OPENCHAT_ATTENTION_KERNEL, OPENCHAT_PREFILL_THREAD, OPENCHAT_WIDE_THREADS): one reading of on/off words for all of them."""
 
 from __future__ import annotations
 

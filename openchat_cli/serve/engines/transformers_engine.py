@@ -42,12 +42,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from openchat_cli.model.context import context_length
-from openchat_cli.serve.engines import engine_attention, fast_llama
+from openchat_cli.serve.engines import engine_attention, fast_llama, widening
 from openchat_cli.serve.engines.base import (
     Engine,
     EngineError,
@@ -139,6 +140,7 @@ class TransformersEngine(Engine):
         packed_linear: bool | None = None,
         fast_forward: bool | None = None,
         prefill_thread: bool | None = None,
+        wide_threads: int | None = None,
     ):
         """`kv_cache`: "auto" (ragged where the model fits it, see `_enable_ragged`) or "padded"
         (the left-padded batch for every model: the reference the tests and benchmarks compare
@@ -148,7 +150,10 @@ class TransformersEngine(Engine):
         OPENCHAT_FAST_FORWARD=0).
         `prefill_thread`:
         prefill newcomers on a thread of their own, beside the decode steps (see `_overlapped`);
-        None: off unless OPENCHAT_PREFILL_THREAD=1."""
+        None: off unless OPENCHAT_PREFILL_THREAD=1.
+        `wide_threads`: a thread count above `threads` that each forward may run on instead, where
+        measuring shows it faster (widening.py; the engine process passes every CPU it may use;
+        OPENCHAT_WIDE_THREADS=0 turns it off)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -207,6 +212,7 @@ class TransformersEngine(Engine):
         self._ready: list[_Seq] = []
         self._prefill_thread_wanted = prefill_thread_by_env() if prefill_thread is None else bool(prefill_thread)
         self._prefiller: threading.Thread | None = None
+        self._widths = self._widening(wide_threads)
         self._cache = None
         self._mask = None
         self._thread: threading.Thread | None = None
@@ -226,6 +232,18 @@ class TransformersEngine(Engine):
         if self._ragged:  # the warm-up check built (or loaded) the attention kernel: say which path runs
             log.info("ragged KV cache; decode and prefill attention: %s", kernel_status())
             self._fast = fast_llama.attach(self) if fast_forward is not False else None
+
+    def _widening(self, wide_threads: int | None) -> widening.Widths | None:
+        """The per-forward thread chooser, where there is a wider count to choose: CPU only, and not
+        beside the prefill thread (its forwards would share the extra cores with the decode steps')."""
+        import torch
+
+        narrow = torch.get_num_threads()
+        if not wide_threads or int(wide_threads) <= narrow or self.device != "cpu":
+            return None
+        if self._prefill_thread_wanted or not widening.enabled_by_env():
+            return None
+        return widening.Widths(narrow, int(wide_threads))
 
     def _pack_linears(self, device: str, enabled: bool | None):
         """CPU fp32/bf16 without --quantize: Linear layers on prepacked oneDNN weights
@@ -379,6 +397,7 @@ class TransformersEngine(Engine):
                 "steps": self.steps,
                 "max_batch_size": self.max_batch_size,
                 "scoring_forwards": self.scoring_forwards,
+                **({"threads": dict(self._widths.last)} if self._widths is not None else {}),
             },
         )
 
@@ -396,6 +415,8 @@ class TransformersEngine(Engine):
             "weight_bytes": self.weight_bytes,
             "linear": self.packing.describe(),
             "fast_forward": self._fast is not None,
+            "threads": self._widths.narrow if self._widths else None,
+            "wide_threads": self._widths.wide if self._widths else None,
             "lora_adapters": sorted(self.lora.adapters) if self.lora else [],
         }
 
@@ -602,7 +623,8 @@ class TransformersEngine(Engine):
         # the short ones' first tokens then wait for fewer others' prefill (lower TTFT p50).
         newcomers.sort(key=lambda s: len(s.prompt))
         for group in self._prefill_groups(newcomers):
-            logits, cache, mask, prompt_logprobs = self._prefill(group)
+            with self._width("prefill", sum(len(s.prompt) for s in group)):
+                logits, cache, mask, prompt_logprobs = self._prefill(group)
             tokens, logprobs = self._sample(logits, group)
             for seq, token, lp, plp in zip(group, tokens, logprobs, prompt_logprobs):
                 event = self._advance(seq, token, lp, first=True)
@@ -653,18 +675,19 @@ class TransformersEngine(Engine):
             ids = torch.tensor([[s.next_token] for s in rows], device=self.device)
             positions = torch.tensor([[s.length] for s in rows], device=self.device)
             self._route_rows(rows, 1)
-            if self._ragged:
-                logits = self._ragged_forward(RaggedCache([s.kv for s in rows]), ids, positions, 1)[:, -1, :]
-            else:
-                ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
-                self._mask = torch.cat([self._mask, ones], dim=1)
-                logits = self.model(
-                    input_ids=ids,
-                    attention_mask=self._mask,
-                    position_ids=positions,
-                    **{self._cache_kw: self._cache},
-                    use_cache=True,
-                ).logits[:, -1, :]
+            with self._width("decode", len(rows)):
+                if self._ragged:
+                    logits = self._ragged_forward(RaggedCache([s.kv for s in rows]), ids, positions, 1)[:, -1, :]
+                else:
+                    ones = torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)
+                    self._mask = torch.cat([self._mask, ones], dim=1)
+                    logits = self.model(
+                        input_ids=ids,
+                        attention_mask=self._mask,
+                        position_ids=positions,
+                        **{self._cache_kw: self._cache},
+                        use_cache=True,
+                    ).logits[:, -1, :]
             for s in rows:
                 s.length += 1
             tokens, logprobs = self._sample(logits, rows)
@@ -677,6 +700,10 @@ class TransformersEngine(Engine):
         if self._prefiller is not None and self._waiting and len(self._running) < before:
             with self._cond:  # slots freed: the prefill thread may admit
                 self._cond.notify_all()
+
+    def _width(self, kind: str, tokens: int):
+        """The thread count for one forward (widening.py), or no change without a wider count."""
+        return self._widths.forward(kind, tokens) if self._widths is not None else nullcontext()
 
     def _prefill_groups(self, seqs: list[_Seq]) -> list[list[_Seq]]:
         """The newcomers in prefill forwards: packs of at most PACK_TOKENS prompt tokens when the
