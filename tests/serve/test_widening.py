@@ -156,6 +156,7 @@ def test_widened_forwards_give_bitwise_equal_replies(tiny_model_dir, monkeypatch
     from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
 
+    monkeypatch.delenv(widening.ENV_SWITCH, raising=False)
     monkeypatch.setattr(widening, "FIRST_PROBE_GAP_S", 0.0)
     monkeypatch.setattr(widening, "MAX_PROBE_GAP_S", 0.0)
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -189,6 +190,7 @@ def test_no_widening_beside_the_prefill_thread_or_when_switched_off(tiny_model_d
     from openchat_cli.model_dir import load_tokenizer
     from openchat_cli.serve.engines.transformers_engine import TransformersEngine
 
+    monkeypatch.delenv(widening.ENV_SWITCH, raising=False)
     tokenizer = load_tokenizer(tiny_model_dir)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -199,6 +201,7 @@ def test_no_widening_beside_the_prefill_thread_or_when_switched_off(tiny_model_d
         off = TransformersEngine(tiny_model_dir, tokenizer=tokenizer, prefill_thread=False, wide_threads=2)
         assert off.describe()["wide_threads"] is None and "threads" not in off.stats().extra
         monkeypatch.delenv(widening.ENV_SWITCH)
+        assert off.describe()["threads"] == 1
         not_wider = TransformersEngine(tiny_model_dir, tokenizer=tokenizer, prefill_thread=False, wide_threads=1)
         assert not_wider.describe()["wide_threads"] is None
     finally:

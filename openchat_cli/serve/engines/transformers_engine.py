@@ -212,6 +212,7 @@ class TransformersEngine(Engine):
         self._ready: list[_Seq] = []
         self._prefill_thread_wanted = prefill_thread_by_env() if prefill_thread is None else bool(prefill_thread)
         self._prefiller: threading.Thread | None = None
+        self.threads = torch.get_num_threads()  # the forwards' own count (`_run` sets it in its thread)
         self._widths = self._widening(wide_threads)
         self._cache = None
         self._mask = None
@@ -236,9 +237,7 @@ class TransformersEngine(Engine):
     def _widening(self, wide_threads: int | None) -> widening.Widths | None:
         """The per-forward thread chooser, where there is a wider count to choose: CPU only, and not
         beside the prefill thread (its forwards would share the extra cores with the decode steps')."""
-        import torch
-
-        narrow = torch.get_num_threads()
+        narrow = self.threads
         if not wide_threads or int(wide_threads) <= narrow or self.device != "cpu":
             return None
         if self._prefill_thread_wanted or not widening.enabled_by_env():
@@ -415,7 +414,7 @@ class TransformersEngine(Engine):
             "weight_bytes": self.weight_bytes,
             "linear": self.packing.describe(),
             "fast_forward": self._fast is not None,
-            "threads": self._widths.narrow if self._widths else None,
+            "threads": self.threads if self.device == "cpu" else None,
             "wide_threads": self._widths.wide if self._widths else None,
             "lora_adapters": sorted(self.lora.adapters) if self.lora else [],
         }
