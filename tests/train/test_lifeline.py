@@ -17,13 +17,14 @@ from openchat_cli.lifeline import start_ticks
 
 ROOT = Path(__file__).resolve().parents[2]
 # The owner starts a helper (which follows it) and a grandchild through a plain shell, then waits.
-# Each follower prints its pid once it watches (they share the owner's stdout).
+# Each follower prints its pid once it watches (they share the owner's stdout: one write() per line,
+# or two followers' lines can interleave, as print's text and newline once did).
 OWNER = textwrap.dedent("""
     import subprocess, sys, time
     from openchat_cli.lifeline import owner_env
     follower = (
         "from openchat_cli.lifeline import follow_owner; import os, time; follow_owner(hard=%s); "
-        "print(os.getpid(), flush=True); time.sleep(600)"
+        "os.write(1, (str(os.getpid()) + chr(10)).encode()); time.sleep(600)"
     )
     a = subprocess.Popen([sys.executable, "-c", follower % "False"], env=owner_env())
     b = subprocess.Popen([sys.executable, "-c", follower % "True"], env=owner_env())
