@@ -370,23 +370,19 @@ def main() -> None:
         template.encode_prompt(tokenizer, Conversation.from_dict({"messages": [{"role": "user", "content": text}]}))
         for text in sharegpt_like_prompts(32)
     ]
-    if parts == {"fast"}:  # no other engine needed
+    if parts in ({"fast"}, {"wide"}):  # engines of their own, per dtype: no current or older engine needed
         print(f"model {model}  ·  levels {levels}  ·  {args.max_tokens}-token replies")
-        rows = compare_fast_forward(
-            model, tokenizer, args.fast_forward.split(","), args.dtypes.split(","), prompts, levels, args.max_tokens
-        )
+        dtypes = args.dtypes.split(",")
+        if parts == {"fast"}:
+            rows = compare_fast_forward(
+                model, tokenizer, args.fast_forward.split(","), dtypes, prompts, levels, args.max_tokens
+            )
+        else:
+            rows = compare_widening(model, tokenizer, args.threads, args.hog, dtypes, prompts, levels, args.max_tokens)
         if args.json:
             print(json.dumps({"rows": rows}, indent=2))
         return
     current = TransformersEngine(model, tokenizer=tokenizer, max_batch_size=64, threads=args.threads)
-    if parts == {"wide"}:
-        print(f"model {model}  ·  levels {levels}  ·  {args.max_tokens}-token replies")
-        rows = compare_widening(
-            model, tokenizer, args.threads, args.hog, args.dtypes.split(","), prompts, levels, args.max_tokens
-        )
-        if args.json:
-            print(json.dumps({"rows": rows}, indent=2))
-        return
     own = {"kv", "packed", "dtype", "prefill-thread"}
     if parts <= own:  # the current engine against itself: no older engine needed
         args.baseline = "the padded batch"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from openchat_cli.serve.engines import wire
+from openchat_cli.serve.engines import widening, wire
 from openchat_cli.serve.engines.base import EngineError, SamplingParams, TokenEvent, TokenLogprob
 
 from ..conftest import start_server, stop_server
@@ -126,8 +126,7 @@ def test_the_engine_process_leaves_a_core_and_may_widen_forwards_onto_it(engine_
     if cores < 2:
         pytest.skip("one CPU: nothing to leave to the API process")
     assert facts["threads"] == cores - 1
-    want = None if os.environ.get("OPENCHAT_WIDE_THREADS", "").strip().lower() in ("0", "false", "off", "no") else cores
-    assert facts["wide_threads"] == want
+    assert facts["wide_threads"] == (cores if widening.enabled_by_env() else None)
 
 
 def test_closing_a_stream_aborts_it_in_the_engine_process(engine_client, tiny_tokenizer):
